@@ -1,0 +1,167 @@
+//! The `switchboard` binary: parses the command line, finds and validates
+//! the configuration, sets up logging, and runs the gateway until SIGTERM or
+//! Ctrl-C. Everything else lives in the library crates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use shutdown::shutdown_token;
+use switchboard_config::{Config, ConfigError};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod shutdown;
+
+/// Switchboard: one OpenAI-compatible endpoint in front of every model.
+#[derive(Parser)]
+#[command(name = "switchboard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Listen on this address instead of the configured one.
+        #[arg(long, value_name = "IP:PORT")]
+        listen: Option<SocketAddr>,
+        /// Log format on standard error.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SWITCHBOARD_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration and print the resolved model table, secrets masked.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// The configuration file. Without it: $SWITCHBOARD_CONFIG, then
+    /// ./switchboard.toml, then the embedded default (simulated models).
+    #[arg(long, short, value_name = "FILE", env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve {
+            config,
+            listen,
+            log_format,
+        } => serve(&config, listen, log_format),
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+    match &args.config {
+        Some(path) => Config::load_file(path),
+        None if Path::new("switchboard.toml").is_file() => {
+            Config::load_file(Path::new("switchboard.toml"))
+        }
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn check(args: &ConfigArgs) -> ExitCode {
+    match load(args) {
+        Ok(config) => {
+            println!("configuration {} is valid", config.source);
+            println!("listen:  {}", config.server.listen);
+            println!("storage: {}", config.storage.url);
+            println!(
+                "auth:    {}",
+                config.server.master_key.as_ref().map_or_else(
+                    || "none (any caller is accepted)".to_owned(),
+                    |key| format!("master key {}", key.masked())
+                )
+            );
+            println!();
+            print!("{}", switchboard_config::model_table(&config));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprint!("{error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: &ConfigArgs, listen: Option<SocketAddr>, log_format: LogFormat) -> ExitCode {
+    init_logging(log_format);
+    let config = match load(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprint!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let shutdown = shutdown_token();
+    let address = listen.unwrap_or(config.server.listen);
+    let running = switchboard_server::start(&config, address, shutdown).await?;
+    if config.server.master_key.is_none() {
+        tracing::warn!(
+            "no master key is configured: any caller on {} is accepted",
+            running.address.ip()
+        );
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.source,
+        storage = %config.storage.url,
+        models = config.models.len(),
+        "switchboard listening on http://{}",
+        running.address
+    );
+    running.wait().await?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,0 +1,243 @@
+//! Switchboard's configuration: one TOML file that users keep in git.
+//!
+//! Loading has two stages. `raw` holds plain serde types with
+//! `deny_unknown_fields`, so an unknown key or a wrong type is reported with
+//! its path before anything else happens. `validate` turns those into the
+//! checked types below (`SocketAddr`, `Url`, `Duration`, `Secret`), expanding
+//! `${ENV_VAR}` references and collecting every problem it finds, each with
+//! its path and a fix. `switchboard serve` and `switchboard check` call the
+//! same `load_file`, so they can never disagree about what is valid.
+
+mod env;
+mod error;
+mod raw;
+mod secret;
+mod table;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, Problem};
+pub use secret::{Secret, SecretSource};
+pub use table::model_table;
+
+/// The embedded default configuration: two simulated models, no API key.
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
+
+/// The name under which the embedded default is reported.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
+
+/// A validated configuration. Every value here has been checked; nothing
+/// downstream needs to re-validate it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from (a path, or the embedded default).
+    pub source: String,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The key clients present as `Authorization: Bearer …`. `None` means
+    /// any caller is accepted, which validation allows only on loopback
+    /// addresses unless `allow_unauthenticated` is set.
+    pub master_key: Option<Secret>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests and streams may run after a shutdown
+    /// signal before they are cut.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub url: StorageUrl,
+    /// Capacity of the in-memory queue between the request path and the
+    /// record writer.
+    pub record_queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// A SQLite file, created and migrated on first start.
+    SqliteFile(PathBuf),
+    /// An in-memory SQLite database: records live as long as the process.
+    SqliteMemory,
+}
+
+impl std::fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageUrl::SqliteFile(path) => write!(f, "sqlite://{}", path.display()),
+            StorageUrl::SqliteMemory => f.write_str("sqlite::memory:"),
+        }
+    }
+}
+
+/// One public model name and the deployments that may serve it.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// One place a model can be served from: a provider, an upstream model id,
+/// an endpoint and its credentials.
+#[derive(Debug, Clone)]
+pub struct DeploymentConfig {
+    /// Unique across the whole configuration; appears in logs, records and
+    /// the `x-switchboard-deployment` response header.
+    pub name: String,
+    pub provider: ProviderKind,
+    /// The model id sent upstream.
+    pub upstream_model: String,
+    /// Base URL of the upstream API (`None` only for the simulated provider).
+    pub api_base: Option<url::Url>,
+    pub api_key: Option<Secret>,
+    /// Azure only: the `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// Azure only: the deployment name in the URL path.
+    pub azure_deployment: Option<String>,
+    /// Extra headers sent upstream on every request.
+    pub headers: Vec<(http::HeaderName, Secret)>,
+    pub timeouts: Timeouts,
+    /// Ask the upstream for token usage on streamed responses
+    /// (`stream_options.include_usage`); the gateway strips it again for
+    /// clients that did not ask.
+    pub stream_usage: bool,
+    pub simulation: Option<Simulation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a TCP (and TLS) connection.
+    pub connect: Duration,
+    /// A whole non-streamed request, or a streamed request up to its
+    /// response headers.
+    pub request: Duration,
+    /// Longest silence allowed between two chunks of a stream.
+    pub stream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(600),
+            stream_idle: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Which upstream API family a deployment speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// api.openai.com, `Authorization: Bearer`.
+    OpenAi,
+    /// Azure OpenAI: deployment-style URLs, `api-version`, `api-key` header.
+    Azure,
+    /// Any server that speaks OpenAI's API; `vendor` names the preset used
+    /// for its default base URL (`openai-compatible` when none).
+    OpenAiCompatible { vendor: &'static str },
+    /// The built-in simulated model: deterministic replies, no network.
+    Simulated,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Azure => "azure",
+            ProviderKind::OpenAiCompatible { vendor } => vendor,
+            ProviderKind::Simulated => "simulated",
+        }
+    }
+}
+
+/// Settings of the simulated provider. Every reply is a function of the
+/// request and these settings alone, so tests and demos are repeatable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Simulation {
+    /// Delay before a non-streamed answer, or before a stream's headers.
+    pub latency: Duration,
+    /// Delay between the stream's headers and its first token.
+    pub time_to_first_token: Duration,
+    /// Pace of streamed tokens; 0 sends them all at once.
+    pub tokens_per_second: f64,
+    /// Share of requests, between 0 and 1, that fail with a simulated 500.
+    pub failure_rate: f64,
+    /// Fixed reply text; when `None` the reply echoes the last user message.
+    pub reply: Option<String>,
+    /// Length of the generated reply, in tokens (words), before `max_tokens`.
+    pub reply_tokens: u32,
+    /// Length of the vectors returned by the embeddings endpoint.
+    pub embedding_dimensions: u32,
+    /// Seed of the failure draw, so failure sequences are repeatable.
+    pub seed: u64,
+}
+
+impl Default for Simulation {
+    fn default() -> Self {
+        Simulation {
+            latency: Duration::ZERO,
+            time_to_first_token: Duration::ZERO,
+            tokens_per_second: 0.0,
+            failure_rate: 0.0,
+            reply: None,
+            reply_tokens: 24,
+            embedding_dimensions: 256,
+            seed: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration text. `source` names it in
+    /// error messages.
+    pub fn from_toml(source: &str, text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_with_env(source, text, &|name| std::env::var(name).ok())
+    }
+
+    /// As `from_toml`, reading environment variables through `lookup`
+    /// (tests use this to avoid touching the process environment).
+    pub fn from_toml_with_env(
+        source: &str,
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw = raw::parse(source, text)?;
+        validate::validate(source, raw, lookup)
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::single(
+                &source,
+                "",
+                format!("cannot read the file: {error}"),
+                "check the path given with --config or SWITCHBOARD_CONFIG",
+            )
+        })?;
+        Self::from_toml(&source, &text)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Self::from_toml(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG)
+            .expect("the embedded default configuration is valid (tested)")
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|model| model.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

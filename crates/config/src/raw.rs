@@ -1,0 +1,113 @@
+//! The configuration file exactly as written: plain serde types that reject
+//! unknown keys. Strings may still hold `${VAR}` references here; `validate`
+//! expands them, so a secret's value never appears in a type error.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub listen: Option<String>,
+    pub master_key: Option<String>,
+    pub allow_unauthenticated: Option<bool>,
+    pub max_body_bytes: Option<u64>,
+    pub shutdown_grace_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStorage {
+    pub url: Option<String>,
+    pub record_queue: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModel {
+    pub name: String,
+    #[serde(default)]
+    pub deployments: Vec<RawDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDeployment {
+    pub name: Option<String>,
+    pub provider: String,
+    pub model: Option<String>,
+    pub api_base: Option<String>,
+    pub api_key: Option<String>,
+    pub api_version: Option<String>,
+    pub deployment: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub connect_timeout_secs: Option<f64>,
+    pub timeout_secs: Option<f64>,
+    pub stream_idle_timeout_secs: Option<f64>,
+    pub stream_usage: Option<bool>,
+    pub simulation: Option<RawSimulation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSimulation {
+    pub latency_ms: Option<u64>,
+    pub ttft_ms: Option<u64>,
+    pub tokens_per_second: Option<f64>,
+    pub failure_rate: Option<f64>,
+    pub reply: Option<String>,
+    pub reply_tokens: Option<u32>,
+    pub embedding_dimensions: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+/// Parses the TOML text, reporting syntax errors with their line and
+/// unknown keys or wrong types with their path.
+pub(crate) fn parse(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|error| {
+        ConfigError::single(
+            source,
+            "",
+            format!("not valid TOML: {}", one_line(&error.to_string())),
+            "fix the syntax at the line shown",
+        )
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let message = one_line(&error.inner().to_string());
+        let fix = if message.contains("unknown field") {
+            "remove the key or correct its spelling (the expected keys are listed above)"
+        } else if message.contains("missing field") {
+            "add the missing key"
+        } else {
+            "give the value the type shown"
+        };
+        ConfigError::single(source, if path == "." { "" } else { &path }, message, fix)
+    })
+}
+
+/// toml's messages span several lines (with a source excerpt); the first
+/// and the caret line carry what matters in a one-line report.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

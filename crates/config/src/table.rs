@@ -1,0 +1,67 @@
+//! The resolved model table that `switchboard check` prints: every public
+//! model, the deployments behind it, and their credentials masked.
+
+use crate::{Config, ProviderKind};
+
+/// Renders the model table as aligned plain text.
+pub fn model_table(config: &Config) -> String {
+    let mut rows = vec![[
+        "MODEL".to_owned(),
+        "DEPLOYMENT".to_owned(),
+        "PROVIDER".to_owned(),
+        "UPSTREAM MODEL".to_owned(),
+        "ENDPOINT".to_owned(),
+        "CREDENTIALS".to_owned(),
+    ]];
+    for model in &config.models {
+        for deployment in &model.deployments {
+            let endpoint = match (&deployment.provider, &deployment.api_base) {
+                (ProviderKind::Simulated, _) => "(in-process, simulated)".to_owned(),
+                (ProviderKind::Azure, Some(base)) => format!(
+                    "{}/openai/deployments/{}?api-version={}",
+                    base.as_str().trim_end_matches('/'),
+                    deployment.azure_deployment.as_deref().unwrap_or_default(),
+                    deployment.api_version.as_deref().unwrap_or_default()
+                ),
+                (_, Some(base)) => base.as_str().trim_end_matches('/').to_owned(),
+                (_, None) => "-".to_owned(),
+            };
+            let mut credentials: Vec<String> = Vec::new();
+            if let Some(key) = &deployment.api_key {
+                credentials.push(format!("api_key={}", key.masked()));
+            }
+            for (header, value) in &deployment.headers {
+                credentials.push(format!("{header}={}", value.masked()));
+            }
+            rows.push([
+                model.name.clone(),
+                deployment.name.clone(),
+                deployment.provider.name().to_owned(),
+                deployment.upstream_model.clone(),
+                endpoint,
+                if credentials.is_empty() {
+                    "-".to_owned()
+                } else {
+                    credentials.join(", ")
+                },
+            ]);
+        }
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,300 @@
+//! Tests of loading and validation: every rejected config names its path
+//! and a fix, and no secret value ever appears in an error or the table.
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_API_KEY" => Some("sk-test-0123456789abcdef".to_owned()),
+        "AZURE_KEY" => Some("azure-secret-value".to_owned()),
+        "MASTER" => Some("master-key-123456".to_owned()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_with_env("test.toml", text, &env)
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    load(text).expect_err("config should be rejected").problems
+}
+
+#[test]
+fn embedded_default_is_valid_and_simulated() {
+    let config = Config::embedded_default();
+    assert_eq!(config.source, DEFAULT_CONFIG_NAME);
+    assert!(config.server.listen.ip().is_loopback());
+    assert!(config.server.master_key.is_none());
+    assert!(config.models.iter().all(|model| {
+        model
+            .deployments
+            .iter()
+            .all(|deployment| deployment.provider == ProviderKind::Simulated)
+    }));
+    assert!(config.model("simulated-chat").is_some());
+}
+
+#[test]
+fn full_config_resolves_every_provider() {
+    let config = load(
+        r#"
+        [server]
+        listen = "0.0.0.0:9000"
+        master_key = "${MASTER}"
+        [storage]
+        url = "sqlite:///tmp/x.db"
+        [[models]]
+        name = "gpt-4o"
+        [[models.deployments]]
+        provider = "openai"
+        model = "gpt-4o-2024-08-06"
+        api_key = "${OPENAI_API_KEY}"
+        headers = { OpenAI-Organization = "org-1" }
+        [[models.deployments]]
+        name = "azure-east"
+        provider = "azure"
+        api_base = "https://east.openai.azure.com/"
+        deployment = "gpt4o-prod"
+        model = "gpt-4o"
+        api_key = "${AZURE_KEY}"
+        [[models]]
+        name = "llama"
+        [[models.deployments]]
+        provider = "groq"
+        model = "llama-3.3-70b-versatile"
+        api_key = "${GROQ_KEY:-none}"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.server.listen.port(), 9000);
+    assert_eq!(
+        config.server.master_key.as_ref().unwrap().expose(),
+        "master-key-123456"
+    );
+    assert_eq!(
+        config.storage.url,
+        StorageUrl::SqliteFile("/tmp/x.db".into())
+    );
+    let gpt = config.model("gpt-4o").unwrap();
+    assert_eq!(gpt.deployments[0].name, "gpt-4o");
+    assert_eq!(
+        gpt.deployments[0].api_base.as_ref().unwrap().as_str(),
+        "https://api.openai.com/v1"
+    );
+    assert_eq!(
+        gpt.deployments[0].headers[0].0.as_str(),
+        "openai-organization"
+    );
+    let azure = &gpt.deployments[1];
+    assert_eq!(azure.provider, ProviderKind::Azure);
+    assert_eq!(azure.azure_deployment.as_deref(), Some("gpt4o-prod"));
+    assert_eq!(azure.api_version.as_deref(), Some("2024-10-21"));
+    let groq = &config.model("llama").unwrap().deployments[0];
+    assert_eq!(
+        groq.provider,
+        ProviderKind::OpenAiCompatible { vendor: "groq" }
+    );
+    assert_eq!(
+        groq.api_base.as_ref().unwrap().as_str(),
+        "https://api.groq.com/openai/v1"
+    );
+    assert_eq!(groq.api_key.as_ref().unwrap().expose(), "none");
+
+    let table = model_table(&config);
+    assert!(table.contains("azure-east"), "{table}");
+    assert!(table.contains("${OPENAI_API_KEY} (24 chars)"), "{table}");
+    assert!(
+        !table.contains("sk-test"),
+        "secret leaked into the table: {table}"
+    );
+    assert!(
+        !table.contains("azure-secret"),
+        "secret leaked into the table: {table}"
+    );
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_path() {
+    let found = problems(
+        r#"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "simulated"
+        temprature = 1
+        "#,
+    );
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].path, "models[0].deployments[0].temprature");
+    assert!(
+        found[0].message.contains("unknown field `temprature`"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn wrong_type_is_reported_with_its_path() {
+    let found = problems(
+        r#"
+        [server]
+        max_body_bytes = "big"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "simulated"
+        "#,
+    );
+    assert_eq!(found[0].path, "server.max_body_bytes");
+    assert!(found[0].message.contains("invalid type"), "{found:?}");
+}
+
+#[test]
+fn missing_env_var_names_the_variable_and_the_fix() {
+    let error = load(
+        r#"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "openai"
+        model = "gpt-4o"
+        api_key = "${NOT_SET_ANYWHERE}"
+        "#,
+    )
+    .unwrap_err();
+    assert_eq!(error.problems[0].path, "models[0].deployments[0].api_key");
+    assert!(error.problems[0].message.contains("NOT_SET_ANYWHERE"));
+    assert!(error.problems[0].fix.contains("export NOT_SET_ANYWHERE"));
+    let text = error.to_string();
+    assert!(
+        text.contains("test.toml: models[0].deployments[0].api_key"),
+        "{text}"
+    );
+}
+
+#[test]
+fn duplicate_model_names_are_rejected() {
+    let found = problems(
+        r#"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "simulated"
+        name = "a"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "simulated"
+        name = "b"
+        "#,
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "models[1].name");
+    assert!(found[0].message.contains("already declared at models[0]"));
+}
+
+#[test]
+fn every_problem_is_collected() {
+    let found = problems(
+        r#"
+        [server]
+        listen = "nowhere"
+        [storage]
+        url = "mysql://x"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "warp-drive"
+        [[models.deployments]]
+        provider = "openai"
+        [[models.deployments]]
+        provider = "openai-compatible"
+        model = "x"
+        "#,
+    );
+    let paths: Vec<&str> = found.iter().map(|problem| problem.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "server.listen",
+            "storage.url",
+            "models[0].deployments[0].provider",
+            "models[0].deployments[1].model",
+            "models[0].deployments[2].api_base",
+        ]
+    );
+    assert!(found.iter().all(|problem| !problem.fix.is_empty()));
+}
+
+#[test]
+fn open_listener_without_master_key_is_refused() {
+    let found = problems(
+        r#"
+        [server]
+        listen = "0.0.0.0:8080"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "simulated"
+        "#,
+    );
+    assert_eq!(found[0].path, "server.master_key");
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let error = load("[[models]\nname = 1").unwrap_err();
+    assert!(
+        error.problems[0].message.contains("not valid TOML"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("line"), "{error}");
+}
+
+#[test]
+fn type_errors_never_show_an_expanded_secret() {
+    // The raw (unexpanded) text is what type errors see, so a reference in a
+    // wrongly typed position shows the reference, not the secret.
+    let error = load(
+        r#"
+        [server]
+        shutdown_grace_secs = "${OPENAI_API_KEY}"
+        "#,
+    )
+    .unwrap_err();
+    assert!(!error.to_string().contains("sk-test"), "{error}");
+}
+
+#[test]
+fn options_of_other_providers_are_rejected() {
+    let found = problems(
+        r#"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "openai"
+        model = "gpt-4o"
+        api_key = "${OPENAI_API_KEY}"
+        api_version = "2024-10-21"
+        simulation = { ttft_ms = 5 }
+        "#,
+    );
+    let paths: Vec<&str> = found.iter().map(|problem| problem.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "models[0].deployments[0].api_version",
+            "models[0].deployments[0].simulation"
+        ]
+    );
+}
+
+#[test]
+fn example_config_in_the_repository_is_valid() {
+    let text = include_str!("../../../examples/switchboard.toml");
+    let config = Config::from_toml_with_env("examples/switchboard.toml", text, &|_| {
+        Some("placeholder-secret-value".to_owned())
+    })
+    .unwrap_or_else(|error| panic!("{error}"));
+    assert!(config.models.len() >= 3);
+}

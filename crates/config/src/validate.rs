@@ -1,0 +1,590 @@
+//! From `RawConfig` to `Config`: expands environment references and checks
+//! every value, collecting all problems instead of stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::env::{ExpandError, expand};
+use crate::raw::{RawConfig, RawDeployment, RawSimulation};
+use crate::{
+    Config, ConfigError, DeploymentConfig, ModelConfig, Problem, ProviderKind, Secret,
+    SecretSource, ServerConfig, Simulation, StorageConfig, StorageUrl, Timeouts,
+};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+
+/// OpenAI-compatible vendors known by name, with their default base URL.
+const COMPATIBLE_VENDORS: &[(&str, Option<&str>)] = &[
+    ("openai-compatible", None),
+    ("vllm", Some("http://127.0.0.1:8000/v1")),
+    ("ollama", Some("http://127.0.0.1:11434/v1")),
+    ("llamacpp", Some("http://127.0.0.1:8080/v1")),
+    ("groq", Some("https://api.groq.com/openai/v1")),
+    ("deepseek", Some("https://api.deepseek.com/v1")),
+    ("mistral", Some("https://api.mistral.ai/v1")),
+    ("together", Some("https://api.together.xyz/v1")),
+    ("fireworks", Some("https://api.fireworks.ai/inference/v1")),
+    ("openrouter", Some("https://openrouter.ai/api/v1")),
+    ("xai", Some("https://api.x.ai/v1")),
+];
+
+fn provider_names() -> String {
+    let mut names = vec!["openai", "azure", "simulated"];
+    names.extend(COMPATIBLE_VENDORS.iter().map(|(name, _)| *name));
+    names.join(", ")
+}
+
+struct Checker<'a> {
+    problems: Vec<Problem>,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, path: &str, message: impl Into<String>, fix: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_owned(),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+
+    /// Expands `${VAR}` references in a plain (non-secret) string.
+    fn text(&mut self, path: &str, raw: &str) -> Option<String> {
+        self.expanded(path, raw).map(|(value, _)| value)
+    }
+
+    /// Expands a secret. Inline secrets are accepted (a local server may
+    /// need a dummy key) but every reference form is preferred.
+    fn secret(&mut self, path: &str, raw: &str) -> Option<Secret> {
+        let (value, variables) = self.expanded(path, raw)?;
+        let source = if variables.is_empty() {
+            SecretSource::Inline
+        } else {
+            SecretSource::Env(variables)
+        };
+        Some(Secret::new(value, source))
+    }
+
+    fn expanded(&mut self, path: &str, raw: &str) -> Option<(String, Vec<String>)> {
+        match expand(raw, self.lookup) {
+            Ok(expanded) => Some((expanded.value, expanded.variables)),
+            Err(ExpandError::Missing(names)) => {
+                let listed = names
+                    .iter()
+                    .map(|name| format!("`{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let plural = if names.len() == 1 { "is" } else { "are" };
+                self.problem(
+                    path,
+                    format!("environment variable {listed} {plural} not set (or empty)"),
+                    format!(
+                        "export {} before starting, or write `${{{}:-default}}` to fall back to a default",
+                        names[0], names[0]
+                    ),
+                );
+                None
+            }
+            Err(ExpandError::Syntax(message)) => {
+                self.problem(
+                    path,
+                    message,
+                    "write references as `${NAME}` and a literal `$` as `$$`",
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, seconds: Option<f64>, default: Duration) -> Duration {
+        match seconds {
+            None => default,
+            Some(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 => {
+                Duration::from_secs_f64(seconds)
+            }
+            Some(seconds) => {
+                self.problem(
+                    path,
+                    format!("{seconds} is not a usable number of seconds"),
+                    "give a number of seconds greater than 0 and at most 86400",
+                );
+                default
+            }
+        }
+    }
+}
+
+pub(crate) fn validate(
+    source: &str,
+    raw: RawConfig,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut checker = Checker {
+        problems: Vec::new(),
+        lookup,
+    };
+
+    let listen_text = raw
+        .server
+        .listen
+        .as_deref()
+        .and_then(|listen| checker.text("server.listen", listen))
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = match listen_text.parse::<SocketAddr>() {
+        Ok(listen) => listen,
+        Err(_) => {
+            checker.problem(
+                "server.listen",
+                format!("`{listen_text}` is not an address with a port"),
+                "write it as IP:PORT, for example \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+            );
+            DEFAULT_LISTEN.parse().expect("valid constant")
+        }
+    };
+    let master_key = raw
+        .server
+        .master_key
+        .as_deref()
+        .and_then(|key| checker.secret("server.master_key", key));
+    if let Some(key) = &master_key
+        && key.expose().len() < 8
+    {
+        checker.problem(
+            "server.master_key",
+            "the master key is shorter than 8 characters",
+            "use a long random value, for example from `openssl rand -hex 32`",
+        );
+    }
+    let allow_unauthenticated = raw.server.allow_unauthenticated.unwrap_or(false);
+    if raw.server.master_key.is_none() && !listen.ip().is_loopback() && !allow_unauthenticated {
+        checker.problem(
+            "server.master_key",
+            format!("no master key is set and the gateway listens on {listen}, beyond this machine"),
+            "set master_key = \"${SWITCHBOARD_MASTER_KEY}\", listen on 127.0.0.1, or set allow_unauthenticated = true on purpose",
+        );
+    }
+    let max_body_bytes = match raw.server.max_body_bytes {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(bytes) if (1024..=1 << 32).contains(&bytes) => bytes,
+        Some(bytes) => {
+            checker.problem(
+                "server.max_body_bytes",
+                format!("{bytes} bytes is outside the accepted range"),
+                "give a size between 1024 and 4294967296 bytes",
+            );
+            DEFAULT_MAX_BODY_BYTES
+        }
+    };
+    let shutdown_grace = checker.duration(
+        "server.shutdown_grace_secs",
+        raw.server.shutdown_grace_secs,
+        Duration::from_secs(30),
+    );
+
+    let storage_text = raw
+        .storage
+        .url
+        .as_deref()
+        .and_then(|url| checker.text("storage.url", url))
+        .unwrap_or_else(|| "sqlite://switchboard.db".to_owned());
+    let storage_url = parse_storage_url(&mut checker, &storage_text);
+    let record_queue = match raw.storage.record_queue {
+        None => 65_536,
+        Some(size) if (16..=10_000_000).contains(&size) => size as usize,
+        Some(size) => {
+            checker.problem(
+                "storage.record_queue",
+                format!("{size} is outside the accepted range"),
+                "give a queue size between 16 and 10000000",
+            );
+            65_536
+        }
+    };
+
+    let mut models = Vec::with_capacity(raw.models.len());
+    let mut model_names: HashMap<String, usize> = HashMap::new();
+    let mut deployment_names: HashSet<String> = HashSet::new();
+    if raw.models.is_empty() {
+        checker.problem(
+            "models",
+            "no model is declared",
+            "add at least one [[models]] table with a name and a [[models.deployments]] entry",
+        );
+    }
+    for (model_index, raw_model) in raw.models.into_iter().enumerate() {
+        let path = format!("models[{model_index}]");
+        let name = raw_model.name.trim().to_owned();
+        if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+            checker.problem(
+                &format!("{path}.name"),
+                "a model name must be 1 to 256 printable characters",
+                "give the public name clients will send, such as \"gpt-4o\"",
+            );
+        }
+        if let Some(first) = model_names.insert(name.clone(), model_index) {
+            checker.problem(
+                &format!("{path}.name"),
+                format!("model name `{name}` is already declared at models[{first}]"),
+                "give each [[models]] a unique name, or add this deployment to the first one",
+            );
+        }
+        if raw_model.deployments.is_empty() {
+            checker.problem(
+                &format!("{path}.deployments"),
+                format!("model `{name}` has no deployment"),
+                "add a [[models.deployments]] table under it",
+            );
+        }
+        let mut deployments = Vec::with_capacity(raw_model.deployments.len());
+        for (deployment_index, raw_deployment) in raw_model.deployments.into_iter().enumerate() {
+            let deployment_path = format!("{path}.deployments[{deployment_index}]");
+            if let Some(deployment) = validate_deployment(
+                &mut checker,
+                &deployment_path,
+                &name,
+                deployment_index,
+                raw_deployment,
+            ) {
+                if !deployment_names.insert(deployment.name.clone()) {
+                    checker.problem(
+                        &format!("{deployment_path}.name"),
+                        format!("deployment name `{}` is used twice", deployment.name),
+                        "give every deployment a unique name",
+                    );
+                }
+                deployments.push(deployment);
+            }
+        }
+        models.push(ModelConfig { name, deployments });
+    }
+
+    if checker.problems.is_empty() {
+        Ok(Config {
+            source: source.to_owned(),
+            server: ServerConfig {
+                listen,
+                master_key,
+                max_body_bytes: max_body_bytes as usize,
+                shutdown_grace,
+            },
+            storage: StorageConfig {
+                url: storage_url,
+                record_queue,
+            },
+            models,
+        })
+    } else {
+        Err(ConfigError {
+            source_name: source.to_owned(),
+            problems: checker.problems,
+        })
+    }
+}
+
+fn parse_storage_url(checker: &mut Checker<'_>, text: &str) -> StorageUrl {
+    if text == "sqlite::memory:" || text == "sqlite://:memory:" {
+        return StorageUrl::SqliteMemory;
+    }
+    if let Some(path) = text
+        .strip_prefix("sqlite://")
+        .or_else(|| text.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or_default();
+        if !path.is_empty() {
+            return StorageUrl::SqliteFile(PathBuf::from(path));
+        }
+    }
+    let fix = if text.starts_with("postgres") {
+        "PostgreSQL storage is not available yet: use sqlite://PATH (it arrives with virtual keys and budgets)"
+    } else {
+        "write sqlite://PATH/TO/FILE.db (created on first start) or sqlite::memory:"
+    };
+    checker.problem(
+        "storage.url",
+        format!("`{text}` is not a supported storage URL"),
+        fix,
+    );
+    StorageUrl::SqliteMemory
+}
+
+fn validate_deployment(
+    checker: &mut Checker<'_>,
+    path: &str,
+    model_name: &str,
+    index: usize,
+    raw: RawDeployment,
+) -> Option<DeploymentConfig> {
+    let provider_name = raw.provider.trim().to_ascii_lowercase();
+    let (provider, default_base) = match provider_name.as_str() {
+        "openai" => (ProviderKind::OpenAi, Some("https://api.openai.com/v1")),
+        "azure" => (ProviderKind::Azure, None),
+        "simulated" => (ProviderKind::Simulated, None),
+        other => match COMPATIBLE_VENDORS.iter().find(|(name, _)| *name == other) {
+            Some((vendor, base)) => (ProviderKind::OpenAiCompatible { vendor }, *base),
+            None => {
+                checker.problem(
+                    &format!("{path}.provider"),
+                    format!("unknown provider `{}`", raw.provider),
+                    format!("use one of: {}", provider_names()),
+                );
+                return None;
+            }
+        },
+    };
+
+    let name = match &raw.name {
+        Some(name) => checker.text(&format!("{path}.name"), name)?,
+        None if index == 0 => model_name.to_owned(),
+        None => format!("{model_name}#{index}"),
+    };
+    let upstream_model = match &raw.model {
+        Some(model) => checker.text(&format!("{path}.model"), model)?,
+        None if provider == ProviderKind::Simulated => model_name.to_owned(),
+        None if provider == ProviderKind::Azure && raw.deployment.is_some() => {
+            raw.deployment.clone().unwrap_or_default()
+        }
+        None => {
+            checker.problem(
+                &format!("{path}.model"),
+                format!("deployment of `{model_name}` does not say which upstream model to call"),
+                "add model = \"<the provider's model id>\", for example \"gpt-4o-mini\"",
+            );
+            return None;
+        }
+    };
+
+    let api_base = match (&raw.api_base, default_base) {
+        (Some(base), _) => {
+            let text = checker.text(&format!("{path}.api_base"), base)?;
+            parse_base(checker, &format!("{path}.api_base"), &text)
+        }
+        (None, Some(base)) => parse_base(checker, &format!("{path}.api_base"), base),
+        (None, None) if provider == ProviderKind::Simulated => None,
+        (None, None) => {
+            let example = if provider == ProviderKind::Azure {
+                "https://YOUR-RESOURCE.openai.azure.com"
+            } else {
+                "http://127.0.0.1:8000/v1"
+            };
+            checker.problem(
+                &format!("{path}.api_base"),
+                format!("provider `{}` needs an api_base", provider.name()),
+                format!("add api_base = \"{example}\""),
+            );
+            None
+        }
+    };
+    if provider == ProviderKind::Simulated && raw.api_base.is_some() {
+        checker.problem(
+            &format!("{path}.api_base"),
+            "the simulated provider makes no network calls",
+            "remove api_base, or pick a real provider",
+        );
+    }
+
+    let api_key = raw
+        .api_key
+        .as_deref()
+        .and_then(|key| checker.secret(&format!("{path}.api_key"), key));
+    if matches!(provider, ProviderKind::OpenAi | ProviderKind::Azure) && raw.api_key.is_none() {
+        let variable = if provider == ProviderKind::Azure {
+            "AZURE_OPENAI_API_KEY"
+        } else {
+            "OPENAI_API_KEY"
+        };
+        checker.problem(
+            &format!("{path}.api_key"),
+            format!("provider `{}` needs an API key", provider.name()),
+            format!("add api_key = \"${{{variable}}}\" and export {variable}"),
+        );
+    }
+
+    let mut api_version = None;
+    let mut azure_deployment = None;
+    if provider == ProviderKind::Azure {
+        api_version = Some(match &raw.api_version {
+            Some(version) => checker.text(&format!("{path}.api_version"), version)?,
+            None => DEFAULT_AZURE_API_VERSION.to_owned(),
+        });
+        azure_deployment = Some(match &raw.deployment {
+            Some(deployment) => checker.text(&format!("{path}.deployment"), deployment)?,
+            None => upstream_model.clone(),
+        });
+    } else {
+        for (key, present) in [
+            ("api_version", raw.api_version.is_some()),
+            ("deployment", raw.deployment.is_some()),
+        ] {
+            if present {
+                checker.problem(
+                    &format!("{path}.{key}"),
+                    format!("`{key}` applies to Azure deployments only"),
+                    format!("remove it, or set provider = \"azure\""),
+                );
+            }
+        }
+    }
+
+    let mut headers = Vec::with_capacity(raw.headers.len());
+    for (header, value) in &raw.headers {
+        let header_path = format!("{path}.headers.{header}");
+        let Ok(header_name) = http::HeaderName::from_bytes(header.as_bytes()) else {
+            checker.problem(
+                &header_path,
+                format!("`{header}` is not a valid HTTP header name"),
+                "use letters, digits and `-` only",
+            );
+            continue;
+        };
+        if matches!(
+            header_name.as_str(),
+            "host" | "content-length" | "transfer-encoding" | "connection"
+        ) {
+            checker.problem(
+                &header_path,
+                format!("header `{header}` is set by the gateway itself"),
+                "remove it",
+            );
+            continue;
+        }
+        if let Some(secret) = checker.secret(&header_path, value) {
+            if http::HeaderValue::from_str(secret.expose()).is_err() {
+                checker.problem(
+                    &header_path,
+                    "the value holds characters not allowed in a header",
+                    "use visible ASCII characters only",
+                );
+                continue;
+            }
+            headers.push((header_name, secret));
+        }
+    }
+
+    let defaults = Timeouts::default();
+    let timeouts = Timeouts {
+        connect: checker.duration(
+            &format!("{path}.connect_timeout_secs"),
+            raw.connect_timeout_secs,
+            defaults.connect,
+        ),
+        request: checker.duration(
+            &format!("{path}.timeout_secs"),
+            raw.timeout_secs,
+            defaults.request,
+        ),
+        stream_idle: checker.duration(
+            &format!("{path}.stream_idle_timeout_secs"),
+            raw.stream_idle_timeout_secs,
+            defaults.stream_idle,
+        ),
+    };
+
+    let simulation = match (provider, raw.simulation) {
+        (ProviderKind::Simulated, simulation) => Some(validate_simulation(
+            checker,
+            &format!("{path}.simulation"),
+            simulation.unwrap_or_default(),
+        )),
+        (_, Some(_)) => {
+            checker.problem(
+                &format!("{path}.simulation"),
+                "simulation settings apply to the simulated provider only",
+                "remove the simulation table, or set provider = \"simulated\"",
+            );
+            None
+        }
+        (_, None) => None,
+    };
+
+    Some(DeploymentConfig {
+        name,
+        provider,
+        upstream_model,
+        api_base,
+        api_key,
+        api_version,
+        azure_deployment,
+        headers,
+        timeouts,
+        stream_usage: raw.stream_usage.unwrap_or(true),
+        simulation,
+    })
+}
+
+fn parse_base(checker: &mut Checker<'_>, path: &str, text: &str) -> Option<url::Url> {
+    match url::Url::parse(text.trim_end_matches('/')) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            if url.query().is_some() || url.fragment().is_some() {
+                checker.problem(
+                    path,
+                    format!("`{text}` has a query or fragment"),
+                    "give the base URL only, such as https://api.example.com/v1",
+                );
+                return None;
+            }
+            Some(url)
+        }
+        _ => {
+            checker.problem(
+                path,
+                format!("`{text}` is not an http(s) URL"),
+                "write it like https://api.example.com/v1",
+            );
+            None
+        }
+    }
+}
+
+fn validate_simulation(checker: &mut Checker<'_>, path: &str, raw: RawSimulation) -> Simulation {
+    let defaults = Simulation::default();
+    let tokens_per_second = match raw.tokens_per_second {
+        Some(rate) if !(rate.is_finite() && rate >= 0.0) => {
+            checker.problem(
+                &format!("{path}.tokens_per_second"),
+                format!("{rate} is not a usable rate"),
+                "give a rate of 0 or more (0 sends every token at once)",
+            );
+            0.0
+        }
+        Some(rate) => rate,
+        None => defaults.tokens_per_second,
+    };
+    let failure_rate = match raw.failure_rate {
+        Some(rate) if !(0.0..=1.0).contains(&rate) => {
+            checker.problem(
+                &format!("{path}.failure_rate"),
+                format!("{rate} is not between 0 and 1"),
+                "give the share of requests that should fail, from 0.0 to 1.0",
+            );
+            0.0
+        }
+        Some(rate) => rate,
+        None => defaults.failure_rate,
+    };
+    let embedding_dimensions = match raw.embedding_dimensions {
+        Some(0) => {
+            checker.problem(
+                &format!("{path}.embedding_dimensions"),
+                "an embedding needs at least one dimension",
+                "give a size such as 256 or 1536",
+            );
+            defaults.embedding_dimensions
+        }
+        Some(size) => size.min(65_536),
+        None => defaults.embedding_dimensions,
+    };
+    Simulation {
+        latency: Duration::from_millis(raw.latency_ms.unwrap_or(0)),
+        time_to_first_token: Duration::from_millis(raw.ttft_ms.unwrap_or(0)),
+        tokens_per_second,
+        failure_rate,
+        reply: raw.reply,
+        reply_tokens: raw.reply_tokens.unwrap_or(defaults.reply_tokens),
+        embedding_dimensions,
+        seed: raw.seed.unwrap_or(defaults.seed),
+    }
+}

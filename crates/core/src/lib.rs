@@ -1,0 +1,10 @@
+//! Domain types that every other Switchboard crate speaks: which endpoint a
+//! request used, the token usage a model reported, and the record kept for
+//! every request. This crate does no IO and knows nothing of HTTP, SQL or any
+//! vendor's wire format, so that all other crates can depend on it freely.
+
+pub mod record;
+pub mod usage;
+
+pub use record::{Endpoint, Outcome, RequestRecord};
+pub use usage::Usage;

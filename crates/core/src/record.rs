@@ -1,0 +1,82 @@
+//! The record kept for every request that reached a model endpoint.
+//!
+//! Records are built on the request path and handed to the store's writer
+//! through a bounded channel; nothing here waits on a database.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Usage;
+
+/// The inbound API a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    ChatCompletions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// How a request ended, from the gateway's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The client received a complete answer.
+    Success,
+    /// The gateway refused the request (bad input, unknown model, auth).
+    ClientError,
+    /// The upstream failed, timed out or answered something unusable.
+    UpstreamError,
+    /// The client went away before the answer was complete.
+    ClientClosed,
+    /// The gateway was shutting down and cut the request at its deadline.
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ClientError => "client_error",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One request, as the request log keeps it. Never holds a secret: no keys,
+/// no prompt or response bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The request id echoed to the client in `x-request-id`.
+    pub request_id: String,
+    /// Start of the request, milliseconds since the Unix epoch.
+    pub started_at_ms: i64,
+    pub endpoint: Endpoint,
+    /// Public model name the client asked for (empty when the request was
+    /// refused before a model could be read).
+    pub model: String,
+    /// Deployment that served the request, if one was chosen.
+    pub deployment: Option<String>,
+    pub stream: bool,
+    /// HTTP status the client received. For a stream that failed after its
+    /// 200 header left, the status that describes the failure (502, 504, 499).
+    pub status: u16,
+    pub outcome: Outcome,
+    /// Stable error code (`model_not_found`, `upstream_timeout`...) when the
+    /// request did not succeed.
+    pub error_code: Option<String>,
+    /// Time from receiving the request to sending its last byte.
+    pub latency_ms: u64,
+    /// Time from receiving the request to relaying the first streamed chunk.
+    pub ttft_ms: Option<u64>,
+    pub usage: Usage,
+}

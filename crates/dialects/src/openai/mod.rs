@@ -1,0 +1,16 @@
+//! OpenAI's API: chat completions, embeddings and models, as the official
+//! SDKs send and expect them. Also the dialect of every OpenAI-compatible
+//! server (Azure, vLLM, Ollama, Groq...).
+
+pub mod error;
+pub mod request;
+pub mod response;
+
+pub use error::{ErrorBody, UpstreamErrorBody};
+pub use request::{
+    ChatRequest, EmbeddingInput, EmbeddingsRequest, RequestError, RequestFields, Role,
+};
+pub use response::{ChunkInfo, InvalidResponse, check_completion, check_embeddings, inspect_chunk};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,586 @@
+//! OpenAI request bodies, read as checked views over the client's bytes.
+//!
+//! A view keeps every top-level field as the raw JSON text the client sent,
+//! in the client's order, and checks the fields the gateway relies on. When
+//! the request goes to an OpenAI-compatible upstream, `encode` writes the
+//! same fields back with only the model (and, for streams, the usage
+//! option) replaced: fields the gateway does not model pass through
+//! byte-for-byte, and nothing is decoded twice.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// A request the gateway refuses, in terms the client can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub message: String,
+    /// The offending parameter, as OpenAI's `error.param` names it.
+    pub param: Option<String>,
+}
+
+impl RequestError {
+    fn new(message: impl Into<String>, param: Option<&str>) -> RequestError {
+        RequestError {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+}
+
+/// The top-level fields of a JSON object, in order, each as raw JSON.
+#[derive(Debug)]
+pub struct RequestFields<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> RequestFields<'a> {
+    /// Parses a body that must be one JSON object with unique keys.
+    pub fn parse(body: &'a [u8]) -> Result<RequestFields<'a>, RequestError> {
+        let text = std::str::from_utf8(body).map_err(|error| {
+            RequestError::new(
+                format!(
+                    "the request body is not valid UTF-8 (invalid byte at offset {})",
+                    error.valid_up_to()
+                ),
+                None,
+            )
+        })?;
+        if text.trim().is_empty() {
+            return Err(RequestError::new(
+                "the request body is empty; send a JSON object",
+                None,
+            ));
+        }
+        let fields: Fields<'a> = serde_json::from_str(text).map_err(|error| {
+            RequestError::new(format!("the request body is not valid JSON: {error}"), None)
+        })?;
+        Ok(RequestFields { fields: fields.0 })
+    }
+
+    pub fn raw(&self, name: &str) -> Option<&'a RawValue> {
+        self.fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| *value)
+    }
+
+    /// Reads one field as `T`, treating JSON `null` as absent.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        expected: &str,
+    ) -> Result<Option<T>, RequestError> {
+        let Some(raw) = self.raw(name) else {
+            return Ok(None);
+        };
+        if raw.get() == "null" {
+            return Ok(None);
+        }
+        serde_json::from_str(raw.get()).map(Some).map_err(|_| {
+            RequestError::new(
+                format!("`{name}` must be {expected}, got {}", describe(raw)),
+                Some(name),
+            )
+        })
+    }
+
+    /// Writes the object back, replacing the values of the named fields
+    /// and appending any replacement whose field was absent.
+    pub fn encode(&self, replacements: &[(&str, &[u8])]) -> Vec<u8> {
+        let size = self
+            .fields
+            .iter()
+            .map(|(key, value)| key.len() + value.get().len() + 4)
+            .sum::<usize>()
+            + replacements
+                .iter()
+                .map(|(key, value)| key.len() + value.len() + 4)
+                .sum::<usize>()
+            + 2;
+        let mut out = Vec::with_capacity(size);
+        out.push(b'{');
+        let mut first = true;
+        let mut used = vec![false; replacements.len()];
+        for (key, value) in &self.fields {
+            let bytes = match replacements
+                .iter()
+                .position(|(name, _)| *name == key.as_ref())
+            {
+                Some(index) => {
+                    used[index] = true;
+                    replacements[index].1
+                }
+                None => value.get().as_bytes(),
+            };
+            write_member(&mut out, &mut first, key, bytes);
+        }
+        for ((key, value), used) in replacements.iter().zip(used) {
+            if !used {
+                write_member(&mut out, &mut first, key, value);
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+fn write_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &[u8]) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    // Keys are re-escaped rather than copied, which also normalises any
+    // escape sequences the client used in them.
+    serde_json::to_writer(&mut *out, key).expect("writing a string to a Vec cannot fail");
+    out.push(b':');
+    out.extend_from_slice(value);
+}
+
+/// What kind of JSON value a raw value is, for error messages that must not
+/// echo large or sensitive contents back.
+fn describe(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor(std::marker::PhantomData))
+    }
+}
+
+struct FieldsVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for FieldsVisitor<'a> {
+    type Value = Fields<'a>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
+        let mut fields: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(16);
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if fields.iter().any(|(existing, _)| *existing == key.0) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate field `{}`",
+                    key.0
+                )));
+            }
+            let value: &'de RawValue = map.next_value()?;
+            fields.push((key.0, value));
+        }
+        Ok(Fields(fields))
+    }
+}
+
+/// A key borrowed from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(value)))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(value.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Roles a chat message may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+/// What the gateway checks of each message: its role, and that its
+/// content (if any) is a string or an array of typed parts.
+#[derive(Deserialize)]
+struct MessageCheck<'a> {
+    role: Role,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PartCheck<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+/// Whether, and how, the client asked for streamed usage.
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// A checked `POST /v1/chat/completions` body.
+#[derive(Debug)]
+pub struct ChatRequest<'a> {
+    pub fields: RequestFields<'a>,
+    pub model: String,
+    pub stream: bool,
+    /// The client itself asked for a usage chunk at the end of the stream.
+    pub client_wants_usage: bool,
+    /// `max_completion_tokens`, or the older `max_tokens`.
+    pub max_tokens: Option<u32>,
+    pub message_count: usize,
+}
+
+/// Numeric and boolean fields whose type the gateway checks, so a wrong
+/// type is refused with the parameter's name rather than passed upstream.
+const CHAT_NUMBER_FIELDS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+];
+const CHAT_COUNT_FIELDS: &[&str] = &["n", "max_tokens", "max_completion_tokens", "top_logprobs"];
+
+impl<'a> ChatRequest<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<ChatRequest<'a>, RequestError> {
+        let fields = RequestFields::parse(body)?;
+        let model = required_model(&fields)?;
+        let Some(messages) = fields.raw("messages") else {
+            return Err(RequestError::new(
+                "you must provide a `messages` parameter",
+                Some("messages"),
+            ));
+        };
+        let message_count = check_messages(messages)?;
+        let stream = fields.get::<bool>("stream", "a boolean")?.unwrap_or(false);
+        let stream_options = fields.get::<StreamOptions>(
+            "stream_options",
+            "an object such as {\"include_usage\": true}",
+        )?;
+        if stream_options.is_some() && !stream {
+            return Err(RequestError::new(
+                "`stream_options` is only allowed when `stream` is true",
+                Some("stream_options"),
+            ));
+        }
+        for name in CHAT_NUMBER_FIELDS {
+            fields.get::<f64>(name, "a number")?;
+        }
+        for name in CHAT_COUNT_FIELDS {
+            fields.get::<u32>(name, "a non-negative integer")?;
+        }
+        fields.get::<i64>("seed", "an integer")?;
+        fields.get::<String>("user", "a string")?;
+        check_stop(&fields)?;
+        let max_tokens =
+            match fields.get::<u32>("max_completion_tokens", "a non-negative integer")? {
+                Some(tokens) => Some(tokens),
+                None => fields.get::<u32>("max_tokens", "a non-negative integer")?,
+            };
+        Ok(ChatRequest {
+            client_wants_usage: stream_options.and_then(|options| options.include_usage)
+                == Some(true),
+            fields,
+            model,
+            stream,
+            max_tokens,
+            message_count,
+        })
+    }
+
+    /// The body for an OpenAI-compatible upstream: the client's own fields
+    /// with the upstream model id, and, for a stream whose usage the gateway
+    /// wants, `stream_options.include_usage` set.
+    pub fn encode(&self, upstream_model: &str, request_stream_usage: bool) -> Vec<u8> {
+        let model = json_string(upstream_model);
+        if self.stream && request_stream_usage && !self.client_wants_usage {
+            let options = self.stream_options_with_usage();
+            self.fields
+                .encode(&[("model", &model), ("stream_options", &options)])
+        } else {
+            self.fields.encode(&[("model", &model)])
+        }
+    }
+
+    /// The client's `stream_options` with `include_usage: true` added,
+    /// keeping any other option it set.
+    fn stream_options_with_usage(&self) -> Vec<u8> {
+        match self.fields.raw("stream_options") {
+            Some(raw) if raw.get().starts_with('{') => {
+                match RequestFields::parse(raw.get().as_bytes()) {
+                    Ok(options) => options.encode(&[("include_usage", b"true")]),
+                    Err(_) => br#"{"include_usage":true}"#.to_vec(),
+                }
+            }
+            _ => br#"{"include_usage":true}"#.to_vec(),
+        }
+    }
+}
+
+/// A checked `POST /v1/embeddings` body.
+#[derive(Debug)]
+pub struct EmbeddingsRequest<'a> {
+    pub fields: RequestFields<'a>,
+    pub model: String,
+    pub input: EmbeddingInput,
+    /// `base64` when the client asked for packed little-endian floats.
+    pub base64: bool,
+    pub dimensions: Option<u32>,
+}
+
+/// The `input` of an embeddings request: texts, or pre-tokenised arrays.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+impl EmbeddingInput {
+    /// The inputs, each as text (token arrays rendered as their numbers).
+    pub fn items(&self) -> Vec<Cow<'_, str>> {
+        match self {
+            EmbeddingInput::Text(text) => vec![Cow::Borrowed(text.as_str())],
+            EmbeddingInput::Texts(texts) => texts
+                .iter()
+                .map(|text| Cow::Borrowed(text.as_str()))
+                .collect(),
+            EmbeddingInput::Tokens(tokens) => vec![Cow::Owned(join_tokens(tokens))],
+            EmbeddingInput::TokenLists(lists) => lists
+                .iter()
+                .map(|tokens| Cow::Owned(join_tokens(tokens)))
+                .collect(),
+        }
+    }
+}
+
+fn join_tokens(tokens: &[u32]) -> String {
+    tokens
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl<'a> EmbeddingsRequest<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<EmbeddingsRequest<'a>, RequestError> {
+        let fields = RequestFields::parse(body)?;
+        let model = required_model(&fields)?;
+        let input = fields
+            .get::<EmbeddingInput>(
+                "input",
+                "a string, an array of strings, or an array of token arrays",
+            )?
+            .ok_or_else(|| {
+                RequestError::new("you must provide an `input` parameter", Some("input"))
+            })?;
+        let empty = match &input {
+            EmbeddingInput::Texts(texts) => texts.is_empty(),
+            EmbeddingInput::Tokens(tokens) => tokens.is_empty(),
+            EmbeddingInput::TokenLists(lists) => {
+                lists.is_empty() || lists.iter().any(Vec::is_empty)
+            }
+            EmbeddingInput::Text(_) => false,
+        };
+        if empty {
+            return Err(RequestError::new(
+                "`input` must not be empty",
+                Some("input"),
+            ));
+        }
+        let base64 = match fields
+            .get::<String>("encoding_format", "\"float\" or \"base64\"")?
+            .as_deref()
+        {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(RequestError::new(
+                    format!(
+                        "`encoding_format` must be \"float\" or \"base64\", got \"{}\"",
+                        truncate(other, 40)
+                    ),
+                    Some("encoding_format"),
+                ));
+            }
+        };
+        let dimensions = fields.get::<u32>("dimensions", "a positive integer")?;
+        if dimensions == Some(0) {
+            return Err(RequestError::new(
+                "`dimensions` must be at least 1",
+                Some("dimensions"),
+            ));
+        }
+        fields.get::<String>("user", "a string")?;
+        Ok(EmbeddingsRequest {
+            fields,
+            model,
+            input,
+            base64,
+            dimensions,
+        })
+    }
+
+    pub fn encode(&self, upstream_model: &str) -> Vec<u8> {
+        self.fields
+            .encode(&[("model", &json_string(upstream_model))])
+    }
+}
+
+fn required_model(fields: &RequestFields<'_>) -> Result<String, RequestError> {
+    match fields.get::<String>("model", "a string naming a model")? {
+        Some(model) if !model.is_empty() => Ok(model),
+        _ => Err(RequestError::new(
+            "you must provide a model parameter",
+            Some("model"),
+        )),
+    }
+}
+
+fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
+    if !raw.get().starts_with('[') {
+        return Err(RequestError::new(
+            format!(
+                "`messages` must be an array of message objects, got {}",
+                describe(raw)
+            ),
+            Some("messages"),
+        ));
+    }
+    let deserializer = &mut serde_json::Deserializer::from_str(raw.get());
+    let messages: Vec<MessageCheck<'_>> =
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let param = format!(
+                "messages{}",
+                if path == "." {
+                    String::new()
+                } else {
+                    bracket_path(&path)
+                }
+            );
+            RequestError::new(
+                format!(
+                    "invalid `{param}`: {}",
+                    without_position(&error.inner().to_string())
+                ),
+                Some(&param),
+            )
+        })?;
+    if messages.is_empty() {
+        return Err(RequestError::new(
+            "`messages` must contain at least one message",
+            Some("messages"),
+        ));
+    }
+    for (index, message) in messages.iter().enumerate() {
+        let Some(content) = message.content else {
+            continue;
+        };
+        let text = content.get();
+        let param = format!("messages[{index}].content");
+        match text.as_bytes().first() {
+            Some(b'"' | b'n') => {}
+            Some(b'[') => {
+                let parts: Vec<PartCheck<'_>> = serde_json::from_str(text).map_err(|_| {
+                    RequestError::new(
+                        format!("`{param}` must be a string or an array of parts, each an object with a `type`"),
+                        Some(&param),
+                    )
+                })?;
+                if parts.iter().any(|part| part.kind.is_empty()) {
+                    return Err(RequestError::new(
+                        format!("every part of `{param}` needs a `type`"),
+                        Some(&param),
+                    ));
+                }
+            }
+            _ => {
+                return Err(RequestError::new(
+                    format!(
+                        "`{param}` must be a string or an array of parts, got {}",
+                        describe(content)
+                    ),
+                    Some(&param),
+                ));
+            }
+        }
+        if message.role == Role::Tool && message.content.is_none() {
+            return Err(RequestError::new(
+                format!("`{param}` is required for tool messages"),
+                Some(&param),
+            ));
+        }
+    }
+    Ok(messages.len())
+}
+
+/// serde_path_to_error writes `[2].role`; OpenAI writes `messages[2].role`.
+fn bracket_path(path: &str) -> String {
+    path.split('.')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| {
+            if segment.starts_with('[') {
+                segment.to_owned()
+            } else {
+                format!(".{segment}")
+            }
+        })
+        .collect()
+}
+
+/// serde_json ends its messages with a position inside the fragment it
+/// was given, which would mislead about the client's whole body.
+fn without_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(index) => &message[..index],
+        None => message,
+    }
+}
+
+fn check_stop(fields: &RequestFields<'_>) -> Result<(), RequestError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stop {
+        One(#[allow(dead_code)] String),
+        Many(#[allow(dead_code)] Vec<String>),
+    }
+    fields.get::<Stop>("stop", "a string or an array of strings")?;
+    Ok(())
+}
+
+fn json_string(text: &str) -> Vec<u8> {
+    serde_json::to_vec(text).expect("serialising a string cannot fail")
+}
+
+fn truncate(text: &str, limit: usize) -> &str {
+    match text.char_indices().nth(limit) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}

@@ -1,0 +1,137 @@
+//! OpenAI response bodies: checked, and their token usage read, without
+//! re-encoding them. The gateway relays the upstream's bytes; it only needs
+//! to know that they are what they claim to be and what they cost.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use switchboard_core::Usage;
+
+use super::UpstreamErrorBody;
+
+/// An upstream answer that is not the OpenAI object it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidResponse(pub String);
+
+#[derive(Deserialize)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(wire: WireUsage) -> Usage {
+        Usage {
+            input_tokens: wire.prompt_tokens,
+            output_tokens: wire.completion_tokens,
+            cached_input_tokens: wire
+                .prompt_tokens_details
+                .and_then(|details| details.cached_tokens),
+            reasoning_tokens: wire
+                .completion_tokens_details
+                .and_then(|details| details.reasoning_tokens),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CompletionCheck {
+    choices: Vec<IgnoredAny>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsCheck {
+    data: Vec<IgnoredAny>,
+    usage: Option<WireUsage>,
+}
+
+/// Checks a `chat.completion` body and reads its usage.
+pub fn check_completion(body: &[u8]) -> Result<Usage, InvalidResponse> {
+    let check: CompletionCheck = serde_json::from_slice(body).map_err(|error| {
+        InvalidResponse(format!(
+            "the upstream's answer is not a chat completion: {error}"
+        ))
+    })?;
+    let _ = check.choices;
+    Ok(check.usage.map(Usage::from).unwrap_or_default())
+}
+
+/// Checks an embeddings `list` body and reads its usage.
+pub fn check_embeddings(body: &[u8]) -> Result<Usage, InvalidResponse> {
+    let check: EmbeddingsCheck = serde_json::from_slice(body).map_err(|error| {
+        InvalidResponse(format!(
+            "the upstream's answer is not an embeddings list: {error}"
+        ))
+    })?;
+    let _ = check.data;
+    Ok(check.usage.map(Usage::from).unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct ChunkCheck {
+    choices: Option<Vec<IgnoredAny>>,
+    usage: Option<WireUsage>,
+    error: Option<serde_json::Value>,
+}
+
+/// What one streamed `chat.completion.chunk` holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub usage: Option<Usage>,
+    /// The chunk carries usage and no choices: the final usage report.
+    pub usage_only: bool,
+    /// The upstream reported an error inside the stream.
+    pub error: Option<UpstreamErrorBody>,
+}
+
+/// Reads one chunk's `data:` payload.
+pub fn inspect_chunk(data: &str) -> Result<ChunkInfo, InvalidResponse> {
+    let check: ChunkCheck = serde_json::from_str(data).map_err(|error| {
+        InvalidResponse(format!(
+            "the upstream sent a stream chunk that is not valid JSON: {error}"
+        ))
+    })?;
+    if let Some(error) = check.error.filter(|error| !error.is_null()) {
+        let wrapped = serde_json::json!({ "error": error });
+        return Ok(ChunkInfo {
+            error: Some(UpstreamErrorBody::from_value(&wrapped)),
+            ..ChunkInfo::default()
+        });
+    }
+    let choice_count = check.choices.as_ref().map_or(0, Vec::len);
+    let usage = check.usage.map(Usage::from);
+    Ok(ChunkInfo {
+        usage_only: usage.is_some() && choice_count == 0,
+        usage,
+        error: None,
+    })
+}
+
+/// Removes the `"usage":null` member that OpenAI adds to every chunk once
+/// usage was requested, so a client that did not ask receives the chunk it
+/// would have received without the gateway. Returns `None` when there is
+/// nothing to remove.
+pub fn strip_null_usage(data: &str) -> Option<String> {
+    for pattern in [",\"usage\":null", "\"usage\":null,"] {
+        if let Some(position) = data.find(pattern) {
+            let mut stripped = String::with_capacity(data.len());
+            stripped.push_str(&data[..position]);
+            stripped.push_str(&data[position + pattern.len()..]);
+            return Some(stripped);
+        }
+    }
+    None
+}

@@ -1,0 +1,258 @@
+//! Tests of the OpenAI dialect: what is accepted, what is refused with
+//! which parameter named, and that pass-through keeps the client's bytes.
+
+use super::*;
+
+fn chat(body: &str) -> Result<ChatRequest<'_>, RequestError> {
+    ChatRequest::parse(body.as_bytes())
+}
+
+fn refused(body: &str) -> RequestError {
+    chat(body).expect_err("the request should be refused")
+}
+
+#[test]
+fn a_minimal_request_is_accepted() {
+    let request = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+    assert_eq!(request.model, "m");
+    assert!(!request.stream);
+    assert!(!request.client_wants_usage);
+    assert_eq!(request.max_tokens, None);
+}
+
+#[test]
+fn encode_replaces_the_model_and_keeps_everything_else_byte_for_byte() {
+    let body = r#"{"messages":[{"role":"user","content":"h\u00e9"}],"model":"public","x_vendor":{"a":[1, 2.50]},"temperature":0.7}"#;
+    let request = chat(body).unwrap();
+    let encoded = String::from_utf8(request.encode("upstream-id", true)).unwrap();
+    assert_eq!(
+        encoded,
+        r#"{"messages":[{"role":"user","content":"h\u00e9"}],"model":"upstream-id","x_vendor":{"a":[1, 2.50]},"temperature":0.7}"#
+    );
+}
+
+#[test]
+fn streams_ask_for_usage_on_the_clients_behalf() {
+    let request =
+        chat(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+    assert_eq!(
+        String::from_utf8(request.encode("u", true)).unwrap(),
+        r#"{"model":"u","stream":true,"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#
+    );
+    assert_eq!(
+        String::from_utf8(request.encode("u", false)).unwrap(),
+        r#"{"model":"u","stream":true,"messages":[{"role":"user","content":"x"}]}"#
+    );
+    let merged = chat(r#"{"model":"m","stream":true,"stream_options":{"other":1},"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+    assert!(!merged.client_wants_usage);
+    assert_eq!(
+        String::from_utf8(merged.encode("u", true)).unwrap(),
+        r#"{"model":"u","stream":true,"stream_options":{"other":1,"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#
+    );
+    let asked = chat(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+    assert!(asked.client_wants_usage);
+}
+
+#[test]
+fn malformed_bodies_are_refused_with_a_reason() {
+    assert!(refused("").message.contains("empty"));
+    assert!(refused("{").message.contains("not valid JSON"));
+    assert!(refused("[1]").message.contains("not valid JSON"));
+    assert!(
+        refused(r#"{"model":"a","model":"b"}"#)
+            .message
+            .contains("duplicate field `model`")
+    );
+    let invalid_utf8 = ChatRequest::parse(b"{\"model\":\"\xff\"}").unwrap_err();
+    assert!(
+        invalid_utf8.message.contains("not valid UTF-8"),
+        "{invalid_utf8:?}"
+    );
+}
+
+#[test]
+fn wrong_types_name_the_parameter() {
+    let cases = [
+        (r#"{"messages":[{"role":"user","content":"x"}]}"#, "model"),
+        (
+            r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#,
+            "model",
+        ),
+        (r#"{"model":"m"}"#, "messages"),
+        (r#"{"model":"m","messages":"hi"}"#, "messages"),
+        (r#"{"model":"m","messages":[]}"#, "messages"),
+        (
+            r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
+            "messages[0].role",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"},{"content":"y"}]}"#,
+            "messages[1]",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+            "messages[0].content",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":[{"text":"x"}]}]}"#,
+            "messages[0].content",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+            "temperature",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#,
+            "max_tokens",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+            "stream",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]}"#,
+            "stop",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#,
+            "stream_options",
+        ),
+    ];
+    for (body, param) in cases {
+        let error = refused(body);
+        assert_eq!(error.param.as_deref(), Some(param), "{body} -> {error:?}");
+        assert!(!error.message.contains(" at line "), "{error:?}");
+    }
+}
+
+#[test]
+fn error_messages_do_not_echo_values() {
+    let error = refused(
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"user":{"secret":"sk-abc"}}"#,
+    );
+    assert_eq!(error.param.as_deref(), Some("user"));
+    assert!(!error.message.contains("sk-abc"));
+}
+
+#[test]
+fn embeddings_inputs_are_checked() {
+    let request =
+        EmbeddingsRequest::parse(br#"{"model":"e","input":["a","b"],"encoding_format":"base64"}"#)
+            .unwrap();
+    assert_eq!(request.input.items().len(), 2);
+    assert!(request.base64);
+    assert_eq!(
+        String::from_utf8(request.encode("up")).unwrap(),
+        r#"{"model":"up","input":["a","b"],"encoding_format":"base64"}"#
+    );
+    for (body, param) in [
+        (r#"{"model":"e"}"#, "input"),
+        (r#"{"model":"e","input":[]}"#, "input"),
+        (r#"{"model":"e","input":{"a":1}}"#, "input"),
+        (
+            r#"{"model":"e","input":"x","encoding_format":"hex"}"#,
+            "encoding_format",
+        ),
+        (r#"{"model":"e","input":"x","dimensions":0}"#, "dimensions"),
+    ] {
+        let error = EmbeddingsRequest::parse(body.as_bytes()).unwrap_err();
+        assert_eq!(error.param.as_deref(), Some(param), "{body}");
+    }
+    let tokens = EmbeddingsRequest::parse(br#"{"model":"e","input":[[1,2],[3]]}"#).unwrap();
+    assert_eq!(
+        tokens.input,
+        EmbeddingInput::TokenLists(vec![vec![1, 2], vec![3]])
+    );
+}
+
+#[test]
+fn completions_are_checked_and_their_usage_read() {
+    let usage = check_completion(
+        br#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1},"completion_tokens_details":{"reasoning_tokens":2}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        usage,
+        switchboard_core::Usage {
+            input_tokens: Some(3),
+            output_tokens: Some(4),
+            cached_input_tokens: Some(1),
+            reasoning_tokens: Some(2)
+        }
+    );
+    assert!(check_completion(b"<html>bad gateway</html>").is_err());
+    assert!(check_completion(br#"{"object":"chat.completion"}"#).is_err());
+    assert!(check_embeddings(br#"{"object":"list","data":[]}"#).is_ok());
+    assert!(check_embeddings(br#"{"object":"list"}"#).is_err());
+}
+
+#[test]
+fn upstream_errors_are_read_in_every_common_shape() {
+    let openai = UpstreamErrorBody::parse(
+        br#"{"error":{"message":"bad","type":"invalid_request_error","param":"temperature","code":"x"}}"#,
+    );
+    assert_eq!(openai.message.as_deref(), Some("bad"));
+    assert_eq!(openai.param.as_deref(), Some("temperature"));
+    assert_eq!(
+        UpstreamErrorBody::parse(br#"{"error":"plain"}"#)
+            .message
+            .as_deref(),
+        Some("plain")
+    );
+    assert_eq!(
+        UpstreamErrorBody::parse(br#"{"detail":"fastapi"}"#)
+            .message
+            .as_deref(),
+        Some("fastapi")
+    );
+    assert_eq!(
+        UpstreamErrorBody::parse(br#"{"error":{"message":"n","code":429}}"#)
+            .code
+            .as_deref(),
+        Some("429")
+    );
+    assert_eq!(
+        UpstreamErrorBody::parse(b"garbage"),
+        UpstreamErrorBody::default()
+    );
+}
+
+#[test]
+fn chunks_report_usage_and_errors() {
+    let info = inspect_chunk(r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#)
+        .unwrap();
+    assert!(info.usage_only);
+    assert_eq!(info.usage.unwrap().output_tokens, Some(2));
+    let normal = inspect_chunk(r#"{"choices":[{"delta":{}}],"usage":null}"#).unwrap();
+    assert!(!normal.usage_only && normal.usage.is_none());
+    let error = inspect_chunk(r#"{"error":{"message":"boom"}}"#).unwrap();
+    assert_eq!(error.error.unwrap().message.as_deref(), Some("boom"));
+    assert!(inspect_chunk("nope").is_err());
+    assert_eq!(
+        response::strip_null_usage(r#"{"a":1,"usage":null}"#).as_deref(),
+        Some(r#"{"a":1}"#)
+    );
+    assert_eq!(
+        response::strip_null_usage(r#"{"usage":null,"a":1}"#).as_deref(),
+        Some(r#"{"a":1}"#)
+    );
+    assert_eq!(
+        response::strip_null_usage(r#"{"a":"\"usage\":null"}"#),
+        None
+    );
+}
+
+#[test]
+fn error_bodies_have_openais_shape() {
+    let body = ErrorBody {
+        message: "m",
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("c"),
+    }
+    .to_json();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        r#"{"error":{"message":"m","type":"invalid_request_error","param":null,"code":"c"}}"#
+    );
+}

@@ -1,0 +1,144 @@
+//! The upstream side of the gateway: one `Deployment` per configured
+//! deployment, which sends a checked request to its model and hands back a
+//! complete answer or a stream of relay events.
+//!
+//! Providers translate and transport; they never decide where a request
+//! goes (that is `switchboard-policy`) and never see the client's
+//! credentials, virtual keys or budgets: a request reaches them as a checked
+//! body, and leaves with the deployment's own credentials.
+
+mod client;
+mod error;
+mod openai;
+mod relay;
+mod simulated;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use switchboard_config::{DeploymentConfig, ProviderKind};
+use switchboard_core::Usage;
+use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest};
+
+pub use client::UpstreamClients;
+pub use error::{TimeoutPhase, UpstreamError};
+
+/// One event of a relayed stream, in the client's dialect (OpenAI).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayEvent {
+    /// A `chat.completion.chunk` JSON payload to send as one SSE `data:` event.
+    Data(Bytes),
+    /// Token usage reported by the upstream (not sent to the client by itself:
+    /// when the client asked for usage, it also arrives as a `Data` chunk).
+    Usage(Usage),
+    /// The stream ended as it should (`data: [DONE]`).
+    Done,
+    /// The stream broke; nothing follows.
+    Failed(UpstreamError),
+}
+
+/// Events of a streamed answer, in order. Dropping it cancels the upstream
+/// request.
+pub type RelayStream = Pin<Box<dyn Stream<Item = RelayEvent> + Send>>;
+
+/// What a deployment answered.
+pub enum Reply {
+    /// A whole JSON body to relay as it is, and the usage read from it.
+    Complete { body: Bytes, usage: Usage },
+    /// A stream to relay event by event.
+    Stream(RelayStream),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Complete { body, usage } => f
+                .debug_struct("Complete")
+                .field("body_bytes", &body.len())
+                .field("usage", usage)
+                .finish(),
+            Reply::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+enum Backend {
+    /// OpenAI, Azure OpenAI and every OpenAI-compatible server.
+    OpenAi(openai::OpenAiBackend),
+    Simulated(simulated::Simulator),
+}
+
+/// A configured deployment, ready to take requests.
+pub struct Deployment {
+    name: Arc<str>,
+    kind: ProviderKind,
+    upstream_model: String,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("name", &self.name)
+            .field("provider", &self.kind.name())
+            .field("upstream_model", &self.upstream_model)
+            .finish()
+    }
+}
+
+impl Deployment {
+    /// Builds a deployment from its validated configuration.
+    pub fn new(
+        config: &DeploymentConfig,
+        clients: &UpstreamClients,
+    ) -> Result<Deployment, UpstreamError> {
+        let backend = match config.provider {
+            ProviderKind::Simulated => Backend::Simulated(simulated::Simulator::new(
+                config.simulation.clone().unwrap_or_default(),
+                config.upstream_model.clone(),
+            )),
+            ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::OpenAiCompatible { .. } => {
+                Backend::OpenAi(openai::OpenAiBackend::new(config, clients)?)
+            }
+        };
+        Ok(Deployment {
+            name: Arc::from(config.name.as_str()),
+            kind: config.provider,
+            upstream_model: config.upstream_model.clone(),
+            backend,
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
+    pub fn upstream_model(&self) -> &str {
+        &self.upstream_model
+    }
+
+    /// Sends a chat completion request.
+    pub async fn chat(&self, request: &ChatRequest<'_>) -> Result<Reply, UpstreamError> {
+        match &self.backend {
+            Backend::OpenAi(backend) => backend.chat(request).await,
+            Backend::Simulated(simulator) => simulator.chat(request).await,
+        }
+    }
+
+    /// Sends an embeddings request; the answer is always complete.
+    pub async fn embeddings(
+        &self,
+        request: &EmbeddingsRequest<'_>,
+    ) -> Result<(Bytes, Usage), UpstreamError> {
+        match &self.backend {
+            Backend::OpenAi(backend) => backend.embeddings(request).await,
+            Backend::Simulated(simulator) => simulator.embeddings(request).await,
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! OpenAI, Azure OpenAI and OpenAI-compatible upstreams: one wire format,
+//! three ways of addressing and authenticating.
+//!
+//! - OpenAI and compatible servers: `{api_base}/chat/completions`,
+//!   `Authorization: Bearer {api_key}`.
+//! - Azure: `{api_base}/openai/deployments/{deployment}/chat/completions?api-version=…`,
+//!   `api-key: {api_key}`.
+//!
+//! The client's body passes through with only its model replaced (see
+//! `switchboard_dialects::openai::request`), and answers are relayed as the
+//! upstream sent them once checked.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use switchboard_config::{DeploymentConfig, ProviderKind, Timeouts};
+use switchboard_core::Usage;
+use switchboard_dialects::openai::{self, ChatRequest, EmbeddingsRequest, UpstreamErrorBody};
+
+use crate::relay::relay_openai_stream;
+use crate::{Reply, TimeoutPhase, UpstreamClients, UpstreamError};
+
+/// Largest error body read from an upstream; the rest is not needed to
+/// explain the failure.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub(crate) struct OpenAiBackend {
+    client: reqwest::Client,
+    chat_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
+    headers: HeaderMap,
+    upstream_model: String,
+    timeouts: Timeouts,
+    stream_usage: bool,
+}
+
+impl OpenAiBackend {
+    pub(crate) fn new(
+        config: &DeploymentConfig,
+        clients: &UpstreamClients,
+    ) -> Result<OpenAiBackend, UpstreamError> {
+        let base = config
+            .api_base
+            .clone()
+            .ok_or_else(|| UpstreamError::Misconfigured("no api_base".to_owned()))?;
+        let endpoint = |last: &str| -> Result<reqwest::Url, UpstreamError> {
+            let mut url = base.clone();
+            {
+                let mut segments = url.path_segments_mut().map_err(|()| {
+                    UpstreamError::Misconfigured("api_base cannot take a path".to_owned())
+                })?;
+                segments.pop_if_empty();
+                if config.provider == ProviderKind::Azure {
+                    segments.extend([
+                        "openai",
+                        "deployments",
+                        config.azure_deployment.as_deref().unwrap_or_default(),
+                    ]);
+                }
+                match last {
+                    "chat" => segments.extend(["chat", "completions"]),
+                    _ => segments.extend(["embeddings"]),
+                };
+            }
+            if let (ProviderKind::Azure, Some(version)) = (config.provider, &config.api_version) {
+                url.query_pairs_mut().append_pair("api-version", version);
+            }
+            Ok(url)
+        };
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(key) = &config.api_key {
+            let (name, value) = match config.provider {
+                ProviderKind::Azure => (
+                    header::HeaderName::from_static("api-key"),
+                    key.expose().to_owned(),
+                ),
+                _ => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+            };
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                UpstreamError::Misconfigured(
+                    "the API key holds characters not allowed in a header".to_owned(),
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        for (name, secret) in &config.headers {
+            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
+                UpstreamError::Misconfigured(format!("header {name} has an invalid value"))
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name.clone(), value);
+        }
+
+        Ok(OpenAiBackend {
+            client: clients.get(config.timeouts.connect)?,
+            chat_url: endpoint("chat")?,
+            embeddings_url: endpoint("embeddings")?,
+            headers,
+            upstream_model: config.upstream_model.clone(),
+            timeouts: config.timeouts,
+            stream_usage: config.stream_usage,
+        })
+    }
+
+    pub(crate) async fn chat(&self, request: &ChatRequest<'_>) -> Result<Reply, UpstreamError> {
+        let body = request.encode(&self.upstream_model, self.stream_usage);
+        if !request.stream {
+            let body = self.send_whole(&self.chat_url, body).await?;
+            let usage = openai::check_completion(&body)
+                .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
+            return Ok(Reply::Complete { body, usage });
+        }
+        let send = self
+            .client
+            .post(self.chat_url.clone())
+            .headers(self.headers.clone())
+            .header(header::ACCEPT, "text/event-stream")
+            .body(body)
+            .send();
+        let response = match tokio::time::timeout(self.timeouts.request, send).await {
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    phase: TimeoutPhase::Request,
+                });
+            }
+            Ok(Err(error)) => {
+                return Err(UpstreamError::from_reqwest(&error, TimeoutPhase::Connect));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.status_error(response).await);
+        }
+        let is_event_stream = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("text/event-stream"));
+        if !is_event_stream {
+            // Some servers answer a stream request that failed with a JSON
+            // error and status 200; relay what they meant.
+            let body = read_limited(response, self.timeouts.request).await?;
+            let parsed = UpstreamErrorBody::parse(&body);
+            if parsed.message.is_some() {
+                return Err(UpstreamError::InStream { body: parsed });
+            }
+            return Err(UpstreamError::InvalidResponse(
+                "the upstream answered a stream request without an event stream".to_owned(),
+            ));
+        }
+        let forward_usage = request.client_wants_usage;
+        let strip_null_usage = self.stream_usage && !request.client_wants_usage;
+        Ok(Reply::Stream(relay_openai_stream(
+            response.bytes_stream().boxed(),
+            self.timeouts.stream_idle,
+            forward_usage,
+            strip_null_usage,
+        )))
+    }
+
+    pub(crate) async fn embeddings(
+        &self,
+        request: &EmbeddingsRequest<'_>,
+    ) -> Result<(Bytes, Usage), UpstreamError> {
+        let body = self
+            .send_whole(&self.embeddings_url, request.encode(&self.upstream_model))
+            .await?;
+        let usage = openai::check_embeddings(&body)
+            .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
+        Ok((body, usage))
+    }
+
+    /// Sends a request whose answer is read whole, within the request timeout.
+    async fn send_whole(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<Bytes, UpstreamError> {
+        let exchange = async {
+            let response = self
+                .client
+                .post(url.clone())
+                .headers(self.headers.clone())
+                .body(body)
+                .send()
+                .await
+                .map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Connect))?;
+            if !response.status().is_success() {
+                return Err(self.status_error(response).await);
+            }
+            response
+                .bytes()
+                .await
+                .map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Request))
+        };
+        match tokio::time::timeout(self.timeouts.request, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout {
+                phase: TimeoutPhase::Request,
+            }),
+        }
+    }
+
+    async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = read_limited(response, self.timeouts.request)
+            .await
+            .unwrap_or_default();
+        UpstreamError::Status {
+            status,
+            body: UpstreamErrorBody::parse(&body),
+            retry_after,
+        }
+    }
+}
+
+/// Reads at most `MAX_ERROR_BODY` bytes of a body.
+async fn read_limited(
+    response: reqwest::Response,
+    timeout: std::time::Duration,
+) -> Result<Bytes, UpstreamError> {
+    let read = async {
+        let mut stream = response.bytes_stream();
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Request))?;
+            let room = MAX_ERROR_BODY.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= MAX_ERROR_BODY {
+                break;
+            }
+        }
+        Ok(Bytes::from(body))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout {
+            phase: TimeoutPhase::Request,
+        }))
+}

@@ -1,0 +1,354 @@
+//! The one error type the HTTP layer returns, rendered in the caller's
+//! dialect (OpenAI's error object today). Statuses are chosen here and
+//! nowhere else, so every failure maps the same way wherever it arises.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use switchboard_core::Outcome;
+use switchboard_dialects::openai::{ErrorBody, RequestError};
+use switchboard_providers::{TimeoutPhase, UpstreamError};
+
+/// An error answer to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// OpenAI's `error.type`.
+    pub kind: &'static str,
+    /// Stable code: OpenAI's `error.code`, the record's `error_code` and a
+    /// future metric label.
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    /// `retry-after` to send (rate limits).
+    pub retry_after: Option<String>,
+    /// An upstream-provided code to show instead of `code`, when the
+    /// upstream's own error is relayed.
+    pub upstream_code: Option<String>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+            upstream_code: None,
+        }
+    }
+
+    pub fn invalid_request(error: RequestError) -> ApiError {
+        ApiError {
+            param: error.param,
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                error.message,
+            )
+        }
+    }
+
+    pub fn model_not_found(model: &str) -> ApiError {
+        ApiError {
+            param: Some("model".to_owned()),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "The model `{}` does not exist on this gateway; GET /v1/models lists the models it serves.",
+                    clip(model, 200)
+                ),
+            )
+        }
+    }
+
+    pub fn wrong_endpoint(model: &str, endpoint: &str) -> ApiError {
+        ApiError {
+            param: Some("model".to_owned()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "model_not_supported",
+                format!("The model `{}` cannot serve {endpoint}.", clip(model, 200)),
+            )
+        }
+    }
+
+    pub fn missing_key() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing_api_key",
+            "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.",
+        )
+    }
+
+    pub fn invalid_key() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided.",
+        )
+    }
+
+    pub fn body_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!(
+                "The request body is larger than this gateway's limit of {limit} bytes (server.max_body_bytes)."
+            ),
+        )
+    }
+
+    pub fn unsupported_media_type(found: Option<&str>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            format!(
+                "Send the request body as JSON with `Content-Type: application/json` (got {}).",
+                found.map_or_else(
+                    || "no content type".to_owned(),
+                    |value| format!("`{}`", clip(value, 100))
+                )
+            ),
+        )
+    }
+
+    pub fn unreadable_body(reason: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "unreadable_body",
+            format!("The request body could not be read: {reason}."),
+        )
+    }
+
+    pub fn not_found_path(path: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!(
+                "Unrecognized request URL ({}). This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
+                clip(path, 200)
+            ),
+        )
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("{method} is not allowed on {}.", clip(path, 200)),
+        )
+    }
+
+    pub fn shutting_down() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "gateway_shutting_down",
+            "The gateway is shutting down; retry on another instance.",
+        )
+    }
+
+    /// Folds an upstream failure into what the client sees. The upstream's
+    /// message is relayed only when it describes the client's own request
+    /// (4xx other than authentication); credentials problems and server
+    /// errors are the gateway's to explain.
+    pub fn from_upstream(error: &UpstreamError, deployment: &str) -> ApiError {
+        match error {
+            UpstreamError::Connect(cause) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "upstream_unreachable",
+                format!("Deployment `{deployment}` could not be reached: {cause}."),
+            ),
+            UpstreamError::Timeout { phase } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "api_error",
+                "upstream_timeout",
+                match phase {
+                    TimeoutPhase::Connect => {
+                        format!("Deployment `{deployment}` did not accept a connection in time.")
+                    }
+                    TimeoutPhase::Request => {
+                        format!("Deployment `{deployment}` did not answer in time.")
+                    }
+                    TimeoutPhase::StreamIdle => format!(
+                        "Deployment `{deployment}` stopped sending in the middle of the stream."
+                    ),
+                },
+            ),
+            UpstreamError::Transport(cause) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "upstream_connection_failed",
+                format!("The connection to deployment `{deployment}` failed: {cause}."),
+            ),
+            UpstreamError::InvalidResponse(why) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "upstream_invalid_response",
+                format!("Deployment `{deployment}` answered something unusable: {why}."),
+            ),
+            UpstreamError::Misconfigured(why) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "gateway_misconfigured",
+                format!("Deployment `{deployment}` is misconfigured: {why}."),
+            ),
+            UpstreamError::InStream { body } => ApiError {
+                upstream_code: body.code.clone(),
+                ..ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    "upstream_error",
+                    format!(
+                        "Deployment `{deployment}` reported an error: {}",
+                        body.message
+                            .as_deref()
+                            .map_or("no message".to_owned(), |message| clip(message, 1000)
+                                .to_owned())
+                    ),
+                )
+            },
+            UpstreamError::Status {
+                status,
+                body,
+                retry_after,
+            } => {
+                let upstream_message = body
+                    .message
+                    .as_deref()
+                    .map(|message| clip(message, 2000).to_owned());
+                match *status {
+                    400 | 404 | 409 | 413 | 422 => ApiError {
+                        param: body.param.clone(),
+                        upstream_code: body.code.clone(),
+                        ..ApiError::new(
+                            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+                            "invalid_request_error",
+                            "upstream_rejected_request",
+                            upstream_message.unwrap_or_else(|| {
+                                format!(
+                                    "Deployment `{deployment}` rejected the request ({status})."
+                                )
+                            }),
+                        )
+                    },
+                    429 => ApiError {
+                        retry_after: retry_after.clone(),
+                        upstream_code: body.code.clone(),
+                        ..ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_error",
+                            "upstream_rate_limited",
+                            format!(
+                                "Deployment `{deployment}` is rate limited{}",
+                                upstream_message.map_or_else(
+                                    || ".".to_owned(),
+                                    |message| format!(": {message}")
+                                )
+                            ),
+                        )
+                    },
+                    401 | 403 => ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        "upstream_auth_failed",
+                        format!(
+                            "Deployment `{deployment}` refused the gateway's credentials ({status}); check its api_key in the gateway configuration."
+                        ),
+                    ),
+                    408 => ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "api_error",
+                        "upstream_timeout",
+                        format!("Deployment `{deployment}` timed out (408)."),
+                    ),
+                    _ => ApiError {
+                        upstream_code: body.code.clone(),
+                        ..ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "api_error",
+                            "upstream_error",
+                            format!(
+                                "Deployment `{deployment}` failed with status {status}{}",
+                                upstream_message.map_or_else(
+                                    || ".".to_owned(),
+                                    |message| format!(": {message}")
+                                )
+                            ),
+                        )
+                    },
+                }
+            }
+        }
+    }
+
+    /// How the request log classifies this error.
+    pub fn outcome(&self) -> Outcome {
+        match self.code {
+            "gateway_shutting_down" => Outcome::Shutdown,
+            "upstream_rate_limited" => Outcome::UpstreamError,
+            _ if self.status.is_client_error() => Outcome::ClientError,
+            _ => Outcome::UpstreamError,
+        }
+    }
+
+    /// The OpenAI error object, as JSON bytes.
+    pub fn body(&self) -> Bytes {
+        Bytes::from(
+            ErrorBody {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: Some(self.upstream_code.as_deref().unwrap_or(self.code)),
+            }
+            .to_json(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.body()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(retry_after) = self
+            .retry_after
+            .as_deref()
+            .and_then(|value| HeaderValue::from_str(value).ok())
+        {
+            headers.insert(header::RETRY_AFTER, retry_after);
+        }
+        response
+    }
+}
+
+/// Cuts text at a character boundary, so error messages stay bounded.
+fn clip(text: &str, limit: usize) -> &str {
+    match text.char_indices().nth(limit) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}

@@ -1,0 +1,178 @@
+//! Switchboard's HTTP front: the axum router, its middleware, the handlers,
+//! error rendering and the serve loop with graceful shutdown.
+//!
+//! Invariant: this is the only crate that names axum. Handlers parse with
+//! `switchboard-dialects`, choose with `switchboard-policy`, call upstreams
+//! through `switchboard-providers`, and record through the store's
+//! `Recorder`, which never blocks the request.
+
+mod body;
+mod context;
+mod error;
+mod handlers;
+mod state;
+mod stream;
+mod trace;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use switchboard_config::{Config, StorageUrl};
+use switchboard_store::{RecordWriter, SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+pub use state::Gateway;
+
+/// Builds the router. The middleware order is written once, in
+/// `context.rs`; `route_layer` applies authentication to the model routes
+/// only, and `layer` puts the request context outside everything.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let model_routes = Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/models", get(handlers::list_models))
+        .route("/v1/models/{*model}", get(handlers::retrieve_model))
+        // The same API without the version prefix, for clients configured
+        // with a bare base URL.
+        .route("/chat/completions", post(handlers::chat_completions))
+        .route("/embeddings", post(handlers::embeddings))
+        .route("/models", get(handlers::list_models))
+        .route("/models/{*model}", get(handlers::retrieve_model))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            context::authenticate,
+        ));
+    Router::new()
+        .route("/health", get(handlers::live))
+        .route("/health/live", get(handlers::live))
+        .route("/health/ready", get(handlers::ready))
+        .merge(model_routes)
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn(context::request_context))
+        .with_state(gateway)
+}
+
+async fn unknown_path(request: Request) -> Response {
+    ApiError::not_found_path(request.uri().path()).into_response()
+}
+
+async fn wrong_method(request: Request) -> Response {
+    ApiError::method_not_allowed(request.method().as_str(), request.uri().path()).into_response()
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, switchboard_store::StoreError> {
+    Ok(match &config.storage.url {
+        StorageUrl::SqliteFile(path) => Arc::new(SqliteStore::open_file(path).await?),
+        StorageUrl::SqliteMemory => Arc::new(SqliteStore::open_memory().await?),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] switchboard_store::StoreError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Upstream(#[from] switchboard_providers::UpstreamError),
+    #[error("the server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A gateway listening and serving until `shutdown` is cancelled.
+pub struct Running {
+    pub address: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Waits for the serve loop (and the final flush of records) to end.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(error) => Err(ServeError::Io(std::io::Error::other(error.to_string()))),
+        }
+    }
+}
+
+/// Opens the store, binds the listener and starts serving. On `shutdown`:
+/// readiness turns 503 and no new connection is accepted; in-flight
+/// requests and streams get `server.shutdown_grace` to finish, after which
+/// they are ended with an error; then every queued record is written.
+pub async fn start(
+    config: &Config,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<Running, ServeError> {
+    let store = open_store(config).await?;
+    let (recorder, writer) = RecordWriter::start(store.clone(), config.storage.record_queue);
+    let cut = CancellationToken::new();
+    let gateway = Arc::new(Gateway::new(config, store, recorder, cut.clone())?);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: listen,
+            source,
+        })?;
+    let address = listener.local_addr()?;
+    let grace = config.server.shutdown_grace;
+    let app = router(gateway.clone());
+    let serving_gateway = gateway.clone();
+
+    let task = tokio::spawn(async move {
+        let drain_signal = shutdown.clone();
+        let draining_gateway = serving_gateway.clone();
+        // Nagle's algorithm meeting delayed ACKs adds ~40 ms to small
+        // responses on kept-alive connections: disable it on every socket.
+        let listener = listener.tap_io(|socket| {
+            if let Err(error) = socket.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
+        let serve =
+            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
+                drain_signal.cancelled().await;
+                draining_gateway.draining.store(true, Ordering::Relaxed);
+                tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+            });
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            tracing::warn!("shutdown grace period over: ending the requests still in flight");
+            cut.cancel();
+            // Requests end themselves once cut; this bounds the wait for
+            // connections that still do not close.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        let served = tokio::select! {
+            served = serve => served.map_err(ServeError::Io),
+            () = deadline => Ok(()),
+        };
+        // Connections are gone; their handlers have queued their records.
+        drop(serving_gateway);
+        writer.finish(Duration::from_secs(30)).await;
+        tracing::info!("shutdown complete");
+        served
+    });
+    Ok(Running {
+        address,
+        gateway,
+        task,
+    })
+}

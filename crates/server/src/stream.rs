@@ -1,0 +1,113 @@
+//! Relaying a stream to the client as Server-Sent Events.
+//!
+//! Each relay event is framed and written as soon as it arrives; nothing is
+//! buffered. The stream owns the request's `Trace`: it records time to first
+//! token and usage as they pass, and the outcome when it ends. If the client
+//! hangs up, the body is dropped, which drops the upstream request (and so
+//! cancels it) and records the request as closed by the client. At the
+//! shutdown deadline the stream ends with an error event instead of being
+//! cut silently.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use switchboard_core::Outcome;
+use switchboard_dialects::sse::frame_data;
+use switchboard_providers::{RelayEvent, RelayStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::handlers::DEPLOYMENT_HEADER;
+use crate::trace::Trace;
+
+struct Relay {
+    events: RelayStream,
+    trace: Trace,
+    cut: CancellationToken,
+    deployment: Arc<str>,
+    ended: bool,
+}
+
+impl Relay {
+    /// The next bytes for the client, or `None` when the stream is over.
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        while !self.ended {
+            let event = tokio::select! {
+                biased;
+                event = self.events.next() => event,
+                () = self.cut.cancelled() => {
+                    return Some(self.fail(ApiError::shutting_down()));
+                }
+            };
+            match event {
+                Some(RelayEvent::Data(payload)) => {
+                    self.trace.mark_first_chunk();
+                    return Some(Bytes::from(frame_data(&payload)));
+                }
+                Some(RelayEvent::Usage(usage)) => self.trace.usage = usage,
+                Some(RelayEvent::Done) => {
+                    self.ended = true;
+                    self.trace.finish(200, Outcome::Success, None);
+                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                }
+                Some(RelayEvent::Failed(error)) => {
+                    return Some(self.fail(ApiError::from_upstream(&error, &self.deployment)));
+                }
+                None => {
+                    let error = ApiError::from_upstream(
+                        &switchboard_providers::UpstreamError::InvalidResponse(
+                            "the stream ended without its end marker".to_owned(),
+                        ),
+                        &self.deployment,
+                    );
+                    return Some(self.fail(error));
+                }
+            }
+        }
+        None
+    }
+
+    /// Ends the stream with an error event in OpenAI's shape, which the
+    /// OpenAI SDKs raise as an `APIError`, and records the failure.
+    fn fail(&mut self, error: ApiError) -> Bytes {
+        self.ended = true;
+        self.trace
+            .finish(error.status.as_u16(), error.outcome(), Some(error.code));
+        Bytes::from(frame_data(&error.body()))
+    }
+}
+
+pub(crate) fn sse_response(
+    events: RelayStream,
+    trace: Trace,
+    cut: CancellationToken,
+    deployment: &Arc<str>,
+) -> Response {
+    let relay = Relay {
+        events,
+        trace,
+        cut,
+        deployment: deployment.clone(),
+        ended: false,
+    };
+    let body = futures_util::stream::unfold(relay, |mut relay| async move {
+        let bytes = relay.next_bytes().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(bytes), relay))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(value) = HeaderValue::from_str(deployment) {
+        headers.insert(DEPLOYMENT_HEADER, value);
+    }
+    response
+}

@@ -1,0 +1,131 @@
+//! What the gateway learns about one request while serving it, and the
+//! record and log line it leaves behind.
+//!
+//! A `Trace` is created when a model request arrives and records itself
+//! exactly once: when the handler or the stream calls `finish`, or, if
+//! neither did (the client hung up, or shutdown cut the request), when it
+//! is dropped. Recording only queues the record; nothing here waits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_store::Recorder;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::RequestContext;
+
+pub(crate) struct Trace {
+    context: RequestContext,
+    endpoint: Endpoint,
+    pub model: String,
+    pub deployment: Option<Arc<str>>,
+    pub stream: bool,
+    pub usage: Usage,
+    first_chunk: Option<Duration>,
+    recorder: Recorder,
+    /// Cancelled when the shutdown deadline cuts in-flight requests.
+    cut: CancellationToken,
+    recorded: bool,
+}
+
+impl Trace {
+    pub fn new(
+        context: RequestContext,
+        endpoint: Endpoint,
+        recorder: Recorder,
+        cut: CancellationToken,
+    ) -> Trace {
+        Trace {
+            context,
+            endpoint,
+            model: String::new(),
+            deployment: None,
+            stream: false,
+            usage: Usage::default(),
+            first_chunk: None,
+            recorder,
+            cut,
+            recorded: false,
+        }
+    }
+
+    /// Notes the first streamed chunk (time to first token).
+    pub fn mark_first_chunk(&mut self) {
+        if self.first_chunk.is_none() {
+            self.first_chunk = Some(self.context.started.elapsed());
+        }
+    }
+
+    pub fn finish(&mut self, status: u16, outcome: Outcome, error_code: Option<&str>) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        let latency = self.context.started.elapsed();
+        let record = RequestRecord {
+            request_id: self.context.request_id.to_string(),
+            started_at_ms: self.context.started_at_ms,
+            endpoint: self.endpoint,
+            model: std::mem::take(&mut self.model),
+            deployment: self.deployment.as_deref().map(str::to_owned),
+            stream: self.stream,
+            status,
+            outcome,
+            error_code: error_code.map(str::to_owned),
+            latency_ms: millis(latency),
+            ttft_ms: self.first_chunk.map(millis),
+            usage: self.usage,
+        };
+        log(&record);
+        self.recorder.record(record);
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if !self.recorded {
+            if self.cut.is_cancelled() {
+                self.finish(503, Outcome::Shutdown, Some("gateway_shutting_down"));
+            } else {
+                // 499: nginx's "client closed request".
+                self.finish(499, Outcome::ClientClosed, Some("client_closed"));
+            }
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().min(u64::MAX as u128) as u64
+}
+
+fn log(record: &RequestRecord) {
+    let deployment = record.deployment.as_deref().unwrap_or("-");
+    let error = record.error_code.as_deref().unwrap_or("-");
+    if record.outcome == Outcome::Success {
+        tracing::info!(
+            request_id = %record.request_id, endpoint = record.endpoint.as_str(), model = %record.model,
+            deployment, stream = record.stream, status = record.status, latency_ms = record.latency_ms,
+            ttft_ms = record.ttft_ms, input_tokens = record.usage.input_tokens, output_tokens = record.usage.output_tokens,
+            "request served"
+        );
+    } else {
+        tracing::warn!(
+            request_id = %record.request_id, endpoint = record.endpoint.as_str(), model = %record.model,
+            deployment, stream = record.stream, status = record.status, latency_ms = record.latency_ms,
+            outcome = record.outcome.as_str(), error,
+            "request failed"
+        );
+    }
+}
+
+/// Milliseconds since the Unix epoch, for records.
+pub(crate) fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}

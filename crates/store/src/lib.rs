@@ -1,0 +1,49 @@
+//! Everything the gateway keeps: the request log today; keys, budgets and
+//! spend next. One `Store` trait, implemented for SQLite now and for
+//! PostgreSQL when virtual keys arrive, so callers never name a database.
+//!
+//! The request path never calls a store directly: it hands records to a
+//! `Recorder`, whose writer task batches them into the store.
+//!
+//! Invariant: only this crate names sqlx (or, later, redis).
+
+mod migrate;
+mod recorder;
+mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use switchboard_core::RequestRecord;
+
+pub use recorder::{RecordWriter, Recorder, RecorderStats};
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database at {location}: {message}")]
+    Open { location: String, message: String },
+    #[error("database migration {version} failed: {message}")]
+    Migration { version: i64, message: String },
+    #[error("database error: {0}")]
+    Query(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        StoreError::Query(error.to_string())
+    }
+}
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The storage interface. Methods return boxed futures so that the server
+/// can hold any backend as `Arc<dyn Store>`.
+pub trait Store: Send + Sync + 'static {
+    /// Writes a batch of request records in one transaction.
+    fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()>;
+    /// The newest records first, at most `limit` of them.
+    fn recent_records(&self, limit: u32) -> StoreFuture<'_, Vec<RequestRecord>>;
+    /// Answers when the database is reachable (readiness).
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}

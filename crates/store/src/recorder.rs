@@ -1,0 +1,255 @@
+//! The path from the request handlers to the store: a bounded queue and one
+//! writer task that drains it in batches.
+//!
+//! Handlers call `Recorder::record`, which never waits: it puts the record
+//! on the queue or, if the queue is full, counts it as dropped and logs an
+//! error (the counter is exposed, and tests assert it stays at zero). The
+//! writer retries a failed batch with backoff instead of discarding it, and
+//! on shutdown drains the whole queue before it returns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use switchboard_core::RequestRecord;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Store;
+
+/// Largest number of records written in one transaction.
+const BATCH: usize = 512;
+
+#[derive(Debug, Default)]
+pub struct RecorderStats {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub write_failures: AtomicU64,
+}
+
+/// The handle the request path holds. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    queue: mpsc::Sender<RequestRecord>,
+    stats: Arc<RecorderStats>,
+}
+
+impl Recorder {
+    /// Queues a record without waiting.
+    pub fn record(&self, record: RequestRecord) {
+        if let Err(error) = self.queue.try_send(record) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            let reason = match error {
+                mpsc::error::TrySendError::Full(_) => "the record queue is full",
+                mpsc::error::TrySendError::Closed(_) => "the record writer has stopped",
+            };
+            tracing::error!(reason, "request record dropped");
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<RecorderStats> {
+        &self.stats
+    }
+}
+
+/// The writer task's handle, used to stop it and wait for the last batch.
+pub struct RecordWriter {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordWriter {
+    /// Starts the writer; returns the handle for handlers and the writer.
+    pub fn start(store: Arc<dyn Store>, capacity: usize) -> (Recorder, RecordWriter) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let stats = Arc::new(RecorderStats::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(write_loop(store, receiver, stats.clone(), stop.clone()));
+        (
+            Recorder {
+                queue: sender,
+                stats,
+            },
+            RecordWriter { stop, task },
+        )
+    }
+
+    /// Stops accepting records, writes every queued one, and returns when
+    /// the last batch is committed (or `deadline` passed).
+    pub async fn finish(self, deadline: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(deadline, self.task).await.is_err() {
+            tracing::error!("the record writer did not finish before its deadline");
+        }
+    }
+}
+
+async fn write_loop(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<RequestRecord>,
+    stats: Arc<RecorderStats>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let received = tokio::select! {
+            received = receiver.recv_many(&mut batch, BATCH) => received,
+            () = stop.cancelled() => {
+                // Refuse new records, then drain what is queued.
+                receiver.close();
+                while receiver.recv_many(&mut batch, BATCH).await > 0 {
+                    write_batch(store.as_ref(), &mut batch, &stats, &stop).await;
+                }
+                return;
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        write_batch(store.as_ref(), &mut batch, &stats, &stop).await;
+    }
+}
+
+/// Writes one batch, retrying with backoff until it succeeds. Once the
+/// gateway is stopping, gives up after a few attempts and reports how many
+/// records were lost.
+async fn write_batch(
+    store: &dyn Store,
+    batch: &mut Vec<RequestRecord>,
+    stats: &RecorderStats,
+    stop: &CancellationToken,
+) {
+    let mut delay = Duration::from_millis(50);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match store.insert_records(batch).await {
+            Ok(()) => {
+                stats
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+                return;
+            }
+            Err(error) => {
+                stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                if stop.is_cancelled() && attempts >= 5 {
+                    stats
+                        .dropped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    tracing::error!(%error, records = batch.len(), "request records lost at shutdown: the database kept failing");
+                    batch.clear();
+                    return;
+                }
+                tracing::warn!(%error, records = batch.len(), attempt = attempts, "writing request records failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::{SqliteStore, StoreError, StoreFuture};
+
+    fn record(index: usize) -> RequestRecord {
+        RequestRecord {
+            request_id: format!("r{index}"),
+            started_at_ms: index as i64,
+            endpoint: switchboard_core::Endpoint::ChatCompletions,
+            model: "m".into(),
+            deployment: None,
+            stream: false,
+            status: 200,
+            outcome: switchboard_core::Outcome::Success,
+            error_code: None,
+            latency_ms: 1,
+            ttft_ms: None,
+            usage: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_queued_record_is_written_by_shutdown() {
+        let store = Arc::new(SqliteStore::open_memory().await.unwrap());
+        let (recorder, writer) = RecordWriter::start(store.clone(), 10_000);
+        for index in 0..2_000 {
+            recorder.record(record(index));
+        }
+        writer.finish(Duration::from_secs(10)).await;
+        assert_eq!(recorder.stats().written.load(Ordering::Relaxed), 2_000);
+        assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(store.recent_records(5_000).await.unwrap().len(), 2_000);
+    }
+
+    /// A store that fails its first writes, as a locked or briefly
+    /// unavailable database would.
+    struct Flaky {
+        failures_left: Mutex<u32>,
+        rows: Mutex<Vec<RequestRecord>>,
+    }
+
+    impl Store for Flaky {
+        fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
+            Box::pin(async move {
+                let mut failures = self.failures_left.lock().unwrap();
+                if *failures > 0 {
+                    *failures -= 1;
+                    return Err(StoreError::Query("database is locked".into()));
+                }
+                self.rows.lock().unwrap().extend_from_slice(records);
+                Ok(())
+            })
+        }
+        fn recent_records(&self, _limit: u32) -> StoreFuture<'_, Vec<RequestRecord>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_batches_are_retried_not_dropped() {
+        let store = Arc::new(Flaky {
+            failures_left: Mutex::new(3),
+            rows: Mutex::new(Vec::new()),
+        });
+        let (recorder, writer) = RecordWriter::start(store.clone(), 100);
+        for index in 0..50 {
+            recorder.record(record(index));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        writer.finish(Duration::from_secs(10)).await;
+        assert_eq!(store.rows.lock().unwrap().len(), 50);
+        assert_eq!(recorder.stats().write_failures.load(Ordering::Relaxed), 3);
+        assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_counts_what_it_drops() {
+        // A store that never answers keeps the queue full.
+        struct Stuck;
+        impl Store for Stuck {
+            fn insert_records<'a>(&'a self, _records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
+                Box::pin(std::future::pending())
+            }
+            fn recent_records(&self, _limit: u32) -> StoreFuture<'_, Vec<RequestRecord>> {
+                Box::pin(async { Ok(Vec::new()) })
+            }
+            fn ping(&self) -> StoreFuture<'_, ()> {
+                Box::pin(async { Ok(()) })
+            }
+        }
+        let (recorder, _writer) = RecordWriter::start(Arc::new(Stuck), 16);
+        for index in 0..100 {
+            recorder.record(record(index));
+        }
+        let dropped = recorder.stats().dropped.load(Ordering::Relaxed);
+        assert!((68..=84).contains(&dropped), "dropped {dropped}");
+    }
+}

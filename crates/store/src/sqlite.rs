@@ -1,0 +1,237 @@
+//! The SQLite store: the embedded default. One file, created and migrated
+//! on first start, in WAL mode with `synchronous = NORMAL` (durable across
+//! a process crash; the last transactions may be lost only on power loss).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite};
+use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+
+use crate::{Store, StoreError, StoreFuture, migrate};
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it.
+    pub async fn open_file(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|error| StoreError::Open {
+                location: path.display().to_string(),
+                message: error.to_string(),
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|error| StoreError::Open {
+                location: path.display().to_string(),
+                message: error.to_string(),
+            })?;
+        Self::migrated(pool).await
+    }
+
+    /// An in-memory database, private to this process (tests, ephemeral runs).
+    pub async fn open_memory() -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection that never expires: each new in-memory connection
+        // would otherwise be a new, empty database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(|error| StoreError::Open {
+                location: "sqlite::memory:".to_owned(),
+                message: error.to_string(),
+            })?;
+        Self::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
+        migrate::run_sqlite(&pool, migrate::SQLITE).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn opt_i64(value: Option<u64>) -> Option<i64> {
+    value.map(|value| value.min(i64::MAX as u64) as i64)
+}
+
+fn opt_u64(value: Option<i64>) -> Option<u64> {
+    value.map(|value| value.max(0) as u64)
+}
+
+impl Store for SqliteStore {
+    fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut transaction = self.pool.begin().await?;
+            for record in records {
+                sqlx::query::<Sqlite>(
+                    "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
+                     outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
+                     reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&record.request_id)
+                .bind(record.started_at_ms)
+                .bind(record.endpoint.as_str())
+                .bind(&record.model)
+                .bind(record.deployment.as_deref())
+                .bind(record.stream)
+                .bind(i64::from(record.status))
+                .bind(record.outcome.as_str())
+                .bind(record.error_code.as_deref())
+                .bind(opt_i64(Some(record.latency_ms)))
+                .bind(opt_i64(record.ttft_ms))
+                .bind(opt_i64(record.usage.input_tokens))
+                .bind(opt_i64(record.usage.output_tokens))
+                .bind(opt_i64(record.usage.cached_input_tokens))
+                .bind(opt_i64(record.usage.reasoning_tokens))
+                .execute(&mut *transaction)
+                .await?;
+            }
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn recent_records(&self, limit: u32) -> StoreFuture<'_, Vec<RequestRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query::<Sqlite>(
+                "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
+                 latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens \
+                 FROM requests ORDER BY id DESC LIMIT ?",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let endpoint = match row.try_get::<String, _>("endpoint")?.as_str() {
+                        "embeddings" => Endpoint::Embeddings,
+                        _ => Endpoint::ChatCompletions,
+                    };
+                    let outcome = match row.try_get::<String, _>("outcome")?.as_str() {
+                        "success" => Outcome::Success,
+                        "client_error" => Outcome::ClientError,
+                        "client_closed" => Outcome::ClientClosed,
+                        "shutdown" => Outcome::Shutdown,
+                        _ => Outcome::UpstreamError,
+                    };
+                    Ok(RequestRecord {
+                        request_id: row.try_get("request_id")?,
+                        started_at_ms: row.try_get("started_at_ms")?,
+                        endpoint,
+                        model: row.try_get("model")?,
+                        deployment: row.try_get("deployment")?,
+                        stream: row.try_get("stream")?,
+                        status: row.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
+                        outcome,
+                        error_code: row.try_get("error_code")?,
+                        latency_ms: row.try_get::<i64, _>("latency_ms")?.max(0) as u64,
+                        ttft_ms: opt_u64(row.try_get("ttft_ms")?),
+                        usage: Usage {
+                            input_tokens: opt_u64(row.try_get("input_tokens")?),
+                            output_tokens: opt_u64(row.try_get("output_tokens")?),
+                            cached_input_tokens: opt_u64(row.try_get("cached_input_tokens")?),
+                            reasoning_tokens: opt_u64(row.try_get("reasoning_tokens")?),
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query::<Sqlite>("SELECT 1")
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn record(id: &str) -> RequestRecord {
+        RequestRecord {
+            request_id: id.to_owned(),
+            started_at_ms: 1_700_000_000_000,
+            endpoint: Endpoint::ChatCompletions,
+            model: "m".to_owned(),
+            deployment: Some("d".to_owned()),
+            stream: true,
+            status: 200,
+            outcome: Outcome::Success,
+            error_code: None,
+            latency_ms: 12,
+            ttft_ms: Some(3),
+            usage: Usage {
+                input_tokens: Some(10),
+                output_tokens: Some(5),
+                cached_input_tokens: None,
+                reasoning_tokens: Some(0),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn records_round_trip_through_sqlite() {
+        let store = SqliteStore::open_memory().await.unwrap();
+        let mut failed = record("b");
+        failed.status = 504;
+        failed.outcome = Outcome::UpstreamError;
+        failed.error_code = Some("upstream_timeout".into());
+        failed.usage = Usage::default();
+        failed.ttft_ms = None;
+        store
+            .insert_records(&[record("a"), failed.clone()])
+            .await
+            .unwrap();
+        let found = store.recent_records(10).await.unwrap();
+        assert_eq!(found, vec![failed, record("a")]);
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_database_is_created_migrated_and_reopened() {
+        let directory =
+            std::env::temp_dir().join(format!("switchboard-store-{}", std::process::id()));
+        let path = directory.join("nested/requests.db");
+        let store = SqliteStore::open_file(&path).await.unwrap();
+        store.insert_records(&[record("x")]).await.unwrap();
+        store.close().await;
+        // Reopening runs the migrations again, which must be a no-op.
+        let reopened = SqliteStore::open_file(&path).await.unwrap();
+        assert_eq!(reopened.recent_records(5).await.unwrap(), vec![record("x")]);
+        reopened.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+}

@@ -1,0 +1,333 @@
+//! Test support, never linked into the binary: a mock upstream that speaks
+//! OpenAI's wire format (and Azure's deployment-style paths) on a loopback
+//! port chosen by the OS, answers as each test scripts it, and records every
+//! request it receives so tests can assert what crossed the wire.
+//!
+//! By default it answers like OpenAI: a `chat.completion` object, or an SSE
+//! stream of `chat.completion.chunk` events ending in `data: [DONE]`, with a
+//! usage chunk only when the request asked for one. Tests push `Script`s to
+//! replace the default for the next requests, in order.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query, as sent.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("the gateway sent JSON upstream")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+/// How the mock answers one request.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// A status and a JSON (or any) body, with extra headers.
+    Respond {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// An event stream: each piece is sent after its delay. When `close`
+    /// is false the connection stays open after the last piece.
+    Stream {
+        pieces: Vec<(Duration, String)>,
+        close: bool,
+    },
+    /// Wait this long before giving the default answer.
+    Delay(Duration),
+    /// Never answer.
+    Hang,
+}
+
+impl Script {
+    pub fn json(status: u16, body: Value) -> Script {
+        Script::Respond {
+            status,
+            body: body.to_string(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn raw(status: u16, body: &str) -> Script {
+        Script::Respond {
+            status,
+            body: body.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// An SSE stream of `data:` events sent one after another with `gap`.
+    pub fn events(payloads: &[&str], gap: Duration) -> Script {
+        Script::Stream {
+            pieces: payloads
+                .iter()
+                .map(|payload| (gap, format!("data: {payload}\n\n")))
+                .collect(),
+            close: true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    received: Mutex<Vec<Received>>,
+    scripts: Mutex<VecDeque<Script>>,
+    /// Streams whose client (the gateway) went away before the end.
+    abandoned_streams: AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+/// A running mock upstream. Stops when dropped.
+pub struct MockUpstream {
+    pub address: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockUpstream {
+    pub async fn start() -> MockUpstream {
+        let shared = Arc::new(Shared::default());
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let address = listener.local_addr().expect("local address");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("mock upstream serves");
+        });
+        MockUpstream {
+            address,
+            shared,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, the base URL an OpenAI-style deployment uses.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.address)
+    }
+
+    /// `http://127.0.0.1:PORT`, the base URL an Azure deployment uses.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Scripts the answer to the next unscripted request.
+    pub fn push(&self, script: Script) {
+        self.shared.scripts.lock().unwrap().push_back(script);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Received {
+        self.received().pop().expect("the mock received a request")
+    }
+
+    pub fn abandoned_streams(&self) -> usize {
+        self.shared.abandoned_streams.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `condition` holds, checking after every request and
+    /// every abandoned stream; panics after `limit`.
+    pub async fn wait_for(&self, limit: Duration, condition: impl Fn(&MockUpstream) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !condition(self) {
+            let notified = self.shared.notify.notified();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() && !condition(self) {
+                panic!("condition not reached within {limit:?}");
+            }
+        }
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let received = Received {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    };
+    shared.received.lock().unwrap().push(received);
+    shared.notify.notify_waiters();
+
+    let mut script = shared.scripts.lock().unwrap().pop_front();
+    if let Some(Script::Delay(delay)) = script {
+        tokio::time::sleep(delay).await;
+        script = None;
+    }
+    match script {
+        Some(Script::Respond {
+            status,
+            body,
+            headers,
+        }) => {
+            let mut response = Response::builder()
+                .status(status)
+                .header("content-type", "application/json");
+            for (name, value) in headers {
+                response = response.header(name, value);
+            }
+            response.body(Body::from(body)).expect("valid response")
+        }
+        Some(Script::Stream { pieces, close }) => stream_response(shared, pieces, close),
+        Some(Script::Hang) => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        Some(Script::Delay(_)) | None => default_answer(&shared, parts.uri.path(), &body),
+    }
+}
+
+fn default_answer(shared: &Arc<Shared>, path: &str, body: &[u8]) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return (StatusCode::BAD_REQUEST, "{\"error\":{\"message\":\"bad json\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}").into_response();
+    };
+    let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+    if path.ends_with("/embeddings") {
+        return axum::Json(json!({
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125]}],
+            "model": model,
+            "usage": {"prompt_tokens": 4, "total_tokens": 4},
+        }))
+        .into_response();
+    }
+    if request["stream"] == json!(true) {
+        let include_usage = request["stream_options"]["include_usage"] == json!(true);
+        let pieces = openai_stream(&model, &["Hello", " from", " the", " mock"], include_usage)
+            .into_iter()
+            .map(|event| (Duration::ZERO, event))
+            .collect();
+        return stream_response(shared.clone(), pieces, true);
+    }
+    axum::Json(json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock", "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
+                  "prompt_tokens_details": {"cached_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 1}},
+        "system_fingerprint": "fp_mock",
+    }))
+    .into_response()
+}
+
+/// The SSE events OpenAI sends for a reply made of `tokens`, framed.
+pub fn openai_stream(model: &str, tokens: &[&str], include_usage: bool) -> Vec<String> {
+    let usage_member = if include_usage { ",\"usage\":null" } else { "" };
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"system_fingerprint\":\"fp_mock\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"logprobs\":null,\"finish_reason\":{finish}}}]{usage_member}}}\n\n"
+        )
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    events.extend(
+        tokens
+            .iter()
+            .map(|token| chunk(json!({"content": token}), Value::Null)),
+    );
+    events.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        events.push(format!(
+            "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"system_fingerprint\":\"fp_mock\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\n",
+            tokens.len(),
+            9 + tokens.len()
+        ));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+/// Counts the stream as abandoned if it is dropped before its end.
+struct StreamWatch {
+    shared: Arc<Shared>,
+    completed: bool,
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.shared.abandoned_streams.fetch_add(1, Ordering::SeqCst);
+            self.shared.notify.notify_waiters();
+        }
+    }
+}
+
+fn stream_response(shared: Arc<Shared>, pieces: Vec<(Duration, String)>, close: bool) -> Response {
+    let watch = StreamWatch {
+        shared,
+        completed: false,
+    };
+    let stream = futures_util::stream::unfold(
+        (pieces.into_iter(), watch),
+        move |(mut pieces, mut watch)| async move {
+            match pieces.next() {
+                Some((delay, piece)) => {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some((
+                        Ok::<Bytes, std::convert::Infallible>(Bytes::from(piece)),
+                        (pieces, watch),
+                    ))
+                }
+                None if close => {
+                    watch.completed = true;
+                    drop(watch);
+                    None
+                }
+                None => {
+                    std::future::pending::<()>().await;
+                    None
+                }
+            }
+        },
+    );
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .expect("valid response")
+}
