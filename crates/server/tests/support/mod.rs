@@ -1,0 +1,133 @@
+//! Shared setup for the server's integration tests: a real gateway on a
+//! loopback port, configured from TOML, in front of testkit's mock upstream.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use switchboard_config::Config;
+use switchboard_core::RequestRecord;
+use switchboard_server::Running;
+use tokio_util::sync::CancellationToken;
+
+pub const MASTER_KEY: &str = "sb-test-master-key";
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-1234";
+
+pub struct TestGateway {
+    pub running: Option<Running>,
+    pub base: String,
+    pub shutdown: CancellationToken,
+    pub http: reqwest::Client,
+}
+
+/// A config with the master key, an in-memory store and the given models.
+pub fn config_with(models: &str, server_extra: &str) -> Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n{server_extra}\n[storage]\nurl = \"sqlite::memory:\"\n{models}"
+    );
+    Config::from_toml_with_env("test.toml", &text, &|name| match name {
+        "UPSTREAM_KEY" => Some(UPSTREAM_KEY.to_owned()),
+        _ => None,
+    })
+    .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// One OpenAI-compatible model `chat` (upstream id `upstream-model`) and
+/// one embeddings model `embed`, both at `base`.
+pub fn openai_models(base: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[models]]
+name = "chat"
+[[models.deployments]]
+name = "mock-openai"
+provider = "openai-compatible"
+api_base = "{base}"
+model = "upstream-model"
+api_key = "${{UPSTREAM_KEY}}"
+{extra}
+[[models]]
+name = "embed"
+[[models.deployments]]
+name = "mock-embed"
+provider = "openai-compatible"
+api_base = "{base}"
+model = "upstream-embed"
+api_key = "${{UPSTREAM_KEY}}"
+"#
+    )
+}
+
+impl TestGateway {
+    pub async fn start(config: Config) -> TestGateway {
+        let shutdown = CancellationToken::new();
+        let running = switchboard_server::start(&config, config.server.listen, shutdown.clone())
+            .await
+            .expect("gateway starts");
+        let base = format!("http://{}", running.address);
+        TestGateway {
+            running: Some(running),
+            base,
+            shutdown,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A POST with the master key and a JSON content type.
+    pub fn post(&self, path: &str, body: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(MASTER_KEY)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(MASTER_KEY)
+    }
+
+    /// Shuts the gateway down (flushing its records) and returns every
+    /// record, oldest first.
+    pub async fn stop_and_records(mut self) -> Vec<RequestRecord> {
+        let running = self.running.take().expect("running");
+        let store = running.gateway.store().clone();
+        let dropped = running.gateway.recorder().stats().clone();
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), running.wait())
+            .await
+            .expect("shutdown within its deadline")
+            .expect("clean shutdown");
+        assert_eq!(
+            dropped.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "no record may be dropped"
+        );
+        let mut records = store
+            .recent_records(10_000)
+            .await
+            .expect("records readable");
+        records.reverse();
+        records
+    }
+}
+
+/// Reads an SSE body to its end and returns its `data:` payloads.
+pub fn data_events(body: &str) -> Vec<String> {
+    assert!(
+        body.ends_with("\n\n"),
+        "every event ends with a blank line: {body:?}"
+    );
+    body.split("\n\n")
+        .filter(|event| !event.is_empty())
+        .map(|event| {
+            event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {event:?}"))
+                .to_owned()
+        })
+        .collect()
+}
