@@ -331,3 +331,10 @@ fn stream_response(shared: Arc<Shared>, pieces: Vec<(Duration, String)>, close: 
         .body(Body::from_stream(stream))
         .expect("valid response")
 }
+
+/// Installs the one TLS crypto provider the workspace compiles in, so that
+/// test code may build HTTP clients before (or without) a gateway, which
+/// installs it otherwise.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

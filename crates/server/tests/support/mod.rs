@@ -60,6 +60,7 @@ api_key = "${{UPSTREAM_KEY}}"
 
 impl TestGateway {
     pub async fn start(config: Config) -> TestGateway {
+        switchboard_testkit::install_crypto_provider();
         let shutdown = CancellationToken::new();
         let running = switchboard_server::start(&config, config.server.listen, shutdown.clone())
             .await

@@ -1,0 +1,231 @@
+//! The `switchboard` binary as a user runs it: `--version`, `check`, and
+//! `serve` with the embedded default, with a file, with bad configs, and
+//! stopped by SIGTERM with nothing lost.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use switchboard_store::{SqliteStore, Store};
+
+#[test]
+fn version_is_printed() {
+    let output = binary().arg("--version").output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("switchboard {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_prints_the_model_table_with_secrets_masked() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/switchboard.toml"
+    );
+    let output = binary()
+        .args(["check", "--config", example])
+        .env("SWITCHBOARD_MASTER_KEY", "sb-master-0123456789")
+        .env("OPENAI_API_KEY", "sk-live-abcdefghijklmnop")
+        .env("AZURE_OPENAI_RESOURCE", "contoso")
+        .env("AZURE_OPENAI_API_KEY", "azure-secret-key-value")
+        .env("GROQ_API_KEY", "gsk_secret_groq_key")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("is valid"));
+    assert!(stdout.contains("gpt-4o-mini-azure"));
+    assert!(stdout.contains("https://contoso.openai.azure.com/openai/deployments/gpt-4o-mini-prod?api-version=2024-10-21"));
+    assert!(
+        stdout.contains("api_key=${OPENAI_API_KEY} (24 chars)"),
+        "{stdout}"
+    );
+    for secret in [
+        "sb-master-0123456789",
+        "sk-live-abcdefghijklmnop",
+        "azure-secret-key-value",
+        "gsk_secret_groq_key",
+    ] {
+        assert!(
+            !stdout.contains(secret),
+            "secret {secret} printed:\n{stdout}"
+        );
+    }
+}
+
+const BAD_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[[models]]
+name = "m"
+[[models.deployments]]
+provider = "openai"
+model = "gpt-4o"
+api_key = "${SWITCHBOARD_TEST_UNSET_VARIABLE}"
+[[models]]
+name = "m"
+[[models.deployments]]
+provider = "simulated"
+name = "other"
+"#;
+
+#[test]
+fn check_and_serve_reject_a_bad_config_naming_file_path_and_fix() {
+    let directory = scratch_dir("bad-config");
+    let path = directory.join("bad.toml");
+    std::fs::write(&path, BAD_CONFIG).unwrap();
+    for command in ["check", "serve"] {
+        let output = binary()
+            .args([command, "--config"])
+            .arg(&path)
+            .env_remove("SWITCHBOARD_TEST_UNSET_VARIABLE")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let file = path.display().to_string();
+        assert!(
+            stderr.contains(&format!("{file}: models[0].deployments[0].api_key")),
+            "{command}: {stderr}"
+        );
+        assert!(
+            stderr.contains("SWITCHBOARD_TEST_UNSET_VARIABLE"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("fix: export SWITCHBOARD_TEST_UNSET_VARIABLE"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("{file}: models[1].name")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("already declared"), "{stderr}");
+    }
+
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:0\"\nport = 8080\n").unwrap();
+    let output = binary()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("server.port") && stderr.contains("unknown field"),
+        "{stderr}"
+    );
+}
+
+/// The README's quickstart: no config, no key, a chat answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_answers_without_any_key_and_records_to_sqlite() {
+    let directory = scratch_dir("default");
+    let mut gateway = Gateway::start(&directory, &["--listen", "127.0.0.1:0"], &[]);
+    let client = reqwest::Client::new();
+    let response = client
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "simulated-chat", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Simulated reply to: hello")
+    );
+    assert!(gateway.log_text().contains("<embedded default>"));
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gateway.terminate();
+        (status, gateway)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success());
+    let store = SqliteStore::open_file(&directory.join("switchboard.db"))
+        .await
+        .unwrap();
+    let records = store.recent_records(10).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].model, "simulated-chat");
+}
+
+/// SIGTERM while requests are in flight: the stream finishes, the process
+/// exits cleanly, and every request is in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_streams_and_flushes_every_record() {
+    let directory = scratch_dir("sigterm");
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace_secs = 20
+[storage]
+url = "sqlite://{}"
+[[models]]
+name = "fast"
+[[models.deployments]]
+provider = "simulated"
+[[models]]
+name = "slow"
+[[models.deployments]]
+provider = "simulated"
+simulation = {{ reply_tokens = 20, tokens_per_second = 20 }}
+"#,
+        directory.join("data/requests.db").display()
+    );
+    std::fs::write(directory.join("gateway.toml"), config).unwrap();
+    let mut gateway = Gateway::start(
+        &directory,
+        &["--config", "gateway.toml", "--log-format", "json"],
+        &[],
+    );
+    let client = reqwest::Client::new();
+    for index in 0..50 {
+        let response = client
+            .post(gateway.url("/v1/chat/completions"))
+            .header("x-request-id", format!("burst-{index}"))
+            .json(&serde_json::json!({"model": "fast", "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let stream = client
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move { stream.text().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (status, gateway) = tokio::task::spawn_blocking(move || (gateway.terminate(), gateway))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let streamed = reader.await.unwrap();
+    assert!(streamed.ends_with("data: [DONE]\n\n"), "{streamed}");
+
+    // Structured logs carry the request id.
+    let log = gateway.log_text();
+    assert!(log.contains(r#""request_id":"burst-7""#), "{log}");
+
+    let store = SqliteStore::open_file(&directory.join("data/requests.db"))
+        .await
+        .unwrap();
+    let records = store.recent_records(1000).await.unwrap();
+    assert_eq!(records.len(), 51, "every request is recorded");
+    assert!(records.iter().all(|record| record.status == 200));
+}
