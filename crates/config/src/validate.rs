@@ -423,7 +423,7 @@ fn validate_deployment(
                 checker.problem(
                     &format!("{path}.{key}"),
                     format!("`{key}` applies to Azure deployments only"),
-                    format!("remove it, or set provider = \"azure\""),
+                    "remove it, or set provider = \"azure\"",
                 );
             }
         }

@@ -66,7 +66,7 @@ impl std::fmt::Debug for Reply {
 
 enum Backend {
     /// OpenAI, Azure OpenAI and every OpenAI-compatible server.
-    OpenAi(openai::OpenAiBackend),
+    OpenAi(Box<openai::OpenAiBackend>),
     Simulated(simulated::Simulator),
 }
 
@@ -100,7 +100,7 @@ impl Deployment {
                 config.upstream_model.clone(),
             )),
             ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::OpenAiCompatible { .. } => {
-                Backend::OpenAi(openai::OpenAiBackend::new(config, clients)?)
+                Backend::OpenAi(Box::new(openai::OpenAiBackend::new(config, clients)?))
             }
         };
         Ok(Deployment {
