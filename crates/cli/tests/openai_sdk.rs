@@ -1,10 +1,11 @@
-//! End to end with the official OpenAI Python SDK: the real binary, the
-//! simulated provider and two mock upstreams, driven by
-//! `sdk/test_openai_sdk.py` in a virtual environment this test creates
-//! (pip installs the pinned SDK from PyPI on first run).
+//! End to end with the official OpenAI SDKs for Python and Node: the real
+//! binary, the simulated provider and two mock upstreams, driven by
+//! `sdk/test_openai_sdk.py` (in a virtual environment this test creates,
+//! pip installing the pinned SDK on first run) and by
+//! `sdk/node/openai_sdk.test.mjs` (npm installing the pinned SDK).
 //!
-//! Without `python3` the test says so and skips, except under CI (`CI` set),
-//! where a missing interpreter is a failure.
+//! Without `python3` or `node` a test says so and skips, except under CI
+//! (`CI` set), where a missing interpreter is a failure.
 
 mod support;
 
@@ -49,9 +50,62 @@ fn python_venv() -> Option<PathBuf> {
     Some(venv)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_openai_python_sdk_works_against_the_gateway() {
-    let Some(venv) = python_venv() else { return };
+/// The Node SDK installed from `sdk/node/package.json` into a scratch copy.
+fn node_project() -> Option<PathBuf> {
+    if Command::new("node").arg("--version").output().is_err()
+        || Command::new("npm").arg("--version").output().is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "node and npm are required for the OpenAI SDK tests under CI"
+        );
+        eprintln!(
+            "SKIPPED: node or npm not found, so the OpenAI Node SDK end-to-end test cannot run"
+        );
+        return None;
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node");
+    let project = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-node-sdk");
+    let wanted = std::fs::read_to_string(source.join("package.json")).unwrap();
+    let stamp = project.join("installed-package.json");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let _ = std::fs::remove_dir_all(&project);
+        std::fs::create_dir_all(&project).unwrap();
+        std::fs::write(project.join("package.json"), &wanted).unwrap();
+        let installed = Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-package-lock",
+                "--loglevel=error",
+            ])
+            .current_dir(&project)
+            .status()
+            .unwrap();
+        assert!(
+            installed.success(),
+            "npm install of the OpenAI Node SDK failed"
+        );
+        std::fs::write(&stamp, wanted).unwrap();
+    }
+    std::fs::copy(
+        source.join("openai_sdk.test.mjs"),
+        project.join("openai_sdk.test.mjs"),
+    )
+    .unwrap();
+    Some(project)
+}
+
+/// A gateway with simulated models and two mock upstreams (`mock-chat`
+/// answers; `mock-broken` fails inside its stream), as the SDK scripts expect.
+struct SdkGateway {
+    gateway: Gateway,
+    mock: MockUpstream,
+    _broken: MockUpstream,
+}
+
+async fn start_gateway(name: &str) -> SdkGateway {
     let mock = MockUpstream::start().await;
     let broken = MockUpstream::start().await;
     broken.push(Script::events(
@@ -59,7 +113,7 @@ async fn the_official_openai_python_sdk_works_against_the_gateway() {
         Duration::ZERO,
     ));
 
-    let directory = scratch_dir("sdk");
+    let directory = scratch_dir(name);
     let config = format!(
         r#"
 [server]
@@ -104,42 +158,85 @@ model = "broken-model"
         broken = broken.base_url(),
     );
     std::fs::write(directory.join("switchboard.toml"), config).unwrap();
-    let mut gateway = Gateway::start(
+    let gateway = Gateway::start(
         &directory,
         &[],
         &[
             ("SDK_TEST_MASTER_KEY", KEY),
-            ("SDK_TEST_UPSTREAM_KEY", "sk-upstream-sdk-secret"),
+            ("SDK_TEST_UPSTREAM_KEY", UPSTREAM_KEY),
         ],
     );
+    SdkGateway {
+        gateway,
+        mock,
+        _broken: broken,
+    }
+}
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/test_openai_sdk.py");
-    let python = venv.join("bin/python");
-    let base = gateway.url("/v1");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("SWITCHBOARD_BASE_URL", base)
-            .env("SWITCHBOARD_API_KEY", KEY)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let report = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{report}");
-    assert!(
-        output.status.success(),
-        "the OpenAI SDK tests failed:\n{report}\n{}",
-        gateway.log_text()
+const UPSTREAM_KEY: &str = "sk-upstream-sdk-secret";
+
+/// Runs a command with the gateway's address and key in its environment.
+async fn run_against(gateway: &Gateway, mut command: Command) -> (bool, String) {
+    command
+        .env("SWITCHBOARD_BASE_URL", gateway.url("/v1"))
+        .env("SWITCHBOARD_API_KEY", KEY)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
-    assert!(report.contains("OK"), "{report}");
+    eprintln!("{report}");
+    (output.status.success(), report)
+}
 
-    // What the SDK's requests looked like upstream: extra fields kept, the
-    // deployment's key used, the client's key nowhere.
-    let relayed = mock
+/// After the SDK run: the upstream saw the deployment's key and never the
+/// client's, the gateway exits cleanly, and no secret reached its log.
+async fn finish(mut sdk: SdkGateway) {
+    assert!(!format!("{:?}", sdk.mock.received()).contains(KEY));
+    assert!(
+        sdk.mock
+            .received()
+            .iter()
+            .all(|request| request.header("authorization")
+                == Some(&format!("Bearer {UPSTREAM_KEY}")))
+    );
+    let (status, gateway) =
+        tokio::task::spawn_blocking(move || (sdk.gateway.terminate(), sdk.gateway))
+            .await
+            .unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = gateway.log_text();
+    assert!(
+        !log.contains(UPSTREAM_KEY) && !log.contains(KEY),
+        "a secret reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_sdk_works_against_the_gateway() {
+    let Some(venv) = python_venv() else { return };
+    let sdk = start_gateway("python-sdk").await;
+    let mut command = Command::new(venv.join("bin/python"));
+    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/test_openai_sdk.py"));
+    let (passed, report) = run_against(&sdk.gateway, command).await;
+    assert!(
+        passed,
+        "the OpenAI Python SDK tests failed:\n{report}\n{}",
+        sdk.gateway.log_text()
+    );
+    assert!(
+        report.contains("Ran 13 tests") && report.contains("\nOK"),
+        "{report}"
+    );
+
+    // Fields the gateway does not model reached the upstream unchanged.
+    let relayed = sdk
+        .mock
         .received()
         .into_iter()
         .find(|request| request.json().get("x_passthrough").is_some())
@@ -149,17 +246,28 @@ model = "broken-model"
         serde_json::json!({"kept": true})
     );
     assert_eq!(relayed.json()["model"], "mock-upstream-model");
-    assert_eq!(
-        relayed.header("authorization"),
-        Some("Bearer sk-upstream-sdk-secret")
-    );
-    assert!(!format!("{:?}", mock.received()).contains(KEY));
+    finish(sdk).await;
+}
 
-    let status = gateway.terminate();
-    assert!(status.success(), "{status:?}");
-    let log = gateway.log_text();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_node_sdk_works_against_the_gateway() {
+    let Some(project) = node_project() else {
+        return;
+    };
+    let sdk = start_gateway("node-sdk").await;
+    let mut command = Command::new("node");
+    command
+        .args(["--test", "--test-reporter=spec", "openai_sdk.test.mjs"])
+        .current_dir(&project);
+    let (passed, report) = run_against(&sdk.gateway, command).await;
     assert!(
-        !log.contains("sk-upstream-sdk-secret") && !log.contains(KEY),
-        "a secret reached the log"
+        passed,
+        "the OpenAI Node SDK tests failed:\n{report}\n{}",
+        sdk.gateway.log_text()
     );
+    assert!(
+        report.contains("pass 7") && report.contains("fail 0"),
+        "{report}"
+    );
+    finish(sdk).await;
 }

@@ -15,6 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::state::Gateway;
@@ -44,7 +45,9 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
         started_at_ms: unix_millis(),
     };
     request.extensions_mut().insert(context);
-    let mut response = next.run(request).await;
+    // Every log line written while the handler runs carries the id.
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

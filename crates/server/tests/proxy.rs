@@ -108,6 +108,43 @@ headers = {{ x-extra = "on" }}
     assert_eq!(upstream.header("api-key"), Some(UPSTREAM_KEY));
     assert_eq!(upstream.header("authorization"), None);
     assert_eq!(upstream.header("x-extra"), Some("on"));
+
+    let response = gateway
+        .post("/v1/embeddings", r#"{"model":"chat","input":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let upstream = mock.last();
+    assert_eq!(
+        upstream.uri,
+        "/openai/deployments/gpt4o-prod/embeddings?api-version=2024-10-21"
+    );
+    assert_eq!(upstream.header("api-key"), Some(UPSTREAM_KEY));
+}
+
+#[tokio::test]
+async fn a_client_hang_up_before_the_answer_cancels_the_upstream_request() {
+    let mock = MockUpstream::start().await;
+    mock.push(Script::Hang);
+    let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
+    let gave_up = gateway
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"chat","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    mock.wait_for(Duration::from_secs(10), |mock| {
+        mock.abandoned_streams() == 1
+    })
+    .await;
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::ClientClosed);
+    assert_eq!(records[0].deployment.as_deref(), Some("mock-openai"));
 }
 
 #[tokio::test]

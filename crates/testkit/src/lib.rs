@@ -59,7 +59,8 @@ pub enum Script {
     },
     /// Wait this long before giving the default answer.
     Delay(Duration),
-    /// Never answer.
+    /// Never answer (until the gateway gives up, which counts as an
+    /// abandoned request).
     Hang,
 }
 
@@ -96,7 +97,8 @@ impl Script {
 struct Shared {
     received: Mutex<Vec<Received>>,
     scripts: Mutex<VecDeque<Script>>,
-    /// Streams whose client (the gateway) went away before the end.
+    /// Streams (and hanging requests) whose client, the gateway, went away
+    /// before the end.
     abandoned_streams: AtomicUsize,
     notify: tokio::sync::Notify,
 }
@@ -209,6 +211,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
         Some(Script::Stream { pieces, close }) => stream_response(shared, pieces, close),
         Some(Script::Hang) => {
+            // Counted as abandoned when the gateway gives up on the request
+            // and the connection closes, which drops this future.
+            let _watch = StreamWatch {
+                shared: shared.clone(),
+                completed: false,
+            };
             std::future::pending::<()>().await;
             unreachable!()
         }
