@@ -15,7 +15,8 @@ pub fn model_table(config: &Config) -> String {
     ]];
     for model in &config.models {
         for deployment in &model.deployments {
-            let endpoint = match (&deployment.provider, &deployment.api_base) {
+            let api_base = deployment.api_base.as_ref().map(masked_url);
+            let endpoint = match (&deployment.provider, &api_base) {
                 (ProviderKind::Simulated, _) => "(in-process, simulated)".to_owned(),
                 (ProviderKind::Azure, Some(base)) => format!(
                     "{}/openai/deployments/{}?api-version={}",
@@ -64,4 +65,13 @@ pub fn model_table(config: &Config) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The URL with any password it carries replaced by `****`.
+fn masked_url(url: &url::Url) -> url::Url {
+    let mut masked = url.clone();
+    if masked.password().is_some() {
+        let _ = masked.set_password(Some("****"));
+    }
+    masked
 }

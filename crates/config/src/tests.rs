@@ -298,3 +298,49 @@ fn example_config_in_the_repository_is_valid() {
     .unwrap_or_else(|error| panic!("{error}"));
     assert!(config.models.len() >= 3);
 }
+
+#[test]
+fn passwords_in_urls_are_masked_in_the_table() {
+    let config = load(
+        r#"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "vllm"
+        model = "x"
+        api_base = "https://user:${OPENAI_API_KEY}@vllm.internal/v1"
+        "#,
+    )
+    .unwrap();
+    let table = model_table(&config);
+    assert!(
+        table.contains("https://user:****@vllm.internal/v1"),
+        "{table}"
+    );
+    assert!(!table.contains("sk-test"), "{table}");
+}
+
+#[test]
+fn simulation_settings_are_bounded() {
+    let found = problems(
+        r#"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "simulated"
+        simulation = { tokens_per_second = 1e-30, reply_tokens = 0, embedding_dimensions = 100000, ttft_ms = 99999999, failure_rate = 2.0 }
+        "#,
+    );
+    let mut paths: Vec<&str> = found.iter().map(|problem| problem.path.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        vec![
+            "models[0].deployments[0].simulation.embedding_dimensions",
+            "models[0].deployments[0].simulation.failure_rate",
+            "models[0].deployments[0].simulation.reply_tokens",
+            "models[0].deployments[0].simulation.tokens_per_second",
+            "models[0].deployments[0].simulation.ttft_ms",
+        ]
+    );
+}

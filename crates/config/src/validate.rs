@@ -542,11 +542,11 @@ fn parse_base(checker: &mut Checker<'_>, path: &str, text: &str) -> Option<url::
 fn validate_simulation(checker: &mut Checker<'_>, path: &str, raw: RawSimulation) -> Simulation {
     let defaults = Simulation::default();
     let tokens_per_second = match raw.tokens_per_second {
-        Some(rate) if !(rate.is_finite() && rate >= 0.0) => {
+        Some(rate) if !(rate == 0.0 || (0.01..=1_000_000.0).contains(&rate)) => {
             checker.problem(
                 &format!("{path}.tokens_per_second"),
                 format!("{rate} is not a usable rate"),
-                "give a rate of 0 or more (0 sends every token at once)",
+                "give 0 (every token at once) or a rate from 0.01 to 1000000",
             );
             0.0
         }
@@ -574,16 +574,45 @@ fn validate_simulation(checker: &mut Checker<'_>, path: &str, raw: RawSimulation
             );
             defaults.embedding_dimensions
         }
-        Some(size) => size.min(65_536),
+        Some(size) if size > 65_536 => {
+            checker.problem(
+                &format!("{path}.embedding_dimensions"),
+                format!("{size} dimensions is more than the simulated provider makes"),
+                "give a size from 1 to 65536",
+            );
+            defaults.embedding_dimensions
+        }
+        Some(size) => size,
         None => defaults.embedding_dimensions,
     };
+    for (key, value) in [("latency_ms", raw.latency_ms), ("ttft_ms", raw.ttft_ms)] {
+        if value.is_some_and(|millis| millis > 3_600_000) {
+            checker.problem(
+                &format!("{path}.{key}"),
+                "a simulated delay longer than an hour is surely a mistake",
+                "give a delay in milliseconds, at most 3600000",
+            );
+        }
+    }
+    let reply_tokens = match raw.reply_tokens {
+        Some(tokens) if tokens == 0 || tokens > 100_000 => {
+            checker.problem(
+                &format!("{path}.reply_tokens"),
+                format!("{tokens} is outside the accepted range"),
+                "give a reply length from 1 to 100000 tokens",
+            );
+            defaults.reply_tokens
+        }
+        Some(tokens) => tokens,
+        None => defaults.reply_tokens,
+    };
     Simulation {
-        latency: Duration::from_millis(raw.latency_ms.unwrap_or(0)),
-        time_to_first_token: Duration::from_millis(raw.ttft_ms.unwrap_or(0)),
+        latency: Duration::from_millis(raw.latency_ms.unwrap_or(0).min(3_600_000)),
+        time_to_first_token: Duration::from_millis(raw.ttft_ms.unwrap_or(0).min(3_600_000)),
         tokens_per_second,
         failure_rate,
         reply: raw.reply,
-        reply_tokens: raw.reply_tokens.unwrap_or(defaults.reply_tokens),
+        reply_tokens,
         embedding_dimensions,
         seed: raw.seed.unwrap_or(defaults.seed),
     }

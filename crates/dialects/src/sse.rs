@@ -154,13 +154,17 @@ impl SseDecoder {
     }
 }
 
-/// Frames one `data:` payload for a client. The payload must be a single
-/// line, which compact JSON always is.
+/// Frames one `data:` payload for a client: one `data:` line per line of
+/// the payload (compact JSON has one), then the blank line that ends the
+/// event.
 pub fn frame_data(payload: &[u8]) -> Vec<u8> {
     let mut framed = Vec::with_capacity(payload.len() + 8);
-    framed.extend_from_slice(b"data: ");
-    framed.extend_from_slice(payload);
-    framed.extend_from_slice(b"\n\n");
+    for line in payload.split(|&byte| byte == b'\n') {
+        framed.extend_from_slice(b"data: ");
+        framed.extend_from_slice(line);
+        framed.push(b'\n');
+    }
+    framed.push(b'\n');
     framed
 }
 
@@ -249,6 +253,15 @@ mod tests {
             decoder.feed(b"data: \xff\xfe\n\n", &mut events),
             Err(SseError::InvalidUtf8)
         );
+    }
+
+    #[test]
+    fn framing_round_trips_multi_line_payloads() {
+        for payload in ["{\"a\":1}", "line one\nline two", ""] {
+            let framed = frame_data(payload.as_bytes());
+            assert_eq!(decode_in_pieces(&framed, &[]).unwrap(), vec![data(payload)]);
+        }
+        assert_eq!(frame_data(b"x\ny"), b"data: x\ndata: y\n\n");
     }
 
     proptest! {

@@ -24,6 +24,11 @@ use crate::{Reply, TimeoutPhase, UpstreamClients, UpstreamError};
 /// explain the failure.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Largest whole (non-streamed) answer accepted from an upstream: far above
+/// any real completion or embeddings batch, low enough that a broken
+/// upstream cannot exhaust the gateway's memory.
+const MAX_ANSWER_BODY: usize = 256 * 1024 * 1024;
+
 pub(crate) struct OpenAiBackend {
     client: reqwest::Client,
     chat_url: reqwest::Url,
@@ -191,10 +196,14 @@ impl OpenAiBackend {
             if !response.status().is_success() {
                 return Err(self.status_error(response).await);
             }
-            response
-                .bytes()
-                .await
-                .map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Request))
+            let body = read_capped(response, MAX_ANSWER_BODY).await?;
+            if body.len() >= MAX_ANSWER_BODY {
+                return Err(UpstreamError::InvalidResponse(format!(
+                    "the answer is larger than {} MiB",
+                    MAX_ANSWER_BODY >> 20
+                )));
+            }
+            Ok(body)
         };
         match tokio::time::timeout(self.timeouts.request, exchange).await {
             Ok(result) => result,
@@ -222,26 +231,30 @@ impl OpenAiBackend {
     }
 }
 
-/// Reads at most `MAX_ERROR_BODY` bytes of a body.
+/// Reads a body, stopping once `cap` bytes have arrived (the caller tells
+/// a body cut at the cap from a whole one by its length).
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, UpstreamError> {
+    let mut stream = response.bytes_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Request))?;
+        let room = cap.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= cap {
+            break;
+        }
+    }
+    Ok(Bytes::from(body))
+}
+
+/// Reads at most `MAX_ERROR_BODY` bytes of an error or non-stream body,
+/// within `timeout`.
 async fn read_limited(
     response: reqwest::Response,
     timeout: std::time::Duration,
 ) -> Result<Bytes, UpstreamError> {
-    let read = async {
-        let mut stream = response.bytes_stream();
-        let mut body = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Request))?;
-            let room = MAX_ERROR_BODY.saturating_sub(body.len());
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() >= MAX_ERROR_BODY {
-                break;
-            }
-        }
-        Ok(Bytes::from(body))
-    };
-    tokio::time::timeout(timeout, read)
+    tokio::time::timeout(timeout, read_capped(response, MAX_ERROR_BODY))
         .await
         .unwrap_or(Err(UpstreamError::Timeout {
             phase: TimeoutPhase::Request,

@@ -37,6 +37,25 @@ const FILLER: &[&str] = &[
     "key",
 ];
 
+/// Bounds on one embeddings answer, so that a request cannot make the
+/// gateway build an arbitrarily large body.
+const MAX_EMBEDDING_DIMENSIONS: usize = 65_536;
+const MAX_EMBEDDING_VALUES: usize = 4 * 1024 * 1024;
+
+/// A 400 as an OpenAI upstream would send it for a bad parameter.
+fn refuse(param: &str, message: String) -> UpstreamError {
+    UpstreamError::Status {
+        status: 400,
+        body: UpstreamErrorBody {
+            message: Some(message),
+            kind: Some("invalid_request_error".to_owned()),
+            param: Some(param.to_owned()),
+            code: None,
+        },
+        retry_after: None,
+    }
+}
+
 pub(crate) struct Simulator {
     settings: Simulation,
     model: String,
@@ -274,12 +293,24 @@ impl Simulator {
         &self,
         request: &EmbeddingsRequest<'_>,
     ) -> Result<(Bytes, Usage), UpstreamError> {
-        sleep(self.settings.latency).await;
-        self.draw_failure()?;
         let dimensions = request
             .dimensions
             .unwrap_or(self.settings.embedding_dimensions) as usize;
         let items = request.input.items();
+        if dimensions > MAX_EMBEDDING_DIMENSIONS
+            || dimensions.saturating_mul(items.len()) > MAX_EMBEDDING_VALUES
+        {
+            return Err(refuse(
+                "dimensions",
+                format!(
+                    "the simulated provider returns at most {MAX_EMBEDDING_DIMENSIONS} dimensions and \
+                     {MAX_EMBEDDING_VALUES} values per request; this request asks for {} inputs of {dimensions}",
+                    items.len()
+                ),
+            ));
+        }
+        sleep(self.settings.latency).await;
+        self.draw_failure()?;
         let prompt_tokens: u64 = items.iter().map(|item| count_words(item).max(1)).sum();
         let data: Vec<serde_json::Value> = items
             .iter()

@@ -6,12 +6,13 @@ use std::sync::atomic::Ordering;
 
 use axum::Extension;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use switchboard_core::{Endpoint, Outcome};
-use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest};
+use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, RequestError};
 use switchboard_providers::{Deployment, Reply};
 
 use crate::body::read_json_body;
@@ -147,8 +148,15 @@ pub(crate) async fn list_models(State(gateway): State<Arc<Gateway>>) -> Response
 
 pub(crate) async fn retrieve_model(
     State(gateway): State<Arc<Gateway>>,
-    Path(model): Path<String>,
+    model: Result<Path<String>, PathRejection>,
 ) -> Response {
+    let Ok(Path(model)) = model else {
+        return ApiError::invalid_request(RequestError {
+            message: "the model id in the URL is not valid percent-encoded UTF-8".to_owned(),
+            param: Some("model".to_owned()),
+        })
+        .into_response();
+    };
     match gateway.model_objects.get(&model) {
         Some(object) => json_response(object.clone(), None),
         None => ApiError::model_not_found(&model).into_response(),

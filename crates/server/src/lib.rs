@@ -104,6 +104,8 @@ pub struct Running {
 impl Running {
     /// Waits for the serve loop (and the final flush of records) to end.
     pub async fn wait(self) -> Result<(), ServeError> {
+        // The gateway holds a record handle; the writer ends once all are gone.
+        drop(self.gateway);
         match self.task.await {
             Ok(result) => result,
             Err(error) => Err(ServeError::Io(std::io::Error::other(error.to_string()))),
@@ -166,7 +168,11 @@ pub async fn start(
         };
         // Connections are gone; their handlers have queued their records.
         drop(serving_gateway);
-        writer.finish(Duration::from_secs(30)).await;
+        // Connections still open after the deadline record themselves as
+        // they close; give them a few seconds before closing the queue.
+        writer
+            .finish(Duration::from_secs(5), Duration::from_secs(30))
+            .await;
         tracing::info!("shutdown complete");
         served
     });

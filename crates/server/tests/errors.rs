@@ -522,3 +522,49 @@ simulation = { failure_rate = 1.0 }
     .await;
     assert_eq!(error["code"], "simulated_failure");
 }
+
+#[tokio::test]
+async fn oversized_simulated_embeddings_are_refused_not_built() {
+    let models = r#"
+[[models]]
+name = "embed"
+[[models.deployments]]
+provider = "simulated"
+"#;
+    let gateway = TestGateway::start(config_with(models, "")).await;
+    let error = error_of(
+        gateway
+            .post(
+                "/v1/embeddings",
+                r#"{"model":"embed","input":"x","dimensions":4000000000}"#,
+            )
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(error["param"], "dimensions");
+    let many = format!(
+        r#"{{"model":"embed","input":[{}],"dimensions":65536}}"#,
+        vec!["\"a\""; 100].join(",")
+    );
+    let error = error_of(
+        gateway.post("/v1/embeddings", &many).send().await.unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(error["param"], "dimensions");
+    assert_eq!(
+        gateway
+            .post(
+                "/v1/embeddings",
+                r#"{"model":"embed","input":"x","dimensions":8}"#
+            )
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

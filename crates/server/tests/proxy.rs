@@ -372,6 +372,11 @@ provider = "simulated"
     let one: Value = one.json().await.unwrap();
     assert_eq!(one["id"], "meta-llama/Llama-3.1-8B");
 
+    let garbled = gateway.get("/v1/models/%FF%FE").send().await.unwrap();
+    assert_eq!(garbled.status(), 400);
+    let garbled: Value = garbled.json().await.unwrap();
+    assert_eq!(garbled["error"]["param"], "model");
+
     let missing = gateway.get("/v1/models/nope").send().await.unwrap();
     assert_eq!(missing.status(), 404);
     let missing: Value = missing.json().await.unwrap();

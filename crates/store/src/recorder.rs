@@ -74,9 +74,18 @@ impl RecordWriter {
         )
     }
 
-    /// Stops accepting records, writes every queued one, and returns when
-    /// the last batch is committed (or `deadline` passed).
-    pub async fn finish(self, deadline: Duration) {
+    /// Waits for every `Recorder` to be dropped (the server has stopped and
+    /// its last requests have recorded themselves), writing as records
+    /// arrive. If some handle is still alive after `patience`, stops
+    /// accepting records and writes what is queued. Returns when the last
+    /// batch is committed, or `deadline` after that.
+    pub async fn finish(mut self, patience: Duration, deadline: Duration) {
+        if tokio::time::timeout(patience, &mut self.task).await.is_ok() {
+            return;
+        }
+        tracing::warn!(
+            "request records are still being produced after shutdown; closing the record queue"
+        );
         self.stop.cancel();
         if tokio::time::timeout(deadline, self.task).await.is_err() {
             tracing::error!("the record writer did not finish before its deadline");
@@ -180,9 +189,14 @@ mod tests {
         for index in 0..2_000 {
             recorder.record(record(index));
         }
-        writer.finish(Duration::from_secs(10)).await;
-        assert_eq!(recorder.stats().written.load(Ordering::Relaxed), 2_000);
-        assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);
+        // Every handle gone: the writer ends by itself once the queue is empty.
+        let stats = recorder.stats().clone();
+        drop(recorder);
+        writer
+            .finish(Duration::from_secs(10), Duration::from_secs(10))
+            .await;
+        assert_eq!(stats.written.load(Ordering::Relaxed), 2_000);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
         assert_eq!(store.recent_records(5_000).await.unwrap().len(), 2_000);
     }
 
@@ -224,7 +238,7 @@ mod tests {
             recorder.record(record(index));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        writer.finish(Duration::from_secs(10)).await;
+        writer.finish(Duration::ZERO, Duration::from_secs(10)).await;
         assert_eq!(store.rows.lock().unwrap().len(), 50);
         assert_eq!(recorder.stats().write_failures.load(Ordering::Relaxed), 3);
         assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);

@@ -208,7 +208,9 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// Roles a chat message may have.
+/// Roles a chat message may have. Roles the gateway does not know (some
+/// OpenAI-compatible servers add their own, such as `ipython`) are passed
+/// through as `Other`; only the type (a string) is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -218,6 +220,8 @@ pub enum Role {
     Assistant,
     Tool,
     Function,
+    #[serde(other)]
+    Other,
 }
 
 /// What the gateway checks of each message: its role, and that its

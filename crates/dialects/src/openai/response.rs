@@ -120,18 +120,72 @@ pub fn inspect_chunk(data: &str) -> Result<ChunkInfo, InvalidResponse> {
     })
 }
 
-/// Removes the `"usage":null` member that OpenAI adds to every chunk once
-/// usage was requested, so a client that did not ask receives the chunk it
-/// would have received without the gateway. Returns `None` when there is
-/// nothing to remove.
+/// Removes the top-level `"usage": null` member that OpenAI adds to every
+/// chunk once usage was requested, so a client that did not ask receives
+/// the chunk it would have received without the gateway. Returns `None`
+/// when there is nothing to remove. Works on the text, so the rest of the
+/// chunk keeps its bytes and order.
 pub fn strip_null_usage(data: &str) -> Option<String> {
-    for pattern in [",\"usage\":null", "\"usage\":null,"] {
-        if let Some(position) = data.find(pattern) {
-            let mut stripped = String::with_capacity(data.len());
-            stripped.push_str(&data[..position]);
-            stripped.push_str(&data[position + pattern.len()..]);
-            return Some(stripped);
+    let bytes = data.as_bytes();
+    let skip_space = |mut index: usize| {
+        while bytes.get(index).is_some_and(u8::is_ascii_whitespace) {
+            index += 1;
         }
+        index
+    };
+    let mut depth = 0usize;
+    let mut in_string = false;
+    // The `{` or `,` before the current top-level member.
+    let mut member_start = 0usize;
+    let mut index = 0usize;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if in_string {
+            match byte {
+                b'\\' => index += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            index += 1;
+            continue;
+        }
+        match byte {
+            b'"' if depth == 1 && bytes[index..].starts_with(b"\"usage\"") => {
+                let colon = skip_space(index + 7);
+                if bytes.get(colon) == Some(&b':') {
+                    let value = skip_space(colon + 1);
+                    if bytes[value..].starts_with(b"null") {
+                        let end = value + 4;
+                        let mut stripped = String::with_capacity(data.len());
+                        if bytes[member_start] == b',' {
+                            stripped.push_str(&data[..member_start]);
+                            stripped.push_str(&data[end..]);
+                        } else {
+                            // First member: take the comma that follows instead.
+                            let mut after = skip_space(end);
+                            if bytes.get(after) == Some(&b',') {
+                                after = skip_space(after + 1);
+                            }
+                            stripped.push_str(&data[..=member_start]);
+                            stripped.push_str(&data[after..]);
+                        }
+                        return Some(stripped);
+                    }
+                }
+                in_string = true;
+            }
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    member_start = index;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => member_start = index,
+            _ => {}
+        }
+        index += 1;
     }
     None
 }

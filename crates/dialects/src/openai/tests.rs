@@ -54,6 +54,12 @@ fn streams_ask_for_usage_on_the_clients_behalf() {
 }
 
 #[test]
+fn roles_the_gateway_does_not_know_pass_through() {
+    let request = chat(r#"{"model":"m","messages":[{"role":"ipython","content":"x"}]}"#).unwrap();
+    assert_eq!(request.message_count, 1);
+}
+
+#[test]
 fn malformed_bodies_are_refused_with_a_reason() {
     assert!(refused("").message.contains("empty"));
     assert!(refused("{").message.contains("not valid JSON"));
@@ -82,7 +88,7 @@ fn wrong_types_name_the_parameter() {
         (r#"{"model":"m","messages":"hi"}"#, "messages"),
         (r#"{"model":"m","messages":[]}"#, "messages"),
         (
-            r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":7,"content":"x"}]}"#,
             "messages[0].role",
         ),
         (
@@ -239,6 +245,23 @@ fn chunks_report_usage_and_errors() {
     assert_eq!(
         response::strip_null_usage(r#"{"a":"\"usage\":null"}"#),
         None
+    );
+    assert_eq!(
+        response::strip_null_usage(r#"{"a": 1, "usage" : null, "b": 2}"#).as_deref(),
+        Some(r#"{"a": 1, "b": 2}"#)
+    );
+    assert_eq!(
+        response::strip_null_usage(r#"{ "usage": null , "b": {"usage": null}}"#).as_deref(),
+        Some(r#"{"b": {"usage": null}}"#)
+    );
+    assert_eq!(response::strip_null_usage(r#"{"b":{"usage":null}}"#), None);
+    assert_eq!(
+        response::strip_null_usage(r#"{"usage":{"prompt_tokens":1}}"#),
+        None
+    );
+    assert_eq!(
+        response::strip_null_usage(r#"{"usage":null}"#).as_deref(),
+        Some("{}")
     );
 }
 
