@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-use switchboard_testkit::{MockUpstream, Script};
+use switchboard_testkit::{MockUpstream, Script, openai_stream};
 
 const KEY: &str = "sb-sdk-test-master-key";
 
@@ -108,10 +108,21 @@ struct SdkGateway {
 async fn start_gateway(name: &str) -> SdkGateway {
     let mock = MockUpstream::start().await;
     let broken = MockUpstream::start().await;
-    broken.push(Script::events(
-        &[r#"{"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}"#],
+    // Content first, then an error: the stream has opened, so the error
+    // reaches the SDK as an event inside it.
+    let mut pieces: Vec<(Duration, String)> = openai_stream("broken-model", &["partial"], false)
+        [..2]
+        .iter()
+        .map(|event| (Duration::ZERO, event.clone()))
+        .collect();
+    pieces.push((
         Duration::ZERO,
+        "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":\"overloaded\"}}\n\n".to_owned(),
     ));
+    broken.push(Script::Stream {
+        pieces,
+        close: true,
+    });
 
     let directory = scratch_dir(name);
     let config = format!(

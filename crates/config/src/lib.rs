@@ -84,6 +84,81 @@ impl std::fmt::Display for StorageUrl {
 pub struct ModelConfig {
     pub name: String,
     pub deployments: Vec<DeploymentConfig>,
+    /// Other public models to try, in order, when this one fails in a way
+    /// `routing.fallback_on` names.
+    pub fallbacks: Vec<String>,
+    pub routing: Routing,
+}
+
+/// How a model group chooses, retries and gives up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub strategy: RoutingStrategy,
+    /// Attempts within this model's deployments, the first included.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per retry up to `retry_max_backoff`, each
+    /// delay drawn uniformly below its bound (full jitter).
+    pub retry_backoff: Duration,
+    pub retry_max_backoff: Duration,
+    /// Budget for the whole request, retries and fallbacks included.
+    pub timeout: Option<Duration>,
+    /// Longest wait for a stream's first content before trying elsewhere.
+    pub first_token_timeout: Option<Duration>,
+    pub fallback_on: FallbackTriggers,
+    /// Consecutive failures that take a deployment out for the cooldown.
+    pub circuit_breaker_failures: u32,
+    pub circuit_breaker_cooldown: Duration,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            strategy: RoutingStrategy::RoundRobin,
+            max_attempts: 3,
+            retry_backoff: Duration::from_millis(100),
+            retry_max_backoff: Duration::from_secs(2),
+            timeout: None,
+            first_token_timeout: None,
+            fallback_on: FallbackTriggers::default(),
+            circuit_breaker_failures: 5,
+            circuit_breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingStrategy {
+    RoundRobin,
+    Weighted,
+    LeastBusy,
+}
+
+/// Which failures move a request on to the fallback models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackTriggers {
+    pub server_error: bool,
+    pub rate_limited: bool,
+    pub timeout: bool,
+    pub connection: bool,
+    pub invalid_response: bool,
+    pub context_window: bool,
+    pub content_policy: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl Default for FallbackTriggers {
+    fn default() -> Self {
+        FallbackTriggers {
+            server_error: true,
+            rate_limited: true,
+            timeout: true,
+            connection: true,
+            invalid_response: true,
+            context_window: false,
+            content_policy: false,
+            statuses: Vec::new(),
+        }
+    }
 }
 
 /// One place a model can be served from: a provider, an upstream model id,
@@ -110,6 +185,8 @@ pub struct DeploymentConfig {
     /// (`stream_options.include_usage`); the gateway strips it again for
     /// clients that did not ask.
     pub stream_usage: bool,
+    /// Share of traffic under the `weighted` strategy.
+    pub weight: u32,
     pub simulation: Option<Simulation>,
 }
 

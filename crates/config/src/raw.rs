@@ -42,6 +42,32 @@ pub(crate) struct RawModel {
     pub name: String,
     #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    #[serde(default)]
+    pub routing: RawRouting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouting {
+    pub strategy: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub retry_backoff_ms: Option<u64>,
+    pub retry_max_backoff_ms: Option<u64>,
+    pub timeout_secs: Option<f64>,
+    pub first_token_timeout_secs: Option<f64>,
+    pub fallback_on: Option<Vec<RawTrigger>>,
+    pub circuit_breaker_failures: Option<u32>,
+    pub circuit_breaker_cooldown_secs: Option<f64>,
+}
+
+/// A fallback trigger: a class name or an HTTP status.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawTrigger {
+    Class(String),
+    Status(u16),
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +86,7 @@ pub(crate) struct RawDeployment {
     pub timeout_secs: Option<f64>,
     pub stream_idle_timeout_secs: Option<f64>,
     pub stream_usage: Option<bool>,
+    pub weight: Option<u32>,
     pub simulation: Option<RawSimulation>,
 }
 

@@ -344,3 +344,75 @@ fn simulation_settings_are_bounded() {
         ]
     );
 }
+
+#[test]
+fn routing_settings_are_read_and_checked() {
+    let config = load(
+        r#"
+        [[models]]
+        name = "primary"
+        fallbacks = ["backup"]
+        [[models.deployments]]
+        provider = "simulated"
+        weight = 3
+        [models.routing]
+        strategy = "weighted"
+        max_attempts = 4
+        timeout_secs = 20
+        first_token_timeout_secs = 5
+        fallback_on = ["5xx", "context_window", 404]
+        circuit_breaker_failures = 3
+        circuit_breaker_cooldown_secs = 10
+        [[models]]
+        name = "backup"
+        [[models.deployments]]
+        provider = "simulated"
+        "#,
+    )
+    .unwrap();
+    let primary = config.model("primary").unwrap();
+    assert_eq!(primary.fallbacks, vec!["backup"]);
+    assert_eq!(primary.deployments[0].weight, 3);
+    let routing = &primary.routing;
+    assert_eq!(routing.strategy, RoutingStrategy::Weighted);
+    assert_eq!(routing.max_attempts, 4);
+    assert_eq!(routing.timeout, Some(std::time::Duration::from_secs(20)));
+    assert!(routing.fallback_on.server_error && routing.fallback_on.context_window);
+    assert!(
+        !routing.fallback_on.rate_limited,
+        "an explicit list replaces the defaults"
+    );
+    assert_eq!(routing.fallback_on.statuses, vec![404]);
+    assert_eq!(config.model("backup").unwrap().routing, Routing::default());
+}
+
+#[test]
+fn routing_mistakes_are_reported_with_their_paths() {
+    let found = problems(
+        r#"
+        [[models]]
+        name = "m"
+        fallbacks = ["m", "nowhere"]
+        [[models.deployments]]
+        provider = "simulated"
+        weight = 0
+        [models.routing]
+        strategy = "fastest"
+        max_attempts = 0
+        fallback_on = ["sometimes", 200]
+        "#,
+    );
+    let paths: Vec<&str> = found.iter().map(|problem| problem.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "models[0].deployments[0].weight",
+            "models[0].routing.strategy",
+            "models[0].routing.max_attempts",
+            "models[0].routing.fallback_on[0]",
+            "models[0].routing.fallback_on[1]",
+            "models[0].fallbacks[0]",
+            "models[0].fallbacks[1]",
+        ]
+    );
+}

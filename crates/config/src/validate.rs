@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::env::{ExpandError, expand};
-use crate::raw::{RawConfig, RawDeployment, RawSimulation};
+use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger};
 use crate::{
-    Config, ConfigError, DeploymentConfig, ModelConfig, Problem, ProviderKind, Secret,
-    SecretSource, ServerConfig, Simulation, StorageConfig, StorageUrl, Timeouts,
+    Config, ConfigError, DeploymentConfig, FallbackTriggers, ModelConfig, Problem, ProviderKind,
+    Routing, RoutingStrategy, Secret, SecretSource, ServerConfig, Simulation, StorageConfig,
+    StorageUrl, Timeouts,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -259,7 +260,32 @@ pub(crate) fn validate(
                 deployments.push(deployment);
             }
         }
-        models.push(ModelConfig { name, deployments });
+        let routing =
+            validate_routing(&mut checker, &format!("{path}.routing"), &raw_model.routing);
+        models.push(ModelConfig {
+            name,
+            deployments,
+            fallbacks: raw_model.fallbacks,
+            routing,
+        });
+    }
+    for (index, model) in models.iter().enumerate() {
+        for (position, fallback) in model.fallbacks.iter().enumerate() {
+            let path = format!("models[{index}].fallbacks[{position}]");
+            if *fallback == model.name {
+                checker.problem(
+                    &path,
+                    format!("model `{}` falls back to itself", model.name),
+                    "remove it from its own fallbacks",
+                );
+            } else if !model_names.contains_key(fallback) {
+                checker.problem(
+                    &path,
+                    format!("fallback `{fallback}` is not a declared model"),
+                    "name a model declared in another [[models]] table",
+                );
+            }
+        }
     }
 
     if checker.problems.is_empty() {
@@ -511,6 +537,18 @@ fn validate_deployment(
         headers,
         timeouts,
         stream_usage: raw.stream_usage.unwrap_or(true),
+        weight: match raw.weight {
+            Some(0) => {
+                checker.problem(
+                    &format!("{path}.weight"),
+                    "a weight of 0 would never be chosen",
+                    "give a weight of 1 or more, or remove the deployment",
+                );
+                1
+            }
+            Some(weight) => weight,
+            None => 1,
+        },
         simulation,
     })
 }
@@ -615,5 +653,126 @@ fn validate_simulation(checker: &mut Checker<'_>, path: &str, raw: RawSimulation
         reply_tokens,
         embedding_dimensions,
         seed: raw.seed.unwrap_or(defaults.seed),
+    }
+}
+
+fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> Routing {
+    let defaults = Routing::default();
+    let strategy = match raw.strategy.as_deref() {
+        None | Some("round-robin") => RoutingStrategy::RoundRobin,
+        Some("weighted") => RoutingStrategy::Weighted,
+        Some("least-busy") => RoutingStrategy::LeastBusy,
+        Some(other) => {
+            checker.problem(
+                &format!("{path}.strategy"),
+                format!("unknown routing strategy `{other}`"),
+                "use one of: round-robin, weighted, least-busy",
+            );
+            defaults.strategy
+        }
+    };
+    let max_attempts = match raw.max_attempts {
+        Some(attempts) if !(1..=10).contains(&attempts) => {
+            checker.problem(
+                &format!("{path}.max_attempts"),
+                format!("{attempts} attempts is outside the accepted range"),
+                "give 1 (no retry) to 10 attempts",
+            );
+            defaults.max_attempts
+        }
+        Some(attempts) => attempts,
+        None => defaults.max_attempts,
+    };
+    let retry_backoff = raw
+        .retry_backoff_ms
+        .map_or(defaults.retry_backoff, Duration::from_millis);
+    let retry_max_backoff = raw
+        .retry_max_backoff_ms
+        .map_or(defaults.retry_max_backoff, Duration::from_millis);
+    if retry_max_backoff < retry_backoff || retry_max_backoff > Duration::from_secs(600) {
+        checker.problem(
+            &format!("{path}.retry_max_backoff_ms"),
+            "the largest retry delay must be at least the first one, and at most 600000 ms",
+            "raise retry_max_backoff_ms or lower retry_backoff_ms",
+        );
+    }
+    let timeout = raw.timeout_secs.map(|seconds| {
+        checker.duration(
+            &format!("{path}.timeout_secs"),
+            Some(seconds),
+            Duration::ZERO,
+        )
+    });
+    let first_token_timeout = raw.first_token_timeout_secs.map(|seconds| {
+        checker.duration(
+            &format!("{path}.first_token_timeout_secs"),
+            Some(seconds),
+            Duration::ZERO,
+        )
+    });
+    let mut fallback_on = defaults.fallback_on.clone();
+    if let Some(triggers) = &raw.fallback_on {
+        fallback_on = FallbackTriggers {
+            server_error: false,
+            rate_limited: false,
+            timeout: false,
+            connection: false,
+            invalid_response: false,
+            context_window: false,
+            content_policy: false,
+            statuses: Vec::new(),
+        };
+        for (index, trigger) in triggers.iter().enumerate() {
+            match trigger {
+                RawTrigger::Class(class) => match class.as_str() {
+                    "5xx" => fallback_on.server_error = true,
+                    "429" => fallback_on.rate_limited = true,
+                    "timeout" => fallback_on.timeout = true,
+                    "connection" => fallback_on.connection = true,
+                    "invalid_response" => fallback_on.invalid_response = true,
+                    "context_window" => fallback_on.context_window = true,
+                    "content_policy" => fallback_on.content_policy = true,
+                    other => checker.problem(
+                        &format!("{path}.fallback_on[{index}]"),
+                        format!("unknown fallback trigger `{other}`"),
+                        "use 5xx, 429, timeout, connection, invalid_response, context_window, content_policy, or an HTTP status number",
+                    ),
+                },
+                RawTrigger::Status(status) if (400..=599).contains(status) => fallback_on.statuses.push(*status),
+                RawTrigger::Status(status) => checker.problem(
+                    &format!("{path}.fallback_on[{index}]"),
+                    format!("{status} is not an error status"),
+                    "give a status from 400 to 599",
+                ),
+            }
+        }
+    }
+    let circuit_breaker_failures = match raw.circuit_breaker_failures {
+        Some(0) => {
+            checker.problem(
+                &format!("{path}.circuit_breaker_failures"),
+                "0 would open the circuit before any failure",
+                "give 1 or more consecutive failures",
+            );
+            defaults.circuit_breaker_failures
+        }
+        Some(failures) => failures,
+        None => defaults.circuit_breaker_failures,
+    };
+    let circuit_breaker_cooldown = checker.duration(
+        &format!("{path}.circuit_breaker_cooldown_secs"),
+        raw.circuit_breaker_cooldown_secs,
+        defaults.circuit_breaker_cooldown,
+    );
+    Routing {
+        strategy,
+        max_attempts,
+        retry_backoff,
+        retry_max_backoff,
+        timeout,
+        first_token_timeout,
+        fallback_on,
+        circuit_breaker_failures,
+        circuit_breaker_cooldown,
     }
 }

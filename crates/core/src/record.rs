@@ -64,8 +64,13 @@ pub struct RequestRecord {
     /// Public model name the client asked for (empty when the request was
     /// refused before a model could be read).
     pub model: String,
-    /// Deployment that served the request, if one was chosen.
+    /// Deployment that served the request (or failed last), if one was tried.
     pub deployment: Option<String>,
+    /// The public model that served the request when a fallback did, that
+    /// is when it differs from `model`.
+    pub served_model: Option<String>,
+    /// Upstream attempts made, retries and fallbacks included.
+    pub attempts: u32,
     pub stream: bool,
     /// HTTP status the client received. For a stream that failed after its
     /// 200 header left, the status that describes the failure (502, 504, 499).

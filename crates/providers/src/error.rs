@@ -12,6 +12,8 @@ pub enum TimeoutPhase {
     Request,
     /// Silence between two chunks of a stream.
     StreamIdle,
+    /// A stream opened but no content arrived within the first-token limit.
+    FirstToken,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -28,8 +28,10 @@ pub use error::{TimeoutPhase, UpstreamError};
 /// One event of a relayed stream, in the client's dialect (OpenAI).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RelayEvent {
-    /// A `chat.completion.chunk` JSON payload to send as one SSE `data:` event.
-    Data(Bytes),
+    /// A `chat.completion.chunk` JSON payload to send as one SSE `data:`
+    /// event; `content` when it carries part of the answer (text, a tool
+    /// call, a refusal, a finish reason) rather than only the opening role.
+    Data { payload: Bytes, content: bool },
     /// Token usage reported by the upstream (not sent to the client by itself:
     /// when the client asked for usage, it also arrives as a `Data` chunk).
     Usage(Usage),

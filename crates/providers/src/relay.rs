@@ -142,7 +142,10 @@ impl RelayState {
         } else {
             Bytes::copy_from_slice(data.as_bytes())
         };
-        self.queue.push_back(RelayEvent::Data(payload));
+        self.queue.push_back(RelayEvent::Data {
+            payload,
+            content: info.has_content,
+        });
     }
 
     fn fail(&mut self, error: UpstreamError) {
@@ -186,9 +189,12 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                RelayEvent::Data(Bytes::from(
-                    r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#
-                )),
+                RelayEvent::Data {
+                    payload: Bytes::from(
+                        r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#
+                    ),
+                    content: true
+                },
                 RelayEvent::Usage(usage()),
                 RelayEvent::Done,
             ]
@@ -202,9 +208,15 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                RelayEvent::Data(Bytes::from(CHUNK)),
+                RelayEvent::Data {
+                    payload: Bytes::from(CHUNK),
+                    content: true
+                },
                 RelayEvent::Usage(usage()),
-                RelayEvent::Data(Bytes::from(USAGE)),
+                RelayEvent::Data {
+                    payload: Bytes::from(USAGE),
+                    content: false
+                },
                 RelayEvent::Done,
             ]
         );

@@ -235,19 +235,28 @@ impl Simulator {
             Bytes::from(serde_json::to_vec(&value).expect("serialising JSON cannot fail"))
         };
         let mut events = Vec::with_capacity(words.len() + 5);
-        events.push(RelayEvent::Data(chunk(
-            json!({"role": "assistant", "content": "", "refusal": null}),
-            None,
-        )));
+        events.push(RelayEvent::Data {
+            payload: chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                None,
+            ),
+            content: false,
+        });
         for (index, word) in words.iter().enumerate() {
             let text = if index == 0 {
                 word.clone()
             } else {
                 format!(" {word}")
             };
-            events.push(RelayEvent::Data(chunk(json!({"content": text}), None)));
+            events.push(RelayEvent::Data {
+                payload: chunk(json!({"content": text}), None),
+                content: true,
+            });
         }
-        events.push(RelayEvent::Data(chunk(json!({}), Some(finish_reason))));
+        events.push(RelayEvent::Data {
+            payload: chunk(json!({}), Some(finish_reason)),
+            content: true,
+        });
         events.push(RelayEvent::Usage(usage));
         if include_usage {
             let report = json!({
@@ -259,9 +268,12 @@ impl Simulator {
                 "choices": [],
                 "usage": usage_json(&usage),
             });
-            events.push(RelayEvent::Data(Bytes::from(
-                serde_json::to_vec(&report).expect("serialising JSON cannot fail"),
-            )));
+            events.push(RelayEvent::Data {
+                payload: Bytes::from(
+                    serde_json::to_vec(&report).expect("serialising JSON cannot fail"),
+                ),
+                content: false,
+            });
         }
         events.push(RelayEvent::Done);
 
@@ -277,7 +289,7 @@ impl Simulator {
             (events.into_iter(), 0usize),
             move |(mut events, index)| async move {
                 let event = events.next()?;
-                let is_token = matches!(event, RelayEvent::Data(_)) && index >= 2;
+                let is_token = matches!(event, RelayEvent::Data { .. }) && index >= 2;
                 if index == 0 {
                     sleep(first_token).await;
                 } else if is_token {

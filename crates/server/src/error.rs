@@ -158,6 +158,42 @@ impl ApiError {
         )
     }
 
+    /// No deployment of the model (or its fallbacks) may be tried: every
+    /// circuit is open.
+    pub fn no_healthy_deployment(model: &str, retry_in: Option<std::time::Duration>) -> ApiError {
+        ApiError {
+            retry_after: retry_in.map(|wait| wait.as_secs().max(1).to_string()),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                "no_healthy_deployment",
+                format!(
+                    "Every deployment of `{}` is resting after repeated failures; retry later.",
+                    clip(model, 200)
+                ),
+            )
+        }
+    }
+
+    /// The request's whole budget ran out between attempts.
+    pub fn deadline_exceeded(attempts: u32) -> ApiError {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "api_error",
+            "upstream_timeout",
+            format!("The request's time budget ran out after {attempts} upstream attempt(s)."),
+        )
+    }
+
+    pub fn bad_header(name: &str, expected: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_header",
+            format!("The `{name}` header must be {expected}."),
+        )
+    }
+
     pub fn shutting_down() -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -192,6 +228,9 @@ impl ApiError {
                     }
                     TimeoutPhase::StreamIdle => format!(
                         "Deployment `{deployment}` stopped sending in the middle of the stream."
+                    ),
+                    TimeoutPhase::FirstToken => format!(
+                        "Deployment `{deployment}` sent no content within the first-token limit."
                     ),
                 },
             ),

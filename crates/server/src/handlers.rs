@@ -11,12 +11,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use std::time::{Duration, Instant};
 use switchboard_core::{Endpoint, Outcome};
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, RequestError};
-use switchboard_providers::{Deployment, Reply};
+
+use switchboard_providers::Reply;
 
 use crate::body::read_json_body;
 use crate::context::RequestContext;
+use crate::dispatch::{Answered, Route, Unanswered, dispatch, hold_opening};
 use crate::error::ApiError;
 use crate::state::Gateway;
 use crate::stream::sse_response;
@@ -46,28 +49,47 @@ pub(crate) async fn chat_completions(
     };
     trace.model.clone_from(&request.model);
     trace.stream = request.stream;
-    let deployment = match pick(&gateway, &request.model) {
-        Ok(deployment) => deployment,
+    let (chain, deadline) = match plan(&gateway, &request.model, &headers) {
+        Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error),
     };
-    trace.deployment = Some(deployment.name().clone());
-
-    let reply = tokio::select! {
-        reply = deployment.chat(&request) => reply,
+    let first_token_timeout = chain[0].routing.first_token_timeout;
+    let progress = trace.progress.clone();
+    let answer = dispatch(&chain, deadline, &progress, |deployment| {
+        let request = &request;
+        async move {
+            match deployment.chat(request).await? {
+                Reply::Stream(events) => hold_opening(events, first_token_timeout)
+                    .await
+                    .map(Reply::Stream),
+                complete => Ok(complete),
+            }
+        }
+    });
+    let answer = tokio::select! {
+        answer = answer => answer,
         () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down()),
     };
-    match reply {
-        Ok(Reply::Complete { body, usage }) => {
+    let answered = match answer {
+        Ok(answered) => answered,
+        Err(unanswered) => return reject_unanswered(&mut trace, unanswered),
+    };
+    note_route(&mut trace, &answered);
+    let headers = route_headers(&answered, &request.model);
+    match answered.value {
+        Reply::Complete { body, usage } => {
             trace.usage = usage;
             trace.finish(200, Outcome::Success, None);
-            json_response(body, Some(deployment.name()))
+            with_headers(json_response(body, None), headers)
         }
-        Ok(Reply::Stream(events)) => {
-            sse_response(events, trace, gateway.cut.clone(), deployment.name())
-        }
-        Err(error) => reject(
-            &mut trace,
-            ApiError::from_upstream(&error, deployment.name()),
+        Reply::Stream(events) => with_headers(
+            sse_response(
+                events,
+                trace,
+                gateway.cut.clone(),
+                answered.deployment.name(),
+            ),
+            headers,
         ),
     }
 }
@@ -93,34 +115,107 @@ pub(crate) async fn embeddings(
         Err(error) => return reject(&mut trace, ApiError::invalid_request(error)),
     };
     trace.model.clone_from(&request.model);
-    let deployment = match pick(&gateway, &request.model) {
-        Ok(deployment) => deployment,
+    let (chain, deadline) = match plan(&gateway, &request.model, &headers) {
+        Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error),
     };
-    trace.deployment = Some(deployment.name().clone());
-    let reply = tokio::select! {
-        reply = deployment.embeddings(&request) => reply,
+    let progress = trace.progress.clone();
+    let answer = dispatch(&chain, deadline, &progress, |deployment| {
+        let request = &request;
+        async move { deployment.embeddings(request).await }
+    });
+    let answer = tokio::select! {
+        answer = answer => answer,
         () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down()),
     };
-    match reply {
-        Ok((body, usage)) => {
+    match answer {
+        Ok(answered) => {
+            note_route(&mut trace, &answered);
+            let headers = route_headers(&answered, &request.model);
+            let (body, usage) = answered.value;
             trace.usage = usage;
             trace.finish(200, Outcome::Success, None);
-            json_response(body, Some(deployment.name()))
+            with_headers(json_response(body, None), headers)
         }
-        Err(error) => reject(
-            &mut trace,
-            ApiError::from_upstream(&error, deployment.name()),
-        ),
+        Err(unanswered) => reject_unanswered(&mut trace, unanswered),
     }
 }
 
-fn pick(gateway: &Gateway, model: &str) -> Result<Arc<Deployment>, ApiError> {
-    gateway
-        .models
+/// Header that sets the request's whole time budget, in seconds,
+/// overriding the model's `routing.timeout_secs`.
+pub(crate) const TIMEOUT_HEADER: &str = "x-switchboard-timeout";
+pub(crate) const ATTEMPTS_HEADER: &str = "x-switchboard-attempts";
+pub(crate) const SERVED_MODEL_HEADER: &str = "x-switchboard-model";
+
+/// The chain of routes for a model and the request's deadline.
+fn plan(
+    gateway: &Gateway,
+    model: &str,
+    headers: &HeaderMap,
+) -> Result<(Vec<Arc<Route>>, Option<Instant>), ApiError> {
+    let chain = gateway
+        .chains
         .get(model)
-        .map(|group| group.pick().clone())
-        .ok_or_else(|| ApiError::model_not_found(model))
+        .ok_or_else(|| ApiError::model_not_found(model))?;
+    let budget = match headers.get(TIMEOUT_HEADER) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<f64>().ok())
+                .filter(|seconds| seconds.is_finite() && *seconds > 0.0 && *seconds <= 86_400.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    ApiError::bad_header(TIMEOUT_HEADER, "a number of seconds between 0 and 86400")
+                })?,
+        ),
+        None => chain[0].routing.timeout,
+    };
+    Ok((chain.clone(), budget.map(|budget| Instant::now() + budget)))
+}
+
+fn note_route<T>(trace: &mut Trace, answered: &Answered<T>) {
+    trace.deployment = Some(answered.deployment.name().clone());
+    trace.attempts = answered.attempts;
+    if *answered.model != *trace.model {
+        trace.served_model = Some(answered.model.clone());
+    }
+}
+
+/// Headers that explain the route taken.
+fn route_headers<T>(answered: &Answered<T>, requested: &str) -> Vec<(&'static str, HeaderValue)> {
+    let mut headers = Vec::with_capacity(3);
+    if let Ok(value) = HeaderValue::from_str(answered.deployment.name()) {
+        headers.push((DEPLOYMENT_HEADER, value));
+    }
+    headers.push((ATTEMPTS_HEADER, HeaderValue::from(answered.attempts)));
+    if *answered.model != *requested
+        && let Ok(value) = HeaderValue::from_str(&answered.model)
+    {
+        headers.push((SERVED_MODEL_HEADER, value));
+    }
+    headers
+}
+
+fn with_headers(mut response: Response, headers: Vec<(&'static str, HeaderValue)>) -> Response {
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+fn reject_unanswered(trace: &mut Trace, unanswered: Unanswered) -> Response {
+    trace.attempts = unanswered.attempts;
+    trace.deployment = unanswered
+        .deployment
+        .as_ref()
+        .map(|deployment| deployment.name().clone());
+    let attempts = unanswered.attempts;
+    let response = reject(trace, unanswered.error);
+    with_headers(
+        response,
+        vec![(ATTEMPTS_HEADER, HeaderValue::from(attempts))],
+    )
 }
 
 /// Records the failure and renders it.
@@ -161,6 +256,47 @@ pub(crate) async fn retrieve_model(
         Some(object) => json_response(object.clone(), None),
         None => ApiError::model_not_found(&model).into_response(),
     }
+}
+
+/// `GET /health/deployments`: every deployment's circuit and load, from
+/// live traffic.
+pub(crate) async fn deployment_health(State(gateway): State<Arc<Gateway>>) -> Response {
+    let now = Instant::now();
+    let models: Vec<serde_json::Value> = gateway
+        .routes
+        .iter()
+        .map(|route| {
+            let deployments: Vec<serde_json::Value> = route
+                .group
+                .members()
+                .iter()
+                .map(|member| {
+                    let health = member.health.snapshot(now);
+                    serde_json::json!({
+                        "name": member.target.name().as_ref(),
+                        "provider": member.target.kind().name(),
+                        "upstream_model": member.target.upstream_model(),
+                        "weight": member.weight,
+                        "state": health.state,
+                        "consecutive_failures": health.consecutive_failures,
+                        "retry_in_ms": health.retry_in.map(|wait| wait.as_millis() as u64),
+                        "in_flight": health.in_flight,
+                        "requests": health.requests,
+                        "failures": health.failures,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "model": route.name.as_ref(),
+                "fallbacks": route.fallbacks,
+                "deployments": deployments,
+            })
+        })
+        .collect();
+    json_response(
+        Bytes::from(serde_json::json!({"models": models}).to_string()),
+        None,
+    )
 }
 
 pub(crate) async fn live() -> Response {

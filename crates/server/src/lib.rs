@@ -8,6 +8,7 @@
 
 mod body;
 mod context;
+mod dispatch;
 mod error;
 mod handlers;
 mod state;
@@ -42,6 +43,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{*model}", get(handlers::retrieve_model))
+        .route("/health/deployments", get(handlers::deployment_health))
         // The same API without the version prefix, for clients configured
         // with a bare base URL.
         .route("/chat/completions", post(handlers::chat_completions))

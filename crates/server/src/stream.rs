@@ -44,7 +44,7 @@ impl Relay {
                 }
             };
             match event {
-                Some(RelayEvent::Data(payload)) => {
+                Some(RelayEvent::Data { payload, .. }) => {
                     self.trace.mark_first_chunk();
                     return Some(Bytes::from(frame_data(&payload)));
                 }

@@ -6,7 +6,7 @@
 //! neither did (the client hung up, or shutdown cut the request), when it
 //! is dropped. Recording only queues the record; nothing here waits.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
@@ -15,11 +15,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::RequestContext;
 
+/// How far the dispatcher got: the deployment of the latest attempt and
+/// the number of attempts so far.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub deployment: Option<Arc<str>>,
+    pub attempts: u32,
+}
+
 pub(crate) struct Trace {
     context: RequestContext,
     endpoint: Endpoint,
     pub model: String,
     pub deployment: Option<Arc<str>>,
+    /// The public model that answered, when a fallback did.
+    pub served_model: Option<Arc<str>>,
+    pub attempts: u32,
+    /// Updated by the dispatcher at every attempt, so that a request cut
+    /// short (the client left) still records where it was.
+    pub progress: Arc<Mutex<Progress>>,
     pub stream: bool,
     pub usage: Usage,
     first_chunk: Option<Duration>,
@@ -41,6 +55,9 @@ impl Trace {
             endpoint,
             model: String::new(),
             deployment: None,
+            served_model: None,
+            attempts: 0,
+            progress: Arc::default(),
             stream: false,
             usage: Usage::default(),
             first_chunk: None,
@@ -62,6 +79,16 @@ impl Trace {
             return;
         }
         self.recorded = true;
+        {
+            let progress = self
+                .progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.deployment.is_none() {
+                self.deployment.clone_from(&progress.deployment);
+            }
+            self.attempts = self.attempts.max(progress.attempts);
+        }
         let latency = self.context.started.elapsed();
         let record = RequestRecord {
             request_id: self.context.request_id.to_string(),
@@ -69,6 +96,8 @@ impl Trace {
             endpoint: self.endpoint,
             model: std::mem::take(&mut self.model),
             deployment: self.deployment.as_deref().map(str::to_owned),
+            served_model: self.served_model.as_deref().map(str::to_owned),
+            attempts: self.attempts,
             stream: self.stream,
             status,
             outcome,
@@ -106,7 +135,7 @@ fn log(record: &RequestRecord) {
         tracing::info!(
             request_id = %record.request_id, endpoint = record.endpoint.as_str(), model = %record.model,
             deployment, stream = record.stream, status = record.status, latency_ms = record.latency_ms,
-            ttft_ms = record.ttft_ms, input_tokens = record.usage.input_tokens, output_tokens = record.usage.output_tokens,
+            attempts = record.attempts, ttft_ms = record.ttft_ms, input_tokens = record.usage.input_tokens, output_tokens = record.usage.output_tokens,
             "request served"
         );
     } else {

@@ -297,20 +297,6 @@ async fn upstream_failures_map_to_gateway_statuses() {
     assert_eq!(error["type"], "api_error");
     assert!(error["message"].as_str().unwrap().contains("500"));
 
-    mock.push(Script::Respond {
-        status: 429,
-        body: json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}).to_string(),
-        headers: vec![("retry-after".into(), "7".into())],
-    });
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["retry-after"], "7");
-    let error = error_of(response, 429).await;
-    assert_eq!(error["code"], "rate_limit_exceeded");
-
     mock.push(Script::json(400, json!({"error": {"message": "max_tokens is too large", "type": "invalid_request_error", "param": "max_tokens", "code": null}})));
     let error = error_of(
         gateway
@@ -351,6 +337,21 @@ async fn upstream_failures_map_to_gateway_statuses() {
         200
     );
 
+    // Last, because a rate limit rests the deployment for its Retry-After.
+    mock.push(Script::Respond {
+        status: 429,
+        body: json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}).to_string(),
+        headers: vec![("retry-after".into(), "7".into())],
+    });
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["retry-after"], "7");
+    let error = error_of(response, 429).await;
+    assert_eq!(error["code"], "rate_limit_exceeded");
+
     let records = gateway.stop_and_records().await;
     let codes: Vec<Option<&str>> = records
         .iter()
@@ -362,10 +363,10 @@ async fn upstream_failures_map_to_gateway_statuses() {
             Some("upstream_invalid_response"),
             Some("upstream_timeout"),
             Some("upstream_error"),
-            Some("upstream_rate_limited"),
             Some("upstream_rejected_request"),
             Some("upstream_auth_failed"),
-            None
+            None,
+            Some("upstream_rate_limited"),
         ]
     );
 }
@@ -430,13 +431,22 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
     assert_eq!(error["error"]["code"], "upstream_invalid_response");
     assert!(!relayed.contains(&"[DONE]".to_owned()));
 
-    // An error reported by the upstream inside the stream.
-    mock.push(Script::events(
-        &[r#"{"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}"#],
+    // An error reported inside the stream after content: an error event.
+    let mut pieces: Vec<(Duration, String)> = events[..2]
+        .iter()
+        .map(|event| (Duration::ZERO, event.clone()))
+        .collect();
+    pieces.push((
         Duration::ZERO,
+        "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":\"overloaded\"}}\n\n".to_owned(),
     ));
+    mock.push(Script::Stream {
+        pieces,
+        close: true,
+    });
     let relayed = stream_events(&gateway).await;
-    let error: Value = serde_json::from_str(&relayed[0]).unwrap();
+    assert_eq!(relayed.len(), 3);
+    let error: Value = serde_json::from_str(&relayed[2]).unwrap();
     assert_eq!(error["error"]["code"], "overloaded");
     assert!(
         error["error"]["message"]
@@ -447,24 +457,63 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
 
     // An upstream that goes silent mid-stream.
     mock.push(Script::Stream {
-        pieces: events[..1]
+        pieces: events[..2]
             .iter()
             .map(|event| (Duration::ZERO, event.clone()))
             .collect(),
         close: false,
     });
     let relayed = stream_events(&gateway).await;
-    let error: Value = serde_json::from_str(&relayed[1]).unwrap();
+    let error: Value = serde_json::from_str(&relayed[2]).unwrap();
     assert_eq!(error["error"]["code"], "upstream_timeout");
 
-    // Garbage inside the stream.
+    // Failures before the first content, with nowhere else to go, are
+    // plain error answers: the stream never opened for the client.
+    mock.push(Script::events(
+        &[r#"{"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}"#],
+        Duration::ZERO,
+    ));
+    let error = error_of(
+        gateway
+            .post("/v1/chat/completions", STREAM)
+            .send()
+            .await
+            .unwrap(),
+        502,
+    )
+    .await;
+    assert_eq!(error["code"], "overloaded");
+    mock.push(Script::Stream {
+        pieces: events[..1]
+            .iter()
+            .map(|event| (Duration::ZERO, event.clone()))
+            .collect(),
+        close: false,
+    });
+    let error = error_of(
+        gateway
+            .post("/v1/chat/completions", STREAM)
+            .send()
+            .await
+            .unwrap(),
+        504,
+    )
+    .await;
+    assert_eq!(error["code"], "upstream_timeout");
     mock.push(Script::Stream {
         pieces: vec![(Duration::ZERO, "data: {not json\n\n".to_owned())],
         close: true,
     });
-    let relayed = stream_events(&gateway).await;
-    let error: Value = serde_json::from_str(&relayed[0]).unwrap();
-    assert_eq!(error["error"]["code"], "upstream_invalid_response");
+    let error = error_of(
+        gateway
+            .post("/v1/chat/completions", STREAM)
+            .send()
+            .await
+            .unwrap(),
+        502,
+    )
+    .await;
+    assert_eq!(error["code"], "upstream_invalid_response");
 
     // A stream request refused before it started is a plain error answer.
     mock.push(Script::json(503, json!({"error": {"message": "busy"}})));
@@ -485,6 +534,8 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
         summary,
         vec![
             (502, Some("upstream_invalid_response")),
+            (502, Some("upstream_error")),
+            (504, Some("upstream_timeout")),
             (502, Some("upstream_error")),
             (504, Some("upstream_timeout")),
             (502, Some("upstream_invalid_response")),

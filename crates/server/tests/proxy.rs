@@ -269,8 +269,12 @@ async fn the_first_chunk_reaches_the_client_while_the_upstream_is_still_generati
 async fn a_client_hang_up_cancels_the_upstream_request_and_is_recorded() {
     let mock = MockUpstream::start().await;
     let events = openai_stream("upstream-model", &["Hello"], true);
+    // The opening role chunk and the first content, then nothing.
     mock.push(Script::Stream {
-        pieces: vec![(Duration::ZERO, events[0].clone())],
+        pieces: events[..2]
+            .iter()
+            .map(|event| (Duration::ZERO, event.clone()))
+            .collect(),
         close: false,
     });
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;

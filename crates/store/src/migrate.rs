@@ -12,11 +12,18 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "requests",
-    sql: include_str!("../migrations/sqlite/0001_requests.sql"),
-}];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "requests",
+        sql: include_str!("../migrations/sqlite/0001_requests.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "routing",
+        sql: include_str!("../migrations/sqlite/0002_routing.sql"),
+    },
+];
 
 pub(crate) async fn run_sqlite(
     pool: &SqlitePool,

@@ -172,6 +172,8 @@ mod tests {
             endpoint: switchboard_core::Endpoint::ChatCompletions,
             model: "m".into(),
             deployment: None,
+            served_model: None,
+            attempts: 1,
             stream: false,
             status: 200,
             outcome: switchboard_core::Outcome::Success,

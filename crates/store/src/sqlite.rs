@@ -93,7 +93,7 @@ impl Store for SqliteStore {
                 sqlx::query::<Sqlite>(
                     "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
                      outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-                     reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     reasoning_tokens, attempts, served_model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&record.request_id)
                 .bind(record.started_at_ms)
@@ -110,6 +110,8 @@ impl Store for SqliteStore {
                 .bind(opt_i64(record.usage.output_tokens))
                 .bind(opt_i64(record.usage.cached_input_tokens))
                 .bind(opt_i64(record.usage.reasoning_tokens))
+                .bind(i64::from(record.attempts))
+                .bind(record.served_model.as_deref())
                 .execute(&mut *transaction)
                 .await?;
             }
@@ -122,7 +124,8 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let rows = sqlx::query::<Sqlite>(
                 "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
-                 latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens \
+                 latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
+                 served_model \
                  FROM requests ORDER BY id DESC LIMIT ?",
             )
             .bind(i64::from(limit))
@@ -147,6 +150,10 @@ impl Store for SqliteStore {
                         endpoint,
                         model: row.try_get("model")?,
                         deployment: row.try_get("deployment")?,
+                        served_model: row.try_get("served_model")?,
+                        attempts: row
+                            .try_get::<i64, _>("attempts")?
+                            .clamp(0, i64::from(u32::MAX)) as u32,
                         stream: row.try_get("stream")?,
                         status: row.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
                         outcome,
@@ -187,6 +194,8 @@ mod tests {
             endpoint: Endpoint::ChatCompletions,
             model: "m".to_owned(),
             deployment: Some("d".to_owned()),
+            served_model: Some("fallback".to_owned()),
+            attempts: 2,
             stream: true,
             status: 200,
             outcome: Outcome::Success,

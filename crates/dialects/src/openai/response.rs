@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use switchboard_core::Usage;
 
 use super::UpstreamErrorBody;
@@ -81,10 +82,48 @@ pub fn check_embeddings(body: &[u8]) -> Result<Usage, InvalidResponse> {
 }
 
 #[derive(Deserialize)]
-struct ChunkCheck {
-    choices: Option<Vec<IgnoredAny>>,
+struct ChunkCheck<'a> {
+    #[serde(borrow)]
+    choices: Option<Vec<ChoiceCheck<'a>>>,
     usage: Option<WireUsage>,
     error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceCheck<'a> {
+    #[serde(borrow)]
+    delta: Option<DeltaCheck<'a>>,
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DeltaCheck<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow)]
+    function_call: Option<&'a RawValue>,
+    #[serde(borrow)]
+    refusal: Option<&'a RawValue>,
+}
+
+/// A raw value that carries something: not null, not an empty string or array.
+fn carries(value: Option<&RawValue>) -> bool {
+    value.is_some_and(|value| !matches!(value.get(), "null" | "\"\"" | "[]"))
+}
+
+impl ChoiceCheck<'_> {
+    fn has_content(&self) -> bool {
+        carries(self.finish_reason)
+            || self.delta.as_ref().is_some_and(|delta| {
+                carries(delta.content)
+                    || carries(delta.tool_calls)
+                    || carries(delta.function_call)
+                    || carries(delta.refusal)
+            })
+    }
 }
 
 /// What one streamed `chat.completion.chunk` holds.
@@ -95,6 +134,9 @@ pub struct ChunkInfo {
     pub usage_only: bool,
     /// The upstream reported an error inside the stream.
     pub error: Option<UpstreamErrorBody>,
+    /// The chunk carries part of the answer (text, a tool call, a refusal
+    /// or a finish reason), not just the opening role.
+    pub has_content: bool,
 }
 
 /// Reads one chunk's `data:` payload.
@@ -112,11 +154,16 @@ pub fn inspect_chunk(data: &str) -> Result<ChunkInfo, InvalidResponse> {
         });
     }
     let choice_count = check.choices.as_ref().map_or(0, Vec::len);
+    let has_content = check
+        .choices
+        .as_ref()
+        .is_some_and(|choices| choices.iter().any(ChoiceCheck::has_content));
     let usage = check.usage.map(Usage::from);
     Ok(ChunkInfo {
         usage_only: usage.is_some() && choice_count == 0,
         usage,
         error: None,
+        has_content,
     })
 }
 

@@ -266,6 +266,27 @@ fn chunks_report_usage_and_errors() {
 }
 
 #[test]
+fn chunks_tell_content_from_the_opening_role() {
+    let content = |data: &str| inspect_chunk(data).unwrap().has_content;
+    assert!(!content(
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#
+    ));
+    assert!(!content(
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}"#
+    ));
+    assert!(content(
+        r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#
+    ));
+    assert!(content(
+        r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c"}]}}]}"#
+    ));
+    assert!(content(
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#
+    ));
+    assert!(!content(r#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
+}
+
+#[test]
 fn error_bodies_have_openais_shape() {
     let body = ErrorBody {
         message: "m",

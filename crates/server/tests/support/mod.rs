@@ -33,8 +33,19 @@ pub fn config_with(models: &str, server_extra: &str) -> Config {
 }
 
 /// One OpenAI-compatible model `chat` (upstream id `upstream-model`) and
-/// one embeddings model `embed`, both at `base`.
+/// one embeddings model `embed`, both at `base`, each tried once and never
+/// rested: these tests look at what a single exchange does. `extra` goes
+/// into the chat deployment's table.
 pub fn openai_models(base: &str, extra: &str) -> String {
+    openai_models_routed(
+        base,
+        extra,
+        "max_attempts = 1\ncircuit_breaker_failures = 1000",
+    )
+}
+
+/// As `openai_models`, with `routing` as both models' `[models.routing]`.
+pub fn openai_models_routed(base: &str, extra: &str, routing: &str) -> String {
     format!(
         r#"
 [[models]]
@@ -46,6 +57,8 @@ api_base = "{base}"
 model = "upstream-model"
 api_key = "${{UPSTREAM_KEY}}"
 {extra}
+[models.routing]
+{routing}
 [[models]]
 name = "embed"
 [[models.deployments]]
@@ -54,6 +67,8 @@ provider = "openai-compatible"
 api_base = "{base}"
 model = "upstream-embed"
 api_key = "${{UPSTREAM_KEY}}"
+[models.routing]
+{routing}
 "#
     )
 }

@@ -1,0 +1,440 @@
+//! Getting one request answered: attempts across a model group's
+//! deployments, retries with backoff, and the fallback chain, all within
+//! the request's time budget.
+//!
+//! For each model of the chain (the requested one, then its `fallbacks`),
+//! up to `routing.max_attempts` attempts are made on deployments the group
+//! picks (untried and healthy ones first). A failure that says something
+//! about the deployment (connection, timeout, 5xx, 429, garbage) is
+//! recorded in its health and retried after a jittered backoff that honours
+//! `Retry-After`; a failure that concerns the request itself (a 400) is
+//! returned at once, unless `fallback_on` names it (a context-window or
+//! content-policy refusal, or a listed status), in which case the next model
+//! is tried. A stream counts as answered only once its first content has
+//! arrived (see `hold_opening`), so a stream that fails before its first
+//! token fails over like any other error.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use switchboard_config::{FallbackTriggers, Routing};
+use switchboard_policy::backoff::{fits, retry_delay};
+use switchboard_policy::{Failure, ModelGroup};
+use switchboard_providers::{Deployment, RelayEvent, RelayStream, TimeoutPhase, UpstreamError};
+
+use crate::error::ApiError;
+use crate::trace::Progress;
+
+/// A public model name, the deployments that serve it and how to route it.
+pub(crate) struct Route {
+    pub name: Arc<str>,
+    pub group: ModelGroup<Arc<Deployment>>,
+    pub routing: Routing,
+    pub fallbacks: Vec<String>,
+}
+
+/// A successful dispatch: the answer and who gave it.
+pub(crate) struct Answered<T> {
+    pub value: T,
+    pub deployment: Arc<Deployment>,
+    /// The public model whose deployment answered (differs from the
+    /// requested one after a fallback).
+    pub model: Arc<str>,
+    pub attempts: u32,
+}
+
+/// A failed dispatch: the error for the client and the last deployment tried.
+pub(crate) struct Unanswered {
+    pub error: ApiError,
+    pub deployment: Option<Arc<Deployment>>,
+    pub attempts: u32,
+}
+
+/// How a failure counts.
+enum Verdict {
+    /// The deployment failed: note it, and try again elsewhere.
+    Deployment(Failure),
+    /// The request was refused for what it is: retrying elsewhere in the
+    /// same group would get the same answer.
+    Request,
+}
+
+fn verdict(error: &UpstreamError) -> Verdict {
+    match error {
+        UpstreamError::Connect(_) | UpstreamError::Transport(_) => {
+            Verdict::Deployment(Failure::Connection)
+        }
+        UpstreamError::Timeout { .. } => Verdict::Deployment(Failure::Timeout),
+        UpstreamError::InvalidResponse(_) | UpstreamError::InStream { .. } => {
+            Verdict::Deployment(Failure::InvalidResponse)
+        }
+        UpstreamError::Misconfigured(_) => Verdict::Deployment(Failure::ServerError),
+        UpstreamError::Status {
+            status,
+            retry_after,
+            ..
+        } => match *status {
+            429 => Verdict::Deployment(Failure::RateLimited {
+                retry_after: retry_after.as_deref().and_then(parse_retry_after),
+            }),
+            // 401/403: the deployment's own credentials are wrong.
+            401 | 403 | 408 | 500..=599 => Verdict::Deployment(Failure::ServerError),
+            _ => Verdict::Request,
+        },
+    }
+}
+
+/// `Retry-After` as seconds (the HTTP-date form is rare from model APIs
+/// and is treated as absent).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map(|seconds| Duration::from_secs_f64(seconds.min(3600.0)))
+}
+
+/// Whether this failure moves the request on to the fallback models.
+fn triggers_fallback(triggers: &FallbackTriggers, error: &UpstreamError) -> bool {
+    let status = match error {
+        UpstreamError::Connect(_) | UpstreamError::Transport(_) => return triggers.connection,
+        UpstreamError::Timeout { .. } => return triggers.timeout,
+        UpstreamError::InvalidResponse(_) | UpstreamError::InStream { .. } => {
+            return triggers.invalid_response;
+        }
+        UpstreamError::Misconfigured(_) => return triggers.server_error,
+        UpstreamError::Status { status, body, .. } => {
+            let code = body.code.as_deref().unwrap_or_default();
+            let message = body
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if triggers.context_window
+                && (code == "context_length_exceeded" || message.contains("maximum context length"))
+            {
+                return true;
+            }
+            if triggers.content_policy
+                && (matches!(code, "content_filter" | "content_policy_violation")
+                    || message.contains("content management policy"))
+            {
+                return true;
+            }
+            *status
+        }
+    };
+    triggers.statuses.contains(&status)
+        || (triggers.rate_limited && status == 429)
+        || (triggers.server_error && (500..=599).contains(&status))
+}
+
+static JITTER: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
+
+/// A cheap, well-spread random value for backoff jitter.
+fn jitter() -> u64 {
+    let mut value = JITTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    value ^ (value >> 31)
+}
+
+/// Runs `call` on deployments of `chain[0]`, then of its fallbacks, until
+/// one answers, an error must be returned, or `deadline` passes.
+pub(crate) async fn dispatch<T, F, Fut>(
+    chain: &[Arc<Route>],
+    deadline: Option<Instant>,
+    progress: &Mutex<Progress>,
+    mut call: F,
+) -> Result<Answered<T>, Unanswered>
+where
+    F: FnMut(Arc<Deployment>) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    let primary = &chain[0];
+    let mut attempts = 0u32;
+    let mut last: Option<(UpstreamError, Arc<Deployment>)> = None;
+    let mut soonest_reopening: Option<Instant> = None;
+
+    for (position, route) in chain.iter().enumerate() {
+        if position > 0
+            && let Some((error, _)) = &last
+            && !triggers_fallback(&primary.routing.fallback_on, error)
+        {
+            break;
+        }
+        let mut tried: Vec<usize> = Vec::new();
+        for attempt_in_group in 0..route.routing.max_attempts {
+            let Some(index) = route.group.pick(Instant::now(), &tried) else {
+                for member in route.group.members() {
+                    if let Some(at) = member.health.reopens_at() {
+                        soonest_reopening =
+                            Some(soonest_reopening.map_or(at, |soonest| soonest.min(at)));
+                    }
+                }
+                break;
+            };
+            if attempt_in_group > 0 {
+                let retry_after = match &last {
+                    Some((UpstreamError::Status { retry_after, .. }, _)) => {
+                        retry_after.as_deref().and_then(parse_retry_after)
+                    }
+                    _ => None,
+                };
+                // A different deployment need not wait for the one that
+                // asked us to; the same one must.
+                let asked = if tried.contains(&index) {
+                    retry_after
+                } else {
+                    None
+                };
+                let delay = retry_delay(
+                    attempt_in_group,
+                    route.routing.retry_backoff,
+                    route.routing.retry_max_backoff,
+                    asked,
+                    jitter(),
+                );
+                if let Some(deadline) = deadline
+                    && !fits(delay, deadline.saturating_duration_since(Instant::now()))
+                {
+                    return Err(give_up(last, attempts, true));
+                }
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            tried.push(index);
+            let member = route.group.member(index);
+            let deployment = member.target.clone();
+            attempts += 1;
+            {
+                let mut progress = progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                progress.deployment = Some(deployment.name().clone());
+                progress.attempts = attempts;
+            }
+            let outcome = {
+                let _in_flight = member.health.start();
+                match deadline {
+                    Some(deadline) => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        tokio::time::timeout(remaining, call(deployment.clone()))
+                            .await
+                            .unwrap_or(Err(UpstreamError::Timeout {
+                                phase: TimeoutPhase::Request,
+                            }))
+                    }
+                    None => call(deployment.clone()).await,
+                }
+            };
+            match outcome {
+                Ok(value) => {
+                    member.health.record_success();
+                    return Ok(Answered {
+                        value,
+                        deployment,
+                        model: route.name.clone(),
+                        attempts,
+                    });
+                }
+                Err(error) => {
+                    tracing::debug!(deployment = %deployment.name(), %error, attempt = attempts, "attempt failed");
+                    match verdict(&error) {
+                        Verdict::Deployment(failure) => {
+                            member.health.record_failure(failure, Instant::now());
+                            last = Some((error, deployment));
+                        }
+                        Verdict::Request => {
+                            // The deployment answered properly; the request is at fault.
+                            member.health.record_success();
+                            let falls_back =
+                                triggers_fallback(&primary.routing.fallback_on, &error);
+                            last = Some((error, deployment));
+                            if falls_back {
+                                break;
+                            }
+                            return Err(give_up(last, attempts, false));
+                        }
+                    }
+                }
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(give_up(last, attempts, true));
+            }
+        }
+    }
+    if last.is_none() {
+        return Err(Unanswered {
+            error: ApiError::no_healthy_deployment(
+                &primary.name,
+                soonest_reopening.map(|at| at.saturating_duration_since(Instant::now())),
+            ),
+            deployment: None,
+            attempts,
+        });
+    }
+    Err(give_up(last, attempts, false))
+}
+
+fn give_up(
+    last: Option<(UpstreamError, Arc<Deployment>)>,
+    attempts: u32,
+    out_of_time: bool,
+) -> Unanswered {
+    match last {
+        Some((error, deployment)) => {
+            let mut api_error = ApiError::from_upstream(&error, deployment.name());
+            if out_of_time && !matches!(error, UpstreamError::Timeout { .. }) {
+                api_error
+                    .message
+                    .push_str(" The request's time budget ran out before another attempt.");
+            }
+            Unanswered {
+                error: api_error,
+                deployment: Some(deployment),
+                attempts,
+            }
+        }
+        None => Unanswered {
+            error: ApiError::deadline_exceeded(attempts),
+            deployment: None,
+            attempts,
+        },
+    }
+}
+
+/// Waits for a stream's first content (text, a tool call, a finish), keeping
+/// what came before it, so that a stream failing before its first token is
+/// an ordinary failed attempt. Returns the stream with the held events
+/// first. Bounded by `first_token_timeout` when set.
+pub(crate) async fn hold_opening(
+    mut events: RelayStream,
+    first_token_timeout: Option<Duration>,
+) -> Result<RelayStream, UpstreamError> {
+    let mut held = Vec::new();
+    let opening = async {
+        loop {
+            match events.next().await {
+                Some(RelayEvent::Failed(error)) => return Err(error),
+                Some(event @ (RelayEvent::Done | RelayEvent::Data { content: true, .. })) => {
+                    held.push(event);
+                    return Ok(());
+                }
+                Some(event) => held.push(event),
+                None => return Ok(()),
+            }
+        }
+    };
+    match first_token_timeout {
+        Some(limit) => {
+            tokio::time::timeout(limit, opening)
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout {
+                    phase: TimeoutPhase::FirstToken,
+                }))?
+        }
+        None => opening.await?,
+    }
+    Ok(Box::pin(futures_util::stream::iter(held).chain(events)))
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_dialects::openai::UpstreamErrorBody;
+
+    use super::*;
+
+    fn status(status: u16, code: Option<&str>, message: &str) -> UpstreamError {
+        UpstreamError::Status {
+            status,
+            body: UpstreamErrorBody {
+                message: Some(message.to_owned()),
+                kind: None,
+                param: None,
+                code: code.map(str::to_owned),
+            },
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn failures_are_classified_once() {
+        assert!(matches!(
+            verdict(&status(503, None, "")),
+            Verdict::Deployment(Failure::ServerError)
+        ));
+        assert!(matches!(
+            verdict(&status(401, None, "")),
+            Verdict::Deployment(Failure::ServerError)
+        ));
+        assert!(matches!(verdict(&status(400, None, "")), Verdict::Request));
+        assert!(matches!(verdict(&status(404, None, "")), Verdict::Request));
+        let limited = UpstreamError::Status {
+            status: 429,
+            body: UpstreamErrorBody::default(),
+            retry_after: Some("2".into()),
+        };
+        assert!(matches!(
+            verdict(&limited),
+            Verdict::Deployment(Failure::RateLimited { retry_after: Some(wait) }) if wait == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            verdict(&UpstreamError::Timeout {
+                phase: TimeoutPhase::FirstToken
+            }),
+            Verdict::Deployment(Failure::Timeout)
+        ));
+    }
+
+    #[test]
+    fn fallback_triggers_follow_the_configuration() {
+        let defaults = FallbackTriggers::default();
+        assert!(triggers_fallback(&defaults, &status(502, None, "")));
+        assert!(triggers_fallback(&defaults, &status(429, None, "")));
+        assert!(!triggers_fallback(
+            &defaults,
+            &status(400, Some("context_length_exceeded"), "")
+        ));
+        let wider = FallbackTriggers {
+            context_window: true,
+            content_policy: true,
+            statuses: vec![404],
+            ..FallbackTriggers::default()
+        };
+        assert!(triggers_fallback(
+            &wider,
+            &status(400, Some("context_length_exceeded"), "")
+        ));
+        assert!(triggers_fallback(
+            &wider,
+            &status(
+                400,
+                None,
+                "This model's maximum context length is 8192 tokens"
+            )
+        ));
+        assert!(triggers_fallback(
+            &wider,
+            &status(400, Some("content_filter"), "")
+        ));
+        assert!(triggers_fallback(&wider, &status(404, None, "")));
+        assert!(!triggers_fallback(
+            &wider,
+            &status(400, None, "bad temperature")
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds() {
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
+}

@@ -1,0 +1,424 @@
+//! Routing that keeps requests answered: retries across a group's
+//! deployments, fallbacks to other models, circuit breaking, rate-limit
+//! rests, streams that fail over before their first token, and the
+//! request's time budget.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+use switchboard_testkit::{MockUpstream, Script, openai_stream};
+
+const CHAT: &str = r#"{"model":"chat","messages":[{"role":"user","content":"hello"}]}"#;
+const STREAM: &str =
+    r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+
+/// Model `chat` served by deployments `a` and `b` (two mock upstreams), with
+/// `routing` as its routing table, and `extra` appended (more models).
+fn pair(a: &MockUpstream, b: &MockUpstream, routing: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[models]]
+name = "chat"
+fallbacks = []
+[[models.deployments]]
+name = "a"
+provider = "openai-compatible"
+api_base = "{}"
+model = "model-a"
+stream_idle_timeout_secs = 2
+[[models.deployments]]
+name = "b"
+provider = "openai-compatible"
+api_base = "{}"
+model = "model-b"
+[models.routing]
+retry_backoff_ms = 1
+retry_max_backoff_ms = 5
+{routing}
+{extra}
+"#,
+        a.base_url(),
+        b.base_url()
+    )
+}
+
+fn server_error() -> Script {
+    Script::json(
+        500,
+        json!({"error": {"message": "boom", "type": "server_error"}}),
+    )
+}
+
+async fn health_of(gateway: &TestGateway, deployment: &str) -> Value {
+    let health: Value = gateway
+        .get("/health/deployments")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|model| model["deployments"].as_array().unwrap().clone())
+        .find(|entry| entry["name"] == deployment)
+        .unwrap_or_else(|| panic!("no deployment {deployment} in {health}"))
+}
+
+#[tokio::test]
+async fn a_failing_deployment_is_retried_on_the_next_one() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.push(server_error());
+    let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 2", ""), "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    assert_eq!(response.headers()["x-switchboard-attempts"], "2");
+    assert!(response.headers().get("x-switchboard-model").is_none());
+    assert_eq!(a.received().len(), 1);
+    assert_eq!(b.last().json()["model"], "model-b");
+
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records[0].attempts, 2);
+    assert_eq!(records[0].deployment.as_deref(), Some("b"));
+    assert_eq!(records[0].status, 200);
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.push(Script::json(400, json!({"error": {"message": "bad temperature", "type": "invalid_request_error", "param": "temperature"}})));
+    let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 3", ""), "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-switchboard-attempts"], "1");
+    assert!(b.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_rate_limited_deployment_rests_while_the_other_serves() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.push(Script::Respond {
+        status: 429,
+        body: json!({"error": {"message": "slow down", "type": "requests"}}).to_string(),
+        headers: vec![("retry-after".into(), "30".into())],
+    });
+    let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 2", ""), "")).await;
+    for _ in 0..6 {
+        let response = gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    }
+    assert_eq!(
+        a.received().len(),
+        1,
+        "no retry into the rate-limited account"
+    );
+    let health = health_of(&gateway, "a").await;
+    assert_eq!(health["state"], "open");
+    assert!(health["retry_in_ms"].as_u64().unwrap() > 20_000);
+    assert_eq!(health_of(&gateway, "b").await["state"], "closed");
+}
+
+#[tokio::test]
+async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    for _ in 0..2 {
+        a.push(server_error());
+    }
+    // Only `a` serves the model here: `b` is another model's.
+    let models = format!(
+        r#"
+[[models]]
+name = "chat"
+[[models.deployments]]
+name = "a"
+provider = "openai-compatible"
+api_base = "{}"
+model = "model-a"
+[models.routing]
+max_attempts = 1
+circuit_breaker_failures = 2
+circuit_breaker_cooldown_secs = 0.4
+[[models]]
+name = "other"
+[[models.deployments]]
+name = "b"
+provider = "openai-compatible"
+api_base = "{}"
+model = "model-b"
+"#,
+        a.base_url(),
+        b.base_url()
+    );
+    let gateway = TestGateway::start(config_with(&models, "")).await;
+    for _ in 0..2 {
+        assert_eq!(
+            gateway
+                .post("/v1/chat/completions", CHAT)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            502
+        );
+    }
+    let resting = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resting.status(), 503);
+    assert!(resting.headers().contains_key("retry-after"));
+    let error: Value = resting.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "no_healthy_deployment");
+    assert_eq!(
+        a.received().len(),
+        2,
+        "an open circuit sends nothing upstream"
+    );
+    assert_eq!(health_of(&gateway, "a").await["state"], "open");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probe = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.status(),
+        200,
+        "the half-open probe goes through and succeeds"
+    );
+    assert_eq!(health_of(&gateway, "a").await["state"], "closed");
+    assert_eq!(
+        gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn failures_fall_back_to_the_next_model() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    for _ in 0..4 {
+        a.push(Script::json(
+            503,
+            json!({"error": {"message": "overloaded"}}),
+        ));
+        b.push(Script::json(
+            503,
+            json!({"error": {"message": "overloaded"}}),
+        ));
+    }
+    let backup = r#"
+[[models]]
+name = "backup"
+[[models.deployments]]
+provider = "simulated"
+simulation = { reply = "from the backup" }
+"#;
+    let config = pair(&a, &b, "max_attempts = 2", backup)
+        .replace("fallbacks = []", "fallbacks = [\"backup\"]");
+    let gateway = TestGateway::start(config_with(&config, "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-model"], "backup");
+    assert_eq!(response.headers()["x-switchboard-attempts"], "3");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "from the backup");
+
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records[0].model, "chat");
+    assert_eq!(records[0].served_model.as_deref(), Some("backup"));
+    assert_eq!(records[0].attempts, 3);
+}
+
+#[tokio::test]
+async fn a_context_window_refusal_falls_back_only_when_configured() {
+    let context_error = || {
+        Script::json(
+            400,
+            json!({"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}),
+        )
+    };
+    let long = r#"
+[[models]]
+name = "long-context"
+[[models.deployments]]
+provider = "simulated"
+simulation = { reply = "long context model" }
+"#;
+    for (triggers, expected) in [("fallback_on = [\"context_window\"]", 200), ("", 400)] {
+        let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+        a.push(context_error());
+        b.push(context_error());
+        let config = pair(&a, &b, &format!("max_attempts = 2\n{triggers}"), long)
+            .replace("fallbacks = []", "fallbacks = [\"long-context\"]");
+        let gateway = TestGateway::start(config_with(&config, "")).await;
+        let response = gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "with `{triggers}`");
+        // A refusal of the request itself is not retried within the group.
+        assert_eq!(a.received().len() + b.received().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_before_its_first_token_fails_over_cleanly() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    // `a` opens a 200 stream, sends the role chunk, then an error.
+    let events = openai_stream("model-a", &["ignored"], false);
+    a.push(Script::Stream {
+        pieces: vec![
+            (Duration::ZERO, events[0].clone()),
+            (
+                Duration::ZERO,
+                "data: {\"error\":{\"message\":\"overloaded\"}}\n\n".to_owned(),
+            ),
+        ],
+        close: true,
+    });
+    let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 2", ""), "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", STREAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    let text = response.text().await.unwrap();
+    // Exactly `b`'s stream: nothing of `a`'s opening glued in front.
+    let expected = openai_stream("model-b", &["Hello", " from", " the", " mock"], false).concat();
+    assert_eq!(text, expected);
+}
+
+#[tokio::test]
+async fn a_stream_without_a_first_token_in_time_fails_over() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let events = openai_stream("model-a", &["late"], false);
+    a.push(Script::Stream {
+        pieces: vec![
+            (Duration::ZERO, events[0].clone()),
+            (Duration::from_secs(30), events[1].clone()),
+        ],
+        close: true,
+    });
+    let routing = "max_attempts = 2\nfirst_token_timeout_secs = 0.3";
+    let gateway = TestGateway::start(config_with(&pair(&a, &b, routing, ""), "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", STREAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    a.wait_for(Duration::from_secs(10), |mock| {
+        mock.abandoned_streams() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_time_budget_bounds_every_attempt_and_can_be_set_per_request() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.push(Script::Hang);
+    b.push(Script::Hang);
+    let gateway = TestGateway::start(config_with(
+        &pair(&a, &b, "max_attempts = 2\ntimeout_secs = 60", ""),
+        "",
+    ))
+    .await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .header("x-switchboard-timeout", "0.4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout");
+
+    let refused = gateway
+        .post("/v1/chat/completions", CHAT)
+        .header("x-switchboard-timeout", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "invalid_header");
+}
+
+#[tokio::test]
+async fn the_weighted_strategy_follows_the_weights() {
+    let models = r#"
+[[models]]
+name = "sim"
+[[models.deployments]]
+name = "heavy"
+provider = "simulated"
+weight = 3
+[[models.deployments]]
+name = "light"
+provider = "simulated"
+weight = 1
+[models.routing]
+strategy = "weighted"
+"#;
+    let gateway = TestGateway::start(config_with(models, "")).await;
+    let mut heavy = 0;
+    for _ in 0..8 {
+        let response = gateway
+            .post(
+                "/v1/chat/completions",
+                r#"{"model":"sim","messages":[{"role":"user","content":"x"}]}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        if response.headers()["x-switchboard-deployment"] == "heavy" {
+            heavy += 1;
+        }
+    }
+    assert_eq!(heavy, 6);
+    let health: Value = gateway
+        .get("/health/deployments")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["models"][0]["deployments"][0]["requests"], 6);
+    assert_eq!(health["models"][0]["deployments"][1]["weight"], 1);
+}
