@@ -57,6 +57,9 @@ pub enum Script {
         pieces: Vec<(Duration, String)>,
         close: bool,
     },
+    /// Sends these pieces of a 200 event stream, then drops the
+    /// connection without ending the response (a reset mid-stream).
+    Reset { pieces: Vec<(Duration, String)> },
     /// Wait this long before giving the default answer.
     Delay(Duration),
     /// Never answer (until the gateway gives up, which counts as an
@@ -100,6 +103,7 @@ struct Shared {
     /// Streams (and hanging requests) whose client, the gateway, went away
     /// before the end.
     abandoned_streams: AtomicUsize,
+    open_connections: AtomicUsize,
     notify: tokio::sync::Notify,
 }
 
@@ -124,6 +128,10 @@ impl MockUpstream {
             .await
             .expect("bind loopback");
         let address = listener.local_addr().expect("local address");
+        let listener = CountingListener {
+            inner: listener,
+            shared: shared.clone(),
+        };
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .await
@@ -151,12 +159,22 @@ impl MockUpstream {
         self.shared.scripts.lock().unwrap().push_back(script);
     }
 
+    /// Drops every script not yet used: the upstream behaves by default again.
+    pub fn clear_scripts(&self) {
+        self.shared.scripts.lock().unwrap().clear();
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().unwrap().clone()
     }
 
     pub fn last(&self) -> Received {
         self.received().pop().expect("the mock received a request")
+    }
+
+    /// TCP connections from the gateway that are open right now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::SeqCst)
     }
 
     pub fn abandoned_streams(&self) -> usize {
@@ -209,7 +227,16 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             }
             response.body(Body::from(body)).expect("valid response")
         }
-        Some(Script::Stream { pieces, close }) => stream_response(shared, pieces, close),
+        Some(Script::Stream { pieces, close }) => stream_response(
+            shared,
+            pieces,
+            if close {
+                StreamEnd::Close
+            } else {
+                StreamEnd::Hold
+            },
+        ),
+        Some(Script::Reset { pieces }) => stream_response(shared, pieces, StreamEnd::Reset),
         Some(Script::Hang) => {
             // Counted as abandoned when the gateway gives up on the request
             // and the connection closes, which drops this future.
@@ -244,7 +271,7 @@ fn default_answer(shared: &Arc<Shared>, path: &str, body: &[u8]) -> Response {
             .into_iter()
             .map(|event| (Duration::ZERO, event))
             .collect();
-        return stream_response(shared.clone(), pieces, true);
+        return stream_response(shared.clone(), pieces, StreamEnd::Close);
     }
     axum::Json(json!({
         "id": "chatcmpl-mock",
@@ -303,7 +330,19 @@ impl Drop for StreamWatch {
     }
 }
 
-fn stream_response(shared: Arc<Shared>, pieces: Vec<(Duration, String)>, close: bool) -> Response {
+/// How a scripted stream ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    Close,
+    Hold,
+    Reset,
+}
+
+fn stream_response(
+    shared: Arc<Shared>,
+    pieces: Vec<(Duration, String)>,
+    end: StreamEnd,
+) -> Response {
     let watch = StreamWatch {
         shared,
         completed: false,
@@ -317,19 +356,30 @@ fn stream_response(shared: Arc<Shared>, pieces: Vec<(Duration, String)>, close: 
                         tokio::time::sleep(delay).await;
                     }
                     Some((
-                        Ok::<Bytes, std::convert::Infallible>(Bytes::from(piece)),
+                        Ok::<Bytes, std::io::Error>(Bytes::from(piece)),
                         (pieces, watch),
                     ))
                 }
-                None if close => {
-                    watch.completed = true;
-                    drop(watch);
-                    None
-                }
-                None => {
-                    std::future::pending::<()>().await;
-                    None
-                }
+                None => match end {
+                    StreamEnd::Close => {
+                        watch.completed = true;
+                        drop(watch);
+                        None
+                    }
+                    StreamEnd::Hold => {
+                        std::future::pending::<()>().await;
+                        None
+                    }
+                    // An error from the body makes the server abort the
+                    // connection mid-response.
+                    StreamEnd::Reset => {
+                        watch.completed = true;
+                        Some((
+                            Err(std::io::Error::other("scripted reset")),
+                            (pieces, watch),
+                        ))
+                    }
+                },
             }
         },
     );
@@ -345,4 +395,86 @@ fn stream_response(shared: Arc<Shared>, pieces: Vec<(Duration, String)>, close: 
 /// installs it otherwise.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Accepts connections and counts those still open, so tests can tell
+/// whether the gateway leaks upstream sockets.
+struct CountingListener {
+    inner: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// A connection that counts itself open until dropped.
+struct CountedStream {
+    inner: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.shared.open_connections.fetch_sub(1, Ordering::SeqCst);
+        self.shared.notify.notify_waiters();
+    }
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CountedStream, SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, address)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.shared.open_connections.fetch_add(1, Ordering::SeqCst);
+                    return (
+                        CountedStream {
+                            inner: stream,
+                            shared: self.shared.clone(),
+                        },
+                        address,
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(context, buffer)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(context, buffer)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(context)
+    }
 }
