@@ -13,6 +13,7 @@ use switchboard_config::{Config, ConfigError};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod reload;
 mod shutdown;
 
 /// Switchboard: one OpenAI-compatible endpoint in front of every model.
@@ -35,6 +36,9 @@ enum Command {
         /// Log format on standard error.
         #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SWITCHBOARD_LOG_FORMAT")]
         log_format: LogFormat,
+        /// Reload the configuration when its file changes (SIGHUP always reloads).
+        #[arg(long, env = "SWITCHBOARD_WATCH_CONFIG")]
+        watch: bool,
     },
     /// Validate a configuration and print the resolved model table, secrets masked.
     Check {
@@ -65,16 +69,23 @@ fn main() -> ExitCode {
             config,
             listen,
             log_format,
-        } => serve(&config, listen, log_format),
+            watch,
+        } => serve(&config, listen, log_format, watch),
+    }
+}
+
+/// The configuration file to use, if any (`None`: the embedded default).
+fn config_path(args: &ConfigArgs) -> Option<PathBuf> {
+    match &args.config {
+        Some(path) => Some(path.clone()),
+        None if Path::new("switchboard.toml").is_file() => Some(PathBuf::from("switchboard.toml")),
+        None => None,
     }
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
-    match &args.config {
-        Some(path) => Config::load_file(path),
-        None if Path::new("switchboard.toml").is_file() => {
-            Config::load_file(Path::new("switchboard.toml"))
-        }
+    match config_path(args) {
+        Some(path) => Config::load_file(&path),
         None => Ok(Config::embedded_default()),
     }
 }
@@ -103,7 +114,12 @@ fn check(args: &ConfigArgs) -> ExitCode {
     }
 }
 
-fn serve(args: &ConfigArgs, listen: Option<SocketAddr>, log_format: LogFormat) -> ExitCode {
+fn serve(
+    args: &ConfigArgs,
+    listen: Option<SocketAddr>,
+    log_format: LogFormat,
+    watch: bool,
+) -> ExitCode {
     init_logging(log_format);
     let config = match load(args) {
         Ok(config) => config,
@@ -122,7 +138,7 @@ fn serve(args: &ConfigArgs, listen: Option<SocketAddr>, log_format: LogFormat) -
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, listen)) {
+    match runtime.block_on(run(config, config_path(args), listen, watch)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -132,10 +148,22 @@ fn serve(args: &ConfigArgs, listen: Option<SocketAddr>, log_format: LogFormat) -
     }
 }
 
-async fn run(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    path: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    watch: bool,
+) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     let address = listen.unwrap_or(config.server.listen);
-    let running = switchboard_server::start(&config, address, shutdown).await?;
+    let running = switchboard_server::start(&config, address, shutdown.clone()).await?;
+    reload::spawn(
+        running.gateway.clone(),
+        config.clone(),
+        path,
+        watch,
+        shutdown,
+    );
     if config.server.master_key.is_none() {
         tracing::warn!(
             "no master key is configured: any caller on {} is accepted",

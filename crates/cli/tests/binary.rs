@@ -229,3 +229,88 @@ simulation = {{ reply_tokens = 20, tokens_per_second = 20 }}
     assert_eq!(records.len(), 51, "every request is recorded");
     assert!(records.iter().all(|record| record.status == 200));
 }
+
+fn reload_config(model: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite::memory:\"\n[[models]]\nname = \"{model}\"\n[[models.deployments]]\nprovider = \"simulated\"\n"
+    )
+}
+
+async fn model_ids(client: &reqwest::Client, gateway: &Gateway) -> Vec<String> {
+    let list: serde_json::Value = client
+        .get(gateway.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|model| model["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn wait_for_models(client: &reqwest::Client, gateway: &Gateway, expected: &[&str]) {
+    for _ in 0..100 {
+        if model_ids(client, gateway).await == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("models never became {expected:?}:\n{}", gateway.log_text());
+}
+
+/// SIGHUP reloads the file; a broken file is refused and the running
+/// configuration keeps serving; `--watch` reloads on change by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_watch_reload_the_configuration() {
+    let directory = scratch_dir("reload");
+    let path = directory.join("live.toml");
+    std::fs::write(&path, reload_config("before")).unwrap();
+    let gateway = Gateway::start(&directory, &["--config", "live.toml", "--watch"], &[]);
+    let pid = gateway.child.as_ref().unwrap().id().to_string();
+    let client = reqwest::Client::new();
+    assert_eq!(model_ids(&client, &gateway).await, vec!["before"]);
+
+    std::fs::write(&path, reload_config("after-sighup")).unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for_models(&client, &gateway, &["after-sighup"]).await;
+
+    std::fs::write(&path, "[[models]]\nname = \"broken\"\nbogus = 1\n").unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for _ in 0..100 {
+        if gateway.log_text().contains("configuration reload refused") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gateway.log_text();
+    assert!(
+        log.contains("configuration reload refused") && log.contains("models[0].bogus"),
+        "{log}"
+    );
+    assert_eq!(
+        model_ids(&client, &gateway).await,
+        vec!["after-sighup"],
+        "the running configuration stays"
+    );
+
+    // With --watch, saving the file is enough.
+    std::fs::write(&path, reload_config("after-watch")).unwrap();
+    wait_for_models(&client, &gateway, &["after-watch"]).await;
+}

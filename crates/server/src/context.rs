@@ -91,7 +91,8 @@ pub(crate) async fn authenticate(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(master_key) = &gateway.master_key else {
+    let catalog = gateway.catalog();
+    let Some(master_key) = &catalog.master_key else {
         return next.run(request).await;
     };
     let presented = request

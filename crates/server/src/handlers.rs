@@ -21,7 +21,7 @@ use crate::body::read_json_body;
 use crate::context::RequestContext;
 use crate::dispatch::{Answered, Route, Unanswered, dispatch, hold_opening};
 use crate::error::ApiError;
-use crate::state::Gateway;
+use crate::state::{Catalog, Gateway};
 use crate::stream::sse_response;
 use crate::trace::Trace;
 
@@ -39,7 +39,8 @@ pub(crate) async fn chat_completions(
         gateway.recorder.clone(),
         gateway.cut.clone(),
     );
-    let bytes = match read_json_body(&headers, body, gateway.max_body_bytes).await {
+    let catalog = gateway.catalog();
+    let bytes = match read_json_body(&headers, body, catalog.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(error) => return reject(&mut trace, error),
     };
@@ -49,7 +50,7 @@ pub(crate) async fn chat_completions(
     };
     trace.model.clone_from(&request.model);
     trace.stream = request.stream;
-    let (chain, deadline) = match plan(&gateway, &request.model, &headers) {
+    let (chain, deadline) = match plan(&catalog, &request.model, &headers) {
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error),
     };
@@ -106,7 +107,8 @@ pub(crate) async fn embeddings(
         gateway.recorder.clone(),
         gateway.cut.clone(),
     );
-    let bytes = match read_json_body(&headers, body, gateway.max_body_bytes).await {
+    let catalog = gateway.catalog();
+    let bytes = match read_json_body(&headers, body, catalog.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(error) => return reject(&mut trace, error),
     };
@@ -115,7 +117,7 @@ pub(crate) async fn embeddings(
         Err(error) => return reject(&mut trace, ApiError::invalid_request(error)),
     };
     trace.model.clone_from(&request.model);
-    let (chain, deadline) = match plan(&gateway, &request.model, &headers) {
+    let (chain, deadline) = match plan(&catalog, &request.model, &headers) {
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error),
     };
@@ -149,11 +151,11 @@ pub(crate) const SERVED_MODEL_HEADER: &str = "x-switchboard-model";
 
 /// The chain of routes for a model and the request's deadline.
 fn plan(
-    gateway: &Gateway,
+    catalog: &Catalog,
     model: &str,
     headers: &HeaderMap,
 ) -> Result<(Vec<Arc<Route>>, Option<Instant>), ApiError> {
-    let chain = gateway
+    let chain = catalog
         .chains
         .get(model)
         .ok_or_else(|| ApiError::model_not_found(model))?;
@@ -238,7 +240,7 @@ fn json_response(body: Bytes, deployment: Option<&Arc<str>>) -> Response {
 }
 
 pub(crate) async fn list_models(State(gateway): State<Arc<Gateway>>) -> Response {
-    json_response(gateway.model_list.clone(), None)
+    json_response(gateway.catalog().model_list.clone(), None)
 }
 
 pub(crate) async fn retrieve_model(
@@ -252,7 +254,7 @@ pub(crate) async fn retrieve_model(
         })
         .into_response();
     };
-    match gateway.model_objects.get(&model) {
+    match gateway.catalog().model_objects.get(&model) {
         Some(object) => json_response(object.clone(), None),
         None => ApiError::model_not_found(&model).into_response(),
     }
@@ -263,6 +265,7 @@ pub(crate) async fn retrieve_model(
 pub(crate) async fn deployment_health(State(gateway): State<Arc<Gateway>>) -> Response {
     let now = Instant::now();
     let models: Vec<serde_json::Value> = gateway
+        .catalog()
         .routes
         .iter()
         .map(|route| {

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
-pub use state::Gateway;
+pub use state::{Gateway, ReloadSummary};
 
 /// Builds the router. The middleware order is written once, in
 /// `context.rs`; `route_layer` applies authentication to the model routes

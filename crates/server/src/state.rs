@@ -1,8 +1,8 @@
 //! The gateway's shared state, built once from a validated configuration.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use serde_json::json;
@@ -17,23 +17,40 @@ use tokio_util::sync::CancellationToken;
 
 /// Everything a handler needs, behind one `Arc`.
 pub struct Gateway {
-    /// Each public model's route, and the chain (itself, then its
-    /// fallbacks) a request for it walks.
-    pub(crate) chains: HashMap<String, Vec<Arc<Route>>>,
-    /// Routes in configuration order, for the health endpoint.
-    pub(crate) routes: Vec<Arc<Route>>,
-    /// `GET /v1/models`, rendered once.
-    pub(crate) model_list: Bytes,
-    /// `GET /v1/models/{id}` for each model, rendered once.
-    pub(crate) model_objects: HashMap<String, Bytes>,
-    pub(crate) master_key: Option<Secret>,
-    pub(crate) max_body_bytes: usize,
+    /// What the configuration declares; replaced whole on reload, while
+    /// requests in flight keep the catalog they started with.
+    catalog: RwLock<Arc<Catalog>>,
+    /// Connection pools, kept across reloads.
+    clients: UpstreamClients,
     pub(crate) recorder: Recorder,
     pub(crate) store: Arc<dyn Store>,
     /// Set when shutdown begins: readiness turns 503.
     pub(crate) draining: AtomicBool,
     /// Cancelled when the shutdown grace period is over.
     pub(crate) cut: CancellationToken,
+}
+
+/// The part of the gateway that a configuration reload replaces.
+pub(crate) struct Catalog {
+    /// Each public model's chain: its route, then its fallbacks' routes.
+    pub chains: HashMap<String, Vec<Arc<Route>>>,
+    /// Routes in configuration order, for the health endpoint.
+    pub routes: Vec<Arc<Route>>,
+    /// `GET /v1/models`, rendered once.
+    pub model_list: Bytes,
+    /// `GET /v1/models/{id}` for each model, rendered once.
+    pub model_objects: HashMap<String, Bytes>,
+    pub master_key: Option<Secret>,
+    pub max_body_bytes: usize,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub models: usize,
+    pub deployments: usize,
+    /// Settings that only take effect on restart (listen address, storage).
+    pub needs_restart: Vec<&'static str>,
 }
 
 impl Gateway {
@@ -44,6 +61,75 @@ impl Gateway {
         cut: CancellationToken,
     ) -> Result<Gateway, UpstreamError> {
         let clients = UpstreamClients::new();
+        let catalog = Catalog::build(config, &clients)?;
+        Ok(Gateway {
+            catalog: RwLock::new(Arc::new(catalog)),
+            clients,
+            recorder,
+            store,
+            draining: AtomicBool::new(false),
+            cut,
+        })
+    }
+
+    /// The current catalog; cheap (a read lock and a reference count).
+    pub(crate) fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces models, deployments, keys and limits with those of a new,
+    /// already validated configuration. Requests in flight finish on the
+    /// old ones. On error nothing changes. `running` is the configuration
+    /// the gateway started with, to report settings that need a restart.
+    pub fn reload(
+        &self,
+        config: &Config,
+        running: &Config,
+    ) -> Result<ReloadSummary, UpstreamError> {
+        let catalog = Catalog::build(config, &self.clients)?;
+        let mut needs_restart = Vec::new();
+        if config.server.listen != running.server.listen {
+            needs_restart.push("server.listen");
+        }
+        if config.storage.url != running.storage.url {
+            needs_restart.push("storage.url");
+        }
+        if config.server.shutdown_grace != running.server.shutdown_grace {
+            needs_restart.push("server.shutdown_grace_secs");
+        }
+        if config.storage.record_queue != running.storage.record_queue {
+            needs_restart.push("storage.record_queue");
+        }
+        let summary = ReloadSummary {
+            models: catalog.routes.len(),
+            deployments: catalog
+                .routes
+                .iter()
+                .map(|route| route.group.members().len())
+                .sum(),
+            needs_restart,
+        };
+        *self
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(catalog);
+        Ok(summary)
+    }
+
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+impl Catalog {
+    fn build(config: &Config, clients: &UpstreamClients) -> Result<Catalog, UpstreamError> {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
@@ -55,7 +141,7 @@ impl Gateway {
             let deployments = model
                 .deployments
                 .iter()
-                .map(|deployment| Deployment::new(deployment, &clients).map(Arc::new))
+                .map(|deployment| Deployment::new(deployment, clients).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()?;
             let weighted = deployments
                 .into_iter()
@@ -101,25 +187,13 @@ impl Gateway {
                 (route.name.to_string(), chain)
             })
             .collect();
-        Ok(Gateway {
+        Ok(Catalog {
             chains,
             routes: ordered,
             model_list,
             model_objects,
             master_key: config.server.master_key.clone(),
             max_body_bytes: config.server.max_body_bytes,
-            recorder,
-            store,
-            draining: AtomicBool::new(false),
-            cut,
         })
-    }
-
-    pub fn recorder(&self) -> &Recorder {
-        &self.recorder
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
     }
 }
