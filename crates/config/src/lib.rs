@@ -131,6 +131,16 @@ pub enum RoutingStrategy {
     RoundRobin,
     Weighted,
     LeastBusy,
+    LowestLatency,
+    LowestCost,
+    MostHeadroom,
+}
+
+/// A deployment's price, in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
 }
 
 /// Which failures move a request on to the fallback models.
@@ -187,6 +197,14 @@ pub struct DeploymentConfig {
     pub stream_usage: bool,
     /// Share of traffic under the `weighted` strategy.
     pub weight: u32,
+    /// Lower tiers serve first; higher ones when no lower one can.
+    pub priority: u32,
+    /// Labels a request can require (`x-switchboard-tags`), such as a region.
+    pub tags: Vec<String>,
+    /// The deployment's own capacity, requests and tokens per minute.
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub price: Option<Price>,
     pub simulation: Option<Simulation>,
 }
 

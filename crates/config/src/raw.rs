@@ -87,7 +87,21 @@ pub(crate) struct RawDeployment {
     pub stream_idle_timeout_secs: Option<f64>,
     pub stream_usage: Option<bool>,
     pub weight: Option<u32>,
+    pub priority: Option<u32>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub price: Option<RawPrice>,
     pub simulation: Option<RawSimulation>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrice {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]

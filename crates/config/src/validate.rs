@@ -9,9 +9,9 @@ use std::time::Duration;
 use crate::env::{ExpandError, expand};
 use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger};
 use crate::{
-    Config, ConfigError, DeploymentConfig, FallbackTriggers, ModelConfig, Problem, ProviderKind,
-    Routing, RoutingStrategy, Secret, SecretSource, ServerConfig, Simulation, StorageConfig,
-    StorageUrl, Timeouts,
+    Config, ConfigError, DeploymentConfig, FallbackTriggers, ModelConfig, Price, Problem,
+    ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig, Simulation,
+    StorageConfig, StorageUrl, Timeouts,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -549,6 +549,26 @@ fn validate_deployment(
             Some(weight) => weight,
             None => 1,
         },
+        priority: raw.priority.unwrap_or(0),
+        tags: raw.tags.iter().map(|tag| tag.trim().to_owned()).filter(|tag| !tag.is_empty()).collect(),
+        requests_per_minute: positive(checker, &format!("{path}.rpm"), raw.rpm),
+        tokens_per_minute: positive(checker, &format!("{path}.tpm"), raw.tpm),
+        price: raw.price.as_ref().and_then(|price| {
+            let valid = |value: f64| value.is_finite() && value >= 0.0;
+            if valid(price.input_per_mtok) && valid(price.output_per_mtok) {
+                Some(Price {
+                    input_per_mtok: price.input_per_mtok,
+                    output_per_mtok: price.output_per_mtok,
+                })
+            } else {
+                checker.problem(
+                    &format!("{path}.price"),
+                    "prices must be numbers of 0 or more",
+                    "give USD per million tokens, such as { input_per_mtok = 2.5, output_per_mtok = 10.0 }",
+                );
+                None
+            }
+        }),
         simulation,
     })
 }
@@ -662,11 +682,14 @@ fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> 
         None | Some("round-robin") => RoutingStrategy::RoundRobin,
         Some("weighted") => RoutingStrategy::Weighted,
         Some("least-busy") => RoutingStrategy::LeastBusy,
+        Some("latency") => RoutingStrategy::LowestLatency,
+        Some("cost") => RoutingStrategy::LowestCost,
+        Some("headroom") => RoutingStrategy::MostHeadroom,
         Some(other) => {
             checker.problem(
                 &format!("{path}.strategy"),
                 format!("unknown routing strategy `{other}`"),
-                "use one of: round-robin, weighted, least-busy",
+                "use one of: round-robin, weighted, least-busy, latency, cost, headroom",
             );
             defaults.strategy
         }
@@ -774,5 +797,20 @@ fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> 
         fallback_on,
         circuit_breaker_failures,
         circuit_breaker_cooldown,
+    }
+}
+
+/// A limit that, when given, must be at least 1.
+fn positive(checker: &mut Checker<'_>, path: &str, value: Option<u64>) -> Option<u64> {
+    match value {
+        Some(0) => {
+            checker.problem(
+                path,
+                "a limit of 0 would refuse every request",
+                "give 1 or more, or remove the limit",
+            );
+            None
+        }
+        other => other,
     }
 }

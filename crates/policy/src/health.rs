@@ -71,7 +71,16 @@ pub struct Health {
     in_flight: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Decaying average of answer latency (time to first token for
+    /// streams), in microseconds; 0 until the first success.
+    latency_micros: AtomicU64,
+    /// Share of the upstream's rate limit still available, in millionths;
+    /// `u32::MAX` until an upstream reports one.
+    headroom_millionths: AtomicU32,
 }
+
+/// Weight of the newest sample in the latency average.
+const LATENCY_SMOOTHING: f64 = 0.2;
 
 /// Counts a request as in flight until dropped.
 #[derive(Debug)]
@@ -86,7 +95,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// A deployment's health as the health endpoint shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthSnapshot {
     /// `closed` (serving), `open` (resting) or `half_open` (probing).
     pub state: &'static str,
@@ -96,6 +105,9 @@ pub struct HealthSnapshot {
     pub in_flight: u32,
     pub requests: u64,
     pub failures: u64,
+    pub latency: Option<Duration>,
+    /// Share of the upstream's rate limit left, from its last answer.
+    pub headroom: Option<f64>,
 }
 
 impl Health {
@@ -109,6 +121,43 @@ impl Health {
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            latency_micros: AtomicU64::new(0),
+            headroom_millionths: AtomicU32::new(u32::MAX),
+        }
+    }
+
+    /// Folds one answer's latency into the decaying average.
+    pub fn record_latency(&self, latency: Duration) {
+        let sample = latency.as_micros().clamp(1, u128::from(u64::MAX)) as u64;
+        let previous = self.latency_micros.load(Ordering::Relaxed);
+        let next = if previous == 0 {
+            sample
+        } else {
+            (previous as f64 * (1.0 - LATENCY_SMOOTHING) + sample as f64 * LATENCY_SMOOTHING) as u64
+        };
+        // A lost update under a race only drops one sample of an average.
+        self.latency_micros.store(next.max(1), Ordering::Relaxed);
+    }
+
+    /// The decaying average latency; `None` before the first answer.
+    pub fn latency(&self) -> Option<Duration> {
+        match self.latency_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    /// Notes the share (0 to 1) of its rate limit the upstream reported left.
+    pub fn record_headroom(&self, share: f64) {
+        let millionths = (share.clamp(0.0, 1.0) * 1_000_000.0) as u32;
+        self.headroom_millionths
+            .store(millionths, Ordering::Relaxed);
+    }
+
+    pub fn headroom(&self) -> Option<f64> {
+        match self.headroom_millionths.load(Ordering::Relaxed) {
+            u32::MAX => None,
+            millionths => Some(f64::from(millionths) / 1_000_000.0),
         }
     }
 
@@ -200,6 +249,8 @@ impl Health {
             in_flight: self.in_flight(),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            latency: self.latency(),
+            headroom: self.headroom(),
         }
     }
 }
@@ -277,6 +328,29 @@ mod tests {
         let other = self::health(5);
         other.record_failure(Failure::RateLimited { retry_after: None }, now);
         assert_eq!(other.reopens_at(), Some(now + DEFAULT_RATE_LIMIT_REST));
+    }
+
+    #[test]
+    fn latency_is_a_decaying_average() {
+        let health = health(5);
+        assert_eq!(health.latency(), None);
+        health.record_latency(Duration::from_millis(100));
+        assert_eq!(health.latency(), Some(Duration::from_millis(100)));
+        for _ in 0..50 {
+            health.record_latency(Duration::from_millis(10));
+        }
+        let settled = health.latency().unwrap();
+        assert!(settled < Duration::from_millis(11), "{settled:?}");
+    }
+
+    #[test]
+    fn headroom_is_unknown_until_reported() {
+        let health = health(5);
+        assert_eq!(health.headroom(), None);
+        health.record_headroom(0.25);
+        assert_eq!(health.headroom(), Some(0.25));
+        health.record_headroom(7.0);
+        assert_eq!(health.headroom(), Some(1.0));
     }
 
     #[test]

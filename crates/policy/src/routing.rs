@@ -1,15 +1,25 @@
 //! Choosing a deployment within a model group.
 //!
-//! A group holds its members with their weights and health. `pick` returns
-//! the member that should take the next attempt: among those whose circuit
-//! lets traffic through, untried ones first, chosen by the group's
-//! strategy. Latency-, cost- and headroom-based strategies plug in here as
-//! further `Strategy` variants without changing the callers.
+//! `pick` narrows the group's members step by step, then lets the
+//! strategy choose:
+//!
+//! 1. members carrying every tag the request asks for;
+//! 2. members whose per-minute capacity is not used up (the chosen
+//!    member's is taken in the same step);
+//! 3. members not tried yet for this request (all of them once every one
+//!    has been tried);
+//! 4. members whose circuit is closed (or, when none is, one whose
+//!    cooldown is over, as the half-open probe);
+//! 5. the best priority tier among those (lower numbers first);
+//! 6. the strategy: round robin, weighted, least busy, lowest latency
+//!    (power of two choices over a decaying average, so one fast deployment
+//!    is not stampeded), lowest cost, or most rate-limit headroom.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use crate::capacity::Capacity;
 use crate::health::{CircuitSettings, Health};
 
 /// How a group chooses among its deployments.
@@ -23,14 +33,56 @@ pub enum Strategy {
     Weighted,
     /// The deployment with the fewest requests in flight.
     LeastBusy,
+    /// The lower recent latency of two deployments drawn at random;
+    /// deployments without a measurement yet are tried first.
+    LowestLatency,
+    /// The cheapest deployment by its declared price.
+    LowestCost,
+    /// The deployment whose upstream reported the most rate-limit room left.
+    MostHeadroom,
 }
 
-/// A deployment of a group, with its weight and health.
+/// What the configuration says about one member.
+#[derive(Debug)]
+pub struct MemberSpec<T> {
+    pub target: T,
+    pub weight: u32,
+    /// Lower tiers are used first; higher ones only when no lower member
+    /// can take the request.
+    pub priority: u32,
+    pub tags: Vec<String>,
+    /// Price of a typical request's tokens (input plus output per million),
+    /// for the lowest-cost strategy.
+    pub price: Option<f64>,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+impl<T> MemberSpec<T> {
+    /// A member with no weight, priority, tag, price or capacity settings.
+    pub fn plain(target: T) -> MemberSpec<T> {
+        MemberSpec {
+            target,
+            weight: 1,
+            priority: 0,
+            tags: Vec::new(),
+            price: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+        }
+    }
+}
+
+/// A deployment of a group, with its settings and live state.
 #[derive(Debug)]
 pub struct Member<T> {
     pub target: T,
     pub weight: u32,
+    pub priority: u32,
+    pub tags: Vec<String>,
+    pub price: Option<f64>,
     pub health: Health,
+    pub capacity: Capacity,
 }
 
 /// A public model name's deployments and the state its strategy keeps.
@@ -43,11 +95,22 @@ pub struct ModelGroup<T> {
     current_weights: Mutex<Vec<i64>>,
 }
 
+/// What a request asks of the member that serves it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pick<'a> {
+    /// Members already tried for this request.
+    pub tried: &'a [usize],
+    /// Tags the member must carry.
+    pub tags: &'a [String],
+    /// Any uniformly distributed value (for the latency strategy's draw).
+    pub random: u64,
+}
+
 impl<T> ModelGroup<T> {
     /// A group must have at least one member; configuration validation
     /// guarantees it.
     pub fn new(
-        members: Vec<(T, u32)>,
+        members: Vec<MemberSpec<T>>,
         strategy: Strategy,
         circuit: CircuitSettings,
     ) -> Option<ModelGroup<T>> {
@@ -58,10 +121,14 @@ impl<T> ModelGroup<T> {
         Some(ModelGroup {
             members: members
                 .into_iter()
-                .map(|(target, weight)| Member {
-                    target,
-                    weight: weight.max(1),
+                .map(|spec| Member {
+                    target: spec.target,
+                    weight: spec.weight.max(1),
+                    priority: spec.priority,
+                    tags: spec.tags,
+                    price: spec.price,
                     health: Health::new(circuit),
+                    capacity: Capacity::new(spec.requests_per_minute, spec.tokens_per_minute),
                 })
                 .collect(),
             strategy,
@@ -78,52 +145,121 @@ impl<T> ModelGroup<T> {
         &self.members[index]
     }
 
-    /// The member for the next attempt: one whose circuit admits traffic at
-    /// `now`, preferring members not in `tried`. `None` when every member's
-    /// circuit is open.
-    pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<usize> {
-        let untried: Vec<usize> = (0..self.members.len())
-            .filter(|index| !tried.contains(index))
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The member for the next attempt, or `None` when no member may take
+    /// it now (every circuit open, capacity used up, or no member with the
+    /// tags).
+    /// The chosen member's per-minute capacity is taken in the same step.
+    pub fn pick(&self, now: Instant, request: Pick<'_>) -> Option<usize> {
+        let mut lost_race: Vec<usize> = Vec::new();
+        loop {
+            let chosen = self.choose_member(now, request, &lost_race)?;
+            if self.members[chosen].capacity.try_take(now) {
+                return Some(chosen);
+            }
+            // Another request took the last of its capacity meanwhile.
+            lost_race.push(chosen);
+        }
+    }
+
+    fn choose_member(&self, now: Instant, request: Pick<'_>, excluded: &[usize]) -> Option<usize> {
+        let eligible: Vec<usize> = (0..self.members.len())
+            .filter(|&index| {
+                let member = &self.members[index];
+                !excluded.contains(&index)
+                    && request.tags.iter().all(|tag| member.tags.contains(tag))
+                    && member.capacity.admits(now)
+            })
+            .collect();
+        let untried: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|index| !request.tried.contains(index))
             .collect();
         let pool = if untried.is_empty() {
-            (0..self.members.len()).collect()
+            eligible
         } else {
             untried
         };
-        // Members whose circuit is closed come first; a half-open member is
-        // admitted (as the single probe) only when no closed one is left.
         let closed: Vec<usize> = pool
             .iter()
             .copied()
             .filter(|&index| self.members[index].health.is_closed(now))
             .collect();
-        if !closed.is_empty() {
-            return Some(self.choose(&closed));
+        if closed.is_empty() {
+            // A half-open member is admitted, as the single probe, only
+            // when no closed one is left.
+            return pool
+                .into_iter()
+                .find(|&index| self.members[index].health.try_probe(now));
         }
-        pool.into_iter()
-            .find(|&index| self.members[index].health.try_probe(now))
+        let best_tier = closed
+            .iter()
+            .map(|&index| self.members[index].priority)
+            .min()?;
+        let tier: Vec<usize> = closed
+            .into_iter()
+            .filter(|&index| self.members[index].priority == best_tier)
+            .collect();
+        Some(self.choose(&tier, request.random))
     }
 
-    fn choose(&self, candidates: &[usize]) -> usize {
+    fn choose(&self, candidates: &[usize], random: u64) -> usize {
         match self.strategy {
-            Strategy::RoundRobin => {
-                let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                candidates[turn % candidates.len()]
-            }
+            Strategy::RoundRobin => self.in_turn(candidates),
             Strategy::LeastBusy => {
-                let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                // Ties go round robin, so equal members share the load.
                 let least = candidates
                     .iter()
                     .map(|&index| self.members[index].health.in_flight())
                     .min()
                     .unwrap_or(0);
-                let idle: Vec<usize> = candidates
+                self.in_turn_where(candidates, |member| member.health.in_flight() == least)
+            }
+            Strategy::LowestCost => {
+                let price = |index: usize| self.members[index].price.unwrap_or(f64::INFINITY);
+                let cheapest = candidates
                     .iter()
-                    .copied()
-                    .filter(|&index| self.members[index].health.in_flight() == least)
-                    .collect();
-                idle[turn % idle.len()]
+                    .map(|&index| price(index))
+                    .fold(f64::INFINITY, f64::min);
+                self.in_turn_where(candidates, |member| {
+                    member.price.unwrap_or(f64::INFINITY) <= cheapest
+                })
+            }
+            Strategy::MostHeadroom => {
+                // Unreported headroom counts as full: nothing says otherwise.
+                let room = |member: &Member<T>| member.health.headroom().unwrap_or(1.0);
+                let most = candidates
+                    .iter()
+                    .map(|&index| room(&self.members[index]))
+                    .fold(0.0, f64::max);
+                self.in_turn_where(candidates, |member| room(member) >= most)
+            }
+            Strategy::LowestLatency => {
+                // Measure every member once before comparing.
+                if let Some(&unmeasured) = candidates
+                    .iter()
+                    .find(|&&index| self.members[index].health.latency().is_none())
+                {
+                    return unmeasured;
+                }
+                if candidates.len() == 1 {
+                    return candidates[0];
+                }
+                let first = (random % candidates.len() as u64) as usize;
+                let mut second = ((random >> 32) % (candidates.len() as u64 - 1)) as usize;
+                if second >= first {
+                    second += 1;
+                }
+                let (first, second) = (candidates[first], candidates[second]);
+                let latency = |index: usize| self.members[index].health.latency();
+                if latency(second) < latency(first) {
+                    second
+                } else {
+                    first
+                }
             }
             Strategy::Weighted => {
                 let mut current = self
@@ -146,6 +282,25 @@ impl<T> ModelGroup<T> {
             }
         }
     }
+
+    fn in_turn(&self, candidates: &[usize]) -> usize {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        candidates[turn % candidates.len()]
+    }
+
+    /// Round robin among the candidates that satisfy `keep` (ties share).
+    fn in_turn_where(&self, candidates: &[usize], keep: impl Fn(&Member<T>) -> bool) -> usize {
+        let kept: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&index| keep(&self.members[index]))
+            .collect();
+        if kept.is_empty() {
+            self.in_turn(candidates)
+        } else {
+            self.in_turn(&kept)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,20 +310,29 @@ mod tests {
     use super::*;
     use crate::health::Failure;
 
-    fn group(weights: &[u32], strategy: Strategy) -> ModelGroup<char> {
-        let members = weights
+    fn specs(weights: &[u32]) -> Vec<MemberSpec<char>> {
+        weights
             .iter()
             .enumerate()
-            .map(|(index, weight)| ((b'a' + index as u8) as char, *weight))
-            .collect();
-        ModelGroup::new(members, strategy, CircuitSettings::default()).unwrap()
+            .map(|(index, weight)| MemberSpec {
+                weight: *weight,
+                ..MemberSpec::plain((b'a' + index as u8) as char)
+            })
+            .collect()
+    }
+
+    fn group(weights: &[u32], strategy: Strategy) -> ModelGroup<char> {
+        ModelGroup::new(specs(weights), strategy, CircuitSettings::default()).unwrap()
+    }
+
+    fn pick(group: &ModelGroup<char>) -> usize {
+        group.pick(Instant::now(), Pick::default()).unwrap()
     }
 
     fn counts(group: &ModelGroup<char>, picks: usize) -> Vec<usize> {
-        let now = Instant::now();
         let mut counts = vec![0; group.members().len()];
         for _ in 0..picks {
-            counts[group.pick(now, &[]).unwrap()] += 1;
+            counts[pick(group)] += 1;
         }
         counts
     }
@@ -193,9 +357,7 @@ mod tests {
     fn weighted_follows_the_weights_smoothly() {
         let weighted = group(&[5, 1, 1], Strategy::Weighted);
         assert_eq!(counts(&weighted, 700), vec![500, 100, 100]);
-        // Smooth: the heavy member never takes more than its share in a row.
-        let now = Instant::now();
-        let sequence: Vec<usize> = (0..7).map(|_| weighted.pick(now, &[]).unwrap()).collect();
+        let sequence: Vec<usize> = (0..7).map(|_| pick(&weighted)).collect();
         assert_eq!(sequence.iter().filter(|&&index| index == 0).count(), 5);
         assert_ne!(sequence[..3], [0, 0, 0]);
     }
@@ -205,21 +367,155 @@ mod tests {
         let busy = group(&[1, 1], Strategy::LeastBusy);
         let _first = busy.member(0).health.start();
         let _second = busy.member(0).health.start();
-        assert!((0..10).all(|_| busy.pick(Instant::now(), &[]) == Some(1)));
+        assert!((0..10).all(|_| pick(&busy) == 1));
+    }
+
+    #[test]
+    fn lowest_latency_measures_everyone_then_prefers_the_faster() {
+        let fast = group(&[1, 1, 1], Strategy::LowestLatency);
+        // Unmeasured members are tried first.
+        assert_eq!(pick(&fast), 0);
+        fast.member(0)
+            .health
+            .record_latency(Duration::from_millis(300));
+        assert_eq!(pick(&fast), 1);
+        fast.member(1)
+            .health
+            .record_latency(Duration::from_millis(10));
+        fast.member(2)
+            .health
+            .record_latency(Duration::from_millis(200));
+        let mut counts = [0usize; 3];
+        for random in 0..3000u64 {
+            let seed = random.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let request = Pick {
+                random: seed,
+                ..Pick::default()
+            };
+            counts[fast.pick(Instant::now(), request).unwrap()] += 1;
+        }
+        // Two choices: the fastest wins every draw it is in (2 of 3), the
+        // slowest none, so no single member takes everything.
+        assert!(counts[1] > counts[2] && counts[2] > counts[0], "{counts:?}");
+        assert_eq!(counts[0], 0);
+        assert!(counts[1] < 3000);
+    }
+
+    #[test]
+    fn lowest_cost_prefers_the_cheapest_and_shares_ties() {
+        let mut members = specs(&[1, 1, 1]);
+        members[0].price = Some(15.0);
+        members[1].price = Some(0.6);
+        members[2].price = Some(0.6);
+        let cheap =
+            ModelGroup::new(members, Strategy::LowestCost, CircuitSettings::default()).unwrap();
+        assert_eq!(counts(&cheap, 100), vec![0, 50, 50]);
+    }
+
+    #[test]
+    fn most_headroom_follows_the_reported_rate_limits() {
+        let roomy = group(&[1, 1], Strategy::MostHeadroom);
+        roomy.member(0).health.record_headroom(0.1);
+        roomy.member(1).health.record_headroom(0.8);
+        assert_eq!(counts(&roomy, 10), vec![0, 10]);
+    }
+
+    #[test]
+    fn priority_tiers_are_used_in_order() {
+        let mut members = specs(&[1, 1, 1]);
+        members[0].priority = 1;
+        members[1].priority = 0;
+        members[2].priority = 1;
+        let tiers = ModelGroup::new(
+            members,
+            Strategy::RoundRobin,
+            CircuitSettings {
+                failures_to_open: 1,
+                cooldown: Duration::from_secs(10),
+            },
+        )
+        .unwrap();
+        assert_eq!(counts(&tiers, 10), vec![0, 10, 0]);
+        tiers
+            .member(1)
+            .health
+            .record_failure(Failure::ServerError, Instant::now());
+        assert_eq!(counts(&tiers, 10), vec![5, 0, 5]);
+    }
+
+    #[test]
+    fn tags_restrict_the_members() {
+        let mut members = specs(&[1, 1]);
+        members[1].tags = vec!["eu".to_owned(), "gpu".to_owned()];
+        let tagged =
+            ModelGroup::new(members, Strategy::RoundRobin, CircuitSettings::default()).unwrap();
+        let eu = ["eu".to_owned()];
+        let request = Pick {
+            tags: &eu,
+            ..Pick::default()
+        };
+        assert!((0..5).all(|_| tagged.pick(Instant::now(), request) == Some(1)));
+        let nowhere = ["us".to_owned()];
+        assert_eq!(
+            tagged.pick(
+                Instant::now(),
+                Pick {
+                    tags: &nowhere,
+                    ..Pick::default()
+                }
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn members_at_capacity_are_skipped() {
+        let mut members = specs(&[1, 1]);
+        members[0].requests_per_minute = Some(1);
+        let limited =
+            ModelGroup::new(members, Strategy::RoundRobin, CircuitSettings::default()).unwrap();
+        let now = Instant::now();
+        assert_eq!(limited.pick(now, Pick::default()), Some(0));
+        assert!((0..5).all(|_| limited.pick(now, Pick::default()) == Some(1)));
     }
 
     #[test]
     fn untried_members_come_first() {
         let round = group(&[1, 1, 1], Strategy::RoundRobin);
         let now = Instant::now();
-        let first = round.pick(now, &[]).unwrap();
-        let second = round.pick(now, &[first]).unwrap();
-        let third = round.pick(now, &[first, second]).unwrap();
+        let first = round.pick(now, Pick::default()).unwrap();
+        let second = round
+            .pick(
+                now,
+                Pick {
+                    tried: &[first],
+                    ..Pick::default()
+                },
+            )
+            .unwrap();
+        let third = round
+            .pick(
+                now,
+                Pick {
+                    tried: &[first, second],
+                    ..Pick::default()
+                },
+            )
+            .unwrap();
         let mut all = vec![first, second, third];
         all.sort_unstable();
         assert_eq!(all, vec![0, 1, 2]);
-        // Everything tried: any healthy member may be retried.
-        assert!(round.pick(now, &[0, 1, 2]).is_some());
+        assert!(
+            round
+                .pick(
+                    now,
+                    Pick {
+                        tried: &[0, 1, 2],
+                        ..Pick::default()
+                    }
+                )
+                .is_some()
+        );
     }
 
     #[test]
@@ -228,22 +524,24 @@ mod tests {
             failures_to_open: 1,
             cooldown: Duration::from_secs(10),
         };
-        let pair =
-            ModelGroup::new(vec![('a', 1), ('b', 1)], Strategy::RoundRobin, settings).unwrap();
+        let pair = ModelGroup::new(specs(&[1, 1]), Strategy::RoundRobin, settings).unwrap();
         let start = Instant::now();
         pair.member(0)
             .health
             .record_failure(Failure::ServerError, start);
-        assert!((0..10).all(|_| pair.pick(start, &[]) == Some(1)));
+        assert!((0..10).all(|_| pair.pick(start, Pick::default()) == Some(1)));
         pair.member(1)
             .health
             .record_failure(Failure::ServerError, start);
-        assert_eq!(pair.pick(start, &[]), None, "every circuit is open");
-        // After the cooldown exactly one probe is let through.
+        assert_eq!(
+            pair.pick(start, Pick::default()),
+            None,
+            "every circuit is open"
+        );
         let later = start + Duration::from_secs(11);
-        let probe = pair.pick(later, &[]).unwrap();
-        let other = pair.pick(later, &[]).unwrap();
+        let probe = pair.pick(later, Pick::default()).unwrap();
+        let other = pair.pick(later, Pick::default()).unwrap();
         assert_ne!(probe, other);
-        assert_eq!(pair.pick(later, &[]), None);
+        assert_eq!(pair.pick(later, Pick::default()), None);
     }
 }

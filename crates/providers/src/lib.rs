@@ -125,6 +125,15 @@ impl Deployment {
         &self.upstream_model
     }
 
+    /// Share (0 to 1) of its rate limit the upstream last reported left,
+    /// from its `x-ratelimit-*` headers; `None` if it never said.
+    pub fn headroom(&self) -> Option<f64> {
+        match &self.backend {
+            Backend::OpenAi(backend) => backend.headroom(),
+            Backend::Simulated(_) => None,
+        }
+    }
+
     /// Sends a chat completion request.
     pub async fn chat(&self, request: &ChatRequest<'_>) -> Result<Reply, UpstreamError> {
         match &self.backend {

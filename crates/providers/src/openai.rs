@@ -10,6 +10,8 @@
 //! `switchboard_dialects::openai::request`), and answers are relayed as the
 //! upstream sent them once checked.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -37,6 +39,9 @@ pub(crate) struct OpenAiBackend {
     upstream_model: String,
     timeouts: Timeouts,
     stream_usage: bool,
+    /// Share of its rate limit the upstream last reported left, in
+    /// millionths; `u32::MAX` until it reports one.
+    headroom: AtomicU32,
 }
 
 impl OpenAiBackend {
@@ -110,6 +115,7 @@ impl OpenAiBackend {
             upstream_model: config.upstream_model.clone(),
             timeouts: config.timeouts,
             stream_usage: config.stream_usage,
+            headroom: AtomicU32::new(u32::MAX),
         })
     }
 
@@ -139,6 +145,7 @@ impl OpenAiBackend {
             }
             Ok(Ok(response)) => response,
         };
+        self.note_rate_limits(response.headers());
         let status = response.status();
         if !status.is_success() {
             return Err(self.status_error(response).await);
@@ -193,6 +200,7 @@ impl OpenAiBackend {
                 .send()
                 .await
                 .map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Connect))?;
+            self.note_rate_limits(response.headers());
             if !response.status().is_success() {
                 return Err(self.status_error(response).await);
             }
@@ -210,6 +218,41 @@ impl OpenAiBackend {
             Err(_) => Err(UpstreamError::Timeout {
                 phase: TimeoutPhase::Request,
             }),
+        }
+    }
+
+    /// Reads the upstream's rate-limit headers (`x-ratelimit-remaining-*`
+    /// and `x-ratelimit-limit-*`, for requests and tokens) and keeps the
+    /// smaller share left.
+    fn note_rate_limits(&self, headers: &HeaderMap) {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .filter(|value| value.is_finite() && *value >= 0.0)
+        };
+        let share = |remaining: &str, limit: &str| match (number(remaining), number(limit)) {
+            (Some(remaining), Some(limit)) if limit > 0.0 => Some((remaining / limit).min(1.0)),
+            _ => None,
+        };
+        let shares = [
+            share(
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-limit-requests",
+            ),
+            share("x-ratelimit-remaining-tokens", "x-ratelimit-limit-tokens"),
+        ];
+        if let Some(least) = shares.into_iter().flatten().reduce(f64::min) {
+            self.headroom
+                .store((least * 1_000_000.0) as u32, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn headroom(&self) -> Option<f64> {
+        match self.headroom.load(Ordering::Relaxed) {
+            u32::MAX => None,
+            millionths => Some(f64::from(millionths) / 1_000_000.0),
         }
     }
 

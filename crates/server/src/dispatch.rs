@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use switchboard_config::{FallbackTriggers, Routing};
 use switchboard_policy::backoff::{fits, retry_delay};
-use switchboard_policy::{Failure, ModelGroup};
+use switchboard_policy::{Failure, ModelGroup, Pick};
 use switchboard_providers::{Deployment, RelayEvent, RelayStream, TimeoutPhase, UpstreamError};
 
 use crate::error::ApiError;
@@ -40,6 +40,9 @@ pub(crate) struct Route {
 pub(crate) struct Answered<T> {
     pub value: T,
     pub deployment: Arc<Deployment>,
+    /// The route and member that answered, to account its tokens.
+    pub route: Arc<Route>,
+    pub member: usize,
     /// The public model whose deployment answered (differs from the
     /// requested one after a fallback).
     pub model: Arc<str>,
@@ -148,6 +151,7 @@ fn jitter() -> u64 {
 pub(crate) async fn dispatch<T, F, Fut>(
     chain: &[Arc<Route>],
     deadline: Option<Instant>,
+    tags: &[String],
     progress: &Mutex<Progress>,
     mut call: F,
 ) -> Result<Answered<T>, Unanswered>
@@ -169,7 +173,12 @@ where
         }
         let mut tried: Vec<usize> = Vec::new();
         for attempt_in_group in 0..route.routing.max_attempts {
-            let Some(index) = route.group.pick(Instant::now(), &tried) else {
+            let pick = Pick {
+                tried: &tried,
+                tags,
+                random: jitter(),
+            };
+            let Some(index) = route.group.pick(Instant::now(), pick) else {
                 for member in route.group.members() {
                     if let Some(at) = member.health.reopens_at() {
                         soonest_reopening =
@@ -219,6 +228,7 @@ where
                 progress.deployment = Some(deployment.name().clone());
                 progress.attempts = attempts;
             }
+            let started = Instant::now();
             let outcome = {
                 let _in_flight = member.health.start();
                 match deadline {
@@ -233,12 +243,19 @@ where
                     None => call(deployment.clone()).await,
                 }
             };
+            if let Some(headroom) = deployment.headroom() {
+                member.health.record_headroom(headroom);
+            }
             match outcome {
                 Ok(value) => {
                     member.health.record_success();
+                    // For a stream this is the time to its first content.
+                    member.health.record_latency(started.elapsed());
                     return Ok(Answered {
                         value,
                         deployment,
+                        route: route.clone(),
+                        member: index,
                         model: route.name.clone(),
                         attempts,
                     });

@@ -175,6 +175,21 @@ impl ApiError {
         }
     }
 
+    /// No deployment of the model (or its fallbacks) carries the tags the
+    /// request asked for.
+    pub fn no_matching_deployment(model: &str, tags: &[String]) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "no_matching_deployment",
+            format!(
+                "No deployment of `{}` carries the tags [{}] asked for in x-switchboard-tags.",
+                clip(model, 200),
+                clip(&tags.join(", "), 200)
+            ),
+        )
+    }
+
     /// The request's whole budget ran out between attempts.
     pub fn deadline_exceeded(attempts: u32) -> ApiError {
         ApiError::new(

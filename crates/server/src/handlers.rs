@@ -56,7 +56,8 @@ pub(crate) async fn chat_completions(
     };
     let first_token_timeout = chain[0].routing.first_token_timeout;
     let progress = trace.progress.clone();
-    let answer = dispatch(&chain, deadline, &progress, |deployment| {
+    let tags = requested_tags(&headers);
+    let answer = dispatch(&chain, deadline, &tags, &progress, |deployment| {
         let request = &request;
         async move {
             match deployment.chat(request).await? {
@@ -122,7 +123,8 @@ pub(crate) async fn embeddings(
         Err(error) => return reject(&mut trace, error),
     };
     let progress = trace.progress.clone();
-    let answer = dispatch(&chain, deadline, &progress, |deployment| {
+    let tags = requested_tags(&headers);
+    let answer = dispatch(&chain, deadline, &tags, &progress, |deployment| {
         let request = &request;
         async move { deployment.embeddings(request).await }
     });
@@ -159,6 +161,18 @@ fn plan(
         .chains
         .get(model)
         .ok_or_else(|| ApiError::model_not_found(model))?;
+    let tags = requested_tags(headers);
+    if !tags.is_empty()
+        && !chain.iter().any(|route| {
+            route
+                .group
+                .members()
+                .iter()
+                .any(|member| tags.iter().all(|tag| member.tags.contains(tag)))
+        })
+    {
+        return Err(ApiError::no_matching_deployment(model, &tags));
+    }
     let budget = match headers.get(TIMEOUT_HEADER) {
         Some(value) => Some(
             value
@@ -176,7 +190,23 @@ fn plan(
     Ok((chain.clone(), budget.map(|budget| Instant::now() + budget)))
 }
 
+/// Header naming tags (comma-separated) that the serving deployment must carry.
+pub(crate) const TAGS_HEADER: &str = "x-switchboard-tags";
+
+fn requested_tags(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(TAGS_HEADER)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn note_route<T>(trace: &mut Trace, answered: &Answered<T>) {
+    trace.capacity = Some((answered.route.clone(), answered.member));
     trace.deployment = Some(answered.deployment.name().clone());
     trace.attempts = answered.attempts;
     if *answered.model != *trace.model {
@@ -286,11 +316,16 @@ pub(crate) async fn deployment_health(State(gateway): State<Arc<Gateway>>) -> Re
                         "in_flight": health.in_flight,
                         "requests": health.requests,
                         "failures": health.failures,
+                        "latency_ms": health.latency.map(|latency| latency.as_secs_f64() * 1000.0),
+                        "rate_limit_headroom": health.headroom,
+                        "priority": member.priority,
+                        "tags": member.tags,
                     })
                 })
                 .collect();
             serde_json::json!({
                 "model": route.name.as_ref(),
+                "strategy": format!("{:?}", route.group.strategy()),
                 "fallbacks": route.fallbacks,
                 "deployments": deployments,
             })

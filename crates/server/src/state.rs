@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::json;
 use switchboard_config::RoutingStrategy;
 use switchboard_config::{Config, Secret};
-use switchboard_policy::{CircuitSettings, ModelGroup, Strategy};
+use switchboard_policy::{CircuitSettings, MemberSpec, ModelGroup, Strategy};
 
 use crate::dispatch::Route;
 use switchboard_providers::{Deployment, UpstreamClients, UpstreamError};
@@ -143,21 +143,34 @@ impl Catalog {
                 .iter()
                 .map(|deployment| Deployment::new(deployment, clients).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()?;
-            let weighted = deployments
+            let members = deployments
                 .into_iter()
                 .zip(&model.deployments)
-                .map(|(deployment, config)| (deployment, config.weight))
+                .map(|(deployment, config)| MemberSpec {
+                    target: deployment,
+                    weight: config.weight,
+                    priority: config.priority,
+                    tags: config.tags.clone(),
+                    price: config
+                        .price
+                        .map(|price| price.input_per_mtok + price.output_per_mtok),
+                    requests_per_minute: config.requests_per_minute,
+                    tokens_per_minute: config.tokens_per_minute,
+                })
                 .collect();
             let strategy = match model.routing.strategy {
                 RoutingStrategy::RoundRobin => Strategy::RoundRobin,
                 RoutingStrategy::Weighted => Strategy::Weighted,
                 RoutingStrategy::LeastBusy => Strategy::LeastBusy,
+                RoutingStrategy::LowestLatency => Strategy::LowestLatency,
+                RoutingStrategy::LowestCost => Strategy::LowestCost,
+                RoutingStrategy::MostHeadroom => Strategy::MostHeadroom,
             };
             let circuit = CircuitSettings {
                 failures_to_open: model.routing.circuit_breaker_failures,
                 cooldown: model.routing.circuit_breaker_cooldown,
             };
-            let group = ModelGroup::new(weighted, strategy, circuit).ok_or_else(|| {
+            let group = ModelGroup::new(members, strategy, circuit).ok_or_else(|| {
                 UpstreamError::Misconfigured(format!("model {} has no deployment", model.name))
             })?;
             let route = Arc::new(Route {

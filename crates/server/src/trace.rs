@@ -14,6 +14,7 @@ use switchboard_store::Recorder;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::RequestContext;
+use crate::dispatch::Route;
 
 /// How far the dispatcher got: the deployment of the latest attempt and
 /// the number of attempts so far.
@@ -34,6 +35,8 @@ pub(crate) struct Trace {
     /// Updated by the dispatcher at every attempt, so that a request cut
     /// short (the client left) still records where it was.
     pub progress: Arc<Mutex<Progress>>,
+    /// The member whose per-minute token count this request's usage joins.
+    pub capacity: Option<(Arc<Route>, usize)>,
     pub stream: bool,
     pub usage: Usage,
     first_chunk: Option<Duration>,
@@ -58,6 +61,7 @@ impl Trace {
             served_model: None,
             attempts: 0,
             progress: Arc::default(),
+            capacity: None,
             stream: false,
             usage: Usage::default(),
             first_chunk: None,
@@ -88,6 +92,15 @@ impl Trace {
                 self.deployment.clone_from(&progress.deployment);
             }
             self.attempts = self.attempts.max(progress.attempts);
+        }
+        if let Some((route, member)) = self.capacity.take() {
+            let tokens =
+                self.usage.input_tokens.unwrap_or(0) + self.usage.output_tokens.unwrap_or(0);
+            route
+                .group
+                .member(member)
+                .capacity
+                .record_tokens(Instant::now(), tokens);
         }
         let latency = self.context.started.elapsed();
         let record = RequestRecord {

@@ -422,3 +422,138 @@ strategy = "weighted"
     assert_eq!(health["models"][0]["deployments"][0]["requests"], 6);
     assert_eq!(health["models"][0]["deployments"][1]["weight"], 1);
 }
+
+fn completion_with_rate_limits(remaining: u32) -> Script {
+    Script::Respond {
+        status: 200,
+        body: json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        })
+        .to_string(),
+        headers: vec![
+            ("x-ratelimit-limit-requests".into(), "100".into()),
+            ("x-ratelimit-remaining-requests".into(), remaining.to_string()),
+        ],
+    }
+}
+
+#[tokio::test]
+async fn the_headroom_strategy_follows_the_upstreams_rate_limit_headers() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    for _ in 0..10 {
+        a.push(completion_with_rate_limits(5));
+        b.push(completion_with_rate_limits(90));
+    }
+    let gateway = TestGateway::start(config_with(
+        &pair(&a, &b, "strategy = \"headroom\"", ""),
+        "",
+    ))
+    .await;
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let response = gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap();
+        served.push(
+            response.headers()["x-switchboard-deployment"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Both are tried while nothing is known; then `b`, with more room, takes all.
+    assert_eq!(served[..2], ["a", "b"]);
+    assert!(served[2..].iter().all(|name| name == "b"), "{served:?}");
+    let health = health_of(&gateway, "a").await;
+    assert!(
+        (health["rate_limit_headroom"].as_f64().unwrap() - 0.05).abs() < 1e-6,
+        "{health}"
+    );
+}
+
+fn simulated_pair(strategy: &str, a_extra: &str, b_extra: &str) -> String {
+    format!(
+        r#"
+[[models]]
+name = "sim"
+[[models.deployments]]
+name = "a"
+provider = "simulated"
+{a_extra}
+[[models.deployments]]
+name = "b"
+provider = "simulated"
+{b_extra}
+[models.routing]
+strategy = "{strategy}"
+"#
+    )
+}
+
+async fn served_by(gateway: &TestGateway, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = gateway.post(
+        "/v1/chat/completions",
+        r#"{"model":"sim","messages":[{"role":"user","content":"x"}]}"#,
+    );
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_cost_strategy_picks_the_cheapest_deployment() {
+    let models = simulated_pair(
+        "cost",
+        "price = { input_per_mtok = 2.5, output_per_mtok = 10.0 }",
+        "price = { input_per_mtok = 0.15, output_per_mtok = 0.6 }",
+    );
+    let gateway = TestGateway::start(config_with(&models, "")).await;
+    for _ in 0..4 {
+        assert_eq!(
+            served_by(&gateway, &[]).await.headers()["x-switchboard-deployment"],
+            "b"
+        );
+    }
+}
+
+#[tokio::test]
+async fn priorities_and_capacity_decide_who_serves() {
+    // `a` is preferred but takes one request a minute; `b` serves the rest.
+    let models = simulated_pair("round-robin", "priority = 0\nrpm = 1", "priority = 1");
+    let gateway = TestGateway::start(config_with(&models, "")).await;
+    let served: Vec<String> =
+        futures_util::future::join_all((0..3).map(|_| served_by(&gateway, &[])))
+            .await
+            .iter()
+            .map(|response| {
+                response.headers()["x-switchboard-deployment"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+    let mut sorted = served.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["a", "b", "b"], "{served:?}");
+}
+
+#[tokio::test]
+async fn requests_can_require_deployment_tags() {
+    let models = simulated_pair("round-robin", "tags = [\"us\"]", "tags = [\"eu\", \"gpu\"]");
+    let gateway = TestGateway::start(config_with(&models, "")).await;
+    for _ in 0..3 {
+        let response = served_by(&gateway, &[("x-switchboard-tags", "eu")]).await;
+        assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    }
+    let response = served_by(&gateway, &[("x-switchboard-tags", "eu, gpu")]).await;
+    assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    let refused = served_by(&gateway, &[("x-switchboard-tags", "apac")]).await;
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "no_matching_deployment");
+}
