@@ -108,6 +108,11 @@ pub struct Routing {
     /// Consecutive failures that take a deployment out for the cooldown.
     pub circuit_breaker_failures: u32,
     pub circuit_breaker_cooldown: Duration,
+    /// Send requests that share a conversation prefix of at least
+    /// `affinity_min_prefix_chars` to the same deployment, so that the
+    /// provider's prompt cache keeps hitting.
+    pub prompt_cache_affinity: bool,
+    pub affinity_min_prefix_chars: u32,
 }
 
 impl Default for Routing {
@@ -122,6 +127,8 @@ impl Default for Routing {
             fallback_on: FallbackTriggers::default(),
             circuit_breaker_failures: 5,
             circuit_breaker_cooldown: Duration::from_secs(30),
+            prompt_cache_affinity: false,
+            affinity_min_prefix_chars: 1024,
         }
     }
 }

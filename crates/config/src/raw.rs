@@ -57,9 +57,13 @@ pub(crate) struct RawRouting {
     pub retry_max_backoff_ms: Option<u64>,
     pub timeout_secs: Option<f64>,
     pub first_token_timeout_secs: Option<f64>,
+    pub connect_timeout_secs: Option<f64>,
+    pub stream_idle_timeout_secs: Option<f64>,
     pub fallback_on: Option<Vec<RawTrigger>>,
     pub circuit_breaker_failures: Option<u32>,
     pub circuit_breaker_cooldown_secs: Option<f64>,
+    pub prompt_cache_affinity: Option<bool>,
+    pub affinity_min_prefix_chars: Option<u32>,
 }
 
 /// A fallback trigger: a class name or an HTTP status.

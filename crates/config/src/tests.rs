@@ -416,3 +416,40 @@ fn routing_mistakes_are_reported_with_their_paths() {
         ]
     );
 }
+
+#[test]
+fn group_timeouts_are_the_defaults_of_its_deployments() {
+    let config = load(
+        r#"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "simulated"
+        [[models.deployments]]
+        provider = "simulated"
+        name = "own"
+        stream_idle_timeout_secs = 9
+        [models.routing]
+        connect_timeout_secs = 2
+        stream_idle_timeout_secs = 30
+        "#,
+    )
+    .unwrap();
+    let deployments = &config.model("m").unwrap().deployments;
+    assert_eq!(
+        deployments[0].timeouts.connect,
+        std::time::Duration::from_secs(2)
+    );
+    assert_eq!(
+        deployments[0].timeouts.stream_idle,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(
+        deployments[1].timeouts.stream_idle,
+        std::time::Duration::from_secs(9)
+    );
+    assert_eq!(
+        deployments[1].timeouts.connect,
+        std::time::Duration::from_secs(2)
+    );
+}

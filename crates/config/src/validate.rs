@@ -240,6 +240,20 @@ pub(crate) fn validate(
                 "add a [[models.deployments]] table under it",
             );
         }
+        // The group's timeouts are the defaults of its deployments.
+        let group_timeouts = Timeouts {
+            connect: checker.duration(
+                &format!("{path}.routing.connect_timeout_secs"),
+                raw_model.routing.connect_timeout_secs,
+                Timeouts::default().connect,
+            ),
+            request: Timeouts::default().request,
+            stream_idle: checker.duration(
+                &format!("{path}.routing.stream_idle_timeout_secs"),
+                raw_model.routing.stream_idle_timeout_secs,
+                Timeouts::default().stream_idle,
+            ),
+        };
         let mut deployments = Vec::with_capacity(raw_model.deployments.len());
         for (deployment_index, raw_deployment) in raw_model.deployments.into_iter().enumerate() {
             let deployment_path = format!("{path}.deployments[{deployment_index}]");
@@ -249,6 +263,7 @@ pub(crate) fn validate(
                 &name,
                 deployment_index,
                 raw_deployment,
+                group_timeouts,
             ) {
                 if !deployment_names.insert(deployment.name.clone()) {
                     checker.problem(
@@ -343,6 +358,7 @@ fn validate_deployment(
     model_name: &str,
     index: usize,
     raw: RawDeployment,
+    defaults: Timeouts,
 ) -> Option<DeploymentConfig> {
     let provider_name = raw.provider.trim().to_ascii_lowercase();
     let (provider, default_base) = match provider_name.as_str() {
@@ -490,7 +506,6 @@ fn validate_deployment(
         }
     }
 
-    let defaults = Timeouts::default();
     let timeouts = Timeouts {
         connect: checker.duration(
             &format!("{path}.connect_timeout_secs"),
@@ -797,6 +812,12 @@ fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> 
         fallback_on,
         circuit_breaker_failures,
         circuit_breaker_cooldown,
+        prompt_cache_affinity: raw
+            .prompt_cache_affinity
+            .unwrap_or(defaults.prompt_cache_affinity),
+        affinity_min_prefix_chars: raw
+            .affinity_min_prefix_chars
+            .unwrap_or(defaults.affinity_min_prefix_chars),
     }
 }
 

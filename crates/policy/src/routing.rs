@@ -104,6 +104,10 @@ pub struct Pick<'a> {
     pub tags: &'a [String],
     /// Any uniformly distributed value (for the latency strategy's draw).
     pub random: u64,
+    /// A hash of the conversation's prefix, when prompt-cache affinity is
+    /// on: requests with the same key go to the same member while it can
+    /// serve (rendezvous hashing, so a member leaving moves only its share).
+    pub affinity: Option<u64>,
 }
 
 impl<T> ModelGroup<T> {
@@ -204,6 +208,11 @@ impl<T> ModelGroup<T> {
             .into_iter()
             .filter(|&index| self.members[index].priority == best_tier)
             .collect();
+        if let Some(key) = request.affinity {
+            return tier
+                .into_iter()
+                .max_by_key(|&index| affinity_score(key, index));
+        }
         Some(self.choose(&tier, request.random))
     }
 
@@ -301,6 +310,14 @@ impl<T> ModelGroup<T> {
             self.in_turn(&kept)
         }
     }
+}
+
+/// Rendezvous score of a member for an affinity key.
+fn affinity_score(key: u64, member: usize) -> u64 {
+    let mut value = key ^ (member as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    value ^ (value >> 31)
 }
 
 #[cfg(test)]
@@ -477,6 +494,40 @@ mod tests {
         let now = Instant::now();
         assert_eq!(limited.pick(now, Pick::default()), Some(0));
         assert!((0..5).all(|_| limited.pick(now, Pick::default()) == Some(1)));
+    }
+
+    #[test]
+    fn affinity_keeps_a_conversation_on_one_member_while_it_serves() {
+        let group = ModelGroup::new(
+            specs(&[1, 1, 1, 1]),
+            Strategy::RoundRobin,
+            CircuitSettings {
+                failures_to_open: 1,
+                cooldown: Duration::from_secs(10),
+            },
+        )
+        .unwrap();
+        let now = Instant::now();
+        let request = |key| Pick {
+            affinity: Some(key),
+            ..Pick::default()
+        };
+        let home = group.pick(now, request(42)).unwrap();
+        assert!((0..20).all(|_| group.pick(now, request(42)) == Some(home)));
+        // Different conversations spread over the members.
+        let homes: std::collections::HashSet<usize> = (0..64u64)
+            .map(|key| group.pick(now, request(key)).unwrap())
+            .collect();
+        assert!(homes.len() >= 3, "{homes:?}");
+        // When its member rests, the conversation moves, and comes back later.
+        group
+            .member(home)
+            .health
+            .record_failure(Failure::ServerError, now);
+        let away = group.pick(now, request(42)).unwrap();
+        assert_ne!(away, home);
+        group.member(home).health.record_success();
+        assert_eq!(group.pick(now, request(42)), Some(home));
     }
 
     #[test]

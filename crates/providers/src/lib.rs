@@ -45,6 +45,13 @@ pub enum RelayEvent {
 /// request.
 pub type RelayStream = Pin<Box<dyn Stream<Item = RelayEvent> + Send>>;
 
+/// Per-request settings that override the deployment's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Longest silence between two chunks of a stream.
+    pub stream_idle: Option<std::time::Duration>,
+}
+
 /// What a deployment answered.
 pub enum Reply {
     /// A whole JSON body to relay as it is, and the usage read from it.
@@ -135,9 +142,13 @@ impl Deployment {
     }
 
     /// Sends a chat completion request.
-    pub async fn chat(&self, request: &ChatRequest<'_>) -> Result<Reply, UpstreamError> {
+    pub async fn chat(
+        &self,
+        request: &ChatRequest<'_>,
+        options: &CallOptions,
+    ) -> Result<Reply, UpstreamError> {
         match &self.backend {
-            Backend::OpenAi(backend) => backend.chat(request).await,
+            Backend::OpenAi(backend) => backend.chat(request, options).await,
             Backend::Simulated(simulator) => simulator.chat(request).await,
         }
     }

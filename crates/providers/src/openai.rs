@@ -20,7 +20,7 @@ use switchboard_core::Usage;
 use switchboard_dialects::openai::{self, ChatRequest, EmbeddingsRequest, UpstreamErrorBody};
 
 use crate::relay::relay_openai_stream;
-use crate::{Reply, TimeoutPhase, UpstreamClients, UpstreamError};
+use crate::{CallOptions, Reply, TimeoutPhase, UpstreamClients, UpstreamError};
 
 /// Largest error body read from an upstream; the rest is not needed to
 /// explain the failure.
@@ -119,7 +119,11 @@ impl OpenAiBackend {
         })
     }
 
-    pub(crate) async fn chat(&self, request: &ChatRequest<'_>) -> Result<Reply, UpstreamError> {
+    pub(crate) async fn chat(
+        &self,
+        request: &ChatRequest<'_>,
+        options: &CallOptions,
+    ) -> Result<Reply, UpstreamError> {
         let body = request.encode(&self.upstream_model, self.stream_usage);
         if !request.stream {
             let body = self.send_whole(&self.chat_url, body).await?;
@@ -171,7 +175,7 @@ impl OpenAiBackend {
         let strip_null_usage = self.stream_usage && !request.client_wants_usage;
         Ok(Reply::Stream(relay_openai_stream(
             response.bytes_stream().boxed(),
-            self.timeouts.stream_idle,
+            options.stream_idle.unwrap_or(self.timeouts.stream_idle),
             forward_usage,
             strip_null_usage,
         )))

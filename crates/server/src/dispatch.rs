@@ -36,6 +36,38 @@ pub(crate) struct Route {
     pub fallbacks: Vec<String>,
 }
 
+/// The part of a conversation that a provider's prompt cache would reuse:
+/// every message but the last, as the client sent them.
+pub(crate) struct ConversationPrefix {
+    hash: u64,
+    chars: usize,
+}
+
+impl ConversationPrefix {
+    pub fn of(messages: Option<&serde_json::value::RawValue>) -> Option<ConversationPrefix> {
+        let messages: Vec<&serde_json::value::RawValue> =
+            serde_json::from_str(messages?.get()).ok()?;
+        let (_, prefix) = messages.split_last()?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        let mut chars = 0;
+        for message in prefix {
+            std::hash::Hash::hash(message.get(), &mut hasher);
+            chars += message.get().len();
+        }
+        Some(ConversationPrefix {
+            hash: std::hash::Hasher::finish(&hasher),
+            chars,
+        })
+    }
+
+    /// The affinity key, when the route wants affinity and the prefix is
+    /// long enough to be worth caching.
+    fn key_for(&self, routing: &Routing) -> Option<u64> {
+        (routing.prompt_cache_affinity && self.chars >= routing.affinity_min_prefix_chars as usize)
+            .then_some(self.hash)
+    }
+}
+
 /// A successful dispatch: the answer and who gave it.
 pub(crate) struct Answered<T> {
     pub value: T,
@@ -152,6 +184,7 @@ pub(crate) async fn dispatch<T, F, Fut>(
     chain: &[Arc<Route>],
     deadline: Option<Instant>,
     tags: &[String],
+    affinity: Option<&ConversationPrefix>,
     progress: &Mutex<Progress>,
     mut call: F,
 ) -> Result<Answered<T>, Unanswered>
@@ -177,6 +210,7 @@ where
                 tried: &tried,
                 tags,
                 random: jitter(),
+                affinity: affinity.and_then(|prefix| prefix.key_for(&route.routing)),
             };
             let Some(index) = route.group.pick(Instant::now(), pick) else {
                 for member in route.group.members() {

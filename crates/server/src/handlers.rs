@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use switchboard_core::{Endpoint, Outcome};
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, RequestError};
 
-use switchboard_providers::Reply;
+use switchboard_providers::{CallOptions, Reply};
 
 use crate::body::read_json_body;
 use crate::context::RequestContext;
-use crate::dispatch::{Answered, Route, Unanswered, dispatch, hold_opening};
+use crate::dispatch::{Answered, ConversationPrefix, Route, Unanswered, dispatch, hold_opening};
 use crate::error::ApiError;
 use crate::state::{Catalog, Gateway};
 use crate::stream::sse_response;
@@ -54,20 +54,44 @@ pub(crate) async fn chat_completions(
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error),
     };
-    let first_token_timeout = chain[0].routing.first_token_timeout;
+    let overrides = match TimeoutOverrides::read(&headers) {
+        Ok(overrides) => overrides,
+        Err(error) => return reject(&mut trace, error),
+    };
+    let first_token_timeout = overrides
+        .first_token
+        .or(chain[0].routing.first_token_timeout);
+    let options = CallOptions {
+        stream_idle: overrides.stream_idle,
+    };
     let progress = trace.progress.clone();
     let tags = requested_tags(&headers);
-    let answer = dispatch(&chain, deadline, &tags, &progress, |deployment| {
-        let request = &request;
-        async move {
-            match deployment.chat(request).await? {
-                Reply::Stream(events) => hold_opening(events, first_token_timeout)
-                    .await
-                    .map(Reply::Stream),
-                complete => Ok(complete),
+    let prefix = if chain
+        .iter()
+        .any(|route| route.routing.prompt_cache_affinity)
+    {
+        ConversationPrefix::of(request.fields.raw("messages"))
+    } else {
+        None
+    };
+    let answer = dispatch(
+        &chain,
+        deadline,
+        &tags,
+        prefix.as_ref(),
+        &progress,
+        |deployment| {
+            let request = &request;
+            async move {
+                match deployment.chat(request, &options).await? {
+                    Reply::Stream(events) => hold_opening(events, first_token_timeout)
+                        .await
+                        .map(Reply::Stream),
+                    complete => Ok(complete),
+                }
             }
-        }
-    });
+        },
+    );
     let answer = tokio::select! {
         answer = answer => answer,
         () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down()),
@@ -124,7 +148,7 @@ pub(crate) async fn embeddings(
     };
     let progress = trace.progress.clone();
     let tags = requested_tags(&headers);
-    let answer = dispatch(&chain, deadline, &tags, &progress, |deployment| {
+    let answer = dispatch(&chain, deadline, &tags, None, &progress, |deployment| {
         let request = &request;
         async move { deployment.embeddings(request).await }
     });
@@ -148,6 +172,38 @@ pub(crate) async fn embeddings(
 /// Header that sets the request's whole time budget, in seconds,
 /// overriding the model's `routing.timeout_secs`.
 pub(crate) const TIMEOUT_HEADER: &str = "x-switchboard-timeout";
+/// Headers overriding the first-token and stream-idle limits, in seconds.
+pub(crate) const FIRST_TOKEN_TIMEOUT_HEADER: &str = "x-switchboard-first-token-timeout";
+pub(crate) const STREAM_IDLE_TIMEOUT_HEADER: &str = "x-switchboard-stream-idle-timeout";
+
+/// Per-request timeout overrides read from headers.
+struct TimeoutOverrides {
+    first_token: Option<Duration>,
+    stream_idle: Option<Duration>,
+}
+
+impl TimeoutOverrides {
+    fn read(headers: &HeaderMap) -> Result<TimeoutOverrides, ApiError> {
+        Ok(TimeoutOverrides {
+            first_token: seconds_header(headers, FIRST_TOKEN_TIMEOUT_HEADER)?,
+            stream_idle: seconds_header(headers, STREAM_IDLE_TIMEOUT_HEADER)?,
+        })
+    }
+}
+
+/// A header holding a number of seconds, if present.
+fn seconds_header(headers: &HeaderMap, name: &'static str) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .filter(|seconds| seconds.is_finite() && *seconds > 0.0 && *seconds <= 86_400.0)
+        .map(|seconds| Some(Duration::from_secs_f64(seconds)))
+        .ok_or_else(|| ApiError::bad_header(name, "a number of seconds between 0 and 86400"))
+}
 pub(crate) const ATTEMPTS_HEADER: &str = "x-switchboard-attempts";
 pub(crate) const SERVED_MODEL_HEADER: &str = "x-switchboard-model";
 
@@ -173,20 +229,7 @@ fn plan(
     {
         return Err(ApiError::no_matching_deployment(model, &tags));
     }
-    let budget = match headers.get(TIMEOUT_HEADER) {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.trim().parse::<f64>().ok())
-                .filter(|seconds| seconds.is_finite() && *seconds > 0.0 && *seconds <= 86_400.0)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    ApiError::bad_header(TIMEOUT_HEADER, "a number of seconds between 0 and 86400")
-                })?,
-        ),
-        None => chain[0].routing.timeout,
-    };
+    let budget = seconds_header(headers, TIMEOUT_HEADER)?.or(chain[0].routing.timeout);
     Ok((chain.clone(), budget.map(|budget| Instant::now() + budget)))
 }
 

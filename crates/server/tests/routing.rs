@@ -557,3 +557,137 @@ async fn requests_can_require_deployment_tags() {
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["code"], "no_matching_deployment");
 }
+
+#[tokio::test]
+async fn first_token_and_idle_limits_can_be_set_per_request() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let events = openai_stream("model-a", &["late"], false);
+    // `a` opens, then waits before its first token: the header's limit moves on to `b`.
+    a.push(Script::Stream {
+        pieces: vec![
+            (Duration::ZERO, events[0].clone()),
+            (Duration::from_secs(30), events[1].clone()),
+        ],
+        close: true,
+    });
+    let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 2", ""), "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", STREAM)
+        .header("x-switchboard-first-token-timeout", "0.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    response.text().await.unwrap();
+
+    // `b` now stalls after its first token: its own idle limit is 120 s,
+    // the request's 0.3 s ends the stream.
+    let events = openai_stream("model-b", &["one", "two"], false);
+    b.push(Script::Stream {
+        pieces: events[..2]
+            .iter()
+            .map(|event| (Duration::ZERO, event.clone()))
+            .collect(),
+        close: false,
+    });
+    let body = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"again"}]}"#;
+    let mut ended_by_idle_limit = false;
+    for _ in 0..2 {
+        // Round robin may start on either deployment; `a` answers by default.
+        let response = gateway
+            .post("/v1/chat/completions", body)
+            .header("x-switchboard-stream-idle-timeout", "0.3")
+            .send()
+            .await
+            .unwrap();
+        let served_by_b = response.headers()["x-switchboard-deployment"] == "b";
+        let text = tokio::time::timeout(Duration::from_secs(10), response.text())
+            .await
+            .unwrap()
+            .unwrap();
+        if served_by_b {
+            assert!(
+                text.contains("upstream_timeout") && !text.contains("[DONE]"),
+                "{text}"
+            );
+            ended_by_idle_limit = true;
+            break;
+        }
+    }
+    assert!(ended_by_idle_limit);
+
+    let refused = gateway
+        .post("/v1/chat/completions", STREAM)
+        .header("x-switchboard-first-token-timeout", "-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+}
+
+#[tokio::test]
+async fn prompt_cache_affinity_keeps_a_long_conversation_on_one_deployment() {
+    let models = r#"
+[[models]]
+name = "sim"
+[[models.deployments]]
+name = "one"
+provider = "simulated"
+[[models.deployments]]
+name = "two"
+provider = "simulated"
+[[models.deployments]]
+name = "three"
+provider = "simulated"
+[models.routing]
+prompt_cache_affinity = true
+affinity_min_prefix_chars = 100
+"#;
+    let gateway = TestGateway::start(config_with(models, "")).await;
+    let system = "You are a meticulous assistant. ".repeat(10);
+    let mut homes = std::collections::HashSet::new();
+    for turn in 0..6 {
+        let body = json!({"model": "sim", "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "first answer"},
+            {"role": "user", "content": format!("follow-up {turn}")},
+        ]});
+        let response = gateway
+            .post("/v1/chat/completions", &body.to_string())
+            .send()
+            .await
+            .unwrap();
+        homes.insert(
+            response.headers()["x-switchboard-deployment"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        homes.len(),
+        1,
+        "one conversation, one deployment: {homes:?}"
+    );
+
+    // Short prefixes are not worth pinning: the strategy spreads them.
+    let mut spread = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let response = gateway
+            .post(
+                "/v1/chat/completions",
+                r#"{"model":"sim","messages":[{"role":"user","content":"hi"}]}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        spread.insert(
+            response.headers()["x-switchboard-deployment"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(spread.len(), 3);
+}
