@@ -113,6 +113,18 @@ pub struct Routing {
     /// provider's prompt cache keeps hitting.
     pub prompt_cache_affinity: bool,
     pub affinity_min_prefix_chars: u32,
+    /// Check every deployment this often, beside live traffic (off when `None`).
+    pub probe_interval: Option<Duration>,
+    pub probe: ProbeKind,
+}
+
+/// How health probes check a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// List the upstream's models: free.
+    Models,
+    /// A one-token completion: billed, for upstreams without a model list.
+    Completion,
 }
 
 impl Default for Routing {
@@ -129,6 +141,8 @@ impl Default for Routing {
             circuit_breaker_cooldown: Duration::from_secs(30),
             prompt_cache_affinity: false,
             affinity_min_prefix_chars: 1024,
+            probe_interval: None,
+            probe: ProbeKind::Models,
         }
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use crate::env::{ExpandError, expand};
 use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger};
 use crate::{
-    Config, ConfigError, DeploymentConfig, FallbackTriggers, ModelConfig, Price, Problem,
-    ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig, Simulation,
-    StorageConfig, StorageUrl, Timeouts,
+    Config, ConfigError, DeploymentConfig, FallbackTriggers, ModelConfig, Price, ProbeKind,
+    Problem, ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig,
+    Simulation, StorageConfig, StorageUrl, Timeouts,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -802,7 +802,28 @@ fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> 
         raw.circuit_breaker_cooldown_secs,
         defaults.circuit_breaker_cooldown,
     );
+    let probe_interval = raw.probe_interval_secs.map(|seconds| {
+        checker.duration(
+            &format!("{path}.probe_interval_secs"),
+            Some(seconds),
+            Duration::from_secs(30),
+        )
+    });
+    let probe = match raw.probe.as_deref() {
+        None | Some("models") => ProbeKind::Models,
+        Some("completion") => ProbeKind::Completion,
+        Some(other) => {
+            checker.problem(
+                &format!("{path}.probe"),
+                format!("unknown probe `{other}`"),
+                "use \"models\" (free: lists the upstream's models) or \"completion\" (a billed one-token request)",
+            );
+            ProbeKind::Models
+        }
+    };
     Routing {
+        probe_interval,
+        probe,
         strategy,
         max_attempts,
         retry_backoff,

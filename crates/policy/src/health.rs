@@ -173,6 +173,7 @@ impl Health {
     }
 
     /// After the cooldown, admits exactly one probe request.
+    /// (Probes sent by the gateway itself do not need this admission.)
     pub fn try_probe(&self, now: Instant) -> bool {
         let mut circuit = self.circuit();
         match circuit.state {

@@ -45,6 +45,15 @@ pub enum RelayEvent {
 /// request.
 pub type RelayStream = Pin<Box<dyn Stream<Item = RelayEvent> + Send>>;
 
+/// How a health probe checks a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// List the upstream's models: free.
+    Models,
+    /// A one-token completion: billed, for upstreams without a model list.
+    Completion,
+}
+
 /// Per-request settings that override the deployment's own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallOptions {
@@ -138,6 +147,28 @@ impl Deployment {
         match &self.backend {
             Backend::OpenAi(backend) => backend.headroom(),
             Backend::Simulated(_) => None,
+        }
+    }
+
+    /// Checks that the upstream answers. `Probe::Models` lists its models,
+    /// which costs nothing; `Probe::Completion` sends a one-token chat
+    /// completion, which is billed.
+    pub async fn probe(&self, probe: Probe) -> Result<(), UpstreamError> {
+        match (&self.backend, probe) {
+            (Backend::OpenAi(backend), Probe::Models) => backend.probe_models().await,
+            (Backend::OpenAi(backend), Probe::Completion) => {
+                let body = format!(
+                    r#"{{"model":{},"messages":[{{"role":"user","content":"ping"}}],"max_tokens":1}}"#,
+                    serde_json::to_string(&self.upstream_model).unwrap_or_default()
+                );
+                let request = ChatRequest::parse(body.as_bytes())
+                    .map_err(|error| UpstreamError::Misconfigured(error.message))?;
+                backend
+                    .chat(&request, &CallOptions::default())
+                    .await
+                    .map(|_| ())
+            }
+            (Backend::Simulated(_), _) => Ok(()),
         }
     }
 

@@ -35,6 +35,7 @@ pub(crate) struct OpenAiBackend {
     client: reqwest::Client,
     chat_url: reqwest::Url,
     embeddings_url: reqwest::Url,
+    models_url: reqwest::Url,
     headers: HeaderMap,
     upstream_model: String,
     timeouts: Timeouts,
@@ -68,8 +69,19 @@ impl OpenAiBackend {
                     ]);
                 }
                 match last {
-                    "chat" => segments.extend(["chat", "completions"]),
-                    _ => segments.extend(["embeddings"]),
+                    "chat" => {
+                        segments.extend(["chat", "completions"]);
+                    }
+                    "embeddings" => {
+                        segments.extend(["embeddings"]);
+                    }
+                    // Azure lists models per resource, not per deployment.
+                    _ => {
+                        if config.provider == ProviderKind::Azure {
+                            segments.pop().pop();
+                        }
+                        segments.extend(["models"]);
+                    }
                 };
             }
             if let (ProviderKind::Azure, Some(version)) = (config.provider, &config.api_version) {
@@ -111,6 +123,7 @@ impl OpenAiBackend {
             client: clients.get(config.timeouts.connect)?,
             chat_url: endpoint("chat")?,
             embeddings_url: endpoint("embeddings")?,
+            models_url: endpoint("models")?,
             headers,
             upstream_model: config.upstream_model.clone(),
             timeouts: config.timeouts,
@@ -179,6 +192,39 @@ impl OpenAiBackend {
             forward_usage,
             strip_null_usage,
         )))
+    }
+
+    /// A free health probe: lists the upstream's models.
+    pub(crate) async fn probe_models(&self) -> Result<(), UpstreamError> {
+        let request = self
+            .client
+            .get(self.models_url.clone())
+            .headers(self.headers.clone())
+            .send();
+        let response = match tokio::time::timeout(
+            self.timeouts
+                .request
+                .min(std::time::Duration::from_secs(10)),
+            request,
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    phase: TimeoutPhase::Request,
+                });
+            }
+            Ok(Err(error)) => {
+                return Err(UpstreamError::from_reqwest(&error, TimeoutPhase::Connect));
+            }
+            Ok(Ok(response)) => response,
+        };
+        self.note_rate_limits(response.headers());
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.status_error(response).await)
+        }
     }
 
     pub(crate) async fn embeddings(

@@ -11,6 +11,7 @@ mod context;
 mod dispatch;
 mod error;
 mod handlers;
+mod probe;
 mod state;
 mod stream;
 mod trace;
@@ -135,6 +136,7 @@ pub async fn start(
             source,
         })?;
     let address = listener.local_addr()?;
+    probe::spawn(gateway.clone(), shutdown.clone());
     let grace = config.server.shutdown_grace;
     let app = router(gateway.clone());
     let serving_gateway = gateway.clone();

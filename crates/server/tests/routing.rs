@@ -691,3 +691,79 @@ affinity_min_prefix_chars = 100
     }
     assert_eq!(spread.len(), 3);
 }
+
+#[tokio::test]
+async fn free_probes_bring_a_recovered_deployment_back_before_its_cooldown() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(server_error());
+    let models = format!(
+        r#"
+[[models]]
+name = "chat"
+[[models.deployments]]
+name = "probed"
+provider = "openai-compatible"
+api_base = "{}"
+model = "m"
+[models.routing]
+max_attempts = 1
+circuit_breaker_failures = 1
+circuit_breaker_cooldown_secs = 600
+probe_interval_secs = 1
+"#,
+        upstream.base_url()
+    );
+    let gateway = TestGateway::start(config_with(&models, "")).await;
+    // Let the first probe finish, then break the deployment between probes.
+    upstream
+        .wait_for(Duration::from_secs(5), |mock| {
+            mock.received()
+                .iter()
+                .any(|request| request.method == "GET")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    assert_eq!(health_of(&gateway, "probed").await["state"], "open");
+    // The next probe (free: GET /v1/models) finds it healthy and closes the
+    // circuit, ten minutes before the cooldown would have.
+    let mut closed = false;
+    for _ in 0..100 {
+        if health_of(&gateway, "probed").await["state"] == "closed" {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "the probe did not close the circuit");
+    assert_eq!(
+        gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let received = upstream.received();
+    assert!(
+        received
+            .iter()
+            .any(|request| request.method == "GET" && request.uri == "/v1/models")
+    );
+    assert!(
+        received
+            .iter()
+            .filter(|request| request.method == "POST")
+            .all(|request| request.json()["messages"][0]["content"] == "hello"),
+        "probes never send a completion unless configured"
+    );
+}

@@ -208,7 +208,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     shared.received.lock().unwrap().push(received);
     shared.notify.notify_waiters();
 
-    let mut script = shared.scripts.lock().unwrap().pop_front();
+    // Scripts answer model calls (POST); listing models always works.
+    let mut script = if parts.method == axum::http::Method::POST {
+        shared.scripts.lock().unwrap().pop_front()
+    } else {
+        None
+    };
     if let Some(Script::Delay(delay)) = script {
         tokio::time::sleep(delay).await;
         script = None;
@@ -252,6 +257,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 }
 
 fn default_answer(shared: &Arc<Shared>, path: &str, body: &[u8]) -> Response {
+    if path.ends_with("/models") && body.is_empty() {
+        return axum::Json(json!({
+            "object": "list",
+            "data": [{"id": "mock-model", "object": "model", "created": 1_700_000_000, "owned_by": "mock"}],
+        }))
+        .into_response();
+    }
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return (StatusCode::BAD_REQUEST, "{\"error\":{\"message\":\"bad json\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}").into_response();
     };

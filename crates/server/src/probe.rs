@@ -1,0 +1,86 @@
+//! Active health probes, for models whose routing sets
+//! `probe_interval_secs`: every deployment is checked at that interval,
+//! beside what live traffic shows. The default probe lists the upstream's
+//! models, which costs nothing; a billed one-token completion is used only
+//! when configured. A probe's success closes an open circuit at once
+//! (without waiting for the cooldown and a live request); a failure counts
+//! like any other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_config::ProbeKind;
+use switchboard_policy::Failure;
+use switchboard_providers::{Probe, UpstreamError};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Gateway;
+
+/// How often the probe task looks for due probes.
+const TICK: Duration = Duration::from_millis(100);
+
+pub(crate) fn spawn(gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        // When each deployment (by name) was last probed.
+        let mut last_probe: HashMap<Arc<str>, Instant> = HashMap::new();
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let catalog = gateway.catalog();
+            let now = Instant::now();
+            for route in &catalog.routes {
+                let Some(interval) = route.routing.probe_interval else {
+                    continue;
+                };
+                let probe = match route.routing.probe {
+                    ProbeKind::Models => Probe::Models,
+                    ProbeKind::Completion => Probe::Completion,
+                };
+                for index in 0..route.group.members().len() {
+                    let name = route.group.member(index).target.name().clone();
+                    if last_probe
+                        .get(&name)
+                        .is_some_and(|at| now.saturating_duration_since(*at) < interval)
+                    {
+                        continue;
+                    }
+                    last_probe.insert(name, now);
+                    let route = route.clone();
+                    let stop = shutdown.clone();
+                    tokio::spawn(async move {
+                        let member = route.group.member(index);
+                        let result = tokio::select! {
+                            () = stop.cancelled() => return,
+                            result = member.target.probe(probe) => result,
+                        };
+                        match result {
+                            Ok(()) => member.health.record_success(),
+                            Err(error) => {
+                                tracing::info!(deployment = %member.target.name(), %error, "health probe failed");
+                                member
+                                    .health
+                                    .record_failure(failure_of(&error), Instant::now());
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+}
+
+fn failure_of(error: &UpstreamError) -> Failure {
+    match error {
+        UpstreamError::Connect(_) | UpstreamError::Transport(_) => Failure::Connection,
+        UpstreamError::Timeout { .. } => Failure::Timeout,
+        UpstreamError::Status { status: 429, .. } => Failure::RateLimited { retry_after: None },
+        UpstreamError::InvalidResponse(_) | UpstreamError::InStream { .. } => {
+            Failure::InvalidResponse
+        }
+        _ => Failure::ServerError,
+    }
+}
