@@ -93,25 +93,40 @@ fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
 fn check(args: &ConfigArgs) -> ExitCode {
     match load(args) {
         Ok(config) => {
-            println!("configuration {} is valid", config.source);
-            println!("listen:  {}", config.server.listen);
-            println!("storage: {}", config.storage.url);
-            println!(
-                "auth:    {}",
-                config.server.master_key.as_ref().map_or_else(
-                    || "none (any caller is accepted)".to_owned(),
-                    |key| format!("master key {}", key.masked())
-                )
+            let auth = config.server.master_key.as_ref().map_or_else(
+                || "none (any caller is accepted)".to_owned(),
+                |key| format!("master key {}", key.masked()),
             );
-            println!();
-            print!("{}", switchboard_config::model_table(&config));
+            let report = format!(
+                "configuration {} is valid\nlisten:  {}\nstorage: {}\nauth:    {auth}\n\n{}",
+                config.source,
+                config.server.listen,
+                config.storage.url,
+                switchboard_config::model_table(&config)
+            );
+            write_out(&report);
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprint!("{error}");
+            write_err(&error.to_string());
             ExitCode::from(2)
         }
     }
+}
+
+/// Writes to standard error, ignoring a closed stream.
+fn write_err(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Writes to standard output; a reader that went away (`| head`) is not an error.
+fn write_out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 fn serve(
@@ -124,7 +139,7 @@ fn serve(
     let config = match load(args) {
         Ok(config) => config,
         Err(error) => {
-            eprint!("{error}");
+            write_err(&error.to_string());
             return ExitCode::from(2);
         }
     };
@@ -134,7 +149,7 @@ fn serve(
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            write_err(&format!("error: cannot start the async runtime: {error}\n"));
             return ExitCode::FAILURE;
         }
     };
@@ -142,7 +157,7 @@ fn serve(
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
-            eprintln!("error: {error:#}");
+            write_err(&format!("error: {error:#}\n"));
             ExitCode::FAILURE
         }
     }
