@@ -113,6 +113,10 @@ pub struct Routing {
     /// provider's prompt cache keeps hitting.
     pub prompt_cache_affinity: bool,
     pub affinity_min_prefix_chars: u32,
+    /// Race a second deployment when the first is slower than the group's
+    /// recent p95 (or `hedge_delay`), keeping the first answer.
+    pub hedge: bool,
+    pub hedge_delay: Option<Duration>,
     /// Check every deployment this often, beside live traffic (off when `None`).
     pub probe_interval: Option<Duration>,
     pub probe: ProbeKind,
@@ -141,6 +145,8 @@ impl Default for Routing {
             circuit_breaker_cooldown: Duration::from_secs(30),
             prompt_cache_affinity: false,
             affinity_min_prefix_chars: 1024,
+            hedge: false,
+            hedge_delay: None,
             probe_interval: None,
             probe: ProbeKind::Models,
         }

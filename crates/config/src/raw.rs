@@ -63,6 +63,8 @@ pub(crate) struct RawRouting {
     pub circuit_breaker_failures: Option<u32>,
     pub circuit_breaker_cooldown_secs: Option<f64>,
     pub prompt_cache_affinity: Option<bool>,
+    pub hedge: Option<bool>,
+    pub hedge_delay_ms: Option<u64>,
     pub probe_interval_secs: Option<f64>,
     pub probe: Option<String>,
     pub affinity_min_prefix_chars: Option<u32>,

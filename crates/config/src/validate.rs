@@ -822,6 +822,8 @@ fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> 
         }
     };
     Routing {
+        hedge: raw.hedge.unwrap_or(false),
+        hedge_delay: raw.hedge_delay_ms.map(Duration::from_millis),
         probe_interval,
         probe,
         strategy,

@@ -14,6 +14,7 @@
 //! arrived (see `hold_opening`), so a stream that fails before its first
 //! token fails over like any other error.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,72 @@ pub(crate) struct Route {
     pub group: ModelGroup<Arc<Deployment>>,
     pub routing: Routing,
     pub fallbacks: Vec<String>,
+    /// The group's recent answer latencies (time to first content for
+    /// streams), newest last, for the hedging threshold.
+    pub recent_latencies: Mutex<VecDeque<Duration>>,
+}
+
+/// Latencies kept per group for its p95.
+const RECENT_LATENCIES: usize = 200;
+/// Answers needed before a p95 is trusted enough to hedge on.
+const HEDGE_MIN_SAMPLES: usize = 20;
+
+impl Route {
+    pub fn note_latency(&self, latency: Duration) {
+        if !self.routing.hedge {
+            return;
+        }
+        let mut recent = self
+            .recent_latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() == RECENT_LATENCIES {
+            recent.pop_front();
+        }
+        recent.push_back(latency);
+    }
+
+    /// When to start a second, racing attempt: the fixed
+    /// `hedge_delay`, or else the group's recent p95 once enough answers
+    /// have been seen.
+    pub fn hedge_delay(&self) -> Option<Duration> {
+        if let Some(fixed) = self.routing.hedge_delay {
+            return Some(fixed);
+        }
+        let mut recent: Vec<Duration> = self
+            .recent_latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        if recent.len() < HEDGE_MIN_SAMPLES {
+            return None;
+        }
+        let rank = (recent.len() * 95).div_ceil(100) - 1;
+        let (_, p95, _) = recent.select_nth_unstable(rank);
+        Some(*p95)
+    }
+}
+
+fn note_progress(progress: &Mutex<Progress>, deployment: &Arc<str>, attempts: u32) {
+    let mut progress = progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    progress.deployment = Some(deployment.clone());
+    progress.attempts = attempts;
+}
+
+/// Records a failed attempt in its deployment's health (when the failure
+/// is the deployment's).
+fn note_failure(route: &Route, index: usize, error: &UpstreamError) {
+    if let Verdict::Deployment(failure) = verdict(error) {
+        route
+            .group
+            .member(index)
+            .health
+            .record_failure(failure, Instant::now());
+    }
 }
 
 /// The part of a conversation that a provider's prompt cache would reuse:
@@ -252,31 +319,82 @@ where
                 }
             }
             tried.push(index);
-            let member = route.group.member(index);
-            let deployment = member.target.clone();
             attempts += 1;
-            {
-                let mut progress = progress
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                progress.deployment = Some(deployment.name().clone());
-                progress.attempts = attempts;
-            }
+            note_progress(progress, route.group.member(index).target.name(), attempts);
             let started = Instant::now();
-            let outcome = {
-                let _in_flight = member.health.start();
-                match deadline {
-                    Some(deadline) => {
-                        let remaining = deadline.saturating_duration_since(Instant::now());
-                        tokio::time::timeout(remaining, call(deployment.clone()))
-                            .await
-                            .unwrap_or(Err(UpstreamError::Timeout {
-                                phase: TimeoutPhase::Request,
-                            }))
-                    }
-                    None => call(deployment.clone()).await,
+            let hedge_delay = if route.routing.hedge {
+                route.hedge_delay()
+            } else {
+                None
+            };
+            let attempt = async {
+                let primary_member = route.group.member(index);
+                let _in_flight = primary_member.health.start();
+                let primary = call(primary_member.target.clone());
+                let Some(delay) = hedge_delay else {
+                    return (primary.await, index);
+                };
+                tokio::pin!(primary);
+                if let Ok(result) = tokio::time::timeout(delay, &mut primary).await {
+                    return (result, index);
+                }
+                // Slower than the group's recent p95: race a second deployment.
+                let hedge_pick = Pick {
+                    tried: &tried,
+                    tags,
+                    random: jitter(),
+                    affinity: None,
+                };
+                let Some(hedge_index) = route
+                    .group
+                    .pick(Instant::now(), hedge_pick)
+                    .filter(|&other| other != index)
+                else {
+                    return (primary.await, index);
+                };
+                attempts += 1;
+                let hedge_member = route.group.member(hedge_index);
+                note_progress(progress, hedge_member.target.name(), attempts);
+                let _hedge_in_flight = hedge_member.health.start();
+                let hedge = call(hedge_member.target.clone());
+                tokio::pin!(hedge);
+                // The first success wins and the other request is dropped,
+                // which cancels it; a failure waits for the other.
+                tokio::select! {
+                    result = &mut primary => match result {
+                        Ok(value) => (Ok(value), index),
+                        Err(error) => {
+                            note_failure(route, index, &error);
+                            (hedge.await, hedge_index)
+                        }
+                    },
+                    result = &mut hedge => match result {
+                        Ok(value) => (Ok(value), hedge_index),
+                        Err(error) => {
+                            note_failure(route, hedge_index, &error);
+                            (primary.await, index)
+                        }
+                    },
                 }
             };
+            let (outcome, winner) = match deadline {
+                Some(deadline) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(remaining, attempt).await.unwrap_or((
+                        Err(UpstreamError::Timeout {
+                            phase: TimeoutPhase::Request,
+                        }),
+                        index,
+                    ))
+                }
+                None => attempt.await,
+            };
+            if winner != index {
+                tried.push(winner);
+            }
+            let index = winner;
+            let member = route.group.member(index);
+            let deployment = member.target.clone();
             if let Some(headroom) = deployment.headroom() {
                 member.health.record_headroom(headroom);
             }
@@ -285,6 +403,7 @@ where
                     member.health.record_success();
                     // For a stream this is the time to its first content.
                     member.health.record_latency(started.elapsed());
+                    route.note_latency(started.elapsed());
                     return Ok(Answered {
                         value,
                         deployment,
@@ -479,6 +598,59 @@ mod tests {
             &wider,
             &status(400, None, "bad temperature")
         ));
+    }
+
+    fn route(routing: Routing) -> Route {
+        let config = switchboard_config::Config::from_toml(
+            "test",
+            "[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\n",
+        )
+        .unwrap();
+        let deployment = Deployment::new(
+            &config.models[0].deployments[0],
+            &switchboard_providers::UpstreamClients::new(),
+        )
+        .unwrap();
+        Route {
+            name: Arc::from("m"),
+            group: ModelGroup::new(
+                vec![switchboard_policy::MemberSpec::plain(Arc::new(deployment))],
+                switchboard_policy::Strategy::RoundRobin,
+                switchboard_policy::CircuitSettings::default(),
+            )
+            .unwrap(),
+            routing,
+            fallbacks: Vec::new(),
+            recent_latencies: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn the_hedge_delay_is_the_recent_p95_once_enough_is_known() {
+        let hedged = route(Routing {
+            hedge: true,
+            ..Routing::default()
+        });
+        for millis in 1..20 {
+            hedged.note_latency(Duration::from_millis(millis));
+        }
+        assert_eq!(hedged.hedge_delay(), None, "19 answers are not enough");
+        for millis in 20..=100 {
+            hedged.note_latency(Duration::from_millis(millis));
+        }
+        assert_eq!(hedged.hedge_delay(), Some(Duration::from_millis(95)));
+        // Only the newest answers count.
+        for _ in 0..RECENT_LATENCIES {
+            hedged.note_latency(Duration::from_millis(7));
+        }
+        assert_eq!(hedged.hedge_delay(), Some(Duration::from_millis(7)));
+
+        let fixed = route(Routing {
+            hedge: true,
+            hedge_delay: Some(Duration::from_millis(250)),
+            ..Routing::default()
+        });
+        assert_eq!(fixed.hedge_delay(), Some(Duration::from_millis(250)));
     }
 
     #[test]

@@ -178,6 +178,7 @@ impl Catalog {
                 group,
                 routing: model.routing.clone(),
                 fallbacks: model.fallbacks.clone(),
+                recent_latencies: std::sync::Mutex::default(),
             });
             routes.insert(model.name.clone(), route.clone());
             ordered.push(route);

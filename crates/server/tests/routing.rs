@@ -767,3 +767,40 @@ probe_interval_secs = 1
         "probes never send a completion unless configured"
     );
 }
+
+#[tokio::test]
+async fn a_hedged_request_races_a_second_deployment_and_cancels_the_loser() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.push(Script::Hang);
+    let gateway = TestGateway::start(config_with(
+        &pair(&a, &b, "hedge = true\nhedge_delay_ms = 100", ""),
+        "",
+    ))
+    .await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    assert_eq!(response.headers()["x-switchboard-attempts"], "2");
+    // The slow request was cancelled, not left running.
+    a.wait_for(Duration::from_secs(10), |mock| {
+        mock.abandoned_streams() == 1
+    })
+    .await;
+
+    // Without hedging the same hang is waited out to the deployment's limit.
+    let (c, d) = (MockUpstream::start().await, MockUpstream::start().await);
+    c.push(Script::Hang);
+    let gateway = TestGateway::start(config_with(&pair(&c, &d, "max_attempts = 1", ""), "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .header("x-switchboard-timeout", "0.5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(d.received().is_empty());
+}
