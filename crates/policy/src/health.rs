@@ -189,6 +189,31 @@ impl Health {
         }
     }
 
+    /// Gives back a probe slot whose request was never sent, so the next
+    /// request may probe at once.
+    pub fn release_probe(&self, now: Instant) {
+        let mut circuit = self.circuit();
+        if matches!(circuit.state, State::Probing { .. }) {
+            circuit.state = State::Open { until: now };
+        }
+    }
+
+    /// The circuit is open or half-open.
+    pub fn is_resting(&self) -> bool {
+        self.circuit().state != State::Closed
+    }
+
+    /// Marks a request in flight without a guard (the caller calls
+    /// `leave` exactly once), for requests that outlive a borrow.
+    pub fn enter(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// When an open circuit will admit a probe.
     pub fn reopens_at(&self) -> Option<Instant> {
         match self.circuit().state {

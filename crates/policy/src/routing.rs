@@ -98,8 +98,12 @@ pub struct ModelGroup<T> {
 /// What a request asks of the member that serves it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pick<'a> {
-    /// Members already tried for this request.
+    /// Members already tried for this request (picked again only once
+    /// every other one has been tried).
     pub tried: &'a [usize],
+    /// Members that must not serve this request at all (their credentials
+    /// were refused).
+    pub excluded: &'a [usize],
     /// Tags the member must carry.
     pub tags: &'a [String],
     /// Any uniformly distributed value (for the latency strategy's draw).
@@ -158,14 +162,15 @@ impl<T> ModelGroup<T> {
     /// tags).
     /// The chosen member's per-minute capacity is taken in the same step.
     pub fn pick(&self, now: Instant, request: Pick<'_>) -> Option<usize> {
-        let mut lost_race: Vec<usize> = Vec::new();
+        let mut excluded: Vec<usize> = request.excluded.to_vec();
         loop {
-            let chosen = self.choose_member(now, request, &lost_race)?;
+            let chosen = self.choose_member(now, request, &excluded)?;
             if self.members[chosen].capacity.try_take(now) {
                 return Some(chosen);
             }
             // Another request took the last of its capacity meanwhile.
-            lost_race.push(chosen);
+            self.members[chosen].health.release_probe(now);
+            excluded.push(chosen);
         }
     }
 
@@ -188,17 +193,23 @@ impl<T> ModelGroup<T> {
         } else {
             untried
         };
+        // A member whose cooldown is over takes this request as its single
+        // probe, so it comes back even while its siblings are healthy; if
+        // the probe fails, the request is retried elsewhere.
+        if let Some(probe) = pool
+            .iter()
+            .copied()
+            .find(|&index| self.members[index].health.try_probe(now))
+        {
+            return Some(probe);
+        }
         let closed: Vec<usize> = pool
             .iter()
             .copied()
             .filter(|&index| self.members[index].health.is_closed(now))
             .collect();
         if closed.is_empty() {
-            // A half-open member is admitted, as the single probe, only
-            // when no closed one is left.
-            return pool
-                .into_iter()
-                .find(|&index| self.members[index].health.try_probe(now));
+            return None;
         }
         let best_tier = closed
             .iter()
@@ -247,13 +258,24 @@ impl<T> ModelGroup<T> {
                 self.in_turn_where(candidates, |member| room(member) >= most)
             }
             Strategy::LowestLatency => {
-                // Measure every member once before comparing.
-                if let Some(&unmeasured) = candidates
-                    .iter()
-                    .find(|&&index| self.members[index].health.latency().is_none())
-                {
+                // Measure every member before comparing, one request at a
+                // time, so a new member is not flooded before it answers.
+                if let Some(&unmeasured) = candidates.iter().find(|&&index| {
+                    let health = &self.members[index].health;
+                    health.latency().is_none() && health.in_flight() == 0
+                }) {
                     return unmeasured;
                 }
+                let measured: Vec<usize> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|&index| self.members[index].health.latency().is_some())
+                    .collect();
+                let candidates: &[usize] = if measured.is_empty() {
+                    candidates
+                } else {
+                    &measured
+                };
                 if candidates.len() == 1 {
                     return candidates[0];
                 }
@@ -528,6 +550,49 @@ mod tests {
         assert_ne!(away, home);
         group.member(home).health.record_success();
         assert_eq!(group.pick(now, request(42)), Some(home));
+    }
+
+    #[test]
+    fn a_cooled_down_member_is_probed_even_while_its_siblings_serve() {
+        let settings = CircuitSettings {
+            failures_to_open: 1,
+            cooldown: Duration::from_secs(10),
+        };
+        let pair = ModelGroup::new(specs(&[1, 1]), Strategy::RoundRobin, settings).unwrap();
+        let start = Instant::now();
+        pair.member(0)
+            .health
+            .record_failure(Failure::ServerError, start);
+        assert!((0..10).all(|_| pair.pick(start, Pick::default()) == Some(1)));
+        let later = start + Duration::from_secs(10);
+        assert_eq!(pair.pick(later, Pick::default()), Some(0), "the probe");
+        assert_eq!(
+            pair.pick(later, Pick::default()),
+            Some(1),
+            "one probe at a time"
+        );
+        pair.member(0).health.record_success();
+        let mut counts = [0; 2];
+        for _ in 0..10 {
+            counts[pair.pick(later, Pick::default()).unwrap()] += 1;
+        }
+        assert_eq!(counts, [5, 5], "back in rotation");
+    }
+
+    #[test]
+    fn excluded_members_are_never_picked() {
+        let trio = group(&[1, 1, 1], Strategy::RoundRobin);
+        let request = Pick {
+            tried: &[0, 1, 2],
+            excluded: &[0, 2],
+            ..Pick::default()
+        };
+        assert!((0..6).all(|_| trio.pick(Instant::now(), request) == Some(1)));
+        let none = Pick {
+            excluded: &[0, 1, 2],
+            ..Pick::default()
+        };
+        assert_eq!(trio.pick(Instant::now(), none), None);
     }
 
     #[test]

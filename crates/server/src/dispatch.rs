@@ -146,6 +146,8 @@ pub(crate) struct Answered<T> {
     /// requested one after a fallback).
     pub model: Arc<str>,
     pub attempts: u32,
+    /// Counts the request in flight on its deployment until dropped.
+    pub in_flight: InFlightTicket,
 }
 
 /// A failed dispatch: the error for the client and the last deployment tried.
@@ -245,6 +247,41 @@ fn jitter() -> u64 {
     value ^ (value >> 31)
 }
 
+/// Keeps a request counted in flight on its deployment until dropped: for
+/// a stream, until the stream ends.
+pub(crate) struct InFlightTicket {
+    route: Arc<Route>,
+    member: usize,
+}
+
+impl InFlightTicket {
+    fn new(route: &Arc<Route>, member: usize) -> InFlightTicket {
+        route.group.member(member).health.enter();
+        InFlightTicket {
+            route: route.clone(),
+            member,
+        }
+    }
+}
+
+impl Drop for InFlightTicket {
+    fn drop(&mut self) {
+        self.route.group.member(self.member).health.leave();
+    }
+}
+
+/// How one attempt (with its hedge, if any) ended.
+struct AttemptResult<T> {
+    outcome: Result<T, UpstreamError>,
+    /// The member whose answer `outcome` is.
+    member: usize,
+    /// When that member's request started (the hedge starts late).
+    started: Instant,
+    ticket: InFlightTicket,
+    /// The request's own time budget ran out: nobody's fault upstream.
+    out_of_budget: bool,
+}
+
 /// Runs `call` on deployments of `chain[0]`, then of its fallbacks, until
 /// one answers, an error must be returned, or `deadline` passes.
 pub(crate) async fn dispatch<T, F, Fut>(
@@ -272,9 +309,13 @@ where
             break;
         }
         let mut tried: Vec<usize> = Vec::new();
-        for attempt_in_group in 0..route.routing.max_attempts {
+        // Deployments whose credentials were refused: never again for this request.
+        let mut excluded: Vec<usize> = Vec::new();
+        let mut group_attempts = 0u32;
+        while group_attempts < route.routing.max_attempts {
             let pick = Pick {
                 tried: &tried,
+                excluded: &excluded,
                 tags,
                 random: jitter(),
                 affinity: affinity.and_then(|prefix| prefix.key_for(&route.routing)),
@@ -288,7 +329,7 @@ where
                 }
                 break;
             };
-            if attempt_in_group > 0 {
+            if group_attempts > 0 {
                 let retry_after = match &last {
                     Some((UpstreamError::Status { retry_after, .. }, _)) => {
                         retry_after.as_deref().and_then(parse_retry_after)
@@ -296,14 +337,23 @@ where
                     _ => None,
                 };
                 // A different deployment need not wait for the one that
-                // asked us to; the same one must.
+                // asked us to; the same one must, unless it asks for more
+                // than this group would ever wait.
                 let asked = if tried.contains(&index) {
                     retry_after
                 } else {
                     None
                 };
+                if asked.is_some_and(|asked| asked > route.routing.retry_max_backoff) {
+                    route
+                        .group
+                        .member(index)
+                        .health
+                        .release_probe(Instant::now());
+                    break;
+                }
                 let delay = retry_delay(
-                    attempt_in_group,
+                    group_attempts,
                     route.routing.retry_backoff,
                     route.routing.retry_max_backoff,
                     asked,
@@ -312,6 +362,11 @@ where
                 if let Some(deadline) = deadline
                     && !fits(delay, deadline.saturating_duration_since(Instant::now()))
                 {
+                    route
+                        .group
+                        .member(index)
+                        .health
+                        .release_probe(Instant::now());
                     return Err(give_up(last, attempts, true));
                 }
                 if !delay.is_zero() {
@@ -320,27 +375,29 @@ where
             }
             tried.push(index);
             attempts += 1;
+            group_attempts += 1;
             note_progress(progress, route.group.member(index).target.name(), attempts);
-            let started = Instant::now();
-            let hedge_delay = if route.routing.hedge {
+            let hedge_delay = if route.routing.hedge && group_attempts < route.routing.max_attempts
+            {
                 route.hedge_delay()
             } else {
                 None
             };
             let attempt = async {
-                let primary_member = route.group.member(index);
-                let _in_flight = primary_member.health.start();
-                let primary = call(primary_member.target.clone());
+                let started = Instant::now();
+                let ticket = InFlightTicket::new(route, index);
+                let primary = call(route.group.member(index).target.clone());
                 let Some(delay) = hedge_delay else {
-                    return (primary.await, index);
+                    return (primary.await, index, started, ticket);
                 };
                 tokio::pin!(primary);
                 if let Ok(result) = tokio::time::timeout(delay, &mut primary).await {
-                    return (result, index);
+                    return (result, index, started, ticket);
                 }
                 // Slower than the group's recent p95: race a second deployment.
                 let hedge_pick = Pick {
                     tried: &tried,
+                    excluded: &excluded,
                     tags,
                     random: jitter(),
                     affinity: None,
@@ -350,60 +407,86 @@ where
                     .pick(Instant::now(), hedge_pick)
                     .filter(|&other| other != index)
                 else {
-                    return (primary.await, index);
+                    return (primary.await, index, started, ticket);
                 };
                 attempts += 1;
-                let hedge_member = route.group.member(hedge_index);
-                note_progress(progress, hedge_member.target.name(), attempts);
-                let _hedge_in_flight = hedge_member.health.start();
-                let hedge = call(hedge_member.target.clone());
+                group_attempts += 1;
+                note_progress(
+                    progress,
+                    route.group.member(hedge_index).target.name(),
+                    attempts,
+                );
+                let hedge_started = Instant::now();
+                let hedge_ticket = InFlightTicket::new(route, hedge_index);
+                let hedge = call(route.group.member(hedge_index).target.clone());
                 tokio::pin!(hedge);
                 // The first success wins and the other request is dropped,
                 // which cancels it; a failure waits for the other.
                 tokio::select! {
                     result = &mut primary => match result {
-                        Ok(value) => (Ok(value), index),
+                        Ok(value) => (Ok(value), index, started, ticket),
                         Err(error) => {
                             note_failure(route, index, &error);
-                            (hedge.await, hedge_index)
+                            (hedge.await, hedge_index, hedge_started, hedge_ticket)
                         }
                     },
                     result = &mut hedge => match result {
-                        Ok(value) => (Ok(value), hedge_index),
+                        Ok(value) => (Ok(value), hedge_index, hedge_started, hedge_ticket),
                         Err(error) => {
                             note_failure(route, hedge_index, &error);
-                            (primary.await, index)
+                            (primary.await, index, started, ticket)
                         }
                     },
                 }
             };
-            let (outcome, winner) = match deadline {
+            let result = match deadline {
                 Some(deadline) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    tokio::time::timeout(remaining, attempt).await.unwrap_or((
-                        Err(UpstreamError::Timeout {
-                            phase: TimeoutPhase::Request,
-                        }),
-                        index,
-                    ))
+                    match tokio::time::timeout(remaining, attempt).await {
+                        Ok((outcome, member, started, ticket)) => AttemptResult {
+                            outcome,
+                            member,
+                            started,
+                            ticket,
+                            out_of_budget: false,
+                        },
+                        Err(_) => AttemptResult {
+                            outcome: Err(UpstreamError::Timeout {
+                                phase: TimeoutPhase::Request,
+                            }),
+                            member: index,
+                            started: Instant::now(),
+                            ticket: InFlightTicket::new(route, index),
+                            out_of_budget: true,
+                        },
+                    }
                 }
-                None => attempt.await,
+                None => {
+                    let (outcome, member, started, ticket) = attempt.await;
+                    AttemptResult {
+                        outcome,
+                        member,
+                        started,
+                        ticket,
+                        out_of_budget: false,
+                    }
+                }
             };
-            if winner != index {
-                tried.push(winner);
+            if !tried.contains(&result.member) {
+                tried.push(result.member);
             }
-            let index = winner;
+            let index = result.member;
             let member = route.group.member(index);
             let deployment = member.target.clone();
             if let Some(headroom) = deployment.headroom() {
                 member.health.record_headroom(headroom);
             }
-            match outcome {
+            match result.outcome {
                 Ok(value) => {
                     member.health.record_success();
                     // For a stream this is the time to its first content.
-                    member.health.record_latency(started.elapsed());
-                    route.note_latency(started.elapsed());
+                    member.health.record_latency(result.started.elapsed());
+                    route.note_latency(result.started.elapsed());
                     return Ok(Answered {
                         value,
                         deployment,
@@ -411,13 +494,29 @@ where
                         member: index,
                         model: route.name.clone(),
                         attempts,
+                        in_flight: result.ticket,
                     });
+                }
+                Err(error) if result.out_of_budget => {
+                    // The client's budget ran out: not the deployment's fault.
+                    member.health.release_probe(Instant::now());
+                    last = Some((error, deployment));
+                    return Err(give_up(last, attempts, true));
                 }
                 Err(error) => {
                     tracing::debug!(deployment = %deployment.name(), %error, attempt = attempts, "attempt failed");
                     match verdict(&error) {
                         Verdict::Deployment(failure) => {
                             member.health.record_failure(failure, Instant::now());
+                            if matches!(
+                                error,
+                                UpstreamError::Status {
+                                    status: 401 | 403,
+                                    ..
+                                }
+                            ) {
+                                excluded.push(index);
+                            }
                             last = Some((error, deployment));
                         }
                         Verdict::Request => {

@@ -200,6 +200,16 @@ impl ApiError {
         )
     }
 
+    /// A stream still running when the request's time budget ran out.
+    pub fn deadline_exceeded_in_stream() -> ApiError {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "api_error",
+            "upstream_timeout",
+            "The request's time budget ran out before the stream ended.",
+        )
+    }
+
     pub fn bad_header(name: &str, expected: &str) -> ApiError {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -102,21 +102,32 @@ pub(crate) async fn chat_completions(
     };
     note_route(&mut trace, &answered);
     let headers = route_headers(&answered, &request.model);
-    match answered.value {
+    let Answered {
+        value,
+        deployment,
+        in_flight,
+        ..
+    } = answered;
+    match value {
         Reply::Complete { body, usage } => {
             trace.usage = usage;
             trace.finish(200, Outcome::Success, None);
             with_headers(json_response(body, None), headers)
         }
-        Reply::Stream(events) => with_headers(
-            sse_response(
-                events,
-                trace,
-                gateway.cut.clone(),
-                answered.deployment.name(),
-            ),
-            headers,
-        ),
+        Reply::Stream(events) => {
+            // A stream stays in flight on its deployment until it ends.
+            trace.in_flight = Some(in_flight);
+            with_headers(
+                sse_response(
+                    events,
+                    trace,
+                    gateway.cut.clone(),
+                    deployment.name(),
+                    deadline,
+                ),
+                headers,
+            )
+        }
     }
 }
 

@@ -58,13 +58,20 @@ pub(crate) fn spawn(gateway: Arc<Gateway>, shutdown: CancellationToken) {
                             result = member.target.probe(probe) => result,
                         };
                         match result {
-                            Ok(()) => member.health.record_success(),
-                            Err(error) => {
-                                tracing::info!(deployment = %member.target.name(), %error, "health probe failed");
-                                member
-                                    .health
-                                    .record_failure(failure_of(&error), Instant::now());
-                            }
+                            // A passing probe brings a resting deployment back; it
+                            // does not wipe the failures a serving one is piling up.
+                            Ok(()) if member.health.is_resting() => member.health.record_success(),
+                            Ok(()) => {}
+                            Err(error) => match failure_of(&error) {
+                                Some(failure) => {
+                                    tracing::info!(deployment = %member.target.name(), %error, "health probe failed");
+                                    member.health.record_failure(failure, Instant::now());
+                                }
+                                None => tracing::debug!(
+                                    deployment = %member.target.name(), %error,
+                                    "the upstream does not answer this probe; it says nothing about health"
+                                ),
+                            },
                         }
                     });
                 }
@@ -73,14 +80,20 @@ pub(crate) fn spawn(gateway: Arc<Gateway>, shutdown: CancellationToken) {
     });
 }
 
-fn failure_of(error: &UpstreamError) -> Failure {
-    match error {
+/// What a failed probe says about the deployment. A refusal of the probe
+/// itself (no model list, a key not allowed to list) says nothing.
+fn failure_of(error: &UpstreamError) -> Option<Failure> {
+    Some(match error {
         UpstreamError::Connect(_) | UpstreamError::Transport(_) => Failure::Connection,
         UpstreamError::Timeout { .. } => Failure::Timeout,
         UpstreamError::Status { status: 429, .. } => Failure::RateLimited { retry_after: None },
+        UpstreamError::Status { status, .. } if (500..=599).contains(status) => {
+            Failure::ServerError
+        }
+        UpstreamError::Status { .. } => return None,
         UpstreamError::InvalidResponse(_) | UpstreamError::InStream { .. } => {
             Failure::InvalidResponse
         }
-        _ => Failure::ServerError,
-    }
+        UpstreamError::Misconfigured(_) => Failure::ServerError,
+    })
 }

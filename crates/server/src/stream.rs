@@ -29,6 +29,8 @@ struct Relay {
     trace: Trace,
     cut: CancellationToken,
     deployment: Arc<str>,
+    /// The request's time budget, which a stream may not outlive.
+    deadline: Option<tokio::time::Instant>,
     ended: bool,
 }
 
@@ -36,11 +38,20 @@ impl Relay {
     /// The next bytes for the client, or `None` when the stream is over.
     async fn next_bytes(&mut self) -> Option<Bytes> {
         while !self.ended {
+            let budget = async {
+                match self.deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 biased;
                 event = self.events.next() => event,
                 () = self.cut.cancelled() => {
                     return Some(self.fail(ApiError::shutting_down()));
+                }
+                () = budget => {
+                    return Some(self.fail(ApiError::deadline_exceeded_in_stream()));
                 }
             };
             match event {
@@ -86,12 +97,14 @@ pub(crate) fn sse_response(
     trace: Trace,
     cut: CancellationToken,
     deployment: &Arc<str>,
+    deadline: Option<std::time::Instant>,
 ) -> Response {
     let relay = Relay {
         events,
         trace,
         cut,
         deployment: deployment.clone(),
+        deadline: deadline.map(tokio::time::Instant::from_std),
         ended: false,
     };
     let body = futures_util::stream::unfold(relay, |mut relay| async move {

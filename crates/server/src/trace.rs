@@ -14,7 +14,7 @@ use switchboard_store::Recorder;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::RequestContext;
-use crate::dispatch::Route;
+use crate::dispatch::{InFlightTicket, Route};
 
 /// How far the dispatcher got: the deployment of the latest attempt and
 /// the number of attempts so far.
@@ -37,6 +37,8 @@ pub(crate) struct Trace {
     pub progress: Arc<Mutex<Progress>>,
     /// The member whose per-minute token count this request's usage joins.
     pub capacity: Option<(Arc<Route>, usize)>,
+    /// Keeps a stream counted in flight on its deployment until it ends.
+    pub in_flight: Option<InFlightTicket>,
     pub stream: bool,
     pub usage: Usage,
     first_chunk: Option<Duration>,
@@ -62,6 +64,7 @@ impl Trace {
             attempts: 0,
             progress: Arc::default(),
             capacity: None,
+            in_flight: None,
             stream: false,
             usage: Usage::default(),
             first_chunk: None,

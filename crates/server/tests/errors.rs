@@ -619,3 +619,25 @@ provider = "simulated"
         200
     );
 }
+
+#[tokio::test]
+async fn a_connection_reset_after_content_ends_the_stream_with_an_error_event() {
+    let mock = MockUpstream::start().await;
+    let events = openai_stream("upstream-model", &["partial"], false);
+    // The content is on the wire well before the connection drops.
+    let mut pieces: Vec<(Duration, String)> = events[..2]
+        .iter()
+        .map(|event| (Duration::ZERO, event.clone()))
+        .collect();
+    pieces.push((Duration::from_millis(300), String::new()));
+    mock.push(Script::Reset { pieces });
+    let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
+    let relayed = stream_events(&gateway).await;
+    assert_eq!(relayed.len(), 3, "{relayed:?}");
+    assert!(relayed[1].contains("partial"));
+    let error: Value = serde_json::from_str(&relayed[2]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_connection_failed");
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records[0].outcome, Outcome::UpstreamError);
+    assert_eq!(records[0].status, 502);
+}

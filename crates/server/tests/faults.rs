@@ -73,6 +73,11 @@ async fn fault_suite(fault: fn() -> Script, expected_status: u16) {
         routing()
     );
     let gateway = TestGateway::start(config_with(&models, "")).await;
+    assert_eq!(
+        faulty.open_connections(),
+        0,
+        "no connection before the first request"
+    );
     for body in [CHAT, STREAM, CHAT, STREAM] {
         let response = gateway
             .post("/v1/chat/completions", body)

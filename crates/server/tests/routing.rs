@@ -804,3 +804,201 @@ async fn a_hedged_request_races_a_second_deployment_and_cancels_the_loser() {
     assert_eq!(response.status(), 504);
     assert!(d.received().is_empty());
 }
+
+#[tokio::test]
+async fn a_rested_deployment_comes_back_beside_a_healthy_one() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.push(server_error());
+    let routing =
+        "max_attempts = 2\ncircuit_breaker_failures = 1\ncircuit_breaker_cooldown_secs = 0.3";
+    let gateway = TestGateway::start(config_with(&pair(&a, &b, routing, ""), "")).await;
+    // `a` fails once and rests; `b` serves everything meanwhile.
+    for _ in 0..4 {
+        let response = gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // After the cooldown the next request probes `a`, which has recovered.
+    let probe = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.headers()["x-switchboard-deployment"], "a");
+    assert_eq!(health_of(&gateway, "a").await["state"], "closed");
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let response = gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap();
+        served.insert(
+            response.headers()["x-switchboard-deployment"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(served.len(), 2, "both serve again: {served:?}");
+}
+
+#[tokio::test]
+async fn a_clients_short_budget_is_not_held_against_the_deployment() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    for _ in 0..4 {
+        a.push(Script::Delay(Duration::from_millis(400)));
+        b.push(Script::Delay(Duration::from_millis(400)));
+    }
+    let routing = "max_attempts = 1\ncircuit_breaker_failures = 2";
+    let gateway = TestGateway::start(config_with(&pair(&a, &b, routing, ""), "")).await;
+    for _ in 0..4 {
+        let response = gateway
+            .post("/v1/chat/completions", CHAT)
+            .header("x-switchboard-timeout", "0.1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 504);
+    }
+    assert_eq!(health_of(&gateway, "a").await["state"], "closed");
+    assert_eq!(health_of(&gateway, "b").await["state"], "closed");
+}
+
+#[tokio::test]
+async fn refused_credentials_are_never_retried_on_the_same_deployment() {
+    let refused = || {
+        Script::json(
+            401,
+            json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}),
+        )
+    };
+    let a = MockUpstream::start().await;
+    for _ in 0..3 {
+        a.push(refused());
+    }
+    // Alone: one attempt, then a clear error.
+    let alone = format!(
+        "[[models]]\nname = \"chat\"\n[[models.deployments]]\nname = \"a\"\nprovider = \"openai-compatible\"\napi_base = \"{}\"\nmodel = \"m\"\n[models.routing]\nmax_attempts = 3\nretry_backoff_ms = 1\n",
+        a.base_url()
+    );
+    let gateway = TestGateway::start(config_with(&alone, "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-switchboard-attempts"], "1");
+    assert_eq!(a.received().len(), 1);
+
+    // Beside another account: that one serves.
+    let (c, d) = (MockUpstream::start().await, MockUpstream::start().await);
+    c.push(refused());
+    let gateway = TestGateway::start(config_with(&pair(&c, &d, "max_attempts = 3", ""), "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    assert_eq!(c.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_longer_than_the_group_would_wait_is_not_waited_for() {
+    let upstream = MockUpstream::start().await;
+    for _ in 0..3 {
+        upstream.push(Script::Respond {
+            status: 503,
+            body: json!({"error": {"message": "down for maintenance"}}).to_string(),
+            headers: vec![("retry-after".into(), "3600".into())],
+        });
+    }
+    let models = format!(
+        "[[models]]\nname = \"chat\"\n[[models.deployments]]\nprovider = \"openai-compatible\"\napi_base = \"{}\"\nmodel = \"m\"\n[models.routing]\nmax_attempts = 3\n",
+        upstream.base_url()
+    );
+    let gateway = TestGateway::start(config_with(&models, "")).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        gateway.post("/v1/chat/completions", CHAT).send(),
+    )
+    .await
+    .expect("no hour-long wait")
+    .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn streams_count_in_flight_until_they_end_and_cannot_outlive_the_budget() {
+    let models = r#"
+[[models]]
+name = "slow"
+[[models.deployments]]
+name = "slow"
+provider = "simulated"
+simulation = { reply_tokens = 20, tokens_per_second = 10 }
+"#;
+    let gateway = TestGateway::start(config_with(models, "")).await;
+    let body = r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+    let response = gateway
+        .post("/v1/chat/completions", body)
+        .header("x-switchboard-timeout", "0.6")
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    let mut text = String::from_utf8(
+        futures_util::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(
+        health_of(&gateway, "slow").await["in_flight"],
+        1,
+        "a running stream is in flight"
+    );
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(
+        text.contains("upstream_timeout") && !text.contains("[DONE]"),
+        "{text}"
+    );
+    assert_eq!(health_of(&gateway, "slow").await["in_flight"], 0);
+}
+
+#[tokio::test]
+async fn a_content_policy_refusal_falls_back_when_configured() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let refusal = || {
+        Script::json(
+            400,
+            json!({"error": {"message": "The response was filtered", "type": "invalid_request_error", "code": "content_filter"}}),
+        )
+    };
+    a.push(refusal());
+    b.push(refusal());
+    let backup = "[[models]]\nname = \"lenient\"\n[[models.deployments]]\nprovider = \"simulated\"\nsimulation = { reply = \"ok\" }\n";
+    let config = pair(&a, &b, "fallback_on = [\"content_policy\"]", backup)
+        .replace("fallbacks = []", "fallbacks = [\"lenient\"]");
+    let gateway = TestGateway::start(config_with(&config, "")).await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-model"], "lenient");
+}
