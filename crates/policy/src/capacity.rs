@@ -35,6 +35,11 @@ impl Capacity {
         }
     }
 
+    /// Requests and tokens per minute.
+    pub fn limits(&self) -> (Option<u64>, Option<u64>) {
+        (self.requests_per_minute, self.tokens_per_minute)
+    }
+
     fn current(&self, now: Instant) -> std::sync::MutexGuard<'_, Window> {
         let mut window = self
             .window

@@ -161,6 +161,10 @@ impl Health {
         }
     }
 
+    pub fn settings(&self) -> CircuitSettings {
+        self.settings
+    }
+
     fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
         self.circuit
             .lock()

@@ -15,8 +15,8 @@
 //!    (power of two choices over a decaying average, so one fast deployment
 //!    is not stampeded), lowest cost, or most rate-limit headroom.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::capacity::Capacity;
@@ -56,6 +56,9 @@ pub struct MemberSpec<T> {
     pub price: Option<f64>,
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
+    /// Live state to keep (after a configuration reload), used when its
+    /// settings match the new ones.
+    pub carried: Option<(Arc<Health>, Arc<Capacity>)>,
 }
 
 impl<T> MemberSpec<T> {
@@ -69,6 +72,7 @@ impl<T> MemberSpec<T> {
             price: None,
             requests_per_minute: None,
             tokens_per_minute: None,
+            carried: None,
         }
     }
 }
@@ -81,8 +85,8 @@ pub struct Member<T> {
     pub priority: u32,
     pub tags: Vec<String>,
     pub price: Option<f64>,
-    pub health: Health,
-    pub capacity: Capacity,
+    pub health: Arc<Health>,
+    pub capacity: Arc<Capacity>,
 }
 
 /// A public model name's deployments and the state its strategy keeps.
@@ -129,14 +133,32 @@ impl<T> ModelGroup<T> {
         Some(ModelGroup {
             members: members
                 .into_iter()
-                .map(|spec| Member {
-                    target: spec.target,
-                    weight: spec.weight.max(1),
-                    priority: spec.priority,
-                    tags: spec.tags,
-                    price: spec.price,
-                    health: Health::new(circuit),
-                    capacity: Capacity::new(spec.requests_per_minute, spec.tokens_per_minute),
+                .map(|spec| {
+                    let (health, capacity) = match spec.carried {
+                        Some((health, capacity))
+                            if health.settings() == circuit
+                                && capacity.limits()
+                                    == (spec.requests_per_minute, spec.tokens_per_minute) =>
+                        {
+                            (health, capacity)
+                        }
+                        _ => (
+                            Arc::new(Health::new(circuit)),
+                            Arc::new(Capacity::new(
+                                spec.requests_per_minute,
+                                spec.tokens_per_minute,
+                            )),
+                        ),
+                    };
+                    Member {
+                        target: spec.target,
+                        weight: spec.weight.max(1),
+                        priority: spec.priority,
+                        tags: spec.tags,
+                        price: spec.price,
+                        health,
+                        capacity,
+                    }
                 })
                 .collect(),
             strategy,

@@ -312,7 +312,12 @@ impl OpenAiBackend {
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
+            .map(str::to_owned)
+            .or_else(|| {
+                (status == 429)
+                    .then(|| reset_wait(response.headers()))
+                    .flatten()
+            });
         let body = read_limited(response, self.timeouts.request)
             .await
             .unwrap_or_default();
@@ -352,4 +357,67 @@ async fn read_limited(
         .unwrap_or(Err(UpstreamError::Timeout {
             phase: TimeoutPhase::Request,
         }))
+}
+
+/// When a 429 has no `Retry-After`, the wait its `x-ratelimit-reset-*`
+/// headers announce (OpenAI writes them as `1s`, `6m0s`, `20ms`), in
+/// seconds; the longer of the two, since either limit may be the one hit.
+fn reset_wait(headers: &HeaderMap) -> Option<String> {
+    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .iter()
+        .filter_map(|name| headers.get(*name)?.to_str().ok())
+        .filter_map(parse_reset)
+        .reduce(f64::max)
+        .map(|seconds| format!("{seconds:.3}"))
+}
+
+/// Parses `1h2m3.5s`, `6m0s`, `20ms` or a bare number of seconds.
+fn parse_reset(text: &str) -> Option<f64> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then_some(seconds);
+    }
+    let mut total = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits =
+            rest.find(|character: char| !(character.is_ascii_digit() || character == '.'))?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, scale) = if let Some(after) = rest.strip_prefix("ms") {
+            (after, 0.001)
+        } else if let Some(after) = rest.strip_prefix('h') {
+            (after, 3600.0)
+        } else if let Some(after) = rest.strip_prefix('m') {
+            (after, 60.0)
+        } else if let Some(after) = rest.strip_prefix('s') {
+            (after, 1.0)
+        } else {
+            return None;
+        };
+        total += value * scale;
+        rest = unit;
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_durations_are_read_in_openais_format() {
+        assert_eq!(parse_reset("1s"), Some(1.0));
+        assert_eq!(parse_reset("6m0s"), Some(360.0));
+        assert_eq!(parse_reset("20ms"), Some(0.02));
+        assert_eq!(parse_reset("1h2m3.5s"), Some(3723.5));
+        assert_eq!(parse_reset("2.5"), Some(2.5));
+        assert_eq!(parse_reset("soon"), None);
+        assert_eq!(parse_reset("5x"), None);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-reset-requests", "1s".parse().unwrap());
+        headers.insert("x-ratelimit-reset-tokens", "6m0s".parse().unwrap());
+        assert_eq!(reset_wait(&headers).as_deref(), Some("360.000"));
+        assert_eq!(reset_wait(&HeaderMap::new()), None);
+    }
 }

@@ -33,17 +33,11 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut trace = Trace::new(
-        context,
-        Endpoint::ChatCompletions,
-        gateway.recorder.clone(),
-        gateway.cut.clone(),
-    );
-    let catalog = gateway.catalog();
-    let bytes = match read_json_body(&headers, body, catalog.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(error) => return reject(&mut trace, error),
-    };
+    let (mut trace, catalog, bytes) =
+        match begin(&gateway, context, Endpoint::ChatCompletions, &headers, body).await {
+            Ok(begun) => begun,
+            Err(response) => return response,
+        };
     let request = match ChatRequest::parse(&bytes) {
         Ok(request) => request,
         Err(error) => return reject(&mut trace, ApiError::invalid_request(error)),
@@ -137,17 +131,11 @@ pub(crate) async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut trace = Trace::new(
-        context,
-        Endpoint::Embeddings,
-        gateway.recorder.clone(),
-        gateway.cut.clone(),
-    );
-    let catalog = gateway.catalog();
-    let bytes = match read_json_body(&headers, body, catalog.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(error) => return reject(&mut trace, error),
-    };
+    let (mut trace, catalog, bytes) =
+        match begin(&gateway, context, Endpoint::Embeddings, &headers, body).await {
+            Ok(begun) => begun,
+            Err(response) => return response,
+        };
     let request = match EmbeddingsRequest::parse(&bytes) {
         Ok(request) => request,
         Err(error) => return reject(&mut trace, ApiError::invalid_request(error)),
@@ -177,6 +165,28 @@ pub(crate) async fn embeddings(
             with_headers(json_response(body, None), headers)
         }
         Err(unanswered) => reject_unanswered(&mut trace, unanswered),
+    }
+}
+
+/// What every model endpoint does first: start the request's trace, take
+/// the current catalog, and read the JSON body within its limit.
+async fn begin(
+    gateway: &Gateway,
+    context: RequestContext,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Trace, Arc<Catalog>, Bytes), Response> {
+    let mut trace = Trace::new(
+        context,
+        endpoint,
+        gateway.recorder.clone(),
+        gateway.cut.clone(),
+    );
+    let catalog = gateway.catalog();
+    match read_json_body(headers, body, catalog.max_body_bytes).await {
+        Ok(bytes) => Ok((trace, catalog, bytes)),
+        Err(error) => Err(reject(&mut trace, error)),
     }
 }
 

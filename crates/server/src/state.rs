@@ -8,7 +8,8 @@ use bytes::Bytes;
 use serde_json::json;
 use switchboard_config::RoutingStrategy;
 use switchboard_config::{Config, Secret};
-use switchboard_policy::{CircuitSettings, MemberSpec, ModelGroup, Strategy};
+use switchboard_policy::capacity::Capacity;
+use switchboard_policy::{CircuitSettings, Health, MemberSpec, ModelGroup, Strategy};
 
 use crate::dispatch::Route;
 use switchboard_providers::{Deployment, UpstreamClients, UpstreamError};
@@ -61,7 +62,7 @@ impl Gateway {
         cut: CancellationToken,
     ) -> Result<Gateway, UpstreamError> {
         let clients = UpstreamClients::new();
-        let catalog = Catalog::build(config, &clients)?;
+        let catalog = Catalog::build(config, &clients, None)?;
         Ok(Gateway {
             catalog: RwLock::new(Arc::new(catalog)),
             clients,
@@ -89,7 +90,7 @@ impl Gateway {
         config: &Config,
         running: &Config,
     ) -> Result<ReloadSummary, UpstreamError> {
-        let catalog = Catalog::build(config, &self.clients)?;
+        let catalog = Catalog::build(config, &self.clients, Some(&self.catalog()))?;
         let mut needs_restart = Vec::new();
         if config.server.listen != running.server.listen {
             needs_restart.push("server.listen");
@@ -129,7 +130,26 @@ impl Gateway {
 }
 
 impl Catalog {
-    fn build(config: &Config, clients: &UpstreamClients) -> Result<Catalog, UpstreamError> {
+    /// Builds the catalog of a configuration. With the `previous` catalog
+    /// (a reload), deployments keep their circuit, latency and per-minute
+    /// counts by name, as long as their limits did not change.
+    fn build(
+        config: &Config,
+        clients: &UpstreamClients,
+        previous: Option<&Catalog>,
+    ) -> Result<Catalog, UpstreamError> {
+        let mut carried: HashMap<&str, (Arc<Health>, Arc<Capacity>)> = HashMap::new();
+        for route in previous
+            .map(|catalog| catalog.routes.as_slice())
+            .unwrap_or_default()
+        {
+            for member in route.group.members() {
+                carried.insert(
+                    member.target.name(),
+                    (member.health.clone(), member.capacity.clone()),
+                );
+            }
+        }
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
@@ -156,6 +176,7 @@ impl Catalog {
                         .map(|price| price.input_per_mtok + price.output_per_mtok),
                     requests_per_minute: config.requests_per_minute,
                     tokens_per_minute: config.tokens_per_minute,
+                    carried: carried.get(config.name.as_str()).cloned(),
                 })
                 .collect();
             let strategy = match model.routing.strategy {

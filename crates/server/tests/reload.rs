@@ -118,3 +118,53 @@ async fn a_reload_swaps_models_and_keys_without_cutting_requests_in_flight() {
         .unwrap();
     assert_eq!(summary.needs_restart, vec!["server.listen"]);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_each_deployments_health_unless_its_limits_change() {
+    let flaky = |cooldown: u32| {
+        format!(
+            "[[models]]\nname = \"flaky\"\n[[models.deployments]]\nname = \"flaky\"\nprovider = \"simulated\"\nsimulation = {{ failure_rate = 1.0 }}\n[models.routing]\nmax_attempts = 1\ncircuit_breaker_failures = 1\ncircuit_breaker_cooldown_secs = {cooldown}\n"
+        )
+    };
+    let running_config = config_with(&flaky(600), "");
+    let gateway = TestGateway::start(running_config.clone()).await;
+    let failed = gateway
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"flaky","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 502);
+    let state = |gateway: &TestGateway| {
+        let request = gateway.get("/health/deployments");
+        async move {
+            let health: Value = request.send().await.unwrap().json().await.unwrap();
+            health["models"][0]["deployments"][0]["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(state(&gateway).await, "open");
+
+    let running = &gateway.running.as_ref().unwrap().gateway;
+    running
+        .reload(&config_with(&flaky(600), ""), &running_config)
+        .unwrap();
+    assert_eq!(
+        state(&gateway).await,
+        "open",
+        "same deployment, same limits: the rest goes on"
+    );
+
+    running
+        .reload(&config_with(&flaky(300), ""), &running_config)
+        .unwrap();
+    assert_eq!(
+        state(&gateway).await,
+        "closed",
+        "new circuit settings start afresh"
+    );
+}
