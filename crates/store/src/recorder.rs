@@ -20,6 +20,9 @@ use crate::Store;
 /// Largest number of records written in one transaction.
 const BATCH: usize = 512;
 
+/// How long the writer waits for a batch to fill before writing it.
+const LINGER: Duration = Duration::from_millis(20);
+
 #[derive(Debug, Default)]
 pub struct RecorderStats {
     pub written: AtomicU64,
@@ -114,6 +117,21 @@ async fn write_loop(
         };
         if received == 0 {
             return;
+        }
+        // Under load, wait a moment for more records: one transaction per
+        // few hundred records costs far less than one per handful. A lone
+        // record waits only this long.
+        if batch.len() < BATCH {
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                () = stop.cancelled() => {}
+            }
+            while batch.len() < BATCH {
+                match receiver.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
         }
         write_batch(store.as_ref(), &mut batch, &stats, &stop).await;
     }

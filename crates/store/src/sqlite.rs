@@ -88,32 +88,37 @@ fn opt_u64(value: Option<i64>) -> Option<u64> {
 impl Store for SqliteStore {
     fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            // One multi-row statement per chunk: every statement is a round
+            // trip to SQLite's worker thread, so a batch costs a handful of
+            // them rather than one per record. 17 columns x 256 rows stays
+            // well under SQLite's limit on bound parameters.
             let mut transaction = self.pool.begin().await?;
-            for record in records {
-                sqlx::query::<Sqlite>(
+            for chunk in records.chunks(256) {
+                let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                     "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
                      outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-                     reasoning_tokens, attempts, served_model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&record.request_id)
-                .bind(record.started_at_ms)
-                .bind(record.endpoint.as_str())
-                .bind(&record.model)
-                .bind(record.deployment.as_deref())
-                .bind(record.stream)
-                .bind(i64::from(record.status))
-                .bind(record.outcome.as_str())
-                .bind(record.error_code.as_deref())
-                .bind(opt_i64(Some(record.latency_ms)))
-                .bind(opt_i64(record.ttft_ms))
-                .bind(opt_i64(record.usage.input_tokens))
-                .bind(opt_i64(record.usage.output_tokens))
-                .bind(opt_i64(record.usage.cached_input_tokens))
-                .bind(opt_i64(record.usage.reasoning_tokens))
-                .bind(i64::from(record.attempts))
-                .bind(record.served_model.as_deref())
-                .execute(&mut *transaction)
-                .await?;
+                     reasoning_tokens, attempts, served_model) ",
+                );
+                insert.push_values(chunk, |mut row, record| {
+                    row.push_bind(&record.request_id)
+                        .push_bind(record.started_at_ms)
+                        .push_bind(record.endpoint.as_str())
+                        .push_bind(&record.model)
+                        .push_bind(record.deployment.as_deref())
+                        .push_bind(record.stream)
+                        .push_bind(i64::from(record.status))
+                        .push_bind(record.outcome.as_str())
+                        .push_bind(record.error_code.as_deref())
+                        .push_bind(opt_i64(Some(record.latency_ms)))
+                        .push_bind(opt_i64(record.ttft_ms))
+                        .push_bind(opt_i64(record.usage.input_tokens))
+                        .push_bind(opt_i64(record.usage.output_tokens))
+                        .push_bind(opt_i64(record.usage.cached_input_tokens))
+                        .push_bind(opt_i64(record.usage.reasoning_tokens))
+                        .push_bind(i64::from(record.attempts))
+                        .push_bind(record.served_model.as_deref());
+                });
+                insert.build().execute(&mut *transaction).await?;
             }
             transaction.commit().await?;
             Ok(())
