@@ -326,3 +326,19 @@ async fn watch_reloads_the_configuration_when_the_file_changes() {
     std::fs::write(&path, reload_config("after-watch")).unwrap();
     wait_for_models(&client, &gateway, &["after-watch"]).await;
 }
+
+/// `switchboard check | head -1` must not panic when `head` stops reading.
+#[test]
+fn check_survives_a_closed_stdout() {
+    let mut child = binary()
+        .arg("check")
+        .current_dir(scratch_dir("closed-stdout"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+}
