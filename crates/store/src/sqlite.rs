@@ -118,7 +118,9 @@ impl Store for SqliteStore {
                         .push_bind(i64::from(record.attempts))
                         .push_bind(record.served_model.as_deref());
                 });
-                insert.build().execute(&mut *transaction).await?;
+                // Not cached: batch sizes vary, and a cached statement per
+                // size would hold megabytes of prepared statements.
+                insert.build().persistent(false).execute(&mut *transaction).await?;
             }
             transaction.commit().await?;
             Ok(())
