@@ -120,7 +120,11 @@ impl Store for SqliteStore {
                 });
                 // Not cached: batch sizes vary, and a cached statement per
                 // size would hold megabytes of prepared statements.
-                insert.build().persistent(false).execute(&mut *transaction).await?;
+                insert
+                    .build()
+                    .persistent(false)
+                    .execute(&mut *transaction)
+                    .await?;
             }
             transaction.commit().await?;
             Ok(())
