@@ -45,6 +45,14 @@ retry_max_backoff_ms = 5
     )
 }
 
+/// Model `chat` served by one deployment, `name`, at `mock`, with `routing`.
+fn single(name: &str, mock: &MockUpstream, routing: &str) -> String {
+    format!(
+        "[[models]]\nname = \"chat\"\n[[models.deployments]]\nname = \"{name}\"\nprovider = \"openai-compatible\"\napi_base = \"{}\"\nmodel = \"m\"\n[models.routing]\n{routing}\n",
+        mock.base_url()
+    )
+}
+
 fn server_error() -> Script {
     Script::json(
         500,
@@ -145,27 +153,12 @@ async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
     }
     // Only `a` serves the model here: `b` is another model's.
     let models = format!(
-        r#"
-[[models]]
-name = "chat"
-[[models.deployments]]
-name = "a"
-provider = "openai-compatible"
-api_base = "{}"
-model = "model-a"
-[models.routing]
-max_attempts = 1
-circuit_breaker_failures = 2
-circuit_breaker_cooldown_secs = 0.4
-[[models]]
-name = "other"
-[[models.deployments]]
-name = "b"
-provider = "openai-compatible"
-api_base = "{}"
-model = "model-b"
-"#,
-        a.base_url(),
+        "{}[[models]]\nname = \"other\"\n[[models.deployments]]\nname = \"b\"\nprovider = \"openai-compatible\"\napi_base = \"{}\"\nmodel = \"model-b\"\n",
+        single(
+            "a",
+            &a,
+            "max_attempts = 1\ncircuit_breaker_failures = 2\ncircuit_breaker_cooldown_secs = 0.4"
+        ),
         b.base_url()
     );
     let gateway = TestGateway::start(config_with(&models, "")).await;
@@ -696,22 +689,10 @@ affinity_min_prefix_chars = 100
 async fn free_probes_bring_a_recovered_deployment_back_before_its_cooldown() {
     let upstream = MockUpstream::start().await;
     upstream.push(server_error());
-    let models = format!(
-        r#"
-[[models]]
-name = "chat"
-[[models.deployments]]
-name = "probed"
-provider = "openai-compatible"
-api_base = "{}"
-model = "m"
-[models.routing]
-max_attempts = 1
-circuit_breaker_failures = 1
-circuit_breaker_cooldown_secs = 600
-probe_interval_secs = 1
-"#,
-        upstream.base_url()
+    let models = single(
+        "probed",
+        &upstream,
+        "max_attempts = 1\ncircuit_breaker_failures = 1\ncircuit_breaker_cooldown_secs = 600\nprobe_interval_secs = 1",
     );
     let gateway = TestGateway::start(config_with(&models, "")).await;
     // Let the first probe finish, then break the deployment between probes.
@@ -883,10 +864,7 @@ async fn refused_credentials_are_never_retried_on_the_same_deployment() {
         a.push(refused());
     }
     // Alone: one attempt, then a clear error.
-    let alone = format!(
-        "[[models]]\nname = \"chat\"\n[[models.deployments]]\nname = \"a\"\nprovider = \"openai-compatible\"\napi_base = \"{}\"\nmodel = \"m\"\n[models.routing]\nmax_attempts = 3\nretry_backoff_ms = 1\n",
-        a.base_url()
-    );
+    let alone = single("a", &a, "max_attempts = 3\nretry_backoff_ms = 1");
     let gateway = TestGateway::start(config_with(&alone, "")).await;
     let response = gateway
         .post("/v1/chat/completions", CHAT)
@@ -921,10 +899,7 @@ async fn a_retry_after_longer_than_the_group_would_wait_is_not_waited_for() {
             headers: vec![("retry-after".into(), "3600".into())],
         });
     }
-    let models = format!(
-        "[[models]]\nname = \"chat\"\n[[models.deployments]]\nprovider = \"openai-compatible\"\napi_base = \"{}\"\nmodel = \"m\"\n[models.routing]\nmax_attempts = 3\n",
-        upstream.base_url()
-    );
+    let models = single("alone", &upstream, "max_attempts = 3");
     let gateway = TestGateway::start(config_with(&models, "")).await;
     let response = tokio::time::timeout(
         Duration::from_secs(10),
