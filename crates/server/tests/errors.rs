@@ -46,11 +46,7 @@ async fn client_mistakes_get_precise_4xx_answers() {
     .await;
 
     let error = error_of(
-        gateway
-            .post("/v1/chat/completions", "{\"model\":")
-            .send()
-            .await
-            .unwrap(),
+        gateway.send("/v1/chat/completions", "{\"model\":").await,
         400,
     )
     .await;
@@ -63,7 +59,7 @@ async fn client_mistakes_get_precise_4xx_answers() {
     );
 
     let error = error_of(
-        gateway.post("/v1/chat/completions", r#"{"model":"chat","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#).send().await.unwrap(),
+        gateway.send("/v1/chat/completions", r#"{"model":"chat","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#).await,
         400,
     )
     .await;
@@ -71,13 +67,11 @@ async fn client_mistakes_get_precise_4xx_answers() {
 
     let error = error_of(
         gateway
-            .post(
+            .send(
                 "/v1/chat/completions",
                 r#"{"messages":[{"role":"user","content":"x"}]}"#,
             )
-            .send()
-            .await
-            .unwrap(),
+            .await,
         400,
     )
     .await;
@@ -85,13 +79,11 @@ async fn client_mistakes_get_precise_4xx_answers() {
 
     let error = error_of(
         gateway
-            .post(
+            .send(
                 "/v1/chat/completions",
                 r#"{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}"#,
             )
-            .send()
-            .await
-            .unwrap(),
+            .await,
         404,
     )
     .await;
@@ -138,15 +130,7 @@ async fn client_mistakes_get_precise_4xx_answers() {
         r#"{{"model":"chat","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(4096)
     );
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", &big)
-            .send()
-            .await
-            .unwrap(),
-        413,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", &big).await, 413).await;
     assert!(error["message"].as_str().unwrap().contains("2048"));
 
     // Without a content length (chunked), the limit still holds.
@@ -179,12 +163,7 @@ async fn client_mistakes_get_precise_4xx_answers() {
     // None of these reached the upstream, and the gateway still serves.
     assert!(mock.received().is_empty());
     assert_eq!(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gateway.send("/v1/chat/completions", CHAT).await.status(),
         200
     );
 
@@ -258,68 +237,28 @@ async fn upstream_failures_map_to_gateway_statuses() {
     .await;
 
     mock.push(Script::raw(200, "<html>definitely not JSON</html>"));
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap(),
-        502,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", CHAT).await, 502).await;
     assert_eq!(error["code"], "upstream_invalid_response");
 
     mock.push(Script::Hang);
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap(),
-        504,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", CHAT).await, 504).await;
     assert_eq!(error["code"], "upstream_timeout");
 
     mock.push(Script::json(
         500,
         json!({"error": {"message": "The server had an error", "type": "server_error"}}),
     ));
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap(),
-        502,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", CHAT).await, 502).await;
     assert_eq!(error["type"], "api_error");
     assert!(error["message"].as_str().unwrap().contains("500"));
 
     mock.push(Script::json(400, json!({"error": {"message": "max_tokens is too large", "type": "invalid_request_error", "param": "max_tokens", "code": null}})));
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", CHAT).await, 400).await;
     assert_eq!(error["param"], "max_tokens");
     assert_eq!(error["message"], "max_tokens is too large");
 
     mock.push(Script::json(401, json!({"error": {"message": "Incorrect API key provided: sk-upstr****1234", "type": "invalid_request_error"}})));
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap(),
-        502,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", CHAT).await, 502).await;
     assert_eq!(error["code"], "upstream_auth_failed");
     assert!(
         !error["message"].as_str().unwrap().contains("sk-upstr"),
@@ -328,12 +267,7 @@ async fn upstream_failures_map_to_gateway_statuses() {
 
     // And the gateway still serves.
     assert_eq!(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gateway.send("/v1/chat/completions", CHAT).await.status(),
         200
     );
 
@@ -343,11 +277,7 @@ async fn upstream_failures_map_to_gateway_statuses() {
         body: json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}).to_string(),
         headers: vec![("retry-after".into(), "7".into())],
     });
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.headers()["retry-after"], "7");
     let error = error_of(response, 429).await;
     assert_eq!(error["code"], "rate_limit_exceeded");
@@ -384,25 +314,13 @@ async fn an_unreachable_upstream_is_a_502() {
         "",
     ))
     .await;
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap(),
-        502,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", CHAT).await, 502).await;
     assert_eq!(error["code"], "upstream_unreachable");
 }
 
 /// Reads a stream to its end and returns its `data:` payloads.
 async fn stream_events(gateway: &TestGateway) -> Vec<String> {
-    let response = gateway
-        .post("/v1/chat/completions", STREAM)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", STREAM).await;
     assert_eq!(response.status(), 200);
     data_events(&response.text().await.unwrap())
 }
@@ -473,15 +391,7 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
         &[r#"{"error":{"message":"overloaded","type":"server_error","code":"overloaded"}}"#],
         Duration::ZERO,
     ));
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", STREAM)
-            .send()
-            .await
-            .unwrap(),
-        502,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", STREAM).await, 502).await;
     assert_eq!(error["code"], "overloaded");
     mock.push(Script::Stream {
         pieces: events[..1]
@@ -490,38 +400,18 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
             .collect(),
         close: false,
     });
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", STREAM)
-            .send()
-            .await
-            .unwrap(),
-        504,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", STREAM).await, 504).await;
     assert_eq!(error["code"], "upstream_timeout");
     mock.push(Script::Stream {
         pieces: vec![(Duration::ZERO, "data: {not json\n\n".to_owned())],
         close: true,
     });
-    let error = error_of(
-        gateway
-            .post("/v1/chat/completions", STREAM)
-            .send()
-            .await
-            .unwrap(),
-        502,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/chat/completions", STREAM).await, 502).await;
     assert_eq!(error["code"], "upstream_invalid_response");
 
     // A stream request refused before it started is a plain error answer.
     mock.push(Script::json(503, json!({"error": {"message": "busy"}})));
-    let response = gateway
-        .post("/v1/chat/completions", STREAM)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", STREAM).await;
     let error = error_of(response, 502).await;
     assert_eq!(error["code"], "upstream_error");
 
@@ -561,13 +451,11 @@ simulation = { failure_rate = 1.0 }
     let gateway = TestGateway::start(config_with(models, "")).await;
     let error = error_of(
         gateway
-            .post(
+            .send(
                 "/v1/chat/completions",
                 r#"{"model":"flaky","messages":[{"role":"user","content":"x"}]}"#,
             )
-            .send()
-            .await
-            .unwrap(),
+            .await,
         502,
     )
     .await;
@@ -585,13 +473,11 @@ provider = "simulated"
     let gateway = TestGateway::start(config_with(models, "")).await;
     let error = error_of(
         gateway
-            .post(
+            .send(
                 "/v1/embeddings",
                 r#"{"model":"embed","input":"x","dimensions":4000000000}"#,
             )
-            .send()
-            .await
-            .unwrap(),
+            .await,
         400,
     )
     .await;
@@ -600,21 +486,15 @@ provider = "simulated"
         r#"{{"model":"embed","input":[{}],"dimensions":65536}}"#,
         vec!["\"a\""; 100].join(",")
     );
-    let error = error_of(
-        gateway.post("/v1/embeddings", &many).send().await.unwrap(),
-        400,
-    )
-    .await;
+    let error = error_of(gateway.send("/v1/embeddings", &many).await, 400).await;
     assert_eq!(error["param"], "dimensions");
     assert_eq!(
         gateway
-            .post(
+            .send(
                 "/v1/embeddings",
                 r#"{"model":"embed","input":"x","dimensions":8}"#
             )
-            .send()
             .await
-            .unwrap()
             .status(),
         200
     );

@@ -79,11 +79,7 @@ async fn fault_suite(fault: fn() -> Script, expected_status: u16) {
         "no connection before the first request"
     );
     for body in [CHAT, STREAM, CHAT, STREAM] {
-        let response = gateway
-            .post("/v1/chat/completions", body)
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.send("/v1/chat/completions", body).await;
         assert_eq!(response.status(), 200, "a healthy deployment exists");
         let text = response.text().await.unwrap();
         if body == STREAM {
@@ -106,11 +102,7 @@ async fn fault_suite(fault: fn() -> Script, expected_status: u16) {
     );
     let gateway = TestGateway::start(config_with(&models, "")).await;
     let started = Instant::now();
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert!(
         started.elapsed() < BUDGET + Duration::from_secs(1),
         "took {:?}",
@@ -145,11 +137,7 @@ async fn fault_suite(fault: fn() -> Script, expected_status: u16) {
         .as_u64()
         .unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(retry_in + 50)).await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 200);
     let health: Value = gateway
         .get("/health/deployments")

@@ -94,11 +94,7 @@ headers = {{ x-extra = "on" }}
         mock.root_url()
     );
     let gateway = TestGateway::start(config_with(&models, "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 200);
     let upstream = mock.last();
     assert_eq!(
@@ -110,10 +106,8 @@ headers = {{ x-extra = "on" }}
     assert_eq!(upstream.header("x-extra"), Some("on"));
 
     let response = gateway
-        .post("/v1/embeddings", r#"{"model":"chat","input":"x"}"#)
-        .send()
-        .await
-        .unwrap();
+        .send("/v1/embeddings", r#"{"model":"chat","input":"x"}"#)
+        .await;
     assert_eq!(response.status(), 200);
     let upstream = mock.last();
     assert_eq!(
@@ -152,11 +146,7 @@ async fn streams_are_relayed_event_by_event_and_usage_is_captured_unseen() {
     let mock = MockUpstream::start().await;
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
     let body = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let response = gateway
-        .post("/v1/chat/completions", body)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", body).await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -200,10 +190,8 @@ async fn clients_that_ask_for_usage_get_the_upstreams_stream_unchanged() {
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
     let body = r#"{"model":"chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
     let text = gateway
-        .post("/v1/chat/completions", body)
-        .send()
+        .send("/v1/chat/completions", body)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -221,11 +209,7 @@ async fn stream_usage_can_be_turned_off_per_deployment() {
     ))
     .await;
     let body = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let response = gateway
-        .post("/v1/chat/completions", body)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", body).await;
     assert_eq!(response.status(), 200);
     response.text().await.unwrap();
     assert!(mock.last().json().get("stream_options").is_none());
@@ -245,11 +229,7 @@ async fn the_first_chunk_reaches_the_client_while_the_upstream_is_still_generati
     });
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
     let body = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let response = gateway
-        .post("/v1/chat/completions", body)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", body).await;
     let mut stream = response.bytes_stream();
     let mut received = Vec::new();
     // Buffering anywhere would hold these bytes until the upstream ends,
@@ -279,11 +259,7 @@ async fn a_client_hang_up_cancels_the_upstream_request_and_is_recorded() {
     });
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
     let body = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let response = gateway
-        .post("/v1/chat/completions", body)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", body).await;
     let mut stream = response.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
@@ -307,13 +283,11 @@ async fn embeddings_are_relayed_with_the_upstream_model() {
     let mock = MockUpstream::start().await;
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
     let response = gateway
-        .post(
+        .send(
             "/v1/embeddings",
             r#"{"model":"embed","input":["a","b"],"encoding_format":"base64","dimensions":3}"#,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["data"][0]["embedding"], json!([0.25, -0.5, 0.125]));
@@ -399,18 +373,14 @@ simulation = { reply_tokens = 6 }
     let gateway = TestGateway::start(config_with(models, "")).await;
     let body = r#"{"model":"sim","messages":[{"role":"user","content":"ping pong"}]}"#;
     let first: Value = gateway
-        .post("/v1/chat/completions", body)
-        .send()
+        .send("/v1/chat/completions", body)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let second: Value = gateway
-        .post("/v1/chat/completions", body)
-        .send()
+        .send("/v1/chat/completions", body)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -422,11 +392,7 @@ simulation = { reply_tokens = 6 }
     assert_eq!(first["usage"]["completion_tokens"], 6);
     assert_eq!(first["usage"]["prompt_tokens"], 5);
 
-    let streamed = gateway
-        .post("/v1/chat/completions", r#"{"model":"sim","stream":true,"max_tokens":3,"messages":[{"role":"user","content":"ping pong"}]}"#)
-        .send()
-        .await
-        .unwrap()
+    let streamed = gateway.send("/v1/chat/completions", r#"{"model":"sim","stream":true,"max_tokens":3,"messages":[{"role":"user","content":"ping pong"}]}"#).await
         .text()
         .await
         .unwrap();

@@ -46,13 +46,11 @@ async fn a_reload_swaps_models_and_keys_without_cutting_requests_in_flight() {
     let running_config = config_with(FIRST, "");
     let gateway = TestGateway::start(running_config.clone()).await;
     let response = gateway
-        .post(
+        .send(
             "/v1/chat/completions",
             r#"{"model":"first","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     let mut stream = response.bytes_stream();
     let mut body = stream.next().await.unwrap().unwrap().to_vec();
 
@@ -129,13 +127,11 @@ async fn a_reload_keeps_each_deployments_health_unless_its_limits_change() {
     let running_config = config_with(&flaky(600), "");
     let gateway = TestGateway::start(running_config.clone()).await;
     let failed = gateway
-        .post(
+        .send(
             "/v1/chat/completions",
             r#"{"model":"flaky","messages":[{"role":"user","content":"x"}]}"#,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(failed.status(), 502);
     let state = |gateway: &TestGateway| {
         let request = gateway.get("/health/deployments");

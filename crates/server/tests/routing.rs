@@ -83,11 +83,7 @@ async fn a_failing_deployment_is_retried_on_the_next_one() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     a.push(server_error());
     let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 2", ""), "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-deployment"], "b");
     assert_eq!(response.headers()["x-switchboard-attempts"], "2");
@@ -106,11 +102,7 @@ async fn client_errors_are_not_retried() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     a.push(Script::json(400, json!({"error": {"message": "bad temperature", "type": "invalid_request_error", "param": "temperature"}})));
     let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 3", ""), "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 400);
     assert_eq!(response.headers()["x-switchboard-attempts"], "1");
     assert!(b.received().is_empty());
@@ -126,11 +118,7 @@ async fn a_rate_limited_deployment_rests_while_the_other_serves() {
     });
     let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 2", ""), "")).await;
     for _ in 0..6 {
-        let response = gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.send("/v1/chat/completions", CHAT).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-switchboard-deployment"], "b");
     }
@@ -164,20 +152,11 @@ async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
     let gateway = TestGateway::start(config_with(&models, "")).await;
     for _ in 0..2 {
         assert_eq!(
-            gateway
-                .post("/v1/chat/completions", CHAT)
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            gateway.send("/v1/chat/completions", CHAT).await.status(),
             502
         );
     }
-    let resting = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let resting = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(resting.status(), 503);
     assert!(resting.headers().contains_key("retry-after"));
     let error: Value = resting.json().await.unwrap();
@@ -190,11 +169,7 @@ async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
     assert_eq!(health_of(&gateway, "a").await["state"], "open");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let probe = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let probe = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(
         probe.status(),
         200,
@@ -202,12 +177,7 @@ async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
     );
     assert_eq!(health_of(&gateway, "a").await["state"], "closed");
     assert_eq!(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gateway.send("/v1/chat/completions", CHAT).await.status(),
         200
     );
 }
@@ -235,11 +205,7 @@ simulation = { reply = "from the backup" }
     let config = pair(&a, &b, "max_attempts = 2", backup)
         .replace("fallbacks = []", "fallbacks = [\"backup\"]");
     let gateway = TestGateway::start(config_with(&config, "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-model"], "backup");
     assert_eq!(response.headers()["x-switchboard-attempts"], "3");
@@ -274,11 +240,7 @@ simulation = { reply = "long context model" }
         let config = pair(&a, &b, &format!("max_attempts = 2\n{triggers}"), long)
             .replace("fallbacks = []", "fallbacks = [\"long-context\"]");
         let gateway = TestGateway::start(config_with(&config, "")).await;
-        let response = gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.send("/v1/chat/completions", CHAT).await;
         assert_eq!(response.status(), expected, "with `{triggers}`");
         // A refusal of the request itself is not retried within the group.
         assert_eq!(a.received().len() + b.received().len(), 1);
@@ -301,11 +263,7 @@ async fn a_stream_that_fails_before_its_first_token_fails_over_cleanly() {
         close: true,
     });
     let gateway = TestGateway::start(config_with(&pair(&a, &b, "max_attempts = 2", ""), "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", STREAM)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", STREAM).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-deployment"], "b");
     let text = response.text().await.unwrap();
@@ -327,11 +285,7 @@ async fn a_stream_without_a_first_token_in_time_fails_over() {
     });
     let routing = "max_attempts = 2\nfirst_token_timeout_secs = 0.3";
     let gateway = TestGateway::start(config_with(&pair(&a, &b, routing, ""), "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", STREAM)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", STREAM).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-deployment"], "b");
     assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
@@ -392,13 +346,11 @@ strategy = "weighted"
     let mut heavy = 0;
     for _ in 0..8 {
         let response = gateway
-            .post(
+            .send(
                 "/v1/chat/completions",
                 r#"{"model":"sim","messages":[{"role":"user","content":"x"}]}"#,
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         if response.headers()["x-switchboard-deployment"] == "heavy" {
             heavy += 1;
         }
@@ -446,11 +398,7 @@ async fn the_headroom_strategy_follows_the_upstreams_rate_limit_headers() {
     .await;
     let mut served = Vec::new();
     for _ in 0..6 {
-        let response = gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.send("/v1/chat/completions", CHAT).await;
         served.push(
             response.headers()["x-switchboard-deployment"]
                 .to_str()
@@ -668,13 +616,11 @@ affinity_min_prefix_chars = 100
     let mut spread = std::collections::HashSet::new();
     for _ in 0..3 {
         let response = gateway
-            .post(
+            .send(
                 "/v1/chat/completions",
                 r#"{"model":"sim","messages":[{"role":"user","content":"hi"}]}"#,
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         spread.insert(
             response.headers()["x-switchboard-deployment"]
                 .to_str()
@@ -705,12 +651,7 @@ async fn free_probes_bring_a_recovered_deployment_back_before_its_cooldown() {
         .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gateway.send("/v1/chat/completions", CHAT).await.status(),
         502
     );
     assert_eq!(health_of(&gateway, "probed").await["state"], "open");
@@ -726,12 +667,7 @@ async fn free_probes_bring_a_recovered_deployment_back_before_its_cooldown() {
     }
     assert!(closed, "the probe did not close the circuit");
     assert_eq!(
-        gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gateway.send("/v1/chat/completions", CHAT).await.status(),
         200
     );
     let received = upstream.received();
@@ -758,11 +694,7 @@ async fn a_hedged_request_races_a_second_deployment_and_cancels_the_loser() {
         "",
     ))
     .await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-deployment"], "b");
     assert_eq!(response.headers()["x-switchboard-attempts"], "2");
@@ -795,30 +727,18 @@ async fn a_rested_deployment_comes_back_beside_a_healthy_one() {
     let gateway = TestGateway::start(config_with(&pair(&a, &b, routing, ""), "")).await;
     // `a` fails once and rests; `b` serves everything meanwhile.
     for _ in 0..4 {
-        let response = gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.send("/v1/chat/completions", CHAT).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-switchboard-deployment"], "b");
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     // After the cooldown the next request probes `a`, which has recovered.
-    let probe = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let probe = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(probe.headers()["x-switchboard-deployment"], "a");
     assert_eq!(health_of(&gateway, "a").await["state"], "closed");
     let mut served = std::collections::HashSet::new();
     for _ in 0..4 {
-        let response = gateway
-            .post("/v1/chat/completions", CHAT)
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.send("/v1/chat/completions", CHAT).await;
         served.insert(
             response.headers()["x-switchboard-deployment"]
                 .to_str()
@@ -866,11 +786,7 @@ async fn refused_credentials_are_never_retried_on_the_same_deployment() {
     // Alone: one attempt, then a clear error.
     let alone = single("a", &a, "max_attempts = 3\nretry_backoff_ms = 1");
     let gateway = TestGateway::start(config_with(&alone, "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-switchboard-attempts"], "1");
     assert_eq!(a.received().len(), 1);
@@ -879,11 +795,7 @@ async fn refused_credentials_are_never_retried_on_the_same_deployment() {
     let (c, d) = (MockUpstream::start().await, MockUpstream::start().await);
     c.push(refused());
     let gateway = TestGateway::start(config_with(&pair(&c, &d, "max_attempts = 3", ""), "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-deployment"], "b");
     assert_eq!(c.received().len(), 1);
@@ -969,11 +881,7 @@ async fn a_content_policy_refusal_falls_back_when_configured() {
     let config = pair(&a, &b, "fallback_on = [\"content_policy\"]", backup)
         .replace("fallbacks = []", "fallbacks = [\"lenient\"]");
     let gateway = TestGateway::start(config_with(&config, "")).await;
-    let response = gateway
-        .post("/v1/chat/completions", CHAT)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-model"], "lenient");
 }

@@ -28,11 +28,7 @@ const BODY: &str = r#"{"model":"slow","stream":true,"messages":[{"role":"user","
 async fn in_flight_streams_finish_after_the_signal() {
     let gateway =
         TestGateway::start(config_with(&slow_model(10), "shutdown_grace_secs = 20")).await;
-    let response = gateway
-        .post("/v1/chat/completions", BODY)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", BODY).await;
     let mut stream = response.bytes_stream();
     let mut body = Vec::new();
     body.extend_from_slice(&stream.next().await.unwrap().unwrap());
@@ -64,11 +60,7 @@ async fn in_flight_streams_finish_after_the_signal() {
 async fn streams_still_running_at_the_deadline_end_with_an_error_event() {
     let gateway =
         TestGateway::start(config_with(&slow_model(400), "shutdown_grace_secs = 0.3")).await;
-    let response = gateway
-        .post("/v1/chat/completions", BODY)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send("/v1/chat/completions", BODY).await;
     let mut stream = response.bytes_stream();
     let mut body = Vec::new();
     body.extend_from_slice(&stream.next().await.unwrap().unwrap());

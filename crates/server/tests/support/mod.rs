@@ -102,6 +102,14 @@ impl TestGateway {
             .body(body.to_owned())
     }
 
+    /// Sends `post(path, body)` and returns the response.
+    pub async fn send(&self, path: &str, body: &str) -> reqwest::Response {
+        self.post(path, body)
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http.get(self.url(path)).bearer_auth(MASTER_KEY)
     }
