@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use switchboard_config::{FallbackTriggers, Routing};
+use switchboard_dialects::openai::UpstreamErrorBody;
 use switchboard_policy::backoff::{fits, retry_delay};
 use switchboard_policy::{Failure, ModelGroup, Pick};
 use switchboard_providers::{Deployment, RelayEvent, RelayStream, TimeoutPhase, UpstreamError};
@@ -172,6 +173,9 @@ fn verdict(error: &UpstreamError) -> Verdict {
             Verdict::Deployment(Failure::Connection)
         }
         UpstreamError::Timeout { .. } => Verdict::Deployment(Failure::Timeout),
+        // A refusal reported inside a stream concerns the request, as the
+        // same refusal with a 400 status would.
+        UpstreamError::InStream { body } if refusal_of(body).is_some() => Verdict::Request,
         UpstreamError::InvalidResponse(_) | UpstreamError::InStream { .. } => {
             Verdict::Deployment(Failure::InvalidResponse)
         }
@@ -204,29 +208,21 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// Whether this failure moves the request on to the fallback models.
 fn triggers_fallback(triggers: &FallbackTriggers, error: &UpstreamError) -> bool {
+    let refused = |body: &UpstreamErrorBody| match refusal_of(body) {
+        Some(Refusal::ContextWindow) => triggers.context_window,
+        Some(Refusal::ContentPolicy) => triggers.content_policy,
+        None => false,
+    };
     let status = match error {
         UpstreamError::Connect(_) | UpstreamError::Transport(_) => return triggers.connection,
         UpstreamError::Timeout { .. } => return triggers.timeout,
+        UpstreamError::InStream { body } if refusal_of(body).is_some() => return refused(body),
         UpstreamError::InvalidResponse(_) | UpstreamError::InStream { .. } => {
             return triggers.invalid_response;
         }
         UpstreamError::Misconfigured(_) => return triggers.server_error,
         UpstreamError::Status { status, body, .. } => {
-            let code = body.code.as_deref().unwrap_or_default();
-            let message = body
-                .message
-                .as_deref()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if triggers.context_window
-                && (code == "context_length_exceeded" || message.contains("maximum context length"))
-            {
-                return true;
-            }
-            if triggers.content_policy
-                && (matches!(code, "content_filter" | "content_policy_violation")
-                    || message.contains("content management policy"))
-            {
+            if refused(body) {
                 return true;
             }
             *status
@@ -235,6 +231,31 @@ fn triggers_fallback(triggers: &FallbackTriggers, error: &UpstreamError) -> bool
     triggers.statuses.contains(&status)
         || (triggers.rate_limited && status == 429)
         || (triggers.server_error && (500..=599).contains(&status))
+}
+
+/// Refusals that concern the request and that a fallback model may serve.
+enum Refusal {
+    ContextWindow,
+    ContentPolicy,
+}
+
+/// Recognises a refusal by OpenAI's codes or its usual wording.
+fn refusal_of(body: &UpstreamErrorBody) -> Option<Refusal> {
+    let code = body.code.as_deref().unwrap_or_default();
+    let message = body
+        .message
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if code == "context_length_exceeded" || message.contains("maximum context length") {
+        Some(Refusal::ContextWindow)
+    } else if matches!(code, "content_filter" | "content_policy_violation")
+        || message.contains("content management policy")
+    {
+        Some(Refusal::ContentPolicy)
+    } else {
+        None
+    }
 }
 
 static JITTER: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
@@ -615,7 +636,6 @@ pub(crate) async fn hold_opening(
 
 #[cfg(test)]
 mod tests {
-    use switchboard_dialects::openai::UpstreamErrorBody;
 
     use super::*;
 
@@ -750,6 +770,43 @@ mod tests {
             ..Routing::default()
         });
         assert_eq!(fixed.hedge_delay(), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn refusals_inside_a_stream_count_like_refusals_with_a_status() {
+        let in_stream = |code: &str| UpstreamError::InStream {
+            body: UpstreamErrorBody {
+                message: Some("refused".to_owned()),
+                kind: None,
+                param: None,
+                code: Some(code.to_owned()),
+            },
+        };
+        assert!(matches!(
+            verdict(&in_stream("context_length_exceeded")),
+            Verdict::Request
+        ));
+        assert!(matches!(
+            verdict(&in_stream("server_error")),
+            Verdict::Deployment(Failure::InvalidResponse)
+        ));
+        let wider = FallbackTriggers {
+            context_window: true,
+            ..FallbackTriggers::default()
+        };
+        assert!(triggers_fallback(
+            &wider,
+            &in_stream("context_length_exceeded")
+        ));
+        assert!(!triggers_fallback(
+            &FallbackTriggers::default(),
+            &in_stream("context_length_exceeded")
+        ));
+        assert!(!triggers_fallback(&wider, &in_stream("content_filter")));
+        assert!(triggers_fallback(
+            &FallbackTriggers::default(),
+            &in_stream("overloaded")
+        ));
     }
 
     #[test]
