@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use switchboard_core::mix::splitmix64;
+
 use crate::capacity::Capacity;
 use crate::health::{CircuitSettings, Health};
 
@@ -358,10 +360,7 @@ impl<T> ModelGroup<T> {
 
 /// Rendezvous score of a member for an affinity key.
 fn affinity_score(key: u64, member: usize) -> u64 {
-    let mut value = key ^ (member as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    value ^ (value >> 31)
+    splitmix64(key ^ (member as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 #[cfg(test)]

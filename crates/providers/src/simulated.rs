@@ -16,6 +16,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_config::Simulation;
 use switchboard_core::Usage;
+use switchboard_core::mix::splitmix64;
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, Role, UpstreamErrorBody};
 
 use crate::{RelayEvent, Reply, UpstreamError};
@@ -383,13 +384,6 @@ fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
-}
-
-fn splitmix64(seed: u64) -> u64 {
-    let mut value = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    value ^ (value >> 31)
 }
 
 /// A unit-length vector that depends only on the text and its length.

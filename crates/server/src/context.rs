@@ -15,6 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use switchboard_core::mix::splitmix64;
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -77,13 +78,6 @@ fn new_request_id() -> String {
     });
     let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     format!("req_{seed:016x}{:016x}", splitmix64(sequence ^ seed))
-}
-
-fn splitmix64(seed: u64) -> u64 {
-    let mut value = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    value ^ (value >> 31)
 }
 
 pub(crate) async fn authenticate(

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use switchboard_config::{FallbackTriggers, Routing};
+use switchboard_core::mix::splitmix64;
 use switchboard_dialects::openai::UpstreamErrorBody;
 use switchboard_policy::backoff::{fits, retry_delay};
 use switchboard_policy::{Failure, ModelGroup, Pick};
@@ -262,10 +263,7 @@ static JITTER: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
 
 /// A cheap, well-spread random value for backoff jitter.
 fn jitter() -> u64 {
-    let mut value = JITTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    value ^ (value >> 31)
+    splitmix64(JITTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Keeps a request counted in flight on its deployment until dropped: for
