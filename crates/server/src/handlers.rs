@@ -44,7 +44,11 @@ pub(crate) async fn chat_completions(
     };
     trace.model.clone_from(&request.model);
     trace.stream = request.stream;
-    let (chain, deadline) = match plan(&catalog, &request.model, &headers) {
+    let Plan {
+        chain,
+        deadline,
+        tags,
+    } = match plan(&catalog, &request.model, &headers) {
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error),
     };
@@ -59,7 +63,6 @@ pub(crate) async fn chat_completions(
         stream_idle: overrides.stream_idle,
     };
     let progress = trace.progress.clone();
-    let tags = requested_tags(&headers);
     let prefix = if chain
         .iter()
         .any(|route| route.routing.prompt_cache_affinity)
@@ -69,7 +72,7 @@ pub(crate) async fn chat_completions(
         None
     };
     let answer = dispatch(
-        &chain,
+        chain,
         deadline,
         &tags,
         prefix.as_ref(),
@@ -141,13 +144,16 @@ pub(crate) async fn embeddings(
         Err(error) => return reject(&mut trace, ApiError::invalid_request(error)),
     };
     trace.model.clone_from(&request.model);
-    let (chain, deadline) = match plan(&catalog, &request.model, &headers) {
+    let Plan {
+        chain,
+        deadline,
+        tags,
+    } = match plan(&catalog, &request.model, &headers) {
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error),
     };
     let progress = trace.progress.clone();
-    let tags = requested_tags(&headers);
-    let answer = dispatch(&chain, deadline, &tags, None, &progress, |deployment| {
+    let answer = dispatch(chain, deadline, &tags, None, &progress, |deployment| {
         let request = &request;
         async move { deployment.embeddings(request).await }
     });
@@ -228,12 +234,15 @@ fn seconds_header(headers: &HeaderMap, name: &'static str) -> Result<Option<Dura
 pub(crate) const ATTEMPTS_HEADER: &str = "x-switchboard-attempts";
 pub(crate) const SERVED_MODEL_HEADER: &str = "x-switchboard-model";
 
-/// The chain of routes for a model and the request's deadline.
-fn plan(
-    catalog: &Catalog,
-    model: &str,
-    headers: &HeaderMap,
-) -> Result<(Vec<Arc<Route>>, Option<Instant>), ApiError> {
+/// How a request will be routed: its model's chain of routes (borrowed
+/// from the catalog the request holds), its deadline and required tags.
+struct Plan<'a> {
+    chain: &'a [Arc<Route>],
+    deadline: Option<Instant>,
+    tags: Vec<String>,
+}
+
+fn plan<'a>(catalog: &'a Catalog, model: &str, headers: &HeaderMap) -> Result<Plan<'a>, ApiError> {
     let chain = catalog
         .chains
         .get(model)
@@ -251,7 +260,11 @@ fn plan(
         return Err(ApiError::no_matching_deployment(model, &tags));
     }
     let budget = seconds_header(headers, TIMEOUT_HEADER)?.or(chain[0].routing.timeout);
-    Ok((chain.clone(), budget.map(|budget| Instant::now() + budget)))
+    Ok(Plan {
+        chain,
+        deadline: budget.map(|budget| Instant::now() + budget),
+        tags,
+    })
 }
 
 /// Header naming tags (comma-separated) that the serving deployment must carry.
