@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-use switchboard_testkit::{MockUpstream, Script, openai_stream};
+use switchboard_testkit::{MockUpstream, Script, at_once, openai_stream};
 
 const KEY: &str = "sb-sdk-test-master-key";
 
@@ -110,11 +110,7 @@ async fn start_gateway(name: &str) -> SdkGateway {
     let broken = MockUpstream::start().await;
     // Content first, then an error: the stream has opened, so the error
     // reaches the SDK as an event inside it.
-    let mut pieces: Vec<(Duration, String)> = openai_stream("broken-model", &["partial"], false)
-        [..2]
-        .iter()
-        .map(|event| (Duration::ZERO, event.clone()))
-        .collect();
+    let mut pieces = at_once(&openai_stream("broken-model", &["partial"], false)[..2]);
     pieces.push((
         Duration::ZERO,
         "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":\"overloaded\"}}\n\n".to_owned(),

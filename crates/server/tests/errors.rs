@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::*;
 use switchboard_core::Outcome;
-use switchboard_testkit::{MockUpstream, Script, openai_stream};
+use switchboard_testkit::{MockUpstream, Script, at_once, openai_stream};
 
 const CHAT: &str = r#"{"model":"chat","messages":[{"role":"user","content":"hello"}]}"#;
 const STREAM: &str =
@@ -337,10 +337,7 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
 
     // Cut before [DONE].
     mock.push(Script::Stream {
-        pieces: events[..2]
-            .iter()
-            .map(|event| (Duration::ZERO, event.clone()))
-            .collect(),
+        pieces: at_once(&events[..2]),
         close: true,
     });
     let relayed = stream_events(&gateway).await;
@@ -350,10 +347,7 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
     assert!(!relayed.contains(&"[DONE]".to_owned()));
 
     // An error reported inside the stream after content: an error event.
-    let mut pieces: Vec<(Duration, String)> = events[..2]
-        .iter()
-        .map(|event| (Duration::ZERO, event.clone()))
-        .collect();
+    let mut pieces = at_once(&events[..2]);
     pieces.push((
         Duration::ZERO,
         "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":\"overloaded\"}}\n\n".to_owned(),
@@ -375,10 +369,7 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
 
     // An upstream that goes silent mid-stream.
     mock.push(Script::Stream {
-        pieces: events[..2]
-            .iter()
-            .map(|event| (Duration::ZERO, event.clone()))
-            .collect(),
+        pieces: at_once(&events[..2]),
         close: false,
     });
     let relayed = stream_events(&gateway).await;
@@ -394,10 +385,7 @@ async fn failures_inside_a_stream_end_it_with_an_error_event_never_a_done() {
     let error = error_of(gateway.send("/v1/chat/completions", STREAM).await, 502).await;
     assert_eq!(error["code"], "overloaded");
     mock.push(Script::Stream {
-        pieces: events[..1]
-            .iter()
-            .map(|event| (Duration::ZERO, event.clone()))
-            .collect(),
+        pieces: at_once(&events[..1]),
         close: false,
     });
     let error = error_of(gateway.send("/v1/chat/completions", STREAM).await, 504).await;
@@ -505,10 +493,7 @@ async fn a_connection_reset_after_content_ends_the_stream_with_an_error_event() 
     let mock = MockUpstream::start().await;
     let events = openai_stream("upstream-model", &["partial"], false);
     // The content is on the wire well before the connection drops.
-    let mut pieces: Vec<(Duration, String)> = events[..2]
-        .iter()
-        .map(|event| (Duration::ZERO, event.clone()))
-        .collect();
+    let mut pieces = at_once(&events[..2]);
     pieces.push((Duration::from_millis(300), String::new()));
     mock.push(Script::Reset { pieces });
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;

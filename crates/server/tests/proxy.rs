@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::*;
 use switchboard_core::{Endpoint, Outcome};
-use switchboard_testkit::{MockUpstream, Script, openai_stream};
+use switchboard_testkit::{MockUpstream, Script, at_once, openai_stream};
 
 const CHAT: &str = r#"{"model":"chat","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello"}],"temperature":0.2,"x_vendor_option":{"keep":[1,2.50,"é"]},"metadata":{"tag":"t1"}}"#;
 
@@ -221,10 +221,7 @@ async fn the_first_chunk_reaches_the_client_while_the_upstream_is_still_generati
     // Two events, then the upstream keeps the stream open without ending it.
     let events = openai_stream("upstream-model", &["Hello"], false);
     mock.push(Script::Stream {
-        pieces: events[..2]
-            .iter()
-            .map(|event| (Duration::ZERO, event.clone()))
-            .collect(),
+        pieces: at_once(&events[..2]),
         close: false,
     });
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
@@ -251,10 +248,7 @@ async fn a_client_hang_up_cancels_the_upstream_request_and_is_recorded() {
     let events = openai_stream("upstream-model", &["Hello"], true);
     // The opening role chunk and the first content, then nothing.
     mock.push(Script::Stream {
-        pieces: events[..2]
-            .iter()
-            .map(|event| (Duration::ZERO, event.clone()))
-            .collect(),
+        pieces: at_once(&events[..2]),
         close: false,
     });
     let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
-use switchboard_testkit::{MockUpstream, Script, openai_stream};
+use switchboard_testkit::{MockUpstream, Script, at_once, openai_stream};
 
 const CHAT: &str = r#"{"model":"chat","messages":[{"role":"user","content":"hello"}]}"#;
 const STREAM: &str =
@@ -525,10 +525,7 @@ async fn first_token_and_idle_limits_can_be_set_per_request() {
     // the request's 0.3 s ends the stream.
     let events = openai_stream("model-b", &["one", "two"], false);
     b.push(Script::Stream {
-        pieces: events[..2]
-            .iter()
-            .map(|event| (Duration::ZERO, event.clone()))
-            .collect(),
+        pieces: at_once(&events[..2]),
         close: false,
     });
     let body = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"again"}]}"#;

@@ -67,6 +67,14 @@ pub enum Script {
     Hang,
 }
 
+/// Stream pieces sent one right after another.
+pub fn at_once(events: &[String]) -> Vec<(Duration, String)> {
+    events
+        .iter()
+        .map(|event| (Duration::ZERO, event.clone()))
+        .collect()
+}
+
 impl Script {
     pub fn json(status: u16, body: Value) -> Script {
         Script::Respond {
