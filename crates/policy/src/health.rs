@@ -90,7 +90,7 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.health.leave();
     }
 }
 
@@ -228,8 +228,7 @@ impl Health {
 
     /// Marks a request as started; it counts as in flight until the guard drops.
     pub fn start(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.enter();
         InFlight { health: self }
     }
 
