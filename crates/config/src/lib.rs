@@ -233,6 +233,34 @@ pub struct DeploymentConfig {
     pub tokens_per_minute: Option<u64>,
     pub price: Option<Price>,
     pub simulation: Option<Simulation>,
+    /// What to do with a request parameter this deployment's API cannot
+    /// honour (after translation from the client's dialect).
+    pub unsupported_params: UnsupportedParams,
+    /// Bedrock: the AWS region, and the named profile to read credentials
+    /// from (else the standard chain: environment, then `default`).
+    pub region: Option<String>,
+    pub aws_profile: Option<String>,
+    /// Bedrock: static AWS keys from the configuration (usually `${VAR}`
+    /// references); when absent, the standard chain is read.
+    pub aws_keys: Option<AwsKeys>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsKeys {
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+/// What happens to a parameter a deployment cannot honour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnsupportedParams {
+    /// Refuse the request with a 400 naming the parameter and the model.
+    #[default]
+    Reject,
+    /// Send the request without it, and name it in the
+    /// `x-switchboard-dropped-params` response header.
+    Drop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +296,12 @@ pub enum ProviderKind {
     OpenAiCompatible { vendor: &'static str },
     /// The built-in simulated model: deterministic replies, no network.
     Simulated,
+    /// Anthropic's Messages API: `x-api-key`, `anthropic-version`.
+    Anthropic,
+    /// Google's Gemini API (`generateContent`), `x-goog-api-key`.
+    Gemini,
+    /// AWS Bedrock's Converse API, signed with SigV4.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -277,6 +311,9 @@ impl ProviderKind {
             ProviderKind::Azure => "azure",
             ProviderKind::OpenAiCompatible { vendor } => vendor,
             ProviderKind::Simulated => "simulated",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
         }
     }
 }

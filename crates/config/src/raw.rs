@@ -102,6 +102,12 @@ pub(crate) struct RawDeployment {
     pub tpm: Option<u64>,
     pub price: Option<RawPrice>,
     pub simulation: Option<RawSimulation>,
+    pub unsupported_params: Option<String>,
+    pub region: Option<String>,
+    pub aws_profile: Option<String>,
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    pub aws_session_token: Option<String>,
 }
 
 /// USD per million tokens.

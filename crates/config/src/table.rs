@@ -25,6 +25,10 @@ pub fn model_table(config: &Config) -> String {
                     deployment.api_version.as_deref().unwrap_or_default()
                 ),
                 (_, Some(base)) => base.as_str().trim_end_matches('/').to_owned(),
+                (ProviderKind::Bedrock, None) => match &deployment.region {
+                    Some(region) => format!("https://bedrock-runtime.{region}.amazonaws.com"),
+                    None => "bedrock-runtime (region from the AWS environment)".to_owned(),
+                },
                 (_, None) => "-".to_owned(),
             };
             let mut credentials: Vec<String> = Vec::new();
@@ -33,6 +37,15 @@ pub fn model_table(config: &Config) -> String {
             }
             for (header, value) in &deployment.headers {
                 credentials.push(format!("{header}={}", value.masked()));
+            }
+            if deployment.provider == ProviderKind::Bedrock {
+                credentials.push(format!(
+                    "aws profile {}",
+                    deployment
+                        .aws_profile
+                        .as_deref()
+                        .unwrap_or("(environment, then default)")
+                ));
             }
             rows.push([
                 model.name.clone(),

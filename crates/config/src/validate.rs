@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::AwsKeys;
 use crate::env::{ExpandError, expand};
 use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger};
 use crate::{
     Config, ConfigError, DeploymentConfig, FallbackTriggers, ModelConfig, Price, ProbeKind,
     Problem, ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig,
-    Simulation, StorageConfig, StorageUrl, Timeouts,
+    Simulation, StorageConfig, StorageUrl, Timeouts, UnsupportedParams,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -34,7 +35,14 @@ const COMPATIBLE_VENDORS: &[(&str, Option<&str>)] = &[
 ];
 
 fn provider_names() -> String {
-    let mut names = vec!["openai", "azure", "simulated"];
+    let mut names = vec![
+        "openai",
+        "azure",
+        "anthropic",
+        "gemini",
+        "bedrock",
+        "simulated",
+    ];
     names.extend(COMPATIBLE_VENDORS.iter().map(|(name, _)| *name));
     names.join(", ")
 }
@@ -365,6 +373,12 @@ fn validate_deployment(
         "openai" => (ProviderKind::OpenAi, Some("https://api.openai.com/v1")),
         "azure" => (ProviderKind::Azure, None),
         "simulated" => (ProviderKind::Simulated, None),
+        "anthropic" => (ProviderKind::Anthropic, Some("https://api.anthropic.com")),
+        "gemini" => (
+            ProviderKind::Gemini,
+            Some("https://generativelanguage.googleapis.com"),
+        ),
+        "bedrock" => (ProviderKind::Bedrock, None),
         other => match COMPATIBLE_VENDORS.iter().find(|(name, _)| *name == other) {
             Some((vendor, base)) => (ProviderKind::OpenAiCompatible { vendor }, *base),
             None => {
@@ -399,13 +413,71 @@ fn validate_deployment(
         }
     };
 
+    // Bedrock: the region picks the endpoint unless api_base names one.
+    let mut region = None;
+    if provider == ProviderKind::Bedrock {
+        region = match &raw.region {
+            Some(text) => checker.text(&format!("{path}.region"), text),
+            None => {
+                (checker.lookup)("AWS_REGION").or_else(|| (checker.lookup)("AWS_DEFAULT_REGION"))
+            }
+        };
+        if region.is_none() {
+            checker.problem(
+                &format!("{path}.region"),
+                "a bedrock deployment needs an AWS region",
+                "add region = \"us-east-1\" (or export AWS_REGION)",
+            );
+        }
+    } else {
+        for (key, present) in [
+            ("region", raw.region.is_some()),
+            ("aws_profile", raw.aws_profile.is_some()),
+            ("aws_access_key_id", raw.aws_access_key_id.is_some()),
+            ("aws_secret_access_key", raw.aws_secret_access_key.is_some()),
+            ("aws_session_token", raw.aws_session_token.is_some()),
+        ] {
+            if present {
+                checker.problem(
+                    &format!("{path}.{key}"),
+                    format!("`{key}` applies to bedrock deployments only"),
+                    "remove it, or set provider = \"bedrock\"",
+                );
+            }
+        }
+    }
+    let aws_keys = match (&raw.aws_access_key_id, &raw.aws_secret_access_key) {
+        (Some(id), Some(secret)) => {
+            let id = checker.secret(&format!("{path}.aws_access_key_id"), id);
+            let secret = checker.secret(&format!("{path}.aws_secret_access_key"), secret);
+            let token = raw
+                .aws_session_token
+                .as_deref()
+                .and_then(|token| checker.secret(&format!("{path}.aws_session_token"), token));
+            id.zip(secret)
+                .map(|(access_key_id, secret_access_key)| AwsKeys {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: token,
+                })
+        }
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            checker.problem(
+                &format!("{path}.aws_access_key_id"),
+                "aws_access_key_id and aws_secret_access_key go together",
+                "set both, or neither (to use the environment or aws_profile)",
+            );
+            None
+        }
+    };
     let api_base = match (&raw.api_base, default_base) {
         (Some(base), _) => {
             let text = checker.text(&format!("{path}.api_base"), base)?;
             parse_base(checker, &format!("{path}.api_base"), &text)
         }
         (None, Some(base)) => parse_base(checker, &format!("{path}.api_base"), base),
-        (None, None) if provider == ProviderKind::Simulated => None,
+        (None, None) if matches!(provider, ProviderKind::Simulated | ProviderKind::Bedrock) => None,
         (None, None) => {
             let example = if provider == ProviderKind::Azure {
                 "https://YOUR-RESOURCE.openai.azure.com"
@@ -420,6 +492,25 @@ fn validate_deployment(
             None
         }
     };
+    if provider == ProviderKind::Bedrock && raw.api_key.is_some() {
+        checker.problem(
+            &format!("{path}.api_key"),
+            "bedrock signs requests with AWS credentials, not an API key",
+            "remove api_key; export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or set aws_profile",
+        );
+    }
+    let unsupported_params = match raw.unsupported_params.as_deref() {
+        None | Some("reject") => UnsupportedParams::Reject,
+        Some("drop") => UnsupportedParams::Drop,
+        Some(other) => {
+            checker.problem(
+                &format!("{path}.unsupported_params"),
+                format!("`{other}` is not a policy"),
+                "use \"reject\" (the default) or \"drop\"",
+            );
+            UnsupportedParams::Reject
+        }
+    };
     if provider == ProviderKind::Simulated && raw.api_base.is_some() {
         checker.problem(
             &format!("{path}.api_base"),
@@ -432,11 +523,16 @@ fn validate_deployment(
         .api_key
         .as_deref()
         .and_then(|key| checker.secret(&format!("{path}.api_key"), key));
-    if matches!(provider, ProviderKind::OpenAi | ProviderKind::Azure) && raw.api_key.is_none() {
-        let variable = if provider == ProviderKind::Azure {
-            "AZURE_OPENAI_API_KEY"
-        } else {
-            "OPENAI_API_KEY"
+    if matches!(
+        provider,
+        ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::Anthropic | ProviderKind::Gemini
+    ) && raw.api_key.is_none()
+    {
+        let variable = match provider {
+            ProviderKind::Azure => "AZURE_OPENAI_API_KEY",
+            ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+            ProviderKind::Gemini => "GEMINI_API_KEY",
+            _ => "OPENAI_API_KEY",
         };
         checker.problem(
             &format!("{path}.api_key"),
@@ -552,6 +648,10 @@ fn validate_deployment(
         headers,
         timeouts,
         stream_usage: raw.stream_usage.unwrap_or(true),
+        unsupported_params,
+        region,
+        aws_profile: raw.aws_profile.clone(),
+        aws_keys,
         weight: match raw.weight {
             Some(0) => {
                 checker.problem(

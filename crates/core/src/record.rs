@@ -12,6 +12,8 @@ use crate::Usage;
 #[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     ChatCompletions,
+    /// Anthropic's Messages API.
+    Messages,
     Embeddings,
 }
 
@@ -19,6 +21,7 @@ impl Endpoint {
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Messages => "messages",
             Endpoint::Embeddings => "embeddings",
         }
     }

@@ -41,6 +41,17 @@ pub enum UpstreamError {
     /// The deployment's configuration cannot be used (bad URL, bad header).
     #[error("the deployment is misconfigured: {0}")]
     Misconfigured(String),
+    /// The client's request cannot be read into the internal model, so it
+    /// cannot be sent to a deployment of another dialect.
+    #[error("the request cannot be translated: {message}")]
+    Untranslatable {
+        message: String,
+        param: Option<String>,
+    },
+    /// The request uses parameters the deployment's API cannot honour, and
+    /// the deployment's policy is to refuse such requests.
+    #[error("the model `{model}` cannot honour {params:?}")]
+    Unsupported { params: Vec<String>, model: String },
 }
 
 impl UpstreamError {

@@ -7,11 +7,17 @@
 //! credentials, virtual keys or budgets: a request reaches them as a checked
 //! body, and leaves with the deployment's own credentials.
 
+mod anthropic;
+mod aws;
+mod bedrock;
 mod client;
 mod error;
+mod gemini;
 mod openai;
 mod relay;
 mod simulated;
+mod translate;
+mod transport;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,18 +30,20 @@ use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest};
 
 pub use client::UpstreamClients;
 pub use error::{TimeoutPhase, UpstreamError};
+pub use translate::{ChatCall, ClientRequest, Dialect};
 
-/// One event of a relayed stream, in the client's dialect (OpenAI).
+/// One event of a relayed stream, in the client's dialect.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RelayEvent {
-    /// A `chat.completion.chunk` JSON payload to send as one SSE `data:`
-    /// event; `content` when it carries part of the answer (text, a tool
-    /// call, a refusal, a finish reason) rather than only the opening role.
-    Data { payload: Bytes, content: bool },
+    /// One Server-Sent Event, framed and ready to write; `content` when it
+    /// carries part of the answer (text, a tool call, a refusal, a finish
+    /// reason) rather than only the opening.
+    Data { frame: Bytes, content: bool },
     /// Token usage reported by the upstream (not sent to the client by itself:
     /// when the client asked for usage, it also arrives as a `Data` chunk).
     Usage(Usage),
-    /// The stream ended as it should (`data: [DONE]`).
+    /// The stream ended as it should (for OpenAI clients the server then
+    /// writes `data: [DONE]`; other dialects' ends are frames of their own).
     Done,
     /// The stream broke; nothing follows.
     Failed(UpstreamError),
@@ -61,23 +69,40 @@ pub struct CallOptions {
     pub stream_idle: Option<std::time::Duration>,
 }
 
-/// What a deployment answered.
+/// What a deployment answered, in the client's dialect. `dropped` names
+/// the parameters the deployment could not honour and left out (under the
+/// `drop` policy).
 pub enum Reply {
     /// A whole JSON body to relay as it is, and the usage read from it.
-    Complete { body: Bytes, usage: Usage },
+    Complete {
+        body: Bytes,
+        usage: Usage,
+        dropped: Vec<String>,
+    },
     /// A stream to relay event by event.
-    Stream(RelayStream),
+    Stream {
+        events: RelayStream,
+        dropped: Vec<String>,
+    },
+}
+
+impl Reply {
+    pub fn dropped(&self) -> &[String] {
+        match self {
+            Reply::Complete { dropped, .. } | Reply::Stream { dropped, .. } => dropped,
+        }
+    }
 }
 
 impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Reply::Complete { body, usage } => f
+            Reply::Complete { body, usage, .. } => f
                 .debug_struct("Complete")
                 .field("body_bytes", &body.len())
                 .field("usage", usage)
                 .finish(),
-            Reply::Stream(_) => f.write_str("Stream"),
+            Reply::Stream { .. } => f.write_str("Stream"),
         }
     }
 }
@@ -85,6 +110,9 @@ impl std::fmt::Debug for Reply {
 enum Backend {
     /// OpenAI, Azure OpenAI and every OpenAI-compatible server.
     OpenAi(Box<openai::OpenAiBackend>),
+    Anthropic(Box<anthropic::AnthropicBackend>),
+    Gemini(Box<gemini::GeminiBackend>),
+    Bedrock(Box<bedrock::BedrockBackend>),
     Simulated(simulated::Simulator),
 }
 
@@ -120,6 +148,15 @@ impl Deployment {
             ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::OpenAiCompatible { .. } => {
                 Backend::OpenAi(Box::new(openai::OpenAiBackend::new(config, clients)?))
             }
+            ProviderKind::Anthropic => {
+                Backend::Anthropic(Box::new(anthropic::AnthropicBackend::new(config, clients)?))
+            }
+            ProviderKind::Gemini => {
+                Backend::Gemini(Box::new(gemini::GeminiBackend::new(config, clients)?))
+            }
+            ProviderKind::Bedrock => {
+                Backend::Bedrock(Box::new(bedrock::BedrockBackend::new(config, clients)?))
+            }
         };
         Ok(Deployment {
             name: Arc::from(config.name.as_str()),
@@ -146,6 +183,9 @@ impl Deployment {
     pub fn headroom(&self) -> Option<f64> {
         match &self.backend {
             Backend::OpenAi(backend) => backend.headroom(),
+            Backend::Anthropic(backend) => backend.headroom(),
+            Backend::Gemini(backend) => backend.headroom(),
+            Backend::Bedrock(backend) => backend.headroom(),
             Backend::Simulated(_) => None,
         }
     }
@@ -156,31 +196,38 @@ impl Deployment {
     pub async fn probe(&self, probe: Probe) -> Result<(), UpstreamError> {
         match (&self.backend, probe) {
             (Backend::OpenAi(backend), Probe::Models) => backend.probe_models().await,
-            (Backend::OpenAi(backend), Probe::Completion) => {
+            (Backend::Anthropic(backend), Probe::Models) => backend.probe_models().await,
+            (Backend::Gemini(backend), Probe::Models) => backend.probe_models().await,
+            // Bedrock's runtime endpoint lists nothing: its probe is a
+            // one-token completion either way.
+            (Backend::Simulated(_), _) => Ok(()),
+            (Backend::Bedrock(_), Probe::Models) | (_, Probe::Completion) => {
                 let body = format!(
                     r#"{{"model":{},"messages":[{{"role":"user","content":"ping"}}],"max_tokens":1}}"#,
                     serde_json::to_string(&self.upstream_model).unwrap_or_default()
                 );
                 let request = ChatRequest::parse(body.as_bytes())
                     .map_err(|error| UpstreamError::Misconfigured(error.message))?;
-                backend
-                    .chat(&request, &CallOptions::default())
-                    .await
-                    .map(|_| ())
+                let call = ChatCall::new(ClientRequest::OpenAi(&request), CallOptions::default());
+                self.chat(&call).await.map(|_| ())
             }
-            (Backend::Simulated(_), _) => Ok(()),
         }
     }
 
-    /// Sends a chat completion request.
-    pub async fn chat(
-        &self,
-        request: &ChatRequest<'_>,
-        options: &CallOptions,
-    ) -> Result<Reply, UpstreamError> {
-        match &self.backend {
-            Backend::OpenAi(backend) => backend.chat(request, options).await,
-            Backend::Simulated(simulator) => simulator.chat(request).await,
+    /// Sends a chat request; the answer comes back in the client's dialect.
+    pub async fn chat(&self, call: &ChatCall<'_>) -> Result<Reply, UpstreamError> {
+        match (&self.backend, call.request) {
+            (Backend::OpenAi(backend), ClientRequest::OpenAi(request)) => {
+                backend.chat(request, &call.options).await
+            }
+            (Backend::OpenAi(backend), _) => backend.chat_translated(call).await,
+            (Backend::Anthropic(backend), _) => backend.chat(call).await,
+            (Backend::Gemini(backend), _) => backend.chat(call).await,
+            (Backend::Bedrock(backend), _) => backend.chat(call).await,
+            (Backend::Simulated(simulator), ClientRequest::OpenAi(request)) => {
+                simulator.chat(request).await
+            }
+            (Backend::Simulated(simulator), _) => simulator.chat_translated(call).await,
         }
     }
 
@@ -192,6 +239,15 @@ impl Deployment {
         match &self.backend {
             Backend::OpenAi(backend) => backend.embeddings(request).await,
             Backend::Simulated(simulator) => simulator.embeddings(request).await,
+            Backend::Gemini(backend) => backend.embeddings(request).await,
+            Backend::Bedrock(backend) => backend.embeddings(request).await,
+            Backend::Anthropic(_) => Err(UpstreamError::Untranslatable {
+                message: format!(
+                    "the model `{}` (Anthropic) has no embeddings endpoint",
+                    self.upstream_model
+                ),
+                param: Some("model".to_owned()),
+            }),
         }
     }
 }

@@ -9,17 +9,16 @@
 //! longer than the idle timeout, or reports an error, ends with `Failed`.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use switchboard_dialects::openai::{inspect_chunk, response::strip_null_usage};
-use switchboard_dialects::sse::{SseDecoder, SseEvent};
+use switchboard_dialects::sse::{SseDecoder, SseEvent, frame_data};
 
 use crate::{RelayEvent, RelayStream, TimeoutPhase, UpstreamError};
 
-type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+use crate::transport::ByteStream;
 
 struct RelayState {
     body: ByteStream,
@@ -71,10 +70,7 @@ impl RelayState {
             Err(_) => self.fail(UpstreamError::Timeout {
                 phase: TimeoutPhase::StreamIdle,
             }),
-            Ok(Some(Err(error))) => self.fail(UpstreamError::from_reqwest(
-                &error,
-                TimeoutPhase::StreamIdle,
-            )),
+            Ok(Some(Err(error))) => self.fail(error),
             Ok(Some(Ok(bytes))) => {
                 if let Err(error) = self.decoder.feed(&bytes, &mut self.events) {
                     self.fail(UpstreamError::InvalidResponse(format!(
@@ -135,15 +131,16 @@ impl RelayState {
         if info.usage_only && !self.forward_usage {
             return;
         }
-        let payload = if self.strip_null_usage {
-            strip_null_usage(data)
-                .map(Bytes::from)
-                .unwrap_or_else(|| Bytes::copy_from_slice(data.as_bytes()))
-        } else {
-            Bytes::copy_from_slice(data.as_bytes())
+        let frame = match self
+            .strip_null_usage
+            .then(|| strip_null_usage(data))
+            .flatten()
+        {
+            Some(stripped) => frame_data(stripped.as_bytes()),
+            None => frame_data(data.as_bytes()),
         };
         self.queue.push_back(RelayEvent::Data {
-            payload,
+            frame: Bytes::from(frame),
             content: info.has_content,
         });
     }
@@ -190,8 +187,8 @@ mod tests {
             events,
             vec![
                 RelayEvent::Data {
-                    payload: Bytes::from(
-                        r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#
+                    frame: Bytes::from(
+                        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n"
                     ),
                     content: true
                 },
@@ -209,12 +206,12 @@ mod tests {
             events,
             vec![
                 RelayEvent::Data {
-                    payload: Bytes::from(CHUNK),
+                    frame: Bytes::from(format!("data: {CHUNK}\n\n")),
                     content: true
                 },
                 RelayEvent::Usage(usage()),
                 RelayEvent::Data {
-                    payload: Bytes::from(USAGE),
+                    frame: Bytes::from(format!("data: {USAGE}\n\n")),
                     content: false
                 },
                 RelayEvent::Done,

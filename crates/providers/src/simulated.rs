@@ -17,8 +17,11 @@ use serde_json::value::RawValue;
 use switchboard_config::Simulation;
 use switchboard_core::Usage;
 use switchboard_core::mix::splitmix64;
+use switchboard_dialects::openai::response::embeddings_list;
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, Role, UpstreamErrorBody};
+use switchboard_dialects::sse::frame_data;
 
+use crate::translate::{ChatCall, relay_as_bytes, relay_translated};
 use crate::{RelayEvent, Reply, UpstreamError};
 
 /// Words used to pad an echo up to the configured reply length.
@@ -211,6 +214,7 @@ impl Simulator {
             return Ok(Reply::Complete {
                 body: Bytes::from(serde_json::to_vec(&body).expect("serialising JSON cannot fail")),
                 usage,
+                dropped: Vec::new(),
             });
         }
 
@@ -233,11 +237,13 @@ impl Simulator {
             if let Some(null) = &usage_member {
                 value["usage"] = null.clone();
             }
-            Bytes::from(serde_json::to_vec(&value).expect("serialising JSON cannot fail"))
+            Bytes::from(frame_data(
+                &serde_json::to_vec(&value).expect("serialising JSON cannot fail"),
+            ))
         };
         let mut events = Vec::with_capacity(words.len() + 5);
         events.push(RelayEvent::Data {
-            payload: chunk(
+            frame: chunk(
                 json!({"role": "assistant", "content": "", "refusal": null}),
                 None,
             ),
@@ -250,12 +256,12 @@ impl Simulator {
                 format!(" {word}")
             };
             events.push(RelayEvent::Data {
-                payload: chunk(json!({"content": text}), None),
+                frame: chunk(json!({"content": text}), None),
                 content: true,
             });
         }
         events.push(RelayEvent::Data {
-            payload: chunk(json!({}), Some(finish_reason)),
+            frame: chunk(json!({}), Some(finish_reason)),
             content: true,
         });
         events.push(RelayEvent::Usage(usage));
@@ -270,9 +276,9 @@ impl Simulator {
                 "usage": usage_json(&usage),
             });
             events.push(RelayEvent::Data {
-                payload: Bytes::from(
-                    serde_json::to_vec(&report).expect("serialising JSON cannot fail"),
-                ),
+                frame: Bytes::from(frame_data(
+                    &serde_json::to_vec(&report).expect("serialising JSON cannot fail"),
+                )),
                 content: false,
             });
         }
@@ -299,7 +305,47 @@ impl Simulator {
                 Some((event, (events, index + 1)))
             },
         );
-        Ok(Reply::Stream(Box::pin(stream)))
+        Ok(Reply::Stream {
+            events: Box::pin(stream),
+            dropped: Vec::new(),
+        })
+    }
+
+    /// A request from a client of another dialect: the simulator answers
+    /// in OpenAI's dialect, which is then translated like any upstream's.
+    pub(crate) async fn chat_translated(
+        &self,
+        call: &ChatCall<'_>,
+    ) -> Result<Reply, UpstreamError> {
+        let canonical = call.canonical()?;
+        let encoded =
+            switchboard_dialects::openai::canonical::encode_request(canonical, &self.model);
+        let request =
+            ChatRequest::parse(&encoded.body).map_err(|error| UpstreamError::Untranslatable {
+                message: error.message,
+                param: error.param,
+            })?;
+        match self.chat(&request).await? {
+            Reply::Complete { body, .. } => {
+                let response = switchboard_dialects::openai::canonical::decode_response(&body)
+                    .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
+                let usage = response.usage;
+                Ok(Reply::Complete {
+                    body: call.response(response, &self.model),
+                    usage,
+                    dropped: Vec::new(),
+                })
+            }
+            Reply::Stream { events, .. } => Ok(Reply::Stream {
+                events: relay_translated(
+                    relay_as_bytes(events),
+                    Box::new(switchboard_dialects::openai::canonical::ChunkDecoder::new()),
+                    call.encoder(&self.model),
+                    Duration::from_secs(3600),
+                ),
+                dropped: Vec::new(),
+            }),
+        }
     }
 
     pub(crate) async fn embeddings(
@@ -325,39 +371,15 @@ impl Simulator {
         sleep(self.settings.latency).await;
         self.draw_failure()?;
         let prompt_tokens: u64 = items.iter().map(|item| count_words(item).max(1)).sum();
-        let data: Vec<serde_json::Value> = items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| {
-                let vector = embed(item, dimensions);
-                let embedding = if request.base64 {
-                    let bytes: Vec<u8> = vector
-                        .iter()
-                        .flat_map(|value| value.to_le_bytes())
-                        .collect();
-                    json!(base64_encode(&bytes))
-                } else {
-                    json!(vector)
-                };
-                json!({"object": "embedding", "index": index, "embedding": embedding})
-            })
-            .collect();
-        let body = json!({
-            "object": "list",
-            "data": data,
-            "model": self.model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        });
+        let vectors: Vec<Vec<f32>> = items.iter().map(|item| embed(item, dimensions)).collect();
+        let body = embeddings_list(&self.model, &vectors, request.base64, Some(prompt_tokens));
         let usage = Usage {
             input_tokens: Some(prompt_tokens),
             output_tokens: Some(0),
             cached_input_tokens: None,
             reasoning_tokens: None,
         };
-        Ok((
-            Bytes::from(serde_json::to_vec(&body).expect("serialising JSON cannot fail")),
-            usage,
-        ))
+        Ok((Bytes::from(body), usage))
     }
 }
 
@@ -404,36 +426,9 @@ fn embed(text: &str, dimensions: usize) -> Vec<f32> {
     vector
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let triple = (group[0] as u32) << 16
-            | (*group.get(1).unwrap_or(&0) as u32) << 8
-            | *group.get(2).unwrap_or(&0) as u32;
-        for position in 0..4 {
-            if position <= group.len() {
-                out.push(ALPHABET[(triple >> (18 - 6 * position) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-    }
 
     #[test]
     fn embeddings_are_deterministic_unit_vectors() {

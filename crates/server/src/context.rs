@@ -14,9 +14,11 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use switchboard_core::mix::splitmix64;
 use tracing::Instrument;
+
+use switchboard_providers::Dialect;
 
 use crate::error::ApiError;
 use crate::state::Gateway;
@@ -89,6 +91,7 @@ pub(crate) async fn authenticate(
     let Some(master_key) = &catalog.master_key else {
         return next.run(request).await;
     };
+    // OpenAI's SDKs send `Authorization: Bearer`, Anthropic's `x-api-key`.
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -98,13 +101,29 @@ pub(crate) async fn authenticate(
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))
         })
+        .or_else(|| {
+            request
+                .headers()
+                .get("x-api-key")
+                .and_then(|value| value.to_str().ok())
+        })
         .map(str::trim);
+    let dialect = dialect_of(request.uri().path());
     match presented {
-        None => ApiError::missing_key().into_response(),
+        None => ApiError::missing_key().render(dialect),
         Some(key) if constant_time_eq(key.as_bytes(), master_key.expose().as_bytes()) => {
             next.run(request).await
         }
-        Some(_) => ApiError::invalid_key().into_response(),
+        Some(_) => ApiError::invalid_key().render(dialect),
+    }
+}
+
+/// The API dialect a path belongs to, for errors raised before a handler.
+pub(crate) fn dialect_of(path: &str) -> Dialect {
+    if path.ends_with("/messages") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
     }
 }
 

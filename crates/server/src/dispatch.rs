@@ -181,6 +181,9 @@ fn verdict(error: &UpstreamError) -> Verdict {
             Verdict::Deployment(Failure::InvalidResponse)
         }
         UpstreamError::Misconfigured(_) => Verdict::Deployment(Failure::ServerError),
+        UpstreamError::Untranslatable { .. } | UpstreamError::Unsupported { .. } => {
+            Verdict::Request
+        }
         UpstreamError::Status {
             status,
             retry_after,
@@ -222,6 +225,7 @@ fn triggers_fallback(triggers: &FallbackTriggers, error: &UpstreamError) -> bool
             return triggers.invalid_response;
         }
         UpstreamError::Misconfigured(_) => return triggers.server_error,
+        UpstreamError::Untranslatable { .. } | UpstreamError::Unsupported { .. } => return false,
         UpstreamError::Status { status, body, .. } => {
             if refused(body) {
                 return true;
@@ -248,7 +252,16 @@ fn refusal_of(body: &UpstreamErrorBody) -> Option<Refusal> {
         .as_deref()
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if code == "context_length_exceeded" || message.contains("maximum context length") {
+    // OpenAI's code and wording; Anthropic's "prompt is too long"; Gemini's
+    // "input token count ... exceeds the maximum"; Bedrock's "input is too
+    // long".
+    if code == "context_length_exceeded"
+        || message.contains("maximum context length")
+        || message.contains("prompt is too long")
+        || (message.contains("input token count") && message.contains("exceeds"))
+        || message.contains("input is too long")
+        || message.contains("too many input tokens")
+    {
         Some(Refusal::ContextWindow)
     } else if matches!(code, "content_filter" | "content_policy_violation")
         || message.contains("content management policy")

@@ -1,13 +1,15 @@
 //! The one error type the HTTP layer returns, rendered in the caller's
-//! dialect (OpenAI's error object today). Statuses are chosen here and
+//! dialect (OpenAI's or Anthropic's error object). Statuses are chosen here and
 //! nowhere else, so every failure maps the same way wherever it arises.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use switchboard_core::Outcome;
+use switchboard_dialects::anthropic;
 use switchboard_dialects::openai::{ErrorBody, RequestError};
-use switchboard_providers::{TimeoutPhase, UpstreamError};
+use switchboard_dialects::sse::frame_data;
+use switchboard_providers::{Dialect, TimeoutPhase, UpstreamError};
 
 /// An error answer to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +91,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
             "missing_api_key",
-            "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.",
+            "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY` or `x-api-key: YOUR_KEY`.",
         )
     }
 
@@ -143,7 +145,7 @@ impl ApiError {
             "invalid_request_error",
             "unknown_url",
             format!(
-                "Unrecognized request URL ({}). This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
+                "Unrecognized request URL ({}). This gateway serves /v1/chat/completions, /v1/messages, /v1/embeddings and /v1/models.",
                 clip(path, 200)
             ),
         )
@@ -277,6 +279,37 @@ impl ApiError {
                 "gateway_misconfigured",
                 format!("Deployment `{deployment}` is misconfigured: {why}."),
             ),
+            UpstreamError::Untranslatable { message, param } => ApiError {
+                param: param.clone(),
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "untranslatable_request",
+                    message.clone(),
+                )
+            },
+            UpstreamError::Unsupported { params, model } => ApiError {
+                param: params.first().cloned(),
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "unsupported_parameter",
+                    format!(
+                        "The model `{}` (deployment `{deployment}`) cannot honour {}: remove {}, or set unsupported_params = \"drop\" on the deployment to send requests without {}.",
+                        clip(model, 200),
+                        clip(
+                            &params
+                                .iter()
+                                .map(|param| format!("`{param}`"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            500
+                        ),
+                        if params.len() == 1 { "it" } else { "them" },
+                        if params.len() == 1 { "it" } else { "them" },
+                    ),
+                )
+            },
             UpstreamError::InStream { body } => ApiError {
                 upstream_code: body.code.clone(),
                 ..ApiError::new(
@@ -378,21 +411,49 @@ impl ApiError {
 
     /// The OpenAI error object, as JSON bytes.
     pub fn body(&self) -> Bytes {
-        Bytes::from(
-            ErrorBody {
-                message: &self.message,
-                kind: self.kind,
-                param: self.param.as_deref(),
-                code: Some(self.upstream_code.as_deref().unwrap_or(self.code)),
-            }
-            .to_json(),
-        )
+        self.body_in(Dialect::OpenAi)
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, self.body()).into_response();
+    /// The error object of the client's dialect, as JSON bytes.
+    pub fn body_in(&self, dialect: Dialect) -> Bytes {
+        match dialect {
+            Dialect::OpenAi => Bytes::from(
+                ErrorBody {
+                    message: &self.message,
+                    kind: self.kind,
+                    param: self.param.as_deref(),
+                    code: Some(self.upstream_code.as_deref().unwrap_or(self.code)),
+                }
+                .to_json(),
+            ),
+            Dialect::Anthropic => Bytes::from(anthropic::error_body(
+                anthropic::error_kind(self.status.as_u16()),
+                &self.message,
+            )),
+        }
+    }
+
+    /// The error as a stream's last event, in the client's dialect.
+    pub fn stream_event(&self, dialect: Dialect) -> Bytes {
+        let body = self.body_in(dialect);
+        match dialect {
+            Dialect::OpenAi => Bytes::from(frame_data(&body)),
+            Dialect::Anthropic => {
+                let mut frame = b"event: error\n".to_vec();
+                frame.extend_from_slice(&frame_data(&body));
+                Bytes::from(frame)
+            }
+        }
+    }
+
+    /// The response, in the client's dialect.
+    pub fn render(self, dialect: Dialect) -> Response {
+        let body = self.body_in(dialect);
+        self.respond(body)
+    }
+
+    fn respond(self, body: Bytes) -> Response {
+        let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -406,6 +467,12 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, retry_after);
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.render(Dialect::OpenAi)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The endpoints: OpenAI's chat completions, embeddings and models, and the
-//! health probes.
+//! The endpoints: OpenAI's chat completions, embeddings and models,
+//! Anthropic's messages, and the health probes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 use switchboard_core::{Endpoint, Outcome};
+use switchboard_dialects::anthropic::MessagesRequest;
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, RequestError};
 
-use switchboard_providers::{CallOptions, Reply};
+use switchboard_providers::{CallOptions, ChatCall, ClientRequest, Dialect, Reply};
 
 use crate::body::read_json_body;
 use crate::context::RequestContext;
@@ -33,41 +34,89 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    chat(gateway, context, headers, body, Dialect::OpenAi).await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API, served by any model.
+pub(crate) async fn messages(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    chat(gateway, context, headers, body, Dialect::Anthropic).await
+}
+
+/// A chat request in either dialect: parsed in the client's dialect,
+/// dispatched, and answered in the same dialect whatever the deployment
+/// that serves it speaks.
+async fn chat(
+    gateway: Arc<Gateway>,
+    context: RequestContext,
+    headers: HeaderMap,
+    body: Body,
+    dialect: Dialect,
+) -> Response {
+    let endpoint = match dialect {
+        Dialect::OpenAi => Endpoint::ChatCompletions,
+        Dialect::Anthropic => Endpoint::Messages,
+    };
     let (mut trace, catalog, bytes) =
-        match begin(&gateway, context, Endpoint::ChatCompletions, &headers, body).await {
+        match begin(&gateway, context, endpoint, &headers, body, dialect).await {
             Ok(begun) => begun,
             Err(response) => return response,
         };
-    let request = match ChatRequest::parse(&bytes) {
-        Ok(request) => request,
-        Err(error) => return reject(&mut trace, ApiError::invalid_request(error)),
+    let openai_request;
+    let anthropic_request;
+    let request = match dialect {
+        Dialect::OpenAi => match ChatRequest::parse(&bytes) {
+            Ok(request) => {
+                openai_request = request;
+                ClientRequest::OpenAi(&openai_request)
+            }
+            Err(error) => return reject(&mut trace, ApiError::invalid_request(error), dialect),
+        },
+        Dialect::Anthropic => match MessagesRequest::parse(&bytes) {
+            Ok(request) => {
+                anthropic_request = request;
+                ClientRequest::Anthropic(&anthropic_request)
+            }
+            Err(error) => return reject(&mut trace, ApiError::invalid_request(error), dialect),
+        },
     };
-    trace.model.clone_from(&request.model);
-    trace.stream = request.stream;
+    let model = request.model();
+    trace.model = model.to_owned();
     let Plan {
         chain,
         deadline,
         tags,
-    } = match plan(&catalog, &request.model, &headers) {
+    } = match plan(&catalog, model, &headers) {
         Ok(plan) => plan,
-        Err(error) => return reject(&mut trace, error),
+        Err(error) => return reject(&mut trace, error, dialect),
     };
     let overrides = match TimeoutOverrides::read(&headers) {
         Ok(overrides) => overrides,
-        Err(error) => return reject(&mut trace, error),
+        Err(error) => return reject(&mut trace, error, dialect),
     };
     let first_token_timeout = overrides
         .first_token
         .or(chain[0].routing.first_token_timeout);
-    let options = CallOptions {
-        stream_idle: overrides.stream_idle,
-    };
+    let mut call = ChatCall::new(
+        request,
+        CallOptions {
+            stream_idle: overrides.stream_idle,
+        },
+    );
+    if dialect == Dialect::Anthropic {
+        call.anthropic_beta = headers.get("anthropic-beta").cloned();
+    }
+    trace.stream = call.stream();
     let progress = trace.progress.clone();
     let prefix = if chain
         .iter()
         .any(|route| route.routing.prompt_cache_affinity)
     {
-        ConversationPrefix::of(request.fields.raw("messages"))
+        ConversationPrefix::of(request.fields().raw("messages"))
     } else {
         None
     };
@@ -78,12 +127,12 @@ pub(crate) async fn chat_completions(
         prefix.as_ref(),
         &progress,
         |deployment| {
-            let request = &request;
+            let call = &call;
             async move {
-                match deployment.chat(request, &options).await? {
-                    Reply::Stream(events) => hold_opening(events, first_token_timeout)
+                match deployment.chat(call).await? {
+                    Reply::Stream { events, dropped } => hold_opening(events, first_token_timeout)
                         .await
-                        .map(Reply::Stream),
+                        .map(|events| Reply::Stream { events, dropped }),
                     complete => Ok(complete),
                 }
             }
@@ -91,14 +140,17 @@ pub(crate) async fn chat_completions(
     );
     let answer = tokio::select! {
         answer = answer => answer,
-        () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down()),
+        () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down(), dialect),
     };
     let answered = match answer {
         Ok(answered) => answered,
-        Err(unanswered) => return reject_unanswered(&mut trace, unanswered),
+        Err(unanswered) => return reject_unanswered(&mut trace, unanswered, dialect),
     };
     note_route(&mut trace, &answered);
-    let headers = route_headers(&answered, &request.model);
+    let mut headers = route_headers(&answered, model);
+    if let Some(value) = dropped_header(answered.value.dropped()) {
+        headers.push((DROPPED_PARAMS_HEADER, value));
+    }
     let Answered {
         value,
         deployment,
@@ -106,17 +158,18 @@ pub(crate) async fn chat_completions(
         ..
     } = answered;
     match value {
-        Reply::Complete { body, usage } => {
+        Reply::Complete { body, usage, .. } => {
             trace.usage = usage;
             trace.finish(200, Outcome::Success, None);
             with_headers(json_response(body, None), headers)
         }
-        Reply::Stream(events) => {
+        Reply::Stream { events, .. } => {
             // A stream stays in flight on its deployment until it ends.
             trace.in_flight = Some(in_flight);
             with_headers(
                 sse_response(
                     events,
+                    dialect,
                     trace,
                     gateway.cut.clone(),
                     deployment.name(),
@@ -128,20 +181,57 @@ pub(crate) async fn chat_completions(
     }
 }
 
+/// Header naming the parameters a deployment could not honour and left
+/// out, under its `unsupported_params = "drop"` policy.
+pub(crate) const DROPPED_PARAMS_HEADER: &str = "x-switchboard-dropped-params";
+
+fn dropped_header(dropped: &[String]) -> Option<HeaderValue> {
+    if dropped.is_empty() {
+        return None;
+    }
+    let text: String = dropped
+        .join(", ")
+        .chars()
+        .map(|character| {
+            if character.is_ascii_graphic() || character == ' ' {
+                character
+            } else {
+                '?'
+            }
+        })
+        .take(2000)
+        .collect();
+    HeaderValue::from_str(&text).ok()
+}
+
 pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (mut trace, catalog, bytes) =
-        match begin(&gateway, context, Endpoint::Embeddings, &headers, body).await {
-            Ok(begun) => begun,
-            Err(response) => return response,
-        };
+    let (mut trace, catalog, bytes) = match begin(
+        &gateway,
+        context,
+        Endpoint::Embeddings,
+        &headers,
+        body,
+        Dialect::OpenAi,
+    )
+    .await
+    {
+        Ok(begun) => begun,
+        Err(response) => return response,
+    };
     let request = match EmbeddingsRequest::parse(&bytes) {
         Ok(request) => request,
-        Err(error) => return reject(&mut trace, ApiError::invalid_request(error)),
+        Err(error) => {
+            return reject(
+                &mut trace,
+                ApiError::invalid_request(error),
+                Dialect::OpenAi,
+            );
+        }
     };
     trace.model.clone_from(&request.model);
     let Plan {
@@ -150,7 +240,7 @@ pub(crate) async fn embeddings(
         tags,
     } = match plan(&catalog, &request.model, &headers) {
         Ok(plan) => plan,
-        Err(error) => return reject(&mut trace, error),
+        Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
     let progress = trace.progress.clone();
     let answer = dispatch(chain, deadline, &tags, None, &progress, |deployment| {
@@ -159,7 +249,7 @@ pub(crate) async fn embeddings(
     });
     let answer = tokio::select! {
         answer = answer => answer,
-        () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down()),
+        () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down(), Dialect::OpenAi),
     };
     match answer {
         Ok(answered) => {
@@ -170,7 +260,7 @@ pub(crate) async fn embeddings(
             trace.finish(200, Outcome::Success, None);
             with_headers(json_response(body, None), headers)
         }
-        Err(unanswered) => reject_unanswered(&mut trace, unanswered),
+        Err(unanswered) => reject_unanswered(&mut trace, unanswered, Dialect::OpenAi),
     }
 }
 
@@ -182,6 +272,7 @@ async fn begin(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
+    dialect: Dialect,
 ) -> Result<(Trace, Arc<Catalog>, Bytes), Response> {
     let mut trace = Trace::new(
         context,
@@ -192,7 +283,7 @@ async fn begin(
     let catalog = gateway.catalog();
     match read_json_body(headers, body, catalog.max_body_bytes).await {
         Ok(bytes) => Ok((trace, catalog, bytes)),
-        Err(error) => Err(reject(&mut trace, error)),
+        Err(error) => Err(reject(&mut trace, error, dialect)),
     }
 }
 
@@ -313,24 +404,24 @@ fn with_headers(mut response: Response, headers: Vec<(&'static str, HeaderValue)
     response
 }
 
-fn reject_unanswered(trace: &mut Trace, unanswered: Unanswered) -> Response {
+fn reject_unanswered(trace: &mut Trace, unanswered: Unanswered, dialect: Dialect) -> Response {
     trace.attempts = unanswered.attempts;
     trace.deployment = unanswered
         .deployment
         .as_ref()
         .map(|deployment| deployment.name().clone());
     let attempts = unanswered.attempts;
-    let response = reject(trace, unanswered.error);
+    let response = reject(trace, unanswered.error, dialect);
     with_headers(
         response,
         vec![(ATTEMPTS_HEADER, HeaderValue::from(attempts))],
     )
 }
 
-/// Records the failure and renders it.
-fn reject(trace: &mut Trace, error: ApiError) -> Response {
+/// Records the failure and renders it in the client's dialect.
+fn reject(trace: &mut Trace, error: ApiError, dialect: Dialect) -> Response {
     trace.finish(error.status.as_u16(), error.outcome(), Some(error.code));
-    error.into_response()
+    error.render(dialect)
 }
 
 fn json_response(body: Bytes, deployment: Option<&Arc<str>>) -> Response {

@@ -41,6 +41,7 @@ pub use state::{Gateway, ReloadSummary};
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let model_routes = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/messages", post(handlers::messages))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{*model}", get(handlers::retrieve_model))
@@ -48,6 +49,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         // The same API without the version prefix, for clients configured
         // with a bare base URL.
         .route("/chat/completions", post(handlers::chat_completions))
+        .route("/messages", post(handlers::messages))
         .route("/embeddings", post(handlers::embeddings))
         .route("/models", get(handlers::list_models))
         .route("/models/{*model}", get(handlers::retrieve_model))
@@ -71,7 +73,8 @@ async fn unknown_path(request: Request) -> Response {
 }
 
 async fn wrong_method(request: Request) -> Response {
-    ApiError::method_not_allowed(request.method().as_str(), request.uri().path()).into_response()
+    ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
+        .render(context::dialect_of(request.uri().path()))
 }
 
 /// Opens the configured store.

@@ -95,5 +95,6 @@ fn failure_of(error: &UpstreamError) -> Option<Failure> {
             Failure::InvalidResponse
         }
         UpstreamError::Misconfigured(_) => Failure::ServerError,
+        UpstreamError::Untranslatable { .. } | UpstreamError::Unsupported { .. } => return None,
     })
 }

@@ -16,8 +16,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use switchboard_core::Outcome;
-use switchboard_dialects::sse::frame_data;
-use switchboard_providers::{RelayEvent, RelayStream};
+use switchboard_providers::{Dialect, RelayEvent, RelayStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -26,6 +25,7 @@ use crate::trace::Trace;
 
 struct Relay {
     events: RelayStream,
+    dialect: Dialect,
     trace: Trace,
     cut: CancellationToken,
     deployment: Arc<str>,
@@ -55,15 +55,19 @@ impl Relay {
                 }
             };
             match event {
-                Some(RelayEvent::Data { payload, .. }) => {
+                Some(RelayEvent::Data { frame, .. }) => {
                     self.trace.mark_first_chunk();
-                    return Some(Bytes::from(frame_data(&payload)));
+                    return Some(frame);
                 }
                 Some(RelayEvent::Usage(usage)) => self.trace.usage = usage,
                 Some(RelayEvent::Done) => {
                     self.ended = true;
                     self.trace.finish(200, Outcome::Success, None);
-                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                    // Anthropic's stream ends with its own `message_stop`.
+                    return match self.dialect {
+                        Dialect::OpenAi => Some(Bytes::from_static(b"data: [DONE]\n\n")),
+                        Dialect::Anthropic => None,
+                    };
                 }
                 Some(RelayEvent::Failed(error)) => {
                     return Some(self.fail(ApiError::from_upstream(&error, &self.deployment)));
@@ -82,18 +86,19 @@ impl Relay {
         None
     }
 
-    /// Ends the stream with an error event in OpenAI's shape, which the
-    /// OpenAI SDKs raise as an `APIError`, and records the failure.
+    /// Ends the stream with an error event in the client's dialect, which
+    /// its SDK raises as an API error, and records the failure.
     fn fail(&mut self, error: ApiError) -> Bytes {
         self.ended = true;
         self.trace
             .finish(error.status.as_u16(), error.outcome(), Some(error.code));
-        Bytes::from(frame_data(&error.body()))
+        error.stream_event(self.dialect)
     }
 }
 
 pub(crate) fn sse_response(
     events: RelayStream,
+    dialect: Dialect,
     trace: Trace,
     cut: CancellationToken,
     deployment: &Arc<str>,
@@ -101,6 +106,7 @@ pub(crate) fn sse_response(
 ) -> Response {
     let relay = Relay {
         events,
+        dialect,
         trace,
         cut,
         deployment: deployment.clone(),

@@ -146,6 +146,7 @@ impl Store for SqliteStore {
                 .map(|row| {
                     let endpoint = match row.try_get::<String, _>("endpoint")?.as_str() {
                         "embeddings" => Endpoint::Embeddings,
+                        "messages" => Endpoint::Messages,
                         _ => Endpoint::ChatCompletions,
                     };
                     let outcome = match row.try_get::<String, _>("outcome")?.as_str() {

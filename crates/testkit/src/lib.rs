@@ -3,7 +3,8 @@
 //! port chosen by the OS, answers as each test scripts it, and records every
 //! request it receives so tests can assert what crossed the wire.
 //!
-//! By default it answers like OpenAI: a `chat.completion` object, or an SSE
+//! Requests on other vendors' paths get those vendors' answers (see
+//! `vendors`). By default it answers like OpenAI: a `chat.completion` object, or an SSE
 //! stream of `chat.completion.chunk` events ending in `data: [DONE]`, with a
 //! usage chunk only when the request asked for one. Tests push `Script`s to
 //! replace the default for the next requests, in order.
@@ -21,6 +22,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
+
+pub mod vendors;
 
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
@@ -272,10 +275,16 @@ fn default_answer(shared: &Arc<Shared>, path: &str, body: &[u8]) -> Response {
         }))
         .into_response();
     }
+    if let Some(answer) = vendors::answer(path, body) {
+        return answer;
+    }
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return (StatusCode::BAD_REQUEST, "{\"error\":{\"message\":\"bad json\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}").into_response();
     };
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+    if let Some(answer) = vendors::openai_special(&vendors::openai_ask(&request, body), &model) {
+        return answer;
+    }
     if path.ends_with("/embeddings") {
         return axum::Json(json!({
             "object": "list",

@@ -2,6 +2,7 @@
 //! SDKs send and expect them. Also the dialect of every OpenAI-compatible
 //! server (Azure, vLLM, Ollama, Groq...).
 
+pub mod canonical;
 pub mod error;
 pub mod request;
 pub mod response;
@@ -12,5 +13,7 @@ pub use request::{
 };
 pub use response::{ChunkInfo, InvalidResponse, check_completion, check_embeddings, inspect_chunk};
 
+#[cfg(test)]
+mod canonical_tests;
 #[cfg(test)]
 mod tests;

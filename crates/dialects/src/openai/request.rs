@@ -23,7 +23,7 @@ pub struct RequestError {
 }
 
 impl RequestError {
-    fn new(message: impl Into<String>, param: Option<&str>) -> RequestError {
+    pub fn new(message: impl Into<String>, param: Option<&str>) -> RequestError {
         RequestError {
             message: message.into(),
             param: param.map(str::to_owned),
@@ -59,6 +59,11 @@ impl<'a> RequestFields<'a> {
             RequestError::new(format!("the request body is not valid JSON: {error}"), None)
         })?;
         Ok(RequestFields { fields: fields.0 })
+    }
+
+    /// The field names, in the client's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|(key, _)| key.as_ref())
     }
 
     pub fn raw(&self, name: &str) -> Option<&'a RawValue> {

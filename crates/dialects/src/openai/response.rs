@@ -236,3 +236,83 @@ pub fn strip_null_usage(data: &str) -> Option<String> {
     }
     None
 }
+
+/// Writes an embeddings `list` for an OpenAI client: the vectors as float
+/// arrays, or, when the client asked for `encoding_format: "base64"`, as
+/// base64 of their little-endian `f32` bytes.
+pub fn embeddings_list(
+    model: &str,
+    vectors: &[Vec<f32>],
+    base64: bool,
+    prompt_tokens: Option<u64>,
+) -> Vec<u8> {
+    let data: Vec<serde_json::Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector
+                    .iter()
+                    .flat_map(|value| value.to_le_bytes())
+                    .collect();
+                serde_json::json!(base64_encode(&bytes))
+            } else {
+                serde_json::json!(vector)
+            };
+            serde_json::json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens = prompt_tokens.unwrap_or(0);
+    let body = serde_json::json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Standard base64 with padding.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let triple = (group[0] as u32) << 16
+            | (*group.get(1).unwrap_or(&0) as u32) << 8
+            | *group.get(2).unwrap_or(&0) as u32;
+        for position in 0..4 {
+            if position <= group.len() {
+                out.push(ALPHABET[(triple >> (18 - 6 * position) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod embeddings_tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn embeddings_lists_carry_every_vector_in_order() {
+        let body = embeddings_list("m", &[vec![1.0, 0.5], vec![0.25]], false, Some(7));
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["data"][1]["index"], 1);
+        assert_eq!(value["data"][0]["embedding"], serde_json::json!([1.0, 0.5]));
+        assert_eq!(value["usage"]["prompt_tokens"], 7);
+        let encoded = embeddings_list("m", &[vec![1.0]], true, None);
+        let value: serde_json::Value = serde_json::from_slice(&encoded).unwrap();
+        assert_eq!(value["data"][0]["embedding"], "AACAPw==");
+    }
+}

@@ -1,0 +1,1 @@
+//! Tests of the Anthropic dialect: request view, conversion, streams.

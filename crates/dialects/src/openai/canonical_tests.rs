@@ -1,0 +1,1 @@
+//! Tests of the OpenAI dialect's conversion to and from the internal model.

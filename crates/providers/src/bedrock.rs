@@ -1,0 +1,230 @@
+//! AWS Bedrock upstream: the Converse API (`POST /model/{id}/converse`,
+//! `/converse-stream` with AWS's binary event-stream framing) for chat, and
+//! Titan through `InvokeModel` for embeddings. Every request is signed with
+//! SigV4 (service `bedrock`) from the deployment's keys, its `aws_profile`,
+//! or the standard chain (environment, then the shared files).
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use http::header::{self, HeaderMap, HeaderValue};
+use switchboard_config::{DeploymentConfig, UnsupportedParams};
+use switchboard_core::Usage;
+use switchboard_dialects::bedrock;
+use switchboard_dialects::openai::response::embeddings_list;
+use switchboard_dialects::openai::{EmbeddingsRequest, UpstreamErrorBody};
+
+use crate::aws::{Credentials, SigningParams, load_credentials, load_region, sign};
+use crate::translate::{ChatCall, check_unsupported, relay_translated};
+use crate::transport::Http;
+use crate::{Reply, UpstreamClients, UpstreamError};
+
+pub(crate) struct BedrockBackend {
+    http: Http,
+    base: reqwest::Url,
+    headers: HeaderMap,
+    credentials: Credentials,
+    region: String,
+    upstream_model: String,
+    policy: UnsupportedParams,
+}
+
+fn parse_error(body: &[u8], headers: &HeaderMap) -> UpstreamErrorBody {
+    let kind = headers
+        .get("x-amzn-errortype")
+        .and_then(|value| value.to_str().ok());
+    bedrock::parse_error(body, kind)
+}
+
+/// Percent-encodes a model id for a path segment as the AWS SDKs do (a
+/// `:` in `...-v1:0` becomes `%3A`).
+fn encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl BedrockBackend {
+    pub(crate) fn new(
+        config: &DeploymentConfig,
+        clients: &UpstreamClients,
+    ) -> Result<BedrockBackend, UpstreamError> {
+        let environment = |name: &str| std::env::var(name).ok();
+        let region = config
+            .region
+            .clone()
+            .or_else(|| load_region(&environment, config.aws_profile.as_deref()))
+            .ok_or_else(|| {
+                UpstreamError::Misconfigured(
+                    "no AWS region: set region in the deployment, export AWS_REGION, or name one in the AWS config file".to_owned(),
+                )
+            })?;
+        let base = match &config.api_base {
+            Some(base) => base.clone(),
+            None => reqwest::Url::parse(&format!("https://bedrock-runtime.{region}.amazonaws.com"))
+                .map_err(|error| {
+                    UpstreamError::Misconfigured(format!("bad region `{region}`: {error}"))
+                })?,
+        };
+        let credentials =
+            match &config.aws_keys {
+                Some(keys) => Credentials::new(
+                    keys.access_key_id.expose(),
+                    keys.secret_access_key.expose(),
+                    keys.session_token
+                        .as_ref()
+                        .map(|token| token.expose().to_owned()),
+                ),
+                None => load_credentials(&environment, config.aws_profile.as_deref()).map_err(
+                    |error| UpstreamError::Misconfigured(format!("AWS credentials: {error}")),
+                )?,
+            };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (name, secret) in &config.headers {
+            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
+                UpstreamError::Misconfigured(format!("header {name} has an invalid value"))
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name.clone(), value);
+        }
+        Ok(BedrockBackend {
+            http: Http::new(
+                clients.get(config.timeouts.connect)?,
+                config.timeouts,
+                parse_error,
+            ),
+            base,
+            headers,
+            credentials,
+            region,
+            upstream_model: config.upstream_model.clone(),
+            policy: config.unsupported_params,
+        })
+    }
+
+    /// A signed POST to `/model/{id}/{action}`.
+    fn signed(
+        &self,
+        action: &str,
+        body: Vec<u8>,
+        accept: &str,
+    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+        let mut url = self.base.clone();
+        let path = format!(
+            "{}/model/{}/{action}",
+            url.path().trim_end_matches('/'),
+            encode_segment(&self.upstream_model)
+        );
+        url.set_path(&path);
+        let mut request = http::Request::post(url.as_str())
+            .body(body)
+            .map_err(|error| UpstreamError::Misconfigured(format!("bad Bedrock URL: {error}")))?;
+        request.headers_mut().extend(self.headers.clone());
+        request.headers_mut().insert(
+            header::ACCEPT,
+            HeaderValue::from_str(accept)
+                .map_err(|_| UpstreamError::Misconfigured("bad accept header".to_owned()))?,
+        );
+        sign(
+            &mut request,
+            &SigningParams {
+                credentials: &self.credentials,
+                region: &self.region,
+                service: "bedrock",
+                time: SystemTime::now(),
+            },
+        )
+        .map_err(|error| {
+            UpstreamError::Misconfigured(format!("cannot sign the request: {error}"))
+        })?;
+        let (parts, body) = request.into_parts();
+        Ok(self.http.client.post(url).headers(parts.headers).body(body))
+    }
+
+    pub(crate) async fn chat(&self, call: &ChatCall<'_>) -> Result<Reply, UpstreamError> {
+        let canonical = call.canonical()?;
+        let encoded = bedrock::encode_request(canonical);
+        let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
+        if !canonical.stream {
+            let request = self.signed("converse", encoded.body, "application/json")?;
+            let body = self.http.whole(request).await?;
+            let response = bedrock::decode_response(&body)
+                .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
+            let usage = response.usage;
+            return Ok(Reply::Complete {
+                body: call.response(response, &self.upstream_model),
+                usage,
+                dropped,
+            });
+        }
+        let request = self.signed(
+            "converse-stream",
+            encoded.body,
+            "application/vnd.amazon.eventstream",
+        )?;
+        let body = self
+            .http
+            .stream(request, "application/vnd.amazon.eventstream")
+            .await?;
+        Ok(Reply::Stream {
+            events: relay_translated(
+                body,
+                Box::new(bedrock::StreamDecoder::new()),
+                call.encoder(&self.upstream_model),
+                call.options
+                    .stream_idle
+                    .unwrap_or(self.http.timeouts.stream_idle),
+            ),
+            dropped,
+        })
+    }
+
+    /// Embeddings through Titan Text Embeddings (`InvokeModel`), one call
+    /// per input, sent together; answered as OpenAI's list.
+    pub(crate) async fn embeddings(
+        &self,
+        request: &EmbeddingsRequest<'_>,
+    ) -> Result<(Bytes, Usage), UpstreamError> {
+        let items = request.input.items();
+        let calls = items.iter().map(|item| async move {
+            let body = bedrock::encode_embeddings_titan(item, request.dimensions);
+            let answer = self
+                .http
+                .whole(self.signed("invoke", body, "application/json")?)
+                .await?;
+            bedrock::decode_embeddings_titan(&answer)
+                .map_err(|error| UpstreamError::InvalidResponse(error.0))
+        });
+        let answers = try_join_all(calls).await?;
+        let tokens: Option<u64> = answers.iter().map(|(_, tokens)| *tokens).sum();
+        let vectors: Vec<Vec<f32>> = answers.into_iter().map(|(vector, _)| vector).collect();
+        Ok((
+            Bytes::from(embeddings_list(
+                &self.upstream_model,
+                &vectors,
+                request.base64,
+                tokens,
+            )),
+            Usage {
+                input_tokens: tokens,
+                output_tokens: Some(0),
+                ..Usage::default()
+            },
+        ))
+    }
+
+    pub(crate) fn headroom(&self) -> Option<f64> {
+        self.http.headroom()
+    }
+}
