@@ -1,8 +1,9 @@
-//! End to end with the official OpenAI SDKs for Python and Node: the real
-//! binary, the simulated provider and two mock upstreams, driven by
-//! `sdk/test_openai_sdk.py` (in a virtual environment this test creates,
-//! pip installing the pinned SDK on first run) and by
-//! `sdk/node/openai_sdk.test.mjs` (npm installing the pinned SDK).
+//! End to end with the official SDKs: the real binary, the simulated
+//! provider and mock upstreams, driven by `sdk/test_openai_sdk.py` and
+//! `sdk/test_translation_sdk.py` (OpenAI's and Anthropic's Python SDKs, in a
+//! virtual environment this test creates, pip installing the pinned SDKs on
+//! first run) and by `sdk/node/openai_sdk.test.mjs` (npm installing the
+//! pinned OpenAI Node SDK).
 //!
 //! Without `python3` or `node` a test says so and skips, except under CI
 //! (`CI` set), where a missing interpreter is a failure.
@@ -277,4 +278,99 @@ async fn the_official_openai_node_sdk_works_against_the_gateway() {
         "{report}"
     );
     finish(sdk).await;
+}
+
+/// The official OpenAI and Anthropic Python SDKs against every provider:
+/// one mock upstream speaks OpenAI's, Anthropic's, Gemini's and Bedrock's
+/// APIs, and `sdk/test_translation_sdk.py` asserts the same answers from
+/// each, through both SDKs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_and_anthropic_sdks_reach_every_provider() {
+    let Some(venv) = python_venv() else { return };
+    let mock = MockUpstream::start().await;
+    let directory = scratch_dir("translation-sdk");
+    let root = mock.root_url();
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"${{SDK_TEST_MASTER_KEY}}\"\n[storage]\nurl = \"sqlite://{}\"\n",
+        directory.join("switchboard.db").display()
+    );
+    for (name, provider, extra) in [
+        (
+            "via-openai",
+            "openai-compatible",
+            format!(
+                "api_base = \"{root}/v1\"\nmodel = \"gpt-mock\"\napi_key = \"${{SDK_TEST_UPSTREAM_KEY}}\""
+            ),
+        ),
+        (
+            "via-anthropic",
+            "anthropic",
+            format!(
+                "api_base = \"{root}\"\nmodel = \"claude-mock\"\napi_key = \"${{SDK_TEST_UPSTREAM_KEY}}\""
+            ),
+        ),
+        (
+            "via-gemini",
+            "gemini",
+            format!(
+                "api_base = \"{root}\"\nmodel = \"gemini-mock\"\napi_key = \"${{SDK_TEST_UPSTREAM_KEY}}\""
+            ),
+        ),
+        (
+            "via-bedrock",
+            "bedrock",
+            format!(
+                "api_base = \"{root}\"\nregion = \"us-east-1\"\nmodel = \"anthropic.claude-mock-v1:0\"\naws_access_key_id = \"AKIDEXAMPLE\"\naws_secret_access_key = \"${{SDK_TEST_UPSTREAM_KEY}}\""
+            ),
+        ),
+    ] {
+        config.push_str(&format!(
+            "\n[[models]]\nname = \"{name}\"\n[[models.deployments]]\nprovider = \"{provider}\"\n{extra}\n[models.routing]\nmax_attempts = 1\ncircuit_breaker_failures = 1000\n"
+        ));
+    }
+    std::fs::write(directory.join("switchboard.toml"), config).unwrap();
+    let mut gateway = Gateway::start(
+        &directory,
+        &[],
+        &[
+            ("SDK_TEST_MASTER_KEY", KEY),
+            ("SDK_TEST_UPSTREAM_KEY", UPSTREAM_KEY),
+        ],
+    );
+    let mut command = Command::new(venv.join("bin/python"));
+    command
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/test_translation_sdk.py"))
+        .env("SWITCHBOARD_ROOT_URL", gateway.url(""))
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL");
+    let (passed, report) = run_against(&gateway, command).await;
+    assert!(
+        passed,
+        "the SDK translation tests failed:\n{report}\n{}",
+        gateway.log_text()
+    );
+    assert!(
+        report.contains("Ran 12 tests") && report.contains("\nOK"),
+        "{report}"
+    );
+    // Every provider was reached, and never with the client's key.
+    let received = mock.received();
+    for needle in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        ":generateContent",
+        ":streamGenerateContent",
+        "/converse",
+        "/converse-stream",
+    ] {
+        assert!(
+            received.iter().any(|request| request.uri.contains(needle)),
+            "no request reached {needle}"
+        );
+    }
+    assert!(!format!("{received:?}").contains(KEY));
+    let status = tokio::task::spawn_blocking(move || gateway.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }

@@ -564,6 +564,24 @@ async fn structured_output_is_translated_or_refused_by_name() {
 }
 
 #[tokio::test]
+async fn an_image_url_for_bedrock_is_refused_by_name() {
+    let mock = MockUpstream::start().await;
+    let gateway = gateway(&mock, "").await;
+    let body = json!({
+        "model": "via-bedrock",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}],
+    });
+    let response = gateway
+        .send("/v1/chat/completions", &body.to_string())
+        .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "image_url", "{error}");
+    assert!(mock.received().is_empty());
+}
+
+#[tokio::test]
 async fn the_drop_policy_sends_without_the_parameter_and_says_so() {
     let mock = MockUpstream::start().await;
     let gateway = gateway(&mock, "unsupported_params = \"drop\"").await;

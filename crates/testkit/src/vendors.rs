@@ -13,7 +13,8 @@
 //!   `{"location":"Paris"}`;
 //! - a request asking for JSON output gets `{"answer":"Paris"}`;
 //! - a request whose text holds `TRIGGER_400`, `TRIGGER_429` or
-//!   `TRIGGER_500` gets that status with the vendor's error body.
+//!   `TRIGGER_500` gets that status with the vendor's error body (a 429
+//!   says `retry-after: 0`, so the deployment is not rested).
 //!
 //! Usage is the same everywhere once read the way the gateway reads it: 9
 //! input tokens (2 of them from the cache) and 4 output tokens.
@@ -84,6 +85,11 @@ fn json_response(status: u16, body: &Value, headers: &[(&str, &str)]) -> Respons
     let mut builder = Response::builder()
         .status(status)
         .header("content-type", "application/json");
+    // A rate limit that is already over, so that a deployment is not
+    // rested for the next request of a test.
+    if status == 429 {
+        builder = builder.header("retry-after", "0");
+    }
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
