@@ -75,11 +75,7 @@ impl AnthropicBackend {
             headers.insert(name.clone(), value);
         }
         Ok(AnthropicBackend {
-            http: Http::new(
-                clients.get(config.timeouts.connect)?,
-                config.timeouts,
-                parse_json_error,
-            ),
+            http: Http::new(clients, config.timeouts, parse_json_error)?,
             messages_url: endpoint(&["v1", "messages"])?,
             models_url: endpoint(&["v1", "models"])?,
             headers,
@@ -95,7 +91,7 @@ impl AnthropicBackend {
     pub(crate) async fn probe_models(&self) -> Result<(), UpstreamError> {
         let request = self
             .http
-            .client
+            .client(&crate::CallOptions::default())
             .get(self.models_url.clone())
             .headers(self.headers.clone());
         self.http.check(request).await
@@ -168,7 +164,7 @@ impl AnthropicBackend {
     ) -> Result<Native, UpstreamError> {
         let mut request = self
             .http
-            .client
+            .client(&call.options)
             .post(self.messages_url.clone())
             .headers(self.headers.clone())
             .body(body);

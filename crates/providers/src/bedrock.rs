@@ -18,7 +18,7 @@ use switchboard_dialects::openai::{EmbeddingsRequest, UpstreamErrorBody};
 use crate::aws::{Credentials, SigningParams, load_credentials, load_region, sign};
 use crate::translate::{ChatCall, check_unsupported, relay_translated};
 use crate::transport::Http;
-use crate::{Reply, UpstreamClients, UpstreamError};
+use crate::{CallOptions, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct BedrockBackend {
     http: Http,
@@ -99,11 +99,7 @@ impl BedrockBackend {
             headers.insert(name.clone(), value);
         }
         Ok(BedrockBackend {
-            http: Http::new(
-                clients.get(config.timeouts.connect)?,
-                config.timeouts,
-                parse_error,
-            ),
+            http: Http::new(clients, config.timeouts, parse_error)?,
             base,
             headers,
             credentials,
@@ -119,6 +115,7 @@ impl BedrockBackend {
         action: &str,
         body: Vec<u8>,
         accept: &str,
+        options: &CallOptions,
     ) -> Result<reqwest::RequestBuilder, UpstreamError> {
         let mut url = self.base.clone();
         let path = format!(
@@ -149,7 +146,12 @@ impl BedrockBackend {
             UpstreamError::Misconfigured(format!("cannot sign the request: {error}"))
         })?;
         let (parts, body) = request.into_parts();
-        Ok(self.http.client.post(url).headers(parts.headers).body(body))
+        Ok(self
+            .http
+            .client(options)
+            .post(url)
+            .headers(parts.headers)
+            .body(body))
     }
 
     pub(crate) async fn chat(&self, call: &ChatCall<'_>) -> Result<Reply, UpstreamError> {
@@ -157,7 +159,8 @@ impl BedrockBackend {
         let encoded = bedrock::encode_request(canonical);
         let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
         if !canonical.stream {
-            let request = self.signed("converse", encoded.body, "application/json")?;
+            let request =
+                self.signed("converse", encoded.body, "application/json", &call.options)?;
             let body = self.http.whole(request).await?;
             let response = bedrock::decode_response(&body)
                 .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
@@ -172,6 +175,7 @@ impl BedrockBackend {
             "converse-stream",
             encoded.body,
             "application/vnd.amazon.eventstream",
+            &call.options,
         )?;
         let body = self
             .http
@@ -201,7 +205,7 @@ impl BedrockBackend {
             let body = bedrock::encode_embeddings_titan(item, request.dimensions);
             let answer = self
                 .http
-                .whole(self.signed("invoke", body, "application/json")?)
+                .whole(self.signed("invoke", body, "application/json", &CallOptions::default())?)
                 .await?;
             bedrock::decode_embeddings_titan(&answer)
                 .map_err(|error| UpstreamError::InvalidResponse(error.0))

@@ -77,11 +77,7 @@ impl GeminiBackend {
             headers.insert(name.clone(), value);
         }
         Ok(GeminiBackend {
-            http: Http::new(
-                clients.get(config.timeouts.connect)?,
-                config.timeouts,
-                parse_error,
-            ),
+            http: Http::new(clients, config.timeouts, parse_error)?,
             generate_url: endpoint(Some(format!("{model}:generateContent")))?,
             stream_url,
             embed_url: endpoint(Some(format!("{model}:batchEmbedContents")))?,
@@ -95,7 +91,7 @@ impl GeminiBackend {
     pub(crate) async fn probe_models(&self) -> Result<(), UpstreamError> {
         let request = self
             .http
-            .client
+            .client(&crate::CallOptions::default())
             .get(self.models_url.clone())
             .headers(self.headers.clone());
         self.http.check(request).await
@@ -108,7 +104,7 @@ impl GeminiBackend {
         if !canonical.stream {
             let request = self
                 .http
-                .client
+                .client(&call.options)
                 .post(self.generate_url.clone())
                 .headers(self.headers.clone())
                 .body(encoded.body);
@@ -124,7 +120,7 @@ impl GeminiBackend {
         }
         let request = self
             .http
-            .client
+            .client(&call.options)
             .post(self.stream_url.clone())
             .headers(self.headers.clone())
             .header(header::ACCEPT, "text/event-stream")
@@ -158,7 +154,7 @@ impl GeminiBackend {
         let body = gemini::encode_embeddings(&self.upstream_model, &inputs, request.dimensions);
         let http_request = self
             .http
-            .client
+            .client(&crate::CallOptions::default())
             .post(self.embed_url.clone())
             .headers(self.headers.clone())
             .body(body);

@@ -67,6 +67,8 @@ pub enum Probe {
 pub struct CallOptions {
     /// Longest silence between two chunks of a stream.
     pub stream_idle: Option<std::time::Duration>,
+    /// Longest wait for a connection (rounded up to a few steps).
+    pub connect: Option<std::time::Duration>,
 }
 
 /// What a deployment answered, in the client's dialect. `dropped` names

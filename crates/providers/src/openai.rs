@@ -107,11 +107,7 @@ impl OpenAiBackend {
         }
 
         Ok(OpenAiBackend {
-            http: Http::new(
-                clients.get(config.timeouts.connect)?,
-                config.timeouts,
-                parse_json_error,
-            ),
+            http: Http::new(clients, config.timeouts, parse_json_error)?,
             chat_url: endpoint("chat")?,
             embeddings_url: endpoint("embeddings")?,
             models_url: endpoint("models")?,
@@ -131,7 +127,9 @@ impl OpenAiBackend {
         let encoded = openai::canonical::encode_request(canonical, &self.upstream_model);
         let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
         if !canonical.stream {
-            let body = self.send_whole(&self.chat_url, encoded.body).await?;
+            let body = self
+                .send_whole(&self.chat_url, encoded.body, &call.options)
+                .await?;
             let response = openai::canonical::decode_response(&body)
                 .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
             let usage = response.usage;
@@ -143,7 +141,7 @@ impl OpenAiBackend {
         }
         Ok(Reply::Stream {
             events: relay_translated(
-                self.send_stream(encoded.body).await?,
+                self.send_stream(encoded.body, &call.options).await?,
                 Box::new(openai::canonical::ChunkDecoder::new()),
                 call.encoder(&self.upstream_model),
                 call.options
@@ -161,7 +159,7 @@ impl OpenAiBackend {
     ) -> Result<Reply, UpstreamError> {
         let body = request.encode(&self.upstream_model, self.stream_usage);
         if !request.stream {
-            let body = self.send_whole(&self.chat_url, body).await?;
+            let body = self.send_whole(&self.chat_url, body, options).await?;
             let usage = openai::check_completion(&body)
                 .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
             return Ok(Reply::Complete {
@@ -174,7 +172,7 @@ impl OpenAiBackend {
         let strip_null_usage = self.stream_usage && !request.client_wants_usage;
         Ok(Reply::Stream {
             events: relay_openai_stream(
-                self.send_stream(body).await?,
+                self.send_stream(body, options).await?,
                 options
                     .stream_idle
                     .unwrap_or(self.http.timeouts.stream_idle),
@@ -185,10 +183,14 @@ impl OpenAiBackend {
         })
     }
 
-    async fn send_stream(&self, body: Vec<u8>) -> Result<ByteStream, UpstreamError> {
+    async fn send_stream(
+        &self,
+        body: Vec<u8>,
+        options: &CallOptions,
+    ) -> Result<ByteStream, UpstreamError> {
         let request = self
             .http
-            .client
+            .client(options)
             .post(self.chat_url.clone())
             .headers(self.headers.clone())
             .header(header::ACCEPT, "text/event-stream")
@@ -200,7 +202,7 @@ impl OpenAiBackend {
     pub(crate) async fn probe_models(&self) -> Result<(), UpstreamError> {
         let request = self
             .http
-            .client
+            .client(&CallOptions::default())
             .get(self.models_url.clone())
             .headers(self.headers.clone());
         self.http.check(request).await
@@ -211,17 +213,26 @@ impl OpenAiBackend {
         request: &EmbeddingsRequest<'_>,
     ) -> Result<(Bytes, Usage), UpstreamError> {
         let body = self
-            .send_whole(&self.embeddings_url, request.encode(&self.upstream_model))
+            .send_whole(
+                &self.embeddings_url,
+                request.encode(&self.upstream_model),
+                &CallOptions::default(),
+            )
             .await?;
         let usage = openai::check_embeddings(&body)
             .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
         Ok((body, usage))
     }
 
-    async fn send_whole(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<Bytes, UpstreamError> {
+    async fn send_whole(
+        &self,
+        url: &reqwest::Url,
+        body: Vec<u8>,
+        options: &CallOptions,
+    ) -> Result<Bytes, UpstreamError> {
         let request = self
             .http
-            .client
+            .client(options)
             .post(url.clone())
             .headers(self.headers.clone())
             .body(body);

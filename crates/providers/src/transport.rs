@@ -12,7 +12,8 @@ use http::header::{self, HeaderMap};
 use switchboard_config::Timeouts;
 use switchboard_dialects::openai::UpstreamErrorBody;
 
-use crate::{TimeoutPhase, UpstreamError};
+use crate::client::connect_step;
+use crate::{CallOptions, TimeoutPhase, UpstreamClients, UpstreamError};
 
 /// Largest error body read from an upstream; the rest is not needed to
 /// explain the failure.
@@ -41,7 +42,8 @@ pub(crate) enum Native {
 
 /// A deployment's HTTP side.
 pub(crate) struct Http {
-    pub client: reqwest::Client,
+    client: reqwest::Client,
+    clients: UpstreamClients,
     pub timeouts: Timeouts,
     /// Share of its rate limit the upstream last reported left, in
     /// millionths; `u32::MAX` until it reports one.
@@ -51,15 +53,28 @@ pub(crate) struct Http {
 
 impl Http {
     pub(crate) fn new(
-        client: reqwest::Client,
+        clients: &UpstreamClients,
         timeouts: Timeouts,
         parse_error: ErrorParser,
-    ) -> Http {
-        Http {
-            client,
+    ) -> Result<Http, UpstreamError> {
+        Ok(Http {
+            client: clients.get(timeouts.connect)?,
+            clients: clients.clone(),
             timeouts,
             headroom: AtomicU32::new(u32::MAX),
             parse_error,
+        })
+    }
+
+    /// The client to send with: the deployment's own, or one with the
+    /// request's connect timeout (`x-switchboard-connect-timeout`).
+    pub(crate) fn client(&self, options: &CallOptions) -> reqwest::Client {
+        match options.connect {
+            Some(connect) => self
+                .clients
+                .get(connect_step(connect))
+                .unwrap_or_else(|_| self.client.clone()),
+            None => self.client.clone(),
         }
     }
 

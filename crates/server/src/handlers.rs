@@ -105,6 +105,7 @@ async fn chat(
         request,
         CallOptions {
             stream_idle: overrides.stream_idle,
+            connect: overrides.connect,
         },
     );
     if dialect == Dialect::Anthropic {
@@ -290,14 +291,17 @@ async fn begin(
 /// Header that sets the request's whole time budget, in seconds,
 /// overriding the model's `routing.timeout_secs`.
 pub(crate) const TIMEOUT_HEADER: &str = "x-switchboard-timeout";
-/// Headers overriding the first-token and stream-idle limits, in seconds.
+/// Headers overriding the first-token, stream-idle and connect limits, in
+/// seconds.
 pub(crate) const FIRST_TOKEN_TIMEOUT_HEADER: &str = "x-switchboard-first-token-timeout";
 pub(crate) const STREAM_IDLE_TIMEOUT_HEADER: &str = "x-switchboard-stream-idle-timeout";
+pub(crate) const CONNECT_TIMEOUT_HEADER: &str = "x-switchboard-connect-timeout";
 
 /// Per-request timeout overrides read from headers.
 struct TimeoutOverrides {
     first_token: Option<Duration>,
     stream_idle: Option<Duration>,
+    connect: Option<Duration>,
 }
 
 impl TimeoutOverrides {
@@ -305,6 +309,7 @@ impl TimeoutOverrides {
         Ok(TimeoutOverrides {
             first_token: seconds_header(headers, FIRST_TOKEN_TIMEOUT_HEADER)?,
             stream_idle: seconds_header(headers, STREAM_IDLE_TIMEOUT_HEADER)?,
+            connect: seconds_header(headers, CONNECT_TIMEOUT_HEADER)?,
         })
     }
 }

@@ -882,3 +882,66 @@ async fn a_content_policy_refusal_falls_back_when_configured() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchboard-model"], "lenient");
 }
+
+/// A listener whose accept queue is full: further connection attempts are
+/// left unanswered, as with an unreachable host.
+async fn unanswering_address() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let address = listener.local_addr().unwrap();
+    // Fill the queue without ever accepting.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => break,
+        }
+    }
+    (listener, held, format!("http://{address}/v1"))
+}
+
+#[tokio::test]
+async fn the_connect_timeout_can_be_shortened_per_request() {
+    let (_listener, _held, base) = unanswering_address().await;
+    let config = format!(
+        r#"
+[[models]]
+name = "far"
+[[models.deployments]]
+provider = "openai-compatible"
+api_base = "{base}"
+model = "m"
+connect_timeout_secs = 30
+[models.routing]
+max_attempts = 1
+"#
+    );
+    let gateway = TestGateway::start(config_with(&config, "")).await;
+    let started = std::time::Instant::now();
+    let response = gateway
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"far","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .header("x-switchboard-connect-timeout", "0.3")
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 504, "{}", response.text().await.unwrap());
+    assert!(
+        waited < Duration::from_secs(10),
+        "the request's connect timeout, not the deployment's 30 s, applied ({waited:?})"
+    );
+    let invalid = gateway
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"far","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .header("x-switchboard-connect-timeout", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 400);
+}
