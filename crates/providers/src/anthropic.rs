@@ -140,9 +140,8 @@ impl AnthropicBackend {
         let body = request.encode(&self.upstream_model);
         match self.send(call, body, request.stream).await? {
             Native::Whole(body) => {
-                let usage = anthropic::decode_response(&body)
-                    .map_err(|error| UpstreamError::InvalidResponse(error.0))?
-                    .usage;
+                let usage = anthropic::check_message(&body)
+                    .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
                 Ok(Reply::Complete {
                     body,
                     usage,
@@ -202,7 +201,7 @@ fn relay_events(body: ByteStream, idle_timeout: Duration) -> RelayStream {
     let state = PassThrough {
         body,
         sse: SseDecoder::default(),
-        decoder: EventDecoder::new(),
+        decoder: EventDecoder::relaying(),
         events: Vec::new(),
         parsed: Vec::new(),
         queue: VecDeque::new(),

@@ -1004,3 +1004,40 @@ aws_secret_access_key = "${{UPSTREAM_KEY}}"
         .count();
     assert_eq!(titan, 2, "Titan takes one input per call");
 }
+
+/// Server tools (web search...) exist only in Anthropic's API: an Anthropic
+/// client receives their blocks unchanged, a client of another API gets a
+/// clear error rather than an answer with a hole in it.
+#[tokio::test]
+async fn server_tool_blocks_reach_anthropic_clients_and_stop_translation() {
+    let mock = MockUpstream::start().await;
+    let gateway = gateway(&mock, "").await;
+    let events = vec![
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n".to_owned(),
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"srvtoolu_1\",\"name\":\"web_search\",\"input\":{}}}\n\n".to_owned(),
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"query\\\":\\\"x\\\"}\"}}\n\n".to_owned(),
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n".to_owned(),
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":5}}\n\n".to_owned(),
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned(),
+    ];
+    mock.push(Script::Stream {
+        pieces: at_once(&events),
+        close: true,
+    });
+    let (path, body) = request(Client::Anthropic, "via-anthropic", Ask::Text, true);
+    let text = gateway.send(&path, &body).await.text().await.unwrap();
+    assert_eq!(text, events.concat(), "relayed event for event");
+
+    mock.push(Script::Stream {
+        pieces: at_once(&events),
+        close: true,
+    });
+    let (path, body) = request(Client::OpenAi, "via-anthropic", Ask::Text, true);
+    let response = gateway.send(&path, &body).await;
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("server_tool_use") && text.contains("cannot be translated"),
+        "{text}"
+    );
+    assert!(!text.contains("[DONE]"));
+}

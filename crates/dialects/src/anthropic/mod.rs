@@ -82,6 +82,31 @@ impl<'a> MessagesRequest<'a> {
     }
 }
 
+/// Checks a `message` relayed unchanged to an Anthropic client and reads
+/// its usage (input counting cache reads and writes). Blocks the internal
+/// model cannot hold (server tools and their results) are the client's to
+/// read, so they are not examined.
+pub fn check_message(
+    body: &[u8],
+) -> Result<switchboard_core::Usage, crate::canon::InvalidResponse> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
+        crate::canon::InvalidResponse(format!("the upstream's answer is not valid JSON: {error}"))
+    })?;
+    if value.get("type").and_then(serde_json::Value::as_str) != Some("message")
+        || !value
+            .get("content")
+            .is_some_and(serde_json::Value::is_array)
+    {
+        return Err(crate::canon::InvalidResponse(
+            "the upstream's answer is not a Messages `message` object".to_owned(),
+        ));
+    }
+    Ok(value
+        .get("usage")
+        .map(|usage| convert::usage_from_anthropic(usage).0)
+        .unwrap_or_default())
+}
+
 /// Anthropic's error object, `{"type":"error","error":{"type","message"}}`.
 /// The SDKs choose their exception class from the HTTP status.
 pub fn error_body(kind: &str, message: &str) -> Vec<u8> {

@@ -27,11 +27,26 @@ pub struct EventDecoder {
     tools: u32,
     usage: Usage,
     cache_write: Option<u64>,
+    /// Relaying to an Anthropic client: content blocks and deltas the
+    /// internal model cannot hold (server tools, their results) are passed
+    /// on as they are instead of failing the stream.
+    relaying: bool,
 }
 
 impl EventDecoder {
+    /// A decoder for translation: a block it cannot translate fails the
+    /// stream rather than vanish from the answer.
     pub fn new() -> EventDecoder {
         EventDecoder::default()
+    }
+
+    /// A decoder that only watches a stream relayed to an Anthropic client
+    /// unchanged, for its usage, errors and end.
+    pub fn relaying() -> EventDecoder {
+        EventDecoder {
+            relaying: true,
+            ..EventDecoder::default()
+        }
     }
 
     /// Reads one event's `data`. Unknown event types end the stream with an
@@ -109,9 +124,13 @@ impl EventDecoder {
                             });
                         }
                     }
+                    // Server tools and their results: only an Anthropic client
+                    // can receive them. An empty text delta marks the event
+                    // as part of the answer (it releases a held opening).
+                    Some(_) if self.relaying => out.push(StreamEvent::TextDelta(String::new())),
                     other => {
                         return Err(StreamError::Invalid(format!(
-                            "the upstream started a `{}` content block, which cannot be relayed",
+                            "the upstream started a `{}` content block, which cannot be translated",
                             other.unwrap_or("untyped")
                         )));
                     }
@@ -136,6 +155,15 @@ impl EventDecoder {
                     }
                     Some("input_json_delta") => {
                         let block_index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let known = self
+                            .tool_blocks
+                            .iter()
+                            .any(|(block, _)| *block == block_index);
+                        if self.relaying && !known {
+                            // Input of a server tool call.
+                            out.push(StreamEvent::TextDelta(String::new()));
+                            return Ok(());
+                        }
                         let index = self
                             .tool_blocks
                             .iter()
@@ -154,9 +182,10 @@ impl EventDecoder {
                     // Citations annotate text already sent; the internal
                     // model does not carry them.
                     Some("citations_delta") => {}
+                    Some(_) if self.relaying => out.push(StreamEvent::TextDelta(String::new())),
                     other => {
                         return Err(StreamError::Invalid(format!(
-                            "the upstream sent a `{}` delta, which cannot be relayed",
+                            "the upstream sent a `{}` delta, which cannot be translated",
                             other.unwrap_or("untyped")
                         )));
                     }
