@@ -7,9 +7,7 @@
 //! dialect is translated through the internal model both ways.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::collections::VecDeque;
 use std::time::Duration;
 use switchboard_config::{DeploymentConfig, UnsupportedParams};
 use switchboard_core::Usage;
@@ -17,9 +15,10 @@ use switchboard_dialects::anthropic::{self, EventDecoder, MessagesRequest};
 use switchboard_dialects::canon::{self, StreamDecoder, StreamError, StreamEvent};
 use switchboard_dialects::sse::{SseDecoder, SseEvent};
 
-use crate::translate::{ChatCall, ClientRequest, check_unsupported, relay_translated};
-use crate::transport::{ByteStream, Http, Native, parse_json_error};
-use crate::{RelayEvent, RelayStream, Reply, TimeoutPhase, UpstreamClients, UpstreamError};
+use crate::relay::{Outbox, Relay, relay};
+use crate::translate::{ANTHROPIC, ChatCall, ClientRequest, check_unsupported, translated_reply};
+use crate::transport::{ByteStream, Http, Native, deployment_headers, parse_json_error};
+use crate::{RelayEvent, RelayStream, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct AnthropicBackend {
     http: Http,
@@ -49,31 +48,17 @@ impl AnthropicBackend {
                 .extend(tail);
             Ok(url)
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let auth = config.api_key.as_ref().map(|key| {
+            (
+                HeaderName::from_static("x-api-key"),
+                key.expose().to_owned(),
+            )
+        });
+        let mut headers = deployment_headers(config, auth)?;
         headers.insert(
             HeaderName::from_static("anthropic-version"),
             HeaderValue::from_static(anthropic::API_VERSION),
         );
-        if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-                UpstreamError::Misconfigured(
-                    "the API key holds characters not allowed in a header".to_owned(),
-                )
-            })?;
-            value.set_sensitive(true);
-            headers.insert(HeaderName::from_static("x-api-key"), value);
-        }
-        for (name, secret) in &config.headers {
-            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
-                UpstreamError::Misconfigured(format!("header {name} has an invalid value"))
-            })?;
-            value.set_sensitive(true);
-            headers.insert(name.clone(), value);
-        }
         Ok(AnthropicBackend {
             http: Http::new(clients, config.timeouts, parse_json_error)?,
             messages_url: endpoint(&["v1", "messages"])?,
@@ -108,27 +93,15 @@ impl AnthropicBackend {
         let canonical = call.canonical()?;
         let encoded = anthropic::encode_request(canonical, &self.upstream_model);
         let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
-        match self.send(call, encoded.body, canonical.stream).await? {
-            Native::Whole(body) => {
-                let response = anthropic::decode_response(&body)
-                    .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
-                let usage = response.usage;
-                Ok(Reply::Complete {
-                    body: call.response(response, &self.upstream_model),
-                    usage,
-                    dropped,
-                })
-            }
-            Native::Stream(body) => Ok(Reply::Stream {
-                events: relay_translated(
-                    body,
-                    Box::new(EventDecoder::new()),
-                    call.encoder(&self.upstream_model),
-                    idle,
-                ),
-                dropped,
-            }),
-        }
+        let native = self.send(call, encoded.body, canonical.stream).await?;
+        translated_reply(
+            call,
+            native,
+            &ANTHROPIC,
+            &self.upstream_model,
+            idle,
+            dropped,
+        )
     }
 
     async fn pass_through(
@@ -183,95 +156,71 @@ impl AnthropicBackend {
 }
 
 struct PassThrough {
-    body: ByteStream,
     sse: SseDecoder,
     decoder: EventDecoder,
     events: Vec<SseEvent>,
     parsed: Vec<StreamEvent>,
-    queue: VecDeque<RelayEvent>,
-    idle_timeout: Duration,
     usage: Usage,
-    finished: bool,
 }
 
 /// Relays Anthropic's events unchanged, reading each on the way for its
-/// usage, errors and end. An event the gateway does not know ends the
+/// usage, errors and end. An event type the gateway does not know ends the
 /// stream with an error rather than pass unaccounted.
 fn relay_events(body: ByteStream, idle_timeout: Duration) -> RelayStream {
-    let state = PassThrough {
+    relay(
         body,
-        sse: SseDecoder::default(),
-        decoder: EventDecoder::relaying(),
-        events: Vec::new(),
-        parsed: Vec::new(),
-        queue: VecDeque::new(),
         idle_timeout,
-        usage: Usage::default(),
-        finished: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
-            loop {
-                if let Some(event) = state.queue.pop_front() {
-                    return Some((event, state));
-                }
-                if state.finished {
-                    return None;
-                }
-                state.pull().await;
-            }
+        PassThrough {
+            sse: SseDecoder::default(),
+            decoder: EventDecoder::relaying(),
+            events: Vec::new(),
+            parsed: Vec::new(),
+            usage: Usage::default(),
         },
-    ))
+    )
+}
+
+impl Relay for PassThrough {
+    fn bytes(&mut self, bytes: &[u8], out: &mut Outbox) {
+        if let Err(error) = self.sse.feed(bytes, &mut self.events) {
+            out.fail(UpstreamError::InvalidResponse(format!(
+                "broken event stream: {error}"
+            )));
+            return;
+        }
+        self.relay_pending(out);
+    }
+
+    fn end(&mut self, out: &mut Outbox) {
+        let _ = self.sse.finish(&mut self.events);
+        self.relay_pending(out);
+        if !out.finished() {
+            out.fail(UpstreamError::InvalidResponse(
+                "the upstream closed the stream before `message_stop`".to_owned(),
+            ));
+        }
+    }
 }
 
 impl PassThrough {
-    async fn pull(&mut self) {
-        match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
-            Err(_) => self.fail(UpstreamError::Timeout {
-                phase: TimeoutPhase::StreamIdle,
-            }),
-            Ok(Some(Err(error))) => self.fail(error),
-            Ok(Some(Ok(bytes))) => {
-                if let Err(error) = self.sse.feed(&bytes, &mut self.events) {
-                    self.fail(UpstreamError::InvalidResponse(format!(
-                        "broken event stream: {error}"
-                    )));
-                    return;
-                }
-                let events = std::mem::take(&mut self.events);
-                for event in &events {
-                    if self.finished {
-                        break;
-                    }
-                    self.relay(event);
-                }
-                self.events = events;
-                self.events.clear();
+    fn relay_pending(&mut self, out: &mut Outbox) {
+        let events = std::mem::take(&mut self.events);
+        for event in &events {
+            if out.finished() {
+                break;
             }
-            Ok(None) => {
-                let _ = self.sse.finish(&mut self.events);
-                let events = std::mem::take(&mut self.events);
-                for event in &events {
-                    if !self.finished {
-                        self.relay(event);
-                    }
-                }
-                if !self.finished {
-                    self.fail(UpstreamError::InvalidResponse(
-                        "the upstream closed the stream before `message_stop`".to_owned(),
-                    ));
-                }
-            }
+            self.relay_one(event, out);
         }
+        self.events = events;
+        self.events.clear();
     }
 
-    fn relay(&mut self, event: &SseEvent) {
+    fn relay_one(&mut self, event: &SseEvent, out: &mut Outbox) {
         if event.data.trim().is_empty() {
             return;
         }
         if let Err(error) = self.decoder.event(&event.data, &mut self.parsed) {
-            self.fail(match error {
+            out.fail(match error {
                 StreamError::Invalid(message) => UpstreamError::InvalidResponse(message),
                 StreamError::Reported(body) => UpstreamError::InStream { body },
             });
@@ -282,7 +231,7 @@ impl PassThrough {
             content |= parsed.is_content();
             if let StreamEvent::Usage { usage, .. } = parsed {
                 canon::merge_usage(&mut self.usage, &usage);
-                self.queue.push_back(RelayEvent::Usage(self.usage));
+                out.push(RelayEvent::Usage(self.usage));
             }
         }
         let mut frame = Vec::with_capacity(event.data.len() + 32);
@@ -294,18 +243,12 @@ impl PassThrough {
         frame.extend_from_slice(&switchboard_dialects::sse::frame_data(
             event.data.as_bytes(),
         ));
-        self.queue.push_back(RelayEvent::Data {
+        out.push(RelayEvent::Data {
             frame: Bytes::from(frame),
             content,
         });
         if self.decoder.is_done() {
-            self.queue.push_back(RelayEvent::Done);
-            self.finished = true;
+            out.done();
         }
-    }
-
-    fn fail(&mut self, error: UpstreamError) {
-        self.queue.push_back(RelayEvent::Failed(error));
-        self.finished = true;
     }
 }

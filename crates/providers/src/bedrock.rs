@@ -16,8 +16,8 @@ use switchboard_dialects::openai::response::embeddings_list;
 use switchboard_dialects::openai::{EmbeddingsRequest, UpstreamErrorBody};
 
 use crate::aws::{Credentials, SigningParams, load_credentials, load_region, sign};
-use crate::translate::{ChatCall, check_unsupported, relay_translated};
-use crate::transport::Http;
+use crate::translate::{BEDROCK, ChatCall, check_unsupported, translated_reply};
+use crate::transport::{Http, Native, deployment_headers};
 use crate::{CallOptions, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct BedrockBackend {
@@ -86,18 +86,7 @@ impl BedrockBackend {
                     |error| UpstreamError::Misconfigured(format!("AWS credentials: {error}")),
                 )?,
             };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        for (name, secret) in &config.headers {
-            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
-                UpstreamError::Misconfigured(format!("header {name} has an invalid value"))
-            })?;
-            value.set_sensitive(true);
-            headers.insert(name.clone(), value);
-        }
+        let headers = deployment_headers(config, None)?;
         Ok(BedrockBackend {
             http: Http::new(clients, config.timeouts, parse_error)?,
             base,
@@ -158,40 +147,28 @@ impl BedrockBackend {
         let canonical = call.canonical()?;
         let encoded = bedrock::encode_request(canonical);
         let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
-        if !canonical.stream {
+        let native = if canonical.stream {
+            let request = self.signed(
+                "converse-stream",
+                encoded.body,
+                "application/vnd.amazon.eventstream",
+                &call.options,
+            )?;
+            Native::Stream(
+                self.http
+                    .stream(request, "application/vnd.amazon.eventstream")
+                    .await?,
+            )
+        } else {
             let request =
                 self.signed("converse", encoded.body, "application/json", &call.options)?;
-            let body = self.http.whole(request).await?;
-            let response = bedrock::decode_response(&body)
-                .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
-            let usage = response.usage;
-            return Ok(Reply::Complete {
-                body: call.response(response, &self.upstream_model),
-                usage,
-                dropped,
-            });
-        }
-        let request = self.signed(
-            "converse-stream",
-            encoded.body,
-            "application/vnd.amazon.eventstream",
-            &call.options,
-        )?;
-        let body = self
-            .http
-            .stream(request, "application/vnd.amazon.eventstream")
-            .await?;
-        Ok(Reply::Stream {
-            events: relay_translated(
-                body,
-                Box::new(bedrock::StreamDecoder::new()),
-                call.encoder(&self.upstream_model),
-                call.options
-                    .stream_idle
-                    .unwrap_or(self.http.timeouts.stream_idle),
-            ),
-            dropped,
-        })
+            Native::Whole(self.http.whole(request).await?)
+        };
+        let idle = call
+            .options
+            .stream_idle
+            .unwrap_or(self.http.timeouts.stream_idle);
+        translated_reply(call, native, &BEDROCK, &self.upstream_model, idle, dropped)
     }
 
     /// Embeddings through Titan Text Embeddings (`InvokeModel`), one call

@@ -4,15 +4,15 @@
 //! translated through the internal model: no client speaks Gemini's dialect.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use switchboard_config::{DeploymentConfig, UnsupportedParams};
 use switchboard_core::Usage;
 use switchboard_dialects::openai::EmbeddingsRequest;
 use switchboard_dialects::openai::response::embeddings_list;
 use switchboard_dialects::{gemini, openai::UpstreamErrorBody};
 
-use crate::translate::{ChatCall, check_unsupported, relay_translated};
-use crate::transport::Http;
+use crate::translate::{ChatCall, GEMINI, check_unsupported, translated_reply};
+use crate::transport::{Http, Native, deployment_headers};
 use crate::{Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct GeminiBackend {
@@ -55,27 +55,13 @@ impl GeminiBackend {
         };
         let mut stream_url = endpoint(Some(format!("{model}:streamGenerateContent")))?;
         stream_url.query_pairs_mut().append_pair("alt", "sse");
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-                UpstreamError::Misconfigured(
-                    "the API key holds characters not allowed in a header".to_owned(),
-                )
-            })?;
-            value.set_sensitive(true);
-            headers.insert(HeaderName::from_static("x-goog-api-key"), value);
-        }
-        for (name, secret) in &config.headers {
-            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
-                UpstreamError::Misconfigured(format!("header {name} has an invalid value"))
-            })?;
-            value.set_sensitive(true);
-            headers.insert(name.clone(), value);
-        }
+        let auth = config.api_key.as_ref().map(|key| {
+            (
+                HeaderName::from_static("x-goog-api-key"),
+                key.expose().to_owned(),
+            )
+        });
+        let headers = deployment_headers(config, auth)?;
         Ok(GeminiBackend {
             http: Http::new(clients, config.timeouts, parse_error)?,
             generate_url: endpoint(Some(format!("{model}:generateContent")))?,
@@ -101,42 +87,26 @@ impl GeminiBackend {
         let canonical = call.canonical()?;
         let encoded = gemini::encode_request(canonical);
         let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
-        if !canonical.stream {
-            let request = self
-                .http
-                .client(&call.options)
+        let client = self.http.client(&call.options);
+        let native = if canonical.stream {
+            let request = client
+                .post(self.stream_url.clone())
+                .headers(self.headers.clone())
+                .header(header::ACCEPT, "text/event-stream")
+                .body(encoded.body);
+            Native::Stream(self.http.stream(request, "text/event-stream").await?)
+        } else {
+            let request = client
                 .post(self.generate_url.clone())
                 .headers(self.headers.clone())
                 .body(encoded.body);
-            let body = self.http.whole(request).await?;
-            let response = gemini::decode_response(&body)
-                .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
-            let usage = response.usage;
-            return Ok(Reply::Complete {
-                body: call.response(response, &self.upstream_model),
-                usage,
-                dropped,
-            });
-        }
-        let request = self
-            .http
-            .client(&call.options)
-            .post(self.stream_url.clone())
-            .headers(self.headers.clone())
-            .header(header::ACCEPT, "text/event-stream")
-            .body(encoded.body);
-        let body = self.http.stream(request, "text/event-stream").await?;
-        Ok(Reply::Stream {
-            events: relay_translated(
-                body,
-                Box::new(gemini::StreamDecoder::new()),
-                call.encoder(&self.upstream_model),
-                call.options
-                    .stream_idle
-                    .unwrap_or(self.http.timeouts.stream_idle),
-            ),
-            dropped,
-        })
+            Native::Whole(self.http.whole(request).await?)
+        };
+        let idle = call
+            .options
+            .stream_idle
+            .unwrap_or(self.http.timeouts.stream_idle);
+        translated_reply(call, native, &GEMINI, &self.upstream_model, idle, dropped)
     }
 
     /// Embeddings through `batchEmbedContents`, answered as OpenAI's list.

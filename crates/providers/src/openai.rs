@@ -11,14 +11,14 @@
 //! upstream sent them once checked.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use switchboard_config::{DeploymentConfig, ProviderKind};
 use switchboard_core::Usage;
 use switchboard_dialects::openai::{self, ChatRequest, EmbeddingsRequest};
 
 use crate::relay::relay_openai_stream;
-use crate::translate::{ChatCall, check_unsupported, relay_translated};
-use crate::transport::{ByteStream, Http, parse_json_error};
+use crate::translate::{ChatCall, OPENAI, check_unsupported, translated_reply};
+use crate::transport::{ByteStream, Http, Native, deployment_headers, parse_json_error};
 use crate::{CallOptions, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct OpenAiBackend {
@@ -77,34 +77,14 @@ impl OpenAiBackend {
             Ok(url)
         };
 
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(key) = &config.api_key {
-            let (name, value) = match config.provider {
-                ProviderKind::Azure => (
-                    header::HeaderName::from_static("api-key"),
-                    key.expose().to_owned(),
-                ),
-                _ => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
-            };
-            let mut value = HeaderValue::from_str(&value).map_err(|_| {
-                UpstreamError::Misconfigured(
-                    "the API key holds characters not allowed in a header".to_owned(),
-                )
-            })?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        for (name, secret) in &config.headers {
-            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
-                UpstreamError::Misconfigured(format!("header {name} has an invalid value"))
-            })?;
-            value.set_sensitive(true);
-            headers.insert(name.clone(), value);
-        }
+        let auth = config.api_key.as_ref().map(|key| match config.provider {
+            ProviderKind::Azure => (
+                header::HeaderName::from_static("api-key"),
+                key.expose().to_owned(),
+            ),
+            _ => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+        });
+        let headers = deployment_headers(config, auth)?;
 
         Ok(OpenAiBackend {
             http: Http::new(clients, config.timeouts, parse_json_error)?,
@@ -126,30 +106,19 @@ impl OpenAiBackend {
         let canonical = call.canonical()?;
         let encoded = openai::canonical::encode_request(canonical, &self.upstream_model);
         let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
-        if !canonical.stream {
-            let body = self
-                .send_whole(&self.chat_url, encoded.body, &call.options)
-                .await?;
-            let response = openai::canonical::decode_response(&body)
-                .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
-            let usage = response.usage;
-            return Ok(Reply::Complete {
-                body: call.response(response, &self.upstream_model),
-                usage,
-                dropped,
-            });
-        }
-        Ok(Reply::Stream {
-            events: relay_translated(
-                self.send_stream(encoded.body, &call.options).await?,
-                Box::new(openai::canonical::ChunkDecoder::new()),
-                call.encoder(&self.upstream_model),
-                call.options
-                    .stream_idle
-                    .unwrap_or(self.http.timeouts.stream_idle),
-            ),
-            dropped,
-        })
+        let native = if canonical.stream {
+            Native::Stream(self.send_stream(encoded.body, &call.options).await?)
+        } else {
+            Native::Whole(
+                self.send_whole(&self.chat_url, encoded.body, &call.options)
+                    .await?,
+            )
+        };
+        let idle = call
+            .options
+            .stream_idle
+            .unwrap_or(self.http.timeouts.stream_idle);
+        translated_reply(call, native, &OPENAI, &self.upstream_model, idle, dropped)
     }
 
     pub(crate) async fn chat(

@@ -1,12 +1,18 @@
-//! Relaying an OpenAI event stream: upstream bytes in, one `RelayEvent` per
-//! upstream event out, as soon as each event is complete.
+//! Relaying upstream streams: one driver (`relay`) reads the upstream's
+//! body within the idle timeout and hands each read to a `Relay`, which
+//! queues relay events in the client's dialect as soon as they are
+//! complete. Three relays use it: OpenAI's event stream passed on to an
+//! OpenAI client (here), Anthropic's passed on to an Anthropic client
+//! (`anthropic.rs`), and any upstream's translated for another dialect's
+//! client (`translate.rs`).
 //!
-//! Each `data:` payload is checked and passed on unchanged, except that the
-//! usage the gateway asked for on the client's behalf is taken out again
-//! (the final usage-only chunk, and the `"usage":null` member of the other
-//! chunks), so a client that did not ask sees what the upstream would have
-//! sent it. A stream that stops without `data: [DONE]`, goes silent for
-//! longer than the idle timeout, or reports an error, ends with `Failed`.
+//! The OpenAI relay passes each `data:` payload on unchanged once checked,
+//! except that the usage the gateway asked for on the client's behalf is
+//! taken out again (the final usage-only chunk, and the `"usage":null`
+//! member of the other chunks), so a client that did not ask sees what the
+//! upstream would have sent it. A stream that stops without its end marker,
+//! goes silent for longer than the idle timeout, or reports an error, ends
+//! with `Failed`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -16,19 +22,83 @@ use futures_util::StreamExt;
 use switchboard_dialects::openai::{inspect_chunk, response::strip_null_usage};
 use switchboard_dialects::sse::{SseDecoder, SseEvent, frame_data};
 
+use crate::transport::ByteStream;
 use crate::{RelayEvent, RelayStream, TimeoutPhase, UpstreamError};
 
-use crate::transport::ByteStream;
+/// The relay events a relay has completed and not yet handed on.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    queue: VecDeque<RelayEvent>,
+    finished: bool,
+}
 
-struct RelayState {
-    body: ByteStream,
+impl Outbox {
+    pub(crate) fn push(&mut self, event: RelayEvent) {
+        self.queue.push_back(event);
+    }
+
+    /// The stream ended well; nothing follows.
+    pub(crate) fn done(&mut self) {
+        self.queue.push_back(RelayEvent::Done);
+        self.finished = true;
+    }
+
+    /// The stream broke; nothing follows.
+    pub(crate) fn fail(&mut self, error: UpstreamError) {
+        self.queue.push_back(RelayEvent::Failed(error));
+        self.finished = true;
+    }
+
+    pub(crate) fn finished(&self) -> bool {
+        self.finished
+    }
+}
+
+/// What one kind of relay does with the upstream's body.
+pub(crate) trait Relay: Send + 'static {
+    /// The next bytes read.
+    fn bytes(&mut self, bytes: &[u8], out: &mut Outbox);
+    /// The body ended; anything unfinished is a failure.
+    fn end(&mut self, out: &mut Outbox);
+    /// The stream's own end marker has been read, so a silence or a broken
+    /// connection from now on ends the stream rather than fails it.
+    fn complete(&self) -> bool {
+        false
+    }
+}
+
+/// Drives `relay` over `body` until it finishes.
+pub(crate) fn relay<R: Relay>(body: ByteStream, idle_timeout: Duration, relay: R) -> RelayStream {
+    let state = (body, relay, Outbox::default());
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |(mut body, mut relay, mut out)| async move {
+            loop {
+                if let Some(event) = out.queue.pop_front() {
+                    return Some((event, (body, relay, out)));
+                }
+                if out.finished {
+                    return None;
+                }
+                match tokio::time::timeout(idle_timeout, body.next()).await {
+                    Ok(Some(Ok(bytes))) => relay.bytes(&bytes, &mut out),
+                    Ok(None) => relay.end(&mut out),
+                    Err(_) | Ok(Some(Err(_))) if relay.complete() => relay.end(&mut out),
+                    Err(_) => out.fail(UpstreamError::Timeout {
+                        phase: TimeoutPhase::StreamIdle,
+                    }),
+                    Ok(Some(Err(error))) => out.fail(error),
+                }
+            }
+        },
+    ))
+}
+
+struct OpenAiRelay {
     decoder: SseDecoder,
     events: Vec<SseEvent>,
-    queue: VecDeque<RelayEvent>,
-    idle_timeout: Duration,
     forward_usage: bool,
     strip_null_usage: bool,
-    finished: bool,
 }
 
 pub(crate) fn relay_openai_stream(
@@ -37,78 +107,57 @@ pub(crate) fn relay_openai_stream(
     forward_usage: bool,
     strip_null_usage: bool,
 ) -> RelayStream {
-    let state = RelayState {
+    relay(
         body,
-        decoder: SseDecoder::default(),
-        events: Vec::new(),
-        queue: VecDeque::new(),
         idle_timeout,
-        forward_usage,
-        strip_null_usage,
-        finished: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
-            loop {
-                if let Some(event) = state.queue.pop_front() {
-                    return Some((event, state));
-                }
-                if state.finished {
-                    return None;
-                }
-                state.pull().await;
-            }
+        OpenAiRelay {
+            decoder: SseDecoder::default(),
+            events: Vec::new(),
+            forward_usage,
+            strip_null_usage,
         },
-    ))
+    )
 }
 
-impl RelayState {
-    /// Reads the next piece of the body and queues what it completes.
-    async fn pull(&mut self) {
-        match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
-            Err(_) => self.fail(UpstreamError::Timeout {
-                phase: TimeoutPhase::StreamIdle,
-            }),
-            Ok(Some(Err(error))) => self.fail(error),
-            Ok(Some(Ok(bytes))) => {
-                if let Err(error) = self.decoder.feed(&bytes, &mut self.events) {
-                    self.fail(UpstreamError::InvalidResponse(format!(
-                        "broken event stream: {error}"
-                    )));
-                    return;
-                }
-                self.take_events();
-            }
-            Ok(None) => {
-                let _ = self.decoder.finish(&mut self.events);
-                self.take_events();
-                if !self.finished {
-                    self.fail(UpstreamError::InvalidResponse(
-                        "the upstream closed the stream before `data: [DONE]`".to_owned(),
-                    ));
-                }
-            }
+impl Relay for OpenAiRelay {
+    fn bytes(&mut self, bytes: &[u8], out: &mut Outbox) {
+        if let Err(error) = self.decoder.feed(bytes, &mut self.events) {
+            out.fail(UpstreamError::InvalidResponse(format!(
+                "broken event stream: {error}"
+            )));
+            return;
         }
+        self.take_events(out);
     }
 
-    fn take_events(&mut self) {
+    fn end(&mut self, out: &mut Outbox) {
+        let _ = self.decoder.finish(&mut self.events);
+        self.take_events(out);
+        if !out.finished() {
+            out.fail(UpstreamError::InvalidResponse(
+                "the upstream closed the stream before `data: [DONE]`".to_owned(),
+            ));
+        }
+    }
+}
+
+impl OpenAiRelay {
+    fn take_events(&mut self, out: &mut Outbox) {
         let events = std::mem::take(&mut self.events);
         for event in &events {
-            if self.finished {
+            if out.finished() {
                 break;
             }
-            self.take_event(event);
+            self.take_event(event, out);
         }
         self.events = events;
         self.events.clear();
     }
 
-    fn take_event(&mut self, event: &SseEvent) {
+    fn take_event(&mut self, event: &SseEvent, out: &mut Outbox) {
         let data = event.data.trim();
         if data == "[DONE]" {
-            self.queue.push_back(RelayEvent::Done);
-            self.finished = true;
+            out.done();
             return;
         }
         if data.is_empty() {
@@ -117,16 +166,16 @@ impl RelayState {
         let info = match inspect_chunk(data) {
             Ok(info) => info,
             Err(error) => {
-                self.fail(UpstreamError::InvalidResponse(error.0));
+                out.fail(UpstreamError::InvalidResponse(error.0));
                 return;
             }
         };
         if let Some(body) = info.error {
-            self.fail(UpstreamError::InStream { body });
+            out.fail(UpstreamError::InStream { body });
             return;
         }
         if let Some(usage) = info.usage {
-            self.queue.push_back(RelayEvent::Usage(usage));
+            out.push(RelayEvent::Usage(usage));
         }
         if info.usage_only && !self.forward_usage {
             return;
@@ -139,15 +188,10 @@ impl RelayState {
             Some(stripped) => frame_data(stripped.as_bytes()),
             None => frame_data(data.as_bytes()),
         };
-        self.queue.push_back(RelayEvent::Data {
+        out.push(RelayEvent::Data {
             frame: Bytes::from(frame),
             content: info.has_content,
         });
-    }
-
-    fn fail(&mut self, error: UpstreamError) {
-        self.queue.push_back(RelayEvent::Failed(error));
-        self.finished = true;
     }
 }
 

@@ -21,7 +21,8 @@ use switchboard_dialects::openai::response::embeddings_list;
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, Role, UpstreamErrorBody};
 use switchboard_dialects::sse::frame_data;
 
-use crate::translate::{ChatCall, relay_as_bytes, relay_translated};
+use crate::translate::{ChatCall, OPENAI, relay_as_bytes, translated_reply};
+use crate::transport::Native;
 use crate::{RelayEvent, Reply, UpstreamError};
 
 /// Words used to pad an echo up to the configured reply length.
@@ -325,27 +326,18 @@ impl Simulator {
                 message: error.message,
                 param: error.param,
             })?;
-        match self.chat(&request).await? {
-            Reply::Complete { body, .. } => {
-                let response = switchboard_dialects::openai::canonical::decode_response(&body)
-                    .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
-                let usage = response.usage;
-                Ok(Reply::Complete {
-                    body: call.response(response, &self.model),
-                    usage,
-                    dropped: Vec::new(),
-                })
-            }
-            Reply::Stream { events, .. } => Ok(Reply::Stream {
-                events: relay_translated(
-                    relay_as_bytes(events),
-                    Box::new(switchboard_dialects::openai::canonical::ChunkDecoder::new()),
-                    call.encoder(&self.model),
-                    Duration::from_secs(3600),
-                ),
-                dropped: Vec::new(),
-            }),
-        }
+        let native = match self.chat(&request).await? {
+            Reply::Complete { body, .. } => Native::Whole(body),
+            Reply::Stream { events, .. } => Native::Stream(relay_as_bytes(events)),
+        };
+        translated_reply(
+            call,
+            native,
+            &OPENAI,
+            &self.model,
+            Duration::from_secs(3600),
+            Vec::new(),
+        )
     }
 
     pub(crate) async fn embeddings(

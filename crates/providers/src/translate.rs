@@ -4,7 +4,6 @@
 //! answer is read back into the internal model and written in the client's.
 //! Streams are translated event by event as they arrive.
 
-use std::collections::VecDeque;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,12 +14,14 @@ use switchboard_config::UnsupportedParams;
 use switchboard_core::Usage;
 use switchboard_dialects::anthropic::{self, MessagesRequest};
 use switchboard_dialects::canon::{
-    self, ChatResponse, Frame, StreamDecoder, StreamEncoder, StreamError, StreamEvent, Unsupported,
+    self, ChatResponse, Frame, InvalidResponse, StreamDecoder, StreamEncoder, StreamError,
+    StreamEvent, Unsupported,
 };
 use switchboard_dialects::openai::{self, ChatRequest};
 
-use crate::transport::ByteStream;
-use crate::{CallOptions, RelayEvent, RelayStream, TimeoutPhase, UpstreamError};
+use crate::relay::{Outbox, Relay, relay};
+use crate::transport::{ByteStream, Native};
+use crate::{CallOptions, RelayEvent, RelayStream, Reply, UpstreamError};
 
 /// The dialect a client spoke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,58 @@ impl<'a> ChatCall<'a> {
     }
 }
 
+/// How to read one upstream dialect's answers: whole, and streamed.
+pub(crate) struct Reader {
+    pub decode: fn(&[u8]) -> Result<ChatResponse, InvalidResponse>,
+    pub stream: fn() -> Box<dyn StreamDecoder>,
+}
+
+pub(crate) const OPENAI: Reader = Reader {
+    decode: openai::canonical::decode_response,
+    stream: || Box::new(openai::canonical::ChunkDecoder::new()),
+};
+pub(crate) const ANTHROPIC: Reader = Reader {
+    decode: anthropic::decode_response,
+    stream: || Box::new(anthropic::EventDecoder::new()),
+};
+pub(crate) const GEMINI: Reader = Reader {
+    decode: switchboard_dialects::gemini::decode_response,
+    stream: || Box::new(switchboard_dialects::gemini::StreamDecoder::new()),
+};
+pub(crate) const BEDROCK: Reader = Reader {
+    decode: switchboard_dialects::bedrock::decode_response,
+    stream: || Box::new(switchboard_dialects::bedrock::StreamDecoder::new()),
+};
+
+/// The answer to a translated request, in the client's dialect: a whole
+/// answer decoded and re-encoded, or a stream translated as it arrives.
+/// `model` names the answer when the upstream's does not.
+pub(crate) fn translated_reply(
+    call: &ChatCall<'_>,
+    native: Native,
+    reader: &Reader,
+    model: &str,
+    idle: Duration,
+    dropped: Vec<String>,
+) -> Result<Reply, UpstreamError> {
+    match native {
+        Native::Whole(body) => {
+            let response =
+                (reader.decode)(&body).map_err(|error| UpstreamError::InvalidResponse(error.0))?;
+            let usage = response.usage;
+            Ok(Reply::Complete {
+                body: call.response(response, model),
+                usage,
+                dropped,
+            })
+        }
+        Native::Stream(body) => Ok(Reply::Stream {
+            events: relay_translated(body, (reader.stream)(), call.encoder(model), idle),
+            dropped,
+        }),
+    }
+}
+
 /// Applies a deployment's policy to the parameters its dialect could not
 /// carry: refuse the request naming them, or name them as dropped.
 pub(crate) fn check_unsupported(
@@ -188,15 +241,11 @@ fn stream_error(error: StreamError) -> UpstreamError {
 }
 
 struct Translation {
-    body: ByteStream,
     decoder: Box<dyn StreamDecoder>,
     encoder: Box<dyn StreamEncoder>,
-    idle_timeout: Duration,
     events: Vec<StreamEvent>,
     frames: Vec<Frame>,
-    queue: VecDeque<RelayEvent>,
     usage: Usage,
-    finished: bool,
 }
 
 /// Relays an upstream stream in another dialect: bytes are decoded into
@@ -209,85 +258,60 @@ pub(crate) fn relay_translated(
     encoder: Box<dyn StreamEncoder>,
     idle_timeout: Duration,
 ) -> RelayStream {
-    let state = Translation {
+    relay(
         body,
-        decoder,
-        encoder,
         idle_timeout,
-        events: Vec::new(),
-        frames: Vec::new(),
-        queue: VecDeque::new(),
-        usage: Usage::default(),
-        finished: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
-            loop {
-                if let Some(event) = state.queue.pop_front() {
-                    return Some((event, state));
-                }
-                if state.finished {
-                    return None;
-                }
-                state.pull().await;
-            }
+        Translation {
+            decoder,
+            encoder,
+            events: Vec::new(),
+            frames: Vec::new(),
+            usage: Usage::default(),
         },
-    ))
+    )
 }
 
-impl Translation {
-    async fn pull(&mut self) {
-        match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
-            Err(_) if self.decoder.is_done() => self.end(),
-            Err(_) => self.fail(UpstreamError::Timeout {
-                phase: TimeoutPhase::StreamIdle,
-            }),
-            Ok(Some(Err(error))) if self.decoder.is_done() => {
-                tracing::debug!(%error, "the upstream's connection broke after its stream ended");
-                self.end();
-            }
-            Ok(Some(Err(error))) => self.fail(error),
-            Ok(Some(Ok(bytes))) => {
-                let fed = self.decoder.feed(&bytes, &mut self.events);
-                self.translate();
-                if let Err(error) = fed {
-                    self.fail(stream_error(error));
-                }
-            }
-            Ok(None) if self.decoder.is_done() => self.end(),
-            Ok(None) => self.fail(UpstreamError::InvalidResponse(
-                "the upstream closed the stream before its end marker".to_owned(),
-            )),
+impl Relay for Translation {
+    fn bytes(&mut self, bytes: &[u8], out: &mut Outbox) {
+        let fed = self.decoder.feed(bytes, &mut self.events);
+        self.translate(out);
+        if let Err(error) = fed {
+            out.fail(stream_error(error));
         }
     }
 
-    fn translate(&mut self) {
+    fn end(&mut self, out: &mut Outbox) {
+        if !self.decoder.is_done() {
+            out.fail(UpstreamError::InvalidResponse(
+                "the upstream closed the stream before its end marker".to_owned(),
+            ));
+            return;
+        }
+        self.encoder.finish(&mut self.frames);
+        self.translate(out);
+        out.done();
+    }
+
+    fn complete(&self) -> bool {
+        self.decoder.is_done()
+    }
+}
+
+impl Translation {
+    fn translate(&mut self, out: &mut Outbox) {
         for event in self.events.drain(..) {
             if let StreamEvent::Usage { usage, .. } = &event {
                 canon::merge_usage(&mut self.usage, usage);
-                self.queue.push_back(RelayEvent::Usage(self.usage));
+                out.push(RelayEvent::Usage(self.usage));
             }
             self.encoder.event(event, &mut self.frames);
         }
         for frame in self.frames.drain(..) {
-            self.queue.push_back(RelayEvent::Data {
+            out.push(RelayEvent::Data {
                 frame: Bytes::from(frame.bytes),
                 content: frame.content,
             });
         }
-    }
-
-    fn end(&mut self) {
-        self.encoder.finish(&mut self.frames);
-        self.translate();
-        self.queue.push_back(RelayEvent::Done);
-        self.finished = true;
-    }
-
-    fn fail(&mut self, error: UpstreamError) {
-        self.queue.push_back(RelayEvent::Failed(error));
-        self.finished = true;
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::header::{self, HeaderMap};
-use switchboard_config::Timeouts;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use switchboard_config::{DeploymentConfig, Timeouts};
 use switchboard_dialects::openai::UpstreamErrorBody;
 
 use crate::client::connect_step;
@@ -32,6 +32,38 @@ pub(crate) type ErrorParser = fn(&[u8], &HeaderMap) -> UpstreamErrorBody;
 
 pub(crate) fn parse_json_error(body: &[u8], _headers: &HeaderMap) -> UpstreamErrorBody {
     UpstreamErrorBody::parse(body)
+}
+
+/// The headers every request to a deployment carries: a JSON content type,
+/// the credential (`auth`: a header name and its whole value) and the
+/// configured extra headers, all secret values marked sensitive so they
+/// never appear in debug output.
+pub(crate) fn deployment_headers(
+    config: &DeploymentConfig,
+    auth: Option<(HeaderName, String)>,
+) -> Result<HeaderMap, UpstreamError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some((name, value)) = auth {
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            UpstreamError::Misconfigured(
+                "the API key holds characters not allowed in a header".to_owned(),
+            )
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    for (name, secret) in &config.headers {
+        let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
+            UpstreamError::Misconfigured(format!("header {name} has an invalid value"))
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name.clone(), value);
+    }
+    Ok(headers)
 }
 
 /// An upstream's answer before it is read as its dialect.
