@@ -1,0 +1,583 @@
+//! Rate limits, concurrency and budgets: what a request must reserve before
+//! it goes upstream, and settle when it ends.
+//!
+//! A request touches several scopes at once (its end user, its virtual key,
+//! the key's team, the deployment), each with its own `Rules`. `Limiter::reserve`
+//! checks and reserves all of them in one atomic step, so that concurrent
+//! requests can never together overshoot a limit: a budget is charged the
+//! request's worst-case cost up front, and `Limiter::settle` replaces that
+//! with the actual cost once it is known. Money is counted in nano-dollars
+//! (`Nanos`), so a price in USD per million tokens is exactly a number of
+//! nano-dollars per thousand tokens and no rounding accumulates.
+//!
+//! Windows are fixed and aligned to UTC: requests and tokens per minute
+//! count within the current minute; budgets within the current day, ISO
+//! week (from Monday), calendar month, or forever.
+//!
+//! `MemoryLimiter` keeps the counters of one instance; the store crate's
+//! Redis limiter shares them between instances, with the same semantics.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// US dollars times 10⁹.
+pub type Nanos = u64;
+
+/// What a scope is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ScopeKind {
+    /// An end user named by the request (OpenAI's `user`, Anthropic's
+    /// `metadata.user_id`), within its key.
+    User,
+    Key,
+    Team,
+    Deployment,
+}
+
+impl ScopeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::User => "user",
+            ScopeKind::Key => "key",
+            ScopeKind::Team => "team",
+            ScopeKind::Deployment => "deployment",
+        }
+    }
+}
+
+/// One thing limits apply to, such as `(Key, "key_01H...")`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    pub kind: ScopeKind,
+    pub id: String,
+}
+
+/// How often a budget starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    /// Never: a lifetime budget.
+    Total,
+    Daily,
+    /// ISO weeks, from Monday 00:00 UTC.
+    Weekly,
+    /// Calendar months, from the 1st 00:00 UTC.
+    Monthly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Budget {
+    pub limit: Nanos,
+    pub period: Period,
+}
+
+/// The limits of one scope; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Rules {
+    pub requests_per_minute: Option<u64>,
+    /// Prompt and completion tokens per minute.
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u64>,
+    pub budget: Option<Budget>,
+}
+
+impl Rules {
+    pub fn is_unlimited(&self) -> bool {
+        *self == Rules::default()
+    }
+}
+
+/// What a request asks to reserve.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub scopes: Vec<(Scope, Rules)>,
+    /// Worst-case tokens (prompt bound plus the most it may generate).
+    pub tokens: u64,
+    /// Worst-case cost.
+    pub cost: Nanos,
+    /// Milliseconds since the Unix epoch (UTC).
+    pub now_ms: u64,
+}
+
+/// What a reservation holds, to be settled exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub scopes: Vec<(Scope, Rules)>,
+    pub tokens: u64,
+    pub cost: Nanos,
+    /// The minute and budget windows the reservation was made in, so that
+    /// settling lands in the same windows.
+    pub minute: u64,
+    pub now_ms: u64,
+    /// What is left in the first scope (normally the key) after this
+    /// request, for `x-ratelimit-*` headers.
+    pub remaining: Remaining,
+}
+
+/// Room left in a scope, where it has a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Remaining {
+    pub requests: Option<(u64, u64)>,
+    pub tokens: Option<(u64, u64)>,
+    /// Until the minute window resets.
+    pub reset: Duration,
+}
+
+/// Why a request may not go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A per-minute or concurrency limit is reached; retry after the wait.
+    Limited {
+        scope: Scope,
+        /// `requests_per_minute`, `tokens_per_minute` or `max_concurrent`.
+        limit: &'static str,
+        retry_after: Duration,
+    },
+    /// The request's worst-case cost does not fit in the budget left.
+    Budget {
+        scope: Scope,
+        limit: Nanos,
+        /// Spent plus reserved by requests in flight.
+        used: Nanos,
+        period: Period,
+    },
+    /// The shared counters cannot be reached and the rule fails closed.
+    Unavailable(String),
+}
+
+pub type LimitFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Counters shared by the requests of one instance, or of many.
+pub trait Limiter: Send + Sync + 'static {
+    /// Checks every scope and reserves in all of them, or in none.
+    fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>>;
+    /// Ends a reservation: the request's actual tokens and cost replace the
+    /// worst case, and it stops counting as concurrent. A request that
+    /// never reached the upstream settles with zeros.
+    fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()>;
+    /// Spent and reserved in a scope's current budget window.
+    fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos>;
+}
+
+/// The minute window a time falls in.
+pub fn minute_of(now_ms: u64) -> u64 {
+    now_ms / 60_000
+}
+
+/// A name for the budget window a time falls in (`d20261128`, `w2026-48`,
+/// `m2026-11`, `total`), the same on every instance.
+pub fn budget_window(period: Period, now_ms: u64) -> String {
+    let days = (now_ms / 86_400_000) as i64;
+    let (year, month, day) = civil_from_days(days);
+    match period {
+        Period::Total => "total".to_owned(),
+        Period::Daily => format!("d{year:04}{month:02}{day:02}"),
+        Period::Monthly => format!("m{year:04}-{month:02}"),
+        Period::Weekly => {
+            // 1970-01-01 was a Thursday; Monday-based weeks.
+            let monday = days - (days + 3).rem_euclid(7);
+            let (year, month, day) = civil_from_days(monday);
+            format!("w{year:04}{month:02}{day:02}")
+        }
+    }
+}
+
+/// Milliseconds until the budget window after `now_ms` starts (`None` for
+/// a lifetime budget).
+pub fn budget_reset_in(period: Period, now_ms: u64) -> Option<Duration> {
+    let days = (now_ms / 86_400_000) as i64;
+    let next_day = match period {
+        Period::Total => return None,
+        Period::Daily => days + 1,
+        Period::Weekly => days - (days + 3).rem_euclid(7) + 7,
+        Period::Monthly => {
+            let (year, month, _) = civil_from_days(days);
+            let (year, month) = if month == 12 {
+                (year + 1, 1)
+            } else {
+                (year, month + 1)
+            };
+            days_from_civil(year, month, 1)
+        }
+    };
+    Some(Duration::from_millis(
+        (next_day as u64 * 86_400_000).saturating_sub(now_ms),
+    ))
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let month = i64::from(month);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Counters of one scope.
+#[derive(Debug, Default)]
+struct Counters {
+    minute: u64,
+    requests: u64,
+    tokens: u64,
+    concurrent: u64,
+    /// Budget window name → (spent, reserved).
+    budget: HashMap<String, (Nanos, Nanos)>,
+}
+
+/// The limiter of a single instance: counters in memory, one lock for the
+/// atomic check-and-reserve.
+#[derive(Debug, Default)]
+pub struct MemoryLimiter {
+    scopes: Mutex<HashMap<Scope, Counters>>,
+}
+
+impl MemoryLimiter {
+    pub fn new() -> MemoryLimiter {
+        MemoryLimiter::default()
+    }
+
+    fn reserve_now(&self, ask: Ask) -> Result<Grant, Refusal> {
+        let minute = minute_of(ask.now_ms);
+        let reset = Duration::from_millis((minute + 1) * 60_000 - ask.now_ms);
+        let mut scopes = self
+            .scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Check everything first...
+        for (scope, rules) in &ask.scopes {
+            let counters = scopes.entry(scope.clone()).or_default();
+            if counters.minute != minute {
+                counters.minute = minute;
+                counters.requests = 0;
+                counters.tokens = 0;
+            }
+            if let Some(limit) = rules.max_concurrent
+                && counters.concurrent >= limit
+            {
+                return Err(Refusal::Limited {
+                    scope: scope.clone(),
+                    limit: "max_concurrent",
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            if let Some(limit) = rules.requests_per_minute
+                && counters.requests >= limit
+            {
+                return Err(Refusal::Limited {
+                    scope: scope.clone(),
+                    limit: "requests_per_minute",
+                    retry_after: reset,
+                });
+            }
+            if let Some(limit) = rules.tokens_per_minute
+                && counters.tokens.saturating_add(ask.tokens) > limit
+            {
+                return Err(Refusal::Limited {
+                    scope: scope.clone(),
+                    limit: "tokens_per_minute",
+                    retry_after: reset,
+                });
+            }
+            if let Some(budget) = rules.budget {
+                let window = budget_window(budget.period, ask.now_ms);
+                let (spent, reserved) = counters.budget.get(&window).copied().unwrap_or_default();
+                let used = spent.saturating_add(reserved);
+                if used.saturating_add(ask.cost) > budget.limit {
+                    return Err(Refusal::Budget {
+                        scope: scope.clone(),
+                        limit: budget.limit,
+                        used,
+                        period: budget.period,
+                    });
+                }
+            }
+        }
+        // ...then reserve everywhere.
+        let mut remaining = Remaining {
+            reset,
+            ..Remaining::default()
+        };
+        for (index, (scope, rules)) in ask.scopes.iter().enumerate() {
+            let counters = scopes.entry(scope.clone()).or_default();
+            counters.requests += 1;
+            counters.tokens = counters.tokens.saturating_add(ask.tokens);
+            counters.concurrent += 1;
+            if let Some(budget) = rules.budget {
+                let window = budget_window(budget.period, ask.now_ms);
+                let entry = counters.budget.entry(window).or_default();
+                entry.1 = entry.1.saturating_add(ask.cost);
+            }
+            if index == 0 {
+                remaining.requests = rules
+                    .requests_per_minute
+                    .map(|limit| (limit, limit.saturating_sub(counters.requests)));
+                remaining.tokens = rules
+                    .tokens_per_minute
+                    .map(|limit| (limit, limit.saturating_sub(counters.tokens)));
+            }
+        }
+        Ok(Grant {
+            scopes: ask.scopes,
+            tokens: ask.tokens,
+            cost: ask.cost,
+            minute,
+            now_ms: ask.now_ms,
+            remaining,
+        })
+    }
+
+    fn settle_now(&self, grant: &Grant, tokens: u64, cost: Nanos) {
+        let mut scopes = self
+            .scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (scope, rules) in &grant.scopes {
+            let Some(counters) = scopes.get_mut(scope) else {
+                continue;
+            };
+            counters.concurrent = counters.concurrent.saturating_sub(1);
+            if counters.minute == grant.minute {
+                counters.tokens = counters
+                    .tokens
+                    .saturating_sub(grant.tokens)
+                    .saturating_add(tokens);
+            }
+            if let Some(budget) = rules.budget {
+                let window = budget_window(budget.period, grant.now_ms);
+                let entry = counters.budget.entry(window).or_default();
+                entry.1 = entry.1.saturating_sub(grant.cost);
+                entry.0 = entry.0.saturating_add(cost);
+            }
+        }
+    }
+
+    /// Adds spend recorded elsewhere (at start-up, from the store) to a
+    /// scope's budget window.
+    pub fn preload_spend(&self, scope: Scope, period: Period, now_ms: u64, spent: Nanos) {
+        let mut scopes = self
+            .scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = scopes
+            .entry(scope)
+            .or_default()
+            .budget
+            .entry(budget_window(period, now_ms))
+            .or_default();
+        entry.0 = entry.0.saturating_add(spent);
+    }
+}
+
+impl Limiter for MemoryLimiter {
+    fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
+        let result = self.reserve_now(ask);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
+        self.settle_now(&grant, tokens, cost);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos> {
+        let scopes = self
+            .scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let used = scopes
+            .get(scope)
+            .and_then(|counters| counters.budget.get(&budget_window(period, now_ms)))
+            .map_or(0, |(spent, reserved)| spent + reserved);
+        Box::pin(std::future::ready(used))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_764_288_000_000; // 2025-11-28 00:00:00 UTC, a Friday
+
+    fn key(id: &str) -> Scope {
+        Scope {
+            kind: ScopeKind::Key,
+            id: id.to_owned(),
+        }
+    }
+
+    fn ask(scopes: Vec<(Scope, Rules)>, tokens: u64, cost: Nanos) -> Ask {
+        Ask {
+            scopes,
+            tokens,
+            cost,
+            now_ms: NOW,
+        }
+    }
+
+    #[test]
+    fn windows_are_named_by_utc_calendar() {
+        assert_eq!(budget_window(Period::Daily, NOW), "d20251128");
+        assert_eq!(budget_window(Period::Monthly, NOW), "m2025-11");
+        assert_eq!(
+            budget_window(Period::Weekly, NOW),
+            "w20251124",
+            "the Monday before"
+        );
+        assert_eq!(budget_window(Period::Total, NOW), "total");
+        assert_eq!(
+            budget_window(Period::Weekly, NOW + 3 * 86_400_000),
+            "w20251201"
+        );
+        assert_eq!(
+            budget_reset_in(Period::Daily, NOW + 1000),
+            Some(Duration::from_millis(86_400_000 - 1000))
+        );
+        assert_eq!(
+            budget_reset_in(Period::Monthly, NOW),
+            Some(Duration::from_secs(3 * 86_400))
+        );
+        assert_eq!(
+            budget_reset_in(Period::Weekly, NOW),
+            Some(Duration::from_secs(3 * 86_400))
+        );
+        assert_eq!(budget_reset_in(Period::Total, NOW), None);
+        for days in [0i64, 59, 365, 10_000, 20_000, -1, -400] {
+            let (year, month, day) = civil_from_days(days);
+            assert_eq!(days_from_civil(year, month, day), days);
+        }
+    }
+
+    #[test]
+    fn a_budget_is_never_overshot_by_reservations() {
+        let limiter = MemoryLimiter::new();
+        let rules = Rules {
+            budget: Some(Budget {
+                limit: 1_000,
+                period: Period::Daily,
+            }),
+            ..Rules::default()
+        };
+        let mut grants = Vec::new();
+        for _ in 0..10 {
+            if let Ok(grant) = limiter.reserve_now(ask(vec![(key("k"), rules)], 1, 300)) {
+                grants.push(grant);
+            }
+        }
+        assert_eq!(grants.len(), 3, "300 × 3 fits in 1000, a fourth does not");
+        match limiter.reserve_now(ask(vec![(key("k"), rules)], 1, 300)) {
+            Err(Refusal::Budget { used, limit, .. }) => assert_eq!((used, limit), (900, 1000)),
+            other => panic!("{other:?}"),
+        }
+        // Settling at the actual (lower) cost frees room.
+        for grant in grants {
+            limiter.settle_now(&grant, 1, 100);
+        }
+        assert!(
+            limiter
+                .reserve_now(ask(vec![(key("k"), rules)], 1, 700))
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .reserve_now(ask(vec![(key("k"), rules)], 1, 1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_refusal_in_one_scope_reserves_in_none() {
+        let limiter = MemoryLimiter::new();
+        let open = Rules {
+            requests_per_minute: Some(100),
+            ..Rules::default()
+        };
+        let team = Scope {
+            kind: ScopeKind::Team,
+            id: "t".to_owned(),
+        };
+        let tight = Rules {
+            max_concurrent: Some(1),
+            ..Rules::default()
+        };
+        let first = limiter
+            .reserve_now(ask(vec![(key("a"), open), (team.clone(), tight)], 1, 0))
+            .unwrap();
+        assert_eq!(first.remaining.requests, Some((100, 99)));
+        let refused = limiter.reserve_now(ask(vec![(key("b"), open), (team.clone(), tight)], 1, 0));
+        assert!(matches!(
+            refused,
+            Err(Refusal::Limited {
+                limit: "max_concurrent",
+                ..
+            })
+        ));
+        let scopes = limiter.scopes.lock().unwrap();
+        assert_eq!(scopes.get(&key("b")).map_or(0, |c| c.requests), 0);
+        drop(scopes);
+        limiter.settle_now(&first, 1, 0);
+        assert!(
+            limiter
+                .reserve_now(ask(vec![(key("b"), open), (team, tight)], 1, 0))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn per_minute_limits_reset_with_the_minute() {
+        let limiter = MemoryLimiter::new();
+        let rules = Rules {
+            requests_per_minute: Some(2),
+            tokens_per_minute: Some(100),
+            ..Rules::default()
+        };
+        assert!(
+            limiter
+                .reserve_now(ask(vec![(key("k"), rules)], 40, 0))
+                .is_ok()
+        );
+        match limiter.reserve_now(ask(vec![(key("k"), rules)], 70, 0)) {
+            Err(Refusal::Limited {
+                limit: "tokens_per_minute",
+                retry_after,
+                ..
+            }) => assert_eq!(retry_after, Duration::from_secs(60)),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            limiter
+                .reserve_now(ask(vec![(key("k"), rules)], 40, 0))
+                .is_ok()
+        );
+        assert!(matches!(
+            limiter.reserve_now(ask(vec![(key("k"), rules)], 1, 0)),
+            Err(Refusal::Limited {
+                limit: "requests_per_minute",
+                ..
+            })
+        ));
+        let later = Ask {
+            now_ms: NOW + 60_000,
+            ..ask(vec![(key("k"), rules)], 40, 0)
+        };
+        assert!(limiter.reserve_now(later).is_ok());
+    }
+}
