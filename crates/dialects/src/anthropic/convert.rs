@@ -380,11 +380,14 @@ fn read_block(
                 cache,
             }
         }
+        // An empty signature is no signature (what a client echoes back of
+        // reasoning that came without one).
         "thinking" => Part::Reasoning {
             text: text_of("thinking")?,
             signature: block
                 .get("signature")
                 .and_then(Value::as_str)
+                .filter(|signature| !signature.is_empty())
                 .map(str::to_owned),
         },
         "redacted_thinking" => Part::RedactedReasoning {
@@ -448,6 +451,11 @@ pub fn encode_request(request: &canon::ChatRequest, upstream_model: &str) -> Enc
             .iter()
             .filter_map(|part| write_block(part, &mut unsupported))
             .collect();
+        // A turn left with no blocks (an OpenAI assistant turn whose content
+        // was an empty string) would be refused; it said nothing, so it goes.
+        if blocks.is_empty() {
+            continue;
+        }
         // Consecutive turns of one role are one turn for Anthropic (tool
         // results of parallel calls must share a user turn).
         match messages.last_mut() {
@@ -489,6 +497,9 @@ pub fn encode_request(request: &canon::ChatRequest, upstream_model: &str) -> Enc
                     object.insert("description".into(), json!(description));
                 }
                 object.insert("input_schema".into(), tool.parameters.clone());
+                if let Some(strict) = tool.strict {
+                    object.insert("strict".into(), json!(strict));
+                }
                 if let Some(cache) = &tool.cache {
                     object.insert("cache_control".into(), cache.clone());
                 }
@@ -507,7 +518,12 @@ pub fn encode_request(request: &canon::ChatRequest, upstream_model: &str) -> Enc
         None => None,
     };
     if let Some(mut choice) = choice {
-        if no_parallel && let Some(object) = choice.as_object_mut() {
+        // Anthropic's `none` choice has no `disable_parallel_tool_use`
+        // (and refuses fields it does not have).
+        if no_parallel
+            && request.tool_choice != Some(ToolChoice::None)
+            && let Some(object) = choice.as_object_mut()
+        {
             object.insert("disable_parallel_tool_use".into(), json!(true));
         }
         body.insert("tool_choice".into(), choice);
@@ -620,14 +636,15 @@ fn write_block(part: &Part, unsupported: &mut Vec<Unsupported>) -> Option<Value>
             with_cache(block, cache.as_ref())
         }
         // Reasoning goes back to Anthropic only with its signature, which
-        // proves it came from Claude; reasoning from other models is dropped.
+        // proves it came from Claude; reasoning from other models is dropped,
+        // and so is a bare signature (Gemini's, carried with no text).
         Part::Reasoning {
             text,
             signature: Some(signature),
-        } => json!({"type": "thinking", "thinking": text, "signature": signature}),
-        Part::Reasoning {
-            signature: None, ..
-        } => return None,
+        } if !text.is_empty() && !signature.is_empty() => {
+            json!({"type": "thinking", "thinking": text, "signature": signature})
+        }
+        Part::Reasoning { .. } => return None,
         Part::RedactedReasoning { data } => json!({"type": "redacted_thinking", "data": data}),
     })
 }
@@ -661,8 +678,13 @@ pub(crate) fn usage_from_anthropic(usage: &Value) -> (Usage, Option<u64>) {
     let number = |key: &str| usage.get(key).and_then(Value::as_u64);
     let cache_read = number("cache_read_input_tokens");
     let cache_write = number("cache_creation_input_tokens");
-    let input = number("input_tokens")
-        .map(|input| input + cache_read.unwrap_or(0) + cache_write.unwrap_or(0));
+    let input = number("input_tokens").map(|input| {
+        // Saturating: the counts come from the upstream, and a broken
+        // one must not be able to panic the gateway.
+        input
+            .saturating_add(cache_read.unwrap_or(0))
+            .saturating_add(cache_write.unwrap_or(0))
+    });
     (
         Usage {
             input_tokens: input,
@@ -680,7 +702,7 @@ pub(crate) fn usage_to_anthropic(usage: &Usage, cache_write: Option<u64>) -> Val
     let input = usage
         .input_tokens
         .unwrap_or(0)
-        .saturating_sub(cache_read + written);
+        .saturating_sub(cache_read.saturating_add(written));
     let mut object = Map::new();
     object.insert("input_tokens".into(), json!(input));
     if cache_write.is_some() || usage.cached_input_tokens.is_some() {

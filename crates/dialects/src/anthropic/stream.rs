@@ -8,7 +8,9 @@
 use serde_json::{Value, json};
 use switchboard_core::Usage;
 
-use crate::canon::{Frame, StreamDecoder, StreamEncoder, StreamError, StreamEvent, merge_usage};
+use crate::canon::{
+    FinishReason, Frame, StreamDecoder, StreamEncoder, StreamError, StreamEvent, merge_usage,
+};
 use crate::openai::UpstreamErrorBody;
 use crate::sse::{SseDecoder, SseEvent};
 
@@ -197,11 +199,9 @@ impl EventDecoder {
                     self.note_usage(usage, out);
                 }
                 if let Some(reason) = event.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    let reason = finish_from_anthropic(reason).ok_or_else(|| {
-                        StreamError::Invalid(format!(
-                            "the upstream sent an unknown stop reason `{reason}`"
-                        ))
-                    })?;
+                    // A stop reason newer than this gateway ends the turn
+                    // all the same.
+                    let reason = finish_from_anthropic(reason).unwrap_or(FinishReason::Stop);
                     out.push(StreamEvent::Finish {
                         reason,
                         stop_sequence: event

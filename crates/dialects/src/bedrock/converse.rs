@@ -460,6 +460,9 @@ fn content_blocks(part: &Part, blocks: &mut Vec<Block>, notes: &mut Notes) {
             }));
             cache
         }
+        // A bare signature with no text is Gemini's; no Bedrock model
+        // would accept it.
+        Part::Reasoning { text, .. } if text.is_empty() => return,
         Part::Reasoning { text, signature } => {
             blocks.push(Block::ReasoningContent(ReasoningContent::ReasoningText {
                 text: text.clone(),

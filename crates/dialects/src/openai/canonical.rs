@@ -638,7 +638,7 @@ fn usage_to_openai(usage: &Usage) -> Value {
     let mut object = Map::new();
     object.insert("prompt_tokens".into(), json!(input));
     object.insert("completion_tokens".into(), json!(output));
-    object.insert("total_tokens".into(), json!(input + output));
+    object.insert("total_tokens".into(), json!(input.saturating_add(output)));
     if let Some(cached) = usage.cached_input_tokens {
         object.insert(
             "prompt_tokens_details".into(),
