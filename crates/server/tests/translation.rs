@@ -1041,3 +1041,77 @@ async fn server_tool_blocks_reach_anthropic_clients_and_stop_translation() {
     );
     assert!(!text.contains("[DONE]"));
 }
+
+/// Gemini refuses a function call sent back without the thought signature
+/// it came with; an OpenAI client has no field for it, so it travels in the
+/// tool call's id and is put back on the call when the conversation returns.
+#[tokio::test]
+async fn gemini_thought_signatures_survive_a_round_trip_through_an_openai_client() {
+    let mock = MockUpstream::start().await;
+    let gateway = gateway(&mock, "").await;
+    let answer = json!({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": "c2lnbmF0dXJl"}
+        ]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "totalTokenCount": 8},
+        "modelVersion": "gemini-mock"
+    });
+    for stream in [false, true] {
+        if stream {
+            mock.push(Script::Stream {
+                pieces: at_once(&[format!("data: {answer}\r\n\r\n")]),
+                close: true,
+            });
+        } else {
+            mock.push(Script::json(200, answer.clone()));
+        }
+        let (path, body) = request(Client::OpenAi, "via-gemini", Ask::Tools, stream);
+        let text = gateway.send(&path, &body).await.text().await.unwrap();
+        let id = if stream {
+            sse_events(&text)
+                .iter()
+                .find_map(|(_, data)| {
+                    serde_json::from_str::<Value>(data).ok()?["choices"][0]["delta"]["tool_calls"]
+                        [0]["id"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .unwrap()
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["message"]["tool_calls"][0]
+                ["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(id.ends_with("__thought__c2lnbmF0dXJl"), "{id}");
+        let follow_up = json!({
+            "model": "via-gemini",
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": id, "type": "function", "function": {"name": "get_weather", "arguments": TOOL_ARGUMENTS}}]},
+                {"role": "tool", "tool_call_id": id, "content": "{\"sky\":\"clear\"}"},
+            ],
+        });
+        let response = gateway
+            .send("/v1/chat/completions", &follow_up.to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        let sent = mock.last().json();
+        let model_turn = &sent["contents"][1];
+        assert_eq!(model_turn["role"], "model");
+        assert_eq!(
+            model_turn["parts"][0]["functionCall"]["name"],
+            "get_weather"
+        );
+        assert_eq!(
+            model_turn["parts"][0]["thoughtSignature"], "c2lnbmF0dXJl",
+            "{sent}"
+        );
+        assert_eq!(
+            sent["contents"][2]["parts"][0]["functionResponse"]["name"], "get_weather",
+            "the result still finds its call: {sent}"
+        );
+    }
+}

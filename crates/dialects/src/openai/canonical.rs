@@ -15,6 +15,30 @@ use crate::sse::{SseDecoder, SseEvent, frame_data};
 
 use super::{ChatRequest, RequestError, UpstreamErrorBody};
 
+/// Joins a tool call's id and the thought signature that Gemini attaches to
+/// it. OpenAI's API has no place for the signature, yet Gemini refuses a
+/// function call sent back without it; the tool call id is the one thing a
+/// client returns unchanged, so the signature travels inside it and is
+/// taken out again when the client sends the conversation back.
+pub const SIGNATURE_MARK: &str = "__thought__";
+
+/// `id` with the signature carried in it.
+fn id_with_signature(id: &str, signature: Option<&str>) -> String {
+    match signature {
+        Some(signature) if !signature.is_empty() => format!("{id}{SIGNATURE_MARK}{signature}"),
+        _ => id.to_owned(),
+    }
+}
+
+/// A tool call id as a client sent it back: the id, and the signature it
+/// carried.
+fn split_signature(id: &str) -> (&str, Option<&str>) {
+    match id.split_once(SIGNATURE_MARK) {
+        Some((id, signature)) if !signature.is_empty() => (id, Some(signature)),
+        _ => (id, None),
+    }
+}
+
 /// Top-level request fields the internal model holds.
 const MAPPED_FIELDS: &[&str] = &[
     "model",
@@ -166,7 +190,7 @@ fn read_message(
             out.messages.push(Message {
                 role: Role::Tool,
                 parts: vec![Part::ToolResult {
-                    call_id: call_id.to_owned(),
+                    call_id: split_signature(call_id).0.to_owned(),
                     name: None,
                     content,
                     is_error: false,
@@ -212,8 +236,16 @@ fn read_message(
                             invalid(format!("`{call_path}.{what}` must be a string"), "messages")
                         })
                 };
+                let id = text(call.get("id"), "id")?;
+                let (id, signature) = split_signature(&id);
+                if let Some(signature) = signature {
+                    parts.push(Part::Reasoning {
+                        text: String::new(),
+                        signature: Some(signature.to_owned()),
+                    });
+                }
                 parts.push(Part::ToolCall {
-                    id: text(call.get("id"), "id")?,
+                    id: id.to_owned(),
                     name: text(function.get("name"), "function.name")?,
                     arguments: text(function.get("arguments"), "function.arguments")?,
                     cache: None,
@@ -748,17 +780,26 @@ pub fn encode_response(response: &ChatResponse, created: u64) -> Vec<u8> {
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
+    // A signature with no reasoning text (Gemini's) belongs to the call
+    // that follows it.
+    let mut signature: Option<&str> = None;
     for part in &response.parts {
         match part {
             Part::Text { text: piece, .. } => text.push_str(piece),
-            Part::Reasoning { text: piece, .. } => reasoning.push_str(piece),
+            Part::Reasoning {
+                text: piece,
+                signature: carried,
+            } => {
+                reasoning.push_str(piece);
+                signature = carried.as_deref().filter(|_| piece.is_empty());
+            }
             Part::ToolCall {
                 id,
                 name,
                 arguments,
                 ..
             } => tool_calls.push(json!({
-                "id": id,
+                "id": id_with_signature(id, signature.take()),
                 "type": "function",
                 "function": {"name": name, "arguments": arguments},
             })),
@@ -964,6 +1005,10 @@ pub struct ChunkEncoder {
     include_usage: bool,
     started: bool,
     usage: Usage,
+    /// A signature that came with no reasoning text (Gemini's), for the
+    /// tool call that follows.
+    signature: Option<String>,
+    reasoning_text: bool,
 }
 
 impl ChunkEncoder {
@@ -975,6 +1020,8 @@ impl ChunkEncoder {
             include_usage,
             started: false,
             usage: Usage::default(),
+            signature: None,
+            reasoning_text: false,
         }
     }
 
@@ -1020,25 +1067,32 @@ impl StreamEncoder for ChunkEncoder {
         }
         self.start(out);
         match event {
-            StreamEvent::Start { .. }
-            | StreamEvent::ReasoningSignature(_)
-            | StreamEvent::RedactedReasoning(_) => {}
+            StreamEvent::Start { .. } | StreamEvent::RedactedReasoning(_) => {}
+            StreamEvent::ReasoningSignature(signature) => {
+                if !std::mem::take(&mut self.reasoning_text) {
+                    self.signature = Some(signature);
+                }
+            }
             StreamEvent::TextDelta(text) => {
                 out.push(self.chunk(json!({"content": text}), None, true))
             }
             StreamEvent::ReasoningDelta(text) => {
+                self.reasoning_text = true;
                 out.push(self.chunk(json!({"reasoning_content": text}), None, true));
             }
-            StreamEvent::ToolCallStart { index, id, name } => out.push(self.chunk(
-                json!({"tool_calls": [{
-                    "index": index,
-                    "id": id,
-                    "type": "function",
-                    "function": {"name": name, "arguments": ""},
-                }]}),
-                None,
-                true,
-            )),
+            StreamEvent::ToolCallStart { index, id, name } => {
+                let id = id_with_signature(&id, self.signature.take().as_deref());
+                out.push(self.chunk(
+                    json!({"tool_calls": [{
+                        "index": index,
+                        "id": id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }]}),
+                    None,
+                    true,
+                ));
+            }
             StreamEvent::ToolCallDelta { index, arguments } => out.push(self.chunk(
                 json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}),
                 None,
