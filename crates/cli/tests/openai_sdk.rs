@@ -19,7 +19,14 @@ use switchboard_testkit::{MockUpstream, Script, at_once, openai_stream};
 
 const KEY: &str = "sb-sdk-test-master-key";
 
+/// Tests of this file run in parallel; the virtual environment is built by
+/// one of them at a time.
+static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn python_venv() -> Option<PathBuf> {
+    let _building = VENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if Command::new("python3").arg("--version").output().is_err() {
         assert!(
             std::env::var_os("CI").is_none(),

@@ -10,6 +10,7 @@
 
 mod env;
 mod error;
+mod prices;
 mod raw;
 mod secret;
 mod table;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{ConfigError, Problem};
+pub use prices::{DeploymentPrice, PriceEntry, PriceSource, PriceTable, SHIPPED_PRICES};
 pub use secret::{Secret, SecretSource};
 pub use table::model_table;
 
@@ -60,14 +62,26 @@ pub struct StorageConfig {
     /// Capacity of the in-memory queue between the request path and the
     /// record writer.
     pub record_queue: usize,
+    /// Redis, for the rate-limit, concurrency and budget counters that
+    /// several instances share (a secret: its URL may hold a password).
+    /// Without it, each instance counts in memory.
+    pub redis_url: Option<Secret>,
+    /// When Redis cannot be reached: let requests through uncounted
+    /// (`true`) or refuse them (`false`, the default).
+    pub redis_fail_open: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StorageUrl {
     /// A SQLite file, created and migrated on first start.
     SqliteFile(PathBuf),
     /// An in-memory SQLite database: records live as long as the process.
     SqliteMemory,
+    /// A PostgreSQL database (`postgres://` or `postgresql://`), shared by
+    /// every instance that names it and migrated on start. The URL is kept
+    /// whole, password included, for the one place that connects;
+    /// `Display` and `Debug` print it with the password masked.
+    Postgres(String),
 }
 
 impl std::fmt::Display for StorageUrl {
@@ -75,8 +89,62 @@ impl std::fmt::Display for StorageUrl {
         match self {
             StorageUrl::SqliteFile(path) => write!(f, "sqlite://{}", path.display()),
             StorageUrl::SqliteMemory => f.write_str("sqlite::memory:"),
+            StorageUrl::Postgres(url) => f.write_str(&masked_url_text(url)),
         }
     }
+}
+
+impl std::fmt::Debug for StorageUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageUrl::SqliteFile(path) => f.debug_tuple("SqliteFile").field(path).finish(),
+            StorageUrl::SqliteMemory => f.write_str("SqliteMemory"),
+            StorageUrl::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&masked_url_text(url))
+                .finish(),
+        }
+    }
+}
+
+/// A database URL as text with any password replaced by `****`: the one in
+/// the user information (`user:PASSWORD@host`) and any `password=` query
+/// parameter. Works on text that does not parse as a URL too, erring
+/// towards masking more: everything between the first `:` after `://` and
+/// the last `@` is treated as the password.
+pub fn masked_url_text(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return mask_password_parameters(text);
+    };
+    let (scheme, rest) = text.split_at(scheme_end + 3);
+    let masked_rest = match rest.rfind('@') {
+        Some(at) => {
+            let (user_info, host_and_rest) = rest.split_at(at);
+            match user_info.split_once(':') {
+                Some((user, _password)) => format!("{user}:****{host_and_rest}"),
+                None => rest.to_owned(),
+            }
+        }
+        None => rest.to_owned(),
+    };
+    mask_password_parameters(&format!("{scheme}{masked_rest}"))
+}
+
+/// Masks the value of every `password=` parameter in a query string.
+fn mask_password_parameters(text: &str) -> String {
+    let Some((before_query, query)) = text.split_once('?') else {
+        return text.to_owned();
+    };
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|parameter| match parameter.split_once('=') {
+            Some((name, _value)) if name.eq_ignore_ascii_case("password") => {
+                format!("{name}=****")
+            }
+            _ => parameter.to_owned(),
+        })
+        .collect();
+    format!("{before_query}?{}", parameters.join("&"))
 }
 
 /// One public model name and the deployments that may serve it.
@@ -163,11 +231,21 @@ pub enum RoutingStrategy {
     MostHeadroom,
 }
 
-/// A deployment's price, in USD per million tokens.
+/// A deployment's price, in USD per million tokens: from its own `price`
+/// table, or else from the shipped `PriceTable`. Validated: every figure is
+/// finite, at least 0 and at most 1,000,000.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
+    /// Input tokens neither read from nor written to a prompt cache.
     pub input_per_mtok: f64,
+    /// Output tokens, hidden reasoning included.
     pub output_per_mtok: f64,
+    /// Input tokens read from the provider's prompt cache; `None` bills
+    /// them at `input_per_mtok`.
+    pub cached_input_per_mtok: Option<f64>,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// cache creation); `None` bills them at `input_per_mtok`.
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 /// Which failures move a request on to the fallback models.

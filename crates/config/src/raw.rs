@@ -34,6 +34,8 @@ pub(crate) struct RawServer {
 pub(crate) struct RawStorage {
     pub url: Option<String>,
     pub record_queue: Option<u64>,
+    pub redis_url: Option<String>,
+    pub redis_fail_open: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,12 +112,15 @@ pub(crate) struct RawDeployment {
     pub aws_session_token: Option<String>,
 }
 
-/// USD per million tokens.
+/// USD per million tokens. Input and output are required; the prompt-cache
+/// prices are optional (absent: billed as input).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPrice {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    pub cached_input_per_mtok: Option<f64>,
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,13 +143,17 @@ pub(crate) fn parse(source: &str, text: &str) -> Result<RawConfig, ConfigError> 
         ConfigError::single(
             source,
             "",
-            format!("not valid TOML: {}", one_line(&error.to_string())),
+            format!(
+                "not valid TOML{}: {}",
+                position(text, error.span()),
+                one_line(error.message())
+            ),
             "fix the syntax at the line shown",
         )
     })?;
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
-        let message = one_line(&error.inner().to_string());
+        let message = without_values(&one_line(error.inner().message()));
         let fix = if message.contains("unknown field") {
             "remove the key or correct its spelling (the expected keys are listed above)"
         } else if message.contains("missing field") {
@@ -156,8 +165,47 @@ pub(crate) fn parse(source: &str, text: &str) -> Result<RawConfig, ConfigError> 
     })
 }
 
-/// toml's messages span several lines (with a source excerpt); the first
-/// and the caret line carry what matters in a one-line report.
+/// ` at line L, column C` for a byte span of the text. toml's own rendering
+/// of an error quotes the source line, which may hold a secret; only the
+/// position is reported.
+fn position(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|&&byte| byte == b'\n').count() + 1;
+    let column = before
+        .iter()
+        .rev()
+        .take_while(|&&byte| byte != b'\n')
+        .count()
+        + 1;
+    format!(" at line {line}, column {column}")
+}
+
+/// serde quotes a mistyped value (`invalid type: string "..."`); the value
+/// may be a secret put in the wrong place, so it is left out.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for character in message.chars() {
+        match (character, quoted) {
+            ('"', false) => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                quoted = false;
+                out.push('"');
+            }
+            (_, true) => {}
+            (character, false) => out.push(character),
+        }
+    }
+    out
+}
+
+/// Messages may span several lines; a one-line report joins them.
 fn one_line(message: &str) -> String {
     message
         .lines()

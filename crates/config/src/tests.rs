@@ -8,6 +8,7 @@ fn env(name: &str) -> Option<String> {
         "OPENAI_API_KEY" => Some("sk-test-0123456789abcdef".to_owned()),
         "AZURE_KEY" => Some("azure-secret-value".to_owned()),
         "MASTER" => Some("master-key-123456".to_owned()),
+        "PG_PASSWORD" => Some("pg-s3cret-pw".to_owned()),
         _ => None,
     }
 }
@@ -452,4 +453,143 @@ fn group_timeouts_are_the_defaults_of_its_deployments() {
         deployments[1].timeouts.connect,
         std::time::Duration::from_secs(2)
     );
+}
+
+fn storage_config(url: &str) -> String {
+    format!(
+        r#"
+        [storage]
+        url = "{url}"
+        [[models]]
+        name = "m"
+        [[models.deployments]]
+        provider = "simulated"
+        "#
+    )
+}
+
+#[test]
+fn postgres_urls_are_accepted_with_the_password_masked_when_printed() {
+    for url in [
+        "postgres://sb:${PG_PASSWORD}@db.internal:5432/switchboard",
+        "postgresql://sb:${PG_PASSWORD}@db.internal/switchboard?sslmode=prefer&application_name=sb",
+    ] {
+        let config = load(&storage_config(url)).unwrap();
+        let StorageUrl::Postgres(expanded) = &config.storage.url else {
+            panic!("{url} should be a PostgreSQL URL");
+        };
+        assert!(
+            expanded.contains("sb:pg-s3cret-pw@db.internal"),
+            "{expanded}"
+        );
+        let shown = config.storage.url.to_string();
+        assert!(shown.contains("sb:****@db.internal"), "{shown}");
+        for printed in [
+            shown,
+            format!("{:?}", config.storage.url),
+            format!("{config:?}"),
+        ] {
+            assert!(!printed.contains("pg-s3cret-pw"), "{printed}");
+        }
+    }
+    let socket = load(&storage_config(
+        "postgres:///switchboard?host=/var/run/postgresql",
+    ))
+    .unwrap();
+    assert!(matches!(socket.storage.url, StorageUrl::Postgres(_)));
+}
+
+#[test]
+fn passwords_are_masked_even_in_text_that_is_not_a_url() {
+    assert_eq!(
+        masked_url_text("postgres://u:p@ss/w?rd@h:5432/db?password=x&sslmode=disable"),
+        "postgres://u:****@h:5432/db?password=****&sslmode=disable"
+    );
+    assert_eq!(masked_url_text("postgres://h/db"), "postgres://h/db");
+    assert_eq!(masked_url_text("postgres://u@h/db"), "postgres://u@h/db");
+    assert_eq!(StorageUrl::SqliteMemory.to_string(), "sqlite::memory:");
+}
+
+#[test]
+fn malformed_postgres_urls_are_refused_with_a_fix_and_no_password() {
+    const SHAPE: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
+    for (url, expected, fix) in [
+        // An unencoded `/` in the password ends the authority early.
+        (
+            "postgres://sb:pg/s3cret@db/sb",
+            "not a valid PostgreSQL URL",
+            "percent-encode",
+        ),
+        (
+            "postgres://sb:pg-s3cret@db:port/sb",
+            "invalid port number",
+            SHAPE,
+        ),
+        ("postgres://sb:pg-s3cret@/sb", "empty host", SHAPE),
+        (
+            "postgres:///sb?user=sb&password=pg-s3cret",
+            "names no host",
+            SHAPE,
+        ),
+        (
+            "postgres://sb:pg-s3cret@db/sb/extra",
+            "not a database name",
+            SHAPE,
+        ),
+        (
+            "postgres://sb:pg-s3cret@db/sb?sslmode=sometimes",
+            "sslmode `sometimes`",
+            "disable, allow, prefer",
+        ),
+        (
+            "postgres://sb:pg-s3cret@db/sb?sslmode=verify-full",
+            "needs TLS",
+            "sslmode=prefer",
+        ),
+        (
+            "postgres://sb:pg-s3cret@db/sb?ssl_mode=disable",
+            "`ssl_mode` is not a connection parameter",
+            "sslmode",
+        ),
+        (
+            "postgres://sb:pg-s3cret@db/sb?statement-cache-capacity=lots",
+            "statement-cache-capacity",
+            "0 turns the cache off",
+        ),
+        (
+            "postgres://sb:pg-s3cret@db/sb?port=99999",
+            "not a port number",
+            "between 1 and 65535",
+        ),
+    ] {
+        let found = problems(&storage_config(url));
+        assert_eq!(found.len(), 1, "{url}: {found:?}");
+        assert_eq!(found[0].path, "storage.url");
+        assert!(
+            found[0].message.contains(expected),
+            "{url}: {}",
+            found[0].message
+        );
+        assert!(found[0].fix.contains(fix), "{url}: {}", found[0].fix);
+        let printed = format!("{found:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+    // A password from the environment is never printed either.
+    let found = problems(&storage_config("postgres://sb:${PG_PASSWORD}@db:x/sb"));
+    assert!(!format!("{found:?}").contains("pg-s3cret-pw"), "{found:?}");
+}
+
+#[test]
+fn a_syntax_error_never_quotes_the_line_that_may_hold_a_secret() {
+    let text = "[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"openai\"\nmodel = \"gpt\"\napi_key = \"sk-live-abcdef\n";
+    let error = Config::from_toml("gateway.toml", text)
+        .unwrap_err()
+        .to_string();
+    assert!(!error.contains("sk-live-abcdef"), "{error}");
+    assert!(error.contains("line 6"), "{error}");
+    let typed = "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = \"sk-secret-as-number\"\n";
+    let error = Config::from_toml("gateway.toml", typed)
+        .unwrap_err()
+        .to_string();
+    assert!(!error.contains("sk-secret-as-number"), "{error}");
 }

@@ -201,6 +201,20 @@ pub(crate) fn validate(
         .and_then(|url| checker.text("storage.url", url))
         .unwrap_or_else(|| "sqlite://switchboard.db".to_owned());
     let storage_url = parse_storage_url(&mut checker, &storage_text);
+    let redis_url = raw
+        .storage
+        .redis_url
+        .as_deref()
+        .and_then(|url| checker.secret("storage.redis_url", url));
+    if let Some(url) = &redis_url
+        && !url.expose().starts_with("redis://")
+    {
+        checker.problem(
+            "storage.redis_url",
+            "a Redis URL starts with redis:// (TLS to Redis is not built in)",
+            "write redis://HOST:6379 (with redis://:PASSWORD@HOST:6379 for a password)",
+        );
+    }
     let record_queue = match raw.storage.record_queue {
         None => 65_536,
         Some(size) if (16..=10_000_000).contains(&size) => size as usize,
@@ -323,6 +337,8 @@ pub(crate) fn validate(
             storage: StorageConfig {
                 url: storage_url,
                 record_queue,
+                redis_url,
+                redis_fail_open: raw.storage.redis_fail_open.unwrap_or(false),
             },
             models,
         })
@@ -347,16 +363,126 @@ fn parse_storage_url(checker: &mut Checker<'_>, text: &str) -> StorageUrl {
             return StorageUrl::SqliteFile(PathBuf::from(path));
         }
     }
-    let fix = if text.starts_with("postgres") {
-        "PostgreSQL storage is not available yet: use sqlite://PATH (it arrives with virtual keys and budgets)"
-    } else {
-        "write sqlite://PATH/TO/FILE.db (created on first start) or sqlite::memory:"
-    };
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return parse_postgres_url(checker, text);
+    }
     checker.problem(
         "storage.url",
-        format!("`{text}` is not a supported storage URL"),
-        fix,
+        format!(
+            "`{}` is not a supported storage URL",
+            crate::masked_url_text(text)
+        ),
+        "write sqlite://PATH/TO/FILE.db (created on first start), sqlite::memory:, \
+         or postgres://USER:PASSWORD@HOST:PORT/DATABASE",
     );
+    StorageUrl::SqliteMemory
+}
+
+/// Connection parameters the PostgreSQL driver understands in the query
+/// string. Anything else is refused rather than silently ignored, so that a
+/// misspelt `sslmode` cannot quietly turn into an unencrypted connection.
+const POSTGRES_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Checks a `postgres://` URL as far as can be done without connecting.
+/// The text printed in problems has its password masked: the URL may hold
+/// one expanded from the environment.
+fn parse_postgres_url(checker: &mut Checker<'_>, text: &str) -> StorageUrl {
+    const FIX: &str = "write postgres://USER:PASSWORD@HOST:PORT/DATABASE \
+                       (percent-encode `@`, `:`, `/`, `?` and `#` in the password as %40, %3A, %2F, %3F, %23), \
+                       for example postgres://switchboard:${PGPASSWORD}@db.internal:5432/switchboard";
+    let shown = crate::masked_url_text(text);
+    let url = match url::Url::parse(text) {
+        Ok(url) => url,
+        Err(error) => {
+            checker.problem(
+                "storage.url",
+                format!("`{shown}` is not a valid PostgreSQL URL: {error}"),
+                FIX,
+            );
+            return StorageUrl::SqliteMemory;
+        }
+    };
+    // Each problem with its own fix.
+    let mut problems: Vec<(String, String)> = Vec::new();
+    let mut host_parameter = false;
+    for (name, value) in url.query_pairs() {
+        match name.as_ref() {
+            "host" | "hostaddr" => host_parameter = !value.is_empty(),
+            "port" if value.parse::<u16>().is_err() => problems.push((
+                format!("the port parameter `{value}` is not a port number"),
+                "give a port between 1 and 65535".to_owned(),
+            )),
+            "statement-cache-capacity" if value.parse::<usize>().is_err() => problems.push((
+                format!("statement-cache-capacity `{value}` is not a number"),
+                "give a number of statements (0 turns the cache off, for PgBouncer before 1.21 in transaction mode)"
+                    .to_owned(),
+            )),
+            "sslmode" | "ssl-mode" => match value.as_ref() {
+                "disable" | "allow" | "prefer" => {}
+                "require" | "verify-ca" | "verify-full" => problems.push((
+                    format!(
+                        "sslmode={value} needs TLS, which this build's PostgreSQL driver does not include"
+                    ),
+                    "use sslmode=disable or sslmode=prefer (which connects without TLS), and reach a database \
+                     that requires TLS through a proxy on a trusted network that adds it"
+                        .to_owned(),
+                )),
+                other => problems.push((
+                    format!("sslmode `{other}` is not a TLS mode"),
+                    "use one of disable, allow, prefer".to_owned(),
+                )),
+            },
+            name if POSTGRES_PARAMETERS.contains(&name)
+                || (name.starts_with("options[") && name.ends_with(']')) => {}
+            name => problems.push((
+                format!("`{name}` is not a connection parameter the PostgreSQL driver knows"),
+                format!(
+                    "remove it, or use one of: {}, options[NAME]",
+                    POSTGRES_PARAMETERS.join(", ")
+                ),
+            )),
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) && !host_parameter {
+        problems.push(("it names no host".to_owned(), FIX.to_owned()));
+    }
+    if url.path().trim_start_matches('/').contains('/') {
+        problems.push((
+            format!(
+                "`{}` is not a database name (one path segment is expected)",
+                url.path()
+            ),
+            FIX.to_owned(),
+        ));
+    }
+    if problems.is_empty() {
+        return StorageUrl::Postgres(text.to_owned());
+    }
+    for (problem, fix) in problems {
+        checker.problem(
+            "storage.url",
+            format!("`{shown}` is not a usable PostgreSQL URL: {problem}"),
+            fix,
+        );
+    }
     StorageUrl::SqliteMemory
 }
 
@@ -665,26 +791,52 @@ fn validate_deployment(
             None => 1,
         },
         priority: raw.priority.unwrap_or(0),
-        tags: raw.tags.iter().map(|tag| tag.trim().to_owned()).filter(|tag| !tag.is_empty()).collect(),
+        tags: raw
+            .tags
+            .iter()
+            .map(|tag| tag.trim().to_owned())
+            .filter(|tag| !tag.is_empty())
+            .collect(),
         requests_per_minute: positive(checker, &format!("{path}.rpm"), raw.rpm),
         tokens_per_minute: positive(checker, &format!("{path}.tpm"), raw.tpm),
-        price: raw.price.as_ref().and_then(|price| {
-            let valid = |value: f64| value.is_finite() && value >= 0.0;
-            if valid(price.input_per_mtok) && valid(price.output_per_mtok) {
-                Some(Price {
-                    input_per_mtok: price.input_per_mtok,
-                    output_per_mtok: price.output_per_mtok,
-                })
-            } else {
-                checker.problem(
-                    &format!("{path}.price"),
-                    "prices must be numbers of 0 or more",
-                    "give USD per million tokens, such as { input_per_mtok = 2.5, output_per_mtok = 10.0 }",
-                );
-                None
-            }
-        }),
+        price: raw
+            .price
+            .as_ref()
+            .and_then(|price| validate_price(checker, &format!("{path}.price"), price)),
         simulation,
+    })
+}
+
+/// Checks every figure of a deployment's `price`, naming each one at fault.
+fn validate_price(
+    checker: &mut Checker<'_>,
+    path: &str,
+    raw: &crate::raw::RawPrice,
+) -> Option<Price> {
+    let figures = [
+        ("input_per_mtok", Some(raw.input_per_mtok)),
+        ("output_per_mtok", Some(raw.output_per_mtok)),
+        ("cached_input_per_mtok", raw.cached_input_per_mtok),
+        ("cache_write_per_mtok", raw.cache_write_per_mtok),
+    ];
+    let mut valid = true;
+    for (key, value) in figures {
+        if let Some(message) = value.and_then(crate::prices::price_problem) {
+            checker.problem(
+                &format!("{path}.{key}"),
+                format!("`{key}` is not a price: {message}"),
+                format!(
+                    "give USD per million tokens, a number from 0 to 1000000, such as {key} = 2.5"
+                ),
+            );
+            valid = false;
+        }
+    }
+    valid.then_some(Price {
+        input_per_mtok: raw.input_per_mtok,
+        output_per_mtok: raw.output_per_mtok,
+        cached_input_per_mtok: raw.cached_input_per_mtok,
+        cache_write_per_mtok: raw.cache_write_per_mtok,
     })
 }
 

@@ -3,6 +3,8 @@
 //! every request. This crate does no IO and knows nothing of HTTP, SQL or any
 //! vendor's wire format, so that all other crates can depend on it freely.
 
+pub mod cost;
+pub mod keys;
 pub mod mix;
 pub mod record;
 pub mod usage;

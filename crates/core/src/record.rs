@@ -87,4 +87,15 @@ pub struct RequestRecord {
     /// Time from receiving the request to relaying the first streamed chunk.
     pub ttft_ms: Option<u64>,
     pub usage: Usage,
+    /// The virtual key (its id, never its secret), its team, and the end
+    /// user the request named, when there were.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    #[serde(default)]
+    pub end_user: Option<String>,
+    /// What the request cost, in nano-dollars, when a price was known.
+    #[serde(default)]
+    pub cost_nanos: Option<u64>,
 }

@@ -315,6 +315,12 @@ pub trait StreamDecoder: Send {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError>;
     /// True once the stream's own end marker has been read.
     fn is_done(&self) -> bool;
+    /// True once nothing more is expected: the answer can be closed without
+    /// waiting for the upstream to close its connection. (Bedrock sends its
+    /// usage after its end marker.)
+    fn is_final(&self) -> bool {
+        self.is_done()
+    }
 }
 
 /// One frame for the client: SSE bytes ready to write.

@@ -55,17 +55,7 @@ pub struct Scope {
     pub id: String,
 }
 
-/// How often a budget starts again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Period {
-    /// Never: a lifetime budget.
-    Total,
-    Daily,
-    /// ISO weeks, from Monday 00:00 UTC.
-    Weekly,
-    /// Calendar months, from the 1st 00:00 UTC.
-    Monthly,
-}
+pub use switchboard_core::keys::Period;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Budget {

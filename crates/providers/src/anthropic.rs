@@ -92,7 +92,12 @@ impl AnthropicBackend {
         }
         let canonical = call.canonical()?;
         let encoded = anthropic::encode_request(canonical, &self.upstream_model);
-        let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
+        let dropped = check_unsupported(
+            encoded.unsupported,
+            self.policy,
+            &self.upstream_model,
+            call.dialect(),
+        )?;
         let native = self.send(call, encoded.body, canonical.stream).await?;
         translated_reply(
             call,

@@ -146,7 +146,12 @@ impl BedrockBackend {
     pub(crate) async fn chat(&self, call: &ChatCall<'_>) -> Result<Reply, UpstreamError> {
         let canonical = call.canonical()?;
         let encoded = bedrock::encode_request(canonical);
-        let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
+        let dropped = check_unsupported(
+            encoded.unsupported,
+            self.policy,
+            &self.upstream_model,
+            call.dialect(),
+        )?;
         let native = if canonical.stream {
             let request = self.signed(
                 "converse-stream",
@@ -176,13 +181,14 @@ impl BedrockBackend {
     pub(crate) async fn embeddings(
         &self,
         request: &EmbeddingsRequest<'_>,
+        options: &CallOptions,
     ) -> Result<(Bytes, Usage), UpstreamError> {
         let items = request.input.items();
         let calls = items.iter().map(|item| async move {
             let body = bedrock::encode_embeddings_titan(item, request.dimensions);
             let answer = self
                 .http
-                .whole(self.signed("invoke", body, "application/json", &CallOptions::default())?)
+                .whole(self.signed("invoke", body, "application/json", options)?)
                 .await?;
             bedrock::decode_embeddings_titan(&answer)
                 .map_err(|error| UpstreamError::InvalidResponse(error.0))

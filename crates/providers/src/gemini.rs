@@ -13,7 +13,7 @@ use switchboard_dialects::{gemini, openai::UpstreamErrorBody};
 
 use crate::translate::{ChatCall, GEMINI, check_unsupported, translated_reply};
 use crate::transport::{Http, Native, deployment_headers};
-use crate::{Reply, UpstreamClients, UpstreamError};
+use crate::{CallOptions, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct GeminiBackend {
     http: Http,
@@ -86,7 +86,12 @@ impl GeminiBackend {
     pub(crate) async fn chat(&self, call: &ChatCall<'_>) -> Result<Reply, UpstreamError> {
         let canonical = call.canonical()?;
         let encoded = gemini::encode_request(canonical);
-        let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
+        let dropped = check_unsupported(
+            encoded.unsupported,
+            self.policy,
+            &self.upstream_model,
+            call.dialect(),
+        )?;
         let client = self.http.client(&call.options);
         let native = if canonical.stream {
             let request = client
@@ -114,6 +119,7 @@ impl GeminiBackend {
     pub(crate) async fn embeddings(
         &self,
         request: &EmbeddingsRequest<'_>,
+        options: &CallOptions,
     ) -> Result<(Bytes, Usage), UpstreamError> {
         let inputs: Vec<String> = request
             .input
@@ -124,7 +130,7 @@ impl GeminiBackend {
         let body = gemini::encode_embeddings(&self.upstream_model, &inputs, request.dimensions);
         let http_request = self
             .http
-            .client(&crate::CallOptions::default())
+            .client(options)
             .post(self.embed_url.clone())
             .headers(self.headers.clone())
             .body(body);

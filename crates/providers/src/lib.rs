@@ -192,6 +192,12 @@ impl Deployment {
         }
     }
 
+    /// Whether `Probe::Models` costs nothing here: false for Bedrock, whose
+    /// runtime endpoint has no model list.
+    pub fn has_free_probe(&self) -> bool {
+        !matches!(self.backend, Backend::Bedrock(_))
+    }
+
     /// Checks that the upstream answers. `Probe::Models` lists its models,
     /// which costs nothing; `Probe::Completion` sends a one-token chat
     /// completion, which is billed.
@@ -203,7 +209,10 @@ impl Deployment {
             // Bedrock's runtime endpoint lists nothing: its probe is a
             // one-token completion either way.
             (Backend::Simulated(_), _) => Ok(()),
-            (Backend::Bedrock(_), Probe::Models) | (_, Probe::Completion) => {
+            // Bedrock has no free probe: a models probe asked of it anyway
+            // says nothing (the probe task skips it; see `has_free_probe`).
+            (Backend::Bedrock(_), Probe::Models) => Ok(()),
+            (_, Probe::Completion) => {
                 let body = format!(
                     r#"{{"model":{},"messages":[{{"role":"user","content":"ping"}}],"max_tokens":1}}"#,
                     serde_json::to_string(&self.upstream_model).unwrap_or_default()
@@ -237,12 +246,13 @@ impl Deployment {
     pub async fn embeddings(
         &self,
         request: &EmbeddingsRequest<'_>,
+        options: &CallOptions,
     ) -> Result<(Bytes, Usage), UpstreamError> {
         match &self.backend {
-            Backend::OpenAi(backend) => backend.embeddings(request).await,
+            Backend::OpenAi(backend) => backend.embeddings(request, options).await,
             Backend::Simulated(simulator) => simulator.embeddings(request).await,
-            Backend::Gemini(backend) => backend.embeddings(request).await,
-            Backend::Bedrock(backend) => backend.embeddings(request).await,
+            Backend::Gemini(backend) => backend.embeddings(request, options).await,
+            Backend::Bedrock(backend) => backend.embeddings(request, options).await,
             Backend::Anthropic(_) => Err(UpstreamError::Untranslatable {
                 message: format!(
                     "the model `{}` (Anthropic) has no embeddings endpoint",

@@ -30,6 +30,8 @@ pub(crate) struct OpenAiBackend {
     upstream_model: String,
     stream_usage: bool,
     policy: switchboard_config::UnsupportedParams,
+    /// How a translated request names its output limit.
+    limit_field: &'static str,
 }
 
 impl OpenAiBackend {
@@ -95,6 +97,10 @@ impl OpenAiBackend {
             upstream_model: config.upstream_model.clone(),
             stream_usage: config.stream_usage,
             policy: config.unsupported_params,
+            limit_field: match config.provider {
+                ProviderKind::OpenAi | ProviderKind::Azure => "max_completion_tokens",
+                _ => "max_tokens",
+            },
         })
     }
 
@@ -104,8 +110,17 @@ impl OpenAiBackend {
         call: &ChatCall<'_>,
     ) -> Result<Reply, UpstreamError> {
         let canonical = call.canonical()?;
-        let encoded = openai::canonical::encode_request(canonical, &self.upstream_model);
-        let dropped = check_unsupported(encoded.unsupported, self.policy, &self.upstream_model)?;
+        let encoded = openai::canonical::encode_request_with(
+            canonical,
+            &self.upstream_model,
+            self.limit_field,
+        );
+        let dropped = check_unsupported(
+            encoded.unsupported,
+            self.policy,
+            &self.upstream_model,
+            call.dialect(),
+        )?;
         let native = if canonical.stream {
             Native::Stream(self.send_stream(encoded.body, &call.options).await?)
         } else {
@@ -180,12 +195,13 @@ impl OpenAiBackend {
     pub(crate) async fn embeddings(
         &self,
         request: &EmbeddingsRequest<'_>,
+        options: &CallOptions,
     ) -> Result<(Bytes, Usage), UpstreamError> {
         let body = self
             .send_whole(
                 &self.embeddings_url,
                 request.encode(&self.upstream_model),
-                &CallOptions::default(),
+                options,
             )
             .await?;
         let usage = openai::check_embeddings(&body)

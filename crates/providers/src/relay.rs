@@ -65,6 +65,11 @@ pub(crate) trait Relay: Send + 'static {
     fn complete(&self) -> bool {
         false
     }
+    /// Nothing more is expected: end now rather than wait for the upstream
+    /// to close its connection.
+    fn is_final(&self) -> bool {
+        false
+    }
 }
 
 /// Drives `relay` over `body` until it finishes.
@@ -81,7 +86,12 @@ pub(crate) fn relay<R: Relay>(body: ByteStream, idle_timeout: Duration, relay: R
                     return None;
                 }
                 match tokio::time::timeout(idle_timeout, body.next()).await {
-                    Ok(Some(Ok(bytes))) => relay.bytes(&bytes, &mut out),
+                    Ok(Some(Ok(bytes))) => {
+                        relay.bytes(&bytes, &mut out);
+                        if !out.finished && relay.is_final() {
+                            relay.end(&mut out);
+                        }
+                    }
                     Ok(None) => relay.end(&mut out),
                     Err(_) | Ok(Some(Err(_))) if relay.complete() => relay.end(&mut out),
                     Err(_) => out.fail(UpstreamError::Timeout {

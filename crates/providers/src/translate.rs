@@ -199,14 +199,21 @@ pub(crate) fn translated_reply(
 }
 
 /// Applies a deployment's policy to the parameters its dialect could not
-/// carry: refuse the request naming them, or name them as dropped.
+/// carry: refuse the request naming them, or name them as dropped. Names
+/// are those of the client's own API.
 pub(crate) fn check_unsupported(
     unsupported: Vec<Unsupported>,
     policy: UnsupportedParams,
     model: &str,
+    dialect: Dialect,
 ) -> Result<Vec<String>, UpstreamError> {
-    let mut names: Vec<String> = unsupported.into_iter().map(|name| name.0).collect();
-    names.dedup();
+    let mut names: Vec<String> = Vec::with_capacity(unsupported.len());
+    for Unsupported(name) in unsupported {
+        let name = client_name(dialect, name);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
     if names.is_empty() || policy == UnsupportedParams::Drop {
         return Ok(names);
     }
@@ -214,6 +221,28 @@ pub(crate) fn check_unsupported(
         params: names,
         model: model.to_owned(),
     })
+}
+
+/// The internal model names parameters as OpenAI's API does; an Anthropic
+/// client is told the name its own API gives them.
+fn client_name(dialect: Dialect, name: String) -> String {
+    if dialect == Dialect::OpenAi {
+        return name;
+    }
+    let anthropic = match name.as_str() {
+        "response_format" => "output_config.format",
+        "parallel_tool_calls" => "tool_choice.disable_parallel_tool_use",
+        "user" => "metadata.user_id",
+        "reasoning_effort" | "reasoning" | "thinking.budget_tokens" => "thinking",
+        "stop" => "stop_sequences",
+        "image_url" => "image (url source)",
+        "name" | "messages[].name" => "messages[].name",
+        "tool_calls.function.arguments" => "tool_use.input",
+        "tool_call_id" => "tool_result.tool_use_id",
+        "detail" => "image detail",
+        _ => return name,
+    };
+    anthropic.to_owned()
 }
 
 fn unix_seconds() -> u64 {
@@ -294,6 +323,10 @@ impl Relay for Translation {
 
     fn complete(&self) -> bool {
         self.decoder.is_done()
+    }
+
+    fn is_final(&self) -> bool {
+        self.decoder.is_final()
     }
 }
 

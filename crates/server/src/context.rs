@@ -4,8 +4,12 @@
 //! 1. `request_context`: accepts the client's `x-request-id` when it is
 //!    sane or makes one, stores it with the start time in the request's
 //!    extensions, and echoes it on every response, errors included.
-//! 2. `authenticate` (on `/v1` routes only): checks the bearer key.
-//! 3. the handler.
+//! 2. `authenticate` (on model and admin routes): finds who the key
+//!    belongs to (the master key, a virtual key from the in-memory key
+//!    index, or anyone when no master key is set) and stores the
+//!    `Principal` in the request's extensions.
+//! 3. `admin_only` (on `/admin` routes): the master key only.
+//! 4. the handler.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +18,14 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use switchboard_core::mix::splitmix64;
 use tracing::Instrument;
 
 use switchboard_providers::Dialect;
 
 use crate::error::ApiError;
+use crate::keys::KeyEntry;
 use crate::state::Gateway;
 use crate::trace::{now, unix_millis};
 
@@ -82,15 +87,23 @@ fn new_request_id() -> String {
     format!("req_{seed:016x}{:016x}", splitmix64(sequence ^ seed))
 }
 
+/// Who a request comes from, as `authenticate` found out.
+#[derive(Debug, Clone)]
+pub(crate) enum Principal {
+    /// No master key is configured (a loopback-only gateway): anyone.
+    Open,
+    /// The master key: every model, and the admin API.
+    Master,
+    /// A virtual key, with its team.
+    Key(Arc<KeyEntry>),
+}
+
 pub(crate) async fn authenticate(
     State(gateway): State<Arc<Gateway>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let catalog = gateway.catalog();
-    let Some(master_key) = &catalog.master_key else {
-        return next.run(request).await;
-    };
     // OpenAI's SDKs send `Authorization: Bearer`, Anthropic's `x-api-key`.
     let presented = request
         .headers()
@@ -109,12 +122,30 @@ pub(crate) async fn authenticate(
         })
         .map(str::trim);
     let dialect = dialect_of(request.uri().path());
-    match presented {
-        None => ApiError::missing_key().render(dialect),
-        Some(key) if constant_time_eq(key.as_bytes(), master_key.expose().as_bytes()) => {
-            next.run(request).await
+    let principal = match (&catalog.master_key, presented) {
+        (Some(master), Some(key))
+            if constant_time_eq(key.as_bytes(), master.expose().as_bytes()) =>
+        {
+            Principal::Master
         }
-        Some(_) => ApiError::invalid_key().render(dialect),
+        (master, Some(key)) => match gateway.keys.current().find(key) {
+            Some(entry) if entry.record.is_active(unix_millis()) => Principal::Key(entry.clone()),
+            Some(_) => return ApiError::inactive_key().render(dialect),
+            None if master.is_none() => Principal::Open,
+            None => return ApiError::invalid_key().render(dialect),
+        },
+        (None, None) => Principal::Open,
+        (Some(_), None) => return ApiError::missing_key().render(dialect),
+    };
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// Lets only the master key through (after `authenticate`).
+pub(crate) async fn admin_only(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Principal>() {
+        Some(Principal::Master) => next.run(request).await,
+        _ => ApiError::admin_only().into_response(),
     }
 }
 

@@ -40,6 +40,8 @@ pub(crate) struct Route {
     /// The group's recent answer latencies (time to first content for
     /// streams), newest last, for the hedging threshold.
     pub recent_latencies: Mutex<VecDeque<Duration>>,
+    /// Each member's prices, when known (its own, or the price table's).
+    pub rates: Vec<Option<switchboard_core::cost::Rates>>,
 }
 
 /// Latencies kept per group for its p95.
@@ -166,6 +168,10 @@ enum Verdict {
     /// The request was refused for what it is: retrying elsewhere in the
     /// same group would get the same answer.
     Request,
+    /// This deployment's API cannot carry the request (a parameter it
+    /// cannot honour, under the `reject` policy); another deployment or
+    /// fallback of another API may. Nothing was sent upstream.
+    Unfit,
 }
 
 fn verdict(error: &UpstreamError) -> Verdict {
@@ -177,13 +183,14 @@ fn verdict(error: &UpstreamError) -> Verdict {
         // A refusal reported inside a stream concerns the request, as the
         // same refusal with a 400 status would.
         UpstreamError::InStream { body } if refusal_of(body).is_some() => Verdict::Request,
+        UpstreamError::InStream { body } if is_rate_limit(body) => {
+            Verdict::Deployment(Failure::RateLimited { retry_after: None })
+        }
         UpstreamError::InvalidResponse(_) | UpstreamError::InStream { .. } => {
             Verdict::Deployment(Failure::InvalidResponse)
         }
         UpstreamError::Misconfigured(_) => Verdict::Deployment(Failure::ServerError),
-        UpstreamError::Untranslatable { .. } | UpstreamError::Unsupported { .. } => {
-            Verdict::Request
-        }
+        UpstreamError::Untranslatable { .. } | UpstreamError::Unsupported { .. } => Verdict::Unfit,
         UpstreamError::Status {
             status,
             retry_after,
@@ -236,6 +243,23 @@ fn triggers_fallback(triggers: &FallbackTriggers, error: &UpstreamError) -> bool
     triggers.statuses.contains(&status)
         || (triggers.rate_limited && status == 429)
         || (triggers.server_error && (500..=599).contains(&status))
+}
+
+/// A rate limit reported inside a stream rather than by a 429: OpenAI's
+/// and Anthropic's error types, Gemini's status, Bedrock's exception.
+pub(crate) fn is_rate_limit(body: &UpstreamErrorBody) -> bool {
+    let names = [body.kind.as_deref(), body.code.as_deref()];
+    names.iter().flatten().any(|name| {
+        matches!(
+            *name,
+            "rate_limit_error"
+                | "rate_limit_exceeded"
+                | "RESOURCE_EXHAUSTED"
+                | "throttlingException"
+                | "ThrottlingException"
+                | "429"
+        )
+    })
 }
 
 /// Refusals that concern the request and that a fallback model may serve.
@@ -331,6 +355,9 @@ where
     let primary = &chain[0];
     let mut attempts = 0u32;
     let mut last: Option<(UpstreamError, Arc<Deployment>)> = None;
+    // The first refusal by a deployment that cannot carry the request,
+    // returned only when no other deployment could be tried.
+    let mut unfit: Option<(UpstreamError, Arc<Deployment>)> = None;
     let mut soonest_reopening: Option<Instant> = None;
 
     for (position, route) in chain.iter().enumerate() {
@@ -551,6 +578,15 @@ where
                             }
                             last = Some((error, deployment));
                         }
+                        Verdict::Unfit => {
+                            // Nothing went upstream: not an attempt, and
+                            // not this deployment's fault.
+                            member.health.release_probe(Instant::now());
+                            excluded.push(index);
+                            attempts -= 1;
+                            group_attempts -= 1;
+                            unfit.get_or_insert((error, deployment));
+                        }
                         Verdict::Request => {
                             // The deployment answered properly; the request is at fault.
                             member.health.record_success();
@@ -569,6 +605,9 @@ where
                 return Err(give_up(last, attempts, true));
             }
         }
+    }
+    if last.is_none() && unfit.is_some() {
+        return Err(give_up(unfit, attempts, false));
     }
     if last.is_none() {
         return Err(Unanswered {
@@ -614,11 +653,16 @@ fn give_up(
 /// what came before it, so that a stream failing before its first token is
 /// an ordinary failed attempt. Returns the stream with the held events
 /// first. Bounded by `first_token_timeout` when set.
+/// The most a stream opening is held before it is passed on anyway.
+const MAX_HELD_EVENTS: usize = 256;
+const MAX_HELD_BYTES: usize = 256 * 1024;
+
 pub(crate) async fn hold_opening(
     mut events: RelayStream,
     first_token_timeout: Option<Duration>,
 ) -> Result<RelayStream, UpstreamError> {
     let mut held = Vec::new();
+    let mut held_bytes = 0usize;
     let opening = async {
         loop {
             match events.next().await {
@@ -627,7 +671,18 @@ pub(crate) async fn hold_opening(
                     held.push(event);
                     return Ok(());
                 }
-                Some(event) => held.push(event),
+                Some(event) => {
+                    if let RelayEvent::Data { frame, .. } = &event {
+                        held_bytes += frame.len();
+                    }
+                    held.push(event);
+                    // An upstream that sends much before any content (empty
+                    // deltas, keep-alives) gets its stream passed on as it
+                    // is: holding it would cost memory without bound.
+                    if held.len() >= MAX_HELD_EVENTS || held_bytes >= MAX_HELD_BYTES {
+                        return Ok(());
+                    }
+                }
                 None => return Ok(()),
             }
         }
@@ -661,6 +716,28 @@ mod tests {
             },
             retry_after: None,
         }
+    }
+
+    #[tokio::test]
+    async fn an_opening_without_content_is_held_only_so_long() {
+        let empty = || RelayEvent::Data {
+            frame: bytes::Bytes::from_static(b"data: {}\n\n"),
+            content: false,
+        };
+        // Endless empty events: the opening is released after the cap.
+        let events: RelayStream = Box::pin(futures_util::stream::repeat_with(empty));
+        let released = tokio::time::timeout(Duration::from_secs(5), hold_opening(events, None))
+            .await
+            .expect("released without content")
+            .expect("no failure");
+        let first: Vec<RelayEvent> = released.take(MAX_HELD_EVENTS + 1).collect().await;
+        assert_eq!(first.len(), MAX_HELD_EVENTS + 1);
+        // A failure before content is still an ordinary failed attempt.
+        let failing: RelayStream = Box::pin(futures_util::stream::iter(vec![
+            empty(),
+            RelayEvent::Failed(UpstreamError::InvalidResponse("x".to_owned())),
+        ]));
+        assert!(hold_opening(failing, None).await.is_err());
     }
 
     #[test]
@@ -752,6 +829,7 @@ mod tests {
             routing,
             fallbacks: Vec::new(),
             recent_latencies: Mutex::default(),
+            rates: vec![None],
         }
     }
 

@@ -104,6 +104,16 @@ impl ApiError {
         )
     }
 
+    /// A virtual key that was revoked or has expired.
+    pub fn inactive_key() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "inactive_api_key",
+            "This API key has been revoked or has expired.",
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -221,6 +231,102 @@ impl ApiError {
         )
     }
 
+    /// The admin API names something that does not exist.
+    pub fn admin_not_found(kind: &str, id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            format!("No {kind} `{}` exists.", clip(id, 200)),
+        )
+    }
+
+    /// An admin change that contradicts what is stored.
+    pub fn admin_conflict(message: String) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "conflict",
+            message,
+        )
+    }
+
+    /// The database behind the admin API does not answer.
+    pub fn store_unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "store_unavailable",
+            "The gateway's database did not answer; retry later.",
+        )
+    }
+
+    /// A virtual key may not use this model.
+    pub fn model_not_allowed(model: &str) -> ApiError {
+        ApiError {
+            param: Some("model".to_owned()),
+            ..ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "model_not_allowed",
+                format!("This key may not use the model `{}`.", clip(model, 200)),
+            )
+        }
+    }
+
+    /// A key's, team's or end user's per-minute or concurrency limit.
+    pub fn rate_limited(scope: &str, limit: &str, retry_after: std::time::Duration) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after.as_secs().max(1).to_string()),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                format!(
+                    "Rate limit reached for {scope}: {limit}. Retry after {} s.",
+                    retry_after.as_secs().max(1)
+                ),
+            )
+        }
+    }
+
+    /// A budget that the request's worst-case cost does not fit in.
+    pub fn budget_exceeded(scope: &str, limit: u64, used: u64, period: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+            format!(
+                "The {period} budget of {scope} is exhausted: ${:.6} of ${:.6} spent or reserved, and this request could cost more than what is left.",
+                used as f64 / 1e9,
+                limit as f64 / 1e9
+            ),
+        )
+    }
+
+    /// Shared limits cannot be checked and the rule fails closed.
+    pub fn limits_unavailable(why: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "limits_unavailable",
+            format!(
+                "Rate limits and budgets cannot be checked right now: {}",
+                clip(why, 300)
+            ),
+        )
+    }
+
+    /// The admin API is for the master key only.
+    pub fn admin_only() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "admin_only",
+            "The admin API needs the master key.",
+        )
+    }
+
     pub fn shutting_down() -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -307,6 +413,21 @@ impl ApiError {
                         ),
                         if params.len() == 1 { "it" } else { "them" },
                         if params.len() == 1 { "it" } else { "them" },
+                    ),
+                )
+            },
+            UpstreamError::InStream { body } if crate::dispatch::is_rate_limit(body) => ApiError {
+                upstream_code: body.code.clone(),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "upstream_rate_limited",
+                    format!(
+                        "Deployment `{deployment}` is rate limited{}",
+                        body.message.as_deref().map_or_else(
+                            || ".".to_owned(),
+                            |message| format!(": {}", clip(message, 1000))
+                        )
                     ),
                 )
             },

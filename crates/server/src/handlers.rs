@@ -18,8 +18,9 @@ use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, RequestError}
 
 use switchboard_providers::{CallOptions, ChatCall, ClientRequest, Dialect, Reply};
 
+use crate::access::{self, Demand};
 use crate::body::read_json_body;
-use crate::context::RequestContext;
+use crate::context::{Principal, RequestContext};
 use crate::dispatch::{Answered, ConversationPrefix, Route, Unanswered, dispatch, hold_opening};
 use crate::error::ApiError;
 use crate::state::{Catalog, Gateway};
@@ -31,20 +32,30 @@ pub(crate) const DEPLOYMENT_HEADER: &str = "x-switchboard-deployment";
 pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    chat(gateway, context, headers, body, Dialect::OpenAi).await
+    chat(gateway, context, principal, headers, body, Dialect::OpenAi).await
 }
 
 /// `POST /v1/messages`: Anthropic's Messages API, served by any model.
 pub(crate) async fn messages(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    chat(gateway, context, headers, body, Dialect::Anthropic).await
+    chat(
+        gateway,
+        context,
+        principal,
+        headers,
+        body,
+        Dialect::Anthropic,
+    )
+    .await
 }
 
 /// A chat request in either dialect: parsed in the client's dialect,
@@ -53,6 +64,7 @@ pub(crate) async fn messages(
 async fn chat(
     gateway: Arc<Gateway>,
     context: RequestContext,
+    principal: Principal,
     headers: HeaderMap,
     body: Body,
     dialect: Dialect,
@@ -101,6 +113,31 @@ async fn chat(
     let first_token_timeout = overrides
         .first_token
         .or(chain[0].routing.first_token_timeout);
+    let end_user = end_user_of(&request);
+    trace.caller = access::caller(&principal, end_user.clone());
+    let limit_headers = match access::admit(
+        &principal,
+        &gateway.limiter,
+        Demand {
+            model,
+            end_user,
+            prompt_tokens: bytes.len() as u64,
+            max_output_tokens: max_output_of(&request),
+            worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
+        },
+    )
+    .await
+    {
+        Ok(reservation) => {
+            let headers = reservation
+                .as_ref()
+                .map(access::Reservation::headers)
+                .unwrap_or_default();
+            trace.reservation = reservation;
+            headers
+        }
+        Err(error) => return reject(&mut trace, error, dialect),
+    };
     let mut call = ChatCall::new(
         request,
         CallOptions {
@@ -149,6 +186,7 @@ async fn chat(
     };
     note_route(&mut trace, &answered);
     let mut headers = route_headers(&answered, model);
+    headers.extend(limit_headers);
     if let Some(value) = dropped_header(answered.value.dropped()) {
         headers.push((DROPPED_PARAMS_HEADER, value));
     }
@@ -161,6 +199,7 @@ async fn chat(
     match value {
         Reply::Complete { body, usage, .. } => {
             trace.usage = usage;
+            headers.extend(cost_header(&trace));
             trace.finish(200, Outcome::Success, None);
             with_headers(json_response(body, None), headers)
         }
@@ -180,6 +219,53 @@ async fn chat(
             )
         }
     }
+}
+
+/// The most a request to this chain can cost: the dearest deployment of
+/// every model it may fall back to. Deployments without a known price
+/// count as free (and are warned about at start-up when keys have budgets).
+fn worst_case_cost(chain: &[Arc<Route>], prompt: u64, output: u64) -> u64 {
+    chain
+        .iter()
+        .flat_map(|route| route.rates.iter().flatten())
+        .map(|rates| switchboard_core::cost::worst_case_cost(prompt, output, rates))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The end user a request names: OpenAI's `user`, Anthropic's
+/// `metadata.user_id`.
+fn end_user_of(request: &ClientRequest<'_>) -> Option<String> {
+    let fields = request.fields();
+    let user = match request {
+        ClientRequest::OpenAi(_) => fields.get::<String>("user", "a string").ok().flatten(),
+        ClientRequest::Anthropic(_) => fields
+            .get::<serde_json::Value>("metadata", "an object")
+            .ok()
+            .flatten()
+            .and_then(|metadata| metadata.get("user_id")?.as_str().map(str::to_owned)),
+    };
+    user.filter(|user| !user.is_empty() && user.len() <= 256)
+}
+
+/// The most the request says it may generate.
+fn max_output_of(request: &ClientRequest<'_>) -> Option<u64> {
+    match request {
+        ClientRequest::OpenAi(request) => request.max_tokens.map(u64::from),
+        ClientRequest::Anthropic(request) => request.max_tokens.map(u64::from),
+    }
+}
+
+/// Header giving a whole answer's cost in USD, when its price is known.
+/// (A stream's cost is known only at its end: it is in the record.)
+pub(crate) const COST_HEADER: &str = "x-switchboard-cost";
+
+fn cost_header(trace: &Trace) -> Option<(&'static str, HeaderValue)> {
+    let nanos = trace.pricing.as_ref()?(&trace.usage);
+    let text = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
+    HeaderValue::from_str(&text)
+        .ok()
+        .map(|value| (COST_HEADER, value))
 }
 
 /// Header naming the parameters a deployment could not honour and left
@@ -208,6 +294,7 @@ fn dropped_header(dropped: &[String]) -> Option<HeaderValue> {
 pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -243,10 +330,47 @@ pub(crate) async fn embeddings(
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
+    let end_user = request
+        .fields
+        .get::<String>("user", "a string")
+        .ok()
+        .flatten();
+    trace.caller = access::caller(&principal, end_user.clone());
+    let limit_headers = match access::admit(
+        &principal,
+        &gateway.limiter,
+        Demand {
+            model: &request.model,
+            end_user,
+            prompt_tokens: bytes.len() as u64,
+            max_output_tokens: Some(0),
+            worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
+        },
+    )
+    .await
+    {
+        Ok(reservation) => {
+            let headers = reservation
+                .as_ref()
+                .map(access::Reservation::headers)
+                .unwrap_or_default();
+            trace.reservation = reservation;
+            headers
+        }
+        Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
+    };
+    let options = match TimeoutOverrides::read(&headers) {
+        Ok(overrides) => CallOptions {
+            stream_idle: None,
+            connect: overrides.connect,
+        },
+        Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
+    };
     let progress = trace.progress.clone();
     let answer = dispatch(chain, deadline, &tags, None, &progress, |deployment| {
         let request = &request;
-        async move { deployment.embeddings(request).await }
+        let options = &options;
+        async move { deployment.embeddings(request, options).await }
     });
     let answer = tokio::select! {
         answer = answer => answer,
@@ -255,9 +379,11 @@ pub(crate) async fn embeddings(
     match answer {
         Ok(answered) => {
             note_route(&mut trace, &answered);
-            let headers = route_headers(&answered, &request.model);
+            let mut headers = route_headers(&answered, &request.model);
+            headers.extend(limit_headers);
             let (body, usage) = answered.value;
             trace.usage = usage;
+            headers.extend(cost_header(&trace));
             trace.finish(200, Outcome::Success, None);
             with_headers(json_response(body, None), headers)
         }
@@ -379,6 +505,11 @@ fn requested_tags(headers: &HeaderMap) -> Vec<String> {
 }
 
 fn note_route<T>(trace: &mut Trace, answered: &Answered<T>) {
+    if let Some(rates) = answered.route.rates.get(answered.member).copied().flatten() {
+        trace.pricing = Some(Arc::new(move |usage: &switchboard_core::Usage| {
+            switchboard_core::cost::request_cost(usage, None, &rates)
+        }));
+    }
     trace.capacity = Some((answered.route.clone(), answered.member));
     trace.deployment = Some(answered.deployment.name().clone());
     trace.attempts = answered.attempts;

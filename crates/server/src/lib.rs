@@ -6,11 +6,14 @@
 //! through `switchboard-providers`, and record through the store's
 //! `Recorder`, which never blocks the request.
 
+mod access;
+mod admin;
 mod body;
 mod context;
 mod dispatch;
 mod error;
 mod handlers;
+mod keys;
 mod probe;
 mod state;
 mod stream;
@@ -28,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use switchboard_config::{Config, StorageUrl};
-use switchboard_store::{RecordWriter, SqliteStore, Store};
+use switchboard_store::{Database, PgStore, RecordWriter, SqliteStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +42,34 @@ pub use state::{Gateway, ReloadSummary};
 /// `context.rs`; `route_layer` applies authentication to the model routes
 /// only, and `layer` puts the request context outside everything.
 pub fn router(gateway: Arc<Gateway>) -> Router {
+    let admin_routes = Router::new()
+        .route(
+            "/admin/teams",
+            get(admin::list_teams).post(admin::create_team),
+        )
+        .route(
+            "/admin/teams/{id}",
+            get(admin::show_team)
+                .patch(admin::update_team)
+                .delete(admin::delete_team),
+        )
+        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
+        .route(
+            "/admin/keys/{id}",
+            get(admin::show_key).patch(admin::update_key),
+        )
+        .route("/admin/keys/{id}/revoke", post(admin::revoke_key))
+        .route("/admin/keys/{id}/rotate", post(admin::rotate_key))
+        .route("/admin/spend", get(admin::spend))
+        .route("/admin/openapi.json", get(admin::openapi))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            context::admin_only,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            context::authenticate,
+        ));
     let model_routes = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/messages", post(handlers::messages))
@@ -62,6 +93,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
         .merge(model_routes)
+        .merge(admin_routes)
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn(context::request_context))
@@ -78,10 +110,13 @@ async fn wrong_method(request: Request) -> Response {
 }
 
 /// Opens the configured store.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, switchboard_store::StoreError> {
+pub async fn open_store(
+    config: &Config,
+) -> Result<Arc<dyn Database>, switchboard_store::StoreError> {
     Ok(match &config.storage.url {
         StorageUrl::SqliteFile(path) => Arc::new(SqliteStore::open_file(path).await?),
         StorageUrl::SqliteMemory => Arc::new(SqliteStore::open_memory().await?),
+        StorageUrl::Postgres(url) => Arc::new(PgStore::connect(url).await?),
     })
 }
 
@@ -98,6 +133,8 @@ pub enum ServeError {
     Upstream(#[from] switchboard_providers::UpstreamError),
     #[error("the server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot use Redis for limits: {0}")]
+    Limiter(String),
 }
 
 /// A gateway listening and serving until `shutdown` is cancelled.
@@ -131,7 +168,24 @@ pub async fn start(
     let store = open_store(config).await?;
     let (recorder, writer) = RecordWriter::start(store.clone(), config.storage.record_queue);
     let cut = CancellationToken::new();
-    let gateway = Arc::new(Gateway::new(config, store, recorder, cut.clone())?);
+    let limiter: Arc<dyn switchboard_policy::limits::Limiter> = match &config.storage.redis_url {
+        Some(url) => Arc::new(
+            switchboard_store::RedisLimiter::connect(url.expose(), config.storage.redis_fail_open)
+                .await
+                .map_err(|error| ServeError::Limiter(error.to_string()))?,
+        ),
+        None => Arc::new(switchboard_policy::limits::MemoryLimiter::new()),
+    };
+    let gateway = Arc::new(Gateway::with_limiter(
+        config,
+        store.clone(),
+        recorder,
+        cut.clone(),
+        limiter,
+    )?);
+    // Keys are known before the first request, and kept current.
+    gateway.keys.refresh(store.as_ref(), true).await?;
+    keys::spawn_refresh(gateway.keys.clone(), store, shutdown.clone());
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind {

@@ -41,6 +41,13 @@ pub(crate) fn spawn(gateway: Arc<Gateway>, shutdown: CancellationToken) {
                     ProbeKind::Completion => Probe::Completion,
                 };
                 for index in 0..route.group.members().len() {
+                    // No free probe exists for some upstreams (Bedrock's
+                    // runtime lists nothing): they are judged by their
+                    // traffic alone unless billed probes are configured.
+                    if probe == Probe::Models && !route.group.member(index).target.has_free_probe()
+                    {
+                        continue;
+                    }
                     let name = route.group.member(index).target.name().clone();
                     if last_probe
                         .get(&name)

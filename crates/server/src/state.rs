@@ -7,13 +7,17 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use serde_json::json;
 use switchboard_config::RoutingStrategy;
-use switchboard_config::{Config, Secret};
+use switchboard_config::{Config, PriceTable, Secret};
+use switchboard_core::cost::Rates;
 use switchboard_policy::capacity::Capacity;
 use switchboard_policy::{CircuitSettings, Health, MemberSpec, ModelGroup, Strategy};
 
 use crate::dispatch::Route;
+use switchboard_policy::limits::{Limiter, MemoryLimiter};
 use switchboard_providers::{Deployment, UpstreamClients, UpstreamError};
-use switchboard_store::{Recorder, Store};
+use switchboard_store::{Database, Recorder};
+
+use crate::keys::KeyCache;
 use tokio_util::sync::CancellationToken;
 
 /// Everything a handler needs, behind one `Arc`.
@@ -24,7 +28,11 @@ pub struct Gateway {
     /// Connection pools, kept across reloads.
     clients: UpstreamClients,
     pub(crate) recorder: Recorder,
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Database>,
+    /// Every virtual key, by the hash of its secret.
+    pub(crate) keys: Arc<KeyCache>,
+    /// Rate limits, concurrency and budgets of keys, teams and end users.
+    pub(crate) limiter: Arc<dyn Limiter>,
     /// Set when shutdown begins: readiness turns 503.
     pub(crate) draining: AtomicBool,
     /// Cancelled when the shutdown grace period is over.
@@ -57,9 +65,21 @@ pub struct ReloadSummary {
 impl Gateway {
     pub fn new(
         config: &Config,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Database>,
         recorder: Recorder,
         cut: CancellationToken,
+    ) -> Result<Gateway, UpstreamError> {
+        Gateway::with_limiter(config, store, recorder, cut, Arc::new(MemoryLimiter::new()))
+    }
+
+    /// As `new`, with the counters of rate limits and budgets kept by
+    /// `limiter` (Redis, to share them between instances).
+    pub fn with_limiter(
+        config: &Config,
+        store: Arc<dyn Database>,
+        recorder: Recorder,
+        cut: CancellationToken,
+        limiter: Arc<dyn Limiter>,
     ) -> Result<Gateway, UpstreamError> {
         let clients = UpstreamClients::new();
         let catalog = Catalog::build(config, &clients, None)?;
@@ -68,6 +88,8 @@ impl Gateway {
             clients,
             recorder,
             store,
+            keys: Arc::new(KeyCache::default()),
+            limiter,
             draining: AtomicBool::new(false),
             cut,
         })
@@ -124,7 +146,7 @@ impl Gateway {
         &self.recorder
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn Database> {
         &self.store
     }
 }
@@ -163,17 +185,31 @@ impl Catalog {
                 .iter()
                 .map(|deployment| Deployment::new(deployment, clients).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()?;
+            // Each deployment's prices: its own, else the shipped table's.
+            let rates: Vec<Option<Rates>> = model
+                .deployments
+                .iter()
+                .map(|config| {
+                    let price = PriceTable::shipped().price_for(config)?.price;
+                    Rates::from_usd_per_mtok(
+                        price.input_per_mtok,
+                        price.output_per_mtok,
+                        price.cached_input_per_mtok,
+                        price.cache_write_per_mtok,
+                    )
+                })
+                .collect();
             let members = deployments
                 .into_iter()
                 .zip(&model.deployments)
-                .map(|(deployment, config)| MemberSpec {
+                .zip(&rates)
+                .map(|((deployment, config), rates)| MemberSpec {
                     target: deployment,
                     weight: config.weight,
                     priority: config.priority,
                     tags: config.tags.clone(),
-                    price: config
-                        .price
-                        .map(|price| price.input_per_mtok + price.output_per_mtok),
+                    price: rates
+                        .map(|rates| rates.input.usd_per_mtok() + rates.output.usd_per_mtok()),
                     requests_per_minute: config.requests_per_minute,
                     tokens_per_minute: config.tokens_per_minute,
                     carried: carried.get(config.name.as_str()).cloned(),
@@ -200,6 +236,7 @@ impl Catalog {
                 routing: model.routing.clone(),
                 fallbacks: model.fallbacks.clone(),
                 recent_latencies: std::sync::Mutex::default(),
+                rates,
             });
             routes.insert(model.name.clone(), route.clone());
             ordered.push(route);

@@ -13,8 +13,12 @@ use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
 use switchboard_store::Recorder;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{Caller, Reservation};
 use crate::context::RequestContext;
 use crate::dispatch::{InFlightTicket, Route};
+
+/// The cost in nano-dollars of a usage, at some deployment's prices.
+pub(crate) type Pricing = Arc<dyn Fn(&Usage) -> u64 + Send + Sync>;
 
 /// How far the dispatcher got: the deployment of the latest attempt and
 /// the number of attempts so far.
@@ -41,6 +45,12 @@ pub(crate) struct Trace {
     pub in_flight: Option<InFlightTicket>,
     pub stream: bool,
     pub usage: Usage,
+    /// The key, team and end user behind the request.
+    pub caller: Caller,
+    /// Limits reserved for the request, settled when it ends.
+    pub reservation: Option<Reservation>,
+    /// What the usage costs at the serving deployment's prices.
+    pub pricing: Option<Pricing>,
     first_chunk: Option<Duration>,
     recorder: Recorder,
     /// Cancelled when the shutdown deadline cuts in-flight requests.
@@ -67,6 +77,9 @@ impl Trace {
             in_flight: None,
             stream: false,
             usage: Usage::default(),
+            caller: Caller::default(),
+            reservation: None,
+            pricing: None,
             first_chunk: None,
             recorder,
             cut,
@@ -96,6 +109,10 @@ impl Trace {
             }
             self.attempts = self.attempts.max(progress.attempts);
         }
+        let cost = self.pricing.as_ref().map(|pricing| pricing(&self.usage));
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(&self.usage, cost.unwrap_or(0));
+        }
         if let Some((route, member)) = self.capacity.take() {
             let tokens =
                 self.usage.input_tokens.unwrap_or(0) + self.usage.output_tokens.unwrap_or(0);
@@ -121,6 +138,10 @@ impl Trace {
             latency_ms: millis(latency),
             ttft_ms: self.first_chunk.map(millis),
             usage: self.usage,
+            key_id: self.caller.key_id.take(),
+            team_id: self.caller.team_id.take(),
+            end_user: self.caller.end_user.take(),
+            cost_nanos: cost,
         };
         log(&record);
         self.recorder.record(record);

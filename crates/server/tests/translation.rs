@@ -538,9 +538,14 @@ async fn structured_output_is_translated_or_refused_by_name() {
                 body["error"]["message"].as_str().unwrap().to_owned()
             }
         };
+        // Named as the client's own API names it.
+        let name = match client {
+            Client::OpenAi => "`response_format`",
+            Client::Anthropic => "`output_config.format`",
+        };
         assert!(
             message.contains("anthropic.claude-mock-v1:0")
-                && message.contains("response_format")
+                && message.contains(name)
                 && message.contains("unsupported_params = \"drop\""),
             "{message}"
         );
@@ -782,6 +787,10 @@ async fn anthropic_clients_authenticate_with_x_api_key() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    // A compatible server gets the limit under the name they all know.
+    let sent = mock.last().json();
+    assert_eq!(sent["max_tokens"], 10, "{sent}");
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
     let wrong = gateway
         .http
         .post(gateway.url("/v1/messages"))
@@ -1113,5 +1122,144 @@ async fn gemini_thought_signatures_survive_a_round_trip_through_an_openai_client
             sent["contents"][2]["parts"][0]["functionResponse"]["name"], "get_weather",
             "the result still finds its call: {sent}"
         );
+    }
+}
+
+/// In a group whose deployments speak different APIs, a request one of
+/// them cannot carry goes to another, never failing by the luck of the
+/// draw; only when none can carry it is it refused.
+#[tokio::test]
+async fn a_deployment_that_cannot_carry_a_request_passes_it_to_one_that_can() {
+    let mock = MockUpstream::start().await;
+    let root = mock.root_url();
+    let config = config_with(
+        &format!(
+            r#"
+[[models]]
+name = "mixed"
+[[models.deployments]]
+name = "claude"
+provider = "anthropic"
+api_base = "{root}"
+model = "claude-mock"
+api_key = "${{UPSTREAM_KEY}}"
+[[models.deployments]]
+name = "gpt"
+provider = "openai-compatible"
+api_base = "{root}/v1"
+model = "gpt-mock"
+[models.routing]
+strategy = "round-robin"
+max_attempts = 1
+
+[[models]]
+name = "claude-only"
+fallbacks = ["gpt-only"]
+[[models.deployments]]
+provider = "anthropic"
+api_base = "{root}"
+model = "claude-mock"
+api_key = "${{UPSTREAM_KEY}}"
+
+[[models]]
+name = "gpt-only"
+[[models.deployments]]
+provider = "openai-compatible"
+api_base = "{root}/v1"
+model = "gpt-mock"
+"#
+        ),
+        "",
+    );
+    let gateway = TestGateway::start(config).await;
+    for _ in 0..6 {
+        let body =
+            json!({"model": "mixed", "messages": [{"role": "user", "content": "hi"}], "seed": 7});
+        let response = gateway
+            .send("/v1/chat/completions", &body.to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-switchboard-deployment"], "gpt");
+        assert_eq!(response.headers()["x-switchboard-attempts"], "1");
+    }
+    // A fallback model of another API serves what the first cannot carry.
+    let body =
+        json!({"model": "claude-only", "messages": [{"role": "user", "content": "hi"}], "seed": 7});
+    let response = gateway
+        .send("/v1/chat/completions", &body.to_string())
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-model"], "gpt-only");
+    // Nothing can carry it: the refusal names the parameter.
+    let body = json!({"model": "claude-only", "messages": [{"role": "user", "content": "hi"}], "logprobs": true});
+    let only_claude = config_with(
+        &format!(
+            "[[models]]\nname = \"claude-only\"\n[[models.deployments]]\nprovider = \"anthropic\"\napi_base = \"{root}\"\nmodel = \"claude-mock\"\napi_key = \"${{UPSTREAM_KEY}}\"\n"
+        ),
+        "",
+    );
+    let alone = TestGateway::start(only_claude).await;
+    let response = alone.send("/v1/chat/completions", &body.to_string()).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "logprobs");
+    assert!(
+        mock.received()
+            .iter()
+            .all(|request| request.uri != "/v1/messages"),
+        "nothing the deployment could not carry was sent to it"
+    );
+}
+
+/// A translated stream ends at the upstream's own end marker, even when
+/// the upstream keeps its connection open afterwards.
+#[tokio::test]
+async fn a_translated_stream_ends_at_the_upstreams_end_marker() {
+    let mock = MockUpstream::start().await;
+    let gateway = gateway(&mock, "").await;
+    let events = vec![
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n".to_owned(),
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".to_owned(),
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n".to_owned(),
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":2}}\n\n".to_owned(),
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned(),
+    ];
+    mock.push(Script::Stream {
+        pieces: at_once(&events),
+        close: false,
+    });
+    let (path, body) = request(Client::OpenAi, "via-anthropic", Ask::Text, true);
+    let text = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        gateway.send(&path, &body).await.text().await.unwrap()
+    })
+    .await
+    .expect("the stream ended without waiting for the upstream to hang up");
+    assert_eq!(read_stream(Client::OpenAi, &text).text, "Hi");
+}
+
+/// A rate limit reported inside a stream, before any content, is a rate
+/// limit for the client too (its SDK raises its rate-limit error).
+#[tokio::test]
+async fn a_rate_limit_inside_a_stream_reaches_the_client_as_a_429() {
+    let mock = MockUpstream::start().await;
+    for client in CLIENTS {
+        // The rate limit rests the deployment, as a 429 would.
+        let gateway = gateway(&mock, "").await;
+        mock.push(Script::Stream {
+            pieces: at_once(&[
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":1,\"output_tokens\":0}}}\n\n".to_owned(),
+                "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"slow down\"}}\n\n".to_owned(),
+            ]),
+            close: true,
+        });
+        let (path, body) = request(client, "via-anthropic", Ask::Text, true);
+        let response = gateway.send(&path, &body).await;
+        assert_eq!(response.status(), 429, "{client:?}");
+        let error: Value = response.json().await.unwrap();
+        let kind = match client {
+            Client::OpenAi => &error["error"]["type"],
+            Client::Anthropic => &error["error"]["type"],
+        };
+        assert_eq!(kind, "rate_limit_error", "{error}");
     }
 }

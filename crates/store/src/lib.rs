@@ -1,22 +1,31 @@
 //! Everything the gateway keeps: the request log today; keys, budgets and
-//! spend next. One `Store` trait, implemented for SQLite now and for
-//! PostgreSQL when virtual keys arrive, so callers never name a database.
+//! spend next. One `Store` trait, implemented for SQLite (`sqlite.rs`, the
+//! embedded default) and PostgreSQL (`postgres.rs`, one database shared by
+//! several instances), so callers never name a database.
 //!
 //! The request path never calls a store directly: it hands records to a
 //! `Recorder`, whose writer task batches them into the store.
 //!
 //! Invariant: only this crate names sqlx (or, later, redis).
 
+pub mod keys;
 mod migrate;
+mod postgres;
+mod postgres_keys;
 mod recorder;
+pub mod redis_limiter;
 mod sqlite;
+mod sqlite_keys;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use switchboard_core::RequestRecord;
 
+pub use keys::{KeyStore, KeyStoreConflict, SpendQuery};
+pub use postgres::PgStore;
 pub use recorder::{RecordWriter, Recorder, RecorderStats};
+pub use redis_limiter::RedisLimiter;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +45,12 @@ impl From<sqlx::Error> for StoreError {
 }
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A backend that keeps both the request log and the keys: what the
+/// gateway opens.
+pub trait Database: Store + KeyStore {}
+
+impl<T: Store + KeyStore> Database for T {}
 
 /// The storage interface. Methods return boxed futures so that the server
 /// can hold any backend as `Arc<dyn Store>`.

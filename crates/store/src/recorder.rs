@@ -199,6 +199,10 @@ mod tests {
             latency_ms: 1,
             ttft_ms: None,
             usage: Default::default(),
+            key_id: None,
+            team_id: None,
+            end_user: None,
+            cost_nanos: None,
         }
     }
 

@@ -75,6 +75,10 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 fn opt_i64(value: Option<u64>) -> Option<i64> {
@@ -90,14 +94,14 @@ impl Store for SqliteStore {
         Box::pin(async move {
             // One multi-row statement per chunk: every statement is a round
             // trip to SQLite's worker thread, so a batch costs a handful of
-            // them rather than one per record. 17 columns x 256 rows stays
-            // well under SQLite's limit on bound parameters.
+            // them rather than one per record. 21 columns x 256 rows stays
+            // well under SQLite's limit on bound parameters (32766).
             let mut transaction = self.pool.begin().await?;
             for chunk in records.chunks(256) {
                 let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                     "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
                      outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-                     reasoning_tokens, attempts, served_model) ",
+                     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos) ",
                 );
                 insert.push_values(chunk, |mut row, record| {
                     row.push_bind(&record.request_id)
@@ -116,7 +120,11 @@ impl Store for SqliteStore {
                         .push_bind(opt_i64(record.usage.cached_input_tokens))
                         .push_bind(opt_i64(record.usage.reasoning_tokens))
                         .push_bind(i64::from(record.attempts))
-                        .push_bind(record.served_model.as_deref());
+                        .push_bind(record.served_model.as_deref())
+                        .push_bind(record.key_id.as_deref())
+                        .push_bind(record.team_id.as_deref())
+                        .push_bind(record.end_user.as_deref())
+                        .push_bind(opt_i64(record.cost_nanos));
                 });
                 // Not cached: batch sizes vary, and a cached statement per
                 // size would hold megabytes of prepared statements.
@@ -136,7 +144,7 @@ impl Store for SqliteStore {
             let rows = sqlx::query::<Sqlite>(
                 "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
                  latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-                 served_model \
+                 served_model, key_id, team_id, end_user, cost_nanos \
                  FROM requests ORDER BY id DESC LIMIT ?",
             )
             .bind(i64::from(limit))
@@ -178,6 +186,10 @@ impl Store for SqliteStore {
                             cached_input_tokens: opt_u64(row.try_get("cached_input_tokens")?),
                             reasoning_tokens: opt_u64(row.try_get("reasoning_tokens")?),
                         },
+                        key_id: row.try_get("key_id")?,
+                        team_id: row.try_get("team_id")?,
+                        end_user: row.try_get("end_user")?,
+                        cost_nanos: opt_u64(row.try_get("cost_nanos")?),
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()
@@ -220,6 +232,10 @@ mod tests {
                 cached_input_tokens: None,
                 reasoning_tokens: Some(0),
             },
+            key_id: Some("key_1".to_owned()),
+            team_id: None,
+            end_user: Some("user-7".to_owned()),
+            cost_nanos: Some(1234),
         }
     }
 

@@ -269,7 +269,7 @@ class AnthropicClient(unittest.TestCase):
                 if provider == "bedrock":
                     with self.assertRaises(anthropic.BadRequestError) as caught:
                         self.create(provider, extra_body={"output_config": output_config})
-                    self.assertIn("response_format", str(caught.exception))
+                    self.assertIn("output_config.format", str(caught.exception))
                     continue
                 message = self.create(provider, extra_body={"output_config": output_config})
                 self.assertEqual(json.loads(message.content[0].text), {"answer": "Paris"})

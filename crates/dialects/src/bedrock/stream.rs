@@ -10,11 +10,12 @@
 //! with a `p` member to hide their lengths; like every member not read
 //! here, it is ignored.
 //!
-//! Event types this decoder does not know are skipped rather than treated
-//! as errors: AWS adds members to the union (image and tool-result blocks
-//! came after the first release), and a new kind of event should not break
-//! every stream that carries one. Unknown kinds of content block and delta
-//! are skipped for the same reason.
+//! An event type this decoder does not know ends the answer with an error:
+//! it may carry content that would otherwise vanish from it silently, and
+//! the gateway never passes off a partial answer as a whole one. Kinds of
+//! content block and delta it does not know (image and tool-result blocks,
+//! citations) are skipped: they annotate or accompany content the answer
+//! already carries.
 
 use std::collections::HashMap;
 
@@ -94,6 +95,8 @@ pub struct StreamDecoder {
     tool_blocks: HashMap<u32, u32>,
     tool_calls: u32,
     done: bool,
+    /// The `metadata` event (usage), which follows `messageStop`, was read.
+    metadata: bool,
     /// Reused between reads.
     messages: Vec<Message>,
 }
@@ -117,6 +120,7 @@ impl StreamDecoder {
             tool_blocks: HashMap::new(),
             tool_calls: 0,
             done: false,
+            metadata: false,
             messages: Vec::new(),
         }
     }
@@ -221,6 +225,7 @@ impl StreamDecoder {
                 self.done = true;
             }
             "metadata" => {
+                self.metadata = true;
                 let metadata: Metadata = parse(event_type, payload)?;
                 if let Some(usage) = metadata.usage {
                     let (usage, cache_write_tokens) = usage.to_canon();
@@ -230,9 +235,15 @@ impl StreamDecoder {
                     });
                 }
             }
-            // A block's end carries nothing canon needs; see the module
-            // comment for event types not listed here.
-            _ => {}
+            // A block's end carries nothing the internal model needs.
+            "contentBlockStop" => {}
+            // An event type newer than this gateway may carry content that
+            // would vanish: the answer ends with an error instead.
+            other => {
+                return Err(StreamError::Invalid(format!(
+                    "the upstream sent a ConverseStream event of unknown type `{other}`"
+                )));
+            }
         }
         Ok(())
     }
@@ -296,5 +307,9 @@ impl canon::StreamDecoder for StreamDecoder {
 
     fn is_done(&self) -> bool {
         self.done
+    }
+
+    fn is_final(&self) -> bool {
+        self.done && self.metadata
     }
 }

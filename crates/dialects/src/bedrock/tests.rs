@@ -919,8 +919,7 @@ fn reasoning_and_several_tool_calls_stream() {
             "contentBlockDelta",
             json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"city\":\"Oslo\"}"}}}),
         ),
-        // Kinds of event and delta this decoder does not know are skipped.
-        event("someFutureEvent", json!({"anything": true})),
+        // Kinds of delta and block this decoder does not know are skipped.
         event(
             "contentBlockDelta",
             json!({"contentBlockIndex": 4, "delta": {"citation": {"title": "doc"}}}),
@@ -1202,4 +1201,38 @@ fn titan_embedding_bodies() {
     );
     let error = decode_embeddings_titan(br#"{"inputTextTokenCount":4}"#).unwrap_err();
     assert!(error.0.contains("not a Titan embedding"), "{error:?}");
+}
+
+#[test]
+fn an_unknown_event_type_ends_the_stream_with_an_error() {
+    use crate::canon::StreamDecoder as _;
+    let stream = [
+        event("messageStart", json!({"role": "assistant"})),
+        event("someFutureEvent", json!({"anything": true})),
+    ]
+    .concat();
+    let mut decoder = StreamDecoder::new();
+    let mut events = Vec::new();
+    match decoder.feed(&stream, &mut events) {
+        Err(crate::canon::StreamError::Invalid(message)) => {
+            assert!(message.contains("someFutureEvent"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_answer_is_final_once_its_usage_follows_the_end() {
+    use crate::canon::StreamDecoder as _;
+    let mut decoder = StreamDecoder::new();
+    let mut events = Vec::new();
+    let stop = event("messageStop", json!({"stopReason": "end_turn"}));
+    decoder.feed(&stop, &mut events).unwrap();
+    assert!(decoder.is_done() && !decoder.is_final());
+    let metadata = event(
+        "metadata",
+        json!({"usage": {"inputTokens": 1, "outputTokens": 2, "totalTokens": 3}}),
+    );
+    decoder.feed(&metadata, &mut events).unwrap();
+    assert!(decoder.is_final());
 }

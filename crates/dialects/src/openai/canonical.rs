@@ -432,6 +432,17 @@ fn read_response_format(format: &Value) -> Result<ResponseFormat, RequestError> 
 /// Writes a chat request for an OpenAI-compatible upstream. Streams ask for
 /// usage, which the gateway needs to account the request.
 pub fn encode_request(request: &canon::ChatRequest, upstream_model: &str) -> Encoded {
+    encode_request_with(request, upstream_model, "max_completion_tokens")
+}
+
+/// As `encode_request`, naming the output limit `limit_field`: OpenAI's
+/// own API wants `max_completion_tokens` (its reasoning models refuse
+/// `max_tokens`), while many compatible servers know only `max_tokens`.
+pub fn encode_request_with(
+    request: &canon::ChatRequest,
+    upstream_model: &str,
+    limit_field: &str,
+) -> Encoded {
     let mut unsupported: Vec<Unsupported> = request
         .unmapped
         .iter()
@@ -505,7 +516,7 @@ pub fn encode_request(request: &canon::ChatRequest, upstream_model: &str) -> Enc
         }
     }
     if let Some(tokens) = request.max_tokens {
-        body.insert("max_completion_tokens".into(), json!(tokens));
+        body.insert(limit_field.into(), json!(tokens));
     }
     let numbers = [
         ("temperature", request.temperature),

@@ -1,0 +1,202 @@
+//! What a virtual key may do with one request: the models it and its team
+//! allow, and the reservation of its rate limits, concurrency and budgets
+//! (and those of its team and of the end user the request names) before
+//! the request goes upstream. The reservation is settled with the actual
+//! tokens and cost when the request's `Trace` finishes, whatever the way it
+//! ends.
+
+use std::sync::Arc;
+
+use axum::http::HeaderValue;
+use switchboard_core::Usage;
+use switchboard_core::keys::Limits;
+use switchboard_policy::limits::{
+    Ask, Budget, Grant, Limiter, Nanos, Refusal, Rules, Scope, ScopeKind,
+};
+
+use crate::context::Principal;
+use crate::error::ApiError;
+use crate::keys::KeyEntry;
+use crate::trace::unix_millis;
+
+/// Output tokens reserved for a request that sets no limit of its own.
+pub(crate) const DEFAULT_OUTPUT_RESERVE: u64 = 16_384;
+
+/// Who made a request, for the record.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Caller {
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    pub end_user: Option<String>,
+}
+
+/// A reservation to settle when the request ends.
+pub(crate) struct Reservation {
+    limiter: Arc<dyn Limiter>,
+    grant: Grant,
+}
+
+impl Reservation {
+    /// Settles with what the request actually used and cost. Runs on a
+    /// task of its own, so that a client hang-up cannot cut it short.
+    pub fn settle(self, usage: &Usage, cost: Nanos) {
+        let tokens = usage
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(usage.output_tokens.unwrap_or(0));
+        let Reservation { limiter, grant } = self;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { limiter.settle(grant, tokens, cost).await });
+            }
+            Err(_) => tracing::error!("a reservation could not be settled: no runtime"),
+        }
+    }
+
+    /// `x-ratelimit-*` headers for the key's own limits.
+    pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
+        let remaining = &self.grant.remaining;
+        let mut headers = Vec::new();
+        if let Some((limit, left)) = remaining.requests {
+            headers.push(("x-ratelimit-limit-requests", HeaderValue::from(limit)));
+            headers.push(("x-ratelimit-remaining-requests", HeaderValue::from(left)));
+        }
+        if let Some((limit, left)) = remaining.tokens {
+            headers.push(("x-ratelimit-limit-tokens", HeaderValue::from(limit)));
+            headers.push(("x-ratelimit-remaining-tokens", HeaderValue::from(left)));
+        }
+        if !headers.is_empty()
+            && let Ok(reset) =
+                HeaderValue::from_str(&format!("{}s", remaining.reset.as_secs().max(1)))
+        {
+            headers.push(("x-ratelimit-reset-requests", reset.clone()));
+            headers.push(("x-ratelimit-reset-tokens", reset));
+        }
+        headers
+    }
+}
+
+fn rules_of(limits: &Limits) -> Rules {
+    Rules {
+        requests_per_minute: limits.rpm,
+        tokens_per_minute: limits.tpm,
+        max_concurrent: limits.max_concurrent,
+        budget: limits.budget_nanos.map(|limit| Budget {
+            limit,
+            period: limits
+                .budget_period
+                .unwrap_or(switchboard_core::keys::Period::Total),
+        }),
+    }
+}
+
+/// What the request is, for its reservation.
+pub(crate) struct Demand<'a> {
+    pub model: &'a str,
+    pub end_user: Option<String>,
+    /// An upper bound on the prompt's tokens.
+    pub prompt_tokens: u64,
+    /// The most the request may generate, if it says.
+    pub max_output_tokens: Option<u64>,
+    /// The worst-case cost of `tokens` (see `worst_case_cost`).
+    pub worst_case_cost: &'a (dyn Fn(u64, u64) -> Nanos + Sync),
+}
+
+/// Who is calling, for the record.
+pub(crate) fn caller(principal: &Principal, end_user: Option<String>) -> Caller {
+    match principal {
+        Principal::Key(entry) => Caller {
+            key_id: Some(entry.record.id.clone()),
+            team_id: entry.team.as_ref().map(|team| team.id.clone()),
+            end_user,
+        },
+        Principal::Open | Principal::Master => Caller {
+            end_user,
+            ..Caller::default()
+        },
+    }
+}
+
+/// Checks a key's access to the model and reserves its limits. The master
+/// key and an open gateway are not limited.
+pub(crate) async fn admit(
+    principal: &Principal,
+    limiter: &Arc<dyn Limiter>,
+    demand: Demand<'_>,
+) -> Result<Option<Reservation>, ApiError> {
+    let Principal::Key(entry) = principal else {
+        return Ok(None);
+    };
+    let KeyEntry { record, team } = entry.as_ref();
+    if !record.limits.allows_model(demand.model)
+        || team
+            .as_ref()
+            .is_some_and(|team| !team.limits.allows_model(demand.model))
+    {
+        return Err(ApiError::model_not_allowed(demand.model));
+    }
+    // The key's own scope first: its room is what the headers report.
+    let mut scopes = vec![(
+        Scope {
+            kind: ScopeKind::Key,
+            id: record.id.clone(),
+        },
+        rules_of(&record.limits),
+    )];
+    if let Some(team) = team {
+        scopes.push((
+            Scope {
+                kind: ScopeKind::Team,
+                id: team.id.clone(),
+            },
+            rules_of(&team.limits),
+        ));
+    }
+    if let (Some(user), Some(limits)) = (&demand.end_user, &record.user_limits) {
+        scopes.push((
+            Scope {
+                kind: ScopeKind::User,
+                id: format!("{}/{user}", record.id),
+            },
+            rules_of(limits),
+        ));
+    }
+    if scopes.iter().all(|(_, rules)| rules.is_unlimited()) {
+        return Ok(None);
+    }
+    let output = demand.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE);
+    let ask = Ask {
+        scopes,
+        tokens: demand.prompt_tokens.saturating_add(output),
+        cost: (demand.worst_case_cost)(demand.prompt_tokens, output),
+        now_ms: unix_millis().max(0) as u64,
+    };
+    match limiter.reserve(ask).await {
+        Ok(grant) => Ok(Some(Reservation {
+            limiter: limiter.clone(),
+            grant,
+        })),
+        Err(refusal) => Err(refused(refusal)),
+    }
+}
+
+fn scope_name(scope: &Scope) -> String {
+    format!("{} `{}`", scope.kind.as_str(), scope.id)
+}
+
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Limited {
+            scope,
+            limit,
+            retry_after,
+        } => ApiError::rate_limited(&scope_name(&scope), limit, retry_after),
+        Refusal::Budget {
+            scope,
+            limit,
+            used,
+            period,
+        } => ApiError::budget_exceeded(&scope_name(&scope), limit, used, period.as_str()),
+        Refusal::Unavailable(why) => ApiError::limits_unavailable(&why),
+    }
+}

@@ -1,0 +1,213 @@
+//! Virtual keys on the request path: an in-memory index of every key by
+//! the hash of its secret, rebuilt whenever the store's key version moves,
+//! so that authenticating a request never waits on the database.
+//!
+//! Each instance checks the version every `REFRESH` (one small query), so a
+//! key revoked through any instance stops working on every instance within
+//! that time; the instance that made a change reloads at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use switchboard_core::keys::{KeyRecord, TeamRecord};
+use switchboard_store::Database;
+use tokio_util::sync::CancellationToken;
+
+/// How often every instance checks for changed keys.
+pub(crate) const REFRESH: Duration = Duration::from_millis(250);
+
+/// What a secret starts with, so that it can be recognised (and found by
+/// secret scanners) wherever it leaks.
+pub(crate) const SECRET_PREFIX: &str = "sb-";
+
+/// One key, with its team, as the request path needs it.
+#[derive(Debug)]
+pub(crate) struct KeyEntry {
+    pub record: KeyRecord,
+    pub team: Option<Arc<TeamRecord>>,
+}
+
+/// Every key by the hash of its secret.
+#[derive(Debug, Default)]
+pub(crate) struct KeyIndex {
+    pub by_hash: HashMap<String, Arc<KeyEntry>>,
+    pub version: i64,
+}
+
+impl KeyIndex {
+    fn build(keys: Vec<KeyRecord>, teams: Vec<TeamRecord>, version: i64) -> KeyIndex {
+        let teams: HashMap<String, Arc<TeamRecord>> = teams
+            .into_iter()
+            .map(|team| (team.id.clone(), Arc::new(team)))
+            .collect();
+        let by_hash = keys
+            .into_iter()
+            .map(|record| {
+                let team = record
+                    .team_id
+                    .as_ref()
+                    .and_then(|team| teams.get(team))
+                    .cloned();
+                (record.hash.clone(), Arc::new(KeyEntry { record, team }))
+            })
+            .collect();
+        KeyIndex { by_hash, version }
+    }
+
+    /// The key whose secret is `secret`, if any.
+    pub fn find(&self, secret: &str) -> Option<&Arc<KeyEntry>> {
+        if self.by_hash.is_empty() {
+            return None;
+        }
+        self.by_hash.get(&hash_secret(secret))
+    }
+}
+
+/// The shared, swappable index.
+#[derive(Debug, Default)]
+pub(crate) struct KeyCache {
+    index: RwLock<Arc<KeyIndex>>,
+}
+
+impl KeyCache {
+    pub fn current(&self) -> Arc<KeyIndex> {
+        self.index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reloads from the store when its version moved (or always, with
+    /// `force`).
+    pub async fn refresh(
+        &self,
+        store: &dyn Database,
+        force: bool,
+    ) -> Result<(), switchboard_store::StoreError> {
+        let version = store.key_version().await?;
+        if !force && version == self.current().version {
+            return Ok(());
+        }
+        let keys = store.keys().await?;
+        let teams = store.teams().await?;
+        let index = Arc::new(KeyIndex::build(keys, teams, version));
+        *self
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+        Ok(())
+    }
+}
+
+/// Keeps `cache` current until `stop` is cancelled.
+pub(crate) fn spawn_refresh(
+    cache: Arc<KeyCache>,
+    store: Arc<dyn Database>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(REFRESH) => {}
+            }
+            match cache.refresh(store.as_ref(), false).await {
+                Ok(()) => failing = false,
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "cannot check the store for changed keys; serving the keys known");
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+/// Hex SHA-256 of a secret: what the store keeps instead of the secret.
+pub(crate) fn hash_secret(secret: &str) -> String {
+    hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 15)] as char);
+    }
+    out
+}
+
+/// Random bytes from the operating system's CSPRNG.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system's random source works");
+    bytes
+}
+
+/// A new secret: the prefix and 256 random bits in URL-safe base64.
+pub(crate) fn new_secret() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = random_bytes::<32>();
+    let mut out = String::with_capacity(SECRET_PREFIX.len() + 43);
+    out.push_str(SECRET_PREFIX);
+    let mut bits = 0u32;
+    let mut count = 0;
+    for byte in bytes {
+        bits = (bits << 8) | u32::from(byte);
+        count += 8;
+        while count >= 6 {
+            count -= 6;
+            out.push(ALPHABET[((bits >> count) & 63) as usize] as char);
+        }
+    }
+    if count > 0 {
+        out.push(ALPHABET[((bits << (6 - count)) & 63) as usize] as char);
+    }
+    out
+}
+
+/// The part of a secret shown to recognise it by.
+pub(crate) fn secret_prefix(secret: &str) -> String {
+    secret.chars().take(SECRET_PREFIX.len() + 8).collect()
+}
+
+/// `key_` or `team_` and 16 random hex digits.
+pub(crate) fn new_id(kind: &str) -> String {
+    format!("{kind}_{}", hex(&random_bytes::<8>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_prefixed_and_long() {
+        let first = new_secret();
+        let second = new_secret();
+        assert_ne!(first, second);
+        assert!(first.starts_with("sb-"));
+        assert_eq!(first.len(), 3 + 43);
+        assert!(
+            first[3..]
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        );
+        assert_eq!(secret_prefix(&first).len(), 11);
+        assert!(new_id("key").starts_with("key_") && new_id("key").len() == 20);
+    }
+
+    #[test]
+    fn secrets_are_kept_as_sha256() {
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

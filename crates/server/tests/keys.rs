@@ -1,0 +1,392 @@
+//! Virtual keys, teams, limits and spend through the real router: the
+//! admin API, authentication with a key, model access, rate limits,
+//! concurrency, budgets that hold under concurrency, cost in headers and
+//! records, and refusals of malformed admin requests.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+/// A simulated model with a price (so requests cost something), and a
+/// slow one for concurrency.
+fn models() -> String {
+    r#"
+[[models]]
+name = "priced"
+[[models.deployments]]
+provider = "simulated"
+price = { input_per_mtok = 1000.0, output_per_mtok = 2000.0 }
+
+[[models]]
+name = "other"
+[[models.deployments]]
+provider = "simulated"
+
+[[models]]
+name = "slow"
+[[models.deployments]]
+provider = "simulated"
+simulation = { latency_ms = 400 }
+"#
+    .to_owned()
+}
+
+async fn gateway() -> TestGateway {
+    TestGateway::start(config_with(&models(), "")).await
+}
+
+async fn admin(
+    gateway: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = gateway
+        .http
+        .request(method.parse().unwrap(), gateway.url(path))
+        .bearer_auth(MASTER_KEY);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn chat_with(gateway: &TestGateway, key: &str, model: &str) -> reqwest::Response {
+    gateway
+        .http
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": model, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn keys_are_created_used_rotated_and_revoked() {
+    let gateway = gateway().await;
+    let (status, team) = admin(
+        &gateway,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "search", "models": ["priced", "slow"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{team}");
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    let (status, created) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"name": "app", "team_id": team_id, "models": ["pri*"], "metadata": {"owner": "ana"}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("sb-") && secret.len() > 40);
+    assert_eq!(created["prefix"], secret[..11]);
+
+    // The secret is never shown again, nor its hash.
+    let (_, listed) = admin(&gateway, "GET", "/admin/keys", None).await;
+    let text = listed.to_string();
+    assert!(!text.contains(&secret) && !text.contains("hash"), "{text}");
+    assert_eq!(listed["data"][0]["metadata"]["owner"], "ana");
+
+    // The key works for the models it and its team allow.
+    let ok = chat_with(&gateway, &secret, "priced").await;
+    assert_eq!(ok.status(), 200);
+    let cost: f64 = ok.headers()["x-switchboard-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cost > 0.0, "a priced model costs something: {cost}");
+    let denied = chat_with(&gateway, &secret, "other").await;
+    assert_eq!(denied.status(), 403);
+    let error: Value = denied.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "model_not_allowed");
+    assert_eq!(
+        chat_with(&gateway, "sb-not-a-key", "priced").await.status(),
+        401
+    );
+
+    // A key may not use the admin API.
+    let response = gateway
+        .http
+        .get(gateway.url("/admin/keys"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
+    // Rotation: the old secret stops, the new one works.
+    let (status, rotated) =
+        admin(&gateway, "POST", &format!("/admin/keys/{id}/rotate"), None).await;
+    assert_eq!(status, 200);
+    let new_secret = rotated["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    assert_eq!(chat_with(&gateway, &secret, "priced").await.status(), 401);
+    assert_eq!(
+        chat_with(&gateway, &new_secret, "priced").await.status(),
+        200
+    );
+
+    // Revocation is immediate on this instance.
+    let (status, revoked) =
+        admin(&gateway, "POST", &format!("/admin/keys/{id}/revoke"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(revoked["active"], false);
+    let refused = chat_with(&gateway, &new_secret, "priced").await;
+    assert_eq!(refused.status(), 401);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "inactive_api_key");
+
+    // Records name the key and team, never the secret, and hold the cost.
+    let records = gateway.stop_and_records().await;
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|record| record.key_id.as_deref() == Some(&id))
+        .collect();
+    assert!(mine.len() >= 3);
+    assert!(
+        mine.iter()
+            .all(|record| record.team_id.as_deref() == Some(team_id.as_str()))
+    );
+    let served = mine.iter().find(|record| record.status == 200).unwrap();
+    assert!(served.cost_nanos.unwrap() > 0);
+    assert!(!format!("{records:?}").contains(&secret));
+}
+
+#[tokio::test]
+async fn a_budget_holds_under_200_concurrent_requests() {
+    let gateway = gateway().await;
+    // Each request's worst case (its body's bytes as prompt tokens, plus 5
+    // output tokens) at these prices is about 13 cents, its actual cost
+    // about 2: the budget fits a few at once and some dozens in all.
+    let (status, created) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"budget_usd": 1.0, "budget_period": "daily"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let requests = (0..200).map(|_| {
+        let http = gateway.http.clone();
+        let url = gateway.url("/v1/chat/completions");
+        let secret = secret.clone();
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(secret)
+                .header("content-type", "application/json")
+                .body(json!({"model": "priced", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5}).to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body)
+        })
+    });
+    let mut served = 0;
+    let mut refused = 0;
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        match status {
+            200 => served += 1,
+            429 => {
+                assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+                assert!(body["error"]["message"].as_str().unwrap().contains(&id));
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let records = gateway.stop_and_records().await;
+    let spent: u64 = records
+        .iter()
+        .filter(|record| record.key_id.as_deref() == Some(&id))
+        .filter_map(|record| record.cost_nanos)
+        .sum();
+    assert!(spent > 0);
+    assert!(
+        spent <= 1_000_000_000,
+        "recorded spend {spent} nano-dollars overshoots the $1.00 budget"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_and_concurrency_are_enforced_with_headers() {
+    let gateway = gateway().await;
+    let (_, limited) = admin(&gateway, "POST", "/admin/keys", Some(json!({"rpm": 2}))).await;
+    let secret = limited["key"].as_str().unwrap().to_owned();
+    let first = chat_with(&gateway, &secret, "other").await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit-requests"], "2");
+    assert_eq!(first.headers()["x-ratelimit-remaining-requests"], "1");
+    assert_eq!(chat_with(&gateway, &secret, "other").await.status(), 200);
+    let third = chat_with(&gateway, &secret, "other").await;
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    let error: Value = third.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded");
+
+    let (_, single) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"max_concurrent": 1})),
+    )
+    .await;
+    let secret = single["key"].as_str().unwrap().to_owned();
+    let (slow, fast) = tokio::join!(chat_with(&gateway, &secret, "slow"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        chat_with(&gateway, &secret, "slow").await
+    });
+    assert_eq!(slow.status(), 200);
+    assert_eq!(fast.status(), 429, "a second request while the first runs");
+    // Once the first has ended, its slot is free again.
+    assert_eq!(chat_with(&gateway, &secret, "slow").await.status(), 200);
+}
+
+#[tokio::test]
+async fn end_users_have_limits_of_their_own() {
+    let gateway = gateway().await;
+    let (_, created) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"user_limits": {"rpm": 1}})),
+    )
+    .await;
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let send = |user: &'static str| {
+        gateway
+            .http
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .header("content-type", "application/json")
+            .body(json!({"model": "other", "user": user, "messages": [{"role": "user", "content": "hi"}]}).to_string())
+            .send()
+    };
+    assert_eq!(send("alice").await.unwrap().status(), 200);
+    assert_eq!(send("bob").await.unwrap().status(), 200);
+    assert_eq!(send("alice").await.unwrap().status(), 429);
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records[0].end_user.as_deref(), Some("alice"));
+}
+
+#[tokio::test]
+async fn malformed_admin_requests_are_refused_and_create_nothing() {
+    let gateway = gateway().await;
+    for (body, param) in [
+        (json!({"budget_usd": -1}), "budget_usd"),
+        (json!({"budget_usd": 1e12}), "budget_usd"),
+        (json!({"rpm": 0}), "rpm"),
+        (json!({"tpm": 10_000_000_000u64}), "tpm"),
+        (json!({"budget_period": "daily"}), "budget_period"),
+        (
+            json!({"budget_usd": 1, "budget_period": "hourly"}),
+            "budget_period",
+        ),
+        (json!({"modles": ["x"]}), "modles"),
+        (json!({"metadata": "not an object"}), "metadata"),
+        (json!({"user_limits": {"rpm": -3}}), "user_limits.rpm"),
+        (json!({"expires_at": 1}), "expires_at"),
+    ] {
+        let (status, error) = admin(&gateway, "POST", "/admin/keys", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        let named = error["error"]["param"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+            + error["error"]["message"].as_str().unwrap_or_default();
+        assert!(named.contains(param), "{body}: {error}");
+    }
+    let (status, _) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team_id": "team_nope"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&gateway, "POST", "/admin/teams", Some(json!({"rpm": 5}))).await;
+    assert_eq!(status, 400, "a team needs a name");
+    let (_, keys) = admin(&gateway, "GET", "/admin/keys", None).await;
+    assert_eq!(keys["data"], json!([]), "nothing was partly created");
+    let (status, _) = admin(&gateway, "GET", "/admin/keys/key_missing", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&gateway, "POST", "/admin/teams", Some(json!({"name": "a"}))).await;
+    assert_eq!(status, 201);
+    let (status, _) = admin(&gateway, "POST", "/admin/teams", Some(json!({"name": "a"}))).await;
+    assert_eq!(status, 409, "team names are unique");
+    let (status, document) = admin(&gateway, "GET", "/admin/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/admin/keys"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn spend_is_aggregated_by_key_team_model_and_day() {
+    let gateway = gateway().await;
+    let (_, team) = admin(&gateway, "POST", "/admin/teams", Some(json!({"name": "t"}))).await;
+    let (_, created) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team_id": team["id"]})),
+    )
+    .await;
+    let secret = created["key"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(chat_with(&gateway, &secret, "priced").await.status(), 200);
+    }
+    // Records are written in batches off the request path.
+    let mut rows = Value::Null;
+    for _ in 0..50 {
+        let (_, spend) = admin(&gateway, "GET", "/admin/spend?group_by=key", None).await;
+        if spend["data"][0]["requests"] == 3 {
+            rows = spend;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows["data"][0]["group"], created["id"], "{rows}");
+    assert!(rows["data"][0]["cost_usd"].as_f64().unwrap() > 0.0);
+    for group in ["team", "model", "day"] {
+        let (status, spend) = admin(
+            &gateway,
+            "GET",
+            &format!("/admin/spend?group_by={group}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(spend["data"][0]["requests"], 3, "{group}: {spend}");
+    }
+    let (status, _) = admin(&gateway, "GET", "/admin/spend?group_by=week", None).await;
+    assert_eq!(status, 400);
+}

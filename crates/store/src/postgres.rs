@@ -1,0 +1,324 @@
+//! The PostgreSQL store: one database shared by every gateway instance that
+//! names it, migrated on start (concurrent starts queue on an advisory
+//! lock, see `migrate.rs`).
+//!
+//! Connections come from a small bounded pool: the request path never
+//! waits on the store (records reach it through the `Recorder`'s single
+//! writer), so a handful of connections serve the writer, readiness probes
+//! and the admin API, and an instance never takes a large share of the
+//! server's `max_connections`. Acquiring a connection, which includes
+//! opening one, gives up after `ACQUIRE_TIMEOUT`, so a database that has
+//! gone away fails a write (which the writer retries) instead of hanging.
+//!
+//! Prepared statements and PgBouncer: statements are prepared once per
+//! connection and cached by sqlx (named, protocol-level prepared
+//! statements). Every query here has a fixed text, batch inserts included
+//! (they pass one array per column to `UNNEST`, so a batch of any size is
+//! the same statement), so the cache holds a few dozen statements and never
+//! grows with the batch size. This works directly against PostgreSQL and
+//! behind PgBouncer 1.21 or later in transaction mode with
+//! `max_prepared_statements` above zero, which tracks protocol-level
+//! prepared statements across server connections. Nothing depends on
+//! session state: no `SET`, no session advisory locks (migrations use
+//! transaction-scoped ones), no temporary tables. Older PgBouncer versions
+//! in transaction mode need `statement-cache-capacity=0` in the URL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row};
+use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+
+use crate::{Store, StoreError, StoreFuture, migrate};
+
+/// Connections per instance. The writer holds one while it commits a
+/// batch; the rest serve probes and the admin API.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Longest wait for a connection from the pool, opening it included.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for the pool's first connection at start: a backstop, as
+/// the pool gives up on its own after `ACQUIRE_TIMEOUT`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle connections are closed after this, and every connection is
+/// replaced after `MAX_LIFETIME`, so that a fail-over or a PgBouncer
+/// restart is picked up without a gateway restart.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_LIFETIME: Duration = Duration::from_secs(1800);
+
+/// Rows per `INSERT`: bounds one message's size; the `Recorder` writes at
+/// most 512 at a time, so a batch is one statement.
+const INSERT_CHUNK: usize = 1024;
+
+/// The request log's columns, in the order `record_from_row` and the
+/// insert use them.
+const INSERT_RECORDS: &str = "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, \
+     status, outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
+     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos) \
+     SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
+     latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
+     served_model, key_id, team_id, end_user, cost_nanos \
+     FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[], $7::BIGINT[], \
+     $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], \
+     $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::BIGINT[]) \
+     WITH ORDINALITY AS batch (request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
+     error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, \
+     attempts, served_model, key_id, team_id, end_user, cost_nanos, position) \
+     ORDER BY position";
+
+const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
+     error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
+     served_model, key_id, team_id, end_user, cost_nanos \
+     FROM requests ORDER BY id DESC LIMIT $1";
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://` or
+    /// `postgresql://`) and migrates it. The URL's password never appears
+    /// in an error.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|error| StoreError::Open {
+            location: "the configured PostgreSQL URL".to_owned(),
+            message: error.to_string(),
+        })?;
+        let location = location(&options);
+        // `extra_float_digits` is a startup parameter PgBouncer refuses
+        // unless told to ignore it, and no column here is a float.
+        let mut options = options.extra_float_digits(None);
+        if options.get_application_name().is_none() {
+            options = options.application_name("switchboard");
+        }
+        let connecting = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(IDLE_TIMEOUT)
+            .max_lifetime(MAX_LIFETIME)
+            .connect_with(options);
+        let pool = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(pool)) => pool,
+            Ok(Err(error)) => {
+                return Err(StoreError::Open {
+                    location,
+                    message: error.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(StoreError::Open {
+                    location,
+                    message: format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+                });
+            }
+        };
+        migrate::run_postgres(&pool, migrate::POSTGRES).await?;
+        Ok(PgStore { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Where the store connects, for messages: the URL without its password.
+fn location(options: &PgConnectOptions) -> String {
+    let host = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    format!(
+        "postgres://{}@{host}/{}",
+        options.get_username(),
+        options.get_database().unwrap_or_default()
+    )
+}
+
+fn to_i64(value: u64) -> i64 {
+    value.min(i64::MAX as u64) as i64
+}
+
+fn opt_i64(value: Option<u64>) -> Option<i64> {
+    value.map(to_i64)
+}
+
+fn opt_u64(value: Option<i64>) -> Option<u64> {
+    value.map(|value| value.max(0) as u64)
+}
+
+/// One array per column, as `UNNEST` takes them.
+#[derive(Default)]
+struct Columns<'a> {
+    request_id: Vec<&'a str>,
+    started_at_ms: Vec<i64>,
+    endpoint: Vec<&'static str>,
+    model: Vec<&'a str>,
+    deployment: Vec<Option<&'a str>>,
+    stream: Vec<bool>,
+    status: Vec<i64>,
+    outcome: Vec<&'static str>,
+    error_code: Vec<Option<&'a str>>,
+    latency_ms: Vec<i64>,
+    ttft_ms: Vec<Option<i64>>,
+    input_tokens: Vec<Option<i64>>,
+    output_tokens: Vec<Option<i64>>,
+    cached_input_tokens: Vec<Option<i64>>,
+    reasoning_tokens: Vec<Option<i64>>,
+    attempts: Vec<i64>,
+    served_model: Vec<Option<&'a str>>,
+    key_id: Vec<Option<&'a str>>,
+    team_id: Vec<Option<&'a str>>,
+    end_user: Vec<Option<&'a str>>,
+    cost_nanos: Vec<Option<i64>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(records: &'a [RequestRecord]) -> Columns<'a> {
+        let mut columns = Columns::default();
+        for record in records {
+            columns.request_id.push(&record.request_id);
+            columns.started_at_ms.push(record.started_at_ms);
+            columns.endpoint.push(record.endpoint.as_str());
+            columns.model.push(&record.model);
+            columns.deployment.push(record.deployment.as_deref());
+            columns.stream.push(record.stream);
+            columns.status.push(i64::from(record.status));
+            columns.outcome.push(record.outcome.as_str());
+            columns.error_code.push(record.error_code.as_deref());
+            columns.latency_ms.push(to_i64(record.latency_ms));
+            columns.ttft_ms.push(opt_i64(record.ttft_ms));
+            columns
+                .input_tokens
+                .push(opt_i64(record.usage.input_tokens));
+            columns
+                .output_tokens
+                .push(opt_i64(record.usage.output_tokens));
+            columns
+                .cached_input_tokens
+                .push(opt_i64(record.usage.cached_input_tokens));
+            columns
+                .reasoning_tokens
+                .push(opt_i64(record.usage.reasoning_tokens));
+            columns.attempts.push(i64::from(record.attempts));
+            columns.served_model.push(record.served_model.as_deref());
+            columns.key_id.push(record.key_id.as_deref());
+            columns.team_id.push(record.team_id.as_deref());
+            columns.end_user.push(record.end_user.as_deref());
+            columns.cost_nanos.push(opt_i64(record.cost_nanos));
+        }
+        columns
+    }
+}
+
+fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
+    let endpoint = match row.try_get::<&str, _>("endpoint")? {
+        "embeddings" => Endpoint::Embeddings,
+        "messages" => Endpoint::Messages,
+        _ => Endpoint::ChatCompletions,
+    };
+    let outcome = match row.try_get::<&str, _>("outcome")? {
+        "success" => Outcome::Success,
+        "client_error" => Outcome::ClientError,
+        "client_closed" => Outcome::ClientClosed,
+        "shutdown" => Outcome::Shutdown,
+        _ => Outcome::UpstreamError,
+    };
+    Ok(RequestRecord {
+        request_id: row.try_get("request_id")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        endpoint,
+        model: row.try_get("model")?,
+        deployment: row.try_get("deployment")?,
+        served_model: row.try_get("served_model")?,
+        attempts: row
+            .try_get::<i64, _>("attempts")?
+            .clamp(0, i64::from(u32::MAX)) as u32,
+        stream: row.try_get("stream")?,
+        status: row.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
+        outcome,
+        error_code: row.try_get("error_code")?,
+        latency_ms: row.try_get::<i64, _>("latency_ms")?.max(0) as u64,
+        ttft_ms: opt_u64(row.try_get("ttft_ms")?),
+        usage: Usage {
+            input_tokens: opt_u64(row.try_get("input_tokens")?),
+            output_tokens: opt_u64(row.try_get("output_tokens")?),
+            cached_input_tokens: opt_u64(row.try_get("cached_input_tokens")?),
+            reasoning_tokens: opt_u64(row.try_get("reasoning_tokens")?),
+        },
+        key_id: row.try_get("key_id")?,
+        team_id: row.try_get("team_id")?,
+        end_user: row.try_get("end_user")?,
+        cost_nanos: opt_u64(row.try_get("cost_nanos")?),
+    })
+}
+
+impl Store for PgStore {
+    fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if records.is_empty() {
+                return Ok(());
+            }
+            let mut transaction = self.pool.begin().await?;
+            for chunk in records.chunks(INSERT_CHUNK) {
+                let columns = Columns::of(chunk);
+                sqlx::query::<Postgres>(INSERT_RECORDS)
+                    .bind(&columns.request_id)
+                    .bind(&columns.started_at_ms)
+                    .bind(&columns.endpoint)
+                    .bind(&columns.model)
+                    .bind(&columns.deployment)
+                    .bind(&columns.stream)
+                    .bind(&columns.status)
+                    .bind(&columns.outcome)
+                    .bind(&columns.error_code)
+                    .bind(&columns.latency_ms)
+                    .bind(&columns.ttft_ms)
+                    .bind(&columns.input_tokens)
+                    .bind(&columns.output_tokens)
+                    .bind(&columns.cached_input_tokens)
+                    .bind(&columns.reasoning_tokens)
+                    .bind(&columns.attempts)
+                    .bind(&columns.served_model)
+                    .bind(&columns.key_id)
+                    .bind(&columns.team_id)
+                    .bind(&columns.end_user)
+                    .bind(&columns.cost_nanos)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn recent_records(&self, limit: u32) -> StoreFuture<'_, Vec<RequestRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query::<Postgres>(RECENT_RECORDS)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(record_from_row)
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query::<Postgres>("SELECT 1")
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+}

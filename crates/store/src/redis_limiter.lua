@@ -1,0 +1,171 @@
+-- Switchboard's shared limiter: check-and-reserve, settle and budget reads,
+-- each one atomic script call (see redis_limiter.rs for the Rust side).
+--
+-- Every key carries the same hash tag, so one call's keys share a Redis
+-- Cluster slot. Numbers that are written go to Redis as the decimal strings
+-- the caller sent (never through Lua's doubles, which print large integers
+-- as 1e+15); numbers that are compared are doubles, exact below 2^53
+-- (about 9 million dollars in nano-dollars).
+--
+-- KEYS, four per scope, in the order of the request's scopes:
+--   1 in flight: hash  bucket minute -> requests reserved in that minute
+--   2 minute:    hash  r -> requests, t -> tokens, of the current minute
+--   3 spent:     string  nano-dollars spent in the budget window
+--   4 held:      hash  bucket minute -> nano-dollars reserved then
+-- (for a scope without a budget, 3 and 4 are named but never touched).
+--
+-- ARGV[1] is the operation; a fixed header follows, then five values per
+-- scope: max_concurrent, requests_per_minute, tokens_per_minute,
+-- budget limit, budget TTL in seconds ('0': none). An empty string means
+-- that the scope has no such limit, and then nothing is counted for it.
+--
+-- 'reserve' ARGV[2..7]: tokens, cost, current minute, lease in minutes,
+--   minute-key TTL (s), in-flight-key TTL (s).
+--   Returns {0, requests, tokens} (the first scope's counts after this
+--   request, -1 where not counted), {1, scope, which} (which: 1
+--   max_concurrent, 2 requests_per_minute, 3 tokens_per_minute), or
+--   {2, scope, used} (budget: spent plus held, before this request).
+-- 'settle' ARGV[2..7]: token change (actual minus reserved, signed), held
+--   cost negated ('-N'), actual cost, the grant's minute, '1' if the grant
+--   was reserved here ('0' for a grant given while Redis was unreachable:
+--   only its spend is recorded), unused. Returns 0.
+-- 'used' KEYS: spent, held of one scope; ARGV[2..3]: current minute, lease
+--   in minutes. Returns spent plus live held.
+
+local operation = ARGV[1]
+local HEADER = 7
+local PER_SCOPE = 5
+
+-- Sum of a bucket hash's live fields; buckets older than the lease are
+-- reservations whose settle never came (a crashed instance), dropped here.
+local function live_sum(key, oldest)
+  local fields = redis.call('HGETALL', key)
+  local sum = 0
+  for j = 1, #fields, 2 do
+    if tonumber(fields[j]) < oldest then
+      redis.call('HDEL', key, fields[j])
+    else
+      sum = sum + tonumber(fields[j + 1])
+    end
+  end
+  return sum
+end
+
+-- Adds a signed amount to a bucket field; a field that would stay at or
+-- below zero (its reservation already expired) is removed instead.
+local function release(key, field, amount)
+  if redis.call('HINCRBY', key, field, amount) <= 0 then
+    redis.call('HDEL', key, field)
+  end
+end
+
+if operation == 'used' then
+  local oldest = tonumber(ARGV[2]) - tonumber(ARGV[3]) + 1
+  local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+  return spent + live_sum(KEYS[2], oldest)
+end
+
+local scopes = #KEYS / 4
+if #KEYS % 4 ~= 0 or #ARGV ~= HEADER + PER_SCOPE * scopes then
+  return redis.error_reply('switchboard limiter: malformed call')
+end
+
+if operation == 'reserve' then
+  local tokens = tonumber(ARGV[2])
+  local cost = tonumber(ARGV[3])
+  local minute = ARGV[4]
+  local oldest = tonumber(minute) - tonumber(ARGV[5]) + 1
+  local minute_ttl = ARGV[6]
+  local flight_ttl = ARGV[7]
+
+  -- Check every scope first...
+  for i = 1, scopes do
+    local k = (i - 1) * 4
+    local a = HEADER + (i - 1) * PER_SCOPE
+    local max_concurrent, rpm, tpm, limit = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+    if max_concurrent ~= '' and live_sum(KEYS[k + 1], oldest) >= tonumber(max_concurrent) then
+      return {1, i, 1}
+    end
+    if rpm ~= '' or tpm ~= '' then
+      local counts = redis.call('HMGET', KEYS[k + 2], 'r', 't')
+      if rpm ~= '' and tonumber(counts[1] or '0') >= tonumber(rpm) then
+        return {1, i, 2}
+      end
+      if tpm ~= '' and tonumber(counts[2] or '0') + tokens > tonumber(tpm) then
+        return {1, i, 3}
+      end
+    end
+    if limit ~= '' then
+      local used = tonumber(redis.call('GET', KEYS[k + 3]) or '0') + live_sum(KEYS[k + 4], oldest)
+      if used + cost > tonumber(limit) then
+        return {2, i, used}
+      end
+    end
+  end
+
+  -- ...then reserve in all of them.
+  local first_requests, first_tokens = -1, -1
+  for i = 1, scopes do
+    local k = (i - 1) * 4
+    local a = HEADER + (i - 1) * PER_SCOPE
+    local max_concurrent, rpm, tpm, limit = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+    if max_concurrent ~= '' then
+      redis.call('HINCRBY', KEYS[k + 1], minute, 1)
+      redis.call('EXPIRE', KEYS[k + 1], flight_ttl)
+    end
+    if rpm ~= '' or tpm ~= '' then
+      local requests = redis.call('HINCRBY', KEYS[k + 2], 'r', 1)
+      local counted = redis.call('HINCRBY', KEYS[k + 2], 't', ARGV[2])
+      redis.call('EXPIRE', KEYS[k + 2], minute_ttl)
+      if i == 1 then
+        first_requests, first_tokens = requests, counted
+      end
+    end
+    if limit ~= '' and ARGV[3] ~= '0' then
+      redis.call('HINCRBY', KEYS[k + 4], minute, ARGV[3])
+      redis.call('EXPIRE', KEYS[k + 4], flight_ttl)
+    end
+  end
+  return {0, first_requests, first_tokens}
+end
+
+if operation == 'settle' then
+  local token_change = ARGV[2]
+  local held_release = ARGV[3]
+  local actual_cost = ARGV[4]
+  local minute = ARGV[5]
+  local reserved_here = ARGV[6] == '1'
+
+  for i = 1, scopes do
+    local k = (i - 1) * 4
+    local a = HEADER + (i - 1) * PER_SCOPE
+    local max_concurrent, rpm, tpm, limit, budget_ttl =
+      ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+    if reserved_here and max_concurrent ~= '' then
+      release(KEYS[k + 1], minute, -1)
+    end
+    -- The minute's key is gone once the minute is long past; an old
+    -- minute that still exists is read by no later reservation but one
+    -- from an instance whose clock lags, which this keeps right.
+    if reserved_here and (rpm ~= '' or tpm ~= '') and token_change ~= '0'
+      and redis.call('EXISTS', KEYS[k + 2]) == 1 then
+      if redis.call('HINCRBY', KEYS[k + 2], 't', token_change) < 0 then
+        redis.call('HSET', KEYS[k + 2], 't', 0)
+      end
+    end
+    if limit ~= '' then
+      if reserved_here and held_release ~= '0' then
+        release(KEYS[k + 4], minute, held_release)
+      end
+      if actual_cost ~= '0' then
+        redis.call('INCRBY', KEYS[k + 3], actual_cost)
+        if budget_ttl ~= '0' then
+          redis.call('EXPIRE', KEYS[k + 3], budget_ttl)
+        end
+      end
+    end
+  end
+  return 0
+end
+
+return redis.error_reply('switchboard limiter: unknown operation')

@@ -1,0 +1,687 @@
+//! `RedisLimiter`: the rate limits, concurrency limits and budgets of
+//! `switchboard_policy::limits`, shared by every gateway instance through
+//! one Redis, with the semantics of `MemoryLimiter`.
+//!
+//! **One round trip.** `reserve`, `settle` and `budget_used` are each one
+//! call of the Lua script `redis_limiter.lua` (EVALSHA; the script is
+//! loaded once per Redis process, on the first NOSCRIPT). Reserve checks
+//! every scope (concurrency, requests and tokens per minute, budget:
+//! spent + held + cost <= limit), and only if all pass reserves in all of
+//! them, atomically, so instances can never together overshoot a limit.
+//! Window names (`minute_of`, `budget_window`) are computed here from the
+//! time the caller passes in and sent as arguments, so every instance and
+//! the script agree on them.
+//!
+//! **Keys.** `<prefix>{sb}:<kind>:<escaped id>:<counter>`, where the id keeps
+//! `[A-Za-z0-9_.-]` and percent-encodes every other byte (so `{`, `}`,
+//! `:` and spaces never reach a key name raw, and two ids never share a
+//! key). Counters: `inflight` (hash: minute of reservation → requests in
+//! flight), `m:<minute>` (hash: `r` requests, `t` tokens), `spent:<window>`
+//! (nano-dollars), `held:<window>` (hash: minute of reservation →
+//! nano-dollars reserved). Only limits a scope has are counted.
+//!
+//! **One hash tag, `{sb}`, for every key.** Redis Cluster runs a script only
+//! if all its keys live in one slot, and a request's scopes span its user,
+//! key, team and deployment: no narrower tag (per key, per team) can group
+//! them, because a team's counters are shared with all its keys and a
+//! deployment's with every team. The cost: one slot, so one primary, holds
+//! and serves every counter of the limiter; a cluster adds availability,
+//! not throughput, for it. (Each call is a few hash operations; one Redis
+//! primary serves well over 50,000 of them a second.)
+//!
+//! **Expiry.** Minute counters live 2 minutes. A budget's spend lives until
+//! its window ends plus a day (so the last window can still be read);
+//! lifetime budgets never expire. Requests in flight and budget holds are
+//! kept per minute of reservation, and a reservation counts only for the
+//! `lease` (15 minutes by default) after it was made: if an instance
+//! crashes, or a settle is lost to a Redis outage, its in-flight count and
+//! its held cost decay when the lease ends, even on a scope that stays busy
+//! (a single counter with a refreshed TTL would keep the leak as long as
+//! traffic continues). The trade-off: a request running longer than the
+//! lease stops counting against concurrency and against its budget's
+//! holds, so the lease must exceed the longest request the gateway allows.
+//! Both hashes expire whole when no reservation has touched them for the
+//! lease plus two minutes.
+//!
+//! **When Redis cannot be reached.** Every call is bounded by `timeout`
+//! (2 s by default), retried once immediately after a dropped connection
+//! (the auto-reconnecting `ConnectionManager` reports one error after an
+//! idle drop), and after a connection failure Redis is left alone for
+//! `outage_pause` (1 s) so an outage does not add the timeout to every
+//! request. Failing open, `reserve` grants without counting (warning at
+//! most every 5 s) and the settle of such a grant records only its spend,
+//! if Redis is back by then; failing closed, it refuses with
+//! `Refusal::Unavailable`. A reserve that timed out may still have been
+//! applied by Redis, and a settle that failed is not replayed: both leave
+//! counts that the lease clears. `budget_used` answers 0 when Redis is
+//! unreachable.
+//!
+//! **Numbers.** Increments travel as decimal strings; comparisons inside
+//! the script use Lua doubles, exact below 2^53 nano-dollars (about nine
+//! million dollars). Values are capped at `i64::MAX`, Redis's integer range.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, RedisResult, Script, ScriptInvocation, Value};
+use switchboard_policy::limits::{
+    Ask, Grant, LimitFuture, Limiter, Nanos, Period, Refusal, Remaining, Rules, Scope,
+    budget_reset_in, budget_window, minute_of,
+};
+
+/// The hash tag in every key: one Redis Cluster slot for all counters.
+pub const HASH_TAG: &str = "{sb}";
+
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis_limiter.lua")));
+
+/// Redis integers are signed 64-bit.
+const REDIS_MAX: u64 = i64::MAX as u64;
+const MINUTE_KEY_TTL_SECS: u64 = 120;
+/// How long a budget window's spend outlives the window.
+const BUDGET_MARGIN: Duration = Duration::from_secs(86_400);
+/// At most one warning about an unreachable Redis per this interval.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+/// The longest lease accepted: a week.
+const MAX_LEASE_MINUTES: u64 = 7 * 24 * 60;
+/// Above this many remembered fail-open grants, those older than the
+/// lease (grants that were never settled) are forgotten.
+const UNRESERVED_PRUNE_AT: usize = 4096;
+
+/// How a `RedisLimiter` behaves; `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct RedisLimiterConfig {
+    /// Grant (true) or refuse (false) when Redis cannot be reached.
+    pub fail_open: bool,
+    /// Prepended to every key, so several gateways (or tests) can share a
+    /// Redis. Braces are escaped: the hash tag must stay the only one.
+    pub prefix: String,
+    /// The most any call may take, connecting included.
+    pub timeout: Duration,
+    /// How long a reservation counts if it is never settled; longer than
+    /// any request may run. Rounded up to whole minutes, at most a week.
+    pub lease: Duration,
+    /// After a connection failure, how long calls skip Redis.
+    pub outage_pause: Duration,
+}
+
+impl Default for RedisLimiterConfig {
+    fn default() -> RedisLimiterConfig {
+        RedisLimiterConfig {
+            fail_open: false,
+            prefix: "switchboard:".to_owned(),
+            timeout: Duration::from_secs(2),
+            lease: Duration::from_secs(15 * 60),
+            outage_pause: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisLimiterError {
+    /// The URL does not parse, or asks for something this build lacks
+    /// (such as TLS). The URL itself is not repeated: it may hold a password.
+    #[error("invalid Redis URL for the limiter: {0}")]
+    Url(String),
+    #[error("the limiter's Redis cannot be reached: {0}")]
+    Unreachable(String),
+}
+
+/// Rate limits, concurrency and budgets shared between instances through
+/// Redis. See the module documentation for the design and its trade-offs.
+pub struct RedisLimiter {
+    connection: ConnectionManager,
+    prefix: String,
+    fail_open: bool,
+    timeout: Duration,
+    lease_minutes: u64,
+    outage_pause: Duration,
+    paused_until: Mutex<Option<Instant>>,
+    warned_at: Mutex<Option<Instant>>,
+    warnings_suppressed: AtomicU64,
+    /// Grants given while Redis was unreachable (fail open), by
+    /// fingerprint: their settle must not release what was never held.
+    /// Equal grants are interchangeable, so a count per fingerprint is
+    /// exact.
+    unreserved: Mutex<HashMap<u64, (u32, Instant)>>,
+}
+
+impl fmt::Debug for RedisLimiter {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The connection is left out: its address may carry a password.
+        formatter
+            .debug_struct("RedisLimiter")
+            .field("prefix", &self.prefix)
+            .field("fail_open", &self.fail_open)
+            .field("timeout", &self.timeout)
+            .field("lease_minutes", &self.lease_minutes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a call did not get an answer from Redis.
+#[derive(Debug)]
+enum Failure {
+    Paused,
+    TimedOut(Duration),
+    Redis(RedisError),
+    Reply(String),
+}
+
+impl Failure {
+    fn is_connection_level(&self) -> bool {
+        match self {
+            Failure::Paused | Failure::TimedOut(_) => true,
+            Failure::Redis(error) => {
+                error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
+            }
+            Failure::Reply(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Paused => formatter.write_str("skipped after a recent connection failure"),
+            Failure::TimedOut(timeout) => write!(formatter, "no answer within {timeout:?}"),
+            Failure::Redis(error) => write!(formatter, "{error}"),
+            Failure::Reply(reply) => write!(formatter, "unexpected reply {reply}"),
+        }
+    }
+}
+
+enum Request {
+    Script(ScriptInvocation<'static>),
+    Ping,
+}
+
+impl Request {
+    async fn send(&self, connection: &mut ConnectionManager) -> RedisResult<Value> {
+        match self {
+            Request::Script(invocation) => invocation.invoke_async(connection).await,
+            Request::Ping => redis::cmd("PING").query_async(connection).await,
+        }
+    }
+}
+
+impl RedisLimiter {
+    /// Connects with the default settings. An unreachable Redis is not an
+    /// error here (the connection is retried on use, and `fail_open`
+    /// decides what requests get meanwhile); only a bad URL is. Must run
+    /// within a Tokio runtime, which drives the connection.
+    pub async fn connect(url: &str, fail_open: bool) -> Result<RedisLimiter, RedisLimiterError> {
+        RedisLimiter::connect_with(
+            url,
+            RedisLimiterConfig {
+                fail_open,
+                ..RedisLimiterConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects with explicit settings; see `connect`. Waits at most
+    /// `config.timeout` for a first answer, and logs a warning without one.
+    pub async fn connect_with(
+        url: &str,
+        config: RedisLimiterConfig,
+    ) -> Result<RedisLimiter, RedisLimiterError> {
+        let client =
+            redis::Client::open(url).map_err(|error| RedisLimiterError::Url(error.to_string()))?;
+        // No reconnection retries inside the manager: a failed attempt
+        // surfaces at once (bounded by our timeout), and the next call
+        // starts a new one.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(0);
+        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|error| RedisLimiterError::Url(error.to_string()))?;
+        let limiter = RedisLimiter {
+            connection,
+            prefix: escape_prefix(&config.prefix),
+            fail_open: config.fail_open,
+            timeout: config.timeout,
+            lease_minutes: config
+                .lease
+                .as_secs()
+                .div_ceil(60)
+                .clamp(1, MAX_LEASE_MINUTES),
+            outage_pause: config.outage_pause,
+            paused_until: Mutex::new(None),
+            warned_at: Mutex::new(None),
+            warnings_suppressed: AtomicU64::new(0),
+            unreserved: Mutex::new(HashMap::new()),
+        };
+        if let Err(error) = limiter.ping().await {
+            tracing::warn!(
+                %error,
+                fail_open = limiter.fail_open,
+                "the shared limiter's Redis does not answer yet"
+            );
+        }
+        Ok(limiter)
+    }
+
+    /// Replaces the key prefix (braces escaped), such as a random one per
+    /// test.
+    pub fn with_prefix(mut self, prefix: &str) -> RedisLimiter {
+        self.prefix = escape_prefix(prefix);
+        self
+    }
+
+    /// The prefix every key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Answers when Redis does (readiness).
+    pub async fn ping(&self) -> Result<(), RedisLimiterError> {
+        self.call(&Request::Ping)
+            .await
+            .map(drop)
+            .map_err(|failure| RedisLimiterError::Unreachable(failure.to_string()))
+    }
+
+    /// `<prefix>{sb}:<kind>:<escaped id>`.
+    fn scope_base(&self, scope: &Scope) -> String {
+        format!(
+            "{}{HASH_TAG}:{}:{}",
+            self.prefix,
+            scope.kind.as_str(),
+            escape_id(&scope.id)
+        )
+    }
+
+    /// The four keys of a scope, in the script's order.
+    fn scope_keys(&self, scope: &Scope, rules: &Rules, minute: u64, now_ms: u64) -> [String; 4] {
+        let base = self.scope_base(scope);
+        let window = rules.budget.map_or_else(
+            || "none".to_owned(),
+            |budget| budget_window(budget.period, now_ms),
+        );
+        [
+            format!("{base}:inflight"),
+            format!("{base}:m:{minute}"),
+            format!("{base}:spent:{window}"),
+            format!("{base}:held:{window}"),
+        ]
+    }
+
+    /// Keys, header and per-scope rules of a reserve or settle call.
+    fn invocation(
+        &self,
+        scopes: &[(Scope, Rules)],
+        minute: u64,
+        now_ms: u64,
+        header: [String; 7],
+    ) -> ScriptInvocation<'static> {
+        let mut invocation = SCRIPT.prepare_invoke();
+        for (scope, rules) in scopes {
+            for key in self.scope_keys(scope, rules, minute, now_ms) {
+                invocation.key(key);
+            }
+        }
+        for value in header {
+            invocation.arg(value);
+        }
+        for (_, rules) in scopes {
+            let budget_ttl = rules
+                .budget
+                .and_then(|budget| budget_reset_in(budget.period, now_ms))
+                .map_or(0, |left| (left + BUDGET_MARGIN).as_secs().max(1));
+            invocation
+                .arg(limit_arg(rules.max_concurrent))
+                .arg(limit_arg(rules.requests_per_minute))
+                .arg(limit_arg(rules.tokens_per_minute))
+                .arg(limit_arg(rules.budget.map(|budget| budget.limit)))
+                .arg(budget_ttl);
+        }
+        invocation
+    }
+
+    /// One request to Redis, retried once after a dropped connection, all
+    /// within the timeout.
+    async fn call(&self, request: &Request) -> Result<Value, Failure> {
+        if self.is_paused() {
+            return Err(Failure::Paused);
+        }
+        let attempt = async {
+            let mut connection = self.connection.clone();
+            match request.send(&mut connection).await {
+                // The manager reconnects after reporting the drop; the
+                // retry waits for that connection.
+                Err(error) if is_dropped(&error) => request.send(&mut connection).await,
+                other => other,
+            }
+        };
+        let failure = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => Failure::Redis(error),
+            Err(_) => Failure::TimedOut(self.timeout),
+        };
+        if failure.is_connection_level() {
+            *lock(&self.paused_until) = Some(Instant::now() + self.outage_pause);
+        }
+        Err(failure)
+    }
+
+    fn is_paused(&self) -> bool {
+        lock(&self.paused_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    fn warn_unavailable(&self, failure: &Failure, what: &str) {
+        let now = Instant::now();
+        let mut warned_at = lock(&self.warned_at);
+        if warned_at.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            self.warnings_suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *warned_at = Some(now);
+        drop(warned_at);
+        let suppressed = self.warnings_suppressed.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            %failure,
+            fail_open = self.fail_open,
+            suppressed,
+            "the shared limiter's Redis cannot be reached: {what}"
+        );
+    }
+
+    async fn reserve_shared(&self, ask: Ask) -> Result<Grant, Refusal> {
+        let minute = minute_of(ask.now_ms);
+        let reset = Duration::from_millis((minute + 1) * 60_000 - ask.now_ms);
+        if ask.scopes.is_empty() {
+            return Ok(grant_of(
+                ask,
+                minute,
+                Remaining {
+                    reset,
+                    ..Remaining::default()
+                },
+            ));
+        }
+        let header = [
+            "reserve".to_owned(),
+            ask.tokens.min(REDIS_MAX).to_string(),
+            ask.cost.min(REDIS_MAX).to_string(),
+            minute.to_string(),
+            self.lease_minutes.to_string(),
+            MINUTE_KEY_TTL_SECS.to_string(),
+            (self.lease_minutes * 60 + MINUTE_KEY_TTL_SECS).to_string(),
+        ];
+        let request = Request::Script(self.invocation(&ask.scopes, minute, ask.now_ms, header));
+        let reply = match self.call(&request).await {
+            Ok(value) => redis::from_redis_value::<Vec<i64>>(value)
+                .map_err(|error| Failure::Reply(error.to_string())),
+            Err(failure) => Err(failure),
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(failure) => return self.unavailable(ask, minute, reset, &failure),
+        };
+        let scope_at = |index: i64| {
+            usize::try_from(index)
+                .ok()
+                .and_then(|index| index.checked_sub(1))
+                .and_then(|index| ask.scopes.get(index))
+        };
+        let refusal = match *reply.as_slice() {
+            [0, requests, tokens] => {
+                let rules = ask
+                    .scopes
+                    .first()
+                    .map(|(_, rules)| *rules)
+                    .unwrap_or_default();
+                let left =
+                    |limit: u64, count: i64| (limit, limit.saturating_sub(count.max(0) as u64));
+                let remaining = Remaining {
+                    requests: rules.requests_per_minute.map(|limit| left(limit, requests)),
+                    tokens: rules.tokens_per_minute.map(|limit| left(limit, tokens)),
+                    reset,
+                };
+                return Ok(grant_of(ask, minute, remaining));
+            }
+            [1, index, which] => scope_at(index).map(|(scope, _)| {
+                let (limit, retry_after) = match which {
+                    1 => ("max_concurrent", Duration::from_secs(1)),
+                    2 => ("requests_per_minute", reset),
+                    _ => ("tokens_per_minute", reset),
+                };
+                Refusal::Limited {
+                    scope: scope.clone(),
+                    limit,
+                    retry_after,
+                }
+            }),
+            [2, index, used] => match scope_at(index) {
+                Some((
+                    scope,
+                    Rules {
+                        budget: Some(budget),
+                        ..
+                    },
+                )) => Some(Refusal::Budget {
+                    scope: scope.clone(),
+                    limit: budget.limit,
+                    used: used.max(0) as u64,
+                    period: budget.period,
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
+        match refusal {
+            Some(refusal) => Err(refusal),
+            None => {
+                let failure = Failure::Reply(format!("{reply:?}"));
+                self.unavailable(ask, minute, reset, &failure)
+            }
+        }
+    }
+
+    /// What `reserve` answers without Redis.
+    fn unavailable(
+        &self,
+        ask: Ask,
+        minute: u64,
+        reset: Duration,
+        failure: &Failure,
+    ) -> Result<Grant, Refusal> {
+        if !self.fail_open {
+            self.warn_unavailable(failure, "refusing requests (fail closed)");
+            return Err(Refusal::Unavailable(format!(
+                "the shared rate-limit and budget counters cannot be reached ({failure}); \
+                 requests are refused until they can"
+            )));
+        }
+        self.warn_unavailable(failure, "admitting requests uncounted (fail open)");
+        // Remaining room is unknown, so none is reported.
+        let grant = grant_of(
+            ask,
+            minute,
+            Remaining {
+                reset,
+                ..Remaining::default()
+            },
+        );
+        let now = Instant::now();
+        let lease = Duration::from_secs(self.lease_minutes * 60);
+        let mut unreserved = lock(&self.unreserved);
+        if unreserved.len() >= UNRESERVED_PRUNE_AT {
+            unreserved.retain(|_, (_, at)| now.duration_since(*at) < lease);
+        }
+        let entry = unreserved.entry(fingerprint(&grant)).or_insert((0, now));
+        entry.0 += 1;
+        entry.1 = now;
+        Ok(grant)
+    }
+
+    /// Whether the grant was given without Redis (forgetting it if so).
+    fn take_unreserved(&self, grant: &Grant) -> bool {
+        let mut unreserved = lock(&self.unreserved);
+        if unreserved.is_empty() {
+            return false;
+        }
+        let key = fingerprint(grant);
+        match unreserved.get_mut(&key) {
+            Some((count, _)) if *count > 1 => {
+                *count -= 1;
+                true
+            }
+            Some(_) => {
+                unreserved.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn settle_shared(&self, grant: Grant, tokens: u64, cost: Nanos) {
+        if grant.scopes.is_empty() {
+            return;
+        }
+        let reserved_here = !self.take_unreserved(&grant);
+        let reserved_tokens = grant.tokens.min(REDIS_MAX) as i64;
+        let token_change = tokens.min(REDIS_MAX) as i64 - reserved_tokens;
+        let held_release = match grant.cost.min(REDIS_MAX) {
+            0 => "0".to_owned(),
+            held => format!("-{held}"),
+        };
+        let header = [
+            "settle".to_owned(),
+            token_change.to_string(),
+            held_release,
+            cost.min(REDIS_MAX).to_string(),
+            grant.minute.to_string(),
+            if reserved_here { "1" } else { "0" }.to_owned(),
+            String::new(),
+        ];
+        let request =
+            Request::Script(self.invocation(&grant.scopes, grant.minute, grant.now_ms, header));
+        if let Err(failure) = self.call(&request).await {
+            self.warn_unavailable(
+                &failure,
+                "a settle is lost (its reservation lapses with the lease, its spend is not counted)",
+            );
+        }
+    }
+
+    async fn budget_used_shared(&self, scope: &Scope, period: Period, now_ms: u64) -> Nanos {
+        let minute = minute_of(now_ms);
+        let window = budget_window(period, now_ms);
+        let base = self.scope_base(scope);
+        let mut invocation = SCRIPT.prepare_invoke();
+        invocation
+            .key(format!("{base}:spent:{window}"))
+            .key(format!("{base}:held:{window}"))
+            .arg("used")
+            .arg(minute)
+            .arg(self.lease_minutes);
+        let reply = match self.call(&Request::Script(invocation)).await {
+            Ok(value) => redis::from_redis_value::<i64>(value)
+                .map_err(|error| Failure::Reply(error.to_string())),
+            Err(failure) => Err(failure),
+        };
+        match reply {
+            Ok(used) => used.max(0) as u64,
+            Err(failure) => {
+                self.warn_unavailable(&failure, "budget use reads as 0");
+                0
+            }
+        }
+    }
+}
+
+impl Limiter for RedisLimiter {
+    fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
+        Box::pin(self.reserve_shared(ask))
+    }
+
+    fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
+        Box::pin(self.settle_shared(grant, tokens, cost))
+    }
+
+    fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos> {
+        let scope = scope.clone();
+        Box::pin(async move { self.budget_used_shared(&scope, period, now_ms).await })
+    }
+}
+
+fn grant_of(ask: Ask, minute: u64, remaining: Remaining) -> Grant {
+    Grant {
+        scopes: ask.scopes,
+        tokens: ask.tokens,
+        cost: ask.cost,
+        minute,
+        now_ms: ask.now_ms,
+        remaining,
+    }
+}
+
+/// Identifies a grant among the fail-open ones.
+fn fingerprint(grant: &Grant) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    grant.scopes.hash(&mut hasher);
+    grant.tokens.hash(&mut hasher);
+    grant.cost.hash(&mut hasher);
+    grant.minute.hash(&mut hasher);
+    grant.now_ms.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A limit as the script reads it: empty for none.
+fn limit_arg(limit: Option<u64>) -> String {
+    limit.map_or_else(String::new, |limit| limit.min(REDIS_MAX).to_string())
+}
+
+/// An error after which the same request on a fresh connection may work.
+fn is_dropped(error: &RedisError) -> bool {
+    !error.is_connection_refusal()
+        && !error.is_timeout()
+        && (error.is_connection_dropped() || error.is_unrecoverable_error())
+}
+
+/// Keeps `[A-Za-z0-9_.-]` and percent-encodes every other byte: injective,
+/// and free of the `{`, `}` and `:` that structure key names.
+fn escape_id(id: &str) -> String {
+    let mut escaped = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-') {
+            escaped.push(char::from(byte));
+        } else {
+            escaped.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    escaped
+}
+
+/// A prefix may not carry braces: Redis Cluster hashes the first `{...}`
+/// of a key, which must be the limiter's tag.
+fn escape_prefix(prefix: &str) -> String {
+    prefix.replace('{', "%7B").replace('}', "%7D")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_escaped_injectively() {
+        assert_eq!(escape_id("key_01H.x-y"), "key_01H.x-y");
+        assert_eq!(escape_id("a b{c}:d"), "a%20b%7Bc%7D%3Ad");
+        assert_eq!(escape_id("%"), "%25");
+        assert_eq!(escape_id("é"), "%C3%A9");
+        assert_ne!(escape_id("a:b"), escape_id("a%3Ab"));
+        assert_eq!(escape_prefix("t{x}:"), "t%7Bx%7D:");
+    }
+}

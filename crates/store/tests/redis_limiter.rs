@@ -1,0 +1,1207 @@
+//! `RedisLimiter` against a real Redis (127.0.0.1:6379, or
+//! `SWITCHBOARD_TEST_REDIS_URL`): the same answers as `MemoryLimiter`,
+//! atomic reservations across two instances, expiry of lost reservations,
+//! behaviour when Redis is unreachable, and key names. Without a Redis a
+//! test prints `SKIPPED: ...` and passes, except when `CI` is set, where it
+//! fails. Each test writes under a random key prefix and deletes its keys.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use switchboard_core::mix::splitmix64;
+use switchboard_policy::limits::{
+    Ask, Budget, Grant, Limiter, MemoryLimiter, Nanos, Period, Refusal, Rules, Scope, ScopeKind,
+};
+use switchboard_store::RedisLimiter;
+use switchboard_store::redis_limiter::{HASH_TAG, RedisLimiterConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+/// The Redis to test against, or `None` (after printing why) when there is
+/// none and `CI` is not set.
+async fn redis_url(test: &str) -> Option<String> {
+    let url =
+        std::env::var("SWITCHBOARD_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    let probe = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+    };
+    let why = match tokio::time::timeout(Duration::from_secs(3), probe).await {
+        Ok(Ok(_)) => return Some(url),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "no answer within 3 s".to_owned(),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: Redis is required when CI is set, and the one at \
+             SWITCHBOARD_TEST_REDIS_URL (default {DEFAULT_URL}) cannot be reached: {why}"
+        );
+    }
+    println!(
+        "SKIPPED: {test}: no Redis at SWITCHBOARD_TEST_REDIS_URL (default {DEFAULT_URL}): {why}"
+    );
+    None
+}
+
+/// A key prefix no other test run shares.
+fn unique_prefix(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let random = splitmix64(nanos ^ u64::from(std::process::id()).rotate_left(32));
+    format!("sbtest:{test}:{random:016x}:")
+}
+
+/// Milliseconds since the epoch, one second into the current minute, so a
+/// test's offsets of a few seconds stay in one minute.
+fn minute_start_now() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    now / 60_000 * 60_000 + 1_000
+}
+
+async fn limiter(url: &str, prefix: &str, fail_open: bool) -> RedisLimiter {
+    RedisLimiter::connect(url, fail_open)
+        .await
+        .expect("connect")
+        .with_prefix(prefix)
+}
+
+async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Every key under a prefix.
+async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
+    let mut connection = raw_connection(url).await;
+    let mut cursor = 0u64;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+async fn clean_up(url: &str, prefix: &str) {
+    let keys = keys_under(url, prefix).await;
+    if !keys.is_empty() {
+        let mut connection = raw_connection(url).await;
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+}
+
+fn scope(kind: ScopeKind, id: &str) -> Scope {
+    Scope {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+fn budget(limit: Nanos, period: Period) -> Option<Budget> {
+    Some(Budget { limit, period })
+}
+
+fn ask(scopes: &[(Scope, Rules)], tokens: u64, cost: Nanos, now_ms: u64) -> Ask {
+    Ask {
+        scopes: scopes.to_vec(),
+        tokens,
+        cost,
+        now_ms,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (1) Same answers as MemoryLimiter.
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Scopes by index into the pool.
+    Reserve {
+        scopes: Vec<usize>,
+        tokens: u64,
+        cost: Nanos,
+        at: u64,
+    },
+    /// Settles the grant of an earlier step (by step index), if any.
+    Settle {
+        reserve_step: usize,
+        tokens: u64,
+        cost: Nanos,
+    },
+    Used {
+        scope: usize,
+        at: u64,
+    },
+}
+
+fn pool() -> Vec<(Scope, Rules)> {
+    vec![
+        (
+            scope(ScopeKind::Key, "key:α/1 {x}"),
+            Rules {
+                requests_per_minute: Some(6),
+                tokens_per_minute: Some(1_000),
+                max_concurrent: Some(3),
+                budget: budget(10_000, Period::Daily),
+            },
+        ),
+        (
+            scope(ScopeKind::Team, "team one"),
+            Rules {
+                max_concurrent: Some(4),
+                budget: budget(25_000, Period::Monthly),
+                ..Rules::default()
+            },
+        ),
+        (
+            scope(ScopeKind::User, "user\n%41"),
+            Rules {
+                tokens_per_minute: Some(300),
+                ..Rules::default()
+            },
+        ),
+        (scope(ScopeKind::Deployment, "dep"), Rules::default()),
+        (
+            scope(ScopeKind::Key, "k2"),
+            Rules {
+                requests_per_minute: Some(20),
+                budget: budget(5_000, Period::Weekly),
+                ..Rules::default()
+            },
+        ),
+        (
+            scope(ScopeKind::Team, "t-total"),
+            Rules {
+                budget: budget(8_000, Period::Total),
+                ..Rules::default()
+            },
+        ),
+    ]
+}
+
+/// A fixed opening that reaches every kind of answer, then a seeded random
+/// walk. Time moves forward by seconds, now and then to the next minute,
+/// and once to the next day after everything is settled; reservations
+/// never stay open longer than the lease.
+fn script(base: u64) -> Vec<Step> {
+    // The opening, with the state it leaves in key 0 (6 requests and 1000
+    // tokens a minute, 3 concurrent, 10000 a day).
+    let mut steps = vec![
+        // 0-3: three in flight, a fourth refused for concurrency.
+        Step::Reserve {
+            scopes: vec![0, 1, 3],
+            tokens: 100,
+            cost: 2_000,
+            at: base,
+        },
+        Step::Reserve {
+            scopes: vec![0, 1],
+            tokens: 100,
+            cost: 2_000,
+            at: base + 10,
+        },
+        Step::Reserve {
+            scopes: vec![0, 2],
+            tokens: 100,
+            cost: 2_000,
+            at: base + 20,
+        },
+        Step::Reserve {
+            scopes: vec![0],
+            tokens: 1,
+            cost: 1,
+            at: base + 30,
+        },
+        // 4-5: 6000 held; settling one at 40 tokens and 500 spent.
+        Step::Used {
+            scope: 0,
+            at: base + 40,
+        },
+        Step::Settle {
+            reserve_step: 0,
+            tokens: 40,
+            cost: 500,
+        },
+        // 6-9: 240 tokens + 500 fit; then 300 more do not, nor 201 on
+        // user 2 (already at 100 of 300).
+        Step::Reserve {
+            scopes: vec![0],
+            tokens: 500,
+            cost: 0,
+            at: base + 50,
+        },
+        Step::Settle {
+            reserve_step: 6,
+            tokens: 500,
+            cost: 0,
+        },
+        Step::Reserve {
+            scopes: vec![0],
+            tokens: 300,
+            cost: 0,
+            at: base + 60,
+        },
+        Step::Reserve {
+            scopes: vec![2, 3],
+            tokens: 201,
+            cost: 0,
+            at: base + 70,
+        },
+        // 10-13: 2500 spent, nothing held: 7501 does not fit, 7500 does.
+        Step::Settle {
+            reserve_step: 1,
+            tokens: 100,
+            cost: 2_000,
+        },
+        Step::Settle {
+            reserve_step: 2,
+            tokens: 0,
+            cost: 0,
+        },
+        Step::Reserve {
+            scopes: vec![3, 0],
+            tokens: 1,
+            cost: 7_501,
+            at: base + 80,
+        },
+        Step::Reserve {
+            scopes: vec![3, 0],
+            tokens: 1,
+            cost: 7_500,
+            at: base + 90,
+        },
+        // 14-15: the sixth request of the minute, then a seventh refused.
+        Step::Reserve {
+            scopes: vec![0],
+            tokens: 0,
+            cost: 0,
+            at: base + 100,
+        },
+        Step::Reserve {
+            scopes: vec![0],
+            tokens: 0,
+            cost: 0,
+            at: base + 110,
+        },
+        Step::Used {
+            scope: 0,
+            at: base + 120,
+        },
+        Step::Used {
+            scope: 1,
+            at: base + 120,
+        },
+        // 18-19: refused by key 0 in second place, so key 4 counted nothing.
+        Step::Reserve {
+            scopes: vec![4, 0],
+            tokens: 0,
+            cost: 0,
+            at: base + 130,
+        },
+        Step::Reserve {
+            scopes: vec![4],
+            tokens: 0,
+            cost: 10,
+            at: base + 140,
+        },
+        Step::Settle {
+            reserve_step: 13,
+            tokens: 1,
+            cost: 7_000,
+        },
+        Step::Settle {
+            reserve_step: 14,
+            tokens: 0,
+            cost: 0,
+        },
+        Step::Settle {
+            reserve_step: 19,
+            tokens: 0,
+            cost: 5,
+        },
+        // 23-26: the next minute starts the per-minute counters again.
+        Step::Reserve {
+            scopes: vec![0, 2],
+            tokens: 250,
+            cost: 0,
+            at: base + 60_000,
+        },
+        Step::Used {
+            scope: 0,
+            at: base + 60_000,
+        },
+        Step::Used {
+            scope: 4,
+            at: base + 60_000,
+        },
+        Step::Used {
+            scope: 5,
+            at: base + 60_000,
+        },
+    ];
+    let mut seed = 0x5EED_u64;
+    let mut draw = |below: u64| {
+        seed = splitmix64(seed);
+        seed % below
+    };
+    let mut at = base + 60_000;
+    // Every reservation of the opening that is not settled there (refused
+    // ones settle as "nothing to settle").
+    let mut open: Vec<usize> = (0..steps.len())
+        .filter(|index| matches!(steps[*index], Step::Reserve { .. }))
+        .filter(|index| {
+            !steps.iter().any(
+                |step| matches!(step, Step::Settle { reserve_step, .. } if reserve_step == index),
+            )
+        })
+        .collect();
+    let day_jump_at = steps.len() + 200;
+    while steps.len() < 600 {
+        if steps.len() == day_jump_at {
+            for reserve_step in open.drain(..) {
+                steps.push(Step::Settle {
+                    reserve_step,
+                    tokens: 10,
+                    cost: 100,
+                });
+            }
+            at += 86_400_000;
+        }
+        let roll = draw(100);
+        if roll < 55 {
+            let mut scopes = BTreeSet::new();
+            for _ in 0..1 + draw(3) {
+                scopes.insert(draw(6) as usize);
+            }
+            let mut scopes: Vec<usize> = scopes.into_iter().collect();
+            if draw(2) == 0 {
+                scopes.reverse();
+            }
+            at += draw(3_000);
+            if draw(40) == 0 {
+                at += 60_000;
+            }
+            open.push(steps.len());
+            steps.push(Step::Reserve {
+                scopes,
+                tokens: draw(250),
+                cost: draw(3_000),
+                at,
+            });
+        } else if roll < 92 && !open.is_empty() {
+            let reserve_step = open.swap_remove(draw(open.len() as u64) as usize);
+            let (tokens, cost) = match &steps[reserve_step] {
+                Step::Reserve { tokens, cost, .. } => (*tokens, *cost),
+                _ => unreachable!(),
+            };
+            steps.push(Step::Settle {
+                reserve_step,
+                tokens: draw(tokens * 3 / 2 + 1),
+                cost: draw(cost + 1),
+            });
+        } else {
+            steps.push(Step::Used {
+                scope: [0, 1, 4, 5][draw(4) as usize],
+                at,
+            });
+        }
+    }
+    steps
+}
+
+/// Runs the steps, answering one line per step.
+async fn run(limiter: &dyn Limiter, steps: &[Step]) -> Vec<String> {
+    let pool = pool();
+    let mut grants: Vec<Option<Grant>> = Vec::new();
+    let mut answers = Vec::new();
+    for step in steps {
+        let mut granted = None;
+        let answer = match step {
+            Step::Reserve {
+                scopes,
+                tokens,
+                cost,
+                at,
+            } => {
+                let scopes: Vec<(Scope, Rules)> =
+                    scopes.iter().map(|index| pool[*index].clone()).collect();
+                let result = limiter.reserve(ask(&scopes, *tokens, *cost, *at)).await;
+                granted = result.as_ref().ok().cloned();
+                format!("{result:?}")
+            }
+            Step::Settle {
+                reserve_step,
+                tokens,
+                cost,
+            } => match grants[*reserve_step].take() {
+                Some(grant) => {
+                    limiter.settle(grant, *tokens, *cost).await;
+                    "settled".to_owned()
+                }
+                None => "nothing to settle".to_owned(),
+            },
+            Step::Used { scope, at } => {
+                let (scope, rules) = &pool[*scope];
+                let period = rules.budget.unwrap().period;
+                format!("used {}", limiter.budget_used(scope, period, *at).await)
+            }
+        };
+        grants.push(granted);
+        answers.push(answer);
+    }
+    answers
+}
+
+#[tokio::test]
+async fn redis_answers_every_call_as_the_memory_limiter_does() {
+    let Some(url) = redis_url("redis_answers_every_call_as_the_memory_limiter_does").await else {
+        return;
+    };
+    let prefix = unique_prefix("conformance");
+    let redis = limiter(&url, &prefix, false).await;
+    let memory = MemoryLimiter::new();
+    let steps = script(minute_start_now());
+    let expected = run(&memory, &steps).await;
+    let actual = run(&redis, &steps).await;
+    clean_up(&url, &prefix).await;
+
+    for (index, (expected, actual)) in expected.iter().zip(&actual).enumerate() {
+        assert_eq!(
+            actual, expected,
+            "step {index} ({:?}): Redis answered differently from memory",
+            steps[index]
+        );
+    }
+    assert_eq!(actual.len(), steps.len());
+    // The sequence must reach every kind of answer, or it proves little.
+    let all = expected.join("\n");
+    for needle in [
+        "Ok(Grant",
+        "max_concurrent",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "Err(Budget",
+        "requests: Some((6, 0))",
+        "used 0",
+    ] {
+        assert!(all.contains(needle), "the script never produced {needle:?}");
+    }
+    assert!(
+        expected
+            .iter()
+            .filter(|answer| answer.starts_with("used ") && *answer != "used 0")
+            .count()
+            > 10,
+        "budget reads must see non-zero use"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// (2) A budget under a concurrent burst from two instances.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_from_two_instances_never_overshoot_a_budget() {
+    let Some(url) =
+        redis_url("concurrent_reservations_from_two_instances_never_overshoot_a_budget").await
+    else {
+        return;
+    };
+    const LIMIT: Nanos = 1_000_000_000;
+    const WORST: Nanos = 7_000_000;
+    let prefix = unique_prefix("budget-race");
+    let instances = [
+        Arc::new(limiter(&url, &prefix, false).await),
+        Arc::new(limiter(&url, &prefix, false).await),
+    ];
+    let key = scope(ScopeKind::Key, "shared key");
+    let rules = Rules {
+        budget: budget(LIMIT, Period::Monthly),
+        ..Rules::default()
+    };
+    let now_ms = minute_start_now();
+
+    // Phase 1: 200 reserves at once, none settled until all have answered.
+    let barrier = Arc::new(tokio::sync::Barrier::new(200));
+    let mut tasks = Vec::new();
+    for index in 0..200usize {
+        let limiter = instances[index % 2].clone();
+        let barrier = barrier.clone();
+        let scopes = vec![(key.clone(), rules)];
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            limiter.reserve(ask(&scopes, 10, WORST, now_ms)).await
+        }));
+    }
+    let mut granted = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(grant) => granted.push(grant),
+            Err(Refusal::Budget { used, limit, .. }) => {
+                assert_eq!(limit, LIMIT);
+                assert!(used + WORST > LIMIT, "refused with room left: used {used}");
+            }
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    let fits = (LIMIT / WORST) as usize;
+    assert_eq!(granted.len(), fits, "exactly the reservations that fit");
+    assert_eq!(
+        instances[0]
+            .budget_used(&key, Period::Monthly, now_ms)
+            .await,
+        fits as u64 * WORST
+    );
+
+    // Settle at random actual costs, from either instance.
+    let mut spent: Nanos = 0;
+    let mut tasks = Vec::new();
+    for (index, grant) in granted.into_iter().enumerate() {
+        let actual = splitmix64(index as u64) % (WORST + 1);
+        spent += actual;
+        let limiter = instances[(index + 1) % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            limiter.settle(grant, 5, actual).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        instances[1]
+            .budget_used(&key, Period::Monthly, now_ms)
+            .await,
+        spent
+    );
+
+    // Phase 2: waves of reserve-then-settle (settling near the worst case)
+    // until the budget refuses; spend never passes the limit.
+    let mut refused = 0;
+    for wave in 0..6u64 {
+        let mut tasks = Vec::new();
+        for index in 0..100u64 {
+            let limiter = instances[(index % 2) as usize].clone();
+            let scopes = vec![(key.clone(), rules)];
+            let actual = WORST - splitmix64(wave * 1_000 + index) % 2_000_000;
+            tasks.push(tokio::spawn(async move {
+                match limiter.reserve(ask(&scopes, 10, WORST, now_ms)).await {
+                    Ok(grant) => {
+                        limiter.settle(grant, 5, actual).await;
+                        Some(actual)
+                    }
+                    Err(Refusal::Budget { .. }) => None,
+                    Err(other) => panic!("unexpected refusal {other:?}"),
+                }
+            }));
+        }
+        for task in tasks {
+            match task.await.unwrap() {
+                Some(actual) => spent += actual,
+                None => refused += 1,
+            }
+        }
+    }
+    let used = instances[0]
+        .budget_used(&key, Period::Monthly, now_ms)
+        .await;
+    clean_up(&url, &prefix).await;
+    assert_eq!(used, spent, "every settled cost counted once, nothing held");
+    assert!(used <= LIMIT, "spent {used} over the limit {LIMIT}");
+    assert!(refused > 0, "the waves must reach the limit");
+}
+
+// ---------------------------------------------------------------------------
+// (3) Per-minute and concurrency limits across two instances.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_minute_and_concurrency_limits_hold_across_instances() {
+    let Some(url) = redis_url("per_minute_and_concurrency_limits_hold_across_instances").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("across");
+    let first = Arc::new(limiter(&url, &prefix, false).await);
+    let second = Arc::new(limiter(&url, &prefix, false).await);
+    let now_ms = minute_start_now();
+    let both = [first.clone(), second.clone()];
+
+    // Requests per minute: 10 in total, whichever instance asks.
+    let key = scope(ScopeKind::Key, "rpm");
+    let rules = Rules {
+        requests_per_minute: Some(10),
+        ..Rules::default()
+    };
+    let scopes = [(key.clone(), rules)];
+    for index in 0..15u64 {
+        let limiter = &both[(index % 2) as usize];
+        match limiter.reserve(ask(&scopes, 1, 0, now_ms + index)).await {
+            Ok(grant) => {
+                assert!(index < 10, "request {index} over the limit was granted");
+                assert_eq!(grant.remaining.requests, Some((10, 9 - index)));
+                both[((index + 1) % 2) as usize].settle(grant, 1, 0).await;
+            }
+            Err(Refusal::Limited {
+                limit: "requests_per_minute",
+                retry_after,
+                scope,
+            }) => {
+                assert!(index >= 10, "request {index} refused early");
+                assert_eq!(scope, key);
+                assert_eq!(retry_after, Duration::from_millis(59_000 - index));
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    // The next minute starts again.
+    assert!(
+        second
+            .reserve(ask(&scopes, 1, 0, now_ms + 60_000))
+            .await
+            .is_ok()
+    );
+
+    // Tokens per minute, with settling on the other instance.
+    let tokens_scopes = [(
+        scope(ScopeKind::User, "tpm"),
+        Rules {
+            tokens_per_minute: Some(1_000),
+            ..Rules::default()
+        },
+    )];
+    let mut grants = Vec::new();
+    for index in 0..3 {
+        grants.push(
+            both[index % 2]
+                .reserve(ask(&tokens_scopes, 300, 0, now_ms))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(matches!(
+        second.reserve(ask(&tokens_scopes, 300, 0, now_ms)).await,
+        Err(Refusal::Limited {
+            limit: "tokens_per_minute",
+            ..
+        })
+    ));
+    second.settle(grants.pop().unwrap(), 100, 0).await;
+    let grant = first
+        .reserve(ask(&tokens_scopes, 300, 0, now_ms))
+        .await
+        .expect("settling at 100 tokens freed 200");
+    assert_eq!(grant.remaining.tokens, Some((1_000, 0)));
+
+    // Concurrency: 40 at once over both instances, 5 allowed.
+    let team = scope(ScopeKind::Team, "concurrency");
+    let concurrency_scopes = vec![(
+        team.clone(),
+        Rules {
+            max_concurrent: Some(5),
+            ..Rules::default()
+        },
+    )];
+    let barrier = Arc::new(tokio::sync::Barrier::new(40));
+    let mut tasks = Vec::new();
+    for index in 0..40usize {
+        let limiter = both[index % 2].clone();
+        let barrier = barrier.clone();
+        let scopes = concurrency_scopes.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            limiter.reserve(ask(&scopes, 1, 0, now_ms)).await
+        }));
+    }
+    let mut in_flight = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(grant) => in_flight.push(grant),
+            Err(Refusal::Limited {
+                limit: "max_concurrent",
+                retry_after,
+                ..
+            }) => assert_eq!(retry_after, Duration::from_secs(1)),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(in_flight.len(), 5, "exactly max_concurrent in flight");
+    // Two end (settled by the other instance): two more may start.
+    for grant in in_flight.drain(..2) {
+        second.settle(grant, 1, 0).await;
+    }
+    for _ in 0..2 {
+        in_flight.push(
+            first
+                .reserve(ask(&concurrency_scopes, 1, 0, now_ms + 5))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        first
+            .reserve(ask(&concurrency_scopes, 1, 0, now_ms + 5))
+            .await
+            .is_err()
+    );
+    clean_up(&url, &prefix).await;
+}
+
+// ---------------------------------------------------------------------------
+// Lost settles (a crashed instance) lapse with the lease.
+
+#[tokio::test]
+async fn reservations_never_settled_lapse_after_the_lease() {
+    let Some(url) = redis_url("reservations_never_settled_lapse_after_the_lease").await else {
+        return;
+    };
+    let prefix = unique_prefix("lease");
+    let config = RedisLimiterConfig {
+        lease: Duration::from_secs(120),
+        ..RedisLimiterConfig::default()
+    };
+    let crashed = RedisLimiter::connect_with(&url, config.clone())
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let survivor = RedisLimiter::connect_with(&url, config)
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let key = scope(ScopeKind::Key, "k");
+    let scopes = [(
+        key.clone(),
+        Rules {
+            max_concurrent: Some(1),
+            budget: budget(1_000, Period::Total),
+            ..Rules::default()
+        },
+    )];
+    let now_ms = minute_start_now();
+    let lost = crashed.reserve(ask(&scopes, 1, 800, now_ms)).await.unwrap();
+    drop(crashed);
+    // Within the lease, the lost reservation still counts...
+    assert!(matches!(
+        survivor
+            .reserve(ask(&scopes, 1, 100, now_ms + 60_000))
+            .await,
+        Err(Refusal::Limited {
+            limit: "max_concurrent",
+            ..
+        })
+    ));
+    assert_eq!(
+        survivor
+            .budget_used(&key, Period::Total, now_ms + 60_000)
+            .await,
+        800
+    );
+    // ...and two minutes later it does not.
+    assert_eq!(
+        survivor
+            .budget_used(&key, Period::Total, now_ms + 120_000)
+            .await,
+        0
+    );
+    let grant = survivor
+        .reserve(ask(&scopes, 1, 900, now_ms + 120_000))
+        .await
+        .expect("the lost reservation lapsed");
+    // A late settle of the lapsed grant adds its spend and releases nothing
+    // that belongs to the live one.
+    survivor.settle(lost, 1, 50).await;
+    assert_eq!(
+        survivor
+            .budget_used(&key, Period::Total, now_ms + 120_000)
+            .await,
+        950
+    );
+    survivor.settle(grant, 1, 900).await;
+    assert_eq!(
+        survivor
+            .budget_used(&key, Period::Total, now_ms + 120_000)
+            .await,
+        950
+    );
+    clean_up(&url, &prefix).await;
+}
+
+// ---------------------------------------------------------------------------
+// (4) Redis unreachable: fail open, fail closed, never hang.
+
+fn quick(fail_open: bool) -> RedisLimiterConfig {
+    RedisLimiterConfig {
+        fail_open,
+        timeout: Duration::from_millis(300),
+        outage_pause: Duration::from_millis(400),
+        ..RedisLimiterConfig::default()
+    }
+}
+
+fn limited_scopes() -> Vec<(Scope, Rules)> {
+    vec![(
+        scope(ScopeKind::Key, "k"),
+        Rules {
+            requests_per_minute: Some(1),
+            max_concurrent: Some(1),
+            budget: budget(10, Period::Daily),
+            ..Rules::default()
+        },
+    )]
+}
+
+/// Accepts connections and never answers.
+async fn black_hole() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (address, task)
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_fails_open_or_closed_within_the_timeout() {
+    let (silent, silent_task) = black_hole().await;
+    let silent_url = format!("redis://{silent}");
+    // Port 1 refuses at once; the black hole accepts and never answers.
+    for url in ["redis://127.0.0.1:1", silent_url.as_str()] {
+        for fail_open in [true, false] {
+            let started = Instant::now();
+            let limiter = RedisLimiter::connect_with(url, quick(fail_open))
+                .await
+                .expect("an unreachable Redis is no error at connect");
+            assert!(started.elapsed() < Duration::from_secs(1), "connect hung");
+            tokio::time::sleep(Duration::from_millis(450)).await; // past the pause
+
+            let started = Instant::now();
+            let first = limiter.reserve(ask(&limited_scopes(), 10, 5, 1_000)).await;
+            assert!(
+                started.elapsed() < Duration::from_millis(1_000),
+                "{url}: reserve took {:?}",
+                started.elapsed()
+            );
+            // Inside the pause, Redis is not even tried.
+            let started = Instant::now();
+            let second = limiter.reserve(ask(&limited_scopes(), 10, 5, 1_000)).await;
+            assert!(
+                started.elapsed() < Duration::from_millis(200),
+                "{url}: no pause"
+            );
+            if fail_open {
+                // Both granted although rpm and concurrency are 1: uncounted.
+                let grant = first.expect("fail open grants");
+                assert_eq!(grant.remaining.requests, None);
+                second.expect("fail open grants again");
+                let started = Instant::now();
+                limiter.settle(grant, 1, 1).await;
+                assert!(started.elapsed() < Duration::from_secs(1), "settle hung");
+            } else {
+                for answer in [first, second] {
+                    match answer {
+                        Err(Refusal::Unavailable(message)) => assert!(
+                            message.contains("cannot be reached"),
+                            "unclear message {message:?}"
+                        ),
+                        other => panic!("{url}: fail closed answered {other:?}"),
+                    }
+                }
+            }
+            let started = Instant::now();
+            assert_eq!(
+                limiter
+                    .budget_used(&limited_scopes()[0].0, Period::Daily, 1_000)
+                    .await,
+                0
+            );
+            assert!(limiter.ping().await.is_err());
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }
+    }
+    silent_task.abort();
+    assert!(RedisLimiter::connect("not a url", true).await.is_err());
+}
+
+/// A TCP relay to Redis that a test can cut or take down.
+struct Relay {
+    address: SocketAddr,
+    down: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let acceptor = {
+            let (down, links) = (down.clone(), links.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if down.load(Ordering::SeqCst) {
+                        continue; // dropped: the connection closes
+                    }
+                    let target = target.clone();
+                    links.lock().unwrap().push(tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    }));
+                }
+            })
+        };
+        Relay {
+            address,
+            down,
+            links,
+            acceptor,
+        }
+    }
+
+    /// Closes every open connection, as an idle timeout would.
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.cut();
+    }
+}
+
+/// `redis://[auth@]host:port[/db]` → (`host:port`, the URL with it replaced).
+fn through(url: &str, relay: SocketAddr) -> (String, String) {
+    let rest = url.strip_prefix("redis://").expect("a redis:// URL");
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let (auth, host_port) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    (
+        host_port.to_owned(),
+        format!("redis://{auth}{relay}{}", &rest[authority_end..]),
+    )
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_retried_and_an_outage_recovers() {
+    let Some(url) = redis_url("a_dropped_connection_is_retried_and_an_outage_recovers").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("relay");
+    let (target, _) = through(&url, "127.0.0.1:0".parse().unwrap());
+    let relay = Relay::start(target).await;
+    let (_, relayed_url) = through(&url, relay.address);
+
+    let closed = RedisLimiter::connect_with(&relayed_url, quick(false))
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let open = RedisLimiter::connect_with(&relayed_url, quick(true))
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    let key = scope(ScopeKind::Key, "k");
+    let scopes = [(
+        key.clone(),
+        Rules {
+            budget: budget(1_000, Period::Daily),
+            ..Rules::default()
+        },
+    )];
+    let now_ms = minute_start_now();
+    let counted = open.reserve(ask(&scopes, 1, 400, now_ms)).await.unwrap();
+    assert!(closed.reserve(ask(&scopes, 1, 0, now_ms)).await.is_ok());
+
+    // An idle drop: the next call is retried on a new connection.
+    relay.cut();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    closed
+        .reserve(ask(&scopes, 1, 0, now_ms))
+        .await
+        .expect("retried once after the dropped connection");
+    assert_eq!(closed.budget_used(&key, Period::Daily, now_ms).await, 400);
+
+    // An outage: fail open grants uncounted, fail closed refuses.
+    relay.set_down(true);
+    let uncounted = open.reserve(ask(&scopes, 1, 400, now_ms)).await.unwrap();
+    assert!(matches!(
+        closed.reserve(ask(&scopes, 1, 0, now_ms)).await,
+        Err(Refusal::Unavailable(_))
+    ));
+
+    // Back up: after the pause both work again, and settling the uncounted
+    // grant records its spend without releasing the counted one's hold.
+    relay.set_down(false);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    open.settle(uncounted, 1, 50).await;
+    assert_eq!(
+        closed.budget_used(&key, Period::Daily, now_ms).await,
+        450,
+        "400 held by the counted grant, 50 spent by the uncounted one"
+    );
+    open.settle(counted, 1, 300).await;
+    assert_eq!(open.budget_used(&key, Period::Daily, now_ms).await, 350);
+    clean_up(&url, &prefix).await;
+}
+
+// ---------------------------------------------------------------------------
+// (5) Key names.
+
+#[tokio::test]
+async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
+    let Some(url) = redis_url("keys_share_one_hash_tag_and_never_hold_raw_ids").await else {
+        return;
+    };
+    let prefix = unique_prefix("keys");
+    let limiter = limiter(&url, &prefix, false).await;
+    let everything = Rules {
+        requests_per_minute: Some(100),
+        tokens_per_minute: Some(10_000),
+        max_concurrent: Some(10),
+        budget: budget(1_000_000, Period::Daily),
+    };
+    let lifetime = Rules {
+        budget: budget(1_000_000, Period::Total),
+        ..everything
+    };
+    let odd_ids = ["a b{evil}:c", "{sb}", "new\nline*?[x]", "é%20"];
+    let scopes = vec![
+        (scope(ScopeKind::Key, odd_ids[0]), everything),
+        (scope(ScopeKind::Team, odd_ids[1]), lifetime),
+        (scope(ScopeKind::User, odd_ids[2]), everything),
+        (scope(ScopeKind::Deployment, odd_ids[3]), everything),
+    ];
+    let now_ms = minute_start_now();
+    // One grant settled (spend written), one left in flight.
+    let settled = limiter
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+    limiter.settle(settled, 5, 500).await;
+    limiter
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+
+    let keys = keys_under(&url, &prefix).await;
+    let mut connection = raw_connection(&url).await;
+    let mut ttls = Vec::new();
+    for key in &keys {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        ttls.push(ttl);
+    }
+    clean_up(&url, &prefix).await;
+
+    // Four scopes × (in flight, minute, spend, hold).
+    assert_eq!(keys.len(), 16, "{keys:#?}");
+    for (key, ttl) in keys.iter().zip(&ttls) {
+        let rest = key
+            .strip_prefix(&format!("{prefix}{HASH_TAG}:"))
+            .unwrap_or_else(|| panic!("{key:?} lacks the prefix and hash tag"));
+        assert!(
+            !rest.contains(['{', '}', ' ', '\n', '*', '?', '[', 'é']),
+            "{key:?} holds raw id characters"
+        );
+        for id in odd_ids {
+            assert!(!rest.contains(id), "{key:?} holds the raw id {id:?}");
+        }
+        let expected_ttl = if rest.contains(":m:") {
+            1..=120
+        } else if rest.contains(":spent:total") {
+            -1..=-1
+        } else if rest.contains(":spent:") {
+            1..=2 * 86_400
+        } else {
+            1..=17 * 60
+        };
+        assert!(expected_ttl.contains(ttl), "{key:?} has TTL {ttl}");
+    }
+    // Each scope gets its own keys: four distinct `<kind>:<escaped id>`.
+    let scopes_seen: BTreeSet<String> = keys
+        .iter()
+        .map(|key| {
+            let rest = &key[prefix.len() + HASH_TAG.len() + 1..];
+            rest.splitn(3, ':').take(2).collect::<Vec<_>>().join(":")
+        })
+        .collect();
+    assert_eq!(scopes_seen.len(), 4, "{scopes_seen:?}");
+
+    // A prefix cannot smuggle in a second hash tag.
+    let braced = limiter.with_prefix(&format!("{prefix}{{x}}"));
+    assert!(braced.prefix().ends_with("%7Bx%7D"));
+    braced
+        .reserve(ask(&scopes[..1], 1, 1, now_ms))
+        .await
+        .unwrap();
+    let keys = keys_under(&url, &prefix).await;
+    clean_up(&url, &prefix).await;
+    assert!(!keys.is_empty());
+    for key in keys {
+        assert_eq!(key.find('{'), key.find(HASH_TAG), "{key:?}");
+        assert_eq!(key.matches('{').count(), 1, "{key:?}");
+    }
+}
+
+#[test]
+fn relay_urls_keep_credentials_and_database() {
+    let relay: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    assert_eq!(
+        through("redis://:secret@10.0.0.1:6380/2", relay),
+        (
+            "10.0.0.1:6380".to_owned(),
+            "redis://:secret@127.0.0.1:7000/2".to_owned()
+        )
+    );
+}

@@ -1,0 +1,18 @@
+//! The storage contract (`contract/mod.rs`) against SQLite, in memory: the
+//! same functions `tests/postgres.rs` runs against PostgreSQL.
+
+mod contract;
+
+use switchboard_store::SqliteStore;
+
+#[tokio::test]
+async fn sqlite_records_round_trip() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::records_round_trip(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_key_store_contract() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::key_store(&store).await;
+}
