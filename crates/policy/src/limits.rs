@@ -174,6 +174,22 @@ pub fn budget_window(period: Period, now_ms: u64) -> String {
     }
 }
 
+/// When the budget window `now_ms` falls in began, in milliseconds since
+/// the epoch (0 for a lifetime budget).
+pub fn budget_window_start(period: Period, now_ms: u64) -> u64 {
+    let days = (now_ms / 86_400_000) as i64;
+    let first_day = match period {
+        Period::Total => return 0,
+        Period::Daily => days,
+        Period::Weekly => days - (days + 3).rem_euclid(7),
+        Period::Monthly => {
+            let (year, month, _) = civil_from_days(days);
+            days_from_civil(year, month, 1)
+        }
+    };
+    first_day.max(0) as u64 * 86_400_000
+}
+
 /// Milliseconds until the budget window after `now_ms` starts (`None` for
 /// a lifetime budget).
 pub fn budget_reset_in(period: Period, now_ms: u64) -> Option<Duration> {
@@ -450,6 +466,18 @@ mod tests {
             Some(Duration::from_secs(3 * 86_400))
         );
         assert_eq!(budget_reset_in(Period::Total, NOW), None);
+        assert_eq!(budget_window_start(Period::Daily, NOW + 5000), NOW);
+        assert_eq!(
+            budget_window_start(Period::Weekly, NOW),
+            NOW - 4 * 86_400_000,
+            "Monday 2025-11-24"
+        );
+        assert_eq!(
+            budget_window_start(Period::Monthly, NOW),
+            NOW - 27 * 86_400_000,
+            "2025-11-01"
+        );
+        assert_eq!(budget_window_start(Period::Total, NOW), 0);
         for days in [0i64, 59, 365, 10_000, 20_000, -1, -400] {
             let (year, month, day) = civil_from_days(days);
             assert_eq!(days_from_civil(year, month, day), days);

@@ -102,6 +102,40 @@ impl KeyCache {
     }
 }
 
+/// Gives an in-memory limiter the spend the request log already holds for
+/// every key's and team's current budget window, so that a restart does
+/// not hand out budgets afresh. (Redis keeps its counters across restarts.)
+pub(crate) async fn restore_budgets(
+    store: &dyn Database,
+    limiter: &switchboard_policy::limits::MemoryLimiter,
+) -> Result<(), switchboard_store::StoreError> {
+    use switchboard_policy::limits::{Scope, ScopeKind, budget_window_start};
+    let now = crate::trace::unix_millis().max(0) as u64;
+    for key in store.keys().await? {
+        if let (Some(_), Some(period)) = (key.limits.budget_nanos, key.limits.budget_period) {
+            let from = budget_window_start(period, now) as i64;
+            let spent = store.spent_since(Some(&key.id), None, from).await?;
+            let scope = Scope {
+                kind: ScopeKind::Key,
+                id: key.id.clone(),
+            };
+            limiter.preload_spend(scope, period, now, spent);
+        }
+    }
+    for team in store.teams().await? {
+        if let (Some(_), Some(period)) = (team.limits.budget_nanos, team.limits.budget_period) {
+            let from = budget_window_start(period, now) as i64;
+            let spent = store.spent_since(None, Some(&team.id), from).await?;
+            let scope = Scope {
+                kind: ScopeKind::Team,
+                id: team.id.clone(),
+            };
+            limiter.preload_spend(scope, period, now, spent);
+        }
+    }
+    Ok(())
+}
+
 /// Keeps `cache` current until `stop` is cancelled.
 pub(crate) fn spawn_refresh(
     cache: Arc<KeyCache>,

@@ -174,7 +174,11 @@ pub async fn start(
                 .await
                 .map_err(|error| ServeError::Limiter(error.to_string()))?,
         ),
-        None => Arc::new(switchboard_policy::limits::MemoryLimiter::new()),
+        None => {
+            let limiter = switchboard_policy::limits::MemoryLimiter::new();
+            keys::restore_budgets(store.as_ref(), &limiter).await?;
+            Arc::new(limiter)
+        }
     };
     let gateway = Arc::new(Gateway::with_limiter(
         config,

@@ -390,3 +390,45 @@ async fn spend_is_aggregated_by_key_team_model_and_day() {
     let (status, _) = admin(&gateway, "GET", "/admin/spend?group_by=week", None).await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn a_restart_does_not_hand_out_budgets_afresh() {
+    let directory = std::env::temp_dir().join(format!("sb-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let database = directory.join("switchboard.db");
+    let config = || {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\n{}",
+            database.display(),
+            models()
+        );
+        switchboard_config::Config::from_toml("test.toml", &text).unwrap()
+    };
+    let first = TestGateway::start(config()).await;
+    let (_, created) = admin(
+        &first,
+        "POST",
+        "/admin/keys",
+        Some(json!({"budget_usd": 0.2, "budget_period": "daily"})),
+    )
+    .await;
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let mut served = 0;
+    while chat_with(&first, &secret, "priced").await.status() == 200 {
+        served += 1;
+        assert!(served < 50, "the budget never ran out");
+    }
+    assert!(served > 0);
+    first.stop_and_records().await;
+
+    let second = TestGateway::start(config()).await;
+    let refused = chat_with(&second, &secret, "priced").await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "the spend recorded before the restart still counts"
+    );
+    second.stop_and_records().await;
+    let _ = std::fs::remove_dir_all(&directory);
+}
