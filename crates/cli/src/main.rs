@@ -13,6 +13,7 @@ use switchboard_config::{Config, ConfigError};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod admin;
 mod reload;
 mod shutdown;
 
@@ -45,6 +46,27 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Manage the virtual keys of a running gateway.
+    Keys {
+        #[command(flatten)]
+        connection: admin::Connection,
+        #[command(subcommand)]
+        command: admin::KeysCommand,
+    },
+    /// Manage the teams of a running gateway.
+    Teams {
+        #[command(flatten)]
+        connection: admin::Connection,
+        #[command(subcommand)]
+        command: admin::TeamsCommand,
+    },
+    /// Show spend from a running gateway's request log.
+    Spend {
+        #[command(flatten)]
+        connection: admin::Connection,
+        #[command(flatten)]
+        args: admin::SpendArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -65,6 +87,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Keys {
+            connection,
+            command,
+        } => admin::keys(&connection, command),
+        Command::Teams {
+            connection,
+            command,
+        } => admin::teams(&connection, command),
+        Command::Spend { connection, args } => admin::spend(&connection, args),
         Command::Serve {
             config,
             listen,
@@ -115,13 +146,13 @@ fn check(args: &ConfigArgs) -> ExitCode {
 }
 
 /// Writes to standard error, ignoring a closed stream.
-fn write_err(text: &str) {
+pub(crate) fn write_err(text: &str) {
     use std::io::Write;
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Writes to standard output; a reader that went away (`| head`) is not an error.
-fn write_out(text: &str) {
+pub(crate) fn write_out(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = stdout

@@ -346,3 +346,94 @@ fn check_survives_a_closed_stdout() {
     );
     assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
 }
+
+/// `switchboard keys`, `teams` and `spend` against a running gateway.
+#[test]
+fn keys_teams_and_spend_from_the_command_line() {
+    let directory = scratch_dir("admin-cli");
+    std::fs::write(
+        directory.join("switchboard.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"${CLI_MASTER}\"\n[storage]\nurl = \"sqlite://switchboard.db\"\n[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\nprice = { input_per_mtok = 1.0, output_per_mtok = 2.0 }\n",
+    )
+    .unwrap();
+    let master = "cli-master-key-0123456789";
+    let mut gateway = Gateway::start(&directory, &[], &[("CLI_MASTER", master)]);
+    let run = |args: &[&str]| {
+        let output = binary()
+            .args(args)
+            .env("SWITCHBOARD_URL", &gateway.base)
+            .env("SWITCHBOARD_MASTER_KEY", master)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, team, _) = run(&["teams", "create", "--name", "search", "--budget-usd", "10"]);
+    assert!(ok, "{team}");
+    let team: serde_json::Value = serde_json::from_str(&team).unwrap();
+    let team_id = team["id"].as_str().unwrap();
+    let (ok, created, _) = run(&[
+        "keys", "create", "--name", "app", "--team", team_id, "--rpm", "5", "--models", "m,other*",
+    ]);
+    assert!(ok, "{created}");
+    let secret = created.lines().next().unwrap().to_owned();
+    assert!(secret.starts_with("sb-"), "{created}");
+    let id = created
+        .split("\"id\": \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The key works against the gateway.
+    let status = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {secret}"))
+        .args(["-H", "content-type: application/json", "-d"])
+        .arg(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+        .arg(gateway.url("/v1/chat/completions"))
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
+    if let Ok(status) = status {
+        assert_eq!(status, "200");
+    }
+
+    let (ok, listed, _) = run(&["keys", "list"]);
+    assert!(ok);
+    assert!(
+        listed.starts_with("ID") && listed.contains(&id) && listed.contains("app"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "a list never shows a secret");
+    let (ok, revoked, _) = run(&["keys", "revoke", &id]);
+    assert!(ok && revoked.contains("\"active\": false"), "{revoked}");
+    let (ok, _, error) = run(&["keys", "show", "key_missing"]);
+    assert!(
+        !ok && error.contains("404") && error.contains("key_missing"),
+        "{error}"
+    );
+    let (ok, _, error) = run(&["keys", "create", "--rpm", "0"]);
+    assert!(!ok && error.contains("rpm"), "{error}");
+    let (ok, spend, _) = run(&["spend", "--group-by", "team"]);
+    assert!(ok && spend.starts_with("GROUP"), "{spend}");
+    let (ok, teams, _) = run(&["teams", "list"]);
+    assert!(ok && teams.contains("search"), "{teams}");
+    let output = binary()
+        .args(["keys", "list"])
+        .env("SWITCHBOARD_URL", &gateway.base)
+        .env("SWITCHBOARD_MASTER_KEY", "wrong")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("401"));
+    assert!(gateway.terminate().success());
+    assert!(
+        !gateway.log_text().contains(&secret),
+        "no secret reaches the log"
+    );
+}
