@@ -166,11 +166,35 @@ async fn chat(
         &progress,
         |deployment| {
             let call = &call;
+            // A whole answer the model refused (a content filter's finish)
+            // moves on to the fallbacks when `fallback_on` names
+            // `content_policy` and a fallback is left to try.
+            let refusal_falls_back = chain[0].routing.fallback_on.content_policy
+                && chain.len() > 1
+                && !chain[chain.len() - 1]
+                    .group
+                    .members()
+                    .iter()
+                    .any(|member| Arc::ptr_eq(&member.target, &deployment));
             async move {
                 match deployment.chat(call).await? {
                     Reply::Stream { events, dropped } => hold_opening(events, first_token_timeout)
                         .await
                         .map(|events| Reply::Stream { events, dropped }),
+                    Reply::Complete { body, .. }
+                        if refusal_falls_back && refused(&body, dialect) =>
+                    {
+                        Err(switchboard_providers::UpstreamError::InStream {
+                            body: switchboard_dialects::openai::UpstreamErrorBody {
+                                message: Some(
+                                    "the model refused to answer (content filter)".to_owned(),
+                                ),
+                                kind: Some("content_filter".to_owned()),
+                                param: None,
+                                code: Some("content_filter".to_owned()),
+                            },
+                        })
+                    }
                     complete => Ok(complete),
                 }
             }
@@ -253,6 +277,25 @@ fn max_output_of(request: &ClientRequest<'_>) -> Option<u64> {
     match request {
         ClientRequest::OpenAi(request) => request.max_tokens.map(u64::from),
         ClientRequest::Anthropic(request) => request.max_tokens.map(u64::from),
+    }
+}
+
+/// Whether a whole answer, in the client's dialect, is a refusal: OpenAI's
+/// `content_filter` finish or `refusal` message, Anthropic's `refusal`
+/// stop reason.
+fn refused(body: &[u8], dialect: Dialect) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    match dialect {
+        Dialect::OpenAi => {
+            let choice = &value["choices"][0];
+            choice["finish_reason"] == "content_filter"
+                || choice["message"]["refusal"]
+                    .as_str()
+                    .is_some_and(|text| !text.is_empty())
+        }
+        Dialect::Anthropic => value["stop_reason"] == "refusal",
     }
 }
 

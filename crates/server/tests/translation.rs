@@ -1263,3 +1263,61 @@ async fn a_rate_limit_inside_a_stream_reaches_the_client_as_a_429() {
         assert_eq!(kind, "rate_limit_error", "{error}");
     }
 }
+
+/// A whole answer the model refused (Gemini's safety block, read as a
+/// content-filter finish) moves on to the fallback model when the group's
+/// `fallback_on` names `content_policy`; without it, the refusal is the
+/// answer.
+#[tokio::test]
+async fn a_refused_answer_falls_back_when_content_policy_is_a_trigger() {
+    let mock = MockUpstream::start().await;
+    let root = mock.root_url();
+    let models = |triggers: &str| {
+        format!(
+            r#"
+[[models]]
+name = "guarded"
+fallbacks = ["backup"]
+[[models.deployments]]
+provider = "gemini"
+api_base = "{root}"
+model = "gemini-mock"
+api_key = "${{UPSTREAM_KEY}}"
+[models.routing]
+fallback_on = [{triggers}]
+
+[[models]]
+name = "backup"
+[[models.deployments]]
+provider = "openai-compatible"
+api_base = "{root}/v1"
+model = "gpt-mock"
+"#
+        )
+    };
+    let blocked = json!({
+        "candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "SAFETY", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 5, "totalTokenCount": 5}
+    });
+    for (triggers, falls_back) in [(r#""5xx", "content_policy""#, true), (r#""5xx""#, false)] {
+        let gateway = TestGateway::start(config_with(&models(triggers), "")).await;
+        mock.push(Script::json(200, blocked.clone()));
+        let body = json!({"model": "guarded", "messages": [{"role": "user", "content": "hi"}]});
+        let response = gateway
+            .send("/v1/chat/completions", &body.to_string())
+            .await;
+        assert_eq!(response.status(), 200);
+        let served_by = response
+            .headers()
+            .get("x-switchboard-model")
+            .map(|value| value.to_str().unwrap().to_owned());
+        let answer: Value = response.json().await.unwrap();
+        if falls_back {
+            assert_eq!(served_by.as_deref(), Some("backup"));
+            assert_eq!(answer["choices"][0]["message"]["content"], REPLY);
+        } else {
+            assert_eq!(served_by, None);
+            assert_eq!(answer["choices"][0]["finish_reason"], "content_filter");
+        }
+    }
+}
