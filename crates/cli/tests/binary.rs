@@ -437,3 +437,60 @@ fn keys_teams_and_spend_from_the_command_line() {
         "no secret reaches the log"
     );
 }
+
+/// SIGKILL right after requests completed: their records were journaled
+/// before their responses ended, and the next start writes those the
+/// database did not receive. Nothing a client saw complete is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_record_of_a_completed_request() {
+    let directory = scratch_dir("sigkill");
+    std::fs::write(
+        directory.join("switchboard.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nurl = \"sqlite://switchboard.db\"\n[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\nprice = { input_per_mtok = 1.0, output_per_mtok = 2.0 }\n",
+    )
+    .unwrap();
+    let mut gateway = Gateway::start(&directory, &[], &[]);
+    let client = reqwest::Client::new();
+    let mut completed = 0;
+    for index in 0..300 {
+        let stream = index % 3 == 0;
+        let response = client
+            .post(gateway.url("/v1/chat/completions"))
+            .json(&serde_json::json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // The whole body: the request has completed for the client.
+        response.bytes().await.unwrap();
+        completed += 1;
+    }
+    // Killed at once, with the last batch of records still on its way.
+    let mut child = gateway.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        directory.join("switchboard.db.journal").is_dir(),
+        "the journal sits beside the database"
+    );
+
+    let mut restarted = Gateway::start(&directory, &[], &[]);
+    let status = tokio::task::spawn_blocking(move || restarted.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let store = SqliteStore::open_file(&directory.join("switchboard.db"))
+        .await
+        .unwrap();
+    let records = store.recent_records(10_000).await.unwrap();
+    assert_eq!(
+        records.len(),
+        completed,
+        "every completed request is recorded once"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|record| record.status == 200 && record.cost_nanos.is_some())
+    );
+}

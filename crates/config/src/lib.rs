@@ -69,6 +69,10 @@ pub struct StorageConfig {
     /// When Redis cannot be reached: let requests through uncounted
     /// (`true`) or refuse them (`false`, the default).
     pub redis_fail_open: bool,
+    /// Where this instance's write-ahead journal of request records lives
+    /// (`None`: no journal). Defaults to `<database>.journal` for a SQLite
+    /// file; PostgreSQL instances name one each.
+    pub journal_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, PartialEq, Eq)]

@@ -215,6 +215,20 @@ pub(crate) fn validate(
             "write redis://HOST:6379 (with redis://:PASSWORD@HOST:6379 for a password)",
         );
     }
+    let journal_dir = match raw.storage.journal_dir.as_deref() {
+        Some(text) => checker
+            .text("storage.journal_dir", text)
+            .filter(|text| !text.is_empty())
+            .map(PathBuf::from),
+        None => match &storage_url {
+            StorageUrl::SqliteFile(path) => {
+                let mut name = path.as_os_str().to_owned();
+                name.push(".journal");
+                Some(PathBuf::from(name))
+            }
+            _ => None,
+        },
+    };
     let record_queue = match raw.storage.record_queue {
         None => 65_536,
         Some(size) if (16..=10_000_000).contains(&size) => size as usize,
@@ -339,6 +353,7 @@ pub(crate) fn validate(
                 record_queue,
                 redis_url,
                 redis_fail_open: raw.storage.redis_fail_open.unwrap_or(false),
+                journal_dir,
             },
             models,
         })

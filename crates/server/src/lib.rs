@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use switchboard_config::{Config, StorageUrl};
+use switchboard_store::journal::Journal;
 use switchboard_store::{Database, PgStore, RecordWriter, SqliteStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -166,7 +167,17 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, ServeError> {
     let store = open_store(config).await?;
-    let (recorder, writer) = RecordWriter::start(store.clone(), config.storage.record_queue);
+    // Records left in the journal by a previous run that the database does
+    // not hold are written first.
+    let journal = match &config.storage.journal_dir {
+        Some(directory) => {
+            let (journal, _) = Journal::open(directory, store.as_ref()).await?;
+            Some(Arc::new(journal))
+        }
+        None => None,
+    };
+    let (recorder, writer) =
+        RecordWriter::start_with(store.clone(), config.storage.record_queue, journal);
     let cut = CancellationToken::new();
     let limiter: Arc<dyn switchboard_policy::limits::Limiter> = match &config.storage.redis_url {
         Some(url) => Arc::new(

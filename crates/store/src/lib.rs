@@ -8,6 +8,7 @@
 //!
 //! Invariant: only this crate names sqlx (or, later, redis).
 
+pub mod journal;
 pub mod keys;
 mod migrate;
 mod postgres;
@@ -61,4 +62,33 @@ pub trait Store: Send + Sync + 'static {
     fn recent_records(&self, limit: u32) -> StoreFuture<'_, Vec<RequestRecord>>;
     /// Answers when the database is reachable (readiness).
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Which of these records (by request id and start time) the database
+    /// already holds.
+    fn held_records<'a>(
+        &'a self,
+        records: &'a [RequestRecord],
+    ) -> StoreFuture<'a, Vec<(String, i64)>>;
+    /// Writes the records the database does not hold yet (a journal's
+    /// replay); returns how many were written.
+    fn insert_missing_records<'a>(
+        &'a self,
+        records: &'a [RequestRecord],
+    ) -> StoreFuture<'a, usize> {
+        Box::pin(async move {
+            let held = self.held_records(records).await?;
+            let missing: Vec<RequestRecord> = records
+                .iter()
+                .filter(|record| {
+                    !held
+                        .iter()
+                        .any(|(id, at)| *id == record.request_id && *at == record.started_at_ms)
+                })
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                self.insert_records(&missing).await?;
+            }
+            Ok(missing.len())
+        })
+    }
 }

@@ -313,6 +313,28 @@ impl Store for PgStore {
         })
     }
 
+    fn held_records<'a>(
+        &'a self,
+        records: &'a [RequestRecord],
+    ) -> StoreFuture<'a, Vec<(String, i64)>> {
+        Box::pin(async move {
+            let ids: Vec<&str> = records
+                .iter()
+                .map(|record| record.request_id.as_str())
+                .collect();
+            let rows = sqlx::query::<Postgres>(
+                "SELECT request_id, started_at_ms FROM requests WHERE request_id = ANY($1::TEXT[])",
+            )
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("request_id")?, row.try_get("started_at_ms")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        })
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             sqlx::query::<Postgres>("SELECT 1")

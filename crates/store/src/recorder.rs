@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Store;
+use crate::journal::Journal;
 
 /// Largest number of records written in one transaction.
 const BATCH: usize = 512;
@@ -27,26 +28,56 @@ const LINGER: Duration = Duration::from_millis(20);
 pub struct RecorderStats {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
+    /// Records the queue could not take, kept in the journal for the next
+    /// start to write.
+    pub spilled: AtomicU64,
     pub write_failures: AtomicU64,
 }
 
 /// The handle the request path holds. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    queue: mpsc::Sender<RequestRecord>,
+    queue: mpsc::Sender<(u64, RequestRecord)>,
     stats: Arc<RecorderStats>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Recorder {
-    /// Queues a record without waiting.
+    /// Queues a record without waiting, after appending it to the journal
+    /// (when there is one), so that it survives the process even before
+    /// the database has it.
     pub fn record(&self, record: RequestRecord) {
-        if let Err(error) = self.queue.try_send(record) {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            let reason = match error {
-                mpsc::error::TrySendError::Full(_) => "the record queue is full",
-                mpsc::error::TrySendError::Closed(_) => "the record writer has stopped",
-            };
-            tracing::error!(reason, "request record dropped");
+        match &self.journal {
+            Some(journal) => {
+                let line = Journal::line(&record);
+                journal.append(&line, |number| self.enqueue(number, record));
+            }
+            None => {
+                self.enqueue(0, record);
+            }
+        }
+    }
+
+    fn enqueue(&self, number: u64, record: RequestRecord) -> bool {
+        match self.queue.try_send((number, record)) {
+            Ok(()) => true,
+            Err(error) => {
+                let reason = match error {
+                    mpsc::error::TrySendError::Full(_) => "the record queue is full",
+                    mpsc::error::TrySendError::Closed(_) => "the record writer has stopped",
+                };
+                if self.journal.is_some() {
+                    self.stats.spilled.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        reason,
+                        "request record kept in the journal for the next start"
+                    );
+                } else {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(reason, "request record dropped");
+                }
+                false
+            }
         }
     }
 
@@ -64,14 +95,31 @@ pub struct RecordWriter {
 impl RecordWriter {
     /// Starts the writer; returns the handle for handlers and the writer.
     pub fn start(store: Arc<dyn Store>, capacity: usize) -> (Recorder, RecordWriter) {
+        Self::start_with(store, capacity, None)
+    }
+
+    /// As `start`, with a write-ahead journal that the writer trims as it
+    /// commits.
+    pub fn start_with(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        journal: Option<Arc<Journal>>,
+    ) -> (Recorder, RecordWriter) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(RecorderStats::default());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(write_loop(store, receiver, stats.clone(), stop.clone()));
+        let task = tokio::spawn(write_loop(
+            store,
+            receiver,
+            stats.clone(),
+            stop.clone(),
+            journal.clone(),
+        ));
         (
             Recorder {
                 queue: sender,
                 stats,
+                journal,
             },
             RecordWriter { stop, task },
         )
@@ -98,11 +146,18 @@ impl RecordWriter {
 
 async fn write_loop(
     store: Arc<dyn Store>,
-    mut receiver: mpsc::Receiver<RequestRecord>,
+    mut receiver: mpsc::Receiver<(u64, RequestRecord)>,
     stats: Arc<RecorderStats>,
     stop: CancellationToken,
+    journal: Option<Arc<Journal>>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let writer = Writer {
+        store,
+        stats,
+        stop: stop.clone(),
+        journal,
+    };
     loop {
         let received = tokio::select! {
             received = receiver.recv_many(&mut batch, BATCH) => received,
@@ -110,12 +165,14 @@ async fn write_loop(
                 // Refuse new records, then drain what is queued.
                 receiver.close();
                 while receiver.recv_many(&mut batch, BATCH).await > 0 {
-                    write_batch(store.as_ref(), &mut batch, &stats, &stop).await;
+                    writer.write(&mut batch).await;
                 }
+                writer.close();
                 return;
             }
         };
         if received == 0 {
+            writer.close();
             return;
         }
         // Under load, wait a moment for more records: one transaction per
@@ -133,19 +190,46 @@ async fn write_loop(
                 }
             }
         }
-        write_batch(store.as_ref(), &mut batch, &stats, &stop).await;
+        writer.write(&mut batch).await;
+    }
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    stats: Arc<RecorderStats>,
+    stop: CancellationToken,
+    journal: Option<Arc<Journal>>,
+}
+
+impl Writer {
+    /// Writes a batch of numbered records and tells the journal.
+    async fn write(&self, batch: &mut Vec<(u64, RequestRecord)>) {
+        let last = batch.last().map_or(0, |(number, _)| *number);
+        let mut records: Vec<RequestRecord> = batch.drain(..).map(|(_, record)| record).collect();
+        if write_batch(self.store.as_ref(), &mut records, &self.stats, &self.stop).await
+            && let Some(journal) = &self.journal
+        {
+            journal.committed(last);
+        }
+    }
+
+    fn close(&self) {
+        if let Some(journal) = &self.journal {
+            journal.close();
+        }
     }
 }
 
 /// Writes one batch, retrying with backoff until it succeeds. Once the
 /// gateway is stopping, gives up after a few attempts and reports how many
-/// records were lost.
+/// records were lost (they stay in the journal, when there is one).
+/// Returns whether the batch was written.
 async fn write_batch(
     store: &dyn Store,
     batch: &mut Vec<RequestRecord>,
     stats: &RecorderStats,
     stop: &CancellationToken,
-) {
+) -> bool {
     let mut delay = Duration::from_millis(50);
     let mut attempts = 0u32;
     loop {
@@ -156,7 +240,7 @@ async fn write_batch(
                     .written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 batch.clear();
-                return;
+                return true;
             }
             Err(error) => {
                 stats.write_failures.fetch_add(1, Ordering::Relaxed);
@@ -164,9 +248,9 @@ async fn write_batch(
                     stats
                         .dropped
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    tracing::error!(%error, records = batch.len(), "request records lost at shutdown: the database kept failing");
+                    tracing::error!(%error, records = batch.len(), "request records not written at shutdown: the database kept failing");
                     batch.clear();
-                    return;
+                    return false;
                 }
                 tracing::warn!(%error, records = batch.len(), attempt = attempts, "writing request records failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -232,6 +316,13 @@ mod tests {
     }
 
     impl Store for Flaky {
+        fn held_records<'a>(
+            &'a self,
+            _records: &'a [RequestRecord],
+        ) -> StoreFuture<'a, Vec<(String, i64)>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
         fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
             Box::pin(async move {
                 let mut failures = self.failures_left.lock().unwrap();
@@ -273,6 +364,13 @@ mod tests {
         // A store that never answers keeps the queue full.
         struct Stuck;
         impl Store for Stuck {
+            fn held_records<'a>(
+                &'a self,
+                _records: &'a [RequestRecord],
+            ) -> StoreFuture<'a, Vec<(String, i64)>> {
+                Box::pin(async { Ok(Vec::new()) })
+            }
+
             fn insert_records<'a>(&'a self, _records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
                 Box::pin(std::future::pending())
             }

@@ -197,6 +197,29 @@ impl Store for SqliteStore {
         })
     }
 
+    fn held_records<'a>(
+        &'a self,
+        records: &'a [RequestRecord],
+    ) -> StoreFuture<'a, Vec<(String, i64)>> {
+        Box::pin(async move {
+            let mut held = Vec::new();
+            for chunk in records.chunks(500) {
+                let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                    "SELECT request_id, started_at_ms FROM requests WHERE request_id IN (",
+                );
+                let mut ids = query.separated(", ");
+                for record in chunk {
+                    ids.push_bind(&record.request_id);
+                }
+                query.push(")");
+                for row in query.build().fetch_all(&self.pool).await? {
+                    held.push((row.try_get("request_id")?, row.try_get("started_at_ms")?));
+                }
+            }
+            Ok(held)
+        })
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             sqlx::query::<Sqlite>("SELECT 1")

@@ -1,0 +1,249 @@
+//! The request log's write-ahead journal: every record is appended to a
+//! local file before its response completes, so that a record whose
+//! request the client saw finish survives the process being killed
+//! (SIGKILL, an out-of-memory kill), even though the database receives it
+//! in a batch a little later.
+//!
+//! An append is one `write` into the operating system's page cache, under
+//! a lock: no `fsync`, so it costs microseconds and survives the death of
+//! the process (not a power failure of the machine, which the database's
+//! own durability settings cover for what it holds). Records are numbered
+//! in the order they are appended and queued; the record writer reports the
+//! highest number it has committed, and segments whose records are all
+//! committed are deleted. On start, `replay` inserts into the database the
+//! records of the segments a previous process left behind that the
+//! database does not hold yet, then deletes them.
+//!
+//! A record the queue could not take (it was full) stays in the journal:
+//! its segment is kept until the next start replays it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use switchboard_core::RequestRecord;
+
+use crate::{Store, StoreError};
+
+/// A segment is closed once it holds this many bytes.
+const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+
+#[derive(Debug)]
+struct Segment {
+    number: u64,
+    /// The highest record number in it.
+    last: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    file: File,
+    segment: u64,
+    bytes: u64,
+    /// The next record's number (numbers start at 1).
+    next: u64,
+    /// Closed segments not yet wholly committed.
+    closed: Vec<Segment>,
+    /// The lowest record number that will never be committed by the
+    /// writer (its queue was full): segments from it on are kept.
+    pinned: Option<u64>,
+    committed: u64,
+    /// Writing failed once: logged, and the journal is off from then on.
+    broken: bool,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    directory: PathBuf,
+    state: Mutex<State>,
+    /// Held for the process's life: one instance per journal.
+    _lock: File,
+}
+
+fn segment_path(directory: &Path, number: u64) -> PathBuf {
+    directory.join(format!("records-{number:012}.jsonl"))
+}
+
+fn io_error(directory: &Path, error: std::io::Error) -> StoreError {
+    StoreError::Open {
+        location: directory.display().to_string(),
+        message: format!("the request journal: {error}"),
+    }
+}
+
+/// Segment numbers found in the directory, oldest first.
+fn segments(directory: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut numbers: Vec<u64> = std::fs::read_dir(directory)
+        .map_err(|error| io_error(directory, error))?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("records-")?
+                .strip_suffix(".jsonl")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+impl Journal {
+    /// Replays what a previous process left in `directory` into `store`,
+    /// then opens a fresh segment. Returns the journal and how many
+    /// records were recovered.
+    pub async fn open(directory: &Path, store: &dyn Store) -> Result<(Journal, usize), StoreError> {
+        std::fs::create_dir_all(directory).map_err(|error| io_error(directory, error))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(directory.join("journal.lock"))
+            .map_err(|error| io_error(directory, error))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Open {
+                location: directory.display().to_string(),
+                message: "another running instance uses this request journal; give each instance its own storage.journal_dir".to_owned(),
+            });
+        }
+        let left = segments(directory)?;
+        let mut recovered = 0;
+        for number in &left {
+            let path = segment_path(directory, *number);
+            let text =
+                std::fs::read_to_string(&path).map_err(|error| io_error(directory, error))?;
+            // A line cut short was being written when the process died: its
+            // response never completed.
+            let records: Vec<RequestRecord> = text
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect();
+            for chunk in records.chunks(512) {
+                recovered += store.insert_missing_records(chunk).await?;
+            }
+        }
+        for number in &left {
+            let _ = std::fs::remove_file(segment_path(directory, *number));
+        }
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "request records recovered from the journal of a previous run"
+            );
+        }
+        let segment = left.last().map_or(1, |last| last + 1);
+        let file = Self::create(directory, segment)?;
+        Ok((
+            Journal {
+                directory: directory.to_owned(),
+                state: Mutex::new(State {
+                    file,
+                    segment,
+                    bytes: 0,
+                    next: 1,
+                    closed: Vec::new(),
+                    pinned: None,
+                    committed: 0,
+                    broken: false,
+                }),
+                _lock: lock,
+            },
+            recovered,
+        ))
+    }
+
+    fn create(directory: &Path, segment: u64) -> Result<File, StoreError> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(directory, segment))
+            .map_err(|error| io_error(directory, error))
+    }
+
+    /// A record as a journal line.
+    pub fn line(record: &RequestRecord) -> Vec<u8> {
+        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+
+    /// Appends a record's `line`, then runs `queue` with its number while
+    /// still holding the journal, so that records reach the queue in the
+    /// order of their numbers. `queue` says whether the record was queued.
+    pub fn append(&self, line: &[u8], queue: impl FnOnce(u64) -> bool) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let number = state.next;
+        state.next += 1;
+        if !state.broken {
+            if let Err(error) = state.file.write_all(line) {
+                state.broken = true;
+                tracing::error!(%error, directory = %self.directory.display(), "the request journal cannot be written; records now depend on the database alone");
+            }
+            state.bytes += line.len() as u64;
+        }
+        if !queue(number) && state.pinned.is_none() {
+            state.pinned = Some(number);
+        }
+        if state.bytes >= SEGMENT_BYTES && !state.broken {
+            let closed = Segment {
+                number: state.segment,
+                last: number,
+            };
+            match Self::create(&self.directory, state.segment + 1) {
+                Ok(file) => {
+                    state.closed.push(closed);
+                    state.file = file;
+                    state.segment += 1;
+                    state.bytes = 0;
+                }
+                Err(error) => {
+                    state.broken = true;
+                    tracing::error!(%error, "the request journal cannot open a new segment");
+                }
+            }
+        }
+        self.release(&mut state);
+    }
+
+    /// Every record up to `number` is in the database.
+    pub fn committed(&self, number: u64) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.committed = state.committed.max(number);
+        self.release(&mut state);
+    }
+
+    /// Deletes the closed segments wholly committed and not pinned.
+    fn release(&self, state: &mut State) {
+        let committed = state.committed;
+        let pinned = state.pinned.unwrap_or(u64::MAX);
+        let directory = &self.directory;
+        state.closed.retain(|segment| {
+            let done = segment.last <= committed && segment.last < pinned;
+            if done {
+                let _ = std::fs::remove_file(segment_path(directory, segment.number));
+            }
+            !done
+        });
+    }
+
+    /// Removes the journal after a clean shutdown that committed every
+    /// record; anything uncommitted stays for the next start.
+    pub fn close(&self) {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.pinned.is_none() && state.committed + 1 >= state.next && !state.broken {
+            for segment in &state.closed {
+                let _ = std::fs::remove_file(segment_path(&self.directory, segment.number));
+            }
+            let _ = std::fs::remove_file(segment_path(&self.directory, state.segment));
+        }
+    }
+}
