@@ -67,8 +67,11 @@ pub struct StorageConfig {
     /// Without it, each instance counts in memory.
     pub redis_url: Option<Secret>,
     /// When Redis cannot be reached: let requests through uncounted
-    /// (`true`) or refuse them (`false`, the default).
+    /// (`true`) or refuse them (`false`, the default), for rate and
+    /// concurrency limits...
     pub redis_fail_open: bool,
+    /// ...and for requests a budget covers.
+    pub redis_fail_open_budgets: bool,
     /// Where this instance's write-ahead journal of request records lives
     /// (`None`: no journal). Defaults to `<database>.journal` for a SQLite
     /// file; PostgreSQL instances name one each.

@@ -36,6 +36,7 @@ pub(crate) struct RawStorage {
     pub record_queue: Option<u64>,
     pub redis_url: Option<String>,
     pub redis_fail_open: Option<bool>,
+    pub redis_fail_open_budgets: Option<bool>,
     pub journal_dir: Option<String>,
 }
 

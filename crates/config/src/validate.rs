@@ -353,6 +353,7 @@ pub(crate) fn validate(
                 record_queue,
                 redis_url,
                 redis_fail_open: raw.storage.redis_fail_open.unwrap_or(false),
+                redis_fail_open_budgets: raw.storage.redis_fail_open_budgets.unwrap_or(false),
                 journal_dir,
             },
             models,

@@ -181,9 +181,16 @@ pub async fn start(
     let cut = CancellationToken::new();
     let limiter: Arc<dyn switchboard_policy::limits::Limiter> = match &config.storage.redis_url {
         Some(url) => Arc::new(
-            switchboard_store::RedisLimiter::connect(url.expose(), config.storage.redis_fail_open)
-                .await
-                .map_err(|error| ServeError::Limiter(error.to_string()))?,
+            switchboard_store::RedisLimiter::connect_with(
+                url.expose(),
+                switchboard_store::redis_limiter::RedisLimiterConfig {
+                    fail_open: config.storage.redis_fail_open,
+                    fail_open_budgets: config.storage.redis_fail_open_budgets,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|error| ServeError::Limiter(error.to_string()))?,
         ),
         None => {
             let limiter = switchboard_policy::limits::MemoryLimiter::new();

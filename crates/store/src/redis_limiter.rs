@@ -95,8 +95,12 @@ const UNRESERVED_PRUNE_AT: usize = 4096;
 /// How a `RedisLimiter` behaves; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct RedisLimiterConfig {
-    /// Grant (true) or refuse (false) when Redis cannot be reached.
+    /// Grant (true) or refuse (false) when Redis cannot be reached: for
+    /// rate and concurrency limits.
     pub fail_open: bool,
+    /// The same choice for requests a budget covers (refusing by default
+    /// even when rate limits fail open: money is not to be overspent).
+    pub fail_open_budgets: bool,
     /// Prepended to every key, so several gateways (or tests) can share a
     /// Redis. Braces are escaped: the hash tag must stay the only one.
     pub prefix: String,
@@ -113,6 +117,7 @@ impl Default for RedisLimiterConfig {
     fn default() -> RedisLimiterConfig {
         RedisLimiterConfig {
             fail_open: false,
+            fail_open_budgets: false,
             prefix: "switchboard:".to_owned(),
             timeout: Duration::from_secs(2),
             lease: Duration::from_secs(15 * 60),
@@ -137,6 +142,7 @@ pub struct RedisLimiter {
     connection: ConnectionManager,
     prefix: String,
     fail_open: bool,
+    fail_open_budgets: bool,
     timeout: Duration,
     lease_minutes: u64,
     outage_pause: Duration,
@@ -214,11 +220,13 @@ impl RedisLimiter {
     /// error here (the connection is retried on use, and `fail_open`
     /// decides what requests get meanwhile); only a bad URL is. Must run
     /// within a Tokio runtime, which drives the connection.
+    /// `fail_open` applies to every rule, budgets included.
     pub async fn connect(url: &str, fail_open: bool) -> Result<RedisLimiter, RedisLimiterError> {
         RedisLimiter::connect_with(
             url,
             RedisLimiterConfig {
                 fail_open,
+                fail_open_budgets: fail_open,
                 ..RedisLimiterConfig::default()
             },
         )
@@ -246,6 +254,7 @@ impl RedisLimiter {
             connection,
             prefix: escape_prefix(&config.prefix),
             fail_open: config.fail_open,
+            fail_open_budgets: config.fail_open_budgets,
             timeout: config.timeout,
             lease_minutes: config
                 .lease
@@ -493,7 +502,13 @@ impl RedisLimiter {
         reset: Duration,
         failure: &Failure,
     ) -> Result<Grant, Refusal> {
-        if !self.fail_open {
+        let budgeted = ask.scopes.iter().any(|(_, rules)| rules.budget.is_some());
+        let open = if budgeted {
+            self.fail_open_budgets
+        } else {
+            self.fail_open
+        };
+        if !open {
             self.warn_unavailable(failure, "refusing requests (fail closed)");
             return Err(Refusal::Unavailable(format!(
                 "the shared rate-limit and budget counters cannot be reached ({failure}); \

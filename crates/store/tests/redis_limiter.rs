@@ -860,6 +860,7 @@ async fn reservations_never_settled_lapse_after_the_lease() {
 fn quick(fail_open: bool) -> RedisLimiterConfig {
     RedisLimiterConfig {
         fail_open,
+        fail_open_budgets: fail_open,
         timeout: Duration::from_millis(300),
         outage_pause: Duration::from_millis(400),
         ..RedisLimiterConfig::default()
@@ -1204,4 +1205,37 @@ fn relay_urls_keep_credentials_and_database() {
             "redis://:secret@127.0.0.1:7000/2".to_owned()
         )
     );
+}
+
+/// Failing open for rate limits does not fail open for budgets unless
+/// said so: money is not overspent because Redis is away.
+#[tokio::test]
+async fn budgets_fail_closed_while_rate_limits_fail_open() {
+    let config = RedisLimiterConfig {
+        fail_open: true,
+        fail_open_budgets: false,
+        ..quick(true)
+    };
+    let limiter = RedisLimiter::connect_with("redis://127.0.0.1:1", config)
+        .await
+        .unwrap();
+    let rate_only = vec![(
+        scope(ScopeKind::Key, "rate-only"),
+        Rules {
+            requests_per_minute: Some(10),
+            ..Rules::default()
+        },
+    )];
+    assert!(limiter.reserve(ask(&rate_only, 1, 1, 1_000)).await.is_ok());
+    let budgeted = vec![(
+        scope(ScopeKind::Key, "budgeted"),
+        Rules {
+            budget: budget(1_000, Period::Daily),
+            ..Rules::default()
+        },
+    )];
+    assert!(matches!(
+        limiter.reserve(ask(&budgeted, 1, 1, 1_000)).await,
+        Err(Refusal::Unavailable(_))
+    ));
 }
