@@ -114,28 +114,15 @@ async fn chat(
         .first_token
         .or(chain[0].routing.first_token_timeout);
     let end_user = end_user_of(&request);
-    trace.caller = access::caller(&principal, end_user.clone());
-    let limit_headers = match access::admit(
-        &principal,
-        &gateway.limiter,
-        Demand {
-            model,
-            end_user,
-            prompt_tokens: bytes.len() as u64,
-            max_output_tokens: max_output_of(&request),
-            worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
-        },
-    )
-    .await
-    {
-        Ok(reservation) => {
-            let headers = reservation
-                .as_ref()
-                .map(access::Reservation::headers)
-                .unwrap_or_default();
-            trace.reservation = reservation;
-            headers
-        }
+    let demand = Demand {
+        model,
+        end_user,
+        prompt_tokens: bytes.len() as u64,
+        max_output_tokens: max_output_of(&request),
+        worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
+    };
+    let limit_headers = match admit(&gateway, &principal, &mut trace, demand).await {
+        Ok(headers) => headers,
         Err(error) => return reject(&mut trace, error, dialect),
     };
     let mut call = ChatCall::new(
@@ -243,6 +230,25 @@ async fn chat(
             )
         }
     }
+}
+
+/// Notes who is calling and reserves the key's limits, keeping the
+/// reservation in the trace (which settles it); returns the rate-limit
+/// headers to send.
+async fn admit(
+    gateway: &Gateway,
+    principal: &Principal,
+    trace: &mut Trace,
+    demand: Demand<'_>,
+) -> Result<Vec<(&'static str, HeaderValue)>, ApiError> {
+    trace.caller = access::caller(principal, demand.end_user.clone());
+    let reservation = access::admit(principal, &gateway.limiter, demand).await?;
+    let headers = reservation
+        .as_ref()
+        .map(access::Reservation::headers)
+        .unwrap_or_default();
+    trace.reservation = reservation;
+    Ok(headers)
 }
 
 /// The most a request to this chain can cost: the dearest deployment of
@@ -378,28 +384,15 @@ pub(crate) async fn embeddings(
         .get::<String>("user", "a string")
         .ok()
         .flatten();
-    trace.caller = access::caller(&principal, end_user.clone());
-    let limit_headers = match access::admit(
-        &principal,
-        &gateway.limiter,
-        Demand {
-            model: &request.model,
-            end_user,
-            prompt_tokens: bytes.len() as u64,
-            max_output_tokens: Some(0),
-            worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
-        },
-    )
-    .await
-    {
-        Ok(reservation) => {
-            let headers = reservation
-                .as_ref()
-                .map(access::Reservation::headers)
-                .unwrap_or_default();
-            trace.reservation = reservation;
-            headers
-        }
+    let demand = Demand {
+        model: &request.model,
+        end_user,
+        prompt_tokens: bytes.len() as u64,
+        max_output_tokens: Some(0),
+        worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
+    };
+    let limit_headers = match admit(&gateway, &principal, &mut trace, demand).await {
+        Ok(headers) => headers,
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
     let options = match TimeoutOverrides::read(&headers) {
