@@ -238,6 +238,9 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Above this many scopes, idle ones are forgotten.
+const PRUNE_AT: usize = 100_000;
+
 /// Counters of one scope.
 #[derive(Debug, Default)]
 struct Counters {
@@ -268,6 +271,13 @@ impl MemoryLimiter {
             .scopes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Scopes come and go (end users most of all): idle ones that hold
+        // no budget are forgotten once there are many.
+        if scopes.len() >= PRUNE_AT {
+            scopes.retain(|_, counters| {
+                counters.concurrent > 0 || counters.minute == minute || !counters.budget.is_empty()
+            });
+        }
         // Check everything first...
         for (scope, rules) in &ask.scopes {
             let counters = scopes.entry(scope.clone()).or_default();
@@ -305,6 +315,13 @@ impl MemoryLimiter {
             }
             if let Some(budget) = rules.budget {
                 let window = budget_window(budget.period, ask.now_ms);
+                // Past windows are over: only reservations still in flight
+                // there (to be settled) are worth keeping.
+                if counters.budget.len() > 1 {
+                    counters
+                        .budget
+                        .retain(|name, (_, reserved)| *name == window || *reserved > 0);
+                }
                 let (spent, reserved) = counters.budget.get(&window).copied().unwrap_or_default();
                 let used = spent.saturating_add(reserved);
                 if used.saturating_add(ask.cost) > budget.limit {
@@ -557,6 +574,28 @@ mod tests {
                 .reserve_now(ask(vec![(key("b"), open), (team, tight)], 1, 0))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn past_budget_windows_are_forgotten() {
+        let limiter = MemoryLimiter::new();
+        let rules = Rules {
+            budget: Some(Budget {
+                limit: 1_000,
+                period: Period::Daily,
+            }),
+            ..Rules::default()
+        };
+        for day in 0..5 {
+            let ask = Ask {
+                now_ms: NOW + day * 86_400_000,
+                ..ask(vec![(key("k"), rules)], 1, 10)
+            };
+            let grant = limiter.reserve_now(ask).unwrap();
+            limiter.settle_now(&grant, 1, 10);
+        }
+        let scopes = limiter.scopes.lock().unwrap();
+        assert_eq!(scopes[&key("k")].budget.len(), 1, "only today's window is kept");
     }
 
     #[test]
