@@ -133,6 +133,11 @@ class OpenAiClient(unittest.TestCase):
                     model=model(provider), messages=self.messages(content)
                 )
                 self.assertEqual(completion.choices[0].message.content, "I see 1 image(s)")
+                with oai().chat.completions.stream(
+                    model=model(provider), messages=self.messages(content)
+                ) as stream:
+                    final = stream.get_final_completion()
+                self.assertEqual(final.choices[0].message.content, "I see 1 image(s)")
 
     def test_structured_output(self):
         for provider in PROVIDERS:
@@ -154,6 +159,16 @@ class OpenAiClient(unittest.TestCase):
                 self.assertEqual(
                     json.loads(completion.choices[0].message.content), {"answer": "Paris"}
                 )
+                with oai().chat.completions.stream(
+                    model=model(provider),
+                    messages=self.messages(),
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True},
+                    },
+                ) as stream:
+                    final = stream.get_final_completion()
+                self.assertEqual(json.loads(final.choices[0].message.content), {"answer": "Paris"})
 
     def test_errors_raise_the_sdks_own_exceptions(self):
         cases = [
@@ -170,6 +185,14 @@ class OpenAiClient(unittest.TestCase):
                         oai().chat.completions.create(
                             model=model(provider),
                             messages=self.messages("fail TRIGGER_%d" % status),
+                        )
+                    with self.assertRaises(error):
+                        list(
+                            oai().chat.completions.create(
+                                model=model(provider),
+                                messages=self.messages("fail TRIGGER_%d" % status),
+                                stream=True,
+                            )
                         )
 
 
@@ -261,6 +284,12 @@ class AnthropicClient(unittest.TestCase):
             with self.subTest(provider=provider):
                 message = self.create(provider, content=content)
                 self.assertEqual(message.content[0].text, "I see 1 image(s)")
+                with claude().messages.stream(
+                    model=model(provider),
+                    max_tokens=64,
+                    messages=[{"role": "user", "content": content}],
+                ) as stream:
+                    self.assertEqual("".join(stream.text_stream), "I see 1 image(s)")
 
     def test_structured_output(self):
         output_config = {"format": {"type": "json_schema", "schema": ANSWER_SCHEMA}}
@@ -273,6 +302,14 @@ class AnthropicClient(unittest.TestCase):
                     continue
                 message = self.create(provider, extra_body={"output_config": output_config})
                 self.assertEqual(json.loads(message.content[0].text), {"answer": "Paris"})
+                with claude().messages.stream(
+                    model=model(provider),
+                    max_tokens=64,
+                    messages=[{"role": "user", "content": "Capital of France?"}],
+                    extra_body={"output_config": output_config},
+                ) as stream:
+                    final = stream.get_final_message()
+                self.assertEqual(json.loads(final.content[0].text), {"answer": "Paris"})
 
     def test_errors_raise_the_sdks_own_exceptions(self):
         cases = [
@@ -285,6 +322,13 @@ class AnthropicClient(unittest.TestCase):
                 with self.subTest(provider=provider, status=status):
                     with self.assertRaises(error):
                         self.create(provider, content="fail TRIGGER_%d" % status)
+                    with self.assertRaises(error):
+                        with claude().messages.stream(
+                            model=model(provider),
+                            max_tokens=64,
+                            messages=[{"role": "user", "content": "fail TRIGGER_%d" % status}],
+                        ) as stream:
+                            stream.get_final_message()
 
 
 if __name__ == "__main__":
