@@ -67,7 +67,8 @@ pub struct Budget {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Rules {
     pub requests_per_minute: Option<u64>,
-    /// Prompt and completion tokens per minute.
+    /// Prompt and completion tokens per minute (the first request of a
+    /// minute is let through whatever its size).
     pub tokens_per_minute: Option<u64>,
     pub max_concurrent: Option<u64>,
     pub budget: Option<Budget>,
@@ -304,7 +305,10 @@ impl MemoryLimiter {
                     retry_after: reset,
                 });
             }
+            // A minute with nothing counted yet takes any one request, so a
+            // worst case larger than the whole limit is not refused forever.
             if let Some(limit) = rules.tokens_per_minute
+                && counters.tokens > 0
                 && counters.tokens.saturating_add(ask.tokens) > limit
             {
                 return Err(Refusal::Limited {
@@ -574,6 +578,23 @@ mod tests {
                 .reserve_now(ask(vec![(key("b"), open), (team, tight)], 1, 0))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_request_larger_than_the_token_limit_passes_alone_in_its_minute() {
+        let limiter = MemoryLimiter::new();
+        let rules = Rules {
+            tokens_per_minute: Some(10),
+            ..Rules::default()
+        };
+        assert!(limiter.reserve_now(ask(vec![(key("k"), rules)], 50, 0)).is_ok());
+        assert!(matches!(
+            limiter.reserve_now(ask(vec![(key("k"), rules)], 1, 0)),
+            Err(Refusal::Limited {
+                limit: "tokens_per_minute",
+                ..
+            })
+        ));
     }
 
     #[test]

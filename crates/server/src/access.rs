@@ -37,6 +37,11 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
+    /// The cost reserved: the request's worst case.
+    pub fn worst_case(&self) -> Nanos {
+        self.grant.cost
+    }
+
     /// Settles with what the request actually used and cost. Runs on a
     /// task of its own, so that a client hang-up cannot cut it short.
     pub fn settle(self, usage: &Usage, cost: Nanos) {
@@ -98,6 +103,8 @@ pub(crate) struct Demand<'a> {
     pub prompt_tokens: u64,
     /// The most the request may generate, if it says.
     pub max_output_tokens: Option<u64>,
+    /// How many answers it asks for (OpenAI's `n`).
+    pub choices: u64,
     /// The worst-case cost of `tokens` (see `worst_case_cost`).
     pub worst_case_cost: &'a (dyn Fn(u64, u64) -> Nanos + Sync),
 }
@@ -164,11 +171,23 @@ pub(crate) async fn admit(
     if scopes.iter().all(|(_, rules)| rules.is_unlimited()) {
         return Ok(None);
     }
-    let output = demand.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE);
+    // Every choice (`n`) may generate the whole output.
+    let output = demand
+        .max_output_tokens
+        .unwrap_or(DEFAULT_OUTPUT_RESERVE)
+        .saturating_mul(demand.choices.max(1));
+    let cost = (demand.worst_case_cost)(demand.prompt_tokens, output);
+    // A budget cannot hold on a model whose price is unknown.
+    if cost == 0
+        && demand.prompt_tokens.saturating_add(output) > 0
+        && scopes.iter().any(|(_, rules)| rules.budget.is_some())
+    {
+        return Err(ApiError::unpriced_model(demand.model));
+    }
     let ask = Ask {
         scopes,
         tokens: demand.prompt_tokens.saturating_add(output),
-        cost: (demand.worst_case_cost)(demand.prompt_tokens, output),
+        cost,
         now_ms: unix_millis().max(0) as u64,
     };
     match limiter.reserve(ask).await {

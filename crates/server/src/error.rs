@@ -274,6 +274,23 @@ impl ApiError {
         }
     }
 
+    /// A budgeted key asked for a model whose price the gateway does not
+    /// know, so the budget could not hold.
+    pub fn unpriced_model(model: &str) -> ApiError {
+        ApiError {
+            param: Some("model".to_owned()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unpriced_model",
+                format!(
+                    "The model `{}` has no known price, so a budget cannot cover it; give its deployments a `price` in the gateway configuration.",
+                    clip(model, 200)
+                ),
+            )
+        }
+    }
+
     /// A key's, team's or end user's per-minute or concurrency limit.
     pub fn rate_limited(scope: &str, limit: &str, retry_after: std::time::Duration) -> ApiError {
         ApiError {

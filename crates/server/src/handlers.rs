@@ -119,6 +119,12 @@ async fn chat(
         end_user,
         prompt_tokens: bytes.len() as u64,
         max_output_tokens: max_output_of(&request),
+        choices: request
+            .fields()
+            .get::<u64>("n", "a positive integer")
+            .ok()
+            .flatten()
+            .unwrap_or(1),
         worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
     };
     let limit_headers = match admit(&gateway, &principal, &mut trace, demand).await {
@@ -253,7 +259,8 @@ async fn admit(
 
 /// The most a request to this chain can cost: the dearest deployment of
 /// every model it may fall back to. Deployments without a known price
-/// count as free (and are warned about at start-up when keys have budgets).
+/// count as free; a budgeted key is refused on a chain with no price at
+/// all (`access::admit`).
 fn worst_case_cost(chain: &[Arc<Route>], prompt: u64, output: u64) -> u64 {
     chain
         .iter()
@@ -389,6 +396,7 @@ pub(crate) async fn embeddings(
         end_user,
         prompt_tokens: bytes.len() as u64,
         max_output_tokens: Some(0),
+        choices: 1,
         worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
     };
     let limit_headers = match admit(&gateway, &principal, &mut trace, demand).await {
@@ -632,7 +640,14 @@ pub(crate) async fn retrieve_model(
 
 /// `GET /health/deployments`: every deployment's circuit and load, from
 /// live traffic.
-pub(crate) async fn deployment_health(State(gateway): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn deployment_health(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(principal): Extension<Principal>,
+) -> Response {
+    // Deployments, their providers and their load are the operator's to see.
+    if matches!(principal, Principal::Key(_)) {
+        return ApiError::admin_only().into_response();
+    }
     let now = Instant::now();
     let models: Vec<serde_json::Value> = gateway
         .catalog()

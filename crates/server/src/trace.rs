@@ -109,8 +109,20 @@ impl Trace {
             }
             self.attempts = self.attempts.max(progress.attempts);
         }
-        let cost = self.pricing.as_ref().map(|pricing| pricing(&self.usage));
+        let mut cost = self.pricing.as_ref().map(|pricing| pricing(&self.usage));
         if let Some(reservation) = self.reservation.take() {
+            // An upstream that answered (or was cut off while answering)
+            // without a usage report may still bill for it: the budget is
+            // charged the reserved worst case rather than nothing.
+            let unknown = self.usage.is_empty()
+                && self.attempts > 0
+                && matches!(
+                    outcome,
+                    Outcome::Success | Outcome::ClientClosed | Outcome::Shutdown
+                );
+            if unknown {
+                cost = Some(reservation.worst_case());
+            }
             reservation.settle(&self.usage, cost.unwrap_or(0));
         }
         if let Some((route, member)) = self.capacity.take() {

@@ -30,6 +30,13 @@ name = "slow"
 [[models.deployments]]
 provider = "simulated"
 simulation = { latency_ms = 400 }
+
+[[models]]
+name = "trickle"
+[[models.deployments]]
+provider = "simulated"
+price = { input_per_mtok = 1000.0, output_per_mtok = 2000.0 }
+simulation = { tokens_per_second = 4 }
 "#
     .to_owned()
 }
@@ -431,4 +438,110 @@ async fn a_restart_does_not_hand_out_budgets_afresh() {
     );
     second.stop_and_records().await;
     let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test]
+async fn a_revocation_is_never_undone_by_a_concurrent_change() {
+    let gateway = gateway().await;
+    for _ in 0..5 {
+        let (_, created) = admin(&gateway, "POST", "/admin/keys", Some(json!({"name": "k"}))).await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        let secret = created["key"].as_str().unwrap().to_owned();
+        let key_path = format!("/admin/keys/{id}");
+        let revoke_path = format!("/admin/keys/{id}/revoke");
+        let patches = (0..8).map(|index| {
+            admin(
+                &gateway,
+                "PATCH",
+                &key_path,
+                Some(json!({"name": format!("k{index}")})),
+            )
+        });
+        let revoke = admin(&gateway, "POST", &revoke_path, None);
+        let (revoked, _) = tokio::join!(revoke, futures_util::future::join_all(patches));
+        assert_eq!(revoked.0, 200);
+        let (_, shown) = admin(&gateway, "GET", &format!("/admin/keys/{id}"), None).await;
+        assert_eq!(shown["active"], false, "{shown}");
+        assert_eq!(chat_with(&gateway, &secret, "priced").await.status(), 401);
+    }
+}
+
+#[tokio::test]
+async fn the_worst_case_counts_every_choice_and_needs_a_price() {
+    let gateway = gateway().await;
+    let (_, created) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"budget_usd": 1.0})),
+    )
+    .await;
+    let secret = created["key"].as_str().unwrap().to_owned();
+    // 200 answers of 5 tokens at $2000 per million: $2, over the budget.
+    let response = gateway
+        .http
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .header("content-type", "application/json")
+        .body(json!({"model": "priced", "n": 200, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "insufficient_quota");
+    // A model without a price cannot be covered by a budget.
+    let response = chat_with(&gateway, &secret, "other").await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "unpriced_model");
+    // Keys are not operators.
+    let health = gateway
+        .http
+        .get(gateway.url("/health/deployments"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 403);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_stream_is_charged_the_worst_case() {
+    let gateway = gateway().await;
+    let (_, created) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"budget_usd": 10.0})),
+    )
+    .await;
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut response = gateway
+        .http
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .header("content-type", "application/json")
+        .body(json!({"model": "trickle", "stream": true, "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Some of the answer arrives; then the client goes away, before the
+    // usage the upstream would report at the end.
+    let first = response.chunk().await.unwrap();
+    assert!(first.is_some());
+    drop(response);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let records = gateway.stop_and_records().await;
+    let record = records
+        .iter()
+        .find(|record| record.key_id.as_deref() == Some(id.as_str()))
+        .unwrap();
+    assert_eq!(record.status, 499);
+    let charged = record.cost_nanos.unwrap();
+    // The worst case: the body's bytes as prompt tokens at $1000 per
+    // million, plus 20 output tokens at $2000 per million.
+    assert!(charged >= 20 * 2_000_000, "charged {charged} nano-dollars");
 }

@@ -48,7 +48,9 @@ pub trait KeyStore: Send + Sync + 'static {
         key: &'a KeyRecord,
     ) -> StoreFuture<'a, Result<(), KeyStoreConflict>>;
     /// Replaces every field of the key with this id (secret hash included,
-    /// for rotation).
+    /// for rotation), except that a revocation is never undone: a change
+    /// that read the key before a concurrent revocation cannot bring it
+    /// back.
     fn update_key<'a>(
         &'a self,
         key: &'a KeyRecord,

@@ -274,7 +274,7 @@ impl KeyStore for PgStore {
             }
             let updated = sqlx::query(
                 "UPDATE keys SET name = $1, team_id = $2, hash = $3, prefix = $4, limits = $5::JSONB, \
-                 user_limits = $6::JSONB, expires_at_ms = $7, revoked_at_ms = $8, metadata = $9::JSON, \
+                 user_limits = $6::JSONB, expires_at_ms = $7, revoked_at_ms = COALESCE(revoked_at_ms, $8), metadata = $9::JSON, \
                  updated_at_ms = $10 WHERE id = $11",
             )
             .bind(key.name.as_deref())

@@ -91,7 +91,10 @@ if operation == 'reserve' then
       if rpm ~= '' and tonumber(counts[1] or '0') >= tonumber(rpm) then
         return {1, i, 2}
       end
-      if tpm ~= '' and tonumber(counts[2] or '0') + tokens > tonumber(tpm) then
+      -- A minute with nothing counted yet takes any one request, so a
+      -- worst case larger than the whole limit is not refused forever.
+      local used = tonumber(counts[2] or '0')
+      if tpm ~= '' and used > 0 and used + tokens > tonumber(tpm) then
         return {1, i, 3}
       end
     end

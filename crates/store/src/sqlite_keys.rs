@@ -225,7 +225,7 @@ impl KeyStore for SqliteStore {
             }
             let updated = sqlx::query(
                 "UPDATE keys SET name = ?, team_id = ?, hash = ?, prefix = ?, limits = ?, user_limits = ?, \
-                 expires_at_ms = ?, revoked_at_ms = ?, metadata = ?, updated_at_ms = ? WHERE id = ?",
+                 expires_at_ms = ?, revoked_at_ms = COALESCE(revoked_at_ms, ?), metadata = ?, updated_at_ms = ? WHERE id = ?",
             )
             .bind(key.name.as_deref())
             .bind(key.team_id.as_deref())
