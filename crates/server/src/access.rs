@@ -139,6 +139,11 @@ pub(crate) async fn admit(
         || team
             .as_ref()
             .is_some_and(|team| !team.limits.allows_model(demand.model))
+        || (demand.end_user.is_some()
+            && record
+                .user_limits
+                .as_ref()
+                .is_some_and(|limits| !limits.allows_model(demand.model)))
     {
         return Err(ApiError::model_not_allowed(demand.model));
     }

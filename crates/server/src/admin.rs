@@ -33,12 +33,30 @@ const MAX_LIMIT: u64 = 1_000_000_000;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsBody {
-    models: Option<Vec<String>>,
-    budget_usd: Option<f64>,
-    budget_period: Option<Period>,
-    rpm: Option<u64>,
-    tpm: Option<u64>,
-    max_concurrent: Option<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    models: Nullable<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    budget_usd: Nullable<f64>,
+    #[serde(default, deserialize_with = "nullable")]
+    budget_period: Nullable<Period>,
+    #[serde(default, deserialize_with = "nullable")]
+    rpm: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    tpm: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrent: Nullable<u64>,
+}
+
+/// A field of an update: absent (`None`, leave it), `null` (`Some(None)`,
+/// clear it) or a value.
+type Nullable<T> = Option<Option<T>>;
+
+fn nullable<'de, D, T>(deserializer: D) -> Result<Nullable<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 // The limit fields are spelled out in each body rather than flattened:
@@ -47,30 +65,46 @@ struct LimitsBody {
 #[serde(deny_unknown_fields)]
 struct TeamBody {
     name: Option<String>,
-    models: Option<Vec<String>>,
-    budget_usd: Option<f64>,
-    budget_period: Option<Period>,
-    rpm: Option<u64>,
-    tpm: Option<u64>,
-    max_concurrent: Option<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    models: Nullable<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    budget_usd: Nullable<f64>,
+    #[serde(default, deserialize_with = "nullable")]
+    budget_period: Nullable<Period>,
+    #[serde(default, deserialize_with = "nullable")]
+    rpm: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    tpm: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrent: Nullable<u64>,
     metadata: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyBody {
-    name: Option<String>,
-    team_id: Option<String>,
-    models: Option<Vec<String>>,
-    budget_usd: Option<f64>,
-    budget_period: Option<Period>,
-    rpm: Option<u64>,
-    tpm: Option<u64>,
-    max_concurrent: Option<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    name: Nullable<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    team_id: Nullable<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    models: Nullable<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    budget_usd: Nullable<f64>,
+    #[serde(default, deserialize_with = "nullable")]
+    budget_period: Nullable<Period>,
+    #[serde(default, deserialize_with = "nullable")]
+    rpm: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    tpm: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrent: Nullable<u64>,
     /// Limits each end user of the key gets on their own.
-    user_limits: Option<LimitsBody>,
+    #[serde(default, deserialize_with = "nullable")]
+    user_limits: Nullable<LimitsBody>,
     /// Unix seconds.
-    expires_at: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Nullable<i64>,
     metadata: Option<Value>,
 }
 
@@ -123,26 +157,37 @@ impl LimitsBody {
     /// The limits these fields set, over `base` (for updates).
     fn apply(self, base: &Limits, prefix: &str) -> Result<Limits, ApiError> {
         let mut limits = base.clone();
-        if let Some(models) = self.models {
-            if models.iter().any(|model| model.trim().is_empty()) {
-                return Err(bad(
-                    "model names and patterns must not be empty",
-                    &format!("{prefix}models"),
-                ));
+        match self.models {
+            None => {}
+            Some(None) => limits.models.clear(),
+            Some(Some(models)) => {
+                if models.iter().any(|model| model.trim().is_empty()) {
+                    return Err(bad(
+                        "model names and patterns must not be empty",
+                        &format!("{prefix}models"),
+                    ));
+                }
+                limits.models = models;
             }
-            limits.models = models;
         }
-        if let Some(usd) = self.budget_usd {
-            if !usd.is_finite() || !(0.0..=MAX_BUDGET_USD).contains(&usd) {
-                return Err(bad(
-                    format!(
-                        "a budget is a number of USD between 0 and {MAX_BUDGET_USD}, got {usd}"
-                    ),
-                    &format!("{prefix}budget_usd"),
-                ));
+        match self.budget_usd {
+            None => {}
+            Some(None) => {
+                limits.budget_nanos = None;
+                limits.budget_period = None;
             }
-            limits.budget_nanos = Some((usd * 1e9).round() as u64);
-            limits.budget_period = Some(limits.budget_period.unwrap_or(Period::Total));
+            Some(Some(usd)) => {
+                if !usd.is_finite() || !(0.0..=MAX_BUDGET_USD).contains(&usd) {
+                    return Err(bad(
+                        format!(
+                            "a budget is a number of USD between 0 and {MAX_BUDGET_USD}, got {usd}"
+                        ),
+                        &format!("{prefix}budget_usd"),
+                    ));
+                }
+                limits.budget_nanos = Some((usd * 1e9).round() as u64);
+                limits.budget_period = Some(limits.budget_period.unwrap_or(Period::Total));
+            }
         }
         if let Some(period) = self.budget_period {
             if limits.budget_nanos.is_none() {
@@ -151,7 +196,7 @@ impl LimitsBody {
                     &format!("{prefix}budget_period"),
                 ));
             }
-            limits.budget_period = Some(period);
+            limits.budget_period = Some(period.unwrap_or(Period::Total));
         }
         for (name, value, slot) in [
             ("rpm", self.rpm, &mut limits.rpm),
@@ -162,14 +207,18 @@ impl LimitsBody {
                 &mut limits.max_concurrent,
             ),
         ] {
-            if let Some(value) = value {
-                if value == 0 || value > MAX_LIMIT {
-                    return Err(bad(
-                        format!("`{name}` must be between 1 and {MAX_LIMIT}, got {value}"),
-                        &format!("{prefix}{name}"),
-                    ));
+            match value {
+                None => {}
+                Some(None) => *slot = None,
+                Some(Some(value)) => {
+                    if value == 0 || value > MAX_LIMIT {
+                        return Err(bad(
+                            format!("`{name}` must be between 1 and {MAX_LIMIT}, got {value}"),
+                            &format!("{prefix}{name}"),
+                        ));
+                    }
+                    *slot = Some(value);
                 }
-                *slot = Some(value);
             }
         }
         Ok(limits)
@@ -280,7 +329,7 @@ pub(crate) async fn create_team(State(gateway): State<Arc<Gateway>>, body: Bytes
         Err(error) => return error.into_response(),
     };
     let requested = body.limits();
-    let Some(name) = body.name.filter(|name| !name.trim().is_empty()) else {
+    let Some(name) = body.name.clone().filter(|name| !name.trim().is_empty()) else {
         return bad("a team needs a `name`", "name").into_response();
     };
     let now = unix_millis();
@@ -404,6 +453,7 @@ pub(crate) async fn create_key(State(gateway): State<Arc<Gateway>>, body: Bytes)
     };
     let user_limits = match body
         .user_limits
+        .flatten()
         .map(|user| user.apply(&Limits::default(), "user_limits."))
         .transpose()
     {
@@ -414,7 +464,7 @@ pub(crate) async fn create_key(State(gateway): State<Arc<Gateway>>, body: Bytes)
         Ok(metadata) => metadata,
         Err(error) => return error.into_response(),
     };
-    let expires_at_ms = match body.expires_at {
+    let expires_at_ms = match body.expires_at.flatten() {
         Some(seconds) if seconds.saturating_mul(1000) <= now => {
             return bad("`expires_at` (Unix seconds) is in the past", "expires_at").into_response();
         }
@@ -423,8 +473,8 @@ pub(crate) async fn create_key(State(gateway): State<Arc<Gateway>>, body: Bytes)
     let secret = new_secret();
     let key = KeyRecord {
         id: new_id("key"),
-        name: body.name,
-        team_id: body.team_id,
+        name: body.name.flatten(),
+        team_id: body.team_id.flatten(),
         hash: hash_secret(&secret),
         prefix: secret_prefix(&secret),
         limits,
@@ -486,17 +536,19 @@ pub(crate) async fn update_key(
         Ok(key) => key,
         Err(response) => return response,
     };
-    if body.name.is_some() {
-        key.name = body.name;
+    if let Some(name) = body.name {
+        key.name = name;
     }
-    if body.team_id.is_some() {
-        key.team_id = body.team_id;
+    if let Some(team) = body.team_id {
+        key.team_id = team;
     }
     match requested.apply(&key.limits, "") {
         Ok(limits) => key.limits = limits,
         Err(error) => return error.into_response(),
     }
-    if let Some(user) = body.user_limits {
+    if let Some(None) = body.user_limits {
+        key.user_limits = None;
+    } else if let Some(Some(user)) = body.user_limits {
         match user.apply(&key.user_limits.clone().unwrap_or_default(), "user_limits.") {
             Ok(limits) => key.user_limits = Some(limits),
             Err(error) => return error.into_response(),
@@ -506,8 +558,8 @@ pub(crate) async fn update_key(
         Ok(metadata) => key.metadata = metadata,
         Err(error) => return error.into_response(),
     }
-    if let Some(seconds) = body.expires_at {
-        key.expires_at_ms = Some(seconds.saturating_mul(1000));
+    if let Some(expires) = body.expires_at {
+        key.expires_at_ms = expires.map(|seconds| seconds.saturating_mul(1000));
     }
     key.updated_at_ms = unix_millis();
     save_key(&gateway, &key, None).await

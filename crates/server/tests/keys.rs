@@ -545,3 +545,65 @@ async fn a_client_that_hangs_up_mid_stream_is_charged_the_worst_case() {
     // million, plus 20 output tokens at $2000 per million.
     assert!(charged >= 20 * 2_000_000, "charged {charged} nano-dollars");
 }
+
+#[tokio::test]
+async fn an_update_can_clear_what_it_set() {
+    let gateway = gateway().await;
+    let (_, team) = admin(&gateway, "POST", "/admin/teams", Some(json!({"name": "t"}))).await;
+    let (_, created) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(
+            json!({"team_id": team["id"], "rpm": 1, "budget_usd": 5, "models": ["priced"],
+                    "expires_at": 4_000_000_000u64, "user_limits": {"models": ["slow"]}}),
+        ),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["key"].as_str().unwrap().to_owned();
+    // End users of this key may use only `slow`.
+    let response = gateway
+        .http
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .header("content-type", "application/json")
+        .body(json!({"model": "priced", "user": "u1", "messages": [{"role": "user", "content": "hi"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let (status, cleared) = admin(
+        &gateway,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(
+            json!({"team_id": null, "rpm": null, "budget_usd": null, "models": null,
+                    "expires_at": null, "user_limits": null}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{cleared}");
+    for field in [
+        "team_id",
+        "rpm",
+        "budget_usd",
+        "budget_period",
+        "expires_at",
+        "user_limits",
+    ] {
+        assert!(cleared[field].is_null(), "{field}: {cleared}");
+    }
+    assert_eq!(cleared["models"], json!([]));
+    // A field left out stays as it was.
+    let (_, renamed) = admin(
+        &gateway,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({"name": "n"})),
+    )
+    .await;
+    assert_eq!(renamed["name"], "n");
+    assert!(renamed["rpm"].is_null());
+    assert_eq!(chat_with(&gateway, &secret, "other").await.status(), 200);
+}
