@@ -587,7 +587,11 @@ mod tests {
             tokens_per_minute: Some(10),
             ..Rules::default()
         };
-        assert!(limiter.reserve_now(ask(vec![(key("k"), rules)], 50, 0)).is_ok());
+        assert!(
+            limiter
+                .reserve_now(ask(vec![(key("k"), rules)], 50, 0))
+                .is_ok()
+        );
         assert!(matches!(
             limiter.reserve_now(ask(vec![(key("k"), rules)], 1, 0)),
             Err(Refusal::Limited {
@@ -616,7 +620,11 @@ mod tests {
             limiter.settle_now(&grant, 1, 10);
         }
         let scopes = limiter.scopes.lock().unwrap();
-        assert_eq!(scopes[&key("k")].budget.len(), 1, "only today's window is kept");
+        assert_eq!(
+            scopes[&key("k")].budget.len(),
+            1,
+            "only today's window is kept"
+        );
     }
 
     #[test]
