@@ -74,12 +74,26 @@ pub struct KeyFields {
     /// Expiry, in Unix seconds.
     #[arg(long)]
     expires_at: Option<i64>,
+    /// A JSON object of your own, e.g. '{"owner":"search"}'.
+    #[arg(long)]
+    metadata: Option<String>,
+    /// Limits for each end user of the key, as JSON, e.g. '{"rpm":10}'.
+    #[arg(long)]
+    user_limits: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
 }
 
+/// A JSON argument, or why it is not one.
+fn json_arg(name: &str, text: Option<String>) -> Result<Option<Value>, String> {
+    text.map(|text| {
+        serde_json::from_str(&text).map_err(|error| format!("--{name} is not valid JSON: {error}"))
+    })
+    .transpose()
+}
+
 impl KeyFields {
-    fn body(self) -> Value {
+    fn body(self) -> Result<Value, String> {
         let mut body = Map::new();
         if let Some(name) = self.name {
             body.insert("name".into(), json!(name));
@@ -90,8 +104,14 @@ impl KeyFields {
         if let Some(expires) = self.expires_at {
             body.insert("expires_at".into(), json!(expires));
         }
+        if let Some(metadata) = json_arg("metadata", self.metadata)? {
+            body.insert("metadata".into(), metadata);
+        }
+        if let Some(limits) = json_arg("user-limits", self.user_limits)? {
+            body.insert("user_limits".into(), limits);
+        }
         self.limits.into_body(&mut body);
-        Value::Object(body)
+        Ok(Value::Object(body))
     }
 }
 
@@ -124,19 +144,33 @@ pub enum KeysCommand {
 pub struct TeamFields {
     #[arg(long)]
     name: Option<String>,
+    /// A JSON object of your own.
+    #[arg(long)]
+    metadata: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
 }
 
 impl TeamFields {
-    fn body(self) -> Value {
+    fn body(self) -> Result<Value, String> {
         let mut body = Map::new();
         if let Some(name) = self.name {
             body.insert("name".into(), json!(name));
         }
+        if let Some(metadata) = json_arg("metadata", self.metadata)? {
+            body.insert("metadata".into(), metadata);
+        }
         self.limits.into_body(&mut body);
-        Value::Object(body)
+        Ok(Value::Object(body))
     }
+}
+
+/// The body of a request, or the exit after saying why there is none.
+fn body_or_exit(body: Result<Value, String>) -> Result<Value, ExitCode> {
+    body.map_err(|why| {
+        crate::write_err(&format!("{why}\n"));
+        ExitCode::from(2)
+    })
 }
 
 #[derive(Subcommand)]
@@ -297,13 +331,10 @@ fn table(value: &Value, columns: &[&str]) -> String {
 
 pub fn keys(connection: &Connection, command: KeysCommand) -> ExitCode {
     match command {
-        KeysCommand::Create(fields) => call(
-            connection,
-            "POST",
-            "/admin/keys",
-            Some(fields.body()),
-            with_secret,
-        ),
+        KeysCommand::Create(fields) => match body_or_exit(fields.body()) {
+            Ok(body) => call(connection, "POST", "/admin/keys", Some(body), with_secret),
+            Err(code) => code,
+        },
         KeysCommand::List => call(connection, "GET", "/admin/keys", None, |value| {
             table(
                 value,
@@ -329,13 +360,16 @@ pub fn keys(connection: &Connection, command: KeysCommand) -> ExitCode {
             None,
             pretty,
         ),
-        KeysCommand::Update { id, fields } => call(
-            connection,
-            "PATCH",
-            &format!("/admin/keys/{id}"),
-            Some(fields.body()),
-            pretty,
-        ),
+        KeysCommand::Update { id, fields } => match body_or_exit(fields.body()) {
+            Ok(body) => call(
+                connection,
+                "PATCH",
+                &format!("/admin/keys/{id}"),
+                Some(body),
+                pretty,
+            ),
+            Err(code) => code,
+        },
         KeysCommand::Revoke { id } => call(
             connection,
             "POST",
@@ -355,13 +389,10 @@ pub fn keys(connection: &Connection, command: KeysCommand) -> ExitCode {
 
 pub fn teams(connection: &Connection, command: TeamsCommand) -> ExitCode {
     match command {
-        TeamsCommand::Create(fields) => call(
-            connection,
-            "POST",
-            "/admin/teams",
-            Some(fields.body()),
-            pretty,
-        ),
+        TeamsCommand::Create(fields) => match body_or_exit(fields.body()) {
+            Ok(body) => call(connection, "POST", "/admin/teams", Some(body), pretty),
+            Err(code) => code,
+        },
         TeamsCommand::List => call(connection, "GET", "/admin/teams", None, |value| {
             table(
                 value,
@@ -384,13 +415,16 @@ pub fn teams(connection: &Connection, command: TeamsCommand) -> ExitCode {
             None,
             pretty,
         ),
-        TeamsCommand::Update { id, fields } => call(
-            connection,
-            "PATCH",
-            &format!("/admin/teams/{id}"),
-            Some(fields.body()),
-            pretty,
-        ),
+        TeamsCommand::Update { id, fields } => match body_or_exit(fields.body()) {
+            Ok(body) => call(
+                connection,
+                "PATCH",
+                &format!("/admin/teams/{id}"),
+                Some(body),
+                pretty,
+            ),
+            Err(code) => code,
+        },
         TeamsCommand::Delete { id } => call(
             connection,
             "DELETE",

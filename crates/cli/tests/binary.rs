@@ -376,8 +376,22 @@ fn keys_teams_and_spend_from_the_command_line() {
     let team: serde_json::Value = serde_json::from_str(&team).unwrap();
     let team_id = team["id"].as_str().unwrap();
     let (ok, created, _) = run(&[
-        "keys", "create", "--name", "app", "--team", team_id, "--rpm", "5", "--models", "m,other*",
+        "keys",
+        "create",
+        "--name",
+        "app",
+        "--team",
+        team_id,
+        "--rpm",
+        "5",
+        "--models",
+        "m,other*",
+        "--metadata",
+        r#"{"owner":"ana"}"#,
+        "--user-limits",
+        r#"{"rpm":3}"#,
     ]);
+    assert!(created.contains("\"owner\": \"ana\""), "{created}");
     assert!(ok, "{created}");
     let secret = created.lines().next().unwrap().to_owned();
     assert!(secret.starts_with("sb-"), "{created}");
@@ -419,6 +433,8 @@ fn keys_teams_and_spend_from_the_command_line() {
     );
     let (ok, _, error) = run(&["keys", "create", "--rpm", "0"]);
     assert!(!ok && error.contains("rpm"), "{error}");
+    let (ok, _, error) = run(&["keys", "create", "--metadata", "{not json"]);
+    assert!(!ok && error.contains("--metadata"), "{error}");
     let (ok, spend, _) = run(&["spend", "--group-by", "team"]);
     assert!(ok && spend.starts_with("GROUP"), "{spend}");
     let (ok, teams, _) = run(&["teams", "list"]);
