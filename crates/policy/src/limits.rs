@@ -150,6 +150,19 @@ pub trait Limiter: Send + Sync + 'static {
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()>;
     /// Spent and reserved in a scope's current budget window.
     fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos>;
+    /// Tells the limiter that the scope has spent at least `spent` in the
+    /// budget window of `now_ms` (from the request log), for a budget set
+    /// or changed mid-window. Counters that already know more keep it.
+    fn floor_spent(
+        &self,
+        scope: Scope,
+        period: Period,
+        now_ms: u64,
+        spent: Nanos,
+    ) -> LimitFuture<'_, ()> {
+        let _ = (scope, period, now_ms, spent);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The minute window a time falls in.
@@ -422,6 +435,27 @@ impl Limiter for MemoryLimiter {
 
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
         self.settle_now(&grant, tokens, cost);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn floor_spent(
+        &self,
+        scope: Scope,
+        period: Period,
+        now_ms: u64,
+        spent: Nanos,
+    ) -> LimitFuture<'_, ()> {
+        let mut scopes = self
+            .scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = scopes
+            .entry(scope)
+            .or_default()
+            .budget
+            .entry(budget_window(period, now_ms))
+            .or_default();
+        entry.0 = entry.0.max(spent);
         Box::pin(std::future::ready(()))
     }
 

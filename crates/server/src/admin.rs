@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use switchboard_core::keys::{KeyRecord, Limits, Period, SpendGroup, TeamRecord};
 use switchboard_dialects::openai::RequestError;
+use switchboard_policy::limits::{Scope, ScopeKind, budget_window_start};
 use switchboard_store::{KeyStoreConflict, SpendQuery};
 
 use crate::error::ApiError;
@@ -315,6 +316,33 @@ fn conflict(conflict: KeyStoreConflict) -> Response {
     .into_response()
 }
 
+/// Gives the limiter the spend the request log holds for a budget's
+/// current window, so that a budget set or changed mid-window counts what
+/// was already spent.
+async fn count_past_spend(gateway: &Gateway, kind: ScopeKind, id: &str, limits: &Limits) {
+    let (Some(_), Some(period)) = (limits.budget_nanos, limits.budget_period) else {
+        return;
+    };
+    let now = unix_millis().max(0) as u64;
+    let from = budget_window_start(period, now) as i64;
+    let spent = match kind {
+        ScopeKind::Team => gateway.store.spent_since(None, Some(id), from).await,
+        _ => gateway.store.spent_since(Some(id), None, from).await,
+    };
+    match spent {
+        Ok(spent) => {
+            let scope = Scope {
+                kind,
+                id: id.to_owned(),
+            };
+            gateway.limiter.floor_spent(scope, period, now, spent).await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "admin: past spend could not be read for a new budget")
+        }
+    }
+}
+
 /// Makes this instance see a change at once (others see it within the
 /// refresh period).
 async fn refreshed(gateway: &Gateway) {
@@ -418,6 +446,7 @@ pub(crate) async fn update_team(
         Ok(Err(refused)) => conflict(refused),
         Ok(Ok(())) => {
             refreshed(&gateway).await;
+            count_past_spend(&gateway, ScopeKind::Team, &team.id, &team.limits).await;
             json_reply(StatusCode::OK, &team_view(&team))
         }
     }
@@ -571,6 +600,7 @@ async fn save_key(gateway: &Gateway, key: &KeyRecord, secret: Option<String>) ->
         Ok(Err(refused)) => conflict(refused),
         Ok(Ok(())) => {
             refreshed(gateway).await;
+            count_past_spend(gateway, ScopeKind::Key, &key.id, &key.limits).await;
             let mut view = key_view(key, unix_millis());
             if let Some(secret) = secret {
                 view["key"] = json!(secret);

@@ -607,3 +607,43 @@ async fn an_update_can_clear_what_it_set() {
     assert!(renamed["rpm"].is_null());
     assert_eq!(chat_with(&gateway, &secret, "other").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_budget_set_mid_window_counts_what_was_already_spent() {
+    let gateway = gateway().await;
+    let (_, created) = admin(&gateway, "POST", "/admin/keys", Some(json!({}))).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["key"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(chat_with(&gateway, &secret, "priced").await.status(), 200);
+    }
+    // Wait until the request log holds the spend.
+    let mut spent = 0.0;
+    for _ in 0..50 {
+        let (_, spend) = admin(&gateway, "GET", "/admin/spend?group_by=key", None).await;
+        spent = spend["data"][0]["cost_usd"].as_f64().unwrap_or(0.0);
+        if spend["data"][0]["requests"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(spent > 0.0);
+    // A request's worst case: its body's bytes as prompt tokens at $1000
+    // per million, plus 5 output tokens at $2000 per million. A daily
+    // budget of that plus half of today's spend would fit one request on
+    // its own, but not after what was already spent today.
+    let body = json!({"model": "priced", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5});
+    let worst = body.to_string().len() as f64 * 0.001 + 5.0 * 0.002;
+    let (status, _) = admin(
+        &gateway,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(json!({"budget_usd": worst + spent / 2.0, "budget_period": "daily"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let refused = chat_with(&gateway, &secret, "priced").await;
+    assert_eq!(refused.status(), 429);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "insufficient_quota");
+}
