@@ -32,6 +32,9 @@
 -- 'used' KEYS: spent, held of one scope; ARGV[2..3]: current minute, lease
 --   in minutes. Returns spent plus live held.
 
+-- 'floor' KEYS: spent of one scope; ARGV[2..3]: spent (nanos), TTL in
+--   seconds ('0' for none). Raises spent to at least ARGV[2]. Returns 0.
+
 local operation = ARGV[1]
 local HEADER = 7
 local PER_SCOPE = 5
@@ -57,6 +60,18 @@ local function release(key, field, amount)
   if redis.call('HINCRBY', key, field, amount) <= 0 then
     redis.call('HDEL', key, field)
   end
+end
+
+if operation == 'floor' then
+  local spent = tonumber(ARGV[2])
+  if tonumber(redis.call('GET', KEYS[1]) or '0') < spent then
+    if tonumber(ARGV[3]) > 0 then
+      redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+    else
+      redis.call('SET', KEYS[1], ARGV[2])
+    end
+  end
+  return 0
 end
 
 if operation == 'used' then

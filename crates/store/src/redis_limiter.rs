@@ -618,6 +618,29 @@ impl Limiter for RedisLimiter {
         Box::pin(self.reserve_shared(ask))
     }
 
+    fn floor_spent(
+        &self,
+        scope: Scope,
+        period: Period,
+        now_ms: u64,
+        spent: Nanos,
+    ) -> LimitFuture<'_, ()> {
+        Box::pin(async move {
+            let window = budget_window(period, now_ms);
+            let ttl = budget_reset_in(period, now_ms)
+                .map_or(0, |left| (left + BUDGET_MARGIN).as_secs().max(1));
+            let mut invocation = SCRIPT.prepare_invoke();
+            invocation
+                .key(format!("{}:spent:{window}", self.scope_base(&scope)))
+                .arg("floor")
+                .arg(spent.to_string())
+                .arg(ttl);
+            if let Err(failure) = self.call(&Request::Script(invocation)).await {
+                self.warn_unavailable(&failure, "past spend not counted for a new budget");
+            }
+        })
+    }
+
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
         Box::pin(self.settle_shared(grant, tokens, cost))
     }

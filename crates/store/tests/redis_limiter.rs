@@ -1239,3 +1239,36 @@ async fn budgets_fail_closed_while_rate_limits_fail_open() {
         Err(Refusal::Unavailable(_))
     ));
 }
+
+/// Spend the request log holds for a budget set mid-window is counted.
+#[tokio::test]
+async fn past_spend_is_a_floor_for_a_new_budget() {
+    let Some(url) = redis_url("past_spend_is_a_floor_for_a_new_budget").await else {
+        return;
+    };
+    let prefix = unique_prefix("floor");
+    let limiter = limiter(&url, &prefix, false).await;
+    let now = minute_start_now();
+    let scope = scope(ScopeKind::Key, "floored");
+    limiter
+        .floor_spent(scope.clone(), Period::Daily, now, 700)
+        .await;
+    limiter
+        .floor_spent(scope.clone(), Period::Daily, now, 300)
+        .await;
+    assert_eq!(
+        limiter.budget_used(&scope, Period::Daily, now).await,
+        700,
+        "a floor never lowers"
+    );
+    let rules = Rules {
+        budget: budget(1_000, Period::Daily),
+        ..Rules::default()
+    };
+    let scopes = vec![(scope.clone(), rules)];
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 1, 400, now)).await,
+        Err(Refusal::Budget { used: 700, .. })
+    ));
+    assert!(limiter.reserve(ask(&scopes, 1, 300, now)).await.is_ok());
+}
