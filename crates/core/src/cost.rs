@@ -117,9 +117,9 @@ impl Rates {
 /// The cost of a finished request, in nano-dollars, rounded up.
 ///
 /// `usage.input_tokens` counts every input token; `cached_input_tokens` (read
-/// from the prompt cache) and `cache_write_tokens` (written to it, which the
-/// internal model carries beside `Usage`) are parts of it, billed at their
-/// own rates, and the rest is billed at `input`. `output_tokens` already
+/// from the prompt cache) and `cache_write_tokens` (written to it; callers
+/// pass `usage.cache_write_tokens`) are parts of it, billed at their own
+/// rates, and the rest is billed at `input`. `output_tokens` already
 /// includes `reasoning_tokens`, so reasoning is billed as output and never
 /// twice. A count the upstream did not report counts as zero. When the
 /// reported parts exceed the reported input (a broken upstream), the parts
@@ -170,6 +170,7 @@ mod tests {
             output_tokens: output,
             cached_input_tokens: cached,
             reasoning_tokens: None,
+            cache_write_tokens: None,
         }
     }
 
@@ -277,6 +278,22 @@ mod tests {
         assert_eq!(request_cost(&used, Some(50_000), &no_write_price), expected);
         // An unknown write count: everything not read is uncached input.
         assert_eq!(request_cost(&used, None, &sonnet()), expected);
+    }
+
+    #[test]
+    fn a_usage_carrying_cache_writes_costs_more_at_a_dearer_write_price() {
+        // As the server bills: the write count read from the usage itself.
+        // 10,000 input of which 4,000 written, 100 output, at Sonnet's
+        // prices: 6,000 × $3 + 4,000 × $3.75 + 100 × $15.
+        let plain = usage(Some(10_000), None, Some(100));
+        let written = Usage {
+            cache_write_tokens: Some(4_000),
+            ..plain
+        };
+        let bill = |used: &Usage| request_cost(used, used.cache_write_tokens, &sonnet());
+        assert_eq!(bill(&plain), 31_500_000);
+        assert_eq!(bill(&written), 34_500_000);
+        assert!(bill(&written) > bill(&plain));
     }
 
     #[test]

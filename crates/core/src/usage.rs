@@ -13,6 +13,11 @@ pub struct Usage {
     pub cached_input_tokens: Option<u64>,
     /// Part of `output_tokens` spent on hidden reasoning.
     pub reasoning_tokens: Option<u64>,
+    /// Part of `input_tokens` written to the provider's prompt cache
+    /// (Anthropic, Bedrock), billed at the cache-write price. Absent from
+    /// records written before it existed.
+    #[serde(default)]
+    pub cache_write_tokens: Option<u64>,
 }
 
 impl Usage {

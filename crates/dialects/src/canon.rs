@@ -246,7 +246,9 @@ pub struct ChatResponse {
     /// and Bedrock's `input_tokens` leave both out, and their adapters add
     /// them back).
     pub usage: Usage,
-    /// Input tokens written to the provider's prompt cache (Anthropic).
+    /// Input tokens written to the provider's prompt cache (Anthropic,
+    /// Bedrock). Always equal to `usage.cache_write_tokens`, which is what
+    /// billing reads; kept here for the encoders.
     pub cache_write_tokens: Option<u64>,
     /// Unix seconds, when the upstream said.
     pub created: Option<u64>,
@@ -281,6 +283,7 @@ pub enum StreamEvent {
         stop_sequence: Option<String>,
     },
     /// Token usage so far; later reports replace earlier ones field by field.
+    /// `cache_write_tokens` always equals `usage.cache_write_tokens`.
     Usage {
         usage: Usage,
         cache_write_tokens: Option<u64>,
@@ -353,6 +356,9 @@ pub fn merge_usage(known: &mut Usage, report: &Usage) {
     }
     if report.reasoning_tokens.is_some() {
         known.reasoning_tokens = report.reasoning_tokens;
+    }
+    if report.cache_write_tokens.is_some() {
+        known.cache_write_tokens = report.cache_write_tokens;
     }
 }
 

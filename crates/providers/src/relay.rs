@@ -230,6 +230,7 @@ mod tests {
             output_tokens: Some(2),
             cached_input_tokens: Some(1),
             reasoning_tokens: None,
+            cache_write_tokens: None,
         }
     }
 

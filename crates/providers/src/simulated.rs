@@ -187,6 +187,7 @@ impl Simulator {
             output_tokens: Some(words.len() as u64),
             cached_input_tokens: Some(0),
             reasoning_tokens: Some(0),
+            cache_write_tokens: None,
         };
         let id = format!(
             "chatcmpl-sim{:016x}",
@@ -370,6 +371,7 @@ impl Simulator {
             output_tokens: Some(0),
             cached_input_tokens: None,
             reasoning_tokens: None,
+            cache_write_tokens: None,
         };
         Ok((Bytes::from(body), usage))
     }

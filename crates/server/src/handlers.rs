@@ -551,7 +551,7 @@ fn requested_tags(headers: &HeaderMap) -> Vec<String> {
 fn note_route<T>(trace: &mut Trace, answered: &Answered<T>) {
     if let Some(rates) = answered.route.rates.get(answered.member).copied().flatten() {
         trace.pricing = Some(Arc::new(move |usage: &switchboard_core::Usage| {
-            switchboard_core::cost::request_cost(usage, None, &rates)
+            switchboard_core::cost::request_cost(usage, usage.cache_write_tokens, &rates)
         }));
     }
     trace.capacity = Some((answered.route.clone(), answered.member));

@@ -1321,3 +1321,43 @@ model = "gpt-mock"
         }
     }
 }
+
+#[tokio::test]
+async fn anthropic_cache_writes_are_recorded_and_billed_at_the_write_price() {
+    let mock = MockUpstream::start().await;
+    let price =
+        "price = { input_per_mtok = 3.0, output_per_mtok = 15.0, cache_write_per_mtok = 3.75 }";
+    let gateway = gateway(&mock, price).await;
+    let message = json!({
+        "id": "msg_cache", "type": "message", "role": "assistant", "model": "claude-mock",
+        "content": [{"type": "text", "text": "Cached."}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 1000, "cache_creation_input_tokens": 4000,
+                  "cache_read_input_tokens": 0, "output_tokens": 100}
+    });
+    // Passed through to an Anthropic client, and translated for an OpenAI one.
+    mock.push(Script::json(200, message.clone()));
+    let passed = gateway
+        .send(
+            "/v1/messages",
+            r#"{"model":"via-anthropic","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await;
+    assert_eq!(passed.status(), 200);
+    mock.push(Script::json(200, message));
+    let translated = gateway
+        .send(
+            "/v1/chat/completions",
+            r#"{"model":"via-anthropic","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await;
+    assert_eq!(translated.status(), 200);
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        assert_eq!(record.usage.input_tokens, Some(5000), "{record:?}");
+        assert_eq!(record.usage.cache_write_tokens, Some(4000), "{record:?}");
+        // 1,000 × $3 + 4,000 × $3.75 + 100 × $15, not 5,000 × $3 + 100 × $15.
+        assert_eq!(record.cost_nanos, Some(19_500_000), "{record:?}");
+    }
+}

@@ -247,3 +247,52 @@ impl Journal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use switchboard_core::{Endpoint, Outcome, Usage};
+
+    use super::*;
+
+    /// Lines written before `Usage` had a cache-write count still read
+    /// back, with the count unknown.
+    #[test]
+    fn lines_without_a_cache_write_count_still_parse() {
+        let record = RequestRecord {
+            request_id: "req-1".to_owned(),
+            started_at_ms: 1_700_000_000_000,
+            endpoint: Endpoint::Messages,
+            model: "m".to_owned(),
+            deployment: None,
+            served_model: None,
+            attempts: 1,
+            stream: false,
+            status: 200,
+            outcome: Outcome::Success,
+            error_code: None,
+            latency_ms: 12,
+            ttft_ms: None,
+            usage: Usage {
+                input_tokens: Some(10),
+                output_tokens: Some(5),
+                cached_input_tokens: None,
+                reasoning_tokens: None,
+                cache_write_tokens: Some(4),
+            },
+            key_id: None,
+            team_id: None,
+            end_user: None,
+            cost_nanos: Some(1234),
+        };
+        let line = Journal::line(&record);
+        let back: RequestRecord = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, record);
+
+        let mut old: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let usage = old["usage"].as_object_mut().unwrap();
+        assert!(usage.remove("cache_write_tokens").is_some());
+        let back: RequestRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.usage.cache_write_tokens, None);
+        assert_eq!(back.usage.input_tokens, Some(10));
+    }
+}

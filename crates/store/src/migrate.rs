@@ -42,6 +42,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "keys",
         sql: include_str!("../migrations/sqlite/0003_keys.sql"),
     },
+    Migration {
+        version: 4,
+        name: "cache_write",
+        sql: include_str!("../migrations/sqlite/0004_cache_write.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -59,6 +64,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 3,
         name: "keys",
         sql: include_str!("../migrations/postgres/0003_keys.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "cache_write",
+        sql: include_str!("../migrations/postgres/0004_cache_write.sql"),
     },
 ];
 

@@ -57,21 +57,22 @@ const INSERT_CHUNK: usize = 1024;
 /// insert use them.
 const INSERT_RECORDS: &str = "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, \
      status, outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos) \
+     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens) \
      SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
      latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos \
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens \
      FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[], $7::BIGINT[], \
      $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], \
-     $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::BIGINT[]) \
+     $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::BIGINT[], \
+     $22::BIGINT[]) \
      WITH ORDINALITY AS batch (request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, \
-     attempts, served_model, key_id, team_id, end_user, cost_nanos, position) \
+     attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, position) \
      ORDER BY position";
 
 const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos \
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens \
      FROM requests ORDER BY id DESC LIMIT $1";
 
 #[derive(Debug, Clone)]
@@ -179,6 +180,7 @@ struct Columns<'a> {
     team_id: Vec<Option<&'a str>>,
     end_user: Vec<Option<&'a str>>,
     cost_nanos: Vec<Option<i64>>,
+    cache_write_tokens: Vec<Option<i64>>,
 }
 
 impl<'a> Columns<'a> {
@@ -214,6 +216,9 @@ impl<'a> Columns<'a> {
             columns.team_id.push(record.team_id.as_deref());
             columns.end_user.push(record.end_user.as_deref());
             columns.cost_nanos.push(opt_i64(record.cost_nanos));
+            columns
+                .cache_write_tokens
+                .push(opt_i64(record.usage.cache_write_tokens));
         }
         columns
     }
@@ -253,6 +258,7 @@ fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
             output_tokens: opt_u64(row.try_get("output_tokens")?),
             cached_input_tokens: opt_u64(row.try_get("cached_input_tokens")?),
             reasoning_tokens: opt_u64(row.try_get("reasoning_tokens")?),
+            cache_write_tokens: opt_u64(row.try_get("cache_write_tokens")?),
         },
         key_id: row.try_get("key_id")?,
         team_id: row.try_get("team_id")?,
@@ -292,6 +298,7 @@ impl Store for PgStore {
                     .bind(&columns.team_id)
                     .bind(&columns.end_user)
                     .bind(&columns.cost_nanos)
+                    .bind(&columns.cache_write_tokens)
                     .execute(&mut *transaction)
                     .await?;
             }

@@ -94,14 +94,15 @@ impl Store for SqliteStore {
         Box::pin(async move {
             // One multi-row statement per chunk: every statement is a round
             // trip to SQLite's worker thread, so a batch costs a handful of
-            // them rather than one per record. 21 columns x 256 rows stays
-            // well under SQLite's limit on bound parameters (32766).
+            // them rather than one per record. 22 columns x 256 rows (5,632
+            // parameters) stays well under SQLite's limit on bound
+            // parameters (32766).
             let mut transaction = self.pool.begin().await?;
             for chunk in records.chunks(256) {
                 let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                     "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
                      outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-                     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos) ",
+                     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens) ",
                 );
                 insert.push_values(chunk, |mut row, record| {
                     row.push_bind(&record.request_id)
@@ -124,7 +125,8 @@ impl Store for SqliteStore {
                         .push_bind(record.key_id.as_deref())
                         .push_bind(record.team_id.as_deref())
                         .push_bind(record.end_user.as_deref())
-                        .push_bind(opt_i64(record.cost_nanos));
+                        .push_bind(opt_i64(record.cost_nanos))
+                        .push_bind(opt_i64(record.usage.cache_write_tokens));
                 });
                 // Not cached: batch sizes vary, and a cached statement per
                 // size would hold megabytes of prepared statements.
@@ -144,7 +146,7 @@ impl Store for SqliteStore {
             let rows = sqlx::query::<Sqlite>(
                 "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
                  latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-                 served_model, key_id, team_id, end_user, cost_nanos \
+                 served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens \
                  FROM requests ORDER BY id DESC LIMIT ?",
             )
             .bind(i64::from(limit))
@@ -185,6 +187,7 @@ impl Store for SqliteStore {
                             output_tokens: opt_u64(row.try_get("output_tokens")?),
                             cached_input_tokens: opt_u64(row.try_get("cached_input_tokens")?),
                             reasoning_tokens: opt_u64(row.try_get("reasoning_tokens")?),
+                            cache_write_tokens: opt_u64(row.try_get("cache_write_tokens")?),
                         },
                         key_id: row.try_get("key_id")?,
                         team_id: row.try_get("team_id")?,
@@ -254,6 +257,7 @@ mod tests {
                 output_tokens: Some(5),
                 cached_input_tokens: None,
                 reasoning_tokens: Some(0),
+                cache_write_tokens: Some(4),
             },
             key_id: Some("key_1".to_owned()),
             team_id: None,

@@ -691,6 +691,7 @@ pub(crate) fn usage_from_anthropic(usage: &Value) -> (Usage, Option<u64>) {
             output_tokens: number("output_tokens"),
             cached_input_tokens: cache_read,
             reasoning_tokens: None,
+            cache_write_tokens: cache_write,
         },
         cache_write,
     )

@@ -107,6 +107,15 @@ fn usage(input: u64, output: u64, cached: Option<u64>) -> Usage {
         output_tokens: Some(output),
         cached_input_tokens: cached,
         reasoning_tokens: None,
+        cache_write_tokens: None,
+    }
+}
+
+/// `usage(..)` with `written` tokens written to the prompt cache.
+fn usage_written(input: u64, output: u64, cached: Option<u64>, written: Option<u64>) -> Usage {
+    Usage {
+        cache_write_tokens: written,
+        ..usage(input, output, cached)
     }
 }
 
@@ -972,7 +981,7 @@ fn the_reference_message_decodes_with_cache_tokens_counted_as_input() {
             finish: Some(FinishReason::Stop),
             stop_sequence: None,
             // 2095 uncached + 2051 read + 2051 written.
-            usage: usage(6197, 503, Some(2051)),
+            usage: usage_written(6197, 503, Some(2051), Some(2051)),
             cache_write_tokens: Some(2051),
             created: None,
         }
@@ -1192,6 +1201,7 @@ fn usage_beyond_any_real_count_saturates_instead_of_overflowing() {
             output_tokens: Some(u64::MAX),
             cached_input_tokens: Some(u64::MAX),
             reasoning_tokens: None,
+            cache_write_tokens: Some(u64::MAX),
         },
         cache_write_tokens: Some(u64::MAX),
         ..response
@@ -1517,11 +1527,11 @@ fn usage_with_cache_activity_counts_cached_tokens_as_input() {
         events[1..],
         [
             StreamEvent::Usage {
-                usage: usage(3210, 1, Some(3000)),
+                usage: usage_written(3210, 1, Some(3000), Some(200)),
                 cache_write_tokens: Some(200),
             },
             StreamEvent::Usage {
-                usage: usage(3210, 64, Some(3000)),
+                usage: usage_written(3210, 64, Some(3000), Some(200)),
                 cache_write_tokens: Some(200),
             },
             StreamEvent::Finish {
@@ -1663,6 +1673,7 @@ fn the_encoder_writes_the_documented_event_sequence_byte_for_byte() {
                 output_tokens: Some(15),
                 cached_input_tokens: None,
                 reasoning_tokens: None,
+                cache_write_tokens: None,
             },
             cache_write_tokens: None,
         },
@@ -1919,7 +1930,7 @@ fn a_relaying_decoder_passes_server_tool_blocks_on_as_content() {
         .unwrap();
     assert!(decoder.is_done());
     let usage_event = |input, output| StreamEvent::Usage {
-        usage: usage(input, output, Some(0)),
+        usage: usage_written(input, output, Some(0), Some(0)),
         cache_write_tokens: Some(0),
     };
     // Every server-tool event counts as part of the answer (an empty text
@@ -1960,10 +1971,33 @@ fn a_translating_decoder_refuses_server_tool_blocks_by_name() {
 }
 
 #[test]
+fn cache_creation_tokens_are_carried_on_the_usage_for_billing() {
+    let body = r#"{"type":"message","content":[],"usage":{"input_tokens":10,"cache_creation_input_tokens":300,"cache_read_input_tokens":0,"output_tokens":2}}"#;
+    let response = decode_response(body.as_bytes()).unwrap();
+    assert_eq!(response.usage.cache_write_tokens, Some(300));
+    assert_eq!(response.usage.input_tokens, Some(310));
+    assert_eq!(
+        response.cache_write_tokens,
+        response.usage.cache_write_tokens
+    );
+    // A pass-through answer is billed from `check_message`'s usage.
+    assert_eq!(
+        check_message(body.as_bytes()).unwrap().cache_write_tokens,
+        Some(300)
+    );
+    // No cache activity: the count is unknown, not zero.
+    let plain = r#"{"type":"message","content":[],"usage":{"input_tokens":10,"output_tokens":2}}"#;
+    assert_eq!(
+        check_message(plain.as_bytes()).unwrap().cache_write_tokens,
+        None
+    );
+}
+
+#[test]
 fn check_message_reads_usage_and_leaves_server_tool_blocks_alone() {
     assert_eq!(
         check_message(REFERENCE_MESSAGE.as_bytes()).unwrap(),
-        usage(6197, 503, Some(2051))
+        usage_written(6197, 503, Some(2051), Some(2051))
     );
     let with_server_tools = json!({
         "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",

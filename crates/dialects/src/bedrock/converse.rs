@@ -637,6 +637,7 @@ impl WireUsage {
                 output_tokens: self.output_tokens,
                 cached_input_tokens: self.cache_read_input_tokens,
                 reasoning_tokens: None,
+                cache_write_tokens: self.cache_write_input_tokens,
             },
             self.cache_write_input_tokens,
         )

@@ -597,6 +597,7 @@ fn a_converse_answer_is_read_into_canon() {
                 output_tokens: Some(36),
                 cached_input_tokens: Some(1000),
                 reasoning_tokens: None,
+                cache_write_tokens: Some(200),
             },
             cache_write_tokens: Some(200),
             created: None,
@@ -619,6 +620,7 @@ fn a_plain_answer_without_cache_counts() {
             output_tokens: Some(3),
             cached_input_tokens: None,
             reasoning_tokens: None,
+            cache_write_tokens: None,
         }
     );
     assert_eq!(answer.cache_write_tokens, None);
@@ -833,6 +835,7 @@ fn transcript_events() -> Vec<StreamEvent> {
                 output_tokens: Some(58),
                 cached_input_tokens: Some(100),
                 reasoning_tokens: None,
+                cache_write_tokens: None,
             },
             cache_write_tokens: None,
         },

@@ -124,6 +124,7 @@ impl From<&WireUsage> for Usage {
             output_tokens: add(wire.candidates_token_count, wire.thoughts_token_count),
             cached_input_tokens: wire.cached_content_token_count,
             reasoning_tokens: wire.thoughts_token_count,
+            cache_write_tokens: None,
         }
     }
 }

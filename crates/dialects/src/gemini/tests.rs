@@ -131,6 +131,7 @@ fn usage(input: u64, output: Option<u64>, cached: Option<u64>, reasoning: Option
         output_tokens: output,
         cached_input_tokens: cached,
         reasoning_tokens: reasoning,
+        cache_write_tokens: None,
     }
 }
 

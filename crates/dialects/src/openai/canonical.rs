@@ -672,6 +672,7 @@ fn usage_from_openai(usage: &Value) -> Usage {
         reasoning_tokens: usage
             .pointer("/completion_tokens_details/reasoning_tokens")
             .and_then(Value::as_u64),
+        cache_write_tokens: None,
     }
 }
 

@@ -43,6 +43,7 @@ impl From<WireUsage> for Usage {
             reasoning_tokens: wire
                 .completion_tokens_details
                 .and_then(|details| details.reasoning_tokens),
+            cache_write_tokens: None,
         }
     }
 }

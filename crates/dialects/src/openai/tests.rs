@@ -183,7 +183,8 @@ fn completions_are_checked_and_their_usage_read() {
             input_tokens: Some(3),
             output_tokens: Some(4),
             cached_input_tokens: Some(1),
-            reasoning_tokens: Some(2)
+            reasoning_tokens: Some(2),
+            cache_write_tokens: None,
         }
     );
     assert!(check_completion(b"<html>bad gateway</html>").is_err());

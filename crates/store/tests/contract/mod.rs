@@ -60,6 +60,7 @@ pub fn varied_record(index: usize) -> RequestRecord {
             output_tokens: some_if(6, if index == 997 { i64::MAX as u64 } else { 0 }),
             cached_input_tokens: some_if(7, number / 2),
             reasoning_tokens: some_if(8, number + 1),
+            cache_write_tokens: some_if(9, number * 3),
         },
         key_id: text_if(9, format!("key_{:016x}", index % 4)),
         team_id: text_if(3, "team_with 'quotes' \"and\" \\slashes".to_owned()),
@@ -82,6 +83,18 @@ pub async fn records_round_trip<S: Store>(store: &S) {
     for (found, expected) in found.iter().zip(&expected) {
         assert_eq!(found, expected);
     }
+    // Cache writes (billed at their own price) are kept, and an unknown
+    // count stays unknown rather than zero.
+    assert!(
+        found
+            .iter()
+            .any(|record| record.usage.cache_write_tokens.is_some_and(|n| n > 0))
+    );
+    assert!(
+        found
+            .iter()
+            .any(|record| record.usage.cache_write_tokens.is_none())
+    );
     assert_eq!(
         store.recent_records(3).await.unwrap(),
         expected[..3].to_vec()
@@ -163,6 +176,7 @@ fn spend_record(
             output_tokens: Some(tokens.1),
             cached_input_tokens: None,
             reasoning_tokens: None,
+            cache_write_tokens: None,
         },
         key_id: key_id.map(str::to_owned),
         team_id: team_id.map(str::to_owned),
