@@ -39,7 +39,18 @@ pub struct Config {
     pub source: String,
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    pub metrics: MetricsConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Serve the endpoint (on by default).
+    pub enabled: bool,
+    /// Also count requests, tokens and cost per virtual key and team
+    /// (one series per key: off by default).
+    pub key_labels: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -16,7 +16,16 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub storage: RawStorage,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub enabled: Option<bool>,
+    pub key_labels: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,8 +10,8 @@ use crate::AwsKeys;
 use crate::env::{ExpandError, expand};
 use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger};
 use crate::{
-    Config, ConfigError, DeploymentConfig, FallbackTriggers, ModelConfig, Price, ProbeKind,
-    Problem, ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig,
+    Config, ConfigError, DeploymentConfig, FallbackTriggers, MetricsConfig, ModelConfig, Price,
+    ProbeKind, Problem, ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig,
     Simulation, StorageConfig, StorageUrl, Timeouts, UnsupportedParams,
 };
 
@@ -355,6 +355,10 @@ pub(crate) fn validate(
                 redis_fail_open: raw.storage.redis_fail_open.unwrap_or(false),
                 redis_fail_open_budgets: raw.storage.redis_fail_open_budgets.unwrap_or(false),
                 journal_dir,
+            },
+            metrics: MetricsConfig {
+                enabled: raw.metrics.enabled.unwrap_or(true),
+                key_labels: raw.metrics.key_labels.unwrap_or(false),
             },
             models,
         })

@@ -87,6 +87,15 @@ impl Route {
     }
 }
 
+/// Notes a failed upstream attempt for the request's metrics.
+fn note_error(progress: &Mutex<Progress>, deployment: &Arc<str>, error: &UpstreamError) {
+    progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .upstream_errors
+        .push((deployment.clone(), crate::metrics::error_class(error)));
+}
+
 fn note_progress(progress: &Mutex<Progress>, deployment: &Arc<str>, attempts: u32) {
     let mut progress = progress
         .lock()
@@ -486,6 +495,7 @@ where
                         Ok(value) => (Ok(value), index, started, ticket),
                         Err(error) => {
                             note_failure(route, index, &error);
+                            note_error(progress, route.group.member(index).target.name(), &error);
                             (hedge.await, hedge_index, hedge_started, hedge_ticket)
                         }
                     },
@@ -493,6 +503,7 @@ where
                         Ok(value) => (Ok(value), hedge_index, hedge_started, hedge_ticket),
                         Err(error) => {
                             note_failure(route, hedge_index, &error);
+                            note_error(progress, route.group.member(hedge_index).target.name(), &error);
                             (primary.await, index, started, ticket)
                         }
                     },
@@ -557,6 +568,7 @@ where
                     });
                 }
                 Err(error) if result.out_of_budget => {
+                    note_error(progress, deployment.name(), &error);
                     // The client's budget ran out: not the deployment's fault.
                     member.health.release_probe(Instant::now());
                     last = Some((error, deployment));
@@ -564,6 +576,9 @@ where
                 }
                 Err(error) => {
                     tracing::debug!(deployment = %deployment.name(), %error, attempt = attempts, "attempt failed");
+                    if !matches!(verdict(&error), Verdict::Unfit) {
+                        note_error(progress, deployment.name(), &error);
+                    }
                     match verdict(&error) {
                         Verdict::Deployment(failure) => {
                             member.health.record_failure(failure, Instant::now());

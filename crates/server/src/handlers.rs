@@ -98,6 +98,7 @@ async fn chat(
     };
     let model = request.model();
     trace.model = model.to_owned();
+    trace.model_known = catalog.chains.contains_key(model);
     let Plan {
         chain,
         deadline,
@@ -378,6 +379,7 @@ pub(crate) async fn embeddings(
         }
     };
     trace.model.clone_from(&request.model);
+    trace.model_known = catalog.chains.contains_key(&request.model);
     let Plan {
         chain,
         deadline,
@@ -449,6 +451,7 @@ async fn begin(
         context,
         endpoint,
         gateway.recorder.clone(),
+        gateway.metrics.clone(),
         gateway.cut.clone(),
     );
     let catalog = gateway.catalog();
@@ -614,6 +617,21 @@ fn json_response(body: Bytes, deployment: Option<&Arc<str>>) -> Response {
     if let Some(value) = deployment.and_then(|name| HeaderValue::from_str(name).ok()) {
         headers.insert(DEPLOYMENT_HEADER, value);
     }
+    response
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub(crate) async fn metrics(State(gateway): State<Arc<Gateway>>, uri: axum::http::Uri) -> Response {
+    let catalog = gateway.catalog();
+    if !catalog.metrics_enabled {
+        return ApiError::not_found_path(uri.path()).into_response();
+    }
+    let text = gateway.metrics.render(&catalog, &gateway.recorder);
+    let mut response = Response::new(Body::from(text));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     response
 }
 

@@ -14,6 +14,7 @@ mod dispatch;
 mod error;
 mod handlers;
 mod keys;
+mod metrics;
 mod probe;
 mod state;
 mod stream;
@@ -93,6 +94,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/health", get(handlers::live))
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics))
         .merge(model_routes)
         .merge(admin_routes)
         .fallback(unknown_path)

@@ -18,6 +18,7 @@ use switchboard_providers::{Deployment, UpstreamClients, UpstreamError};
 use switchboard_store::{Database, Recorder};
 
 use crate::keys::KeyCache;
+use crate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 /// Everything a handler needs, behind one `Arc`.
@@ -37,6 +38,8 @@ pub struct Gateway {
     pub(crate) draining: AtomicBool,
     /// Cancelled when the shutdown grace period is over.
     pub(crate) cut: CancellationToken,
+    /// What `GET /metrics` reports.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The part of the gateway that a configuration reload replaces.
@@ -51,6 +54,8 @@ pub(crate) struct Catalog {
     pub model_objects: HashMap<String, Bytes>,
     pub master_key: Option<Secret>,
     pub max_body_bytes: usize,
+    /// Whether `GET /metrics` answers.
+    pub metrics_enabled: bool,
 }
 
 /// What a reload changed.
@@ -92,6 +97,7 @@ impl Gateway {
             limiter,
             draining: AtomicBool::new(false),
             cut,
+            metrics: Arc::new(Metrics::new(config.metrics.key_labels)),
         })
     }
 
@@ -266,6 +272,7 @@ impl Catalog {
             model_objects,
             master_key: config.server.master_key.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            metrics_enabled: config.metrics.enabled,
         })
     }
 }

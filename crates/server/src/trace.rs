@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{Caller, Reservation};
 use crate::context::RequestContext;
 use crate::dispatch::{InFlightTicket, Route};
+use crate::metrics::{Metrics, Observation, UNKNOWN_MODEL};
 
 /// The cost in nano-dollars of a usage, at some deployment's prices.
 pub(crate) type Pricing = Arc<dyn Fn(&Usage) -> u64 + Send + Sync>;
@@ -26,12 +27,17 @@ pub(crate) type Pricing = Arc<dyn Fn(&Usage) -> u64 + Send + Sync>;
 pub(crate) struct Progress {
     pub deployment: Option<Arc<str>>,
     pub attempts: u32,
+    /// Failed attempts: deployment and error class (for metrics).
+    pub upstream_errors: Vec<(Arc<str>, &'static str)>,
 }
 
 pub(crate) struct Trace {
     context: RequestContext,
     endpoint: Endpoint,
     pub model: String,
+    /// Whether `model` is one the configuration declares (only those
+    /// become metric labels).
+    pub model_known: bool,
     pub deployment: Option<Arc<str>>,
     /// The public model that answered, when a fallback did.
     pub served_model: Option<Arc<str>>,
@@ -53,6 +59,7 @@ pub(crate) struct Trace {
     pub pricing: Option<Pricing>,
     first_chunk: Option<Duration>,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
     /// Cancelled when the shutdown deadline cuts in-flight requests.
     cut: CancellationToken,
     recorded: bool,
@@ -63,12 +70,15 @@ impl Trace {
         context: RequestContext,
         endpoint: Endpoint,
         recorder: Recorder,
+        metrics: Arc<Metrics>,
         cut: CancellationToken,
     ) -> Trace {
+        metrics.started();
         Trace {
             context,
             endpoint,
             model: String::new(),
+            model_known: false,
             deployment: None,
             served_model: None,
             attempts: 0,
@@ -82,6 +92,7 @@ impl Trace {
             pricing: None,
             first_chunk: None,
             recorder,
+            metrics,
             cut,
             recorded: false,
         }
@@ -99,8 +110,9 @@ impl Trace {
             return;
         }
         self.recorded = true;
+        let upstream_errors;
         {
-            let progress = self
+            let mut progress = self
                 .progress
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -108,6 +120,7 @@ impl Trace {
                 self.deployment.clone_from(&progress.deployment);
             }
             self.attempts = self.attempts.max(progress.attempts);
+            upstream_errors = std::mem::take(&mut progress.upstream_errors);
         }
         let mut cost = self.pricing.as_ref().map(|pricing| pricing(&self.usage));
         if let Some(reservation) = self.reservation.take() {
@@ -135,6 +148,27 @@ impl Trace {
                 .record_tokens(Instant::now(), tokens);
         }
         let latency = self.context.started.elapsed();
+        self.metrics.observe(&Observation {
+            endpoint: self.endpoint,
+            model: if self.model_known {
+                &self.model
+            } else {
+                UNKNOWN_MODEL
+            },
+            deployment: self.deployment.as_deref(),
+            served_model: self.served_model.as_deref(),
+            attempts: self.attempts,
+            stream: self.stream,
+            status,
+            outcome,
+            latency,
+            first_token: self.first_chunk,
+            usage: &self.usage,
+            cost_nanos: cost,
+            key_id: self.caller.key_id.as_deref(),
+            team_id: self.caller.team_id.as_deref(),
+            upstream_errors: &upstream_errors,
+        });
         let record = RequestRecord {
             request_id: self.context.request_id.to_string(),
             started_at_ms: self.context.started_at_ms,

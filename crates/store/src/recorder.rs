@@ -81,6 +81,11 @@ impl Recorder {
         }
     }
 
+    /// Records queued and not yet taken by the writer.
+    pub fn backlog(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     pub fn stats(&self) -> &Arc<RecorderStats> {
         &self.stats
     }

@@ -1,0 +1,356 @@
+//! `GET /metrics`: what success, upstream errors, retries, fallbacks,
+//! streams and refused requests add to the Prometheus exposition, and that
+//! the exposition is well formed with bounded labels.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::json;
+use support::*;
+use switchboard_testkit::{MockUpstream, Script};
+
+const CHAT: &str = r#"{"model":"chat","messages":[{"role":"user","content":"hello"}]}"#;
+const STREAM: &str = r#"{"model":"chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello"}]}"#;
+
+/// `chat` on deployments `a` and `b` (both priced), falling back to the
+/// simulated `backup`.
+fn config(a: &MockUpstream, b: &MockUpstream, metrics: &str) -> String {
+    format!(
+        r#"
+[metrics]
+{metrics}
+[[models]]
+name = "chat"
+fallbacks = ["backup"]
+[[models.deployments]]
+name = "a"
+provider = "openai-compatible"
+api_base = "{}"
+model = "model-a"
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+[[models.deployments]]
+name = "b"
+provider = "openai-compatible"
+api_base = "{}"
+model = "model-b"
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+[models.routing]
+strategy = "round-robin"
+max_attempts = 2
+retry_backoff_ms = 1
+retry_max_backoff_ms = 5
+circuit_breaker_failures = 1000
+[[models]]
+name = "backup"
+[[models.deployments]]
+name = "sim"
+provider = "simulated"
+simulation = {{ reply = "from the backup" }}
+"#,
+        a.base_url(),
+        b.base_url()
+    )
+}
+
+fn overloaded() -> Script {
+    Script::json(503, json!({"error": {"message": "overloaded"}}))
+}
+
+/// Every sample of the exposition, `name{labels}` -> value, after checking
+/// that each line is a comment or a well-formed sample of a family whose
+/// TYPE came first, and that no family is declared twice.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    let mut declared = HashSet::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(declared.insert(name.to_owned()), "{name} declared twice");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample and value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| declared.contains(*base))
+            .unwrap_or(name);
+        assert!(declared.contains(family), "{name} sampled before its TYPE");
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "{series} twice"
+        );
+    }
+    samples
+}
+
+async fn scrape(gateway: &TestGateway) -> BTreeMap<String, f64> {
+    let response = gateway
+        .http
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    samples(&response.text().await.unwrap())
+}
+
+fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no {series} in {samples:#?}"))
+}
+
+#[tokio::test]
+async fn requests_errors_fallbacks_and_streams_are_counted() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gateway = TestGateway::start(config_with(&config(&a, &b, ""), "")).await;
+
+    // 1: `a` fails, `b` answers (round robin starts at `a`).
+    a.push(overloaded());
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-deployment"], "b");
+    // 2: a stream, served by whichever comes next.
+    let response = gateway.send("/v1/chat/completions", STREAM).await;
+    assert_eq!(response.status(), 200);
+    let streamed_by = response.headers()["x-switchboard-deployment"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    response.text().await.unwrap();
+    // 3: both fail: the backup model answers.
+    a.push(overloaded());
+    b.push(overloaded());
+    let response = gateway.send("/v1/chat/completions", CHAT).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchboard-model"], "backup");
+    // 4: a model nobody declared, and 5: a malformed body.
+    let unknown = gateway
+        .send(
+            "/v1/chat/completions",
+            r#"{"model":"made-up-123","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let malformed = gateway.send("/v1/chat/completions", "{").await;
+    assert_eq!(malformed.status(), 400);
+
+    let samples = scrape(&gateway).await;
+    let ok = |deployment: &str, stream: bool| {
+        format!(
+            "switchboard_requests_total{{endpoint=\"chat_completions\",model=\"chat\",deployment=\"{deployment}\",status=\"200\",outcome=\"success\",stream=\"{stream}\"}}"
+        )
+    };
+    assert_eq!(value(&samples, &ok("b", false)), 1.0);
+    assert_eq!(value(&samples, &ok(&streamed_by, true)), 1.0);
+    assert_eq!(value(&samples, &ok("sim", false)), 1.0);
+    // Neither the unknown model nor the malformed body names a label.
+    for status in [404, 400] {
+        assert_eq!(
+            value(
+                &samples,
+                &format!(
+                    "switchboard_requests_total{{endpoint=\"chat_completions\",model=\"(unknown)\",deployment=\"\",status=\"{status}\",outcome=\"client_error\",stream=\"false\"}}"
+                )
+            ),
+            1.0
+        );
+    }
+    assert!(!samples.keys().any(|series| series.contains("made-up-123")));
+
+    // Two failed attempts on `a`, one on `b`, each a 503.
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_upstream_errors_total{deployment=\"a\",class=\"server_error\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_upstream_errors_total{deployment=\"b\",class=\"server_error\"}"
+        ),
+        1.0
+    );
+    // Request 1 took 2 attempts, request 3 took 3: three retries.
+    assert_eq!(
+        value(&samples, "switchboard_retries_total{model=\"chat\"}"),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_fallbacks_total{model=\"chat\",served_model=\"backup\"}"
+        ),
+        1.0
+    );
+
+    // The stream has a time to first token; the plain answers do not.
+    let ttft = format!(
+        "switchboard_time_to_first_token_seconds_count{{model=\"chat\",deployment=\"{streamed_by}\"}}"
+    );
+    assert_eq!(value(&samples, &ttft), 1.0);
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_request_duration_seconds_count{model=\"chat\",deployment=\"b\"}"
+        ) as u32,
+        if streamed_by == "b" { 2 } else { 1 }
+    );
+    let inf = value(
+        &samples,
+        "switchboard_request_duration_seconds_bucket{model=\"chat\",deployment=\"b\",le=\"+Inf\"}",
+    );
+    let count = value(
+        &samples,
+        "switchboard_request_duration_seconds_count{model=\"chat\",deployment=\"b\"}",
+    );
+    assert_eq!(inf, count);
+
+    // Tokens and cost from the mock's usage (as each record has them).
+    let records = {
+        let samples_tokens: f64 = samples
+            .iter()
+            .filter(|(series, _)| {
+                series.starts_with("switchboard_tokens_total{model=\"chat\"")
+                    && series.ends_with("type=\"input\"}")
+            })
+            .map(|(_, value)| value)
+            .sum();
+        assert!(samples_tokens > 0.0, "input tokens counted");
+        samples_tokens
+    };
+    assert!(records > 0.0);
+    assert!(
+        value(
+            &samples,
+            "switchboard_cost_usd_total{model=\"chat\",deployment=\"b\"}"
+        ) > 0.0
+    );
+
+    // Live state: every deployment's circuit, and nothing in flight.
+    for deployment in ["a", "b"] {
+        assert_eq!(
+            value(
+                &samples,
+                &format!(
+                    "switchboard_deployment_circuit_state{{model=\"chat\",deployment=\"{deployment}\",state=\"closed\"}}"
+                )
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &samples,
+                &format!(
+                    "switchboard_deployment_circuit_state{{model=\"chat\",deployment=\"{deployment}\",state=\"open\"}}"
+                )
+            ),
+            0.0
+        );
+    }
+    // The scrape itself is not a model request.
+    assert_eq!(value(&samples, "switchboard_requests_in_flight"), 0.0);
+    assert_eq!(value(&samples, "switchboard_records_dropped_total"), 0.0);
+    assert!(samples.contains_key("switchboard_record_backlog"));
+    // Per-key series exist only when asked for.
+    assert!(
+        !samples
+            .keys()
+            .any(|series| series.starts_with("switchboard_key_"))
+    );
+
+    // The records agree with the counters.
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records.len(), 5);
+    let input: u64 = records
+        .iter()
+        .filter(|record| record.model == "chat" && record.served_model.is_none())
+        .filter_map(|record| record.usage.input_tokens)
+        .sum();
+    let counted: f64 = samples
+        .iter()
+        .filter(|(series, _)| {
+            series.starts_with("switchboard_tokens_total{model=\"chat\",deployment=\"a\"")
+                || series.starts_with("switchboard_tokens_total{model=\"chat\",deployment=\"b\"")
+        })
+        .filter(|(series, _)| series.ends_with("type=\"input\"}"))
+        .map(|(_, value)| value)
+        .sum();
+    assert_eq!(counted as u64, input);
+}
+
+#[tokio::test]
+async fn key_labels_count_per_virtual_key_when_enabled() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gateway = TestGateway::start(config_with(&config(&a, &b, "key_labels = true"), "")).await;
+    let created: serde_json::Value = gateway
+        .http
+        .post(gateway.url("/admin/keys"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"name": "app"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["key"].as_str().expect("secret shown once");
+    let id = created["id"].as_str().unwrap();
+    // The key cache picks the new key up within its refresh.
+    let mut status = 0;
+    for _ in 0..40 {
+        let response = gateway
+            .http
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(secret)
+            .header("content-type", "application/json")
+            .body(CHAT)
+            .send()
+            .await
+            .unwrap();
+        status = response.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+    let samples = scrape(&gateway).await;
+    assert_eq!(
+        value(
+            &samples,
+            &format!("switchboard_key_requests_total{{key=\"{id}\",team=\"\"}}")
+        ),
+        1.0
+    );
+    assert!(!samples.keys().any(|series| series.contains(secret)));
+}
+
+#[tokio::test]
+async fn metrics_can_be_switched_off() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let gateway = TestGateway::start(config_with(&config(&a, &b, "enabled = false"), "")).await;
+    let response = gateway
+        .http
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
