@@ -40,7 +40,44 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
+    pub cache: CacheConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// The response cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Off by default.
+    pub enabled: bool,
+    pub backend: CacheBackend,
+    /// How long an answer is kept, unless the request asks for less.
+    pub ttl: Duration,
+    /// The in-memory backend's bound on the bytes of cached answers.
+    pub max_bytes: usize,
+    /// Whose requests may share an answer.
+    pub scope: CacheScope,
+    /// Cache requests whose temperature is not 0 (absent counts as the
+    /// providers' default, 1): off by default, since such answers vary.
+    pub nonzero_temperature: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheBackend {
+    /// In this process, bounded by `max_bytes`.
+    Memory,
+    /// In `storage.redis_url`, shared by every instance.
+    Redis,
+}
+
+/// Which callers share cached answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Each virtual key (and the master key) has its own answers.
+    Key,
+    /// Keys of one team share answers; keys without a team keep their own.
+    Team,
+    /// Every caller shares every answer.
+    Global,
 }
 
 /// `GET /metrics`.

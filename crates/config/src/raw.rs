@@ -18,7 +18,20 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub enabled: Option<bool>,
+    pub backend: Option<String>,
+    pub ttl_secs: Option<f64>,
+    pub max_bytes: Option<u64>,
+    pub scope: Option<String>,
+    pub nonzero_temperature: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -593,3 +593,38 @@ fn a_syntax_error_never_quotes_the_line_that_may_hold_a_secret() {
         .to_string();
     assert!(!error.contains("sk-secret-as-number"), "{error}");
 }
+
+#[test]
+fn cache_settings_are_checked_and_default_off() {
+    let models = "[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\n";
+    let config = load(models).unwrap();
+    assert!(!config.cache.enabled);
+    assert_eq!(config.cache.scope, CacheScope::Key);
+    assert_eq!(config.cache.ttl, Duration::from_secs(300));
+    assert!(config.metrics.enabled && !config.metrics.key_labels);
+
+    let config = load(&format!(
+        "[cache]\nenabled = true\nscope = \"team\"\nttl_secs = 60\nmax_bytes = 4096\n{models}"
+    ))
+    .unwrap();
+    assert_eq!(config.cache.scope, CacheScope::Team);
+    assert_eq!(config.cache.max_bytes, 4096);
+
+    let found = problems(&format!(
+        "[cache]\nenabled = true\nbackend = \"redis\"\nscope = \"everyone\"\nmax_bytes = 1\nttl_secs = -1\n{models}"
+    ));
+    let paths: Vec<&str> = found.iter().map(|problem| problem.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "cache.backend",
+            "cache.scope",
+            "cache.max_bytes",
+            "cache.ttl_secs"
+        ],
+        "{found:?}"
+    );
+    assert!(found[0].fix.contains("storage.redis_url"));
+    let found = problems(&format!("[cache]\nsize = 3\n{models}"));
+    assert!(found[0].message.contains("size"), "{found:?}");
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::AwsKeys;
 use crate::env::{ExpandError, expand};
 use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger};
+use crate::{CacheBackend, CacheConfig, CacheScope};
 use crate::{
     Config, ConfigError, DeploymentConfig, FallbackTriggers, MetricsConfig, ModelConfig, Price,
     ProbeKind, Problem, ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig,
@@ -242,6 +243,8 @@ pub(crate) fn validate(
         }
     };
 
+    let cache = cache_config(&mut checker, &raw.cache, raw.storage.redis_url.is_some());
+
     let mut models = Vec::with_capacity(raw.models.len());
     let mut model_names: HashMap<String, usize> = HashMap::new();
     let mut deployment_names: HashSet<String> = HashSet::new();
@@ -356,6 +359,7 @@ pub(crate) fn validate(
                 redis_fail_open_budgets: raw.storage.redis_fail_open_budgets.unwrap_or(false),
                 journal_dir,
             },
+            cache,
             metrics: MetricsConfig {
                 enabled: raw.metrics.enabled.unwrap_or(true),
                 key_labels: raw.metrics.key_labels.unwrap_or(false),
@@ -1113,6 +1117,68 @@ fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> 
         affinity_min_prefix_chars: raw
             .affinity_min_prefix_chars
             .unwrap_or(defaults.affinity_min_prefix_chars),
+    }
+}
+
+fn cache_config(
+    checker: &mut Checker<'_>,
+    raw: &crate::raw::RawCache,
+    has_redis: bool,
+) -> CacheConfig {
+    let enabled = raw.enabled.unwrap_or(false);
+    let backend = match raw.backend.as_deref() {
+        None | Some("memory") => CacheBackend::Memory,
+        Some("redis") => {
+            if enabled && !has_redis {
+                checker.problem(
+                    "cache.backend",
+                    "the redis backend needs a Redis",
+                    "set storage.redis_url, or use backend = \"memory\"",
+                );
+            }
+            CacheBackend::Redis
+        }
+        Some(other) => {
+            checker.problem(
+                "cache.backend",
+                format!("unknown backend `{other}`"),
+                "use \"memory\" or \"redis\"",
+            );
+            CacheBackend::Memory
+        }
+    };
+    let scope = match raw.scope.as_deref() {
+        None | Some("key") => CacheScope::Key,
+        Some("team") => CacheScope::Team,
+        Some("global") => CacheScope::Global,
+        Some(other) => {
+            checker.problem(
+                "cache.scope",
+                format!("unknown scope `{other}`"),
+                "use \"key\" (each key its own answers), \"team\" or \"global\"",
+            );
+            CacheScope::Key
+        }
+    };
+    let max_bytes = match raw.max_bytes {
+        None => 64 << 20,
+        Some(bytes) if (1024..=1 << 40).contains(&bytes) => bytes as usize,
+        Some(bytes) => {
+            checker.problem(
+                "cache.max_bytes",
+                format!("{bytes} is outside the accepted range"),
+                "give a size in bytes between 1024 and 1099511627776",
+            );
+            64 << 20
+        }
+    };
+    CacheConfig {
+        enabled,
+        backend,
+        ttl: checker.duration("cache.ttl_secs", raw.ttl_secs, Duration::from_secs(300)),
+        max_bytes,
+        scope,
+        nonzero_temperature: raw.nonzero_temperature.unwrap_or(false),
     }
 }
 

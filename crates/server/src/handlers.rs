@@ -20,6 +20,7 @@ use switchboard_providers::{CallOptions, ChatCall, ClientRequest, Dialect, Reply
 
 use crate::access::{self, Demand};
 use crate::body::read_json_body;
+use crate::cache::{CACHE_HEADER, CacheFill, CachePlan};
 use crate::context::{Principal, RequestContext};
 use crate::dispatch::{Answered, ConversationPrefix, Route, Unanswered, dispatch, hold_opening};
 use crate::error::ApiError;
@@ -143,6 +144,15 @@ async fn chat(
         call.anthropic_beta = headers.get("anthropic-beta").cloned();
     }
     trace.stream = call.stream();
+    let cache_plan = match plan_cache(&gateway, endpoint, &bytes, &headers, &trace) {
+        Ok(plan) => plan,
+        Err(error) => return reject(&mut trace, error, dialect),
+    };
+    if let Some(response) =
+        cached_answer(&gateway, cache_plan.as_ref(), &mut trace, &limit_headers).await
+    {
+        return response;
+    }
     let progress = trace.progress.clone();
     let prefix = if chain
         .iter()
@@ -214,11 +224,21 @@ async fn chat(
         in_flight,
         ..
     } = answered;
+    if let Some(plan) = &cache_plan {
+        headers.push((CACHE_HEADER, HeaderValue::from_static("miss")));
+        trace.cache = Some(false);
+        if let (Some(cache), Reply::Stream { .. }) = (&gateway.cache, &value) {
+            trace.cache_fill = CacheFill::new(cache, plan);
+        }
+    }
     match value {
         Reply::Complete { body, usage, .. } => {
             trace.usage = usage;
             headers.extend(cost_header(&trace));
             trace.finish(200, Outcome::Success, None);
+            if let (Some(cache), Some(plan)) = (&gateway.cache, &cache_plan) {
+                cache.store(plan, body.clone());
+            }
             with_headers(json_response(body, None), headers)
         }
         Reply::Stream { events, .. } => {
@@ -237,6 +257,57 @@ async fn chat(
             )
         }
     }
+}
+
+/// What the response cache does for this request (`None`: nothing).
+fn plan_cache(
+    gateway: &Gateway,
+    endpoint: Endpoint,
+    body: &[u8],
+    headers: &HeaderMap,
+    trace: &Trace,
+) -> Result<Option<CachePlan>, ApiError> {
+    let Some(cache) = &gateway.cache else {
+        return Ok(None);
+    };
+    cache.plan(endpoint, body, headers, &trace.caller)
+}
+
+/// The cached answer to the request, when there is one: the exact bytes a
+/// client got before (a JSON body or a whole stream), at no cost.
+async fn cached_answer(
+    gateway: &Gateway,
+    plan: Option<&CachePlan>,
+    trace: &mut Trace,
+    limit_headers: &[(&'static str, HeaderValue)],
+) -> Option<Response> {
+    let (cache, plan) = (gateway.cache.as_ref()?, plan?);
+    if !plan.lookup {
+        return None;
+    }
+    let answer = cache.store.get(plan.key).await?;
+    trace.cache = Some(true);
+    trace.finish(200, Outcome::Success, None);
+    let mut response = Response::new(Body::from(answer));
+    let response_headers = response.headers_mut();
+    if trace.stream {
+        response_headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    } else {
+        response_headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    response_headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    response_headers.insert(COST_HEADER, HeaderValue::from_static("0.000000000"));
+    for (name, value) in limit_headers {
+        response_headers.insert(*name, value.clone());
+    }
+    Some(response)
 }
 
 /// Notes who is calling and reserves the key's limits, keeping the
@@ -412,6 +483,15 @@ pub(crate) async fn embeddings(
         },
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
+    let cache_plan = match plan_cache(&gateway, Endpoint::Embeddings, &bytes, &headers, &trace) {
+        Ok(plan) => plan,
+        Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
+    };
+    if let Some(response) =
+        cached_answer(&gateway, cache_plan.as_ref(), &mut trace, &limit_headers).await
+    {
+        return response;
+    }
     let progress = trace.progress.clone();
     let answer = dispatch(chain, deadline, &tags, None, &progress, |deployment| {
         let request = &request;
@@ -430,6 +510,11 @@ pub(crate) async fn embeddings(
             let (body, usage) = answered.value;
             trace.usage = usage;
             headers.extend(cost_header(&trace));
+            if let (Some(cache), Some(plan)) = (&gateway.cache, &cache_plan) {
+                headers.push((CACHE_HEADER, HeaderValue::from_static("miss")));
+                trace.cache = Some(false);
+                cache.store(plan, body.clone());
+            }
             trace.finish(200, Outcome::Success, None);
             with_headers(json_response(body, None), headers)
         }

@@ -9,6 +9,7 @@
 mod access;
 mod admin;
 mod body;
+mod cache;
 mod context;
 mod dispatch;
 mod error;

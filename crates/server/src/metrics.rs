@@ -56,6 +56,8 @@ pub(crate) struct Observation<'a> {
     pub team_id: Option<&'a str>,
     /// Failed upstream attempts: deployment and error class.
     pub upstream_errors: &'a [(std::sync::Arc<str>, &'static str)],
+    /// The response cache: hit, miss, or not consulted.
+    pub cache: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -87,6 +89,8 @@ struct Series {
     first_token: Histogram,
     tokens: [u64; TOKEN_TYPES.len()],
     cost_nanos: u64,
+    cache_hits: u64,
+    cache_misses: u64,
 }
 
 /// Per model: retries and fallbacks taken.
@@ -171,6 +175,11 @@ impl Metrics {
             *total += count.unwrap_or(0);
         }
         series.cost_nanos += observation.cost_nanos.unwrap_or(0);
+        match observation.cache {
+            Some(true) => series.cache_hits += 1,
+            Some(false) => series.cache_misses += 1,
+            None => {}
+        }
 
         if observation.attempts > 1 || observation.served_model.is_some() {
             let model = entry(&mut registry.models, observation.model);
@@ -213,6 +222,7 @@ impl Metrics {
             render_requests(&mut out, &registry);
             render_models(&mut out, &registry);
             render_errors(&mut out, &registry);
+            render_cache(&mut out, &registry);
             if self.key_labels {
                 render_keys(&mut out, &registry);
             }
@@ -361,6 +371,36 @@ fn render_requests(out: &mut String, registry: &Registry) {
                 escaped(deployment),
                 dollars(series.cost_nanos)
             );
+        }
+    }
+}
+
+fn render_cache(out: &mut String, registry: &Registry) {
+    let all = sorted_series(registry);
+    for (name, help, pick) in [
+        (
+            "switchboard_cache_hits_total",
+            "Requests answered from the response cache, by public model.",
+            (|series: &Series| series.cache_hits) as fn(&Series) -> u64,
+        ),
+        (
+            "switchboard_cache_misses_total",
+            "Requests the response cache was asked for and could not answer, by public model.",
+            |series: &Series| series.cache_misses,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        let mut per_model: Vec<(&str, u64)> = Vec::new();
+        for (model, _, series) in &all {
+            match per_model.last_mut() {
+                Some((last, count)) if last == model => *count += pick(series),
+                _ => per_model.push((model, pick(series))),
+            }
+        }
+        for (model, count) in per_model {
+            if count > 0 {
+                let _ = writeln!(out, "{name}{{model=\"{}\"}} {count}", escaped(model));
+            }
         }
     }
 }
@@ -597,6 +637,7 @@ mod tests {
             key_id: Some("key_1"),
             team_id: Some("team_\"x\""),
             upstream_errors: errors,
+            cache: None,
         }
     }
 

@@ -17,8 +17,11 @@ use switchboard_policy::limits::{Limiter, MemoryLimiter};
 use switchboard_providers::{Deployment, UpstreamClients, UpstreamError};
 use switchboard_store::{Database, Recorder};
 
+use crate::cache::Cache;
 use crate::keys::KeyCache;
 use crate::metrics::Metrics;
+use switchboard_config::CacheBackend;
+use switchboard_store::response_cache::{MemoryCache, RedisCache, ResponseCache};
 use tokio_util::sync::CancellationToken;
 
 /// Everything a handler needs, behind one `Arc`.
@@ -40,6 +43,8 @@ pub struct Gateway {
     pub(crate) cut: CancellationToken,
     /// What `GET /metrics` reports.
     pub(crate) metrics: Arc<Metrics>,
+    /// The response cache, when enabled.
+    pub(crate) cache: Option<Arc<Cache>>,
 }
 
 /// The part of the gateway that a configuration reload replaces.
@@ -88,6 +93,7 @@ impl Gateway {
     ) -> Result<Gateway, UpstreamError> {
         let clients = UpstreamClients::new();
         let catalog = Catalog::build(config, &clients, None)?;
+        let cache = response_cache(config)?;
         Ok(Gateway {
             catalog: RwLock::new(Arc::new(catalog)),
             clients,
@@ -98,6 +104,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             cut,
             metrics: Arc::new(Metrics::new(config.metrics.key_labels)),
+            cache,
         })
     }
 
@@ -155,6 +162,30 @@ impl Gateway {
     pub fn store(&self) -> &Arc<dyn Database> {
         &self.store
     }
+}
+
+/// The response cache the configuration asks for, if any.
+fn response_cache(config: &Config) -> Result<Option<Arc<Cache>>, UpstreamError> {
+    if !config.cache.enabled {
+        return Ok(None);
+    }
+    let store: Arc<dyn ResponseCache> = match config.cache.backend {
+        CacheBackend::Memory => Arc::new(MemoryCache::new(config.cache.max_bytes)),
+        CacheBackend::Redis => {
+            let url = config.storage.redis_url.as_ref().ok_or_else(|| {
+                UpstreamError::Misconfigured("the Redis cache needs storage.redis_url".to_owned())
+            })?;
+            Arc::new(
+                RedisCache::connect(url.expose(), "switchboard:").map_err(|error| {
+                    UpstreamError::Misconfigured(format!("the cache's Redis URL: {error}"))
+                })?,
+            )
+        }
+    };
+    Ok(Some(Arc::new(Cache {
+        store,
+        config: config.cache.clone(),
+    })))
 }
 
 impl Catalog {

@@ -57,6 +57,9 @@ impl Relay {
             match event {
                 Some(RelayEvent::Data { frame, .. }) => {
                     self.trace.mark_first_chunk();
+                    if let Some(fill) = &mut self.trace.cache_fill {
+                        fill.push(&frame);
+                    }
                     return Some(frame);
                 }
                 Some(RelayEvent::Usage(usage)) => self.trace.usage = usage,
@@ -64,10 +67,17 @@ impl Relay {
                     self.ended = true;
                     self.trace.finish(200, Outcome::Success, None);
                     // Anthropic's stream ends with its own `message_stop`.
-                    return match self.dialect {
+                    let end = match self.dialect {
                         Dialect::OpenAi => Some(Bytes::from_static(b"data: [DONE]\n\n")),
                         Dialect::Anthropic => None,
                     };
+                    if let Some(mut fill) = self.trace.cache_fill.take() {
+                        if let Some(end) = &end {
+                            fill.push(end);
+                        }
+                        fill.commit();
+                    }
+                    return end;
                 }
                 Some(RelayEvent::Failed(error)) => {
                     return Some(self.fail(ApiError::from_upstream(&error, &self.deployment)));

@@ -14,6 +14,7 @@ use switchboard_store::Recorder;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{Caller, Reservation};
+use crate::cache::CacheFill;
 use crate::context::RequestContext;
 use crate::dispatch::{InFlightTicket, Route};
 use crate::metrics::{Metrics, Observation, UNKNOWN_MODEL};
@@ -57,6 +58,11 @@ pub(crate) struct Trace {
     pub reservation: Option<Reservation>,
     /// What the usage costs at the serving deployment's prices.
     pub pricing: Option<Pricing>,
+    /// Whether the response cache answered (`Some(true)`), was consulted
+    /// and missed (`Some(false)`), or stayed out (`None`).
+    pub cache: Option<bool>,
+    /// A stream's bytes, gathered for the cache until it ends well.
+    pub cache_fill: Option<CacheFill>,
     first_chunk: Option<Duration>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -90,6 +96,8 @@ impl Trace {
             caller: Caller::default(),
             reservation: None,
             pricing: None,
+            cache: None,
+            cache_fill: None,
             first_chunk: None,
             recorder,
             metrics,
@@ -122,7 +130,15 @@ impl Trace {
             self.attempts = self.attempts.max(progress.attempts);
             upstream_errors = std::mem::take(&mut progress.upstream_errors);
         }
-        let mut cost = self.pricing.as_ref().map(|pricing| pricing(&self.usage));
+        // A cached answer costs nothing.
+        let mut cost = if self.cache == Some(true) {
+            Some(0)
+        } else {
+            self.pricing.as_ref().map(|pricing| pricing(&self.usage))
+        };
+        if outcome != Outcome::Success {
+            self.cache_fill = None;
+        }
         if let Some(reservation) = self.reservation.take() {
             // An upstream that answered (or was cut off while answering)
             // without a usage report may still bill for it: the budget is
@@ -168,6 +184,7 @@ impl Trace {
             key_id: self.caller.key_id.as_deref(),
             team_id: self.caller.team_id.as_deref(),
             upstream_errors: &upstream_errors,
+            cache: self.cache,
         });
         let record = RequestRecord {
             request_id: self.context.request_id.to_string(),

@@ -15,6 +15,7 @@ mod postgres;
 mod postgres_keys;
 mod recorder;
 pub mod redis_limiter;
+pub mod response_cache;
 mod sqlite;
 mod sqlite_keys;
 
