@@ -41,7 +41,22 @@ pub struct Config {
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
     pub cache: CacheConfig,
+    pub telemetry: TelemetryConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// OpenTelemetry traces, exported by OTLP over HTTP (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (spans go to `<endpoint>/v1/traces`);
+    /// `None`: no traces.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// Share of requests traced when the caller sent no trace context
+    /// (a caller's sampled flag is followed).
+    pub sample_ratio: f64,
+    /// Headers sent to the collector (such as its API key).
+    pub otlp_headers: Vec<(String, Secret)>,
 }
 
 /// The response cache.

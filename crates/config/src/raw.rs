@@ -20,7 +20,19 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+    #[serde(default)]
+    pub otlp_headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

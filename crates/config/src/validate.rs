@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::AwsKeys;
 use crate::env::{ExpandError, expand};
 use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger};
-use crate::{CacheBackend, CacheConfig, CacheScope};
+use crate::{CacheBackend, CacheConfig, CacheScope, TelemetryConfig};
 use crate::{
     Config, ConfigError, DeploymentConfig, FallbackTriggers, MetricsConfig, ModelConfig, Price,
     ProbeKind, Problem, ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig,
@@ -244,6 +244,7 @@ pub(crate) fn validate(
     };
 
     let cache = cache_config(&mut checker, &raw.cache, raw.storage.redis_url.is_some());
+    let telemetry = telemetry_config(&mut checker, &raw.telemetry);
 
     let mut models = Vec::with_capacity(raw.models.len());
     let mut model_names: HashMap<String, usize> = HashMap::new();
@@ -360,6 +361,7 @@ pub(crate) fn validate(
                 journal_dir,
             },
             cache,
+            telemetry,
             metrics: MetricsConfig {
                 enabled: raw.metrics.enabled.unwrap_or(true),
                 key_labels: raw.metrics.key_labels.unwrap_or(false),
@@ -1117,6 +1119,70 @@ fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> 
         affinity_min_prefix_chars: raw
             .affinity_min_prefix_chars
             .unwrap_or(defaults.affinity_min_prefix_chars),
+    }
+}
+
+fn telemetry_config(checker: &mut Checker<'_>, raw: &crate::raw::RawTelemetry) -> TelemetryConfig {
+    let otlp_endpoint = raw
+        .otlp_endpoint
+        .as_deref()
+        .and_then(|endpoint| checker.text("telemetry.otlp_endpoint", endpoint))
+        .and_then(|endpoint| {
+            let trimmed = endpoint.trim_end_matches('/').to_owned();
+            let scheme_ok = trimmed.starts_with("http://") || trimmed.starts_with("https://");
+            let host_ok = trimmed
+                .split_once("://")
+                .is_some_and(|(_, rest)| !rest.is_empty() && !rest.contains(char::is_whitespace));
+            if scheme_ok && host_ok {
+                Some(trimmed)
+            } else {
+                checker.problem(
+                    "telemetry.otlp_endpoint",
+                    format!("`{endpoint}` is not an http(s) URL"),
+                    "give the collector's OTLP/HTTP base URL, such as \"http://127.0.0.1:4318\"",
+                );
+                None
+            }
+        });
+    let sample_ratio = match raw.sample_ratio {
+        None => 1.0,
+        Some(ratio) if (0.0..=1.0).contains(&ratio) => ratio,
+        Some(ratio) => {
+            checker.problem(
+                "telemetry.sample_ratio",
+                format!("{ratio} is not a share"),
+                "give a number from 0 (none) to 1 (every request)",
+            );
+            1.0
+        }
+    };
+    let service_name = raw
+        .service_name
+        .clone()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| "switchboard".to_owned());
+    let otlp_headers = raw
+        .otlp_headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let path = format!("telemetry.otlp_headers.{name}");
+            let secret = checker.secret(&path, value)?;
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                checker.problem(
+                    &path,
+                    "not a valid header name",
+                    "use letters, digits and dashes",
+                );
+                return None;
+            }
+            Some((name.to_ascii_lowercase(), secret))
+        })
+        .collect();
+    TelemetryConfig {
+        otlp_endpoint,
+        service_name,
+        sample_ratio,
+        otlp_headers,
     }
 }
 

@@ -16,6 +16,7 @@ mod gemini;
 mod openai;
 mod relay;
 mod simulated;
+pub mod trace_context;
 mod translate;
 mod transport;
 

@@ -115,6 +115,7 @@ impl Http {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<Bytes, UpstreamError> {
+        let request = crate::trace_context::add_traceparent(request);
         let exchange = async {
             let response = request
                 .send()
@@ -148,6 +149,7 @@ impl Http {
         request: reqwest::RequestBuilder,
         content_type: &str,
     ) -> Result<ByteStream, UpstreamError> {
+        let request = crate::trace_context::add_traceparent(request);
         let response = match tokio::time::timeout(self.timeouts.request, request.send()).await {
             Err(_) => {
                 return Err(UpstreamError::Timeout {

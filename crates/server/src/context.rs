@@ -36,6 +36,9 @@ pub(crate) struct RequestContext {
     pub request_id: Arc<str>,
     pub started: Instant,
     pub started_at_ms: i64,
+    /// The request's span, when a model endpoint traces it: named back to
+    /// the caller in `traceresponse`.
+    pub span: Arc<std::sync::OnceLock<crate::telemetry::SpanIds>>,
 }
 
 pub(crate) async fn request_context(mut request: Request, next: Next) -> Response {
@@ -51,13 +54,20 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
         request_id: request_id.clone(),
         started: now(),
         started_at_ms: unix_millis(),
+        span: Arc::default(),
     };
+    let span_slot = context.span.clone();
     request.extensions_mut().insert(context);
     // Every log line written while the handler runs carries the id.
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
+    }
+    if let Some(ids) = span_slot.get() {
+        response
+            .headers_mut()
+            .insert("traceresponse", ids.response_header());
     }
     response
 }

@@ -116,6 +116,12 @@ async fn chat(
         .first_token
         .or(chain[0].routing.first_token_timeout);
     let end_user = end_user_of(&request);
+    trace.temperature = request
+        .fields()
+        .get::<f64>("temperature", "a number")
+        .ok()
+        .flatten();
+    trace.max_tokens = max_output_of(&request);
     let demand = Demand {
         model,
         end_user,
@@ -154,6 +160,8 @@ async fn chat(
         return response;
     }
     let progress = trace.progress.clone();
+    let progress = &*progress;
+    let span = trace.span.clone();
     let prefix = if chain
         .iter()
         .any(|route| route.routing.prompt_cache_affinity)
@@ -167,7 +175,7 @@ async fn chat(
         deadline,
         &tags,
         prefix.as_ref(),
-        &progress,
+        progress,
         |deployment| {
             let call = &call;
             // A whole answer the model refused (a content filter's finish)
@@ -180,8 +188,17 @@ async fn chat(
                     .members()
                     .iter()
                     .any(|member| Arc::ptr_eq(&member.target, &deployment));
+            let span = span.clone();
             async move {
-                match deployment.chat(call).await? {
+                let answer = match &span {
+                    Some((telemetry, ids)) => {
+                        telemetry
+                            .attempt(ids, progress, &deployment, deployment.chat(call))
+                            .await
+                    }
+                    None => deployment.chat(call).await,
+                };
+                match answer? {
                     Reply::Stream { events, dropped } => hold_opening(events, first_token_timeout)
                         .await
                         .map(|events| Reply::Stream { events, dropped }),
@@ -493,10 +510,26 @@ pub(crate) async fn embeddings(
         return response;
     }
     let progress = trace.progress.clone();
+    let span = trace.span.clone();
     let answer = dispatch(chain, deadline, &tags, None, &progress, |deployment| {
         let request = &request;
         let options = &options;
-        async move { deployment.embeddings(request, options).await }
+        let (span, progress) = (span.clone(), &*progress);
+        async move {
+            match &span {
+                Some((telemetry, ids)) => {
+                    telemetry
+                        .attempt(
+                            ids,
+                            progress,
+                            &deployment,
+                            deployment.embeddings(request, options),
+                        )
+                        .await
+                }
+                None => deployment.embeddings(request, options).await,
+            }
+        }
     });
     let answer = tokio::select! {
         answer = answer => answer,
@@ -532,6 +565,11 @@ async fn begin(
     body: Body,
     dialect: Dialect,
 ) -> Result<(Trace, Arc<Catalog>, Bytes), Response> {
+    let span = gateway.telemetry.as_ref().map(|telemetry| {
+        let ids = telemetry.begin(headers);
+        let _ = context.span.set(ids);
+        (telemetry.clone(), ids)
+    });
     let mut trace = Trace::new(
         context,
         endpoint,
@@ -539,6 +577,7 @@ async fn begin(
         gateway.metrics.clone(),
         gateway.cut.clone(),
     );
+    trace.span = span;
     let catalog = gateway.catalog();
     match read_json_body(headers, body, catalog.max_body_bytes).await {
         Ok(bytes) => Ok((trace, catalog, bytes)),
@@ -711,7 +750,13 @@ pub(crate) async fn metrics(State(gateway): State<Arc<Gateway>>, uri: axum::http
     if !catalog.metrics_enabled {
         return ApiError::not_found_path(uri.path()).into_response();
     }
-    let text = gateway.metrics.render(&catalog, &gateway.recorder);
+    let spans_dropped = gateway
+        .telemetry
+        .as_ref()
+        .map(|telemetry| telemetry.dropped.load(Ordering::Relaxed));
+    let text = gateway
+        .metrics
+        .render(&catalog, &gateway.recorder, spans_dropped);
     let mut response = Response::new(Body::from(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -19,6 +19,7 @@ mod metrics;
 mod probe;
 mod state;
 mod stream;
+mod telemetry;
 mod trace;
 
 use std::net::SocketAddr;

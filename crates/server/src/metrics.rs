@@ -215,7 +215,12 @@ impl Metrics {
 
     /// The text exposition (format 0.0.4) of everything counted, plus the
     /// deployments' live state and the record writer's.
-    pub fn render(&self, catalog: &Catalog, recorder: &Recorder) -> String {
+    pub fn render(
+        &self,
+        catalog: &Catalog,
+        recorder: &Recorder,
+        spans_dropped: Option<u64>,
+    ) -> String {
         let mut out = String::with_capacity(8192);
         {
             let registry = self.lock();
@@ -240,6 +245,15 @@ impl Metrics {
         );
         render_deployments(&mut out, catalog);
         render_recorder(&mut out, recorder);
+        if let Some(dropped) = spans_dropped {
+            family(
+                &mut out,
+                "switchboard_spans_dropped_total",
+                "counter",
+                "Trace spans dropped because the exporter's queue was full.",
+            );
+            let _ = writeln!(out, "switchboard_spans_dropped_total {dropped}");
+        }
         out
     }
 }

@@ -20,6 +20,7 @@ use switchboard_store::{Database, Recorder};
 use crate::cache::Cache;
 use crate::keys::KeyCache;
 use crate::metrics::Metrics;
+use crate::telemetry::Telemetry;
 use switchboard_config::CacheBackend;
 use switchboard_store::response_cache::{MemoryCache, RedisCache, ResponseCache};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,8 @@ pub struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
     /// The response cache, when enabled.
     pub(crate) cache: Option<Arc<Cache>>,
+    /// The OTLP trace exporter, when an endpoint is configured.
+    pub(crate) telemetry: Option<Arc<Telemetry>>,
 }
 
 /// The part of the gateway that a configuration reload replaces.
@@ -105,6 +108,7 @@ impl Gateway {
             cut,
             metrics: Arc::new(Metrics::new(config.metrics.key_labels)),
             cache,
+            telemetry: Telemetry::start(&config.telemetry),
         })
     }
 

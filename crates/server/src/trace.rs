@@ -18,6 +18,7 @@ use crate::cache::CacheFill;
 use crate::context::RequestContext;
 use crate::dispatch::{InFlightTicket, Route};
 use crate::metrics::{Metrics, Observation, UNKNOWN_MODEL};
+use crate::telemetry::{AttemptSpan, RequestFacts, SpanIds, Telemetry};
 
 /// The cost in nano-dollars of a usage, at some deployment's prices.
 pub(crate) type Pricing = Arc<dyn Fn(&Usage) -> u64 + Send + Sync>;
@@ -30,6 +31,8 @@ pub(crate) struct Progress {
     pub attempts: u32,
     /// Failed attempts: deployment and error class (for metrics).
     pub upstream_errors: Vec<(Arc<str>, &'static str)>,
+    /// Every attempt's span (when the request is traced).
+    pub attempt_spans: Vec<AttemptSpan>,
 }
 
 pub(crate) struct Trace {
@@ -63,6 +66,11 @@ pub(crate) struct Trace {
     pub cache: Option<bool>,
     /// A stream's bytes, gathered for the cache until it ends well.
     pub cache_fill: Option<CacheFill>,
+    /// The exporter and the request's span ids, when it is traced.
+    pub span: Option<(Arc<Telemetry>, SpanIds)>,
+    /// The request's temperature and output limit, for its span.
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u64>,
     first_chunk: Option<Duration>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -98,6 +106,9 @@ impl Trace {
             pricing: None,
             cache: None,
             cache_fill: None,
+            span: None,
+            temperature: None,
+            max_tokens: None,
             first_chunk: None,
             recorder,
             metrics,
@@ -119,6 +130,7 @@ impl Trace {
         }
         self.recorded = true;
         let upstream_errors;
+        let attempt_spans;
         {
             let mut progress = self
                 .progress
@@ -129,6 +141,7 @@ impl Trace {
             }
             self.attempts = self.attempts.max(progress.attempts);
             upstream_errors = std::mem::take(&mut progress.upstream_errors);
+            attempt_spans = std::mem::take(&mut progress.attempt_spans);
         }
         // A cached answer costs nothing.
         let mut cost = if self.cache == Some(true) {
@@ -186,6 +199,38 @@ impl Trace {
             upstream_errors: &upstream_errors,
             cache: self.cache,
         });
+        if let Some((telemetry, ids)) = &self.span {
+            let end_ns = crate::telemetry::unix_nanos();
+            telemetry.export(
+                ids,
+                &RequestFacts {
+                    operation: match self.endpoint {
+                        Endpoint::Embeddings => "embeddings",
+                        _ => "chat",
+                    },
+                    route: match self.endpoint {
+                        Endpoint::ChatCompletions => "/v1/chat/completions",
+                        Endpoint::Messages => "/v1/messages",
+                        Endpoint::Embeddings => "/v1/embeddings",
+                    },
+                    model: &self.model,
+                    status,
+                    error_code,
+                    request_id: &self.context.request_id,
+                    deployment: self.deployment.as_deref(),
+                    attempts: self.attempts,
+                    input_tokens: self.usage.input_tokens,
+                    output_tokens: self.usage.output_tokens,
+                    temperature: self.temperature,
+                    max_tokens: self.max_tokens,
+                    cache_hit: self.cache == Some(true),
+                    stream: self.stream,
+                    start_ns: end_ns.saturating_sub(latency.as_nanos() as u64),
+                    end_ns,
+                },
+                attempt_spans,
+            );
+        }
         let record = RequestRecord {
             request_id: self.context.request_id.to_string(),
             started_at_ms: self.context.started_at_ms,
