@@ -14,11 +14,16 @@
 //! records of the segments a previous process left behind that the
 //! database does not hold yet, then deletes them.
 //!
-//! A record the queue could not take (it was full) stays in the journal:
-//! its segment is kept until the next start replays it.
+//! A record the queue could not take (it was full) is noted with its place
+//! in the journal (segment, offset, length): the record writer reads it
+//! back and writes it as soon as it has written what was queued before it,
+//! so a burst larger than the queue spills to disk and is still written
+//! while the gateway runs; its segment is kept until then (and a next start
+//! replays it if the process dies first).
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -36,6 +41,15 @@ struct Segment {
     last: u64,
 }
 
+/// Where a record the queue could not take lies in the journal.
+#[derive(Debug, Clone, Copy)]
+struct Overflow {
+    number: u64,
+    segment: u64,
+    offset: u64,
+    len: usize,
+}
+
 #[derive(Debug)]
 struct State {
     file: File,
@@ -45,9 +59,11 @@ struct State {
     next: u64,
     /// Closed segments not yet wholly committed.
     closed: Vec<Segment>,
-    /// The lowest record number that will never be committed by the
-    /// writer (its queue was full): segments from it on are kept.
-    pinned: Option<u64>,
+    /// Records the queue could not take, oldest first, until the writer
+    /// has written them from here; segments from the first on are kept.
+    overflow: VecDeque<Overflow>,
+    /// The highest record number the queue took.
+    last_queued: u64,
     committed: u64,
     /// Writing failed once: logged, and the journal is off from then on.
     broken: bool,
@@ -142,7 +158,8 @@ impl Journal {
                     bytes: 0,
                     next: 1,
                     closed: Vec::new(),
-                    pinned: None,
+                    overflow: VecDeque::new(),
+                    last_queued: 0,
                     committed: 0,
                     broken: false,
                 }),
@@ -177,6 +194,7 @@ impl Journal {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let number = state.next;
         state.next += 1;
+        let (segment, offset) = (state.segment, state.bytes);
         if !state.broken {
             if let Err(error) = state.file.write_all(line) {
                 state.broken = true;
@@ -184,8 +202,15 @@ impl Journal {
             }
             state.bytes += line.len() as u64;
         }
-        if !queue(number) && state.pinned.is_none() {
-            state.pinned = Some(number);
+        if queue(number) {
+            state.last_queued = number;
+        } else if !state.broken {
+            state.overflow.push_back(Overflow {
+                number,
+                segment,
+                offset,
+                len: line.len(),
+            });
         }
         if state.bytes >= SEGMENT_BYTES && !state.broken {
             let closed = Segment {
@@ -218,10 +243,77 @@ impl Journal {
         self.release(&mut state);
     }
 
+    /// Whether records wait in the journal for the writer.
+    pub fn has_overflow(&self) -> bool {
+        !self.lock().overflow.is_empty()
+    }
+
+    /// Up to `limit` of the oldest records the queue could not take, read
+    /// back from the journal, with their numbers. They stay noted until
+    /// `overflow_written`. Only the record writer calls this.
+    pub fn read_overflow(&self, limit: usize) -> Vec<(u64, RequestRecord)> {
+        let pending: Vec<Overflow> = self.lock().overflow.iter().take(limit).copied().collect();
+        let mut records = Vec::with_capacity(pending.len());
+        let mut open: Option<(u64, File)> = None;
+        for entry in pending {
+            if open
+                .as_ref()
+                .is_none_or(|(segment, _)| *segment != entry.segment)
+            {
+                match File::open(segment_path(&self.directory, entry.segment)) {
+                    Ok(file) => open = Some((entry.segment, file)),
+                    Err(error) => {
+                        tracing::error!(%error, "a spilled request record cannot be read back from the journal; the next start replays it");
+                        break;
+                    }
+                }
+            }
+            let Some((_, file)) = open.as_mut() else {
+                break;
+            };
+            let mut line = vec![0; entry.len];
+            let read = file
+                .seek(SeekFrom::Start(entry.offset))
+                .and_then(|_| file.read_exact(&mut line));
+            match read.map(|()| serde_json::from_slice::<RequestRecord>(&line)) {
+                Ok(Ok(record)) => records.push((entry.number, record)),
+                _ => {
+                    tracing::error!(
+                        "a spilled request record cannot be read back from the journal; the next start replays it"
+                    );
+                    break;
+                }
+            }
+        }
+        records
+    }
+
+    /// The spilled records up to `number` are in the database.
+    pub fn overflow_written(&self, number: u64) {
+        let mut state = self.lock();
+        while state
+            .overflow
+            .front()
+            .is_some_and(|entry| entry.number <= number)
+        {
+            state.overflow.pop_front();
+        }
+        self.release(&mut state);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Deletes the closed segments wholly committed and not pinned.
     fn release(&self, state: &mut State) {
         let committed = state.committed;
-        let pinned = state.pinned.unwrap_or(u64::MAX);
+        let pinned = state
+            .overflow
+            .front()
+            .map_or(u64::MAX, |entry| entry.number);
         let directory = &self.directory;
         state.closed.retain(|segment| {
             let done = segment.last <= committed && segment.last < pinned;
@@ -239,12 +331,25 @@ impl Journal {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.pinned.is_none() && state.committed + 1 >= state.next && !state.broken {
+        // Queued records are written in order, spilled ones from the
+        // journal: all are in when the queue's last is and nothing waits.
+        if state.overflow.is_empty() && state.committed >= state.last_queued && !state.broken {
             for segment in &state.closed {
                 let _ = std::fs::remove_file(segment_path(&self.directory, segment.number));
             }
             let _ = std::fs::remove_file(segment_path(&self.directory, state.segment));
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A number no other caller in this process gets.
+    pub fn unique() -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
     }
 }
 

@@ -1,11 +1,14 @@
 //! The path from the request handlers to the store: a bounded queue and one
 //! writer task that drains it in batches.
 //!
-//! Handlers call `Recorder::record`, which never waits: it puts the record
-//! on the queue or, if the queue is full, counts it as dropped and logs an
-//! error (the counter is exposed, and tests assert it stays at zero). The
-//! writer retries a failed batch with backoff instead of discarding it, and
-//! on shutdown drains the whole queue before it returns.
+//! Handlers call `Recorder::record`, which never waits: it appends the
+//! record to the journal (when there is one) and puts it on the queue. If
+//! the queue is full, the record stays in the journal and the writer reads
+//! it back once it has written what was queued before it (`spilled`); only
+//! without a journal is such a record lost, counted as dropped and logged
+//! as an error (the counter is exposed, and tests assert it stays at zero).
+//! The writer retries a failed batch with backoff instead of discarding it,
+//! and on shutdown drains the whole queue before it returns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +31,8 @@ const LINGER: Duration = Duration::from_millis(20);
 pub struct RecorderStats {
     pub written: AtomicU64,
     pub dropped: AtomicU64,
-    /// Records the queue could not take, kept in the journal for the next
-    /// start to write.
+    /// Records the queue could not take, kept in the journal and written
+    /// from there once the queue drains.
     pub spilled: AtomicU64,
     pub write_failures: AtomicU64,
 }
@@ -70,7 +73,7 @@ impl Recorder {
                     self.stats.spilled.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         reason,
-                        "request record kept in the journal for the next start"
+                        "request record spilled to the journal: written once the queue drains"
                     );
                 } else {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -172,12 +175,12 @@ async fn write_loop(
                 while receiver.recv_many(&mut batch, BATCH).await > 0 {
                     writer.write(&mut batch).await;
                 }
-                writer.close();
+                writer.close().await;
                 return;
             }
         };
         if received == 0 {
-            writer.close();
+            writer.close().await;
             return;
         }
         // Under load, wait a moment for more records: one transaction per
@@ -215,11 +218,31 @@ impl Writer {
             && let Some(journal) = &self.journal
         {
             journal.committed(last);
+            self.drain_overflow(journal).await;
         }
     }
 
-    fn close(&self) {
+    /// Writes the records the queue could not take, from the journal,
+    /// once what was queued before them is written.
+    async fn drain_overflow(&self, journal: &Journal) {
+        while journal.has_overflow() {
+            let spilled = journal.read_overflow(BATCH);
+            let Some(last) = spilled.last().map(|(number, _)| *number) else {
+                return;
+            };
+            let mut records: Vec<RequestRecord> =
+                spilled.into_iter().map(|(_, record)| record).collect();
+            if !write_batch(self.store.as_ref(), &mut records, &self.stats, &self.stop).await {
+                return;
+            }
+            journal.overflow_written(last);
+        }
+    }
+
+    /// Writes what spilled, then lets the journal go.
+    async fn close(&self) {
         if let Some(journal) = &self.journal {
+            self.drain_overflow(journal).await;
             journal.close();
         }
     }
@@ -293,6 +316,53 @@ mod tests {
             end_user: None,
             cost_nanos: None,
         }
+    }
+
+    /// A burst of 10,000 records into a queue of 64: most spill to the
+    /// journal, and the writer still writes every one while running.
+    #[tokio::test]
+    async fn a_burst_larger_than_the_queue_spills_and_is_written_while_running() {
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-spill-{}-{}",
+            std::process::id(),
+            crate::journal::tests_support::unique()
+        ));
+        let store = Arc::new(SqliteStore::open_memory().await.unwrap());
+        let (journal, _) = Journal::open(&directory, store.as_ref()).await.unwrap();
+        let journal = Arc::new(journal);
+        let (recorder, writer) = RecordWriter::start_with(store.clone(), 64, Some(journal.clone()));
+        // No await in between: the writer cannot run until the burst is over.
+        for index in 0..10_000 {
+            recorder.record(record(index));
+        }
+        let stats = recorder.stats().clone();
+        assert!(stats.spilled.load(Ordering::Relaxed) > 9_000);
+        // Written while the gateway still runs, not at the next start.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while stats.written.load(Ordering::Relaxed) < 10_000 {
+            assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!journal.has_overflow());
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        let rows = store.recent_records(20_000).await.unwrap();
+        assert_eq!(rows.len(), 10_000);
+        let ids: std::collections::HashSet<&str> =
+            rows.iter().map(|row| row.request_id.as_str()).collect();
+        assert_eq!(ids.len(), 10_000, "each record exactly once");
+        drop(recorder);
+        writer
+            .finish(Duration::from_secs(10), Duration::from_secs(10))
+            .await;
+        // A clean end leaves no journal to replay.
+        let left: Vec<_> = std::fs::read_dir(&directory)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".jsonl"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&directory);
     }
 
     #[tokio::test]
