@@ -30,6 +30,16 @@ pub(crate) struct KeyEntry {
     pub team: Option<Arc<TeamRecord>>,
 }
 
+impl KeyEntry {
+    /// Whether the key may be used at `now_ms`: it is neither revoked nor
+    /// expired, and neither is its team. A team's expiry refuses its keys
+    /// exactly as their own would.
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.record.is_active(now_ms)
+            && self.team.as_ref().is_none_or(|team| team.is_active(now_ms))
+    }
+}
+
 /// Every key by the hash of its secret.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
@@ -235,6 +245,39 @@ mod tests {
         );
         assert_eq!(secret_prefix(&first).len(), 11);
         assert!(new_id("key").starts_with("key_") && new_id("key").len() == 20);
+    }
+
+    #[test]
+    fn a_team_expiry_ends_its_keys_without_a_reload() {
+        use switchboard_core::keys::Limits;
+        let team = TeamRecord {
+            id: "team_1".to_owned(),
+            name: "t".to_owned(),
+            limits: Limits::default(),
+            expires_at_ms: Some(1_000),
+            metadata: "{}".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let record = KeyRecord {
+            id: "key_1".to_owned(),
+            name: None,
+            team_id: Some("team_1".to_owned()),
+            hash: hash_secret("sb-x"),
+            prefix: "sb-x".to_owned(),
+            limits: Limits::default(),
+            user_limits: None,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            metadata: "{}".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let index = KeyIndex::build(vec![record], vec![team], 1);
+        let entry = index.find("sb-x").unwrap();
+        assert!(entry.is_active(999));
+        assert!(!entry.is_active(1_000), "the team has expired");
+        assert!(entry.record.is_active(1_000), "the key itself has not");
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn team(id: &str, name: &str, created_at_ms: i64) -> TeamRecord {
         id: id.to_owned(),
         name: name.to_owned(),
         limits: limits(),
+        expires_at_ms: Some(created_at_ms + 1_000_000),
         // Compact, with keys out of order: must read back byte for byte.
         metadata: r#"{"z":1,"a":[true,null],"ü":"✓"}"#.to_owned(),
         created_at_ms,
@@ -236,6 +237,8 @@ pub async fn key_store<S: Store + KeyStore>(store: &S) {
     let renamed = TeamRecord {
         name: "Platform & Infra".to_owned(),
         limits: Limits::default(),
+        // An update clears an expiry as it sets one.
+        expires_at_ms: None,
         metadata: "[]".to_owned(),
         updated_at_ms: 25,
         ..platform.clone()
@@ -252,6 +255,17 @@ pub async fn key_store<S: Store + KeyStore>(store: &S) {
         wrote!(store.update_team(&team("team_missing", "Nobody", 1))),
         Err(KeyStoreConflict::NoSuchTeam("team_missing".to_owned()))
     );
+    assert_eq!(
+        store.teams().await.unwrap(),
+        vec![research.clone(), renamed.clone()]
+    );
+    // An update moves an expiry.
+    let research = TeamRecord {
+        expires_at_ms: Some(i64::MAX),
+        updated_at_ms: 12,
+        ..research
+    };
+    wrote!(store.update_team(&research)).unwrap();
     assert_eq!(
         store.teams().await.unwrap(),
         vec![research.clone(), renamed.clone()]
