@@ -113,12 +113,16 @@ impl KeyCache {
 }
 
 /// Gives an in-memory limiter the spend the request log already holds for
-/// every key's and team's current budget window, so that a restart does
-/// not hand out budgets afresh. (Redis keeps its counters across restarts.)
+/// every key's, team's and end user's current budget window, so that a
+/// restart does not hand out budgets afresh. (Redis keeps its counters
+/// across restarts.) End users are scoped within their key, as `access`
+/// scopes them, and only the users the log names in the window get a
+/// counter.
 pub(crate) async fn restore_budgets(
     store: &dyn Database,
     limiter: &switchboard_policy::limits::MemoryLimiter,
 ) -> Result<(), switchboard_store::StoreError> {
+    use switchboard_core::keys::Period;
     use switchboard_policy::limits::{Scope, ScopeKind, budget_window_start};
     let now = crate::trace::unix_millis().max(0) as u64;
     for key in store.keys().await? {
@@ -130,6 +134,19 @@ pub(crate) async fn restore_budgets(
                 id: key.id.clone(),
             };
             limiter.preload_spend(scope, period, now, spent);
+        }
+        // As `access` reads it: a budget without a period is a total one.
+        let user_budget = key.user_limits.as_ref().and_then(|limits| {
+            limits
+                .budget_nanos
+                .map(|_| limits.budget_period.unwrap_or(Period::Total))
+        });
+        if let Some(period) = user_budget {
+            let from = budget_window_start(period, now) as i64;
+            for (user, spent) in store.user_spent_since(&key.id, from).await? {
+                let scope = crate::access::user_scope(&key.id, &user);
+                limiter.preload_spend(scope, period, now, spent);
+            }
         }
     }
     for team in store.teams().await? {

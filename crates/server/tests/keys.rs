@@ -412,20 +412,29 @@ async fn spend_is_aggregated_by_key_team_model_and_day() {
     assert_eq!(status, 400);
 }
 
-#[tokio::test]
-async fn a_restart_does_not_hand_out_budgets_afresh() {
-    let directory = std::env::temp_dir().join(format!("sb-budget-{}", std::process::id()));
+/// A configuration keeping its database in `database`, to restart on.
+fn on_file(database: &std::path::Path) -> switchboard_config::Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\n{}",
+        database.display(),
+        models()
+    );
+    switchboard_config::Config::from_toml("test.toml", &text).unwrap()
+}
+
+/// A fresh directory for one test's database.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("sb-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
+#[tokio::test]
+async fn a_restart_does_not_hand_out_budgets_afresh() {
+    let directory = scratch("budget");
     let database = directory.join("switchboard.db");
-    let config = || {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\n{}",
-            database.display(),
-            models()
-        );
-        switchboard_config::Config::from_toml("test.toml", &text).unwrap()
-    };
+    let config = || on_file(&database);
     let first = TestGateway::start(config()).await;
     let (_, created) = admin(
         &first,
@@ -450,6 +459,69 @@ async fn a_restart_does_not_hand_out_budgets_afresh() {
         429,
         "the spend recorded before the restart still counts"
     );
+    second.stop_and_records().await;
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test]
+async fn a_restart_does_not_hand_out_end_users_budgets_afresh() {
+    let directory = scratch("user-budget");
+    let database = directory.join("switchboard.db");
+    let first = TestGateway::start(on_file(&database)).await;
+    let (_, created) = admin(
+        &first,
+        "POST",
+        "/admin/keys",
+        Some(json!({"user_limits": {"budget_usd": 0.2, "budget_period": "daily"}})),
+    )
+    .await;
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let (_, other) = admin(
+        &first,
+        "POST",
+        "/admin/keys",
+        Some(json!({"user_limits": {"budget_usd": 0.2, "budget_period": "daily"}})),
+    )
+    .await;
+    let other = other["key"].as_str().unwrap().to_owned();
+    let send = |gateway: &TestGateway, secret: &str, user: &str| {
+        gateway
+            .http
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(secret)
+            .header("content-type", "application/json")
+            .body(
+                json!({"model": "priced", "user": user, "max_tokens": 5,
+                       "messages": [{"role": "user", "content": "hello there"}]})
+                .to_string(),
+            )
+            .send()
+    };
+    let mut served = 0;
+    while send(&first, &secret, "alice").await.unwrap().status() == 200 {
+        served += 1;
+        assert!(served < 50, "the end user's budget never ran out");
+    }
+    assert!(served > 0);
+    first.stop_and_records().await;
+
+    let second = TestGateway::start(on_file(&database)).await;
+    let refused = send(&second, &secret, "alice").await.unwrap();
+    assert_eq!(
+        refused.status(),
+        429,
+        "alice's spend recorded before the restart still counts"
+    );
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "insufficient_quota", "{error}");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("user"),
+        "{error}"
+    );
+    // Another user of the key, and the same user name with another key,
+    // have budgets of their own.
+    assert_eq!(send(&second, &secret, "bob").await.unwrap().status(), 200);
+    assert_eq!(send(&second, &other, "alice").await.unwrap().status(), 200);
     second.stop_and_records().await;
     let _ = std::fs::remove_dir_all(&directory);
 }

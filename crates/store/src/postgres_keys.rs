@@ -370,4 +370,30 @@ impl KeyStore for PgStore {
             Ok(row.try_get::<i64, _>("cost")?.max(0) as u64)
         })
     }
+
+    fn user_spent_since<'a>(
+        &'a self,
+        key_id: &'a str,
+        from_ms: i64,
+    ) -> StoreFuture<'a, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT end_user COLLATE \"C\" AS end_user, COALESCE(SUM(cost_nanos), 0)::BIGINT AS cost \
+                 FROM requests WHERE key_id = $1 AND end_user IS NOT NULL AND started_at_ms >= $2 \
+                 GROUP BY 1 ORDER BY 1",
+            )
+            .bind(key_id)
+            .bind(from_ms)
+            .fetch_all(self.pool())
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("end_user")?,
+                        row.try_get::<i64, _>("cost")?.max(0) as u64,
+                    ))
+                })
+                .collect()
+        })
+    }
 }

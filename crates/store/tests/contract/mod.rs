@@ -465,5 +465,51 @@ pub async fn key_store<S: Store + KeyStore>(store: &S) {
             .unwrap(),
         0
     );
+
+    // Spend by end user, within one key.
+    let by_user =
+        |started_at_ms: i64, key_id: &str, end_user: Option<&str>, cost: u64| RequestRecord {
+            end_user: end_user.map(str::to_owned),
+            ..spend_record(
+                started_at_ms,
+                "gpt-4o",
+                Some(key_id),
+                None,
+                (1, 1),
+                Some(cost),
+            )
+        };
+    let week_later = day_three + 7 * 86_400_000;
+    store
+        .insert_records(&[
+            by_user(week_later - 1, "key_u", Some("alice"), 1_000),
+            by_user(week_later, "key_u", Some("alice"), 10),
+            by_user(week_later + 1, "key_u", Some("bob"), 20),
+            by_user(week_later + 2, "key_u", Some("alice"), 30),
+            by_user(week_later + 3, "key_u", Some("Zoe"), 5),
+            by_user(week_later + 4, "key_u", None, 40),
+            by_user(week_later + 5, "key_other", Some("alice"), 50),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user_spent_since("key_u", week_later).await.unwrap(),
+        vec![
+            ("Zoe".to_owned(), 5),
+            ("alice".to_owned(), 40),
+            ("bob".to_owned(), 20)
+        ]
+    );
+    assert_eq!(
+        store.user_spent_since("key_other", 0).await.unwrap(),
+        vec![("alice".to_owned(), 50)]
+    );
+    assert!(
+        store
+            .user_spent_since("key_nobody", 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.key_version().await.unwrap(), version);
 }
