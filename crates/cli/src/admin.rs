@@ -144,6 +144,9 @@ pub enum KeysCommand {
 pub struct TeamFields {
     #[arg(long)]
     name: Option<String>,
+    /// Expiry, in Unix seconds: then every key of the team stops working.
+    #[arg(long)]
+    expires_at: Option<i64>,
     /// A JSON object of your own.
     #[arg(long)]
     metadata: Option<String>,
@@ -156,6 +159,9 @@ impl TeamFields {
         let mut body = Map::new();
         if let Some(name) = self.name {
             body.insert("name".into(), json!(name));
+        }
+        if let Some(expires) = self.expires_at {
+            body.insert("expires_at".into(), json!(expires));
         }
         if let Some(metadata) = json_arg("metadata", self.metadata)? {
             body.insert("metadata".into(), metadata);
@@ -180,6 +186,7 @@ pub enum TeamsCommand {
     Show {
         id: String,
     },
+    /// Change a team's name, limits or expiry.
     Update {
         id: String,
         #[command(flatten)]
@@ -399,6 +406,8 @@ pub fn teams(connection: &Connection, command: TeamsCommand) -> ExitCode {
                 &[
                     "id",
                     "name",
+                    "active",
+                    "expires_at",
                     "models",
                     "budget_usd",
                     "budget_period",

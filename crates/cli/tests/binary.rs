@@ -371,10 +371,34 @@ fn keys_teams_and_spend_from_the_command_line() {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
-    let (ok, team, _) = run(&["teams", "create", "--name", "search", "--budget-usd", "10"]);
+    let in_a_day = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400)
+        .to_string();
+    let (ok, team, _) = run(&[
+        "teams",
+        "create",
+        "--name",
+        "search",
+        "--budget-usd",
+        "10",
+        "--expires-at",
+        &in_a_day,
+    ]);
     assert!(ok, "{team}");
     let team: serde_json::Value = serde_json::from_str(&team).unwrap();
     let team_id = team["id"].as_str().unwrap();
+    assert_eq!(team["expires_at"].to_string(), in_a_day, "{team}");
+    assert_eq!(team["active"], true, "{team}");
+    let (ok, _, error) = run(&["teams", "update", team_id, "--expires-at", "1"]);
+    assert!(!ok && error.contains("expires_at"), "{error}");
+    let later = (in_a_day.parse::<u64>().unwrap() + 3_600).to_string();
+    let (ok, updated, error) = run(&["teams", "update", team_id, "--expires-at", &later]);
+    assert!(ok, "{error}");
+    let updated: serde_json::Value = serde_json::from_str(&updated).unwrap();
+    assert_eq!(updated["expires_at"].to_string(), later, "{updated}");
     let (ok, created, _) = run(&[
         "keys",
         "create",

@@ -117,9 +117,18 @@ pub struct TeamRecord {
     pub id: String,
     pub name: String,
     pub limits: Limits,
+    /// After this, every key of the team is refused as an expired key is.
+    pub expires_at_ms: Option<i64>,
     pub metadata: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+impl TeamRecord {
+    /// Whether the team's keys may be used at `now_ms`.
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_none_or(|expiry| now_ms < expiry)
+    }
 }
 
 /// Spend over some group (a key, a team, a model, a day).
@@ -191,5 +200,23 @@ mod tests {
             ..key
         };
         assert!(!revoked.is_active(0));
+        let team = TeamRecord {
+            id: "team_1".to_owned(),
+            name: "t".to_owned(),
+            limits: Limits::default(),
+            expires_at_ms: Some(100),
+            metadata: "{}".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        assert!(team.is_active(99));
+        assert!(!team.is_active(100));
+        assert!(
+            TeamRecord {
+                expires_at_ms: None,
+                ..team
+            }
+            .is_active(i64::MAX)
+        );
     }
 }

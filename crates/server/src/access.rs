@@ -109,6 +109,15 @@ pub(crate) struct Demand<'a> {
     pub worst_case_cost: &'a (dyn Fn(u64, u64) -> Nanos + Sync),
 }
 
+/// The limiter's scope of an end user: within its key, so that the same
+/// user name sent with two keys has two sets of limits.
+pub(crate) fn user_scope(key_id: &str, end_user: &str) -> Scope {
+    Scope {
+        kind: ScopeKind::User,
+        id: format!("{key_id}/{end_user}"),
+    }
+}
+
 /// Who is calling, for the record.
 pub(crate) fn caller(principal: &Principal, end_user: Option<String>) -> Caller {
     match principal {
@@ -165,13 +174,7 @@ pub(crate) async fn admit(
         ));
     }
     if let (Some(user), Some(limits)) = (&demand.end_user, &record.user_limits) {
-        scopes.push((
-            Scope {
-                kind: ScopeKind::User,
-                id: format!("{}/{user}", record.id),
-            },
-            rules_of(limits),
-        ));
+        scopes.push((user_scope(&record.id, user), rules_of(limits)));
     }
     if scopes.iter().all(|(_, rules)| rules.is_unlimited()) {
         return Ok(None);

@@ -78,6 +78,9 @@ struct TeamBody {
     tpm: Nullable<u64>,
     #[serde(default, deserialize_with = "nullable")]
     max_concurrent: Nullable<u64>,
+    /// Unix seconds.
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Nullable<i64>,
     metadata: Option<Value>,
 }
 
@@ -226,6 +229,18 @@ impl LimitsBody {
     }
 }
 
+/// An expiry given in Unix seconds, in milliseconds; one in the past (or
+/// now) is refused, since it could only mean a mistake.
+fn expiry_ms(seconds: Option<i64>, now_ms: i64) -> Result<Option<i64>, ApiError> {
+    match seconds {
+        Some(seconds) if seconds.saturating_mul(1000) <= now_ms => Err(bad(
+            "`expires_at` (Unix seconds) is in the past",
+            "expires_at",
+        )),
+        expires => Ok(expires.map(|seconds| seconds.saturating_mul(1000))),
+    }
+}
+
 fn metadata_text(metadata: Option<Value>, base: &str) -> Result<String, ApiError> {
     match metadata {
         None => Ok(base.to_owned()),
@@ -269,11 +284,13 @@ fn key_view(key: &KeyRecord, now_ms: i64) -> Value {
     view
 }
 
-fn team_view(team: &TeamRecord) -> Value {
+fn team_view(team: &TeamRecord, now_ms: i64) -> Value {
     let mut view = json!({
         "id": team.id,
         "object": "team",
         "name": team.name,
+        "expires_at": team.expires_at_ms.map(|ms| ms / 1000),
+        "active": team.is_active(now_ms),
         "metadata": metadata_value(&team.metadata),
         "created_at": team.created_at_ms / 1000,
         "updated_at": team.updated_at_ms / 1000,
@@ -364,23 +381,27 @@ pub(crate) async fn create_team(State(gateway): State<Arc<Gateway>>, body: Bytes
     let team = match (
         requested.apply(&Limits::default(), ""),
         metadata_text(body.metadata, "{}"),
+        expiry_ms(body.expires_at.flatten(), now),
     ) {
-        (Ok(limits), Ok(metadata)) => TeamRecord {
+        (Ok(limits), Ok(metadata), Ok(expires_at_ms)) => TeamRecord {
             id: new_id("team"),
             name,
             limits,
+            expires_at_ms,
             metadata,
             created_at_ms: now,
             updated_at_ms: now,
         },
-        (Err(error), _) | (_, Err(error)) => return error.into_response(),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+            return error.into_response();
+        }
     };
     match gateway.store.create_team(&team).await {
         Err(error) => store_failed(error),
         Ok(Err(refused)) => conflict(refused),
         Ok(Ok(())) => {
             refreshed(&gateway).await;
-            json_reply(StatusCode::CREATED, &team_view(&team))
+            json_reply(StatusCode::CREATED, &team_view(&team, now))
         }
     }
 }
@@ -395,7 +416,10 @@ async fn find_team(gateway: &Gateway, id: &str) -> Result<TeamRecord, Response> 
 
 pub(crate) async fn list_teams(State(gateway): State<Arc<Gateway>>) -> Response {
     match gateway.store.teams().await {
-        Ok(teams) => list_reply(teams.iter().map(team_view).collect()),
+        Ok(teams) => {
+            let now = unix_millis();
+            list_reply(teams.iter().map(|team| team_view(team, now)).collect())
+        }
         Err(error) => store_failed(error),
     }
 }
@@ -405,7 +429,7 @@ pub(crate) async fn show_team(
     Path(id): Path<String>,
 ) -> Response {
     match find_team(&gateway, &id).await {
-        Ok(team) => json_reply(StatusCode::OK, &team_view(&team)),
+        Ok(team) => json_reply(StatusCode::OK, &team_view(&team, unix_millis())),
         Err(response) => response,
     }
 }
@@ -440,14 +464,21 @@ pub(crate) async fn update_team(
         }
         (Err(error), _) | (_, Err(error)) => return error.into_response(),
     }
-    team.updated_at_ms = unix_millis();
+    let now = unix_millis();
+    if let Some(expires) = body.expires_at {
+        match expiry_ms(expires, now) {
+            Ok(expires_at_ms) => team.expires_at_ms = expires_at_ms,
+            Err(error) => return error.into_response(),
+        }
+    }
+    team.updated_at_ms = now;
     match gateway.store.update_team(&team).await {
         Err(error) => store_failed(error),
         Ok(Err(refused)) => conflict(refused),
         Ok(Ok(())) => {
             refreshed(&gateway).await;
             count_past_spend(&gateway, ScopeKind::Team, &team.id, &team.limits).await;
-            json_reply(StatusCode::OK, &team_view(&team))
+            json_reply(StatusCode::OK, &team_view(&team, now))
         }
     }
 }
@@ -493,11 +524,9 @@ pub(crate) async fn create_key(State(gateway): State<Arc<Gateway>>, body: Bytes)
         Ok(metadata) => metadata,
         Err(error) => return error.into_response(),
     };
-    let expires_at_ms = match body.expires_at.flatten() {
-        Some(seconds) if seconds.saturating_mul(1000) <= now => {
-            return bad("`expires_at` (Unix seconds) is in the past", "expires_at").into_response();
-        }
-        expires => expires.map(|seconds| seconds.saturating_mul(1000)),
+    let expires_at_ms = match expiry_ms(body.expires_at.flatten(), now) {
+        Ok(expires_at_ms) => expires_at_ms,
+        Err(error) => return error.into_response(),
     };
     let secret = new_secret();
     let key = KeyRecord {

@@ -104,7 +104,8 @@ impl ApiError {
         )
     }
 
-    /// A virtual key that was revoked or has expired.
+    /// A virtual key that was revoked or has expired, or whose team has
+    /// expired.
     pub fn inactive_key() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

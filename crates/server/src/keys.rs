@@ -30,6 +30,16 @@ pub(crate) struct KeyEntry {
     pub team: Option<Arc<TeamRecord>>,
 }
 
+impl KeyEntry {
+    /// Whether the key may be used at `now_ms`: it is neither revoked nor
+    /// expired, and neither is its team. A team's expiry refuses its keys
+    /// exactly as their own would.
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.record.is_active(now_ms)
+            && self.team.as_ref().is_none_or(|team| team.is_active(now_ms))
+    }
+}
+
 /// Every key by the hash of its secret.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
@@ -103,12 +113,16 @@ impl KeyCache {
 }
 
 /// Gives an in-memory limiter the spend the request log already holds for
-/// every key's and team's current budget window, so that a restart does
-/// not hand out budgets afresh. (Redis keeps its counters across restarts.)
+/// every key's, team's and end user's current budget window, so that a
+/// restart does not hand out budgets afresh. (Redis keeps its counters
+/// across restarts.) End users are scoped within their key, as `access`
+/// scopes them, and only the users the log names in the window get a
+/// counter.
 pub(crate) async fn restore_budgets(
     store: &dyn Database,
     limiter: &switchboard_policy::limits::MemoryLimiter,
 ) -> Result<(), switchboard_store::StoreError> {
+    use switchboard_core::keys::Period;
     use switchboard_policy::limits::{Scope, ScopeKind, budget_window_start};
     let now = crate::trace::unix_millis().max(0) as u64;
     for key in store.keys().await? {
@@ -120,6 +134,19 @@ pub(crate) async fn restore_budgets(
                 id: key.id.clone(),
             };
             limiter.preload_spend(scope, period, now, spent);
+        }
+        // As `access` reads it: a budget without a period is a total one.
+        let user_budget = key.user_limits.as_ref().and_then(|limits| {
+            limits
+                .budget_nanos
+                .map(|_| limits.budget_period.unwrap_or(Period::Total))
+        });
+        if let Some(period) = user_budget {
+            let from = budget_window_start(period, now) as i64;
+            for (user, spent) in store.user_spent_since(&key.id, from).await? {
+                let scope = crate::access::user_scope(&key.id, &user);
+                limiter.preload_spend(scope, period, now, spent);
+            }
         }
     }
     for team in store.teams().await? {
@@ -235,6 +262,39 @@ mod tests {
         );
         assert_eq!(secret_prefix(&first).len(), 11);
         assert!(new_id("key").starts_with("key_") && new_id("key").len() == 20);
+    }
+
+    #[test]
+    fn a_team_expiry_ends_its_keys_without_a_reload() {
+        use switchboard_core::keys::Limits;
+        let team = TeamRecord {
+            id: "team_1".to_owned(),
+            name: "t".to_owned(),
+            limits: Limits::default(),
+            expires_at_ms: Some(1_000),
+            metadata: "{}".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let record = KeyRecord {
+            id: "key_1".to_owned(),
+            name: None,
+            team_id: Some("team_1".to_owned()),
+            hash: hash_secret("sb-x"),
+            prefix: "sb-x".to_owned(),
+            limits: Limits::default(),
+            user_limits: None,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            metadata: "{}".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let index = KeyIndex::build(vec![record], vec![team], 1);
+        let entry = index.find("sb-x").unwrap();
+        assert!(entry.is_active(999));
+        assert!(!entry.is_active(1_000), "the team has expired");
+        assert!(entry.record.is_active(1_000), "the key itself has not");
     }
 
     #[test]

@@ -342,6 +342,17 @@ async fn malformed_admin_requests_are_refused_and_create_nothing() {
     assert_eq!(status, 404);
     let (status, _) = admin(&gateway, "POST", "/admin/teams", Some(json!({"rpm": 5}))).await;
     assert_eq!(status, 400, "a team needs a name");
+    for (body, param) in [
+        (json!({"name": "t", "expires_at": 1}), "expires_at"),
+        (json!({"name": "t", "expires_at": "tomorrow"}), "expires_at"),
+        (json!({"name": "t", "expires_at": 1.5e9}), "expires_at"),
+    ] {
+        let (status, error) = admin(&gateway, "POST", "/admin/teams", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(error["error"]["param"], param, "{body}: {error}");
+    }
+    let (_, teams) = admin(&gateway, "GET", "/admin/teams", None).await;
+    assert_eq!(teams["data"], json!([]), "no team was partly created");
     let (_, keys) = admin(&gateway, "GET", "/admin/keys", None).await;
     assert_eq!(keys["data"], json!([]), "nothing was partly created");
     let (status, _) = admin(&gateway, "GET", "/admin/keys/key_missing", None).await;
@@ -354,6 +365,9 @@ async fn malformed_admin_requests_are_refused_and_create_nothing() {
     assert_eq!(status, 200);
     assert_eq!(document["openapi"], "3.1.0");
     assert!(document["paths"]["/admin/keys"]["post"].is_object());
+    let schemas = &document["components"]["schemas"];
+    assert!(schemas["TeamInput"]["properties"]["expires_at"].is_object());
+    assert!(schemas["Team"]["properties"]["expires_at"].is_object());
 }
 
 #[tokio::test]
@@ -398,20 +412,29 @@ async fn spend_is_aggregated_by_key_team_model_and_day() {
     assert_eq!(status, 400);
 }
 
-#[tokio::test]
-async fn a_restart_does_not_hand_out_budgets_afresh() {
-    let directory = std::env::temp_dir().join(format!("sb-budget-{}", std::process::id()));
+/// A configuration keeping its database in `database`, to restart on.
+fn on_file(database: &std::path::Path) -> switchboard_config::Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\n{}",
+        database.display(),
+        models()
+    );
+    switchboard_config::Config::from_toml("test.toml", &text).unwrap()
+}
+
+/// A fresh directory for one test's database.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("sb-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
+#[tokio::test]
+async fn a_restart_does_not_hand_out_budgets_afresh() {
+    let directory = scratch("budget");
     let database = directory.join("switchboard.db");
-    let config = || {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\n{}",
-            database.display(),
-            models()
-        );
-        switchboard_config::Config::from_toml("test.toml", &text).unwrap()
-    };
+    let config = || on_file(&database);
     let first = TestGateway::start(config()).await;
     let (_, created) = admin(
         &first,
@@ -436,6 +459,69 @@ async fn a_restart_does_not_hand_out_budgets_afresh() {
         429,
         "the spend recorded before the restart still counts"
     );
+    second.stop_and_records().await;
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test]
+async fn a_restart_does_not_hand_out_end_users_budgets_afresh() {
+    let directory = scratch("user-budget");
+    let database = directory.join("switchboard.db");
+    let first = TestGateway::start(on_file(&database)).await;
+    let (_, created) = admin(
+        &first,
+        "POST",
+        "/admin/keys",
+        Some(json!({"user_limits": {"budget_usd": 0.2, "budget_period": "daily"}})),
+    )
+    .await;
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let (_, other) = admin(
+        &first,
+        "POST",
+        "/admin/keys",
+        Some(json!({"user_limits": {"budget_usd": 0.2, "budget_period": "daily"}})),
+    )
+    .await;
+    let other = other["key"].as_str().unwrap().to_owned();
+    let send = |gateway: &TestGateway, secret: &str, user: &str| {
+        gateway
+            .http
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(secret)
+            .header("content-type", "application/json")
+            .body(
+                json!({"model": "priced", "user": user, "max_tokens": 5,
+                       "messages": [{"role": "user", "content": "hello there"}]})
+                .to_string(),
+            )
+            .send()
+    };
+    let mut served = 0;
+    while send(&first, &secret, "alice").await.unwrap().status() == 200 {
+        served += 1;
+        assert!(served < 50, "the end user's budget never ran out");
+    }
+    assert!(served > 0);
+    first.stop_and_records().await;
+
+    let second = TestGateway::start(on_file(&database)).await;
+    let refused = send(&second, &secret, "alice").await.unwrap();
+    assert_eq!(
+        refused.status(),
+        429,
+        "alice's spend recorded before the restart still counts"
+    );
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "insufficient_quota", "{error}");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("user"),
+        "{error}"
+    );
+    // Another user of the key, and the same user name with another key,
+    // have budgets of their own.
+    assert_eq!(send(&second, &secret, "bob").await.unwrap().status(), 200);
+    assert_eq!(send(&second, &other, "alice").await.unwrap().status(), 200);
     second.stop_and_records().await;
     let _ = std::fs::remove_dir_all(&directory);
 }
@@ -646,4 +732,128 @@ async fn a_budget_set_mid_window_counts_what_was_already_spent() {
     assert_eq!(refused.status(), 429);
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["type"], "insufficient_quota");
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A request with `secret` in each client API: (status, body) for OpenAI's
+/// chat completions and Anthropic's messages.
+async fn both_apis(gateway: &TestGateway, secret: &str) -> [(u16, Value); 2] {
+    let openai = chat_with(gateway, secret, "priced").await;
+    let openai = (openai.status().as_u16(), openai.json().await.unwrap());
+    let anthropic = gateway
+        .http
+        .post(gateway.url("/v1/messages"))
+        .header("x-api-key", secret)
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": "priced", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let anthropic = (anthropic.status().as_u16(), anthropic.json().await.unwrap());
+    [openai, anthropic]
+}
+
+#[tokio::test]
+async fn a_key_whose_team_has_expired_is_refused_as_an_expired_key_is() {
+    let gateway = gateway().await;
+    let in_an_hour = unix_seconds() + 3_600;
+    let (status, team) = admin(
+        &gateway,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "contractors", "expires_at": in_an_hour})),
+    )
+    .await;
+    assert_eq!(status, 201, "{team}");
+    assert_eq!(team["expires_at"], in_an_hour);
+    assert_eq!(team["active"], true);
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    let (_, teamed) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team_id": team_id})),
+    )
+    .await;
+    let teamed = teamed["key"].as_str().unwrap().to_owned();
+    let (_, alone) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"expires_at": in_an_hour})),
+    )
+    .await;
+    let alone_id = alone["id"].as_str().unwrap().to_owned();
+    let alone = alone["key"].as_str().unwrap().to_owned();
+    for (status, body) in both_apis(&gateway, &teamed).await {
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // The team and the other key expire: written to the store as another
+    // instance would (the admin API refuses an expiry in the past), so
+    // this instance learns of it through its key-cache refresh.
+    let store = gateway.running.as_ref().unwrap().gateway.store().clone();
+    let a_second_ago = (unix_seconds() - 1) * 1000;
+    let mut expired_team = store
+        .teams()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|team| team.id == team_id)
+        .unwrap();
+    expired_team.expires_at_ms = Some(a_second_ago);
+    store.update_team(&expired_team).await.unwrap().unwrap();
+    let mut expired_key = store
+        .keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|key| key.id == alone_id)
+        .unwrap();
+    expired_key.expires_at_ms = Some(a_second_ago);
+    store.update_key(&expired_key).await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    while chat_with(&gateway, &teamed, "priced").await.status() == 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the team's expiry was not seen within the key-cache refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let refused = both_apis(&gateway, &teamed).await;
+    assert_eq!(refused, both_apis(&gateway, &alone).await);
+    assert_eq!(refused[0].0, 401);
+    assert_eq!(refused[0].1["error"]["code"], "inactive_api_key");
+    assert_eq!(refused[1].0, 401);
+    assert_eq!(refused[1].1["error"]["type"], "authentication_error");
+    let (_, shown) = admin(&gateway, "GET", &format!("/admin/teams/{team_id}"), None).await;
+    assert_eq!(shown["active"], false, "{shown}");
+
+    // An expiry in the past or not a number is refused by name, and
+    // changes nothing; `null` clears the expiry and the keys work again.
+    let team_path = format!("/admin/teams/{team_id}");
+    for body in [json!({"expires_at": 1}), json!({"expires_at": "tomorrow"})] {
+        let (status, error) = admin(&gateway, "PATCH", &team_path, Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(error["error"]["param"], "expires_at", "{body}: {error}");
+    }
+    let (status, cleared) = admin(
+        &gateway,
+        "PATCH",
+        &team_path,
+        Some(json!({"expires_at": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{cleared}");
+    assert!(cleared["expires_at"].is_null() && cleared["active"] == true);
+    assert_eq!(chat_with(&gateway, &teamed, "priced").await.status(), 200);
 }

@@ -67,4 +67,12 @@ pub trait KeyStore: Send + Sync + 'static {
         team_id: Option<&'a str>,
         from_ms: i64,
     ) -> StoreFuture<'a, u64>;
+    /// Spent by each end user of one key since `from_ms`, by end user in
+    /// byte order (to restore end users' budgets at start). Requests that
+    /// named no end user are left out.
+    fn user_spent_since<'a>(
+        &'a self,
+        key_id: &'a str,
+        from_ms: i64,
+    ) -> StoreFuture<'a, Vec<(String, u64)>>;
 }

@@ -21,8 +21,8 @@ use crate::postgres::PgStore;
 use crate::sqlite_keys::{limits_from, limits_json};
 use crate::{StoreError, StoreFuture};
 
-const TEAM_COLUMNS: &str = "SELECT id, name, limits::TEXT AS limits, metadata::TEXT AS metadata, \
-     created_at_ms, updated_at_ms FROM teams ORDER BY created_at_ms, id COLLATE \"C\"";
+const TEAM_COLUMNS: &str = "SELECT id, name, limits::TEXT AS limits, expires_at_ms, \
+     metadata::TEXT AS metadata, created_at_ms, updated_at_ms FROM teams ORDER BY created_at_ms, id COLLATE \"C\"";
 
 const KEY_COLUMNS: &str = "SELECT id, name, team_id, hash, prefix, limits::TEXT AS limits, \
      user_limits::TEXT AS user_limits, expires_at_ms, revoked_at_ms, metadata::TEXT AS metadata, \
@@ -59,6 +59,7 @@ fn team_from(row: &PgRow) -> Result<TeamRecord, StoreError> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         limits: limits_from(row.try_get("limits")?)?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
         metadata: row.try_get("metadata")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
@@ -129,12 +130,13 @@ impl KeyStore for PgStore {
         Box::pin(async move {
             let mut transaction = self.pool().begin().await?;
             let inserted = sqlx::query(
-                "INSERT INTO teams (id, name, limits, metadata, created_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, $3::JSONB, $4::JSON, $5, $6)",
+                "INSERT INTO teams (id, name, limits, expires_at_ms, metadata, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3::JSONB, $4, $5::JSON, $6, $7)",
             )
             .bind(&team.id)
             .bind(&team.name)
             .bind(limits_json(&team.limits))
+            .bind(team.expires_at_ms)
             .bind(&team.metadata)
             .bind(team.created_at_ms)
             .bind(team.updated_at_ms)
@@ -159,11 +161,12 @@ impl KeyStore for PgStore {
         Box::pin(async move {
             let mut transaction = self.pool().begin().await?;
             let updated = sqlx::query(
-                "UPDATE teams SET name = $1, limits = $2::JSONB, metadata = $3::JSON, updated_at_ms = $4 \
-                 WHERE id = $5",
+                "UPDATE teams SET name = $1, limits = $2::JSONB, expires_at_ms = $3, metadata = $4::JSON, \
+                 updated_at_ms = $5 WHERE id = $6",
             )
             .bind(&team.name)
             .bind(limits_json(&team.limits))
+            .bind(team.expires_at_ms)
             .bind(&team.metadata)
             .bind(team.updated_at_ms)
             .bind(&team.id)
@@ -365,6 +368,32 @@ impl KeyStore for PgStore {
                 .fetch_one(self.pool())
                 .await?;
             Ok(row.try_get::<i64, _>("cost")?.max(0) as u64)
+        })
+    }
+
+    fn user_spent_since<'a>(
+        &'a self,
+        key_id: &'a str,
+        from_ms: i64,
+    ) -> StoreFuture<'a, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT end_user COLLATE \"C\" AS end_user, COALESCE(SUM(cost_nanos), 0)::BIGINT AS cost \
+                 FROM requests WHERE key_id = $1 AND end_user IS NOT NULL AND started_at_ms >= $2 \
+                 GROUP BY 1 ORDER BY 1",
+            )
+            .bind(key_id)
+            .bind(from_ms)
+            .fetch_all(self.pool())
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("end_user")?,
+                        row.try_get::<i64, _>("cost")?.max(0) as u64,
+                    ))
+                })
+                .collect()
         })
     }
 }

@@ -44,6 +44,7 @@ fn team_from(row: &sqlx::sqlite::SqliteRow) -> Result<TeamRecord, StoreError> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         limits: limits_from(row.try_get("limits")?)?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
         metadata: row.try_get("metadata")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
@@ -86,11 +87,13 @@ impl KeyStore for SqliteStore {
         Box::pin(async move {
             let mut transaction = self.pool().begin().await?;
             let inserted = sqlx::query(
-                "INSERT INTO teams (id, name, limits, metadata, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO teams (id, name, limits, expires_at_ms, metadata, created_at_ms, updated_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&team.id)
             .bind(&team.name)
             .bind(limits_json(&team.limits))
+            .bind(team.expires_at_ms)
             .bind(&team.metadata)
             .bind(team.created_at_ms)
             .bind(team.updated_at_ms)
@@ -115,10 +118,11 @@ impl KeyStore for SqliteStore {
         Box::pin(async move {
             let mut transaction = self.pool().begin().await?;
             let updated = sqlx::query(
-                "UPDATE teams SET name = ?, limits = ?, metadata = ?, updated_at_ms = ? WHERE id = ?",
+                "UPDATE teams SET name = ?, limits = ?, expires_at_ms = ?, metadata = ?, updated_at_ms = ? WHERE id = ?",
             )
             .bind(&team.name)
             .bind(limits_json(&team.limits))
+            .bind(team.expires_at_ms)
             .bind(&team.metadata)
             .bind(team.updated_at_ms)
             .bind(&team.id)
@@ -318,6 +322,32 @@ impl KeyStore for SqliteStore {
                 .fetch_one(self.pool())
                 .await?;
             Ok(row.try_get::<i64, _>("cost")?.max(0) as u64)
+        })
+    }
+
+    fn user_spent_since<'a>(
+        &'a self,
+        key_id: &'a str,
+        from_ms: i64,
+    ) -> StoreFuture<'a, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT end_user, COALESCE(SUM(cost_nanos), 0) AS cost FROM requests \
+                 WHERE key_id = ? AND end_user IS NOT NULL AND started_at_ms >= ? \
+                 GROUP BY end_user ORDER BY end_user",
+            )
+            .bind(key_id)
+            .bind(from_ms)
+            .fetch_all(self.pool())
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("end_user")?,
+                        row.try_get::<i64, _>("cost")?.max(0) as u64,
+                    ))
+                })
+                .collect()
         })
     }
 }

@@ -8,6 +8,9 @@
 //! stream of `chat.completion.chunk` events ending in `data: [DONE]`, with a
 //! usage chunk only when the request asked for one. Tests push `Script`s to
 //! replace the default for the next requests, in order.
+//!
+//! `skip` is how tests that need PostgreSQL, Redis, python3 or node say
+//! they could not run.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -23,7 +26,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+pub mod skip;
 pub mod vendors;
+
+pub use skip::skip_or_fail;
 
 /// One request as the mock received it.
 #[derive(Debug, Clone)]

@@ -125,6 +125,7 @@ fn team(id: &str, name: &str, created_at_ms: i64) -> TeamRecord {
         id: id.to_owned(),
         name: name.to_owned(),
         limits: limits(),
+        expires_at_ms: Some(created_at_ms + 1_000_000),
         // Compact, with keys out of order: must read back byte for byte.
         metadata: r#"{"z":1,"a":[true,null],"ü":"✓"}"#.to_owned(),
         created_at_ms,
@@ -236,6 +237,8 @@ pub async fn key_store<S: Store + KeyStore>(store: &S) {
     let renamed = TeamRecord {
         name: "Platform & Infra".to_owned(),
         limits: Limits::default(),
+        // An update clears an expiry as it sets one.
+        expires_at_ms: None,
         metadata: "[]".to_owned(),
         updated_at_ms: 25,
         ..platform.clone()
@@ -252,6 +255,17 @@ pub async fn key_store<S: Store + KeyStore>(store: &S) {
         wrote!(store.update_team(&team("team_missing", "Nobody", 1))),
         Err(KeyStoreConflict::NoSuchTeam("team_missing".to_owned()))
     );
+    assert_eq!(
+        store.teams().await.unwrap(),
+        vec![research.clone(), renamed.clone()]
+    );
+    // An update moves an expiry.
+    let research = TeamRecord {
+        expires_at_ms: Some(i64::MAX),
+        updated_at_ms: 12,
+        ..research
+    };
+    wrote!(store.update_team(&research)).unwrap();
     assert_eq!(
         store.teams().await.unwrap(),
         vec![research.clone(), renamed.clone()]
@@ -450,6 +464,52 @@ pub async fn key_store<S: Store + KeyStore>(store: &S) {
             .await
             .unwrap(),
         0
+    );
+
+    // Spend by end user, within one key.
+    let by_user =
+        |started_at_ms: i64, key_id: &str, end_user: Option<&str>, cost: u64| RequestRecord {
+            end_user: end_user.map(str::to_owned),
+            ..spend_record(
+                started_at_ms,
+                "gpt-4o",
+                Some(key_id),
+                None,
+                (1, 1),
+                Some(cost),
+            )
+        };
+    let week_later = day_three + 7 * 86_400_000;
+    store
+        .insert_records(&[
+            by_user(week_later - 1, "key_u", Some("alice"), 1_000),
+            by_user(week_later, "key_u", Some("alice"), 10),
+            by_user(week_later + 1, "key_u", Some("bob"), 20),
+            by_user(week_later + 2, "key_u", Some("alice"), 30),
+            by_user(week_later + 3, "key_u", Some("Zoe"), 5),
+            by_user(week_later + 4, "key_u", None, 40),
+            by_user(week_later + 5, "key_other", Some("alice"), 50),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user_spent_since("key_u", week_later).await.unwrap(),
+        vec![
+            ("Zoe".to_owned(), 5),
+            ("alice".to_owned(), 40),
+            ("bob".to_owned(), 20)
+        ]
+    );
+    assert_eq!(
+        store.user_spent_since("key_other", 0).await.unwrap(),
+        vec![("alice".to_owned(), 50)]
+    );
+    assert!(
+        store
+            .user_spent_since("key_nobody", 0)
+            .await
+            .unwrap()
+            .is_empty()
     );
     assert_eq!(store.key_version().await.unwrap(), version);
 }
