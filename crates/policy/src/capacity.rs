@@ -2,6 +2,11 @@
 //! fixed one-minute windows. A deployment at its limit is skipped until the
 //! window turns, so the gateway spreads load before the upstream has to
 //! answer 429.
+//!
+//! With a shared limiter (Redis) the counting is the limiter's, across
+//! instances (`limits::ScopeKind::Deployment`), and this instance's windows
+//! stay empty: what remains here is a hint, `mark_full_until`, so that a
+//! deployment the limiter said is full is skipped without asking again.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,6 +25,8 @@ pub struct Capacity {
     requests_per_minute: Option<u64>,
     tokens_per_minute: Option<u64>,
     window: Mutex<Window>,
+    /// Known to be used up elsewhere (by a shared limiter) until then.
+    full_until: Mutex<Option<Instant>>,
 }
 
 impl Capacity {
@@ -32,6 +39,7 @@ impl Capacity {
                 requests: 0,
                 tokens: 0,
             }),
+            full_until: Mutex::new(None),
         }
     }
 
@@ -58,10 +66,31 @@ impl Capacity {
         window
     }
 
+    /// Marks the capacity as used up until `until`, as a shared limiter
+    /// that counts it across instances answered: `admits` and `try_take`
+    /// say no until then.
+    pub fn mark_full_until(&self, until: Instant) {
+        let mut full_until = self
+            .full_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *full_until = Some(full_until.map_or(until, |known| known.max(until)));
+    }
+
+    fn known_full(&self, now: Instant) -> bool {
+        self.full_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|until| now < until)
+    }
+
     /// Whether another request fits in this minute.
     pub fn admits(&self, now: Instant) -> bool {
         if self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() {
             return true;
+        }
+        if self.known_full(now) {
+            return false;
         }
         let window = self.current(now);
         self.requests_per_minute
@@ -82,6 +111,9 @@ impl Capacity {
     pub fn try_take(&self, now: Instant) -> bool {
         if self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() {
             return true;
+        }
+        if self.known_full(now) {
+            return false;
         }
         let mut window = self.current(now);
         let admitted = self
@@ -146,6 +178,25 @@ mod tests {
                 .sum()
         });
         assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn a_capacity_marked_full_elsewhere_refuses_until_then() {
+        let capacity = Capacity::new(Some(100), None);
+        let now = Instant::now();
+        capacity.mark_full_until(now + Duration::from_secs(10));
+        capacity.mark_full_until(now + Duration::from_secs(5));
+        assert!(!capacity.admits(now));
+        assert!(!capacity.try_take(now + Duration::from_secs(9)));
+        assert!(
+            capacity.admits(now + Duration::from_secs(10)),
+            "the later mark holds"
+        );
+        assert!(capacity.try_take(now + Duration::from_secs(10)));
+        // Nothing is marked on a deployment without limits.
+        let open = Capacity::new(None, None);
+        open.mark_full_until(now + Duration::from_secs(10));
+        assert!(open.admits(now));
     }
 
     #[test]

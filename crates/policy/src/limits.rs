@@ -34,6 +34,8 @@ pub enum ScopeKind {
     User,
     Key,
     Team,
+    /// A deployment's own requests and tokens per minute (id: its name),
+    /// reserved here only with a shared limiter (see `Limiter::is_shared`).
     Deployment,
 }
 
@@ -107,6 +109,22 @@ pub struct Grant {
     pub remaining: Remaining,
 }
 
+impl Grant {
+    /// Splits off the scopes from `at` on into a grant of their own (same
+    /// tokens, cost and windows), so that the two parts are settled
+    /// separately, each exactly once.
+    pub fn split_off(&mut self, at: usize) -> Grant {
+        Grant {
+            scopes: self.scopes.split_off(at.min(self.scopes.len())),
+            remaining: Remaining {
+                reset: self.remaining.reset,
+                ..Remaining::default()
+            },
+            ..self.clone()
+        }
+    }
+}
+
 /// Room left in a scope, where it has a limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Remaining {
@@ -148,6 +166,18 @@ pub trait Limiter: Send + Sync + 'static {
     /// worst case, and it stops counting as concurrent. A request that
     /// never reached the upstream settles with zeros.
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()>;
+    /// Divides a grant in two (see `Grant::split_off`): `grant` keeps the
+    /// scopes before `at`, the returned grant has the others.
+    fn split(&self, grant: &mut Grant, at: usize) -> Grant {
+        grant.split_off(at)
+    }
+    /// Whether the counters are shared between instances. Then deployments'
+    /// requests and tokens per minute are counted here too (scope kind
+    /// `Deployment`, id the deployment's name), rather than by each
+    /// instance's `Capacity`.
+    fn is_shared(&self) -> bool {
+        false
+    }
     /// Spent and reserved in a scope's current budget window.
     fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos>;
     /// Tells the limiter that the scope has spent at least `spent` in the
@@ -611,6 +641,49 @@ mod tests {
             limiter
                 .reserve_now(ask(vec![(key("b"), open), (team, tight)], 1, 0))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_parts_of_a_split_grant_settle_separately() {
+        let limiter = MemoryLimiter::new();
+        let open = Rules {
+            max_concurrent: Some(1),
+            tokens_per_minute: Some(1000),
+            ..Rules::default()
+        };
+        let deployment = Scope {
+            kind: ScopeKind::Deployment,
+            id: "d".to_owned(),
+        };
+        let capped = Rules {
+            tokens_per_minute: Some(1000),
+            ..Rules::default()
+        };
+        let mut grant = limiter
+            .reserve_now(ask(
+                vec![(key("k"), open), (deployment.clone(), capped)],
+                400,
+                0,
+            ))
+            .unwrap();
+        let tail = limiter.split(&mut grant, 1);
+        assert_eq!(grant.scopes, vec![(key("k"), open)]);
+        assert_eq!(tail.scopes, vec![(deployment.clone(), capped)]);
+        assert_eq!(grant.remaining.tokens, Some((1000, 600)));
+        // The deployment's part goes first, with nothing used.
+        limiter.settle_now(&tail, 0, 0);
+        let scopes = limiter.scopes.lock().unwrap();
+        assert_eq!(
+            (scopes[&deployment].tokens, scopes[&key("k")].concurrent),
+            (0, 1)
+        );
+        drop(scopes);
+        limiter.settle_now(&grant, 250, 0);
+        let scopes = limiter.scopes.lock().unwrap();
+        assert_eq!(
+            (scopes[&key("k")].tokens, scopes[&key("k")].concurrent),
+            (250, 0)
         );
     }
 

@@ -5,7 +5,8 @@
 //!
 //! 1. members carrying every tag the request asks for;
 //! 2. members whose per-minute capacity is not used up (the chosen
-//!    member's is taken in the same step);
+//!    member's is taken in the same step; with a shared limiter, members
+//!    it said are full are skipped, and the caller reserves the rest);
 //! 3. members not tried yet for this request (all of them once every one
 //!    has been tried);
 //! 4. members whose circuit is closed (or, when none is, one whose
@@ -118,6 +119,10 @@ pub struct Pick<'a> {
     /// on: requests with the same key go to the same member while it can
     /// serve (rendezvous hashing, so a member leaving moves only its share).
     pub affinity: Option<u64>,
+    /// The members' per-minute capacity is counted by a shared limiter,
+    /// which the caller asks: members marked full are skipped, but nothing
+    /// is taken here.
+    pub shared_capacity: bool,
 }
 
 impl<T> ModelGroup<T> {
@@ -184,12 +189,13 @@ impl<T> ModelGroup<T> {
     /// The member for the next attempt, or `None` when no member may take
     /// it now (every circuit open, capacity used up, or no member with the
     /// tags).
-    /// The chosen member's per-minute capacity is taken in the same step.
+    /// The chosen member's per-minute capacity is taken in the same step
+    /// (unless `shared_capacity`).
     pub fn pick(&self, now: Instant, request: Pick<'_>) -> Option<usize> {
         let mut excluded: Vec<usize> = request.excluded.to_vec();
         loop {
             let chosen = self.choose_member(now, request, &excluded)?;
-            if self.members[chosen].capacity.try_take(now) {
+            if request.shared_capacity || self.members[chosen].capacity.try_take(now) {
                 return Some(chosen);
             }
             // Another request took the last of its capacity meanwhile.
@@ -537,6 +543,33 @@ mod tests {
         let now = Instant::now();
         assert_eq!(limited.pick(now, Pick::default()), Some(0));
         assert!((0..5).all(|_| limited.pick(now, Pick::default()) == Some(1)));
+    }
+
+    #[test]
+    fn shared_capacity_is_not_taken_but_its_marks_are_heeded() {
+        let mut members = specs(&[1, 1]);
+        members[0].requests_per_minute = Some(1);
+        let limited =
+            ModelGroup::new(members, Strategy::RoundRobin, CircuitSettings::default()).unwrap();
+        let now = Instant::now();
+        let shared = Pick {
+            shared_capacity: true,
+            ..Pick::default()
+        };
+        let picks: Vec<usize> = (0..6).map(|_| limited.pick(now, shared).unwrap()).collect();
+        assert_eq!(
+            picks,
+            [0, 1, 0, 1, 0, 1],
+            "the limiter counts, not the group"
+        );
+        limited
+            .member(0)
+            .capacity
+            .mark_full_until(now + std::time::Duration::from_secs(30));
+        assert!((0..4).all(|_| limited.pick(now, shared) == Some(1)));
+        let later = now + std::time::Duration::from_secs(30);
+        let back: Vec<Option<usize>> = (0..2).map(|_| limited.pick(later, shared)).collect();
+        assert!(back.contains(&Some(0)), "{back:?}");
     }
 
     #[test]

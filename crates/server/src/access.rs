@@ -4,14 +4,25 @@
 //! the request goes upstream. The reservation is settled with the actual
 //! tokens and cost when the request's `Trace` finishes, whatever the way it
 //! ends.
+//!
+//! With a shared limiter (Redis), deployments' requests and tokens per
+//! minute are counted there too, and the key's scopes are reserved only
+//! once the first deployment is chosen, together with that deployment's
+//! scope, in one call: a deployment at capacity is then refused without
+//! the key being charged, and the dispatcher moves on (`Admission::enter`).
+//! Later attempts reserve only their deployment's scope. Each attempt's
+//! hold on its deployment (`Hold`) is settled when the attempt fails, or
+//! with the request's usage when its answer was served.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::http::HeaderValue;
 use switchboard_core::Usage;
 use switchboard_core::keys::Limits;
+use switchboard_policy::capacity::Capacity;
 use switchboard_policy::limits::{
-    Ask, Budget, Grant, Limiter, Nanos, Refusal, Rules, Scope, ScopeKind,
+    Ask, Budget, Grant, Limiter, Nanos, Refusal, Remaining, Rules, Scope, ScopeKind,
 };
 
 use crate::context::Principal;
@@ -45,22 +56,205 @@ impl Reservation {
     /// Settles with what the request actually used and cost. Runs on a
     /// task of its own, so that a client hang-up cannot cut it short.
     pub fn settle(self, usage: &Usage, cost: Nanos) {
-        let tokens = usage
-            .input_tokens
-            .unwrap_or(0)
-            .saturating_add(usage.output_tokens.unwrap_or(0));
         let Reservation { limiter, grant } = self;
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move { limiter.settle(grant, tokens, cost).await });
+        spawn_settle(limiter, grant, tokens_of(usage), cost);
+    }
+}
+
+fn tokens_of(usage: &Usage) -> u64 {
+    usage
+        .input_tokens
+        .unwrap_or(0)
+        .saturating_add(usage.output_tokens.unwrap_or(0))
+}
+
+fn spawn_settle(limiter: Arc<dyn Limiter>, grant: Grant, tokens: u64, cost: Nanos) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move { limiter.settle(grant, tokens, cost).await });
+        }
+        Err(_) => tracing::error!("a reservation could not be settled: no runtime"),
+    }
+}
+
+/// What a request reserves: its key's, team's and end user's scopes, and
+/// with a shared limiter the scope of each deployment it tries.
+pub(crate) struct Admission {
+    limiter: Arc<dyn Limiter>,
+    /// Whether deployments' per-minute capacity is counted by the limiter.
+    shared: bool,
+    /// Worst-case tokens (prompt bound plus the most it may generate).
+    tokens: u64,
+    /// Worst-case cost.
+    cost: Nanos,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Key, team and user scopes with limits, not reserved yet.
+    pending: Vec<(Scope, Rules)>,
+    /// Their reservation, once made. While `joint`, its last scope is the
+    /// first attempt's deployment, held for that attempt.
+    grant: Option<Grant>,
+    joint: bool,
+    /// Room left in the key's own limits after this request, for headers.
+    remaining: Option<Remaining>,
+}
+
+/// Whether an attempt may go to the deployment chosen for it.
+pub(crate) enum Entry {
+    /// It may, holding the deployment's capacity until the hold is settled
+    /// or dropped.
+    Go(Hold),
+    /// The deployment has no capacity left: try another.
+    Full,
+    /// The request's own limits (key, team, end user) refuse it.
+    Refused(ApiError),
+}
+
+impl Admission {
+    /// Whether deployments' capacity is reserved here (a shared limiter),
+    /// rather than taken from each instance's `Capacity` when picked.
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn ask(&self, scopes: Vec<(Scope, Rules)>) -> Ask {
+        Ask {
+            scopes,
+            tokens: self.tokens,
+            cost: self.cost,
+            now_ms: unix_millis().max(0) as u64,
+        }
+    }
+
+    /// Reserves the key's scopes on their own (not yet reserved ones; a
+    /// no-op once they are). Done before dispatch without a shared limiter,
+    /// and when no deployment could be tried at all.
+    pub async fn reserve_keys(&self) -> Result<(), ApiError> {
+        let scopes = std::mem::take(&mut self.held().pending);
+        if scopes.is_empty() {
+            return Ok(());
+        }
+        let grant = self
+            .limiter
+            .reserve(self.ask(scopes))
+            .await
+            .map_err(refused)?;
+        let mut held = self.held();
+        held.remaining = Some(grant.remaining);
+        held.grant = Some(grant);
+        Ok(())
+    }
+
+    /// Reserves what an attempt on the deployment `name` (with its
+    /// `capacity`) needs, in one call: with a shared limiter, the
+    /// deployment's requests and tokens per minute, and for the first
+    /// attempt the key's scopes too. Without one, there is nothing to do
+    /// (the pick took the deployment's capacity).
+    pub async fn enter(self: &Arc<Self>, name: &str, capacity: &Capacity) -> Entry {
+        if !self.shared {
+            return Entry::Go(Hold::none());
+        }
+        let (requests_per_minute, tokens_per_minute) = capacity.limits();
+        let deployment =
+            (requests_per_minute.is_some() || tokens_per_minute.is_some()).then(|| {
+                (
+                    Scope {
+                        kind: ScopeKind::Deployment,
+                        id: name.to_owned(),
+                    },
+                    Rules {
+                        requests_per_minute,
+                        tokens_per_minute,
+                        ..Rules::default()
+                    },
+                )
+            });
+        let mut scopes = self.held().pending.clone();
+        let with_keys = !scopes.is_empty();
+        if deployment.is_none() {
+            return match self.reserve_keys().await {
+                Ok(()) => Entry::Go(Hold::none()),
+                Err(error) => Entry::Refused(error),
+            };
+        }
+        scopes.extend(deployment);
+        match self.limiter.reserve(self.ask(scopes)).await {
+            Ok(grant) if with_keys => {
+                let mut held = self.held();
+                held.pending.clear();
+                held.remaining = Some(grant.remaining);
+                held.grant = Some(grant);
+                held.joint = true;
+                Entry::Go(Hold(Some(Holding::Joint(self.clone()))))
             }
-            Err(_) => tracing::error!("a reservation could not be settled: no runtime"),
+            Ok(grant) => Entry::Go(Hold(Some(Holding::Own(self.limiter.clone(), grant)))),
+            Err(Refusal::Limited {
+                scope,
+                limit,
+                retry_after,
+            }) if scope.kind == ScopeKind::Deployment => {
+                // A minute's requests only grow: every pick on this instance
+                // can skip the deployment until the minute turns. (Tokens
+                // may be handed back by requests settling, so a refusal for
+                // tokens is not remembered.)
+                if limit == "requests_per_minute" {
+                    capacity.mark_full_until(Instant::now() + retry_after);
+                }
+                Entry::Full
+            }
+            // Without the shared counters, the deployment's own limits are
+            // kept by this instance, as they are without Redis.
+            Err(Refusal::Unavailable(_)) if !with_keys => {
+                if capacity.try_take(Instant::now()) {
+                    Entry::Go(Hold::none())
+                } else {
+                    Entry::Full
+                }
+            }
+            Err(refusal) => Entry::Refused(refused(refusal)),
+        }
+    }
+
+    /// The key's reservation, to settle when the request ends (with the
+    /// first attempt's deployment, if that attempt served it).
+    pub fn take_keys(&self) -> Option<Reservation> {
+        let mut held = self.held();
+        held.joint = false;
+        held.grant.take().map(|grant| Reservation {
+            limiter: self.limiter.clone(),
+            grant,
+        })
+    }
+
+    /// The first attempt failed: its deployment's part of the key's
+    /// reservation is settled now, with nothing used.
+    fn release_joint(&self) {
+        let mut held = self.held();
+        if !std::mem::take(&mut held.joint) {
+            return;
+        }
+        if let Some(grant) = held.grant.as_mut() {
+            let at = grant.scopes.len().saturating_sub(1);
+            let tail = self.limiter.split(grant, at);
+            drop(held);
+            spawn_settle(self.limiter.clone(), tail, 0, 0);
         }
     }
 
     /// `x-ratelimit-*` headers for the key's own limits.
     pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
-        let remaining = &self.grant.remaining;
+        let Some(remaining) = self.held().remaining else {
+            return Vec::new();
+        };
         let mut headers = Vec::new();
         if let Some((limit, left)) = remaining.requests {
             headers.push(("x-ratelimit-limit-requests", HeaderValue::from(limit)));
@@ -78,6 +272,45 @@ impl Reservation {
             headers.push(("x-ratelimit-reset-tokens", reset));
         }
         headers
+    }
+}
+
+/// What one attempt holds of its deployment's shared capacity. Dropped, it
+/// is settled as unused (the attempt failed, lost a hedge race, or was cut
+/// off); the answering attempt's hold is settled with the request's usage.
+#[must_use]
+pub(crate) struct Hold(Option<Holding>);
+
+enum Holding {
+    /// The deployment's scope is the last of the key's reservation.
+    Joint(Arc<Admission>),
+    Own(Arc<dyn Limiter>, Grant),
+}
+
+impl Hold {
+    pub fn none() -> Hold {
+        Hold(None)
+    }
+
+    /// Settles with what the request used on this deployment.
+    pub fn settle(mut self, usage: &Usage) {
+        match self.0.take() {
+            // Settled with the key's reservation, which it is part of.
+            Some(Holding::Joint(_)) | None => {}
+            Some(Holding::Own(limiter, grant)) => {
+                spawn_settle(limiter, grant, tokens_of(usage), 0);
+            }
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(Holding::Joint(admission)) => admission.release_joint(),
+            Some(Holding::Own(limiter, grant)) => spawn_settle(limiter, grant, 0, 0),
+            None => {}
+        }
     }
 }
 
@@ -133,17 +366,53 @@ pub(crate) fn caller(principal: &Principal, end_user: Option<String>) -> Caller 
     }
 }
 
-/// Checks a key's access to the model and reserves its limits. The master
-/// key and an open gateway are not limited.
-pub(crate) async fn admit(
+/// Checks a key's access to the model and prepares the reservation of its
+/// limits (made by `Admission::reserve_keys` or `Admission::enter`). The
+/// master key and an open gateway are not limited, but with a shared
+/// limiter their requests still reserve deployments' capacity.
+pub(crate) fn admit(
     principal: &Principal,
     limiter: &Arc<dyn Limiter>,
     demand: Demand<'_>,
-) -> Result<Option<Reservation>, ApiError> {
-    let Principal::Key(entry) = principal else {
-        return Ok(None);
+) -> Result<Arc<Admission>, ApiError> {
+    let shared = limiter.is_shared();
+    let scopes = match principal {
+        Principal::Key(entry) => key_scopes(entry, &demand)?,
+        Principal::Open | Principal::Master => Vec::new(),
     };
-    let KeyEntry { record, team } = entry.as_ref();
+    // Every choice (`n`) may generate the whole output.
+    let output = demand
+        .max_output_tokens
+        .unwrap_or(DEFAULT_OUTPUT_RESERVE)
+        .saturating_mul(demand.choices.max(1));
+    let cost = if scopes.is_empty() {
+        0
+    } else {
+        (demand.worst_case_cost)(demand.prompt_tokens, output)
+    };
+    // A budget cannot hold on a model whose price is unknown.
+    if cost == 0
+        && demand.prompt_tokens.saturating_add(output) > 0
+        && scopes.iter().any(|(_, rules)| rules.budget.is_some())
+    {
+        return Err(ApiError::unpriced_model(demand.model));
+    }
+    Ok(Arc::new(Admission {
+        limiter: limiter.clone(),
+        shared,
+        tokens: demand.prompt_tokens.saturating_add(output),
+        cost,
+        held: Mutex::new(Held {
+            pending: scopes,
+            ..Held::default()
+        }),
+    }))
+}
+
+/// The scopes a key's request reserves (none when none has a limit), once
+/// the key, its team and its end user's limits allow the model.
+fn key_scopes(entry: &KeyEntry, demand: &Demand<'_>) -> Result<Vec<(Scope, Rules)>, ApiError> {
+    let KeyEntry { record, team } = entry;
     if !record.limits.allows_model(demand.model)
         || team
             .as_ref()
@@ -177,34 +446,9 @@ pub(crate) async fn admit(
         scopes.push((user_scope(&record.id, user), rules_of(limits)));
     }
     if scopes.iter().all(|(_, rules)| rules.is_unlimited()) {
-        return Ok(None);
+        scopes.clear();
     }
-    // Every choice (`n`) may generate the whole output.
-    let output = demand
-        .max_output_tokens
-        .unwrap_or(DEFAULT_OUTPUT_RESERVE)
-        .saturating_mul(demand.choices.max(1));
-    let cost = (demand.worst_case_cost)(demand.prompt_tokens, output);
-    // A budget cannot hold on a model whose price is unknown.
-    if cost == 0
-        && demand.prompt_tokens.saturating_add(output) > 0
-        && scopes.iter().any(|(_, rules)| rules.budget.is_some())
-    {
-        return Err(ApiError::unpriced_model(demand.model));
-    }
-    let ask = Ask {
-        scopes,
-        tokens: demand.prompt_tokens.saturating_add(output),
-        cost,
-        now_ms: unix_millis().max(0) as u64,
-    };
-    match limiter.reserve(ask).await {
-        Ok(grant) => Ok(Some(Reservation {
-            limiter: limiter.clone(),
-            grant,
-        })),
-        Err(refusal) => Err(refused(refusal)),
-    }
+    Ok(scopes)
 }
 
 fn scope_name(scope: &Scope) -> String {

@@ -13,6 +13,13 @@
 //! is tried. A stream counts as answered only once its first content has
 //! arrived (see `hold_opening`), so a stream that fails before its first
 //! token fails over like any other error.
+//!
+//! Before an attempt goes upstream it enters its deployment through the
+//! request's `Admission`: with a shared limiter, that reserves the
+//! deployment's requests and tokens per minute (and, for the first attempt,
+//! the key's limits in the same call); a deployment found at capacity is
+//! left out for this request and the next one is picked, as one whose local
+//! capacity is used up would have been.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,6 +35,7 @@ use switchboard_policy::backoff::{fits, retry_delay};
 use switchboard_policy::{Failure, ModelGroup, Pick};
 use switchboard_providers::{Deployment, RelayEvent, RelayStream, TimeoutPhase, UpstreamError};
 
+use crate::access::{Admission, Entry, Hold};
 use crate::error::ApiError;
 use crate::trace::Progress;
 
@@ -161,6 +169,8 @@ pub(crate) struct Answered<T> {
     pub attempts: u32,
     /// Counts the request in flight on its deployment until dropped.
     pub in_flight: InFlightTicket,
+    /// The answering deployment's hold on its shared capacity.
+    pub hold: Hold,
 }
 
 /// A failed dispatch: the error for the client and the last deployment tried.
@@ -168,6 +178,9 @@ pub(crate) struct Unanswered {
     pub error: ApiError,
     pub deployment: Option<Arc<Deployment>>,
     pub attempts: u32,
+    /// The request's own limits refused it before any attempt (answered
+    /// as such a refusal is, without route headers).
+    pub refused_by_limits: bool,
 }
 
 /// How a failure counts.
@@ -313,19 +326,26 @@ fn jitter() -> u64 {
 }
 
 /// Keeps a request counted in flight on its deployment until dropped: for
-/// a stream, until the stream ends.
+/// a stream, until the stream ends. Carries the attempt's hold on the
+/// deployment's shared capacity until the attempt is over.
 pub(crate) struct InFlightTicket {
     route: Arc<Route>,
     member: usize,
+    hold: Hold,
 }
 
 impl InFlightTicket {
-    fn new(route: &Arc<Route>, member: usize) -> InFlightTicket {
+    fn new(route: &Arc<Route>, member: usize, hold: Hold) -> InFlightTicket {
         route.group.member(member).health.enter();
         InFlightTicket {
             route: route.clone(),
             member,
+            hold,
         }
+    }
+
+    fn take_hold(&mut self) -> Hold {
+        std::mem::replace(&mut self.hold, Hold::none())
     }
 }
 
@@ -348,13 +368,15 @@ struct AttemptResult<T> {
 }
 
 /// Runs `call` on deployments of `chain[0]`, then of its fallbacks, until
-/// one answers, an error must be returned, or `deadline` passes.
+/// one answers, an error must be returned, or `deadline` passes. Each
+/// attempt enters its deployment through `admission` first.
 pub(crate) async fn dispatch<T, F, Fut>(
     chain: &[Arc<Route>],
     deadline: Option<Instant>,
     tags: &[String],
     affinity: Option<&ConversationPrefix>,
     progress: &Mutex<Progress>,
+    admission: &Arc<Admission>,
     mut call: F,
 ) -> Result<Answered<T>, Unanswered>
 where
@@ -387,6 +409,7 @@ where
                 tags,
                 random: jitter(),
                 affinity: affinity.and_then(|prefix| prefix.key_for(&route.routing)),
+                shared_capacity: admission.shared(),
             };
             let Some(index) = route.group.pick(Instant::now(), pick) else {
                 for member in route.group.members() {
@@ -397,6 +420,7 @@ where
                 }
                 break;
             };
+            let mut delay = Duration::ZERO;
             if group_attempts > 0 {
                 let retry_after = match &last {
                     Some((UpstreamError::Status { retry_after, .. }, _)) => {
@@ -420,7 +444,7 @@ where
                         .release_probe(Instant::now());
                     break;
                 }
-                let delay = retry_delay(
+                delay = retry_delay(
                     group_attempts,
                     route.routing.retry_backoff,
                     route.routing.retry_max_backoff,
@@ -437,9 +461,32 @@ where
                         .release_probe(Instant::now());
                     return Err(give_up(last, attempts, true));
                 }
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+            }
+            let member = route.group.member(index);
+            let hold = match admission
+                .enter(member.target.name(), &member.capacity)
+                .await
+            {
+                Entry::Go(hold) => hold,
+                Entry::Full => {
+                    // At capacity across instances: as if the pick had
+                    // found it so.
+                    member.health.release_probe(Instant::now());
+                    excluded.push(index);
+                    continue;
                 }
+                Entry::Refused(error) => {
+                    member.health.release_probe(Instant::now());
+                    return Err(Unanswered {
+                        error,
+                        deployment: None,
+                        attempts,
+                        refused_by_limits: true,
+                    });
+                }
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             }
             tried.push(index);
             attempts += 1;
@@ -453,7 +500,7 @@ where
             };
             let attempt = async {
                 let started = Instant::now();
-                let ticket = InFlightTicket::new(route, index);
+                let ticket = InFlightTicket::new(route, index, hold);
                 let primary = call(route.group.member(index).target.clone());
                 let Some(delay) = hedge_delay else {
                     return (primary.await, index, started, ticket);
@@ -469,6 +516,7 @@ where
                     tags,
                     random: jitter(),
                     affinity: None,
+                    shared_capacity: admission.shared(),
                 };
                 let Some(hedge_index) = route
                     .group
@@ -476,6 +524,17 @@ where
                     .filter(|&other| other != index)
                 else {
                     return (primary.await, index, started, ticket);
+                };
+                let hedge_member = route.group.member(hedge_index);
+                let hedge_hold = match admission
+                    .enter(hedge_member.target.name(), &hedge_member.capacity)
+                    .await
+                {
+                    Entry::Go(hold) => hold,
+                    Entry::Full | Entry::Refused(_) => {
+                        hedge_member.health.release_probe(Instant::now());
+                        return (primary.await, index, started, ticket);
+                    }
                 };
                 attempts += 1;
                 group_attempts += 1;
@@ -485,7 +544,7 @@ where
                     attempts,
                 );
                 let hedge_started = Instant::now();
-                let hedge_ticket = InFlightTicket::new(route, hedge_index);
+                let hedge_ticket = InFlightTicket::new(route, hedge_index, hedge_hold);
                 let hedge = call(route.group.member(hedge_index).target.clone());
                 tokio::pin!(hedge);
                 // The first success wins and the other request is dropped,
@@ -526,7 +585,7 @@ where
                             }),
                             member: index,
                             started: Instant::now(),
-                            ticket: InFlightTicket::new(route, index),
+                            ticket: InFlightTicket::new(route, index, Hold::none()),
                             out_of_budget: true,
                         },
                     }
@@ -551,6 +610,7 @@ where
             if let Some(headroom) = deployment.headroom() {
                 member.health.record_headroom(headroom);
             }
+            let mut ticket = result.ticket;
             match result.outcome {
                 Ok(value) => {
                     member.health.record_success();
@@ -564,7 +624,8 @@ where
                         member: index,
                         model: route.name.clone(),
                         attempts,
-                        in_flight: result.ticket,
+                        hold: ticket.take_hold(),
+                        in_flight: ticket,
                     });
                 }
                 Err(error) if result.out_of_budget => {
@@ -625,6 +686,16 @@ where
         return Err(give_up(unfit, attempts, false));
     }
     if last.is_none() {
+        // No deployment could be tried: the key's limits are reserved (and
+        // may refuse) all the same, as when they are reserved up front.
+        if let Err(error) = admission.reserve_keys().await {
+            return Err(Unanswered {
+                error,
+                deployment: None,
+                attempts,
+                refused_by_limits: true,
+            });
+        }
         return Err(Unanswered {
             error: ApiError::no_healthy_deployment(
                 &primary.name,
@@ -632,6 +703,7 @@ where
             ),
             deployment: None,
             attempts,
+            refused_by_limits: false,
         });
     }
     Err(give_up(last, attempts, false))
@@ -654,12 +726,14 @@ fn give_up(
                 error: api_error,
                 deployment: Some(deployment),
                 attempts,
+                refused_by_limits: false,
             }
         }
         None => Unanswered {
             error: ApiError::deadline_exceeded(attempts),
             deployment: None,
             attempts,
+            refused_by_limits: false,
         },
     }
 }

@@ -18,7 +18,7 @@ use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, RequestError}
 
 use switchboard_providers::{CallOptions, ChatCall, ClientRequest, Dialect, Reply};
 
-use crate::access::{self, Demand};
+use crate::access::{self, Admission, Demand, Hold};
 use crate::body::read_json_body;
 use crate::cache::{CACHE_HEADER, CacheFill, CachePlan};
 use crate::context::{Principal, RequestContext};
@@ -135,8 +135,8 @@ async fn chat(
             .unwrap_or(1),
         worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
     };
-    let limit_headers = match admit(&gateway, &principal, &mut trace, demand).await {
-        Ok(headers) => headers,
+    let admission = match admit(&gateway, &principal, &mut trace, demand).await {
+        Ok(admission) => admission,
         Err(error) => return reject(&mut trace, error, dialect),
     };
     let mut call = ChatCall::new(
@@ -154,10 +154,10 @@ async fn chat(
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error, dialect),
     };
-    if let Some(response) =
-        cached_answer(&gateway, cache_plan.as_ref(), &mut trace, &limit_headers).await
-    {
-        return response;
+    match cached_answer(&gateway, cache_plan.as_ref(), &mut trace, &admission).await {
+        Ok(Some(response)) => return response,
+        Ok(None) => {}
+        Err(error) => return reject(&mut trace, error, dialect),
     }
     let progress = trace.progress.clone();
     let progress = &*progress;
@@ -176,6 +176,7 @@ async fn chat(
         &tags,
         prefix.as_ref(),
         progress,
+        &admission,
         |deployment| {
             let call = &call;
             // A whole answer the model refused (a content filter's finish)
@@ -225,13 +226,13 @@ async fn chat(
         answer = answer => answer,
         () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down(), dialect),
     };
-    let answered = match answer {
+    let mut answered = match answer {
         Ok(answered) => answered,
         Err(unanswered) => return reject_unanswered(&mut trace, unanswered, dialect),
     };
-    note_route(&mut trace, &answered);
+    note_route(&mut trace, &mut answered, admission.shared());
     let mut headers = route_headers(&answered, model);
-    headers.extend(limit_headers);
+    headers.extend(admission.headers());
     if let Some(value) = dropped_header(answered.value.dropped()) {
         headers.push((DROPPED_PARAMS_HEADER, value));
     }
@@ -292,17 +293,24 @@ fn plan_cache(
 
 /// The cached answer to the request, when there is one: the exact bytes a
 /// client got before (a JSON body or a whole stream), at no cost.
+/// A hit still counts against the key's limits (reserved here when a
+/// shared limiter would have reserved them with the first deployment).
 async fn cached_answer(
     gateway: &Gateway,
     plan: Option<&CachePlan>,
     trace: &mut Trace,
-    limit_headers: &[(&'static str, HeaderValue)],
-) -> Option<Response> {
-    let (cache, plan) = (gateway.cache.as_ref()?, plan?);
+    admission: &Admission,
+) -> Result<Option<Response>, ApiError> {
+    let (Some(cache), Some(plan)) = (gateway.cache.as_ref(), plan) else {
+        return Ok(None);
+    };
     if !plan.lookup {
-        return None;
+        return Ok(None);
     }
-    let answer = cache.store.get(plan.key).await?;
+    let Some(answer) = cache.store.get(plan.key).await else {
+        return Ok(None);
+    };
+    admission.reserve_keys().await?;
     trace.cache = Some(true);
     trace.finish(200, Outcome::Success, None);
     let mut response = Response::new(Body::from(answer));
@@ -321,29 +329,29 @@ async fn cached_answer(
     }
     response_headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
     response_headers.insert(COST_HEADER, HeaderValue::from_static("0.000000000"));
-    for (name, value) in limit_headers {
-        response_headers.insert(*name, value.clone());
+    for (name, value) in admission.headers() {
+        response_headers.insert(name, value);
     }
-    Some(response)
+    Ok(Some(response))
 }
 
-/// Notes who is calling and reserves the key's limits, keeping the
-/// reservation in the trace (which settles it); returns the rate-limit
-/// headers to send.
+/// Notes who is calling and prepares the reservation of the request's
+/// limits, keeping it in the trace (which settles it). Without a shared
+/// limiter the key's limits are reserved here; with one, together with
+/// the first deployment the dispatcher chooses.
 async fn admit(
     gateway: &Gateway,
     principal: &Principal,
     trace: &mut Trace,
     demand: Demand<'_>,
-) -> Result<Vec<(&'static str, HeaderValue)>, ApiError> {
+) -> Result<Arc<Admission>, ApiError> {
     trace.caller = access::caller(principal, demand.end_user.clone());
-    let reservation = access::admit(principal, &gateway.limiter, demand).await?;
-    let headers = reservation
-        .as_ref()
-        .map(access::Reservation::headers)
-        .unwrap_or_default();
-    trace.reservation = reservation;
-    Ok(headers)
+    let admission = access::admit(principal, &gateway.limiter, demand)?;
+    trace.admission = Some(admission.clone());
+    if !admission.shared() {
+        admission.reserve_keys().await?;
+    }
+    Ok(admission)
 }
 
 /// The most a request to this chain can cost: the dearest deployment of
@@ -489,8 +497,8 @@ pub(crate) async fn embeddings(
         choices: 1,
         worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
     };
-    let limit_headers = match admit(&gateway, &principal, &mut trace, demand).await {
-        Ok(headers) => headers,
+    let admission = match admit(&gateway, &principal, &mut trace, demand).await {
+        Ok(admission) => admission,
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
     let options = match TimeoutOverrides::read(&headers) {
@@ -504,42 +512,50 @@ pub(crate) async fn embeddings(
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
-    if let Some(response) =
-        cached_answer(&gateway, cache_plan.as_ref(), &mut trace, &limit_headers).await
-    {
-        return response;
+    match cached_answer(&gateway, cache_plan.as_ref(), &mut trace, &admission).await {
+        Ok(Some(response)) => return response,
+        Ok(None) => {}
+        Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     }
     let progress = trace.progress.clone();
     let span = trace.span.clone();
-    let answer = dispatch(chain, deadline, &tags, None, &progress, |deployment| {
-        let request = &request;
-        let options = &options;
-        let (span, progress) = (span.clone(), &*progress);
-        async move {
-            match &span {
-                Some((telemetry, ids)) => {
-                    telemetry
-                        .attempt(
-                            ids,
-                            progress,
-                            &deployment,
-                            deployment.embeddings(request, options),
-                        )
-                        .await
+    let answer = dispatch(
+        chain,
+        deadline,
+        &tags,
+        None,
+        &progress,
+        &admission,
+        |deployment| {
+            let request = &request;
+            let options = &options;
+            let (span, progress) = (span.clone(), &*progress);
+            async move {
+                match &span {
+                    Some((telemetry, ids)) => {
+                        telemetry
+                            .attempt(
+                                ids,
+                                progress,
+                                &deployment,
+                                deployment.embeddings(request, options),
+                            )
+                            .await
+                    }
+                    None => deployment.embeddings(request, options).await,
                 }
-                None => deployment.embeddings(request, options).await,
             }
-        }
-    });
+        },
+    );
     let answer = tokio::select! {
         answer = answer => answer,
         () = gateway.cut.cancelled() => return reject(&mut trace, ApiError::shutting_down(), Dialect::OpenAi),
     };
     match answer {
-        Ok(answered) => {
-            note_route(&mut trace, &answered);
+        Ok(mut answered) => {
+            note_route(&mut trace, &mut answered, admission.shared());
             let mut headers = route_headers(&answered, &request.model);
-            headers.extend(limit_headers);
+            headers.extend(admission.headers());
             let (body, usage) = answered.value;
             trace.usage = usage;
             headers.extend(cost_header(&trace));
@@ -675,13 +691,19 @@ fn requested_tags(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-fn note_route<T>(trace: &mut Trace, answered: &Answered<T>) {
+/// Notes the answering route in the trace, with what it settles for the
+/// deployment: its hold on the shared capacity, or (counted here) its
+/// per-minute tokens.
+fn note_route<T>(trace: &mut Trace, answered: &mut Answered<T>, shared: bool) {
     if let Some(rates) = answered.route.rates.get(answered.member).copied().flatten() {
         trace.pricing = Some(Arc::new(move |usage: &switchboard_core::Usage| {
             switchboard_core::cost::request_cost(usage, usage.cache_write_tokens, &rates)
         }));
     }
-    trace.capacity = Some((answered.route.clone(), answered.member));
+    trace.hold = Some(std::mem::replace(&mut answered.hold, Hold::none()));
+    if !shared {
+        trace.capacity = Some((answered.route.clone(), answered.member));
+    }
     trace.deployment = Some(answered.deployment.name().clone());
     trace.attempts = answered.attempts;
     if *answered.model != *trace.model {
@@ -712,6 +734,9 @@ fn with_headers(mut response: Response, headers: Vec<(&'static str, HeaderValue)
 }
 
 fn reject_unanswered(trace: &mut Trace, unanswered: Unanswered, dialect: Dialect) -> Response {
+    if unanswered.refused_by_limits {
+        return reject(trace, unanswered.error, dialect);
+    }
     trace.attempts = unanswered.attempts;
     trace.deployment = unanswered
         .deployment

@@ -13,7 +13,7 @@ use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
 use switchboard_store::Recorder;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Caller, Reservation};
+use crate::access::{Admission, Caller, Hold};
 use crate::cache::CacheFill;
 use crate::context::RequestContext;
 use crate::dispatch::{InFlightTicket, Route};
@@ -49,8 +49,12 @@ pub(crate) struct Trace {
     /// Updated by the dispatcher at every attempt, so that a request cut
     /// short (the client left) still records where it was.
     pub progress: Arc<Mutex<Progress>>,
-    /// The member whose per-minute token count this request's usage joins.
+    /// The member whose per-minute token count this request's usage joins
+    /// (counted by this instance: without a shared limiter).
     pub capacity: Option<(Arc<Route>, usize)>,
+    /// The serving deployment's hold on its shared capacity, settled with
+    /// the usage.
+    pub hold: Option<Hold>,
     /// Keeps a stream counted in flight on its deployment until it ends.
     pub in_flight: Option<InFlightTicket>,
     pub stream: bool,
@@ -58,7 +62,7 @@ pub(crate) struct Trace {
     /// The key, team and end user behind the request.
     pub caller: Caller,
     /// Limits reserved for the request, settled when it ends.
-    pub reservation: Option<Reservation>,
+    pub admission: Option<Arc<Admission>>,
     /// What the usage costs at the serving deployment's prices.
     pub pricing: Option<Pricing>,
     /// Whether the response cache answered (`Some(true)`), was consulted
@@ -98,11 +102,12 @@ impl Trace {
             attempts: 0,
             progress: Arc::default(),
             capacity: None,
+            hold: None,
             in_flight: None,
             stream: false,
             usage: Usage::default(),
             caller: Caller::default(),
-            reservation: None,
+            admission: None,
             pricing: None,
             cache: None,
             cache_fill: None,
@@ -152,7 +157,14 @@ impl Trace {
         if outcome != Outcome::Success {
             self.cache_fill = None;
         }
-        if let Some(reservation) = self.reservation.take() {
+        if let Some(hold) = self.hold.take() {
+            hold.settle(&self.usage);
+        }
+        if let Some(reservation) = self
+            .admission
+            .take()
+            .and_then(|admission| admission.take_keys())
+        {
             // An upstream that answered (or was cut off while answering)
             // without a usage report may still bill for it: the budget is
             // charged the reserved worst case rather than nothing.

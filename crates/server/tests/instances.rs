@@ -149,6 +149,14 @@ async fn known_by(gateway: &TestGateway, key: &str) -> Duration {
     }
 }
 
+/// Says why a test that needs PostgreSQL and Redis does not run (fails under CI).
+fn skip_or_fail(why: String) {
+    switchboard_testkit::skip_or_fail(
+        "instances",
+        &format!("several instances need PostgreSQL and Redis: {why}"),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_keys_budgets_and_limits() {
     let skip = |why: String| {
@@ -240,5 +248,356 @@ async fn two_instances_share_keys_budgets_and_limits() {
         spent <= 1_000_000_000,
         "{spent} nano-dollars overshoot the $1 budget"
     );
+    drop_schema(&schema).await;
+}
+
+/// A configuration on the shared database and Redis with these models
+/// (and the master key).
+fn config_with_models(database: &str, models: &str) -> switchboard_config::Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"{database}\"\nredis_url = \"{}\"\n{models}",
+        redis_url()
+    );
+    switchboard_config::Config::from_toml("instances.toml", &text).unwrap()
+}
+
+/// Deployments' per-minute counts live in UTC minutes: a test that counts
+/// them starts early enough in one to finish within it.
+async fn early_in_a_minute() {
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 60_000;
+    if into > 40_000 {
+        tokio::time::sleep(Duration::from_millis(60_100 - into as u64)).await;
+    }
+}
+
+/// Status, serving deployment, serving model and error code of a chat
+/// request to `model` with the master key.
+async fn served(gateway: &TestGateway, model: &str) -> (u16, String, String, String) {
+    let response = gateway
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (status, deployment, model) = (
+        response.status().as_u16(),
+        header("x-switchboard-deployment"),
+        header("x-switchboard-model"),
+    );
+    let body: Value = response.json().await.unwrap();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (status, deployment, model, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_deployments_requests_per_minute() {
+    if let Err(why) = redis_answers().await {
+        return skip_or_fail(why);
+    }
+    let (schema, database) = match schema().await {
+        Ok(schema) => schema,
+        Err(why) => return skip_or_fail(why),
+    };
+    // Deployment names are the shared counters' ids: fresh ones per run.
+    let run = format!("{:012x}", rand_u64() >> 16);
+    let models = format!(
+        r#"
+[[models]]
+name = "tiered"
+[[models.deployments]]
+name = "capped-{run}"
+provider = "simulated"
+rpm = 3
+[[models.deployments]]
+name = "spare-{run}"
+provider = "simulated"
+priority = 1
+[[models]]
+name = "chained"
+fallbacks = ["backup"]
+[[models.deployments]]
+name = "chain-{run}"
+provider = "simulated"
+rpm = 2
+[[models]]
+name = "backup"
+[[models.deployments]]
+name = "backup-{run}"
+provider = "simulated"
+[[models]]
+name = "solo"
+[[models.deployments]]
+name = "solo-{run}"
+provider = "simulated"
+rpm = 2
+"#
+    );
+    let first = TestGateway::start(config_with_models(&database, &models)).await;
+    let second = TestGateway::start(config_with_models(&database, &models)).await;
+    early_in_a_minute().await;
+
+    // The preferred deployment serves 3 a minute across both instances;
+    // the next tier serves the rest.
+    let mut by = std::collections::HashMap::<String, usize>::new();
+    for index in 0..10 {
+        let gateway = if index % 2 == 0 { &first } else { &second };
+        let (status, deployment, _, _) = served(gateway, "tiered").await;
+        assert_eq!(status, 200);
+        *by.entry(deployment).or_default() += 1;
+    }
+    assert_eq!(by.get(&format!("capped-{run}")), Some(&3), "{by:?}");
+    assert_eq!(by.get(&format!("spare-{run}")), Some(&7), "{by:?}");
+
+    // A model whose deployment is full falls back to the next model.
+    let mut answers = Vec::new();
+    for index in 0..5 {
+        let gateway = if index % 2 == 0 { &second } else { &first };
+        answers.push(served(gateway, "chained").await);
+    }
+    let own = answers
+        .iter()
+        .filter(|(status, deployment, ..)| *status == 200 && *deployment == format!("chain-{run}"))
+        .count();
+    let fallen = answers
+        .iter()
+        .filter(|(status, _, model, _)| *status == 200 && model == "backup")
+        .count();
+    assert_eq!((own, fallen), (2, 3), "{answers:?}");
+
+    // Without anywhere else to go, both instances answer what a single
+    // instance answers once its deployment is full.
+    let lone = TestGateway::start(support::config_with(
+        "[[models]]\nname = \"solo\"\n[[models.deployments]]\nprovider = \"simulated\"\nrpm = 2\n",
+        "",
+    ))
+    .await;
+    let mut alone = Vec::new();
+    for _ in 0..3 {
+        alone.push(served(&lone, "solo").await);
+    }
+    let (full_status, _, _, full_code) = alone[2].clone();
+    assert_eq!(alone[0].0, 200);
+    assert_ne!(full_status, 200, "{alone:?}");
+    let mut statuses = Vec::new();
+    for index in 0..6 {
+        let gateway = if index % 2 == 0 { &first } else { &second };
+        let (status, _, _, code) = served(gateway, "solo").await;
+        assert!(
+            status == 200 || (status == full_status && code == full_code),
+            "{status} {code}"
+        );
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 200).count(),
+        2,
+        "2 upstream calls a minute across both instances: {statuses:?}"
+    );
+
+    lone.stop_and_records().await;
+    let records = first.stop_and_records().await;
+    second.stop_and_records().await;
+    let upstream_calls = records
+        .iter()
+        .filter(|record| record.deployment.as_deref() == Some(&format!("capped-{run}")))
+        .count();
+    assert_eq!(
+        upstream_calls, 3,
+        "the shared database holds both instances' records"
+    );
+    drop_schema(&schema).await;
+}
+
+/// A chat request with a key, answering its status, its serving deployment
+/// and the key's requests left.
+async fn keyed(gateway: &TestGateway, key: &str, model: &str) -> (u16, String, String) {
+    let response = gateway
+        .http
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    (
+        response.status().as_u16(),
+        header("x-switchboard-deployment"),
+        header("x-ratelimit-remaining-requests"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_found_full_does_not_charge_the_key() {
+    if let Err(why) = redis_answers().await {
+        return skip_or_fail(why);
+    }
+    let (schema, database) = match schema().await {
+        Ok(schema) => schema,
+        Err(why) => return skip_or_fail(why),
+    };
+    let run = format!("{:012x}", rand_u64() >> 16);
+    let models = format!(
+        r#"
+[[models]]
+name = "tiered"
+[[models.deployments]]
+name = "capped-{run}"
+provider = "simulated"
+rpm = 1
+[[models.deployments]]
+name = "spare-{run}"
+provider = "simulated"
+priority = 1
+"#
+    );
+    let first = TestGateway::start(config_with_models(&database, &models)).await;
+    let second = TestGateway::start(config_with_models(&database, &models)).await;
+    let (_, key) = create_key(&first, json!({"rpm": 10})).await;
+    known_by(&second, &key).await;
+    early_in_a_minute().await;
+
+    let capped = format!("capped-{run}");
+    let spare = format!("spare-{run}");
+    // Each instance meets the full deployment in Redis once (the second
+    // time, the first instance remembers it): four requests, four of the
+    // key's ten, whatever the refusals.
+    let answers = [
+        keyed(&first, &key, "tiered").await,
+        keyed(&second, &key, "tiered").await,
+        keyed(&second, &key, "tiered").await,
+        keyed(&first, &key, "tiered").await,
+    ];
+    let expected = [
+        (200, capped, "9".to_owned()),
+        (200, spare.clone(), "8".to_owned()),
+        (200, spare.clone(), "7".to_owned()),
+        (200, spare, "6".to_owned()),
+    ];
+    assert_eq!(answers, expected);
+
+    first.stop_and_records().await;
+    second.stop_and_records().await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_attempt_hands_its_deployments_tokens_back() {
+    if let Err(why) = redis_answers().await {
+        return skip_or_fail(why);
+    }
+    let (schema, database) = match schema().await {
+        Ok(schema) => schema,
+        Err(why) => return skip_or_fail(why),
+    };
+    let (a, b) = (
+        switchboard_testkit::MockUpstream::start().await,
+        switchboard_testkit::MockUpstream::start().await,
+    );
+    let run = format!("{:012x}", rand_u64() >> 16);
+    // Each request reserves its worst case, 10,000 output tokens and its
+    // body: one fits in `a`'s minute, two do not.
+    let models = format!(
+        r#"
+[[models]]
+name = "chat"
+[[models.deployments]]
+name = "a-{run}"
+provider = "openai-compatible"
+api_base = "{}"
+model = "model-a"
+tpm = 15000
+[[models.deployments]]
+name = "b-{run}"
+provider = "openai-compatible"
+api_base = "{}"
+model = "model-b"
+priority = 1
+[models.routing]
+max_attempts = 2
+circuit_breaker_failures = 1000
+retry_backoff_ms = 1
+retry_max_backoff_ms = 5
+"#,
+        a.base_url(),
+        b.base_url()
+    );
+    let gateway = TestGateway::start(config_with_models(&database, &models)).await;
+    let (_, key) = create_key(&gateway, json!({"rpm": 100, "tpm": 1000000})).await;
+    early_in_a_minute().await;
+    let (http, url) = (gateway.http.clone(), gateway.url("/v1/chat/completions"));
+    let ask = move || {
+        http
+            .post(url.clone())
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(
+                json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10000})
+                    .to_string(),
+            )
+            .send()
+    };
+    a.push(switchboard_testkit::Script::json(
+        500,
+        json!({"error": {"message": "boom", "type": "server_error"}}),
+    ));
+    b.push(switchboard_testkit::Script::Delay(Duration::from_millis(
+        1500,
+    )));
+    // `a` fails at once; `b` takes its time to answer.
+    let failing_over = tokio::spawn(ask());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // `a`'s failed attempt used nothing: while the first request is still
+    // on `b`, `a`'s minute has room for another worst case.
+    let meanwhile = ask().await.unwrap();
+    assert_eq!(meanwhile.status(), 200);
+    assert_eq!(
+        meanwhile.headers()["x-switchboard-deployment"],
+        format!("a-{run}").as_str()
+    );
+    let failed_over = failing_over.await.unwrap().unwrap();
+    assert_eq!(failed_over.status(), 200);
+    assert_eq!(
+        failed_over.headers()["x-switchboard-deployment"],
+        format!("b-{run}").as_str()
+    );
+    assert_eq!(failed_over.headers()["x-switchboard-attempts"], "2");
+    // The answer's tokens count at their actual number once settled (13
+    // here, not the worst case), so a third request fits as well.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = ask().await.unwrap();
+    assert_eq!(
+        third.headers()["x-switchboard-deployment"],
+        format!("a-{run}").as_str()
+    );
+
+    gateway.stop_and_records().await;
     drop_schema(&schema).await;
 }

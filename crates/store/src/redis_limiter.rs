@@ -525,16 +525,22 @@ impl RedisLimiter {
                 ..Remaining::default()
             },
         );
+        self.remember_unreserved(&grant);
+        Ok(grant)
+    }
+
+    /// Notes a grant given without Redis, so that its settle releases
+    /// nothing.
+    fn remember_unreserved(&self, grant: &Grant) {
         let now = Instant::now();
         let lease = Duration::from_secs(self.lease_minutes * 60);
         let mut unreserved = lock(&self.unreserved);
         if unreserved.len() >= UNRESERVED_PRUNE_AT {
             unreserved.retain(|_, (_, at)| now.duration_since(*at) < lease);
         }
-        let entry = unreserved.entry(fingerprint(&grant)).or_insert((0, now));
+        let entry = unreserved.entry(fingerprint(grant)).or_insert((0, now));
         entry.0 += 1;
         entry.1 = now;
-        Ok(grant)
     }
 
     /// Whether the grant was given without Redis (forgetting it if so).
@@ -645,6 +651,21 @@ impl Limiter for RedisLimiter {
         Box::pin(self.settle_shared(grant, tokens, cost))
     }
 
+    /// A grant given without Redis splits into two such grants.
+    fn split(&self, grant: &mut Grant, at: usize) -> Grant {
+        let unreserved = self.take_unreserved(grant);
+        let tail = grant.split_off(at);
+        if unreserved {
+            self.remember_unreserved(grant);
+            self.remember_unreserved(&tail);
+        }
+        tail
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos> {
         let scope = scope.clone();
         Box::pin(async move { self.budget_used_shared(&scope, period, now_ms).await })
@@ -712,6 +733,48 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_policy::limits::ScopeKind;
+
+    #[tokio::test]
+    async fn the_parts_of_a_grant_given_without_redis_settle_as_such() {
+        // Nothing listens on port 9 of the loopback: every grant fails open.
+        let limiter = RedisLimiter::connect_with(
+            "redis://127.0.0.1:9",
+            RedisLimiterConfig {
+                fail_open: true,
+                fail_open_budgets: true,
+                timeout: Duration::from_millis(200),
+                ..RedisLimiterConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let scope = |kind, id: &str| Scope {
+            kind,
+            id: id.to_owned(),
+        };
+        let rules = Rules {
+            requests_per_minute: Some(5),
+            ..Rules::default()
+        };
+        let mut grant = limiter
+            .reserve(Ask {
+                scopes: vec![
+                    (scope(ScopeKind::Key, "k"), rules),
+                    (scope(ScopeKind::Deployment, "d"), rules),
+                ],
+                tokens: 10,
+                cost: 0,
+                now_ms: 1_764_288_000_000,
+            })
+            .await
+            .unwrap();
+        let tail = limiter.split(&mut grant, 1);
+        assert_eq!(tail.scopes.len(), 1);
+        assert!(limiter.take_unreserved(&tail));
+        assert!(limiter.take_unreserved(&grant));
+        assert!(!limiter.take_unreserved(&grant), "each part once");
+    }
 
     #[test]
     fn ids_are_escaped_injectively() {
