@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// US dollars times 10⁹.
@@ -95,6 +96,10 @@ pub struct Ask {
 /// What a reservation holds, to be settled exactly once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// Names this reservation, unique among every instance's grants: a
+    /// shared limiter applies a reserve or a settle carrying it at most
+    /// once, so either may be retried.
+    pub id: u128,
     pub scopes: Vec<(Scope, Rules)>,
     pub tokens: u64,
     pub cost: Nanos,
@@ -271,6 +276,8 @@ struct Counters {
 #[derive(Debug, Default)]
 pub struct MemoryLimiter {
     scopes: Mutex<HashMap<Scope, Counters>>,
+    /// The last grant id given (ids need only be unique here).
+    last_id: AtomicU64,
 }
 
 impl MemoryLimiter {
@@ -376,6 +383,7 @@ impl MemoryLimiter {
             }
         }
         Ok(Grant {
+            id: u128::from(self.last_id.fetch_add(1, Ordering::Relaxed) + 1),
             scopes: ask.scopes,
             tokens: ask.tokens,
             cost: ask.cost,

@@ -7,7 +7,10 @@
 -- as 1e+15); numbers that are compared are doubles, exact below 2^53
 -- (about 9 million dollars in nano-dollars).
 --
--- KEYS, four per scope, in the order of the request's scopes:
+-- KEYS of 'reserve' and 'settle': first the grant's record (hash: m, the
+-- minute its reservation counts in; r and t, what reserve answered; done,
+-- once settled or cancelled), then four per scope, in the order of the
+-- request's scopes:
 --   1 in flight: hash  bucket minute -> requests reserved in that minute
 --   2 minute:    hash  r -> requests, t -> tokens, of the current minute
 --   3 spent:     string  nano-dollars spent in the budget window
@@ -19,19 +22,25 @@
 -- budget limit, budget TTL in seconds ('0': none). An empty string means
 -- that the scope has no such limit, and then nothing is counted for it.
 --
+-- The grant's record makes both calls idempotent. A reserve whose record
+-- exists answers what it answered the first time and counts nothing; a
+-- settle whose record says done does nothing. A settle without a record
+-- (a grant given while Redis was unreachable, a reserve that never arrived,
+-- or one whose lease lapsed) records only its spend, and leaves a record
+-- saying done, so that a reserve arriving late is not counted.
+--
 -- 'reserve' ARGV[2..7]: tokens, cost, current minute, lease in minutes,
---   minute-key TTL (s), in-flight-key TTL (s).
+--   minute-key TTL (s), in-flight-key and record TTL (s).
 --   Returns {0, requests, tokens} (the first scope's counts after this
 --   request, -1 where not counted), {1, scope, which} (which: 1
---   max_concurrent, 2 requests_per_minute, 3 tokens_per_minute), or
---   {2, scope, used} (budget: spent plus held, before this request).
+--   max_concurrent, 2 requests_per_minute, 3 tokens_per_minute),
+--   {2, scope, used} (budget: spent plus held, before this request), or
+--   {4} (the grant was settled or cancelled before this reserve arrived).
 -- 'settle' ARGV[2..7]: token change (actual minus reserved, signed), held
---   cost negated ('-N'), actual cost, the grant's minute, '1' if the grant
---   was reserved here ('0' for a grant given while Redis was unreachable:
---   only its spend is recorded), unused. Returns 0.
+--   cost negated ('-N'), actual cost, record TTL (s), two unused.
+--   Returns 0, or 1 when the grant was settled already.
 -- 'used' KEYS: spent, held of one scope; ARGV[2..3]: current minute, lease
 --   in minutes. Returns spent plus live held.
-
 -- 'floor' KEYS: spent of one scope; ARGV[2..3]: spent (nanos), TTL in
 --   seconds ('0' for none). Raises spent to at least ARGV[2]. Returns 0.
 
@@ -80,8 +89,11 @@ if operation == 'used' then
   return spent + live_sum(KEYS[2], oldest)
 end
 
-local scopes = #KEYS / 4
-if #KEYS % 4 ~= 0 or #ARGV ~= HEADER + PER_SCOPE * scopes then
+-- Keys before the scopes' own.
+local LEAD = 1
+local GRANT = KEYS[1]
+local scopes = (#KEYS - LEAD) / 4
+if (#KEYS - LEAD) % 4 ~= 0 or #ARGV ~= HEADER + PER_SCOPE * scopes then
   return redis.error_reply('switchboard limiter: malformed call')
 end
 
@@ -93,9 +105,18 @@ if operation == 'reserve' then
   local minute_ttl = ARGV[6]
   local flight_ttl = ARGV[7]
 
+  -- A repeat (a retry after a lost reply) counts nothing again.
+  local seen = redis.call('HMGET', GRANT, 'r', 't', 'done')
+  if seen[3] then
+    return {4}
+  end
+  if seen[1] then
+    return {0, tonumber(seen[1]), tonumber(seen[2])}
+  end
+
   -- Check every scope first...
   for i = 1, scopes do
-    local k = (i - 1) * 4
+    local k = LEAD + (i - 1) * 4
     local a = HEADER + (i - 1) * PER_SCOPE
     local max_concurrent, rpm, tpm, limit = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     if max_concurrent ~= '' and live_sum(KEYS[k + 1], oldest) >= tonumber(max_concurrent) then
@@ -124,7 +145,7 @@ if operation == 'reserve' then
   -- ...then reserve in all of them.
   local first_requests, first_tokens = -1, -1
   for i = 1, scopes do
-    local k = (i - 1) * 4
+    local k = LEAD + (i - 1) * 4
     local a = HEADER + (i - 1) * PER_SCOPE
     local max_concurrent, rpm, tpm, limit = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     if max_concurrent ~= '' then
@@ -144,6 +165,9 @@ if operation == 'reserve' then
       redis.call('EXPIRE', KEYS[k + 4], flight_ttl)
     end
   end
+  redis.call('HSET', GRANT, 'm', minute, 'r', string.format('%d', first_requests),
+    't', string.format('%d', first_tokens))
+  redis.call('EXPIRE', GRANT, flight_ttl)
   return {0, first_requests, first_tokens}
 end
 
@@ -151,11 +175,19 @@ if operation == 'settle' then
   local token_change = ARGV[2]
   local held_release = ARGV[3]
   local actual_cost = ARGV[4]
-  local minute = ARGV[5]
-  local reserved_here = ARGV[6] == '1'
+  local record = redis.call('HMGET', GRANT, 'm', 'done')
+  if record[2] then
+    return 1
+  end
+  -- The minute the reservation counts in now; none if it never counted
+  -- here or has lapsed, and then only the spend is recorded.
+  local minute = record[1]
+  local reserved_here = minute ~= false
+  redis.call('HSET', GRANT, 'done', '1')
+  redis.call('EXPIRE', GRANT, ARGV[5])
 
   for i = 1, scopes do
-    local k = (i - 1) * 4
+    local k = LEAD + (i - 1) * 4
     local a = HEADER + (i - 1) * PER_SCOPE
     local max_concurrent, rpm, tpm, limit, budget_ttl =
       ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]

@@ -17,6 +17,7 @@ use switchboard_policy::limits::{
 };
 use switchboard_store::RedisLimiter;
 use switchboard_store::redis_limiter::{HASH_TAG, RedisLimiterConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -458,7 +459,8 @@ async fn run(limiter: &dyn Limiter, steps: &[Step]) -> Vec<String> {
                     scopes.iter().map(|index| pool[*index].clone()).collect();
                 let result = limiter.reserve(ask(&scopes, *tokens, *cost, *at)).await;
                 granted = result.as_ref().ok().cloned();
-                format!("{result:?}")
+                // Grant ids differ between limiters by design.
+                format!("{:?}", result.map(|grant| Grant { id: 0, ..grant }))
             }
             Step::Settle {
                 reserve_step,
@@ -958,6 +960,8 @@ async fn an_unreachable_redis_fails_open_or_closed_within_the_timeout() {
 struct Relay {
     address: SocketAddr,
     down: Arc<AtomicBool>,
+    /// Requests still reach Redis, its replies are dropped.
+    muted: Arc<AtomicBool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     acceptor: JoinHandle<()>,
 }
@@ -967,19 +971,39 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let down = Arc::new(AtomicBool::new(false));
+        let muted = Arc::new(AtomicBool::new(false));
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let acceptor = {
-            let (down, links) = (down.clone(), links.clone());
+            let (down, muted, links) = (down.clone(), muted.clone(), links.clone());
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     if down.load(Ordering::SeqCst) {
                         continue; // dropped: the connection closes
                     }
                     let target = target.clone();
+                    let muted = muted.clone();
                     links.lock().unwrap().push(tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let Ok(outbound) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let (mut inbound_read, mut inbound_write) = inbound.split();
+                        let (mut outbound_read, mut outbound_write) = outbound.into_split();
+                        let requests = tokio::io::copy(&mut inbound_read, &mut outbound_write);
+                        let replies = async {
+                            let mut buffer = vec![0u8; 16_384];
+                            loop {
+                                let read = outbound_read.read(&mut buffer).await?;
+                                if read == 0 {
+                                    return Ok::<(), std::io::Error>(());
+                                }
+                                if !muted.load(Ordering::SeqCst) {
+                                    inbound_write.write_all(&buffer[..read]).await?;
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            _ = requests => {}
+                            _ = replies => {}
                         }
                     }));
                 }
@@ -988,6 +1012,7 @@ impl Relay {
         Relay {
             address,
             down,
+            muted,
             links,
             acceptor,
         }
@@ -997,6 +1022,15 @@ impl Relay {
     fn cut(&self) {
         for link in self.links.lock().unwrap().drain(..) {
             link.abort();
+        }
+    }
+
+    /// Drops Redis's replies (or, unmuting, cuts the connections whose
+    /// replies went missing, as a client would give up on them).
+    fn set_muted(&self, muted: bool) {
+        self.muted.store(muted, Ordering::SeqCst);
+        if !muted {
+            self.cut();
         }
     }
 
@@ -1094,7 +1128,207 @@ async fn a_dropped_connection_is_retried_and_an_outage_recovers() {
 }
 
 // ---------------------------------------------------------------------------
-// (5) Key names.
+// (5) Retries: a reserve or settle applied at most once, a settle that
+// fails retried until Redis is back, a reserve that timed out cancelled.
+
+/// A relay to Redis, with a fail-closed limiter through it and one
+/// connected directly that sees the truth.
+async fn relayed(url: &str, prefix: &str) -> (Relay, RedisLimiter, RedisLimiter) {
+    let (target, _) = through(url, "127.0.0.1:0".parse().unwrap());
+    let relay = Relay::start(target).await;
+    let (_, relayed_url) = through(url, relay.address);
+    let through_relay = RedisLimiter::connect_with(&relayed_url, quick(false))
+        .await
+        .unwrap()
+        .with_prefix(prefix);
+    let direct = limiter(url, prefix, false).await;
+    (relay, through_relay, direct)
+}
+
+/// Waits (up to 10 s) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn two_at_once() -> Vec<(Scope, Rules)> {
+    vec![(
+        scope(ScopeKind::Key, "k"),
+        Rules {
+            requests_per_minute: Some(100),
+            max_concurrent: Some(2),
+            budget: budget(10_000, Period::Daily),
+            ..Rules::default()
+        },
+    )]
+}
+
+#[tokio::test]
+async fn a_settle_sent_twice_is_applied_once() {
+    let Some(url) = redis_url("a_settle_sent_twice_is_applied_once").await else {
+        return;
+    };
+    let prefix = unique_prefix("settle-twice");
+    let limiter = limiter(&url, &prefix, false).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    let first = limiter
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+    let _second = limiter
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+    assert_ne!(first.id, _second.id, "every grant has an id of its own");
+    // The same settle twice, as a retry after a lost answer would send it.
+    limiter.settle(first.clone(), 5, 300).await;
+    limiter.settle(first, 5, 300).await;
+    assert_eq!(
+        limiter.budget_used(&key, Period::Daily, now_ms).await,
+        300 + 1_000,
+        "spent once, the second grant still held"
+    );
+    // One of two in flight: one more may start, not two.
+    assert!(limiter.reserve(ask(&scopes, 10, 0, now_ms)).await.is_ok());
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 10, 0, now_ms)).await,
+        Err(Refusal::Limited {
+            limit: "max_concurrent",
+            ..
+        })
+    ));
+    clean_up(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_reserve_sent_twice_is_counted_once() {
+    let Some(url) = redis_url("a_reserve_sent_twice_is_counted_once").await else {
+        return;
+    };
+    let prefix = unique_prefix("reserve-twice");
+    let limiter = limiter(&url, &prefix, false).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    let id = 0x5eed_u128 << 64 | 7;
+    let first = limiter
+        .reserve_as(ask(&scopes, 10, 1_000, now_ms), id)
+        .await
+        .unwrap();
+    let repeat = limiter
+        .reserve_as(ask(&scopes, 10, 1_000, now_ms), id)
+        .await
+        .unwrap();
+    assert_eq!(first, repeat, "the repeat answers as the first did");
+    assert_eq!(first.remaining.requests, Some((100, 99)));
+    assert_eq!(
+        limiter.budget_used(&key, Period::Daily, now_ms).await,
+        1_000
+    );
+    // Counted once for concurrency too: one more fits.
+    assert!(limiter.reserve(ask(&scopes, 10, 0, now_ms)).await.is_ok());
+    // Once settled, a late repeat counts nothing.
+    limiter.settle(first, 5, 400).await;
+    assert!(matches!(
+        limiter
+            .reserve_as(ask(&scopes, 10, 1_000, now_ms), id)
+            .await,
+        Err(Refusal::Unavailable(_))
+    ));
+    assert_eq!(limiter.budget_used(&key, Period::Daily, now_ms).await, 400);
+    clean_up(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_settle_while_redis_is_away_is_applied_when_it_is_back() {
+    let Some(url) = redis_url("a_settle_while_redis_is_away_is_applied_when_it_is_back").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("settle-later");
+    let (relay, through_relay, direct) = relayed(&url, &prefix).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    let grant = through_relay
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+
+    relay.set_down(true);
+    let started = Instant::now();
+    through_relay.settle(grant, 5, 250).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a settle never waits for Redis to come back"
+    );
+    assert_eq!(through_relay.settles_retrying(), 1);
+    assert_eq!(
+        direct.budget_used(&key, Period::Daily, now_ms).await,
+        1_000,
+        "not settled yet"
+    );
+
+    relay.set_down(false);
+    eventually("the settle is applied once Redis is back", || async {
+        through_relay.settles_retrying() == 0
+    })
+    .await;
+    assert_eq!(direct.budget_used(&key, Period::Daily, now_ms).await, 250);
+    // Released: two may run again.
+    for _ in 0..2 {
+        direct.reserve(ask(&scopes, 1, 0, now_ms)).await.unwrap();
+    }
+    clean_up(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_reserve_whose_answer_was_lost_is_cancelled() {
+    let Some(url) = redis_url("a_reserve_whose_answer_was_lost_is_cancelled").await else {
+        return;
+    };
+    let prefix = unique_prefix("reserve-lost");
+    let (relay, through_relay, direct) = relayed(&url, &prefix).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    // Connected, then deaf: the reserve reaches Redis, its answer does not
+    // come back, and the request is refused (fail closed).
+    through_relay.ping().await.unwrap();
+    relay.set_muted(true);
+    assert!(matches!(
+        through_relay.reserve(ask(&scopes, 10, 1_000, now_ms)).await,
+        Err(Refusal::Unavailable(_))
+    ));
+    eventually("the lost reserve reached Redis", || async {
+        direct.budget_used(&key, Period::Daily, now_ms).await == 1_000
+    })
+    .await;
+    assert_eq!(through_relay.settles_retrying(), 1, "its cancel waits");
+
+    relay.set_muted(false);
+    eventually("the refused reservation is released", || async {
+        through_relay.settles_retrying() == 0
+            && direct.budget_used(&key, Period::Daily, now_ms).await == 0
+    })
+    .await;
+    for _ in 0..2 {
+        direct.reserve(ask(&scopes, 1, 0, now_ms)).await.unwrap();
+    }
+    clean_up(&url, &prefix).await;
+}
+
+// ---------------------------------------------------------------------------
+// (6) Key names.
 
 #[tokio::test]
 async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
@@ -1145,8 +1379,17 @@ async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
     }
     clean_up(&url, &prefix).await;
 
-    // Four scopes × (in flight, minute, spend, hold).
-    assert_eq!(keys.len(), 16, "{keys:#?}");
+    // Four scopes × (in flight, minute, spend, hold), and one record per
+    // grant.
+    assert_eq!(keys.len(), 16 + 2, "{keys:#?}");
+    let grant_records = format!("{prefix}{HASH_TAG}:grant:");
+    assert_eq!(
+        keys.iter()
+            .filter(|key| key.starts_with(&grant_records))
+            .count(),
+        2,
+        "{keys:#?}"
+    );
     for (key, ttl) in keys.iter().zip(&ttls) {
         let rest = key
             .strip_prefix(&format!("{prefix}{HASH_TAG}:"))
@@ -1172,6 +1415,7 @@ async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
     // Each scope gets its own keys: four distinct `<kind>:<escaped id>`.
     let scopes_seen: BTreeSet<String> = keys
         .iter()
+        .filter(|key| !key.starts_with(&grant_records))
         .map(|key| {
             let rest = &key[prefix.len() + HASH_TAG.len() + 1..];
             rest.splitn(3, ':').take(2).collect::<Vec<_>>().join(":")
