@@ -190,7 +190,10 @@ pub async fn start(
                 },
             )
             .await
-            .map_err(|error| ServeError::Limiter(error.to_string()))?,
+            .map_err(|error| ServeError::Limiter(error.to_string()))?
+            // Counters Redis lost (a flush, a restart without persistence)
+            // are restored from the request log before budgets are checked.
+            .with_reseed(Arc::new(keys::RequestLog(store.clone()))),
         ),
         None => {
             let limiter = switchboard_policy::limits::MemoryLimiter::new();

@@ -1,6 +1,7 @@
 //! Several gateway instances, one truth: two gateways sharing one
 //! PostgreSQL database and one Redis hold budgets and rate limits together,
-//! and a key revoked through one is refused by the other within a second.
+//! and a key revoked through one is refused by the other within a second;
+//! budgets' spend lost from Redis is restored from the request log.
 //!
 //! Needs PostgreSQL (127.0.0.1:5432, database `test`, or
 //! `SWITCHBOARD_TEST_POSTGRES_URL`) and Redis (127.0.0.1:6379, or
@@ -238,5 +239,84 @@ async fn two_instances_share_keys_budgets_and_limits() {
         spent <= 1_000_000_000,
         "{spent} nano-dollars overshoot the $1 budget"
     );
+    drop_schema(&schema).await;
+}
+
+/// Deletes keys from the shared Redis (raw RESP: this crate does not name
+/// the redis client).
+async fn redis_delete(keys: &[String]) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let address = redis_url()
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut command = format!("*{}\r\n$3\r\nDEL\r\n", keys.len() + 1);
+    for key in keys {
+        command.push_str(&format!("${}\r\n{key}\r\n", key.len()));
+    }
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    tokio::io::BufReader::new(stream)
+        .read_line(&mut reply)
+        .await
+        .unwrap();
+    assert!(reply.starts_with(':'), "DEL answered {reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
+    if let Err(why) = redis_answers().await {
+        return skip_or_fail(why);
+    }
+    let (schema, database) = match schema().await {
+        Ok(schema) => schema,
+        Err(why) => return skip_or_fail(why),
+    };
+    let gateway = TestGateway::start(config(&database)).await;
+    let budget = json!({"budget_usd": 0.2, "budget_period": "daily"});
+    let (spent_id, spent_key) = create_key(&gateway, budget.clone()).await;
+    let (_, fresh_key) = create_key(&gateway, budget).await;
+    let mut served = 0;
+    while chat(&gateway, &spent_key).await == 200 {
+        served += 1;
+        assert!(served < 50, "the budget never ran out");
+    }
+    assert!(served > 0);
+    assert_eq!(chat(&gateway, &fresh_key).await, 200);
+    // Let the record writer commit the requests' records.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A flush of what this test owns, and of the marker that tells every
+    // limiter on this Redis that its counters were seeded. (Other
+    // gateways on it merely restore theirs from their logs.)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let window =
+        switchboard_policy::limits::budget_window(switchboard_policy::limits::Period::Daily, now);
+    let base = format!("switchboard:{{sb}}:key:{spent_id}");
+    redis_delete(&[
+        format!("{base}:spent:{window}"),
+        format!("{base}:held:{window}"),
+        format!("{base}:inflight"),
+        "switchboard:{sb}:epoch".to_owned(),
+    ])
+    .await;
+
+    assert_eq!(
+        chat(&gateway, &spent_key).await,
+        429,
+        "the spent budget is still spent after Redis lost its counters"
+    );
+    assert_eq!(
+        chat(&gateway, &fresh_key).await,
+        200,
+        "the other still has room"
+    );
+    gateway.stop_and_records().await;
     drop_schema(&schema).await;
 }

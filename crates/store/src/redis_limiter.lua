@@ -9,8 +9,9 @@
 --
 -- KEYS of 'reserve' and 'settle': first the grant's record (hash: m, the
 -- minute its reservation counts in; r and t, what reserve answered; done,
--- once settled or cancelled), then four per scope, in the order of the
--- request's scopes:
+-- once settled or cancelled), then the epoch marker (a string that exists
+-- once budgets' spend has been seeded from the request log), then four
+-- per scope, in the order of the request's scopes:
 --   1 in flight: hash  bucket minute -> requests reserved in that minute
 --   2 minute:    hash  r -> requests, t -> tokens, of the current minute
 --   3 spent:     string  nano-dollars spent in the budget window
@@ -29,23 +30,29 @@
 -- or one whose lease lapsed) records only its spend, and leaves a record
 -- saying done, so that a reserve arriving late is not counted.
 --
--- 'reserve' ARGV[2..7]: tokens, cost, current minute, lease in minutes,
---   minute-key TTL (s), in-flight-key and record TTL (s).
+-- 'reserve' ARGV[2..8]: tokens, cost, current minute, lease in minutes,
+--   minute-key TTL (s), in-flight-key and record TTL (s), '1' to refuse
+--   to count while the epoch marker is missing ('0' not to look).
 --   Returns {0, requests, tokens} (the first scope's counts after this
 --   request, -1 where not counted), {1, scope, which} (which: 1
 --   max_concurrent, 2 requests_per_minute, 3 tokens_per_minute),
---   {2, scope, used} (budget: spent plus held, before this request), or
---   {4} (the grant was settled or cancelled before this reserve arrived).
--- 'settle' ARGV[2..7]: token change (actual minus reserved, signed), held
---   cost negated ('-N'), actual cost, record TTL (s), two unused.
+--   {2, scope, used} (budget: spent plus held, before this request),
+--   {3} (the marker is missing: the counters were lost, or never seeded,
+--   and nothing was counted), or {4} (the grant was settled or cancelled
+--   before this reserve arrived).
+-- 'settle' ARGV[2..8]: token change (actual minus reserved, signed), held
+--   cost negated ('-N'), actual cost, record TTL (s), three unused.
 --   Returns 0, or 1 when the grant was settled already.
 -- 'used' KEYS: spent, held of one scope; ARGV[2..3]: current minute, lease
 --   in minutes. Returns spent plus live held.
 -- 'floor' KEYS: spent of one scope; ARGV[2..3]: spent (nanos), TTL in
 --   seconds ('0' for none). Raises spent to at least ARGV[2]. Returns 0.
+-- 'seed' KEYS: the epoch marker, then spent keys; ARGV[2]: the marker's
+--   value, or '' to leave it; then per spent key its spent and TTL, as in
+--   'floor'. Floors every spent key, then writes the marker. Returns 0.
 
 local operation = ARGV[1]
-local HEADER = 7
+local HEADER = 8
 local PER_SCOPE = 5
 
 -- Sum of a bucket hash's live fields; buckets older than the lease are
@@ -71,14 +78,28 @@ local function release(key, field, amount)
   end
 end
 
-if operation == 'floor' then
-  local spent = tonumber(ARGV[2])
-  if tonumber(redis.call('GET', KEYS[1]) or '0') < spent then
-    if tonumber(ARGV[3]) > 0 then
-      redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+-- Raises a spent counter to at least `spent` (a decimal string).
+local function floor(key, spent, ttl)
+  if tonumber(redis.call('GET', key) or '0') < tonumber(spent) then
+    if tonumber(ttl) > 0 then
+      redis.call('SET', key, spent, 'EX', ttl)
     else
-      redis.call('SET', KEYS[1], ARGV[2])
+      redis.call('SET', key, spent)
     end
+  end
+end
+
+if operation == 'floor' then
+  floor(KEYS[1], ARGV[2], ARGV[3])
+  return 0
+end
+
+if operation == 'seed' then
+  for j = 2, #KEYS do
+    floor(KEYS[j], ARGV[2 * j - 1], ARGV[2 * j])
+  end
+  if ARGV[2] ~= '' then
+    redis.call('SET', KEYS[1], ARGV[2])
   end
   return 0
 end
@@ -90,8 +111,9 @@ if operation == 'used' then
 end
 
 -- Keys before the scopes' own.
-local LEAD = 1
+local LEAD = 2
 local GRANT = KEYS[1]
+local EPOCH = KEYS[2]
 local scopes = (#KEYS - LEAD) / 4
 if (#KEYS - LEAD) % 4 ~= 0 or #ARGV ~= HEADER + PER_SCOPE * scopes then
   return redis.error_reply('switchboard limiter: malformed call')
@@ -104,6 +126,12 @@ if operation == 'reserve' then
   local oldest = tonumber(minute) - tonumber(ARGV[5]) + 1
   local minute_ttl = ARGV[6]
   local flight_ttl = ARGV[7]
+
+  -- Counters that were lost (a flush, a restart without persistence) must
+  -- be seeded again from the request log before budgets are checked.
+  if ARGV[8] == '1' and redis.call('EXISTS', EPOCH) == 0 then
+    return {3}
+  end
 
   -- A repeat (a retry after a lost reply) counts nothing again.
   local seen = redis.call('HMGET', GRANT, 'r', 't', 'done')

@@ -57,6 +57,26 @@
 //! Both hashes expire whole when no reservation has touched them for the
 //! lease plus two minutes.
 //!
+//! **Counters lost.** A Redis flushed, or restarted without persistence,
+//! forgets budgets' spend, which would then be handed out again. The key
+//! `<prefix>{sb}:epoch` marks counters seeded from the durable request log;
+//! with a `Reseed` source installed (the server installs one reading its
+//! store), a reserve covering a budget finds the marker missing inside its
+//! script, counts nothing and answers so. The limiter then asks the source
+//! for every key's and team's spend in its current window, floors the
+//! `spent` counters to it, writes the marker (all in calls of the script,
+//! the marker last), and sends the reserve again: a second round trip only
+//! after a loss, and one reseed for all the requests that found it at once
+//! (they wait on it). A first start on an empty Redis is seeded the same
+//! way. If the source fails, budgeted requests are refused (or admitted
+//! uncounted, failing open) for a second before it is tried again. What
+//! this cannot restore: reservations in flight at the loss (their settles
+//! find no record and record only their spend), spend settled before the
+//! loss whose records the writer had not yet committed, end users'
+//! budgets (the log is not summed per end user), and counters evicted
+//! while the marker stays (run Redis with `maxmemory-policy noeviction`).
+//! Requests without a budget never look at the marker.
+//!
 //! **When Redis cannot be reached.** Every call is bounded by `timeout`
 //! (2 s by default), retried once immediately after a dropped connection
 //! (the auto-reconnecting `ConnectionManager` reports one error after an
@@ -82,7 +102,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -114,6 +134,11 @@ const MAX_RETRYING: usize = 16_384;
 /// `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// After a failed reseed, how long budgeted requests are refused (or
+/// admitted uncounted, failing open) before the next attempt.
+const RESEED_RETRY: Duration = Duration::from_secs(1);
+/// Budgets floored per script call when reseeding.
+const RESEED_CHUNK: usize = 500;
 
 /// How a `RedisLimiter` behaves; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -179,6 +204,32 @@ struct Inner {
     warnings_suppressed: AtomicU64,
     /// Settles (and cancels) waiting to be retried.
     retrying: AtomicUsize,
+    /// Where budgets' spend is found again after the counters were lost.
+    reseed: OnceLock<Arc<dyn Reseed>>,
+    /// Held by the one reseed in progress.
+    reseeding: tokio::sync::Mutex<()>,
+    /// Reseeds done: a request that saw the marker missing before the
+    /// count moved need not reseed again.
+    reseeds: AtomicU64,
+    /// When the last reseed failed: for `RESEED_RETRY`, requests that find
+    /// the marker missing are refused without trying again.
+    reseed_failed_at: Mutex<Option<Instant>>,
+}
+
+/// Where a `RedisLimiter` finds budgets' spend again when its counters
+/// were lost (Redis flushed, or restarted without persistence): the
+/// durable request log, which the server reads.
+pub trait Reseed: Send + Sync + 'static {
+    /// Every budget's spend in its window of `now_ms`.
+    fn budget_spend(&self, now_ms: u64) -> LimitFuture<'_, Result<Vec<SpentIn>, String>>;
+}
+
+/// What a scope has spent in the budget window of a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpentIn {
+    pub scope: Scope,
+    pub period: Period,
+    pub spent: Nanos,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -201,6 +252,8 @@ enum Failure {
     TimedOut(Duration),
     Redis(RedisError),
     Reply(String),
+    /// The counters were lost and could not be restored.
+    Lost(String),
 }
 
 impl Failure {
@@ -210,7 +263,7 @@ impl Failure {
             Failure::Redis(error) => {
                 error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
             }
-            Failure::Reply(_) => false,
+            Failure::Reply(_) | Failure::Lost(_) => false,
         }
     }
 
@@ -223,7 +276,7 @@ impl Failure {
                 !error.is_connection_refusal()
                     && (error.is_io_error() || error.is_connection_dropped() || error.is_timeout())
             }
-            Failure::Paused | Failure::Reply(_) => false,
+            Failure::Paused | Failure::Reply(_) | Failure::Lost(_) => false,
         }
     }
 }
@@ -235,6 +288,10 @@ impl fmt::Display for Failure {
             Failure::TimedOut(timeout) => write!(formatter, "no answer within {timeout:?}"),
             Failure::Redis(error) => write!(formatter, "{error}"),
             Failure::Reply(reply) => write!(formatter, "unexpected reply {reply}"),
+            Failure::Lost(why) => write!(
+                formatter,
+                "its counters were lost and are not restored yet: {why}"
+            ),
         }
     }
 }
@@ -305,6 +362,10 @@ impl RedisLimiter {
                 warned_at: Mutex::new(None),
                 warnings_suppressed: AtomicU64::new(0),
                 retrying: AtomicUsize::new(0),
+                reseed: OnceLock::new(),
+                reseeding: tokio::sync::Mutex::new(()),
+                reseeds: AtomicU64::new(0),
+                reseed_failed_at: Mutex::new(None),
             }),
         };
         if let Err(error) = limiter.ping().await {
@@ -334,8 +395,26 @@ impl RedisLimiter {
                 warned_at: Mutex::new(None),
                 warnings_suppressed: AtomicU64::new(0),
                 retrying: AtomicUsize::new(0),
+                reseed: OnceLock::new(),
+                reseeding: tokio::sync::Mutex::new(()),
+                reseeds: AtomicU64::new(0),
+                reseed_failed_at: Mutex::new(None),
             }),
         }
+    }
+
+    /// Installs where budgets' spend is found again when the counters were
+    /// lost. Without it, lost counters go unnoticed. Set once; a second
+    /// call changes nothing.
+    pub fn with_reseed(self, source: Arc<dyn Reseed>) -> RedisLimiter {
+        let _ = self.inner.reseed.set(source);
+        self
+    }
+
+    /// How many times this limiter has found the counters lost and seeded
+    /// budgets again.
+    pub fn reseeds(&self) -> u64 {
+        self.inner.reseeds.load(Ordering::Relaxed)
     }
 
     /// The prefix every key starts with.
@@ -392,6 +471,11 @@ impl Inner {
         ]
     }
 
+    /// `<prefix>{sb}:epoch`: exists once budgets were seeded.
+    fn epoch_key(&self) -> String {
+        format!("{}{HASH_TAG}:epoch", self.prefix)
+    }
+
     /// `<prefix>{sb}:grant:<id>`: the record of one reservation.
     fn grant_key(&self, id: u128) -> String {
         format!("{}{HASH_TAG}:grant:{id:032x}", self.prefix)
@@ -404,10 +488,11 @@ impl Inner {
         scopes: &[(Scope, Rules)],
         minute: u64,
         now_ms: u64,
-        header: [String; 7],
+        header: [String; 8],
     ) -> ScriptInvocation<'static> {
         let mut invocation = SCRIPT.prepare_invoke();
         invocation.key(self.grant_key(id));
+        invocation.key(self.epoch_key());
         for (scope, rules) in scopes {
             for key in self.scope_keys(scope, rules, minute, now_ms) {
                 invocation.key(key);
@@ -419,8 +504,7 @@ impl Inner {
         for (_, rules) in scopes {
             let budget_ttl = rules
                 .budget
-                .and_then(|budget| budget_reset_in(budget.period, now_ms))
-                .map_or(0, |left| (left + BUDGET_MARGIN).as_secs().max(1));
+                .map_or(0, |budget| budget_ttl_secs(budget.period, now_ms));
             invocation
                 .arg(limit_arg(rules.max_concurrent))
                 .arg(limit_arg(rules.requests_per_minute))
@@ -493,6 +577,10 @@ impl Inner {
                 },
             ));
         }
+        // Only budgets need the lost counters back before they are
+        // checked; rate limits restart with the next minute anyway.
+        let check_epoch = self.reseed.get().is_some()
+            && ask.scopes.iter().any(|(_, rules)| rules.budget.is_some());
         let header = [
             "reserve".to_owned(),
             ask.tokens.min(REDIS_MAX).to_string(),
@@ -501,14 +589,35 @@ impl Inner {
             self.lease_minutes.to_string(),
             MINUTE_KEY_TTL_SECS.to_string(),
             self.record_ttl_secs().to_string(),
+            if check_epoch { "1" } else { "0" }.to_owned(),
         ];
         let request = Request::Script(self.invocation(id, &ask.scopes, minute, ask.now_ms, header));
-        // A dropped connection is retried inside `call`; the grant id makes
-        // that repeat harmless.
-        let reply = match self.call(&request).await {
-            Ok(value) => redis::from_redis_value::<Vec<i64>>(value)
-                .map_err(|error| Failure::Reply(error.to_string())),
-            Err(failure) => Err(failure),
+        let mut reseeded = false;
+        let reply = loop {
+            let reseeds_seen = self.reseeds.load(Ordering::Acquire);
+            // A dropped connection is retried inside `call`; the grant id
+            // makes that repeat harmless.
+            let reply = match self.call(&request).await {
+                Ok(value) => redis::from_redis_value::<Vec<i64>>(value)
+                    .map_err(|error| Failure::Reply(error.to_string())),
+                Err(failure) => Err(failure),
+            };
+            // The marker is missing: nothing was counted; the budgets are
+            // seeded again from the request log, and the reserve resent
+            // (a second round trip, only after a loss).
+            if matches!(reply.as_deref(), Ok([3])) {
+                let restored = if reseeded {
+                    Err("the counters were lost again while being restored".to_owned())
+                } else {
+                    self.reseed(reseeds_seen, ask.now_ms).await
+                };
+                if let Err(why) = restored {
+                    return self.unavailable(ask, id, minute, reset, &Failure::Lost(why));
+                }
+                reseeded = true;
+                continue;
+            }
+            break reply;
         };
         let reply = match reply {
             Ok(reply) => reply,
@@ -621,6 +730,78 @@ impl Inner {
         Ok(grant)
     }
 
+    /// Seeds every budget's spend from the request log into Redis, then
+    /// writes the epoch marker. Requests that found the marker missing
+    /// together wait for one reseed: whoever comes after it finished (the
+    /// count moved past `reseeds_seen`) returns at once.
+    async fn reseed(&self, reseeds_seen: u64, now_ms: u64) -> Result<(), String> {
+        let Some(source) = self.reseed.get() else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.reseeding.lock().await;
+        if self.reseeds.load(Ordering::Acquire) != reseeds_seen {
+            return Ok(());
+        }
+        if let Some(failed_at) = *lock(&self.reseed_failed_at)
+            && failed_at.elapsed() < RESEED_RETRY
+        {
+            return Err("restoring them failed moments ago".to_owned());
+        }
+        let result = self.reseed_from(source.as_ref(), now_ms).await;
+        match &result {
+            Ok(budgets) => {
+                *lock(&self.reseed_failed_at) = None;
+                self.reseeds.fetch_add(1, Ordering::Release);
+                tracing::warn!(
+                    budgets,
+                    "the shared limiter's Redis had lost its counters (or never held them): \
+                     budgets' spend was restored from the request log"
+                );
+            }
+            Err(why) => {
+                *lock(&self.reseed_failed_at) = Some(Instant::now());
+                tracing::error!(%why, "the shared limiter's lost counters could not be restored");
+            }
+        }
+        result.map(drop)
+    }
+
+    async fn reseed_from(&self, source: &dyn Reseed, now_ms: u64) -> Result<usize, String> {
+        let spend = source.budget_spend(now_ms).await?;
+        let chunks: Vec<&[SpentIn]> = if spend.is_empty() {
+            vec![&[]]
+        } else {
+            spend.chunks(RESEED_CHUNK).collect()
+        };
+        for (index, chunk) in chunks.iter().enumerate() {
+            let mut invocation = SCRIPT.prepare_invoke();
+            invocation.key(self.epoch_key()).arg("seed");
+            // The marker goes with the last chunk: until then, requests
+            // still find it missing and wait.
+            if index + 1 == chunks.len() {
+                invocation.arg(now_ms);
+            } else {
+                invocation.arg("");
+            }
+            for SpentIn {
+                scope,
+                period,
+                spent,
+            } in chunk.iter()
+            {
+                let window = budget_window(*period, now_ms);
+                invocation
+                    .key(format!("{}:spent:{window}", self.scope_base(scope)))
+                    .arg(spent.min(&REDIS_MAX).to_string())
+                    .arg(budget_ttl_secs(*period, now_ms));
+            }
+            self.call(&Request::Script(invocation))
+                .await
+                .map_err(|failure| failure.to_string())?;
+        }
+        Ok(spend.len())
+    }
+
     /// How long a grant's record lives after its last change: as long as
     /// its buckets may count, and longer than settles are retried.
     fn record_ttl_secs(&self) -> u64 {
@@ -642,6 +823,7 @@ impl Inner {
             held_release,
             cost.min(REDIS_MAX).to_string(),
             self.record_ttl_secs().to_string(),
+            String::new(),
             String::new(),
             String::new(),
         ];
@@ -746,8 +928,7 @@ impl Limiter for RedisLimiter {
     ) -> LimitFuture<'_, ()> {
         Box::pin(async move {
             let window = budget_window(period, now_ms);
-            let ttl = budget_reset_in(period, now_ms)
-                .map_or(0, |left| (left + BUDGET_MARGIN).as_secs().max(1));
+            let ttl = budget_ttl_secs(period, now_ms);
             let mut invocation = SCRIPT.prepare_invoke();
             invocation
                 .key(format!("{}:spent:{window}", self.inner.scope_base(&scope)))
@@ -802,6 +983,11 @@ fn fresh_grant_id() -> u128 {
     // SplitMix64 is a bijection, so distinct counts stay distinct.
     let sequence = splitmix64(COUNTER.fetch_add(1, Ordering::Relaxed) ^ scramble);
     (u128::from(random) << 64) | u128::from(sequence)
+}
+
+/// How long a budget window's spend is kept from `now_ms` (0: for ever).
+fn budget_ttl_secs(period: Period, now_ms: u64) -> u64 {
+    budget_reset_in(period, now_ms).map_or(0, |left| (left + BUDGET_MARGIN).as_secs().max(1))
 }
 
 /// A limit as the script reads it: empty for none.

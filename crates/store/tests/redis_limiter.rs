@@ -7,16 +7,17 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use switchboard_core::mix::splitmix64;
+use switchboard_policy::limits::LimitFuture;
 use switchboard_policy::limits::{
     Ask, Budget, Grant, Limiter, MemoryLimiter, Nanos, Period, Refusal, Rules, Scope, ScopeKind,
 };
 use switchboard_store::RedisLimiter;
-use switchboard_store::redis_limiter::{HASH_TAG, RedisLimiterConfig};
+use switchboard_store::redis_limiter::{HASH_TAG, RedisLimiterConfig, Reseed, SpentIn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -1328,7 +1329,125 @@ async fn a_reserve_whose_answer_was_lost_is_cancelled() {
 }
 
 // ---------------------------------------------------------------------------
-// (6) Key names.
+// (6) Counters lost in a flush or a restart are restored from the log.
+
+/// A request log as the server would read it: what each budget spent.
+#[derive(Default)]
+struct FakeLog {
+    spent: Mutex<Vec<SpentIn>>,
+    reads: AtomicUsize,
+    failing: AtomicBool,
+}
+
+impl Reseed for FakeLog {
+    fn budget_spend(&self, _now_ms: u64) -> LimitFuture<'_, Result<Vec<SpentIn>, String>> {
+        Box::pin(async move {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            // Slow enough for concurrent requests to pile up behind it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err("the database is away".to_owned());
+            }
+            Ok(self.spent.lock().unwrap().clone())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_counters_are_restored_from_the_request_log() {
+    let Some(url) = redis_url("lost_counters_are_restored_from_the_request_log").await else {
+        return;
+    };
+    let prefix = unique_prefix("reseed");
+    let log = Arc::new(FakeLog::default());
+    let key = scope(ScopeKind::Key, "k");
+    let logged = |spent| {
+        vec![SpentIn {
+            scope: key.clone(),
+            period: Period::Daily,
+            spent,
+        }]
+    };
+    *log.spent.lock().unwrap() = logged(700);
+    let limiter = Arc::new(limiter(&url, &prefix, false).await.with_reseed(log.clone()));
+    let scopes = vec![(
+        key.clone(),
+        Rules {
+            budget: budget(1_000, Period::Daily),
+            ..Rules::default()
+        },
+    )];
+    let now_ms = minute_start_now();
+
+    // A Redis that never saw this log: seeded before the first budget check.
+    let grant = limiter.reserve(ask(&scopes, 1, 200, now_ms)).await.unwrap();
+    assert_eq!(limiter.budget_used(&key, Period::Daily, now_ms).await, 900);
+    assert_eq!(
+        (limiter.reseeds(), log.reads.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    limiter.settle(grant, 1, 200).await;
+    *log.spent.lock().unwrap() = logged(900);
+    // Requests without a budget never wait for a reseed.
+    let unbudgeted = vec![(
+        scope(ScopeKind::Key, "rate only"),
+        Rules {
+            requests_per_minute: Some(100),
+            ..Rules::default()
+        },
+    )];
+
+    // A flush: every counter and the marker gone. Twenty requests at once
+    // find out, one reseed serves them all, and the budget holds.
+    clean_up(&url, &prefix).await;
+    assert!(
+        limiter
+            .reserve(ask(&unbudgeted, 1, 0, now_ms))
+            .await
+            .is_ok()
+    );
+    assert_eq!(limiter.reseeds(), 1);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let limiter = limiter.clone();
+            let scopes = scopes.clone();
+            tokio::spawn(async move { limiter.reserve(ask(&scopes, 1, 200, now_ms)).await })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.unwrap() {
+            Err(Refusal::Budget { used: 900, .. }) => {}
+            other => panic!("a lost budget was handed out afresh: {other:?}"),
+        }
+    }
+    assert_eq!(
+        (limiter.reseeds(), log.reads.load(Ordering::SeqCst)),
+        (2, 2),
+        "one reseed for all"
+    );
+    let grant = limiter.reserve(ask(&scopes, 1, 100, now_ms)).await.unwrap();
+    limiter.settle(grant, 1, 100).await;
+
+    // When the log cannot be read, budgeted requests are refused (fail
+    // closed) until it can.
+    clean_up(&url, &prefix).await;
+    log.failing.store(true, Ordering::SeqCst);
+    *log.spent.lock().unwrap() = logged(1_000);
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 1, 1, now_ms)).await,
+        Err(Refusal::Unavailable(message)) if message.contains("lost")
+    ));
+    log.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 1, 1, now_ms)).await,
+        Err(Refusal::Budget { used: 1_000, .. })
+    ));
+    clean_up(&url, &prefix).await;
+}
+
+// ---------------------------------------------------------------------------
+// (7) Key names.
 
 #[tokio::test]
 async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
