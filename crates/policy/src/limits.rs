@@ -155,6 +155,18 @@ pub trait Limiter: Send + Sync + 'static {
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()>;
     /// Spent and reserved in a scope's current budget window.
     fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos>;
+    /// How long a reservation counts if it is neither settled nor renewed
+    /// (`None`: until it is settled).
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+    /// Makes a reservation still in progress count for another lease from
+    /// `now_ms`; one already settled stays settled. Answers whether the
+    /// counters could be reached (false: try again sooner).
+    fn renew(&self, grant: &Grant, now_ms: u64) -> LimitFuture<'_, bool> {
+        let _ = (grant, now_ms);
+        Box::pin(std::future::ready(true))
+    }
     /// Tells the limiter that the scope has spent at least `spent` in the
     /// budget window of `now_ms` (from the request log), for a budget set
     /// or changed mid-window. Counters that already know more keep it.

@@ -43,6 +43,11 @@
 -- 'settle' ARGV[2..8]: token change (actual minus reserved, signed), held
 --   cost negated ('-N'), actual cost, record TTL (s), three unused.
 --   Returns 0, or 1 when the grant was settled already.
+-- 'renew' ARGV[2..8]: current minute, held cost ('N'), held cost negated
+--   ('-N'), record and in-flight-key TTL (s), three unused. Moves a
+--   reservation still counting from the minute it counts in to the
+--   current one (its request and its held cost), so it counts for another
+--   lease. Returns 1, or 0 when the grant is settled or not counting.
 -- 'used' KEYS: spent, held of one scope; ARGV[2..3]: current minute, lease
 --   in minutes. Returns spent plus live held.
 -- 'floor' KEYS: spent of one scope; ARGV[2..3]: spent (nanos), TTL in
@@ -197,6 +202,37 @@ if operation == 'reserve' then
     't', string.format('%d', first_tokens))
   redis.call('EXPIRE', GRANT, flight_ttl)
   return {0, first_requests, first_tokens}
+end
+
+if operation == 'renew' then
+  local record = redis.call('HMGET', GRANT, 'm', 'done')
+  if record[2] or not record[1] then
+    return 0
+  end
+  local from, to = record[1], ARGV[2]
+  local ttl = ARGV[5]
+  for i = 1, scopes do
+    local k = LEAD + (i - 1) * 4
+    local a = HEADER + (i - 1) * PER_SCOPE
+    local max_concurrent, limit = ARGV[a + 1], ARGV[a + 4]
+    if max_concurrent ~= '' then
+      if from ~= to then
+        release(KEYS[k + 1], from, -1)
+        redis.call('HINCRBY', KEYS[k + 1], to, 1)
+      end
+      redis.call('EXPIRE', KEYS[k + 1], ttl)
+    end
+    if limit ~= '' and ARGV[3] ~= '0' then
+      if from ~= to then
+        release(KEYS[k + 4], from, ARGV[4])
+        redis.call('HINCRBY', KEYS[k + 4], to, ARGV[3])
+      end
+      redis.call('EXPIRE', KEYS[k + 4], ttl)
+    end
+  end
+  redis.call('HSET', GRANT, 'm', to)
+  redis.call('EXPIRE', GRANT, ttl)
+  return 1
 end
 
 if operation == 'settle' then

@@ -2,8 +2,8 @@
 //! `switchboard_policy::limits`, shared by every gateway instance through
 //! one Redis, with the semantics of `MemoryLimiter`.
 //!
-//! **One round trip.** `reserve`, `settle` and `budget_used` are each one
-//! call of the Lua script `redis_limiter.lua` (EVALSHA; the script is
+//! **One round trip.** `reserve`, `settle`, `renew` and `budget_used` are
+//! each one call of the Lua script `redis_limiter.lua` (EVALSHA; the script is
 //! loaded once per Redis process, on the first NOSCRIPT). Reserve checks
 //! every scope (concurrency, requests and tokens per minute, budget:
 //! spent + held + cost <= limit), and only if all pass reserves in all of
@@ -47,15 +47,18 @@
 //! its window ends plus a day (so the last window can still be read);
 //! lifetime budgets never expire. Requests in flight and budget holds are
 //! kept per minute of reservation, and a reservation counts only for the
-//! `lease` (15 minutes by default) after it was made: if an instance
-//! crashes, or a settle is lost to a Redis outage, its in-flight count and
-//! its held cost decay when the lease ends, even on a scope that stays busy
-//! (a single counter with a refreshed TTL would keep the leak as long as
-//! traffic continues). The trade-off: a request running longer than the
-//! lease stops counting against concurrency and against its budget's
-//! holds, so the lease must exceed the longest request the gateway allows.
-//! Both hashes expire whole when no reservation has touched them for the
-//! lease plus two minutes.
+//! `lease` (15 minutes by default) after it was made or last renewed: if
+//! an instance crashes, or a settle is lost for good, its in-flight count
+//! and its held cost decay when the lease ends, even on a scope that stays
+//! busy (a single counter with a refreshed TTL would keep the leak as long
+//! as traffic continues). A request still running renews its reservation
+//! (`Limiter::renew`, the script's `renew`): the server does so every half
+//! lease, moving the request and its held cost from the minute they count
+//! in to the current one, which the grant's record then names, so its
+//! settle releases them there. A renewal that fails is tried again within
+//! 30 seconds; a request whose instance cannot reach Redis for more than
+//! half a lease stops counting. Both hashes expire whole when no
+//! reservation has touched them for the lease plus two minutes.
 //!
 //! **Counters lost.** A Redis flushed, or restarted without persistence,
 //! forgets budgets' spend, which would then be handed out again. The key
@@ -154,8 +157,9 @@ pub struct RedisLimiterConfig {
     pub prefix: String,
     /// The most any call may take, connecting included.
     pub timeout: Duration,
-    /// How long a reservation counts if it is never settled; longer than
-    /// any request may run. Rounded up to whole minutes, at most a week.
+    /// How long a reservation counts if it is neither settled nor renewed
+    /// (the server renews every half lease while a request runs). Rounded
+    /// up to whole minutes, at most a week.
     pub lease: Duration,
     /// After a connection failure, how long calls skip Redis.
     pub outage_pause: Duration,
@@ -888,6 +892,42 @@ impl Inner {
         });
     }
 
+    async fn renew_shared(&self, request: Request) -> bool {
+        match self.call(&request).await {
+            Ok(_) => true,
+            Err(failure) => {
+                self.warn_unavailable(&failure, "a reservation in progress was not renewed");
+                false
+            }
+        }
+    }
+
+    /// The renew call of a grant still in progress at `now_ms`.
+    fn renew_request(&self, grant: &Grant, now_ms: u64) -> Request {
+        let cost = grant.cost.min(REDIS_MAX);
+        let header = [
+            "renew".to_owned(),
+            minute_of(now_ms).to_string(),
+            cost.to_string(),
+            if cost == 0 {
+                "0".to_owned()
+            } else {
+                format!("-{cost}")
+            },
+            self.record_ttl_secs().to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ];
+        Request::Script(self.invocation(
+            grant.id,
+            &grant.scopes,
+            grant.minute,
+            grant.now_ms,
+            header,
+        ))
+    }
+
     async fn budget_used_shared(&self, scope: &Scope, period: Period, now_ms: u64) -> Nanos {
         let minute = minute_of(now_ms);
         let window = budget_window(period, now_ms);
@@ -949,6 +989,18 @@ impl Limiter for RedisLimiter {
     fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos> {
         let scope = scope.clone();
         Box::pin(async move { self.inner.budget_used_shared(&scope, period, now_ms).await })
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(Duration::from_secs(self.inner.lease_minutes * 60))
+    }
+
+    fn renew(&self, grant: &Grant, now_ms: u64) -> LimitFuture<'_, bool> {
+        if grant.scopes.is_empty() {
+            return Box::pin(std::future::ready(true));
+        }
+        let request = self.inner.renew_request(grant, now_ms);
+        Box::pin(self.inner.renew_shared(request))
     }
 }
 

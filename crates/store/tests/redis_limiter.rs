@@ -857,6 +857,65 @@ async fn reservations_never_settled_lapse_after_the_lease() {
     clean_up(&url, &prefix).await;
 }
 
+/// A request still running when half its lease is gone renews it, and
+/// keeps counting past the lease; its settle releases it where it counts.
+#[tokio::test]
+async fn a_renewed_reservation_keeps_counting_past_the_lease() {
+    let Some(url) = redis_url("a_renewed_reservation_keeps_counting_past_the_lease").await else {
+        return;
+    };
+    let prefix = unique_prefix("renew");
+    let config = RedisLimiterConfig {
+        lease: Duration::from_secs(120),
+        ..RedisLimiterConfig::default()
+    };
+    let limiter = RedisLimiter::connect_with(&url, config)
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    assert_eq!(limiter.lease(), Some(Duration::from_secs(120)));
+    let key = scope(ScopeKind::Key, "k");
+    let scopes = [(
+        key.clone(),
+        Rules {
+            max_concurrent: Some(1),
+            budget: budget(1_000, Period::Total),
+            ..Rules::default()
+        },
+    )];
+    let now_ms = minute_start_now();
+    let running = limiter.reserve(ask(&scopes, 1, 800, now_ms)).await.unwrap();
+    assert!(limiter.renew(&running, now_ms + 60_000).await);
+
+    // Past the lease of the reservation, within that of its renewal.
+    let later = now_ms + 120_000;
+    assert_eq!(limiter.budget_used(&key, Period::Total, later).await, 800);
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 1, 100, later)).await,
+        Err(Refusal::Limited {
+            limit: "max_concurrent",
+            ..
+        })
+    ));
+
+    // The settle releases the request and its hold from the renewed minute.
+    limiter.settle(running.clone(), 1, 300).await;
+    assert_eq!(limiter.budget_used(&key, Period::Total, later).await, 300);
+    limiter
+        .reserve(ask(&scopes, 1, 100, later))
+        .await
+        .expect("the settled request no longer counts");
+    // Renewing a settled grant brings nothing back.
+    assert!(limiter.renew(&running, later + 60_000).await);
+    assert_eq!(
+        limiter
+            .budget_used(&key, Period::Total, later + 60_000)
+            .await,
+        400
+    );
+    clean_up(&url, &prefix).await;
+}
+
 // ---------------------------------------------------------------------------
 // (4) Redis unreachable: fail open, fail closed, never hang.
 
