@@ -186,6 +186,7 @@ pub async fn start(
                 switchboard_store::redis_limiter::RedisLimiterConfig {
                     fail_open: config.storage.redis_fail_open,
                     fail_open_budgets: config.storage.redis_fail_open_budgets,
+                    prefix: config.storage.redis_prefix.clone(),
                     ..Default::default()
                 },
             )

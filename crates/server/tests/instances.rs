@@ -85,6 +85,11 @@ async fn redis_answers() -> Result<(), String> {
 }
 
 fn config(database: &str) -> switchboard_config::Config {
+    config_prefixed(database, "switchboard:")
+}
+
+/// A config whose Redis keys start with `prefix`.
+fn config_prefixed(database: &str, prefix: &str) -> switchboard_config::Config {
     let text = format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -92,6 +97,7 @@ master_key = "{MASTER_KEY}"
 [storage]
 url = "{database}"
 redis_url = "{redis}"
+redis_prefix = "{prefix}"
 [[models]]
 name = "priced"
 [[models.deployments]]
@@ -275,35 +281,47 @@ async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
-    let gateway = TestGateway::start(config(&database)).await;
+    // A prefix of its own: the marker it deletes is this gateway's alone.
+    let prefix = format!("sbtest:{schema}:");
+    let gateway = TestGateway::start(config_prefixed(&database, &prefix)).await;
     let budget = json!({"budget_usd": 0.2, "budget_period": "daily"});
     let (spent_id, spent_key) = create_key(&gateway, budget.clone()).await;
     let (_, fresh_key) = create_key(&gateway, budget).await;
+    // Spent until refused even once every settle has landed (a refusal
+    // can also come from the previous request's hold, settled just after
+    // its response).
     let mut served = 0;
-    while chat(&gateway, &spent_key).await == 200 {
+    loop {
+        if chat(&gateway, &spent_key).await == 200 {
+            served += 1;
+            assert!(served < 50, "the budget never ran out");
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if chat(&gateway, &spent_key).await != 200 {
+            break;
+        }
         served += 1;
-        assert!(served < 50, "the budget never ran out");
     }
     assert!(served > 0);
     assert_eq!(chat(&gateway, &fresh_key).await, 200);
     // Let the record writer commit the requests' records.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // A flush of what this test owns, and of the marker that tells every
-    // limiter on this Redis that its counters were seeded. (Other
-    // gateways on it merely restore theirs from their logs.)
+    // A flush: this key's counters and the marker that says they were
+    // seeded.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let window =
         switchboard_policy::limits::budget_window(switchboard_policy::limits::Period::Daily, now);
-    let base = format!("switchboard:{{sb}}:key:{spent_id}");
+    let base = format!("{prefix}{{sb}}:key:{spent_id}");
     redis_delete(&[
         format!("{base}:spent:{window}"),
         format!("{base}:held:{window}"),
         format!("{base}:inflight"),
-        "switchboard:{sb}:epoch".to_owned(),
+        format!("{prefix}{{sb}}:epoch"),
     ])
     .await;
 
@@ -319,4 +337,6 @@ async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
     );
     gateway.stop_and_records().await;
     drop_schema(&schema).await;
+    // Everything else it wrote expires by itself.
+    redis_delete(&[format!("{prefix}{{sb}}:epoch")]).await;
 }

@@ -78,7 +78,9 @@
 //! loss whose records the writer had not yet committed, end users'
 //! budgets (the log is not summed per end user), and counters evicted
 //! while the marker stays (run Redis with `maxmemory-policy noeviction`).
-//! Requests without a budget never look at the marker.
+//! Requests without a budget never look at the marker. The marker is one
+//! per prefix, so instances sharing a prefix must share a request log
+//! (`storage.redis_prefix` separates gateways on one Redis).
 //!
 //! **When Redis cannot be reached.** Every call is bounded by `timeout`
 //! (2 s by default), retried once immediately after a dropped connection
