@@ -1244,11 +1244,11 @@ async fn a_settle_sent_twice_is_applied_once() {
         .reserve(ask(&scopes, 10, 1_000, now_ms))
         .await
         .unwrap();
-    let _second = limiter
+    let second = limiter
         .reserve(ask(&scopes, 10, 1_000, now_ms))
         .await
         .unwrap();
-    assert_ne!(first.id, _second.id, "every grant has an id of its own");
+    assert_ne!(first.id, second.id, "every grant has an id of its own");
     // The same settle twice, as a retry after a lost answer would send it.
     limiter.settle(first.clone(), 5, 300).await;
     limiter.settle(first, 5, 300).await;
