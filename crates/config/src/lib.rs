@@ -135,6 +135,10 @@ pub struct StorageConfig {
     pub redis_fail_open: bool,
     /// ...and for requests a budget covers.
     pub redis_fail_open_budgets: bool,
+    /// What every Redis key of the limiter starts with. Gateways sharing
+    /// a Redis share their counters if they share a prefix, so only
+    /// instances of one gateway (one database) may.
+    pub redis_prefix: String,
     /// Where this instance's write-ahead journal of request records lives
     /// (`None`: no journal). Defaults to `<database>.journal` for a SQLite
     /// file; PostgreSQL instances name one each.

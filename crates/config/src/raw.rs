@@ -71,6 +71,7 @@ pub(crate) struct RawStorage {
     pub redis_url: Option<String>,
     pub redis_fail_open: Option<bool>,
     pub redis_fail_open_budgets: Option<bool>,
+    pub redis_prefix: Option<String>,
     pub journal_dir: Option<String>,
 }
 

@@ -19,6 +19,7 @@ use crate::{
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+const DEFAULT_REDIS_PREFIX: &str = "switchboard:";
 
 /// OpenAI-compatible vendors known by name, with their default base URL.
 const COMPATIBLE_VENDORS: &[(&str, Option<&str>)] = &[
@@ -216,6 +217,12 @@ pub(crate) fn validate(
             "write redis://HOST:6379 (with redis://:PASSWORD@HOST:6379 for a password)",
         );
     }
+    let redis_prefix = raw
+        .storage
+        .redis_prefix
+        .as_deref()
+        .and_then(|prefix| checker.text("storage.redis_prefix", prefix))
+        .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
     let journal_dir = match raw.storage.journal_dir.as_deref() {
         Some(text) => checker
             .text("storage.journal_dir", text)
@@ -358,6 +365,7 @@ pub(crate) fn validate(
                 redis_url,
                 redis_fail_open: raw.storage.redis_fail_open.unwrap_or(false),
                 redis_fail_open_budgets: raw.storage.redis_fail_open_budgets.unwrap_or(false),
+                redis_prefix,
                 journal_dir,
             },
             cache,

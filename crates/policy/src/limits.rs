@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// US dollars times 10⁹.
@@ -97,6 +98,13 @@ pub struct Ask {
 /// What a reservation holds, to be settled exactly once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// Names this reservation, unique among every instance's grants: a
+    /// shared limiter applies a reserve or a settle carrying it at most
+    /// once, so either may be retried.
+    pub id: u128,
+    /// 0 for a whole grant; 1 and 2 for the two parts of a split one
+    /// (`split_off`), which a shared limiter settles once each.
+    pub part: u8,
     pub scopes: Vec<(Scope, Rules)>,
     pub tokens: u64,
     pub cost: Nanos,
@@ -113,8 +121,12 @@ impl Grant {
     /// Splits off the scopes from `at` on into a grant of their own (same
     /// tokens, cost and windows), so that the two parts are settled
     /// separately, each exactly once.
+    /// A grant splits once: its parts keep its id, as parts 1 and 2.
     pub fn split_off(&mut self, at: usize) -> Grant {
+        debug_assert_eq!(self.part, 0, "a grant splits once");
+        self.part = 1;
         Grant {
+            part: 2,
             scopes: self.scopes.split_off(at.min(self.scopes.len())),
             remaining: Remaining {
                 reset: self.remaining.reset,
@@ -180,6 +192,18 @@ pub trait Limiter: Send + Sync + 'static {
     }
     /// Spent and reserved in a scope's current budget window.
     fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos>;
+    /// How long a reservation counts if it is neither settled nor renewed
+    /// (`None`: until it is settled).
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+    /// Makes a reservation still in progress count for another lease from
+    /// `now_ms`; one already settled stays settled. Answers whether the
+    /// counters could be reached (false: try again sooner).
+    fn renew(&self, grant: &Grant, now_ms: u64) -> LimitFuture<'_, bool> {
+        let _ = (grant, now_ms);
+        Box::pin(std::future::ready(true))
+    }
     /// Tells the limiter that the scope has spent at least `spent` in the
     /// budget window of `now_ms` (from the request log), for a budget set
     /// or changed mid-window. Counters that already know more keep it.
@@ -301,6 +325,8 @@ struct Counters {
 #[derive(Debug, Default)]
 pub struct MemoryLimiter {
     scopes: Mutex<HashMap<Scope, Counters>>,
+    /// The last grant id given (ids need only be unique here).
+    last_id: AtomicU64,
 }
 
 impl MemoryLimiter {
@@ -406,6 +432,8 @@ impl MemoryLimiter {
             }
         }
         Ok(Grant {
+            id: u128::from(self.last_id.fetch_add(1, Ordering::Relaxed) + 1),
+            part: 0,
             scopes: ask.scopes,
             tokens: ask.tokens,
             cost: ask.cost,

@@ -13,9 +13,13 @@
 //! Later attempts reserve only their deployment's scope. Each attempt's
 //! hold on its deployment (`Hold`) is settled when the attempt fails, or
 //! with the request's usage when its answer was served.
+//!
+//! With a limiter whose reservations lapse (Redis: after the lease), a
+//! timer renews the key's reservation every half lease until it is
+//! settled, so a long request keeps counting.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
 use switchboard_core::Usage;
@@ -41,10 +45,54 @@ pub(crate) struct Caller {
     pub end_user: Option<String>,
 }
 
+/// After a renewal that could not reach the counters, the wait before the
+/// next attempt (at most half the lease).
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+
 /// A reservation to settle when the request ends.
 pub(crate) struct Reservation {
     limiter: Arc<dyn Limiter>,
     grant: Grant,
+    /// Renews the reservation while the request runs; stopped at settle
+    /// (or when the reservation is dropped unsettled).
+    renewal: Option<Renewal>,
+}
+
+/// The timer task renewing a reservation; aborted when dropped.
+struct Renewal(tokio::task::JoinHandle<()>);
+
+impl Renewal {
+    /// Renews `grant` every half `lease` from now. `None` outside a runtime.
+    fn start(limiter: Arc<dyn Limiter>, grant: Grant, lease: Duration) -> Option<Renewal> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let half = lease / 2;
+        let task = runtime.spawn(async move {
+            let mut wait = half;
+            loop {
+                tokio::time::sleep(wait).await;
+                let now_ms = unix_millis().max(0) as u64;
+                wait = if limiter.renew(&grant, now_ms).await {
+                    half
+                } else {
+                    RENEW_RETRY.min(half)
+                };
+            }
+        });
+        Some(Renewal(task))
+    }
+
+    /// The renewal of `grant`, when `limiter`'s reservations lapse.
+    fn of(limiter: &Arc<dyn Limiter>, grant: &Grant) -> Option<Renewal> {
+        limiter
+            .lease()
+            .and_then(|lease| Renewal::start(limiter.clone(), grant.clone(), lease))
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Reservation {
@@ -56,7 +104,12 @@ impl Reservation {
     /// Settles with what the request actually used and cost. Runs on a
     /// task of its own, so that a client hang-up cannot cut it short.
     pub fn settle(self, usage: &Usage, cost: Nanos) {
-        let Reservation { limiter, grant } = self;
+        let Reservation {
+            limiter,
+            grant,
+            renewal,
+        } = self;
+        drop(renewal);
         spawn_settle(limiter, grant, tokens_of(usage), cost);
     }
 }
@@ -97,6 +150,8 @@ struct Held {
     /// Their reservation, once made. While `joint`, its last scope is the
     /// first attempt's deployment, held for that attempt.
     grant: Option<Grant>,
+    /// Renews `grant` while the request runs.
+    renewal: Option<Renewal>,
     joint: bool,
     /// Room left in the key's own limits after this request, for headers.
     remaining: Option<Remaining>,
@@ -150,6 +205,7 @@ impl Admission {
             .map_err(refused)?;
         let mut held = self.held();
         held.remaining = Some(grant.remaining);
+        held.renewal = Renewal::of(&self.limiter, &grant);
         held.grant = Some(grant);
         Ok(())
     }
@@ -192,6 +248,7 @@ impl Admission {
                 let mut held = self.held();
                 held.pending.clear();
                 held.remaining = Some(grant.remaining);
+                held.renewal = Renewal::of(&self.limiter, &grant);
                 held.grant = Some(grant);
                 held.joint = true;
                 Entry::Go(Hold(Some(Holding::Joint(self.clone()))))
@@ -229,9 +286,11 @@ impl Admission {
     pub fn take_keys(&self) -> Option<Reservation> {
         let mut held = self.held();
         held.joint = false;
+        let renewal = held.renewal.take();
         held.grant.take().map(|grant| Reservation {
             limiter: self.limiter.clone(),
             grant,
+            renewal,
         })
     }
 
@@ -469,5 +528,84 @@ fn refused(refusal: Refusal) -> ApiError {
             period,
         } => ApiError::budget_exceeded(&scope_name(&scope), limit, used, period.as_str()),
         Refusal::Unavailable(why) => ApiError::limits_unavailable(&why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use switchboard_policy::limits::{LimitFuture, MemoryLimiter, Period, Remaining};
+
+    use super::*;
+
+    /// A limiter whose reservations lapse after a minute, noting renewals
+    /// and settles.
+    #[derive(Default)]
+    struct Leased {
+        memory: MemoryLimiter,
+        renewals: Mutex<Vec<u128>>,
+        settles: Mutex<Vec<u128>>,
+    }
+
+    impl Limiter for Leased {
+        fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
+            self.memory.reserve(ask)
+        }
+        fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
+            self.settles.lock().unwrap().push(grant.id);
+            self.memory.settle(grant, tokens, cost)
+        }
+        fn budget_used(
+            &self,
+            scope: &Scope,
+            period: Period,
+            now_ms: u64,
+        ) -> LimitFuture<'_, Nanos> {
+            self.memory.budget_used(scope, period, now_ms)
+        }
+        fn lease(&self) -> Option<Duration> {
+            Some(Duration::from_secs(60))
+        }
+        fn renew(&self, grant: &Grant, _now_ms: u64) -> LimitFuture<'_, bool> {
+            self.renewals.lock().unwrap().push(grant.id);
+            Box::pin(std::future::ready(true))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reservation_is_renewed_every_half_lease_until_settled() {
+        let leased = Arc::new(Leased::default());
+        let limiter: Arc<dyn Limiter> = leased.clone();
+        let grant = Grant {
+            id: 42,
+            part: 0,
+            scopes: Vec::new(),
+            tokens: 0,
+            cost: 0,
+            minute: 0,
+            now_ms: 0,
+            remaining: Remaining::default(),
+        };
+        let reservation = Reservation {
+            renewal: Renewal::start(limiter.clone(), grant.clone(), Duration::from_secs(60)),
+            limiter,
+            grant,
+        };
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(leased.renewals.lock().unwrap().is_empty());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(*leased.renewals.lock().unwrap(), [42]);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(leased.renewals.lock().unwrap().len(), 2);
+
+        reservation.settle(&Usage::default(), 0);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(*leased.settles.lock().unwrap(), [42]);
+        assert_eq!(
+            leased.renewals.lock().unwrap().len(),
+            2,
+            "no renewal after the settle"
+        );
     }
 }

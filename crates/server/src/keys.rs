@@ -13,7 +13,9 @@ use std::time::Duration;
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use switchboard_core::keys::{KeyRecord, TeamRecord};
+use switchboard_policy::limits::LimitFuture;
 use switchboard_store::Database;
+use switchboard_store::redis_limiter::{Reseed, SpentIn};
 use tokio_util::sync::CancellationToken;
 
 /// How often every instance checks for changed keys.
@@ -112,28 +114,30 @@ impl KeyCache {
     }
 }
 
-/// Gives an in-memory limiter the spend the request log already holds for
-/// every key's, team's and end user's current budget window, so that a
-/// restart does not hand out budgets afresh. (Redis keeps its counters
-/// across restarts.) End users are scoped within their key, as `access`
-/// scopes them, and only the users the log names in the window get a
-/// counter.
-pub(crate) async fn restore_budgets(
+/// What every key's, team's and end user's budget has spent, by the
+/// request log, in its window of `now_ms`. End users are scoped within
+/// their key, as `access` scopes them, and only the users the log names in
+/// the window are listed.
+pub(crate) async fn budget_spend(
     store: &dyn Database,
-    limiter: &switchboard_policy::limits::MemoryLimiter,
-) -> Result<(), switchboard_store::StoreError> {
+    now_ms: u64,
+) -> Result<Vec<SpentIn>, switchboard_store::StoreError> {
     use switchboard_core::keys::Period;
     use switchboard_policy::limits::{Scope, ScopeKind, budget_window_start};
-    let now = crate::trace::unix_millis().max(0) as u64;
+    let mut spend = Vec::new();
     for key in store.keys().await? {
         if let (Some(_), Some(period)) = (key.limits.budget_nanos, key.limits.budget_period) {
-            let from = budget_window_start(period, now) as i64;
+            let from = budget_window_start(period, now_ms) as i64;
             let spent = store.spent_since(Some(&key.id), None, from).await?;
             let scope = Scope {
                 kind: ScopeKind::Key,
                 id: key.id.clone(),
             };
-            limiter.preload_spend(scope, period, now, spent);
+            spend.push(SpentIn {
+                scope,
+                period,
+                spent,
+            });
         }
         // As `access` reads it: a budget without a period is a total one.
         let user_budget = key.user_limits.as_ref().and_then(|limits| {
@@ -142,25 +146,66 @@ pub(crate) async fn restore_budgets(
                 .map(|_| limits.budget_period.unwrap_or(Period::Total))
         });
         if let Some(period) = user_budget {
-            let from = budget_window_start(period, now) as i64;
+            let from = budget_window_start(period, now_ms) as i64;
             for (user, spent) in store.user_spent_since(&key.id, from).await? {
-                let scope = crate::access::user_scope(&key.id, &user);
-                limiter.preload_spend(scope, period, now, spent);
+                spend.push(SpentIn {
+                    scope: crate::access::user_scope(&key.id, &user),
+                    period,
+                    spent,
+                });
             }
         }
     }
     for team in store.teams().await? {
         if let (Some(_), Some(period)) = (team.limits.budget_nanos, team.limits.budget_period) {
-            let from = budget_window_start(period, now) as i64;
+            let from = budget_window_start(period, now_ms) as i64;
             let spent = store.spent_since(None, Some(&team.id), from).await?;
             let scope = Scope {
                 kind: ScopeKind::Team,
                 id: team.id.clone(),
             };
-            limiter.preload_spend(scope, period, now, spent);
+            spend.push(SpentIn {
+                scope,
+                period,
+                spent,
+            });
         }
     }
+    Ok(spend)
+}
+
+/// Gives an in-memory limiter the spend the request log already holds for
+/// every key's, team's and end user's current budget window, so that a
+/// restart does not hand out budgets afresh. (The Redis limiter asks
+/// `RequestLog` when it finds its counters lost.)
+pub(crate) async fn restore_budgets(
+    store: &dyn Database,
+    limiter: &switchboard_policy::limits::MemoryLimiter,
+) -> Result<(), switchboard_store::StoreError> {
+    let now = crate::trace::unix_millis().max(0) as u64;
+    for SpentIn {
+        scope,
+        period,
+        spent,
+    } in budget_spend(store, now).await?
+    {
+        limiter.preload_spend(scope, period, now, spent);
+    }
     Ok(())
+}
+
+/// The request log, as the Redis limiter's source of budgets' spend after
+/// its counters were lost.
+pub(crate) struct RequestLog(pub Arc<dyn Database>);
+
+impl Reseed for RequestLog {
+    fn budget_spend(&self, now_ms: u64) -> LimitFuture<'_, Result<Vec<SpentIn>, String>> {
+        Box::pin(async move {
+            budget_spend(self.0.as_ref(), now_ms)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
 }
 
 /// Keeps `cache` current until `stop` is cancelled.

@@ -190,11 +190,15 @@ pub async fn start(
                 switchboard_store::redis_limiter::RedisLimiterConfig {
                     fail_open: config.storage.redis_fail_open,
                     fail_open_budgets: config.storage.redis_fail_open_budgets,
+                    prefix: config.storage.redis_prefix.clone(),
                     ..Default::default()
                 },
             )
             .await
-            .map_err(|error| ServeError::Limiter(error.to_string()))?,
+            .map_err(|error| ServeError::Limiter(error.to_string()))?
+            // Counters Redis lost (a flush, a restart without persistence)
+            // are restored from the request log before budgets are checked.
+            .with_reseed(Arc::new(keys::RequestLog(store.clone()))),
         ),
         None => {
             let limiter = switchboard_policy::limits::MemoryLimiter::new();

@@ -1,6 +1,7 @@
 //! Several gateway instances, one truth: two gateways sharing one
 //! PostgreSQL database and one Redis hold budgets and rate limits together,
-//! and a key revoked through one is refused by the other within a second.
+//! and a key revoked through one is refused by the other within a second;
+//! budgets' spend lost from Redis is restored from the request log.
 //!
 //! Needs PostgreSQL (127.0.0.1:5432, database `test`, or
 //! `SWITCHBOARD_TEST_POSTGRES_URL`) and Redis (127.0.0.1:6379, or
@@ -80,6 +81,11 @@ async fn redis_answers() -> Result<(), String> {
 }
 
 fn config(database: &str) -> switchboard_config::Config {
+    config_prefixed(database, "switchboard:")
+}
+
+/// A config whose Redis keys start with `prefix`.
+fn config_prefixed(database: &str, prefix: &str) -> switchboard_config::Config {
     let text = format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -87,6 +93,7 @@ master_key = "{MASTER_KEY}"
 [storage]
 url = "{database}"
 redis_url = "{redis}"
+redis_prefix = "{prefix}"
 [[models]]
 name = "priced"
 [[models.deployments]]
@@ -600,4 +607,97 @@ retry_max_backoff_ms = 5
 
     gateway.stop_and_records().await;
     drop_schema(&schema).await;
+}
+
+/// Deletes keys from the shared Redis (raw RESP: this crate does not name
+/// the redis client).
+async fn redis_delete(keys: &[String]) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let address = redis_url()
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut command = format!("*{}\r\n$3\r\nDEL\r\n", keys.len() + 1);
+    for key in keys {
+        command.push_str(&format!("${}\r\n{key}\r\n", key.len()));
+    }
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    tokio::io::BufReader::new(stream)
+        .read_line(&mut reply)
+        .await
+        .unwrap();
+    assert!(reply.starts_with(':'), "DEL answered {reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
+    if let Err(why) = redis_answers().await {
+        return skip_or_fail(why);
+    }
+    let (schema, database) = match schema().await {
+        Ok(schema) => schema,
+        Err(why) => return skip_or_fail(why),
+    };
+    // A prefix of its own: the marker it deletes is this gateway's alone.
+    let prefix = format!("sbtest:{schema}:");
+    let gateway = TestGateway::start(config_prefixed(&database, &prefix)).await;
+    let budget = json!({"budget_usd": 0.2, "budget_period": "daily"});
+    let (spent_id, spent_key) = create_key(&gateway, budget.clone()).await;
+    let (_, fresh_key) = create_key(&gateway, budget).await;
+    // Spent until refused even once every settle has landed (a refusal
+    // can also come from the previous request's hold, settled just after
+    // its response).
+    let mut served = 0;
+    loop {
+        if chat(&gateway, &spent_key).await == 200 {
+            served += 1;
+            assert!(served < 50, "the budget never ran out");
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if chat(&gateway, &spent_key).await != 200 {
+            break;
+        }
+        served += 1;
+    }
+    assert!(served > 0);
+    assert_eq!(chat(&gateway, &fresh_key).await, 200);
+    // Let the record writer commit the requests' records.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A flush: this key's counters and the marker that says they were
+    // seeded.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let window =
+        switchboard_policy::limits::budget_window(switchboard_policy::limits::Period::Daily, now);
+    let base = format!("{prefix}{{sb}}:key:{spent_id}");
+    redis_delete(&[
+        format!("{base}:spent:{window}"),
+        format!("{base}:held:{window}"),
+        format!("{base}:inflight"),
+        format!("{prefix}{{sb}}:epoch"),
+    ])
+    .await;
+
+    assert_eq!(
+        chat(&gateway, &spent_key).await,
+        429,
+        "the spent budget is still spent after Redis lost its counters"
+    );
+    assert_eq!(
+        chat(&gateway, &fresh_key).await,
+        200,
+        "the other still has room"
+    );
+    gateway.stop_and_records().await;
+    drop_schema(&schema).await;
+    // Everything else it wrote expires by itself.
+    redis_delete(&[format!("{prefix}{{sb}}:epoch")]).await;
 }

@@ -2,8 +2,8 @@
 //! `switchboard_policy::limits`, shared by every gateway instance through
 //! one Redis, with the semantics of `MemoryLimiter`.
 //!
-//! **One round trip.** `reserve`, `settle` and `budget_used` are each one
-//! call of the Lua script `redis_limiter.lua` (EVALSHA; the script is
+//! **One round trip.** `reserve`, `settle`, `renew` and `budget_used` are
+//! each one call of the Lua script `redis_limiter.lua` (EVALSHA; the script is
 //! loaded once per Redis process, on the first NOSCRIPT). Reserve checks
 //! every scope (concurrency, requests and tokens per minute, budget:
 //! spent + held + cost <= limit), and only if all pass reserves in all of
@@ -18,7 +18,21 @@
 //! key). Counters: `inflight` (hash: minute of reservation → requests in
 //! flight), `m:<minute>` (hash: `r` requests, `t` tokens), `spent:<window>`
 //! (nano-dollars), `held:<window>` (hash: minute of reservation →
-//! nano-dollars reserved). Only limits a scope has are counted.
+//! nano-dollars reserved). Only limits a scope has are counted. Beside
+//! them, `<prefix>{sb}:grant:<id>` records one reservation (below).
+//!
+//! **Each reserve and settle applies at most once.** Every `Grant` carries
+//! an id drawn at reserve time (`fresh_grant_id`: 64 random bits per
+//! process, 64 unique within it). The reserve script records the id with
+//! the minute the reservation counts in and its answer, for as long as the
+//! reservation can count (the lease plus two minutes); a repeat of the
+//! reserve (the retry after a dropped connection) answers the same and
+//! counts nothing. The settle script marks the record done and releases
+//! only what the record says was reserved: a repeated settle does nothing;
+//! a settle without a record (the grant was given while Redis was
+//! unreachable, its reserve never arrived, or its lease lapsed) records
+//! only the spend, and leaves a done record so that a reserve arriving
+//! after it is not counted.
 //!
 //! **One hash tag, `{sb}`, for every key.** Redis Cluster runs a script only
 //! if all its keys live in one slot, and a request's scopes span its user,
@@ -33,15 +47,40 @@
 //! its window ends plus a day (so the last window can still be read);
 //! lifetime budgets never expire. Requests in flight and budget holds are
 //! kept per minute of reservation, and a reservation counts only for the
-//! `lease` (15 minutes by default) after it was made: if an instance
-//! crashes, or a settle is lost to a Redis outage, its in-flight count and
-//! its held cost decay when the lease ends, even on a scope that stays busy
-//! (a single counter with a refreshed TTL would keep the leak as long as
-//! traffic continues). The trade-off: a request running longer than the
-//! lease stops counting against concurrency and against its budget's
-//! holds, so the lease must exceed the longest request the gateway allows.
-//! Both hashes expire whole when no reservation has touched them for the
-//! lease plus two minutes.
+//! `lease` (15 minutes by default) after it was made or last renewed: if
+//! an instance crashes, or a settle is lost for good, its in-flight count
+//! and its held cost decay when the lease ends, even on a scope that stays
+//! busy (a single counter with a refreshed TTL would keep the leak as long
+//! as traffic continues). A request still running renews its reservation
+//! (`Limiter::renew`, the script's `renew`): the server does so every half
+//! lease, moving the request and its held cost from the minute they count
+//! in to the current one, which the grant's record then names, so its
+//! settle releases them there. A renewal that fails is tried again within
+//! 30 seconds; a request whose instance cannot reach Redis for more than
+//! half a lease stops counting. Both hashes expire whole when no
+//! reservation has touched them for the lease plus two minutes.
+//!
+//! **Counters lost.** A Redis flushed, or restarted without persistence,
+//! forgets budgets' spend, which would then be handed out again. The key
+//! `<prefix>{sb}:epoch` marks counters seeded from the durable request log;
+//! with a `Reseed` source installed (the server installs one reading its
+//! store), a reserve covering a budget finds the marker missing inside its
+//! script, counts nothing and answers so. The limiter then asks the source
+//! for every key's and team's spend in its current window, floors the
+//! `spent` counters to it, writes the marker (all in calls of the script,
+//! the marker last), and sends the reserve again: a second round trip only
+//! after a loss, and one reseed for all the requests that found it at once
+//! (they wait on it). A first start on an empty Redis is seeded the same
+//! way. If the source fails, budgeted requests are refused (or admitted
+//! uncounted, failing open) for a second before it is tried again. What
+//! this cannot restore: reservations in flight at the loss (their settles
+//! find no record and record only their spend), spend settled before the
+//! loss whose records the writer had not yet committed, end users'
+//! budgets (the log is not summed per end user), and counters evicted
+//! while the marker stays (run Redis with `maxmemory-policy noeviction`).
+//! Requests without a budget never look at the marker. The marker is one
+//! per prefix, so instances sharing a prefix must share a request log
+//! (`storage.redis_prefix` separates gateways on one Redis).
 //!
 //! **When Redis cannot be reached.** Every call is bounded by `timeout`
 //! (2 s by default), retried once immediately after a dropped connection
@@ -49,26 +88,31 @@
 //! idle drop), and after a connection failure Redis is left alone for
 //! `outage_pause` (1 s) so an outage does not add the timeout to every
 //! request. Failing open, `reserve` grants without counting (warning at
-//! most every 5 s) and the settle of such a grant records only its spend,
-//! if Redis is back by then; failing closed, it refuses with
-//! `Refusal::Unavailable`. A reserve that timed out may still have been
-//! applied by Redis, and a settle that failed is not replayed: both leave
-//! counts that the lease clears. `budget_used` answers 0 when Redis is
-//! unreachable.
+//! most every 5 s); failing closed, it refuses with `Refusal::Unavailable`.
+//! A reserve that got no answer may still have been applied by Redis (a
+//! timeout, a connection lost after sending): refused, it is cancelled
+//! later by a settle of nothing under its id; granted, its own settle
+//! releases it. A settle that fails (and such a cancel) is sent again off
+//! the request path, after 250 ms and then twice as long each time up to
+//! 10 s, for up to the lease, by a task of the limiter's; at most 16,384
+//! wait at once, and those beyond, or still failing after the lease, or
+//! waiting when the process ends, are lost: their reservations lapse with
+//! the lease and their spend is missing from the counters (the request log
+//! has it). `budget_used` answers 0 when Redis is unreachable.
 //!
 //! **Numbers.** Increments travel as decimal strings; comparisons inside
 //! the script use Lua doubles, exact below 2^53 nano-dollars (about nine
 //! million dollars). Values are capped at `i64::MAX`, Redis's integer range.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult, Script, ScriptInvocation, Value};
+use switchboard_core::mix::splitmix64;
 use switchboard_policy::limits::{
     Ask, Grant, LimitFuture, Limiter, Nanos, Period, Refusal, Remaining, Rules, Scope,
     budget_reset_in, budget_window, minute_of,
@@ -88,9 +132,18 @@ const BUDGET_MARGIN: Duration = Duration::from_secs(86_400);
 const WARN_EVERY: Duration = Duration::from_secs(5);
 /// The longest lease accepted: a week.
 const MAX_LEASE_MINUTES: u64 = 7 * 24 * 60;
-/// Above this many remembered fail-open grants, those older than the
-/// lease (grants that were never settled) are forgotten.
-const UNRESERVED_PRUNE_AT: usize = 4096;
+/// At most this many settles wait to be retried; more are lost (their
+/// reservations lapse with the lease).
+const MAX_RETRYING: usize = 16_384;
+/// The first wait before a failed settle is sent again, doubled up to
+/// `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// After a failed reseed, how long budgeted requests are refused (or
+/// admitted uncounted, failing open) before the next attempt.
+const RESEED_RETRY: Duration = Duration::from_secs(1);
+/// Budgets floored per script call when reseeding.
+const RESEED_CHUNK: usize = 500;
 
 /// How a `RedisLimiter` behaves; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -106,8 +159,9 @@ pub struct RedisLimiterConfig {
     pub prefix: String,
     /// The most any call may take, connecting included.
     pub timeout: Duration,
-    /// How long a reservation counts if it is never settled; longer than
-    /// any request may run. Rounded up to whole minutes, at most a week.
+    /// How long a reservation counts if it is neither settled nor renewed
+    /// (the server renews every half lease while a request runs). Rounded
+    /// up to whole minutes, at most a week.
     pub lease: Duration,
     /// After a connection failure, how long calls skip Redis.
     pub outage_pause: Duration,
@@ -139,6 +193,11 @@ pub enum RedisLimiterError {
 /// Rate limits, concurrency and budgets shared between instances through
 /// Redis. See the module documentation for the design and its trade-offs.
 pub struct RedisLimiter {
+    inner: Arc<Inner>,
+}
+
+/// What a `RedisLimiter` shares with its settles being retried.
+struct Inner {
     connection: ConnectionManager,
     prefix: String,
     fail_open: bool,
@@ -149,11 +208,34 @@ pub struct RedisLimiter {
     paused_until: Mutex<Option<Instant>>,
     warned_at: Mutex<Option<Instant>>,
     warnings_suppressed: AtomicU64,
-    /// Grants given while Redis was unreachable (fail open), by
-    /// fingerprint: their settle must not release what was never held.
-    /// Equal grants are interchangeable, so a count per fingerprint is
-    /// exact.
-    unreserved: Mutex<HashMap<u64, (u32, Instant)>>,
+    /// Settles (and cancels) waiting to be retried.
+    retrying: AtomicUsize,
+    /// Where budgets' spend is found again after the counters were lost.
+    reseed: OnceLock<Arc<dyn Reseed>>,
+    /// Held by the one reseed in progress.
+    reseeding: tokio::sync::Mutex<()>,
+    /// Reseeds done: a request that saw the marker missing before the
+    /// count moved need not reseed again.
+    reseeds: AtomicU64,
+    /// When the last reseed failed: for `RESEED_RETRY`, requests that find
+    /// the marker missing are refused without trying again.
+    reseed_failed_at: Mutex<Option<Instant>>,
+}
+
+/// Where a `RedisLimiter` finds budgets' spend again when its counters
+/// were lost (Redis flushed, or restarted without persistence): the
+/// durable request log, which the server reads.
+pub trait Reseed: Send + Sync + 'static {
+    /// Every budget's spend in its window of `now_ms`.
+    fn budget_spend(&self, now_ms: u64) -> LimitFuture<'_, Result<Vec<SpentIn>, String>>;
+}
+
+/// What a scope has spent in the budget window of a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpentIn {
+    pub scope: Scope,
+    pub period: Period,
+    pub spent: Nanos,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -161,10 +243,10 @@ impl fmt::Debug for RedisLimiter {
         // The connection is left out: its address may carry a password.
         formatter
             .debug_struct("RedisLimiter")
-            .field("prefix", &self.prefix)
-            .field("fail_open", &self.fail_open)
-            .field("timeout", &self.timeout)
-            .field("lease_minutes", &self.lease_minutes)
+            .field("prefix", &self.inner.prefix)
+            .field("fail_open", &self.inner.fail_open)
+            .field("timeout", &self.inner.timeout)
+            .field("lease_minutes", &self.inner.lease_minutes)
             .finish_non_exhaustive()
     }
 }
@@ -176,6 +258,8 @@ enum Failure {
     TimedOut(Duration),
     Redis(RedisError),
     Reply(String),
+    /// The counters were lost and could not be restored.
+    Lost(String),
 }
 
 impl Failure {
@@ -185,7 +269,20 @@ impl Failure {
             Failure::Redis(error) => {
                 error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
             }
-            Failure::Reply(_) => false,
+            Failure::Reply(_) | Failure::Lost(_) => false,
+        }
+    }
+
+    /// Whether Redis may have run the call although no answer came: the
+    /// request may have been sent before the connection failed.
+    fn may_have_applied(&self) -> bool {
+        match self {
+            Failure::TimedOut(_) => true,
+            Failure::Redis(error) => {
+                !error.is_connection_refusal()
+                    && (error.is_io_error() || error.is_connection_dropped() || error.is_timeout())
+            }
+            Failure::Paused | Failure::Reply(_) | Failure::Lost(_) => false,
         }
     }
 }
@@ -197,6 +294,10 @@ impl fmt::Display for Failure {
             Failure::TimedOut(timeout) => write!(formatter, "no answer within {timeout:?}"),
             Failure::Redis(error) => write!(formatter, "{error}"),
             Failure::Reply(reply) => write!(formatter, "unexpected reply {reply}"),
+            Failure::Lost(why) => write!(
+                formatter,
+                "its counters were lost and are not restored yet: {why}"
+            ),
         }
     }
 }
@@ -251,52 +352,106 @@ impl RedisLimiter {
         let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|error| RedisLimiterError::Url(error.to_string()))?;
         let limiter = RedisLimiter {
-            connection,
-            prefix: escape_prefix(&config.prefix),
-            fail_open: config.fail_open,
-            fail_open_budgets: config.fail_open_budgets,
-            timeout: config.timeout,
-            lease_minutes: config
-                .lease
-                .as_secs()
-                .div_ceil(60)
-                .clamp(1, MAX_LEASE_MINUTES),
-            outage_pause: config.outage_pause,
-            paused_until: Mutex::new(None),
-            warned_at: Mutex::new(None),
-            warnings_suppressed: AtomicU64::new(0),
-            unreserved: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                connection,
+                prefix: escape_prefix(&config.prefix),
+                fail_open: config.fail_open,
+                fail_open_budgets: config.fail_open_budgets,
+                timeout: config.timeout,
+                lease_minutes: config
+                    .lease
+                    .as_secs()
+                    .div_ceil(60)
+                    .clamp(1, MAX_LEASE_MINUTES),
+                outage_pause: config.outage_pause,
+                paused_until: Mutex::new(None),
+                warned_at: Mutex::new(None),
+                warnings_suppressed: AtomicU64::new(0),
+                retrying: AtomicUsize::new(0),
+                reseed: OnceLock::new(),
+                reseeding: tokio::sync::Mutex::new(()),
+                reseeds: AtomicU64::new(0),
+                reseed_failed_at: Mutex::new(None),
+            }),
         };
         if let Err(error) = limiter.ping().await {
             tracing::warn!(
                 %error,
-                fail_open = limiter.fail_open,
+                fail_open = limiter.inner.fail_open,
                 "the shared limiter's Redis does not answer yet"
             );
         }
         Ok(limiter)
     }
 
-    /// Replaces the key prefix (braces escaped), such as a random one per
-    /// test.
-    pub fn with_prefix(mut self, prefix: &str) -> RedisLimiter {
-        self.prefix = escape_prefix(prefix);
+    /// A limiter like this one whose keys start with another prefix (braces
+    /// escaped), such as a random one per test.
+    pub fn with_prefix(self, prefix: &str) -> RedisLimiter {
+        let inner = &self.inner;
+        RedisLimiter {
+            inner: Arc::new(Inner {
+                connection: inner.connection.clone(),
+                prefix: escape_prefix(prefix),
+                fail_open: inner.fail_open,
+                fail_open_budgets: inner.fail_open_budgets,
+                timeout: inner.timeout,
+                lease_minutes: inner.lease_minutes,
+                outage_pause: inner.outage_pause,
+                paused_until: Mutex::new(None),
+                warned_at: Mutex::new(None),
+                warnings_suppressed: AtomicU64::new(0),
+                retrying: AtomicUsize::new(0),
+                reseed: OnceLock::new(),
+                reseeding: tokio::sync::Mutex::new(()),
+                reseeds: AtomicU64::new(0),
+                reseed_failed_at: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Installs where budgets' spend is found again when the counters were
+    /// lost. Without it, lost counters go unnoticed. Set once; a second
+    /// call changes nothing.
+    pub fn with_reseed(self, source: Arc<dyn Reseed>) -> RedisLimiter {
+        let _ = self.inner.reseed.set(source);
         self
+    }
+
+    /// How many times this limiter has found the counters lost and seeded
+    /// budgets again.
+    pub fn reseeds(&self) -> u64 {
+        self.inner.reseeds.load(Ordering::Relaxed)
     }
 
     /// The prefix every key starts with.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        &self.inner.prefix
     }
 
     /// Answers when Redis does (readiness).
     pub async fn ping(&self) -> Result<(), RedisLimiterError> {
-        self.call(&Request::Ping)
+        self.inner
+            .call(&Request::Ping)
             .await
             .map(drop)
             .map_err(|failure| RedisLimiterError::Unreachable(failure.to_string()))
     }
 
+    /// `reserve` under a grant id the caller chooses. A repeat with the
+    /// same id (a retry whose first answer was lost) answers as the first
+    /// did and counts nothing again; after the grant is settled, a repeat
+    /// is refused as `Unavailable`. `reserve` itself draws a fresh id.
+    pub async fn reserve_as(&self, ask: Ask, id: u128) -> Result<Grant, Refusal> {
+        self.inner.reserve_shared(ask, id).await
+    }
+
+    /// Settles and cancels that failed and are being retried.
+    pub fn settles_retrying(&self) -> usize {
+        self.inner.retrying.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
     /// `<prefix>{sb}:<kind>:<escaped id>`.
     fn scope_base(&self, scope: &Scope) -> String {
         format!(
@@ -322,15 +477,28 @@ impl RedisLimiter {
         ]
     }
 
+    /// `<prefix>{sb}:epoch`: exists once budgets were seeded.
+    fn epoch_key(&self) -> String {
+        format!("{}{HASH_TAG}:epoch", self.prefix)
+    }
+
+    /// `<prefix>{sb}:grant:<id>`: the record of one reservation.
+    fn grant_key(&self, id: u128) -> String {
+        format!("{}{HASH_TAG}:grant:{id:032x}", self.prefix)
+    }
+
     /// Keys, header and per-scope rules of a reserve or settle call.
     fn invocation(
         &self,
+        id: u128,
         scopes: &[(Scope, Rules)],
         minute: u64,
         now_ms: u64,
-        header: [String; 7],
+        header: [String; 8],
     ) -> ScriptInvocation<'static> {
         let mut invocation = SCRIPT.prepare_invoke();
+        invocation.key(self.grant_key(id));
+        invocation.key(self.epoch_key());
         for (scope, rules) in scopes {
             for key in self.scope_keys(scope, rules, minute, now_ms) {
                 invocation.key(key);
@@ -342,8 +510,7 @@ impl RedisLimiter {
         for (_, rules) in scopes {
             let budget_ttl = rules
                 .budget
-                .and_then(|budget| budget_reset_in(budget.period, now_ms))
-                .map_or(0, |left| (left + BUDGET_MARGIN).as_secs().max(1));
+                .map_or(0, |budget| budget_ttl_secs(budget.period, now_ms));
             invocation
                 .arg(limit_arg(rules.max_concurrent))
                 .arg(limit_arg(rules.requests_per_minute))
@@ -402,12 +569,13 @@ impl RedisLimiter {
         );
     }
 
-    async fn reserve_shared(&self, ask: Ask) -> Result<Grant, Refusal> {
+    async fn reserve_shared(self: &Arc<Self>, ask: Ask, id: u128) -> Result<Grant, Refusal> {
         let minute = minute_of(ask.now_ms);
         let reset = Duration::from_millis((minute + 1) * 60_000 - ask.now_ms);
         if ask.scopes.is_empty() {
             return Ok(grant_of(
                 ask,
+                id,
                 minute,
                 Remaining {
                     reset,
@@ -415,6 +583,10 @@ impl RedisLimiter {
                 },
             ));
         }
+        // Only budgets need the lost counters back before they are
+        // checked; rate limits restart with the next minute anyway.
+        let check_epoch = self.reseed.get().is_some()
+            && ask.scopes.iter().any(|(_, rules)| rules.budget.is_some());
         let header = [
             "reserve".to_owned(),
             ask.tokens.min(REDIS_MAX).to_string(),
@@ -422,17 +594,40 @@ impl RedisLimiter {
             minute.to_string(),
             self.lease_minutes.to_string(),
             MINUTE_KEY_TTL_SECS.to_string(),
-            (self.lease_minutes * 60 + MINUTE_KEY_TTL_SECS).to_string(),
+            self.record_ttl_secs().to_string(),
+            if check_epoch { "1" } else { "0" }.to_owned(),
         ];
-        let request = Request::Script(self.invocation(&ask.scopes, minute, ask.now_ms, header));
-        let reply = match self.call(&request).await {
-            Ok(value) => redis::from_redis_value::<Vec<i64>>(value)
-                .map_err(|error| Failure::Reply(error.to_string())),
-            Err(failure) => Err(failure),
+        let request = Request::Script(self.invocation(id, &ask.scopes, minute, ask.now_ms, header));
+        let mut reseeded = false;
+        let reply = loop {
+            let reseeds_seen = self.reseeds.load(Ordering::Acquire);
+            // A dropped connection is retried inside `call`; the grant id
+            // makes that repeat harmless.
+            let reply = match self.call(&request).await {
+                Ok(value) => redis::from_redis_value::<Vec<i64>>(value)
+                    .map_err(|error| Failure::Reply(error.to_string())),
+                Err(failure) => Err(failure),
+            };
+            // The marker is missing: nothing was counted; the budgets are
+            // seeded again from the request log, and the reserve resent
+            // (a second round trip, only after a loss).
+            if matches!(reply.as_deref(), Ok([3])) {
+                let restored = if reseeded {
+                    Err("the counters were lost again while being restored".to_owned())
+                } else {
+                    self.reseed(reseeds_seen, ask.now_ms).await
+                };
+                if let Err(why) = restored {
+                    return self.unavailable(ask, id, minute, reset, &Failure::Lost(why));
+                }
+                reseeded = true;
+                continue;
+            }
+            break reply;
         };
         let reply = match reply {
             Ok(reply) => reply,
-            Err(failure) => return self.unavailable(ask, minute, reset, &failure),
+            Err(failure) => return self.unavailable(ask, id, minute, reset, &failure),
         };
         let scope_at = |index: i64| {
             usize::try_from(index)
@@ -454,7 +649,7 @@ impl RedisLimiter {
                     tokens: rules.tokens_per_minute.map(|limit| left(limit, tokens)),
                     reset,
                 };
-                return Ok(grant_of(ask, minute, remaining));
+                return Ok(grant_of(ask, id, minute, remaining));
             }
             [1, index, which] => scope_at(index).map(|(scope, _)| {
                 let (limit, retry_after) = match which {
@@ -483,21 +678,29 @@ impl RedisLimiter {
                 }),
                 _ => None,
             },
+            [4] => {
+                return Err(Refusal::Unavailable(
+                    "this reservation was already settled or cancelled".to_owned(),
+                ));
+            }
             _ => None,
         };
         match refusal {
             Some(refusal) => Err(refusal),
             None => {
                 let failure = Failure::Reply(format!("{reply:?}"));
-                self.unavailable(ask, minute, reset, &failure)
+                self.unavailable(ask, id, minute, reset, &failure)
             }
         }
     }
 
-    /// What `reserve` answers without Redis.
+    /// What `reserve` answers without Redis. A reserve that Redis may have
+    /// applied although no answer came is cancelled later (with its id) if
+    /// it is refused here; if it is granted, its settle releases it.
     fn unavailable(
-        &self,
+        self: &Arc<Self>,
         ask: Ask,
+        id: u128,
         minute: u64,
         reset: Duration,
         failure: &Failure,
@@ -508,66 +711,112 @@ impl RedisLimiter {
         } else {
             self.fail_open
         };
-        if !open {
-            self.warn_unavailable(failure, "refusing requests (fail closed)");
-            return Err(Refusal::Unavailable(format!(
-                "the shared rate-limit and budget counters cannot be reached ({failure}); \
-                 requests are refused until they can"
-            )));
-        }
-        self.warn_unavailable(failure, "admitting requests uncounted (fail open)");
         // Remaining room is unknown, so none is reported.
         let grant = grant_of(
             ask,
+            id,
             minute,
             Remaining {
                 reset,
                 ..Remaining::default()
             },
         );
-        self.remember_unreserved(&grant);
+        if !open {
+            self.warn_unavailable(failure, "refusing requests (fail closed)");
+            if failure.may_have_applied() {
+                let request = self.settle_request(&grant, 0, 0);
+                self.retry_later(request, "a reserve that timed out is cancelled");
+            }
+            return Err(Refusal::Unavailable(format!(
+                "the shared rate-limit and budget counters cannot be reached ({failure}); \
+                 requests are refused until they can"
+            )));
+        }
+        self.warn_unavailable(failure, "admitting requests uncounted (fail open)");
         Ok(grant)
     }
 
-    /// Notes a grant given without Redis, so that its settle releases
-    /// nothing.
-    fn remember_unreserved(&self, grant: &Grant) {
-        let now = Instant::now();
-        let lease = Duration::from_secs(self.lease_minutes * 60);
-        let mut unreserved = lock(&self.unreserved);
-        if unreserved.len() >= UNRESERVED_PRUNE_AT {
-            unreserved.retain(|_, (_, at)| now.duration_since(*at) < lease);
+    /// Seeds every budget's spend from the request log into Redis, then
+    /// writes the epoch marker. Requests that found the marker missing
+    /// together wait for one reseed: whoever comes after it finished (the
+    /// count moved past `reseeds_seen`) returns at once.
+    async fn reseed(&self, reseeds_seen: u64, now_ms: u64) -> Result<(), String> {
+        let Some(source) = self.reseed.get() else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.reseeding.lock().await;
+        if self.reseeds.load(Ordering::Acquire) != reseeds_seen {
+            return Ok(());
         }
-        let entry = unreserved.entry(fingerprint(grant)).or_insert((0, now));
-        entry.0 += 1;
-        entry.1 = now;
+        if let Some(failed_at) = *lock(&self.reseed_failed_at)
+            && failed_at.elapsed() < RESEED_RETRY
+        {
+            return Err("restoring them failed moments ago".to_owned());
+        }
+        let result = self.reseed_from(source.as_ref(), now_ms).await;
+        match &result {
+            Ok(budgets) => {
+                *lock(&self.reseed_failed_at) = None;
+                self.reseeds.fetch_add(1, Ordering::Release);
+                tracing::warn!(
+                    budgets,
+                    "the shared limiter's Redis had lost its counters (or never held them): \
+                     budgets' spend was restored from the request log"
+                );
+            }
+            Err(why) => {
+                *lock(&self.reseed_failed_at) = Some(Instant::now());
+                tracing::error!(%why, "the shared limiter's lost counters could not be restored");
+            }
+        }
+        result.map(drop)
     }
 
-    /// Whether the grant was given without Redis (forgetting it if so).
-    fn take_unreserved(&self, grant: &Grant) -> bool {
-        let mut unreserved = lock(&self.unreserved);
-        if unreserved.is_empty() {
-            return false;
-        }
-        let key = fingerprint(grant);
-        match unreserved.get_mut(&key) {
-            Some((count, _)) if *count > 1 => {
-                *count -= 1;
-                true
+    async fn reseed_from(&self, source: &dyn Reseed, now_ms: u64) -> Result<usize, String> {
+        let spend = source.budget_spend(now_ms).await?;
+        let chunks: Vec<&[SpentIn]> = if spend.is_empty() {
+            vec![&[]]
+        } else {
+            spend.chunks(RESEED_CHUNK).collect()
+        };
+        for (index, chunk) in chunks.iter().enumerate() {
+            let mut invocation = SCRIPT.prepare_invoke();
+            invocation.key(self.epoch_key()).arg("seed");
+            // The marker goes with the last chunk: until then, requests
+            // still find it missing and wait.
+            if index + 1 == chunks.len() {
+                invocation.arg(now_ms);
+            } else {
+                invocation.arg("");
             }
-            Some(_) => {
-                unreserved.remove(&key);
-                true
+            for SpentIn {
+                scope,
+                period,
+                spent,
+            } in chunk.iter()
+            {
+                let window = budget_window(*period, now_ms);
+                invocation
+                    .key(format!("{}:spent:{window}", self.scope_base(scope)))
+                    .arg(spent.min(&REDIS_MAX).to_string())
+                    .arg(budget_ttl_secs(*period, now_ms));
             }
-            None => false,
+            self.call(&Request::Script(invocation))
+                .await
+                .map_err(|failure| failure.to_string())?;
         }
+        Ok(spend.len())
     }
 
-    async fn settle_shared(&self, grant: Grant, tokens: u64, cost: Nanos) {
-        if grant.scopes.is_empty() {
-            return;
-        }
-        let reserved_here = !self.take_unreserved(&grant);
+    /// How long a grant's record lives after its last change: as long as
+    /// its buckets may count, and longer than settles are retried.
+    fn record_ttl_secs(&self) -> u64 {
+        self.lease_minutes * 60 + MINUTE_KEY_TTL_SECS
+    }
+
+    /// The settle call of a grant. The script knows from the grant's
+    /// record whether, and in which minute, its reservation counts.
+    fn settle_request(&self, grant: &Grant, tokens: u64, cost: Nanos) -> Request {
         let reserved_tokens = grant.tokens.min(REDIS_MAX) as i64;
         let token_change = tokens.min(REDIS_MAX) as i64 - reserved_tokens;
         let held_release = match grant.cost.min(REDIS_MAX) {
@@ -579,18 +828,111 @@ impl RedisLimiter {
             token_change.to_string(),
             held_release,
             cost.min(REDIS_MAX).to_string(),
-            grant.minute.to_string(),
-            if reserved_here { "1" } else { "0" }.to_owned(),
+            self.record_ttl_secs().to_string(),
+            match grant.part {
+                0 => "done",
+                1 => "done1",
+                _ => "done2",
+            }
+            .to_owned(),
+            String::new(),
             String::new(),
         ];
-        let request =
-            Request::Script(self.invocation(&grant.scopes, grant.minute, grant.now_ms, header));
-        if let Err(failure) = self.call(&request).await {
-            self.warn_unavailable(
-                &failure,
-                "a settle is lost (its reservation lapses with the lease, its spend is not counted)",
-            );
+        Request::Script(self.invocation(
+            grant.id,
+            &grant.scopes,
+            grant.minute,
+            grant.now_ms,
+            header,
+        ))
+    }
+
+    async fn settle_shared(self: &Arc<Self>, grant: Grant, tokens: u64, cost: Nanos) {
+        if grant.scopes.is_empty() {
+            return;
         }
+        let request = self.settle_request(&grant, tokens, cost);
+        match self.call(&request).await {
+            Ok(_) => {}
+            Err(failure @ Failure::Reply(_)) => {
+                self.warn_unavailable(&failure, "a settle is lost (Redis refused it)")
+            }
+            Err(_) => self.retry_later(request, "a settle is retried"),
+        }
+    }
+
+    /// Retries a settle (or cancel) off the request path, with backoff,
+    /// for up to the lease: settles are idempotent, so one whose answer
+    /// was lost may be sent again. Past the lease its reservation has
+    /// lapsed anyway, and only its spend is lost from the counters (the
+    /// request log keeps it). At most `MAX_RETRYING` wait at once.
+    fn retry_later(self: &Arc<Self>, request: Request, what: &'static str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("{what}, but there is no runtime to retry it on: it is lost");
+            return;
+        };
+        if self.retrying.fetch_add(1, Ordering::Relaxed) >= MAX_RETRYING {
+            self.retrying.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("too many settles waiting for Redis: one is lost");
+            return;
+        }
+        let inner = self.clone();
+        runtime.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(inner.lease_minutes * 60);
+            let mut wait = RETRY_FIRST;
+            loop {
+                tokio::time::sleep(wait).await;
+                match inner.call(&request).await {
+                    Ok(_) => break,
+                    Err(failure) => {
+                        if matches!(failure, Failure::Reply(_)) || Instant::now() + wait > deadline
+                        {
+                            inner.warn_unavailable(&failure, "a settle could not be retried");
+                            break;
+                        }
+                        inner.warn_unavailable(&failure, what);
+                    }
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+            inner.retrying.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    async fn renew_shared(&self, request: Request) -> bool {
+        match self.call(&request).await {
+            Ok(_) => true,
+            Err(failure) => {
+                self.warn_unavailable(&failure, "a reservation in progress was not renewed");
+                false
+            }
+        }
+    }
+
+    /// The renew call of a grant still in progress at `now_ms`.
+    fn renew_request(&self, grant: &Grant, now_ms: u64) -> Request {
+        let cost = grant.cost.min(REDIS_MAX);
+        let header = [
+            "renew".to_owned(),
+            minute_of(now_ms).to_string(),
+            cost.to_string(),
+            if cost == 0 {
+                "0".to_owned()
+            } else {
+                format!("-{cost}")
+            },
+            self.record_ttl_secs().to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ];
+        Request::Script(self.invocation(
+            grant.id,
+            &grant.scopes,
+            grant.minute,
+            grant.now_ms,
+            header,
+        ))
     }
 
     async fn budget_used_shared(&self, scope: &Scope, period: Period, now_ms: u64) -> Nanos {
@@ -621,7 +963,7 @@ impl RedisLimiter {
 
 impl Limiter for RedisLimiter {
     fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
-        Box::pin(self.reserve_shared(ask))
+        Box::pin(self.inner.reserve_shared(ask, fresh_grant_id()))
     }
 
     fn floor_spent(
@@ -633,33 +975,22 @@ impl Limiter for RedisLimiter {
     ) -> LimitFuture<'_, ()> {
         Box::pin(async move {
             let window = budget_window(period, now_ms);
-            let ttl = budget_reset_in(period, now_ms)
-                .map_or(0, |left| (left + BUDGET_MARGIN).as_secs().max(1));
+            let ttl = budget_ttl_secs(period, now_ms);
             let mut invocation = SCRIPT.prepare_invoke();
             invocation
-                .key(format!("{}:spent:{window}", self.scope_base(&scope)))
+                .key(format!("{}:spent:{window}", self.inner.scope_base(&scope)))
                 .arg("floor")
                 .arg(spent.to_string())
                 .arg(ttl);
-            if let Err(failure) = self.call(&Request::Script(invocation)).await {
-                self.warn_unavailable(&failure, "past spend not counted for a new budget");
+            if let Err(failure) = self.inner.call(&Request::Script(invocation)).await {
+                self.inner
+                    .warn_unavailable(&failure, "past spend not counted for a new budget");
             }
         })
     }
 
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
-        Box::pin(self.settle_shared(grant, tokens, cost))
-    }
-
-    /// A grant given without Redis splits into two such grants.
-    fn split(&self, grant: &mut Grant, at: usize) -> Grant {
-        let unreserved = self.take_unreserved(grant);
-        let tail = grant.split_off(at);
-        if unreserved {
-            self.remember_unreserved(grant);
-            self.remember_unreserved(&tail);
-        }
-        tail
+        Box::pin(self.inner.settle_shared(grant, tokens, cost))
     }
 
     fn is_shared(&self) -> bool {
@@ -668,12 +999,26 @@ impl Limiter for RedisLimiter {
 
     fn budget_used(&self, scope: &Scope, period: Period, now_ms: u64) -> LimitFuture<'_, Nanos> {
         let scope = scope.clone();
-        Box::pin(async move { self.budget_used_shared(&scope, period, now_ms).await })
+        Box::pin(async move { self.inner.budget_used_shared(&scope, period, now_ms).await })
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(Duration::from_secs(self.inner.lease_minutes * 60))
+    }
+
+    fn renew(&self, grant: &Grant, now_ms: u64) -> LimitFuture<'_, bool> {
+        if grant.scopes.is_empty() {
+            return Box::pin(std::future::ready(true));
+        }
+        let request = self.inner.renew_request(grant, now_ms);
+        Box::pin(self.inner.renew_shared(request))
     }
 }
 
-fn grant_of(ask: Ask, minute: u64, remaining: Remaining) -> Grant {
+fn grant_of(ask: Ask, id: u128, minute: u64, remaining: Remaining) -> Grant {
     Grant {
+        id,
+        part: 0,
         scopes: ask.scopes,
         tokens: ask.tokens,
         cost: ask.cost,
@@ -683,15 +1028,30 @@ fn grant_of(ask: Ask, minute: u64, remaining: Remaining) -> Grant {
     }
 }
 
-/// Identifies a grant among the fail-open ones.
-fn fingerprint(grant: &Grant) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    grant.scopes.hash(&mut hasher);
-    grant.tokens.hash(&mut hasher);
-    grant.cost.hash(&mut hasher);
-    grant.minute.hash(&mut hasher);
-    grant.now_ms.hash(&mut hasher);
-    hasher.finish()
+/// A grant id no other grant of any instance has: a random half drawn
+/// once per process, and a half unique within it.
+fn fresh_grant_id() -> u128 {
+    static PROCESS: LazyLock<(u64, u64)> = LazyLock::new(|| {
+        // `RandomState` is seeded from the operating system's randomness.
+        let draw = |salt: u64| {
+            let mut hasher = RandomState::new().build_hasher();
+            salt.hash(&mut hasher);
+            std::process::id().hash(&mut hasher);
+            Instant::now().hash(&mut hasher);
+            hasher.finish()
+        };
+        (draw(1), draw(2))
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (random, scramble) = *PROCESS;
+    // SplitMix64 is a bijection, so distinct counts stay distinct.
+    let sequence = splitmix64(COUNTER.fetch_add(1, Ordering::Relaxed) ^ scramble);
+    (u128::from(random) << 64) | u128::from(sequence)
+}
+
+/// How long a budget window's spend is kept from `now_ms` (0: for ever).
+fn budget_ttl_secs(period: Period, now_ms: u64) -> u64 {
+    budget_reset_in(period, now_ms).map_or(0, |left| (left + BUDGET_MARGIN).as_secs().max(1))
 }
 
 /// A limit as the script reads it: empty for none.
@@ -733,48 +1093,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_policy::limits::ScopeKind;
-
-    #[tokio::test]
-    async fn the_parts_of_a_grant_given_without_redis_settle_as_such() {
-        // Nothing listens on port 9 of the loopback: every grant fails open.
-        let limiter = RedisLimiter::connect_with(
-            "redis://127.0.0.1:9",
-            RedisLimiterConfig {
-                fail_open: true,
-                fail_open_budgets: true,
-                timeout: Duration::from_millis(200),
-                ..RedisLimiterConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-        let scope = |kind, id: &str| Scope {
-            kind,
-            id: id.to_owned(),
-        };
-        let rules = Rules {
-            requests_per_minute: Some(5),
-            ..Rules::default()
-        };
-        let mut grant = limiter
-            .reserve(Ask {
-                scopes: vec![
-                    (scope(ScopeKind::Key, "k"), rules),
-                    (scope(ScopeKind::Deployment, "d"), rules),
-                ],
-                tokens: 10,
-                cost: 0,
-                now_ms: 1_764_288_000_000,
-            })
-            .await
-            .unwrap();
-        let tail = limiter.split(&mut grant, 1);
-        assert_eq!(tail.scopes.len(), 1);
-        assert!(limiter.take_unreserved(&tail));
-        assert!(limiter.take_unreserved(&grant));
-        assert!(!limiter.take_unreserved(&grant), "each part once");
-    }
 
     #[test]
     fn ids_are_escaped_injectively() {
@@ -784,5 +1102,15 @@ mod tests {
         assert_eq!(escape_id("é"), "%C3%A9");
         assert_ne!(escape_id("a:b"), escape_id("a%3Ab"));
         assert_eq!(escape_prefix("t{x}:"), "t%7Bx%7D:");
+    }
+
+    #[test]
+    fn grant_ids_are_unique() {
+        let ids: std::collections::HashSet<u128> = (0..10_000).map(|_| fresh_grant_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|id| id >> 64 == ids.iter().next().unwrap() >> 64)
+        );
     }
 }

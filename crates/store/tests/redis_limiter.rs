@@ -8,16 +8,18 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use switchboard_core::mix::splitmix64;
+use switchboard_policy::limits::LimitFuture;
 use switchboard_policy::limits::{
     Ask, Budget, Grant, Limiter, MemoryLimiter, Nanos, Period, Refusal, Rules, Scope, ScopeKind,
 };
 use switchboard_store::RedisLimiter;
-use switchboard_store::redis_limiter::{HASH_TAG, RedisLimiterConfig};
+use switchboard_store::redis_limiter::{HASH_TAG, RedisLimiterConfig, Reseed, SpentIn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -456,7 +458,8 @@ async fn run(limiter: &dyn Limiter, steps: &[Step]) -> Vec<String> {
                     scopes.iter().map(|index| pool[*index].clone()).collect();
                 let result = limiter.reserve(ask(&scopes, *tokens, *cost, *at)).await;
                 granted = result.as_ref().ok().cloned();
-                format!("{result:?}")
+                // Grant ids differ between limiters by design.
+                format!("{:?}", result.map(|grant| Grant { id: 0, ..grant }))
             }
             Step::Settle {
                 reserve_step,
@@ -852,6 +855,65 @@ async fn reservations_never_settled_lapse_after_the_lease() {
     clean_up(&url, &prefix).await;
 }
 
+/// A request still running when half its lease is gone renews it, and
+/// keeps counting past the lease; its settle releases it where it counts.
+#[tokio::test]
+async fn a_renewed_reservation_keeps_counting_past_the_lease() {
+    let Some(url) = redis_url("a_renewed_reservation_keeps_counting_past_the_lease").await else {
+        return;
+    };
+    let prefix = unique_prefix("renew");
+    let config = RedisLimiterConfig {
+        lease: Duration::from_secs(120),
+        ..RedisLimiterConfig::default()
+    };
+    let limiter = RedisLimiter::connect_with(&url, config)
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    assert_eq!(limiter.lease(), Some(Duration::from_secs(120)));
+    let key = scope(ScopeKind::Key, "k");
+    let scopes = [(
+        key.clone(),
+        Rules {
+            max_concurrent: Some(1),
+            budget: budget(1_000, Period::Total),
+            ..Rules::default()
+        },
+    )];
+    let now_ms = minute_start_now();
+    let running = limiter.reserve(ask(&scopes, 1, 800, now_ms)).await.unwrap();
+    assert!(limiter.renew(&running, now_ms + 60_000).await);
+
+    // Past the lease of the reservation, within that of its renewal.
+    let later = now_ms + 120_000;
+    assert_eq!(limiter.budget_used(&key, Period::Total, later).await, 800);
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 1, 100, later)).await,
+        Err(Refusal::Limited {
+            limit: "max_concurrent",
+            ..
+        })
+    ));
+
+    // The settle releases the request and its hold from the renewed minute.
+    limiter.settle(running.clone(), 1, 300).await;
+    assert_eq!(limiter.budget_used(&key, Period::Total, later).await, 300);
+    limiter
+        .reserve(ask(&scopes, 1, 100, later))
+        .await
+        .expect("the settled request no longer counts");
+    // Renewing a settled grant brings nothing back.
+    assert!(limiter.renew(&running, later + 60_000).await);
+    assert_eq!(
+        limiter
+            .budget_used(&key, Period::Total, later + 60_000)
+            .await,
+        400
+    );
+    clean_up(&url, &prefix).await;
+}
+
 // ---------------------------------------------------------------------------
 // (4) Redis unreachable: fail open, fail closed, never hang.
 
@@ -956,6 +1018,8 @@ async fn an_unreachable_redis_fails_open_or_closed_within_the_timeout() {
 struct Relay {
     address: SocketAddr,
     down: Arc<AtomicBool>,
+    /// Requests still reach Redis, its replies are dropped.
+    muted: Arc<AtomicBool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     acceptor: JoinHandle<()>,
 }
@@ -965,19 +1029,39 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let down = Arc::new(AtomicBool::new(false));
+        let muted = Arc::new(AtomicBool::new(false));
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let acceptor = {
-            let (down, links) = (down.clone(), links.clone());
+            let (down, muted, links) = (down.clone(), muted.clone(), links.clone());
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     if down.load(Ordering::SeqCst) {
                         continue; // dropped: the connection closes
                     }
                     let target = target.clone();
+                    let muted = muted.clone();
                     links.lock().unwrap().push(tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let Ok(outbound) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let (mut inbound_read, mut inbound_write) = inbound.split();
+                        let (mut outbound_read, mut outbound_write) = outbound.into_split();
+                        let requests = tokio::io::copy(&mut inbound_read, &mut outbound_write);
+                        let replies = async {
+                            let mut buffer = vec![0u8; 16_384];
+                            loop {
+                                let read = outbound_read.read(&mut buffer).await?;
+                                if read == 0 {
+                                    return Ok::<(), std::io::Error>(());
+                                }
+                                if !muted.load(Ordering::SeqCst) {
+                                    inbound_write.write_all(&buffer[..read]).await?;
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            _ = requests => {}
+                            _ = replies => {}
                         }
                     }));
                 }
@@ -986,6 +1070,7 @@ impl Relay {
         Relay {
             address,
             down,
+            muted,
             links,
             acceptor,
         }
@@ -995,6 +1080,15 @@ impl Relay {
     fn cut(&self) {
         for link in self.links.lock().unwrap().drain(..) {
             link.abort();
+        }
+    }
+
+    /// Drops Redis's replies (or, unmuting, cuts the connections whose
+    /// replies went missing, as a client would give up on them).
+    fn set_muted(&self, muted: bool) {
+        self.muted.store(muted, Ordering::SeqCst);
+        if !muted {
+            self.cut();
         }
     }
 
@@ -1092,7 +1186,325 @@ async fn a_dropped_connection_is_retried_and_an_outage_recovers() {
 }
 
 // ---------------------------------------------------------------------------
-// (5) Key names.
+// (5) Retries: a reserve or settle applied at most once, a settle that
+// fails retried until Redis is back, a reserve that timed out cancelled.
+
+/// A relay to Redis, with a fail-closed limiter through it and one
+/// connected directly that sees the truth.
+async fn relayed(url: &str, prefix: &str) -> (Relay, RedisLimiter, RedisLimiter) {
+    let (target, _) = through(url, "127.0.0.1:0".parse().unwrap());
+    let relay = Relay::start(target).await;
+    let (_, relayed_url) = through(url, relay.address);
+    let through_relay = RedisLimiter::connect_with(&relayed_url, quick(false))
+        .await
+        .unwrap()
+        .with_prefix(prefix);
+    let direct = limiter(url, prefix, false).await;
+    (relay, through_relay, direct)
+}
+
+/// Waits (up to 10 s) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn two_at_once() -> Vec<(Scope, Rules)> {
+    vec![(
+        scope(ScopeKind::Key, "k"),
+        Rules {
+            requests_per_minute: Some(100),
+            max_concurrent: Some(2),
+            budget: budget(10_000, Period::Daily),
+            ..Rules::default()
+        },
+    )]
+}
+
+#[tokio::test]
+async fn a_settle_sent_twice_is_applied_once() {
+    let Some(url) = redis_url("a_settle_sent_twice_is_applied_once").await else {
+        return;
+    };
+    let prefix = unique_prefix("settle-twice");
+    let limiter = limiter(&url, &prefix, false).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    let first = limiter
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+    let second = limiter
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+    assert_ne!(first.id, second.id, "every grant has an id of its own");
+    // The same settle twice, as a retry after a lost answer would send it.
+    limiter.settle(first.clone(), 5, 300).await;
+    limiter.settle(first, 5, 300).await;
+    assert_eq!(
+        limiter.budget_used(&key, Period::Daily, now_ms).await,
+        300 + 1_000,
+        "spent once, the second grant still held"
+    );
+    // One of two in flight: one more may start, not two.
+    assert!(limiter.reserve(ask(&scopes, 10, 0, now_ms)).await.is_ok());
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 10, 0, now_ms)).await,
+        Err(Refusal::Limited {
+            limit: "max_concurrent",
+            ..
+        })
+    ));
+    clean_up(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_reserve_sent_twice_is_counted_once() {
+    let Some(url) = redis_url("a_reserve_sent_twice_is_counted_once").await else {
+        return;
+    };
+    let prefix = unique_prefix("reserve-twice");
+    let limiter = limiter(&url, &prefix, false).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    let id = 0x5eed_u128 << 64 | 7;
+    let first = limiter
+        .reserve_as(ask(&scopes, 10, 1_000, now_ms), id)
+        .await
+        .unwrap();
+    let repeat = limiter
+        .reserve_as(ask(&scopes, 10, 1_000, now_ms), id)
+        .await
+        .unwrap();
+    assert_eq!(first, repeat, "the repeat answers as the first did");
+    assert_eq!(first.remaining.requests, Some((100, 99)));
+    assert_eq!(
+        limiter.budget_used(&key, Period::Daily, now_ms).await,
+        1_000
+    );
+    // Counted once for concurrency too: one more fits.
+    assert!(limiter.reserve(ask(&scopes, 10, 0, now_ms)).await.is_ok());
+    // Once settled, a late repeat counts nothing.
+    limiter.settle(first, 5, 400).await;
+    assert!(matches!(
+        limiter
+            .reserve_as(ask(&scopes, 10, 1_000, now_ms), id)
+            .await,
+        Err(Refusal::Unavailable(_))
+    ));
+    assert_eq!(limiter.budget_used(&key, Period::Daily, now_ms).await, 400);
+    clean_up(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_settle_while_redis_is_away_is_applied_when_it_is_back() {
+    let Some(url) = redis_url("a_settle_while_redis_is_away_is_applied_when_it_is_back").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("settle-later");
+    let (relay, through_relay, direct) = relayed(&url, &prefix).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    let grant = through_relay
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+
+    relay.set_down(true);
+    let started = Instant::now();
+    through_relay.settle(grant, 5, 250).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a settle never waits for Redis to come back"
+    );
+    assert_eq!(through_relay.settles_retrying(), 1);
+    assert_eq!(
+        direct.budget_used(&key, Period::Daily, now_ms).await,
+        1_000,
+        "not settled yet"
+    );
+
+    relay.set_down(false);
+    eventually("the settle is applied once Redis is back", || async {
+        through_relay.settles_retrying() == 0
+    })
+    .await;
+    assert_eq!(direct.budget_used(&key, Period::Daily, now_ms).await, 250);
+    // Released: two may run again.
+    for _ in 0..2 {
+        direct.reserve(ask(&scopes, 1, 0, now_ms)).await.unwrap();
+    }
+    clean_up(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_reserve_whose_answer_was_lost_is_cancelled() {
+    let Some(url) = redis_url("a_reserve_whose_answer_was_lost_is_cancelled").await else {
+        return;
+    };
+    let prefix = unique_prefix("reserve-lost");
+    let (relay, through_relay, direct) = relayed(&url, &prefix).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    // Connected, then deaf: the reserve reaches Redis, its answer does not
+    // come back, and the request is refused (fail closed).
+    through_relay.ping().await.unwrap();
+    relay.set_muted(true);
+    assert!(matches!(
+        through_relay.reserve(ask(&scopes, 10, 1_000, now_ms)).await,
+        Err(Refusal::Unavailable(_))
+    ));
+    eventually("the lost reserve reached Redis", || async {
+        direct.budget_used(&key, Period::Daily, now_ms).await == 1_000
+    })
+    .await;
+    assert_eq!(through_relay.settles_retrying(), 1, "its cancel waits");
+
+    relay.set_muted(false);
+    eventually("the refused reservation is released", || async {
+        through_relay.settles_retrying() == 0
+            && direct.budget_used(&key, Period::Daily, now_ms).await == 0
+    })
+    .await;
+    for _ in 0..2 {
+        direct.reserve(ask(&scopes, 1, 0, now_ms)).await.unwrap();
+    }
+    clean_up(&url, &prefix).await;
+}
+
+// ---------------------------------------------------------------------------
+// (6) Counters lost in a flush or a restart are restored from the log.
+
+/// A request log as the server would read it: what each budget spent.
+#[derive(Default)]
+struct FakeLog {
+    spent: Mutex<Vec<SpentIn>>,
+    reads: AtomicUsize,
+    failing: AtomicBool,
+}
+
+impl Reseed for FakeLog {
+    fn budget_spend(&self, _now_ms: u64) -> LimitFuture<'_, Result<Vec<SpentIn>, String>> {
+        Box::pin(async move {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            // Slow enough for concurrent requests to pile up behind it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err("the database is away".to_owned());
+            }
+            Ok(self.spent.lock().unwrap().clone())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_counters_are_restored_from_the_request_log() {
+    let Some(url) = redis_url("lost_counters_are_restored_from_the_request_log").await else {
+        return;
+    };
+    let prefix = unique_prefix("reseed");
+    let log = Arc::new(FakeLog::default());
+    let key = scope(ScopeKind::Key, "k");
+    let logged = |spent| {
+        vec![SpentIn {
+            scope: key.clone(),
+            period: Period::Daily,
+            spent,
+        }]
+    };
+    *log.spent.lock().unwrap() = logged(700);
+    let limiter = Arc::new(limiter(&url, &prefix, false).await.with_reseed(log.clone()));
+    let scopes = vec![(
+        key.clone(),
+        Rules {
+            budget: budget(1_000, Period::Daily),
+            ..Rules::default()
+        },
+    )];
+    let now_ms = minute_start_now();
+
+    // A Redis that never saw this log: seeded before the first budget check.
+    let grant = limiter.reserve(ask(&scopes, 1, 200, now_ms)).await.unwrap();
+    assert_eq!(limiter.budget_used(&key, Period::Daily, now_ms).await, 900);
+    assert_eq!(
+        (limiter.reseeds(), log.reads.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    limiter.settle(grant, 1, 200).await;
+    *log.spent.lock().unwrap() = logged(900);
+    // Requests without a budget never wait for a reseed.
+    let unbudgeted = vec![(
+        scope(ScopeKind::Key, "rate only"),
+        Rules {
+            requests_per_minute: Some(100),
+            ..Rules::default()
+        },
+    )];
+
+    // A flush: every counter and the marker gone. Twenty requests at once
+    // find out, one reseed serves them all, and the budget holds.
+    clean_up(&url, &prefix).await;
+    assert!(
+        limiter
+            .reserve(ask(&unbudgeted, 1, 0, now_ms))
+            .await
+            .is_ok()
+    );
+    assert_eq!(limiter.reseeds(), 1);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let limiter = limiter.clone();
+            let scopes = scopes.clone();
+            tokio::spawn(async move { limiter.reserve(ask(&scopes, 1, 200, now_ms)).await })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.unwrap() {
+            Err(Refusal::Budget { used: 900, .. }) => {}
+            other => panic!("a lost budget was handed out afresh: {other:?}"),
+        }
+    }
+    assert_eq!(
+        (limiter.reseeds(), log.reads.load(Ordering::SeqCst)),
+        (2, 2),
+        "one reseed for all"
+    );
+    let grant = limiter.reserve(ask(&scopes, 1, 100, now_ms)).await.unwrap();
+    limiter.settle(grant, 1, 100).await;
+
+    // When the log cannot be read, budgeted requests are refused (fail
+    // closed) until it can.
+    clean_up(&url, &prefix).await;
+    log.failing.store(true, Ordering::SeqCst);
+    *log.spent.lock().unwrap() = logged(1_000);
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 1, 1, now_ms)).await,
+        Err(Refusal::Unavailable(message)) if message.contains("lost")
+    ));
+    log.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(matches!(
+        limiter.reserve(ask(&scopes, 1, 1, now_ms)).await,
+        Err(Refusal::Budget { used: 1_000, .. })
+    ));
+    clean_up(&url, &prefix).await;
+}
+
+// ---------------------------------------------------------------------------
+// (7) Key names.
 
 #[tokio::test]
 async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
@@ -1143,8 +1555,17 @@ async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
     }
     clean_up(&url, &prefix).await;
 
-    // Four scopes × (in flight, minute, spend, hold).
-    assert_eq!(keys.len(), 16, "{keys:#?}");
+    // Four scopes × (in flight, minute, spend, hold), and one record per
+    // grant.
+    assert_eq!(keys.len(), 16 + 2, "{keys:#?}");
+    let grant_records = format!("{prefix}{HASH_TAG}:grant:");
+    assert_eq!(
+        keys.iter()
+            .filter(|key| key.starts_with(&grant_records))
+            .count(),
+        2,
+        "{keys:#?}"
+    );
     for (key, ttl) in keys.iter().zip(&ttls) {
         let rest = key
             .strip_prefix(&format!("{prefix}{HASH_TAG}:"))
@@ -1170,6 +1591,7 @@ async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
     // Each scope gets its own keys: four distinct `<kind>:<escaped id>`.
     let scopes_seen: BTreeSet<String> = keys
         .iter()
+        .filter(|key| !key.starts_with(&grant_records))
         .map(|key| {
             let rest = &key[prefix.len() + HASH_TAG.len() + 1..];
             rest.splitn(3, ':').take(2).collect::<Vec<_>>().join(":")
@@ -1269,4 +1691,69 @@ async fn past_spend_is_a_floor_for_a_new_budget() {
         Err(Refusal::Budget { used: 700, .. })
     ));
     assert!(limiter.reserve(ask(&scopes, 1, 300, now)).await.is_ok());
+}
+
+/// A grant split between the key's scopes and its first deployment (the
+/// deployment's part settled when that attempt fails, the key's when the
+/// request ends): each part applies once, neither blocks the other.
+#[tokio::test]
+async fn the_two_parts_of_a_split_grant_settle_once_each() {
+    let Some(url) = redis_url("the_two_parts_of_a_split_grant_settle_once_each").await else {
+        return;
+    };
+    let prefix = unique_prefix("split-parts");
+    let limiter = limiter(&url, &prefix, false).await;
+    let mut scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    scopes.push((
+        scope(ScopeKind::Deployment, "d"),
+        Rules {
+            tokens_per_minute: Some(1_000),
+            ..Rules::default()
+        },
+    ));
+    let now_ms = minute_start_now();
+    let mut head = limiter
+        .reserve(ask(&scopes, 400, 1_000, now_ms))
+        .await
+        .unwrap();
+    let tail = limiter.split(&mut head, 1);
+    assert_eq!((head.part, tail.part), (1, 2));
+    // The deployment's part first, and twice (a retried settle).
+    limiter.settle(tail.clone(), 0, 0).await;
+    limiter.settle(tail, 0, 0).await;
+    // The deployment's 400 reserved tokens were handed back: 900 more fit.
+    let deployment_only = vec![scopes[1].clone()];
+    let again = limiter
+        .reserve(ask(&deployment_only, 900, 0, now_ms))
+        .await
+        .expect("the tail's tokens were released");
+    limiter.settle(again, 900, 0).await;
+    // The key's part still holds its budget and its slot, then settles.
+    assert_eq!(
+        limiter.budget_used(&key, Period::Daily, now_ms).await,
+        1_000
+    );
+    limiter.settle(head.clone(), 300, 250).await;
+    limiter.settle(head, 300, 250).await;
+    assert_eq!(
+        limiter.budget_used(&key, Period::Daily, now_ms).await,
+        250,
+        "the key's part released its hold and spent once"
+    );
+    // Both slots free again.
+    let key_scopes = scopes[..1].to_vec();
+    assert!(
+        limiter
+            .reserve(ask(&key_scopes, 1, 0, now_ms))
+            .await
+            .is_ok()
+    );
+    assert!(
+        limiter
+            .reserve(ask(&key_scopes, 1, 0, now_ms))
+            .await
+            .is_ok()
+    );
+    clean_up(&url, &prefix).await;
 }
