@@ -47,6 +47,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "cache_write",
         sql: include_str!("../migrations/sqlite/0004_cache_write.sql"),
     },
+    Migration {
+        version: 5,
+        name: "request_log_order",
+        sql: include_str!("../migrations/sqlite/0005_request_log_order.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -69,6 +74,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 4,
         name: "cache_write",
         sql: include_str!("../migrations/postgres/0004_cache_write.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "request_log_order",
+        sql: include_str!("../migrations/postgres/0005_request_log_order.sql"),
     },
 ];
 
