@@ -32,12 +32,25 @@ const MAX_LIMIT: u32 = 1000;
 /// The default range of usage (and spend): the last 30 days.
 const DEFAULT_RANGE_MS: i64 = 30 * 86_400_000;
 
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write.
+const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
+
 /// A time parameter: Unix seconds (as `/admin/spend` has always taken) or
 /// an RFC 3339 time (`2024-05-01T12:00:00Z`, `2024-05-01`), in
 /// milliseconds since the epoch.
 pub(crate) fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds.saturating_mul(1000));
+        // Past 9999-12-31 is almost surely milliseconds sent as seconds,
+        // which would otherwise match nothing without saying why.
+        if seconds.abs() > MAX_UNIX_SECONDS {
+            return Err(bad(
+                format!(
+                    "`{name}` is in Unix seconds and must not be after year 9999 (milliseconds were given?)"
+                ),
+                name,
+            ));
+        }
+        return Ok(seconds * 1000);
     }
     parse_rfc3339(text).ok_or_else(|| {
         bad(
@@ -396,5 +409,11 @@ mod tests {
         );
         assert!(parse_time("to", "yesterday").is_err());
         assert!(parse_time("to", "1.5").is_err());
+        assert_eq!(
+            parse_time("to", "253402300799").unwrap(),
+            253_402_300_799_000
+        );
+        assert!(parse_time("to", "1700000000000").is_err());
+        assert!(parse_time("to", "-253402300800").is_err());
     }
 }
