@@ -1,5 +1,5 @@
-//! `switchboard keys`, `switchboard teams` and `switchboard spend`: the
-//! admin API of a running gateway, from the command line. They talk to the
+//! `switchboard keys`, `teams`, `spend`, `logs` and `usage`: the admin API
+//! of a running gateway, from the command line. They talk to the
 //! gateway over HTTP (`--url`, `$SWITCHBOARD_URL`) with the master key
 //! (`--master-key`, `$SWITCHBOARD_MASTER_KEY`), so they work the same with
 //! SQLite or PostgreSQL and with one instance or many.
@@ -203,12 +203,12 @@ pub struct SpendArgs {
     /// key, team, model or day.
     #[arg(long, default_value = "key")]
     group_by: String,
-    /// Unix seconds (default: 30 days ago).
-    #[arg(long)]
-    from: Option<i64>,
-    /// Unix seconds (default: now).
-    #[arg(long)]
-    to: Option<i64>,
+    /// Unix seconds or RFC 3339 (default: 30 days ago).
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Unix seconds or RFC 3339 (default: now).
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
 }
 
 /// Sends one admin request and prints its answer; the exit code says
@@ -300,22 +300,29 @@ fn cell(value: &Value) -> String {
 
 /// Rows of `data` as an aligned table of `columns`.
 fn table(value: &Value, columns: &[&str]) -> String {
-    let rows: Vec<Vec<String>> = std::iter::once(
-        columns
-            .iter()
-            .map(|column| column.to_ascii_uppercase())
-            .collect(),
-    )
-    .chain(
-        value["data"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|row| columns.iter().map(|column| cell(&row[*column])).collect()),
-    )
-    .collect();
-    let widths: Vec<usize> = (0..columns.len())
+    let headers: Vec<String> = columns
+        .iter()
+        .map(|column| column.to_ascii_uppercase())
+        .collect();
+    let rows = data(value)
+        .iter()
+        .map(|row| columns.iter().map(|column| cell(&row[*column])).collect())
+        .collect();
+    aligned(headers, rows)
+}
+
+/// The `data` array of an answer (empty when there is none).
+fn data(value: &Value) -> &[Value] {
+    value["data"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// A header and rows, each column as wide as its widest cell.
+fn aligned(headers: Vec<String>, rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = std::iter::once(headers).chain(rows).collect();
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|index| {
             rows.iter()
                 .map(|row| row[index].chars().count())
@@ -445,14 +452,15 @@ pub fn teams(connection: &Connection, command: TeamsCommand) -> ExitCode {
 }
 
 pub fn spend(connection: &Connection, args: SpendArgs) -> ExitCode {
-    let mut query = format!("/admin/spend?group_by={}", args.group_by);
+    let mut query = vec![("group_by", args.group_by)];
     if let Some(from) = args.from {
-        query.push_str(&format!("&from={from}"));
+        query.push(("from", from));
     }
     if let Some(to) = args.to {
-        query.push_str(&format!("&to={to}"));
+        query.push(("to", to));
     }
-    call(connection, "GET", &query, None, |value| {
+    let path = with_query("/admin/spend", &query);
+    call(connection, "GET", &path, None, |value| {
         table(
             value,
             &[
@@ -464,4 +472,326 @@ pub fn spend(connection: &Connection, args: SpendArgs) -> ExitCode {
             ],
         )
     })
+}
+
+/// A time for `--from` and `--to`: Unix seconds or RFC 3339, passed to
+/// the gateway as given (it checks them and names a bad one).
+#[derive(Args)]
+pub struct RangeArgs {
+    /// Only the last DURATION, e.g. 90s, 15m, 6h, 7d (instead of --from).
+    #[arg(long, value_name = "DURATION", conflicts_with = "from")]
+    since: Option<String>,
+    /// Start, inclusive: Unix seconds or RFC 3339 (2024-05-01T12:00:00Z, 2024-05-01).
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// End, exclusive: Unix seconds or RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+}
+
+/// Seconds in `90s`, `15m`, `6h`, `7d` (a bare number is seconds).
+fn duration_seconds(text: &str) -> Option<u64> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number.parse().ok()?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    number.checked_mul(unit)
+}
+
+impl RangeArgs {
+    /// Adds `from` and `to` to the query, or says why `--since` is wrong.
+    fn into_query(self, query: &mut Vec<(&'static str, String)>) -> Result<(), String> {
+        if let Some(since) = self.since {
+            let seconds = duration_seconds(&since).ok_or_else(|| {
+                format!("--since takes a duration such as 90s, 15m, 6h or 7d, got `{since}`")
+            })?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs());
+            query.push(("from", now.saturating_sub(seconds).to_string()));
+        }
+        if let Some(from) = self.from {
+            query.push(("from", from));
+        }
+        if let Some(to) = self.to {
+            query.push(("to", to));
+        }
+        Ok(())
+    }
+}
+
+/// `path` with the query's pairs, URL-encoded.
+fn with_query(path: &str, query: &[(&str, String)]) -> String {
+    if query.is_empty() {
+        return path.to_owned();
+    }
+    let mut url = reqwest::Url::parse("http://gateway").expect("a constant URL");
+    url.query_pairs_mut().extend_pairs(query);
+    format!("{path}?{}", url.query().unwrap_or_default())
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Only this public model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Only this deployment.
+    #[arg(long)]
+    deployment: Option<String>,
+    /// Only this virtual key (its id).
+    #[arg(long, value_name = "KEY_ID")]
+    key: Option<String>,
+    /// Only this team (its id).
+    #[arg(long, value_name = "TEAM_ID")]
+    team: Option<String>,
+    /// Only this HTTP status.
+    #[arg(long)]
+    status: Option<u16>,
+    /// Only this outcome: success, client_error, upstream_error, client_closed, shutdown.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only this request id.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Only this end user.
+    #[arg(long)]
+    end_user: Option<String>,
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Records per page (1 to 1000; default 50).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Continue after a previous page (its `next cursor`).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Print the gateway's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Milliseconds as a short duration: `850ms`, `12.4s`.
+fn millis(value: &Value) -> String {
+    match value.as_u64() {
+        None => "-".to_owned(),
+        Some(ms) if ms < 10_000 => format!("{ms}ms"),
+        Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+    }
+}
+
+fn count(value: &Value) -> String {
+    value
+        .as_u64()
+        .map_or_else(|| "-".to_owned(), |n| n.to_string())
+}
+
+/// USD with enough places for a single small request.
+fn dollars(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |usd| format!("${usd:.6}"))
+}
+
+/// A page of the request log as a table, then how to read the next one.
+fn log_table(value: &Value) -> String {
+    let headers = [
+        "TIME",
+        "REQUEST ID",
+        "MODEL",
+        "DEPLOYMENT",
+        "STATUS",
+        "LATENCY",
+        "TTFT",
+        "TOKENS IN/OUT",
+        "COST",
+    ];
+    let rows = data(value)
+        .iter()
+        .map(|record| {
+            vec![
+                cell(&record["started_at"]),
+                cell(&record["request_id"]),
+                match record["model"].as_str() {
+                    Some("") => "-".to_owned(),
+                    _ => cell(&record["model"]),
+                },
+                cell(&record["deployment"]),
+                format!("{} {}", count(&record["status"]), cell(&record["outcome"])),
+                millis(&record["latency_ms"]),
+                millis(&record["ttft_ms"]),
+                format!(
+                    "{}/{}",
+                    count(&record["input_tokens"]),
+                    count(&record["output_tokens"])
+                ),
+                dollars(&record["cost_usd"]),
+            ]
+        })
+        .collect();
+    let mut out = aligned(headers.map(str::to_owned).to_vec(), rows);
+    match value["next_cursor"].as_str() {
+        Some(cursor) => out.push_str(&format!("next cursor: {cursor}\n")),
+        None => out.push_str("(no more records)\n"),
+    }
+    out
+}
+
+pub fn logs(connection: &Connection, args: LogsArgs) -> ExitCode {
+    let mut query: Vec<(&'static str, String)> = Vec::new();
+    for (name, value) in [
+        ("model", args.model),
+        ("deployment", args.deployment),
+        ("key_id", args.key),
+        ("team_id", args.team),
+        ("outcome", args.outcome),
+        ("request_id", args.request_id),
+        ("end_user", args.end_user),
+        ("cursor", args.cursor),
+    ] {
+        if let Some(value) = value {
+            query.push((name, value));
+        }
+    }
+    if let Some(status) = args.status {
+        query.push(("status", status.to_string()));
+    }
+    if let Some(limit) = args.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    if let Err(code) = body_or_exit(args.range.into_query(&mut query).map(|()| Value::Null)) {
+        return code;
+    }
+    let print = if args.json { pretty } else { log_table };
+    call(
+        connection,
+        "GET",
+        &with_query("/admin/logs", &query),
+        None,
+        print,
+    )
+}
+
+#[derive(Args)]
+pub struct UsageArgs {
+    /// model, deployment, key or team.
+    #[arg(long, default_value = "model")]
+    group_by: String,
+    /// Also split by UTC hour or day.
+    #[arg(long)]
+    bucket: Option<String>,
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Print the gateway's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn usage_table(value: &Value) -> String {
+    let bucketed = !value["bucket"].is_null();
+    let mut headers = vec![
+        "GROUP",
+        "REQUESTS",
+        "ERRORS",
+        "TOKENS IN",
+        "TOKENS OUT",
+        "COST",
+        "P50",
+        "P95",
+        "TTFT P50",
+        "TTFT P95",
+    ];
+    if bucketed {
+        headers.insert(0, "BUCKET");
+    }
+    let rows = data(value)
+        .iter()
+        .map(|row| {
+            let group = match row["group"].as_str() {
+                Some("") => "(none)".to_owned(),
+                _ => cell(&row["group"]),
+            };
+            let mut cells = vec![
+                group,
+                count(&row["requests"]),
+                format!(
+                    "{} ({:.1}%)",
+                    count(&row["errors"]),
+                    row["error_rate"].as_f64().unwrap_or(0.0) * 100.0
+                ),
+                count(&row["input_tokens"]),
+                count(&row["output_tokens"]),
+                dollars(&row["cost_usd"]),
+                millis(&row["latency_p50_ms"]),
+                millis(&row["latency_p95_ms"]),
+                millis(&row["ttft_p50_ms"]),
+                millis(&row["ttft_p95_ms"]),
+            ];
+            if bucketed {
+                cells.insert(0, cell(&row["bucket"]));
+            }
+            cells
+        })
+        .collect();
+    let mut out = aligned(headers.into_iter().map(str::to_owned).collect(), rows);
+    out.push_str(&format!(
+        "from {} to {}; percentiles by nearest rank\n",
+        cell(&value["from"]),
+        cell(&value["to"])
+    ));
+    out
+}
+
+pub fn usage(connection: &Connection, args: UsageArgs) -> ExitCode {
+    let mut query: Vec<(&'static str, String)> = vec![("group_by", args.group_by)];
+    if let Some(bucket) = args.bucket {
+        query.push(("bucket", bucket));
+    }
+    if let Err(code) = body_or_exit(args.range.into_query(&mut query).map(|()| Value::Null)) {
+        return code;
+    }
+    let print = if args.json { pretty } else { usage_table };
+    call(
+        connection,
+        "GET",
+        &with_query("/admin/usage", &query),
+        None,
+        print,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_queries() {
+        assert_eq!(duration_seconds("90"), Some(90));
+        assert_eq!(duration_seconds("90s"), Some(90));
+        assert_eq!(duration_seconds("15m"), Some(900));
+        assert_eq!(duration_seconds("6h"), Some(21_600));
+        assert_eq!(duration_seconds("7d"), Some(604_800));
+        assert_eq!(duration_seconds("2w"), Some(1_209_600));
+        for junk in ["", "h", "1.5h", "3y", "-1h", "99999999999999999999d"] {
+            assert_eq!(duration_seconds(junk), None, "{junk}");
+        }
+        assert_eq!(
+            with_query(
+                "/admin/logs",
+                &[
+                    ("model", "a b&c".to_owned()),
+                    ("from", "2024-05-01T00:00:00+02:00".to_owned())
+                ]
+            ),
+            "/admin/logs?model=a+b%26c&from=2024-05-01T00%3A00%3A00%2B02%3A00"
+        );
+        assert_eq!(with_query("/admin/usage", &[]), "/admin/usage");
+    }
 }

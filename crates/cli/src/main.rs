@@ -67,6 +67,21 @@ enum Command {
         #[command(flatten)]
         args: admin::SpendArgs,
     },
+    /// List requests from a running gateway's request log, newest first.
+    Logs {
+        #[command(flatten)]
+        connection: admin::Connection,
+        #[command(flatten)]
+        args: admin::LogsArgs,
+    },
+    /// Show usage (requests, tokens, cost, errors, latency percentiles) from
+    /// a running gateway's request log.
+    Usage {
+        #[command(flatten)]
+        connection: admin::Connection,
+        #[command(flatten)]
+        args: admin::UsageArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -96,6 +111,8 @@ fn main() -> ExitCode {
             command,
         } => admin::teams(&connection, command),
         Command::Spend { connection, args } => admin::spend(&connection, args),
+        Command::Logs { connection, args } => admin::logs(&connection, args),
+        Command::Usage { connection, args } => admin::usage(&connection, args),
         Command::Serve {
             config,
             listen,

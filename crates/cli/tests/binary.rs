@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
+use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
 use switchboard_store::{SqliteStore, Store};
 
 #[test]
@@ -476,6 +477,223 @@ fn keys_teams_and_spend_from_the_command_line() {
         !gateway.log_text().contains(&secret),
         "no secret reaches the log"
     );
+}
+
+/// A record for the request log the `logs` and `usage` commands read.
+fn logged(
+    request_id: &str,
+    started_at_ms: i64,
+    model: &str,
+    status: u16,
+    latency_ms: u64,
+    cost_nanos: u64,
+) -> RequestRecord {
+    RequestRecord {
+        request_id: request_id.to_owned(),
+        started_at_ms,
+        endpoint: Endpoint::ChatCompletions,
+        model: model.to_owned(),
+        deployment: Some(format!("{model}-east")),
+        served_model: None,
+        attempts: 1,
+        stream: false,
+        status,
+        outcome: if status == 200 {
+            Outcome::Success
+        } else {
+            Outcome::UpstreamError
+        },
+        error_code: None,
+        latency_ms,
+        ttft_ms: None,
+        usage: Usage {
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            ..Usage::default()
+        },
+        key_id: Some("key_cli".to_owned()),
+        team_id: None,
+        end_user: None,
+        cost_nanos: Some(cost_nanos),
+    }
+}
+
+/// `switchboard logs` and `switchboard usage` against a running gateway
+/// whose request log holds three known records.
+#[test]
+fn logs_and_usage_from_the_command_line() {
+    let directory = scratch_dir("log-cli");
+    let base = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = SqliteStore::open_file(&directory.join("switchboard.db"))
+                .await
+                .unwrap();
+            store
+                .insert_records(&[
+                    logged("cli-1", base, "gpt", 200, 120, 1_500),
+                    logged("cli-2", base + 1000, "gpt", 502, 2_500, 0),
+                    logged("cli-3", base + 2000, "claude", 200, 40, 2_000_000_000),
+                ])
+                .await
+                .unwrap();
+            store.close().await;
+        });
+    std::fs::write(
+        directory.join("switchboard.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"${CLI_MASTER}\"\n[storage]\nurl = \"sqlite://switchboard.db\"\n[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\n",
+    )
+    .unwrap();
+    let master = "cli-master-key-for-logs";
+    let mut gateway = Gateway::start(&directory, &[], &[("CLI_MASTER", master)]);
+    let run = |args: &[&str]| {
+        let output = binary()
+            .args(args)
+            .env("SWITCHBOARD_URL", &gateway.base)
+            .env("SWITCHBOARD_MASTER_KEY", master)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    // A page of two, then the rest through the printed cursor.
+    let (code, first, error) = run(&["logs", "--limit", "2"]);
+    assert_eq!(code, Some(0), "{error}");
+    let header = first.lines().next().unwrap();
+    for column in [
+        "TIME",
+        "REQUEST ID",
+        "MODEL",
+        "DEPLOYMENT",
+        "STATUS",
+        "LATENCY",
+        "TOKENS",
+        "COST",
+    ] {
+        assert!(header.contains(column), "{first}");
+    }
+    let row = first.lines().nth(1).unwrap();
+    for cell in [
+        "2023-11-14T22:13:22.000Z",
+        "cli-3",
+        "claude",
+        "claude-east",
+        "200 success",
+        "40ms",
+        "10/5",
+        "$2.000000",
+    ] {
+        assert!(row.contains(cell), "{cell} in {first}");
+    }
+    assert!(first.lines().nth(2).unwrap().contains("cli-2"), "{first}");
+    assert!(!first.contains("cli-1"), "{first}");
+    let cursor = first
+        .lines()
+        .find_map(|line| line.strip_prefix("next cursor: "))
+        .unwrap_or_else(|| panic!("no cursor in {first}"));
+    let (code, rest, _) = run(&["logs", "--limit", "2", "--cursor", cursor]);
+    assert_eq!(code, Some(0));
+    assert!(rest.contains("cli-1") && !rest.contains("cli-2"), "{rest}");
+    assert!(rest.contains("(no more records)"), "{rest}");
+
+    // Filters, and the JSON answer.
+    let (_, failed, _) = run(&["logs", "--model", "gpt", "--status", "502"]);
+    assert_eq!(failed.lines().count(), 3, "{failed}");
+    assert!(
+        failed.contains("cli-2")
+            && failed.contains("502 upstream_error")
+            && failed.contains("2500ms"),
+        "{failed}"
+    );
+    let (code, json, _) = run(&[
+        "logs",
+        "--json",
+        "--key",
+        "key_cli",
+        "--from",
+        "2023-11-14T22:13:21Z",
+    ]);
+    assert_eq!(code, Some(0));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let ids: Vec<&str> = json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cli-3", "cli-2"]);
+
+    // Usage as a table and as JSON.
+    let (code, usage, error) = run(&[
+        "usage",
+        "--group-by",
+        "model",
+        "--from",
+        "1700000000",
+        "--to",
+        "1700000100",
+    ]);
+    assert_eq!(code, Some(0), "{error}");
+    let lines: Vec<&str> = usage.lines().collect();
+    assert!(
+        lines[0].starts_with("GROUP") && lines[0].contains("P95"),
+        "{usage}"
+    );
+    assert!(
+        lines[1].starts_with("claude") && lines[1].contains("$2.000000"),
+        "{usage}"
+    );
+    assert!(
+        lines[2].starts_with("gpt")
+            && lines[2].contains("1 (50.0%)")
+            && lines[2].contains("2500ms"),
+        "{usage}"
+    );
+    let (code, usage, _) = run(&[
+        "usage",
+        "--group-by",
+        "deployment",
+        "--bucket",
+        "hour",
+        "--from",
+        "2023-11-14",
+        "--to",
+        "2023-11-15",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0));
+    let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    assert_eq!(usage["data"][0]["bucket"], "2023-11-14T22:00:00Z");
+    assert_eq!(usage["data"][0]["group"], "claude-east");
+    assert_eq!(usage["data"][1]["latency_p95_ms"], 2500);
+    let (code, bucketed, _) = run(&["usage", "--bucket", "day", "--from", "2023-11-14"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        bucketed.starts_with("BUCKET") && bucketed.contains("2023-11-14T00:00:00Z"),
+        "{bucketed}"
+    );
+
+    // Refusals: the gateway's, naming the parameter, and the command's own.
+    let (code, _, error) = run(&["usage", "--group-by", "week"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        error.contains("400") && error.contains("group_by"),
+        "{error}"
+    );
+    let (code, _, error) = run(&["logs", "--limit", "0"]);
+    assert!(code == Some(1) && error.contains("limit"), "{error}");
+    let (code, _, error) = run(&["logs", "--since", "1y"]);
+    assert!(code == Some(2) && error.contains("--since"), "{error}");
+    let (code, recent, _) = run(&["logs", "--since", "1h"]);
+    assert!(code == Some(0) && !recent.contains("cli-"), "{recent}");
+    assert!(gateway.terminate().success());
 }
 
 /// SIGKILL right after requests completed: their records were journaled

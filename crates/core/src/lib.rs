@@ -7,6 +7,7 @@ pub mod cost;
 pub mod keys;
 pub mod mix;
 pub mod record;
+pub mod time;
 pub mod usage;
 
 pub use record::{Endpoint, Outcome, RequestRecord};

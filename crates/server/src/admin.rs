@@ -1,5 +1,6 @@
 //! The admin API under `/admin`, for the master key only: virtual keys,
-//! teams and spend. Bodies are checked field by field (unknown fields,
+//! teams and spend (the request log's pages and usage are in
+//! `request_log.rs`). Bodies are checked field by field (unknown fields,
 //! wrong types, negative budgets and absurd limits are refused with the
 //! field's name) before anything is written, so nothing is ever partly
 //! created. A key's secret is returned once, when it is created or rotated.
@@ -21,6 +22,7 @@ use switchboard_store::{KeyStoreConflict, SpendQuery};
 
 use crate::error::ApiError;
 use crate::keys::{hash_secret, new_id, new_secret, secret_prefix};
+use crate::request_log::parse_time;
 use crate::state::Gateway;
 use crate::trace::unix_millis;
 
@@ -138,7 +140,7 @@ impl KeyBody {
     }
 }
 
-fn bad(message: impl Into<String>, param: &str) -> ApiError {
+pub(crate) fn bad(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::invalid_request(RequestError::new(message, Some(param)))
 }
 
@@ -305,7 +307,7 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-fn json_reply(status: StatusCode, value: &Value) -> Response {
+pub(crate) fn json_reply(status: StatusCode, value: &Value) -> Response {
     let mut response = Response::new(Body::from(value.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -319,7 +321,7 @@ fn list_reply(items: Vec<Value>) -> Response {
     json_reply(StatusCode::OK, &json!({"object": "list", "data": items}))
 }
 
-fn store_failed(error: switchboard_store::StoreError) -> Response {
+pub(crate) fn store_failed(error: switchboard_store::StoreError) -> Response {
     tracing::error!(%error, "admin: the store failed");
     ApiError::store_unavailable().into_response()
 }
@@ -678,10 +680,10 @@ pub(crate) async fn rotate_key(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SpendParams {
     group_by: Option<String>,
-    /// Unix seconds, inclusive; default: 30 days ago.
-    from: Option<i64>,
-    /// Unix seconds, exclusive; default: now.
-    to: Option<i64>,
+    /// Unix seconds or RFC 3339, inclusive; default: 30 days ago.
+    from: Option<String>,
+    /// Unix seconds or RFC 3339, exclusive; default: now.
+    to: Option<String>,
 }
 
 pub(crate) async fn spend(
@@ -690,7 +692,7 @@ pub(crate) async fn spend(
 ) -> Response {
     let Ok(Query(params)) = params else {
         return bad(
-            "query parameters are group_by (key, team, model, day), from and to (Unix seconds)",
+            "query parameters are group_by (key, team, model, day), from and to (Unix seconds or RFC 3339)",
             "query",
         )
         .into_response();
@@ -709,12 +711,15 @@ pub(crate) async fn spend(
         }
     };
     let now = unix_millis();
-    let to_ms = params
-        .to
-        .map_or(now + 1, |seconds| seconds.saturating_mul(1000));
-    let from_ms = params.from.map_or(now - 30 * 86_400_000, |seconds| {
-        seconds.saturating_mul(1000)
-    });
+    let time = |name: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|text| parse_time(name, text))
+            .transpose()
+    };
+    let (to_ms, from_ms) = match (time("to", &params.to), time("from", &params.from)) {
+        (Ok(to), Ok(from)) => (to.unwrap_or(now + 1), from.unwrap_or(now - 30 * 86_400_000)),
+        (Err(error), _) | (_, Err(error)) => return error.into_response(),
+    };
     if from_ms >= to_ms {
         return bad("`from` must be before `to`", "from").into_response();
     }

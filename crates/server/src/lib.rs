@@ -17,6 +17,7 @@ mod handlers;
 mod keys;
 mod metrics;
 mod probe;
+mod request_log;
 mod state;
 mod stream;
 mod telemetry;
@@ -65,6 +66,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/keys/{id}/revoke", post(admin::revoke_key))
         .route("/admin/keys/{id}/rotate", post(admin::rotate_key))
         .route("/admin/spend", get(admin::spend))
+        .route("/admin/logs", get(request_log::logs))
+        .route("/admin/usage", get(request_log::usage))
         .route("/admin/openapi.json", get(admin::openapi))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),

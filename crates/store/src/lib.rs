@@ -1,5 +1,5 @@
-//! Everything the gateway keeps: the request log today; keys, budgets and
-//! spend next. One `Store` trait, implemented for SQLite (`sqlite.rs`, the
+//! Everything the gateway keeps: the request log (written in batches, read
+//! a page or an aggregate at a time, `log.rs`), keys, teams and spend. One `Store` trait, implemented for SQLite (`sqlite.rs`, the
 //! embedded default) and PostgreSQL (`postgres.rs`, one database shared by
 //! several instances), so callers never name a database.
 //!
@@ -10,6 +10,7 @@
 
 pub mod journal;
 pub mod keys;
+pub mod log;
 mod migrate;
 mod postgres;
 mod postgres_keys;
@@ -25,6 +26,9 @@ use std::pin::Pin;
 use switchboard_core::RequestRecord;
 
 pub use keys::{KeyStore, KeyStoreConflict, SpendQuery};
+pub use log::{
+    LogCursor, LogFilter, LogPage, LogQuery, UsageBucket, UsageGroup, UsageQuery, UsageRow,
+};
 pub use postgres::PgStore;
 pub use recorder::{RecordWriter, Recorder, RecorderStats};
 pub use redis_limiter::RedisLimiter;
@@ -61,6 +65,12 @@ pub trait Store: Send + Sync + 'static {
     fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()>;
     /// The newest records first, at most `limit` of them.
     fn recent_records(&self, limit: u32) -> StoreFuture<'_, Vec<RequestRecord>>;
+    /// One page of the request log, newest first (see `log.rs` for the
+    /// order and the cursor).
+    fn log_page<'a>(&'a self, query: &'a LogQuery) -> StoreFuture<'a, LogPage>;
+    /// The request log aggregated by group (and time bucket), with
+    /// nearest-rank percentiles.
+    fn usage(&self, query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>>;
     /// Answers when the database is reachable (readiness).
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// Which of these records (by request id and start time) the database

@@ -52,6 +52,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "team_expiry",
         sql: include_str!("../migrations/sqlite/0005_team_expiry.sql"),
     },
+    Migration {
+        version: 6,
+        name: "request_log_order",
+        sql: include_str!("../migrations/sqlite/0006_request_log_order.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -79,6 +84,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 5,
         name: "team_expiry",
         sql: include_str!("../migrations/postgres/0005_team_expiry.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "request_log_order",
+        sql: include_str!("../migrations/postgres/0006_request_log_order.sql"),
     },
 ];
 

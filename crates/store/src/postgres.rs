@@ -15,7 +15,9 @@
 //! statements). Every query here has a fixed text, batch inserts included
 //! (they pass one array per column to `UNNEST`, so a batch of any size is
 //! the same statement), so the cache holds a few dozen statements and never
-//! grows with the batch size. This works directly against PostgreSQL and
+//! grows with the batch size. The admin API's reads of the request log
+//! (`log.rs`), whose text varies with their filters, run as unnamed
+//! statements and are not cached. This works directly against PostgreSQL and
 //! behind PgBouncer 1.21 or later in transaction mode with
 //! `max_prepared_statements` above zero, which tracks protocol-level
 //! prepared statements across server connections. Nothing depends on
@@ -30,6 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
 use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
 
+use crate::log::{self, LogPage, LogQuery, UsageQuery, UsageRow};
 use crate::{Store, StoreError, StoreFuture, migrate};
 
 /// Connections per instance. The writer holds one while it commits a
@@ -315,6 +318,31 @@ impl Store for PgStore {
                 .await?;
             rows.iter()
                 .map(record_from_row)
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn log_page<'a>(&'a self, query: &'a LogQuery) -> StoreFuture<'a, LogPage> {
+        Box::pin(async move {
+            // The text varies with the filters given, so it is not kept
+            // as a named prepared statement (see the module's comment).
+            let mut sql = log::page_sql::<Postgres>(query, &log::POSTGRES);
+            let rows = sql.build().persistent(false).fetch_all(&self.pool).await?;
+            let rows = rows
+                .iter()
+                .map(|row| Ok((row.try_get::<i64, _>("id")?, record_from_row(row)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            Ok(log::page_of(rows, query.limit))
+        })
+    }
+
+    fn usage(&self, query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
+        Box::pin(async move {
+            let mut sql = log::usage_sql::<Postgres>(&query, &log::POSTGRES);
+            let rows = sql.build().persistent(false).fetch_all(&self.pool).await?;
+            rows.iter()
+                .map(log::usage_row)
                 .collect::<Result<Vec<_>, sqlx::Error>>()
                 .map_err(StoreError::from)
         })

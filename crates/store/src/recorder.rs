@@ -293,7 +293,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::{SqliteStore, StoreError, StoreFuture};
+    use crate::{LogPage, LogQuery, SqliteStore, StoreError, StoreFuture, UsageQuery, UsageRow};
 
     fn record(index: usize) -> RequestRecord {
         RequestRecord {
@@ -412,6 +412,12 @@ mod tests {
         fn recent_records(&self, _limit: u32) -> StoreFuture<'_, Vec<RequestRecord>> {
             Box::pin(async { Ok(Vec::new()) })
         }
+        fn log_page<'a>(&'a self, _query: &'a LogQuery) -> StoreFuture<'a, LogPage> {
+            Box::pin(async { Ok(crate::log::page_of(Vec::new(), 0)) })
+        }
+        fn usage(&self, _query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
         fn ping(&self) -> StoreFuture<'_, ()> {
             Box::pin(async { Ok(()) })
         }
@@ -450,6 +456,12 @@ mod tests {
                 Box::pin(std::future::pending())
             }
             fn recent_records(&self, _limit: u32) -> StoreFuture<'_, Vec<RequestRecord>> {
+                Box::pin(async { Ok(Vec::new()) })
+            }
+            fn log_page<'a>(&'a self, _query: &'a LogQuery) -> StoreFuture<'a, LogPage> {
+                Box::pin(async { Ok(crate::log::page_of(Vec::new(), 0)) })
+            }
+            fn usage(&self, _query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
                 Box::pin(async { Ok(Vec::new()) })
             }
             fn ping(&self) -> StoreFuture<'_, ()> {

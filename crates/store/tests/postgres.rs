@@ -166,7 +166,7 @@ async fn migrations_apply_then_apply_again_as_a_no_op() {
     };
     let store = PgStore::connect(&schema.url).await.unwrap();
     let versions = applied_versions(&schema).await;
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(
         tables(&schema).await,
         vec![
@@ -206,7 +206,7 @@ async fn concurrent_migrators_all_succeed() {
     for store in &stores {
         assert!(store.is_ok(), "{:?}", store.as_ref().err());
     }
-    assert_eq!(applied_versions(&schema).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(applied_versions(&schema).await, vec![1, 2, 3, 4, 5, 6]);
     for store in stores.into_iter().flatten() {
         store.ping().await.unwrap();
         store.close().await;
@@ -230,6 +230,36 @@ async fn postgres_key_store_contract() {
     };
     let store = PgStore::connect(&schema.url).await.unwrap();
     contract::key_store(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_request_log_pages() {
+    let Some(schema) = TestSchema::create("postgres_request_log_pages").await else {
+        return;
+    };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    contract::request_log_pages(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_usage_aggregates() {
+    let Some(schema) = TestSchema::create("postgres_usage_aggregates").await else {
+        return;
+    };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    contract::usage_aggregates(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_usage_matches_the_reference() {
+    let Some(schema) = TestSchema::create("postgres_usage_matches_the_reference").await else {
+        return;
+    };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    contract::usage_matches_the_reference(&store).await;
     store.close().await;
 }
 

@@ -16,3 +16,21 @@ async fn sqlite_key_store_contract() {
     let store = SqliteStore::open_memory().await.unwrap();
     contract::key_store(&store).await;
 }
+
+#[tokio::test]
+async fn sqlite_request_log_pages() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::request_log_pages(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_usage_aggregates() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::usage_aggregates(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_usage_matches_the_reference() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::usage_matches_the_reference(&store).await;
+}

@@ -1,13 +1,20 @@
 //! The behaviour every storage backend must have, written once and run
 //! against each (`tests/sqlite.rs`, `tests/postgres.rs`): request records
-//! round-trip exactly and read newest first; keys, teams, the change
-//! counter and spend answer the same on every backend.
+//! round-trip exactly and read newest first; pages of the request log
+//! (filters, cursors, ties) and usage aggregates with their nearest-rank
+//! percentiles, against hand-worked values and a Rust reference; keys,
+//! teams, the change counter and spend answer the same on every backend.
 //!
 //! Each function takes a freshly migrated, empty store.
 
 use switchboard_core::keys::{KeyRecord, Limits, Period, SpendGroup, SpendRow, TeamRecord};
+use switchboard_core::mix::splitmix64;
 use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
-use switchboard_store::{KeyStore, KeyStoreConflict, SpendQuery, Store};
+use switchboard_store::log::nearest_rank;
+use switchboard_store::{
+    KeyStore, KeyStoreConflict, LogFilter, LogQuery, SpendQuery, Store, UsageBucket, UsageGroup,
+    UsageQuery, UsageRow,
+};
 
 /// A record whose every optional field is `Some` or `None` by the bits of
 /// `index`, with every endpoint and outcome, extreme numbers and text that
@@ -512,4 +519,778 @@ pub async fn key_store<S: Store + KeyStore>(store: &S) {
             .is_empty()
     );
     assert_eq!(store.key_version().await.unwrap(), version);
+}
+
+/// A record of the request log, for the page and usage tests.
+#[allow(clippy::too_many_arguments)]
+fn log_record(
+    request_id: &str,
+    started_at_ms: i64,
+    model: &str,
+    deployment: Option<&str>,
+    key_id: Option<&str>,
+    team_id: Option<&str>,
+    status: u16,
+    outcome: Outcome,
+) -> RequestRecord {
+    RequestRecord {
+        request_id: request_id.to_owned(),
+        started_at_ms,
+        endpoint: Endpoint::ChatCompletions,
+        model: model.to_owned(),
+        deployment: deployment.map(str::to_owned),
+        served_model: None,
+        attempts: 1,
+        stream: false,
+        status,
+        outcome,
+        error_code: None,
+        latency_ms: 10,
+        ttft_ms: None,
+        usage: Usage {
+            input_tokens: Some(1),
+            output_tokens: Some(1),
+            ..Usage::default()
+        },
+        key_id: key_id.map(str::to_owned),
+        team_id: team_id.map(str::to_owned),
+        end_user: None,
+        cost_nanos: Some(1),
+    }
+}
+
+/// Which records a filter should let through.
+type Matches = dyn Fn(&RequestRecord) -> bool;
+
+/// Every page of a query, followed to its end: the records in order, and
+/// the number of pages.
+async fn all_pages<S: Store>(
+    store: &S,
+    filter: &LogFilter,
+    limit: u32,
+) -> (Vec<RequestRecord>, usize) {
+    let mut found = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .log_page(&LogQuery {
+                filter: filter.clone(),
+                after: after.take(),
+                limit,
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.records.len() <= limit as usize);
+        found.extend(page.records.iter().cloned());
+        match page.next {
+            Some(next) => {
+                assert_eq!(
+                    page.records.len(),
+                    limit as usize,
+                    "only a full page has a next one"
+                );
+                let last = page.records.last().unwrap();
+                assert_eq!(
+                    (next.started_at_ms, next.request_id.as_str()),
+                    (last.started_at_ms, last.request_id.as_str())
+                );
+                after = Some(next);
+            }
+            None => return (found, pages),
+        }
+        assert!(pages < 1000, "paging does not end");
+    }
+}
+
+/// The request log read a page at a time: newest first, ties broken by
+/// request id in byte order and then by insertion (a request id may
+/// repeat), every filter, pages of every size with no row missed or
+/// repeated, and rows inserted between pages neither shifting nor
+/// repeating those still to be read.
+pub async fn request_log_pages<S: Store>(store: &S) {
+    let base = 1_700_000_000_000;
+    let models = ["gpt-4o", "claude", "Zeta"];
+    let outcomes = [
+        Outcome::Success,
+        Outcome::UpstreamError,
+        Outcome::ClientError,
+    ];
+    // Ids that sort differently by bytes than by a locale's collation, and
+    // timestamps shared by up to four rows.
+    let ids = ["a", "B", "b", "ü", "z", "Z", "a-1", "_"];
+    let mut records = Vec::new();
+    for index in 0..60usize {
+        let mut record = log_record(
+            &format!("{}{}", ids[index % ids.len()], index / 20),
+            base + (index as i64 / 4) * 1000,
+            models[index % 3],
+            (index % 5 != 0).then_some(["d-east", "d-west"][index % 2]),
+            (index % 4 != 3).then_some(["key_1", "key_2"][index % 2]),
+            (index % 3 == 0).then_some("team_a"),
+            [200, 502, 400][index % 3],
+            outcomes[index % 3],
+        );
+        record.end_user = (index % 7 == 0).then(|| format!("user-{}", index % 2));
+        record.latency_ms = index as u64;
+        records.push(record);
+    }
+    // The same request id at the same time, twice: told apart by the
+    // order they were written in (the later first).
+    let mut twin = records[5].clone();
+    twin.latency_ms = 5_000;
+    // Written in an order unrelated to time, over several batches.
+    let mut shuffled: Vec<(usize, RequestRecord)> = records.iter().cloned().enumerate().collect();
+    shuffled.sort_by_key(|(index, _)| (index * 37) % 61);
+    for chunk in shuffled.chunks(13) {
+        let batch: Vec<RequestRecord> = chunk.iter().map(|(_, record)| record.clone()).collect();
+        store.insert_records(&batch).await.unwrap();
+    }
+    store
+        .insert_records(std::slice::from_ref(&twin))
+        .await
+        .unwrap();
+
+    let mut expected = records.clone();
+    expected.sort_by(|left, right| {
+        (right.started_at_ms, right.request_id.as_bytes())
+            .cmp(&(left.started_at_ms, left.request_id.as_bytes()))
+    });
+    let twin_at = expected
+        .iter()
+        .position(|record| *record == records[5])
+        .unwrap();
+    expected.insert(twin_at, twin.clone());
+    assert!(
+        expected
+            .windows(2)
+            .any(|pair| pair[0].started_at_ms == pair[1].started_at_ms),
+        "the data must hold equal timestamps"
+    );
+
+    for limit in [1, 2, 3, 7, 61, 62, 1000] {
+        let (found, pages) = all_pages(store, &LogFilter::default(), limit).await;
+        assert_eq!(found.len(), expected.len(), "limit {limit}");
+        for (position, (found, expected)) in found.iter().zip(&expected).enumerate() {
+            assert_eq!(found, expected, "limit {limit}, position {position}");
+        }
+        assert_eq!(
+            pages,
+            expected.len().div_ceil(limit as usize),
+            "limit {limit}"
+        );
+    }
+
+    // Each filter, alone and combined, over pages of four.
+    let filters: Vec<(LogFilter, Box<Matches>)> = vec![
+        (
+            LogFilter {
+                model: Some("claude".into()),
+                ..LogFilter::default()
+            },
+            Box::new(|record| record.model == "claude"),
+        ),
+        (
+            LogFilter {
+                deployment: Some("d-east".into()),
+                ..LogFilter::default()
+            },
+            Box::new(|record| record.deployment.as_deref() == Some("d-east")),
+        ),
+        (
+            LogFilter {
+                key_id: Some("key_2".into()),
+                ..LogFilter::default()
+            },
+            Box::new(|record| record.key_id.as_deref() == Some("key_2")),
+        ),
+        (
+            LogFilter {
+                team_id: Some("team_a".into()),
+                ..LogFilter::default()
+            },
+            Box::new(|record| record.team_id.as_deref() == Some("team_a")),
+        ),
+        (
+            LogFilter {
+                status: Some(502),
+                ..LogFilter::default()
+            },
+            Box::new(|record| record.status == 502),
+        ),
+        (
+            LogFilter {
+                outcome: Some(Outcome::ClientError),
+                ..LogFilter::default()
+            },
+            Box::new(|record| record.outcome == Outcome::ClientError),
+        ),
+        (
+            LogFilter {
+                request_id: Some(records[5].request_id.clone()),
+                ..LogFilter::default()
+            },
+            Box::new(|record| record.request_id == "Z0"),
+        ),
+        (
+            LogFilter {
+                end_user: Some("user-0".into()),
+                ..LogFilter::default()
+            },
+            Box::new(|record| record.end_user.as_deref() == Some("user-0")),
+        ),
+        (
+            LogFilter {
+                from_ms: Some(base + 3_000),
+                to_ms: Some(base + 9_000),
+                ..LogFilter::default()
+            },
+            Box::new(move |record| (base + 3_000..base + 9_000).contains(&record.started_at_ms)),
+        ),
+        (
+            LogFilter {
+                from_ms: Some(base + 2_000),
+                model: Some("gpt-4o".into()),
+                key_id: Some("key_1".into()),
+                status: Some(200),
+                outcome: Some(Outcome::Success),
+                ..LogFilter::default()
+            },
+            Box::new(move |record| {
+                record.started_at_ms >= base + 2_000
+                    && record.model == "gpt-4o"
+                    && record.key_id.as_deref() == Some("key_1")
+                    && record.status == 200
+            }),
+        ),
+        (
+            LogFilter {
+                model: Some("nobody".into()),
+                ..LogFilter::default()
+            },
+            Box::new(|_| false),
+        ),
+    ];
+    for (filter, matches) in &filters {
+        let wanted: Vec<RequestRecord> = expected.iter().filter(|r| matches(r)).cloned().collect();
+        let (found, _) = all_pages(store, filter, 4).await;
+        assert_eq!(found, wanted, "{filter:?}");
+    }
+    let twins = all_pages(
+        store,
+        &LogFilter {
+            request_id: Some("Z0".into()),
+            from_ms: Some(records[5].started_at_ms),
+            to_ms: Some(records[5].started_at_ms + 1),
+            ..LogFilter::default()
+        },
+        1,
+    )
+    .await
+    .0;
+    assert_eq!(twins, vec![twin.clone(), records[5].clone()]);
+
+    // Rows written between pages: newer ones (and one at the very time of
+    // the last row read, with a smaller id) do not disturb the pages still
+    // to come; an older one is met in its place.
+    let first = store
+        .log_page(&LogQuery {
+            filter: LogFilter::default(),
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.records, expected[..10].to_vec());
+    let cursor = first.next.clone().unwrap();
+    assert!(cursor.request_id.as_str() < "~", "{cursor:?}");
+    let mut newer = log_record(
+        "new",
+        base + 1_000_000,
+        "gpt-4o",
+        None,
+        None,
+        None,
+        200,
+        Outcome::Success,
+    );
+    let mut older = newer.clone();
+    older.request_id = "old".into();
+    older.started_at_ms = base - 1;
+    let mut beside = newer.clone();
+    // Above the cursor's id at the cursor's time: before it, newest first.
+    beside.request_id = "~".into();
+    beside.started_at_ms = cursor.started_at_ms;
+    newer.latency_ms = 1;
+    store
+        .insert_records(&[newer.clone(), older.clone(), beside.clone()])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let mut after = Some(cursor);
+    while let Some(cursor) = after {
+        let page = store
+            .log_page(&LogQuery {
+                filter: LogFilter::default(),
+                after: Some(cursor),
+                limit: 9,
+            })
+            .await
+            .unwrap();
+        rest.extend(page.records);
+        after = page.next;
+    }
+    let mut wanted = expected[10..].to_vec();
+    wanted.push(older);
+    assert_eq!(rest, wanted);
+}
+
+/// A record for the usage tests: a latency, a time to first token and an
+/// outcome; tokens (1 in, 1 out) and cost (10) unless `unpriced`.
+#[allow(clippy::too_many_arguments)]
+fn usage_record(
+    name: &str,
+    started_at_ms: i64,
+    model: &str,
+    deployment: Option<&str>,
+    key_id: Option<&str>,
+    team_id: Option<&str>,
+    latency_ms: u64,
+    ttft_ms: Option<u64>,
+    outcome: Outcome,
+) -> RequestRecord {
+    let mut record = log_record(
+        name,
+        started_at_ms,
+        model,
+        deployment,
+        key_id,
+        team_id,
+        if outcome == Outcome::Success {
+            200
+        } else {
+            502
+        },
+        outcome,
+    );
+    record.latency_ms = latency_ms;
+    record.ttft_ms = ttft_ms;
+    record.cost_nanos = Some(10);
+    record
+}
+
+#[allow(clippy::too_many_arguments)]
+fn usage_row(
+    group: &str,
+    bucket_start_ms: Option<i64>,
+    (requests, errors): (u64, u64),
+    (input_tokens, output_tokens, cost_nanos): (u64, u64, u64),
+    (latency_p50_ms, latency_p95_ms): (u64, u64),
+    (ttft_p50_ms, ttft_p95_ms): (Option<u64>, Option<u64>),
+) -> UsageRow {
+    UsageRow {
+        group: group.to_owned(),
+        bucket_start_ms,
+        requests,
+        errors,
+        input_tokens,
+        output_tokens,
+        cost_nanos,
+        latency_p50_ms: Some(latency_p50_ms),
+        latency_p95_ms: Some(latency_p95_ms),
+        ttft_p50_ms,
+        ttft_p95_ms,
+    }
+}
+
+/// Usage over a range, by model, deployment, key and team, alone and by
+/// hour and day: counts, errors, token and cost sums, and nearest-rank
+/// percentiles, against values worked out by hand (where nearest rank
+/// differs from interpolation and from a float-rounded rank).
+pub async fn usage_aggregates<S: Store>(store: &S) {
+    let day = 1_699_920_000_000; // 2023-11-14T00:00:00Z
+    let hour = 3_600_000;
+    let start = day + 10 * hour;
+    let mut records = Vec::new();
+    // alpha: latencies 10..=100, five in each hour; four times to first
+    // token (5, 1 | 3, 2); three failures; the last unpriced, untokened.
+    for index in 0..10u64 {
+        let at = start + if index < 5 { 0 } else { hour } + index as i64 * 60_000;
+        let ttft = match index {
+            0 => Some(5),
+            1 => Some(1),
+            5 => Some(3),
+            6 => Some(2),
+            _ => None,
+        };
+        let outcome = match index {
+            2 => Outcome::ClientError,
+            7 => Outcome::UpstreamError,
+            9 => Outcome::ClientClosed,
+            _ => Outcome::Success,
+        };
+        let mut record = usage_record(
+            &format!("alpha-{index}"),
+            at,
+            "alpha",
+            Some("d1"),
+            Some("key_a"),
+            Some("team_x"),
+            10 * (index + 1),
+            ttft,
+            outcome,
+        );
+        record.usage.input_tokens = Some(100);
+        record.usage.output_tokens = Some(10);
+        record.cost_nanos = Some(1_000);
+        if index == 9 {
+            record.usage = Usage::default();
+            record.cost_nanos = None;
+        }
+        records.push(record);
+    }
+    // beta: one request, without deployment, key or team, no first token.
+    let mut beta = usage_record(
+        "beta",
+        start + hour / 2,
+        "beta",
+        None,
+        None,
+        None,
+        7,
+        None,
+        Outcome::Success,
+    );
+    beta.usage.input_tokens = Some(3);
+    beta.usage.output_tokens = Some(4);
+    beta.cost_nanos = Some(50_000);
+    records.push(beta);
+    // gamma: twenty requests in the second hour, latencies 20 down to 1,
+    // times to first token twice that; the first cut by a shutdown.
+    for index in 0..20u64 {
+        records.push(usage_record(
+            &format!("gamma-{index}"),
+            start + hour + index as i64 * 1000,
+            "gamma",
+            Some("d1"),
+            Some("key_b"),
+            Some("team_x"),
+            20 - index,
+            Some(2 * (20 - index)),
+            if index == 0 {
+                Outcome::Shutdown
+            } else {
+                Outcome::Success
+            },
+        ));
+    }
+    // delta: twelve requests, latencies 101..=112: the 95th percentile is
+    // at rank ceil(11.4) = 12 (a rounded rank would say 11).
+    for index in 0..12u64 {
+        records.push(usage_record(
+            &format!("delta-{index}"),
+            start + 40 * 60_000 + index as i64,
+            "delta",
+            Some("d2"),
+            Some("key_d"),
+            Some("team_d"),
+            101 + index,
+            None,
+            Outcome::Success,
+        ));
+    }
+    // Outside the range on either side (`to` is exclusive).
+    for at in [start - 1, start + 2 * hour] {
+        let mut outside = usage_record(
+            "outside",
+            at,
+            "alpha",
+            Some("d1"),
+            Some("key_a"),
+            Some("team_x"),
+            1_000_000,
+            Some(1_000_000),
+            Outcome::UpstreamError,
+        );
+        outside.cost_nanos = Some(1_000_000_000);
+        records.push(outside);
+    }
+    store.insert_records(&records).await.unwrap();
+    let usage = |group, bucket| {
+        store.usage(UsageQuery {
+            group,
+            bucket,
+            from_ms: start,
+            to_ms: start + 2 * hour,
+        })
+    };
+
+    let alpha = usage_row(
+        "alpha",
+        None,
+        (10, 3),
+        (900, 90, 9_000),
+        (50, 100),
+        (Some(2), Some(5)),
+    );
+    let beta = usage_row("beta", None, (1, 0), (3, 4, 50_000), (7, 7), (None, None));
+    let gamma = usage_row(
+        "gamma",
+        None,
+        (20, 1),
+        (20, 20, 200),
+        (10, 19),
+        (Some(20), Some(38)),
+    );
+    let delta = usage_row(
+        "delta",
+        None,
+        (12, 0),
+        (12, 12, 120),
+        (106, 112),
+        (None, None),
+    );
+    let renamed = |row: &UsageRow, group: &str| UsageRow {
+        group: group.to_owned(),
+        ..row.clone()
+    };
+    assert_eq!(
+        usage(UsageGroup::Model, None).await.unwrap(),
+        vec![beta.clone(), alpha.clone(), gamma.clone(), delta.clone()]
+    );
+    // alpha and gamma together: latencies 1..=20 and 10, 20, ..., 100
+    // (30 values: rank 15 is 14, rank 29 is 90); times to first token 1,
+    // 2, 3, 5 and 2, 4, ..., 40 (24 values: rank 12 is 16, rank 23 is 38).
+    let together = |group: &str| {
+        usage_row(
+            group,
+            None,
+            (30, 4),
+            (920, 110, 9_200),
+            (14, 90),
+            (Some(16), Some(38)),
+        )
+    };
+    let alone = |group: &str| UsageRow {
+        group: group.to_owned(),
+        ..beta.clone()
+    };
+    assert_eq!(
+        usage(UsageGroup::Deployment, None).await.unwrap(),
+        vec![alone(""), together("d1"), renamed(&delta, "d2")]
+    );
+    assert_eq!(
+        usage(UsageGroup::Team, None).await.unwrap(),
+        vec![alone(""), together("team_x"), renamed(&delta, "team_d")]
+    );
+    assert_eq!(
+        usage(UsageGroup::Key, None).await.unwrap(),
+        vec![
+            alone(""),
+            UsageRow {
+                group: "key_a".into(),
+                ..alpha.clone()
+            },
+            UsageRow {
+                group: "key_b".into(),
+                ..gamma.clone()
+            },
+            renamed(&delta, "key_d"),
+        ]
+    );
+    // By hour: alpha's first five (10..=50; first tokens 1, 5), beta and
+    // delta, then alpha's last five (60..=100; first tokens 2, 3) and gamma.
+    assert_eq!(
+        usage(UsageGroup::Model, Some(UsageBucket::Hour))
+            .await
+            .unwrap(),
+        vec![
+            UsageRow {
+                bucket_start_ms: Some(start),
+                ..beta.clone()
+            },
+            usage_row(
+                "alpha",
+                Some(start),
+                (5, 1),
+                (500, 50, 5_000),
+                (30, 50),
+                (Some(1), Some(5)),
+            ),
+            UsageRow {
+                bucket_start_ms: Some(start),
+                ..delta.clone()
+            },
+            usage_row(
+                "alpha",
+                Some(start + hour),
+                (5, 2),
+                (400, 40, 4_000),
+                (80, 100),
+                (Some(2), Some(3)),
+            ),
+            UsageRow {
+                bucket_start_ms: Some(start + hour),
+                ..gamma.clone()
+            },
+        ]
+    );
+    assert_eq!(
+        usage(UsageGroup::Model, Some(UsageBucket::Day))
+            .await
+            .unwrap(),
+        [beta, alpha, gamma, delta]
+            .into_iter()
+            .map(|row| UsageRow {
+                bucket_start_ms: Some(day),
+                ..row
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store
+            .usage(UsageQuery {
+                group: UsageGroup::Model,
+                bucket: None,
+                from_ms: start + 3 * hour,
+                to_ms: start + 4 * hour,
+            })
+            .await
+            .unwrap(),
+        vec![]
+    );
+}
+
+/// The usage of `records` worked out in Rust, as the store must answer it.
+fn usage_reference(
+    records: &[RequestRecord],
+    group: UsageGroup,
+    bucket: Option<UsageBucket>,
+) -> Vec<UsageRow> {
+    let mut groups: std::collections::BTreeMap<(Option<i64>, String), Vec<&RequestRecord>> =
+        Default::default();
+    for record in records {
+        let name = match group {
+            UsageGroup::Model => record.model.clone(),
+            UsageGroup::Deployment => record.deployment.clone().unwrap_or_default(),
+            UsageGroup::Key => record.key_id.clone().unwrap_or_default(),
+            UsageGroup::Team => record.team_id.clone().unwrap_or_default(),
+        };
+        let start = bucket.map(|bucket| record.started_at_ms / bucket.millis() * bucket.millis());
+        groups.entry((start, name)).or_default().push(record);
+    }
+    let percentile = |mut values: Vec<u64>, percent: u64| {
+        values.sort_unstable();
+        let rank = nearest_rank(percent, values.len() as u64);
+        (rank > 0).then(|| values[rank as usize - 1])
+    };
+    let mut rows: Vec<UsageRow> = groups
+        .into_iter()
+        .map(|((start, name), members)| {
+            let latencies: Vec<u64> = members.iter().map(|record| record.latency_ms).collect();
+            let ttfts: Vec<u64> = members.iter().filter_map(|record| record.ttft_ms).collect();
+            UsageRow {
+                group: name,
+                bucket_start_ms: start,
+                requests: members.len() as u64,
+                errors: members
+                    .iter()
+                    .filter(|record| record.outcome != Outcome::Success)
+                    .count() as u64,
+                input_tokens: members
+                    .iter()
+                    .filter_map(|record| record.usage.input_tokens)
+                    .sum(),
+                output_tokens: members
+                    .iter()
+                    .filter_map(|record| record.usage.output_tokens)
+                    .sum(),
+                cost_nanos: members.iter().filter_map(|record| record.cost_nanos).sum(),
+                latency_p50_ms: percentile(latencies.clone(), 50),
+                latency_p95_ms: percentile(latencies, 95),
+                ttft_p50_ms: percentile(ttfts.clone(), 50),
+                ttft_p95_ms: percentile(ttfts, 95),
+            }
+        })
+        .collect();
+    rows.sort_by(|left, right| {
+        (
+            left.bucket_start_ms,
+            std::cmp::Reverse(left.cost_nanos),
+            left.group.as_bytes(),
+        )
+            .cmp(&(
+                right.bucket_start_ms,
+                std::cmp::Reverse(right.cost_nanos),
+                right.group.as_bytes(),
+            ))
+    });
+    rows
+}
+
+/// Usage of 1,500 pseudo-random records over three days equals the Rust
+/// reference for every grouping and bucket.
+pub async fn usage_matches_the_reference<S: Store>(store: &S) {
+    let start = 1_700_000_000_000;
+    let span = 3 * 86_400_000;
+    let models = ["gpt-4o", "claude", "Zeta", "é-model"];
+    let records: Vec<RequestRecord> = (0..1500u64)
+        .map(|index| {
+            let random = |salt: u64| splitmix64(index * 16 + salt);
+            let outcome = match random(1) % 10 {
+                0 => Outcome::UpstreamError,
+                1 => Outcome::ClientError,
+                _ => Outcome::Success,
+            };
+            let mut record = usage_record(
+                &format!("r{index}"),
+                start + (random(2) % span as u64) as i64,
+                models[(random(3) % 4) as usize],
+                (random(4) % 3 > 0).then_some(["d-a", "d-b"][(random(5) % 2) as usize]),
+                (random(6) % 4 > 0)
+                    .then_some(["key_a", "key_b", "key_C"][(random(7) % 3) as usize]),
+                (random(8) % 2 > 0).then_some("team_t"),
+                random(9) % 2_000,
+                (random(10) % 3 > 0).then_some(random(11) % 500),
+                outcome,
+            );
+            record.usage.input_tokens = (random(12) % 5 > 0).then_some(random(13) % 10_000);
+            record.usage.output_tokens = Some(random(14) % 1_000);
+            record.cost_nanos = (random(15) % 5 > 0).then_some(random(16) % 1_000_000);
+            record
+        })
+        .collect();
+    for chunk in records.chunks(500) {
+        store.insert_records(chunk).await.unwrap();
+    }
+    let (from_ms, to_ms) = (start + 3_600_000, start + span - 3_600_000);
+    let inside: Vec<RequestRecord> = records
+        .iter()
+        .filter(|record| (from_ms..to_ms).contains(&record.started_at_ms))
+        .cloned()
+        .collect();
+    for group in [
+        UsageGroup::Model,
+        UsageGroup::Deployment,
+        UsageGroup::Key,
+        UsageGroup::Team,
+    ] {
+        for bucket in [None, Some(UsageBucket::Hour), Some(UsageBucket::Day)] {
+            let found = store
+                .usage(UsageQuery {
+                    group,
+                    bucket,
+                    from_ms,
+                    to_ms,
+                })
+                .await
+                .unwrap();
+            let expected = usage_reference(&inside, group, bucket);
+            assert_eq!(found.len(), expected.len(), "{group:?} {bucket:?}");
+            for (found, expected) in found.iter().zip(&expected) {
+                assert_eq!(found, expected, "{group:?} {bucket:?}");
+            }
+        }
+    }
 }

@@ -1,0 +1,459 @@
+//! The request log through the admin API, over HTTP: `GET /admin/logs`
+//! (filters, cursor pages, the record's view), `GET /admin/usage`
+//! (aggregates and percentiles, buckets), refusals that name the bad
+//! parameter, and the master key as the only way in.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+
+const MODELS: &str = r#"
+[[models]]
+name = "m"
+[[models.deployments]]
+provider = "simulated"
+"#;
+
+async fn gateway() -> TestGateway {
+    TestGateway::start(config_with(MODELS, "")).await
+}
+
+/// 2023-11-14T22:13:20Z
+const BASE: i64 = 1_700_000_000_000;
+
+fn record(request_id: &str, started_at_ms: i64, model: &str, status: u16) -> RequestRecord {
+    RequestRecord {
+        request_id: request_id.to_owned(),
+        started_at_ms,
+        endpoint: Endpoint::ChatCompletions,
+        model: model.to_owned(),
+        deployment: Some(format!("{model}-east")),
+        served_model: None,
+        attempts: 1,
+        stream: true,
+        status,
+        outcome: match status {
+            200 => Outcome::Success,
+            499 => Outcome::ClientClosed,
+            400..=498 => Outcome::ClientError,
+            _ => Outcome::UpstreamError,
+        },
+        error_code: (status != 200).then(|| "some_error".to_owned()),
+        latency_ms: 100,
+        ttft_ms: Some(20),
+        usage: Usage {
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            ..Usage::default()
+        },
+        key_id: Some("key_1".to_owned()),
+        team_id: None,
+        end_user: None,
+        cost_nanos: Some(1_500),
+    }
+}
+
+async fn insert(gateway: &TestGateway, records: &[RequestRecord]) {
+    gateway
+        .running
+        .as_ref()
+        .unwrap()
+        .gateway
+        .store()
+        .insert_records(records)
+        .await
+        .unwrap();
+}
+
+async fn get(gateway: &TestGateway, path: &str) -> (u16, Value) {
+    let response = gateway.get(path).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["request_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn logs_are_filtered_and_paged_over_http() {
+    let gateway = gateway().await;
+    let mut records = vec![
+        record("r1", BASE, "gpt", 200),
+        record("r2", BASE + 1000, "gpt", 502),
+        record("r3", BASE + 1000, "claude", 200),
+        record("r4", BASE + 1000, "gpt", 429),
+        record("r5", BASE + 2000, "claude", 499),
+        record("r6", BASE + 3000, "gpt", 200),
+        record("r7", BASE + 3000, "gpt", 200),
+    ];
+    records[2].key_id = Some("key_2".into());
+    records[2].team_id = Some("team_a".into());
+    records[2].end_user = Some("ana@example.com".into());
+    records[3].cost_nanos = None;
+    insert(&gateway, &records).await;
+
+    // Pages of two, followed to the end: newest first, every row once.
+    let mut seen = Vec::new();
+    let mut path = "/admin/logs?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let (status, page) = get(&gateway, &path).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["object"], "list");
+        seen.extend(ids(&page));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/admin/logs?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["r7", "r6", "r5", "r4", "r3", "r2", "r1"]);
+    assert_eq!(pages, 4);
+    let (_, all) = get(&gateway, "/admin/logs").await;
+    assert_eq!(ids(&all), seen);
+    assert_eq!(all["next_cursor"], Value::Null);
+
+    // One record as the API shows it.
+    let (_, page) = get(&gateway, "/admin/logs?request_id=r3").await;
+    assert_eq!(
+        page["data"][0],
+        json!({
+            "request_id": "r3",
+            "started_at": "2023-11-14T22:13:21.000Z",
+            "started_at_ms": BASE + 1000,
+            "endpoint": "chat_completions",
+            "model": "claude",
+            "served_model": null,
+            "deployment": "claude-east",
+            "attempts": 1,
+            "stream": true,
+            "status": 200,
+            "outcome": "success",
+            "error_code": null,
+            "latency_ms": 100,
+            "ttft_ms": 20,
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cached_input_tokens": null,
+            "cache_write_tokens": null,
+            "reasoning_tokens": null,
+            "key_id": "key_2",
+            "team_id": "team_a",
+            "end_user": "ana@example.com",
+            "cost_nanos": 1500,
+            "cost_usd": 0.0000015,
+        })
+    );
+
+    for (query, expected) in [
+        ("model=claude", vec!["r5", "r3"]),
+        ("model=gpt&status=200", vec!["r7", "r6", "r1"]),
+        ("status=429", vec!["r4"]),
+        ("outcome=upstream_error", vec!["r2"]),
+        ("outcome=client_closed", vec!["r5"]),
+        ("key_id=key_2", vec!["r3"]),
+        ("team_id=team_a", vec!["r3"]),
+        ("end_user=ana%40example.com", vec!["r3"]),
+        ("deployment=gpt-east&limit=1", vec!["r7"]),
+        (
+            "from=1700000001&to=1700000003",
+            vec!["r5", "r4", "r3", "r2"],
+        ),
+        (
+            "from=2023-11-14T22:13:21Z&to=2023-11-14T22:13:22.000Z",
+            vec!["r4", "r3", "r2"],
+        ),
+        (
+            "from=2023-11-14T23:13:21%2B01:00",
+            vec!["r7", "r6", "r5", "r4", "r3", "r2"],
+        ),
+        ("model=nobody", vec![]),
+    ] {
+        let (status, page) = get(&gateway, &format!("/admin/logs?{query}")).await;
+        assert_eq!(status, 200, "{query}: {page}");
+        assert_eq!(ids(&page), expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn usage_is_aggregated_over_http() {
+    let gateway = gateway().await;
+    let hour = 3_600_000;
+    let start = BASE - BASE % hour; // 2023-11-14T22:00:00Z
+    let mut records = Vec::new();
+    // gpt: latencies 10, 20, 30, 40 in the first hour, 1000 in the next;
+    // one failure.
+    for (index, latency) in [10, 20, 30, 40, 1000].into_iter().enumerate() {
+        let at = if latency == 1000 {
+            start + hour
+        } else {
+            start + index as i64
+        };
+        let mut gpt = record(
+            &format!("g{index}"),
+            at,
+            "gpt",
+            if index == 1 { 502 } else { 200 },
+        );
+        gpt.latency_ms = latency;
+        gpt.ttft_ms = (latency < 1000).then_some(latency / 10);
+        records.push(gpt);
+    }
+    let mut claude = record("c0", start + 5, "claude", 200);
+    claude.latency_ms = 7;
+    claude.ttft_ms = None;
+    claude.cost_nanos = Some(2_000_000_000);
+    records.push(claude);
+    insert(&gateway, &records).await;
+
+    let range = format!("from={}&to={}", start / 1000, (start + 2 * hour) / 1000);
+    let (status, usage) = get(&gateway, &format!("/admin/usage?group_by=model&{range}")).await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["group_by"], "model");
+    assert_eq!(usage["bucket"], Value::Null);
+    assert_eq!(usage["from"], "2023-11-14T22:00:00.000Z");
+    assert_eq!(
+        usage["data"],
+        json!([
+            {
+                "group": "claude", "bucket": null, "requests": 1, "errors": 0, "error_rate": 0.0,
+                "input_tokens": 10, "output_tokens": 5, "cost_nanos": 2_000_000_000u64, "cost_usd": 2.0,
+                "latency_p50_ms": 7, "latency_p95_ms": 7, "ttft_p50_ms": null, "ttft_p95_ms": null,
+            },
+            {
+                "group": "gpt", "bucket": null, "requests": 5, "errors": 1, "error_rate": 0.2,
+                "input_tokens": 50, "output_tokens": 25, "cost_nanos": 7_500, "cost_usd": 0.0000075,
+                // Nearest rank of 10, 20, 30, 40, 1000: the 3rd and the 5th.
+                "latency_p50_ms": 30, "latency_p95_ms": 1000,
+                // Of 1, 2, 3, 4: the 2nd and the 4th.
+                "ttft_p50_ms": 2, "ttft_p95_ms": 4,
+            },
+        ])
+    );
+
+    let (status, usage) = get(
+        &gateway,
+        &format!("/admin/usage?group_by=deployment&bucket=hour&{range}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    let rows: Vec<(String, String, u64, u64)> = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["bucket"].as_str().unwrap().to_owned(),
+                row["group"].as_str().unwrap().to_owned(),
+                row["requests"].as_u64().unwrap(),
+                row["latency_p95_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "2023-11-14T22:00:00Z".to_owned(),
+                "claude-east".to_owned(),
+                1,
+                7
+            ),
+            (
+                "2023-11-14T22:00:00Z".to_owned(),
+                "gpt-east".to_owned(),
+                4,
+                40
+            ),
+            (
+                "2023-11-14T23:00:00Z".to_owned(),
+                "gpt-east".to_owned(),
+                1,
+                1000
+            ),
+        ]
+    );
+    let (_, by_day) = get(
+        &gateway,
+        &format!("/admin/usage?group_by=key&bucket=day&{range}"),
+    )
+    .await;
+    assert_eq!(by_day["data"][0]["bucket"], "2023-11-14T00:00:00Z");
+    assert_eq!(by_day["data"][0]["group"], "key_1");
+    assert_eq!(by_day["data"][0]["requests"], 6);
+    let (_, by_team) = get(&gateway, &format!("/admin/usage?group_by=team&{range}")).await;
+    assert_eq!(by_team["data"][0]["group"], "");
+    // The default range is the last 30 days, which these records are not in.
+    let (status, recent) = get(&gateway, "/admin/usage").await;
+    assert_eq!((status, recent["data"].clone()), (200, json!([])));
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_refused_naming_them() {
+    let gateway = gateway().await;
+    for (path, param) in [
+        ("/admin/logs?limit=0", "limit"),
+        ("/admin/logs?limit=1001", "limit"),
+        ("/admin/logs?limit=ten", "limit"),
+        ("/admin/logs?cursor=not-a-cursor", "cursor"),
+        ("/admin/logs?cursor=MTIzOmFiYzpy", "cursor"),
+        ("/admin/logs?from=10&to=5", "from"),
+        (
+            "/admin/logs?from=2024-05-01T00:00:00Z&to=2024-05-01",
+            "from",
+        ),
+        ("/admin/logs?from=yesterday", "from"),
+        ("/admin/logs?from=1700000000000", "from"),
+        ("/admin/logs?to=2024-13-01", "to"),
+        ("/admin/logs?status=abc", "status"),
+        ("/admin/logs?status=42", "status"),
+        ("/admin/logs?outcome=failed", "outcome"),
+        ("/admin/logs?modle=gpt", "modle"),
+        ("/admin/logs?model=a&model=b", "model"),
+        ("/admin/usage?group_by=day", "group_by"),
+        ("/admin/usage?bucket=week", "bucket"),
+        ("/admin/usage?from=1700000000&to=1600000000", "from"),
+        ("/admin/usage?to=soon", "to"),
+        ("/admin/usage?limit=5", "limit"),
+        ("/admin/spend?from=tomorrow", "from"),
+    ] {
+        let (status, body) = get(&gateway, path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{path}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{path}");
+        assert_eq!(body["error"]["param"], param, "{path}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(param),
+            "{path}: {body}"
+        );
+    }
+    // Spend takes the same times as the log.
+    let (status, _) = get(&gateway, "/admin/spend?from=2023-11-14T00:00:00Z").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_request_log_is_for_the_master_key_only() {
+    let gateway = gateway().await;
+    let created: Value = gateway
+        .post("/admin/keys", "{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["key"].as_str().unwrap();
+    for path in ["/admin/logs", "/admin/usage"] {
+        let anonymous = gateway.http.get(gateway.url(path)).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401, "{path}");
+        let keyed = gateway
+            .http
+            .get(gateway.url(path))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(keyed.status(), 403, "{path}");
+    }
+
+    // A real request, made with the key, reaches the log with its id.
+    let response = gateway
+        .http
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .header("content-type", "application/json")
+        .header("x-request-id", "log-me-1")
+        .body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut found = Value::Null;
+    for _ in 0..100 {
+        let (_, page) = get(
+            &gateway,
+            &format!("/admin/logs?key_id={}", created["id"].as_str().unwrap()),
+        )
+        .await;
+        if page["data"][0]["request_id"] == "log-me-1" {
+            found = page;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(found["data"][0]["model"], "m", "{found}");
+    assert_eq!(found["data"][0]["outcome"], "success");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_both_endpoints() {
+    let gateway = gateway().await;
+    let (status, document) = get(&gateway, "/admin/openapi.json").await;
+    assert_eq!(status, 200);
+    let names = |path: &str| -> Vec<String> {
+        document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} is not described"))
+            .iter()
+            .map(|parameter| parameter["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names("/admin/logs"),
+        [
+            "from",
+            "to",
+            "key_id",
+            "team_id",
+            "model",
+            "deployment",
+            "status",
+            "outcome",
+            "request_id",
+            "end_user",
+            "limit",
+            "cursor"
+        ]
+    );
+    assert_eq!(names("/admin/usage"), ["group_by", "bucket", "from", "to"]);
+    for schema in ["LogRecord", "UsageRow"] {
+        assert!(
+            document["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
+    }
+    // Every field the endpoints answer with is described.
+    insert(&gateway, &[record("x", BASE, "m", 200)]).await;
+    let (_, page) = get(&gateway, "/admin/logs").await;
+    let (_, usage) = get(&gateway, "/admin/usage?from=0").await;
+    for (schema, shown) in [
+        ("LogRecord", &page["data"][0]),
+        ("UsageRow", &usage["data"][0]),
+    ] {
+        let described = &document["components"]["schemas"][schema]["properties"];
+        let fields = shown.as_object().unwrap();
+        assert!(!fields.is_empty());
+        for field in fields.keys() {
+            assert!(
+                described[field].is_object(),
+                "{schema}.{field} is not described"
+            );
+        }
+        assert_eq!(
+            described.as_object().unwrap().len(),
+            fields.len(),
+            "{schema}"
+        );
+    }
+}

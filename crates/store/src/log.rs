@@ -1,0 +1,332 @@
+//! Reading the request log: pages of records (filtered, newest first,
+//! continued by a keyset cursor) and usage aggregates with percentiles.
+//! The SQL is written once here, for both backends, through sqlx's
+//! `QueryBuilder`; each backend runs it and decodes its rows.
+//!
+//! **Pages.** Records are ordered by `(started_at_ms, request_id, id)`,
+//! descending, where `id` is the row's own number: a client may send the
+//! same request id twice, so the row number breaks the last tie and the
+//! order is total. A page ends with the cursor of its last row, and the
+//! next page holds the rows strictly after it in that order. No offset is
+//! counted, so rows inserted while a client pages (newer ones, at the top)
+//! neither shift nor repeat the rows it has yet to read. Text compares
+//! byte by byte on both backends (`COLLATE "C"` on PostgreSQL).
+//!
+//! **Percentiles** use the nearest-rank definition on both backends: the
+//! p-th percentile of n values is the value at 1-based position
+//! `ceil(p * n / 100)` of the values sorted ascending, that is the smallest
+//! value that at least p% of the values do not exceed. It is always one of
+//! the recorded values (never an interpolation). The database ranks each
+//! group's values with `ROW_NUMBER()` and picks that position with integer
+//! arithmetic, so no float rounding can make SQLite and PostgreSQL differ.
+//! Time to first token counts only requests that have one (streams that
+//! sent content); a group without any has none.
+
+use sqlx::{Database, Encode, QueryBuilder, Type};
+use switchboard_core::{Outcome, RequestRecord};
+
+/// Which records a page reads; every `Some` must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Milliseconds since the epoch; `from` inclusive, `to` exclusive.
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    /// The public model the client asked for.
+    pub model: Option<String>,
+    pub deployment: Option<String>,
+    pub status: Option<u16>,
+    pub outcome: Option<Outcome>,
+    pub request_id: Option<String>,
+    pub end_user: Option<String>,
+}
+
+/// Where a page ends: the last row's place in the log's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogCursor {
+    pub started_at_ms: i64,
+    pub request_id: String,
+    /// The row's number in the `requests` table.
+    pub row: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogQuery {
+    pub filter: LogFilter,
+    /// Continue strictly after this row.
+    pub after: Option<LogCursor>,
+    /// At most this many records.
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage {
+    /// Newest first.
+    pub records: Vec<RequestRecord>,
+    /// The cursor of the last record when more records follow it.
+    pub next: Option<LogCursor>,
+}
+
+/// What usage is grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    Model,
+    Deployment,
+    Key,
+    Team,
+}
+
+/// Time buckets, aligned to UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageBucket {
+    Hour,
+    Day,
+}
+
+impl UsageBucket {
+    pub fn millis(self) -> i64 {
+        match self {
+            UsageBucket::Hour => 3_600_000,
+            UsageBucket::Day => 86_400_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub group: UsageGroup,
+    pub bucket: Option<UsageBucket>,
+    /// Milliseconds since the epoch; `from` inclusive, `to` exclusive.
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// One group (in one bucket) of the request log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    /// The model, deployment, key id or team id; empty for requests
+    /// without one.
+    pub group: String,
+    /// Start of the bucket, when bucketed.
+    pub bucket_start_ms: Option<i64>,
+    pub requests: u64,
+    /// Requests whose outcome was not `success`.
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_nanos: u64,
+    /// Nearest-rank percentiles (see the module's comment).
+    pub latency_p50_ms: Option<u64>,
+    pub latency_p95_ms: Option<u64>,
+    pub ttft_p50_ms: Option<u64>,
+    pub ttft_p95_ms: Option<u64>,
+}
+
+/// The 1-based position of the `percent`-th percentile among `count`
+/// sorted values (nearest rank); 0 when there are none. The SQL computes
+/// the same as `(count * percent + 99) / 100`.
+pub fn nearest_rank(percent: u64, count: u64) -> u64 {
+    (count * percent).div_ceil(100)
+}
+
+/// What the shared SQL needs to know of a backend.
+pub(crate) struct Dialect {
+    /// Appended to a text column compared or sorted, so that both
+    /// backends order text byte by byte.
+    pub byte_order: &'static str,
+}
+
+pub(crate) const SQLITE: Dialect = Dialect { byte_order: "" };
+pub(crate) const POSTGRES: Dialect = Dialect {
+    byte_order: " COLLATE \"C\"",
+};
+
+/// The record's columns, in the order every reader decodes them, and the
+/// row number for the cursor.
+const RECORD_COLUMNS: &str = "id, request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
+     error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens";
+
+/// One page of the log: `query.limit + 1` rows, the last of which (when
+/// present) only says that more follow.
+pub(crate) fn page_sql<DB>(query: &LogQuery, dialect: &Dialect) -> QueryBuilder<DB>
+where
+    DB: Database,
+    <DB as Database>::Arguments: Default,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    let mut sql =
+        QueryBuilder::<DB>::new(format!("SELECT {RECORD_COLUMNS} FROM requests WHERE 1 = 1"));
+    let filter = &query.filter;
+    if let Some(from) = filter.from_ms {
+        sql.push(" AND started_at_ms >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to_ms {
+        sql.push(" AND started_at_ms < ").push_bind(to);
+    }
+    for (column, value) in [
+        ("key_id", &filter.key_id),
+        ("team_id", &filter.team_id),
+        ("model", &filter.model),
+        ("deployment", &filter.deployment),
+        ("request_id", &filter.request_id),
+        ("end_user", &filter.end_user),
+    ] {
+        if let Some(value) = value {
+            sql.push(format!(" AND {column} = "))
+                .push_bind(value.clone());
+        }
+    }
+    if let Some(status) = filter.status {
+        sql.push(" AND status = ").push_bind(i64::from(status));
+    }
+    if let Some(outcome) = filter.outcome {
+        sql.push(" AND outcome = ")
+            .push_bind(outcome.as_str().to_owned());
+    }
+    let request_id = format!("request_id{}", dialect.byte_order);
+    if let Some(after) = &query.after {
+        sql.push(format!(" AND (started_at_ms, {request_id}, id) < ("))
+            .push_bind(after.started_at_ms)
+            .push(", ")
+            .push_bind(after.request_id.clone())
+            .push(", ")
+            .push_bind(after.row)
+            .push(")");
+    }
+    sql.push(format!(
+        " ORDER BY started_at_ms DESC, {request_id} DESC, id DESC LIMIT "
+    ))
+    .push_bind(i64::from(query.limit) + 1);
+    sql
+}
+
+/// Turns the `limit + 1` rows a page read into the page.
+pub(crate) fn page_of(mut rows: Vec<(i64, RequestRecord)>, limit: u32) -> LogPage {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|(row, record)| LogCursor {
+            started_at_ms: record.started_at_ms,
+            request_id: record.request_id.clone(),
+            row: *row,
+        })
+    } else {
+        None
+    };
+    LogPage {
+        records: rows.into_iter().map(|(_, record)| record).collect(),
+        next,
+    }
+}
+
+/// The usage aggregate: each row of the range is ranked within its group
+/// by latency and by time to first token (requests without one rank after
+/// those with one), then each group keeps the values at the nearest-rank
+/// positions. Sums are cast to BIGINT because PostgreSQL sums BIGINT into
+/// NUMERIC (SQLite reads the cast as INTEGER).
+pub(crate) fn usage_sql<DB>(query: &UsageQuery, dialect: &Dialect) -> QueryBuilder<DB>
+where
+    DB: Database,
+    <DB as Database>::Arguments: Default,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    let group = match query.group {
+        UsageGroup::Model => "model",
+        UsageGroup::Deployment => "COALESCE(deployment, '')",
+        UsageGroup::Key => "COALESCE(key_id, '')",
+        UsageGroup::Team => "COALESCE(team_id, '')",
+    };
+    // Whole buckets from the epoch; timestamps are after 1970, where
+    // integer division rounds down.
+    let bucket = match query.bucket {
+        None => "CAST(NULL AS BIGINT)".to_owned(),
+        Some(bucket) => {
+            let millis = bucket.millis();
+            format!("started_at_ms / {millis} * {millis}")
+        }
+    };
+    let partition = format!("PARTITION BY {group}, {bucket}");
+    let percentile = |percent: u64, column: &str| {
+        format!(
+            "MAX(CASE WHEN {column}_rank = ({column}_count * {percent} + 99) / 100 THEN {column}_ms END)"
+        )
+    };
+    let byte_order = dialect.byte_order;
+    let mut sql = QueryBuilder::<DB>::new(format!(
+        "WITH ranked AS (SELECT {group} AS grp, {bucket} AS bucket, outcome, input_tokens, output_tokens, \
+         cost_nanos, latency_ms, ttft_ms, \
+         ROW_NUMBER() OVER ({partition} ORDER BY latency_ms) AS latency_rank, \
+         COUNT(*) OVER ({partition}) AS latency_count, \
+         ROW_NUMBER() OVER ({partition} ORDER BY ttft_ms IS NULL, ttft_ms) AS ttft_rank, \
+         COUNT(ttft_ms) OVER ({partition}) AS ttft_count \
+         FROM requests WHERE started_at_ms >= "
+    ));
+    sql.push_bind(query.from_ms)
+        .push(" AND started_at_ms < ")
+        .push_bind(query.to_ms);
+    sql.push(format!(
+        ") SELECT grp, bucket, COUNT(*) AS requests, \
+         CAST(SUM(CASE WHEN outcome = 'success' THEN 0 ELSE 1 END) AS BIGINT) AS errors, \
+         CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input, \
+         CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output, \
+         CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS cost, \
+         {} AS latency_p50, {} AS latency_p95, {} AS ttft_p50, {} AS ttft_p95 \
+         FROM ranked GROUP BY grp, bucket ORDER BY bucket, cost DESC, grp{byte_order}",
+        percentile(50, "latency"),
+        percentile(95, "latency"),
+        percentile(50, "ttft"),
+        percentile(95, "ttft"),
+    ));
+    sql
+}
+
+/// Reads one row of `usage_sql`, whichever the backend.
+pub(crate) fn usage_row<R>(row: &R) -> Result<UsageRow, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    let count =
+        |name: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(name)?.max(0) as u64) };
+    let value = |name: &str| -> Result<Option<u64>, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<i64>, _>(name)?
+            .map(|value| value.max(0) as u64))
+    };
+    Ok(UsageRow {
+        group: row.try_get("grp")?,
+        bucket_start_ms: row.try_get("bucket")?,
+        requests: count("requests")?,
+        errors: count("errors")?,
+        input_tokens: count("input")?,
+        output_tokens: count("output")?,
+        cost_nanos: count("cost")?,
+        latency_p50_ms: value("latency_p50")?,
+        latency_p95_ms: value("latency_p95")?,
+        ttft_p50_ms: value("ttft_p50")?,
+        ttft_p95_ms: value("ttft_p95")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_positions() {
+        assert_eq!(nearest_rank(50, 0), 0);
+        assert_eq!(nearest_rank(50, 1), 1);
+        assert_eq!(nearest_rank(95, 1), 1);
+        assert_eq!(nearest_rank(50, 4), 2);
+        assert_eq!(nearest_rank(50, 5), 3);
+        assert_eq!(nearest_rank(95, 20), 19);
+        assert_eq!(nearest_rank(95, 21), 20);
+        assert_eq!(nearest_rank(95, 100), 95);
+    }
+}
