@@ -515,6 +515,8 @@ fn logged(
         team_id: None,
         end_user: None,
         cost_nanos: Some(cost_nanos),
+        cache_hit: false,
+        metadata: None,
     }
 }
 

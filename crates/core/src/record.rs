@@ -98,4 +98,11 @@ pub struct RequestRecord {
     /// What the request cost, in nano-dollars, when a price was known.
     #[serde(default)]
     pub cost_nanos: Option<u64>,
+    /// The response cache answered: nothing went upstream, it cost 0.
+    #[serde(default)]
+    pub cache_hit: bool,
+    /// What the client attached in `x-switchboard-metadata`: a JSON object
+    /// of strings, written with its members sorted.
+    #[serde(default)]
+    pub metadata: Option<String>,
 }

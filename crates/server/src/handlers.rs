@@ -594,11 +594,44 @@ async fn begin(
         gateway.cut.clone(),
     );
     trace.span = span;
+    match request_metadata(headers) {
+        Ok(metadata) => trace.metadata = metadata,
+        Err(error) => return Err(reject(&mut trace, error, dialect)),
+    }
     let catalog = gateway.catalog();
     match read_json_body(headers, body, catalog.max_body_bytes).await {
         Ok(bytes) => Ok((trace, catalog, bytes)),
         Err(error) => Err(reject(&mut trace, error, dialect)),
     }
+}
+
+/// Header carrying metadata for the request's record: a JSON object of
+/// strings (at most 16 members, names up to 64 bytes, values up to 256).
+pub(crate) const METADATA_HEADER: &str = "x-switchboard-metadata";
+
+/// The request's metadata as canonical JSON (members sorted), or a 400
+/// saying what is wrong with the header.
+fn request_metadata(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(METADATA_HEADER) else {
+        return Ok(None);
+    };
+    const EXPECTED: &str =
+        "a JSON object of at most 16 string values (names up to 64 bytes, values up to 256)";
+    let bad = || ApiError::bad_header(METADATA_HEADER, EXPECTED);
+    let text = value.to_str().map_err(|_| bad())?;
+    let members: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(text).map_err(|_| bad())?;
+    if members.len() > 16
+        || members
+            .iter()
+            .any(|(name, value)| name.is_empty() || name.len() > 64 || value.len() > 256)
+    {
+        return Err(bad());
+    }
+    if members.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(&members).map(Some).map_err(|_| bad())
 }
 
 /// Header that sets the request's whole time budget, in seconds,

@@ -168,6 +168,7 @@ const LOG_PARAMS: &[&str] = &[
     "outcome",
     "request_id",
     "end_user",
+    "metadata",
     "limit",
     "cursor",
 ];
@@ -209,6 +210,20 @@ fn log_query(params: &Params) -> Result<LogQuery, ApiError> {
     let (from_ms, to_ms) = (params.time("from")?, params.time("to")?);
     check_range(from_ms, to_ms)?;
     let after = params.get("cursor").map(decode_cursor).transpose()?;
+    let metadata = params
+        .get("metadata")
+        .map(|text| {
+            text.split_once(':')
+                .filter(|(name, _)| !name.is_empty())
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .ok_or_else(|| {
+                    bad(
+                        "`metadata` must be NAME:VALUE, one member of the request's x-switchboard-metadata",
+                        "metadata",
+                    )
+                })
+        })
+        .transpose()?;
     Ok(LogQuery {
         filter: LogFilter {
             from_ms,
@@ -221,6 +236,7 @@ fn log_query(params: &Params) -> Result<LogQuery, ApiError> {
             outcome,
             request_id: params.text("request_id"),
             end_user: params.text("end_user"),
+            metadata,
         },
         after,
         limit,
@@ -261,6 +277,11 @@ fn record_view(record: &RequestRecord) -> Value {
         "end_user": record.end_user,
         "cost_nanos": record.cost_nanos,
         "cost_usd": record.cost_nanos.map(usd),
+        "cache_hit": record.cache_hit,
+        "metadata": record
+            .metadata
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<Value>(text).ok()),
     })
 }
 

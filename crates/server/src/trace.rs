@@ -72,6 +72,8 @@ pub(crate) struct Trace {
     pub cache_fill: Option<CacheFill>,
     /// The exporter and the request's span ids, when it is traced.
     pub span: Option<(Arc<Telemetry>, SpanIds)>,
+    /// The client's `x-switchboard-metadata`, canonical JSON.
+    pub metadata: Option<String>,
     /// The request's temperature and output limit, for its span.
     pub temperature: Option<f64>,
     pub max_tokens: Option<u64>,
@@ -112,6 +114,7 @@ impl Trace {
             cache: None,
             cache_fill: None,
             span: None,
+            metadata: None,
             temperature: None,
             max_tokens: None,
             first_chunk: None,
@@ -262,6 +265,8 @@ impl Trace {
             team_id: self.caller.team_id.take(),
             end_user: self.caller.end_user.take(),
             cost_nanos: cost,
+            cache_hit: self.cache == Some(true),
+            metadata: self.metadata.take(),
         };
         log(&record);
         self.recorder.record(record);

@@ -83,6 +83,8 @@ async fn a_repeated_request_is_answered_from_the_cache_at_no_cost() {
     assert_eq!(hit.cost_nanos, Some(0), "a hit costs nothing");
     assert_eq!(hit.deployment, None, "no deployment served it");
     assert_eq!(hit.attempts, 0);
+    assert!(hit.cache_hit, "the record says the cache answered");
+    assert!(!records[0].cache_hit && !records[2].cache_hit);
     assert!(records[0].cost_nanos.unwrap() > 0);
 }
 

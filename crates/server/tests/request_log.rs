@@ -54,6 +54,8 @@ fn record(request_id: &str, started_at_ms: i64, model: &str, status: u16) -> Req
         team_id: None,
         end_user: None,
         cost_nanos: Some(1_500),
+        cache_hit: false,
+        metadata: None,
     }
 }
 
@@ -152,6 +154,8 @@ async fn logs_are_filtered_and_paged_over_http() {
             "end_user": "ana@example.com",
             "cost_nanos": 1500,
             "cost_usd": 0.0000015,
+            "cache_hit": false,
+            "metadata": null,
         })
     );
 
@@ -422,6 +426,7 @@ async fn the_openapi_document_describes_both_endpoints() {
             "outcome",
             "request_id",
             "end_user",
+            "metadata",
             "limit",
             "cursor"
         ]
@@ -455,5 +460,67 @@ async fn the_openapi_document_describes_both_endpoints() {
             fields.len(),
             "{schema}"
         );
+    }
+}
+
+#[tokio::test]
+async fn metadata_travels_from_the_header_to_the_log_and_filters_it() {
+    let gateway = gateway().await;
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    for (id, metadata) in [
+        ("meta-1", r#"{"feature": "summary", "team": "search"}"#),
+        ("meta-2", r#"{"feature":"chat"}"#),
+        // A value crafted to look like another member matches nothing.
+        ("meta-3", r#"{"note":"x\",\"feature\":\"summary"}"#),
+    ] {
+        let response = gateway
+            .post("/v1/chat/completions", body)
+            .header("x-request-id", id)
+            .header("x-switchboard-metadata", metadata)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{id}");
+    }
+    let mut page = Value::Null;
+    for _ in 0..100 {
+        let (_, found) = get(&gateway, "/admin/logs?metadata=feature:summary").await;
+        if !found["data"].as_array().unwrap().is_empty() {
+            page = found;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ids(&page), ["meta-1"], "{page}");
+    assert_eq!(
+        page["data"][0]["metadata"],
+        json!({"feature": "summary", "team": "search"})
+    );
+    assert_eq!(page["data"][0]["cache_hit"], false);
+    let (_, chat) = get(&gateway, "/admin/logs?metadata=feature:chat").await;
+    assert_eq!(ids(&chat), ["meta-2"]);
+    // LIKE's wildcards in a value are literal.
+    let (_, none) = get(&gateway, "/admin/logs?metadata=feature:%25").await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+    let (status, error) = get(&gateway, "/admin/logs?metadata=nocolon").await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"]["param"], "metadata");
+
+    // Malformed metadata is refused before anything goes upstream.
+    for bad in [
+        "not json",
+        r#"["a"]"#,
+        r#"{"n": 1}"#,
+        &format!(r#"{{"long": "{}"}}"#, "x".repeat(257)),
+    ] {
+        let response = gateway
+            .post("/v1/chat/completions", body)
+            .header("x-switchboard-metadata", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_header");
     }
 }

@@ -388,6 +388,8 @@ mod tests {
             team_id: None,
             end_user: None,
             cost_nanos: Some(1234),
+            cache_hit: false,
+            metadata: None,
         };
         let line = Journal::line(&record);
         let back: RequestRecord = serde_json::from_slice(&line).unwrap();

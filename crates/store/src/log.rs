@@ -40,6 +40,8 @@ pub struct LogFilter {
     pub outcome: Option<Outcome>,
     pub request_id: Option<String>,
     pub end_user: Option<String>,
+    /// One member of the request's metadata: name and value.
+    pub metadata: Option<(String, String)>,
 }
 
 /// Where a page ends: the last row's place in the log's order.
@@ -146,7 +148,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
 /// row number for the cursor.
 const RECORD_COLUMNS: &str = "id, request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens";
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata";
 
 /// One page of the log: `query.limit + 1` rows, the last of which (when
 /// present) only says that more follow.
@@ -186,6 +188,14 @@ where
         sql.push(" AND outcome = ")
             .push_bind(outcome.as_str().to_owned());
     }
+    if let Some((name, value)) = &filter.metadata {
+        // Metadata is stored as JSON with sorted members and escaped
+        // strings, so a member appears as exactly `"name":"value"`: an
+        // unescaped quote is always a delimiter.
+        sql.push(" AND metadata LIKE ")
+            .push_bind(metadata_pattern(name, value))
+            .push(" ESCAPE '\\'");
+    }
     let request_id = format!("request_id{}", dialect.byte_order);
     if let Some(after) = &query.after {
         sql.push(format!(" AND (started_at_ms, {request_id}, id) < ("))
@@ -201,6 +211,26 @@ where
     ))
     .push_bind(i64::from(query.limit) + 1);
     sql
+}
+
+/// The LIKE pattern finding the member `name: value` in stored metadata,
+/// with LIKE's own wildcards escaped.
+fn metadata_pattern(name: &str, value: &str) -> String {
+    let member = format!(
+        "{}:{}",
+        serde_json::Value::from(name),
+        serde_json::Value::from(value)
+    );
+    let mut pattern = String::with_capacity(member.len() + 8);
+    pattern.push('%');
+    for character in member.chars() {
+        if matches!(character, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(character);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Turns the `limit + 1` rows a page read into the page.

@@ -57,6 +57,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "request_log_order",
         sql: include_str!("../migrations/sqlite/0006_request_log_order.sql"),
     },
+    Migration {
+        version: 7,
+        name: "cache_hit_metadata",
+        sql: include_str!("../migrations/sqlite/0007_cache_hit_metadata.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -89,6 +94,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 6,
         name: "request_log_order",
         sql: include_str!("../migrations/postgres/0006_request_log_order.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "cache_hit_metadata",
+        sql: include_str!("../migrations/postgres/0007_cache_hit_metadata.sql"),
     },
 ];
 

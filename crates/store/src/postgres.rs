@@ -60,22 +60,24 @@ const INSERT_CHUNK: usize = 1024;
 /// insert use them.
 const INSERT_RECORDS: &str = "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, \
      status, outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens) \
+     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
+     cache_hit, metadata) \
      SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
      latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens \
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata \
      FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[], $7::BIGINT[], \
      $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], \
      $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::BIGINT[], \
-     $22::BIGINT[]) \
+     $22::BIGINT[], $23::BOOLEAN[], $24::TEXT[]) \
      WITH ORDINALITY AS batch (request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, \
-     attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, position) \
+     attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, \
+     position) \
      ORDER BY position";
 
 const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens \
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata \
      FROM requests ORDER BY id DESC LIMIT $1";
 
 #[derive(Debug, Clone)]
@@ -183,6 +185,8 @@ struct Columns<'a> {
     team_id: Vec<Option<&'a str>>,
     end_user: Vec<Option<&'a str>>,
     cost_nanos: Vec<Option<i64>>,
+    cache_hit: Vec<bool>,
+    metadata: Vec<Option<&'a str>>,
     cache_write_tokens: Vec<Option<i64>>,
 }
 
@@ -219,6 +223,8 @@ impl<'a> Columns<'a> {
             columns.team_id.push(record.team_id.as_deref());
             columns.end_user.push(record.end_user.as_deref());
             columns.cost_nanos.push(opt_i64(record.cost_nanos));
+            columns.cache_hit.push(record.cache_hit);
+            columns.metadata.push(record.metadata.as_deref());
             columns
                 .cache_write_tokens
                 .push(opt_i64(record.usage.cache_write_tokens));
@@ -267,6 +273,8 @@ fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
         team_id: row.try_get("team_id")?,
         end_user: row.try_get("end_user")?,
         cost_nanos: opt_u64(row.try_get("cost_nanos")?),
+        cache_hit: row.try_get("cache_hit")?,
+        metadata: row.try_get("metadata")?,
     })
 }
 
@@ -302,6 +310,8 @@ impl Store for PgStore {
                     .bind(&columns.end_user)
                     .bind(&columns.cost_nanos)
                     .bind(&columns.cache_write_tokens)
+                    .bind(&columns.cache_hit)
+                    .bind(&columns.metadata)
                     .execute(&mut *transaction)
                     .await?;
             }

@@ -315,6 +315,8 @@ mod tests {
             team_id: None,
             end_user: None,
             cost_nanos: None,
+            cache_hit: false,
+            metadata: None,
         }
     }
 

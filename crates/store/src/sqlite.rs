@@ -131,6 +131,8 @@ fn record_from_row(row: &SqliteRow) -> Result<RequestRecord, sqlx::Error> {
         team_id: row.try_get("team_id")?,
         end_user: row.try_get("end_user")?,
         cost_nanos: opt_u64(row.try_get("cost_nanos")?),
+        cache_hit: row.try_get("cache_hit")?,
+        metadata: row.try_get("metadata")?,
     })
 }
 
@@ -147,7 +149,8 @@ impl Store for SqliteStore {
                 let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                     "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
                      outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-                     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens) ",
+                     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
+                     cache_hit, metadata) ",
                 );
                 insert.push_values(chunk, |mut row, record| {
                     row.push_bind(&record.request_id)
@@ -171,7 +174,9 @@ impl Store for SqliteStore {
                         .push_bind(record.team_id.as_deref())
                         .push_bind(record.end_user.as_deref())
                         .push_bind(opt_i64(record.cost_nanos))
-                        .push_bind(opt_i64(record.usage.cache_write_tokens));
+                        .push_bind(opt_i64(record.usage.cache_write_tokens))
+                        .push_bind(record.cache_hit)
+                        .push_bind(record.metadata.as_deref());
                 });
                 // Not cached: batch sizes vary, and a cached statement per
                 // size would hold megabytes of prepared statements.
@@ -191,7 +196,7 @@ impl Store for SqliteStore {
             let rows = sqlx::query::<Sqlite>(
                 "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
                  latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-                 served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens \
+                 served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata \
                  FROM requests ORDER BY id DESC LIMIT ?",
             )
             .bind(i64::from(limit))
@@ -290,6 +295,8 @@ mod tests {
             team_id: None,
             end_user: Some("user-7".to_owned()),
             cost_nanos: Some(1234),
+            cache_hit: false,
+            metadata: None,
         }
     }
 

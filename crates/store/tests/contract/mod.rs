@@ -73,6 +73,8 @@ pub fn varied_record(index: usize) -> RequestRecord {
         team_id: text_if(3, "team_with 'quotes' \"and\" \\slashes".to_owned()),
         end_user: text_if(5, format!("user-{index}@example.com")),
         cost_nanos: some_if(1, number * 1_000_003),
+        cache_hit: false,
+        metadata: None,
     }
 }
 
@@ -190,6 +192,8 @@ fn spend_record(
         team_id: team_id.map(str::to_owned),
         end_user: None,
         cost_nanos,
+        cache_hit: false,
+        metadata: None,
     }
 }
 
@@ -556,6 +560,8 @@ fn log_record(
         team_id: team_id.map(str::to_owned),
         end_user: None,
         cost_nanos: Some(1),
+        cache_hit: false,
+        metadata: None,
     }
 }
 
