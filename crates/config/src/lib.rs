@@ -143,6 +143,9 @@ pub struct StorageConfig {
     /// (`None`: no journal). Defaults to `<database>.journal` for a SQLite
     /// file; PostgreSQL instances name one each.
     pub journal_dir: Option<PathBuf>,
+    /// Request records older than this many days are deleted (`None`:
+    /// kept forever).
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Clone, PartialEq, Eq)]

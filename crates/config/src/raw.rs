@@ -73,6 +73,7 @@ pub(crate) struct RawStorage {
     pub redis_fail_open_budgets: Option<bool>,
     pub redis_prefix: Option<String>,
     pub journal_dir: Option<String>,
+    pub retention_days: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -625,6 +625,11 @@ fn cache_settings_are_checked_and_default_off() {
         "{found:?}"
     );
     assert!(found[0].fix.contains("storage.redis_url"));
+    let config = load(&format!("[storage]\nretention_days = 30\n{models}")).unwrap();
+    assert_eq!(config.storage.retention_days, Some(30));
+    assert_eq!(load(models).unwrap().storage.retention_days, None);
+    let found = problems(&format!("[storage]\nretention_days = 0\n{models}"));
+    assert_eq!(found[0].path, "storage.retention_days");
     let found = problems(&format!("[cache]\nsize = 3\n{models}"));
     assert!(found[0].message.contains("size"), "{found:?}");
 }

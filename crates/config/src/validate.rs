@@ -223,6 +223,18 @@ pub(crate) fn validate(
         .as_deref()
         .and_then(|prefix| checker.text("storage.redis_prefix", prefix))
         .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+    let retention_days = match raw.storage.retention_days {
+        None => None,
+        Some(days) if (1..=36_500).contains(&days) => Some(days as u32),
+        Some(days) => {
+            checker.problem(
+                "storage.retention_days",
+                format!("{days} is not a usable number of days"),
+                "give a number of days from 1 to 36500, or leave it out to keep every record",
+            );
+            None
+        }
+    };
     let journal_dir = match raw.storage.journal_dir.as_deref() {
         Some(text) => checker
             .text("storage.journal_dir", text)
@@ -367,6 +379,7 @@ pub(crate) fn validate(
                 redis_fail_open_budgets: raw.storage.redis_fail_open_budgets.unwrap_or(false),
                 redis_prefix,
                 journal_dir,
+                retention_days,
             },
             cache,
             telemetry,

@@ -18,6 +18,7 @@ mod keys;
 mod metrics;
 mod probe;
 mod request_log;
+mod retention;
 mod state;
 mod stream;
 mod telemetry;
@@ -218,6 +219,9 @@ pub async fn start(
     )?);
     // Keys are known before the first request, and kept current.
     gateway.keys.refresh(store.as_ref(), true).await?;
+    if let Some(days) = config.storage.retention_days {
+        retention::spawn(store.clone(), days, shutdown.clone());
+    }
     keys::spawn_refresh(gateway.keys.clone(), store, shutdown.clone());
     let listener = TcpListener::bind(listen)
         .await

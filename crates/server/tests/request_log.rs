@@ -524,3 +524,53 @@ async fn metadata_travels_from_the_header_to_the_log_and_filters_it() {
         assert_eq!(error["error"]["code"], "invalid_header");
     }
 }
+
+#[tokio::test]
+async fn records_past_their_retention_are_deleted_at_start() {
+    let path = std::env::temp_dir().join(format!(
+        "switchboard-retention-{}-{}.db",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let day = 86_400_000;
+    {
+        use switchboard_store::Store;
+        let store = switchboard_store::SqliteStore::open_file(&path)
+            .await
+            .unwrap();
+        store
+            .insert_records(&[
+                record("ancient", now - 90 * day, "m", 200),
+                record("old", now - 31 * day, "m", 200),
+                record("recent", now - 29 * day, "m", 200),
+                record("today", now - 1000, "m", 200),
+            ])
+            .await
+            .unwrap();
+    }
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\njournal_dir = \"\"\nretention_days = 30\n{MODELS}",
+        path.display()
+    );
+    let config = switchboard_config::Config::from_toml("retention.toml", &text).unwrap();
+    let gateway = TestGateway::start(config).await;
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        let (_, page) = get(&gateway, "/admin/logs").await;
+        left = ids(&page);
+        if left.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, ["today", "recent"]);
+    gateway.stop_and_records().await;
+    let _ = std::fs::remove_file(&path);
+}

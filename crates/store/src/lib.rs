@@ -71,6 +71,9 @@ pub trait Store: Send + Sync + 'static {
     /// The request log aggregated by group (and time bucket), with
     /// nearest-rank percentiles.
     fn usage(&self, query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>>;
+    /// Deletes up to `limit` records that started before `before_ms`
+    /// (retention); returns how many went.
+    fn prune_records(&self, before_ms: i64, limit: u32) -> StoreFuture<'_, u64>;
     /// Answers when the database is reachable (readiness).
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// Which of these records (by request id and start time) the database

@@ -347,6 +347,20 @@ impl Store for PgStore {
         })
     }
 
+    fn prune_records(&self, before_ms: i64, limit: u32) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let done = sqlx::query::<Postgres>(
+                "DELETE FROM requests WHERE id IN \
+                 (SELECT id FROM requests WHERE started_at_ms < $1 ORDER BY started_at_ms LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
     fn usage(&self, query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
         Box::pin(async move {
             let mut sql = log::usage_sql::<Postgres>(&query, &log::POSTGRES);

@@ -420,6 +420,9 @@ mod tests {
         fn usage(&self, _query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
             Box::pin(async { Ok(Vec::new()) })
         }
+        fn prune_records(&self, _before_ms: i64, _limit: u32) -> StoreFuture<'_, u64> {
+            Box::pin(async { Ok(0) })
+        }
         fn ping(&self) -> StoreFuture<'_, ()> {
             Box::pin(async { Ok(()) })
         }
@@ -465,6 +468,9 @@ mod tests {
             }
             fn usage(&self, _query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
                 Box::pin(async { Ok(Vec::new()) })
+            }
+            fn prune_records(&self, _before_ms: i64, _limit: u32) -> StoreFuture<'_, u64> {
+                Box::pin(async { Ok(0) })
             }
             fn ping(&self) -> StoreFuture<'_, ()> {
                 Box::pin(async { Ok(()) })

@@ -221,6 +221,20 @@ impl Store for SqliteStore {
         })
     }
 
+    fn prune_records(&self, before_ms: i64, limit: u32) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let done = sqlx::query::<Sqlite>(
+                "DELETE FROM requests WHERE id IN \
+                 (SELECT id FROM requests WHERE started_at_ms < ? ORDER BY started_at_ms LIMIT ?)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
     fn usage(&self, query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
         Box::pin(async move {
             let mut sql = log::usage_sql::<Sqlite>(&query, &log::SQLITE);

@@ -331,3 +331,13 @@ async fn the_pool_stays_within_its_bound_under_load() {
     assert!((1..=8).contains(&most), "{most} connections open");
     store.close().await;
 }
+
+#[tokio::test]
+async fn postgres_prune_records() {
+    let Some(schema) = TestSchema::create("postgres_prune_records").await else {
+        return;
+    };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    contract::prune_records(&store).await;
+    store.close().await;
+}

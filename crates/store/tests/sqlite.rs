@@ -34,3 +34,9 @@ async fn sqlite_usage_matches_the_reference() {
     let store = SqliteStore::open_memory().await.unwrap();
     contract::usage_matches_the_reference(&store).await;
 }
+
+#[tokio::test]
+async fn sqlite_prune_records() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::prune_records(&store).await;
+}

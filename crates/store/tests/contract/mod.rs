@@ -73,8 +73,8 @@ pub fn varied_record(index: usize) -> RequestRecord {
         team_id: text_if(3, "team_with 'quotes' \"and\" \\slashes".to_owned()),
         end_user: text_if(5, format!("user-{index}@example.com")),
         cost_nanos: some_if(1, number * 1_000_003),
-        cache_hit: false,
-        metadata: None,
+        cache_hit: bit(8),
+        metadata: text_if(9, format!(r#"{{"feature":"f{index}","note":"ü \"q\""}}"#)),
     }
 }
 
@@ -1299,4 +1299,26 @@ pub async fn usage_matches_the_reference<S: Store>(store: &S) {
             }
         }
     }
+}
+
+/// Retention: records that started before the cut are deleted, oldest
+/// first, at most `limit` per call; newer ones stay.
+pub async fn prune_records<S: Store>(store: &S) {
+    let records: Vec<RequestRecord> = (0..30).map(varied_record).collect();
+    store.insert_records(&records).await.unwrap();
+    let mut by_start: Vec<i64> = records.iter().map(|record| record.started_at_ms).collect();
+    by_start.sort_unstable();
+    // Everything before the 21st start: 20 records.
+    let cut = by_start[20];
+    let old = records
+        .iter()
+        .filter(|record| record.started_at_ms < cut)
+        .count() as u64;
+    assert_eq!(old, 20);
+    assert_eq!(store.prune_records(cut, 15).await.unwrap(), 15);
+    assert_eq!(store.prune_records(cut, 15).await.unwrap(), 5);
+    assert_eq!(store.prune_records(cut, 15).await.unwrap(), 0);
+    let left = store.recent_records(100).await.unwrap();
+    assert_eq!(left.len(), 10);
+    assert!(left.iter().all(|record| record.started_at_ms >= cut));
 }
