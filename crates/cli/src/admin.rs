@@ -40,6 +40,9 @@ pub struct LimitArgs {
     /// Requests in flight at once.
     #[arg(long)]
     max_concurrent: Option<u64>,
+    /// Keep request and response bodies (redacted) in the request log.
+    #[arg(long)]
+    log_bodies: Option<bool>,
 }
 
 impl LimitArgs {
@@ -52,6 +55,9 @@ impl LimitArgs {
         }
         if let Some(period) = self.budget_period {
             body.insert("budget_period".into(), json!(period));
+        }
+        if let Some(flag) = self.log_bodies {
+            body.insert("log_bodies".into(), json!(flag));
         }
         for (name, value) in [
             ("rpm", self.rpm),

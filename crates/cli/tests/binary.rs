@@ -517,6 +517,7 @@ fn logged(
         cost_nanos: Some(cost_nanos),
         cache_hit: false,
         metadata: None,
+        bodies: None,
     }
 }
 

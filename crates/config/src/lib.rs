@@ -42,8 +42,26 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub cache: CacheConfig,
     pub telemetry: TelemetryConfig,
+    pub logging: LoggingConfig,
     pub models: Vec<ModelConfig>,
 }
+
+/// Request and response bodies in the request log (off unless a model, a
+/// key or a team asks for them, or `bodies` is set), and their redaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// Keep every request's bodies.
+    pub bodies: bool,
+    /// Built-in redactions: `api_keys`, `emails`, `card_numbers`.
+    pub redact: Vec<String>,
+    /// More redactions, as regular expressions (checked when loading).
+    pub redact_patterns: Vec<String>,
+    /// Each body is cut to this many bytes.
+    pub max_body_bytes: usize,
+}
+
+/// The built-in redactions `logging.redact` may name.
+pub const BUILT_IN_REDACTIONS: [&str; 3] = ["api_keys", "emails", "card_numbers"];
 
 /// OpenTelemetry traces, exported by OTLP over HTTP (JSON).
 #[derive(Debug, Clone, PartialEq)]
@@ -233,6 +251,8 @@ pub struct ModelConfig {
     /// `routing.fallback_on` names.
     pub fallbacks: Vec<String>,
     pub routing: Routing,
+    /// Keep this model's request and response bodies in the request log.
+    pub log_bodies: bool,
 }
 
 /// How a model group chooses, retries and gives up.

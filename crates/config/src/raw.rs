@@ -22,7 +22,19 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub telemetry: RawTelemetry,
     #[serde(default)]
+    pub logging: RawLogging,
+    #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLogging {
+    pub bodies: Option<bool>,
+    pub redact: Option<Vec<String>>,
+    #[serde(default)]
+    pub redact_patterns: Vec<String>,
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +98,7 @@ pub(crate) struct RawModel {
     pub fallbacks: Vec<String>,
     #[serde(default)]
     pub routing: RawRouting,
+    pub log_bodies: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

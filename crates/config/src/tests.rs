@@ -633,3 +633,28 @@ fn cache_settings_are_checked_and_default_off() {
     let found = problems(&format!("[cache]\nsize = 3\n{models}"));
     assert!(found[0].message.contains("size"), "{found:?}");
 }
+
+#[test]
+fn logging_settings_are_checked() {
+    let models = "[[models]]\nname = \"m\"\nlog_bodies = true\n[[models.deployments]]\nprovider = \"simulated\"\n";
+    let config = load(models).unwrap();
+    assert!(!config.logging.bodies);
+    assert_eq!(
+        config.logging.redact,
+        BUILT_IN_REDACTIONS.map(str::to_owned)
+    );
+    assert!(config.models[0].log_bodies);
+    let found = problems(&format!(
+        "[logging]\nredact = [\"emails\", \"passwords\"]\nredact_patterns = [\"ok\", \"(unclosed\"]\nmax_body_bytes = 10\n{models}"
+    ));
+    let paths: Vec<&str> = found.iter().map(|problem| problem.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "logging.redact[1]",
+            "logging.redact_patterns[1]",
+            "logging.max_body_bytes"
+        ],
+        "{found:?}"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::AwsKeys;
 use crate::env::{ExpandError, expand};
 use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger};
-use crate::{CacheBackend, CacheConfig, CacheScope, TelemetryConfig};
+use crate::{CacheBackend, CacheConfig, CacheScope, LoggingConfig, TelemetryConfig};
 use crate::{
     Config, ConfigError, DeploymentConfig, FallbackTriggers, MetricsConfig, ModelConfig, Price,
     ProbeKind, Problem, ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig,
@@ -264,6 +264,7 @@ pub(crate) fn validate(
 
     let cache = cache_config(&mut checker, &raw.cache, raw.storage.redis_url.is_some());
     let telemetry = telemetry_config(&mut checker, &raw.telemetry);
+    let logging = logging_config(&mut checker, &raw.logging);
 
     let mut models = Vec::with_capacity(raw.models.len());
     let mut model_names: HashMap<String, usize> = HashMap::new();
@@ -341,6 +342,7 @@ pub(crate) fn validate(
             deployments,
             fallbacks: raw_model.fallbacks,
             routing,
+            log_bodies: raw_model.log_bodies.unwrap_or(false),
         });
     }
     for (index, model) in models.iter().enumerate() {
@@ -383,6 +385,7 @@ pub(crate) fn validate(
             },
             cache,
             telemetry,
+            logging,
             metrics: MetricsConfig {
                 enabled: raw.metrics.enabled.unwrap_or(true),
                 key_labels: raw.metrics.key_labels.unwrap_or(false),
@@ -1140,6 +1143,51 @@ fn validate_routing(checker: &mut Checker<'_>, path: &str, raw: &RawRouting) -> 
         affinity_min_prefix_chars: raw
             .affinity_min_prefix_chars
             .unwrap_or(defaults.affinity_min_prefix_chars),
+    }
+}
+
+fn logging_config(checker: &mut Checker<'_>, raw: &crate::raw::RawLogging) -> LoggingConfig {
+    let redact = match &raw.redact {
+        None => crate::BUILT_IN_REDACTIONS.map(str::to_owned).to_vec(),
+        Some(names) => {
+            for (index, name) in names.iter().enumerate() {
+                if !crate::BUILT_IN_REDACTIONS.contains(&name.as_str()) {
+                    checker.problem(
+                        &format!("logging.redact[{index}]"),
+                        format!("unknown redaction `{name}`"),
+                        "use api_keys, emails or card_numbers; add your own in logging.redact_patterns",
+                    );
+                }
+            }
+            names.clone()
+        }
+    };
+    for (index, pattern) in raw.redact_patterns.iter().enumerate() {
+        if let Err(error) = regex_lite::Regex::new(pattern) {
+            checker.problem(
+                &format!("logging.redact_patterns[{index}]"),
+                format!("not a valid regular expression: {error}"),
+                "write it in Rust regex syntax, e.g. \"ACME-[0-9]{8}\"",
+            );
+        }
+    }
+    let max_body_bytes = match raw.max_body_bytes {
+        None => 65_536,
+        Some(bytes) if (256..=16 << 20).contains(&bytes) => bytes as usize,
+        Some(bytes) => {
+            checker.problem(
+                "logging.max_body_bytes",
+                format!("{bytes} is outside the accepted range"),
+                "give a size in bytes from 256 to 16777216",
+            );
+            65_536
+        }
+    };
+    LoggingConfig {
+        bodies: raw.bodies.unwrap_or(false),
+        redact,
+        redact_patterns: raw.redact_patterns.clone(),
+        max_body_bytes,
     }
 }
 

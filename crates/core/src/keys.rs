@@ -47,6 +47,10 @@ pub struct Limits {
     pub tpm: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u64>,
+    /// Keep the prompt and response bodies of requests with this key (or
+    /// team) in the request log, redacted (keys and teams only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_bodies: bool,
 }
 
 impl Limits {

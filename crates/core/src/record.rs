@@ -105,4 +105,18 @@ pub struct RequestRecord {
     /// of strings, written with its members sorted.
     #[serde(default)]
     pub metadata: Option<String>,
+    /// The request's and response's bodies, redacted, when the model, the
+    /// key or its team asks for them to be kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bodies: Option<Bodies>,
+}
+
+/// A request's bodies as the request log keeps them: redacted, and cut to
+/// `logging.max_body_bytes` each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bodies {
+    pub request: String,
+    /// The whole answer, or the stream as the client received it; `None`
+    /// when no answer came.
+    pub response: Option<String>,
 }

@@ -48,6 +48,8 @@ struct LimitsBody {
     tpm: Nullable<u64>,
     #[serde(default, deserialize_with = "nullable")]
     max_concurrent: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    log_bodies: Nullable<bool>,
 }
 
 /// A field of an update: absent (`None`, leave it), `null` (`Some(None)`,
@@ -80,6 +82,8 @@ struct TeamBody {
     tpm: Nullable<u64>,
     #[serde(default, deserialize_with = "nullable")]
     max_concurrent: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    log_bodies: Nullable<bool>,
     /// Unix seconds.
     #[serde(default, deserialize_with = "nullable")]
     expires_at: Nullable<i64>,
@@ -105,6 +109,8 @@ struct KeyBody {
     tpm: Nullable<u64>,
     #[serde(default, deserialize_with = "nullable")]
     max_concurrent: Nullable<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    log_bodies: Nullable<bool>,
     /// Limits each end user of the key gets on their own.
     #[serde(default, deserialize_with = "nullable")]
     user_limits: Nullable<LimitsBody>,
@@ -123,6 +129,7 @@ impl TeamBody {
             rpm: self.rpm,
             tpm: self.tpm,
             max_concurrent: self.max_concurrent,
+            log_bodies: self.log_bodies,
         }
     }
 }
@@ -136,6 +143,7 @@ impl KeyBody {
             rpm: self.rpm,
             tpm: self.tpm,
             max_concurrent: self.max_concurrent,
+            log_bodies: self.log_bodies,
         }
     }
 }
@@ -163,6 +171,17 @@ impl LimitsBody {
     /// The limits these fields set, over `base` (for updates).
     fn apply(self, base: &Limits, prefix: &str) -> Result<Limits, ApiError> {
         let mut limits = base.clone();
+        match self.log_bodies {
+            None => {}
+            // Bodies are kept per key or team, not per end user.
+            Some(_) if !prefix.is_empty() => {
+                return Err(bad(
+                    "`log_bodies` is set on the key or its team, not per end user",
+                    &format!("{prefix}log_bodies"),
+                ));
+            }
+            Some(flag) => limits.log_bodies = flag.unwrap_or(false),
+        }
         match self.models {
             None => {}
             Some(None) => limits.models.clear(),
@@ -259,6 +278,7 @@ fn limits_view(limits: &Limits) -> Value {
         "rpm": limits.rpm,
         "tpm": limits.tpm,
         "max_concurrent": limits.max_concurrent,
+        "log_bodies": limits.log_bodies,
     })
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct Route {
     pub recent_latencies: Mutex<VecDeque<Duration>>,
     /// Each member's prices, when known (its own, or the price table's).
     pub rates: Vec<Option<switchboard_core::cost::Rates>>,
+    /// Keep the bodies of this model's requests in the request log.
+    pub log_bodies: bool,
 }
 
 /// Latencies kept per group for its p95.
@@ -919,6 +921,7 @@ mod tests {
             fallbacks: Vec::new(),
             recent_latencies: Mutex::default(),
             rates: vec![None],
+            log_bodies: false,
         }
     }
 

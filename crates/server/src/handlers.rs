@@ -26,7 +26,7 @@ use crate::dispatch::{Answered, ConversationPrefix, Route, Unanswered, dispatch,
 use crate::error::ApiError;
 use crate::state::{Catalog, Gateway};
 use crate::stream::sse_response;
-use crate::trace::Trace;
+use crate::trace::{BodyCapture, Trace};
 
 pub(crate) const DEPLOYMENT_HEADER: &str = "x-switchboard-deployment";
 
@@ -108,6 +108,7 @@ async fn chat(
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error, dialect),
     };
+    keep_bodies(&mut trace, &catalog, &chain[0], &principal, &bytes);
     let overrides = match TimeoutOverrides::read(&headers) {
         Ok(overrides) => overrides,
         Err(error) => return reject(&mut trace, error, dialect),
@@ -251,6 +252,9 @@ async fn chat(
     }
     match value {
         Reply::Complete { body, usage, .. } => {
+            if let Some(bodies) = &mut trace.bodies {
+                bodies.push_response(&body);
+            }
             trace.usage = usage;
             headers.extend(cost_header(&trace));
             trace.finish(200, Outcome::Success, None);
@@ -274,6 +278,30 @@ async fn chat(
                 headers,
             )
         }
+    }
+}
+
+/// Starts gathering the request's bodies for the log when its model, its
+/// key or its key's team asks for them.
+fn keep_bodies(
+    trace: &mut Trace,
+    catalog: &Catalog,
+    route: &Route,
+    principal: &Principal,
+    request: &Bytes,
+) {
+    let by_key = match principal {
+        Principal::Key(entry) => {
+            entry.record.limits.log_bodies
+                || entry
+                    .team
+                    .as_ref()
+                    .is_some_and(|team| team.limits.log_bodies)
+        }
+        Principal::Master | Principal::Open => false,
+    };
+    if route.log_bodies || by_key {
+        trace.bodies = Some(BodyCapture::new(catalog.redactor.clone(), request.clone()));
     }
 }
 
@@ -312,6 +340,9 @@ async fn cached_answer(
     };
     admission.reserve_keys().await?;
     trace.cache = Some(true);
+    if let Some(bodies) = &mut trace.bodies {
+        bodies.push_response(&answer);
+    }
     trace.finish(200, Outcome::Success, None);
     let mut response = Response::new(Body::from(answer));
     let response_headers = response.headers_mut();
@@ -484,6 +515,7 @@ pub(crate) async fn embeddings(
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
+    keep_bodies(&mut trace, &catalog, &chain[0], &principal, &bytes);
     let end_user = request
         .fields
         .get::<String>("user", "a string")
@@ -557,6 +589,9 @@ pub(crate) async fn embeddings(
             let mut headers = route_headers(&answered, &request.model);
             headers.extend(admission.headers());
             let (body, usage) = answered.value;
+            if let Some(bodies) = &mut trace.bodies {
+                bodies.push_response(&body);
+            }
             trace.usage = usage;
             headers.extend(cost_header(&trace));
             if let (Some(cache), Some(plan)) = (&gateway.cache, &cache_plan) {

@@ -17,6 +17,7 @@ mod handlers;
 mod keys;
 mod metrics;
 mod probe;
+mod redact;
 mod request_log;
 mod retention;
 mod state;
@@ -68,6 +69,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/keys/{id}/rotate", post(admin::rotate_key))
         .route("/admin/spend", get(admin::spend))
         .route("/admin/logs", get(request_log::logs))
+        .route("/admin/logs/{request_id}", get(request_log::log_entry))
         .route("/admin/usage", get(request_log::usage))
         .route("/admin/openapi.json", get(admin::openapi))
         .route_layer(middleware::from_fn_with_state(

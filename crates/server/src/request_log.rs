@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -283,6 +283,48 @@ fn record_view(record: &RequestRecord) -> Value {
             .as_deref()
             .and_then(|text| serde_json::from_str::<Value>(text).ok()),
     })
+}
+
+/// `GET /admin/logs/{request_id}`: every record with that request id,
+/// newest first, with its kept bodies (`request_body`, `response_body`;
+/// null when none were kept).
+pub(crate) async fn log_entry(
+    State(gateway): State<Arc<Gateway>>,
+    Path(request_id): Path<String>,
+) -> Response {
+    let query = LogQuery {
+        filter: LogFilter {
+            request_id: Some(request_id.clone()),
+            ..LogFilter::default()
+        },
+        after: None,
+        limit: MAX_LIMIT,
+    };
+    let (page, bodies) = match tokio::try_join!(
+        gateway.store.log_page(&query),
+        gateway.store.record_bodies(&request_id)
+    ) {
+        Ok(found) => found,
+        Err(error) => return store_failed(error),
+    };
+    if page.records.is_empty() {
+        return ApiError::admin_not_found("request", &request_id).into_response();
+    }
+    let data: Vec<Value> = page
+        .records
+        .iter()
+        .map(|record| {
+            let mut view = record_view(record);
+            let kept = bodies
+                .iter()
+                .find(|(started_at_ms, _)| *started_at_ms == record.started_at_ms)
+                .map(|(_, bodies)| bodies);
+            view["request_body"] = json!(kept.map(|bodies| &bodies.request));
+            view["response_body"] = json!(kept.and_then(|bodies| bodies.response.as_ref()));
+            view
+        })
+        .collect();
+    json_reply(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
 /// `GET /admin/logs`

@@ -20,6 +20,7 @@ use switchboard_store::{Database, Recorder};
 use crate::cache::Cache;
 use crate::keys::KeyCache;
 use crate::metrics::Metrics;
+use crate::redact::Redactor;
 use crate::telemetry::Telemetry;
 use switchboard_config::CacheBackend;
 use switchboard_store::response_cache::{MemoryCache, RedisCache, ResponseCache};
@@ -64,6 +65,8 @@ pub(crate) struct Catalog {
     pub max_body_bytes: usize,
     /// Whether `GET /metrics` answers.
     pub metrics_enabled: bool,
+    /// Redacts bodies before the request log keeps them.
+    pub redactor: Arc<Redactor>,
 }
 
 /// What a reload changed.
@@ -278,6 +281,7 @@ impl Catalog {
                 fallbacks: model.fallbacks.clone(),
                 recent_latencies: std::sync::Mutex::default(),
                 rates,
+                log_bodies: model.log_bodies || config.logging.bodies,
             });
             routes.insert(model.name.clone(), route.clone());
             ordered.push(route);
@@ -308,6 +312,7 @@ impl Catalog {
             master_key: config.server.master_key.clone(),
             max_body_bytes: config.server.max_body_bytes,
             metrics_enabled: config.metrics.enabled,
+            redactor: Arc::new(Redactor::new(&config.logging)),
         })
     }
 }

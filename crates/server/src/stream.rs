@@ -60,17 +60,23 @@ impl Relay {
                     if let Some(fill) = &mut self.trace.cache_fill {
                         fill.push(&frame);
                     }
+                    if let Some(bodies) = &mut self.trace.bodies {
+                        bodies.push_response(&frame);
+                    }
                     return Some(frame);
                 }
                 Some(RelayEvent::Usage(usage)) => self.trace.usage = usage,
                 Some(RelayEvent::Done) => {
                     self.ended = true;
-                    self.trace.finish(200, Outcome::Success, None);
                     // Anthropic's stream ends with its own `message_stop`.
                     let end = match self.dialect {
                         Dialect::OpenAi => Some(Bytes::from_static(b"data: [DONE]\n\n")),
                         Dialect::Anthropic => None,
                     };
+                    if let (Some(bodies), Some(end)) = (&mut self.trace.bodies, &end) {
+                        bodies.push_response(end);
+                    }
+                    self.trace.finish(200, Outcome::Success, None);
                     if let Some(mut fill) = self.trace.cache_fill.take() {
                         if let Some(end) = &end {
                             fill.push(end);

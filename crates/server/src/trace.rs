@@ -74,6 +74,9 @@ pub(crate) struct Trace {
     pub span: Option<(Arc<Telemetry>, SpanIds)>,
     /// The client's `x-switchboard-metadata`, canonical JSON.
     pub metadata: Option<String>,
+    /// The request's body and the answer's, gathered when they are to be
+    /// kept (redacted when the record is made).
+    pub bodies: Option<BodyCapture>,
     /// The request's temperature and output limit, for its span.
     pub temperature: Option<f64>,
     pub max_tokens: Option<u64>,
@@ -115,6 +118,7 @@ impl Trace {
             cache_fill: None,
             span: None,
             metadata: None,
+            bodies: None,
             temperature: None,
             max_tokens: None,
             first_chunk: None,
@@ -267,6 +271,7 @@ impl Trace {
             cost_nanos: cost,
             cache_hit: self.cache == Some(true),
             metadata: self.metadata.take(),
+            bodies: self.bodies.take().map(BodyCapture::into_bodies),
         };
         log(&record);
         self.recorder.record(record);
@@ -319,4 +324,39 @@ pub(crate) fn unix_millis() -> i64 {
 
 pub(crate) fn now() -> Instant {
     Instant::now()
+}
+
+/// A request's bodies on their way to the request log.
+pub(crate) struct BodyCapture {
+    redactor: Arc<crate::redact::Redactor>,
+    request: bytes::Bytes,
+    response: Option<Vec<u8>>,
+}
+
+impl BodyCapture {
+    pub fn new(redactor: Arc<crate::redact::Redactor>, request: bytes::Bytes) -> BodyCapture {
+        BodyCapture {
+            redactor,
+            request,
+            response: None,
+        }
+    }
+
+    /// Adds to the answer (a whole body, or a stream's next frame), keeping
+    /// no more than the log will.
+    pub fn push_response(&mut self, bytes: &[u8]) {
+        let response = self.response.get_or_insert_with(Vec::new);
+        // One byte past the limit, so that the cut is noticed.
+        let room = (self.redactor.max_bytes() + 1).saturating_sub(response.len());
+        response.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn into_bodies(self) -> switchboard_core::Bodies {
+        switchboard_core::Bodies {
+            request: self.redactor.redact(&self.request),
+            response: self
+                .response
+                .map(|response| self.redactor.redact(&response)),
+        }
+    }
 }

@@ -56,6 +56,7 @@ fn record(request_id: &str, started_at_ms: i64, model: &str, status: u16) -> Req
         cost_nanos: Some(1_500),
         cache_hit: false,
         metadata: None,
+        bodies: None,
     }
 }
 
@@ -573,4 +574,127 @@ async fn records_past_their_retention_are_deleted_at_start() {
     assert_eq!(left, ["today", "recent"]);
     gateway.stop_and_records().await;
     let _ = std::fs::remove_file(&path);
+}
+
+/// Bodies are kept, redacted, for a model that asks (and for a key that
+/// does, on any model), and never otherwise.
+#[tokio::test]
+async fn bodies_are_kept_redacted_only_where_asked() {
+    let models = r#"
+[logging]
+redact_patterns = ["ACME-[0-9]{6}"]
+[[models]]
+name = "kept"
+log_bodies = true
+[[models.deployments]]
+provider = "simulated"
+simulation = { reply = "reach me at bob@example.com" }
+[[models]]
+name = "m"
+[[models.deployments]]
+provider = "simulated"
+"#;
+    let gateway = TestGateway::start(config_with(models, "")).await;
+    let secret_laden = r#"{"model":"kept","messages":[{"role":"user","content":"my key is sk-abcdefghijklmnop123456, card 4111-1111-1111-1111, ticket ACME-123456"}]}"#;
+    let send = |id: &'static str, body: &'static str| {
+        gateway
+            .post("/v1/chat/completions", body)
+            .header("x-request-id", id)
+            .send()
+    };
+    assert_eq!(send("kept-1", secret_laden).await.unwrap().status(), 200);
+    let plain = r#"{"model":"m","messages":[{"role":"user","content":"a@b.io"}]}"#;
+    assert_eq!(send("plain-1", plain).await.unwrap().status(), 200);
+    let streamed = r#"{"model":"kept","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let response = send("kept-2", streamed).await.unwrap();
+    let stream_text = response.text().await.unwrap();
+
+    let entry = |id: &'static str| {
+        let gateway = &gateway;
+        async move {
+            for _ in 0..100 {
+                let (status, found) = get(gateway, &format!("/admin/logs/{id}")).await;
+                if status == 200 {
+                    return found["data"][0].clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{id} never reached the log");
+        }
+    };
+    let kept = entry("kept-1").await;
+    let request = kept["request_body"].as_str().unwrap();
+    assert!(request.contains("[REDACTED:api_key]"), "{request}");
+    assert!(request.contains("[REDACTED:card_number]"), "{request}");
+    assert!(request.contains("[REDACTED:pattern]"), "{request}");
+    assert!(
+        !request.contains("sk-abcdef") && !request.contains("4111") && !request.contains("ACME-1")
+    );
+    let answer = kept["response_body"].as_str().unwrap();
+    assert!(
+        answer.contains("[REDACTED:email]") && !answer.contains("bob@"),
+        "{answer}"
+    );
+    assert_eq!(kept["model"], "kept");
+
+    let streamed_entry = entry("kept-2").await;
+    // The stream as the client received it, redacted the same way.
+    assert!(stream_text.contains("bob@example.com"));
+    assert_eq!(
+        streamed_entry["response_body"].as_str().unwrap(),
+        stream_text.replace("bob@example.com", "[REDACTED:email]")
+    );
+
+    let plain_entry = entry("plain-1").await;
+    assert_eq!(plain_entry["request_body"], Value::Null);
+    assert_eq!(plain_entry["response_body"], Value::Null);
+
+    // A key that asks for bodies has them kept on any model.
+    let created: Value = gateway
+        .post("/admin/keys", r#"{"name":"audited","log_bodies":true}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["log_bodies"], true, "{created}");
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let mut status = 0;
+    for _ in 0..40 {
+        status = gateway
+            .http
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .header("content-type", "application/json")
+            .header("x-request-id", "audited-1")
+            .body(plain)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+    let audited = entry("audited-1").await;
+    assert_eq!(
+        audited["request_body"],
+        r#"{"model":"m","messages":[{"role":"user","content":"[REDACTED:email]"}]}"#
+    );
+    // Not per end user.
+    let refused = gateway
+        .post(
+            "/admin/keys",
+            r#"{"user_limits":{"rpm":5,"log_bodies":true}}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let (status, _) = get(&gateway, "/admin/logs/no-such-request").await;
+    assert_eq!(status, 404);
 }

@@ -390,6 +390,7 @@ mod tests {
             cost_nanos: Some(1234),
             cache_hit: false,
             metadata: None,
+            bodies: None,
         };
         let line = Journal::line(&record);
         let back: RequestRecord = serde_json::from_slice(&line).unwrap();

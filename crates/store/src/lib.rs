@@ -23,7 +23,7 @@ mod sqlite_keys;
 use std::future::Future;
 use std::pin::Pin;
 
-use switchboard_core::RequestRecord;
+use switchboard_core::{Bodies, RequestRecord};
 
 pub use keys::{KeyStore, KeyStoreConflict, SpendQuery};
 pub use log::{
@@ -71,8 +71,14 @@ pub trait Store: Send + Sync + 'static {
     /// The request log aggregated by group (and time bucket), with
     /// nearest-rank percentiles.
     fn usage(&self, query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>>;
-    /// Deletes up to `limit` records that started before `before_ms`
-    /// (retention); returns how many went.
+    /// The kept bodies of the records with this request id, with each
+    /// record's start time.
+    fn record_bodies<'a>(&'a self, request_id: &'a str) -> StoreFuture<'a, Vec<(i64, Bodies)>> {
+        let _ = request_id;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Deletes up to `limit` records (and as many kept bodies) that
+    /// started before `before_ms` (retention); returns the larger count.
     fn prune_records(&self, before_ms: i64, limit: u32) -> StoreFuture<'_, u64>;
     /// Answers when the database is reachable (readiness).
     fn ping(&self) -> StoreFuture<'_, ()>;

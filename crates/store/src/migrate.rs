@@ -62,6 +62,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "cache_hit_metadata",
         sql: include_str!("../migrations/sqlite/0007_cache_hit_metadata.sql"),
     },
+    Migration {
+        version: 8,
+        name: "request_bodies",
+        sql: include_str!("../migrations/sqlite/0008_request_bodies.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -99,6 +104,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 7,
         name: "cache_hit_metadata",
         sql: include_str!("../migrations/postgres/0007_cache_hit_metadata.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "request_bodies",
+        sql: include_str!("../migrations/postgres/0008_request_bodies.sql"),
     },
 ];
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
-use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{Bodies, Endpoint, Outcome, RequestRecord, Usage};
 
 use crate::log::{self, LogPage, LogQuery, UsageQuery, UsageRow};
 use crate::{Store, StoreError, StoreFuture, migrate};
@@ -275,6 +275,7 @@ fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
         cost_nanos: opt_u64(row.try_get("cost_nanos")?),
         cache_hit: row.try_get("cache_hit")?,
         metadata: row.try_get("metadata")?,
+        bodies: None,
     })
 }
 
@@ -315,8 +316,63 @@ impl Store for PgStore {
                     .execute(&mut *transaction)
                     .await?;
             }
+            let with_bodies: Vec<&RequestRecord> = records
+                .iter()
+                .filter(|record| record.bodies.is_some())
+                .collect();
+            for chunk in with_bodies.chunks(INSERT_CHUNK) {
+                let ids: Vec<&str> = chunk
+                    .iter()
+                    .map(|record| record.request_id.as_str())
+                    .collect();
+                let starts: Vec<i64> = chunk.iter().map(|record| record.started_at_ms).collect();
+                let requests: Vec<&str> = chunk
+                    .iter()
+                    .filter_map(|record| record.bodies.as_ref())
+                    .map(|bodies| bodies.request.as_str())
+                    .collect();
+                let responses: Vec<Option<&str>> = chunk
+                    .iter()
+                    .filter_map(|record| record.bodies.as_ref())
+                    .map(|bodies| bodies.response.as_deref())
+                    .collect();
+                sqlx::query::<Postgres>(
+                    "INSERT INTO request_bodies (request_id, started_at_ms, request, response) \
+                     SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[])",
+                )
+                .bind(&ids)
+                .bind(&starts)
+                .bind(&requests)
+                .bind(&responses)
+                .execute(&mut *transaction)
+                .await?;
+            }
             transaction.commit().await?;
             Ok(())
+        })
+    }
+
+    fn record_bodies<'a>(&'a self, request_id: &'a str) -> StoreFuture<'a, Vec<(i64, Bodies)>> {
+        Box::pin(async move {
+            let rows = sqlx::query::<Postgres>(
+                "SELECT started_at_ms, request, response FROM request_bodies \
+                 WHERE request_id = $1 ORDER BY started_at_ms DESC",
+            )
+            .bind(request_id)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("started_at_ms")?,
+                        Bodies {
+                            request: row.try_get("request")?,
+                            response: row.try_get("response")?,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
         })
     }
 
@@ -357,7 +413,15 @@ impl Store for PgStore {
             .bind(i64::from(limit))
             .execute(&self.pool)
             .await?;
-            Ok(done.rows_affected())
+            let bodies = sqlx::query::<Postgres>(
+                "DELETE FROM request_bodies WHERE ctid IN \
+                 (SELECT ctid FROM request_bodies WHERE started_at_ms < $1 LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected().max(bodies.rows_affected()))
         })
     }
 

@@ -317,6 +317,7 @@ mod tests {
             cost_nanos: None,
             cache_hit: false,
             metadata: None,
+            bodies: None,
         }
     }
 

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite};
-use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{Bodies, Endpoint, Outcome, RequestRecord, Usage};
 
 use crate::log::{self, LogPage, LogQuery, UsageQuery, UsageRow};
 use crate::{Store, StoreError, StoreFuture, migrate};
@@ -133,6 +133,7 @@ fn record_from_row(row: &SqliteRow) -> Result<RequestRecord, sqlx::Error> {
         cost_nanos: opt_u64(row.try_get("cost_nanos")?),
         cache_hit: row.try_get("cache_hit")?,
         metadata: row.try_get("metadata")?,
+        bodies: None,
     })
 }
 
@@ -186,8 +187,53 @@ impl Store for SqliteStore {
                     .execute(&mut *transaction)
                     .await?;
             }
+            let with_bodies: Vec<&RequestRecord> = records
+                .iter()
+                .filter(|record| record.bodies.is_some())
+                .collect();
+            for chunk in with_bodies.chunks(256) {
+                let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO request_bodies (request_id, started_at_ms, request, response) ",
+                );
+                insert.push_values(chunk, |mut row, record| {
+                    let bodies = record.bodies.as_ref();
+                    row.push_bind(&record.request_id)
+                        .push_bind(record.started_at_ms)
+                        .push_bind(bodies.map(|bodies| bodies.request.as_str()))
+                        .push_bind(bodies.and_then(|bodies| bodies.response.as_deref()));
+                });
+                insert
+                    .build()
+                    .persistent(false)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
             transaction.commit().await?;
             Ok(())
+        })
+    }
+
+    fn record_bodies<'a>(&'a self, request_id: &'a str) -> StoreFuture<'a, Vec<(i64, Bodies)>> {
+        Box::pin(async move {
+            let rows = sqlx::query::<Sqlite>(
+                "SELECT started_at_ms, request, response FROM request_bodies \
+                 WHERE request_id = ? ORDER BY started_at_ms DESC",
+            )
+            .bind(request_id)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("started_at_ms")?,
+                        Bodies {
+                            request: row.try_get("request")?,
+                            response: row.try_get("response")?,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
         })
     }
 
@@ -231,7 +277,15 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .execute(&self.pool)
             .await?;
-            Ok(done.rows_affected())
+            let bodies = sqlx::query::<Sqlite>(
+                "DELETE FROM request_bodies WHERE rowid IN \
+                 (SELECT rowid FROM request_bodies WHERE started_at_ms < ? LIMIT ?)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected().max(bodies.rows_affected()))
         })
     }
 
@@ -311,6 +365,7 @@ mod tests {
             cost_nanos: Some(1234),
             cache_hit: false,
             metadata: None,
+            bodies: None,
         }
     }
 

@@ -166,12 +166,13 @@ async fn migrations_apply_then_apply_again_as_a_no_op() {
     };
     let store = PgStore::connect(&schema.url).await.unwrap();
     let versions = applied_versions(&schema).await;
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(
         tables(&schema).await,
         vec![
             "key_changes",
             "keys",
+            "request_bodies",
             "requests",
             "schema_migrations",
             "teams"
@@ -206,7 +207,10 @@ async fn concurrent_migrators_all_succeed() {
     for store in &stores {
         assert!(store.is_ok(), "{:?}", store.as_ref().err());
     }
-    assert_eq!(applied_versions(&schema).await, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        applied_versions(&schema).await,
+        vec![1, 2, 3, 4, 5, 6, 7, 8]
+    );
     for store in stores.into_iter().flatten() {
         store.ping().await.unwrap();
         store.close().await;
@@ -339,5 +343,15 @@ async fn postgres_prune_records() {
     };
     let store = PgStore::connect(&schema.url).await.unwrap();
     contract::prune_records(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_bodies_round_trip() {
+    let Some(schema) = TestSchema::create("postgres_bodies_round_trip").await else {
+        return;
+    };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    contract::bodies_round_trip(&store).await;
     store.close().await;
 }

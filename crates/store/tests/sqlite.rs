@@ -40,3 +40,9 @@ async fn sqlite_prune_records() {
     let store = SqliteStore::open_memory().await.unwrap();
     contract::prune_records(&store).await;
 }
+
+#[tokio::test]
+async fn sqlite_bodies_round_trip() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::bodies_round_trip(&store).await;
+}

@@ -75,6 +75,7 @@ pub fn varied_record(index: usize) -> RequestRecord {
         cost_nanos: some_if(1, number * 1_000_003),
         cache_hit: bit(8),
         metadata: text_if(9, format!(r#"{{"feature":"f{index}","note":"ü \"q\""}}"#)),
+        bodies: None,
     }
 }
 
@@ -126,6 +127,7 @@ fn limits() -> Limits {
         rpm: Some(60),
         tpm: None,
         max_concurrent: Some(4),
+        log_bodies: true,
     }
 }
 
@@ -194,6 +196,7 @@ fn spend_record(
         cost_nanos,
         cache_hit: false,
         metadata: None,
+        bodies: None,
     }
 }
 
@@ -562,6 +565,7 @@ fn log_record(
         cost_nanos: Some(1),
         cache_hit: false,
         metadata: None,
+        bodies: None,
     }
 }
 
@@ -1321,4 +1325,57 @@ pub async fn prune_records<S: Store>(store: &S) {
     let left = store.recent_records(100).await.unwrap();
     assert_eq!(left.len(), 10);
     assert!(left.iter().all(|record| record.started_at_ms >= cut));
+}
+
+/// Bodies kept with a record are read back by its request id, and leave
+/// with it at retention.
+pub async fn bodies_round_trip<S: Store>(store: &S) {
+    let mut with = varied_record(1);
+    with.bodies = Some(switchboard_core::Bodies {
+        request: r#"{"messages":[{"role":"user","content":"ü [REDACTED:email]"}]}"#.to_owned(),
+        response: Some("data: {\"x\":1}\n\ndata: [DONE]\n\n".to_owned()),
+    });
+    let mut unanswered = varied_record(2);
+    unanswered.request_id = with.request_id.clone();
+    unanswered.started_at_ms = with.started_at_ms + 10;
+    unanswered.bodies = Some(switchboard_core::Bodies {
+        request: "{}".to_owned(),
+        response: None,
+    });
+    let without = varied_record(3);
+    store
+        .insert_records(&[with.clone(), unanswered.clone(), without.clone()])
+        .await
+        .unwrap();
+    let found = store.record_bodies(&with.request_id).await.unwrap();
+    assert_eq!(
+        found,
+        vec![
+            (unanswered.started_at_ms, unanswered.bodies.clone().unwrap()),
+            (with.started_at_ms, with.bodies.clone().unwrap()),
+        ]
+    );
+    assert!(
+        store
+            .record_bodies(&without.request_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The log's own reads do not carry bodies.
+    assert!(
+        store
+            .recent_records(10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|record| record.bodies.is_none())
+    );
+    store
+        .prune_records(with.started_at_ms + 5, 100)
+        .await
+        .unwrap();
+    let left = store.record_bodies(&with.request_id).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, unanswered.started_at_ms);
 }

@@ -1,0 +1,11 @@
+-- Request and response bodies, redacted, for the requests whose model,
+-- key or team asks for them; kept apart so the requests table stays small.
+-- Mirrors migrations/sqlite/0008_request_bodies.sql.
+CREATE TABLE request_bodies (
+    request_id TEXT NOT NULL,
+    started_at_ms BIGINT NOT NULL,
+    request TEXT NOT NULL,
+    response TEXT
+);
+CREATE INDEX request_bodies_by_request ON request_bodies (request_id, started_at_ms);
+CREATE INDEX request_bodies_by_start ON request_bodies (started_at_ms);
