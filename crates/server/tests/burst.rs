@@ -1,0 +1,108 @@
+//! The record writer under a burst: 10,000 requests at concurrency 64
+//! through a gateway whose record queue holds 64. What the queue cannot
+//! take spills to the journal and is written from there while the gateway
+//! runs: every request has its record, none is dropped.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use switchboard_store::Store;
+
+const REQUESTS: usize = 10_000;
+const CONCURRENCY: usize = 64;
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_ten_thousand_requests_loses_no_record() {
+    let directory = std::env::temp_dir().join(format!(
+        "switchboard-burst-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&directory).unwrap();
+    let database = directory.join("burst.db");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\nrecord_queue = 64\n[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\nsimulation = {{ reply = \"ok\" }}\n",
+        database.display()
+    );
+    let config = switchboard_config::Config::from_toml("burst.toml", &text).unwrap();
+    let gateway = Arc::new(TestGateway::start(config).await);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (gateway, next) = (gateway.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if index >= REQUESTS {
+                        return;
+                    }
+                    let response = gateway
+                        .post(
+                            "/v1/chat/completions",
+                            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+                        )
+                        .header("x-request-id", format!("burst-{index}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    // Written while running: the counters reach every request.
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = gateway
+            .http
+            .get(gateway.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if counter(&metrics, "switchboard_records_written_total") >= REQUESTS as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        counter(&metrics, "switchboard_records_written_total"),
+        REQUESTS as u64
+    );
+    assert_eq!(counter(&metrics, "switchboard_records_dropped_total"), 0);
+    assert_eq!(counter(&metrics, "switchboard_record_backlog"), 0);
+    let gateway = Arc::into_inner(gateway).expect("the workers are done");
+    gateway.stop_and_records().await;
+    // Every request's record, once, in the database.
+    let store = switchboard_store::SqliteStore::open_file(&database)
+        .await
+        .unwrap();
+    let records = store.recent_records(REQUESTS as u32 + 10).await.unwrap();
+    let ids: std::collections::HashSet<&str> = records
+        .iter()
+        .map(|record| record.request_id.as_str())
+        .collect();
+    assert_eq!(records.len(), REQUESTS);
+    assert_eq!(ids.len(), REQUESTS);
+    let _ = std::fs::remove_dir_all(&directory);
+}
