@@ -320,3 +320,66 @@ async fn a_zero_sample_ratio_traces_nothing_and_no_endpoint_sends_nothing() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(collector.spans.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_fallback_and_a_cache_hit_are_spanned_as_what_they_were() {
+    let collector = Collector::start().await;
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let backup = r#"
+[cache]
+enabled = true
+[[models]]
+name = "backup"
+[[models.deployments]]
+name = "sim"
+provider = "simulated"
+simulation = { reply = "from the backup" }
+"#;
+    let toml = config(&collector, &a, &b, "").replace(
+        "name = \"chat\"\n",
+        "name = \"chat\"\nfallbacks = [\"backup\"]\n",
+    ) + backup;
+    let gateway = TestGateway::start(config_with(&toml, "")).await;
+    for mock in [&a, &b] {
+        mock.push(Script::json(
+            503,
+            json!({"error": {"message": "overloaded"}}),
+        ));
+    }
+    let cold = r#"{"model":"chat","temperature":0,"messages":[{"role":"user","content":"hello"}]}"#;
+    let response = gateway.send("/v1/chat/completions", cold).await;
+    assert_eq!(response.headers()["x-switchboard-model"], "backup");
+    let spans = collector.wait_for(4).await;
+    let server = spans.iter().find(|span| span["kind"] == 2).unwrap();
+    assert_eq!(text(server, "switchboard.deployment"), "sim");
+    assert_eq!(int(server, "switchboard.attempts"), 3);
+    let mut attempts: Vec<(&str, i64)> = spans
+        .iter()
+        .filter(|span| span["kind"] == 3)
+        .map(|span| {
+            (
+                span["name"].as_str().unwrap(),
+                span["status"]["code"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    attempts.sort_unstable();
+    // Both deployments of `chat` failed; the fallback's (a simulated
+    // deployment, whose model is the public name) served.
+    assert_eq!(
+        attempts,
+        [("chat backup", 1), ("chat model-a", 2), ("chat model-b", 2)]
+    );
+
+    // The same request again: the cache answers, and no attempt is made.
+    collector.spans.lock().unwrap().clear();
+    let hit = gateway.send("/v1/chat/completions", cold).await;
+    assert_eq!(hit.headers()["x-switchboard-cache"], "hit");
+    let spans = collector.wait_for(1).await;
+    assert_eq!(spans[0]["kind"], 2);
+    assert_eq!(
+        attribute(&spans[0], "switchboard.cache_hit").unwrap()["boolValue"],
+        true
+    );
+    assert_eq!(int(&spans[0], "switchboard.attempts"), 0);
+}
