@@ -571,6 +571,9 @@ pub struct LogsArgs {
     /// Only this end user.
     #[arg(long)]
     end_user: Option<String>,
+    /// Only requests whose x-switchboard-metadata has this member, NAME:VALUE.
+    #[arg(long, value_name = "NAME:VALUE")]
+    metadata: Option<String>,
     #[command(flatten)]
     range: RangeArgs,
     /// Records per page (1 to 1000; default 50).
@@ -660,6 +663,7 @@ pub fn logs(connection: &Connection, args: LogsArgs) -> ExitCode {
         ("outcome", args.outcome),
         ("request_id", args.request_id),
         ("end_user", args.end_user),
+        ("metadata", args.metadata),
         ("cursor", args.cursor),
     ] {
         if let Some(value) = value {

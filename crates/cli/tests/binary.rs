@@ -540,6 +540,10 @@ fn logs_and_usage_from_the_command_line() {
                     logged("cli-1", base, "gpt", 200, 120, 1_500),
                     logged("cli-2", base + 1000, "gpt", 502, 2_500, 0),
                     logged("cli-3", base + 2000, "claude", 200, 40, 2_000_000_000),
+                    RequestRecord {
+                        metadata: Some(r#"{"feature":"digest"}"#.to_owned()),
+                        ..logged("cli-4", base - 1000, "gpt", 200, 10, 0)
+                    },
                 ])
                 .await
                 .unwrap();
@@ -565,6 +569,13 @@ fn logs_and_usage_from_the_command_line() {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
+
+    // One metadata member picks its record.
+    let (code, tagged, error) = run(&["logs", "--metadata", "feature:digest", "--json"]);
+    assert_eq!(code, Some(0), "{error}");
+    let tagged: serde_json::Value = serde_json::from_str(&tagged).unwrap();
+    assert_eq!(tagged["data"].as_array().unwrap().len(), 1, "{tagged}");
+    assert_eq!(tagged["data"][0]["request_id"], "cli-4");
 
     // A page of two, then the rest through the printed cursor.
     let (code, first, error) = run(&["logs", "--limit", "2"]);

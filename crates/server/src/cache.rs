@@ -89,7 +89,7 @@ impl Cache {
                 .ok()
                 .and_then(|text| text.trim().parse::<f64>().ok())
                 .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-                .map(|seconds| Duration::from_secs_f64(seconds).min(MAX_TTL))
+                .map(|seconds| Duration::from_secs_f64(seconds.min(MAX_TTL.as_secs_f64())))
                 .ok_or_else(|| {
                     ApiError::bad_header(CACHE_TTL_HEADER, "a number of seconds, 0 or more")
                 })?,
@@ -108,11 +108,24 @@ impl Cache {
         }
         fields.remove("user");
         fields.remove("metadata");
+        if fields.get("stream") == Some(&Value::Bool(false)) {
+            fields.remove("stream");
+        }
         let mut canonical = String::with_capacity(body.len());
         canonical.push_str(endpoint.as_str());
         canonical.push('\n');
         canonical.push_str(&self.partition(caller));
         canonical.push('\n');
+        // Headers that change the answer: Anthropic's beta features, and
+        // the tags that choose the deployments.
+        for name in ["anthropic-beta", crate::handlers::TAGS_HEADER] {
+            for value in headers.get_all(name) {
+                canonical.push_str(name);
+                canonical.push(':');
+                canonical.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                canonical.push('\n');
+            }
+        }
         write_canonical(&mut canonical, &Value::Object(fields));
         let hash = digest::digest(&digest::SHA256, canonical.as_bytes());
         let mut key = [0u8; 32];
@@ -302,6 +315,18 @@ mod tests {
         ] {
             assert_ne!(key_of(&cache, changed, &none, &me), Some(base), "{changed}");
         }
+        // `"stream": false` is no stream at all.
+        let unstreamed = r#"{"model":"m","temperature":0,"stream":false,"messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(key_of(&cache, unstreamed, &none, &me), Some(base));
+        // Headers that change the answer change the key.
+        for (name, value) in [
+            ("anthropic-beta", "prompt-caching-2024-07-31"),
+            ("x-switchboard-tags", "eu"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, value.parse().unwrap());
+            assert_ne!(key_of(&cache, BASE, &headers, &me), Some(base), "{name}");
+        }
         // Another endpoint with the same body is another entry.
         let messages = cache
             .plan(Endpoint::Messages, BASE.as_bytes(), &none, &me)
@@ -398,7 +423,10 @@ mod tests {
         assert_eq!(short.ttl, Some(Duration::from_millis(2500)));
         let unstored = plan(&[(CACHE_TTL_HEADER, "0")]).unwrap().unwrap();
         assert!(unstored.lookup && unstored.ttl.is_none());
-        for bad in ["-1", "soon", "NaN"] {
+        // Beyond a week is a week, however large (no overflow).
+        let long = plan(&[(CACHE_TTL_HEADER, "1e300")]).unwrap().unwrap();
+        assert_eq!(long.ttl, Some(MAX_TTL));
+        for bad in ["-1", "soon", "NaN", "inf"] {
             let error = plan(&[(CACHE_TTL_HEADER, bad)]).err().unwrap();
             assert_eq!(error.status, 400);
             assert!(

@@ -568,7 +568,7 @@ fn render_recorder(out: &mut String, recorder: &Recorder) {
         (
             "switchboard_record_backlog",
             "gauge",
-            "Request records queued for the database.",
+            "Request records waiting for the database (queued, or spilled to the journal).",
             recorder.backlog() as u64,
         ),
         (
@@ -580,7 +580,7 @@ fn render_recorder(out: &mut String, recorder: &Recorder) {
         (
             "switchboard_records_spilled_total",
             "counter",
-            "Request records the queue could not take, kept in the journal for the next start.",
+            "Request records the queue could not take, spilled to the journal and written from there.",
             stats.spilled.load(Ordering::Relaxed),
         ),
         (

@@ -72,15 +72,12 @@ impl Redactor {
         self.max_bytes
     }
 
-    /// `body` (cut to the size limit first, on a character boundary) with
-    /// every match replaced.
+    /// `body` with every match replaced, then cut to the size limit (on a
+    /// character boundary). Redaction sees a little past the cut, so a
+    /// secret the cut would split is still found whole.
     pub fn redact(&self, body: &[u8]) -> String {
-        let cut = body.len().min(self.max_bytes);
-        let mut text = String::from_utf8_lossy(&body[..cut]).into_owned();
-        if cut < body.len() {
-            // A multi-byte character split by the cut shows as U+FFFD.
-            text.push_str(" [TRUNCATED]");
-        }
+        let seen = body.len().min(self.max_bytes.saturating_add(1024));
+        let mut text = String::from_utf8_lossy(&body[..seen]).into_owned();
         for rule in &self.rules {
             if !rule.pattern.is_match(&text) {
                 continue;
@@ -90,16 +87,42 @@ impl Redactor {
                 .pattern
                 .replace_all(&text, |found: &regex_lite::Captures<'_>| {
                     let matched = &found[0];
-                    if rule.luhn && !luhn_valid(matched) {
-                        matched.to_owned()
-                    } else {
-                        replacement.clone()
+                    if !rule.luhn {
+                        return replacement.clone();
+                    }
+                    // The longest leading run of digits that is a card
+                    // number (a card followed by its code reads as one).
+                    match card_prefix(matched) {
+                        Some(end) => format!("{replacement}{}", &matched[end..]),
+                        None => matched.to_owned(),
                     }
                 })
                 .into_owned();
         }
-        text
+        if seen < body.len() || text.len() > self.max_bytes {
+            let mut cut = text.len().min(self.max_bytes);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str(" [TRUNCATED]");
+        }
+        text.replace('\0', "\u{FFFD}")
     }
+}
+
+/// Where, in `text` (digits with single spaces or dashes), the longest
+/// leading card number ends: 13 to 19 digits passing the Luhn check.
+fn card_prefix(text: &str) -> Option<usize> {
+    let ends: Vec<usize> = text
+        .char_indices()
+        .filter(|(_, c)| c.is_ascii_digit())
+        .map(|(index, _)| index + 1)
+        .collect();
+    (13..=ends.len().min(19))
+        .rev()
+        .find(|&digits| luhn_valid(&text[..ends[digits - 1]]))
+        .map(|digits| ends[digits - 1])
 }
 
 /// The Luhn checksum of the digits in `text`.
@@ -183,6 +206,26 @@ mod tests {
         });
         assert_eq!(small.redact(b"0123456789"), "01234567 [TRUNCATED]");
         assert_eq!(small.redact(b"0123"), "0123");
+        // A secret the cut would split is redacted before the cut.
+        let cut = Redactor::new(&LoggingConfig {
+            bodies: true,
+            redact: vec!["emails".to_owned()],
+            redact_patterns: Vec::new(),
+            max_body_bytes: 12,
+        });
+        assert_eq!(
+            cut.redact(b"mail: ana@example.com"),
+            "mail: [REDAC [TRUNCATED]"
+        );
+    }
+
+    #[test]
+    fn a_card_followed_by_its_code_is_still_found() {
+        let cards = redactor(&["card_numbers"], &[]);
+        assert_eq!(
+            cards.redact(b"card 4111 1111 1111 1111 123 ok"),
+            "card [REDACTED:card_number] 123 ok"
+        );
     }
 
     #[test]

@@ -254,7 +254,8 @@ impl Trace {
             request_id: self.context.request_id.to_string(),
             started_at_ms: self.context.started_at_ms,
             endpoint: self.endpoint,
-            model: std::mem::take(&mut self.model),
+            // The client's text: bounded before it is kept.
+            model: bounded(std::mem::take(&mut self.model), 256),
             deployment: self.deployment.as_deref().map(str::to_owned),
             served_model: self.served_model.as_deref().map(str::to_owned),
             attempts: self.attempts,
@@ -289,6 +290,18 @@ impl Drop for Trace {
             }
         }
     }
+}
+
+/// `text` cut to at most `limit` bytes, on a character boundary.
+fn bounded(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut cut = limit;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -352,11 +365,115 @@ impl BodyCapture {
     }
 
     fn into_bodies(self) -> switchboard_core::Bodies {
+        let response = self.response.map(|response| {
+            // A stream is kept as the answer it spelled out: redaction
+            // then sees text that the stream's events had cut apart.
+            match assemble_stream(&response) {
+                Some(text) => self.redactor.redact(text.as_bytes()),
+                None => self.redactor.redact(&response),
+            }
+        });
         switchboard_core::Bodies {
             request: self.redactor.redact(&self.request),
-            response: self
-                .response
-                .map(|response| self.redactor.redact(&response)),
+            response,
         }
+    }
+}
+
+/// The text a Server-Sent Events answer (OpenAI's or Anthropic's) spelled
+/// out: its text, refusal, reasoning and tool-call deltas in order, tool
+/// calls' names and arguments each on a line of their own. `None` when
+/// `body` is not such a stream.
+fn assemble_stream(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !(text.starts_with("data:") || text.starts_with("event:")) {
+        return None;
+    }
+    let mut out = String::new();
+    let push = |out: &mut String, value: &serde_json::Value| {
+        if let Some(piece) = value.as_str() {
+            out.push_str(piece);
+        }
+    };
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+            continue;
+        };
+        // OpenAI: choices[].delta.
+        for choice in event["choices"].as_array().into_iter().flatten() {
+            let delta = &choice["delta"];
+            for field in ["content", "refusal", "reasoning_content"] {
+                push(&mut out, &delta[field]);
+            }
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                if let Some(name) = call["function"]["name"].as_str() {
+                    out.push('\n');
+                    out.push_str(name);
+                    out.push('\n');
+                }
+                push(&mut out, &call["function"]["arguments"]);
+            }
+        }
+        // Anthropic: content_block_start / content_block_delta.
+        if let Some(name) = event["content_block"]["name"].as_str() {
+            out.push('\n');
+            out.push_str(name);
+            out.push('\n');
+        }
+        push(&mut out, &event["content_block"]["text"]);
+        for field in ["text", "partial_json", "thinking"] {
+            push(&mut out, &event["delta"][field]);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_kept_as_the_answer_they_spelled_out() {
+        let openai = concat!(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"mail bob@exa\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"mple.com\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"1}\"}}]}}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        assert_eq!(
+            assemble_stream(openai.as_bytes()).unwrap(),
+            "mail bob@example.com\nf\n{\"a\":1}"
+        );
+        let anthropic = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"sk-abc\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"defghijklmnopqrstu\"}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+        );
+        assert_eq!(
+            assemble_stream(anthropic.as_bytes()).unwrap(),
+            "sk-abcdefghijklmnopqrstu"
+        );
+        assert!(assemble_stream(b"{\"id\":1}").is_none());
+        // Redaction then finds what the events had split.
+        let redactor = Arc::new(crate::redact::Redactor::new(
+            &switchboard_config::LoggingConfig {
+                bodies: true,
+                redact: vec!["emails".to_owned(), "api_keys".to_owned()],
+                redact_patterns: Vec::new(),
+                max_body_bytes: 4096,
+            },
+        ));
+        let mut capture = BodyCapture::new(redactor, bytes::Bytes::from_static(b"{}"));
+        capture.push_response(anthropic.as_bytes());
+        assert_eq!(
+            capture.into_bodies().response.as_deref(),
+            Some("[REDACTED:api_key]")
+        );
     }
 }

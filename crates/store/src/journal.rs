@@ -187,7 +187,9 @@ impl Journal {
     /// Appends a record's `line`, then runs `queue` with its number while
     /// still holding the journal, so that records reach the queue in the
     /// order of their numbers. `queue` says whether the record was queued.
-    pub fn append(&self, line: &[u8], queue: impl FnOnce(u64) -> bool) {
+    /// Returns false when the record could neither be queued nor kept (the
+    /// journal cannot be written): it is lost.
+    pub fn append(&self, line: &[u8], queue: impl FnOnce(u64) -> bool) -> bool {
         let mut state = self
             .state
             .lock()
@@ -202,9 +204,12 @@ impl Journal {
             }
             state.bytes += line.len() as u64;
         }
+        let mut kept = true;
         if queue(number) {
             state.last_queued = number;
-        } else if !state.broken {
+        } else if state.broken {
+            kept = false;
+        } else {
             state.overflow.push_back(Overflow {
                 number,
                 segment,
@@ -231,6 +236,12 @@ impl Journal {
             }
         }
         self.release(&mut state);
+        kept
+    }
+
+    /// Records waiting in the journal for the writer.
+    pub fn overflow_len(&self) -> usize {
+        self.lock().overflow.len()
     }
 
     /// Every record up to `number` is in the database.

@@ -137,11 +137,18 @@ pub(crate) struct Dialect {
     /// Appended to a text column compared or sorted, so that both
     /// backends order text byte by byte.
     pub byte_order: &'static str,
+    /// The function giving the (1-based) position of a substring, 0 when
+    /// absent: exact and case-sensitive on both backends.
+    pub find: &'static str,
 }
 
-pub(crate) const SQLITE: Dialect = Dialect { byte_order: "" };
+pub(crate) const SQLITE: Dialect = Dialect {
+    byte_order: "",
+    find: "instr",
+};
 pub(crate) const POSTGRES: Dialect = Dialect {
     byte_order: " COLLATE \"C\"",
+    find: "strpos",
 };
 
 /// The record's columns, in the order every reader decodes them, and the
@@ -192,9 +199,9 @@ where
         // Metadata is stored as JSON with sorted members and escaped
         // strings, so a member appears as exactly `"name":"value"`: an
         // unescaped quote is always a delimiter.
-        sql.push(" AND metadata LIKE ")
-            .push_bind(metadata_pattern(name, value))
-            .push(" ESCAPE '\\'");
+        sql.push(format!(" AND {}(metadata, ", dialect.find))
+            .push_bind(metadata_member(name, value))
+            .push(") > 0");
     }
     let request_id = format!("request_id{}", dialect.byte_order);
     if let Some(after) = &query.after {
@@ -213,24 +220,15 @@ where
     sql
 }
 
-/// The LIKE pattern finding the member `name: value` in stored metadata,
-/// with LIKE's own wildcards escaped.
-fn metadata_pattern(name: &str, value: &str) -> String {
-    let member = format!(
+/// How the member `name: value` appears in stored metadata: JSON with
+/// sorted members and escaped strings, so an unescaped quote is always a
+/// delimiter and the text is found exactly where the member is.
+fn metadata_member(name: &str, value: &str) -> String {
+    format!(
         "{}:{}",
         serde_json::Value::from(name),
         serde_json::Value::from(value)
-    );
-    let mut pattern = String::with_capacity(member.len() + 8);
-    pattern.push('%');
-    for character in member.chars() {
-        if matches!(character, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(character);
-    }
-    pattern.push('%');
-    pattern
+    )
 }
 
 /// Turns the `limit + 1` rows a page read into the page.

@@ -233,6 +233,55 @@ impl<'a> Columns<'a> {
     }
 }
 
+fn texts(record: &RequestRecord) -> impl Iterator<Item = &str> {
+    [
+        Some(record.request_id.as_str()),
+        Some(record.model.as_str()),
+        record.deployment.as_deref(),
+        record.served_model.as_deref(),
+        record.error_code.as_deref(),
+        record.key_id.as_deref(),
+        record.team_id.as_deref(),
+        record.end_user.as_deref(),
+        record.metadata.as_deref(),
+        record.bodies.as_ref().map(|bodies| bodies.request.as_str()),
+        record
+            .bodies
+            .as_ref()
+            .and_then(|bodies| bodies.response.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+fn holds_nul(record: &RequestRecord) -> bool {
+    texts(record).any(|text| text.contains('\0'))
+}
+
+fn without_nul(record: &RequestRecord) -> RequestRecord {
+    let clean = |text: &str| text.replace('\0', "\u{FFFD}");
+    let clean_opt = |text: &Option<String>| text.as_deref().map(clean);
+    RequestRecord {
+        request_id: clean(&record.request_id),
+        model: clean(&record.model),
+        deployment: clean_opt(&record.deployment),
+        served_model: clean_opt(&record.served_model),
+        error_code: clean_opt(&record.error_code),
+        key_id: clean_opt(&record.key_id),
+        team_id: clean_opt(&record.team_id),
+        end_user: clean_opt(&record.end_user),
+        metadata: clean_opt(&record.metadata),
+        bodies: record
+            .bodies
+            .as_ref()
+            .map(|bodies| switchboard_core::Bodies {
+                request: clean(&bodies.request),
+                response: clean_opt(&bodies.response),
+            }),
+        ..record.clone()
+    }
+}
+
 fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
     let endpoint = match row.try_get::<&str, _>("endpoint")? {
         "embeddings" => Endpoint::Embeddings,
@@ -285,6 +334,16 @@ impl Store for PgStore {
             if records.is_empty() {
                 return Ok(());
             }
+            // PostgreSQL text cannot hold NUL: such characters (which only a
+            // client could have sent) become U+FFFD rather than losing the
+            // whole batch.
+            let cleaned: Vec<RequestRecord>;
+            let records = if records.iter().any(holds_nul) {
+                cleaned = records.iter().map(without_nul).collect();
+                &cleaned[..]
+            } else {
+                records
+            };
             let mut transaction = self.pool.begin().await?;
             for chunk in records.chunks(INSERT_CHUNK) {
                 let columns = Columns::of(chunk);

@@ -53,7 +53,15 @@ impl Recorder {
         match &self.journal {
             Some(journal) => {
                 let line = Journal::line(&record);
-                journal.append(&line, |number| self.enqueue(number, record));
+                let stats = &self.stats;
+                if !journal.append(&line, |number| self.enqueue(number, record)) {
+                    // Counted as spilled by `enqueue`, but nothing holds it.
+                    stats.spilled.fetch_sub(1, Ordering::Relaxed);
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "request record dropped: the queue is full and the journal cannot be written"
+                    );
+                }
             }
             None => {
                 self.enqueue(0, record);
@@ -86,7 +94,11 @@ impl Recorder {
 
     /// Records queued and not yet taken by the writer.
     pub fn backlog(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        let spilled = self
+            .journal
+            .as_ref()
+            .map_or(0, |journal| journal.overflow_len());
+        self.queue.max_capacity() - self.queue.capacity() + spilled
     }
 
     pub fn stats(&self) -> &Arc<RecorderStats> {
@@ -252,6 +264,37 @@ impl Writer {
 /// gateway is stopping, gives up after a few attempts and reports how many
 /// records were lost (they stay in the journal, when there is one).
 /// Returns whether the batch was written.
+/// Writes each record on its own (a few tries each); a record the database
+/// still refuses while it answers is counted as dropped and logged with
+/// its request id.
+async fn write_one_by_one(
+    store: &dyn Store,
+    batch: &mut Vec<RequestRecord>,
+    stats: &RecorderStats,
+) {
+    for record in batch.drain(..) {
+        let mut written = false;
+        for _ in 0..3 {
+            match store.insert_records(std::slice::from_ref(&record)).await {
+                Ok(()) => {
+                    written = true;
+                    break;
+                }
+                Err(_) => {
+                    stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        if written {
+            stats.written.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(request_id = %record.request_id, "the database refuses this request record; it is dropped");
+        }
+    }
+}
+
 async fn write_batch(
     store: &dyn Store,
     batch: &mut Vec<RequestRecord>,
@@ -281,6 +324,13 @@ async fn write_batch(
                     return false;
                 }
                 tracing::warn!(%error, records = batch.len(), attempt = attempts, "writing request records failed; retrying");
+                // A database that answers but keeps refusing the batch may
+                // be refusing one record of it: write them one by one, so
+                // that one bad record cannot hold up every other.
+                if attempts >= 3 && store.ping().await.is_ok() {
+                    write_one_by_one(store, batch, stats).await;
+                    return true;
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -444,6 +494,65 @@ mod tests {
         assert_eq!(store.rows.lock().unwrap().len(), 50);
         assert_eq!(recorder.stats().write_failures.load(Ordering::Relaxed), 3);
         assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// A database that refuses any batch holding one particular record.
+    struct Picky {
+        rows: Mutex<Vec<RequestRecord>>,
+    }
+
+    impl Store for Picky {
+        fn held_records<'a>(
+            &'a self,
+            _records: &'a [RequestRecord],
+        ) -> StoreFuture<'a, Vec<(String, i64)>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
+            Box::pin(async move {
+                if records.iter().any(|record| record.request_id == "r7") {
+                    return Err(StoreError::Query("invalid byte sequence".into()));
+                }
+                self.rows.lock().unwrap().extend_from_slice(records);
+                Ok(())
+            })
+        }
+        fn recent_records(&self, _limit: u32) -> StoreFuture<'_, Vec<RequestRecord>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn log_page<'a>(&'a self, _query: &'a LogQuery) -> StoreFuture<'a, LogPage> {
+            Box::pin(async { Ok(crate::log::page_of(Vec::new(), 0)) })
+        }
+        fn usage(&self, _query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn prune_records(&self, _before_ms: i64, _limit: u32) -> StoreFuture<'_, u64> {
+            Box::pin(async { Ok(0) })
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_record_the_database_refuses_does_not_hold_up_the_others() {
+        let store = Arc::new(Picky {
+            rows: Mutex::new(Vec::new()),
+        });
+        let (recorder, writer) = RecordWriter::start(store.clone(), 100);
+        for index in 0..20 {
+            recorder.record(record(index));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Written while running, not only at shutdown.
+        assert_eq!(store.rows.lock().unwrap().len(), 19);
+        for index in 20..30 {
+            recorder.record(record(index));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(store.rows.lock().unwrap().len(), 29);
+        assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 1);
+        writer.finish(Duration::ZERO, Duration::from_secs(10)).await;
     }
 
     #[tokio::test]

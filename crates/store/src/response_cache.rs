@@ -3,6 +3,10 @@
 //! bytes under a 32-byte key (a hash the server computes from the
 //! normalised request), each with its own time to live.
 //!
+//! The memory cache evicts in insertion order (a FIFO, not an LRU): the
+//! oldest entries go first once it is full, expired ones whenever they are
+//! met. Its bound counts the answers' bytes, not the map's own overhead.
+//!
 //! A cache is an optimisation, never a source of errors: a Redis that
 //! cannot be reached reads as a miss and drops the write, with a warning
 //! at most every few seconds.
@@ -53,7 +57,7 @@ struct Entries {
 }
 
 /// An in-process cache holding at most `max_bytes` of values: when full,
-/// expired entries go first, then the oldest.
+/// the oldest entries go first.
 pub struct MemoryCache {
     entries: Mutex<Entries>,
     max_bytes: usize,
@@ -109,10 +113,6 @@ impl MemoryCache {
             },
         );
         entries.order.push_back((key, seq));
-        if entries.bytes > self.max_bytes {
-            entries.map.retain(|_, entry| entry.expires > now);
-            entries.bytes = entries.map.values().map(|entry| entry.value.len()).sum();
-        }
         while entries.bytes > self.max_bytes {
             let Some((oldest, seq)) = entries.order.pop_front() else {
                 break;
@@ -277,33 +277,24 @@ mod tests {
     }
 
     #[test]
-    fn the_size_bound_evicts_expired_then_oldest() {
+    fn the_size_bound_evicts_the_oldest() {
         let cache = MemoryCache::new(30);
         let now = Instant::now();
         let ten = Bytes::from_static(b"0123456789");
-        cache.put_now(key(1), ten.clone(), Duration::from_secs(1), now);
-        cache.put_now(key(2), ten.clone(), Duration::from_secs(100), now);
-        cache.put_now(key(3), ten.clone(), Duration::from_secs(100), now);
-        // Full: a fourth entry after key 1 expired evicts only key 1.
-        let later = now + Duration::from_secs(2);
-        cache.put_now(key(4), ten.clone(), Duration::from_secs(100), later);
-        assert!(cache.get_now(&key(1), later).is_none());
-        assert!(cache.get_now(&key(2), later).is_some());
-        // Nothing expired now: the oldest (key 2) goes.
-        cache.put_now(key(5), ten.clone(), Duration::from_secs(100), later);
-        assert!(cache.get_now(&key(2), later).is_none());
-        for live in [3, 4, 5] {
-            assert!(cache.get_now(&key(live), later).is_some(), "{live}");
+        let hour = Duration::from_secs(3600);
+        for n in 1..=3 {
+            cache.put_now(key(n), ten.clone(), hour, now);
+        }
+        // Full: a fourth entry evicts the first only.
+        cache.put_now(key(4), ten.clone(), hour, now);
+        assert!(cache.get_now(&key(1), now).is_none());
+        for live in [2, 3, 4] {
+            assert!(cache.get_now(&key(live), now).is_some(), "{live}");
         }
         assert_eq!(cache.bytes(), 30);
         // An entry larger than the whole cache is not kept.
-        cache.put_now(
-            key(6),
-            Bytes::from(vec![0; 31]),
-            Duration::from_secs(100),
-            later,
-        );
-        assert!(cache.get_now(&key(6), later).is_none());
+        cache.put_now(key(6), Bytes::from(vec![0; 31]), hour, now);
+        assert!(cache.get_now(&key(6), now).is_none());
         assert_eq!(cache.bytes(), 30);
     }
 

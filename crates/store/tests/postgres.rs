@@ -355,3 +355,27 @@ async fn postgres_bodies_round_trip() {
     contract::bodies_round_trip(&store).await;
     store.close().await;
 }
+
+/// A client can put NUL in a model name or an end user; PostgreSQL text
+/// cannot hold it. The record is written (NUL as U+FFFD), not refused.
+#[tokio::test]
+async fn postgres_takes_records_with_nul_characters() {
+    let Some(schema) = TestSchema::create("postgres_takes_records_with_nul_characters").await
+    else {
+        return;
+    };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    let mut record = contract::varied_record(5);
+    record.model = "x\u{0}y".to_owned();
+    record.end_user = Some("\u{0}".to_owned());
+    store
+        .insert_records(&[record, contract::varied_record(6)])
+        .await
+        .unwrap();
+    let rows = store.recent_records(10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let cleaned = rows.iter().find(|row| row.model.starts_with('x')).unwrap();
+    assert_eq!(cleaned.model, "x\u{FFFD}y");
+    assert_eq!(cleaned.end_user.as_deref(), Some("\u{FFFD}"));
+    store.close().await;
+}
