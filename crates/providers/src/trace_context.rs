@@ -8,22 +8,33 @@ use std::future::Future;
 use reqwest::header::HeaderValue;
 
 tokio::task_local! {
-    static TRACEPARENT: HeaderValue;
+    static CONTEXT: (HeaderValue, Option<HeaderValue>);
 }
 
-/// Runs `future` with `traceparent` added to every upstream request it
-/// sends (none when `None`).
-pub async fn with_traceparent<F: Future>(traceparent: Option<HeaderValue>, future: F) -> F::Output {
+/// Runs `future` with `traceparent` (and the caller's `tracestate`, passed
+/// on unchanged) added to every upstream request it sends (none when
+/// `traceparent` is `None`).
+pub async fn with_traceparent<F: Future>(
+    traceparent: Option<HeaderValue>,
+    tracestate: Option<HeaderValue>,
+    future: F,
+) -> F::Output {
     match traceparent {
-        Some(value) => TRACEPARENT.scope(value, future).await,
+        Some(value) => CONTEXT.scope((value, tracestate), future).await,
         None => future.await,
     }
 }
 
-/// The request with the current attempt's `traceparent`, if one is set.
+/// The request with the current attempt's trace context, if one is set.
 pub(crate) fn add_traceparent(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    match TRACEPARENT.try_with(HeaderValue::clone) {
-        Ok(value) => request.header("traceparent", value),
+    match CONTEXT.try_with(Clone::clone) {
+        Ok((traceparent, tracestate)) => {
+            let request = request.header("traceparent", traceparent);
+            match tracestate {
+                Some(state) => request.header("tracestate", state),
+                None => request,
+            }
+        }
         Err(_) => request,
     }
 }

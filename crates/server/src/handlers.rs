@@ -618,7 +618,7 @@ async fn begin(
 ) -> Result<(Trace, Arc<Catalog>, Bytes), Response> {
     let span = gateway.telemetry.as_ref().map(|telemetry| {
         let ids = telemetry.begin(headers);
-        let _ = context.span.set(ids);
+        let _ = context.span.set(ids.clone());
         (telemetry.clone(), ids)
     });
     let mut trace = Trace::new(

@@ -37,7 +37,7 @@ const LINGER: Duration = Duration::from_millis(500);
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A request's place in a trace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct SpanIds {
     pub trace: [u8; 16],
     /// The request span's own id.
@@ -45,6 +45,8 @@ pub(crate) struct SpanIds {
     /// The caller's span, when it sent a `traceparent`.
     pub parent: Option<[u8; 8]>,
     pub sampled: bool,
+    /// The caller's `tracestate`, passed on unchanged with its context.
+    pub tracestate: Option<HeaderValue>,
 }
 
 impl SpanIds {
@@ -186,6 +188,10 @@ impl Telemetry {
                 span,
                 parent: Some(parent),
                 sampled,
+                tracestate: headers
+                    .get("tracestate")
+                    .filter(|state| state.len() <= 512)
+                    .cloned(),
             };
         }
         let mut trace = [0u8; 16];
@@ -200,6 +206,7 @@ impl Telemetry {
             span,
             parent: None,
             sampled,
+            tracestate: None,
         }
     }
 
@@ -234,7 +241,7 @@ impl Telemetry {
         if !ids.sampled {
             // Not traced here; the caller's context still travels on.
             let header = ids.parent.map(|parent| ids.header(parent));
-            return with_traceparent(header, future).await;
+            return with_traceparent(header, ids.tracestate.clone(), future).await;
         }
         let span = self.new_span_id();
         let mut guard = AttemptGuard {
@@ -250,7 +257,7 @@ impl Telemetry {
                 status: None,
             }),
         };
-        let result = with_traceparent(Some(ids.header(span)), future).await;
+        let result = with_traceparent(Some(ids.header(span)), ids.tracestate.clone(), future).await;
         if let Some(record) = &mut guard.record {
             match &result {
                 Ok(_) => record.error = None,

@@ -141,6 +141,7 @@ async fn a_retried_request_is_one_server_span_with_a_client_span_per_attempt() {
     let response = gateway
         .post("/v1/chat/completions", CHAT)
         .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", "vendor=opaque-1")
         .send()
         .await
         .unwrap();
@@ -213,6 +214,8 @@ async fn a_retried_request_is_one_server_span_with_a_client_span_per_attempt() {
     assert!(start(server) <= start(failed) && start(failed) <= start(served));
     assert!(end(served) <= end(server) && start(served) <= end(served));
 
+    // The caller's tracestate travels on unchanged.
+    assert_eq!(b.last().header("tracestate"), Some("vendor=opaque-1"));
     // Each upstream request named its own attempt span as the parent.
     for (mock, name) in [(&a, "chat model-a"), (&b, "chat model-b")] {
         let span = clients.iter().find(|span| span["name"] == name).unwrap();
