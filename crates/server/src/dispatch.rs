@@ -503,7 +503,9 @@ where
             let attempt = async {
                 let started = Instant::now();
                 let ticket = InFlightTicket::new(route, index, hold);
-                let primary = call(route.group.member(index).target.clone());
+                // Boxed: an upstream call's future is large, and moving it (into
+                // the timeout, the select) would copy all of it each time.
+                let primary = Box::pin(call(route.group.member(index).target.clone()));
                 let Some(delay) = hedge_delay else {
                     return (primary.await, index, started, ticket);
                 };
@@ -547,7 +549,7 @@ where
                 );
                 let hedge_started = Instant::now();
                 let hedge_ticket = InFlightTicket::new(route, hedge_index, hedge_hold);
-                let hedge = call(route.group.member(hedge_index).target.clone());
+                let hedge = Box::pin(call(route.group.member(hedge_index).target.clone()));
                 tokio::pin!(hedge);
                 // The first success wins and the other request is dropped,
                 // which cancels it; a failure waits for the other.

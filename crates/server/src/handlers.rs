@@ -37,7 +37,17 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    chat(gateway, context, principal, headers, body, Dialect::OpenAi).await
+    // Boxed once here: the whole request's future is large, and the
+    // router would otherwise move (copy) it as it wraps it.
+    Box::pin(chat(
+        gateway,
+        context,
+        principal,
+        headers,
+        body,
+        Dialect::OpenAi,
+    ))
+    .await
 }
 
 /// `POST /v1/messages`: Anthropic's Messages API, served by any model.
@@ -48,14 +58,14 @@ pub(crate) async fn messages(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    chat(
+    Box::pin(chat(
         gateway,
         context,
         principal,
         headers,
         body,
         Dialect::Anthropic,
-    )
+    ))
     .await
 }
 

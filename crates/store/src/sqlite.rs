@@ -38,6 +38,9 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
+            // A multi-row insert inside a transaction keeps a statement
+            // journal; in memory it costs no file writes.
+            .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -146,7 +149,7 @@ impl Store for SqliteStore {
             // parameters) stays well under SQLite's limit on bound
             // parameters (32766).
             let mut transaction = self.pool.begin().await?;
-            for chunk in records.chunks(256) {
+            for chunk in power_chunks(records) {
                 let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                     "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
                      outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
@@ -179,11 +182,11 @@ impl Store for SqliteStore {
                         .push_bind(record.cache_hit)
                         .push_bind(record.metadata.as_deref());
                 });
-                // Not cached: batch sizes vary, and a cached statement per
-                // size would hold megabytes of prepared statements.
+                // Chunks come in five sizes, so five cached statements
+                // serve every batch and none is parsed again.
                 insert
                     .build()
-                    .persistent(false)
+                    .persistent(true)
                     .execute(&mut *transaction)
                     .await?;
             }
@@ -191,7 +194,7 @@ impl Store for SqliteStore {
                 .iter()
                 .filter(|record| record.bodies.is_some())
                 .collect();
-            for chunk in with_bodies.chunks(256) {
+            for chunk in power_chunks(&with_bodies) {
                 let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
                     "INSERT INTO request_bodies (request_id, started_at_ms, request, response) ",
                 );
@@ -204,7 +207,7 @@ impl Store for SqliteStore {
                 });
                 insert
                     .build()
-                    .persistent(false)
+                    .persistent(true)
                     .execute(&mut *transaction)
                     .await?;
             }
@@ -333,9 +336,39 @@ impl Store for SqliteStore {
     }
 }
 
+/// Splits a batch into chunks of 256, 64, 16, 4 and 1 rows (largest
+/// first). A multi-row insert's text depends on its row count; with five
+/// counts only, each connection keeps five prepared statements and never
+/// parses one again, where one statement per batch size would be parsed
+/// anew for nearly every batch.
+fn power_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = [256, 64, 16, 4, 1]
+            .into_iter()
+            .find(|&size| size <= rows.len())
+            .unwrap_or(1);
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_split_into_five_statement_sizes() {
+        let rows: Vec<u32> = (0..597).collect();
+        let sizes: Vec<usize> = power_chunks(&rows).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [256, 256, 64, 16, 4, 1]);
+        let joined: Vec<u32> = power_chunks(&rows).flatten().copied().collect();
+        assert_eq!(joined, rows);
+        assert_eq!(power_chunks::<u32>(&[]).count(), 0);
+    }
 
     pub(crate) fn record(id: &str) -> RequestRecord {
         RequestRecord {
