@@ -547,6 +547,16 @@ fn with_query(path: &str, query: &[(&str, String)]) -> String {
 
 #[derive(Args)]
 pub struct LogsArgs {
+    /// Show this one request in detail (its attempts, and its bodies when
+    /// kept) instead of listing records.
+    #[arg(
+        value_name = "REQUEST_ID",
+        conflicts_with_all = [
+            "model", "deployment", "key", "team", "status", "outcome", "request_id",
+            "end_user", "metadata", "limit", "cursor", "since", "from", "to",
+        ]
+    )]
+    show: Option<String>,
     /// Only this public model.
     #[arg(long)]
     model: Option<String>,
@@ -653,7 +663,123 @@ fn log_table(value: &Value) -> String {
     out
 }
 
+/// Milliseconds, or `-`, for the detail view.
+fn detail_millis(value: &Value) -> String {
+    value
+        .as_u64()
+        .map_or_else(|| "-".to_owned(), |ms| format!("{ms}ms"))
+}
+
+/// Every record of one request id (a client may reuse one), each in full:
+/// its fields, its attempts one by one, and its bodies when kept.
+fn log_detail(value: &Value) -> String {
+    let mut out = String::new();
+    for (position, record) in data(value).iter().enumerate() {
+        if position > 0 {
+            out.push('\n');
+        }
+        let served = match record["served_model"].as_str() {
+            Some(served) => format!(" (served by {served})"),
+            None => String::new(),
+        };
+        let status = match record["error_code"].as_str() {
+            Some(code) => format!(
+                "{} {} ({code})",
+                count(&record["status"]),
+                cell(&record["outcome"])
+            ),
+            None => format!("{} {}", count(&record["status"]), cell(&record["outcome"])),
+        };
+        let fields = [
+            ("request", cell(&record["request_id"])),
+            ("started", cell(&record["started_at"])),
+            ("endpoint", cell(&record["endpoint"])),
+            ("model", format!("{}{served}", cell(&record["model"]))),
+            ("deployment", cell(&record["deployment"])),
+            ("stream", cell(&record["stream"])),
+            ("status", status),
+            (
+                "latency",
+                format!(
+                    "{} (first token {})",
+                    detail_millis(&record["latency_ms"]),
+                    detail_millis(&record["ttft_ms"])
+                ),
+            ),
+            (
+                "tokens",
+                format!(
+                    "{} in ({} cached, {} cache writes), {} out ({} reasoning)",
+                    count(&record["input_tokens"]),
+                    count(&record["cached_input_tokens"]),
+                    count(&record["cache_write_tokens"]),
+                    count(&record["output_tokens"]),
+                    count(&record["reasoning_tokens"])
+                ),
+            ),
+            ("cost", dollars(&record["cost_usd"])),
+            ("cache hit", cell(&record["cache_hit"])),
+            ("key", cell(&record["key_id"])),
+            ("team", cell(&record["team_id"])),
+            ("end user", cell(&record["end_user"])),
+            ("metadata", cell(&record["metadata"])),
+            ("attempts", count(&record["attempts"])),
+        ];
+        for (name, text) in fields {
+            out.push_str(&format!("{name:<11} {text}\n"));
+        }
+        let attempts = record["attempt_details"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !attempts.is_empty() {
+            let rows = attempts
+                .iter()
+                .enumerate()
+                .map(|(index, attempt)| {
+                    vec![
+                        (index + 1).to_string(),
+                        cell(&attempt["deployment"]),
+                        cell(&attempt["model"]),
+                        cell(&attempt["outcome"]),
+                        cell(&attempt["status"]),
+                        detail_millis(&attempt["duration_ms"]),
+                    ]
+                })
+                .collect();
+            let headers = ["#", "DEPLOYMENT", "MODEL", "OUTCOME", "STATUS", "DURATION"];
+            out.push('\n');
+            out.push_str(&aligned(headers.map(str::to_owned).to_vec(), rows));
+            if record["attempts"].as_u64() > Some(attempts.len() as u64) {
+                out.push_str(&format!(
+                    "({} attempts; the first {} and the last are listed)\n",
+                    count(&record["attempts"]),
+                    attempts.len() - 1
+                ));
+            }
+        }
+        for (name, key) in [
+            ("request body", "request_body"),
+            ("response body", "response_body"),
+        ] {
+            if let Some(body) = record[key].as_str() {
+                out.push_str(&format!("\n{name}:\n{body}\n"));
+            }
+        }
+    }
+    out
+}
+
 pub fn logs(connection: &Connection, args: LogsArgs) -> ExitCode {
+    if let Some(request_id) = args.show {
+        // The id is the client's text: one path segment, percent-encoded.
+        let mut url = reqwest::Url::parse("http://gateway/admin/logs").expect("a constant URL");
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(&request_id);
+        }
+        let print = if args.json { pretty } else { log_detail };
+        return call(connection, "GET", url.path(), None, print);
+    }
     let mut query: Vec<(&'static str, String)> = Vec::new();
     for (name, value) in [
         ("model", args.model),
@@ -803,5 +929,35 @@ mod tests {
             "/admin/logs?model=a+b%26c&from=2024-05-01T00%3A00%3A00%2B02%3A00"
         );
         assert_eq!(with_query("/admin/usage", &[]), "/admin/usage");
+    }
+
+    #[test]
+    fn the_detail_view_says_when_attempts_were_left_out() {
+        let attempt =
+            json!({"deployment": "east", "model": "chat", "outcome": "timeout", "duration_ms": 5});
+        let record = json!({
+            "request_id": "r-1",
+            "model": "chat",
+            "served_model": "backup",
+            "status": 200,
+            "outcome": "success",
+            "attempts": 20,
+            "attempt_details": vec![attempt; 16],
+            "request_body": "{\"model\":\"chat\"}",
+        });
+        let text = log_detail(&json!({"data": [record]}));
+        assert!(
+            text.contains("model       chat (served by backup)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(20 attempts; the first 15 and the last are listed)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nrequest body:\n{\"model\":\"chat\"}\n"),
+            "{text}"
+        );
+        assert!(!text.contains("response body"), "{text}");
     }
 }

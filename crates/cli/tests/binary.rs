@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage};
 use switchboard_store::{SqliteStore, Store};
 
 #[test]
@@ -496,6 +496,7 @@ fn logged(
         deployment: Some(format!("{model}-east")),
         served_model: None,
         attempts: 1,
+        attempt_details: Vec::new(),
         stream: false,
         status,
         outcome: if status == 200 {
@@ -538,7 +539,27 @@ fn logs_and_usage_from_the_command_line() {
             store
                 .insert_records(&[
                     logged("cli-1", base, "gpt", 200, 120, 1_500),
-                    logged("cli-2", base + 1000, "gpt", 502, 2_500, 0),
+                    RequestRecord {
+                        attempts: 2,
+                        attempt_details: vec![
+                            AttemptDetail {
+                                deployment: "gpt-east".into(),
+                                model: "gpt".into(),
+                                outcome: "server_error".into(),
+                                status: Some(503),
+                                duration_ms: 900,
+                            },
+                            AttemptDetail {
+                                deployment: "gpt-west".into(),
+                                model: "gpt".into(),
+                                outcome: "timeout".into(),
+                                status: None,
+                                duration_ms: 1_600,
+                            },
+                        ],
+                        error_code: Some("upstream_timeout".to_owned()),
+                        ..logged("cli-2", base + 1000, "gpt", 502, 2_500, 0)
+                    },
                     logged("cli-3", base + 2000, "claude", 200, 40, 2_000_000_000),
                     RequestRecord {
                         metadata: Some(r#"{"feature":"digest"}"#.to_owned()),
@@ -616,6 +637,35 @@ fn logs_and_usage_from_the_command_line() {
     assert_eq!(code, Some(0));
     assert!(rest.contains("cli-1") && !rest.contains("cli-2"), "{rest}");
     assert!(rest.contains("(no more records)"), "{rest}");
+
+    // One request in detail, with its attempts one by one.
+    let (code, detail, error) = run(&["logs", "cli-2"]);
+    assert_eq!(code, Some(0), "{error}");
+    for line in [
+        "request     cli-2",
+        "status      502 upstream_error (upstream_timeout)",
+        "attempts    2",
+    ] {
+        assert!(detail.contains(line), "{line} in {detail}");
+    }
+    let attempts: Vec<Vec<&str>> = detail
+        .lines()
+        .skip_while(|line| !line.starts_with("# "))
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            vec!["#", "DEPLOYMENT", "MODEL", "OUTCOME", "STATUS", "DURATION"],
+            vec!["1", "gpt-east", "gpt", "server_error", "503", "900ms"],
+            vec!["2", "gpt-west", "gpt", "timeout", "-", "1600ms"],
+        ],
+        "{detail}"
+    );
+    let (code, _, error) = run(&["logs", "nobody-sent-this"]);
+    assert!(code == Some(1) && error.contains("404"), "{error}");
+    let (code, _, error) = run(&["logs", "cli-2", "--model", "gpt"]);
+    assert!(code == Some(2) && error.contains("--model"), "{error}");
 
     // Filters, and the JSON answer.
     let (_, failed, _) = run(&["logs", "--model", "gpt", "--status", "502"]);

@@ -10,5 +10,5 @@ pub mod record;
 pub mod time;
 pub mod usage;
 
-pub use record::{Bodies, Endpoint, Outcome, RequestRecord};
+pub use record::{AttemptDetail, Bodies, Endpoint, Outcome, RequestRecord};
 pub use usage::Usage;

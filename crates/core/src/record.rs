@@ -3,6 +3,9 @@
 //! Records are built on the request path and handed to the store's writer
 //! through a bounded channel; nothing here waits on a database.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Usage;
@@ -74,6 +77,11 @@ pub struct RequestRecord {
     pub served_model: Option<String>,
     /// Upstream attempts made, retries and fallbacks included.
     pub attempts: u32,
+    /// The attempts one by one, in the order they ended: at most
+    /// `MAX_ATTEMPT_DETAILS` (the first ones and the last), so `attempts`
+    /// may be larger than its length.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_details: Vec<AttemptDetail>,
     pub stream: bool,
     /// HTTP status the client received. For a stream that failed after its
     /// 200 header left, the status that describes the failure (502, 504, 499).
@@ -111,6 +119,46 @@ pub struct RequestRecord {
     pub bodies: Option<Bodies>,
 }
 
+/// The most attempts a record lists one by one. A request that made more
+/// keeps the first `MAX_ATTEMPT_DETAILS - 1` and its last.
+pub const MAX_ATTEMPT_DETAILS: usize = 16;
+
+/// One upstream attempt of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptDetail {
+    /// The deployment tried.
+    pub deployment: Arc<str>,
+    /// The public model it serves: the requested one, or a fallback.
+    pub model: Arc<str>,
+    /// `ok`, or the failure's class as the metrics count it (`connect`,
+    /// `timeout`, `transport`, `rate_limited`, `server_error`,
+    /// `client_error`, `in_stream`, `invalid_response`, `misconfigured`),
+    /// or `cancelled` for a hedge that lost its race.
+    pub outcome: Cow<'static, str>,
+    /// The upstream's HTTP status, when it refused with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// From sending the attempt to its answer (a stream's first content)
+    /// or its failure.
+    pub duration_ms: u64,
+}
+
+impl AttemptDetail {
+    pub const OK: &'static str = "ok";
+    pub const CANCELLED: &'static str = "cancelled";
+}
+
+/// Adds `detail` to `details`, keeping at most `MAX_ATTEMPT_DETAILS`: once
+/// full, the newest replaces the last kept, so the first attempts and the
+/// last one are always there.
+pub fn push_attempt_detail(details: &mut Vec<AttemptDetail>, detail: AttemptDetail) {
+    if details.len() < MAX_ATTEMPT_DETAILS {
+        details.push(detail);
+    } else if let Some(last) = details.last_mut() {
+        *last = detail;
+    }
+}
+
 /// A request's bodies as the request log keeps them: redacted, and cut to
 /// `logging.max_body_bytes` each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,4 +167,32 @@ pub struct Bodies {
     /// The whole answer, or the stream as the client received it; `None`
     /// when no answer came.
     pub response: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(number: u64) -> AttemptDetail {
+        AttemptDetail {
+            deployment: Arc::from("d"),
+            model: Arc::from("m"),
+            outcome: Cow::Borrowed(AttemptDetail::OK),
+            status: None,
+            duration_ms: number,
+        }
+    }
+
+    #[test]
+    fn attempt_details_keep_the_first_and_the_last() {
+        let mut details = Vec::new();
+        for number in 0..40 {
+            push_attempt_detail(&mut details, detail(number));
+        }
+        assert_eq!(details.len(), MAX_ATTEMPT_DETAILS);
+        let kept: Vec<u64> = details.iter().map(|detail| detail.duration_ms).collect();
+        let mut expected: Vec<u64> = (0..MAX_ATTEMPT_DETAILS as u64 - 1).collect();
+        expected.push(39);
+        assert_eq!(kept, expected);
+    }
 }

@@ -21,6 +21,7 @@
 //! left out for this request and the next one is picked, as one whose local
 //! capacity is used up would have been.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use switchboard_config::{FallbackTriggers, Routing};
 use switchboard_core::mix::splitmix64;
+use switchboard_core::record::{AttemptDetail, push_attempt_detail};
 use switchboard_dialects::openai::UpstreamErrorBody;
 use switchboard_policy::backoff::{fits, retry_delay};
 use switchboard_policy::{Failure, ModelGroup, Pick};
@@ -112,6 +114,42 @@ fn note_progress(progress: &Mutex<Progress>, deployment: &Arc<str>, attempts: u3
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     progress.deployment = Some(deployment.clone());
     progress.attempts = attempts;
+}
+
+/// Notes how one upstream attempt ended, for the request's record: `Ok`
+/// for an answer, else the failure (its class and status), or `cancelled`
+/// when `outcome` is `None` (a hedge that lost its race). Called once per
+/// attempt, where the attempt is counted; an attempt that never went
+/// upstream (the deployment could not carry the request) is not one.
+fn note_attempt(
+    progress: &Mutex<Progress>,
+    route: &Route,
+    index: usize,
+    started: Instant,
+    outcome: Option<Result<(), &UpstreamError>>,
+) {
+    let (outcome, status) = match outcome {
+        Some(Ok(())) => (AttemptDetail::OK, None),
+        Some(Err(error)) => (
+            crate::metrics::error_class(error),
+            match error {
+                UpstreamError::Status { status, .. } => Some(*status),
+                _ => None,
+            },
+        ),
+        None => (AttemptDetail::CANCELLED, None),
+    };
+    let detail = AttemptDetail {
+        deployment: route.group.member(index).target.name().clone(),
+        model: route.name.clone(),
+        outcome: Cow::Borrowed(outcome),
+        status,
+        duration_ms: started.elapsed().as_millis().min(u128::from(u64::MAX)) as u64,
+    };
+    let mut progress = progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    push_attempt_detail(&mut progress.attempt_details, detail);
 }
 
 /// Records a failed attempt in its deployment's health (when the failure
@@ -500,8 +538,12 @@ where
             } else {
                 None
             };
+            // A hedge still running, so that one cut by the request's
+            // time budget is noted too.
+            let mut hedge_running: Option<(usize, Instant)> = None;
+            let attempt_started = Instant::now();
             let attempt = async {
-                let started = Instant::now();
+                let started = attempt_started;
                 let ticket = InFlightTicket::new(route, index, hold);
                 // Boxed: an upstream call's future is large, and moving it (into
                 // the timeout, the select) would copy all of it each time.
@@ -548,6 +590,7 @@ where
                     attempts,
                 );
                 let hedge_started = Instant::now();
+                hedge_running = Some((hedge_index, hedge_started));
                 let hedge_ticket = InFlightTicket::new(route, hedge_index, hedge_hold);
                 let hedge = Box::pin(call(route.group.member(hedge_index).target.clone()));
                 tokio::pin!(hedge);
@@ -555,21 +598,36 @@ where
                 // which cancels it; a failure waits for the other.
                 tokio::select! {
                     result = &mut primary => match result {
-                        Ok(value) => (Ok(value), index, started, ticket),
+                        Ok(value) => {
+                            // The hedge is dropped, which cancels it.
+                            hedge_running = None;
+                            note_attempt(progress, route, hedge_index, hedge_started, None);
+                            (Ok(value), index, started, ticket)
+                        }
                         Err(error) => {
                             note_failure(route, index, &error);
                             note_error(progress, route.group.member(index).target.name(), &error);
-                            (hedge.await, hedge_index, hedge_started, hedge_ticket)
+                            note_attempt(progress, route, index, started, Some(Err(&error)));
+                            let result = hedge.await;
+                            hedge_running = None;
+                            (result, hedge_index, hedge_started, hedge_ticket)
                         }
                     },
-                    result = &mut hedge => match result {
-                        Ok(value) => (Ok(value), hedge_index, hedge_started, hedge_ticket),
-                        Err(error) => {
-                            note_failure(route, hedge_index, &error);
-                            note_error(progress, route.group.member(hedge_index).target.name(), &error);
-                            (primary.await, index, started, ticket)
+                    result = &mut hedge => {
+                        hedge_running = None;
+                        match result {
+                            Ok(value) => {
+                                note_attempt(progress, route, index, started, None);
+                                (Ok(value), hedge_index, hedge_started, hedge_ticket)
+                            }
+                            Err(error) => {
+                                note_failure(route, hedge_index, &error);
+                                note_error(progress, route.group.member(hedge_index).target.name(), &error);
+                                note_attempt(progress, route, hedge_index, hedge_started, Some(Err(&error)));
+                                (primary.await, index, started, ticket)
+                            }
                         }
-                    },
+                    }
                 }
             };
             let result = match deadline {
@@ -588,7 +646,7 @@ where
                                 phase: TimeoutPhase::Request,
                             }),
                             member: index,
-                            started: Instant::now(),
+                            started: attempt_started,
                             ticket: InFlightTicket::new(route, index, Hold::none()),
                             out_of_budget: true,
                         },
@@ -617,6 +675,7 @@ where
             let mut ticket = result.ticket;
             match result.outcome {
                 Ok(value) => {
+                    note_attempt(progress, route, index, result.started, Some(Ok(())));
                     member.health.record_success();
                     // For a stream this is the time to its first content.
                     member.health.record_latency(result.started.elapsed());
@@ -634,6 +693,16 @@ where
                 }
                 Err(error) if result.out_of_budget => {
                     note_error(progress, deployment.name(), &error);
+                    note_attempt(progress, route, index, result.started, Some(Err(&error)));
+                    if let Some((hedge_index, hedge_started)) = hedge_running {
+                        note_attempt(
+                            progress,
+                            route,
+                            hedge_index,
+                            hedge_started,
+                            Some(Err(&error)),
+                        );
+                    }
                     // The client's budget ran out: not the deployment's fault.
                     member.health.release_probe(Instant::now());
                     last = Some((error, deployment));
@@ -643,6 +712,7 @@ where
                     tracing::debug!(deployment = %deployment.name(), %error, attempt = attempts, "attempt failed");
                     if !matches!(verdict(&error), Verdict::Unfit) {
                         note_error(progress, deployment.name(), &error);
+                        note_attempt(progress, route, index, result.started, Some(Err(&error)));
                     }
                     match verdict(&error) {
                         Verdict::Deployment(failure) => {

@@ -261,6 +261,7 @@ fn record_view(record: &RequestRecord) -> Value {
         "served_model": record.served_model,
         "deployment": record.deployment,
         "attempts": record.attempts,
+        "attempt_details": record.attempt_details,
         "stream": record.stream,
         "status": record.status,
         "outcome": record.outcome.as_str(),

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage};
 use switchboard_store::Recorder;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,8 @@ pub(crate) struct Progress {
     pub upstream_errors: Vec<(Arc<str>, &'static str)>,
     /// Every attempt's span (when the request is traced).
     pub attempt_spans: Vec<AttemptSpan>,
+    /// Every attempt, for the record (bounded: see `push_attempt_detail`).
+    pub attempt_details: Vec<AttemptDetail>,
 }
 
 pub(crate) struct Trace {
@@ -143,6 +145,7 @@ impl Trace {
         self.recorded = true;
         let upstream_errors;
         let attempt_spans;
+        let attempt_details;
         {
             let mut progress = self
                 .progress
@@ -154,6 +157,7 @@ impl Trace {
             self.attempts = self.attempts.max(progress.attempts);
             upstream_errors = std::mem::take(&mut progress.upstream_errors);
             attempt_spans = std::mem::take(&mut progress.attempt_spans);
+            attempt_details = std::mem::take(&mut progress.attempt_details);
         }
         // A cached answer costs nothing.
         let mut cost = if self.cache == Some(true) {
@@ -259,6 +263,7 @@ impl Trace {
             deployment: self.deployment.as_deref().map(str::to_owned),
             served_model: self.served_model.as_deref().map(str::to_owned),
             attempts: self.attempts,
+            attempt_details,
             stream: self.stream,
             status,
             outcome,

@@ -14,53 +14,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sqlx::Connection;
 use support::*;
-
-fn postgres_url() -> String {
-    std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
 
 fn redis_url() -> String {
     std::env::var("SWITCHBOARD_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// A fresh schema for this test, or why there is none.
-async fn schema() -> Result<(String, String), String> {
-    let admin = postgres_url();
-    let name = format!("sb_instances_{:016x}", rand_u64());
-    let mut connection =
-        tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin))
-            .await
-            .map_err(|_| "PostgreSQL did not answer within 5 s".to_owned())?
-            .map_err(|error| format!("PostgreSQL: {error}"))?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
-        .execute(&mut connection)
-        .await
-        .map_err(|error| error.to_string())?;
-    let separator = if admin.contains('?') { '&' } else { '?' };
-    Ok((
-        name.clone(),
-        format!("{admin}{separator}options=-c%20search_path%3D{name}"),
-    ))
-}
-
-async fn drop_schema(name: &str) {
-    if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_url()).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
-            .execute(&mut connection)
-            .await;
-    }
-}
-
-fn rand_u64() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    switchboard_core::mix::splitmix64(nanos ^ u64::from(std::process::id()))
 }
 
 async fn redis_answers() -> Result<(), String> {
@@ -175,7 +133,7 @@ async fn two_instances_share_keys_budgets_and_limits() {
     if let Err(why) = redis_answers().await {
         return skip(why);
     }
-    let (schema, database) = match schema().await {
+    let (schema, database) = match postgres_schema("sb_instances").await {
         Ok(schema) => schema,
         Err(why) => return skip(why),
     };
@@ -255,7 +213,7 @@ async fn two_instances_share_keys_budgets_and_limits() {
         spent <= 1_000_000_000,
         "{spent} nano-dollars overshoot the $1 budget"
     );
-    drop_schema(&schema).await;
+    drop_postgres_schema(&schema).await;
 }
 
 /// A configuration on the shared database and Redis with these models
@@ -318,7 +276,7 @@ async fn two_instances_share_a_deployments_requests_per_minute() {
     if let Err(why) = redis_answers().await {
         return skip_or_fail(why);
     }
-    let (schema, database) = match schema().await {
+    let (schema, database) = match postgres_schema("sb_instances").await {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
@@ -429,7 +387,7 @@ rpm = 2
         upstream_calls, 3,
         "the shared database holds both instances' records"
     );
-    drop_schema(&schema).await;
+    drop_postgres_schema(&schema).await;
 }
 
 /// A chat request with a key, answering its status, its serving deployment
@@ -466,7 +424,7 @@ async fn a_deployment_found_full_does_not_charge_the_key() {
     if let Err(why) = redis_answers().await {
         return skip_or_fail(why);
     }
-    let (schema, database) = match schema().await {
+    let (schema, database) = match postgres_schema("sb_instances").await {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
@@ -512,7 +470,7 @@ priority = 1
 
     first.stop_and_records().await;
     second.stop_and_records().await;
-    drop_schema(&schema).await;
+    drop_postgres_schema(&schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,7 +478,7 @@ async fn a_failed_first_attempt_hands_its_deployments_tokens_back() {
     if let Err(why) = redis_answers().await {
         return skip_or_fail(why);
     }
-    let (schema, database) = match schema().await {
+    let (schema, database) = match postgres_schema("sb_instances").await {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
@@ -606,7 +564,7 @@ retry_max_backoff_ms = 5
     );
 
     gateway.stop_and_records().await;
-    drop_schema(&schema).await;
+    drop_postgres_schema(&schema).await;
 }
 
 /// Deletes keys from the shared Redis (raw RESP: this crate does not name
@@ -638,7 +596,7 @@ async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
     if let Err(why) = redis_answers().await {
         return skip_or_fail(why);
     }
-    let (schema, database) = match schema().await {
+    let (schema, database) = match postgres_schema("sb_instances").await {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
@@ -697,7 +655,7 @@ async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
         "the other still has room"
     );
     gateway.stop_and_records().await;
-    drop_schema(&schema).await;
+    drop_postgres_schema(&schema).await;
     // Everything else it wrote expires by itself.
     redis_delete(&[format!("{prefix}{{sb}}:epoch")]).await;
 }

@@ -34,6 +34,7 @@ fn record(request_id: &str, started_at_ms: i64, model: &str, status: u16) -> Req
         deployment: Some(format!("{model}-east")),
         served_model: None,
         attempts: 1,
+        attempt_details: Vec::new(),
         stream: true,
         status,
         outcome: match status {
@@ -139,6 +140,7 @@ async fn logs_are_filtered_and_paged_over_http() {
             "served_model": null,
             "deployment": "claude-east",
             "attempts": 1,
+            "attempt_details": [],
             "stream": true,
             "status": 200,
             "outcome": "success",
@@ -702,4 +704,136 @@ provider = "simulated"
     assert_eq!(refused.status(), 400);
     let (status, _) = get(&gateway, "/admin/logs/no-such-request").await;
     assert_eq!(status, 404);
+}
+
+/// `chat` on one deployment, `east`, at `upstream`, falling back to
+/// `backup` (a simulated deployment, `sim`).
+fn fallback_models(upstream: &switchboard_testkit::MockUpstream) -> String {
+    format!(
+        r#"
+[[models]]
+name = "chat"
+fallbacks = ["backup"]
+[[models.deployments]]
+name = "east"
+provider = "openai-compatible"
+api_base = "{}"
+model = "upstream-model"
+[models.routing]
+max_attempts = 1
+[[models]]
+name = "backup"
+[[models.deployments]]
+name = "sim"
+provider = "simulated"
+"#,
+        upstream.base_url()
+    )
+}
+
+/// A request that failed on `chat` and was served by its fallback lists
+/// both attempts, with their models and outcomes, in `GET /admin/logs/{id}`
+/// and in `GET /admin/logs`; a plain success lists its one attempt.
+async fn attempts_reach_the_log(storage_url: &str) {
+    let upstream = switchboard_testkit::MockUpstream::start().await;
+    upstream.push(switchboard_testkit::Script::json(
+        503,
+        json!({"error": {"message": "overloaded"}}),
+    ));
+    let gateway = TestGateway::start(config_stored_at(
+        storage_url,
+        &fallback_models(&upstream),
+        "",
+    ))
+    .await;
+    let body = r#"{"model":"chat","messages":[{"role":"user","content":"hello"}]}"#;
+    for id in ["fell-back", "served-at-once"] {
+        let response = gateway
+            .post("/v1/chat/completions", body)
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let mut entry = Value::Null;
+    for _ in 0..100 {
+        let (status, found) = get(&gateway, "/admin/logs/fell-back").await;
+        if status == 200 {
+            entry = found["data"][0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let details = entry["attempt_details"]
+        .as_array()
+        .expect("attempt details");
+    assert_eq!(details.len(), 2, "{entry:#}");
+    assert_eq!(
+        (
+            &details[0]["deployment"],
+            &details[0]["model"],
+            &details[0]["outcome"],
+            &details[0]["status"]
+        ),
+        (
+            &json!("east"),
+            &json!("chat"),
+            &json!("server_error"),
+            &json!(503)
+        )
+    );
+    assert_eq!(
+        (
+            &details[1]["deployment"],
+            &details[1]["model"],
+            &details[1]["outcome"]
+        ),
+        (&json!("sim"), &json!("backup"), &json!("ok"))
+    );
+    assert!(details[1].get("status").is_none(), "{entry:#}");
+    assert!(details.iter().all(|detail| detail["duration_ms"].is_u64()));
+    assert_eq!(entry["attempts"], 2);
+    assert_eq!(entry["served_model"], "backup");
+
+    let (status, page) = get(&gateway, "/admin/logs?model=chat").await;
+    assert_eq!(status, 200);
+    let listed = |id: &str| {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|record| record["request_id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {page:#}"))["attempt_details"]
+            .clone()
+    };
+    assert_eq!(listed("fell-back"), entry["attempt_details"]);
+    let single = listed("served-at-once");
+    assert_eq!(single.as_array().unwrap().len(), 1, "{single:#}");
+    assert_eq!(single[0]["deployment"], "east");
+    assert_eq!(single[0]["outcome"], "ok");
+}
+
+#[tokio::test]
+async fn attempts_and_fallbacks_are_listed_on_sqlite() {
+    attempts_reach_the_log("sqlite::memory:").await;
+}
+
+#[tokio::test]
+async fn attempts_and_fallbacks_are_listed_on_postgres() {
+    let (schema, url) = match postgres_schema("sb_request_log").await {
+        Ok(found) => found,
+        Err(why) => {
+            return switchboard_testkit::skip_or_fail(
+                "attempts_and_fallbacks_are_listed_on_postgres",
+                &why,
+            );
+        }
+    };
+    // The schema goes whether the test passes or fails.
+    let outcome = tokio::spawn(async move { attempts_reach_the_log(&url).await }).await;
+    drop_postgres_schema(&schema).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
 }

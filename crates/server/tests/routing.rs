@@ -216,6 +216,28 @@ simulation = { reply = "from the backup" }
     assert_eq!(records[0].model, "chat");
     assert_eq!(records[0].served_model.as_deref(), Some("backup"));
     assert_eq!(records[0].attempts, 3);
+    // Each attempt, with its model: both of `chat`'s deployments refused
+    // with a 503, then the fallback model's deployment answered.
+    let details: Vec<(&str, &str, &str, Option<u16>)> = records[0]
+        .attempt_details
+        .iter()
+        .map(|detail| {
+            (
+                &*detail.deployment,
+                &*detail.model,
+                &*detail.outcome,
+                detail.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        details,
+        [
+            ("a", "chat", "server_error", Some(503)),
+            ("b", "chat", "server_error", Some(503)),
+            ("backup", "backup", "ok", None),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -700,6 +722,20 @@ async fn a_hedged_request_races_a_second_deployment_and_cancels_the_loser() {
         mock.abandoned_streams() == 1
     })
     .await;
+    // The record lists the loser as cancelled, the winner as served.
+    let outcomes = |record: &switchboard_core::RequestRecord| -> Vec<(String, String)> {
+        record
+            .attempt_details
+            .iter()
+            .map(|detail| (detail.deployment.to_string(), detail.outcome.to_string()))
+            .collect()
+    };
+    let records = gateway.stop_and_records().await;
+    assert_eq!(
+        outcomes(&records[0]),
+        [("a".into(), "cancelled".into()), ("b".into(), "ok".into())]
+    );
+    assert!(records[0].attempt_details[0].duration_ms >= 100);
 
     // Without hedging the same hang is waited out to the deployment's limit.
     let (c, d) = (MockUpstream::start().await, MockUpstream::start().await);
@@ -713,6 +749,9 @@ async fn a_hedged_request_races_a_second_deployment_and_cancels_the_loser() {
         .unwrap();
     assert_eq!(response.status(), 504);
     assert!(d.received().is_empty());
+    // The attempt the request's time budget cut is a timeout.
+    let records = gateway.stop_and_records().await;
+    assert_eq!(outcomes(&records[0]), [("a".into(), "timeout".into())]);
 }
 
 #[tokio::test]

@@ -382,6 +382,7 @@ mod tests {
             deployment: None,
             served_model: None,
             attempts: 1,
+            attempt_details: Vec::new(),
             stream: false,
             status: 200,
             outcome: Outcome::Success,

@@ -23,7 +23,23 @@
 //! sent content); a group without any has none.
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
-use switchboard_core::{Outcome, RequestRecord};
+use switchboard_core::{AttemptDetail, Outcome, RequestRecord};
+
+/// A record's attempt details as the `attempt_details` column keeps them:
+/// a JSON array, or NULL when there are none.
+pub(crate) fn attempt_details_json(details: &[AttemptDetail]) -> Option<String> {
+    if details.is_empty() {
+        return None;
+    }
+    serde_json::to_string(details).ok()
+}
+
+/// The `attempt_details` column back into a list. A value that does not
+/// parse reads as no details rather than failing the whole page.
+pub(crate) fn attempt_details_from_json(text: Option<&str>) -> Vec<AttemptDetail> {
+    text.and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
 
 /// Which records a page reads; every `Some` must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,7 +171,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
 /// row number for the cursor.
 const RECORD_COLUMNS: &str = "id, request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata";
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, attempt_details";
 
 /// One page of the log: `query.limit + 1` rows, the last of which (when
 /// present) only says that more follow.
@@ -345,6 +361,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempt_details_are_json_and_junk_reads_as_none() {
+        assert_eq!(attempt_details_json(&[]), None);
+        let details = vec![AttemptDetail {
+            deployment: "east".into(),
+            model: "chat".into(),
+            outcome: "rate_limited".into(),
+            status: Some(429),
+            duration_ms: 12,
+        }];
+        let text = attempt_details_json(&details).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"deployment":"east","model":"chat","outcome":"rate_limited","status":429,"duration_ms":12}]"#
+        );
+        assert_eq!(attempt_details_from_json(Some(&text)), details);
+        assert!(attempt_details_from_json(Some("not json")).is_empty());
+        assert!(attempt_details_from_json(None).is_empty());
+    }
 
     #[test]
     fn nearest_rank_positions() {

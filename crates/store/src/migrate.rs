@@ -67,6 +67,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "request_bodies",
         sql: include_str!("../migrations/sqlite/0008_request_bodies.sql"),
     },
+    Migration {
+        version: 9,
+        name: "attempt_details",
+        sql: include_str!("../migrations/sqlite/0009_attempt_details.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -109,6 +114,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 8,
         name: "request_bodies",
         sql: include_str!("../migrations/postgres/0008_request_bodies.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "attempt_details",
+        sql: include_str!("../migrations/postgres/0009_attempt_details.sql"),
     },
 ];
 

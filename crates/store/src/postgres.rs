@@ -61,23 +61,23 @@ const INSERT_CHUNK: usize = 1024;
 const INSERT_RECORDS: &str = "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, \
      status, outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
      reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
-     cache_hit, metadata) \
+     cache_hit, metadata, attempt_details) \
      SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
      latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata \
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, attempt_details \
      FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[], $7::BIGINT[], \
      $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], \
      $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::BIGINT[], \
-     $22::BIGINT[], $23::BOOLEAN[], $24::TEXT[]) \
+     $22::BIGINT[], $23::BOOLEAN[], $24::TEXT[], $25::TEXT[]) \
      WITH ORDINALITY AS batch (request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, \
      attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, \
-     position) \
+     attempt_details, position) \
      ORDER BY position";
 
 const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata \
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, attempt_details \
      FROM requests ORDER BY id DESC LIMIT $1";
 
 #[derive(Debug, Clone)]
@@ -188,6 +188,8 @@ struct Columns<'a> {
     cache_hit: Vec<bool>,
     metadata: Vec<Option<&'a str>>,
     cache_write_tokens: Vec<Option<i64>>,
+    /// Written as JSON here, so owned.
+    attempt_details: Vec<Option<String>>,
 }
 
 impl<'a> Columns<'a> {
@@ -228,6 +230,9 @@ impl<'a> Columns<'a> {
             columns
                 .cache_write_tokens
                 .push(opt_i64(record.usage.cache_write_tokens));
+            columns
+                .attempt_details
+                .push(log::attempt_details_json(&record.attempt_details));
         }
         columns
     }
@@ -305,6 +310,9 @@ fn record_from_row(row: &PgRow) -> Result<RequestRecord, sqlx::Error> {
         attempts: row
             .try_get::<i64, _>("attempts")?
             .clamp(0, i64::from(u32::MAX)) as u32,
+        attempt_details: crate::log::attempt_details_from_json(
+            row.try_get::<Option<&str>, _>("attempt_details")?,
+        ),
         stream: row.try_get("stream")?,
         status: row.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
         outcome,
@@ -372,6 +380,7 @@ impl Store for PgStore {
                     .bind(&columns.cache_write_tokens)
                     .bind(&columns.cache_hit)
                     .bind(&columns.metadata)
+                    .bind(&columns.attempt_details)
                     .execute(&mut *transaction)
                     .await?;
             }

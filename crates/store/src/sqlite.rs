@@ -117,6 +117,10 @@ fn record_from_row(row: &SqliteRow) -> Result<RequestRecord, sqlx::Error> {
         attempts: row
             .try_get::<i64, _>("attempts")?
             .clamp(0, i64::from(u32::MAX)) as u32,
+        attempt_details: crate::log::attempt_details_from_json(
+            row.try_get::<Option<String>, _>("attempt_details")?
+                .as_deref(),
+        ),
         stream: row.try_get("stream")?,
         status: row.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
         outcome,
@@ -145,7 +149,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             // One multi-row statement per chunk: every statement is a round
             // trip to SQLite's worker thread, so a batch costs a handful of
-            // them rather than one per record. 22 columns x 256 rows (5,632
+            // them rather than one per record. 25 columns x 256 rows (6,400
             // parameters) stays well under SQLite's limit on bound
             // parameters (32766).
             let mut transaction = self.pool.begin().await?;
@@ -154,7 +158,7 @@ impl Store for SqliteStore {
                     "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
                      outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
                      reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
-                     cache_hit, metadata) ",
+                     cache_hit, metadata, attempt_details) ",
                 );
                 insert.push_values(chunk, |mut row, record| {
                     row.push_bind(&record.request_id)
@@ -180,7 +184,8 @@ impl Store for SqliteStore {
                         .push_bind(opt_i64(record.cost_nanos))
                         .push_bind(opt_i64(record.usage.cache_write_tokens))
                         .push_bind(record.cache_hit)
-                        .push_bind(record.metadata.as_deref());
+                        .push_bind(record.metadata.as_deref())
+                        .push_bind(log::attempt_details_json(&record.attempt_details));
                 });
                 // Chunks come in five sizes, so five cached statements
                 // serve every batch and none is parsed again.
@@ -245,8 +250,8 @@ impl Store for SqliteStore {
             let rows = sqlx::query::<Sqlite>(
                 "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
                  latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-                 served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata \
-                 FROM requests ORDER BY id DESC LIMIT ?",
+                 served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, \
+                 attempt_details FROM requests ORDER BY id DESC LIMIT ?",
             )
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -379,6 +384,7 @@ mod tests {
             deployment: Some("d".to_owned()),
             served_model: Some("fallback".to_owned()),
             attempts: 2,
+            attempt_details: Vec::new(),
             stream: true,
             status: 200,
             outcome: Outcome::Success,

@@ -22,8 +22,13 @@ pub struct TestGateway {
 
 /// A config with the master key, an in-memory store and the given models.
 pub fn config_with(models: &str, server_extra: &str) -> Config {
+    config_stored_at("sqlite::memory:", models, server_extra)
+}
+
+/// As `config_with`, with the request log (and keys) at `storage_url`.
+pub fn config_stored_at(storage_url: &str, models: &str, server_extra: &str) -> Config {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n{server_extra}\n[storage]\nurl = \"sqlite::memory:\"\n{models}"
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n{server_extra}\n[storage]\nurl = \"{storage_url}\"\n{models}"
     );
     Config::from_toml_with_env("test.toml", &text, &|name| match name {
         "UPSTREAM_KEY" => Some(UPSTREAM_KEY.to_owned()),
@@ -154,4 +159,57 @@ pub fn data_events(body: &str) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// The PostgreSQL server for tests: `SWITCHBOARD_TEST_POSTGRES_URL`, or
+/// database `test` on the local server.
+pub fn postgres_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh schema named `<prefix>_<random>` and a URL whose connections
+/// work in it, or why there is none (no PostgreSQL here).
+pub async fn postgres_schema(prefix: &str) -> Result<(String, String), String> {
+    use sqlx::Connection;
+    let admin = postgres_url();
+    let name = format!("{prefix}_{:016x}", rand_u64());
+    let mut connection =
+        tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin))
+            .await
+            .map_err(|_| "PostgreSQL did not answer within 5 s".to_owned())?
+            .map_err(|error| format!("PostgreSQL: {error}"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+        .execute(&mut connection)
+        .await
+        .map_err(|error| error.to_string())?;
+    let separator = if admin.contains('?') { '&' } else { '?' };
+    Ok((
+        name.clone(),
+        format!("{admin}{separator}options=-c%20search_path%3D{name}"),
+    ))
+}
+
+pub async fn drop_postgres_schema(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_url()).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+            .execute(&mut connection)
+            .await;
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    switchboard_core::mix::splitmix64(
+        nanos
+            ^ u64::from(std::process::id())
+            ^ COUNTER
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .rotate_left(48),
+    )
 }

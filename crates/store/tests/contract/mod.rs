@@ -9,7 +9,7 @@
 
 use switchboard_core::keys::{KeyRecord, Limits, Period, SpendGroup, SpendRow, TeamRecord};
 use switchboard_core::mix::splitmix64;
-use switchboard_core::{Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage};
 use switchboard_store::log::nearest_rank;
 use switchboard_store::{
     KeyStore, KeyStoreConflict, LogFilter, LogQuery, SpendQuery, Store, UsageBucket, UsageGroup,
@@ -52,6 +52,7 @@ pub fn varied_record(index: usize) -> RequestRecord {
         } else {
             (index % 4) as u32
         },
+        attempt_details: attempt_details(index),
         stream: bit(2),
         status: [200, 400, 401, 429, 499, 502, 504, 999][index % 8],
         outcome: outcomes[index % outcomes.len()],
@@ -76,6 +77,33 @@ pub fn varied_record(index: usize) -> RequestRecord {
         cache_hit: bit(8),
         metadata: text_if(9, format!(r#"{{"feature":"f{index}","note":"ü \"q\""}}"#)),
         bodies: None,
+    }
+}
+
+/// No attempt, one that served, or a failure then a fallback that served
+/// (with a status, names that need escaping in JSON, and an unbounded
+/// duration), by `index`.
+fn attempt_details(index: usize) -> Vec<AttemptDetail> {
+    let served = |model: &str| AttemptDetail {
+        deployment: format!("deployment-{}", index % 5).into(),
+        model: model.into(),
+        outcome: AttemptDetail::OK.into(),
+        status: None,
+        duration_ms: index as u64,
+    };
+    match index % 3 {
+        0 => Vec::new(),
+        1 => vec![served("model")],
+        _ => vec![
+            AttemptDetail {
+                deployment: "east \"ü\" \\ 1".into(),
+                model: "model".into(),
+                outcome: "server_error".into(),
+                status: Some(503),
+                duration_ms: if index == 998 { u64::MAX } else { 7 },
+            },
+            served("fallback"),
+        ],
     }
 }
 
@@ -177,6 +205,7 @@ fn spend_record(
         deployment: None,
         served_model: None,
         attempts: 1,
+        attempt_details: Vec::new(),
         stream: false,
         status: 200,
         outcome: Outcome::Success,
@@ -548,6 +577,7 @@ fn log_record(
         deployment: deployment.map(str::to_owned),
         served_model: None,
         attempts: 1,
+        attempt_details: Vec::new(),
         stream: false,
         status,
         outcome,
