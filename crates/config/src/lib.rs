@@ -46,10 +46,14 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
 }
 
-/// Request and response bodies in the request log (off unless a model, a
-/// key or a team asks for them, or `bodies` is set), and their redaction.
+/// The request log: whether requests are recorded at all, their bodies
+/// (off unless a model, a key or a team asks for them, or `bodies` is
+/// set), and their redaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggingConfig {
+    /// Record every request (`true`, the default). Off, no record is
+    /// written: spend reports and budgets restored at start see none.
+    pub requests: bool,
     /// Keep every request's bodies.
     pub bodies: bool,
     /// Built-in redactions: `api_keys`, `emails`, `card_numbers`.

@@ -30,6 +30,7 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLogging {
+    pub requests: Option<bool>,
     pub bodies: Option<bool>,
     pub redact: Option<Vec<String>>,
     #[serde(default)]

@@ -638,6 +638,7 @@ fn cache_settings_are_checked_and_default_off() {
 fn logging_settings_are_checked() {
     let models = "[[models]]\nname = \"m\"\nlog_bodies = true\n[[models.deployments]]\nprovider = \"simulated\"\n";
     let config = load(models).unwrap();
+    assert!(config.logging.requests);
     assert!(!config.logging.bodies);
     assert_eq!(
         config.logging.redact,
@@ -657,4 +658,19 @@ fn logging_settings_are_checked() {
         ],
         "{found:?}"
     );
+    // Without a request log there is nowhere to keep bodies.
+    let plain = "[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\n";
+    let off = load(&format!("[logging]\nrequests = false\n{plain}")).unwrap();
+    assert!(!off.logging.requests);
+    let found = problems(&format!(
+        "[logging]\nrequests = false\nbodies = true\n{models}"
+    ));
+    let paths: Vec<&str> = found.iter().map(|problem| problem.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["logging.bodies", "models[0].log_bodies"],
+        "{found:?}"
+    );
+    let found = problems(&format!("[logging]\nrequests = \"no\"\n{plain}"));
+    assert!(found[0].path.contains("logging"), "{found:?}");
 }

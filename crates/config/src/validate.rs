@@ -337,6 +337,13 @@ pub(crate) fn validate(
         }
         let routing =
             validate_routing(&mut checker, &format!("{path}.routing"), &raw_model.routing);
+        if !logging.requests && raw_model.log_bodies == Some(true) {
+            checker.problem(
+                &format!("{path}.log_bodies"),
+                "bodies are kept in the request log, which `logging.requests = false` turns off",
+                "remove `log_bodies = true`, or record requests (`[logging] requests = true`)",
+            );
+        }
         models.push(ModelConfig {
             name,
             deployments,
@@ -1183,7 +1190,16 @@ fn logging_config(checker: &mut Checker<'_>, raw: &crate::raw::RawLogging) -> Lo
             65_536
         }
     };
+    let requests = raw.requests.unwrap_or(true);
+    if !requests && raw.bodies == Some(true) {
+        checker.problem(
+            "logging.bodies",
+            "bodies are kept in the request log, which `logging.requests = false` turns off",
+            "remove `bodies = true`, or record requests (`requests = true`)",
+        );
+    }
     LoggingConfig {
+        requests,
         bodies: raw.bodies.unwrap_or(false),
         redact,
         redact_patterns: raw.redact_patterns.clone(),

@@ -310,7 +310,8 @@ fn keep_bodies(
         }
         Principal::Master | Principal::Open => false,
     };
-    if route.log_bodies || by_key {
+    // Without a request log there is nowhere to keep them.
+    if catalog.record_requests && (route.log_bodies || by_key) {
         trace.bodies = Some(BodyCapture::new(catalog.redactor.clone(), request.clone()));
     }
 }
@@ -631,10 +632,11 @@ async fn begin(
         let _ = context.span.set(ids.clone());
         (telemetry.clone(), ids)
     });
+    let catalog = gateway.catalog();
     let mut trace = Trace::new(
         context,
         endpoint,
-        gateway.recorder.clone(),
+        catalog.record_requests.then(|| gateway.recorder.clone()),
         gateway.metrics.clone(),
         gateway.cut.clone(),
     );
@@ -643,7 +645,6 @@ async fn begin(
         Ok(metadata) => trace.metadata = metadata,
         Err(error) => return Err(reject(&mut trace, error, dialect)),
     }
-    let catalog = gateway.catalog();
     match read_json_body(headers, body, catalog.max_body_bytes).await {
         Ok(bytes) => Ok((trace, catalog, bytes)),
         Err(error) => Err(reject(&mut trace, error, dialect)),

@@ -153,6 +153,7 @@ mod tests {
 
     fn redactor(redact: &[&str], patterns: &[&str]) -> Redactor {
         Redactor::new(&LoggingConfig {
+            requests: true,
             bodies: true,
             redact: redact.iter().map(|name| (*name).to_owned()).collect(),
             redact_patterns: patterns
@@ -199,6 +200,7 @@ mod tests {
     #[test]
     fn bodies_are_cut_to_the_limit() {
         let small = Redactor::new(&LoggingConfig {
+            requests: true,
             bodies: true,
             redact: Vec::new(),
             redact_patterns: Vec::new(),
@@ -208,6 +210,7 @@ mod tests {
         assert_eq!(small.redact(b"0123"), "0123");
         // A secret the cut would split is redacted before the cut.
         let cut = Redactor::new(&LoggingConfig {
+            requests: true,
             bodies: true,
             redact: vec!["emails".to_owned()],
             redact_patterns: Vec::new(),

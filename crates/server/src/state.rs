@@ -65,6 +65,9 @@ pub(crate) struct Catalog {
     pub max_body_bytes: usize,
     /// Whether `GET /metrics` answers.
     pub metrics_enabled: bool,
+    /// Whether requests are recorded in the request log
+    /// (`logging.requests`).
+    pub record_requests: bool,
     /// Redacts bodies before the request log keeps them.
     pub redactor: Arc<Redactor>,
 }
@@ -312,6 +315,7 @@ impl Catalog {
             master_key: config.server.master_key.clone(),
             max_body_bytes: config.server.max_body_bytes,
             metrics_enabled: config.metrics.enabled,
+            record_requests: config.logging.requests,
             redactor: Arc::new(Redactor::new(&config.logging)),
         })
     }

@@ -83,7 +83,9 @@ pub(crate) struct Trace {
     pub temperature: Option<f64>,
     pub max_tokens: Option<u64>,
     first_chunk: Option<Duration>,
-    recorder: Recorder,
+    /// Where the record goes; `None` when requests are not recorded
+    /// (`logging.requests = false`): no record is made at all.
+    recorder: Option<Recorder>,
     metrics: Arc<Metrics>,
     /// Cancelled when the shutdown deadline cuts in-flight requests.
     cut: CancellationToken,
@@ -94,7 +96,7 @@ impl Trace {
     pub fn new(
         context: RequestContext,
         endpoint: Endpoint,
-        recorder: Recorder,
+        recorder: Option<Recorder>,
         metrics: Arc<Metrics>,
         cut: CancellationToken,
     ) -> Trace {
@@ -254,12 +256,32 @@ impl Trace {
                 attempt_spans,
             );
         }
-        let record = RequestRecord {
+        // The client's text: bounded before it is logged or kept.
+        let model = bounded(std::mem::take(&mut self.model), 256);
+        let latency_ms = millis(latency);
+        let ttft_ms = self.first_chunk.map(millis);
+        log(&LogLine {
+            request_id: &self.context.request_id,
+            endpoint: self.endpoint,
+            model: &model,
+            deployment: self.deployment.as_deref(),
+            stream: self.stream,
+            status,
+            outcome,
+            error_code,
+            latency_ms,
+            ttft_ms,
+            attempts: self.attempts,
+            usage: &self.usage,
+        });
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        recorder.record(RequestRecord {
             request_id: self.context.request_id.to_string(),
             started_at_ms: self.context.started_at_ms,
             endpoint: self.endpoint,
-            // The client's text: bounded before it is kept.
-            model: bounded(std::mem::take(&mut self.model), 256),
+            model,
             deployment: self.deployment.as_deref().map(str::to_owned),
             served_model: self.served_model.as_deref().map(str::to_owned),
             attempts: self.attempts,
@@ -268,8 +290,8 @@ impl Trace {
             status,
             outcome,
             error_code: error_code.map(str::to_owned),
-            latency_ms: millis(latency),
-            ttft_ms: self.first_chunk.map(millis),
+            latency_ms,
+            ttft_ms,
             usage: self.usage,
             key_id: self.caller.key_id.take(),
             team_id: self.caller.team_id.take(),
@@ -278,9 +300,7 @@ impl Trace {
             cache_hit: self.cache == Some(true),
             metadata: self.metadata.take(),
             bodies: self.bodies.take().map(BodyCapture::into_bodies),
-        };
-        log(&record);
-        self.recorder.record(record);
+        });
     }
 }
 
@@ -313,21 +333,37 @@ fn millis(duration: Duration) -> u64 {
     duration.as_millis().min(u64::MAX as u128) as u64
 }
 
-fn log(record: &RequestRecord) {
-    let deployment = record.deployment.as_deref().unwrap_or("-");
-    let error = record.error_code.as_deref().unwrap_or("-");
-    if record.outcome == Outcome::Success {
+/// What the request's log line says.
+struct LogLine<'a> {
+    request_id: &'a str,
+    endpoint: Endpoint,
+    model: &'a str,
+    deployment: Option<&'a str>,
+    stream: bool,
+    status: u16,
+    outcome: Outcome,
+    error_code: Option<&'a str>,
+    latency_ms: u64,
+    ttft_ms: Option<u64>,
+    attempts: u32,
+    usage: &'a Usage,
+}
+
+fn log(line: &LogLine<'_>) {
+    let deployment = line.deployment.unwrap_or("-");
+    let error = line.error_code.unwrap_or("-");
+    if line.outcome == Outcome::Success {
         tracing::info!(
-            request_id = %record.request_id, endpoint = record.endpoint.as_str(), model = %record.model,
-            deployment, stream = record.stream, status = record.status, latency_ms = record.latency_ms,
-            attempts = record.attempts, ttft_ms = record.ttft_ms, input_tokens = record.usage.input_tokens, output_tokens = record.usage.output_tokens,
+            request_id = %line.request_id, endpoint = line.endpoint.as_str(), model = %line.model,
+            deployment, stream = line.stream, status = line.status, latency_ms = line.latency_ms,
+            attempts = line.attempts, ttft_ms = line.ttft_ms, input_tokens = line.usage.input_tokens, output_tokens = line.usage.output_tokens,
             "request served"
         );
     } else {
         tracing::warn!(
-            request_id = %record.request_id, endpoint = record.endpoint.as_str(), model = %record.model,
-            deployment, stream = record.stream, status = record.status, latency_ms = record.latency_ms,
-            outcome = record.outcome.as_str(), error,
+            request_id = %line.request_id, endpoint = line.endpoint.as_str(), model = %line.model,
+            deployment, stream = line.stream, status = line.status, latency_ms = line.latency_ms,
+            outcome = line.outcome.as_str(), error,
             "request failed"
         );
     }
@@ -468,6 +504,7 @@ mod tests {
         // Redaction then finds what the events had split.
         let redactor = Arc::new(crate::redact::Redactor::new(
             &switchboard_config::LoggingConfig {
+                requests: true,
                 bodies: true,
                 redact: vec!["emails".to_owned(), "api_keys".to_owned()],
                 redact_patterns: Vec::new(),

@@ -837,3 +837,78 @@ async fn attempts_and_fallbacks_are_listed_on_postgres() {
         std::panic::resume_unwind(panic.into_panic());
     }
 }
+
+/// With `[logging] requests = false` nothing reaches the request log, not
+/// even a refused request, while a key's budget still holds in memory;
+/// with the default every request is recorded.
+#[tokio::test]
+async fn requests_go_unrecorded_when_logging_says_so_and_budgets_still_hold() {
+    let models = r#"
+[[models]]
+name = "priced"
+[[models.deployments]]
+provider = "simulated"
+price = { input_per_mtok = 1000.0, output_per_mtok = 2000.0 }
+"#;
+    let body =
+        r#"{"model":"priced","max_tokens":5,"messages":[{"role":"user","content":"hello there"}]}"#;
+    for recorded in [false, true] {
+        let logging = format!("[logging]\nrequests = {recorded}\n{models}");
+        let gateway = TestGateway::start(config_with(&logging, "")).await;
+        let created: Value = gateway
+            .post(
+                "/admin/keys",
+                r#"{"name":"capped","budget_usd":0.2,"budget_period":"daily"}"#,
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let secret = created["key"].as_str().unwrap().to_owned();
+        let send = |body: &'static str| {
+            gateway
+                .http
+                .post(gateway.url("/v1/chat/completions"))
+                .bearer_auth(&secret)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let mut served = 0;
+        loop {
+            let status = send(body).await.unwrap().status();
+            if status != 200 {
+                assert_eq!(status, 429, "the budget ran out");
+                break;
+            }
+            served += 1;
+            assert!(served < 50, "the budget never ran out");
+        }
+        assert!(served > 0);
+        let unknown = r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#;
+        assert_eq!(send(unknown).await.unwrap().status(), 404);
+        let metrics = gateway
+            .get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(
+                "switchboard_requests_total{endpoint=\"chat_completions\",model=\"priced\""
+            ),
+            "metrics still count: {metrics}"
+        );
+        let records = gateway.stop_and_records().await;
+        if recorded {
+            // Every served request, the refusal by budget and the unknown model.
+            assert_eq!(records.len(), served + 2, "with requests = true");
+        } else {
+            assert!(records.is_empty(), "with requests = false: {records:?}");
+        }
+    }
+}
