@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 use switchboard_config::{DeploymentConfig, UnsupportedParams};
-use switchboard_core::Usage;
+use switchboard_core::{ResponseInfo, Usage};
 use switchboard_dialects::anthropic::{self, EventDecoder, MessagesRequest};
 use switchboard_dialects::canon::{self, StreamDecoder, StreamError, StreamEvent};
 use switchboard_dialects::sse::{SseDecoder, SseEvent};
@@ -118,11 +118,12 @@ impl AnthropicBackend {
         let body = request.encode(&self.upstream_model);
         match self.send(call, body, request.stream).await? {
             Native::Whole(body) => {
-                let usage = anthropic::check_message(&body)
+                let (usage, info) = anthropic::check_message(&body)
                     .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
                 Ok(Reply::Complete {
                     body,
                     usage,
+                    info,
                     dropped: Vec::new(),
                 })
             }
@@ -166,6 +167,7 @@ struct PassThrough {
     events: Vec<SseEvent>,
     parsed: Vec<StreamEvent>,
     usage: Usage,
+    info: ResponseInfo,
 }
 
 /// Relays Anthropic's events unchanged, reading each on the way for its
@@ -181,6 +183,7 @@ fn relay_events(body: ByteStream, idle_timeout: Duration) -> RelayStream {
             events: Vec::new(),
             parsed: Vec::new(),
             usage: Usage::default(),
+            info: ResponseInfo::default(),
         },
     )
 }
@@ -234,9 +237,20 @@ impl PassThrough {
         let mut content = false;
         for parsed in self.parsed.drain(..) {
             content |= parsed.is_content();
-            if let StreamEvent::Usage { usage, .. } = parsed {
-                canon::merge_usage(&mut self.usage, &usage);
-                out.push(RelayEvent::Usage(self.usage));
+            match parsed {
+                StreamEvent::Usage { usage, .. } => {
+                    canon::merge_usage(&mut self.usage, &usage);
+                    out.push(RelayEvent::Usage(self.usage));
+                }
+                StreamEvent::Start { id, model } => {
+                    self.info.note_id(&id);
+                    self.info.note_model(&model);
+                }
+                StreamEvent::Finish { reason, .. } => {
+                    self.info
+                        .push_finish_reason(anthropic::finish_reason_name(reason));
+                }
+                _ => {}
             }
         }
         let mut frame = Vec::with_capacity(event.data.len() + 32);
@@ -253,7 +267,7 @@ impl PassThrough {
             content,
         });
         if self.decoder.is_done() {
-            out.done();
+            out.done_with(std::mem::take(&mut self.info));
         }
     }
 }

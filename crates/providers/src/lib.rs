@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::Stream;
 use switchboard_config::{DeploymentConfig, ProviderKind};
-use switchboard_core::Usage;
+use switchboard_core::{ResponseInfo, Usage};
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest};
 
 pub use client::UpstreamClients;
@@ -43,6 +43,9 @@ pub enum RelayEvent {
     /// Token usage reported by the upstream (not sent to the client by itself:
     /// when the client asked for usage, it also arrives as a `Data` chunk).
     Usage(Usage),
+    /// The answer's id, model and finish reasons, as read on the way (not
+    /// sent to the client by itself); comes just before `Done`.
+    Info(ResponseInfo),
     /// The stream ended as it should (for OpenAI clients the server then
     /// writes `data: [DONE]`; other dialects' ends are frames of their own).
     Done,
@@ -76,10 +79,12 @@ pub struct CallOptions {
 /// the parameters the deployment could not honour and left out (under the
 /// `drop` policy).
 pub enum Reply {
-    /// A whole JSON body to relay as it is, and the usage read from it.
+    /// A whole JSON body to relay as it is, and the usage, id, model and
+    /// finish reasons read from it.
     Complete {
         body: Bytes,
         usage: Usage,
+        info: ResponseInfo,
         dropped: Vec<String>,
     },
     /// A stream to relay event by event.

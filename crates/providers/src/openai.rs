@@ -144,11 +144,12 @@ impl OpenAiBackend {
         let body = request.encode(&self.upstream_model, self.stream_usage);
         if !request.stream {
             let body = self.send_whole(&self.chat_url, body, options).await?;
-            let usage = openai::check_completion(&body)
+            let (usage, info) = openai::check_completion(&body)
                 .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
             return Ok(Reply::Complete {
                 body,
                 usage,
+                info,
                 dropped: Vec::new(),
             });
         }

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use switchboard_dialects::openai::{inspect_chunk, response::strip_null_usage};
+use switchboard_core::ResponseInfo;
+use switchboard_dialects::openai::inspect_chunk;
+use switchboard_dialects::openai::response::{json_text, strip_null_usage};
 use switchboard_dialects::sse::{SseDecoder, SseEvent, frame_data};
 
 use crate::transport::ByteStream;
@@ -35,6 +37,15 @@ pub(crate) struct Outbox {
 impl Outbox {
     pub(crate) fn push(&mut self, event: RelayEvent) {
         self.queue.push_back(event);
+    }
+
+    /// The stream ended well, having said this about itself; nothing
+    /// follows.
+    pub(crate) fn done_with(&mut self, info: ResponseInfo) {
+        if !info.is_empty() {
+            self.queue.push_back(RelayEvent::Info(info));
+        }
+        self.done();
     }
 
     /// The stream ended well; nothing follows.
@@ -109,6 +120,9 @@ struct OpenAiRelay {
     events: Vec<SseEvent>,
     forward_usage: bool,
     strip_null_usage: bool,
+    /// The id and model of the first chunk that names them, and every
+    /// finish reason.
+    info: ResponseInfo,
 }
 
 pub(crate) fn relay_openai_stream(
@@ -125,6 +139,7 @@ pub(crate) fn relay_openai_stream(
             events: Vec::new(),
             forward_usage,
             strip_null_usage,
+            info: ResponseInfo::default(),
         },
     )
 }
@@ -167,7 +182,7 @@ impl OpenAiRelay {
     fn take_event(&mut self, event: &SseEvent, out: &mut Outbox) {
         let data = event.data.trim();
         if data == "[DONE]" {
-            out.done();
+            out.done_with(std::mem::take(&mut self.info));
             return;
         }
         if data.is_empty() {
@@ -186,6 +201,19 @@ impl OpenAiRelay {
         }
         if let Some(usage) = info.usage {
             out.push(RelayEvent::Usage(usage));
+        }
+        if self.info.id.is_none()
+            && let Some(id) = info.id.and_then(json_text)
+        {
+            self.info.note_id(&id);
+        }
+        if self.info.model.is_none()
+            && let Some(model) = info.model.and_then(json_text)
+        {
+            self.info.note_model(&model);
+        }
+        for reason in info.finish_reasons.iter().filter_map(|raw| json_text(raw)) {
+            self.info.push_finish_reason(&reason);
         }
         if info.usage_only && !self.forward_usage {
             return;
@@ -224,6 +252,15 @@ mod tests {
     const CHUNK: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}"#;
     const USAGE: &str = r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1}}}"#;
 
+    /// What `CHUNK` and `USAGE` say about the answer: its id (no model, no
+    /// finish reason).
+    fn info() -> ResponseInfo {
+        ResponseInfo {
+            id: Some("c".to_owned()),
+            ..ResponseInfo::default()
+        }
+    }
+
     fn usage() -> Usage {
         Usage {
             input_tokens: Some(5),
@@ -248,6 +285,7 @@ mod tests {
                     content: true
                 },
                 RelayEvent::Usage(usage()),
+                RelayEvent::Info(info()),
                 RelayEvent::Done,
             ]
         );
@@ -269,6 +307,7 @@ mod tests {
                     frame: Bytes::from(format!("data: {USAGE}\n\n")),
                     content: false
                 },
+                RelayEvent::Info(info()),
                 RelayEvent::Done,
             ]
         );

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_config::Simulation;
-use switchboard_core::Usage;
 use switchboard_core::mix::splitmix64;
+use switchboard_core::{ResponseInfo, Usage};
 use switchboard_dialects::openai::response::embeddings_list;
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, Role, UpstreamErrorBody};
 use switchboard_dialects::sse::frame_data;
@@ -213,9 +213,14 @@ impl Simulator {
                 "usage": usage_json(&usage),
                 "system_fingerprint": "switchboard-simulated",
             });
+            let mut info = ResponseInfo::default();
+            info.note_id(&id);
+            info.note_model(&self.model);
+            info.push_finish_reason(finish_reason);
             return Ok(Reply::Complete {
                 body: Bytes::from(serde_json::to_vec(&body).expect("serialising JSON cannot fail")),
                 usage,
+                info,
                 dropped: Vec::new(),
             });
         }
@@ -284,6 +289,11 @@ impl Simulator {
                 content: false,
             });
         }
+        let mut info = ResponseInfo::default();
+        info.note_id(&id);
+        info.note_model(&self.model);
+        info.push_finish_reason(finish_reason);
+        events.push(RelayEvent::Info(info));
         events.push(RelayEvent::Done);
 
         let first_token = self.settings.time_to_first_token;

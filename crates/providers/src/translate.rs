@@ -11,11 +11,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::HeaderValue;
 use switchboard_config::UnsupportedParams;
-use switchboard_core::Usage;
+use switchboard_core::{ResponseInfo, Usage};
 use switchboard_dialects::anthropic::{self, MessagesRequest};
 use switchboard_dialects::canon::{
-    self, ChatResponse, Frame, InvalidResponse, StreamDecoder, StreamEncoder, StreamError,
-    StreamEvent, Unsupported,
+    self, ChatResponse, FinishReason, Frame, InvalidResponse, StreamDecoder, StreamEncoder,
+    StreamError, StreamEvent, Unsupported,
 };
 use switchboard_dialects::openai::{self, ChatRequest};
 
@@ -108,6 +108,14 @@ impl<'a> ChatCall<'a> {
             .map_err(Clone::clone)
     }
 
+    /// The client's API's name for a finish reason.
+    pub(crate) fn finish_name(&self) -> fn(FinishReason) -> &'static str {
+        match self.request {
+            ClientRequest::OpenAi(_) => openai::canonical::finish_reason_name,
+            ClientRequest::Anthropic(_) => anthropic::finish_reason_name,
+        }
+    }
+
     /// A writer of the client's stream events.
     pub(crate) fn encoder(&self, model: &str) -> Box<dyn StreamEncoder> {
         let now = unix_seconds();
@@ -185,14 +193,29 @@ pub(crate) fn translated_reply(
             let response =
                 (reader.decode)(&body).map_err(|error| UpstreamError::InvalidResponse(error.0))?;
             let usage = response.usage;
+            // As the upstream named its answer; the reason as the client
+            // reads it.
+            let mut info = ResponseInfo::default();
+            info.note_id(&response.id);
+            info.note_model(&response.model);
+            if let Some(reason) = response.finish {
+                info.push_finish_reason((call.finish_name())(reason));
+            }
             Ok(Reply::Complete {
                 body: call.response(response, model),
                 usage,
+                info,
                 dropped,
             })
         }
         Native::Stream(body) => Ok(Reply::Stream {
-            events: relay_translated(body, (reader.stream)(), call.encoder(model), idle),
+            events: relay_translated(
+                body,
+                (reader.stream)(),
+                call.encoder(model),
+                call.finish_name(),
+                idle,
+            ),
             dropped,
         }),
     }
@@ -275,6 +298,10 @@ struct Translation {
     events: Vec<StreamEvent>,
     frames: Vec<Frame>,
     usage: Usage,
+    /// The upstream's id and model, and finish reasons as the client's API
+    /// names them (`finish_name`).
+    info: ResponseInfo,
+    finish_name: fn(FinishReason) -> &'static str,
 }
 
 /// Relays an upstream stream in another dialect: bytes are decoded into
@@ -285,6 +312,7 @@ pub(crate) fn relay_translated(
     body: ByteStream,
     decoder: Box<dyn StreamDecoder>,
     encoder: Box<dyn StreamEncoder>,
+    finish_name: fn(FinishReason) -> &'static str,
     idle_timeout: Duration,
 ) -> RelayStream {
     relay(
@@ -296,6 +324,8 @@ pub(crate) fn relay_translated(
             events: Vec::new(),
             frames: Vec::new(),
             usage: Usage::default(),
+            info: ResponseInfo::default(),
+            finish_name,
         },
     )
 }
@@ -318,7 +348,7 @@ impl Relay for Translation {
         }
         self.encoder.finish(&mut self.frames);
         self.translate(out);
-        out.done();
+        out.done_with(std::mem::take(&mut self.info));
     }
 
     fn complete(&self) -> bool {
@@ -333,9 +363,19 @@ impl Relay for Translation {
 impl Translation {
     fn translate(&mut self, out: &mut Outbox) {
         for event in self.events.drain(..) {
-            if let StreamEvent::Usage { usage, .. } = &event {
-                canon::merge_usage(&mut self.usage, usage);
-                out.push(RelayEvent::Usage(self.usage));
+            match &event {
+                StreamEvent::Usage { usage, .. } => {
+                    canon::merge_usage(&mut self.usage, usage);
+                    out.push(RelayEvent::Usage(self.usage));
+                }
+                StreamEvent::Start { id, model } => {
+                    self.info.note_id(id);
+                    self.info.note_model(model);
+                }
+                StreamEvent::Finish { reason, .. } => {
+                    self.info.push_finish_reason((self.finish_name)(*reason));
+                }
+                _ => {}
             }
             self.encoder.event(event, &mut self.frames);
         }
@@ -356,7 +396,7 @@ pub(crate) fn relay_as_bytes(events: RelayStream) -> ByteStream {
             match event {
                 RelayEvent::Data { frame, .. } => Some(Ok(frame)),
                 RelayEvent::Done => Some(Ok(Bytes::from_static(b"data: [DONE]\n\n"))),
-                RelayEvent::Usage(_) => None,
+                RelayEvent::Usage(_) | RelayEvent::Info(_) => None,
                 RelayEvent::Failed(error) => Some(Err(error)),
             }
         })

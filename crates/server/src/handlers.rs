@@ -261,11 +261,14 @@ async fn chat(
         }
     }
     match value {
-        Reply::Complete { body, usage, .. } => {
+        Reply::Complete {
+            body, usage, info, ..
+        } => {
             if let Some(bodies) = &mut trace.bodies {
                 bodies.push_response(&body);
             }
             trace.usage = usage;
+            trace.response = info;
             headers.extend(cost_header(&trace));
             trace.finish(200, Outcome::Success, None);
             if let (Some(cache), Some(plan)) = (&gateway.cache, &cache_plan) {

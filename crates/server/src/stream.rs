@@ -66,6 +66,7 @@ impl Relay {
                     return Some(frame);
                 }
                 Some(RelayEvent::Usage(usage)) => self.trace.usage = usage,
+                Some(RelayEvent::Info(info)) => self.trace.response = info,
                 Some(RelayEvent::Done) => {
                     self.ended = true;
                     // Anthropic's stream ends with its own `message_stop`.

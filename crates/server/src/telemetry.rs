@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use switchboard_config::TelemetryConfig;
+use switchboard_core::ResponseInfo;
 use switchboard_core::mix::splitmix64;
 use switchboard_providers::trace_context::with_traceparent;
 use switchboard_providers::{Deployment, UpstreamError};
@@ -107,6 +108,8 @@ pub(crate) struct RequestFacts<'a> {
     pub attempts: u32,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// The answer's id, model and finish reasons, when they were read.
+    pub response: &'a ResponseInfo,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u64>,
     pub cache_hit: bool,
@@ -311,7 +314,7 @@ fn request_span(ids: &SpanIds, facts: &RequestFacts<'_>) -> Span {
     if let Some(deployment) = facts.deployment {
         attributes.push(("switchboard.deployment", string(deployment)));
     }
-    push_usage(&mut attributes, facts);
+    push_answer(&mut attributes, facts);
     if let Some(temperature) = facts.temperature {
         attributes.push((
             "gen_ai.request.temperature",
@@ -357,7 +360,7 @@ fn attempt_span(
     // stream) lasts until the request ended.
     let mut end_ns = attempt.end_ns;
     if served {
-        push_usage(&mut attributes, facts);
+        push_answer(&mut attributes, facts);
         if facts.error_code.is_none() {
             end_ns = end_ns.max(facts.end_ns);
         }
@@ -379,12 +382,32 @@ fn attempt_span(
     }
 }
 
-fn push_usage(attributes: &mut Vec<(&'static str, Value)>, facts: &RequestFacts<'_>) {
+/// What the answer said about itself: its usage, id, model and finish
+/// reasons (on the request span and on the attempt that served it).
+fn push_answer(attributes: &mut Vec<(&'static str, Value)>, facts: &RequestFacts<'_>) {
     if let Some(tokens) = facts.input_tokens {
         attributes.push(("gen_ai.usage.input_tokens", int(tokens)));
     }
     if let Some(tokens) = facts.output_tokens {
         attributes.push(("gen_ai.usage.output_tokens", int(tokens)));
+    }
+    let response = facts.response;
+    if let Some(id) = &response.id {
+        attributes.push(("gen_ai.response.id", string(id)));
+    }
+    if let Some(model) = &response.model {
+        attributes.push(("gen_ai.response.model", string(model)));
+    }
+    if !response.finish_reasons.is_empty() {
+        let values: Vec<Value> = response
+            .finish_reasons
+            .iter()
+            .map(|reason| string(reason))
+            .collect();
+        attributes.push((
+            "gen_ai.response.finish_reasons",
+            json!({"arrayValue": {"values": values}}),
+        ));
     }
 }
 

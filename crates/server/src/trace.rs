@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, ResponseInfo, Usage};
 use switchboard_store::Recorder;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,9 @@ pub(crate) struct Trace {
     pub in_flight: Option<InFlightTicket>,
     pub stream: bool,
     pub usage: Usage,
+    /// The answer's id, model and finish reasons, where the upstream's
+    /// answer was read anyway (for its span).
+    pub response: ResponseInfo,
     /// The key, team and end user behind the request.
     pub caller: Caller,
     /// Limits reserved for the request, settled when it ends.
@@ -115,6 +118,7 @@ impl Trace {
             in_flight: None,
             stream: false,
             usage: Usage::default(),
+            response: ResponseInfo::default(),
             caller: Caller::default(),
             admission: None,
             pricing: None,
@@ -246,6 +250,7 @@ impl Trace {
                     attempts: self.attempts,
                     input_tokens: self.usage.input_tokens,
                     output_tokens: self.usage.output_tokens,
+                    response: &self.response,
                     temperature: self.temperature,
                     max_tokens: self.max_tokens,
                     cache_hit: self.cache == Some(true),

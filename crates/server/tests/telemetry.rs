@@ -86,6 +86,16 @@ fn text<'a>(span: &'a Value, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no string {key} in {span:#}"))
 }
 
+/// A string-array attribute (`arrayValue` of `stringValue`s).
+fn strings(span: &Value, key: &str) -> Vec<String> {
+    attribute(span, key)
+        .and_then(|value| value["arrayValue"]["values"].as_array())
+        .unwrap_or_else(|| panic!("no string array {key} in {span:#}"))
+        .iter()
+        .map(|value| value["stringValue"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn int(span: &Value, key: &str) -> u64 {
     attribute(span, key)
         .and_then(|value| value["intValue"].as_str())
@@ -176,6 +186,10 @@ async fn a_retried_request_is_one_server_span_with_a_client_span_per_attempt() {
         0.5
     );
     assert!(int(server, "gen_ai.usage.input_tokens") > 0);
+    // What the answer said about itself, read with its usage.
+    assert_eq!(text(server, "gen_ai.response.id"), "chatcmpl-mock");
+    assert_eq!(text(server, "gen_ai.response.model"), "model-b");
+    assert_eq!(strings(server, "gen_ai.response.finish_reasons"), ["stop"]);
     assert_eq!(server["status"]["code"], 1);
 
     // Each attempt is a child, named after the upstream model.
@@ -190,6 +204,7 @@ async fn a_retried_request_is_one_server_span_with_a_client_span_per_attempt() {
         .unwrap();
     assert_eq!(failed["status"]["code"], 2);
     assert_eq!(text(failed, "error.type"), "server_error");
+    assert!(attribute(failed, "gen_ai.response.id").is_none());
     assert_eq!(int(failed, "http.response.status_code"), 503);
     let served = clients
         .iter()
@@ -197,6 +212,8 @@ async fn a_retried_request_is_one_server_span_with_a_client_span_per_attempt() {
         .unwrap();
     assert_eq!(served["status"]["code"], 1);
     assert!(int(served, "gen_ai.usage.output_tokens") > 0);
+    assert_eq!(text(served, "gen_ai.response.model"), "model-b");
+    assert_eq!(strings(served, "gen_ai.response.finish_reasons"), ["stop"]);
     let start = |span: &Value| {
         span["startTimeUnixNano"]
             .as_str()
@@ -385,4 +402,85 @@ simulation = { reply = "from the backup" }
         true
     );
     assert_eq!(int(&spans[0], "switchboard.attempts"), 0);
+}
+
+/// `gen_ai.response.*` for every way an answer comes back, whole and
+/// streamed: an OpenAI client's passed through, an Anthropic client's
+/// translated from the same OpenAI upstream (finish reasons in the
+/// client's API's words), and an Anthropic client's passed through from
+/// an Anthropic upstream.
+#[tokio::test]
+async fn answers_are_spanned_with_their_id_model_and_finish_reasons() {
+    let collector = Collector::start().await;
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    let claude = format!(
+        "[[models]]\nname = \"claude\"\n[[models.deployments]]\nname = \"c\"\nprovider = \"anthropic\"\napi_base = \"{}\"\nmodel = \"model-c\"\napi_key = \"k\"\n",
+        a.base_url()
+    );
+    let toml = config(&collector, &a, &b, "") + &claude;
+    let gateway = TestGateway::start(config_with(&toml, "")).await;
+    let openai_stream =
+        r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+    let anthropic =
+        r#"{"model":"chat","max_tokens":20,"messages":[{"role":"user","content":"hello"}]}"#;
+    let anthropic_stream = r#"{"model":"chat","max_tokens":20,"stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+    let to_claude = |body: &str| body.replace("\"chat\"", "\"claude\"");
+    for (path, body, id, finish) in [
+        (
+            "/v1/chat/completions",
+            CHAT.to_owned(),
+            "chatcmpl-mock",
+            "stop",
+        ),
+        (
+            "/v1/chat/completions",
+            openai_stream.to_owned(),
+            "chatcmpl-mock",
+            "stop",
+        ),
+        (
+            "/v1/messages",
+            anthropic.to_owned(),
+            "chatcmpl-mock",
+            "end_turn",
+        ),
+        (
+            "/v1/messages",
+            anthropic_stream.to_owned(),
+            "chatcmpl-mock",
+            "end_turn",
+        ),
+        ("/v1/messages", to_claude(anthropic), "msg_mock", "end_turn"),
+        (
+            "/v1/messages",
+            to_claude(anthropic_stream),
+            "msg_mock",
+            "end_turn",
+        ),
+    ] {
+        collector.spans.lock().unwrap().clear();
+        let response = gateway.send(path, &body).await;
+        assert_eq!(response.status(), 200, "{body}");
+        let served_by = response.headers()["x-switchboard-deployment"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        response.text().await.unwrap();
+        let spans = collector.wait_for(2).await;
+        let server = spans.iter().find(|span| span["kind"] == 2).unwrap();
+        let client = spans.iter().find(|span| span["kind"] == 3).unwrap();
+        for span in [server, client] {
+            assert_eq!(text(span, "gen_ai.response.id"), id, "{body}");
+            assert_eq!(
+                text(span, "gen_ai.response.model"),
+                format!("model-{served_by}"),
+                "{body}"
+            );
+            assert_eq!(
+                strings(span, "gen_ai.response.finish_reasons"),
+                [finish],
+                "{body}"
+            );
+        }
+    }
 }

@@ -83,12 +83,13 @@ impl<'a> MessagesRequest<'a> {
 }
 
 /// Checks a `message` relayed unchanged to an Anthropic client and reads
-/// its usage (input counting cache reads and writes). Blocks the internal
-/// model cannot hold (server tools and their results) are the client's to
-/// read, so they are not examined.
+/// its usage (input counting cache reads and writes), id, model and stop
+/// reason. Blocks the internal model cannot hold (server tools and their
+/// results) are the client's to read, so they are not examined.
 pub fn check_message(
     body: &[u8],
-) -> Result<switchboard_core::Usage, crate::canon::InvalidResponse> {
+) -> Result<(switchboard_core::Usage, switchboard_core::ResponseInfo), crate::canon::InvalidResponse>
+{
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
         crate::canon::InvalidResponse(format!("the upstream's answer is not valid JSON: {error}"))
     })?;
@@ -101,10 +102,27 @@ pub fn check_message(
             "the upstream's answer is not a Messages `message` object".to_owned(),
         ));
     }
-    Ok(value
+    let mut info = switchboard_core::ResponseInfo::default();
+    let text = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
+    if let Some(id) = text("id") {
+        info.note_id(id);
+    }
+    if let Some(model) = text("model") {
+        info.note_model(model);
+    }
+    if let Some(reason) = text("stop_reason") {
+        info.push_finish_reason(reason);
+    }
+    let usage = value
         .get("usage")
         .map(|usage| convert::usage_from_anthropic(usage).0)
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok((usage, info))
+}
+
+/// Anthropic's name for a finish reason (`end_turn`, `max_tokens`...).
+pub fn finish_reason_name(reason: crate::canon::FinishReason) -> &'static str {
+    convert::finish_to_anthropic(reason)
 }
 
 /// Anthropic's error object, `{"type":"error","error":{"type","message"}}`.

@@ -1982,13 +1982,16 @@ fn cache_creation_tokens_are_carried_on_the_usage_for_billing() {
     );
     // A pass-through answer is billed from `check_message`'s usage.
     assert_eq!(
-        check_message(body.as_bytes()).unwrap().cache_write_tokens,
+        check_message(body.as_bytes()).unwrap().0.cache_write_tokens,
         Some(300)
     );
     // No cache activity: the count is unknown, not zero.
     let plain = r#"{"type":"message","content":[],"usage":{"input_tokens":10,"output_tokens":2}}"#;
     assert_eq!(
-        check_message(plain.as_bytes()).unwrap().cache_write_tokens,
+        check_message(plain.as_bytes())
+            .unwrap()
+            .0
+            .cache_write_tokens,
         None
     );
 }
@@ -1996,7 +1999,7 @@ fn cache_creation_tokens_are_carried_on_the_usage_for_billing() {
 #[test]
 fn check_message_reads_usage_and_leaves_server_tool_blocks_alone() {
     assert_eq!(
-        check_message(REFERENCE_MESSAGE.as_bytes()).unwrap(),
+        check_message(REFERENCE_MESSAGE.as_bytes()).unwrap().0,
         usage_written(6197, 503, Some(2051), Some(2051))
     );
     let with_server_tools = json!({
@@ -2010,10 +2013,11 @@ fn check_message_reads_usage_and_leaves_server_tool_blocks_alone() {
         "usage": {"input_tokens": 10682, "output_tokens": 510, "server_tool_use": {"web_search_requests": 1}}
     })
     .to_string();
-    assert_eq!(
-        check_message(with_server_tools.as_bytes()).unwrap(),
-        usage(10682, 510, None)
-    );
+    let (read, info) = check_message(with_server_tools.as_bytes()).unwrap();
+    assert_eq!(read, usage(10682, 510, None));
+    assert_eq!(info.id.as_deref(), Some("msg_01"));
+    assert_eq!(info.model.as_deref(), Some("claude-sonnet-4-5"));
+    assert_eq!(info.finish_reasons, ["end_turn"]);
     assert!(decode_response(with_server_tools.as_bytes()).is_err());
     for body in [
         "[]",

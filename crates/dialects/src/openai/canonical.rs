@@ -653,6 +653,11 @@ fn finish_from_openai(reason: &str) -> Option<FinishReason> {
     }
 }
 
+/// OpenAI's name for a finish reason (`stop`, `length`...).
+pub fn finish_reason_name(reason: FinishReason) -> &'static str {
+    finish_to_openai(reason)
+}
+
 fn finish_to_openai(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop | FinishReason::StopSequence | FinishReason::Pause => "stop",

@@ -1,11 +1,14 @@
 //! OpenAI response bodies: checked, and their token usage read, without
 //! re-encoding them. The gateway relays the upstream's bytes; it only needs
-//! to know that they are what they claim to be and what they cost.
+//! to know that they are what they claim to be and what they cost, and,
+//! read in the same pass, their id, model and finish reasons.
+
+use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
-use switchboard_core::Usage;
+use switchboard_core::{ResponseInfo, Usage};
 
 use super::UpstreamErrorBody;
 
@@ -49,9 +52,35 @@ impl From<WireUsage> for Usage {
 }
 
 #[derive(Deserialize)]
-struct CompletionCheck {
-    choices: Vec<IgnoredAny>,
+struct CompletionCheck<'a> {
+    /// Kept raw, and read only if it is a string: an odd id must not make
+    /// an answer invalid.
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    choices: Vec<FinishCheck<'a>>,
     usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct FinishCheck<'a> {
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+/// The text of a JSON string, or `None` for any other value.
+pub fn json_text(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(plain) => Some(Cow::Borrowed(plain)),
+        // Escapes inside: only an owned copy can hold it.
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
 }
 
 #[derive(Deserialize)]
@@ -60,15 +89,27 @@ struct EmbeddingsCheck {
     usage: Option<WireUsage>,
 }
 
-/// Checks a `chat.completion` body and reads its usage.
-pub fn check_completion(body: &[u8]) -> Result<Usage, InvalidResponse> {
+/// Checks a `chat.completion` body and reads its usage, id, model and
+/// finish reasons.
+pub fn check_completion(body: &[u8]) -> Result<(Usage, ResponseInfo), InvalidResponse> {
     let check: CompletionCheck = serde_json::from_slice(body).map_err(|error| {
         InvalidResponse(format!(
             "the upstream's answer is not a chat completion: {error}"
         ))
     })?;
-    let _ = check.choices;
-    Ok(check.usage.map(Usage::from).unwrap_or_default())
+    let mut info = ResponseInfo::default();
+    if let Some(id) = check.id.and_then(json_text) {
+        info.note_id(&id);
+    }
+    if let Some(model) = check.model.and_then(json_text) {
+        info.note_model(&model);
+    }
+    for choice in &check.choices {
+        if let Some(reason) = choice.finish_reason.and_then(json_text) {
+            info.push_finish_reason(&reason);
+        }
+    }
+    Ok((check.usage.map(Usage::from).unwrap_or_default(), info))
 }
 
 /// Checks an embeddings `list` body and reads its usage.
@@ -84,6 +125,10 @@ pub fn check_embeddings(body: &[u8]) -> Result<Usage, InvalidResponse> {
 
 #[derive(Deserialize)]
 struct ChunkCheck<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
     #[serde(borrow)]
     choices: Option<Vec<ChoiceCheck<'a>>>,
     usage: Option<WireUsage>,
@@ -128,8 +173,14 @@ impl ChoiceCheck<'_> {
 }
 
 /// What one streamed `chat.completion.chunk` holds.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ChunkInfo {
+#[derive(Debug, Default)]
+pub struct ChunkInfo<'a> {
+    /// The chunk's id and model, raw (read them with `json_text`, once per
+    /// stream rather than once per chunk).
+    pub id: Option<&'a RawValue>,
+    pub model: Option<&'a RawValue>,
+    /// The finish reasons this chunk carries (one per choice that ended).
+    pub finish_reasons: Vec<&'a RawValue>,
     pub usage: Option<Usage>,
     /// The chunk carries usage and no choices: the final usage report.
     pub usage_only: bool,
@@ -141,7 +192,7 @@ pub struct ChunkInfo {
 }
 
 /// Reads one chunk's `data:` payload.
-pub fn inspect_chunk(data: &str) -> Result<ChunkInfo, InvalidResponse> {
+pub fn inspect_chunk(data: &str) -> Result<ChunkInfo<'_>, InvalidResponse> {
     let check: ChunkCheck = serde_json::from_str(data).map_err(|error| {
         InvalidResponse(format!(
             "the upstream sent a stream chunk that is not valid JSON: {error}"
@@ -160,7 +211,16 @@ pub fn inspect_chunk(data: &str) -> Result<ChunkInfo, InvalidResponse> {
         .as_ref()
         .is_some_and(|choices| choices.iter().any(ChoiceCheck::has_content));
     let usage = check.usage.map(Usage::from);
+    let finish_reasons = check
+        .choices
+        .iter()
+        .flatten()
+        .filter_map(|choice| choice.finish_reason.filter(|reason| carries(Some(*reason))))
+        .collect();
     Ok(ChunkInfo {
+        id: check.id,
+        model: check.model,
+        finish_reasons,
         usage_only: usage.is_some() && choice_count == 0,
         usage,
         error: None,

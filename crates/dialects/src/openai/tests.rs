@@ -173,10 +173,13 @@ fn embeddings_inputs_are_checked() {
 
 #[test]
 fn completions_are_checked_and_their_usage_read() {
-    let usage = check_completion(
+    let (usage, info) = check_completion(
         br#"{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1},"completion_tokens_details":{"reasoning_tokens":2}}}"#,
     )
     .unwrap();
+    assert_eq!(info.id.as_deref(), Some("x"));
+    assert_eq!(info.model, None);
+    assert!(info.finish_reasons.is_empty());
     assert_eq!(
         usage,
         switchboard_core::Usage {
@@ -187,6 +190,15 @@ fn completions_are_checked_and_their_usage_read() {
             cache_write_tokens: None,
         }
     );
+    // Id, model and each choice's finish reason are read in the same pass;
+    // an id that is not a string is left out, not refused.
+    let (_, info) = check_completion(
+        br#"{"id":7,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"finish_reason":"stop"},{"index":1,"finish_reason":"len\u0067th"},{"index":2,"finish_reason":null}]}"#,
+    )
+    .unwrap();
+    assert_eq!(info.id, None);
+    assert_eq!(info.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(info.finish_reasons, ["stop", "length"]);
     assert!(check_completion(b"<html>bad gateway</html>").is_err());
     assert!(check_completion(br#"{"object":"chat.completion"}"#).is_err());
     assert!(check_embeddings(br#"{"object":"list","data":[]}"#).is_ok());
@@ -232,6 +244,25 @@ fn chunks_report_usage_and_errors() {
     assert_eq!(info.usage.unwrap().output_tokens, Some(2));
     let normal = inspect_chunk(r#"{"choices":[{"delta":{}}],"usage":null}"#).unwrap();
     assert!(!normal.usage_only && normal.usage.is_none());
+    assert!(normal.finish_reasons.is_empty() && normal.id.is_none());
+    let last = inspect_chunk(
+        r#"{"id":"chatcmpl-1","model":"m-1","choices":[{"delta":{},"finish_reason":"tool_calls"},{"delta":{},"finish_reason":null}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        last.id.and_then(response::json_text).as_deref(),
+        Some("chatcmpl-1")
+    );
+    assert_eq!(
+        last.model.and_then(response::json_text).as_deref(),
+        Some("m-1")
+    );
+    let reasons: Vec<_> = last
+        .finish_reasons
+        .iter()
+        .filter_map(|reason| response::json_text(reason))
+        .collect();
+    assert_eq!(reasons, ["tool_calls"]);
     let error = inspect_chunk(r#"{"error":{"message":"boom"}}"#).unwrap();
     assert_eq!(error.error.unwrap().message.as_deref(), Some("boom"));
     assert!(inspect_chunk("nope").is_err());
