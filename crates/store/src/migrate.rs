@@ -72,6 +72,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "attempt_details",
         sql: include_str!("../migrations/sqlite/0009_attempt_details.sql"),
     },
+    Migration {
+        version: 10,
+        name: "partial_key_indexes",
+        sql: include_str!("../migrations/sqlite/0010_partial_key_indexes.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -119,6 +124,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 9,
         name: "attempt_details",
         sql: include_str!("../migrations/postgres/0009_attempt_details.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "partial_key_indexes",
+        sql: include_str!("../migrations/postgres/0010_partial_key_indexes.sql"),
     },
 ];
 

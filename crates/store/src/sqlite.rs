@@ -409,6 +409,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn key_and_team_filters_use_their_partial_indexes() {
+        let store = SqliteStore::open_memory().await.unwrap();
+        for (column, index) in [("key_id", "requests_key"), ("team_id", "requests_team")] {
+            let plan: Vec<String> = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN SELECT id FROM requests \
+                 WHERE {column} = ? AND started_at_ms >= ?"
+            )))
+            .bind("k")
+            .bind(0_i64)
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect();
+            assert!(
+                plan.iter().any(|step| step.contains(index)),
+                "{column} = ? should use {index}: {plan:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn records_round_trip_through_sqlite() {
         let store = SqliteStore::open_memory().await.unwrap();
         let mut failed = record("b");
