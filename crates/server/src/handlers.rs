@@ -17,6 +17,7 @@ use switchboard_dialects::anthropic::MessagesRequest;
 use switchboard_dialects::openai::{ChatRequest, EmbeddingsRequest, RequestError};
 
 use switchboard_providers::{CallOptions, ChatCall, ClientRequest, Dialect, Reply};
+use switchboard_store::watch::on_request_path;
 
 use crate::access::{self, Admission, Demand, Hold};
 use crate::body::read_json_body;
@@ -39,14 +40,14 @@ pub(crate) async fn chat_completions(
 ) -> Response {
     // Boxed once here: the whole request's future is large, and the
     // router would otherwise move (copy) it as it wraps it.
-    Box::pin(chat(
+    Box::pin(on_request_path(chat(
         gateway,
         context,
         principal,
         headers,
         body,
         Dialect::OpenAi,
-    ))
+    )))
     .await
 }
 
@@ -58,14 +59,14 @@ pub(crate) async fn messages(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    Box::pin(chat(
+    Box::pin(on_request_path(chat(
         gateway,
         context,
         principal,
         headers,
         body,
         Dialect::Anthropic,
-    ))
+    )))
     .await
 }
 
@@ -493,6 +494,19 @@ pub(crate) async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    Box::pin(on_request_path(embed(
+        gateway, context, principal, headers, body,
+    )))
+    .await
+}
+
+async fn embed(
+    gateway: Arc<Gateway>,
+    context: RequestContext,
+    principal: Principal,
     headers: HeaderMap,
     body: Body,
 ) -> Response {

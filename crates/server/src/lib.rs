@@ -176,7 +176,10 @@ pub async fn start(
     listen: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<Running, ServeError> {
-    let store = open_store(config).await?;
+    // Every store call a model request awaits is counted (see
+    // `switchboard_store::watch`): the request path must make none.
+    let store: Arc<dyn Database> =
+        Arc::new(switchboard_store::watch::Watched(open_store(config).await?));
     // Records left in the journal by a previous run that the database does
     // not hold are written first.
     let journal = match &config.storage.journal_dir {
