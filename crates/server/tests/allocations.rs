@@ -1,0 +1,120 @@
+//! Heap allocations per proxied request, counted (not timed): the same
+//! client sends the same chat request to a mock upstream directly and
+//! through the gateway, and the difference per request is what the gateway
+//! allocates for it: the server side, the upstream call, the cost, the
+//! metrics and the request record (queued, journaled and written to
+//! SQLite). The figure is printed (`--nocapture`) and recorded in
+//! BENCHMARKS.md; the test fails if it grows past a bound well above it,
+//! so that a change that allocates per request far more is noticed.
+//!
+//! One test in its own binary: the count is process-wide.
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use support::*;
+use switchboard_testkit::MockUpstream;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; the
+// counter is only read.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded as received.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as received.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+const REQUESTS: u64 = 1_000;
+const BODY: &str = r#"{"model":"chat","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello"}],"max_tokens":16}"#;
+
+/// Allocations (whole process) while `REQUESTS` requests go to `url`.
+async fn allocations_for(http: &reqwest::Client, url: &str, key: &str) -> u64 {
+    let send = || async {
+        let response = http
+            .post(url)
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(BODY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    };
+    for _ in 0..100 {
+        send().await;
+    }
+    // Let background work from the warm-up (record batches) settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..REQUESTS {
+        send().await;
+    }
+    // The record writer lingers up to 20 ms before a batch: include it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+#[tokio::test]
+async fn allocations_per_proxied_request_stay_low() {
+    let mock = MockUpstream::start().await;
+    let storage = std::env::temp_dir().join(format!("switchboard-allocations-{}", rand_u64()));
+    let database = storage.join("gateway.db");
+    let config = config_stored_at(
+        &format!("sqlite://{}", database.display()),
+        &openai_models(&mock.base_url(), ""),
+        "",
+    );
+    let gateway = TestGateway::start(config).await;
+    let http = reqwest::Client::new();
+
+    let direct = allocations_for(
+        &http,
+        &format!("{}/chat/completions", mock.base_url()),
+        UPSTREAM_KEY,
+    )
+    .await;
+    let proxied = allocations_for(&http, &gateway.url("/v1/chat/completions"), MASTER_KEY).await;
+    let per_request = proxied.saturating_sub(direct) as f64 / REQUESTS as f64;
+    eprintln!(
+        "allocations per request: direct {:.0}, through the gateway {:.0}, added by the gateway {per_request:.0}",
+        direct as f64 / REQUESTS as f64,
+        proxied as f64 / REQUESTS as f64,
+    );
+    assert!(
+        per_request > 10.0,
+        "the count must see the gateway's work: {per_request}"
+    );
+    assert!(
+        per_request < 300.0,
+        "the gateway allocates {per_request:.0} times per request (bound 300)"
+    );
+    let records = gateway.stop_and_records().await;
+    assert!(records.len() as u64 >= REQUESTS);
+    let _ = std::fs::remove_dir_all(storage);
+}
