@@ -633,4 +633,243 @@ mod tests {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
     }
+
+    /// A model name with every kind of character JSON must escape.
+    const AWKWARD: &str = "say \"hi\" \\ back\nslash\t\u{1} café ✓ 🚀";
+
+    fn bytes<const N: usize>(text: &str) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (index, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_is_encoded_as_otlp_json() {
+        let traced = SpanIds {
+            trace: bytes("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span: bytes("00f067aa0ba902b7"),
+            parent: Some(bytes("0102030405060708")),
+            sampled: true,
+            tracestate: None,
+        };
+        let response = ResponseInfo {
+            id: Some("chatcmpl-\"1\"".to_owned()),
+            model: Some("gpt-4o-2024-08-06".to_owned()),
+            finish_reasons: vec!["stop".into(), "length\n".into()],
+        };
+        let served = RequestFacts {
+            operation: "chat",
+            route: "/v1/chat/completions",
+            model: AWKWARD,
+            status: 200,
+            error_code: None,
+            request_id: "req_1",
+            deployment: Some("primary"),
+            attempts: 2,
+            input_tokens: Some(1 << 60),
+            output_tokens: Some(7),
+            response: &response,
+            temperature: Some(0.7),
+            max_tokens: Some(256),
+            cache_hit: false,
+            stream: true,
+            start_ns: 1_000,
+            end_ns: 9_000,
+        };
+        let attempts = vec![
+            AttemptSpan {
+                span: bytes("aaaaaaaaaaaaaaa1"),
+                deployment: Arc::from("backup"),
+                provider: "anthropic",
+                upstream_model: "claude".to_owned(),
+                start_ns: 1_100,
+                end_ns: 2_000,
+                error: Some("server_error"),
+                status: Some(503),
+            },
+            AttemptSpan {
+                span: bytes("aaaaaaaaaaaaaaa2"),
+                deployment: Arc::from("primary"),
+                provider: "openai",
+                upstream_model: AWKWARD.to_owned(),
+                start_ns: 2_100,
+                end_ns: 3_000,
+                error: None,
+                status: None,
+            },
+        ];
+        let refused_ids = SpanIds {
+            trace: bytes("000000000000000000000000000000ff"),
+            span: bytes("00000000000000ff"),
+            parent: None,
+            sampled: true,
+            tracestate: None,
+        };
+        let nothing = ResponseInfo::default();
+        let refused = RequestFacts {
+            operation: "embeddings",
+            route: "/v1/embeddings",
+            model: "m",
+            status: 429,
+            error_code: Some("rate_limited"),
+            request_id: "req_2",
+            deployment: None,
+            attempts: 0,
+            input_tokens: None,
+            output_tokens: None,
+            response: &nothing,
+            temperature: None,
+            max_tokens: None,
+            cache_hit: true,
+            stream: false,
+            start_ns: 5_000,
+            end_ns: 4_000,
+        };
+        let body = encode_for_test(
+            "svc \"quoted\"",
+            vec![
+                (&traced, &served, attempts),
+                (&refused_ids, &refused, Vec::new()),
+            ],
+        );
+        let parsed: Value = serde_json::from_slice(&body).unwrap();
+
+        let string = |value: &str| json!({"stringValue": value});
+        let int = |value: &str| json!({"intValue": value});
+        let expected = json!({
+            "resourceSpans": [{
+                "resource": {"attributes": [
+                    {"key": "service.name", "value": string("svc \"quoted\"")},
+                ]},
+                "scopeSpans": [{
+                    "scope": {"name": "switchboard", "version": env!("CARGO_PKG_VERSION")},
+                    "spans": [
+                        {
+                            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                            "spanId": "00f067aa0ba902b7",
+                            "parentSpanId": "0102030405060708",
+                            "name": format!("chat {AWKWARD}"),
+                            "kind": 2,
+                            "startTimeUnixNano": "1000",
+                            "endTimeUnixNano": "9000",
+                            "attributes": [
+                                {"key": "gen_ai.operation.name", "value": string("chat")},
+                                {"key": "gen_ai.request.model", "value": string(AWKWARD)},
+                                {"key": "http.request.method", "value": string("POST")},
+                                {"key": "http.route", "value": string("/v1/chat/completions")},
+                                {"key": "http.response.status_code", "value": int("200")},
+                                {"key": "switchboard.request_id", "value": string("req_1")},
+                                {"key": "switchboard.attempts", "value": int("2")},
+                                {"key": "switchboard.stream", "value": {"boolValue": true}},
+                                {"key": "switchboard.cache_hit", "value": {"boolValue": false}},
+                                {"key": "switchboard.deployment", "value": string("primary")},
+                                {"key": "gen_ai.usage.input_tokens", "value": int("1152921504606846976")},
+                                {"key": "gen_ai.usage.output_tokens", "value": int("7")},
+                                {"key": "gen_ai.response.id", "value": string("chatcmpl-\"1\"")},
+                                {"key": "gen_ai.response.model", "value": string("gpt-4o-2024-08-06")},
+                                {"key": "gen_ai.response.finish_reasons", "value": {"arrayValue": {"values": [
+                                    string("stop"), string("length\n"),
+                                ]}}},
+                                {"key": "gen_ai.request.temperature", "value": {"doubleValue": 0.7}},
+                                {"key": "gen_ai.request.max_tokens", "value": int("256")},
+                            ],
+                            "status": {"code": 1},
+                        },
+                        {
+                            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                            "spanId": "aaaaaaaaaaaaaaa1",
+                            "parentSpanId": "00f067aa0ba902b7",
+                            "name": "chat claude",
+                            "kind": 3,
+                            "startTimeUnixNano": "1100",
+                            "endTimeUnixNano": "2000",
+                            "attributes": [
+                                {"key": "gen_ai.operation.name", "value": string("chat")},
+                                {"key": "gen_ai.provider.name", "value": string("anthropic")},
+                                {"key": "gen_ai.request.model", "value": string("claude")},
+                                {"key": "switchboard.deployment", "value": string("backup")},
+                                {"key": "http.response.status_code", "value": int("503")},
+                                {"key": "error.type", "value": string("server_error")},
+                            ],
+                            "status": {"code": 2, "message": "server_error"},
+                        },
+                        {
+                            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                            "spanId": "aaaaaaaaaaaaaaa2",
+                            "parentSpanId": "00f067aa0ba902b7",
+                            "name": format!("chat {AWKWARD}"),
+                            "kind": 3,
+                            "startTimeUnixNano": "2100",
+                            "endTimeUnixNano": "9000",
+                            "attributes": [
+                                {"key": "gen_ai.operation.name", "value": string("chat")},
+                                {"key": "gen_ai.provider.name", "value": string("openai")},
+                                {"key": "gen_ai.request.model", "value": string(AWKWARD)},
+                                {"key": "switchboard.deployment", "value": string("primary")},
+                                {"key": "gen_ai.usage.input_tokens", "value": int("1152921504606846976")},
+                                {"key": "gen_ai.usage.output_tokens", "value": int("7")},
+                                {"key": "gen_ai.response.id", "value": string("chatcmpl-\"1\"")},
+                                {"key": "gen_ai.response.model", "value": string("gpt-4o-2024-08-06")},
+                                {"key": "gen_ai.response.finish_reasons", "value": {"arrayValue": {"values": [
+                                    string("stop"), string("length\n"),
+                                ]}}},
+                            ],
+                            "status": {"code": 1},
+                        },
+                        {
+                            "traceId": "000000000000000000000000000000ff",
+                            "spanId": "00000000000000ff",
+                            "name": "embeddings m",
+                            "kind": 2,
+                            "startTimeUnixNano": "5000",
+                            "endTimeUnixNano": "5000",
+                            "attributes": [
+                                {"key": "gen_ai.operation.name", "value": string("embeddings")},
+                                {"key": "gen_ai.request.model", "value": string("m")},
+                                {"key": "http.request.method", "value": string("POST")},
+                                {"key": "http.route", "value": string("/v1/embeddings")},
+                                {"key": "http.response.status_code", "value": int("429")},
+                                {"key": "switchboard.request_id", "value": string("req_2")},
+                                {"key": "switchboard.attempts", "value": int("0")},
+                                {"key": "switchboard.stream", "value": {"boolValue": false}},
+                                {"key": "switchboard.cache_hit", "value": {"boolValue": true}},
+                                {"key": "error.type", "value": string("rate_limited")},
+                            ],
+                            "status": {"code": 2, "message": "rate_limited"},
+                        },
+                    ],
+                }],
+            }],
+        });
+        assert_eq!(parsed, expected);
+        // The escapes are serde_json's own: the text reads back unchanged.
+        assert_eq!(
+            parsed["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"][1]["value"]["stringValue"],
+            AWKWARD
+        );
+    }
+
+    fn encode_for_test(
+        service: &str,
+        requests: Vec<(&SpanIds, &RequestFacts<'_>, Vec<AttemptSpan>)>,
+    ) -> Vec<u8> {
+        let mut spans = Vec::new();
+        for (ids, facts, attempts) in requests {
+            spans.push(request_span(ids, facts));
+            let served_by = attempts.iter().rposition(|attempt| attempt.error.is_none());
+            for (index, attempt) in attempts.into_iter().enumerate() {
+                spans.push(attempt_span(ids, facts, attempt, Some(index) == served_by));
+            }
+        }
+        switchboard_testkit::install_crypto_provider();
+        let exporter = Exporter {
+            url: String::new(),
+            headers: Default::default(),
+            service: service.to_owned(),
+            http: reqwest::Client::new(),
+        };
+        exporter.encode(&spans).into_bytes()
+    }
 }
