@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use switchboard_config::TelemetryConfig;
 use switchboard_core::ResponseInfo;
@@ -37,6 +37,9 @@ const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(500);
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// A request's place in a trace.
 #[derive(Debug, Clone)]
 pub(crate) struct SpanIds {
@@ -51,15 +54,16 @@ pub(crate) struct SpanIds {
 }
 
 impl SpanIds {
-    /// `traceresponse` / `traceparent` naming `span` in this trace.
+    /// `traceresponse` / `traceparent` naming `span` in this trace:
+    /// `00-<32 hex>-<16 hex>-<flags>`, written on the stack.
     fn header(&self, span: [u8; 8]) -> HeaderValue {
-        let text = format!(
-            "00-{}-{}-{}",
-            hex(&self.trace),
-            hex(&span),
-            if self.sampled { "01" } else { "00" }
-        );
-        HeaderValue::from_str(&text).expect("hex is a valid header value")
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&self.trace, &mut text[3..35]);
+        write_hex(&span, &mut text[36..52]);
+        if self.sampled {
+            text[54] = b'1';
+        }
+        HeaderValue::from_bytes(&text).expect("hex is a valid header value")
     }
 
     /// The `traceresponse` header for the caller.
@@ -182,7 +186,7 @@ impl Telemetry {
     pub fn begin(&self, headers: &HeaderMap) -> SpanIds {
         let span = self.new_span_id();
         if let Some((trace, parent, sampled)) = headers
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_traceparent)
         {
@@ -192,18 +196,19 @@ impl Telemetry {
                 parent: Some(parent),
                 sampled,
                 tracestate: headers
-                    .get("tracestate")
+                    .get(&TRACESTATE)
                     .filter(|state| state.len() <= 512)
                     .cloned(),
             };
         }
+        let high = self.next_u64();
+        let low = self.next_u64();
         let mut trace = [0u8; 16];
-        trace[..8].copy_from_slice(&self.next_u64().to_be_bytes());
-        trace[8..].copy_from_slice(&self.next_u64().to_be_bytes());
+        trace[..8].copy_from_slice(&high.to_be_bytes());
+        trace[8..].copy_from_slice(&low.to_be_bytes());
         // The trace id's low bits decide, so every instance decides alike.
-        let draw = u64::from_be_bytes(trace[8..].try_into().expect("8 bytes"));
         let sampled =
-            self.sample_ratio >= 1.0 || (draw as f64 / u64::MAX as f64) < self.sample_ratio;
+            self.sample_ratio >= 1.0 || (low as f64 / u64::MAX as f64) < self.sample_ratio;
         SpanIds {
             trace,
             span,
@@ -454,12 +459,9 @@ fn parse_traceparent(text: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    if trace.len() != 32 || parent.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    let trace: [u8; 16] = unhex(trace)?.try_into().ok()?;
-    let parent: [u8; 8] = unhex(parent)?.try_into().ok()?;
-    let flags = unhex(flags)?[0];
+    let trace: [u8; 16] = unhex(trace)?;
+    let parent: [u8; 8] = unhex(parent)?;
+    let [flags] = unhex(flags)?;
     if trace == [0; 16] || parent == [0; 8] {
         return None;
     }
@@ -471,18 +473,41 @@ fn is_lower_hex(text: &str) -> bool {
         .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !is_lower_hex(text) || !text.len().is_multiple_of(2) {
+/// Exactly `2 * N` lowercase hex digits, as `N` bytes.
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    fn digit(byte: u8) -> Option<u8> {
+        match byte {
+            b'0'..=b'9' => Some(byte - b'0'),
+            b'a'..=b'f' => Some(byte - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|index| u8::from_str_radix(&text[index..index + 2], 16).ok())
-        .collect()
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(bytes)
+}
+
+/// Writes `bytes` as lowercase hex into `out`, which holds two digits per
+/// byte.
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    debug_assert_eq!(out.len(), 2 * bytes.len());
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    let mut digits = vec![0u8; 2 * bytes.len()];
+    write_hex(bytes, &mut digits);
+    String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 pub(crate) fn unix_nanos() -> u64 {
@@ -632,6 +657,26 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn trace_context_headers_name_the_span() {
+        let mut ids = SpanIds {
+            trace: bytes("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span: bytes("00f067aa0ba902b7"),
+            parent: None,
+            sampled: true,
+            tracestate: None,
+        };
+        assert_eq!(
+            ids.response_header(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        ids.sampled = false;
+        assert_eq!(
+            ids.header(bytes("0a1b2c3d4e5f6789")),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0a1b2c3d4e5f6789-00"
+        );
     }
 
     /// A model name with every kind of character JSON must escape.
