@@ -10,18 +10,27 @@
 //! (through `providers::trace_context`), and the response carries a
 //! `traceresponse` naming the request span, so both sides can find it.
 //!
-//! **Export.** Spans are queued without waiting (a full queue drops and
-//! counts them: traces are diagnostics, the request log is the record)
-//! and a background task posts them to `<endpoint>/v1/traces` in batches
-//! of up to 512, at least every half second, retrying a failed post twice.
+//! **Export.** The request path encodes nothing: a finished request's
+//! facts and attempts are moved, as one `TracedRequest`, into a queue
+//! without waiting (a full queue drops and counts their spans: traces are
+//! diagnostics, the request log is the record). A background task turns
+//! them into spans, writes a batch of up to 512 (a little more when a
+//! request's spans would straddle the limit: they are never split) as one
+//! OTLP/JSON body, straight from the facts through `serde`, at least every
+//! half second, and posts it to `<endpoint>/v1/traces`, retrying a failed
+//! post twice.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, HeaderValue};
-use serde_json::{Value, json};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
 use switchboard_config::TelemetryConfig;
 use switchboard_core::ResponseInfo;
 use switchboard_core::mix::splitmix64;
@@ -31,11 +40,16 @@ use tokio::sync::mpsc;
 
 use crate::trace::Progress;
 
-/// Spans waiting for the exporter; beyond this, new ones are dropped.
+/// Traced requests waiting for the exporter; beyond this, new ones are
+/// dropped.
 const QUEUE: usize = 8192;
+/// Spans per post.
 const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(500);
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// A request's place in a trace.
 #[derive(Debug, Clone)]
@@ -51,15 +65,16 @@ pub(crate) struct SpanIds {
 }
 
 impl SpanIds {
-    /// `traceresponse` / `traceparent` naming `span` in this trace.
+    /// `traceresponse` / `traceparent` naming `span` in this trace:
+    /// `00-<32 hex>-<16 hex>-<flags>`, written on the stack.
     fn header(&self, span: [u8; 8]) -> HeaderValue {
-        let text = format!(
-            "00-{}-{}-{}",
-            hex(&self.trace),
-            hex(&span),
-            if self.sampled { "01" } else { "00" }
-        );
-        HeaderValue::from_str(&text).expect("hex is a valid header value")
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&self.trace, &mut text[3..35]);
+        write_hex(&span, &mut text[36..52]);
+        if self.sampled {
+            text[54] = b'1';
+        }
+        HeaderValue::from_bytes(&text).expect("hex is a valid header value")
     }
 
     /// The `traceresponse` header for the caller.
@@ -82,34 +97,21 @@ pub(crate) struct AttemptSpan {
     status: Option<u16>,
 }
 
-/// A span ready to export.
-struct Span {
-    trace: [u8; 16],
-    span: [u8; 8],
-    parent: Option<[u8; 8]>,
-    name: String,
-    /// OTLP's SpanKind: 2 server, 3 client.
-    kind: u8,
-    start_ns: u64,
-    end_ns: u64,
-    attributes: Vec<(&'static str, Value)>,
-    error: Option<String>,
-}
-
-/// What the request span says about the request, gathered by its `Trace`.
-pub(crate) struct RequestFacts<'a> {
+/// What the request span says about the request, gathered by its `Trace`
+/// and handed over whole: nothing here is encoded on the request path.
+pub(crate) struct RequestFacts {
     pub operation: &'static str,
     pub route: &'static str,
-    pub model: &'a str,
+    pub model: String,
     pub status: u16,
-    pub error_code: Option<&'a str>,
-    pub request_id: &'a str,
-    pub deployment: Option<&'a str>,
+    pub error_code: Option<&'static str>,
+    pub request_id: Arc<str>,
+    pub deployment: Option<Arc<str>>,
     pub attempts: u32,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     /// The answer's id, model and finish reasons, when they were read.
-    pub response: &'a ResponseInfo,
+    pub response: ResponseInfo,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u64>,
     pub cache_hit: bool,
@@ -118,8 +120,25 @@ pub(crate) struct RequestFacts<'a> {
     pub end_ns: u64,
 }
 
+/// A finished, sampled request on its way to the exporter: its span ids,
+/// its facts and its attempts, from which the exporter writes its spans.
+struct TracedRequest {
+    trace: [u8; 16],
+    span: [u8; 8],
+    parent: Option<[u8; 8]>,
+    facts: RequestFacts,
+    attempts: Vec<AttemptSpan>,
+}
+
+impl TracedRequest {
+    /// The request span and one span per attempt.
+    fn span_count(&self) -> usize {
+        1 + self.attempts.len()
+    }
+}
+
 pub(crate) struct Telemetry {
-    queue: mpsc::Sender<Span>,
+    queue: mpsc::Sender<TracedRequest>,
     sample_ratio: f64,
     seed: u64,
     counter: AtomicU64,
@@ -143,6 +162,10 @@ impl Telemetry {
                 headers.insert(name, value);
             }
         }
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
         let exporter = Exporter {
             url: format!("{endpoint}/v1/traces"),
             headers,
@@ -182,7 +205,7 @@ impl Telemetry {
     pub fn begin(&self, headers: &HeaderMap) -> SpanIds {
         let span = self.new_span_id();
         if let Some((trace, parent, sampled)) = headers
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_traceparent)
         {
@@ -192,18 +215,19 @@ impl Telemetry {
                 parent: Some(parent),
                 sampled,
                 tracestate: headers
-                    .get("tracestate")
+                    .get(&TRACESTATE)
                     .filter(|state| state.len() <= 512)
                     .cloned(),
             };
         }
+        let high = self.next_u64();
+        let low = self.next_u64();
         let mut trace = [0u8; 16];
-        trace[..8].copy_from_slice(&self.next_u64().to_be_bytes());
-        trace[8..].copy_from_slice(&self.next_u64().to_be_bytes());
+        trace[..8].copy_from_slice(&high.to_be_bytes());
+        trace[8..].copy_from_slice(&low.to_be_bytes());
         // The trace id's low bits decide, so every instance decides alike.
-        let draw = u64::from_be_bytes(trace[8..].try_into().expect("8 bytes"));
         let sampled =
-            self.sample_ratio >= 1.0 || (draw as f64 / u64::MAX as f64) < self.sample_ratio;
+            self.sample_ratio >= 1.0 || (low as f64 / u64::MAX as f64) < self.sample_ratio;
         SpanIds {
             trace,
             span,
@@ -213,22 +237,22 @@ impl Telemetry {
         }
     }
 
-    /// Queues a finished request's spans, without waiting.
-    pub fn export(&self, ids: &SpanIds, facts: &RequestFacts<'_>, attempts: Vec<AttemptSpan>) {
+    /// Queues a finished request's spans, without waiting. The caller
+    /// builds `facts` only for a sampled request.
+    pub fn export(&self, ids: &SpanIds, facts: RequestFacts, attempts: Vec<AttemptSpan>) {
         if !ids.sampled {
             return;
         }
-        let mut spans = Vec::with_capacity(attempts.len() + 1);
-        spans.push(request_span(ids, facts));
-        let served_by = attempts.iter().rposition(|attempt| attempt.error.is_none());
-        for (index, attempt) in attempts.into_iter().enumerate() {
-            let served = Some(index) == served_by;
-            spans.push(attempt_span(ids, facts, attempt, served));
-        }
-        for span in spans {
-            if self.queue.try_send(span).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let traced = TracedRequest {
+            trace: ids.trace,
+            span: ids.span,
+            parent: ids.parent,
+            facts,
+            attempts,
+        };
+        let spans = traced.span_count() as u64;
+        if self.queue.try_send(traced).is_err() {
+            self.dropped.fetch_add(spans, Ordering::Relaxed);
         }
     }
 
@@ -296,130 +320,6 @@ impl Drop for AttemptGuard<'_> {
     }
 }
 
-fn request_span(ids: &SpanIds, facts: &RequestFacts<'_>) -> Span {
-    let mut attributes = vec![
-        ("gen_ai.operation.name", string(facts.operation)),
-        ("gen_ai.request.model", string(facts.model)),
-        ("http.request.method", string("POST")),
-        ("http.route", string(facts.route)),
-        ("http.response.status_code", int(u64::from(facts.status))),
-        ("switchboard.request_id", string(facts.request_id)),
-        ("switchboard.attempts", int(u64::from(facts.attempts))),
-        ("switchboard.stream", json!({"boolValue": facts.stream})),
-        (
-            "switchboard.cache_hit",
-            json!({"boolValue": facts.cache_hit}),
-        ),
-    ];
-    if let Some(deployment) = facts.deployment {
-        attributes.push(("switchboard.deployment", string(deployment)));
-    }
-    push_answer(&mut attributes, facts);
-    if let Some(temperature) = facts.temperature {
-        attributes.push((
-            "gen_ai.request.temperature",
-            json!({"doubleValue": temperature}),
-        ));
-    }
-    if let Some(max_tokens) = facts.max_tokens {
-        attributes.push(("gen_ai.request.max_tokens", int(max_tokens)));
-    }
-    let error = facts.error_code.map(|code| {
-        attributes.push(("error.type", string(code)));
-        code.to_owned()
-    });
-    Span {
-        trace: ids.trace,
-        span: ids.span,
-        parent: ids.parent,
-        name: format!("{} {}", facts.operation, facts.model),
-        kind: 2,
-        start_ns: facts.start_ns,
-        end_ns: facts.end_ns,
-        attributes,
-        error,
-    }
-}
-
-fn attempt_span(
-    ids: &SpanIds,
-    facts: &RequestFacts<'_>,
-    attempt: AttemptSpan,
-    served: bool,
-) -> Span {
-    let mut attributes = vec![
-        ("gen_ai.operation.name", string(facts.operation)),
-        ("gen_ai.provider.name", string(attempt.provider)),
-        ("gen_ai.request.model", string(&attempt.upstream_model)),
-        ("switchboard.deployment", string(&attempt.deployment)),
-    ];
-    if let Some(status) = attempt.status {
-        attributes.push(("http.response.status_code", int(u64::from(status))));
-    }
-    // The attempt that served the request carries its usage, and (for a
-    // stream) lasts until the request ended.
-    let mut end_ns = attempt.end_ns;
-    if served {
-        push_answer(&mut attributes, facts);
-        if facts.error_code.is_none() {
-            end_ns = end_ns.max(facts.end_ns);
-        }
-    }
-    let error = attempt.error.map(|class| {
-        attributes.push(("error.type", string(class)));
-        class.to_owned()
-    });
-    Span {
-        trace: ids.trace,
-        span: attempt.span,
-        parent: Some(ids.span),
-        name: format!("{} {}", facts.operation, attempt.upstream_model),
-        kind: 3,
-        start_ns: attempt.start_ns,
-        end_ns,
-        attributes,
-        error,
-    }
-}
-
-/// What the answer said about itself: its usage, id, model and finish
-/// reasons (on the request span and on the attempt that served it).
-fn push_answer(attributes: &mut Vec<(&'static str, Value)>, facts: &RequestFacts<'_>) {
-    if let Some(tokens) = facts.input_tokens {
-        attributes.push(("gen_ai.usage.input_tokens", int(tokens)));
-    }
-    if let Some(tokens) = facts.output_tokens {
-        attributes.push(("gen_ai.usage.output_tokens", int(tokens)));
-    }
-    let response = facts.response;
-    if let Some(id) = &response.id {
-        attributes.push(("gen_ai.response.id", string(id)));
-    }
-    if let Some(model) = &response.model {
-        attributes.push(("gen_ai.response.model", string(model)));
-    }
-    if !response.finish_reasons.is_empty() {
-        let values: Vec<Value> = response
-            .finish_reasons
-            .iter()
-            .map(|reason| string(reason))
-            .collect();
-        attributes.push((
-            "gen_ai.response.finish_reasons",
-            json!({"arrayValue": {"values": values}}),
-        ));
-    }
-}
-
-fn string(value: &str) -> Value {
-    json!({ "stringValue": value })
-}
-
-/// OTLP/JSON writes 64-bit integers as strings.
-fn int(value: u64) -> Value {
-    json!({ "intValue": value.to_string() })
-}
-
 /// `gen_ai.provider.name` of a deployment's API.
 fn provider_name(deployment: &Deployment) -> &'static str {
     use switchboard_config::ProviderKind;
@@ -454,12 +354,9 @@ fn parse_traceparent(text: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    if trace.len() != 32 || parent.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    let trace: [u8; 16] = unhex(trace)?.try_into().ok()?;
-    let parent: [u8; 8] = unhex(parent)?.try_into().ok()?;
-    let flags = unhex(flags)?[0];
+    let trace: [u8; 16] = unhex(trace)?;
+    let parent: [u8; 8] = unhex(parent)?;
+    let [flags] = unhex(flags)?;
     if trace == [0; 16] || parent == [0; 8] {
         return None;
     }
@@ -471,18 +368,35 @@ fn is_lower_hex(text: &str) -> bool {
         .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !is_lower_hex(text) || !text.len().is_multiple_of(2) {
+/// Exactly `2 * N` lowercase hex digits, as `N` bytes.
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    fn digit(byte: u8) -> Option<u8> {
+        match byte {
+            b'0'..=b'9' => Some(byte - b'0'),
+            b'a'..=b'f' => Some(byte - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|index| u8::from_str_radix(&text[index..index + 2], 16).ok())
-        .collect()
+    let mut bytes = [0u8; N];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+/// Writes `bytes` as lowercase hex into `out`, which holds two digits per
+/// byte.
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    debug_assert_eq!(out.len(), 2 * bytes.len());
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
 }
 
 pub(crate) fn unix_nanos() -> u64 {
@@ -495,32 +409,35 @@ pub(crate) fn unix_nanos() -> u64 {
 
 struct Exporter {
     url: String,
+    /// The configured headers and the content type, sent with every post.
     headers: reqwest::header::HeaderMap,
     service: String,
     http: reqwest::Client,
 }
 
 impl Exporter {
-    async fn run(self, mut receiver: mpsc::Receiver<Span>) {
-        let mut batch = Vec::with_capacity(BATCH);
+    async fn run(self, mut receiver: mpsc::Receiver<TracedRequest>) {
+        let mut batch = Vec::new();
         loop {
             let Some(first) = receiver.recv().await else {
                 return;
             };
+            let mut spans = first.span_count();
             batch.push(first);
-            let deadline = tokio::time::Instant::now() + LINGER;
             let mut closed = false;
-            while batch.len() < BATCH {
-                match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(span)) => batch.push(span),
-                    Ok(None) => {
+            // One timer for the whole linger, however many requests arrive.
+            let filling = async {
+                while spans < BATCH {
+                    let Some(traced) = receiver.recv().await else {
                         closed = true;
-                        break;
-                    }
-                    Err(_) => break,
+                        return;
+                    };
+                    spans += traced.span_count();
+                    batch.push(traced);
                 }
-            }
-            self.post(&batch).await;
+            };
+            let _ = tokio::time::timeout(LINGER, filling).await;
+            self.post(encode(&self.service, &batch), spans).await;
             batch.clear();
             if closed {
                 return;
@@ -528,14 +445,13 @@ impl Exporter {
         }
     }
 
-    async fn post(&self, spans: &[Span]) {
-        let body = self.encode(spans);
+    async fn post(&self, body: Bytes, spans: usize) {
         for attempt in 0..3 {
             let sent = self
                 .http
                 .post(&self.url)
                 .headers(self.headers.clone())
-                .header("content-type", "application/json")
+                // `Bytes` is shared, not copied, by every attempt.
                 .body(body.clone())
                 .send()
                 .await;
@@ -545,7 +461,7 @@ impl Exporter {
                     tracing::warn!(
                         status = response.status().as_u16(),
                         attempt,
-                        spans = spans.len(),
+                        spans,
                         "the OTLP collector refused spans"
                     );
                     // A 4xx will not get better by asking again.
@@ -554,62 +470,361 @@ impl Exporter {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error.without_url(), attempt, spans = spans.len(), "the OTLP collector cannot be reached");
+                    tracing::warn!(error = %error.without_url(), attempt, spans, "the OTLP collector cannot be reached");
                 }
             }
             tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
         }
     }
+}
 
-    /// The OTLP/JSON `ExportTraceServiceRequest` for `spans`.
-    fn encode(&self, spans: &[Span]) -> String {
-        let spans: Vec<Value> = spans
-            .iter()
-            .map(|span| {
-                let mut object = json!({
-                    "traceId": hex(&span.trace),
-                    "spanId": hex(&span.span),
-                    "name": span.name,
-                    "kind": span.kind,
-                    "startTimeUnixNano": span.start_ns.to_string(),
-                    "endTimeUnixNano": span.end_ns.max(span.start_ns).to_string(),
-                    "attributes": span.attributes.iter().map(|(key, value)| json!({"key": key, "value": value})).collect::<Vec<_>>(),
-                    "status": match &span.error {
-                        Some(message) => json!({"code": 2, "message": message}),
-                        None => json!({"code": 1}),
-                    },
-                });
-                if let Some(parent) = span.parent {
-                    object["parentSpanId"] = Value::String(hex(&parent));
-                }
-                object
-            })
-            .collect();
-        json!({
-            "resourceSpans": [{
-                "resource": {"attributes": [
-                    {"key": "service.name", "value": {"stringValue": self.service}},
-                ]},
-                "scopeSpans": [{
-                    "scope": {"name": "switchboard", "version": env!("CARGO_PKG_VERSION")},
-                    "spans": spans,
+/// The OTLP/JSON `ExportTraceServiceRequest` for `batch`, written in one
+/// pass into one buffer. Every string goes through serde_json's escaping.
+fn encode(service: &str, batch: &[TracedRequest]) -> Bytes {
+    let request = ExportRequest {
+        resource_spans: [ResourceSpans {
+            resource: Resource {
+                attributes: [KeyValue {
+                    key: "service.name",
+                    value: AttributeValue::Str(service),
                 }],
+            },
+            scope_spans: [ScopeSpans {
+                scope: Scope {
+                    name: "switchboard",
+                    version: env!("CARGO_PKG_VERSION"),
+                },
+                spans: SpanList(batch),
             }],
-        })
-        .to_string()
+        }],
+    };
+    let spans: usize = batch.iter().map(TracedRequest::span_count).sum();
+    let mut body = Vec::with_capacity(1024 * spans);
+    serde_json::to_writer(&mut body, &request).expect("spans serialize to memory");
+    Bytes::from(body)
+}
+
+// The OTLP/JSON shapes, borrowing from the batch. Field names follow the
+// protobuf JSON mapping (lowerCamelCase); 64-bit integers are strings and
+// ids are hex, as OTLP/JSON asks.
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExportRequest<'a> {
+    resource_spans: [ResourceSpans<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceSpans<'a> {
+    resource: Resource<'a>,
+    scope_spans: [ScopeSpans<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    attributes: [KeyValue<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ScopeSpans<'a> {
+    scope: Scope,
+    spans: SpanList<'a>,
+}
+
+#[derive(Serialize)]
+struct Scope {
+    name: &'static str,
+    version: &'static str,
+}
+
+/// Every span of a batch: each request's span, then its attempts'.
+struct SpanList<'a>(&'a [TracedRequest]);
+
+impl Serialize for SpanList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let count = self.0.iter().map(TracedRequest::span_count).sum();
+        let mut spans = serializer.serialize_seq(Some(count))?;
+        for traced in self.0 {
+            spans.serialize_element(&request_span(traced))?;
+            let served_by = traced
+                .attempts
+                .iter()
+                .rposition(|attempt| attempt.error.is_none());
+            for (index, attempt) in traced.attempts.iter().enumerate() {
+                let served = Some(index) == served_by;
+                spans.serialize_element(&attempt_span(traced, attempt, served))?;
+            }
+        }
+        spans.end()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpanJson<'a> {
+    trace_id: Hex<'a>,
+    span_id: Hex<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_span_id: Option<Hex<'a>>,
+    name: SpanName<'a>,
+    /// OTLP's SpanKind: 2 server, 3 client.
+    kind: u8,
+    start_time_unix_nano: Decimal,
+    end_time_unix_nano: Decimal,
+    attributes: Vec<KeyValue<'a>>,
+    status: Status,
+}
+
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'static str,
+    value: AttributeValue<'a>,
+}
+
+/// An attribute's value, as OTLP/JSON's `AnyValue`: an object with one
+/// field naming the type.
+#[derive(Serialize)]
+enum AttributeValue<'a> {
+    #[serde(rename = "stringValue")]
+    Str(&'a str),
+    /// OTLP/JSON writes 64-bit integers as decimal strings.
+    #[serde(rename = "intValue")]
+    Int(Decimal),
+    #[serde(rename = "doubleValue")]
+    Double(f64),
+    #[serde(rename = "boolValue")]
+    Bool(bool),
+    #[serde(rename = "arrayValue")]
+    Strings(StringArray<'a>),
+}
+
+fn int(value: impl Into<u64>) -> AttributeValue<'static> {
+    AttributeValue::Int(Decimal(value.into()))
+}
+
+/// `{"values": [{"stringValue": …}, …]}`.
+struct StringArray<'a>(&'a [Cow<'static, str>]);
+
+impl Serialize for StringArray<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Values<'a>(&'a [Cow<'static, str>]);
+        impl Serialize for Values<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(|text| AttributeValue::Str(text)))
+            }
+        }
+        let mut array = serializer.serialize_struct("ArrayValue", 1)?;
+        array.serialize_field("values", &Values(self.0))?;
+        array.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Status {
+    /// 1 ok, 2 error.
+    code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'static str>,
+}
+
+impl Status {
+    fn of(error: Option<&'static str>) -> Status {
+        Status {
+            code: if error.is_some() { 2 } else { 1 },
+            message: error,
+        }
+    }
+}
+
+/// Bytes as a lowercase hex string.
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Trace ids are the longest: 16 bytes.
+        let mut digits = [0u8; 32];
+        let digits = &mut digits[..2 * self.0.len()];
+        write_hex(self.0, digits);
+        formatter.write_str(std::str::from_utf8(digits).expect("hex digits are ASCII"))
+    }
+}
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// A `u64` as a decimal string.
+struct Decimal(u64);
+
+impl Serialize for Decimal {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// `<operation> <model>`, escaped as it is written.
+struct SpanName<'a> {
+    operation: &'static str,
+    model: &'a str,
+}
+
+impl Serialize for SpanName<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{} {}", self.operation, self.model))
+    }
+}
+
+fn request_span(traced: &TracedRequest) -> SpanJson<'_> {
+    let facts = &traced.facts;
+    let mut attributes = Vec::with_capacity(17);
+    let mut push = |key, value| attributes.push(KeyValue { key, value });
+    push(
+        "gen_ai.operation.name",
+        AttributeValue::Str(facts.operation),
+    );
+    push("gen_ai.request.model", AttributeValue::Str(&facts.model));
+    push("http.request.method", AttributeValue::Str("POST"));
+    push("http.route", AttributeValue::Str(facts.route));
+    push("http.response.status_code", int(facts.status));
+    push(
+        "switchboard.request_id",
+        AttributeValue::Str(&facts.request_id),
+    );
+    push("switchboard.attempts", int(facts.attempts));
+    push("switchboard.stream", AttributeValue::Bool(facts.stream));
+    push(
+        "switchboard.cache_hit",
+        AttributeValue::Bool(facts.cache_hit),
+    );
+    if let Some(deployment) = &facts.deployment {
+        push("switchboard.deployment", AttributeValue::Str(deployment));
+    }
+    push_answer(&mut push, facts);
+    if let Some(temperature) = facts.temperature {
+        push(
+            "gen_ai.request.temperature",
+            AttributeValue::Double(temperature),
+        );
+    }
+    if let Some(max_tokens) = facts.max_tokens {
+        push("gen_ai.request.max_tokens", int(max_tokens));
+    }
+    if let Some(code) = facts.error_code {
+        push("error.type", AttributeValue::Str(code));
+    }
+    SpanJson {
+        trace_id: Hex(&traced.trace),
+        span_id: Hex(&traced.span),
+        parent_span_id: traced.parent.as_ref().map(|parent| Hex(parent)),
+        name: SpanName {
+            operation: facts.operation,
+            model: &facts.model,
+        },
+        kind: 2,
+        start_time_unix_nano: Decimal(facts.start_ns),
+        end_time_unix_nano: Decimal(facts.end_ns.max(facts.start_ns)),
+        attributes,
+        status: Status::of(facts.error_code),
+    }
+}
+
+fn attempt_span<'a>(
+    traced: &'a TracedRequest,
+    attempt: &'a AttemptSpan,
+    served: bool,
+) -> SpanJson<'a> {
+    let facts = &traced.facts;
+    let mut attributes = Vec::with_capacity(11);
+    let mut push = |key, value| attributes.push(KeyValue { key, value });
+    push(
+        "gen_ai.operation.name",
+        AttributeValue::Str(facts.operation),
+    );
+    push(
+        "gen_ai.provider.name",
+        AttributeValue::Str(attempt.provider),
+    );
+    push(
+        "gen_ai.request.model",
+        AttributeValue::Str(&attempt.upstream_model),
+    );
+    push(
+        "switchboard.deployment",
+        AttributeValue::Str(&attempt.deployment),
+    );
+    if let Some(status) = attempt.status {
+        push("http.response.status_code", int(status));
+    }
+    // The attempt that served the request carries its usage, and (for a
+    // stream) lasts until the request ended.
+    let mut end_ns = attempt.end_ns;
+    if served {
+        push_answer(&mut push, facts);
+        if facts.error_code.is_none() {
+            end_ns = end_ns.max(facts.end_ns);
+        }
+    }
+    if let Some(class) = attempt.error {
+        push("error.type", AttributeValue::Str(class));
+    }
+    SpanJson {
+        trace_id: Hex(&traced.trace),
+        span_id: Hex(&attempt.span),
+        parent_span_id: Some(Hex(&traced.span)),
+        name: SpanName {
+            operation: facts.operation,
+            model: &attempt.upstream_model,
+        },
+        kind: 3,
+        start_time_unix_nano: Decimal(attempt.start_ns),
+        end_time_unix_nano: Decimal(end_ns.max(attempt.start_ns)),
+        attributes,
+        status: Status::of(attempt.error),
+    }
+}
+
+/// What the answer said about itself: its usage, id, model and finish
+/// reasons (on the request span and on the attempt that served it).
+fn push_answer<'a>(
+    push: &mut impl FnMut(&'static str, AttributeValue<'a>),
+    facts: &'a RequestFacts,
+) {
+    if let Some(tokens) = facts.input_tokens {
+        push("gen_ai.usage.input_tokens", int(tokens));
+    }
+    if let Some(tokens) = facts.output_tokens {
+        push("gen_ai.usage.output_tokens", int(tokens));
+    }
+    let response = &facts.response;
+    if let Some(id) = &response.id {
+        push("gen_ai.response.id", AttributeValue::Str(id));
+    }
+    if let Some(model) = &response.model {
+        push("gen_ai.response.model", AttributeValue::Str(model));
+    }
+    if !response.finish_reasons.is_empty() {
+        push(
+            "gen_ai.response.finish_reasons",
+            AttributeValue::Strings(StringArray(&response.finish_reasons)),
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
 
     #[test]
     fn traceparent_is_parsed_strictly() {
         let (trace, parent, sampled) =
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        assert_eq!(hex(&trace), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(hex(&parent), "00f067aa0ba902b7");
+        assert_eq!(Hex(&trace).to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(Hex(&parent).to_string(), "00f067aa0ba902b7");
         assert!(sampled);
         let (_, _, sampled) =
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
@@ -632,5 +847,258 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn trace_context_headers_name_the_span() {
+        let mut ids = SpanIds {
+            trace: bytes("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span: bytes("00f067aa0ba902b7"),
+            parent: None,
+            sampled: true,
+            tracestate: None,
+        };
+        assert_eq!(
+            ids.response_header(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        ids.sampled = false;
+        assert_eq!(
+            ids.header(bytes("0a1b2c3d4e5f6789")),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0a1b2c3d4e5f6789-00"
+        );
+    }
+
+    /// A model name with every kind of character JSON must escape.
+    const AWKWARD: &str = "say \"hi\" \\ back\nslash\t\u{1} café ✓ 🚀";
+
+    fn bytes<const N: usize>(text: &str) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (index, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_is_encoded_as_otlp_json() {
+        let traced = SpanIds {
+            trace: bytes("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span: bytes("00f067aa0ba902b7"),
+            parent: Some(bytes("0102030405060708")),
+            sampled: true,
+            tracestate: None,
+        };
+        let response = ResponseInfo {
+            id: Some("chatcmpl-\"1\"".to_owned()),
+            model: Some("gpt-4o-2024-08-06".to_owned()),
+            finish_reasons: vec!["stop".into(), "length\n".into()],
+        };
+        let served = RequestFacts {
+            operation: "chat",
+            route: "/v1/chat/completions",
+            model: AWKWARD.to_owned(),
+            status: 200,
+            error_code: None,
+            request_id: Arc::from("req_1"),
+            deployment: Some(Arc::from("primary")),
+            attempts: 2,
+            input_tokens: Some(1 << 60),
+            output_tokens: Some(7),
+            response,
+            temperature: Some(0.7),
+            max_tokens: Some(256),
+            cache_hit: false,
+            stream: true,
+            start_ns: 1_000,
+            end_ns: 9_000,
+        };
+        let attempts = vec![
+            AttemptSpan {
+                span: bytes("aaaaaaaaaaaaaaa1"),
+                deployment: Arc::from("backup"),
+                provider: "anthropic",
+                upstream_model: "claude".to_owned(),
+                start_ns: 1_100,
+                end_ns: 2_000,
+                error: Some("server_error"),
+                status: Some(503),
+            },
+            AttemptSpan {
+                span: bytes("aaaaaaaaaaaaaaa2"),
+                deployment: Arc::from("primary"),
+                provider: "openai",
+                upstream_model: AWKWARD.to_owned(),
+                start_ns: 2_100,
+                end_ns: 3_000,
+                error: None,
+                status: None,
+            },
+        ];
+        let refused_ids = SpanIds {
+            trace: bytes("000000000000000000000000000000ff"),
+            span: bytes("00000000000000ff"),
+            parent: None,
+            sampled: true,
+            tracestate: None,
+        };
+        let refused = RequestFacts {
+            operation: "embeddings",
+            route: "/v1/embeddings",
+            model: "m".to_owned(),
+            status: 429,
+            error_code: Some("rate_limited"),
+            request_id: Arc::from("req_2"),
+            deployment: None,
+            attempts: 0,
+            input_tokens: None,
+            output_tokens: None,
+            response: ResponseInfo::default(),
+            temperature: None,
+            max_tokens: None,
+            cache_hit: true,
+            stream: false,
+            start_ns: 5_000,
+            end_ns: 4_000,
+        };
+        let body = encode_for_test(
+            "svc \"quoted\"",
+            vec![
+                (&traced, served, attempts),
+                (&refused_ids, refused, Vec::new()),
+            ],
+        );
+        let parsed: Value = serde_json::from_slice(&body).unwrap();
+
+        let string = |value: &str| json!({"stringValue": value});
+        let int = |value: &str| json!({"intValue": value});
+        let expected = json!({
+            "resourceSpans": [{
+                "resource": {"attributes": [
+                    {"key": "service.name", "value": string("svc \"quoted\"")},
+                ]},
+                "scopeSpans": [{
+                    "scope": {"name": "switchboard", "version": env!("CARGO_PKG_VERSION")},
+                    "spans": [
+                        {
+                            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                            "spanId": "00f067aa0ba902b7",
+                            "parentSpanId": "0102030405060708",
+                            "name": format!("chat {AWKWARD}"),
+                            "kind": 2,
+                            "startTimeUnixNano": "1000",
+                            "endTimeUnixNano": "9000",
+                            "attributes": [
+                                {"key": "gen_ai.operation.name", "value": string("chat")},
+                                {"key": "gen_ai.request.model", "value": string(AWKWARD)},
+                                {"key": "http.request.method", "value": string("POST")},
+                                {"key": "http.route", "value": string("/v1/chat/completions")},
+                                {"key": "http.response.status_code", "value": int("200")},
+                                {"key": "switchboard.request_id", "value": string("req_1")},
+                                {"key": "switchboard.attempts", "value": int("2")},
+                                {"key": "switchboard.stream", "value": {"boolValue": true}},
+                                {"key": "switchboard.cache_hit", "value": {"boolValue": false}},
+                                {"key": "switchboard.deployment", "value": string("primary")},
+                                {"key": "gen_ai.usage.input_tokens", "value": int("1152921504606846976")},
+                                {"key": "gen_ai.usage.output_tokens", "value": int("7")},
+                                {"key": "gen_ai.response.id", "value": string("chatcmpl-\"1\"")},
+                                {"key": "gen_ai.response.model", "value": string("gpt-4o-2024-08-06")},
+                                {"key": "gen_ai.response.finish_reasons", "value": {"arrayValue": {"values": [
+                                    string("stop"), string("length\n"),
+                                ]}}},
+                                {"key": "gen_ai.request.temperature", "value": {"doubleValue": 0.7}},
+                                {"key": "gen_ai.request.max_tokens", "value": int("256")},
+                            ],
+                            "status": {"code": 1},
+                        },
+                        {
+                            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                            "spanId": "aaaaaaaaaaaaaaa1",
+                            "parentSpanId": "00f067aa0ba902b7",
+                            "name": "chat claude",
+                            "kind": 3,
+                            "startTimeUnixNano": "1100",
+                            "endTimeUnixNano": "2000",
+                            "attributes": [
+                                {"key": "gen_ai.operation.name", "value": string("chat")},
+                                {"key": "gen_ai.provider.name", "value": string("anthropic")},
+                                {"key": "gen_ai.request.model", "value": string("claude")},
+                                {"key": "switchboard.deployment", "value": string("backup")},
+                                {"key": "http.response.status_code", "value": int("503")},
+                                {"key": "error.type", "value": string("server_error")},
+                            ],
+                            "status": {"code": 2, "message": "server_error"},
+                        },
+                        {
+                            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                            "spanId": "aaaaaaaaaaaaaaa2",
+                            "parentSpanId": "00f067aa0ba902b7",
+                            "name": format!("chat {AWKWARD}"),
+                            "kind": 3,
+                            "startTimeUnixNano": "2100",
+                            "endTimeUnixNano": "9000",
+                            "attributes": [
+                                {"key": "gen_ai.operation.name", "value": string("chat")},
+                                {"key": "gen_ai.provider.name", "value": string("openai")},
+                                {"key": "gen_ai.request.model", "value": string(AWKWARD)},
+                                {"key": "switchboard.deployment", "value": string("primary")},
+                                {"key": "gen_ai.usage.input_tokens", "value": int("1152921504606846976")},
+                                {"key": "gen_ai.usage.output_tokens", "value": int("7")},
+                                {"key": "gen_ai.response.id", "value": string("chatcmpl-\"1\"")},
+                                {"key": "gen_ai.response.model", "value": string("gpt-4o-2024-08-06")},
+                                {"key": "gen_ai.response.finish_reasons", "value": {"arrayValue": {"values": [
+                                    string("stop"), string("length\n"),
+                                ]}}},
+                            ],
+                            "status": {"code": 1},
+                        },
+                        {
+                            "traceId": "000000000000000000000000000000ff",
+                            "spanId": "00000000000000ff",
+                            "name": "embeddings m",
+                            "kind": 2,
+                            "startTimeUnixNano": "5000",
+                            "endTimeUnixNano": "5000",
+                            "attributes": [
+                                {"key": "gen_ai.operation.name", "value": string("embeddings")},
+                                {"key": "gen_ai.request.model", "value": string("m")},
+                                {"key": "http.request.method", "value": string("POST")},
+                                {"key": "http.route", "value": string("/v1/embeddings")},
+                                {"key": "http.response.status_code", "value": int("429")},
+                                {"key": "switchboard.request_id", "value": string("req_2")},
+                                {"key": "switchboard.attempts", "value": int("0")},
+                                {"key": "switchboard.stream", "value": {"boolValue": false}},
+                                {"key": "switchboard.cache_hit", "value": {"boolValue": true}},
+                                {"key": "error.type", "value": string("rate_limited")},
+                            ],
+                            "status": {"code": 2, "message": "rate_limited"},
+                        },
+                    ],
+                }],
+            }],
+        });
+        assert_eq!(parsed, expected);
+        // The escapes are serde_json's own: the text reads back unchanged.
+        assert_eq!(
+            parsed["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"][1]["value"]["stringValue"],
+            AWKWARD
+        );
+    }
+
+    fn encode_for_test(
+        service: &str,
+        requests: Vec<(&SpanIds, RequestFacts, Vec<AttemptSpan>)>,
+    ) -> Bytes {
+        let batch: Vec<TracedRequest> = requests
+            .into_iter()
+            .map(|(ids, facts, attempts)| TracedRequest {
+                trace: ids.trace,
+                span: ids.span,
+                parent: ids.parent,
+                facts,
+                attempts,
+            })
+            .collect();
+        encode(service, &batch)
     }
 }

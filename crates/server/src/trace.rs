@@ -144,7 +144,7 @@ impl Trace {
         }
     }
 
-    pub fn finish(&mut self, status: u16, outcome: Outcome, error_code: Option<&str>) {
+    pub fn finish(&mut self, status: u16, outcome: Outcome, error_code: Option<&'static str>) {
         if self.recorded {
             return;
         }
@@ -228,11 +228,13 @@ impl Trace {
             upstream_errors: &upstream_errors,
             cache: self.cache,
         });
-        if let Some((telemetry, ids)) = &self.span {
+        // Only a sampled request's facts are gathered: they are moved (the
+        // model copied) to the exporter, which encodes them off the path.
+        if let Some((telemetry, ids)) = self.span.as_ref().filter(|(_, ids)| ids.sampled) {
             let end_ns = crate::telemetry::unix_nanos();
             telemetry.export(
                 ids,
-                &RequestFacts {
+                RequestFacts {
                     operation: match self.endpoint {
                         Endpoint::Embeddings => "embeddings",
                         _ => "chat",
@@ -242,15 +244,15 @@ impl Trace {
                         Endpoint::Messages => "/v1/messages",
                         Endpoint::Embeddings => "/v1/embeddings",
                     },
-                    model: &self.model,
+                    model: self.model.clone(),
                     status,
                     error_code,
-                    request_id: &self.context.request_id,
-                    deployment: self.deployment.as_deref(),
+                    request_id: self.context.request_id.clone(),
+                    deployment: self.deployment.clone(),
                     attempts: self.attempts,
                     input_tokens: self.usage.input_tokens,
                     output_tokens: self.usage.output_tokens,
-                    response: &self.response,
+                    response: std::mem::take(&mut self.response),
                     temperature: self.temperature,
                     max_tokens: self.max_tokens,
                     cache_hit: self.cache == Some(true),
