@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Resident memory per open stream: COUNT concurrent SSE streams through
+# Switchboard, each held open about 2.3 s (the mock waits 100 ms between
+# its 23 events), while the gateway's VmRSS is sampled every 100 ms.
+# Prints idle and peak RSS and (peak - idle) / COUNT.
+#
+#   bench/stream-memory.sh [COUNT]       (default 256; after bench/run.sh has built the mock)
+#
+# Loopback only; stops by itself after about 15 s.
+set -euo pipefail
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$BENCH/.." && pwd)"
+COUNT="${1:-256}"
+MOCK="$BENCH/mock/target/release/mock-openai"
+SSE="$BENCH/mock/target/release/sse-bench"
+(cd "$ROOT" && cargo build --release -p switchboard-cli)
+BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+mkdir -p "$BENCH/run"
+export SWITCHBOARD_BENCH_DB="$BENCH/run/stream-memory.db"
+rm -rf "$SWITCHBOARD_BENCH_DB" "$SWITCHBOARD_BENCH_DB"-* "$SWITCHBOARD_BENCH_DB.journal"
+
+MOCK_ADDR=127.0.0.1:18000 MOCK_CHUNK_DELAY_MS=100 "$MOCK" >"$BENCH/run/stream-memory-mock.log" 2>&1 &
+mock_pid=$!
+SWITCHBOARD_LOG=warn "$BINARY" serve --config "$BENCH/switchboard.toml" >"$BENCH/run/stream-memory-gateway.log" 2>&1 &
+gateway_pid=$!
+trap 'kill "$gateway_pid" "$mock_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:9000/health && break; sleep 0.2; done
+
+stream() {
+  "$SSE" --url http://127.0.0.1:9000/v1/chat/completions --model bench-model \
+    -c "$1" -z "$2" -H "authorization: Bearer sk-bench-1234"
+}
+rss() { awk '/^VmRSS:/{print $2}' "/proc/$gateway_pid/status"; }
+
+stream 4 3s >/dev/null   # warm-up: pools and buffers exist
+sleep 1
+idle=$(rss)
+stream "$COUNT" 8s >"$BENCH/run/stream-memory-sse.json" &
+load=$!
+peak=0
+while kill -0 "$load" 2>/dev/null; do
+  now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
+  sleep 0.1
+done
+wait "$load"
+echo "streams: $COUNT  idle RSS: ${idle} KiB  peak RSS: ${peak} KiB  per open stream: $(( (peak - idle) / COUNT )) KiB"
+echo "load generator: $(tail -1 "$BENCH/run/stream-memory-sse.json")"
