@@ -5,6 +5,7 @@
 //! all other crates can depend on it freely.
 
 pub mod cost;
+pub mod hex;
 pub mod keys;
 pub mod mix;
 pub mod record;

@@ -235,17 +235,7 @@ pub(crate) fn spawn_refresh(
 
 /// Hex SHA-256 of a secret: what the store keeps instead of the secret.
 pub(crate) fn hash_secret(secret: &str) -> String {
-    hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)] as char);
-        out.push(DIGITS[usize::from(byte & 15)] as char);
-    }
-    out
+    switchboard_core::hex::lower(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 /// Random bytes from the operating system's CSPRNG.
@@ -286,7 +276,10 @@ pub(crate) fn secret_prefix(secret: &str) -> String {
 
 /// `key_` or `team_` and 16 random hex digits.
 pub(crate) fn new_id(kind: &str) -> String {
-    format!("{kind}_{}", hex(&random_bytes::<8>()))
+    format!(
+        "{kind}_{}",
+        switchboard_core::hex::lower(&random_bytes::<8>())
+    )
 }
 
 #[cfg(test)]

@@ -69,8 +69,8 @@ impl SpanIds {
     /// `00-<32 hex>-<16 hex>-<flags>`, written on the stack.
     fn header(&self, span: [u8; 8]) -> HeaderValue {
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        write_hex(&self.trace, &mut text[3..35]);
-        write_hex(&span, &mut text[36..52]);
+        switchboard_core::hex::write_lower(&self.trace, &mut text[3..35]);
+        switchboard_core::hex::write_lower(&span, &mut text[36..52]);
         if self.sampled {
             text[54] = b'1';
         }
@@ -388,17 +388,6 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(bytes)
 }
 
-/// Writes `bytes` as lowercase hex into `out`, which holds two digits per
-/// byte.
-fn write_hex(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    debug_assert_eq!(out.len(), 2 * bytes.len());
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0x0f)];
-    }
-}
-
 pub(crate) fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -645,7 +634,7 @@ impl fmt::Display for Hex<'_> {
         // Trace ids are the longest: 16 bytes.
         let mut digits = [0u8; 32];
         let digits = &mut digits[..2 * self.0.len()];
-        write_hex(self.0, digits);
+        switchboard_core::hex::write_lower(self.0, digits);
         formatter.write_str(std::str::from_utf8(digits).expect("hex digits are ASCII"))
     }
 }
