@@ -23,7 +23,7 @@
 //! sent content); a group without any has none.
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
-use switchboard_core::{AttemptDetail, Outcome, RequestRecord};
+use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage};
 
 /// A record's attempt details as the `attempt_details` column keeps them:
 /// a JSON array, or NULL when there are none.
@@ -325,6 +325,67 @@ where
         percentile(95, "ttft"),
     ));
     sql
+}
+
+/// Reads one request-log row (`RECORD_COLUMNS`), whichever the backend.
+pub(crate) fn record_from_row<R>(row: &R) -> Result<RequestRecord, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    let opt_u64 = |value: Option<i64>| value.map(|value| value.max(0) as u64);
+    let endpoint = match row.try_get::<String, _>("endpoint")?.as_str() {
+        "embeddings" => Endpoint::Embeddings,
+        "messages" => Endpoint::Messages,
+        _ => Endpoint::ChatCompletions,
+    };
+    let outcome = match row.try_get::<String, _>("outcome")?.as_str() {
+        "success" => Outcome::Success,
+        "client_error" => Outcome::ClientError,
+        "client_closed" => Outcome::ClientClosed,
+        "shutdown" => Outcome::Shutdown,
+        _ => Outcome::UpstreamError,
+    };
+    Ok(RequestRecord {
+        request_id: row.try_get("request_id")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        endpoint,
+        model: row.try_get("model")?,
+        deployment: row.try_get("deployment")?,
+        served_model: row.try_get("served_model")?,
+        attempts: row
+            .try_get::<i64, _>("attempts")?
+            .clamp(0, i64::from(u32::MAX)) as u32,
+        attempt_details: crate::log::attempt_details_from_json(
+            row.try_get::<Option<String>, _>("attempt_details")?
+                .as_deref(),
+        ),
+        stream: row.try_get("stream")?,
+        status: row.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
+        outcome,
+        error_code: row.try_get("error_code")?,
+        latency_ms: row.try_get::<i64, _>("latency_ms")?.max(0) as u64,
+        ttft_ms: opt_u64(row.try_get("ttft_ms")?),
+        usage: Usage {
+            input_tokens: opt_u64(row.try_get("input_tokens")?),
+            output_tokens: opt_u64(row.try_get("output_tokens")?),
+            cached_input_tokens: opt_u64(row.try_get("cached_input_tokens")?),
+            reasoning_tokens: opt_u64(row.try_get("reasoning_tokens")?),
+            cache_write_tokens: opt_u64(row.try_get("cache_write_tokens")?),
+        },
+        key_id: row.try_get("key_id")?,
+        team_id: row.try_get("team_id")?,
+        end_user: row.try_get("end_user")?,
+        cost_nanos: opt_u64(row.try_get("cost_nanos")?),
+        cache_hit: row.try_get("cache_hit")?,
+        metadata: row.try_get("metadata")?,
+        bodies: None,
+    })
 }
 
 /// Reads one row of `usage_sql`, whichever the backend.

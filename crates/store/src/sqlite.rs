@@ -7,11 +7,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite};
-use switchboard_core::{Bodies, Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{Bodies, RequestRecord};
 
 use crate::log::{self, LogPage, LogQuery, UsageQuery, UsageRow};
 use crate::{Store, StoreError, StoreFuture, migrate};
@@ -88,60 +87,6 @@ impl SqliteStore {
 
 fn opt_i64(value: Option<u64>) -> Option<i64> {
     value.map(|value| value.min(i64::MAX as u64) as i64)
-}
-
-fn opt_u64(value: Option<i64>) -> Option<u64> {
-    value.map(|value| value.max(0) as u64)
-}
-
-fn record_from_row(row: &SqliteRow) -> Result<RequestRecord, sqlx::Error> {
-    let endpoint = match row.try_get::<String, _>("endpoint")?.as_str() {
-        "embeddings" => Endpoint::Embeddings,
-        "messages" => Endpoint::Messages,
-        _ => Endpoint::ChatCompletions,
-    };
-    let outcome = match row.try_get::<String, _>("outcome")?.as_str() {
-        "success" => Outcome::Success,
-        "client_error" => Outcome::ClientError,
-        "client_closed" => Outcome::ClientClosed,
-        "shutdown" => Outcome::Shutdown,
-        _ => Outcome::UpstreamError,
-    };
-    Ok(RequestRecord {
-        request_id: row.try_get("request_id")?,
-        started_at_ms: row.try_get("started_at_ms")?,
-        endpoint,
-        model: row.try_get("model")?,
-        deployment: row.try_get("deployment")?,
-        served_model: row.try_get("served_model")?,
-        attempts: row
-            .try_get::<i64, _>("attempts")?
-            .clamp(0, i64::from(u32::MAX)) as u32,
-        attempt_details: crate::log::attempt_details_from_json(
-            row.try_get::<Option<String>, _>("attempt_details")?
-                .as_deref(),
-        ),
-        stream: row.try_get("stream")?,
-        status: row.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
-        outcome,
-        error_code: row.try_get("error_code")?,
-        latency_ms: row.try_get::<i64, _>("latency_ms")?.max(0) as u64,
-        ttft_ms: opt_u64(row.try_get("ttft_ms")?),
-        usage: Usage {
-            input_tokens: opt_u64(row.try_get("input_tokens")?),
-            output_tokens: opt_u64(row.try_get("output_tokens")?),
-            cached_input_tokens: opt_u64(row.try_get("cached_input_tokens")?),
-            reasoning_tokens: opt_u64(row.try_get("reasoning_tokens")?),
-            cache_write_tokens: opt_u64(row.try_get("cache_write_tokens")?),
-        },
-        key_id: row.try_get("key_id")?,
-        team_id: row.try_get("team_id")?,
-        end_user: row.try_get("end_user")?,
-        cost_nanos: opt_u64(row.try_get("cost_nanos")?),
-        cache_hit: row.try_get("cache_hit")?,
-        metadata: row.try_get("metadata")?,
-        bodies: None,
-    })
 }
 
 impl Store for SqliteStore {
@@ -257,7 +202,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
             rows.iter()
-                .map(record_from_row)
+                .map(log::record_from_row)
                 .collect::<Result<Vec<_>, sqlx::Error>>()
                 .map_err(StoreError::from)
         })
@@ -269,7 +214,7 @@ impl Store for SqliteStore {
             let rows = sql.build().persistent(false).fetch_all(&self.pool).await?;
             let rows = rows
                 .iter()
-                .map(|row| Ok((row.try_get::<i64, _>("id")?, record_from_row(row)?)))
+                .map(|row| Ok((row.try_get::<i64, _>("id")?, log::record_from_row(row)?)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
             Ok(log::page_of(rows, query.limit))
         })
@@ -364,6 +309,7 @@ fn power_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_core::{Endpoint, Outcome, Usage};
 
     #[test]
     fn batches_split_into_five_statement_sizes() {
