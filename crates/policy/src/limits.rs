@@ -471,6 +471,20 @@ impl MemoryLimiter {
     /// Adds spend recorded elsewhere (at start-up, from the store) to a
     /// scope's budget window.
     pub fn preload_spend(&self, scope: Scope, period: Period, now_ms: u64, spent: Nanos) {
+        self.with_spent(scope, period, now_ms, |recorded| {
+            *recorded = recorded.saturating_add(spent);
+        });
+    }
+
+    /// Runs `change` on the spend recorded in a scope's current budget
+    /// window.
+    fn with_spent(
+        &self,
+        scope: Scope,
+        period: Period,
+        now_ms: u64,
+        change: impl FnOnce(&mut Nanos),
+    ) {
         let mut scopes = self
             .scopes
             .lock()
@@ -481,7 +495,7 @@ impl MemoryLimiter {
             .budget
             .entry(budget_window(period, now_ms))
             .or_default();
-        entry.0 = entry.0.saturating_add(spent);
+        change(&mut entry.0);
     }
 }
 
@@ -503,17 +517,9 @@ impl Limiter for MemoryLimiter {
         now_ms: u64,
         spent: Nanos,
     ) -> LimitFuture<'_, ()> {
-        let mut scopes = self
-            .scopes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = scopes
-            .entry(scope)
-            .or_default()
-            .budget
-            .entry(budget_window(period, now_ms))
-            .or_default();
-        entry.0 = entry.0.max(spent);
+        self.with_spent(scope, period, now_ms, |recorded| {
+            *recorded = (*recorded).max(spent);
+        });
         Box::pin(std::future::ready(()))
     }
 
