@@ -437,21 +437,33 @@ mod tests {
         assert_eq!(store.recent_records(5_000).await.unwrap().len(), 2_000);
     }
 
-    /// A store that fails its first writes, as a locked or briefly
-    /// unavailable database would.
-    struct Flaky {
+    /// A store that fails its first `failures_left` writes, as a locked or
+    /// briefly unavailable database would, and refuses any batch holding
+    /// the record `refused` (if any), as a database rejecting one value
+    /// would.
+    struct Fake {
         failures_left: Mutex<u32>,
+        refused: Option<&'static str>,
         rows: Mutex<Vec<RequestRecord>>,
     }
 
-    impl Store for Flaky {
+    impl Fake {
+        fn new(failures_left: u32, refused: Option<&'static str>) -> Arc<Fake> {
+            Arc::new(Fake {
+                failures_left: Mutex::new(failures_left),
+                refused,
+                rows: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    impl Store for Fake {
         fn held_records<'a>(
             &'a self,
             _records: &'a [RequestRecord],
         ) -> StoreFuture<'a, Vec<(String, i64)>> {
             Box::pin(async { Ok(Vec::new()) })
         }
-
         fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
             Box::pin(async move {
                 let mut failures = self.failures_left.lock().unwrap();
@@ -459,59 +471,9 @@ mod tests {
                     *failures -= 1;
                     return Err(StoreError::Query("database is locked".into()));
                 }
-                self.rows.lock().unwrap().extend_from_slice(records);
-                Ok(())
-            })
-        }
-        fn recent_records(&self, _limit: u32) -> StoreFuture<'_, Vec<RequestRecord>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-        fn log_page<'a>(&'a self, _query: &'a LogQuery) -> StoreFuture<'a, LogPage> {
-            Box::pin(async { Ok(crate::log::page_of(Vec::new(), 0)) })
-        }
-        fn usage(&self, _query: UsageQuery) -> StoreFuture<'_, Vec<UsageRow>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-        fn prune_records(&self, _before_ms: i64, _limit: u32) -> StoreFuture<'_, u64> {
-            Box::pin(async { Ok(0) })
-        }
-        fn ping(&self) -> StoreFuture<'_, ()> {
-            Box::pin(async { Ok(()) })
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failed_batches_are_retried_not_dropped() {
-        let store = Arc::new(Flaky {
-            failures_left: Mutex::new(3),
-            rows: Mutex::new(Vec::new()),
-        });
-        let (recorder, writer) = RecordWriter::start(store.clone(), 100);
-        for index in 0..50 {
-            recorder.record(record(index));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        writer.finish(Duration::ZERO, Duration::from_secs(10)).await;
-        assert_eq!(store.rows.lock().unwrap().len(), 50);
-        assert_eq!(recorder.stats().write_failures.load(Ordering::Relaxed), 3);
-        assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);
-    }
-
-    /// A database that refuses any batch holding one particular record.
-    struct Picky {
-        rows: Mutex<Vec<RequestRecord>>,
-    }
-
-    impl Store for Picky {
-        fn held_records<'a>(
-            &'a self,
-            _records: &'a [RequestRecord],
-        ) -> StoreFuture<'a, Vec<(String, i64)>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-        fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
-            Box::pin(async move {
-                if records.iter().any(|record| record.request_id == "r7") {
+                if let Some(refused) = self.refused
+                    && records.iter().any(|record| record.request_id == refused)
+                {
                     return Err(StoreError::Query("invalid byte sequence".into()));
                 }
                 self.rows.lock().unwrap().extend_from_slice(records);
@@ -536,10 +498,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failed_batches_are_retried_not_dropped() {
+        let store = Fake::new(3, None);
+        let (recorder, writer) = RecordWriter::start(store.clone(), 100);
+        for index in 0..50 {
+            recorder.record(record(index));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        writer.finish(Duration::ZERO, Duration::from_secs(10)).await;
+        assert_eq!(store.rows.lock().unwrap().len(), 50);
+        assert_eq!(recorder.stats().write_failures.load(Ordering::Relaxed), 3);
+        assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn one_record_the_database_refuses_does_not_hold_up_the_others() {
-        let store = Arc::new(Picky {
-            rows: Mutex::new(Vec::new()),
-        });
+        let store = Fake::new(0, Some("r7"));
         let (recorder, writer) = RecordWriter::start(store.clone(), 100);
         for index in 0..20 {
             recorder.record(record(index));
