@@ -21,6 +21,13 @@ fn redis_url() -> String {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// Redis answers and a PostgreSQL schema of this test's own exists:
+/// the schema's name and its URL.
+async fn shared_services() -> Result<(String, String), String> {
+    redis_answers().await?;
+    postgres_schema("sb_instances").await
+}
+
 async fn redis_answers() -> Result<(), String> {
     let address = redis_url()
         .trim_start_matches("redis://")
@@ -130,10 +137,7 @@ async fn two_instances_share_keys_budgets_and_limits() {
             &format!("several instances need PostgreSQL and Redis: {why}"),
         )
     };
-    if let Err(why) = redis_answers().await {
-        return skip(why);
-    }
-    let (schema, database) = match postgres_schema("sb_instances").await {
+    let (schema, database) = match shared_services().await {
         Ok(schema) => schema,
         Err(why) => return skip(why),
     };
@@ -273,10 +277,7 @@ async fn served(gateway: &TestGateway, model: &str) -> (u16, String, String, Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_a_deployments_requests_per_minute() {
-    if let Err(why) = redis_answers().await {
-        return skip_or_fail(why);
-    }
-    let (schema, database) = match postgres_schema("sb_instances").await {
+    let (schema, database) = match shared_services().await {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
@@ -421,10 +422,7 @@ async fn keyed(gateway: &TestGateway, key: &str, model: &str) -> (u16, String, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_found_full_does_not_charge_the_key() {
-    if let Err(why) = redis_answers().await {
-        return skip_or_fail(why);
-    }
-    let (schema, database) = match postgres_schema("sb_instances").await {
+    let (schema, database) = match shared_services().await {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
@@ -475,10 +473,7 @@ priority = 1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_first_attempt_hands_its_deployments_tokens_back() {
-    if let Err(why) = redis_answers().await {
-        return skip_or_fail(why);
-    }
-    let (schema, database) = match postgres_schema("sb_instances").await {
+    let (schema, database) = match shared_services().await {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
@@ -593,10 +588,7 @@ async fn redis_delete(keys: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
-    if let Err(why) = redis_answers().await {
-        return skip_or_fail(why);
-    }
-    let (schema, database) = match postgres_schema("sb_instances").await {
+    let (schema, database) = match shared_services().await {
         Ok(schema) => schema,
         Err(why) => return skip_or_fail(why),
     };
