@@ -4,12 +4,14 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite};
+use sqlx::{Arguments, Row, Sqlite};
 use switchboard_core::{Bodies, RequestRecord};
 
 use crate::log::{self, LogPage, LogQuery, UsageQuery, UsageRow};
@@ -99,43 +101,12 @@ impl Store for SqliteStore {
             // parameters (32766).
             let mut transaction = self.pool.begin().await?;
             for chunk in power_chunks(records) {
-                let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
-                     outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-                     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
-                     cache_hit, metadata, attempt_details) ",
-                );
-                insert.push_values(chunk, |mut row, record| {
-                    row.push_bind(&record.request_id)
-                        .push_bind(record.started_at_ms)
-                        .push_bind(record.endpoint.as_str())
-                        .push_bind(&record.model)
-                        .push_bind(record.deployment.as_deref())
-                        .push_bind(record.stream)
-                        .push_bind(i64::from(record.status))
-                        .push_bind(record.outcome.as_str())
-                        .push_bind(record.error_code.as_deref())
-                        .push_bind(opt_i64(Some(record.latency_ms)))
-                        .push_bind(opt_i64(record.ttft_ms))
-                        .push_bind(opt_i64(record.usage.input_tokens))
-                        .push_bind(opt_i64(record.usage.output_tokens))
-                        .push_bind(opt_i64(record.usage.cached_input_tokens))
-                        .push_bind(opt_i64(record.usage.reasoning_tokens))
-                        .push_bind(i64::from(record.attempts))
-                        .push_bind(record.served_model.as_deref())
-                        .push_bind(record.key_id.as_deref())
-                        .push_bind(record.team_id.as_deref())
-                        .push_bind(record.end_user.as_deref())
-                        .push_bind(opt_i64(record.cost_nanos))
-                        .push_bind(opt_i64(record.usage.cache_write_tokens))
-                        .push_bind(record.cache_hit)
-                        .push_bind(record.metadata.as_deref())
-                        .push_bind(log::attempt_details_json(&record.attempt_details));
-                });
-                // Chunks come in five sizes, so five cached statements
-                // serve every batch and none is parsed again.
-                insert
-                    .build()
+                let mut arguments = SqliteArguments::default();
+                arguments.reserve(chunk.len() * RECORD_COLUMNS, 0);
+                for record in chunk {
+                    bind_record(&mut arguments, record).map_err(sqlx::Error::Encode)?;
+                }
+                sqlx::query_with(insert_statement(chunk.len()), arguments)
                     .persistent(true)
                     .execute(&mut *transaction)
                     .await?;
@@ -291,12 +262,77 @@ impl Store for SqliteStore {
 /// counts only, each connection keeps five prepared statements and never
 /// parses one again, where one statement per batch size would be parsed
 /// anew for nearly every batch.
+/// Columns of `requests` written per record, in `bind_record`'s order.
+const RECORD_COLUMNS: usize = 25;
+
+/// The multi-row insert for each chunk size `power_chunks` yields, built
+/// once: the writer neither formats nor hashes a new statement per batch,
+/// and the statement cache finds each by the same text.
+fn insert_statement(rows: usize) -> &'static str {
+    static STATEMENTS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+        CHUNK_SIZES
+            .iter()
+            .map(|&rows| {
+                let row = format!("({})", vec!["?"; RECORD_COLUMNS].join(", "));
+                let statement = format!(
+                    "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
+                     outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
+                     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
+                     cache_hit, metadata, attempt_details) VALUES {}",
+                    vec![row; rows].join(", ")
+                );
+                (rows, statement)
+            })
+            .collect()
+    });
+    STATEMENTS
+        .iter()
+        .find(|(size, _)| *size == rows)
+        .map_or("", |(_, statement)| statement.as_str())
+}
+
+/// One record's `RECORD_COLUMNS` values, in the statement's column order.
+fn bind_record(
+    arguments: &mut SqliteArguments,
+    record: &RequestRecord,
+) -> Result<(), sqlx::error::BoxDynError> {
+    arguments.add(record.request_id.as_str())?;
+    arguments.add(record.started_at_ms)?;
+    arguments.add(record.endpoint.as_str())?;
+    arguments.add(record.model.as_str())?;
+    arguments.add(record.deployment.as_deref())?;
+    arguments.add(record.stream)?;
+    arguments.add(i64::from(record.status))?;
+    arguments.add(record.outcome.as_str())?;
+    arguments.add(record.error_code.as_deref())?;
+    arguments.add(opt_i64(Some(record.latency_ms)))?;
+    arguments.add(opt_i64(record.ttft_ms))?;
+    arguments.add(opt_i64(record.usage.input_tokens))?;
+    arguments.add(opt_i64(record.usage.output_tokens))?;
+    arguments.add(opt_i64(record.usage.cached_input_tokens))?;
+    arguments.add(opt_i64(record.usage.reasoning_tokens))?;
+    arguments.add(i64::from(record.attempts))?;
+    arguments.add(record.served_model.as_deref())?;
+    arguments.add(record.key_id.as_deref())?;
+    arguments.add(record.team_id.as_deref())?;
+    arguments.add(record.end_user.as_deref())?;
+    arguments.add(opt_i64(record.cost_nanos))?;
+    arguments.add(opt_i64(record.usage.cache_write_tokens))?;
+    arguments.add(record.cache_hit)?;
+    arguments.add(record.metadata.as_deref())?;
+    arguments.add(log::attempt_details_json(&record.attempt_details))?;
+    Ok(())
+}
+
+/// Rows per multi-row statement, largest first.
+const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
 fn power_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {
             return None;
         }
-        let size = [256, 64, 16, 4, 1]
+        let size = CHUNK_SIZES
             .into_iter()
             .find(|&size| size <= rows.len())
             .unwrap_or(1);
