@@ -141,6 +141,41 @@ impl UpstreamClients {
     }
 }
 
+/// Longest wait for a connection in `exchange`.
+const EXCHANGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest answer `exchange` reads.
+const MAX_EXCHANGE_BODY: usize = 64 * 1024 * 1024;
+
+impl UpstreamClients {
+    /// Sends one request that belongs to no deployment (the OTLP exporter's
+    /// posts, the admin commands of the CLI) and reads its answer whole,
+    /// all within `timeout`. An answer longer than 64 MiB is cut there.
+    /// Errors are classified as for deployments; their messages hold
+    /// neither the URL nor a header.
+    pub async fn exchange(
+        &self,
+        request: http::Request<Bytes>,
+        timeout: Duration,
+    ) -> Result<http::Response<Bytes>, UpstreamError> {
+        let client = self.get(EXCHANGE_CONNECT_TIMEOUT)?;
+        let exchange = async {
+            let response = client
+                .request(request.map(Full::new))
+                .await
+                .map_err(|error| UpstreamError::from_client(&error))?;
+            let (head, body) = response.into_parts();
+            let body = crate::transport::read_capped(body, MAX_EXCHANGE_BODY).await?;
+            Ok(http::Response::from_parts(head, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout {
+                phase: crate::TimeoutPhase::Request,
+            }))
+    }
+}
+
 /// rustls with the ring provider, the platform's verifier, and ALPN
 /// offering HTTP/2 then HTTP/1.1 (set by the connector).
 fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<ClientConfig, rustls::Error> {
