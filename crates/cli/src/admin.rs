@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
+use switchboard_providers::{UpstreamClients, UpstreamError};
 
 #[derive(Args)]
 pub struct Connection {
@@ -237,24 +238,7 @@ fn call(
         }
     };
     let url = format!("{}{path}", connection.url.trim_end_matches('/'));
-    let answer = runtime.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
-        let mut request = client
-            .request(method.parse().unwrap_or(reqwest::Method::GET), &url)
-            .bearer_auth(&connection.master_key);
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        Ok::<_, reqwest::Error>((status, text))
-    });
+    let answer = runtime.block_on(send(connection, method, &url, body));
     match answer {
         Err(error) => {
             crate::write_err(&format!(
@@ -277,6 +261,47 @@ fn call(
             }
         }
     }
+}
+
+/// One request to the gateway's admin API, with the master key; its
+/// status and body. An error says why the gateway could not be reached.
+async fn send(
+    connection: &Connection,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> Result<(http::StatusCode, String), String> {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| "the gateway's URL is invalid".to_owned())?;
+    let mut request = http::Request::new(body.map_or_else(bytes::Bytes::new, |body| {
+        bytes::Bytes::from(body.to_string())
+    }));
+    *request.method_mut() = method.parse().unwrap_or(http::Method::GET);
+    *request.uri_mut() = uri;
+    let mut bearer = HeaderValue::try_from(format!("Bearer {}", connection.master_key))
+        .map_err(|_| "the master key holds characters not allowed in a header".to_owned())?;
+    bearer.set_sensitive(true);
+    request.headers_mut().insert(AUTHORIZATION, bearer);
+    if !request.body().is_empty() {
+        request
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let response = UpstreamClients::new()
+        .exchange(request, std::time::Duration::from_secs(30))
+        .await
+        .map_err(|error| match error {
+            UpstreamError::Connect(cause) | UpstreamError::Transport(cause) => cause,
+            UpstreamError::Timeout { .. } => "no answer within 30 s".to_owned(),
+            other => other.to_string(),
+        })?;
+    let status = response.status();
+    Ok((
+        status,
+        String::from_utf8_lossy(response.body()).into_owned(),
+    ))
 }
 
 fn pretty(value: &Value) -> String {
@@ -540,7 +565,7 @@ fn with_query(path: &str, query: &[(&str, String)]) -> String {
     if query.is_empty() {
         return path.to_owned();
     }
-    let mut url = reqwest::Url::parse("http://gateway").expect("a constant URL");
+    let mut url = url::Url::parse("http://gateway").expect("a constant URL");
     url.query_pairs_mut().extend_pairs(query);
     format!("{path}?{}", url.query().unwrap_or_default())
 }
@@ -773,7 +798,7 @@ fn log_detail(value: &Value) -> String {
 pub fn logs(connection: &Connection, args: LogsArgs) -> ExitCode {
     if let Some(request_id) = args.show {
         // The id is the client's text: one path segment, percent-encoded.
-        let mut url = reqwest::Url::parse("http://gateway/admin/logs").expect("a constant URL");
+        let mut url = url::Url::parse("http://gateway/admin/logs").expect("a constant URL");
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.push(&request_id);
         }

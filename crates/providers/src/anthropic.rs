@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
 use std::time::Duration;
 use switchboard_config::{DeploymentConfig, UnsupportedParams};
 use switchboard_core::{ResponseInfo, Usage};
@@ -17,13 +18,15 @@ use switchboard_dialects::sse::{SseDecoder, SseEvent};
 
 use crate::relay::{Outbox, Relay, relay};
 use crate::translate::{ANTHROPIC, ChatCall, ClientRequest, check_unsupported, translated_reply};
-use crate::transport::{ByteStream, Http, Native, deployment_headers, parse_json_error};
+use crate::transport::{
+    ByteStream, Http, Native, deployment_headers, endpoint_uri, parse_json_error, upstream_request,
+};
 use crate::{RelayEvent, RelayStream, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct AnthropicBackend {
     http: Http,
-    messages_url: reqwest::Url,
-    models_url: reqwest::Url,
+    messages_url: Uri,
+    models_url: Uri,
     headers: HeaderMap,
     upstream_model: String,
     policy: UnsupportedParams,
@@ -38,7 +41,7 @@ impl AnthropicBackend {
             .api_base
             .clone()
             .ok_or_else(|| UpstreamError::Misconfigured("no api_base".to_owned()))?;
-        let endpoint = |tail: &[&str]| -> Result<reqwest::Url, UpstreamError> {
+        let endpoint = |tail: &[&str]| -> Result<Uri, UpstreamError> {
             let mut url = base.clone();
             url.path_segments_mut()
                 .map_err(|()| {
@@ -46,7 +49,7 @@ impl AnthropicBackend {
                 })?
                 .pop_if_empty()
                 .extend(tail);
-            Ok(url)
+            endpoint_uri(&url)
         };
         let auth = config.api_key.as_ref().map(|key| {
             (
@@ -74,12 +77,7 @@ impl AnthropicBackend {
     }
 
     pub(crate) async fn probe_models(&self) -> Result<(), UpstreamError> {
-        let request = self
-            .http
-            .client(&crate::CallOptions::default())
-            .get(self.models_url.clone())
-            .headers(self.headers.clone());
-        self.http.check(request).await
+        self.http.check(&self.models_url, &self.headers).await
     }
 
     pub(crate) async fn chat(&self, call: &ChatCall<'_>) -> Result<Reply, UpstreamError> {
@@ -140,23 +138,26 @@ impl AnthropicBackend {
         body: Vec<u8>,
         stream: bool,
     ) -> Result<Native, UpstreamError> {
-        let mut request = self
-            .http
-            .client(&call.options)
-            .post(self.messages_url.clone())
-            .headers(self.headers.clone())
-            .body(body);
+        let mut request = upstream_request(Method::POST, &self.messages_url, &self.headers, body);
         if let Some(beta) = &call.anthropic_beta {
-            request = request.header("anthropic-beta", beta.clone());
+            request
+                .headers_mut()
+                .insert(HeaderName::from_static("anthropic-beta"), beta.clone());
         }
         if stream {
-            request = request.header(header::ACCEPT, "text/event-stream");
+            request.headers_mut().insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
             self.http
-                .stream(request, "text/event-stream")
+                .stream(request, &call.options, "text/event-stream")
                 .await
                 .map(Native::Stream)
         } else {
-            self.http.whole(request).await.map(Native::Whole)
+            self.http
+                .whole(request, &call.options)
+                .await
+                .map(Native::Whole)
         }
     }
 }

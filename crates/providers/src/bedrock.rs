@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
+use http::Uri;
 use http::header::{self, HeaderMap, HeaderValue};
 use switchboard_config::{DeploymentConfig, UnsupportedParams};
 use switchboard_core::Usage;
@@ -16,13 +17,16 @@ use switchboard_dialects::openai::response::embeddings_list;
 use switchboard_dialects::openai::{EmbeddingsRequest, UpstreamErrorBody};
 
 use crate::aws::{Credentials, SigningParams, load_credentials, load_region, sign};
+use crate::client::RequestBody;
 use crate::translate::{BEDROCK, ChatCall, check_unsupported, translated_reply};
-use crate::transport::{Http, Native, deployment_headers};
+use crate::transport::{Http, Native, deployment_headers, endpoint_uri};
 use crate::{CallOptions, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct BedrockBackend {
     http: Http,
-    base: reqwest::Url,
+    converse_url: Uri,
+    converse_stream_url: Uri,
+    invoke_url: Uri,
     headers: HeaderMap,
     credentials: Credentials,
     region: String,
@@ -68,7 +72,7 @@ impl BedrockBackend {
             })?;
         let base = match &config.api_base {
             Some(base) => base.clone(),
-            None => reqwest::Url::parse(&format!("https://bedrock-runtime.{region}.amazonaws.com"))
+            None => url::Url::parse(&format!("https://bedrock-runtime.{region}.amazonaws.com"))
                 .map_err(|error| {
                     UpstreamError::Misconfigured(format!("bad region `{region}`: {error}"))
                 })?,
@@ -86,10 +90,22 @@ impl BedrockBackend {
                     |error| UpstreamError::Misconfigured(format!("AWS credentials: {error}")),
                 )?,
             };
+        let endpoint = |action: &str| {
+            let mut url = base.clone();
+            let path = format!(
+                "{}/model/{}/{action}",
+                url.path().trim_end_matches('/'),
+                encode_segment(&config.upstream_model)
+            );
+            url.set_path(&path);
+            endpoint_uri(&url)
+        };
         let headers = deployment_headers(config, None)?;
         Ok(BedrockBackend {
             http: Http::new(clients, config.timeouts, parse_error)?,
-            base,
+            converse_url: endpoint("converse")?,
+            converse_stream_url: endpoint("converse-stream")?,
+            invoke_url: endpoint("invoke")?,
             headers,
             credentials,
             region,
@@ -98,30 +114,21 @@ impl BedrockBackend {
         })
     }
 
-    /// A signed POST to `/model/{id}/{action}`.
+    /// A signed POST to `uri` (`/model/{id}/{action}`), accepting
+    /// `accept`.
     fn signed(
         &self,
-        action: &str,
+        uri: &Uri,
         body: Vec<u8>,
-        accept: &str,
-        options: &CallOptions,
-    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
-        let mut url = self.base.clone();
-        let path = format!(
-            "{}/model/{}/{action}",
-            url.path().trim_end_matches('/'),
-            encode_segment(&self.upstream_model)
-        );
-        url.set_path(&path);
-        let mut request = http::Request::post(url.as_str())
-            .body(body)
-            .map_err(|error| UpstreamError::Misconfigured(format!("bad Bedrock URL: {error}")))?;
-        request.headers_mut().extend(self.headers.clone());
-        request.headers_mut().insert(
-            header::ACCEPT,
-            HeaderValue::from_str(accept)
-                .map_err(|_| UpstreamError::Misconfigured("bad accept header".to_owned()))?,
-        );
+        accept: &'static str,
+    ) -> Result<http::Request<RequestBody>, UpstreamError> {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+            .headers_mut()
+            .insert(header::ACCEPT, HeaderValue::from_static(accept));
         sign(
             &mut request,
             &SigningParams {
@@ -134,13 +141,7 @@ impl BedrockBackend {
         .map_err(|error| {
             UpstreamError::Misconfigured(format!("cannot sign the request: {error}"))
         })?;
-        let (parts, body) = request.into_parts();
-        Ok(self
-            .http
-            .client(options)
-            .post(url)
-            .headers(parts.headers)
-            .body(body))
+        Ok(request.map(|body| RequestBody::new(Bytes::from(body))))
     }
 
     pub(crate) async fn chat(&self, call: &ChatCall<'_>) -> Result<Reply, UpstreamError> {
@@ -154,20 +155,18 @@ impl BedrockBackend {
         )?;
         let native = if canonical.stream {
             let request = self.signed(
-                "converse-stream",
+                &self.converse_stream_url,
                 encoded.body,
                 "application/vnd.amazon.eventstream",
-                &call.options,
             )?;
             Native::Stream(
                 self.http
-                    .stream(request, "application/vnd.amazon.eventstream")
+                    .stream(request, &call.options, "application/vnd.amazon.eventstream")
                     .await?,
             )
         } else {
-            let request =
-                self.signed("converse", encoded.body, "application/json", &call.options)?;
-            Native::Whole(self.http.whole(request).await?)
+            let request = self.signed(&self.converse_url, encoded.body, "application/json")?;
+            Native::Whole(self.http.whole(request, &call.options).await?)
         };
         let idle = call
             .options
@@ -188,7 +187,10 @@ impl BedrockBackend {
             let body = bedrock::encode_embeddings_titan(item, request.dimensions);
             let answer = self
                 .http
-                .whole(self.signed("invoke", body, "application/json", options)?)
+                .whole(
+                    self.signed(&self.invoke_url, body, "application/json")?,
+                    options,
+                )
                 .await?;
             bedrock::decode_embeddings_titan(&answer)
                 .map_err(|error| UpstreamError::InvalidResponse(error.0))

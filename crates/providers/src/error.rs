@@ -55,25 +55,75 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    pub(crate) fn from_reqwest(error: &reqwest::Error, phase: TimeoutPhase) -> UpstreamError {
-        if error.is_timeout() {
-            UpstreamError::Timeout { phase }
-        } else if error.is_connect() {
-            UpstreamError::Connect(root_cause(error))
+    /// Classifies a failure to send a request or receive its head: the
+    /// connect timeout, a connection that could not be made (refused, DNS,
+    /// TLS), or one that failed once made.
+    pub(crate) fn from_client(error: &hyper_util::client::legacy::Error) -> UpstreamError {
+        let timed_out = causes(error).any(|cause| {
+            cause.is::<crate::client::ConnectTimedOut>()
+                || cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        if error.is_connect() {
+            if timed_out {
+                UpstreamError::Timeout {
+                    phase: TimeoutPhase::Connect,
+                }
+            } else {
+                UpstreamError::Connect(connect_cause(error))
+            }
         } else {
             UpstreamError::Transport(root_cause(error))
         }
     }
+
+    /// Classifies a failure while reading a body that had begun.
+    pub(crate) fn from_body(error: &hyper::Error) -> UpstreamError {
+        UpstreamError::Transport(root_cause(error))
+    }
+}
+
+/// An error and its sources, outermost first.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |cause| cause.source())
+}
+
+/// What stopped the connection, named by its phase: `TLS handshake
+/// failed: invalid peer certificate: UnknownIssuer`, `DNS lookup failed:
+/// …`, or the socket's own error (`Connection refused (os error 111)`).
+/// None of these errors carries the URL or a header.
+fn connect_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    // rustls's error arrives inside an I/O error inside another (tokio-rustls
+    // and hyper-rustls each wrap it), which `source()` does not reach.
+    let tls = causes(error).find_map(|cause| {
+        let mut inner: &(dyn std::error::Error + 'static) = cause;
+        loop {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            inner = inner.downcast_ref::<std::io::Error>()?.get_ref()?;
+        }
+    });
+    if let Some(tls) = tls {
+        return format!("TLS handshake failed: {tls}");
+    }
+    // hyper-util names the step that failed in its (private) error type.
+    if causes(error).any(|cause| cause.to_string() == "dns error") {
+        return format!("DNS lookup failed: {}", root_cause(error));
+    }
+    root_cause(error)
 }
 
 /// The innermost cause, which names the actual problem ("connection
-/// refused") where reqwest's own message only says the request failed.
-/// reqwest's messages hold the URL but never header values, so no
-/// credential can appear here.
+/// refused") where the client's own message only says the request failed.
+/// hyper's and hyper-util's messages hold neither the URL nor header
+/// values, so no credential can appear here.
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
+    causes(error)
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }

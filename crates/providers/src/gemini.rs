@@ -4,7 +4,8 @@
 //! translated through the internal model: no client speaks Gemini's dialect.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
 use switchboard_config::{DeploymentConfig, UnsupportedParams};
 use switchboard_core::Usage;
 use switchboard_dialects::openai::EmbeddingsRequest;
@@ -12,15 +13,15 @@ use switchboard_dialects::openai::response::embeddings_list;
 use switchboard_dialects::{gemini, openai::UpstreamErrorBody};
 
 use crate::translate::{ChatCall, GEMINI, check_unsupported, translated_reply};
-use crate::transport::{Http, Native, deployment_headers};
+use crate::transport::{Http, Native, deployment_headers, endpoint_uri, upstream_request};
 use crate::{CallOptions, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct GeminiBackend {
     http: Http,
-    generate_url: reqwest::Url,
-    stream_url: reqwest::Url,
-    embed_url: reqwest::Url,
-    models_url: reqwest::Url,
+    generate_url: Uri,
+    stream_url: Uri,
+    embed_url: Uri,
+    models_url: Uri,
     headers: HeaderMap,
     upstream_model: String,
     policy: UnsupportedParams,
@@ -40,7 +41,7 @@ impl GeminiBackend {
             .clone()
             .ok_or_else(|| UpstreamError::Misconfigured("no api_base".to_owned()))?;
         let model = config.upstream_model.trim_start_matches("models/");
-        let endpoint = |last: Option<String>| -> Result<reqwest::Url, UpstreamError> {
+        let endpoint = |last: Option<String>| -> Result<url::Url, UpstreamError> {
             let mut url = base.clone();
             {
                 let mut segments = url.path_segments_mut().map_err(|()| {
@@ -64,10 +65,10 @@ impl GeminiBackend {
         let headers = deployment_headers(config, auth)?;
         Ok(GeminiBackend {
             http: Http::new(clients, config.timeouts, parse_error)?,
-            generate_url: endpoint(Some(format!("{model}:generateContent")))?,
-            stream_url,
-            embed_url: endpoint(Some(format!("{model}:batchEmbedContents")))?,
-            models_url: endpoint(None)?,
+            generate_url: endpoint_uri(&endpoint(Some(format!("{model}:generateContent")))?)?,
+            stream_url: endpoint_uri(&stream_url)?,
+            embed_url: endpoint_uri(&endpoint(Some(format!("{model}:batchEmbedContents")))?)?,
+            models_url: endpoint_uri(&endpoint(None)?)?,
             headers,
             upstream_model: model.to_owned(),
             policy: config.unsupported_params,
@@ -75,12 +76,7 @@ impl GeminiBackend {
     }
 
     pub(crate) async fn probe_models(&self) -> Result<(), UpstreamError> {
-        let request = self
-            .http
-            .client(&crate::CallOptions::default())
-            .get(self.models_url.clone())
-            .headers(self.headers.clone());
-        self.http.check(request).await
+        self.http.check(&self.models_url, &self.headers).await
     }
 
     pub(crate) async fn chat(&self, call: &ChatCall<'_>) -> Result<Reply, UpstreamError> {
@@ -92,20 +88,26 @@ impl GeminiBackend {
             &self.upstream_model,
             call.dialect(),
         )?;
-        let client = self.http.client(&call.options);
         let native = if canonical.stream {
-            let request = client
-                .post(self.stream_url.clone())
-                .headers(self.headers.clone())
-                .header(header::ACCEPT, "text/event-stream")
-                .body(encoded.body);
-            Native::Stream(self.http.stream(request, "text/event-stream").await?)
+            let mut request =
+                upstream_request(Method::POST, &self.stream_url, &self.headers, encoded.body);
+            request.headers_mut().insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            Native::Stream(
+                self.http
+                    .stream(request, &call.options, "text/event-stream")
+                    .await?,
+            )
         } else {
-            let request = client
-                .post(self.generate_url.clone())
-                .headers(self.headers.clone())
-                .body(encoded.body);
-            Native::Whole(self.http.whole(request).await?)
+            let request = upstream_request(
+                Method::POST,
+                &self.generate_url,
+                &self.headers,
+                encoded.body,
+            );
+            Native::Whole(self.http.whole(request, &call.options).await?)
         };
         let idle = call
             .options
@@ -128,13 +130,13 @@ impl GeminiBackend {
             .map(|item| item.into_owned())
             .collect();
         let body = gemini::encode_embeddings(&self.upstream_model, &inputs, request.dimensions);
-        let http_request = self
+        let answer = self
             .http
-            .client(options)
-            .post(self.embed_url.clone())
-            .headers(self.headers.clone())
-            .body(body);
-        let answer = self.http.whole(http_request).await?;
+            .whole(
+                upstream_request(Method::POST, &self.embed_url, &self.headers, body),
+                options,
+            )
+            .await?;
         let vectors = gemini::decode_embeddings(&answer)
             .map_err(|error| UpstreamError::InvalidResponse(error.0))?;
         if vectors.len() != inputs.len() {

@@ -11,6 +11,8 @@ mod anthropic;
 mod aws;
 mod bedrock;
 mod client;
+#[cfg(test)]
+mod client_tests;
 mod error;
 mod gemini;
 mod openai;

@@ -11,21 +11,24 @@
 //! upstream sent them once checked.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Uri};
 use switchboard_config::{DeploymentConfig, ProviderKind};
 use switchboard_core::Usage;
 use switchboard_dialects::openai::{self, ChatRequest, EmbeddingsRequest};
 
 use crate::relay::relay_openai_stream;
 use crate::translate::{ChatCall, OPENAI, check_unsupported, translated_reply};
-use crate::transport::{ByteStream, Http, Native, deployment_headers, parse_json_error};
+use crate::transport::{
+    ByteStream, Http, Native, deployment_headers, endpoint_uri, parse_json_error, upstream_request,
+};
 use crate::{CallOptions, Reply, UpstreamClients, UpstreamError};
 
 pub(crate) struct OpenAiBackend {
     http: Http,
-    chat_url: reqwest::Url,
-    embeddings_url: reqwest::Url,
-    models_url: reqwest::Url,
+    chat_url: Uri,
+    embeddings_url: Uri,
+    models_url: Uri,
     headers: HeaderMap,
     upstream_model: String,
     stream_usage: bool,
@@ -43,7 +46,7 @@ impl OpenAiBackend {
             .api_base
             .clone()
             .ok_or_else(|| UpstreamError::Misconfigured("no api_base".to_owned()))?;
-        let endpoint = |last: &str| -> Result<reqwest::Url, UpstreamError> {
+        let endpoint = |last: &str| -> Result<Uri, UpstreamError> {
             let mut url = base.clone();
             {
                 let mut segments = url.path_segments_mut().map_err(|()| {
@@ -76,7 +79,7 @@ impl OpenAiBackend {
             if let (ProviderKind::Azure, Some(version)) = (config.provider, &config.api_version) {
                 url.query_pairs_mut().append_pair("api-version", version);
             }
-            Ok(url)
+            endpoint_uri(&url)
         };
 
         let auth = config.api_key.as_ref().map(|key| match config.provider {
@@ -173,24 +176,19 @@ impl OpenAiBackend {
         body: Vec<u8>,
         options: &CallOptions,
     ) -> Result<ByteStream, UpstreamError> {
-        let request = self
-            .http
-            .client(options)
-            .post(self.chat_url.clone())
-            .headers(self.headers.clone())
-            .header(header::ACCEPT, "text/event-stream")
-            .body(body);
-        self.http.stream(request, "text/event-stream").await
+        let mut request = upstream_request(Method::POST, &self.chat_url, &self.headers, body);
+        request.headers_mut().insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        self.http
+            .stream(request, options, "text/event-stream")
+            .await
     }
 
     /// A free health probe: lists the upstream's models.
     pub(crate) async fn probe_models(&self) -> Result<(), UpstreamError> {
-        let request = self
-            .http
-            .client(&CallOptions::default())
-            .get(self.models_url.clone())
-            .headers(self.headers.clone());
-        self.http.check(request).await
+        self.http.check(&self.models_url, &self.headers).await
     }
 
     pub(crate) async fn embeddings(
@@ -212,17 +210,16 @@ impl OpenAiBackend {
 
     async fn send_whole(
         &self,
-        url: &reqwest::Url,
+        uri: &Uri,
         body: Vec<u8>,
         options: &CallOptions,
     ) -> Result<Bytes, UpstreamError> {
-        let request = self
-            .http
-            .client(options)
-            .post(url.clone())
-            .headers(self.headers.clone())
-            .body(body);
-        self.http.whole(request).await
+        self.http
+            .whole(
+                upstream_request(Method::POST, uri, &self.headers, body),
+                options,
+            )
+            .await
     }
 
     pub(crate) fn headroom(&self) -> Option<f64> {

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 
-use reqwest::header::HeaderValue;
+use http::header::{HeaderMap, HeaderValue};
 
 tokio::task_local! {
     static CONTEXT: (HeaderValue, Option<HeaderValue>);
@@ -25,16 +25,13 @@ pub async fn with_traceparent<F: Future>(
     }
 }
 
-/// The request with the current attempt's trace context, if one is set.
-pub(crate) fn add_traceparent(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    match CONTEXT.try_with(Clone::clone) {
-        Ok((traceparent, tracestate)) => {
-            let request = request.header("traceparent", traceparent);
-            match tracestate {
-                Some(state) => request.header("tracestate", state),
-                None => request,
-            }
+/// Adds the current attempt's trace context to a request's headers, if
+/// one is set.
+pub(crate) fn add_traceparent(headers: &mut HeaderMap) {
+    let _ = CONTEXT.try_with(|(traceparent, tracestate)| {
+        headers.insert("traceparent", traceparent.clone());
+        if let Some(state) = tracestate {
+            headers.insert("tracestate", state.clone());
         }
-        Err(_) => request,
-    }
+    });
 }

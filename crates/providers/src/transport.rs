@@ -5,14 +5,18 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use switchboard_config::{DeploymentConfig, Timeouts};
 use switchboard_dialects::openai::UpstreamErrorBody;
 
-use crate::client::connect_step;
+use crate::client::{HttpClient, RequestBody, connect_step};
 use crate::{CallOptions, TimeoutPhase, UpstreamClients, UpstreamError};
 
 /// Largest error body read from an upstream; the rest is not needed to
@@ -34,10 +38,57 @@ pub(crate) fn parse_json_error(body: &[u8], _headers: &HeaderMap) -> UpstreamErr
     UpstreamErrorBody::parse(body)
 }
 
+/// A deployment's URL as the `http::Uri` its requests are sent to, parsed
+/// once when the deployment is built. A user and password in the URL are
+/// left out: `deployment_headers` sends them as basic authentication.
+pub(crate) fn endpoint_uri(url: &url::Url) -> Result<Uri, UpstreamError> {
+    let mut url = url.clone();
+    if !url.username().is_empty() || url.password().is_some() {
+        // Cannot fail: a URL with a user has an authority.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(UpstreamError::Misconfigured(format!(
+            "the URL's scheme `{}` is neither http nor https",
+            url.scheme()
+        )));
+    }
+    Uri::try_from(url.as_str())
+        .map_err(|_| UpstreamError::Misconfigured("the deployment's URL is invalid".to_owned()))
+}
+
+/// `Authorization: Basic …` for a user and password written in the URL
+/// (`https://user:password@host/v1`), percent-decoded.
+pub(crate) fn basic_auth(url: &url::Url) -> Option<HeaderValue> {
+    use base64::Engine;
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .ok()
+            .map(|text| text.into_owned())
+    };
+    let user = decode(url.username())?;
+    let password = match url.password() {
+        Some(password) => Some(decode(password)?),
+        None => None,
+    };
+    if user.is_empty() && password.is_none() {
+        return None;
+    }
+    let credentials = format!("{user}:{}", password.unwrap_or_default());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// The headers every request to a deployment carries: a JSON content type,
-/// the credential (`auth`: a header name and its whole value) and the
-/// configured extra headers, all secret values marked sensitive so they
-/// never appear in debug output.
+/// basic authentication from a user and password in its URL, the
+/// credential (`auth`: a header name and its whole value, which replaces
+/// the former when both are `Authorization`) and the configured extra
+/// headers, all secret values marked sensitive so they never appear in
+/// debug output.
 pub(crate) fn deployment_headers(
     config: &DeploymentConfig,
     auth: Option<(HeaderName, String)>,
@@ -47,6 +98,9 @@ pub(crate) fn deployment_headers(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Some(value) = config.api_base.as_ref().and_then(basic_auth) {
+        headers.insert(header::AUTHORIZATION, value);
+    }
     if let Some((name, value)) = auth {
         let mut value = HeaderValue::from_str(&value).map_err(|_| {
             UpstreamError::Misconfigured(
@@ -66,6 +120,21 @@ pub(crate) fn deployment_headers(
     Ok(headers)
 }
 
+/// A request to `uri` with the deployment's `headers` and `body`; the
+/// caller adds what is particular to it (`accept`, a signature).
+pub(crate) fn upstream_request(
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: impl Into<Bytes>,
+) -> Request<RequestBody> {
+    let mut request = Request::new(Full::new(body.into()));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers.clone();
+    request
+}
+
 /// An upstream's answer before it is read as its dialect.
 pub(crate) enum Native {
     Whole(Bytes),
@@ -74,7 +143,7 @@ pub(crate) enum Native {
 
 /// A deployment's HTTP side.
 pub(crate) struct Http {
-    client: reqwest::Client,
+    client: HttpClient,
     clients: UpstreamClients,
     pub timeouts: Timeouts,
     /// Share of its rate limit the upstream last reported left, in
@@ -98,34 +167,42 @@ impl Http {
         })
     }
 
-    /// The client to send with: the deployment's own, or one with the
-    /// request's connect timeout (`x-switchboard-connect-timeout`).
-    pub(crate) fn client(&self, options: &CallOptions) -> reqwest::Client {
-        match options.connect {
-            Some(connect) => self
-                .clients
-                .get(connect_step(connect))
-                .unwrap_or_else(|_| self.client.clone()),
-            None => self.client.clone(),
-        }
+    /// Sends a request with the current attempt's trace context, through
+    /// the deployment's pool or, for a request with its own connect timeout
+    /// (`x-switchboard-connect-timeout`), the pool for that timeout; waits
+    /// for the answer's head.
+    async fn send(
+        &self,
+        mut request: Request<RequestBody>,
+        options: &CallOptions,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        crate::trace_context::add_traceparent(request.headers_mut());
+        let sending = match options
+            .connect
+            .and_then(|connect| self.clients.get(connect_step(connect)).ok())
+        {
+            Some(client) => client.request(request),
+            None => self.client.request(request),
+        };
+        sending
+            .await
+            .map_err(|error| UpstreamError::from_client(&error))
     }
 
     /// Sends a request whose answer is read whole, within the request timeout.
     pub(crate) async fn whole(
         &self,
-        request: reqwest::RequestBuilder,
+        request: Request<RequestBody>,
+        options: &CallOptions,
     ) -> Result<Bytes, UpstreamError> {
-        let request = crate::trace_context::add_traceparent(request);
         let exchange = async {
-            let response = request
-                .send()
-                .await
-                .map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Connect))?;
+            let response = self.send(request, options).await?;
             self.note_rate_limits(response.headers());
-            if !response.status().is_success() {
-                return Err(self.status_error(response).await);
+            let (head, body) = response.into_parts();
+            if !head.status.is_success() {
+                return Err(self.status_error(head.status, head.headers, body).await);
             }
-            let body = read_capped(response, MAX_ANSWER_BODY).await?;
+            let body = read_capped(body, MAX_ANSWER_BODY).await?;
             if body.len() >= MAX_ANSWER_BODY {
                 return Err(UpstreamError::InvalidResponse(format!(
                     "the answer is larger than {} MiB",
@@ -146,36 +223,34 @@ impl Http {
     /// request timeout and checks that a stream of `content_type` began.
     pub(crate) async fn stream(
         &self,
-        request: reqwest::RequestBuilder,
+        request: Request<RequestBody>,
+        options: &CallOptions,
         content_type: &str,
     ) -> Result<ByteStream, UpstreamError> {
-        let request = crate::trace_context::add_traceparent(request);
-        let response = match tokio::time::timeout(self.timeouts.request, request.send()).await {
-            Err(_) => {
-                return Err(UpstreamError::Timeout {
-                    phase: TimeoutPhase::Request,
-                });
-            }
-            Ok(Err(error)) => {
-                return Err(UpstreamError::from_reqwest(&error, TimeoutPhase::Connect));
-            }
-            Ok(Ok(response)) => response,
-        };
+        let response =
+            match tokio::time::timeout(self.timeouts.request, self.send(request, options)).await {
+                Err(_) => {
+                    return Err(UpstreamError::Timeout {
+                        phase: TimeoutPhase::Request,
+                    });
+                }
+                Ok(result) => result?,
+            };
         self.note_rate_limits(response.headers());
-        if !response.status().is_success() {
-            return Err(self.status_error(response).await);
+        let (head, body) = response.into_parts();
+        if !head.status.is_success() {
+            return Err(self.status_error(head.status, head.headers, body).await);
         }
-        let is_stream = response
-            .headers()
+        let is_stream = head
+            .headers
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with(content_type));
         if !is_stream {
             // Some servers answer a stream request that failed with a JSON
             // error and status 200; relay what they meant.
-            let headers = response.headers().clone();
-            let body = read_limited(response, self.timeouts.request).await?;
-            let parsed = (self.parse_error)(&body, &headers);
+            let body = read_limited(body, self.timeouts.request).await?;
+            let parsed = (self.parse_error)(&body, &head.headers);
             if parsed.message.is_some() {
                 return Err(UpstreamError::InStream { body: parsed });
             }
@@ -183,39 +258,35 @@ impl Http {
                 "the upstream answered a stream request without an event stream".to_owned(),
             ));
         }
-        Ok(response
-            .bytes_stream()
-            .map(|piece| {
-                piece.map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::StreamIdle))
-            })
-            .boxed())
+        Ok(BodyStream { body }.boxed())
     }
 
     /// Sends a GET whose status alone matters (health probes).
-    pub(crate) async fn check(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(), UpstreamError> {
+    pub(crate) async fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), UpstreamError> {
         let timeout = self
             .timeouts
             .request
             .min(std::time::Duration::from_secs(10));
-        let response = match tokio::time::timeout(timeout, request.send()).await {
+        let request = upstream_request(Method::GET, uri, headers, Bytes::new());
+        let response = match tokio::time::timeout(
+            timeout,
+            self.send(request, &CallOptions::default()),
+        )
+        .await
+        {
             Err(_) => {
                 return Err(UpstreamError::Timeout {
                     phase: TimeoutPhase::Request,
                 });
             }
-            Ok(Err(error)) => {
-                return Err(UpstreamError::from_reqwest(&error, TimeoutPhase::Connect));
-            }
-            Ok(Ok(response)) => response,
+            Ok(result) => result?,
         };
         self.note_rate_limits(response.headers());
-        if response.status().is_success() {
+        let (head, body) = response.into_parts();
+        if head.status.is_success() {
             Ok(())
         } else {
-            Err(self.status_error(response).await)
+            Err(self.status_error(head.status, head.headers, body).await)
         }
     }
 
@@ -262,15 +333,19 @@ impl Http {
         }
     }
 
-    async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
+    async fn status_error(
+        &self,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Incoming,
+    ) -> UpstreamError {
+        let status = status.as_u16();
         let retry_after = headers
             .get(header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
             .or_else(|| (status == 429).then(|| reset_wait(&headers)).flatten());
-        let body = read_limited(response, self.timeouts.request)
+        let body = read_limited(body, self.timeouts.request)
             .await
             .unwrap_or_default();
         UpstreamError::Status {
@@ -281,30 +356,72 @@ impl Http {
     }
 }
 
+/// A streamed answer's body as its data chunks, in the order they arrive.
+/// Dropping it drops the response, which cancels the upstream request.
+struct BodyStream {
+    body: Incoming,
+}
+
+impl Stream for BodyStream {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            return match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => Poll::Ready(None),
+                Some(Err(error)) => Poll::Ready(Some(Err(UpstreamError::from_body(&error)))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => Poll::Ready(Some(Ok(data))),
+                    // Trailers and empty frames carry nothing to relay.
+                    _ => continue,
+                },
+            };
+        }
+    }
+}
+
 /// Reads a body, stopping once `cap` bytes have arrived (the caller tells
-/// a body cut at the cap from a whole one by its length).
-async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, UpstreamError> {
-    let mut stream = response.bytes_stream();
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|error| UpstreamError::from_reqwest(&error, TimeoutPhase::Request))?;
-        let room = cap.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= cap {
+/// a body cut at the cap from a whole one by its length). A body that
+/// arrives in one piece is returned as that piece, without a copy.
+pub(crate) async fn read_capped(mut body: Incoming, cap: usize) -> Result<Bytes, UpstreamError> {
+    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| UpstreamError::from_body(&error))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if first.is_none() && gathered.is_empty() {
+            if data.len() >= cap {
+                return Ok(data.slice(..cap));
+            }
+            first = Some(data);
+            continue;
+        }
+        if let Some(first) = first.take() {
+            gathered.reserve(announced.max(first.len() + data.len()).min(cap));
+            gathered.extend_from_slice(&first);
+        }
+        let room = cap - gathered.len();
+        gathered.extend_from_slice(&data[..data.len().min(room)]);
+        if gathered.len() >= cap {
             break;
         }
     }
-    Ok(Bytes::from(body))
+    Ok(first.unwrap_or_else(|| Bytes::from(gathered)))
 }
 
 /// Reads at most `MAX_ERROR_BODY` bytes of an error or non-stream body,
 /// within `timeout`.
 async fn read_limited(
-    response: reqwest::Response,
+    body: Incoming,
     timeout: std::time::Duration,
 ) -> Result<Bytes, UpstreamError> {
-    tokio::time::timeout(timeout, read_capped(response, MAX_ERROR_BODY))
+    tokio::time::timeout(timeout, read_capped(body, MAX_ERROR_BODY))
         .await
         .unwrap_or(Err(UpstreamError::Timeout {
             phase: TimeoutPhase::Request,

@@ -35,7 +35,7 @@ use switchboard_config::TelemetryConfig;
 use switchboard_core::ResponseInfo;
 use switchboard_core::mix::splitmix64;
 use switchboard_providers::trace_context::with_traceparent;
-use switchboard_providers::{Deployment, UpstreamError};
+use switchboard_providers::{Deployment, UpstreamClients, UpstreamError};
 use tokio::sync::mpsc;
 
 use crate::trace::Progress;
@@ -152,28 +152,32 @@ impl Telemetry {
     pub fn start(config: &TelemetryConfig) -> Option<Arc<Telemetry>> {
         let endpoint = config.otlp_endpoint.as_ref()?;
         let (queue, receiver) = mpsc::channel(QUEUE);
-        let mut headers = reqwest::header::HeaderMap::new();
+        let url = match http::Uri::try_from(format!("{endpoint}/v1/traces")) {
+            Ok(url) => url,
+            Err(_) => {
+                tracing::warn!("the OTLP endpoint is not a usable URL; no spans will be exported");
+                return None;
+            }
+        };
+        let mut headers = HeaderMap::new();
         for (name, secret) in &config.otlp_headers {
             if let (Ok(name), Ok(mut value)) = (
-                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
-                reqwest::header::HeaderValue::from_str(secret.expose()),
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(secret.expose()),
             ) {
                 value.set_sensitive(true);
                 headers.insert(name, value);
             }
         }
         headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            reqwest::header::HeaderValue::from_static("application/json"),
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
         );
         let exporter = Exporter {
-            url: format!("{endpoint}/v1/traces"),
+            url,
             headers,
             service: config.service_name.clone(),
-            http: reqwest::Client::builder()
-                .timeout(POST_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
+            http: UpstreamClients::new(),
         };
         tokio::spawn(exporter.run(receiver));
         let mut seed = [0u8; 8];
@@ -397,11 +401,12 @@ pub(crate) fn unix_nanos() -> u64 {
 }
 
 struct Exporter {
-    url: String,
+    url: http::Uri,
     /// The configured headers and the content type, sent with every post.
-    headers: reqwest::header::HeaderMap,
+    headers: HeaderMap,
     service: String,
-    http: reqwest::Client,
+    /// A pool of its own, apart from the deployments'.
+    http: UpstreamClients,
 }
 
 impl Exporter {
@@ -436,14 +441,12 @@ impl Exporter {
 
     async fn post(&self, body: Bytes, spans: usize) {
         for attempt in 0..3 {
-            let sent = self
-                .http
-                .post(&self.url)
-                .headers(self.headers.clone())
-                // `Bytes` is shared, not copied, by every attempt.
-                .body(body.clone())
-                .send()
-                .await;
+            // `Bytes` is shared, not copied, by every attempt.
+            let mut request = http::Request::new(body.clone());
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = self.url.clone();
+            *request.headers_mut() = self.headers.clone();
+            let sent = self.http.exchange(request, POST_TIMEOUT).await;
             match sent {
                 Ok(response) if response.status().is_success() => return,
                 Ok(response) => {
@@ -459,7 +462,7 @@ impl Exporter {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error.without_url(), attempt, spans, "the OTLP collector cannot be reached");
+                    tracing::warn!(%error, attempt, spans, "the OTLP collector cannot be reached");
                 }
             }
             tokio::time::sleep(Duration::from_millis(200 << attempt)).await;

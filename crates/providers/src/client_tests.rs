@@ -1,0 +1,482 @@
+//! The upstream client against local servers: HTTP/2 over TLS where ALPN
+//! offers it and HTTP/1.1 otherwise, certificates checked, how each failure
+//! to connect is classified, redirects left alone, bodies capped.
+//!
+//! `testdata/tls` holds a test CA and a certificate it signed for
+//! `localhost` and `127.0.0.1` (P-256, valid until 2126), made with
+//! `openssl req -x509` and `openssl x509 -req`; the clients here trust the
+//! CA beside the system's roots.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use switchboard_config::Timeouts;
+
+use crate::transport::{Http, parse_json_error, read_capped, upstream_request};
+use crate::{CallOptions, TimeoutPhase, UpstreamClients, UpstreamError};
+
+const CA: &[u8] = include_bytes!("../testdata/tls/ca.pem");
+const CERTIFICATE: &[u8] = include_bytes!("../testdata/tls/localhost.pem");
+const KEY: &[u8] = include_bytes!("../testdata/tls/localhost.key");
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(text: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(text.into()).boxed()
+}
+
+fn trusting_clients() -> UpstreamClients {
+    UpstreamClients::new();
+    UpstreamClients::with_extra_roots(vec![CertificateDer::from_pem_slice(CA).unwrap()])
+}
+
+fn http(clients: &UpstreamClients, connect: Duration) -> Http {
+    Http::new(
+        clients,
+        Timeouts {
+            connect,
+            request: Duration::from_secs(10),
+            stream_idle: Duration::from_secs(10),
+        },
+        parse_json_error,
+    )
+    .unwrap()
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    let certificates = vec![CertificateDer::from_pem_slice(CERTIFICATE).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(KEY).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certificates, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serves `handle` on a loopback port, over TLS when `tls` is given, with
+/// HTTP/1.1 and HTTP/2 both offered; counts the requests it saw.
+async fn serve<F>(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handle: F,
+) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let handle = handle.clone();
+            let counter = counter.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let response = handle(request);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(socket).await else {
+                            return;
+                        };
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(socket), service)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+/// Answers with the HTTP version the request arrived in.
+fn version(request: Request<Incoming>) -> Response<Body> {
+    Response::new(full(format!("{:?}", request.version())))
+}
+
+fn post(uri: &str) -> Request<crate::client::RequestBody> {
+    upstream_request(
+        Method::POST,
+        &uri.parse::<Uri>().unwrap(),
+        &HeaderMap::new(),
+        Bytes::from_static(b"{}"),
+    )
+}
+
+#[tokio::test]
+async fn https_negotiates_http2_and_http_stays_on_http1() {
+    let clients = trusting_clients();
+    let http = http(&clients, Duration::from_secs(5));
+    let (secure, _) = serve(Some(tls_acceptor()), version).await;
+    let (plain, _) = serve(None, version).await;
+    let over_tls = http
+        .whole(
+            post(&format!("https://localhost:{}/v1", secure.port())),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(over_tls, "HTTP/2.0");
+    let over_tcp = http
+        .whole(
+            post(&format!("http://127.0.0.1:{}/v1", plain.port())),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(over_tcp, "HTTP/1.1");
+}
+
+#[tokio::test]
+async fn connections_are_kept_and_reused() {
+    let clients = trusting_clients();
+    let http = http(&clients, Duration::from_secs(5));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                TokioIo::new(socket),
+                hyper::service::service_fn(|request| async move {
+                    Ok::<_, Infallible>(version(request))
+                }),
+            ));
+        }
+    });
+    for _ in 0..5 {
+        http.whole(
+            post(&format!("http://{address}/v1")),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_certificate_fails_the_connection_as_tls() {
+    UpstreamClients::new();
+    let untrusting = UpstreamClients::default();
+    let http = http(&untrusting, Duration::from_secs(5));
+    let (secure, seen) = serve(Some(tls_acceptor()), version).await;
+    let error = http
+        .whole(
+            post(&format!("https://localhost:{}/v1", secure.port())),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    match error {
+        UpstreamError::Connect(message) => {
+            assert!(message.starts_with("TLS handshake failed"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = http(&trusting_clients(), Duration::from_secs(5));
+    let error = http
+        .whole(
+            post(&format!("http://127.0.0.1:{port}/v1")),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    match error {
+        UpstreamError::Connect(message) => {
+            assert!(message.to_lowercase().contains("refused"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A server that accepts connections and never says a word: a TLS
+/// handshake with it never finishes.
+async fn silent_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn the_connect_timeout_covers_the_tls_handshake_and_is_classified() {
+    let address = silent_server().await;
+    let http = http(&trusting_clients(), Duration::from_millis(300));
+    let started = Instant::now();
+    let error = http
+        .whole(
+            post(&format!("https://localhost:{}/v1", address.port())),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        UpstreamError::Timeout {
+            phase: TimeoutPhase::Connect
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_request_can_shorten_the_connect_timeout() {
+    let address = silent_server().await;
+    let http = http(&trusting_clients(), Duration::from_secs(30));
+    let started = Instant::now();
+    let error = http
+        .whole(
+            post(&format!("https://localhost:{}/v1", address.port())),
+            &CallOptions {
+                connect: Some(Duration::from_millis(250)),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        UpstreamError::Timeout {
+            phase: TimeoutPhase::Connect
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (address, seen) = serve(None, |request| {
+        if request.uri().path() == "/elsewhere" {
+            return Response::new(full("followed"));
+        }
+        let mut response = Response::new(full(r#"{"error":{"message":"moved"}}"#));
+        *response.status_mut() = http::StatusCode::FOUND;
+        response
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/elsewhere"));
+        response
+    })
+    .await;
+    let http = http(&trusting_clients(), Duration::from_secs(5));
+    let error = http
+        .whole(
+            post(&format!("http://{address}/v1")),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    match error {
+        UpstreamError::Status { status, body, .. } => {
+            assert_eq!(status, 302);
+            assert_eq!(body.message.as_deref(), Some("moved"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+/// A body that never ends, 16 KiB at a time.
+fn endless(_: Request<Incoming>) -> Response<Body> {
+    let chunks = futures_util::stream::repeat_with(|| {
+        Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))
+    });
+    Response::new(BodyExt::boxed(http_body_util::StreamBody::new(chunks)))
+}
+
+#[tokio::test]
+async fn a_capped_read_stops_at_the_cap() {
+    let (address, _) = serve(None, endless).await;
+    let client = trusting_clients().get(Duration::from_secs(5)).unwrap();
+    let response = client
+        .request(post(&format!("http://{address}/v1")))
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_capped(response.into_body(), 100_000),
+    )
+    .await
+    .expect("the read stops at the cap")
+    .unwrap();
+    assert_eq!(body.len(), 100_000);
+}
+
+#[tokio::test]
+async fn error_bodies_are_capped() {
+    // A 500 whose body never ends still gives a status error, quickly.
+    let (address, _) = serve(None, |request| {
+        let mut response = endless(request);
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    })
+    .await;
+    let http = http(&trusting_clients(), Duration::from_secs(5));
+    let error = tokio::time::timeout(
+        Duration::from_secs(5),
+        http.whole(
+            post(&format!("http://{address}/v1")),
+            &CallOptions::default(),
+        ),
+    )
+    .await
+    .expect("the error body is read only up to its cap")
+    .unwrap_err();
+    assert!(
+        matches!(error, UpstreamError::Status { status: 500, .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_yields_the_body_and_a_broken_one_an_error() {
+    let (address, _) = serve(None, |_| {
+        let mut response = Response::new(full("data: one\n\ndata: two\n\n"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        response
+    })
+    .await;
+    let http = http(&trusting_clients(), Duration::from_secs(5));
+    let stream = http
+        .stream(
+            post(&format!("http://{address}/v1")),
+            &CallOptions::default(),
+            "text/event-stream",
+        )
+        .await
+        .unwrap();
+    let pieces: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
+    assert_eq!(pieces.concat(), b"data: one\n\ndata: two\n\n");
+
+    // A server that announces a length and hangs up early.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let _ = socket
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 1000\r\n\r\ndata: cut",
+            )
+            .await;
+    });
+    let mut stream = http
+        .stream(
+            post(&format!("http://{address}/v1")),
+            &CallOptions::default(),
+            "text/event-stream",
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), "data: cut");
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(UpstreamError::Transport(_)))
+    ));
+}
+
+#[tokio::test]
+async fn the_trace_context_rides_on_every_request() {
+    let (address, _) = serve(None, |request| {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        Response::new(full(format!(
+            "{} {}",
+            header("traceparent"),
+            header("tracestate")
+        )))
+    })
+    .await;
+    let http = http(&trusting_clients(), Duration::from_secs(5));
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let body = crate::trace_context::with_traceparent(
+        Some(HeaderValue::from_static(traceparent)),
+        Some(HeaderValue::from_static("vendor=1")),
+        http.whole(
+            post(&format!("http://{address}/v1")),
+            &CallOptions::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(body, format!("{traceparent} vendor=1"));
+    let body = http
+        .whole(
+            post(&format!("http://{address}/v1")),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body, "- -");
+}
+
+#[test]
+fn a_user_in_the_url_becomes_basic_authentication_and_leaves_the_uri() {
+    let url = url::Url::parse("https://user:p%40ss@vllm.internal:8443/v1").unwrap();
+    let uri = crate::transport::endpoint_uri(&url).unwrap();
+    assert_eq!(uri.to_string(), "https://vllm.internal:8443/v1");
+    let value = crate::transport::basic_auth(&url).unwrap();
+    assert!(value.is_sensitive());
+    // base64("user:p@ss")
+    assert_eq!(value, "Basic dXNlcjpwQHNz");
+    assert!(crate::transport::basic_auth(&url::Url::parse("https://host/v1").unwrap()).is_none());
+}
