@@ -6,24 +6,30 @@
 //! every scope (concurrency, requests and tokens per minute, budget:
 //! spent + held + cost <= limit), and only if all pass reserves in all of
 //! them, atomically, so instances can never together overshoot a limit.
-//! `reserve`, `settle` and `renew` go through the limiter's batcher, a task
-//! that sends whatever operations are waiting as one call of the Lua script
-//! `redis_limiter.lua` (EVALSHA; the script is loaded once per Redis
-//! process, on the first NOSCRIPT), waits for its answer, and then sends
-//! what arrived meanwhile: one call at a time, so an operation waits at
-//! most for the call ahead of it, and alone (one request at a time) it is
-//! sent at once. Redis runs a script whole, so the batch's operations are
+//! `reserve`, `settle` and `renew` go through the limiter's batchers,
+//! tasks that send whatever operations are waiting as one call of the Lua
+//! script `redis_limiter.lua` (EVALSHA; the script is loaded once per
+//! Redis process, on the first NOSCRIPT), wait for its answer, and then
+//! send what arrived meanwhile: one call at a time each. Reserves have a
+//! batcher of their own, which sends at once, so a reserve waits at most
+//! for the call ahead of it, and alone (one request at a time) not at
+//! all; settles, renewals and cancels, which no request waits for, share
+//! another, whose batches gather for `BACKGROUND_LINGER` (2 ms) first:
+//! a reservation is released up to that much later, never sooner, so no
+//! limit loosens. Redis runs a script whole, so a batch's operations are
 //! applied one after the other, in the order they were queued, each with
-//! exactly the checks it would have had alone; the script answers each in
-//! its place, and every waiting operation receives its own answer. Inside
-//! the call each counter is read once and written back once, so a batch of
-//! requests on one key costs Redis little more than one request (see
-//! `BENCHMARKS.md`). A batch holds at most `MAX_BATCH` operations; at most
-//! `MAX_QUEUED` wait, and further callers wait for room. `budget_used`,
-//! `floor_spent` and reseeding are calls of their own. Window names
-//! (`minute_of`, `budget_window`) are computed here from the time the
-//! caller passes in and sent as arguments, so every instance and the
-//! script agree on them.
+//! exactly the checks it would have had alone; the script answers each
+//! in its place, and every waiting operation receives its own answer.
+//! Inside the call each counter is read once and written back once, so a
+//! batch of requests on one key costs Redis little more than one request
+//! (see `BENCHMARKS.md`). A batch holds at most `MAX_BATCH` operations;
+//! at most `MAX_QUEUED` wait per batcher, and further callers wait for
+//! room. `budget_used`, `floor_spent` and reseeding are calls of their
+//! own. Window names (`minute_of`, `budget_window`) are computed here from
+//! the time the caller passes in and sent as arguments, so every instance
+//! and the script agree on them. Keys' layout is unchanged by batching,
+//! so instances of the previous release count in the same counters while
+//! a deployment is rolled (each reads only its own grants' records).
 //!
 //! **Keys.** `<prefix>{sb}:<kind>:<escaped id>:<counter>`, where the id keeps
 //! `[A-Za-z0-9_.-]` and percent-encodes every other byte (so `{`, `}`,
@@ -54,8 +60,9 @@
 //! them, because a team's counters are shared with all its keys and a
 //! deployment's with every team. The cost: one slot, so one primary, holds
 //! and serves every counter of the limiter; a cluster adds availability,
-//! not throughput, for it. (Each call is a few hash operations; one Redis
-//! primary serves well over 50,000 of them a second.)
+//! not throughput, for it. (A request costs it two operations of a
+//! batched call: about 20 µs of one core at the batch sizes a busy gateway
+//! makes, 60 to 100 µs alone; see `BENCHMARKS.md`.)
 //!
 //! **Expiry.** Minute counters live 2 minutes. A budget's spend lives until
 //! its window ends plus a day (so the last window can still be read);
