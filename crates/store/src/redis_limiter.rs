@@ -172,8 +172,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 const RESEED_RETRY: Duration = Duration::from_secs(1);
 /// Budgets floored per script call when reseeding.
 const RESEED_CHUNK: usize = 500;
-/// The most operations one script call carries. A call of 128 operations
-/// on one key holds Redis for well under a millisecond.
+/// The most operations one script call carries: a call of 128 operations
+/// holds Redis for about a millisecond (other clients wait meanwhile).
 const MAX_BATCH: usize = 128;
 /// The most operations waiting for a batch; further callers wait.
 const MAX_QUEUED: usize = 4_096;
