@@ -1,55 +1,78 @@
--- Switchboard's shared limiter: check-and-reserve, settle and budget reads,
--- each one atomic script call (see redis_limiter.rs for the Rust side).
+-- Switchboard's shared limiter (see redis_limiter.rs for the Rust side).
+-- Each call is atomic: a 'batch' of reserves, settles and renewals, applied
+-- one after the other in the order given, or one of the budget reads and
+-- writes 'used', 'floor' and 'seed'.
 --
 -- Every key carries the same hash tag, so one call's keys share a Redis
--- Cluster slot. Numbers that are written go to Redis as the decimal strings
--- the caller sent (never through Lua's doubles, which print large integers
--- as 1e+15); numbers that are compared are doubles, exact below 2^53
--- (about 9 million dollars in nano-dollars).
+-- Cluster slot, and every key a call touches is one of its KEYS. Numbers
+-- are compared and summed as Lua doubles, exact below 2^53 (about 9 million
+-- dollars in nano-dollars), and written as integers ('%d').
 --
--- KEYS of 'reserve' and 'settle': first the grant's record (hash: m, the
--- minute its reservation counts in; r and t, what reserve answered; done,
--- once settled or cancelled), then the epoch marker (a string that exists
--- once budgets' spend has been seeded from the request log), then four
--- per scope, in the order of the request's scopes:
---   1 in flight: hash  bucket minute -> requests reserved in that minute
---   2 minute:    hash  r -> requests, t -> tokens, of the current minute
---   3 spent:     string  nano-dollars spent in the budget window
---   4 held:      hash  bucket minute -> nano-dollars reserved then
--- (for a scope without a budget, 3 and 4 are named but never touched).
+-- Counters, per scope (only those of limits the scope has exist):
+--   in flight: hash  minute of reservation -> requests reserved then
+--   minute:    hash  r -> requests, t -> tokens, of one minute
+--   spent:     string  nano-dollars spent in the budget window
+--   held:      hash  minute of reservation -> nano-dollars reserved then
+-- A reservation counts in the minute it was made (or last renewed) for
+-- the lease; older fields of the in-flight and held hashes are dropped
+-- when next read (a crashed instance's reservations lapse). Times to live
+-- are set when a key is made (a minute's counter: 2 minutes; a window's
+-- spend: until the window ends plus a day) or, for the in-flight and held
+-- hashes, when they gain a field (the lease plus two minutes, which
+-- outlasts every reservation counted in that field), not on every request.
 --
--- ARGV[1] is the operation; a fixed header follows, then five values per
--- scope: max_concurrent, requests_per_minute, tokens_per_minute,
--- budget limit, budget TTL in seconds ('0': none). An empty string means
--- that the scope has no such limit, and then nothing is counted for it.
+-- A grant's record, a string at its own key, makes every operation on it
+-- idempotent: '<minute>:<requests>:<tokens>:<settled>', where minute is
+-- the one its reservation counts in (empty when nothing counts for it
+-- here), requests and tokens what its reserve answered, and settled the
+-- parts settled: '0' for a whole grant, '1' and '2' for the two parts of
+-- a split one, each settled once. A reserve whose record exists answers
+-- what it answered the first time and counts nothing (or {4} once
+-- settled); a settle of a part already settled does nothing. A settle
+-- without a record (a grant given while Redis was unreachable, a reserve
+-- that never arrived, or one whose lease lapsed) records only its spend,
+-- and leaves a record saying settled, so that a reserve arriving late is
+-- not counted.
 --
--- The grant's record makes both calls idempotent. A reserve whose record
--- exists answers what it answered the first time and counts nothing; a
--- settle whose record says done does nothing. A settle without a record
--- (a grant given while Redis was unreachable, a reserve that never arrived,
--- or one whose lease lapsed) records only its spend, and leaves a record
--- saying done, so that a reserve arriving late is not counted.
+-- 'batch': KEYS[1] is the epoch marker (a string that exists once budgets'
+-- spend has been seeded from the request log), the last KEYS the grants'
+-- records, one per operation in order; the others are named by index.
+-- ARGV[2..5]: lease in minutes, minute-key TTL (s), record and
+-- in-flight-key TTL (s), number of scope slots. Then 9 values per slot
+-- (a scope with its rules, in one minute and budget window): the key
+-- indexes of its in-flight, minute, spent and held counters ('0': none),
+-- then max_concurrent, requests_per_minute, tokens_per_minute, budget
+-- limit ('' for none) and budget TTL (s, '0' for none). Then the
+-- operations, each naming its scopes by slot number, in the request's
+-- order:
+--   'r' tokens cost minute check_epoch n slot...   (reserve)
+--     check_epoch '1': refuse to count while the marker is missing.
+--     Answers 0, requests, tokens (the first scope's counts after this
+--     request, -1 where not counted); 1, scope, which (which: 1
+--     max_concurrent, 2 requests_per_minute, 3 tokens_per_minute);
+--     2, scope, used (budget: spent plus held, before this request);
+--     3 (the marker is missing: nothing was counted); or 4 (settled or
+--     cancelled before this reserve arrived).
+--   's' token_change held cost part n slot...      (settle)
+--     token_change: actual minus reserved tokens (signed); held: the cost
+--     reserved; cost: the actual cost; part '0', '1' or '2'. Answers 0,
+--     or 1 when that part was settled already.
+--   'n' minute held n slot...                      (renew)
+--     Moves a reservation still counting from the minute it counts in to
+--     this one (its request and its held cost), so it counts for another
+--     lease. Answers 1, or 0 when it is settled or not counting.
+-- Returns three integers per operation, in order (unused ones 0): one
+-- flat array, cheaper to build and send than one per operation.
 --
--- 'reserve' ARGV[2..8]: tokens, cost, current minute, lease in minutes,
---   minute-key TTL (s), in-flight-key and record TTL (s), '1' to refuse
---   to count while the epoch marker is missing ('0' not to look).
---   Returns {0, requests, tokens} (the first scope's counts after this
---   request, -1 where not counted), {1, scope, which} (which: 1
---   max_concurrent, 2 requests_per_minute, 3 tokens_per_minute),
---   {2, scope, used} (budget: spent plus held, before this request),
---   {3} (the marker is missing: the counters were lost, or never seeded,
---   and nothing was counted), or {4} (the grant was settled or cancelled
---   before this reserve arrived).
--- 'settle' ARGV[2..8]: token change (actual minus reserved, signed), held
---   cost negated ('-N'), actual cost, record TTL (s), the part settled
---   ('done' for a whole grant; 'done1' and 'done2' for the two parts of a
---   split one, each settled once on its own), two unused.
---   Returns 0, or 1 when the grant (or this part) was settled already.
--- 'renew' ARGV[2..8]: current minute, held cost ('N'), held cost negated
---   ('-N'), record and in-flight-key TTL (s), three unused. Moves a
---   reservation still counting from the minute it counts in to the
---   current one (its request and its held cost), so it counts for another
---   lease. Returns 1, or 0 when the grant is settled or not counting.
+-- Within a batch, each counter is read once (the epoch marker and every
+-- spent counter in one MGET), kept in a table while the operations run,
+-- and written back once at the end: a batch of many requests on one key
+-- costs little more than one. A grant's record costs one command per
+-- operation: a new reservation writes it with SET NX (which also tells a
+-- repeat from a new reserve), a whole grant's settle with SET GET (which
+-- also tells what it reserved). The batch is checked whole before any of
+-- it runs, so a malformed one changes nothing.
+--
 -- 'used' KEYS: spent, held of one scope; ARGV[2..3]: current minute, lease
 --   in minutes. Returns spent plus live held.
 -- 'floor' KEYS: spent of one scope; ARGV[2..3]: spent (nanos), TTL in
@@ -59,31 +82,6 @@
 --   'floor'. Floors every spent key, then writes the marker. Returns 0.
 
 local operation = ARGV[1]
-local HEADER = 8
-local PER_SCOPE = 5
-
--- Sum of a bucket hash's live fields; buckets older than the lease are
--- reservations whose settle never came (a crashed instance), dropped here.
-local function live_sum(key, oldest)
-  local fields = redis.call('HGETALL', key)
-  local sum = 0
-  for j = 1, #fields, 2 do
-    if tonumber(fields[j]) < oldest then
-      redis.call('HDEL', key, fields[j])
-    else
-      sum = sum + tonumber(fields[j + 1])
-    end
-  end
-  return sum
-end
-
--- Adds a signed amount to a bucket field; a field that would stay at or
--- below zero (its reservation already expired) is removed instead.
-local function release(key, field, amount)
-  if redis.call('HINCRBY', key, field, amount) <= 0 then
-    redis.call('HDEL', key, field)
-  end
-end
 
 -- Raises a spent counter to at least `spent` (a decimal string).
 local function floor(key, spent, ttl)
@@ -111,181 +109,458 @@ if operation == 'seed' then
   return 0
 end
 
+-- Counters read once per call, changed in place, and written back once
+-- by flush(). Grant records are written as they are decided (one command
+-- each: SET NX for a new reservation, SET GET for a settle), so a batch
+-- is checked whole before any of it runs.
+local hashes = {}
+local strings = {}
+-- Grant records this call has read or written (key -> value; '' when
+-- there is none), and those still to be written at the end.
+local records = {}
+local unwritten = {}
+
+local function hash(key)
+  local counter = hashes[key]
+  if counter == nil then
+    local fields = redis.call('HGETALL', key)
+    local values = {}
+    for j = 1, #fields, 2 do
+      values[fields[j]] = tonumber(fields[j + 1])
+    end
+    counter = { values = values, changed = {}, ttl = nil, fresh = #fields == 0 }
+    hashes[key] = counter
+  end
+  return counter
+end
+
+-- Adds to a bucket field. A hash's time to live is set when it gains a
+-- field (a minute's first reservation), which outlasts every reservation
+-- counted in that field: keys are not touched again for every request.
+local function add(counter, field, amount, ttl)
+  local value = counter.values[field]
+  if value == nil then
+    if ttl then
+      counter.ttl = ttl
+    end
+    value = 0
+  end
+  counter.values[field] = value + amount
+  counter.changed[field] = true
+end
+
+-- Adds a signed amount to a bucket field; a field that would stay at or
+-- below zero (its reservation already expired) is removed instead.
+local function release(counter, field, amount)
+  local value = (counter.values[field] or 0) + amount
+  if value <= 0 then
+    value = nil
+  end
+  counter.values[field] = value
+  counter.changed[field] = true
+end
+
+-- Sum of a bucket hash's live fields; buckets older than `oldest` are
+-- reservations whose settle never came (a crashed instance), dropped here.
+local function live_sum(counter, oldest)
+  local sum = 0
+  for field, value in pairs(counter.values) do
+    if tonumber(field) < oldest then
+      counter.values[field] = nil
+      counter.changed[field] = true
+    else
+      sum = sum + value
+    end
+  end
+  return sum
+end
+
+-- A string counter (spent); read from Redis only when its value is needed.
+local function counter_of(key)
+  local counter = strings[key]
+  if counter == nil then
+    counter = { value = nil, added = 0, ttl = nil }
+    strings[key] = counter
+  end
+  return counter
+end
+
+local function increase(counter, amount)
+  counter.added = counter.added + amount
+  if counter.value ~= nil then
+    counter.value = counter.value + amount
+  end
+end
+
+local function flush()
+  for key, counter in pairs(hashes) do
+    local set, gone = {}, {}
+    for field in pairs(counter.changed) do
+      local value = counter.values[field]
+      if value == nil then
+        gone[#gone + 1] = field
+      else
+        set[#set + 1] = field
+        set[#set + 1] = string.format('%d', value)
+      end
+    end
+    if #gone > 0 then
+      redis.call('HDEL', key, unpack(gone))
+    end
+    if #set > 0 then
+      redis.call('HSET', key, unpack(set))
+      if counter.ttl then
+        redis.call('EXPIRE', key, counter.ttl)
+      end
+    end
+  end
+  for key, counter in pairs(strings) do
+    if counter.added ~= 0 then
+      local added = string.format('%d', counter.added)
+      -- A window's spend expires at a fixed time: set when it is created.
+      if redis.call('INCRBY', key, added) == counter.added and counter.ttl then
+        redis.call('EXPIRE', key, counter.ttl)
+      end
+    end
+  end
+end
+
 if operation == 'used' then
   local oldest = tonumber(ARGV[2]) - tonumber(ARGV[3]) + 1
-  local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-  return spent + live_sum(KEYS[2], oldest)
+  local used = tonumber(redis.call('GET', KEYS[1]) or '0') + live_sum(hash(KEYS[2]), oldest)
+  flush()
+  return used
 end
 
--- Keys before the scopes' own.
-local LEAD = 2
-local GRANT = KEYS[1]
-local EPOCH = KEYS[2]
-local scopes = (#KEYS - LEAD) / 4
-if (#KEYS - LEAD) % 4 ~= 0 or #ARGV ~= HEADER + PER_SCOPE * scopes then
-  return redis.error_reply('switchboard limiter: malformed call')
+if operation ~= 'batch' then
+  return redis.error_reply('switchboard limiter: unknown operation')
 end
 
-if operation == 'reserve' then
-  local tokens = tonumber(ARGV[2])
-  local cost = tonumber(ARGV[3])
-  local minute = ARGV[4]
-  local oldest = tonumber(minute) - tonumber(ARGV[5]) + 1
-  local minute_ttl = ARGV[6]
-  local flight_ttl = ARGV[7]
+local lease = tonumber(ARGV[2])
+local minute_ttl = ARGV[3]
+local record_ttl = ARGV[4]
+local slot_count = tonumber(ARGV[5])
+local SLOT = 9
+local FIRST_SLOT = 6
+local FIRST_OP = FIRST_SLOT + slot_count * SLOT
 
+local function key_at(index)
+  if index == '0' then
+    return nil
+  end
+  return KEYS[tonumber(index)]
+end
+
+local slots = {}
+for s = 1, slot_count do
+  local a = FIRST_SLOT + (s - 1) * SLOT
+  slots[s] = {
+    inflight = key_at(ARGV[a]),
+    minute = key_at(ARGV[a + 1]),
+    spent = key_at(ARGV[a + 2]),
+    held = key_at(ARGV[a + 3]),
+    max_concurrent = tonumber(ARGV[a + 4]),
+    rpm = tonumber(ARGV[a + 5]),
+    tpm = tonumber(ARGV[a + 6]),
+    limit = tonumber(ARGV[a + 7]),
+    budget_ttl = ARGV[a + 8],
+  }
+end
+
+-- The whole batch is checked before any of it runs: an error halfway
+-- would leave records written for counters that never were. The records
+-- are the last KEYS, one per operation.
+local operations = 0
+do
+  local i = FIRST_OP
+  while i <= #ARGV do
+    local kind, width = ARGV[i], nil
+    if kind == 'r' or kind == 's' then
+      width = 6
+    elseif kind == 'n' then
+      width = 4
+    end
+    local n = width and tonumber(ARGV[i + width - 1])
+    if not n then
+      return redis.error_reply('switchboard limiter: malformed batch')
+    end
+    for j = 1, n do
+      if not slots[tonumber(ARGV[i + width - 1 + j]) or 0] then
+        return redis.error_reply('switchboard limiter: malformed batch')
+      end
+    end
+    operations = operations + 1
+    i = i + width + n
+  end
+  if #KEYS - operations < 1 then
+    return redis.error_reply('switchboard limiter: malformed batch')
+  end
+end
+
+-- The epoch marker and every budget's spent counter, read together by
+-- the first reserve that needs either.
+local epoch_exists = nil
+local function load_strings()
+  if epoch_exists ~= nil then
+    return
+  end
+  local names, named = { KEYS[1] }, {}
+  for _, slot in ipairs(slots) do
+    local key = slot.spent
+    if key and not named[key] and counter_of(key).value == nil then
+      named[key] = true
+      names[#names + 1] = key
+    end
+  end
+  local values = redis.call('MGET', unpack(names))
+  epoch_exists = values[1] ~= false
+  for j = 2, #names do
+    local counter = strings[names[j]]
+    counter.value = tonumber(values[j] or '0') + counter.added
+  end
+end
+
+local function parse(record)
+  return string.match(record, '^(%d*):(%-?%d*):(%-?%d*):(%d*)$')
+end
+
+-- A grant's record as this call knows it, read once.
+local function record_of(key)
+  local value = records[key]
+  if value == nil then
+    value = redis.call('GET', key) or ''
+    records[key] = value
+  end
+  return value
+end
+
+-- The answer to a reserve sent again, from its grant's record (nil if the
+-- record says nothing was reserved).
+local function repeated(value)
+  local _, requests, counted, parts = parse(value)
+  if parts == nil then
+    return nil
+  end
+  if parts ~= '' then
+    return 4, 0, 0
+  end
+  return 0, tonumber(requests), tonumber(counted)
+end
+
+local function settled(parts, part)
+  return string.find(parts, '0', 1, true) ~= nil or string.find(parts, part, 1, true) ~= nil
+end
+
+-- Each operation answers three integers (see the top of this file).
+local function reserve(record, tokens, cost, minute, check_epoch, first, n)
   -- Counters that were lost (a flush, a restart without persistence) must
   -- be seeded again from the request log before budgets are checked.
-  if ARGV[8] == '1' and redis.call('EXISTS', EPOCH) == 0 then
-    return {3}
-  end
-
-  -- A repeat (a retry after a lost reply) counts nothing again.
-  local seen = redis.call('HMGET', GRANT, 'r', 't', 'done', 'done1', 'done2')
-  if seen[3] or seen[4] or seen[5] then
-    return {4}
-  end
-  if seen[1] then
-    return {0, tonumber(seen[1]), tonumber(seen[2])}
-  end
-
-  -- Check every scope first...
-  for i = 1, scopes do
-    local k = LEAD + (i - 1) * 4
-    local a = HEADER + (i - 1) * PER_SCOPE
-    local max_concurrent, rpm, tpm, limit = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-    if max_concurrent ~= '' and live_sum(KEYS[k + 1], oldest) >= tonumber(max_concurrent) then
-      return {1, i, 1}
+  if check_epoch == '1' then
+    load_strings()
+    if not epoch_exists then
+      return 3, 0, 0
     end
-    if rpm ~= '' or tpm ~= '' then
-      local counts = redis.call('HMGET', KEYS[k + 2], 'r', 't')
-      if rpm ~= '' and tonumber(counts[1] or '0') >= tonumber(rpm) then
-        return {1, i, 2}
+  end
+  -- A repeat (a retry after a lost reply) answers as the first did and
+  -- counts nothing again.
+  local seen = records[record]
+  if seen ~= nil then
+    local code, a, b = repeated(seen)
+    if code then
+      return code, a, b
+    end
+  end
+  local oldest = tonumber(minute) - lease + 1
+  -- Check every scope first...
+  local refused, at, why, first_requests, first_tokens = nil, 0, 0, -1, -1
+  for j = 1, n do
+    local slot = slots[tonumber(ARGV[first + j])]
+    if slot.max_concurrent and live_sum(hash(slot.inflight), oldest) >= slot.max_concurrent then
+      refused, at, why = 1, j, 1
+      break
+    end
+    if slot.rpm or slot.tpm then
+      local counts = hash(slot.minute).values
+      local requests, used = counts.r or 0, counts.t or 0
+      if slot.rpm and requests >= slot.rpm then
+        refused, at, why = 1, j, 2
+        break
       end
       -- A minute with nothing counted yet takes any one request, so a
       -- worst case larger than the whole limit is not refused forever.
-      local used = tonumber(counts[2] or '0')
-      if tpm ~= '' and used > 0 and used + tokens > tonumber(tpm) then
-        return {1, i, 3}
+      if slot.tpm and used > 0 and used + tokens > slot.tpm then
+        refused, at, why = 1, j, 3
+        break
+      end
+      if j == 1 then
+        first_requests, first_tokens = requests + 1, used + tokens
       end
     end
-    if limit ~= '' then
-      local used = tonumber(redis.call('GET', KEYS[k + 3]) or '0') + live_sum(KEYS[k + 4], oldest)
-      if used + cost > tonumber(limit) then
-        return {2, i, used}
+    if slot.limit then
+      load_strings()
+      local used = strings[slot.spent].value + live_sum(hash(slot.held), oldest)
+      if used + cost > slot.limit then
+        refused, at, why = 2, j, used
+        break
       end
     end
   end
-
-  -- ...then reserve in all of them.
-  local first_requests, first_tokens = -1, -1
-  for i = 1, scopes do
-    local k = LEAD + (i - 1) * 4
-    local a = HEADER + (i - 1) * PER_SCOPE
-    local max_concurrent, rpm, tpm, limit = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-    if max_concurrent ~= '' then
-      redis.call('HINCRBY', KEYS[k + 1], minute, 1)
-      redis.call('EXPIRE', KEYS[k + 1], flight_ttl)
+  if refused then
+    -- Refused now, but perhaps granted when first sent.
+    local code, a, b = repeated(record_of(record))
+    if code then
+      return code, a, b
     end
-    if rpm ~= '' or tpm ~= '' then
-      local requests = redis.call('HINCRBY', KEYS[k + 2], 'r', 1)
-      local counted = redis.call('HINCRBY', KEYS[k + 2], 't', ARGV[2])
-      redis.call('EXPIRE', KEYS[k + 2], minute_ttl)
-      if i == 1 then
-        first_requests, first_tokens = requests, counted
+    return refused, at, why
+  end
+  -- ...then the record, which also tells a repeat from a new reserve...
+  local value = minute .. ':' .. string.format('%d', first_requests) .. ':'
+    .. string.format('%d', first_tokens) .. ':'
+  if seen ~= nil then
+    -- Read by this call, and saying nothing was reserved: written at
+    -- the end.
+    unwritten[record] = true
+  elseif not redis.call('SET', record, value, 'NX', 'EX', record_ttl) then
+    local code, a, b = repeated(record_of(record))
+    if code then
+      return code, a, b
+    end
+    return 4, 0, 0
+  end
+  records[record] = value
+  -- ...and the reservation, in every scope.
+  for j = 1, n do
+    local slot = slots[tonumber(ARGV[first + j])]
+    if slot.max_concurrent then
+      add(hash(slot.inflight), minute, 1, record_ttl)
+    end
+    if slot.rpm or slot.tpm then
+      local counts = hash(slot.minute)
+      add(counts, 'r', 1, nil)
+      add(counts, 't', tokens, nil)
+      if counts.fresh then
+        counts.ttl = minute_ttl
       end
     end
-    if limit ~= '' and ARGV[3] ~= '0' then
-      redis.call('HINCRBY', KEYS[k + 4], minute, ARGV[3])
-      redis.call('EXPIRE', KEYS[k + 4], flight_ttl)
+    if slot.limit and cost ~= 0 then
+      add(hash(slot.held), minute, cost, record_ttl)
     end
   end
-  redis.call('HSET', GRANT, 'm', minute, 'r', string.format('%d', first_requests),
-    't', string.format('%d', first_tokens))
-  redis.call('EXPIRE', GRANT, flight_ttl)
-  return {0, first_requests, first_tokens}
+  return 0, first_requests, first_tokens
 end
 
-if operation == 'renew' then
-  local record = redis.call('HMGET', GRANT, 'm', 'done', 'done1')
-  if record[2] or record[3] or not record[1] then
-    return 0
+local function settle(record, token_change, held, cost, part, first, n)
+  local value = records[record]
+  if value == nil and part == '0' then
+    -- A whole grant: mark it settled and learn what it was in one command.
+    value = redis.call('SET', record, ':::0', 'EX', record_ttl, 'GET') or ''
+    records[record] = ':::0'
+  elseif value == nil then
+    value = record_of(record)
   end
-  local from, to = record[1], ARGV[2]
-  local ttl = ARGV[5]
-  for i = 1, scopes do
-    local k = LEAD + (i - 1) * 4
-    local a = HEADER + (i - 1) * PER_SCOPE
-    local max_concurrent, limit = ARGV[a + 1], ARGV[a + 4]
-    if max_concurrent ~= '' then
-      if from ~= to then
-        release(KEYS[k + 1], from, -1)
-        redis.call('HINCRBY', KEYS[k + 1], to, 1)
-      end
-      redis.call('EXPIRE', KEYS[k + 1], ttl)
-    end
-    if limit ~= '' and ARGV[3] ~= '0' then
-      if from ~= to then
-        release(KEYS[k + 4], from, ARGV[4])
-        redis.call('HINCRBY', KEYS[k + 4], to, ARGV[3])
-      end
-      redis.call('EXPIRE', KEYS[k + 4], ttl)
-    end
+  local minute, requests, counted, parts = parse(value)
+  if parts == nil then
+    minute, requests, counted, parts = '', '', '', ''
   end
-  redis.call('HSET', GRANT, 'm', to)
-  redis.call('EXPIRE', GRANT, ttl)
-  return 1
-end
-
-if operation == 'settle' then
-  local token_change = ARGV[2]
-  local held_release = ARGV[3]
-  local actual_cost = ARGV[4]
-  local part = ARGV[6]
-  if part ~= 'done' and part ~= 'done1' and part ~= 'done2' then
-    return redis.error_reply('switchboard limiter: unknown grant part')
+  if settled(parts, part) then
+    return 1, 0, 0
   end
-  local record = redis.call('HMGET', GRANT, 'm', 'done', part)
-  if record[2] or record[3] then
-    return 1
+  -- Nothing more will be read from a whole grant's record.
+  local now = ':::0'
+  if part ~= '0' then
+    now = minute .. ':' .. requests .. ':' .. counted .. ':' .. parts .. part
+  end
+  if records[record] ~= now then
+    records[record] = now
+    unwritten[record] = true
   end
   -- The minute the reservation counts in now; none if it never counted
   -- here or has lapsed, and then only the spend is recorded.
-  local minute = record[1]
-  local reserved_here = minute ~= false
-  redis.call('HSET', GRANT, part, '1')
-  redis.call('EXPIRE', GRANT, ARGV[5])
-
-  for i = 1, scopes do
-    local k = LEAD + (i - 1) * 4
-    local a = HEADER + (i - 1) * PER_SCOPE
-    local max_concurrent, rpm, tpm, limit, budget_ttl =
-      ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-    if reserved_here and max_concurrent ~= '' then
-      release(KEYS[k + 1], minute, -1)
+  local reserved_here = minute ~= ''
+  for j = 1, n do
+    local slot = slots[tonumber(ARGV[first + j])]
+    if reserved_here and slot.max_concurrent then
+      release(hash(slot.inflight), minute, -1)
     end
-    -- The minute's key is gone once the minute is long past; an old
-    -- minute that still exists is read by no later reservation but one
-    -- from an instance whose clock lags, which this keeps right.
-    if reserved_here and (rpm ~= '' or tpm ~= '') and token_change ~= '0'
-      and redis.call('EXISTS', KEYS[k + 2]) == 1 then
-      if redis.call('HINCRBY', KEYS[k + 2], 't', token_change) < 0 then
-        redis.call('HSET', KEYS[k + 2], 't', 0)
+    -- The minute's counter is gone once the minute is long past (and is
+    -- not made again here); an old minute that still exists is read by no
+    -- later reservation but one from an instance whose clock lags, which
+    -- this keeps right.
+    if reserved_here and (slot.rpm or slot.tpm) and token_change ~= 0 then
+      local counts = hash(slot.minute)
+      if counts.values.r or counts.values.t then
+        local tokens = (counts.values.t or 0) + token_change
+        if tokens < 0 then
+          tokens = 0
+        end
+        counts.values.t = tokens
+        counts.changed.t = true
       end
     end
-    if limit ~= '' then
-      if reserved_here and held_release ~= '0' then
-        release(KEYS[k + 4], minute, held_release)
+    if slot.limit then
+      if reserved_here and held ~= 0 then
+        release(hash(slot.held), minute, -held)
       end
-      if actual_cost ~= '0' then
-        redis.call('INCRBY', KEYS[k + 3], actual_cost)
-        if budget_ttl ~= '0' then
-          redis.call('EXPIRE', KEYS[k + 3], budget_ttl)
+      if cost ~= 0 then
+        local spent = counter_of(slot.spent)
+        increase(spent, cost)
+        if slot.budget_ttl ~= '0' then
+          spent.ttl = slot.budget_ttl
         end
       end
     end
   end
-  return 0
+  return 0, 0, 0
 end
 
-return redis.error_reply('switchboard limiter: unknown operation')
+local function renew(record, to, held, first, n)
+  local from, requests, counted, parts = parse(record_of(record))
+  if not parts or from == '' or settled(parts, '1') then
+    return 0, 0, 0
+  end
+  for j = 1, n do
+    local slot = slots[tonumber(ARGV[first + j])]
+    if slot.max_concurrent and from ~= to then
+      local inflight = hash(slot.inflight)
+      release(inflight, from, -1)
+      add(inflight, to, 1, record_ttl)
+    end
+    if slot.limit and held ~= 0 and from ~= to then
+      local holds = hash(slot.held)
+      release(holds, from, -held)
+      add(holds, to, held, record_ttl)
+    end
+  end
+  records[record] = to .. ':' .. requests .. ':' .. counted .. ':' .. parts
+  unwritten[record] = true
+  return 1, 0, 0
+end
+
+local answers = {}
+local i, record = FIRST_OP, #KEYS - operations
+while i <= #ARGV do
+  local kind, code, a, b = ARGV[i], nil, nil, nil
+  record = record + 1
+  if kind == 'r' then
+    local n = tonumber(ARGV[i + 5])
+    code, a, b = reserve(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+      ARGV[i + 3], ARGV[i + 4], i + 5, n)
+    i = i + 6 + n
+  elseif kind == 's' then
+    local n = tonumber(ARGV[i + 5])
+    code, a, b = settle(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+      tonumber(ARGV[i + 3]), ARGV[i + 4], i + 5, n)
+    i = i + 6 + n
+  else
+    local n = tonumber(ARGV[i + 3])
+    code, a, b = renew(KEYS[record], ARGV[i + 1], tonumber(ARGV[i + 2]), i + 3, n)
+    i = i + 4 + n
+  end
+  local at = #answers
+  answers[at + 1], answers[at + 2], answers[at + 3] = code, a, b
+end
+for key in pairs(unwritten) do
+  redis.call('SET', key, records[key], 'EX', record_ttl)
+end
+flush()
+return answers

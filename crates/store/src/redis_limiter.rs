@@ -2,15 +2,34 @@
 //! `switchboard_policy::limits`, shared by every gateway instance through
 //! one Redis, with the semantics of `MemoryLimiter`.
 //!
-//! **One round trip.** `reserve`, `settle`, `renew` and `budget_used` are
-//! each one call of the Lua script `redis_limiter.lua` (EVALSHA; the script is
-//! loaded once per Redis process, on the first NOSCRIPT). Reserve checks
+//! **One atomic step per operation, many per round trip.** Reserve checks
 //! every scope (concurrency, requests and tokens per minute, budget:
 //! spent + held + cost <= limit), and only if all pass reserves in all of
 //! them, atomically, so instances can never together overshoot a limit.
-//! Window names (`minute_of`, `budget_window`) are computed here from the
-//! time the caller passes in and sent as arguments, so every instance and
-//! the script agree on them.
+//! `reserve`, `settle` and `renew` go through the limiter's batchers,
+//! tasks that send whatever operations are waiting as one call of the Lua
+//! script `redis_limiter.lua` (EVALSHA; the script is loaded once per
+//! Redis process, on the first NOSCRIPT), wait for its answer, and then
+//! send what arrived meanwhile: one call at a time each. Reserves have a
+//! batcher of their own, which sends at once, so a reserve waits at most
+//! for the call ahead of it, and alone (one request at a time) not at
+//! all; settles, renewals and cancels, which no request waits for, share
+//! another, whose batches gather for `BACKGROUND_LINGER` (2 ms) first:
+//! a reservation is released up to that much later, never sooner, so no
+//! limit loosens. Redis runs a script whole, so a batch's operations are
+//! applied one after the other, in the order they were queued, each with
+//! exactly the checks it would have had alone; the script answers each
+//! in its place, and every waiting operation receives its own answer.
+//! Inside the call each counter is read once and written back once, so a
+//! batch of requests on one key costs Redis little more than one request
+//! (see `BENCHMARKS.md`). A batch holds at most `MAX_BATCH` operations;
+//! at most `MAX_QUEUED` wait per batcher, and further callers wait for
+//! room. `budget_used`, `floor_spent` and reseeding are calls of their
+//! own. Window names (`minute_of`, `budget_window`) are computed here from
+//! the time the caller passes in and sent as arguments, so every instance
+//! and the script agree on them. Keys' layout is unchanged by batching,
+//! so instances of the previous release count in the same counters while
+//! a deployment is rolled (each reads only its own grants' records).
 //!
 //! **Keys.** `<prefix>{sb}:<kind>:<escaped id>:<counter>`, where the id keeps
 //! `[A-Za-z0-9_.-]` and percent-encodes every other byte (so `{`, `}`,
@@ -19,7 +38,8 @@
 //! flight), `m:<minute>` (hash: `r` requests, `t` tokens), `spent:<window>`
 //! (nano-dollars), `held:<window>` (hash: minute of reservation →
 //! nano-dollars reserved). Only limits a scope has are counted. Beside
-//! them, `<prefix>{sb}:grant:<id>` records one reservation (below).
+//! them, `<prefix>{sb}:grant:<id>` records one reservation (below), as a
+//! short string (`<minute>:<requests>:<tokens>:<parts settled>`).
 //!
 //! **Each reserve and settle applies at most once.** Every `Grant` carries
 //! an id drawn at reserve time (`fresh_grant_id`: 64 random bits per
@@ -40,8 +60,9 @@
 //! them, because a team's counters are shared with all its keys and a
 //! deployment's with every team. The cost: one slot, so one primary, holds
 //! and serves every counter of the limiter; a cluster adds availability,
-//! not throughput, for it. (Each call is a few hash operations; one Redis
-//! primary serves well over 50,000 of them a second.)
+//! not throughput, for it. (A request costs it two operations of a
+//! batched call: about 20 µs of one core at the batch sizes a busy gateway
+//! makes, 60 to 100 µs alone; see `BENCHMARKS.md`.)
 //!
 //! **Expiry.** Minute counters live 2 minutes. A budget's spend lives until
 //! its window ends plus a day (so the last window can still be read);
@@ -82,41 +103,48 @@
 //! per prefix, so instances sharing a prefix must share a request log
 //! (`storage.redis_prefix` separates gateways on one Redis).
 //!
-//! **When Redis cannot be reached.** Every call is bounded by `timeout`
-//! (2 s by default), retried once immediately after a dropped connection
-//! (the auto-reconnecting `ConnectionManager` reports one error after an
-//! idle drop), and after a connection failure Redis is left alone for
-//! `outage_pause` (1 s) so an outage does not add the timeout to every
-//! request. Failing open, `reserve` grants without counting (warning at
-//! most every 5 s); failing closed, it refuses with `Refusal::Unavailable`.
-//! A reserve that got no answer may still have been applied by Redis (a
-//! timeout, a connection lost after sending): refused, it is cancelled
-//! later by a settle of nothing under its id; granted, its own settle
-//! releases it. A settle that fails (and such a cancel) is sent again off
-//! the request path, after 250 ms and then twice as long each time up to
-//! 10 s, for up to the lease, by a task of the limiter's; at most 16,384
-//! wait at once, and those beyond, or still failing after the lease, or
-//! waiting when the process ends, are lost: their reservations lapse with
-//! the lease and their spend is missing from the counters (the request log
-//! has it). `budget_used` answers 0 when Redis is unreachable.
+//! **When Redis cannot be reached.** Every call (a whole batch) is bounded
+//! by `timeout` (2 s by default), retried once immediately after a dropped
+//! connection (the auto-reconnecting `ConnectionManager` reports one error
+//! after an idle drop; every operation carries its grant's id, so the
+//! repeat is harmless), and after a connection failure Redis is left alone
+//! for `outage_pause` (1 s) so an outage does not add the timeout to every
+//! request. A batch that fails fails each of its operations, which then
+//! go on as they would have alone. Failing open, `reserve` grants without
+//! counting (warning at most every 5 s); failing closed, it refuses with
+//! `Refusal::Unavailable`. A reserve that got no answer may still have
+//! been applied by Redis (a timeout, a connection lost after sending):
+//! refused, it is cancelled later by a settle of nothing under its id;
+//! granted, its own settle releases it. So is a reserve whose caller
+//! stopped waiting (a client hang-up) by the time its answer came: the
+//! batcher cancels it. A settle that fails (and such a cancel) is sent
+//! again off the request path, after 250 ms and then twice as long each
+//! time up to 10 s, for up to the lease, by a task of the limiter's; at
+//! most 16,384 wait at once, and those beyond, or still failing after the
+//! lease, or waiting when the process ends, are lost: their reservations
+//! lapse with the lease and their spend is missing from the counters (the
+//! request log has it). `budget_used` answers 0 when Redis is unreachable.
 //!
-//! **Numbers.** Increments travel as decimal strings; comparisons inside
-//! the script use Lua doubles, exact below 2^53 nano-dollars (about nine
-//! million dollars). Values are capped at `i64::MAX`, Redis's integer range.
+//! **Numbers.** Arguments travel as decimal strings; inside the script
+//! counters are compared and summed as Lua doubles, exact below 2^53
+//! nano-dollars (about nine million dollars), and written back as
+//! integers. Values are capped at `i64::MAX`, Redis's integer range.
 
-use std::fmt;
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RedisResult, Script, ScriptInvocation, Value};
+use redis::{Cmd, RedisError, RedisResult, Script, ServerErrorKind, Value};
 use switchboard_core::mix::splitmix64;
 use switchboard_policy::limits::{
     Ask, Grant, LimitFuture, Limiter, Nanos, Period, Refusal, Remaining, Rules, Scope,
-    budget_reset_in, budget_window, minute_of,
+    budget_reset_in, budget_window, budget_window_start, minute_of,
 };
+use tokio::sync::{mpsc, oneshot};
 
 /// The hash tag in every key: one Redis Cluster slot for all counters.
 pub const HASH_TAG: &str = "{sb}";
@@ -144,6 +172,15 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 const RESEED_RETRY: Duration = Duration::from_secs(1);
 /// Budgets floored per script call when reseeding.
 const RESEED_CHUNK: usize = 500;
+/// The most operations one script call carries: a call of 128 operations
+/// holds Redis for about a millisecond (other clients wait meanwhile).
+const MAX_BATCH: usize = 128;
+/// The most operations waiting for a batch; further callers wait.
+const MAX_QUEUED: usize = 4_096;
+/// How long settles, renewals and cancels wait for others to share their
+/// call: they are off the request path, and a batch of many costs Redis
+/// little more than one.
+const BACKGROUND_LINGER: Duration = Duration::from_millis(2);
 
 /// How a `RedisLimiter` behaves; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -220,6 +257,14 @@ struct Inner {
     /// When the last reseed failed: for `RESEED_RETRY`, requests that find
     /// the marker missing are refused without trying again.
     reseed_failed_at: Mutex<Option<Instant>>,
+    /// Where reserves queue for their batcher task, and settles, renewals
+    /// and cancels for theirs; each started by the first of them.
+    reserves: OnceLock<mpsc::Sender<Pending>>,
+    background: OnceLock<mpsc::Sender<Pending>>,
+    /// Script calls made for them (each a round trip), and the operations
+    /// they carried.
+    batches: AtomicU64,
+    batched: AtomicU64,
 }
 
 /// Where a `RedisLimiter` finds budgets' spend again when its counters
@@ -252,7 +297,7 @@ impl fmt::Debug for RedisLimiter {
 }
 
 /// Why a call did not get an answer from Redis.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Failure {
     Paused,
     TimedOut(Duration),
@@ -260,6 +305,8 @@ enum Failure {
     Reply(String),
     /// The counters were lost and could not be restored.
     Lost(String),
+    /// The batcher task is gone (its runtime is shutting down).
+    Stopped,
 }
 
 impl Failure {
@@ -269,7 +316,7 @@ impl Failure {
             Failure::Redis(error) => {
                 error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
             }
-            Failure::Reply(_) | Failure::Lost(_) => false,
+            Failure::Reply(_) | Failure::Lost(_) | Failure::Stopped => false,
         }
     }
 
@@ -283,6 +330,8 @@ impl Failure {
                     && (error.is_io_error() || error.is_connection_dropped() || error.is_timeout())
             }
             Failure::Paused | Failure::Reply(_) | Failure::Lost(_) => false,
+            // Its batch may have been sent before the task ended.
+            Failure::Stopped => true,
         }
     }
 }
@@ -298,21 +347,119 @@ impl fmt::Display for Failure {
                 formatter,
                 "its counters were lost and are not restored yet: {why}"
             ),
+            Failure::Stopped => formatter.write_str("the limiter's batcher has stopped"),
         }
     }
 }
 
 enum Request {
-    Script(ScriptInvocation<'static>),
+    /// An EVALSHA of the limiter's script.
+    Script(Cmd),
     Ping,
 }
 
 impl Request {
     async fn send(&self, connection: &mut ConnectionManager) -> RedisResult<Value> {
         match self {
-            Request::Script(invocation) => invocation.invoke_async(connection).await,
+            Request::Script(command) => match command.query_async(connection).await {
+                // A Redis that restarted, or never saw the script, gets it
+                // now, once.
+                Err(error)
+                    if error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
+                {
+                    SCRIPT.load_async(connection).await?;
+                    command.query_async(connection).await
+                }
+                other => other,
+            },
             Request::Ping => redis::cmd("PING").query_async(connection).await,
         }
+    }
+}
+
+/// An EVALSHA of the limiter's script with room for its arguments.
+fn script_command() -> Cmd {
+    let mut command = redis::cmd("EVALSHA");
+    command.arg(SCRIPT.get_hash());
+    command
+}
+
+/// One reserve, settle or renewal, as the batcher sends it.
+#[derive(Debug)]
+struct Op {
+    kind: OpKind,
+    /// The grant's id and part (0: whole; 1, 2: the parts of a split one).
+    id: u128,
+    part: u8,
+    scopes: Vec<(Scope, Rules)>,
+    /// The minute and time the scopes' counters are named for: the
+    /// reserve's own, or the grant's.
+    minute: u64,
+    now_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OpKind {
+    Reserve {
+        tokens: u64,
+        cost: Nanos,
+        check_epoch: bool,
+    },
+    Settle {
+        /// Actual minus reserved tokens.
+        token_change: i64,
+        /// The cost reserved, released now.
+        held: Nanos,
+        cost: Nanos,
+    },
+    Renew {
+        /// The minute the reservation is to count in from now on.
+        to_minute: u64,
+        held: Nanos,
+    },
+}
+
+/// What the script answers an operation: three integers (see
+/// `redis_limiter.lua`).
+type Answer = [i64; 3];
+
+/// An operation waiting for its batch, and where its answer goes.
+struct Pending {
+    op: Arc<Op>,
+    answer: oneshot::Sender<Result<Answer, Failure>>,
+}
+
+/// A scope with its rules in one minute and budget window: the unit a
+/// batch names once however many of its operations touch it.
+#[derive(PartialEq, Eq, Hash)]
+struct SlotKey<'a> {
+    scope: &'a Scope,
+    rules: Rules,
+    minute: u64,
+    /// When the budget window starts (0 without a budget).
+    window_start: u64,
+}
+
+struct Slot<'a> {
+    scope: &'a Scope,
+    rules: Rules,
+    minute: u64,
+    now_ms: u64,
+    /// The index in KEYS (1-based, as Lua counts) of its first key.
+    first_key: usize,
+}
+
+impl Slot<'_> {
+    /// In-flight, minute, spent, held: whether the script needs each.
+    fn counters(&self) -> [bool; 4] {
+        let rules = &self.rules;
+        let budget = rules.budget.is_some();
+        [
+            rules.max_concurrent.is_some(),
+            rules.requests_per_minute.is_some() || rules.tokens_per_minute.is_some(),
+            budget,
+            budget,
+        ]
     }
 }
 
@@ -372,6 +519,10 @@ impl RedisLimiter {
                 reseeding: tokio::sync::Mutex::new(()),
                 reseeds: AtomicU64::new(0),
                 reseed_failed_at: Mutex::new(None),
+                reserves: OnceLock::new(),
+                background: OnceLock::new(),
+                batches: AtomicU64::new(0),
+                batched: AtomicU64::new(0),
             }),
         };
         if let Err(error) = limiter.ping().await {
@@ -405,6 +556,10 @@ impl RedisLimiter {
                 reseeding: tokio::sync::Mutex::new(()),
                 reseeds: AtomicU64::new(0),
                 reseed_failed_at: Mutex::new(None),
+                reserves: OnceLock::new(),
+                background: OnceLock::new(),
+                batches: AtomicU64::new(0),
+                batched: AtomicU64::new(0),
             }),
         }
     }
@@ -449,6 +604,15 @@ impl RedisLimiter {
     pub fn settles_retrying(&self) -> usize {
         self.inner.retrying.load(Ordering::Relaxed)
     }
+
+    /// The script calls the batcher has made, and the reserves, settles
+    /// and renewals they carried.
+    pub fn batches(&self) -> (u64, u64) {
+        (
+            self.inner.batches.load(Ordering::Relaxed),
+            self.inner.batched.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Inner {
@@ -462,63 +626,244 @@ impl Inner {
         )
     }
 
-    /// The four keys of a scope, in the script's order.
-    fn scope_keys(&self, scope: &Scope, rules: &Rules, minute: u64, now_ms: u64) -> [String; 4] {
-        let base = self.scope_base(scope);
-        let window = rules.budget.map_or_else(
-            || "none".to_owned(),
-            |budget| budget_window(budget.period, now_ms),
-        );
-        [
-            format!("{base}:inflight"),
-            format!("{base}:m:{minute}"),
-            format!("{base}:spent:{window}"),
-            format!("{base}:held:{window}"),
-        ]
-    }
-
     /// `<prefix>{sb}:epoch`: exists once budgets were seeded.
     fn epoch_key(&self) -> String {
         format!("{}{HASH_TAG}:epoch", self.prefix)
     }
 
-    /// `<prefix>{sb}:grant:<id>`: the record of one reservation.
-    fn grant_key(&self, id: u128) -> String {
-        format!("{}{HASH_TAG}:grant:{id:032x}", self.prefix)
-    }
-
-    /// Keys, header and per-scope rules of a reserve or settle call.
-    fn invocation(
-        &self,
-        id: u128,
-        scopes: &[(Scope, Rules)],
-        minute: u64,
-        now_ms: u64,
-        header: [String; 8],
-    ) -> ScriptInvocation<'static> {
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation.key(self.grant_key(id));
-        invocation.key(self.epoch_key());
-        for (scope, rules) in scopes {
-            for key in self.scope_keys(scope, rules, minute, now_ms) {
-                invocation.key(key);
+    /// The script call carrying `ops`, to be applied in this order (see
+    /// `redis_limiter.lua` for the layout): each scope, in each minute and
+    /// budget window, is named once however many operations touch it.
+    fn batch_command(&self, ops: &[&Op]) -> Cmd {
+        let mut slots: Vec<Slot<'_>> = Vec::new();
+        let mut slot_of: HashMap<SlotKey<'_>, usize> = HashMap::new();
+        // Each operation's scopes as slot numbers (1-based), in order.
+        let mut op_slots: Vec<usize> = Vec::with_capacity(ops.len());
+        // KEYS so far: the epoch marker.
+        let mut keys = 1;
+        for op in ops {
+            for (scope, rules) in &op.scopes {
+                let window_start = rules
+                    .budget
+                    .map_or(0, |budget| budget_window_start(budget.period, op.now_ms));
+                let slot_key = SlotKey {
+                    scope,
+                    rules: *rules,
+                    minute: op.minute,
+                    window_start,
+                };
+                let number = *slot_of.entry(slot_key).or_insert_with(|| {
+                    let slot = Slot {
+                        scope,
+                        rules: *rules,
+                        minute: op.minute,
+                        now_ms: op.now_ms,
+                        first_key: keys + 1,
+                    };
+                    keys += slot.counters().iter().filter(|&&used| used).count();
+                    slots.push(slot);
+                    slots.len()
+                });
+                op_slots.push(number);
             }
         }
-        for value in header {
-            invocation.arg(value);
+
+        let mut command = script_command();
+        command.arg(keys + ops.len()).arg(self.epoch_key());
+        let mut name = String::new();
+        for slot in &slots {
+            let base = self.scope_base(slot.scope);
+            let [in_flight, minute, budget, _] = slot.counters();
+            let mut key = |suffix: fmt::Arguments<'_>| {
+                name.clear();
+                let _ = write!(name, "{base}:{suffix}");
+                command.arg(name.as_str());
+            };
+            if in_flight {
+                key(format_args!("inflight"));
+            }
+            if minute {
+                key(format_args!("m:{}", slot.minute));
+            }
+            if let (true, Some(budget)) = (budget, slot.rules.budget) {
+                let window = budget_window(budget.period, slot.now_ms);
+                key(format_args!("spent:{window}"));
+                key(format_args!("held:{window}"));
+            }
         }
-        for (_, rules) in scopes {
-            let budget_ttl = rules
-                .budget
-                .map_or(0, |budget| budget_ttl_secs(budget.period, now_ms));
-            invocation
-                .arg(limit_arg(rules.max_concurrent))
-                .arg(limit_arg(rules.requests_per_minute))
-                .arg(limit_arg(rules.tokens_per_minute))
-                .arg(limit_arg(rules.budget.map(|budget| budget.limit)))
-                .arg(budget_ttl);
+        for op in ops {
+            name.clear();
+            let _ = write!(name, "{}{HASH_TAG}:grant:{:032x}", self.prefix, op.id);
+            command.arg(name.as_str());
         }
-        invocation
+
+        command
+            .arg("batch")
+            .arg(self.lease_minutes)
+            .arg(MINUTE_KEY_TTL_SECS)
+            .arg(self.record_ttl_secs())
+            .arg(slots.len());
+        for slot in &slots {
+            let mut next = slot.first_key;
+            for used in slot.counters() {
+                if used {
+                    command.arg(next);
+                    next += 1;
+                } else {
+                    command.arg(0);
+                }
+            }
+            let rules = &slot.rules;
+            limit_arg(&mut command, rules.max_concurrent);
+            limit_arg(&mut command, rules.requests_per_minute);
+            limit_arg(&mut command, rules.tokens_per_minute);
+            limit_arg(&mut command, rules.budget.map(|budget| budget.limit));
+            command.arg(
+                rules
+                    .budget
+                    .map_or(0, |budget| budget_ttl_secs(budget.period, slot.now_ms)),
+            );
+        }
+        let mut op_slots = op_slots.into_iter();
+        for op in ops {
+            match op.kind {
+                OpKind::Reserve {
+                    tokens,
+                    cost,
+                    check_epoch,
+                } => command
+                    .arg("r")
+                    .arg(tokens.min(REDIS_MAX))
+                    .arg(cost.min(REDIS_MAX))
+                    .arg(op.minute)
+                    .arg(if check_epoch { "1" } else { "0" }),
+                OpKind::Settle {
+                    token_change,
+                    held,
+                    cost,
+                } => command
+                    .arg("s")
+                    .arg(token_change)
+                    .arg(held.min(REDIS_MAX))
+                    .arg(cost.min(REDIS_MAX))
+                    .arg(match op.part {
+                        0 => "0",
+                        1 => "1",
+                        _ => "2",
+                    }),
+                OpKind::Renew { to_minute, held } => {
+                    command.arg("n").arg(to_minute).arg(held.min(REDIS_MAX))
+                }
+            };
+            command.arg(op.scopes.len());
+            for number in op_slots.by_ref().take(op.scopes.len()) {
+                command.arg(number);
+            }
+        }
+        command
+    }
+
+    /// The queue of `op`'s batcher, its task started on first use. `None`
+    /// outside a Tokio runtime.
+    fn queue(self: &Arc<Self>, op: &Op) -> Option<&mpsc::Sender<Pending>> {
+        let (lane, linger) = match op.kind {
+            OpKind::Reserve { .. } => (&self.reserves, None),
+            OpKind::Settle { .. } | OpKind::Renew { .. } => {
+                (&self.background, Some(BACKGROUND_LINGER))
+            }
+        };
+        if let Some(queue) = lane.get() {
+            return Some(queue);
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some(lane.get_or_init(|| {
+            let (queue, waiting) = mpsc::channel(MAX_QUEUED);
+            runtime.spawn(run_batches(Arc::downgrade(self), waiting, linger));
+            queue
+        }))
+    }
+
+    /// Sends `op` with the next batch and waits for its own answer.
+    async fn submit(self: &Arc<Self>, op: Arc<Op>) -> Result<Answer, Failure> {
+        let Some(queue) = self.queue(&op) else {
+            return Err(Failure::Stopped);
+        };
+        let (answer, answered) = oneshot::channel();
+        if queue.send(Pending { op, answer }).await.is_err() {
+            return Err(Failure::Stopped);
+        }
+        answered.await.unwrap_or(Err(Failure::Stopped))
+    }
+
+    /// Sends one batch and hands each operation its answer: the script's
+    /// answers come in the order of the operations.
+    async fn send_batch(self: &Arc<Self>, batch: &mut Vec<Pending>) {
+        // A reserve whose caller has left is not sent at all.
+        batch.retain(|pending| {
+            !(pending.answer.is_closed() && matches!(pending.op.kind, OpKind::Reserve { .. }))
+        });
+        if batch.is_empty() {
+            return;
+        }
+        let command = {
+            let ops: Vec<&Op> = batch.iter().map(|pending| pending.op.as_ref()).collect();
+            self.batch_command(&ops)
+        };
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let answers = match self.call(&Request::Script(command)).await {
+            Ok(value) => match redis::from_redis_value::<Vec<i64>>(value) {
+                Ok(answers) if answers.len() == 3 * batch.len() => Ok(answers),
+                Ok(answers) => Err(Failure::Reply(format!(
+                    "{} numbers for {} operations",
+                    answers.len(),
+                    batch.len()
+                ))),
+                Err(error) => Err(Failure::Reply(error.to_string())),
+            },
+            Err(failure) => Err(failure),
+        };
+        let mut next = answers.as_deref().unwrap_or_default().chunks_exact(3);
+        for Pending { op, answer } in batch.drain(..) {
+            let result = match (&answers, next.next()) {
+                (Ok(_), Some(&[code, first, second])) => Ok([code, first, second]),
+                (Err(failure), _) => Err(failure.clone()),
+                (Ok(_), _) => Err(Failure::Reply("no answer".to_owned())),
+            };
+            if answer.is_closed() {
+                self.orphaned(&op, &result);
+            } else {
+                // Dropped first, so that the caller holds the only reference.
+                drop(op);
+                let _ = answer.send(result);
+            }
+        }
+    }
+
+    /// A reserve whose caller stopped waiting (a client hang-up): whatever
+    /// Redis counted for it is released, as for a reserve whose answer was
+    /// lost.
+    fn orphaned(self: &Arc<Self>, op: &Op, result: &Result<Answer, Failure>) {
+        let OpKind::Reserve { tokens, cost, .. } = op.kind else {
+            return;
+        };
+        let counted = match result {
+            Ok([code, ..]) => *code == 0,
+            Err(failure) => failure.may_have_applied(),
+        };
+        if counted {
+            let cancel = Op {
+                kind: OpKind::Settle {
+                    token_change: -(tokens.min(REDIS_MAX) as i64),
+                    held: cost,
+                    cost: 0,
+                },
+                scopes: op.scopes.clone(),
+                ..*op
+            };
+            self.retry_later(Arc::new(cancel), "a reserve whose caller left is cancelled");
+        }
     }
 
     /// One request to Redis, retried once after a dropped connection, all
@@ -587,43 +932,54 @@ impl Inner {
         // checked; rate limits restart with the next minute anyway.
         let check_epoch = self.reseed.get().is_some()
             && ask.scopes.iter().any(|(_, rules)| rules.budget.is_some());
-        let header = [
-            "reserve".to_owned(),
-            ask.tokens.min(REDIS_MAX).to_string(),
-            ask.cost.min(REDIS_MAX).to_string(),
-            minute.to_string(),
-            self.lease_minutes.to_string(),
-            MINUTE_KEY_TTL_SECS.to_string(),
-            self.record_ttl_secs().to_string(),
-            if check_epoch { "1" } else { "0" }.to_owned(),
-        ];
-        let request = Request::Script(self.invocation(id, &ask.scopes, minute, ask.now_ms, header));
+        let Ask {
+            scopes,
+            tokens,
+            cost,
+            now_ms,
+        } = ask;
+        let op = Arc::new(Op {
+            kind: OpKind::Reserve {
+                tokens,
+                cost,
+                check_epoch,
+            },
+            id,
+            part: 0,
+            scopes,
+            minute,
+            now_ms,
+        });
         let mut reseeded = false;
         let reply = loop {
             let reseeds_seen = self.reseeds.load(Ordering::Acquire);
             // A dropped connection is retried inside `call`; the grant id
             // makes that repeat harmless.
-            let reply = match self.call(&request).await {
-                Ok(value) => redis::from_redis_value::<Vec<i64>>(value)
-                    .map_err(|error| Failure::Reply(error.to_string())),
-                Err(failure) => Err(failure),
-            };
+            let reply = self.submit(op.clone()).await;
             // The marker is missing: nothing was counted; the budgets are
             // seeded again from the request log, and the reserve resent
             // (a second round trip, only after a loss).
-            if matches!(reply.as_deref(), Ok([3])) {
+            if matches!(reply, Ok([3, ..])) {
                 let restored = if reseeded {
                     Err("the counters were lost again while being restored".to_owned())
                 } else {
-                    self.reseed(reseeds_seen, ask.now_ms).await
+                    self.reseed(reseeds_seen, now_ms).await
                 };
                 if let Err(why) = restored {
-                    return self.unavailable(ask, id, minute, reset, &Failure::Lost(why));
+                    break Err(Failure::Lost(why));
                 }
                 reseeded = true;
                 continue;
             }
             break reply;
+        };
+        // The batcher has let go of the operation: its scopes come back
+        // for the grant without a copy.
+        let ask = Ask {
+            scopes: Arc::try_unwrap(op).map_or_else(|op| op.scopes.clone(), |op| op.scopes),
+            tokens,
+            cost,
+            now_ms,
         };
         let reply = match reply {
             Ok(reply) => reply,
@@ -635,7 +991,7 @@ impl Inner {
                 .and_then(|index| index.checked_sub(1))
                 .and_then(|index| ask.scopes.get(index))
         };
-        let refusal = match *reply.as_slice() {
+        let refusal = match reply {
             [0, requests, tokens] => {
                 let rules = ask
                     .scopes
@@ -678,7 +1034,7 @@ impl Inner {
                 }),
                 _ => None,
             },
-            [4] => {
+            [4, ..] => {
                 return Err(Refusal::Unavailable(
                     "this reservation was already settled or cancelled".to_owned(),
                 ));
@@ -724,8 +1080,10 @@ impl Inner {
         if !open {
             self.warn_unavailable(failure, "refusing requests (fail closed)");
             if failure.may_have_applied() {
-                let request = self.settle_request(&grant, 0, 0);
-                self.retry_later(request, "a reserve that timed out is cancelled");
+                self.retry_later(
+                    Arc::new(settle_op(grant, 0, 0)),
+                    "a reserve that timed out is cancelled",
+                );
             }
             return Err(Refusal::Unavailable(format!(
                 "the shared rate-limit and budget counters cannot be reached ({failure}); \
@@ -780,28 +1138,26 @@ impl Inner {
             spend.chunks(RESEED_CHUNK).collect()
         };
         for (index, chunk) in chunks.iter().enumerate() {
-            let mut invocation = SCRIPT.prepare_invoke();
-            invocation.key(self.epoch_key()).arg("seed");
+            let mut command = script_command();
+            command.arg(1 + chunk.len()).arg(self.epoch_key());
+            for SpentIn { scope, period, .. } in chunk.iter() {
+                let window = budget_window(*period, now_ms);
+                command.arg(format!("{}:spent:{window}", self.scope_base(scope)));
+            }
+            command.arg("seed");
             // The marker goes with the last chunk: until then, requests
             // still find it missing and wait.
             if index + 1 == chunks.len() {
-                invocation.arg(now_ms);
+                command.arg(now_ms);
             } else {
-                invocation.arg("");
+                command.arg("");
             }
-            for SpentIn {
-                scope,
-                period,
-                spent,
-            } in chunk.iter()
-            {
-                let window = budget_window(*period, now_ms);
-                invocation
-                    .key(format!("{}:spent:{window}", self.scope_base(scope)))
-                    .arg(spent.min(&REDIS_MAX).to_string())
+            for SpentIn { period, spent, .. } in chunk.iter() {
+                command
+                    .arg(spent.min(&REDIS_MAX))
                     .arg(budget_ttl_secs(*period, now_ms));
             }
-            self.call(&Request::Script(invocation))
+            self.call(&Request::Script(command))
                 .await
                 .map_err(|failure| failure.to_string())?;
         }
@@ -814,50 +1170,17 @@ impl Inner {
         self.lease_minutes * 60 + MINUTE_KEY_TTL_SECS
     }
 
-    /// The settle call of a grant. The script knows from the grant's
-    /// record whether, and in which minute, its reservation counts.
-    fn settle_request(&self, grant: &Grant, tokens: u64, cost: Nanos) -> Request {
-        let reserved_tokens = grant.tokens.min(REDIS_MAX) as i64;
-        let token_change = tokens.min(REDIS_MAX) as i64 - reserved_tokens;
-        let held_release = match grant.cost.min(REDIS_MAX) {
-            0 => "0".to_owned(),
-            held => format!("-{held}"),
-        };
-        let header = [
-            "settle".to_owned(),
-            token_change.to_string(),
-            held_release,
-            cost.min(REDIS_MAX).to_string(),
-            self.record_ttl_secs().to_string(),
-            match grant.part {
-                0 => "done",
-                1 => "done1",
-                _ => "done2",
-            }
-            .to_owned(),
-            String::new(),
-            String::new(),
-        ];
-        Request::Script(self.invocation(
-            grant.id,
-            &grant.scopes,
-            grant.minute,
-            grant.now_ms,
-            header,
-        ))
-    }
-
     async fn settle_shared(self: &Arc<Self>, grant: Grant, tokens: u64, cost: Nanos) {
         if grant.scopes.is_empty() {
             return;
         }
-        let request = self.settle_request(&grant, tokens, cost);
-        match self.call(&request).await {
+        let op = Arc::new(settle_op(grant, tokens, cost));
+        match self.submit(op.clone()).await {
             Ok(_) => {}
             Err(failure @ Failure::Reply(_)) => {
                 self.warn_unavailable(&failure, "a settle is lost (Redis refused it)")
             }
-            Err(_) => self.retry_later(request, "a settle is retried"),
+            Err(_) => self.retry_later(op, "a settle is retried"),
         }
     }
 
@@ -866,7 +1189,7 @@ impl Inner {
     /// was lost may be sent again. Past the lease its reservation has
     /// lapsed anyway, and only its spend is lost from the counters (the
     /// request log keeps it). At most `MAX_RETRYING` wait at once.
-    fn retry_later(self: &Arc<Self>, request: Request, what: &'static str) {
+    fn retry_later(self: &Arc<Self>, op: Arc<Op>, what: &'static str) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!("{what}, but there is no runtime to retry it on: it is lost");
             return;
@@ -882,7 +1205,7 @@ impl Inner {
             let mut wait = RETRY_FIRST;
             loop {
                 tokio::time::sleep(wait).await;
-                match inner.call(&request).await {
+                match inner.submit(op.clone()).await {
                     Ok(_) => break,
                     Err(failure) => {
                         if matches!(failure, Failure::Reply(_)) || Instant::now() + wait > deadline
@@ -899,8 +1222,8 @@ impl Inner {
         });
     }
 
-    async fn renew_shared(&self, request: Request) -> bool {
-        match self.call(&request).await {
+    async fn renew_shared(self: &Arc<Self>, op: Arc<Op>) -> bool {
+        match self.submit(op).await {
             Ok(_) => true,
             Err(failure) => {
                 self.warn_unavailable(&failure, "a reservation in progress was not renewed");
@@ -909,44 +1232,19 @@ impl Inner {
         }
     }
 
-    /// The renew call of a grant still in progress at `now_ms`.
-    fn renew_request(&self, grant: &Grant, now_ms: u64) -> Request {
-        let cost = grant.cost.min(REDIS_MAX);
-        let header = [
-            "renew".to_owned(),
-            minute_of(now_ms).to_string(),
-            cost.to_string(),
-            if cost == 0 {
-                "0".to_owned()
-            } else {
-                format!("-{cost}")
-            },
-            self.record_ttl_secs().to_string(),
-            String::new(),
-            String::new(),
-            String::new(),
-        ];
-        Request::Script(self.invocation(
-            grant.id,
-            &grant.scopes,
-            grant.minute,
-            grant.now_ms,
-            header,
-        ))
-    }
-
     async fn budget_used_shared(&self, scope: &Scope, period: Period, now_ms: u64) -> Nanos {
         let minute = minute_of(now_ms);
         let window = budget_window(period, now_ms);
         let base = self.scope_base(scope);
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation
-            .key(format!("{base}:spent:{window}"))
-            .key(format!("{base}:held:{window}"))
+        let mut command = script_command();
+        command
+            .arg(2)
+            .arg(format!("{base}:spent:{window}"))
+            .arg(format!("{base}:held:{window}"))
             .arg("used")
             .arg(minute)
             .arg(self.lease_minutes);
-        let reply = match self.call(&Request::Script(invocation)).await {
+        let reply = match self.call(&Request::Script(command)).await {
             Ok(value) => redis::from_redis_value::<i64>(value)
                 .map_err(|error| Failure::Reply(error.to_string())),
             Err(failure) => Err(failure),
@@ -976,13 +1274,14 @@ impl Limiter for RedisLimiter {
         Box::pin(async move {
             let window = budget_window(period, now_ms);
             let ttl = budget_ttl_secs(period, now_ms);
-            let mut invocation = SCRIPT.prepare_invoke();
-            invocation
-                .key(format!("{}:spent:{window}", self.inner.scope_base(&scope)))
+            let mut command = script_command();
+            command
+                .arg(1)
+                .arg(format!("{}:spent:{window}", self.inner.scope_base(&scope)))
                 .arg("floor")
-                .arg(spent.to_string())
+                .arg(spent.min(REDIS_MAX))
                 .arg(ttl);
-            if let Err(failure) = self.inner.call(&Request::Script(invocation)).await {
+            if let Err(failure) = self.inner.call(&Request::Script(command)).await {
                 self.inner
                     .warn_unavailable(&failure, "past spend not counted for a new budget");
             }
@@ -1010,8 +1309,18 @@ impl Limiter for RedisLimiter {
         if grant.scopes.is_empty() {
             return Box::pin(std::future::ready(true));
         }
-        let request = self.inner.renew_request(grant, now_ms);
-        Box::pin(self.inner.renew_shared(request))
+        let op = Op {
+            kind: OpKind::Renew {
+                to_minute: minute_of(now_ms),
+                held: grant.cost,
+            },
+            id: grant.id,
+            part: grant.part,
+            scopes: grant.scopes.clone(),
+            minute: grant.minute,
+            now_ms: grant.now_ms,
+        };
+        Box::pin(self.inner.renew_shared(Arc::new(op)))
     }
 }
 
@@ -1055,8 +1364,57 @@ fn budget_ttl_secs(period: Period, now_ms: u64) -> u64 {
 }
 
 /// A limit as the script reads it: empty for none.
-fn limit_arg(limit: Option<u64>) -> String {
-    limit.map_or_else(String::new, |limit| limit.min(REDIS_MAX).to_string())
+fn limit_arg(command: &mut Cmd, limit: Option<u64>) {
+    match limit {
+        Some(limit) => command.arg(limit.min(REDIS_MAX)),
+        None => command.arg(""),
+    };
+}
+
+/// The settle of a grant at its actual tokens and cost. The script knows
+/// from the grant's record whether, and in which minute, its reservation
+/// counts.
+fn settle_op(grant: Grant, tokens: u64, cost: Nanos) -> Op {
+    let token_change = tokens.min(REDIS_MAX) as i64 - grant.tokens.min(REDIS_MAX) as i64;
+    Op {
+        kind: OpKind::Settle {
+            token_change,
+            held: grant.cost,
+            cost,
+        },
+        id: grant.id,
+        part: grant.part,
+        scopes: grant.scopes,
+        minute: grant.minute,
+        now_ms: grant.now_ms,
+    }
+}
+
+/// A batcher: sends whatever operations are waiting as one script call,
+/// one call at a time, until the limiter is dropped. With a `linger`, the
+/// first operation of a batch waits that long for others to join it.
+async fn run_batches(
+    inner: Weak<Inner>,
+    mut waiting: mpsc::Receiver<Pending>,
+    linger: Option<Duration>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Some(linger) = linger
+            && batch.len() < MAX_BATCH
+        {
+            tokio::time::sleep(linger).await;
+            while batch.len() < MAX_BATCH
+                && let Ok(pending) = waiting.try_recv()
+            {
+                batch.push(pending);
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.send_batch(&mut batch).await;
+    }
 }
 
 /// An error after which the same request on a fresh connection may work.

@@ -1757,3 +1757,199 @@ async fn the_two_parts_of_a_split_grant_settle_once_each() {
     );
     clean_up(&url, &prefix).await;
 }
+
+// ---------------------------------------------------------------------------
+// (8) The batcher: operations waiting together share one script call, and
+// each gets its own answer.
+
+/// Request `index`'s own key, with a limit that lets it through or refuses
+/// it for a reason of its own, and a team shared by all.
+fn batch_scopes(index: u64, team_requests: u64) -> Vec<(Scope, Rules)> {
+    let rules = match index % 4 {
+        0 => Rules {
+            tokens_per_minute: Some(1_000_000),
+            ..Rules::default()
+        },
+        1 => Rules {
+            requests_per_minute: Some(0),
+            ..Rules::default()
+        },
+        2 => Rules {
+            budget: budget(index, Period::Daily),
+            ..Rules::default()
+        },
+        _ => Rules {
+            max_concurrent: Some(0),
+            ..Rules::default()
+        },
+    };
+    vec![
+        (scope(ScopeKind::Key, &format!("k{index}")), rules),
+        (
+            scope(ScopeKind::Team, "shared"),
+            Rules {
+                requests_per_minute: Some(team_requests),
+                ..Rules::default()
+            },
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_operations_share_calls_and_each_gets_its_own_answer() {
+    let Some(url) =
+        redis_url("concurrent_operations_share_calls_and_each_gets_its_own_answer").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("batch-answers");
+    let limiter = Arc::new(limiter(&url, &prefix, false).await);
+    let now_ms = minute_start_now();
+    const REQUESTS: u64 = 300;
+    // Every fourth request is granted; the team has room for exactly them
+    // and one more.
+    let team_requests = REQUESTS / 4 + 1;
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(REQUESTS as usize));
+    let mut tasks = Vec::new();
+    for index in 0..REQUESTS {
+        let (limiter, barrier) = (limiter.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let scopes = batch_scopes(index, team_requests);
+            // Tokens and cost differ per request, so an answer meant for
+            // another request shows.
+            limiter
+                .reserve(ask(&scopes, 1_000 + index, 1_000 + index, now_ms))
+                .await
+        }));
+    }
+    let mut granted = Vec::new();
+    for (index, task) in (0..REQUESTS).zip(tasks) {
+        let answer = task.await.unwrap();
+        let own = format!("k{index}");
+        match (index % 4, answer) {
+            (0, Ok(grant)) => {
+                assert_eq!(
+                    grant.remaining.tokens,
+                    Some((1_000_000, 1_000_000 - 1_000 - index)),
+                    "request {index} got another's answer"
+                );
+                granted.push((index, grant));
+            }
+            (
+                1,
+                Err(Refusal::Limited {
+                    scope,
+                    limit: "requests_per_minute",
+                    ..
+                }),
+            ) => assert_eq!(scope.id, own),
+            (
+                2,
+                Err(Refusal::Budget {
+                    scope, limit, used, ..
+                }),
+            ) => {
+                assert_eq!((scope.id, limit, used), (own, index, 0));
+            }
+            (
+                3,
+                Err(Refusal::Limited {
+                    scope,
+                    limit: "max_concurrent",
+                    ..
+                }),
+            ) => assert_eq!(scope.id, own),
+            (_, other) => panic!("request {index} answered {other:?}"),
+        }
+    }
+    assert_eq!(granted.len() as u64, REQUESTS / 4);
+    let (calls, operations) = limiter.batches();
+    assert_eq!(operations, REQUESTS);
+    assert!(
+        calls < operations,
+        "{operations} concurrent reserves took {calls} calls: none was batched"
+    );
+
+    // Reserving is all or nothing within a batch too: only the granted
+    // requests counted on the team, which has room for one more.
+    let team_only = vec![batch_scopes(0, team_requests)[1].clone()];
+    limiter
+        .reserve(ask(&team_only, 1, 0, now_ms))
+        .await
+        .expect("room for one more on the team");
+    assert!(matches!(
+        limiter.reserve(ask(&team_only, 1, 0, now_ms)).await,
+        Err(Refusal::Limited {
+            limit: "requests_per_minute",
+            ..
+        })
+    ));
+
+    // Settles together, each at tokens of its own: each key's minute then
+    // holds exactly its own request's tokens.
+    let mut tasks = Vec::new();
+    for (index, grant) in granted {
+        let limiter = limiter.clone();
+        tasks.push(tokio::spawn(async move {
+            limiter.settle(grant, index, 0).await;
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for index in (0..REQUESTS).step_by(4) {
+        let own = vec![batch_scopes(index, team_requests)[0].clone()];
+        let grant = limiter.reserve(ask(&own, 1, 0, now_ms)).await.unwrap();
+        assert_eq!(
+            grant.remaining.tokens,
+            Some((1_000_000, 1_000_000 - index - 1)),
+            "the settle of request {index} landed elsewhere"
+        );
+    }
+    clean_up(&url, &prefix).await;
+}
+
+/// A reserve whose caller stopped waiting (a client hang-up) while Redis
+/// held its answer is cancelled: it does not hold its budget and its slot
+/// until the lease ends.
+#[tokio::test]
+async fn a_reserve_whose_caller_left_is_cancelled() {
+    let Some(url) = redis_url("a_reserve_whose_caller_left_is_cancelled").await else {
+        return;
+    };
+    let prefix = unique_prefix("caller-left");
+    let (relay, through_relay, direct) = relayed(&url, &prefix).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+    through_relay.ping().await.unwrap();
+    relay.set_muted(true);
+    // The caller gives up before the limiter's own timeout.
+    let left = tokio::time::timeout(
+        Duration::from_millis(50),
+        through_relay.reserve(ask(&scopes, 10, 1_000, now_ms)),
+    )
+    .await;
+    assert!(left.is_err(), "the reserve cannot have answered");
+    eventually("the abandoned reserve reached Redis", || async {
+        direct.budget_used(&key, Period::Daily, now_ms).await == 1_000
+    })
+    .await;
+    eventually("its cancel waits", || async {
+        through_relay.settles_retrying() == 1
+    })
+    .await;
+
+    relay.set_muted(false);
+    eventually("the abandoned reservation is released", || async {
+        through_relay.settles_retrying() == 0
+            && direct.budget_used(&key, Period::Daily, now_ms).await == 0
+    })
+    .await;
+    for _ in 0..2 {
+        direct.reserve(ask(&scopes, 1, 0, now_ms)).await.unwrap();
+    }
+    clean_up(&url, &prefix).await;
+}
