@@ -20,14 +20,24 @@ use switchboard_testkit::{MockUpstream, Script, at_once, openai_stream};
 
 const KEY: &str = "sb-sdk-test-master-key";
 
-/// Tests of this file run in parallel; the virtual environment is built by
-/// one of them at a time.
-static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Holds an exclusive lock on `name` in the tests' scratch directory until
+/// dropped. Tests of this file run in parallel, and under nextest each in a
+/// process of its own, so a lock file (not a mutex) makes one of them at a
+/// time build the shared virtual environment or install npm packages.
+fn exclusive(name: &str) -> std::fs::File {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.lock().unwrap();
+    file
+}
 
 fn python_venv() -> Option<PathBuf> {
-    let _building = VENV
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _building = exclusive("openai-sdk-venv.lock");
     if Command::new("python3").arg("--version").output().is_err() {
         switchboard_testkit::skip_or_fail(
             "the Python SDK end-to-end tests",
@@ -69,6 +79,7 @@ fn node_project() -> Option<PathBuf> {
         );
         return None;
     }
+    let _installing = exclusive("openai-node-sdk.lock");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node");
     let project = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-node-sdk");
     let wanted = std::fs::read_to_string(source.join("package.json")).unwrap();
