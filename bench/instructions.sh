@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Instructions the gateway executes per proxied request, counted by
+# valgrind's callgrind: a figure that does not move with the machine's load,
+# for comparing builds or settings when the cores are busy (wall-clock
+# ratios on a shared 2-core machine swing by 20% from run to run).
+#
+#   bench/instructions.sh [REQUESTS] [CASES]   # default 1000 "off log"
+#   BINARY=/path/to/switchboard bench/instructions.sh
+#
+# Cases: off  [logging] requests = false, /metrics closed
+#        log  the request log on (SQLite and its journal), /metrics closed
+# Counts every thread of the gateway (the record writer's included) from
+# after a warm-up until the requests are answered; the kernel's share
+# (system calls) is not counted. Needs valgrind and what bench/run.sh
+# installs (oha, the mock). Loopback only; stops by itself.
+set -euo pipefail
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$BENCH/.." && pwd)"
+export ANCHORS="$BENCH"
+source "$BENCH/harness/common.sh"
+REQUESTS="${1:-1000}"
+CASES="${2:-off log}"
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
+[ -x "$OHA" ] || { echo "oha not found ($OHA): run harness/install.sh tools first" >&2; exit 2; }
+[ -x "$MOCK_BIN" ] || { echo "the mock is not built: run harness/install.sh mock first" >&2; exit 2; }
+if [ -z "${BINARY:-}" ]; then
+  (cd "$ROOT" && cargo build --release -p switchboard-cli)
+  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+fi
+OUT="$RESULTS/instructions-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+PORT=9100
+BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
+gateway_pid=""
+cleanup() { [ -n "$gateway_pid" ] && kill "$gateway_pid" 2>/dev/null || true; stop_mock; }
+trap cleanup EXIT
+start_mock "" ""
+
+for case in $CASES; do
+  case "$case" in
+    off) extra=$'[logging]\nrequests = false\n[metrics]\nenabled = false' ;;
+    log) extra=$'[metrics]\nenabled = false' ;;
+    *) echo "unknown case $case" >&2; exit 2 ;;
+  esac
+  dir="$OUT/$case"; mkdir -p "$dir"
+  cat >"$dir/config.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PORT"
+master_key = "sk-bench-1234"
+[storage]
+url = "sqlite://$dir/records.db"
+$extra
+[[models]]
+name = "bench-model"
+[[models.deployments]]
+name = "mock"
+provider = "openai-compatible"
+api_base = "$MOCK_URL"
+model = "bench-model"
+api_key = "sk-mock"
+price = { input_per_mtok = 0.15, output_per_mtok = 0.6 }
+TOML
+  SWITCHBOARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+    "$BINARY" serve --config "$dir/config.toml" >"$dir/gateway.log" 2>&1 &
+  gateway_pid=$!
+  wait_http "http://127.0.0.1:$PORT/health" 120 || { echo "the gateway did not start: $dir/gateway.log" >&2; exit 1; }
+  load() { "$OHA" --no-tui -m POST -T application/json -d "$BODY" -H "Authorization: Bearer sk-bench-1234" \
+    -n "$1" -c 8 "http://127.0.0.1:$PORT/v1/chat/completions"; }
+  load 300 >/dev/null                      # warm-up: pools, caches, first batches
+  callgrind_control -z "$gateway_pid" >/dev/null
+  load "$REQUESTS" >"$dir/oha.txt"
+  sleep 0.5                                # the record writer's batch in flight
+  callgrind_control -d "$gateway_pid" >/dev/null
+  kill -TERM "$gateway_pid"; wait "$gateway_pid" || true; gateway_pid=""
+  answered=$(grep -oE '\[200\] [0-9]+' "$dir/oha.txt" | awk '{print $2}')
+  total=$(awk '/^totals:/{print $2; exit}' "$dir/callgrind.out.1")
+  echo "$case: $((total / REQUESTS)) instructions per request ($answered of $REQUESTS answered 200)" | tee -a "$OUT/summary.txt"
+done
+echo "results: $OUT"
