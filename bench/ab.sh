@@ -50,14 +50,7 @@ url = "sqlite://$RUN/ab.db"
 requests = false
 [metrics]
 enabled = false
-[[models]]
-name = "bench-model"
-[[models.deployments]]
-name = "mock"
-provider = "openai-compatible"
-api_base = "$MOCK_URL"
-model = "bench-model"
-api_key = "sk-mock"
+$(mock_model_toml unpriced)
 TOML
 
 load() { # name, url, concurrency, round

@@ -50,15 +50,7 @@ master_key = "sk-bench-1234"
 [storage]
 url = "sqlite://$dir/records.db"
 $extra
-[[models]]
-name = "bench-model"
-[[models.deployments]]
-name = "mock"
-provider = "openai-compatible"
-api_base = "$MOCK_URL"
-model = "bench-model"
-api_key = "sk-mock"
-price = { input_per_mtok = 0.15, output_per_mtok = 0.6 }
+$(mock_model_toml)
 TOML
   SWITCHBOARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
     "$BINARY" serve --config "$dir/config.toml" >"$dir/gateway.log" 2>&1 &

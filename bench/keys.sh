@@ -60,15 +60,7 @@ listen = "127.0.0.1:9000"
 master_key = "$MASTER"
 [storage]
 $storage
-[[models]]
-name = "bench-model"
-[[models.deployments]]
-name = "mock"
-provider = "openai-compatible"
-api_base = "http://127.0.0.1:18000/v1"
-model = "bench-model"
-api_key = "sk-mock"
-price = { input_per_mtok = 0.15, output_per_mtok = 0.6 }
+$(mock_model_toml)
 TOML
   echo "$RUN/keys-$case.toml"
 }

@@ -77,15 +77,7 @@ master_key = "$MASTER"
 [storage]
 url = "sqlite://$RUN/observability-$case.db"
 $extra
-[[models]]
-name = "bench-model"
-[[models.deployments]]
-name = "mock"
-provider = "openai-compatible"
-api_base = "$MOCK_URL"
-model = "bench-model"
-api_key = "sk-mock"
-price = { input_per_mtok = 0.15, output_per_mtok = 0.6 }
+$(mock_model_toml)
 TOML
   echo "$RUN/observability-$case.toml"
 }
