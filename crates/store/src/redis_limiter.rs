@@ -6,25 +6,28 @@
 //! every scope (concurrency, requests and tokens per minute, budget:
 //! spent + held + cost <= limit), and only if all pass reserves in all of
 //! them, atomically, so instances can never together overshoot a limit.
-//! `reserve`, `settle` and `renew` go through the limiter's batchers,
-//! tasks that send whatever operations are waiting as one call of the Lua
+//! `reserve`, `settle` and `renew` go through the limiter's batcher, a
+//! task that sends whatever operations are waiting as one call of the Lua
 //! script `redis_limiter.lua` (EVALSHA; the script is loaded once per
-//! Redis process, on the first NOSCRIPT), wait for its answer, and then
-//! send what arrived meanwhile: one call at a time each. Reserves have a
-//! batcher of their own, which sends at once, so a reserve waits at most
-//! for the call ahead of it, and alone (one request at a time) not at
-//! all; settles, renewals and cancels, which no request waits for, share
-//! another, whose batches gather for `BACKGROUND_LINGER` (2 ms) first:
-//! a reservation is released up to that much later, never sooner, so no
-//! limit loosens. Redis runs a script whole, so a batch's operations are
-//! applied one after the other, in the order they were queued, each with
-//! exactly the checks it would have had alone; the script answers each
-//! in its place, and every waiting operation receives its own answer.
-//! Inside the call each counter is read once and written back once, so a
-//! batch of requests on one key costs Redis little more than one request
-//! (see `BENCHMARKS.md`). A batch holds at most `MAX_BATCH` operations;
-//! at most `MAX_QUEUED` wait per batcher, and further callers wait for
-//! room. `budget_used`, `floor_spent` and reseeding are calls of their
+//! Redis process, on the first NOSCRIPT), waits for its answer, and then
+//! sends what arrived meanwhile: one call at a time. Reserves are sent at
+//! once, so a reserve waits at most for the call ahead of it, and alone
+//! (one request at a time) not at all. Settles, renewals and cancels,
+//! which no request waits for, linger for up to `BACKGROUND_LINGER` (2 ms)
+//! and ride ahead of the reserves of the next call made meanwhile, or go
+//! alone when it passes: a reservation is released up to that much later,
+//! never sooner, so no limit loosens, and under load (or between one
+//! client's requests) a request's settle shares a later request's call.
+//! Redis runs a script whole, so a batch's operations are applied one
+//! after the other, in the order they were queued, each with exactly the
+//! checks it would have had alone; the script answers each in its place,
+//! and every waiting operation receives its own answer. Inside the call
+//! each counter is read once and written back once, so a batch of
+//! requests on one key costs Redis little more than one request (see
+//! `BENCHMARKS.md`). A call carries at most `MAX_BATCH` reserves and as
+//! many other operations; at most `MAX_QUEUED` of each wait, and further
+//! callers wait for room.
+//! `budget_used`, `floor_spent` and reseeding are calls of their
 //! own. Window names (`minute_of`, `budget_window`) are computed here from
 //! the time the caller passes in and sent as arguments, so every instance
 //! and the script agree on them. Keys' layout is unchanged by batching,
@@ -172,10 +175,12 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 const RESEED_RETRY: Duration = Duration::from_secs(1);
 /// Budgets floored per script call when reseeding.
 const RESEED_CHUNK: usize = 500;
-/// The most operations one script call carries: a call of 128 operations
-/// holds Redis for about a millisecond (other clients wait meanwhile).
+/// The most reserves one script call carries, and the most other
+/// operations: a call of 128 operations holds Redis for about a
+/// millisecond (other clients wait meanwhile).
 const MAX_BATCH: usize = 128;
-/// The most operations waiting for a batch; further callers wait.
+/// The most operations waiting in each of the batcher's queues; further
+/// callers wait.
 const MAX_QUEUED: usize = 4_096;
 /// How long settles, renewals and cancels wait for others to share their
 /// call: they are off the request path, and a batch of many costs Redis
@@ -257,10 +262,9 @@ struct Inner {
     /// When the last reseed failed: for `RESEED_RETRY`, requests that find
     /// the marker missing are refused without trying again.
     reseed_failed_at: Mutex<Option<Instant>>,
-    /// Where reserves queue for their batcher task, and settles, renewals
-    /// and cancels for theirs; each started by the first of them.
-    reserves: OnceLock<mpsc::Sender<Pending>>,
-    background: OnceLock<mpsc::Sender<Pending>>,
+    /// Where operations queue for the batcher task, started by the first
+    /// of them.
+    lanes: OnceLock<Lanes>,
     /// Script calls made for them (each a round trip), and the operations
     /// they carried.
     batches: AtomicU64,
@@ -423,6 +427,13 @@ enum OpKind {
 /// `redis_limiter.lua`).
 type Answer = [i64; 3];
 
+/// The batcher's two queues: reserves, sent at once, and the operations
+/// no request waits for.
+struct Lanes {
+    reserves: mpsc::Sender<Pending>,
+    background: mpsc::Sender<Pending>,
+}
+
 /// An operation waiting for its batch, and where its answer goes.
 struct Pending {
     op: Arc<Op>,
@@ -519,8 +530,7 @@ impl RedisLimiter {
                 reseeding: tokio::sync::Mutex::new(()),
                 reseeds: AtomicU64::new(0),
                 reseed_failed_at: Mutex::new(None),
-                reserves: OnceLock::new(),
-                background: OnceLock::new(),
+                lanes: OnceLock::new(),
                 batches: AtomicU64::new(0),
                 batched: AtomicU64::new(0),
             }),
@@ -556,8 +566,7 @@ impl RedisLimiter {
                 reseeding: tokio::sync::Mutex::new(()),
                 reseeds: AtomicU64::new(0),
                 reseed_failed_at: Mutex::new(None),
-                reserves: OnceLock::new(),
-                background: OnceLock::new(),
+                lanes: OnceLock::new(),
                 batches: AtomicU64::new(0),
                 batched: AtomicU64::new(0),
             }),
@@ -763,24 +772,32 @@ impl Inner {
         command
     }
 
-    /// The queue of `op`'s batcher, its task started on first use. `None`
+    /// The queue of `op`'s lane, the batcher started on first use. `None`
     /// outside a Tokio runtime.
     fn queue(self: &Arc<Self>, op: &Op) -> Option<&mpsc::Sender<Pending>> {
-        let (lane, linger) = match op.kind {
-            OpKind::Reserve { .. } => (&self.reserves, None),
-            OpKind::Settle { .. } | OpKind::Renew { .. } => {
-                (&self.background, Some(BACKGROUND_LINGER))
+        let lanes = match self.lanes.get() {
+            Some(lanes) => lanes,
+            None => {
+                let runtime = tokio::runtime::Handle::try_current().ok()?;
+                self.lanes.get_or_init(|| {
+                    let (reserves, reserves_waiting) = mpsc::channel(MAX_QUEUED);
+                    let (background, background_waiting) = mpsc::channel(MAX_QUEUED);
+                    runtime.spawn(run_batches(
+                        Arc::downgrade(self),
+                        reserves_waiting,
+                        background_waiting,
+                    ));
+                    Lanes {
+                        reserves,
+                        background,
+                    }
+                })
             }
         };
-        if let Some(queue) = lane.get() {
-            return Some(queue);
-        }
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(lane.get_or_init(|| {
-            let (queue, waiting) = mpsc::channel(MAX_QUEUED);
-            runtime.spawn(run_batches(Arc::downgrade(self), waiting, linger));
-            queue
-        }))
+        Some(match op.kind {
+            OpKind::Reserve { .. } => &lanes.reserves,
+            OpKind::Settle { .. } | OpKind::Renew { .. } => &lanes.background,
+        })
     }
 
     /// Sends `op` with the next batch and waits for its own answer.
@@ -1390,26 +1407,59 @@ fn settle_op(grant: Grant, tokens: u64, cost: Nanos) -> Op {
     }
 }
 
-/// A batcher: sends whatever operations are waiting as one script call,
-/// one call at a time, until the limiter is dropped. With a `linger`, the
-/// first operation of a batch waits that long for others to join it.
+/// The batcher: sends whatever operations are waiting as one script call,
+/// one call at a time, until the limiter is dropped. Reserves go at once;
+/// settles, renewals and cancels wait up to `BACKGROUND_LINGER` for
+/// company, and ride along, ahead of them, with any reserves sent
+/// meanwhile: under load, and between one client's requests, a request's
+/// settle shares the call of a later request's reserve, which then finds
+/// the capacity it released.
 async fn run_batches(
     inner: Weak<Inner>,
-    mut waiting: mpsc::Receiver<Pending>,
-    linger: Option<Duration>,
+    mut reserves: mpsc::Receiver<Pending>,
+    mut background: mpsc::Receiver<Pending>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if let Some(linger) = linger
-            && batch.len() < MAX_BATCH
-        {
-            tokio::time::sleep(linger).await;
-            while batch.len() < MAX_BATCH
-                && let Ok(pending) = waiting.try_recv()
-            {
-                batch.push(pending);
+    let mut lingering: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    // When the oldest lingering operation must go.
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        let room = MAX_BATCH - lingering.len();
+        let due_now = tokio::select! {
+            biased;
+            received = reserves.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                false
             }
+            received = background.recv_many(&mut lingering, room), if room > 0 =>
+            {
+                if received == 0 {
+                    return;
+                }
+                lingering.len() >= MAX_BATCH
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                if due.is_some() => true,
+        };
+        // Whatever else is lingering rides along too (a steady stream of
+        // reserves must not keep it waiting).
+        while lingering.len() < MAX_BATCH
+            && let Ok(pending) = background.try_recv()
+        {
+            lingering.push(pending);
         }
+        if batch.is_empty() && !due_now {
+            if !lingering.is_empty() {
+                due.get_or_insert_with(|| tokio::time::Instant::now() + BACKGROUND_LINGER);
+            }
+            continue;
+        }
+        // Lingering operations go first: a settle releases what it held
+        // before the reserves behind it are checked.
+        batch.splice(0..0, lingering.drain(..));
+        due = None;
         let Some(inner) = inner.upgrade() else {
             return;
         };

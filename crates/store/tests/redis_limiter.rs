@@ -1911,6 +1911,62 @@ async fn concurrent_operations_share_calls_and_each_gets_its_own_answer() {
     clean_up(&url, &prefix).await;
 }
 
+/// A settle rides ahead of the next reserve instead of making a call of
+/// its own, and that reserve finds the capacity it released: one request
+/// at a time on a key with room for one costs one call per request.
+#[tokio::test]
+async fn a_settle_rides_with_the_next_reserve_and_releases_first() {
+    let Some(url) = redis_url("a_settle_rides_with_the_next_reserve_and_releases_first").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("ride-along");
+    let limiter = limiter(&url, &prefix, false).await;
+    let now_ms = minute_start_now();
+    let one_at_a_time = vec![(
+        scope(ScopeKind::Key, "single"),
+        Rules {
+            max_concurrent: Some(1),
+            budget: budget(1_000_000, Period::Daily),
+            ..Rules::default()
+        },
+    )];
+    let mut grant = limiter
+        .reserve(ask(&one_at_a_time, 10, 1_000, now_ms))
+        .await
+        .expect("the first request has room");
+    for request in 1..=5u64 {
+        // The settle is queued first (its future's first poll), then the
+        // next request's reserve: both go in one call, settle first.
+        let (_, next) = tokio::join!(limiter.settle(grant, 10, 1_000), async {
+            tokio::task::yield_now().await;
+            limiter
+                .reserve(ask(&one_at_a_time, 10, 1_000, now_ms))
+                .await
+        });
+        grant = next.unwrap_or_else(|refusal| {
+            panic!("request {request} was refused although the one before it ended: {refusal:?}")
+        });
+        let (calls, operations) = limiter.batches();
+        assert_eq!(
+            (calls, operations),
+            (1 + request, 1 + 2 * request),
+            "after request {request}, each settle should share the next reserve's call"
+        );
+    }
+    // A settle with no reserve after it goes alone once it has lingered.
+    limiter.settle(grant, 10, 1_000).await;
+    assert_eq!(limiter.batches(), (7, 12));
+    assert_eq!(
+        limiter
+            .budget_used(&one_at_a_time[0].0, Period::Daily, now_ms)
+            .await,
+        6_000,
+        "six requests settled at 1,000 each, nothing left held"
+    );
+    clean_up(&url, &prefix).await;
+}
+
 /// A reserve whose caller stopped waiting (a client hang-up) while Redis
 /// held its answer is cancelled: it does not hold its budget and its slot
 /// until the lease ends.
