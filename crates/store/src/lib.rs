@@ -19,6 +19,7 @@ pub mod redis_limiter;
 pub mod response_cache;
 mod sqlite;
 mod sqlite_keys;
+mod sqlite_writer;
 pub mod watch;
 
 use std::future::Future;

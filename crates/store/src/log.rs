@@ -31,7 +31,9 @@ pub(crate) fn attempt_details_json(details: &[AttemptDetail]) -> Option<String> 
     if details.is_empty() {
         return None;
     }
-    serde_json::to_string(details).ok()
+    let mut out = Vec::with_capacity(96 * details.len());
+    crate::journal::attempt_details_json(&mut out, details);
+    String::from_utf8(out).ok()
 }
 
 /// The `attempt_details` column back into a list. A value that does not

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -15,11 +15,16 @@ use sqlx::{Arguments, Row, Sqlite};
 use switchboard_core::{Bodies, RequestRecord};
 
 use crate::log::{self, LogPage, LogQuery, UsageQuery, UsageRow};
+use crate::sqlite_writer::{Encoded, LogWriter, Value};
 use crate::{Store, StoreError, StoreFuture, migrate};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The request log's own writer connection (a file database; an
+    /// in-memory one is private to the pool's connection, and is written
+    /// through it).
+    writer: Option<Arc<LogWriter>>,
 }
 
 impl SqliteStore {
@@ -51,7 +56,13 @@ impl SqliteStore {
                 location: path.display().to_string(),
                 message: error.to_string(),
             })?;
-        Self::migrated(pool).await
+        let mut store = Self::migrated(pool).await?;
+        let writer = LogWriter::open(path).map_err(|message| StoreError::Open {
+            location: path.display().to_string(),
+            message,
+        })?;
+        store.writer = Some(Arc::new(writer));
+        Ok(store)
     }
 
     /// An in-memory database, private to this process (tests, ephemeral runs).
@@ -75,10 +86,13 @@ impl SqliteStore {
 
     async fn migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
         migrate::run_sqlite(&pool, migrate::SQLITE).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, writer: None })
     }
 
     pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -87,53 +101,56 @@ impl SqliteStore {
     }
 }
 
-fn opt_i64(value: Option<u64>) -> Option<i64> {
-    value.map(|value| value.min(i64::MAX as u64) as i64)
+impl SqliteStore {
+    /// Writes a batch through the pool: the path of an in-memory database.
+    async fn insert_through_pool(&self, batch: &Encoded) -> Result<(), StoreError> {
+        // One multi-row statement per chunk: every statement is a round
+        // trip to SQLite's worker thread, so a batch costs a handful of
+        // them rather than one per record.
+        let mut transaction = self.pool.begin().await?;
+        for chunk in power_chunks(&batch.rows) {
+            sqlx::query_with(insert_statement(chunk.len()), arguments(batch, chunk)?)
+                .persistent(true)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        for chunk in power_chunks(&batch.bodies) {
+            sqlx::query_with(bodies_statement(chunk.len()), arguments(batch, chunk)?)
+                .persistent(true)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+}
+
+/// A chunk's values as sqlx binds them.
+fn arguments<const COLUMNS: usize>(
+    batch: &Encoded,
+    rows: &[[Value; COLUMNS]],
+) -> Result<SqliteArguments, sqlx::Error> {
+    let mut arguments = SqliteArguments::default();
+    arguments.reserve(rows.len() * COLUMNS, 0);
+    for value in rows.iter().flatten() {
+        match value {
+            Value::Null => arguments.add(None::<i64>),
+            Value::Int(number) => arguments.add(*number),
+            Value::Text { .. } => arguments.add(batch.str(value)),
+        }
+        .map_err(sqlx::Error::Encode)?;
+    }
+    Ok(arguments)
 }
 
 impl Store for SqliteStore {
     fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            // One multi-row statement per chunk: every statement is a round
-            // trip to SQLite's worker thread, so a batch costs a handful of
-            // them rather than one per record. 25 columns x 256 rows (6,400
-            // parameters) stays well under SQLite's limit on bound
-            // parameters (32766).
-            let mut transaction = self.pool.begin().await?;
-            for chunk in power_chunks(records) {
-                let mut arguments = SqliteArguments::default();
-                arguments.reserve(chunk.len() * RECORD_COLUMNS, 0);
-                for record in chunk {
-                    bind_record(&mut arguments, record).map_err(sqlx::Error::Encode)?;
-                }
-                sqlx::query_with(insert_statement(chunk.len()), arguments)
-                    .persistent(true)
-                    .execute(&mut *transaction)
-                    .await?;
+            let batch = Encoded::of(records);
+            match &self.writer {
+                Some(writer) => writer.insert(batch).await,
+                None => self.insert_through_pool(&batch).await,
             }
-            let with_bodies: Vec<&RequestRecord> = records
-                .iter()
-                .filter(|record| record.bodies.is_some())
-                .collect();
-            for chunk in power_chunks(&with_bodies) {
-                let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO request_bodies (request_id, started_at_ms, request, response) ",
-                );
-                insert.push_values(chunk, |mut row, record| {
-                    let bodies = record.bodies.as_ref();
-                    row.push_bind(&record.request_id)
-                        .push_bind(record.started_at_ms)
-                        .push_bind(bodies.map(|bodies| bodies.request.as_str()))
-                        .push_bind(bodies.and_then(|bodies| bodies.response.as_deref()));
-                });
-                insert
-                    .build()
-                    .persistent(true)
-                    .execute(&mut *transaction)
-                    .await?;
-            }
-            transaction.commit().await?;
-            Ok(())
         })
     }
 
@@ -257,77 +274,67 @@ impl Store for SqliteStore {
     }
 }
 
-/// Splits a batch into chunks of 256, 64, 16, 4 and 1 rows (largest
-/// first). A multi-row insert's text depends on its row count; with five
-/// counts only, each connection keeps five prepared statements and never
-/// parses one again, where one statement per batch size would be parsed
-/// anew for nearly every batch.
-/// Columns of `requests` written per record, in `bind_record`'s order.
-const RECORD_COLUMNS: usize = 25;
+/// Columns of `requests` written per record, in `Encoded`'s order.
+pub(crate) const RECORD_COLUMNS: usize = 25;
+/// Columns of `request_bodies` written per record with bodies.
+pub(crate) const BODY_COLUMNS: usize = 4;
 
-/// The multi-row insert for each chunk size `power_chunks` yields, built
-/// once: the writer neither formats nor hashes a new statement per batch,
-/// and the statement cache finds each by the same text.
-fn insert_statement(rows: usize) -> &'static str {
+/// The multi-row insert into `requests` for each chunk size
+/// `power_chunks` yields, built once: the writer neither formats nor
+/// parses a new statement per batch. `OR FAIL`: a failing row ends the
+/// statement without undoing the rows before it, which spares SQLite a
+/// statement journal (a copy of every page the statement touches); the
+/// whole transaction is rolled back on any failure anyway.
+pub(crate) fn insert_statement(rows: usize) -> &'static str {
     static STATEMENTS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
-        CHUNK_SIZES
-            .iter()
-            .map(|&rows| {
-                let row = format!("({})", vec!["?"; RECORD_COLUMNS].join(", "));
-                let statement = format!(
-                    "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
-                     outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
-                     reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
-                     cache_hit, metadata, attempt_details) VALUES {}",
-                    vec![row; rows].join(", ")
-                );
-                (rows, statement)
-            })
-            .collect()
+        multi_row_statements(
+            "INSERT OR FAIL INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
+             outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
+             reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
+             cache_hit, metadata, attempt_details) VALUES ",
+            RECORD_COLUMNS,
+        )
     });
-    STATEMENTS
+    statement_for(&STATEMENTS, rows)
+}
+
+/// The same for `request_bodies`.
+pub(crate) fn bodies_statement(rows: usize) -> &'static str {
+    static STATEMENTS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+        multi_row_statements(
+            "INSERT OR FAIL INTO request_bodies (request_id, started_at_ms, request, response) VALUES ",
+            BODY_COLUMNS,
+        )
+    });
+    statement_for(&STATEMENTS, rows)
+}
+
+fn multi_row_statements(head: &str, columns: usize) -> Vec<(usize, String)> {
+    CHUNK_SIZES
+        .iter()
+        .map(|&rows| {
+            let row = format!("({})", vec!["?"; columns].join(", "));
+            (rows, format!("{head}{}", vec![row; rows].join(", ")))
+        })
+        .collect()
+}
+
+fn statement_for(statements: &'static [(usize, String)], rows: usize) -> &'static str {
+    statements
         .iter()
         .find(|(size, _)| *size == rows)
         .map_or("", |(_, statement)| statement.as_str())
 }
 
-/// One record's `RECORD_COLUMNS` values, in the statement's column order.
-fn bind_record(
-    arguments: &mut SqliteArguments,
-    record: &RequestRecord,
-) -> Result<(), sqlx::error::BoxDynError> {
-    arguments.add(record.request_id.as_str())?;
-    arguments.add(record.started_at_ms)?;
-    arguments.add(record.endpoint.as_str())?;
-    arguments.add(record.model.as_str())?;
-    arguments.add(record.deployment.as_deref())?;
-    arguments.add(record.stream)?;
-    arguments.add(i64::from(record.status))?;
-    arguments.add(record.outcome.as_str())?;
-    arguments.add(record.error_code.as_deref())?;
-    arguments.add(opt_i64(Some(record.latency_ms)))?;
-    arguments.add(opt_i64(record.ttft_ms))?;
-    arguments.add(opt_i64(record.usage.input_tokens))?;
-    arguments.add(opt_i64(record.usage.output_tokens))?;
-    arguments.add(opt_i64(record.usage.cached_input_tokens))?;
-    arguments.add(opt_i64(record.usage.reasoning_tokens))?;
-    arguments.add(i64::from(record.attempts))?;
-    arguments.add(record.served_model.as_deref())?;
-    arguments.add(record.key_id.as_deref())?;
-    arguments.add(record.team_id.as_deref())?;
-    arguments.add(record.end_user.as_deref())?;
-    arguments.add(opt_i64(record.cost_nanos))?;
-    arguments.add(opt_i64(record.usage.cache_write_tokens))?;
-    arguments.add(record.cache_hit)?;
-    arguments.add(record.metadata.as_deref())?;
-    arguments.add(log::attempt_details_json(&record.attempt_details))?;
-    Ok(())
-}
-
 /// Rows per multi-row statement, largest first.
-const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+pub(crate) const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
-fn power_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+/// Splits a batch into chunks of 256, 64, 16, 4 and 1 rows (largest
+/// first). A multi-row insert's text depends on its row count; with five
+/// counts only, each connection keeps five prepared statements and never
+/// parses one again, where one statement per batch size would be parsed
+/// anew for nearly every batch.
+pub(crate) fn power_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {
             return None;
@@ -345,7 +352,7 @@ fn power_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_core::{Endpoint, Outcome, Usage};
+    use switchboard_core::{Bodies, Endpoint, Outcome, Usage};
 
     #[test]
     fn batches_split_into_five_statement_sizes() {
@@ -429,6 +436,139 @@ mod tests {
         let found = store.recent_records(10).await.unwrap();
         assert_eq!(found, vec![failed, record("a")]);
         store.ping().await.unwrap();
+    }
+
+    /// Records of every shape: values at their limits, absent ones, text
+    /// that needs care, attempt details, metadata and bodies.
+    fn assorted_records() -> Vec<RequestRecord> {
+        let mut records = Vec::new();
+        for index in 0..300_u64 {
+            let mut record = record(&format!("req_{index:04}"));
+            record.started_at_ms += index as i64;
+            match index % 5 {
+                0 => {
+                    record.usage = Usage::default();
+                    record.ttft_ms = None;
+                    record.deployment = None;
+                    record.served_model = None;
+                    record.key_id = None;
+                    record.end_user = None;
+                    record.cost_nanos = None;
+                }
+                1 => {
+                    record.cost_nanos = Some(u64::MAX);
+                    record.latency_ms = u64::MAX;
+                    record.model = "modèle \"quoted\" 💡 'single' \n new line".to_owned();
+                    record.metadata = Some(r#"{"team":"a","n":1}"#.to_owned());
+                }
+                2 => {
+                    record.bodies = Some(Bodies {
+                        request: format!(r#"{{"n":{index}}}"#),
+                        response: (index % 4 == 2).then(|| "answer ✓".to_owned()),
+                    });
+                    record.team_id = Some(String::new());
+                }
+                3 => {
+                    record.attempt_details = vec![switchboard_core::record::AttemptDetail {
+                        deployment: "d1".into(),
+                        model: "m".into(),
+                        outcome: "timeout".into(),
+                        status: Some(504),
+                        duration_ms: 17,
+                    }];
+                    record.cache_hit = true;
+                    record.stream = false;
+                }
+                _ => {}
+            }
+            records.push(record);
+        }
+        records
+    }
+
+    /// A file database writes through its own connection: what it keeps
+    /// must be exactly what the pool's path (the in-memory database, whose
+    /// round trip is checked above) keeps, bodies included.
+    #[tokio::test]
+    async fn the_writer_connection_keeps_what_the_pool_keeps() {
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-writer-{}-{}",
+            std::process::id(),
+            line!()
+        ));
+        let file = SqliteStore::open_file(&directory.join("log.db"))
+            .await
+            .unwrap();
+        let memory = SqliteStore::open_memory().await.unwrap();
+        let records = assorted_records();
+        // Batches of several sizes, so that every chunk size is used.
+        for batch in [&records[..1], &records[1..6], &records[6..300]] {
+            file.insert_records(batch).await.unwrap();
+            memory.insert_records(batch).await.unwrap();
+        }
+        let kept = file.recent_records(1_000).await.unwrap();
+        assert_eq!(kept.len(), records.len());
+        assert_eq!(kept, memory.recent_records(1_000).await.unwrap());
+        let with_bodies: Vec<&RequestRecord> = records
+            .iter()
+            .filter(|record| record.bodies.is_some())
+            .collect();
+        assert_eq!(with_bodies.len(), 60);
+        for record in with_bodies {
+            let bodies = file.record_bodies(&record.request_id).await.unwrap();
+            assert_eq!(
+                bodies,
+                memory.record_bodies(&record.request_id).await.unwrap()
+            );
+            assert_eq!(
+                bodies,
+                vec![(record.started_at_ms, record.bodies.clone().unwrap())]
+            );
+        }
+        file.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// A batch that fails halfway leaves nothing behind, and the writer
+    /// goes on with the next.
+    #[tokio::test]
+    async fn a_failed_batch_is_rolled_back_whole() {
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-writer-{}-{}",
+            std::process::id(),
+            line!()
+        ));
+        let store = SqliteStore::open_file(&directory.join("log.db"))
+            .await
+            .unwrap();
+        store.insert_records(&[record("kept")]).await.unwrap();
+        // The bodies go in after the records, in the same transaction.
+        sqlx::query::<Sqlite>("ALTER TABLE request_bodies RENAME TO gone")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let mut with_bodies = record("lost");
+        with_bodies.bodies = Some(Bodies {
+            request: "{}".to_owned(),
+            response: None,
+        });
+        let error = store
+            .insert_records(&[record("lost-too"), with_bodies])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("request_bodies"), "{error}");
+        let ids: Vec<String> = store
+            .recent_records(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.request_id)
+            .collect();
+        assert_eq!(ids, ["kept"]);
+        store.insert_records(&[record("after")]).await.unwrap();
+        assert_eq!(store.recent_records(10).await.unwrap().len(), 2);
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
     }
 
     #[tokio::test]

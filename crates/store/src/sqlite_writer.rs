@@ -1,0 +1,299 @@
+//! The request log's writer: a connection of its own to the SQLite file,
+//! on a thread of its own, through which every batch of request records is
+//! inserted.
+//!
+//! Records cross to the thread once, encoded: every column's value in
+//! statement order, every text copied into one buffer (`Encoded`). The
+//! thread keeps the ten insert statements (five chunk sizes, for records
+//! and for bodies) prepared for as long as it runs, binds each value
+//! straight from that buffer, and writes a batch in one `BEGIN IMMEDIATE`
+//! transaction. Against the pool's connections (sqlx) this spares, per
+//! value, the two allocations and the copy sqlx makes of every text it
+//! binds, and per statement the clearing of thousands of bindings and a
+//! round trip through the pool's worker thread; what is left is SQLite's
+//! own work (see `BENCHMARKS.md`). Reads, retention and the keys stay on
+//! the pool; SQLite's locking (WAL, one writer at a time, a busy timeout
+//! on both sides) keeps them apart.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::types::Null;
+use rusqlite::{Connection, Statement};
+use switchboard_core::RequestRecord;
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+use crate::sqlite::{
+    BODY_COLUMNS, CHUNK_SIZES, RECORD_COLUMNS, bodies_statement, insert_statement, power_chunks,
+};
+
+/// One column's value; a text is a range of its batch's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Value {
+    Null,
+    Int(i64),
+    Text { start: usize, end: usize },
+}
+
+/// A batch of records as the insert statements bind them.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    text: String,
+    pub(crate) rows: Vec<[Value; RECORD_COLUMNS]>,
+    /// One row per record with bodies.
+    pub(crate) bodies: Vec<[Value; BODY_COLUMNS]>,
+}
+
+impl Encoded {
+    pub(crate) fn of(records: &[RequestRecord]) -> Encoded {
+        let mut batch = Encoded {
+            text: String::with_capacity(records.len() * 160),
+            rows: Vec::with_capacity(records.len()),
+            bodies: Vec::new(),
+        };
+        for record in records {
+            let row = batch.record_row(record);
+            batch.rows.push(row);
+            if let Some(bodies) = &record.bodies {
+                let row = [
+                    batch.text(&record.request_id),
+                    Value::Int(record.started_at_ms),
+                    batch.text(&bodies.request),
+                    batch.optional_text(bodies.response.as_deref()),
+                ];
+                batch.bodies.push(row);
+            }
+        }
+        batch
+    }
+
+    /// The text a value names ("" for any other value).
+    pub(crate) fn str(&self, value: &Value) -> &str {
+        match *value {
+            Value::Text { start, end } => self.text.get(start..end).unwrap_or_default(),
+            Value::Null | Value::Int(_) => "",
+        }
+    }
+
+    /// One record's `RECORD_COLUMNS` values, in `insert_statement`'s
+    /// column order.
+    fn record_row(&mut self, record: &RequestRecord) -> [Value; RECORD_COLUMNS] {
+        let attempt_details = crate::log::attempt_details_json(&record.attempt_details);
+        [
+            self.text(&record.request_id),
+            Value::Int(record.started_at_ms),
+            self.text(record.endpoint.as_str()),
+            self.text(&record.model),
+            self.optional_text(record.deployment.as_deref()),
+            Value::Int(i64::from(record.stream)),
+            Value::Int(i64::from(record.status)),
+            self.text(record.outcome.as_str()),
+            self.optional_text(record.error_code.as_deref()),
+            number(Some(record.latency_ms)),
+            number(record.ttft_ms),
+            number(record.usage.input_tokens),
+            number(record.usage.output_tokens),
+            number(record.usage.cached_input_tokens),
+            number(record.usage.reasoning_tokens),
+            Value::Int(i64::from(record.attempts)),
+            self.optional_text(record.served_model.as_deref()),
+            self.optional_text(record.key_id.as_deref()),
+            self.optional_text(record.team_id.as_deref()),
+            self.optional_text(record.end_user.as_deref()),
+            number(record.cost_nanos),
+            number(record.usage.cache_write_tokens),
+            Value::Int(i64::from(record.cache_hit)),
+            self.optional_text(record.metadata.as_deref()),
+            self.optional_text(attempt_details.as_deref()),
+        ]
+    }
+
+    fn text(&mut self, value: &str) -> Value {
+        let start = self.text.len();
+        self.text.push_str(value);
+        Value::Text {
+            start,
+            end: self.text.len(),
+        }
+    }
+
+    fn optional_text(&mut self, value: Option<&str>) -> Value {
+        value.map_or(Value::Null, |value| self.text(value))
+    }
+}
+
+/// A count or amount as SQLite keeps it: capped at `i64::MAX`.
+fn number(value: Option<u64>) -> Value {
+    value.map_or(Value::Null, |value| {
+        Value::Int(value.min(i64::MAX as u64) as i64)
+    })
+}
+
+struct Job {
+    batch: Encoded,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The handle of the writer thread; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LogWriter {
+    /// Opens the connection (the file must exist, migrated) and starts the
+    /// thread, once every statement is prepared.
+    pub(crate) fn open(path: &Path) -> Result<LogWriter, String> {
+        let path = path.to_owned();
+        let (jobs, waiting) = mpsc::channel::<Job>();
+        let (ready, started) = mpsc::sync_channel::<Result<(), String>>(1);
+        let thread = std::thread::Builder::new()
+            .name("sqlite-log-writer".to_owned())
+            .spawn(move || {
+                let connection = match connect(&path) {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        let _ = ready.send(Err(error.to_string()));
+                        return;
+                    }
+                };
+                let prepared = match Prepared::new(&connection) {
+                    Ok(prepared) => prepared,
+                    Err(error) => {
+                        let _ = ready.send(Err(error.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                run(&connection, prepared, &waiting);
+            })
+            .map_err(|error| error.to_string())?;
+        match started.recv() {
+            Ok(Ok(())) => Ok(LogWriter {
+                jobs: Mutex::new(Some(jobs)),
+                thread: Mutex::new(Some(thread)),
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err("the writer thread ended before it started".to_owned()),
+        }
+    }
+
+    /// Writes a batch in one transaction, and waits until it is committed
+    /// (or has failed, and was rolled back).
+    pub(crate) async fn insert(&self, batch: Encoded) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        let sent = lock(&self.jobs)
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(Job { batch, done }).is_ok());
+        if !sent {
+            return Err(StoreError::Query(
+                "the request log's writer has stopped".to_owned(),
+            ));
+        }
+        match answer.await {
+            Ok(result) => result.map_err(StoreError::Query),
+            Err(_) => Err(StoreError::Query(
+                "the request log's writer stopped during a write".to_owned(),
+            )),
+        }
+    }
+
+    /// Stops the thread once it has written what it was given, and waits
+    /// for it (the connection is closed when it returns).
+    pub(crate) async fn close(&self) {
+        drop(lock(&self.jobs).take());
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    // WAL is a property of the file, set by the pool when it was opened;
+    // `synchronous` and `temp_store` are per connection.
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(connection)
+}
+
+/// The insert statements, one per chunk size, prepared once.
+struct Prepared<'c> {
+    records: Vec<Statement<'c>>,
+    bodies: Vec<Statement<'c>>,
+}
+
+impl<'c> Prepared<'c> {
+    fn new(connection: &'c Connection) -> rusqlite::Result<Prepared<'c>> {
+        let prepare = |statement: fn(usize) -> &'static str| {
+            CHUNK_SIZES
+                .iter()
+                .map(|&rows| connection.prepare(statement(rows)))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        };
+        Ok(Prepared {
+            records: prepare(insert_statement)?,
+            bodies: prepare(bodies_statement)?,
+        })
+    }
+}
+
+fn run(connection: &Connection, mut prepared: Prepared<'_>, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(Job { batch, done }) = jobs.recv() {
+        let result = write(connection, &mut prepared, &batch).map_err(|error| error.to_string());
+        let _ = done.send(result);
+    }
+}
+
+fn write(
+    connection: &Connection,
+    prepared: &mut Prepared<'_>,
+    batch: &Encoded,
+) -> rusqlite::Result<()> {
+    connection.execute_batch("BEGIN IMMEDIATE")?;
+    let written = insert_rows(&mut prepared.records, batch, &batch.rows)
+        .and_then(|()| insert_rows(&mut prepared.bodies, batch, &batch.bodies))
+        .and_then(|()| connection.execute_batch("COMMIT"));
+    if written.is_err() {
+        // Nothing of a failed batch stays; the caller sends it again.
+        let _ = connection.execute_batch("ROLLBACK");
+    }
+    written
+}
+
+fn insert_rows<const COLUMNS: usize>(
+    statements: &mut [Statement<'_>],
+    batch: &Encoded,
+    rows: &[[Value; COLUMNS]],
+) -> rusqlite::Result<()> {
+    for chunk in power_chunks(rows) {
+        let Some(statement) = CHUNK_SIZES
+            .iter()
+            .position(|&size| size == chunk.len())
+            .and_then(|at| statements.get_mut(at))
+        else {
+            return Err(rusqlite::Error::InvalidParameterCount(chunk.len(), 0));
+        };
+        for (index, value) in chunk.iter().flatten().enumerate() {
+            let position = index + 1;
+            match value {
+                Value::Null => statement.raw_bind_parameter(position, Null)?,
+                Value::Int(number) => statement.raw_bind_parameter(position, number)?,
+                Value::Text { .. } => statement.raw_bind_parameter(position, batch.str(value))?,
+            }
+        }
+        statement.raw_execute()?;
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
