@@ -294,33 +294,7 @@ impl Http {
     /// left: OpenAI's `x-ratelimit-{remaining,limit}-{requests,tokens}` and
     /// Anthropic's `anthropic-ratelimit-{requests,tokens}-{remaining,limit}`.
     fn note_rate_limits(&self, headers: &HeaderMap) {
-        let number = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<f64>().ok())
-                .filter(|value| value.is_finite() && *value >= 0.0)
-        };
-        let share = |remaining: &str, limit: &str| match (number(remaining), number(limit)) {
-            (Some(remaining), Some(limit)) if limit > 0.0 => Some((remaining / limit).min(1.0)),
-            _ => None,
-        };
-        let shares = [
-            share(
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-limit-requests",
-            ),
-            share("x-ratelimit-remaining-tokens", "x-ratelimit-limit-tokens"),
-            share(
-                "anthropic-ratelimit-requests-remaining",
-                "anthropic-ratelimit-requests-limit",
-            ),
-            share(
-                "anthropic-ratelimit-tokens-remaining",
-                "anthropic-ratelimit-tokens-limit",
-            ),
-        ];
-        if let Some(least) = shares.into_iter().flatten().reduce(f64::min) {
+        if let Some(least) = least_headroom(headers) {
             self.headroom
                 .store((least * 1_000_000.0) as u32, Ordering::Relaxed);
         }
@@ -470,6 +444,66 @@ fn parse_reset(text: &str) -> Option<f64> {
     Some(total)
 }
 
+/// The rate-limit headers that tell an upstream's headroom, as (remaining,
+/// limit) pairs: OpenAI's (and the compatible servers') for requests and
+/// tokens, then Anthropic's.
+const HEADROOM_HEADERS: [(&str, &str); 4] = [
+    (
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-limit-requests",
+    ),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-limit-tokens"),
+    (
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-limit",
+    ),
+    (
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-limit",
+    ),
+];
+
+/// The least share left (remaining / limit, at most 1) among the pairs of
+/// `HEADROOM_HEADERS` an answer carries, each header read at its first
+/// value. Read on every answer, so in one pass over the headers (a
+/// response has a handful), where eight lookups by name would each parse
+/// and hash the name.
+fn least_headroom(headers: &HeaderMap) -> Option<f64> {
+    // [remaining, limit] per pair; `Some(None)`: present, but not a number.
+    let mut found = [[None::<Option<f64>>; 2]; HEADROOM_HEADERS.len()];
+    for (name, value) in headers {
+        let name = name.as_str();
+        if !(name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")) {
+            continue;
+        }
+        for (pair, (remaining, limit)) in HEADROOM_HEADERS.iter().enumerate() {
+            let side = if name == *remaining {
+                0
+            } else if name == *limit {
+                1
+            } else {
+                continue;
+            };
+            found[pair][side].get_or_insert_with(|| {
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|value| value.trim().parse::<f64>().ok())
+                    .filter(|value| value.is_finite() && *value >= 0.0)
+            });
+        }
+    }
+    found
+        .into_iter()
+        .filter_map(
+            |[remaining, limit]| match (remaining.flatten(), limit.flatten()) {
+                (Some(remaining), Some(limit)) if limit > 0.0 => Some((remaining / limit).min(1.0)),
+                _ => None,
+            },
+        )
+        .reduce(f64::min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,5 +522,61 @@ mod tests {
         headers.insert("x-ratelimit-reset-tokens", "6m0s".parse().unwrap());
         assert_eq!(reset_wait(&headers).as_deref(), Some("360.000"));
         assert_eq!(reset_wait(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn headroom_is_the_least_share_left_among_the_rate_limit_headers() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(*name, value.parse().unwrap());
+            }
+            headers
+        };
+        assert_eq!(least_headroom(&HeaderMap::new()), None);
+        assert_eq!(
+            least_headroom(&headers(&[
+                ("content-type", "application/json"),
+                ("x-ratelimit-limit-requests", "100"),
+                ("x-ratelimit-remaining-requests", "25"),
+                ("x-ratelimit-limit-tokens", "1000"),
+                ("x-ratelimit-remaining-tokens", " 500 "),
+            ])),
+            Some(0.25)
+        );
+        assert_eq!(
+            least_headroom(&headers(&[
+                ("anthropic-ratelimit-requests-limit", "50"),
+                ("anthropic-ratelimit-requests-remaining", "45"),
+                ("anthropic-ratelimit-tokens-limit", "80000"),
+                ("anthropic-ratelimit-tokens-remaining", "8000"),
+            ])),
+            Some(0.1)
+        );
+        // A pair needs both halves, a limit above zero and numbers that
+        // are finite and not negative; more remaining than the limit
+        // counts as all of it; a repeated header counts at its first value.
+        assert_eq!(
+            least_headroom(&headers(&[
+                ("x-ratelimit-remaining-requests", "5"),
+                ("x-ratelimit-limit-tokens", "0"),
+                ("x-ratelimit-remaining-tokens", "0"),
+                ("anthropic-ratelimit-requests-limit", "10"),
+                ("anthropic-ratelimit-requests-remaining", "-1"),
+                ("anthropic-ratelimit-tokens-limit", "10"),
+                ("anthropic-ratelimit-tokens-remaining", "inf"),
+            ])),
+            None
+        );
+        assert_eq!(
+            least_headroom(&headers(&[
+                ("x-ratelimit-limit-requests", "10"),
+                ("x-ratelimit-remaining-requests", "20"),
+                ("x-ratelimit-limit-tokens", "10"),
+                ("x-ratelimit-remaining-tokens", "4"),
+                ("x-ratelimit-remaining-tokens", "1"),
+            ])),
+            Some(0.4)
+        );
     }
 }
