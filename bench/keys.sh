@@ -8,6 +8,7 @@
 # concurrency 64 and 1.
 #
 #   bench/keys.sh [ROUNDS]      # default 2; ~2 minutes; loopback only
+#   BINARY=/path/to/switchboard CASES="master-pg-redis key-pg-redis" bench/keys.sh 1
 #
 # Needs what bench/run.sh installs (oha, the mock): run that once first.
 # The PostgreSQL case needs psql and a server at 127.0.0.1:5432 (database
@@ -20,19 +21,24 @@ source "$BENCH/harness/common.sh"
 ROUNDS="${1:-2}"
 DURATION="${DURATION:-10}"
 
-(cd "$ROOT" && cargo build --release -p switchboard-cli)
-BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+if [ -z "${BINARY:-}" ]; then
+  (cd "$ROOT" && cargo build --release -p switchboard-cli)
+  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+fi
 OUT="$RESULTS/keys-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN"
 export SWITCHBOARD_LOG=warn
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
 MASTER=sk-bench-1234
 
-CASES="master key-sqlite"
+WANTED="${CASES:-master key-sqlite master-pg-redis key-pg-redis}"
+CASES="$(for c in master key-sqlite; do case " $WANTED " in *" $c "*) printf '%s ' "$c";; esac; done)"
 SCHEMA="sb_bench_$$"
-if command -v psql >/dev/null 2>&1 && psql -h 127.0.0.1 -U postgres test -qc "CREATE SCHEMA $SCHEMA" 2>/dev/null \
+if [ "${WANTED#*pg-redis}" = "$WANTED" ]; then
+  :
+elif command -v psql >/dev/null 2>&1 && psql -h 127.0.0.1 -U postgres test -qc "CREATE SCHEMA $SCHEMA" 2>/dev/null \
    && (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
-  CASES="$CASES master-pg-redis key-pg-redis"
+  CASES="$CASES$(for c in master-pg-redis key-pg-redis; do case " $WANTED " in *" $c "*) printf '%s ' "$c";; esac; done)"
 else
   echo "PostgreSQL or Redis unavailable: the key-pg-redis case is left out"
 fi

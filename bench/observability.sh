@@ -7,6 +7,7 @@
 #
 #   bench/observability.sh [ROUNDS]     # default 2; ~2 minutes; loopback only
 #   DURATION=2 bench/observability.sh 1 # a quick check that it runs
+#   BINARY=/path/to/switchboard CASES="off log" bench/observability.sh 3
 #
 # The cases (records in SQLite, one fresh database file per run):
 #   off      [logging] requests = false, [metrics] enabled = false, no
@@ -33,8 +34,10 @@ CASES="${CASES:-off log all cache}"
 
 [ -x "$OHA" ] || { echo "oha not found ($OHA): run bench/run.sh or harness/install.sh tools first" >&2; exit 2; }
 [ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run harness/install.sh mock first" >&2; exit 2; }
-(cd "$ROOT" && cargo build --release -p switchboard-cli)
-BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+if [ -z "${BINARY:-}" ]; then
+  (cd "$ROOT" && cargo build --release -p switchboard-cli)
+  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+fi
 OUT="$RESULTS/observability-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN"
 export SWITCHBOARD_LOG=warn
