@@ -481,9 +481,7 @@ mod tests {
 
     use super::*;
 
-    /// The hand-written line is byte for byte what serde writes for the
-    /// record (which replay reads), with every field set or unset, and
-    /// strings that need escaping.
+    /// Attempt details written by hand are byte for byte serde's.
     #[test]
     fn attempt_details_are_exactly_serdes_json() {
         let detail = |deployment: &str, model: &str, outcome: &str, status| AttemptDetail {
@@ -511,6 +509,9 @@ mod tests {
         }
     }
 
+    /// The hand-written line is byte for byte what serde writes for the
+    /// record (which replay reads), with every field set or unset, and
+    /// strings that need escaping.
     #[test]
     fn lines_are_exactly_serdes_json() {
         let plain = RequestRecord {

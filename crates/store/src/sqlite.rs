@@ -15,7 +15,7 @@ use sqlx::{Arguments, Row, Sqlite};
 use switchboard_core::{Bodies, RequestRecord};
 
 use crate::log::{self, LogPage, LogQuery, UsageQuery, UsageRow};
-use crate::sqlite_writer::{Encoded, LogWriter, Value};
+use crate::sqlite_writer::{Encoded, LogWriter, Stopped, Value};
 use crate::{Store, StoreError, StoreFuture, migrate};
 
 #[derive(Debug, Clone)]
@@ -44,8 +44,8 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            // A multi-row insert inside a transaction keeps a statement
-            // journal; in memory it costs no file writes.
+            // Temporary tables and indexes (sorting a page of the log)
+            // stay in memory.
             .pragma("temp_store", "memory")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
@@ -57,10 +57,17 @@ impl SqliteStore {
                 message: error.to_string(),
             })?;
         let mut store = Self::migrated(pool).await?;
-        let writer = LogWriter::open(path).map_err(|message| StoreError::Open {
-            location: path.display().to_string(),
-            message,
-        })?;
+        // The writer's thread opens its connection and prepares its
+        // statements (which may wait on a lock): off the runtime's threads.
+        let owned = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || LogWriter::open(&owned))
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|opened| opened)
+            .map_err(|message| StoreError::Open {
+                location: path.display().to_string(),
+                message,
+            })?;
         store.writer = Some(Arc::new(writer));
         Ok(store)
     }
@@ -148,7 +155,12 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let batch = Encoded::of(records);
             match &self.writer {
-                Some(writer) => writer.insert(batch).await,
+                Some(writer) => match writer.insert(batch).await {
+                    // The writer's thread is gone (it cannot be, short of a
+                    // bug): the pool can still write.
+                    Err(Stopped(batch)) => self.insert_through_pool(&batch).await,
+                    Ok(written) => written,
+                },
                 None => self.insert_through_pool(&batch).await,
             }
         })
@@ -567,6 +579,32 @@ mod tests {
         assert_eq!(ids, ["kept"]);
         store.insert_records(&[record("after")]).await.unwrap();
         assert_eq!(store.recent_records(10).await.unwrap().len(), 2);
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// Should the writer's thread be gone, the pool writes instead.
+    #[tokio::test]
+    async fn without_its_writer_thread_the_pool_writes() {
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-writer-{}-{}",
+            std::process::id(),
+            line!()
+        ));
+        let store = SqliteStore::open_file(&directory.join("log.db"))
+            .await
+            .unwrap();
+        store.insert_records(&[record("first")]).await.unwrap();
+        store.writer.as_ref().unwrap().close().await;
+        store.insert_records(&[record("second")]).await.unwrap();
+        let ids: Vec<String> = store
+            .recent_records(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.request_id)
+            .collect();
+        assert_eq!(ids, ["second", "first"]);
         store.close().await;
         std::fs::remove_dir_all(directory).unwrap();
     }

@@ -13,7 +13,9 @@
 //! round trip through the pool's worker thread; what is left is SQLite's
 //! own work (see `BENCHMARKS.md`). Reads, retention and the keys stay on
 //! the pool; SQLite's locking (WAL, one writer at a time, a busy timeout
-//! on both sides) keeps them apart.
+//! on both sides) keeps them apart. A connection left inside a transaction
+//! by a failure is reopened; should the thread be gone, the store writes
+//! through the pool.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -147,31 +149,15 @@ pub(crate) struct LogWriter {
 
 impl LogWriter {
     /// Opens the connection (the file must exist, migrated) and starts the
-    /// thread, once every statement is prepared.
+    /// thread, once every statement is prepared. Blocks until then: call it
+    /// off the runtime's threads.
     pub(crate) fn open(path: &Path) -> Result<LogWriter, String> {
         let path = path.to_owned();
         let (jobs, waiting) = mpsc::channel::<Job>();
         let (ready, started) = mpsc::sync_channel::<Result<(), String>>(1);
         let thread = std::thread::Builder::new()
             .name("sqlite-log-writer".to_owned())
-            .spawn(move || {
-                let connection = match connect(&path) {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        let _ = ready.send(Err(error.to_string()));
-                        return;
-                    }
-                };
-                let prepared = match Prepared::new(&connection) {
-                    Ok(prepared) => prepared,
-                    Err(error) => {
-                        let _ = ready.send(Err(error.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                run(&connection, prepared, &waiting);
-            })
+            .spawn(move || serve(&path, &waiting, Some(ready)))
             .map_err(|error| error.to_string())?;
         match started.recv() {
             Ok(Ok(())) => Ok(LogWriter {
@@ -184,23 +170,28 @@ impl LogWriter {
     }
 
     /// Writes a batch in one transaction, and waits until it is committed
-    /// (or has failed, and was rolled back).
-    pub(crate) async fn insert(&self, batch: Encoded) -> Result<(), StoreError> {
+    /// (or has failed, and was rolled back). `Err(Stopped)` gives the batch
+    /// back when the thread is gone.
+    pub(crate) async fn insert(&self, batch: Encoded) -> Result<Result<(), StoreError>, Stopped> {
         let (done, answer) = oneshot::channel();
-        let sent = lock(&self.jobs)
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(Job { batch, done }).is_ok());
-        if !sent {
-            return Err(StoreError::Query(
-                "the request log's writer has stopped".to_owned(),
-            ));
+        let refused = match lock(&self.jobs).as_ref() {
+            Some(jobs) => jobs
+                .send(Job { batch, done })
+                .err()
+                .map(|refused| refused.0.batch),
+            None => Some(batch),
+        };
+        if let Some(batch) = refused {
+            return Err(Stopped(batch));
         }
-        match answer.await {
+        Ok(match answer.await {
             Ok(result) => result.map_err(StoreError::Query),
+            // The thread ended during the write; the caller sends the
+            // batch again, and then finds the thread gone.
             Err(_) => Err(StoreError::Query(
                 "the request log's writer stopped during a write".to_owned(),
             )),
-        }
+        })
     }
 
     /// Stops the thread once it has written what it was given, and waits
@@ -210,6 +201,56 @@ impl LogWriter {
         let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// A batch the writer's thread could not take: it has ended.
+#[derive(Debug)]
+pub(crate) struct Stopped(pub(crate) Encoded);
+
+/// The writer thread: serves jobs until every sender is gone. A connection
+/// left inside a transaction after a failure (its `ROLLBACK` failed too) is
+/// closed, which rolls it back, and opened again; while it cannot be, each
+/// job is answered with why, and the next job tries again.
+fn serve(
+    path: &Path,
+    jobs: &mpsc::Receiver<Job>,
+    mut ready: Option<mpsc::SyncSender<Result<(), String>>>,
+) {
+    loop {
+        let opened = connect(path).map_err(|error| error.to_string());
+        let prepared = match &opened {
+            Ok(connection) => Prepared::new(connection)
+                .map(|prepared| (connection, prepared))
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.clone()),
+        };
+        if let Some(ready) = ready.take() {
+            let failed = prepared.as_ref().err().cloned();
+            let _ = ready.send(failed.clone().map_or(Ok(()), Err));
+            if failed.is_some() {
+                return;
+            }
+        }
+        match prepared {
+            Ok((connection, prepared)) => {
+                if run(connection, prepared, jobs) {
+                    return;
+                }
+                tracing::warn!(
+                    "the request log's writer connection is reopened after a failed rollback"
+                );
+            }
+            Err(error) => {
+                // Answer one job with why, then try again.
+                let Ok(Job { done, .. }) = jobs.recv() else {
+                    return;
+                };
+                let _ = done.send(Err(format!(
+                    "the request log's writer cannot open the database: {error}"
+                )));
+            }
         }
     }
 }
@@ -245,11 +286,17 @@ impl<'c> Prepared<'c> {
     }
 }
 
-fn run(connection: &Connection, mut prepared: Prepared<'_>, jobs: &mpsc::Receiver<Job>) {
+/// Serves jobs on one connection. True when every sender is gone; false
+/// when the connection was left inside a transaction and must be reopened.
+fn run(connection: &Connection, mut prepared: Prepared<'_>, jobs: &mpsc::Receiver<Job>) -> bool {
     while let Ok(Job { batch, done }) = jobs.recv() {
         let result = write(connection, &mut prepared, &batch).map_err(|error| error.to_string());
         let _ = done.send(result);
+        if !connection.is_autocommit() {
+            return false;
+        }
     }
+    true
 }
 
 fn write(
