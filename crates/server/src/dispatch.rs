@@ -424,6 +424,12 @@ where
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
     let primary = &chain[0];
+    // An attempt's span, when the budget cuts it, tells a timeout from a
+    // hedge that lost its race by this.
+    progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .deadline = deadline;
     let mut attempts = 0u32;
     let mut last: Option<(UpstreamError, Arc<Deployment>)> = None;
     // The first refusal by a deployment that cannot carry the request,

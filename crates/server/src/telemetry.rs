@@ -284,7 +284,7 @@ impl Telemetry {
                 upstream_model: deployment.upstream_model().to_owned(),
                 start_ns: unix_nanos(),
                 end_ns: 0,
-                error: Some("cancelled"),
+                error: Some(AttemptGuard::CANCELLED),
                 status: None,
             }),
         };
@@ -305,7 +305,7 @@ impl Telemetry {
 }
 
 /// Notes an attempt's span when the attempt ends, or is dropped (a hedge
-/// that lost the race).
+/// that lost the race, or an attempt the request's time budget cut).
 struct AttemptGuard<'a> {
     progress: &'a Mutex<Progress>,
     record: Option<AttemptSpan>,
@@ -315,13 +315,27 @@ impl Drop for AttemptGuard<'_> {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
             record.end_ns = unix_nanos();
-            self.progress
+            let mut progress = self
+                .progress
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .attempt_spans
-                .push(record);
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Dropped unfinished once the request's time budget is spent:
+            // the budget cut it, as the metrics and the record say.
+            if record.error == Some(AttemptGuard::CANCELLED)
+                && progress
+                    .deadline
+                    .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+            {
+                record.error = Some("timeout");
+            }
+            progress.attempt_spans.push(record);
         }
     }
+}
+
+impl AttemptGuard<'_> {
+    /// An attempt dropped unfinished: a hedge that lost its race.
+    const CANCELLED: &'static str = "cancelled";
 }
 
 /// `gen_ai.provider.name` of a deployment's API.

@@ -35,6 +35,8 @@ pub(crate) struct Progress {
     pub attempt_spans: Vec<AttemptSpan>,
     /// Every attempt, for the record (bounded: see `push_attempt_detail`).
     pub attempt_details: Vec<AttemptDetail>,
+    /// When the request's time budget runs out, if it has one.
+    pub deadline: Option<std::time::Instant>,
 }
 
 pub(crate) struct Trace {

@@ -244,6 +244,38 @@ async fn a_retried_request_is_one_server_span_with_a_client_span_per_attempt() {
     }
 }
 
+/// An attempt the request's time budget cuts is spanned as a timeout, as
+/// the record and the metrics count it; one dropped because another
+/// answered first stays `cancelled` (the hedging test in `routing.rs`).
+#[tokio::test]
+async fn an_attempt_the_time_budget_cuts_is_spanned_as_a_timeout() {
+    let collector = Collector::start().await;
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.push(Script::Hang);
+    let gateway = TestGateway::start(config_with(
+        &config(&collector, &a, &b, "").replace("max_attempts = 2", "max_attempts = 1"),
+        "",
+    ))
+    .await;
+    let response = gateway
+        .post("/v1/chat/completions", CHAT)
+        .header("x-switchboard-timeout", "0.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    let spans = collector.wait_for(2).await;
+    let attempt = spans
+        .iter()
+        .find(|span| span["kind"] == 3)
+        .expect("a client span for the attempt");
+    assert_eq!(attempt["name"], "chat model-a");
+    assert_eq!(text(attempt, "error.type"), "timeout");
+    assert_eq!(attempt["status"]["code"], 2);
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records[0].attempt_details[0].outcome, "timeout");
+}
+
 #[tokio::test]
 async fn streams_errors_and_new_traces_are_spanned() {
     let collector = Collector::start().await;
