@@ -72,6 +72,7 @@ impl Cache {
         body: &[u8],
         headers: &HeaderMap,
         caller: &Caller,
+        answers: &[u64],
     ) -> Result<Option<CachePlan>, ApiError> {
         let directives = headers
             .get_all(axum::http::header::CACHE_CONTROL)
@@ -115,6 +116,12 @@ impl Cache {
         canonical.push_str(endpoint.as_str());
         canonical.push('\n');
         canonical.push_str(&self.partition(caller));
+        canonical.push('\n');
+        // What the model (and its fallbacks) would answer with: a reload
+        // that changes their deployments changes every key.
+        for answers in answers {
+            let _ = write!(canonical, "{answers:016x}");
+        }
         canonical.push('\n');
         // Headers that change the answer: Anthropic's beta features, and
         // the tags that choose the deployments.
@@ -287,7 +294,13 @@ mod tests {
 
     fn key_of(cache: &Cache, body: &str, headers: &HeaderMap, caller: &Caller) -> Option<CacheKey> {
         cache
-            .plan(Endpoint::ChatCompletions, body.as_bytes(), headers, caller)
+            .plan(
+                Endpoint::ChatCompletions,
+                body.as_bytes(),
+                headers,
+                caller,
+                &[],
+            )
             .unwrap()
             .map(|plan| plan.key)
     }
@@ -329,7 +342,7 @@ mod tests {
         }
         // Another endpoint with the same body is another entry.
         let messages = cache
-            .plan(Endpoint::Messages, BASE.as_bytes(), &none, &me)
+            .plan(Endpoint::Messages, BASE.as_bytes(), &none, &me, &[])
             .unwrap()
             .unwrap();
         assert_ne!(messages.key, base);
@@ -353,7 +366,8 @@ mod tests {
                     Endpoint::Embeddings,
                     br#"{"model":"e","input":"x"}"#,
                     &none,
-                    &me
+                    &me,
+                    &[]
                 )
                 .unwrap()
                 .is_some()
@@ -406,7 +420,13 @@ mod tests {
                     value.parse().unwrap(),
                 );
             }
-            cache.plan(Endpoint::ChatCompletions, BASE.as_bytes(), &headers, &me)
+            cache.plan(
+                Endpoint::ChatCompletions,
+                BASE.as_bytes(),
+                &headers,
+                &me,
+                &[],
+            )
         };
         let default = plan(&[]).unwrap().unwrap();
         assert!(default.lookup);

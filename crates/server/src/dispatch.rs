@@ -54,6 +54,10 @@ pub(crate) struct Route {
     pub rates: Vec<Option<switchboard_core::cost::Rates>>,
     /// Keep the bodies of this model's requests in the request log.
     pub log_bodies: bool,
+    /// What its answers depend on (`state::answers_of`): part of every
+    /// response-cache key, so that a reload that changes a model's
+    /// deployments stops serving answers cached from the old ones.
+    pub answers: u64,
 }
 
 /// Latencies kept per group for its p95.
@@ -1000,6 +1004,7 @@ mod tests {
             recent_latencies: Mutex::default(),
             rates: vec![None],
             log_bodies: false,
+            answers: 0,
         }
     }
 

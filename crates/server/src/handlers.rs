@@ -162,7 +162,7 @@ async fn chat(
         call.anthropic_beta = headers.get("anthropic-beta").cloned();
     }
     trace.stream = call.stream();
-    let cache_plan = match plan_cache(&gateway, endpoint, &bytes, &headers, &trace) {
+    let cache_plan = match plan_cache(&gateway, endpoint, &bytes, &headers, &trace, chain) {
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error, dialect),
     };
@@ -327,11 +327,13 @@ fn plan_cache(
     body: &[u8],
     headers: &HeaderMap,
     trace: &Trace,
+    chain: &[Arc<Route>],
 ) -> Result<Option<CachePlan>, ApiError> {
     let Some(cache) = &gateway.cache else {
         return Ok(None);
     };
-    cache.plan(endpoint, body, headers, &trace.caller)
+    let answers: Vec<u64> = chain.iter().map(|route| route.answers).collect();
+    cache.plan(endpoint, body, headers, &trace.caller, &answers)
 }
 
 /// The cached answer to the request, when there is one: the exact bytes a
@@ -568,7 +570,14 @@ async fn embed(
         },
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
-    let cache_plan = match plan_cache(&gateway, Endpoint::Embeddings, &bytes, &headers, &trace) {
+    let cache_plan = match plan_cache(
+        &gateway,
+        Endpoint::Embeddings,
+        &bytes,
+        &headers,
+        &trace,
+        chain,
+    ) {
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };

@@ -285,6 +285,7 @@ impl Catalog {
                 recent_latencies: std::sync::Mutex::default(),
                 rates,
                 log_bodies: model.log_bodies || config.logging.bodies,
+                answers: answers_of(&model.deployments),
             });
             routes.insert(model.name.clone(), route.clone());
             ordered.push(route);
@@ -319,4 +320,40 @@ impl Catalog {
             redactor: Arc::new(Redactor::new(&config.logging)),
         })
     }
+}
+
+/// A digest of what a model's answers depend on: each deployment's
+/// provider, upstream model, endpoint, API version, Azure deployment,
+/// region, the names of the headers it adds, how it treats parameters it
+/// cannot honour, and its simulation. Weights, priorities, tags, limits,
+/// timeouts, prices and credentials are left out: they choose among the
+/// same answers, or price them, but do not change them. The same on every
+/// instance with the same configuration (cache keys are shared in Redis).
+pub(crate) fn answers_of(deployments: &[switchboard_config::DeploymentConfig]) -> u64 {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for deployment in deployments {
+        let headers: Vec<&str> = deployment
+            .headers
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let _ = writeln!(
+            text,
+            "{:?}\t{}\t{:?}\t{:?}\t{:?}\t{:?}\t{:?}\t{:?}\t{:?}",
+            deployment.provider,
+            deployment.upstream_model,
+            deployment.api_base.as_ref().map(|base| base.as_str()),
+            deployment.api_version,
+            deployment.azure_deployment,
+            deployment.region,
+            headers,
+            deployment.unsupported_params,
+            deployment.simulation,
+        );
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(first)
 }

@@ -88,6 +88,56 @@ async fn a_repeated_request_is_answered_from_the_cache_at_no_cost() {
     assert!(records[0].cost_nanos.unwrap() > 0);
 }
 
+/// A reload that changes what a model answers with (here its upstream
+/// model) stops its cached answers from being served; one that changes
+/// only how its deployments are chosen or priced keeps them.
+#[tokio::test]
+async fn a_reload_that_changes_a_models_deployments_misses_the_cache() {
+    let mock = MockUpstream::start().await;
+    let text = |extra: &str| {
+        format!(
+            "[cache]\nenabled = true\n{}",
+            openai_models(&mock.base_url(), extra)
+        )
+    };
+    let running_config = config_with(&text(""), "");
+    let gateway = TestGateway::start(running_config.clone()).await;
+    let reload = |next: &switchboard_config::Config, running: &switchboard_config::Config| {
+        gateway
+            .running
+            .as_ref()
+            .unwrap()
+            .gateway
+            .reload(next, running)
+            .unwrap();
+    };
+    let send = || gateway.send("/v1/chat/completions", COLD);
+    assert_eq!(cache_header(&send().await).as_deref(), Some("miss"));
+    assert_eq!(cache_header(&send().await).as_deref(), Some("hit"));
+
+    // Priced and weighted anew: the same answers, still cached.
+    let repriced = config_with(
+        &text("price = { input_per_mtok = 3.0, output_per_mtok = 4.0 }\nweight = 5"),
+        "",
+    );
+    reload(&repriced, &running_config);
+    assert_eq!(cache_header(&send().await).as_deref(), Some("hit"));
+    assert_eq!(mock.received().len(), 1);
+
+    // Another upstream model behind the same public name: a miss, sent
+    // upstream to the new model, and cached anew.
+    let upgraded = config_with(
+        &text("").replace("model = \"upstream-model\"", "model = \"upstream-model-2\""),
+        "",
+    );
+    reload(&upgraded, &repriced);
+    assert_eq!(cache_header(&send().await).as_deref(), Some("miss"));
+    let received = mock.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[1].json()["model"], "upstream-model-2");
+    assert_eq!(cache_header(&send().await).as_deref(), Some("hit"));
+}
+
 #[tokio::test]
 async fn a_cached_stream_replays_as_the_same_well_formed_stream() {
     let mock = MockUpstream::start().await;
