@@ -316,11 +316,26 @@ impl Journal {
         !self.lock().overflow.is_empty()
     }
 
-    /// Up to `limit` of the oldest records the queue could not take, read
-    /// back from the journal, with their numbers. They stay noted until
+    /// Up to `limit` of the oldest records the queue could not take, and
+    /// lines of at most `bytes` together (at least one), read back from the
+    /// journal, with their numbers. They stay noted until
     /// `overflow_written`. Only the record writer calls this.
-    pub fn read_overflow(&self, limit: usize) -> Vec<(u64, RequestRecord)> {
-        let pending: Vec<Overflow> = self.lock().overflow.iter().take(limit).copied().collect();
+    pub fn read_overflow(&self, limit: usize, bytes: usize) -> Vec<(u64, RequestRecord)> {
+        let pending: Vec<Overflow> = {
+            let state = self.lock();
+            let mut total = 0;
+            state
+                .overflow
+                .iter()
+                .take(limit)
+                .take_while(|entry| {
+                    let fits = total == 0 || total + entry.len <= bytes;
+                    total += entry.len;
+                    fits
+                })
+                .copied()
+                .collect()
+        };
         let mut records = Vec::with_capacity(pending.len());
         let mut open: Option<(u64, File)> = None;
         for entry in pending {

@@ -7,11 +7,15 @@
 //! it back once it has written what was queued before it (`spilled`); only
 //! without a journal is such a record lost, counted as dropped and logged
 //! as an error (the counter is exposed, and tests assert it stays at zero).
+//! The queue is bounded twice: by a count of records, and by the memory its
+//! records hold (`QUEUE_BYTES`, counting their bodies when the log keeps
+//! them), so that a database outage under large bodies cannot grow the
+//! process without bound; past either, a record spills as above.
 //! The writer retries a failed batch with backoff instead of discarding it,
 //! and on shutdown drains the whole queue before it returns.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchboard_core::RequestRecord;
@@ -31,6 +35,24 @@ const BATCH: usize = 2048;
 /// the tail of the table and of its indexes).
 const LINGER: Duration = Duration::from_millis(100);
 
+/// The most memory the records waiting for the writer may hold (queued, or
+/// in the batch being written), as `footprint` counts it.
+pub const QUEUE_BYTES: usize = 256 << 20;
+
+/// About what a record holds in memory: its fixed part, and the texts that
+/// can be large (bodies, metadata).
+fn footprint(record: &RequestRecord) -> usize {
+    let bodies = record.bodies.as_ref().map_or(0, |bodies| {
+        bodies.request.len() + bodies.response.as_ref().map_or(0, String::len)
+    });
+    std::mem::size_of::<RequestRecord>()
+        + record.request_id.len()
+        + record.model.len()
+        + record.metadata.as_ref().map_or(0, String::len)
+        + record.attempt_details.len() * 64
+        + bodies
+}
+
 #[derive(Debug, Default)]
 pub struct RecorderStats {
     pub written: AtomicU64,
@@ -47,6 +69,9 @@ pub struct Recorder {
     queue: mpsc::Sender<(u64, RequestRecord)>,
     stats: Arc<RecorderStats>,
     journal: Option<Arc<Journal>>,
+    /// What the queued records hold, and the most they may.
+    held: Arc<AtomicUsize>,
+    byte_limit: usize,
 }
 
 impl Recorder {
@@ -74,26 +99,33 @@ impl Recorder {
     }
 
     fn enqueue(&self, number: u64, record: RequestRecord) -> bool {
-        match self.queue.try_send((number, record)) {
-            Ok(()) => true,
-            Err(error) => {
-                let reason = match error {
-                    mpsc::error::TrySendError::Full(_) => "the record queue is full",
-                    mpsc::error::TrySendError::Closed(_) => "the record writer has stopped",
-                };
-                if self.journal.is_some() {
-                    self.stats.spilled.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        reason,
-                        "request record spilled to the journal: written once the queue drains"
-                    );
-                } else {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(reason, "request record dropped");
-                }
-                false
+        let size = footprint(&record);
+        let before = self.held.fetch_add(size, Ordering::Relaxed);
+        // One record always fits, however large.
+        let error = if before > 0 && before + size > self.byte_limit {
+            Some("the record queue holds as much memory as it may")
+        } else {
+            match self.queue.try_send((number, record)) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(_)) => Some("the record queue is full"),
+                Err(mpsc::error::TrySendError::Closed(_)) => Some("the record writer has stopped"),
             }
+        };
+        let Some(reason) = error else {
+            return true;
+        };
+        self.held.fetch_sub(size, Ordering::Relaxed);
+        if self.journal.is_some() {
+            self.stats.spilled.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                reason,
+                "request record spilled to the journal: written once the queue drains"
+            );
+        } else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(reason, "request record dropped");
         }
+        false
     }
 
     /// Records queued and not yet taken by the writer.
@@ -107,6 +139,12 @@ impl Recorder {
 
     pub fn stats(&self) -> &Arc<RecorderStats> {
         &self.stats
+    }
+
+    /// The memory the records waiting for the writer hold, as the queue's
+    /// bound counts it.
+    pub fn held_bytes(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 }
 
@@ -129,7 +167,18 @@ impl RecordWriter {
         capacity: usize,
         journal: Option<Arc<Journal>>,
     ) -> (Recorder, RecordWriter) {
+        Self::start_bounded(store, capacity, QUEUE_BYTES, journal)
+    }
+
+    /// As `start_with`, with the queue's memory bound given.
+    pub fn start_bounded(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        byte_limit: usize,
+        journal: Option<Arc<Journal>>,
+    ) -> (Recorder, RecordWriter) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let held = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(RecorderStats::default());
         let stop = CancellationToken::new();
         let task = tokio::spawn(write_loop(
@@ -138,12 +187,15 @@ impl RecordWriter {
             stats.clone(),
             stop.clone(),
             journal.clone(),
+            (held.clone(), byte_limit),
         ));
         (
             Recorder {
                 queue: sender,
                 stats,
                 journal,
+                held,
+                byte_limit,
             },
             RecordWriter { stop, task },
         )
@@ -174,6 +226,7 @@ async fn write_loop(
     stats: Arc<RecorderStats>,
     stop: CancellationToken,
     journal: Option<Arc<Journal>>,
+    (held, byte_limit): (Arc<AtomicUsize>, usize),
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let writer = Writer {
@@ -181,6 +234,8 @@ async fn write_loop(
         stats,
         stop: stop.clone(),
         journal,
+        held,
+        byte_limit,
     };
     loop {
         let received = tokio::select! {
@@ -223,6 +278,9 @@ struct Writer {
     stats: Arc<RecorderStats>,
     stop: CancellationToken,
     journal: Option<Arc<Journal>>,
+    /// What the queued records hold; released once a batch is done with.
+    held: Arc<AtomicUsize>,
+    byte_limit: usize,
 }
 
 impl Writer {
@@ -230,9 +288,11 @@ impl Writer {
     async fn write(&self, batch: &mut Vec<(u64, RequestRecord)>) {
         let last = batch.last().map_or(0, |(number, _)| *number);
         let mut records: Vec<RequestRecord> = batch.drain(..).map(|(_, record)| record).collect();
-        if write_batch(self.store.as_ref(), &mut records, &self.stats, &self.stop).await
-            && let Some(journal) = &self.journal
-        {
+        let size: usize = records.iter().map(footprint).sum();
+        let written = write_batch(self.store.as_ref(), &mut records, &self.stats, &self.stop).await;
+        drop(records);
+        self.held.fetch_sub(size, Ordering::Relaxed);
+        if written && let Some(journal) = &self.journal {
             journal.committed(last);
             self.drain_overflow(journal).await;
         }
@@ -242,7 +302,8 @@ impl Writer {
     /// once what was queued before them is written.
     async fn drain_overflow(&self, journal: &Journal) {
         while journal.has_overflow() {
-            let spilled = journal.read_overflow(BATCH);
+            // Bounded in memory as the queue is.
+            let spilled = journal.read_overflow(BATCH, self.byte_limit / 4);
             let Some(last) = spilled.last().map(|(number, _)| *number) else {
                 return;
             };
@@ -421,6 +482,71 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
         drop(journal);
         let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    /// Records with large bodies fill the queue's memory bound long before
+    /// its count: the rest spill to the journal (and are read back a few
+    /// at a time), and every one is still written, once; without a
+    /// journal, those beyond the bound are counted as dropped.
+    #[tokio::test]
+    async fn large_records_spill_at_the_memory_bound() {
+        let with_body = |index: usize| {
+            let mut record = record(index);
+            record.bodies = Some(switchboard_core::Bodies {
+                request: "q".repeat(40_000),
+                response: Some(format!("answer {index}")),
+            });
+            record
+        };
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-bytes-{}-{}",
+            std::process::id(),
+            crate::journal::tests_support::unique()
+        ));
+        let store = Arc::new(SqliteStore::open_memory().await.unwrap());
+        let (journal, _) = Journal::open(&directory, store.as_ref()).await.unwrap();
+        let journal = Arc::new(journal);
+        let (recorder, writer) =
+            RecordWriter::start_bounded(store.clone(), 10_000, 200_000, Some(journal.clone()));
+        for index in 0..100 {
+            recorder.record(with_body(index));
+        }
+        let stats = recorder.stats().clone();
+        let spilled = stats.spilled.load(Ordering::Relaxed);
+        assert!((90..100).contains(&spilled), "{spilled} of 100 spilled");
+        assert!(recorder.held_bytes() <= 200_000 + footprint(&with_body(0)));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while stats.written.load(Ordering::Relaxed) < 100 {
+            assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(recorder.held_bytes(), 0);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        let rows = store.recent_records(1_000).await.unwrap();
+        assert_eq!(rows.len(), 100);
+        let bodies = store.record_bodies("r99").await.unwrap();
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0].1.response.as_deref(), Some("answer 99"));
+        drop(recorder);
+        writer
+            .finish(Duration::from_secs(10), Duration::from_secs(10))
+            .await;
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&directory);
+
+        let store = Arc::new(SqliteStore::open_memory().await.unwrap());
+        let (recorder, writer) = RecordWriter::start_bounded(store.clone(), 10_000, 200_000, None);
+        for index in 0..100 {
+            recorder.record(with_body(index));
+        }
+        let stats = recorder.stats().clone();
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        assert!((90..100).contains(&dropped), "{dropped} of 100 dropped");
+        drop(recorder);
+        writer
+            .finish(Duration::from_secs(10), Duration::from_secs(10))
+            .await;
+        assert_eq!(stats.written.load(Ordering::Relaxed), 100 - dropped);
     }
 
     #[tokio::test]
