@@ -7,8 +7,11 @@
 #   bench/instructions.sh [REQUESTS] [CASES]   # default 1000 "off log"
 #   BINARY=/path/to/switchboard bench/instructions.sh
 #
-# Cases: off  [logging] requests = false, /metrics closed
-#        log  the request log on (SQLite and its journal), /metrics closed
+# Cases: off         [logging] requests = false, /metrics closed
+#        log         the request log on (SQLite and its journal), /metrics closed
+#        master-redis  as log, with the limits in Redis (127.0.0.1:6379); the master key
+#        key-redis   the same, through a virtual key with every limit checked
+#                    (requests and tokens per minute, concurrency, a daily budget)
 # Counts every thread of the gateway (the record writer's included) from
 # after a warm-up until the requests are answered; the kernel's share
 # (system calls) is not counted. Needs valgrind and what bench/run.sh
@@ -40,6 +43,11 @@ for case in $CASES; do
   case "$case" in
     off) extra=$'[logging]\nrequests = false\n[metrics]\nenabled = false' ;;
     log) extra=$'[metrics]\nenabled = false' ;;
+    master-redis|key-redis)
+      extra="redis_url = \"redis://127.0.0.1:6379\"
+redis_prefix = \"sb-instructions-$$:\"
+[metrics]
+enabled = false" ;;
     *) echo "unknown case $case" >&2; exit 2 ;;
   esac
   dir="$OUT/$case"; mkdir -p "$dir"
@@ -56,7 +64,14 @@ TOML
     "$BINARY" serve --config "$dir/config.toml" >"$dir/gateway.log" 2>&1 &
   gateway_pid=$!
   wait_http "http://127.0.0.1:$PORT/health" 120 || { echo "the gateway did not start: $dir/gateway.log" >&2; exit 1; }
-  load() { "$OHA" --no-tui -m POST -T application/json -d "$BODY" -H "Authorization: Bearer sk-bench-1234" \
+  key=sk-bench-1234
+  if [ "$case" = key-redis ]; then
+    # Limits high enough never to refuse: every request pays for the checks.
+    key="$(curl -s -H "Authorization: Bearer sk-bench-1234" "http://127.0.0.1:$PORT/admin/keys" \
+      -d '{"name":"bench","rpm":100000000,"tpm":1000000000,"max_concurrent":100000,"budget_usd":1000000,"budget_period":"daily"}' \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+  fi
+  load() { "$OHA" --no-tui -m POST -T application/json -d "$BODY" -H "Authorization: Bearer $key" \
     -n "$1" -c 8 "http://127.0.0.1:$PORT/v1/chat/completions"; }
   load 300 >/dev/null                      # warm-up: pools, caches, first batches
   callgrind_control -z "$gateway_pid" >/dev/null

@@ -135,7 +135,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -627,12 +627,14 @@ impl RedisLimiter {
 impl Inner {
     /// `<prefix>{sb}:<kind>:<escaped id>`.
     fn scope_base(&self, scope: &Scope) -> String {
-        format!(
-            "{}{HASH_TAG}:{}:{}",
-            self.prefix,
-            scope.kind.as_str(),
-            escape_id(&scope.id)
-        )
+        let mut base = String::with_capacity(self.prefix.len() + scope.id.len() + 16);
+        base.push_str(&self.prefix);
+        base.push_str(HASH_TAG);
+        base.push(':');
+        base.push_str(scope.kind.as_str());
+        base.push(':');
+        push_escaped_id(&mut base, &scope.id);
+        base
     }
 
     /// `<prefix>{sb}:epoch`: exists once budgets were seeded.
@@ -645,7 +647,7 @@ impl Inner {
     /// budget window, is named once however many operations touch it.
     fn batch_command(&self, ops: &[&Op]) -> Cmd {
         let mut slots: Vec<Slot<'_>> = Vec::new();
-        let mut slot_of: HashMap<SlotKey<'_>, usize> = HashMap::new();
+        let mut slot_of: HashMap<SlotKey<'_>, usize, BuildHasherDefault<Fnv>> = HashMap::default();
         // Each operation's scopes as slot numbers (1-based), in order.
         let mut op_slots: Vec<usize> = Vec::with_capacity(ops.len());
         // KEYS so far: the epoch marker.
@@ -679,30 +681,39 @@ impl Inner {
 
         let mut command = script_command();
         command.arg(keys + ops.len()).arg(self.epoch_key());
+        // Key names are built in one buffer, piece by piece.
         let mut name = String::new();
         for slot in &slots {
-            let base = self.scope_base(slot.scope);
+            name.clear();
+            name.push_str(&self.scope_base(slot.scope));
+            name.push(':');
+            let base = name.len();
             let [in_flight, minute, budget, _] = slot.counters();
-            let mut key = |suffix: fmt::Arguments<'_>| {
-                name.clear();
-                let _ = write!(name, "{base}:{suffix}");
-                command.arg(name.as_str());
-            };
             if in_flight {
-                key(format_args!("inflight"));
+                name.push_str("inflight");
+                command.arg(name.as_str());
             }
             if minute {
-                key(format_args!("m:{}", slot.minute));
+                name.truncate(base);
+                let _ = write!(name, "m:{}", slot.minute);
+                command.arg(name.as_str());
             }
             if let (true, Some(budget)) = (budget, slot.rules.budget) {
                 let window = budget_window(budget.period, slot.now_ms);
-                key(format_args!("spent:{window}"));
-                key(format_args!("held:{window}"));
+                for counter in ["spent:", "held:"] {
+                    name.truncate(base);
+                    name.push_str(counter);
+                    name.push_str(&window);
+                    command.arg(name.as_str());
+                }
             }
         }
         for op in ops {
             name.clear();
-            let _ = write!(name, "{}{HASH_TAG}:grant:{:032x}", self.prefix, op.id);
+            name.push_str(&self.prefix);
+            name.push_str(HASH_TAG);
+            name.push_str(":grant:");
+            push_hex128(&mut name, op.id);
             command.arg(name.as_str());
         }
 
@@ -1476,16 +1487,59 @@ fn is_dropped(error: &RedisError) -> bool {
 
 /// Keeps `[A-Za-z0-9_.-]` and percent-encodes every other byte: injective,
 /// and free of the `{`, `}` and `:` that structure key names.
+#[cfg(test)]
 fn escape_id(id: &str) -> String {
     let mut escaped = String::with_capacity(id.len());
+    push_escaped_id(&mut escaped, id);
+    escaped
+}
+
+/// Appends `id` with every byte outside `[A-Za-z0-9_.-]` percent-encoded.
+fn push_escaped_id(out: &mut String, id: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for byte in id.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-') {
-            escaped.push(char::from(byte));
+            out.push(char::from(byte));
         } else {
-            escaped.push_str(&format!("%{byte:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
     }
-    escaped
+}
+
+/// Appends `value` as 32 lowercase hex digits (`{:032x}`), without the
+/// formatting machinery: once per operation of every batch.
+fn push_hex128(out: &mut String, value: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..32).rev() {
+        out.push(char::from(HEX[((value >> (shift * 4)) & 0xf) as usize]));
+    }
+}
+
+/// FNV-1a, for the map of a batch's scopes: a batch names a few, and
+/// SipHash's per-key cost was most of what building a batch cost. Its
+/// keys are the batch's own (a flood of colliding end-user ids would slow
+/// one batch of at most `MAX_BATCH` operations, no more).
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A prefix may not carry braces: Redis Cluster hashes the first `{...}`
@@ -1501,6 +1555,28 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_pieces_are_written_as_the_formatting_wrote_them() {
+        for value in [
+            0,
+            1,
+            0xabc,
+            u128::from(u64::MAX),
+            u128::MAX,
+            0x0123_4567_89ab_cdef << 40,
+        ] {
+            let mut ours = String::new();
+            push_hex128(&mut ours, value);
+            assert_eq!(ours, format!("{value:032x}"));
+        }
+        assert_eq!(escape_id("key_1.a-b"), "key_1.a-b");
+        assert_eq!(escape_id("a b{}:%é"), "a%20b%7B%7D%3A%25%C3%A9");
+        let mut hasher = Fnv::default();
+        hasher.write(b"a");
+        // FNV-1a's published value for "a".
+        assert_eq!(hasher.finish(), 0xaf63_dc4c_8601_ec8c);
+    }
 
     #[test]
     fn ids_are_escaped_injectively() {
