@@ -178,6 +178,13 @@ pub trait Limiter: Send + Sync + 'static {
     /// worst case, and it stops counting as concurrent. A request that
     /// never reached the upstream settles with zeros.
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()>;
+    /// Settles without the caller waiting for anything, when the limiter
+    /// can take the settle at once (applied, or queued with its own
+    /// retries); otherwise gives the grant back, for `settle` on a task.
+    fn settle_detached(&self, grant: Grant, tokens: u64, cost: Nanos) -> Result<(), Grant> {
+        let _ = (tokens, cost);
+        Err(grant)
+    }
     /// Divides a grant in two (see `Grant::split_off`): `grant` keeps the
     /// scopes before `at`, the returned grant has the others.
     fn split(&self, grant: &mut Grant, at: usize) -> Grant {
@@ -508,6 +515,11 @@ impl Limiter for MemoryLimiter {
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
         self.settle_now(&grant, tokens, cost);
         Box::pin(std::future::ready(()))
+    }
+
+    fn settle_detached(&self, grant: Grant, tokens: u64, cost: Nanos) -> Result<(), Grant> {
+        self.settle_now(&grant, tokens, cost);
+        Ok(())
     }
 
     fn floor_spent(

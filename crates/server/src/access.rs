@@ -121,7 +121,13 @@ fn tokens_of(usage: &Usage) -> u64 {
         .saturating_add(usage.output_tokens.unwrap_or(0))
 }
 
+/// Settles on a task of its own, unless the limiter takes the settle at
+/// once (the memory limiter applies it; the Redis limiter queues it with
+/// its own retries): either way a client hang-up cannot cut it short.
 fn spawn_settle(limiter: Arc<dyn Limiter>, grant: Grant, tokens: u64, cost: Nanos) {
+    let Err(grant) = limiter.settle_detached(grant, tokens, cost) else {
+        return;
+    };
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             runtime.spawn(async move { limiter.settle(grant, tokens, cost).await });

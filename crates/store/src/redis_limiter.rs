@@ -434,10 +434,12 @@ struct Lanes {
     background: mpsc::Sender<Pending>,
 }
 
-/// An operation waiting for its batch, and where its answer goes.
+/// An operation waiting for its batch, and where its answer goes: to its
+/// caller, or, for a settle nobody waits for (`None`), to the batcher,
+/// which retries it as `settle_shared` would.
 struct Pending {
     op: Arc<Op>,
-    answer: oneshot::Sender<Result<Answer, Failure>>,
+    answer: Option<oneshot::Sender<Result<Answer, Failure>>>,
 }
 
 /// A scope with its rules in one minute and budget window: the unit a
@@ -817,7 +819,14 @@ impl Inner {
             return Err(Failure::Stopped);
         };
         let (answer, answered) = oneshot::channel();
-        if queue.send(Pending { op, answer }).await.is_err() {
+        if queue
+            .send(Pending {
+                op,
+                answer: Some(answer),
+            })
+            .await
+            .is_err()
+        {
             return Err(Failure::Stopped);
         }
         answered.await.unwrap_or(Err(Failure::Stopped))
@@ -828,7 +837,11 @@ impl Inner {
     async fn send_batch(self: &Arc<Self>, batch: &mut Vec<Pending>) {
         // A reserve whose caller has left is not sent at all.
         batch.retain(|pending| {
-            !(pending.answer.is_closed() && matches!(pending.op.kind, OpKind::Reserve { .. }))
+            !(pending
+                .answer
+                .as_ref()
+                .is_some_and(oneshot::Sender::is_closed)
+                && matches!(pending.op.kind, OpKind::Reserve { .. }))
         });
         if batch.is_empty() {
             return;
@@ -859,12 +872,14 @@ impl Inner {
                 (Err(failure), _) => Err(failure.clone()),
                 (Ok(_), _) => Err(Failure::Reply("no answer".to_owned())),
             };
-            if answer.is_closed() {
-                self.orphaned(&op, &result);
-            } else {
-                // Dropped first, so that the caller holds the only reference.
-                drop(op);
-                let _ = answer.send(result);
+            match answer {
+                None => self.settled_detached(op, result),
+                Some(answer) if answer.is_closed() => self.orphaned(&op, &result),
+                Some(answer) => {
+                    // Dropped first, so that the caller holds the only reference.
+                    drop(op);
+                    let _ = answer.send(result);
+                }
             }
         }
     }
@@ -1203,10 +1218,54 @@ impl Inner {
             return;
         }
         let op = Arc::new(settle_op(grant, tokens, cost));
-        match self.submit(op.clone()).await {
+        let result = self.submit(op.clone()).await;
+        self.settled_detached(op, result);
+    }
+
+    /// Queues a settle that nobody waits for: the batcher handles its
+    /// answer (`settled_detached`), so the caller needs no task of its
+    /// own. Gives the grant back outside a runtime.
+    fn settle_detached(
+        self: &Arc<Self>,
+        grant: Grant,
+        tokens: u64,
+        cost: Nanos,
+    ) -> Result<(), Grant> {
+        if grant.scopes.is_empty() {
+            return Ok(());
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(grant);
+        };
+        let op = Arc::new(settle_op(grant, tokens, cost));
+        let Some(queue) = self.queue(&op) else {
+            self.retry_later(op, "a settle is retried");
+            return Ok(());
+        };
+        if let Err(refused) = queue.try_send(Pending { op, answer: None }) {
+            // The queue is full (or the batcher gone): wait for room on a
+            // task, as an awaited settle would.
+            let op = match refused {
+                mpsc::error::TrySendError::Full(pending)
+                | mpsc::error::TrySendError::Closed(pending) => pending.op,
+            };
+            let inner = self.clone();
+            runtime.spawn(async move {
+                let result = inner.submit(op.clone()).await;
+                inner.settled_detached(op, result);
+            });
+        }
+        Ok(())
+    }
+
+    /// What follows a settle's answer when nobody waits for it: a refusal
+    /// by Redis is logged (sending it again would not help), any other
+    /// failure sent again later.
+    fn settled_detached(self: &Arc<Self>, op: Arc<Op>, result: Result<Answer, Failure>) {
+        match result {
             Ok(_) => {}
             Err(failure @ Failure::Reply(_)) => {
-                self.warn_unavailable(&failure, "a settle is lost (Redis refused it)")
+                self.warn_unavailable(&failure, "a settle is lost (Redis refused it)");
             }
             Err(_) => self.retry_later(op, "a settle is retried"),
         }
@@ -1314,6 +1373,10 @@ impl Limiter for RedisLimiter {
                     .warn_unavailable(&failure, "past spend not counted for a new budget");
             }
         })
+    }
+
+    fn settle_detached(&self, grant: Grant, tokens: u64, cost: Nanos) -> Result<(), Grant> {
+        self.inner.settle_detached(grant, tokens, cost)
     }
 
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {

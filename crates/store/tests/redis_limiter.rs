@@ -1306,6 +1306,55 @@ async fn a_reserve_sent_twice_is_counted_once() {
     clean_up(&url, &prefix).await;
 }
 
+/// A settle nobody waits for (`settle_detached`, what the server uses) is
+/// queued at once, applied by the batcher, and, when Redis is away, sent
+/// again later exactly as an awaited one is.
+#[tokio::test]
+async fn a_detached_settle_is_applied_and_retried_like_an_awaited_one() {
+    let Some(url) = redis_url("a_detached_settle_is_applied_and_retried_like_an_awaited_one").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("settle-detached");
+    let (relay, through_relay, direct) = relayed(&url, &prefix).await;
+    let scopes = two_at_once();
+    let key = scopes[0].0.clone();
+    let now_ms = minute_start_now();
+
+    let grant = through_relay
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+    assert!(through_relay.settle_detached(grant, 5, 100).is_ok());
+    eventually("the detached settle is applied", || async {
+        direct.budget_used(&key, Period::Daily, now_ms).await == 100
+    })
+    .await;
+
+    let grant = through_relay
+        .reserve(ask(&scopes, 10, 1_000, now_ms))
+        .await
+        .unwrap();
+    relay.set_down(true);
+    assert!(through_relay.settle_detached(grant, 5, 250).is_ok());
+    eventually("the failed settle waits to be sent again", || async {
+        through_relay.settles_retrying() == 1
+    })
+    .await;
+    assert_eq!(direct.budget_used(&key, Period::Daily, now_ms).await, 1_100);
+    relay.set_down(false);
+    eventually("the settle is applied once Redis is back", || async {
+        through_relay.settles_retrying() == 0
+    })
+    .await;
+    assert_eq!(direct.budget_used(&key, Period::Daily, now_ms).await, 350);
+    // Both released: two may run again.
+    for _ in 0..2 {
+        direct.reserve(ask(&scopes, 1, 0, now_ms)).await.unwrap();
+    }
+    clean_up(&url, &prefix).await;
+}
+
 #[tokio::test]
 async fn a_settle_while_redis_is_away_is_applied_when_it_is_back() {
     let Some(url) = redis_url("a_settle_while_redis_is_away_is_applied_when_it_is_back").await
