@@ -72,7 +72,7 @@ impl Cache {
         body: &[u8],
         headers: &HeaderMap,
         caller: &Caller,
-        answers: &[u64],
+        answers: impl IntoIterator<Item = u64>,
     ) -> Result<Option<CachePlan>, ApiError> {
         let directives = headers
             .get_all(axum::http::header::CACHE_CONTROL)
@@ -299,7 +299,7 @@ mod tests {
                 body.as_bytes(),
                 headers,
                 caller,
-                &[],
+                [],
             )
             .unwrap()
             .map(|plan| plan.key)
@@ -342,7 +342,7 @@ mod tests {
         }
         // Another endpoint with the same body is another entry.
         let messages = cache
-            .plan(Endpoint::Messages, BASE.as_bytes(), &none, &me, &[])
+            .plan(Endpoint::Messages, BASE.as_bytes(), &none, &me, [])
             .unwrap()
             .unwrap();
         assert_ne!(messages.key, base);
@@ -367,7 +367,7 @@ mod tests {
                     br#"{"model":"e","input":"x"}"#,
                     &none,
                     &me,
-                    &[]
+                    []
                 )
                 .unwrap()
                 .is_some()
@@ -425,7 +425,7 @@ mod tests {
                 BASE.as_bytes(),
                 &headers,
                 &me,
-                &[],
+                [],
             )
         };
         let default = plan(&[]).unwrap().unwrap();

@@ -332,8 +332,8 @@ fn plan_cache(
     let Some(cache) = &gateway.cache else {
         return Ok(None);
     };
-    let answers: Vec<u64> = chain.iter().map(|route| route.answers).collect();
-    cache.plan(endpoint, body, headers, &trace.caller, &answers)
+    let answers = chain.iter().map(|route| route.answers);
+    cache.plan(endpoint, body, headers, &trace.caller, answers)
 }
 
 /// The cached answer to the request, when there is one: the exact bytes a

@@ -512,30 +512,19 @@ impl RedisLimiter {
         let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|error| RedisLimiterError::Url(error.to_string()))?;
         let limiter = RedisLimiter {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Inner::new(
                 connection,
-                prefix: escape_prefix(&config.prefix),
-                fail_open: config.fail_open,
-                fail_open_budgets: config.fail_open_budgets,
-                timeout: config.timeout,
-                lease_minutes: config
+                escape_prefix(&config.prefix),
+                config.fail_open,
+                config.fail_open_budgets,
+                config.timeout,
+                config
                     .lease
                     .as_secs()
                     .div_ceil(60)
                     .clamp(1, MAX_LEASE_MINUTES),
-                outage_pause: config.outage_pause,
-                paused_until: Mutex::new(None),
-                warned_at: Mutex::new(None),
-                warnings_suppressed: AtomicU64::new(0),
-                retrying: AtomicUsize::new(0),
-                reseed: OnceLock::new(),
-                reseeding: tokio::sync::Mutex::new(()),
-                reseeds: AtomicU64::new(0),
-                reseed_failed_at: Mutex::new(None),
-                lanes: OnceLock::new(),
-                batches: AtomicU64::new(0),
-                batched: AtomicU64::new(0),
-            }),
+                config.outage_pause,
+            )),
         };
         if let Err(error) = limiter.ping().await {
             tracing::warn!(
@@ -552,26 +541,15 @@ impl RedisLimiter {
     pub fn with_prefix(self, prefix: &str) -> RedisLimiter {
         let inner = &self.inner;
         RedisLimiter {
-            inner: Arc::new(Inner {
-                connection: inner.connection.clone(),
-                prefix: escape_prefix(prefix),
-                fail_open: inner.fail_open,
-                fail_open_budgets: inner.fail_open_budgets,
-                timeout: inner.timeout,
-                lease_minutes: inner.lease_minutes,
-                outage_pause: inner.outage_pause,
-                paused_until: Mutex::new(None),
-                warned_at: Mutex::new(None),
-                warnings_suppressed: AtomicU64::new(0),
-                retrying: AtomicUsize::new(0),
-                reseed: OnceLock::new(),
-                reseeding: tokio::sync::Mutex::new(()),
-                reseeds: AtomicU64::new(0),
-                reseed_failed_at: Mutex::new(None),
-                lanes: OnceLock::new(),
-                batches: AtomicU64::new(0),
-                batched: AtomicU64::new(0),
-            }),
+            inner: Arc::new(Inner::new(
+                inner.connection.clone(),
+                escape_prefix(prefix),
+                inner.fail_open,
+                inner.fail_open_budgets,
+                inner.timeout,
+                inner.lease_minutes,
+                inner.outage_pause,
+            )),
         }
     }
 
@@ -627,6 +605,38 @@ impl RedisLimiter {
 }
 
 impl Inner {
+    /// A limiter's state with nothing counted, sent or waiting yet.
+    fn new(
+        connection: ConnectionManager,
+        prefix: String,
+        fail_open: bool,
+        fail_open_budgets: bool,
+        timeout: Duration,
+        lease_minutes: u64,
+        outage_pause: Duration,
+    ) -> Inner {
+        Inner {
+            connection,
+            prefix,
+            fail_open,
+            fail_open_budgets,
+            timeout,
+            lease_minutes,
+            outage_pause,
+            paused_until: Mutex::new(None),
+            warned_at: Mutex::new(None),
+            warnings_suppressed: AtomicU64::new(0),
+            retrying: AtomicUsize::new(0),
+            reseed: OnceLock::new(),
+            reseeding: tokio::sync::Mutex::new(()),
+            reseeds: AtomicU64::new(0),
+            reseed_failed_at: Mutex::new(None),
+            lanes: OnceLock::new(),
+            batches: AtomicU64::new(0),
+            batched: AtomicU64::new(0),
+        }
+    }
+
     /// `<prefix>{sb}:<kind>:<escaped id>`.
     fn scope_base(&self, scope: &Scope) -> String {
         let mut base = String::with_capacity(self.prefix.len() + scope.id.len() + 16);
@@ -873,7 +883,7 @@ impl Inner {
                 (Ok(_), _) => Err(Failure::Reply("no answer".to_owned())),
             };
             match answer {
-                None => self.settled_detached(op, result),
+                None => self.after_settle(op, result),
                 Some(answer) if answer.is_closed() => self.orphaned(&op, &result),
                 Some(answer) => {
                     // Dropped first, so that the caller holds the only reference.
@@ -1219,11 +1229,11 @@ impl Inner {
         }
         let op = Arc::new(settle_op(grant, tokens, cost));
         let result = self.submit(op.clone()).await;
-        self.settled_detached(op, result);
+        self.after_settle(op, result);
     }
 
     /// Queues a settle that nobody waits for: the batcher handles its
-    /// answer (`settled_detached`), so the caller needs no task of its
+    /// answer (`after_settle`), so the caller needs no task of its
     /// own. Gives the grant back outside a runtime.
     fn settle_detached(
         self: &Arc<Self>,
@@ -1252,16 +1262,16 @@ impl Inner {
             let inner = self.clone();
             runtime.spawn(async move {
                 let result = inner.submit(op.clone()).await;
-                inner.settled_detached(op, result);
+                inner.after_settle(op, result);
             });
         }
         Ok(())
     }
 
-    /// What follows a settle's answer when nobody waits for it: a refusal
+    /// What follows a settle's answer, awaited or not: a refusal
     /// by Redis is logged (sending it again would not help), any other
     /// failure sent again later.
-    fn settled_detached(self: &Arc<Self>, op: Arc<Op>, result: Result<Answer, Failure>) {
+    fn after_settle(self: &Arc<Self>, op: Arc<Op>, result: Result<Answer, Failure>) {
         match result {
             Ok(_) => {}
             Err(failure @ Failure::Reply(_)) => {

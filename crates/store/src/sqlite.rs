@@ -498,19 +498,33 @@ mod tests {
         records
     }
 
+    /// A store in a file of its own, and the directory to remove after.
+    async fn file_store(test: u32) -> (std::path::PathBuf, SqliteStore) {
+        let directory =
+            std::env::temp_dir().join(format!("switchboard-writer-{}-{test}", std::process::id()));
+        let store = SqliteStore::open_file(&directory.join("log.db"))
+            .await
+            .unwrap();
+        (directory, store)
+    }
+
+    /// The request ids of the newest records, newest first.
+    async fn ids_of(store: &SqliteStore) -> Vec<String> {
+        store
+            .recent_records(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|record| record.request_id)
+            .collect()
+    }
+
     /// A file database writes through its own connection: what it keeps
     /// must be exactly what the pool's path (the in-memory database, whose
     /// round trip is checked above) keeps, bodies included.
     #[tokio::test]
     async fn the_writer_connection_keeps_what_the_pool_keeps() {
-        let directory = std::env::temp_dir().join(format!(
-            "switchboard-writer-{}-{}",
-            std::process::id(),
-            line!()
-        ));
-        let file = SqliteStore::open_file(&directory.join("log.db"))
-            .await
-            .unwrap();
+        let (directory, file) = file_store(line!()).await;
         let memory = SqliteStore::open_memory().await.unwrap();
         let records = assorted_records();
         // Batches of several sizes, so that every chunk size is used.
@@ -545,14 +559,7 @@ mod tests {
     /// goes on with the next.
     #[tokio::test]
     async fn a_failed_batch_is_rolled_back_whole() {
-        let directory = std::env::temp_dir().join(format!(
-            "switchboard-writer-{}-{}",
-            std::process::id(),
-            line!()
-        ));
-        let store = SqliteStore::open_file(&directory.join("log.db"))
-            .await
-            .unwrap();
+        let (directory, store) = file_store(line!()).await;
         store.insert_records(&[record("kept")]).await.unwrap();
         // The bodies go in after the records, in the same transaction.
         sqlx::query::<Sqlite>("ALTER TABLE request_bodies RENAME TO gone")
@@ -569,13 +576,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.to_string().contains("request_bodies"), "{error}");
-        let ids: Vec<String> = store
-            .recent_records(10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|record| record.request_id)
-            .collect();
+        let ids = ids_of(&store).await;
         assert_eq!(ids, ["kept"]);
         store.insert_records(&[record("after")]).await.unwrap();
         assert_eq!(store.recent_records(10).await.unwrap().len(), 2);
@@ -586,24 +587,11 @@ mod tests {
     /// Should the writer's thread be gone, the pool writes instead.
     #[tokio::test]
     async fn without_its_writer_thread_the_pool_writes() {
-        let directory = std::env::temp_dir().join(format!(
-            "switchboard-writer-{}-{}",
-            std::process::id(),
-            line!()
-        ));
-        let store = SqliteStore::open_file(&directory.join("log.db"))
-            .await
-            .unwrap();
+        let (directory, store) = file_store(line!()).await;
         store.insert_records(&[record("first")]).await.unwrap();
         store.writer.as_ref().unwrap().close().await;
         store.insert_records(&[record("second")]).await.unwrap();
-        let ids: Vec<String> = store
-            .recent_records(10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|record| record.request_id)
-            .collect();
+        let ids = ids_of(&store).await;
         assert_eq!(ids, ["second", "first"]);
         store.close().await;
         std::fs::remove_dir_all(directory).unwrap();

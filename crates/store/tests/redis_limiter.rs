@@ -1306,6 +1306,32 @@ async fn a_reserve_sent_twice_is_counted_once() {
     clean_up(&url, &prefix).await;
 }
 
+/// Once Redis is back: the settle waiting to be sent again is applied,
+/// the first scope has spent `spent`, and both of `two_at_once`'s slots
+/// are free again.
+async fn applied_once_back(
+    through_relay: &RedisLimiter,
+    direct: &RedisLimiter,
+    scopes: &[(Scope, Rules)],
+    now_ms: u64,
+    spent: Nanos,
+) {
+    eventually("the settle is applied once Redis is back", || async {
+        through_relay.settles_retrying() == 0
+    })
+    .await;
+    assert_eq!(
+        direct
+            .budget_used(&scopes[0].0, Period::Daily, now_ms)
+            .await,
+        spent
+    );
+    // Released: two may run again.
+    for _ in 0..2 {
+        direct.reserve(ask(scopes, 1, 0, now_ms)).await.unwrap();
+    }
+}
+
 /// A settle nobody waits for (`settle_detached`, what the server uses) is
 /// queued at once, applied by the batcher, and, when Redis is away, sent
 /// again later exactly as an awaited one is.
@@ -1343,15 +1369,7 @@ async fn a_detached_settle_is_applied_and_retried_like_an_awaited_one() {
     .await;
     assert_eq!(direct.budget_used(&key, Period::Daily, now_ms).await, 1_100);
     relay.set_down(false);
-    eventually("the settle is applied once Redis is back", || async {
-        through_relay.settles_retrying() == 0
-    })
-    .await;
-    assert_eq!(direct.budget_used(&key, Period::Daily, now_ms).await, 350);
-    // Both released: two may run again.
-    for _ in 0..2 {
-        direct.reserve(ask(&scopes, 1, 0, now_ms)).await.unwrap();
-    }
+    applied_once_back(&through_relay, &direct, &scopes, now_ms, 350).await;
     clean_up(&url, &prefix).await;
 }
 
@@ -1386,15 +1404,7 @@ async fn a_settle_while_redis_is_away_is_applied_when_it_is_back() {
     );
 
     relay.set_down(false);
-    eventually("the settle is applied once Redis is back", || async {
-        through_relay.settles_retrying() == 0
-    })
-    .await;
-    assert_eq!(direct.budget_used(&key, Period::Daily, now_ms).await, 250);
-    // Released: two may run again.
-    for _ in 0..2 {
-        direct.reserve(ask(&scopes, 1, 0, now_ms)).await.unwrap();
-    }
+    applied_once_back(&through_relay, &direct, &scopes, now_ms, 250).await;
     clean_up(&url, &prefix).await;
 }
 
