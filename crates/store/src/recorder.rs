@@ -408,34 +408,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::journal::tests_support::record;
     use crate::{LogPage, LogQuery, SqliteStore, StoreError, StoreFuture, UsageQuery, UsageRow};
-
-    fn record(index: usize) -> RequestRecord {
-        RequestRecord {
-            request_id: format!("r{index}"),
-            started_at_ms: index as i64,
-            endpoint: switchboard_core::Endpoint::ChatCompletions,
-            model: "m".into(),
-            deployment: None,
-            served_model: None,
-            attempts: 1,
-            attempt_details: Vec::new(),
-            stream: false,
-            status: 200,
-            outcome: switchboard_core::Outcome::Success,
-            error_code: None,
-            latency_ms: 1,
-            ttft_ms: None,
-            usage: Default::default(),
-            key_id: None,
-            team_id: None,
-            end_user: None,
-            cost_nanos: None,
-            cache_hit: false,
-            metadata: None,
-            bodies: None,
-        }
-    }
 
     /// A burst of 10,000 records into a queue of 64: most spill to the
     /// journal, and the writer still writes every one while running.
