@@ -309,7 +309,7 @@ impl Journal {
         out.extend_from_slice(b"{\"request_id\":");
         json_string(&mut out, &record.request_id);
         out.extend_from_slice(b",\"started_at_ms\":");
-        json_value(&mut out, &record.started_at_ms);
+        json_int(&mut out, record.started_at_ms);
         out.extend_from_slice(b",\"endpoint\":\"");
         out.extend_from_slice(record.endpoint.as_str().as_bytes());
         out.extend_from_slice(b"\",\"model\":");
@@ -319,7 +319,7 @@ impl Journal {
         out.extend_from_slice(b",\"served_model\":");
         json_option(&mut out, record.served_model.as_deref());
         out.extend_from_slice(b",\"attempts\":");
-        json_value(&mut out, &record.attempts);
+        json_int(&mut out, record.attempts);
         if !record.attempt_details.is_empty() {
             out.extend_from_slice(b",\"attempt_details\":");
             attempt_details_json(&mut out, &record.attempt_details);
@@ -329,17 +329,27 @@ impl Journal {
         } else {
             b",\"stream\":false,\"status\":"
         });
-        json_value(&mut out, &record.status);
+        json_int(&mut out, record.status);
         out.extend_from_slice(b",\"outcome\":\"");
         out.extend_from_slice(record.outcome.as_str().as_bytes());
         out.extend_from_slice(b"\",\"error_code\":");
         json_option(&mut out, record.error_code.as_deref());
         out.extend_from_slice(b",\"latency_ms\":");
-        json_value(&mut out, &record.latency_ms);
+        json_int(&mut out, record.latency_ms);
         out.extend_from_slice(b",\"ttft_ms\":");
-        json_value(&mut out, &record.ttft_ms);
-        out.extend_from_slice(b",\"usage\":");
-        json_value(&mut out, &record.usage);
+        json_optional_int(&mut out, record.ttft_ms);
+        let usage = &record.usage;
+        out.extend_from_slice(b",\"usage\":{\"input_tokens\":");
+        json_optional_int(&mut out, usage.input_tokens);
+        out.extend_from_slice(b",\"output_tokens\":");
+        json_optional_int(&mut out, usage.output_tokens);
+        out.extend_from_slice(b",\"cached_input_tokens\":");
+        json_optional_int(&mut out, usage.cached_input_tokens);
+        out.extend_from_slice(b",\"reasoning_tokens\":");
+        json_optional_int(&mut out, usage.reasoning_tokens);
+        out.extend_from_slice(b",\"cache_write_tokens\":");
+        json_optional_int(&mut out, usage.cache_write_tokens);
+        out.push(b'}');
         out.extend_from_slice(b",\"key_id\":");
         json_option(&mut out, record.key_id.as_deref());
         out.extend_from_slice(b",\"team_id\":");
@@ -347,7 +357,7 @@ impl Journal {
         out.extend_from_slice(b",\"end_user\":");
         json_option(&mut out, record.end_user.as_deref());
         out.extend_from_slice(b",\"cost_nanos\":");
-        json_value(&mut out, &record.cost_nanos);
+        json_optional_int(&mut out, record.cost_nanos);
         out.extend_from_slice(if record.cache_hit {
             b",\"cache_hit\":true,\"metadata\":"
         } else {
@@ -582,10 +592,10 @@ pub(crate) fn attempt_details_json(out: &mut Vec<u8>, details: &[AttemptDetail])
         json_string(out, &detail.outcome);
         if let Some(status) = detail.status {
             out.extend_from_slice(b",\"status\":");
-            json_value(out, &status);
+            json_int(out, status);
         }
         out.extend_from_slice(b",\"duration_ms\":");
-        json_value(out, &detail.duration_ms);
+        json_int(out, detail.duration_ms);
         out.push(b'}');
     }
     out.push(b']');
@@ -613,8 +623,20 @@ fn json_option(out: &mut Vec<u8>, text: Option<&str>) {
     }
 }
 
-/// Any other value as serde writes it (numbers, the usage, the attempt
-/// list, bodies); writing to a vector cannot fail for these types.
+/// An integer, as serde writes it.
+fn json_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+fn json_optional_int(out: &mut Vec<u8>, value: Option<impl itoa::Integer>) {
+    match value {
+        Some(value) => json_int(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Any other value as serde writes it (bodies, strings that need
+/// escaping); writing to a vector cannot fail for these types.
 fn json_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     let _ = serde_json::to_writer(out, value);
 }

@@ -10,21 +10,26 @@
 //! transaction. Against the pool's connections (sqlx) this spares, per
 //! value, the two allocations and the copy sqlx makes of every text it
 //! binds, and per statement the clearing of thousands of bindings and a
-//! round trip through the pool's worker thread; what is left is SQLite's
-//! own work (see `BENCHMARKS.md`). Reads, retention and the keys stay on
+//! round trip through the pool's worker thread. The statements are held
+//! through SQLite's C interface (`Raw`) because rusqlite has SQLite copy
+//! every text it binds (`SQLITE_TRANSIENT`), then free each copy when the
+//! next row is bound: bound `SQLITE_STATIC`, a text is read where it lies
+//! in the buffer, and the bindings are cleared before the buffer can go.
+//! What is left is SQLite's own work (see `BENCHMARKS.md`). Reads, retention and the keys stay on
 //! the pool; SQLite's locking (WAL, one writer at a time, a busy timeout
 //! on both sides) keeps them apart. A connection left inside a transaction
 //! by a failure is reopened; should the thread be gone, the store writes
 //! through the pool.
 
+use std::ffi::{CStr, c_int};
 use std::path::Path;
+use std::ptr::NonNull;
 use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::types::Null;
-use rusqlite::{Connection, Statement};
+use rusqlite::{Connection, ffi};
 use switchboard_core::RequestRecord;
 use tokio::sync::oneshot;
 
@@ -267,8 +272,8 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 
 /// The insert statements, one per chunk size, prepared once.
 struct Prepared<'c> {
-    records: Vec<Statement<'c>>,
-    bodies: Vec<Statement<'c>>,
+    records: Vec<Raw<'c>>,
+    bodies: Vec<Raw<'c>>,
 }
 
 impl<'c> Prepared<'c> {
@@ -276,7 +281,7 @@ impl<'c> Prepared<'c> {
         let prepare = |statement: fn(usize) -> &'static str| {
             CHUNK_SIZES
                 .iter()
-                .map(|&rows| connection.prepare(statement(rows)))
+                .map(|&rows| Raw::prepare(connection, statement(rows)))
                 .collect::<rusqlite::Result<Vec<_>>>()
         };
         Ok(Prepared {
@@ -284,6 +289,126 @@ impl<'c> Prepared<'c> {
             bodies: prepare(bodies_statement)?,
         })
     }
+}
+
+/// A prepared statement of `connection`, held through SQLite's C interface
+/// so that texts can be bound without a copy (see the module
+/// documentation). Finalized when dropped, before its connection closes.
+struct Raw<'c> {
+    statement: NonNull<ffi::sqlite3_stmt>,
+    connection: &'c Connection,
+}
+
+impl<'c> Raw<'c> {
+    fn prepare(connection: &'c Connection, sql: &str) -> rusqlite::Result<Raw<'c>> {
+        let len = c_int::try_from(sql.len()).map_err(|_| too_big())?;
+        let mut statement = std::ptr::null_mut();
+        // SAFETY: the handle is that of `connection`, open for 'c; the SQL
+        // is `len` valid bytes, and `statement` is written by SQLite.
+        let code = unsafe {
+            ffi::sqlite3_prepare_v3(
+                connection.handle(),
+                sql.as_ptr().cast(),
+                len,
+                ffi::SQLITE_PREPARE_PERSISTENT,
+                &mut statement,
+                std::ptr::null_mut(),
+            )
+        };
+        let raw = NonNull::new(statement).map(|statement| Raw {
+            statement,
+            connection,
+        });
+        match (code, raw) {
+            (ffi::SQLITE_OK, Some(raw)) => Ok(raw),
+            // Empty SQL prepares to nothing; it is never given.
+            (ffi::SQLITE_OK, None) => Err(rusqlite::Error::InvalidQuery),
+            (code, _) => Err(failure(connection, code)),
+        }
+    }
+
+    /// Binds `values` (texts from `batch`) in order, runs the statement
+    /// once, then resets it and clears every binding, so that nothing
+    /// points into `batch` after this returns.
+    fn execute<'v>(
+        &mut self,
+        values: impl Iterator<Item = &'v Value>,
+        batch: &Encoded,
+    ) -> rusqlite::Result<()> {
+        let statement = self.statement.as_ptr();
+        let mut code = ffi::SQLITE_OK;
+        for (index, value) in values.enumerate() {
+            let position = c_int::try_from(index + 1).map_err(|_| too_big())?;
+            // SAFETY: `statement` is live (finalized only on drop). A text
+            // bound `SQLITE_STATIC` must outlive its binding: it is
+            // `batch`'s, borrowed for this call, and the bindings are
+            // cleared below before the call returns, on every path.
+            code = unsafe {
+                match value {
+                    Value::Null => ffi::sqlite3_bind_null(statement, position),
+                    Value::Int(number) => ffi::sqlite3_bind_int64(statement, position, *number),
+                    Value::Text { .. } => {
+                        let text = batch.str(value);
+                        match c_int::try_from(text.len()) {
+                            Ok(len) => ffi::sqlite3_bind_text(
+                                statement,
+                                position,
+                                text.as_ptr().cast(),
+                                len,
+                                ffi::SQLITE_STATIC(),
+                            ),
+                            Err(_) => ffi::SQLITE_TOOBIG,
+                        }
+                    }
+                }
+            };
+            if code != ffi::SQLITE_OK {
+                break;
+            }
+        }
+        if code == ffi::SQLITE_OK {
+            // SAFETY: as above.
+            code = match unsafe { ffi::sqlite3_step(statement) } {
+                ffi::SQLITE_DONE => ffi::SQLITE_OK,
+                failed => failed,
+            };
+        }
+        // Read before the reset, which may replace the message.
+        let result = match code {
+            ffi::SQLITE_OK => Ok(()),
+            code => Err(failure(self.connection, code)),
+        };
+        // SAFETY: as above; both only touch the statement itself.
+        unsafe {
+            ffi::sqlite3_reset(statement);
+            ffi::sqlite3_clear_bindings(statement);
+        }
+        result
+    }
+}
+
+impl Drop for Raw<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the statement is live and finalized once, here.
+        unsafe {
+            ffi::sqlite3_finalize(self.statement.as_ptr());
+        }
+    }
+}
+
+/// SQLite's error for `code`, with the connection's message.
+fn failure(connection: &Connection, code: c_int) -> rusqlite::Error {
+    // SAFETY: the handle is open; SQLite's message is a NUL-terminated
+    // string it owns until the next call on the connection, copied here.
+    let message = unsafe {
+        let text = ffi::sqlite3_errmsg(connection.handle());
+        (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
+    };
+    rusqlite::Error::SqliteFailure(ffi::Error::new(code), message)
+}
+
+fn too_big() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_TOOBIG), None)
 }
 
 /// Serves jobs on one connection. True when every sender is gone; false
@@ -316,7 +441,7 @@ fn write(
 }
 
 fn insert_rows<const COLUMNS: usize>(
-    statements: &mut [Statement<'_>],
+    statements: &mut [Raw<'_>],
     batch: &Encoded,
     rows: &[[Value; COLUMNS]],
 ) -> rusqlite::Result<()> {
@@ -328,15 +453,7 @@ fn insert_rows<const COLUMNS: usize>(
         else {
             return Err(rusqlite::Error::InvalidParameterCount(chunk.len(), 0));
         };
-        for (index, value) in chunk.iter().flatten().enumerate() {
-            let position = index + 1;
-            match value {
-                Value::Null => statement.raw_bind_parameter(position, Null)?,
-                Value::Int(number) => statement.raw_bind_parameter(position, number)?,
-                Value::Text { .. } => statement.raw_bind_parameter(position, batch.str(value))?,
-            }
-        }
-        statement.raw_execute()?;
+        statement.execute(chunk.iter().flatten(), batch)?;
     }
     Ok(())
 }
