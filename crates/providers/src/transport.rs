@@ -132,7 +132,28 @@ pub(crate) fn upstream_request(
     *request.method_mut() = method;
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = headers.clone();
+    if let Some(host) = plain_host(uri) {
+        request.headers_mut().insert(header::HOST, host);
+    }
     request
+}
+
+/// The `Host` header of a plain `http://` URL with a port other than 80
+/// (a local server, say), exactly as hyper-util's client would add it, but
+/// without the `format!` it makes for every such request (2% of a proxied
+/// request's instructions). Other URLs are left to the client, which adds
+/// the host alone for a default port, and nothing over HTTP/2.
+fn plain_host(uri: &Uri) -> Option<HeaderValue> {
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let host = uri.host()?;
+    let port = uri.port_u16().filter(|port| *port != 80)?;
+    let mut text = String::with_capacity(host.len() + 6);
+    text.push_str(host);
+    text.push(':');
+    text.push_str(itoa::Buffer::new().format(port));
+    HeaderValue::from_str(&text).ok()
 }
 
 /// An upstream's answer before it is read as its dialect.
@@ -507,6 +528,33 @@ fn least_headroom(headers: &HeaderMap) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plain URL with a port other than 80 gets the `Host` hyper-util
+    /// would have made; every other URL is left to hyper-util.
+    #[test]
+    fn the_host_header_of_a_plain_url_with_its_own_port() {
+        let host = |url: &str| plain_host(&url.parse::<Uri>().unwrap());
+        assert_eq!(
+            host("http://127.0.0.1:18000/v1/chat/completions").unwrap(),
+            "127.0.0.1:18000"
+        );
+        assert_eq!(host("http://[::1]:8080/v1").unwrap(), "[::1]:8080");
+        assert_eq!(
+            host("http://gpu-box.local:11434").unwrap(),
+            "gpu-box.local:11434"
+        );
+        assert!(host("http://localhost/v1").is_none());
+        assert!(host("http://localhost:80/v1").is_none());
+        assert!(host("https://api.openai.com/v1").is_none());
+        assert!(host("https://example.com:8443/v1").is_none());
+        let request = upstream_request(
+            Method::POST,
+            &"http://127.0.0.1:9/x".parse().unwrap(),
+            &HeaderMap::new(),
+            Bytes::new(),
+        );
+        assert_eq!(request.headers()[header::HOST], "127.0.0.1:9");
+    }
 
     #[test]
     fn reset_durations_are_read_in_openais_format() {

@@ -99,11 +99,26 @@ fn new_request_id() -> String {
     });
     let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let millis = (unix_millis().max(0) as u64) & 0xffff_ffff_ffff;
-    format!(
-        "req_{millis:012x}{:04x}{:016x}",
-        seed >> 48,
-        splitmix64(sequence ^ seed)
-    )
+    // Written digit by digit: `format!` with three hex fields was about
+    // 1.5% of a proxied request's instructions.
+    let mut id = String::with_capacity(36);
+    id.push_str("req_");
+    push_hex(&mut id, millis, 12);
+    push_hex(&mut id, seed >> 48, 4);
+    push_hex(&mut id, splitmix64(sequence ^ seed), 16);
+    id
+}
+
+/// The low `digits` hex digits of `value`, lowercase, zero-padded.
+fn push_hex(out: &mut String, value: u64, digits: u32) {
+    for place in (0..digits).rev() {
+        let digit = ((value >> (place * 4)) & 0xf) as u8;
+        out.push(char::from(if digit < 10 {
+            b'0' + digit
+        } else {
+            b'a' + digit - 10
+        }));
+    }
 }
 
 /// Who a request comes from, as `authenticate` found out.
@@ -199,6 +214,26 @@ mod tests {
             (0..10_000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 10_000);
         assert!(ids.iter().all(|id| id.len() == 36 && is_acceptable_id(id)));
+    }
+
+    #[test]
+    fn hex_digits_are_formattings() {
+        for value in [
+            0,
+            1,
+            0xabc,
+            0x0123_4567_89ab_cdef,
+            u64::MAX,
+            1_795_921_250_367,
+        ] {
+            for digits in [4, 12, 16] {
+                let mut ours = String::new();
+                push_hex(&mut ours, value, digits);
+                let width = digits as usize;
+                let expected = format!("{value:0width$x}");
+                assert_eq!(ours, expected[expected.len() - width..]);
+            }
+        }
     }
 
     #[test]
