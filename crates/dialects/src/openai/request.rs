@@ -481,26 +481,10 @@ fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
             Some("messages"),
         ));
     }
-    let deserializer = &mut serde_json::Deserializer::from_str(raw.get());
+    // Read plainly; only a list that fails is read again, tracking the path
+    // to say where (tracking every value cost 2% of a proxied request).
     let messages: Vec<MessageCheck<'_>> =
-        serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let path = error.path().to_string();
-            let param = format!(
-                "messages{}",
-                if path == "." {
-                    String::new()
-                } else {
-                    bracket_path(&path)
-                }
-            );
-            RequestError::new(
-                format!(
-                    "invalid `{param}`: {}",
-                    without_position(&error.inner().to_string())
-                ),
-                Some(&param),
-            )
-        })?;
+        serde_json::from_str(raw.get()).map_err(|_| messages_error(raw))?;
     if messages.is_empty() {
         return Err(RequestError::new(
             "`messages` must contain at least one message",
@@ -547,6 +531,31 @@ fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
         }
     }
     Ok(messages.len())
+}
+
+/// Why `messages` is not a list of messages, and where in it.
+fn messages_error(raw: &RawValue) -> RequestError {
+    let deserializer = &mut serde_json::Deserializer::from_str(raw.get());
+    let error = match serde_path_to_error::deserialize::<_, Vec<MessageCheck<'_>>>(deserializer) {
+        Err(error) => error,
+        Ok(_) => return RequestError::new("invalid `messages`", Some("messages")),
+    };
+    let path = error.path().to_string();
+    let param = format!(
+        "messages{}",
+        if path == "." {
+            String::new()
+        } else {
+            bracket_path(&path)
+        }
+    );
+    RequestError::new(
+        format!(
+            "invalid `{param}`: {}",
+            without_position(&error.inner().to_string())
+        ),
+        Some(&param),
+    )
 }
 
 /// serde_path_to_error writes `[2].role`; OpenAI writes `messages[2].role`.
