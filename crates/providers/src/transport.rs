@@ -133,7 +133,7 @@ pub(crate) fn upstream_request(
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = headers.clone();
     if let Some(host) = plain_host(uri) {
-        request.headers_mut().insert(header::HOST, host);
+        request.headers_mut().entry(header::HOST).or_insert(host);
     }
     request
 }

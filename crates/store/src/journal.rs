@@ -10,14 +10,17 @@
 //! well under a microsecond and survives the death of the process (not a
 //! power failure of the machine, which the database's own durability
 //! settings cover for what it holds). A segment's blocks are reserved when
-//! it is created (`fallocate`), so a full disk refuses a new segment (the
-//! journal then turns itself off, as it does on any write error) instead
-//! of faulting a write into the map; the map is a window of the segment,
-//! moved along as it fills, so the process holds at most one window of it
-//! in memory. A segment is cut to its used length when the next one
-//! begins; one left behind by a killed process ends in zeros, which replay
-//! ignores (a JSON line never holds a NUL byte). Records are numbered
-//! in the order they are appended and queued; the record writer reports the
+//! it is created (`fallocate`), so that no write into the map can fault for
+//! lack of space: only on filesystems where a reservation guarantees that
+//! (ext4, XFS, tmpfs, overlayfs), and only if the space could be reserved;
+//! otherwise the segment is written with one positional `write` per record
+//! (which fails with an error, turning the journal off, rather than with a
+//! signal). The map is a window of the segment, moved along as it fills,
+//! so the process holds at most one window of it in memory. A segment is
+//! cut to its used length when the next one begins; one left behind by a
+//! killed process ends in zeros, which replay skips (a JSON line never
+//! holds a NUL byte). Records are numbered in the order they are appended
+//! and queued; the record writer reports the
 //! highest number it has committed, and segments whose records are all
 //! committed are deleted. On start, `replay` inserts into the database the
 //! records of the segments a previous process left behind that the
@@ -47,61 +50,112 @@ use crate::{Store, StoreError};
 struct Sizes {
     segment: u64,
     window: u64,
+    /// Whether segments may be mapped (tests write plainly too).
+    map: bool,
 }
 
 const SIZES: Sizes = Sizes {
     segment: 32 * 1024 * 1024,
     window: 1024 * 1024,
+    map: true,
 };
 
-/// The segment being appended to: its file, with its blocks reserved up
-/// to `capacity`, and the mapped window the next bytes go into.
+/// The segment being appended to, and how it is written.
 #[derive(Debug)]
 struct Open {
     file: File,
+    /// The bytes it may hold before the next segment begins (reserved, when
+    /// mapped).
     capacity: u64,
-    /// Where the window starts in the file, and the window.
-    window: Option<(u64, MmapMut)>,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Copied into a shared map of the file: a window of it, where it
+    /// starts in the file, and the window (unmapped between windows).
+    Mapped(Option<(u64, MmapMut)>),
+    /// One positional `write` per record: where a map is not known to be
+    /// safe (a filesystem other than ext4, XFS, tmpfs or overlayfs, whose
+    /// reserved blocks a write through the map cannot fail on), or where
+    /// the space could not be reserved.
+    Plain,
 }
 
 impl Open {
-    /// Creates segment `path` with `capacity` bytes reserved.
-    fn create(path: &Path, capacity: u64) -> std::io::Result<Open> {
+    /// Creates segment `path`, mapped with `capacity` bytes reserved where
+    /// that is safe, else written plainly.
+    fn create(path: &Path, capacity: u64, map: bool) -> std::io::Result<Open> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)?;
-        reserve(&file, capacity)?;
-        Ok(Open {
+        let mut open = Open {
             file,
             capacity,
-            window: None,
-        })
+            mode: Mode::Plain,
+        };
+        if map && mappable(&open.file) {
+            open.reserve(capacity);
+        }
+        Ok(open)
     }
 
-    /// Copies `bytes` into the file at `at` (within the reserved
-    /// capacity), mapping windows of `window` bytes as it goes.
+    /// Reserves `capacity` bytes and writes through a map from now on; if
+    /// they cannot be reserved (a full disk), writes plainly instead.
+    fn reserve(&mut self, capacity: u64) {
+        self.capacity = capacity;
+        match reserve(&self.file, capacity) {
+            Ok(()) => {
+                if let Mode::Plain = self.mode {
+                    self.mode = Mode::Mapped(None);
+                }
+            }
+            Err(error) => {
+                if let Mode::Mapped(window) = &mut self.mode {
+                    *window = None;
+                }
+                tracing::warn!(%error, "the request journal's space cannot be reserved; it is written record by record");
+                self.mode = Mode::Plain;
+            }
+        }
+    }
+
+    /// A segment with nothing in it yet grows to hold a record larger
+    /// than itself.
+    fn grow(&mut self, capacity: u64) {
+        match self.mode {
+            Mode::Mapped(_) => self.reserve(capacity),
+            Mode::Plain => self.capacity = capacity,
+        }
+    }
+
+    /// Writes `bytes` into the file at `at` (within `capacity`): through
+    /// windows of `window` bytes of the map, or with one write.
     fn put(&mut self, mut at: u64, mut bytes: &[u8], window: u64) -> std::io::Result<()> {
+        let Mode::Mapped(mapped) = &mut self.mode else {
+            return write_at(&self.file, bytes, at);
+        };
         while !bytes.is_empty() {
-            let inside = self
-                .window
+            let inside = mapped
                 .as_ref()
                 .is_some_and(|(start, map)| at >= *start && at < *start + map.len() as u64);
             if !inside {
                 // Unmapped before the next is mapped: one window at a time.
-                self.window = None;
+                *mapped = None;
                 let len = window.min(self.capacity - at);
                 let len = usize::try_from(len).map_err(std::io::Error::other)?;
                 // SAFETY: the map is of a file only this process writes
                 // (the journal's lock keeps other instances out) and never
-                // shortens while it is mapped (`finish` unmaps first), and
-                // its blocks are reserved, so no access to it can fault.
+                // shortens while it is mapped (`finish` unmaps first); its
+                // blocks are reserved on a filesystem where that means a
+                // write through the map cannot fail (`mappable`).
                 let map = unsafe { MmapOptions::new().offset(at).len(len).map_mut(&self.file)? };
-                self.window = Some((at, map));
+                *mapped = Some((at, map));
             }
-            let Some((start, map)) = self.window.as_mut() else {
+            let Some((start, map)) = mapped.as_mut() else {
                 unreachable!("a window was just mapped");
             };
             let from = (at - *start) as usize;
@@ -115,9 +169,53 @@ impl Open {
 
     /// Unmaps the window and cuts the file to the `used` bytes.
     fn finish(mut self, used: u64) {
-        self.window = None;
+        self.mode = Mode::Plain;
         let _ = self.file.set_len(used);
     }
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, bytes: &[u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, at)
+}
+
+#[cfg(not(unix))]
+fn write_at(mut file: &File, bytes: &[u8], at: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    file.seek(SeekFrom::Start(at))?;
+    file.write_all(bytes)
+}
+
+/// Whether `file` lies on a filesystem where blocks reserved by
+/// `fallocate` can be written through a shared map without a fault: ext4,
+/// XFS, tmpfs and overlayfs (over those). Elsewhere (btrfs, whose
+/// copy-on-write can still run out of space, network filesystems) the
+/// journal writes plainly.
+#[cfg(target_os = "linux")]
+#[allow(clippy::unnecessary_cast)] // `f_type`'s type differs between targets
+fn mappable(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `fstatfs` fills the struct it is given for a descriptor
+    // borrowed for the call; it is read only when the call succeeded.
+    let kind = unsafe {
+        if libc::fstatfs(file.as_raw_fd(), stats.as_mut_ptr()) != 0 {
+            return false;
+        }
+        stats.assume_init().f_type as i64
+    };
+    [
+        libc::EXT4_SUPER_MAGIC as i64,
+        libc::XFS_SUPER_MAGIC as i64,
+        libc::TMPFS_MAGIC as i64,
+        libc::OVERLAYFS_SUPER_MAGIC as i64,
+    ]
+    .contains(&kind)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mappable(_: &File) -> bool {
+    false
 }
 
 /// Reserves the blocks of `file`'s first `len` bytes, so that writing them
@@ -126,27 +224,20 @@ impl Open {
 fn reserve(file: &File, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
-    // SAFETY: a plain system call on a file descriptor this function
-    // borrows for its duration.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        code => Err(std::io::Error::from_raw_os_error(code)),
+    loop {
+        // SAFETY: a plain system call on a file descriptor this function
+        // borrows for its duration.
+        match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            code => return Err(std::io::Error::from_raw_os_error(code)),
+        }
     }
 }
 
-/// Elsewhere the blocks are reserved by writing zeros.
 #[cfg(not(target_os = "linux"))]
-fn reserve(file: &File, len: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let zeros = vec![0; 64 * 1024];
-    let mut writer = file;
-    let mut left = len;
-    while left > 0 {
-        let count = left.min(zeros.len() as u64) as usize;
-        writer.write_all(&zeros[..count])?;
-        left -= count as u64;
-    }
-    writer.seek(SeekFrom::Start(0)).map(|_| ())
+fn reserve(_: &File, _: u64) -> std::io::Result<()> {
+    Err(std::io::Error::other("reserved only on Linux"))
 }
 
 #[derive(Debug)]
@@ -252,14 +343,13 @@ impl Journal {
             let path = segment_path(directory, *number);
             let bytes = std::fs::read(&path).map_err(|error| io_error(directory, error))?;
             // A segment left by a killed process ends in the zeros of its
-            // reserved space; a line cut short was being written when the
-            // process died: its response never completed.
-            let used = bytes
-                .iter()
-                .position(|byte| *byte == 0)
-                .unwrap_or(bytes.len());
-            let records: Vec<RequestRecord> = bytes[..used]
-                .split(|byte| *byte == b'\n')
+            // reserved space (after a crash of the machine, zeros may even
+            // stand between lines: a JSON line never holds a NUL byte); a
+            // line cut short was being written when the process died: its
+            // response never completed.
+            let records: Vec<RequestRecord> = bytes
+                .split(|byte| *byte == b'\n' || *byte == 0)
+                .filter(|line| !line.is_empty())
                 .filter_map(|line| serde_json::from_slice(line).ok())
                 .collect();
             for chunk in records.chunks(512) {
@@ -276,7 +366,7 @@ impl Journal {
             );
         }
         let segment = left.last().map_or(1, |last| last + 1);
-        let open = Open::create(&segment_path(directory, segment), sizes.segment)
+        let open = Open::create(&segment_path(directory, segment), sizes.segment, sizes.map)
             .map_err(|error| io_error(directory, error))?;
         Ok((
             Journal {
@@ -423,7 +513,9 @@ impl Journal {
         };
         let capacity = self.sizes.segment.max(len);
         let next = if state.bytes == 0 {
-            reserve(&open.file, capacity).map(|()| Open { capacity, ..open })
+            let mut open = open;
+            open.grow(capacity);
+            Ok(open)
         } else {
             open.finish(state.bytes);
             state.closed.push(Segment {
@@ -432,7 +524,11 @@ impl Journal {
             });
             state.segment += 1;
             state.bytes = 0;
-            Open::create(&segment_path(&self.directory, state.segment), capacity)
+            Open::create(
+                &segment_path(&self.directory, state.segment),
+                capacity,
+                self.sizes.map,
+            )
         };
         match next {
             Ok(open) => state.open = Some(open),
@@ -558,20 +654,22 @@ impl Journal {
     /// record; anything uncommitted stays for the next start.
     pub fn close(&self) {
         let mut state = self.lock();
-        if let Some(open) = state.open.take() {
-            open.finish(state.bytes);
-        } else {
-            // Broken: what it holds stays for the next start.
-            return;
-        }
         // Queued records are written in order, spilled ones from the
         // journal: all are in when the queue's last is and nothing waits.
-        if state.overflow.is_empty() && state.committed >= state.last_queued {
-            for segment in &state.closed {
-                let _ = std::fs::remove_file(segment_path(&self.directory, segment.number));
-            }
-            let _ = std::fs::remove_file(segment_path(&self.directory, state.segment));
+        // Otherwise (or when broken) the segments stay for the next start,
+        // the current one still open to any record that comes late.
+        let done = state.overflow.is_empty() && state.committed >= state.last_queued;
+        if !done {
+            return;
         }
+        let Some(open) = state.open.take() else {
+            return;
+        };
+        open.finish(state.bytes);
+        for segment in &state.closed {
+            let _ = std::fs::remove_file(segment_path(&self.directory, segment.number));
+        }
+        let _ = std::fs::remove_file(segment_path(&self.directory, state.segment));
     }
 }
 
@@ -688,82 +786,177 @@ mod tests {
 
     use super::*;
 
-    /// Records written through small windows and segments, with lines
-    /// crossing windows, one larger than a segment and some the queue
-    /// refused, are read back as spilled records; and after a crash (the
-    /// journal dropped unclosed, its open segment ending in reserved zeros)
-    /// the next open replays every one exactly once.
+    /// Records written through small windows and segments (mapped, and
+    /// written plainly), with lines crossing windows, a first record larger
+    /// than a segment (which grows), one that fills a segment exactly, a
+    /// large one later, and some the queue refused, are read back as
+    /// spilled records; segments wholly committed are deleted, the others
+    /// kept; and after a crash (the journal dropped unclosed, its open
+    /// segment ending in reserved zeros) the next open replays every record
+    /// not deleted exactly once.
     #[tokio::test]
     async fn records_cross_windows_and_segments_and_replay_after_a_crash() {
+        for map in [true, false] {
+            let directory = std::env::temp_dir().join(format!(
+                "switchboard-journal-{}-{}",
+                std::process::id(),
+                tests_support::unique()
+            ));
+            let sizes = Sizes {
+                segment: 16 * 1024,
+                window: 1000,
+                map,
+            };
+            let store = crate::SqliteStore::open_memory().await.unwrap();
+            let (journal, recovered) = Journal::open_sized(&directory, &store, sizes)
+                .await
+                .unwrap();
+            assert_eq!(recovered, 0);
+            let body = |record: &mut RequestRecord, len: usize| {
+                record.bodies = Some(switchboard_core::Bodies {
+                    request: "x".repeat(len),
+                    response: None,
+                });
+            };
+            let mut records: Vec<RequestRecord> = (0..200).map(tests_support::record).collect();
+            // Larger than a segment, first: the empty segment grows.
+            body(&mut records[0], 40_000);
+            body(&mut records[150], 30_000);
+            // Record 100 fills what is left of its segment exactly.
+            let mut lines: Vec<Vec<u8>> = records.iter().map(Journal::line).collect();
+            let used: u64 = lines[1..100].iter().map(|line| line.len() as u64).sum();
+            let in_segment = {
+                // The bytes of the segment record 100 lands in, before it.
+                let mut bytes = 0;
+                for line in &lines[1..100] {
+                    if bytes + line.len() as u64 > sizes.segment {
+                        bytes = 0;
+                    }
+                    bytes += line.len() as u64;
+                }
+                bytes
+            };
+            assert!(used > in_segment);
+            body(&mut records[100], 0);
+            let short = Journal::line(&records[100]).len() as u64;
+            body(
+                &mut records[100],
+                (sizes.segment - in_segment - short) as usize,
+            );
+            lines[100] = Journal::line(&records[100]);
+            assert_eq!(in_segment + lines[100].len() as u64, sizes.segment);
+            for (index, line) in lines.iter().enumerate() {
+                // Every third record (the large 150 among them) is refused by
+                // the queue: it spills.
+                assert!(journal.append(line, |_| index % 3 != 0));
+            }
+            let spilled = journal.read_overflow(usize::MAX, usize::MAX);
+            let expected: Vec<(u64, &RequestRecord)> = records
+                .iter()
+                .enumerate()
+                .step_by(3)
+                .map(|(index, record)| (index as u64 + 1, record))
+                .collect();
+            assert_eq!(spilled.len(), expected.len());
+            for ((number, back), (expected_number, record)) in spilled.iter().zip(&expected) {
+                assert_eq!(number, expected_number);
+                assert_eq!(back, *record);
+            }
+            let files = segments(&directory).unwrap();
+            assert!(files.len() > 3, "{files:?}");
+            // Closed segments were cut to their length.
+            for number in &files[..files.len() - 1] {
+                let text = std::fs::read(segment_path(&directory, *number)).unwrap();
+                assert_eq!(text.last(), Some(&b'\n'));
+                assert!(!text.contains(&0));
+            }
+            // Record 101 filled its segment to the byte, and the next
+            // record began a new one.
+            assert!(files.iter().any(|number| {
+                let text = std::fs::read(segment_path(&directory, *number)).unwrap();
+                text.len() as u64 == sizes.segment && text.ends_with(&lines[100])
+            }));
+            // The first segment holds record 1 alone (it grew for it).
+            let first = std::fs::read(segment_path(&directory, files[0])).unwrap();
+            assert_eq!(first, lines[0]);
+            // Records 1 to 60 are committed, and the spilled ones written
+            // up to there: the segments holding only those go.
+            journal.committed(60);
+            journal.overflow_written(60);
+            let kept = segments(&directory).unwrap();
+            assert!(kept.len() < files.len(), "{kept:?}");
+            let mut left = 0;
+            for number in &kept {
+                let text = std::fs::read(segment_path(&directory, *number)).unwrap();
+                left += text
+                    .split(|byte| *byte == b'\n' || *byte == 0)
+                    .filter(|line| !line.is_empty())
+                    .count();
+            }
+            assert!(left >= 140, "{left} records left, 140 not committed");
+            let first_left = 200 - left;
+            drop(journal);
+
+            let store = crate::SqliteStore::open_memory().await.unwrap();
+            let (journal, recovered) = Journal::open_sized(&directory, &store, sizes)
+                .await
+                .unwrap();
+            assert_eq!(recovered, left);
+            let mut rows = store.recent_records(1_000).await.unwrap();
+            rows.sort_by_key(|row| row.started_at_ms);
+            let ids: Vec<&str> = rows.iter().map(|row| row.request_id.as_str()).collect();
+            let expected: Vec<&str> = records[first_left..]
+                .iter()
+                .map(|record| record.request_id.as_str())
+                .collect();
+            assert_eq!(ids, expected);
+            assert_eq!(
+                store.record_bodies("r150").await.unwrap()[0]
+                    .1
+                    .request
+                    .len(),
+                30_000
+            );
+            // The old segments are gone; a clean close removes the new one.
+            journal.close();
+            assert!(segments(&directory).unwrap().is_empty());
+            drop(journal);
+            let _ = std::fs::remove_dir_all(&directory);
+        }
+    }
+
+    /// Replay reads every whole line, whatever surrounds it: a segment of an
+    /// earlier build (no zeros), a line cut short by the process's death,
+    /// and zeros between lines.
+    #[tokio::test]
+    async fn replay_reads_whole_lines_around_zeros_and_a_cut_line() {
         let directory = std::env::temp_dir().join(format!(
-            "switchboard-journal-{}-{}",
+            "switchboard-replay-{}-{}",
             std::process::id(),
             tests_support::unique()
         ));
-        let sizes = Sizes {
-            segment: 16 * 1024,
-            window: 1000,
-        };
+        std::fs::create_dir_all(&directory).unwrap();
+        let line = |index| Journal::line(&tests_support::record(index));
+        std::fs::write(segment_path(&directory, 1), [line(0), line(1)].concat()).unwrap();
+        let mut mapped = line(2);
+        mapped.extend_from_slice(&[0; 4096]);
+        mapped.extend_from_slice(&line(3));
+        mapped.extend_from_slice(&line(4)[..20]);
+        mapped.extend_from_slice(&[0; 100]);
+        std::fs::write(segment_path(&directory, 2), mapped).unwrap();
         let store = crate::SqliteStore::open_memory().await.unwrap();
-        let (journal, recovered) = Journal::open_sized(&directory, &store, sizes)
+        let (journal, recovered) = Journal::open(&directory, &store).await.unwrap();
+        assert_eq!(recovered, 4);
+        let mut ids: Vec<String> = store
+            .recent_records(10)
             .await
-            .unwrap();
-        assert_eq!(recovered, 0);
-        let records: Vec<RequestRecord> = (0..200)
-            .map(|index| {
-                let mut record = tests_support::record(index);
-                if index == 77 {
-                    // Larger than a segment: one of its own.
-                    record.bodies = Some(switchboard_core::Bodies {
-                        request: "x".repeat(40_000),
-                        response: None,
-                    });
-                }
-                record
-            })
+            .unwrap()
+            .into_iter()
+            .map(|row| row.request_id)
             .collect();
-        for (index, record) in records.iter().enumerate() {
-            // Every third record is refused by the queue: it spills.
-            assert!(journal.append(&Journal::line(record), |_| index % 3 != 0));
-        }
-        let spilled = journal.read_overflow(usize::MAX, usize::MAX);
-        let expected: Vec<&RequestRecord> = records.iter().step_by(3).collect();
-        assert_eq!(spilled.len(), expected.len());
-        for ((number, back), record) in spilled.iter().zip(&expected) {
-            assert_eq!(back, *record);
-            assert_eq!(
-                *number as usize,
-                records.iter().position(|r| r == *record).unwrap() + 1
-            );
-        }
-        let files = segments(&directory).unwrap();
-        assert!(files.len() > 3, "{files:?}");
-        // Closed segments were cut to their length; the open one is not.
-        for number in &files[..files.len() - 1] {
-            let text = std::fs::read(segment_path(&directory, *number)).unwrap();
-            assert_eq!(text.last(), Some(&b'\n'));
-            assert!(!text.contains(&0));
-        }
-        drop(journal);
-
-        let store = crate::SqliteStore::open_memory().await.unwrap();
-        let (journal, recovered) = Journal::open_sized(&directory, &store, sizes)
-            .await
-            .unwrap();
-        assert_eq!(recovered, 200);
-        let mut rows = store.recent_records(1_000).await.unwrap();
-        rows.sort_by_key(|row| row.started_at_ms);
-        assert_eq!(rows.len(), 200);
-        for (row, record) in rows.iter().zip(&records) {
-            assert_eq!(row.request_id, record.request_id);
-        }
-        assert_eq!(
-            store.record_bodies("r77").await.unwrap()[0].1.request.len(),
-            40_000
-        );
-        // The old segments are gone; a clean close removes the new one.
+        ids.sort();
+        assert_eq!(ids, ["r0", "r1", "r2", "r3"]);
         journal.close();
-        assert!(segments(&directory).unwrap().is_empty());
         drop(journal);
         let _ = std::fs::remove_dir_all(&directory);
     }
