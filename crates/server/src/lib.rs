@@ -187,7 +187,9 @@ pub async fn start(
             let (journal, _) = Journal::open(directory, store.as_ref()).await?;
             Some(Arc::new(journal))
         }
-        None => None,
+        // Without a journal, records the queue cannot take still spill to
+        // a private file rather than being dropped.
+        None => Some(Arc::new(Journal::spill())),
     };
     let (recorder, writer) =
         RecordWriter::start_with(store.clone(), config.storage.record_queue, journal);

@@ -1,7 +1,8 @@
 //! The record writer under a burst: 10,000 requests at concurrency 64
 //! through a gateway whose record queue holds 64. What the queue cannot
-//! take spills to the journal and is written from there while the gateway
-//! runs: every request has its record, none is dropped.
+//! take spills to the journal (or, without one, to a spill file) and is
+//! written from there while the gateway runs: every request has its
+//! record, none is dropped.
 
 mod support;
 
@@ -25,6 +26,16 @@ fn counter(metrics: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_ten_thousand_requests_loses_no_record() {
+    burst("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_journal_a_burst_spills_and_loses_no_record() {
+    burst("journal_dir = \"\"\n").await;
+}
+
+/// The burst, with `storage` settings added.
+async fn burst(storage: &str) {
     let directory = std::env::temp_dir().join(format!(
         "switchboard-burst-{}-{}",
         std::process::id(),
@@ -36,7 +47,7 @@ async fn a_burst_of_ten_thousand_requests_loses_no_record() {
     std::fs::create_dir_all(&directory).unwrap();
     let database = directory.join("burst.db");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\nrecord_queue = 64\n[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\nsimulation = {{ reply = \"ok\" }}\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\nrecord_queue = 64\n{storage}[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\nsimulation = {{ reply = \"ok\" }}\n",
         database.display()
     );
     let config = switchboard_config::Config::from_toml("burst.toml", &text).unwrap();
@@ -90,6 +101,7 @@ async fn a_burst_of_ten_thousand_requests_loses_no_record() {
         REQUESTS as u64
     );
     assert_eq!(counter(&metrics, "switchboard_records_dropped_total"), 0);
+    assert!(counter(&metrics, "switchboard_records_spilled_total") > 0);
     assert_eq!(counter(&metrics, "switchboard_record_backlog"), 0);
     let gateway = Arc::into_inner(gateway).expect("the workers are done");
     gateway.stop_and_records().await;

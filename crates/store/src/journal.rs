@@ -273,15 +273,21 @@ struct State {
     /// The highest record number the queue took.
     last_queued: u64,
     committed: u64,
+    /// A spill file not created yet: it is, at the first record it takes.
+    unopened: bool,
 }
 
 #[derive(Debug)]
 pub struct Journal {
-    directory: PathBuf,
+    pub(crate) directory: PathBuf,
     sizes: Sizes,
+    /// A write-ahead journal holds every record; a spill file (`spill`)
+    /// only those the queue could not take.
+    write_ahead: bool,
     state: Mutex<State>,
-    /// Held for the process's life: one instance per journal.
-    _lock: File,
+    /// Held for the process's life: one instance per journal (a spill
+    /// file's directory is private to its process and needs none).
+    _lock: Option<File>,
 }
 
 fn segment_path(directory: &Path, number: u64) -> PathBuf {
@@ -317,6 +323,48 @@ impl Journal {
     /// records were recovered.
     pub async fn open(directory: &Path, store: &dyn Store) -> Result<(Journal, usize), StoreError> {
         Self::open_sized(directory, store, SIZES).await
+    }
+
+    /// A spill file for an instance without a journal: a private
+    /// directory under the system's temporary directory, created at the
+    /// first record the queue cannot take, that holds only such records
+    /// until the writer has written them (nothing is written ahead, and
+    /// nothing replays it after a crash). Removed at a clean end.
+    pub fn spill() -> Journal {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-spill-{}-{nanos:09}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        Journal {
+            directory,
+            sizes: Sizes {
+                map: false,
+                ..SIZES
+            },
+            write_ahead: false,
+            state: Mutex::new(State {
+                open: None,
+                segment: 1,
+                bytes: 0,
+                next: 1,
+                closed: Vec::new(),
+                overflow: VecDeque::new(),
+                last_queued: 0,
+                committed: 0,
+                unopened: true,
+            }),
+            _lock: None,
+        }
+    }
+
+    /// Whether every record is written ahead (else only spilled ones).
+    pub fn is_write_ahead(&self) -> bool {
+        self.write_ahead
     }
 
     async fn open_sized(
@@ -372,6 +420,7 @@ impl Journal {
             Journal {
                 directory: directory.to_owned(),
                 sizes,
+                write_ahead: true,
                 state: Mutex::new(State {
                     open: Some(open),
                     segment,
@@ -381,8 +430,9 @@ impl Journal {
                     overflow: VecDeque::new(),
                     last_queued: 0,
                     committed: 0,
+                    unopened: false,
                 }),
-                _lock: lock,
+                _lock: Some(lock),
             },
             recovered,
         ))
@@ -471,37 +521,96 @@ impl Journal {
         let mut state = self.lock();
         let number = state.next;
         state.next += 1;
-        let len = line.len() as u64;
-        if state
-            .open
-            .as_ref()
-            .is_some_and(|open| state.bytes + len > open.capacity)
-        {
-            self.begin_segment(&mut state, number, len);
-        }
-        let (segment, offset) = (state.segment, state.bytes);
-        let window = self.sizes.window;
-        if let Some(open) = state.open.as_mut() {
-            match open.put(offset, line, window) {
-                Ok(()) => state.bytes += len,
-                Err(error) => self.break_off(&mut state, &error),
-            }
-        }
+        let place = self.write(&mut state, number, line);
         let mut kept = true;
         if queue(number) {
             state.last_queued = number;
-        } else if state.open.is_none() {
-            kept = false;
-        } else {
+        } else if let Some((segment, offset)) = place {
             state.overflow.push_back(Overflow {
                 number,
                 segment,
                 offset,
                 len: line.len(),
             });
+        } else {
+            kept = false;
         }
         self.release(&mut state);
         kept
+    }
+
+    /// A spill file's append: runs `queue` with the record's number while
+    /// holding the journal (so records reach the queue in the order of
+    /// their numbers), and writes the record only if the queue gives it
+    /// back. Returns false when it could neither be queued nor written.
+    pub fn spill_append(&self, queue: impl FnOnce(u64) -> Option<RequestRecord>) -> bool {
+        let mut state = self.lock();
+        let number = state.next;
+        state.next += 1;
+        let kept = match queue(number) {
+            None => {
+                state.last_queued = number;
+                true
+            }
+            Some(record) => {
+                let line = Self::line(&record);
+                match self.write(&mut state, number, &line) {
+                    Some((segment, offset)) => {
+                        state.overflow.push_back(Overflow {
+                            number,
+                            segment,
+                            offset,
+                            len: line.len(),
+                        });
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        self.release(&mut state);
+        kept
+    }
+
+    /// Writes record `number`'s line at the end of the current segment
+    /// (beginning the next when it would not fit); returns where, or
+    /// `None` when the journal cannot be written.
+    fn write(&self, state: &mut State, number: u64, line: &[u8]) -> Option<(u64, u64)> {
+        let len = line.len() as u64;
+        if state.unopened {
+            state.unopened = false;
+            let created = std::fs::create_dir_all(&self.directory).and_then(|()| {
+                Open::create(
+                    &segment_path(&self.directory, state.segment),
+                    self.sizes.segment,
+                    self.sizes.map,
+                )
+            });
+            match created {
+                Ok(open) => state.open = Some(open),
+                Err(error) => self.break_off(state, &error),
+            }
+        }
+        if state
+            .open
+            .as_ref()
+            .is_some_and(|open| state.bytes + len > open.capacity)
+        {
+            self.begin_segment(state, number, len);
+        }
+        let (segment, offset) = (state.segment, state.bytes);
+        let window = self.sizes.window;
+        let open = state.open.as_mut()?;
+        match open.put(offset, line, window) {
+            Ok(()) => {
+                state.bytes += len;
+                Some((segment, offset))
+            }
+            Err(error) => {
+                self.break_off(state, &error);
+                None
+            }
+        }
     }
 
     /// Closes the current segment, whose last record is `number - 1`, and
@@ -670,6 +779,10 @@ impl Journal {
             let _ = std::fs::remove_file(segment_path(&self.directory, segment.number));
         }
         let _ = std::fs::remove_file(segment_path(&self.directory, state.segment));
+        if !self.write_ahead {
+            // A spill file's directory is this process's alone.
+            let _ = std::fs::remove_dir_all(&self.directory);
+        }
     }
 }
 

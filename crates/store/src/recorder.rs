@@ -79,40 +79,45 @@ impl Recorder {
     /// (when there is one), so that it survives the process even before
     /// the database has it.
     pub fn record(&self, record: RequestRecord) {
-        match &self.journal {
-            Some(journal) => {
+        let kept = match &self.journal {
+            Some(journal) if journal.is_write_ahead() => {
                 let line = Journal::line(&record);
-                let stats = &self.stats;
-                if !journal.append(&line, |number| self.enqueue(number, record)) {
-                    // Counted as spilled by `enqueue`, but nothing holds it.
-                    stats.spilled.fetch_sub(1, Ordering::Relaxed);
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        "request record dropped: the queue is full and the journal cannot be written"
-                    );
-                }
+                journal.append(&line, |number| self.enqueue(number, record).is_none())
             }
+            // Without a journal, a spill file keeps what the queue refuses.
+            Some(journal) => journal.spill_append(|number| self.enqueue(number, record)),
             None => {
-                self.enqueue(0, record);
+                let _ = self.enqueue(0, record);
+                true
             }
+        };
+        if !kept {
+            // Counted as spilled by `enqueue`, but nothing holds it.
+            self.stats.spilled.fetch_sub(1, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                "request record dropped: the queue is full and the journal cannot be written"
+            );
         }
     }
 
-    fn enqueue(&self, number: u64, record: RequestRecord) -> bool {
+    /// Queues a record; gives it back when the queue cannot take it.
+    fn enqueue(&self, number: u64, record: RequestRecord) -> Option<RequestRecord> {
         let size = footprint(&record);
         let before = self.held.fetch_add(size, Ordering::Relaxed);
         // One record always fits, however large.
-        let error = if before > 0 && before + size > self.byte_limit {
-            Some("the record queue holds as much memory as it may")
+        let (record, reason) = if before > 0 && before + size > self.byte_limit {
+            (record, "the record queue holds as much memory as it may")
         } else {
             match self.queue.try_send((number, record)) {
-                Ok(()) => None,
-                Err(mpsc::error::TrySendError::Full(_)) => Some("the record queue is full"),
-                Err(mpsc::error::TrySendError::Closed(_)) => Some("the record writer has stopped"),
+                Ok(()) => return None,
+                Err(mpsc::error::TrySendError::Full((_, record))) => {
+                    (record, "the record queue is full")
+                }
+                Err(mpsc::error::TrySendError::Closed((_, record))) => {
+                    (record, "the record writer has stopped")
+                }
             }
-        };
-        let Some(reason) = error else {
-            return true;
         };
         self.held.fetch_sub(size, Ordering::Relaxed);
         if self.journal.is_some() {
@@ -125,7 +130,7 @@ impl Recorder {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(reason, "request record dropped");
         }
-        false
+        Some(record)
     }
 
     /// Records queued and not yet taken by the writer.
@@ -456,6 +461,57 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
         drop(journal);
         let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    /// Without a journal, a spill file keeps what a full queue refuses:
+    /// a burst of 10,000 records into a queue of 64 loses nothing, only the
+    /// refused records are written to the file (none ahead), and a clean
+    /// end removes its directory.
+    #[tokio::test]
+    async fn without_a_journal_a_burst_spills_to_a_private_file() {
+        let store = Arc::new(SqliteStore::open_memory().await.unwrap());
+        let spill = Arc::new(Journal::spill());
+        assert!(!spill.is_write_ahead());
+        let (recorder, writer) = RecordWriter::start_with(store.clone(), 64, Some(spill.clone()));
+        let directory = spill.directory.clone();
+        assert!(!directory.exists(), "created only when something spills");
+        for index in 0..10_000 {
+            recorder.record(record(index));
+        }
+        let stats = recorder.stats().clone();
+        let spilled = stats.spilled.load(Ordering::Relaxed);
+        assert!(spilled > 9_000, "{spilled}");
+        let lines: usize = std::fs::read_dir(&directory)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".jsonl"))
+            .map(|entry| {
+                std::fs::read(entry.path())
+                    .unwrap()
+                    .split(|byte| *byte == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .count()
+            })
+            .sum();
+        assert_eq!(
+            lines as u64, spilled,
+            "only the refused records are in the file"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while stats.written.load(Ordering::Relaxed) < 10_000 {
+            assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+        let rows = store.recent_records(20_000).await.unwrap();
+        let ids: std::collections::HashSet<&str> =
+            rows.iter().map(|row| row.request_id.as_str()).collect();
+        assert_eq!((rows.len(), ids.len()), (10_000, 10_000));
+        drop(recorder);
+        writer
+            .finish(Duration::from_secs(10), Duration::from_secs(10))
+            .await;
+        assert!(!directory.exists(), "a clean end removes the spill file");
     }
 
     /// Records with large bodies fill the queue's memory bound long before
