@@ -572,6 +572,12 @@ fn render_recorder(out: &mut String, recorder: &Recorder) {
             recorder.backlog() as u64,
         ),
         (
+            "switchboard_record_queue_bytes",
+            "gauge",
+            "Memory the queued request records hold, bodies included (past 256 MiB, records spill).",
+            recorder.held_bytes() as u64,
+        ),
+        (
             "switchboard_records_written_total",
             "counter",
             "Request records written to the database.",
@@ -580,7 +586,7 @@ fn render_recorder(out: &mut String, recorder: &Recorder) {
         (
             "switchboard_records_spilled_total",
             "counter",
-            "Request records the queue could not take, spilled to the journal and written from there.",
+            "Request records the queue could not take, spilled to the journal (or a spill file) and written from there.",
             stats.spilled.load(Ordering::Relaxed),
         ),
         (

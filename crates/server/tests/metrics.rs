@@ -268,6 +268,7 @@ async fn requests_errors_fallbacks_and_streams_are_counted() {
     assert_eq!(value(&samples, "switchboard_requests_in_flight"), 0.0);
     assert_eq!(value(&samples, "switchboard_records_dropped_total"), 0.0);
     assert!(samples.contains_key("switchboard_record_backlog"));
+    assert!(samples.contains_key("switchboard_record_queue_bytes"));
     // Per-key series exist only when asked for.
     assert!(
         !samples
