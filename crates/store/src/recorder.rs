@@ -96,7 +96,7 @@ impl Recorder {
             self.stats.spilled.fetch_sub(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                "request record dropped: the queue is full and the journal cannot be written"
+                "request record dropped: the queue cannot take it, and the journal cannot be written or was closed at shutdown"
             );
         }
     }
