@@ -89,13 +89,24 @@ struct EmbeddingsCheck {
     usage: Option<WireUsage>,
 }
 
+/// The body as text, checked as UTF-8 once and whole: parsed from bytes,
+/// serde_json checks each string it reads on its own (a sixth of the
+/// check's cost) and not the strings it skips.
+fn body_text<'b>(body: &'b [u8], what: &str) -> Result<&'b str, InvalidResponse> {
+    std::str::from_utf8(body).map_err(|error| {
+        InvalidResponse(format!(
+            "the upstream's answer is not {what}: it is not UTF-8 (invalid byte at offset {})",
+            error.valid_up_to()
+        ))
+    })
+}
+
 /// Checks a `chat.completion` body and reads its usage, id, model and
 /// finish reasons.
 pub fn check_completion(body: &[u8]) -> Result<(Usage, ResponseInfo), InvalidResponse> {
-    let check: CompletionCheck = serde_json::from_slice(body).map_err(|error| {
-        InvalidResponse(format!(
-            "the upstream's answer is not a chat completion: {error}"
-        ))
+    let what = "a chat completion";
+    let check: CompletionCheck = serde_json::from_str(body_text(body, what)?).map_err(|error| {
+        InvalidResponse(format!("the upstream's answer is not {what}: {error}"))
     })?;
     let mut info = ResponseInfo::default();
     if let Some(id) = check.id.and_then(json_text) {
@@ -114,10 +125,9 @@ pub fn check_completion(body: &[u8]) -> Result<(Usage, ResponseInfo), InvalidRes
 
 /// Checks an embeddings `list` body and reads its usage.
 pub fn check_embeddings(body: &[u8]) -> Result<Usage, InvalidResponse> {
-    let check: EmbeddingsCheck = serde_json::from_slice(body).map_err(|error| {
-        InvalidResponse(format!(
-            "the upstream's answer is not an embeddings list: {error}"
-        ))
+    let what = "an embeddings list";
+    let check: EmbeddingsCheck = serde_json::from_str(body_text(body, what)?).map_err(|error| {
+        InvalidResponse(format!("the upstream's answer is not {what}: {error}"))
     })?;
     let _ = check.data;
     Ok(check.usage.map(Usage::from).unwrap_or_default())
@@ -375,5 +385,31 @@ mod embeddings_tests {
         let encoded = embeddings_list("m", &[vec![1.0]], true, None);
         let value: serde_json::Value = serde_json::from_slice(&encoded).unwrap();
         assert_eq!(value["data"][0]["embedding"], "AACAPw==");
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    /// A body that is not UTF-8 is refused, wherever the bad byte is (in
+    /// a string the check reads, or one it skips).
+    #[test]
+    fn answers_that_are_not_utf8_are_refused() {
+        let good = br#"{"id":"x","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}]}"#;
+        assert!(check_completion(good).is_ok());
+        for (from, to) in [
+            (b"\"x\"".as_slice(), b"\"\xff\"".as_slice()),
+            (b"hi", b"h\xc3"),
+        ] {
+            let at = good.windows(from.len()).position(|w| w == from).unwrap();
+            let mut bad = good[..at].to_vec();
+            bad.extend_from_slice(to);
+            bad.extend_from_slice(&good[at + from.len()..]);
+            let error = check_completion(&bad).unwrap_err();
+            assert!(error.0.contains("not UTF-8"), "{}", error.0);
+        }
+        let error = check_embeddings(b"{\"data\":[\"\xff\"]}").unwrap_err();
+        assert!(error.0.contains("not an embeddings list"), "{}", error.0);
     }
 }
