@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use switchboard_core::mix::FnvBuild;
 use switchboard_core::{Endpoint, Outcome, Usage};
 use switchboard_providers::UpstreamError;
 use switchboard_store::Recorder;
@@ -79,7 +80,7 @@ impl Histogram {
 }
 
 /// Requests answered, by (endpoint, status, outcome, stream).
-type RequestCounts = HashMap<(&'static str, u16, &'static str, bool), u64>;
+type RequestCounts = HashMap<(&'static str, u16, &'static str, bool), u64, FnvBuild>;
 
 /// Everything counted for one public model on one deployment.
 #[derive(Debug, Default)]
@@ -97,7 +98,7 @@ struct Series {
 #[derive(Debug, Default)]
 struct ModelCounts {
     retries: u64,
-    fallbacks: HashMap<String, u64>,
+    fallbacks: HashMap<String, u64, FnvBuild>,
 }
 
 /// Per key (only with `key_labels`).
@@ -112,11 +113,12 @@ struct KeyCounts {
 #[derive(Debug, Default)]
 struct Registry {
     /// model -> deployment ("" before one was chosen) -> series.
-    series: HashMap<String, HashMap<String, Series>>,
-    models: HashMap<String, ModelCounts>,
+    series: HashMap<String, HashMap<String, Series, FnvBuild>, FnvBuild>,
+    models: HashMap<String, ModelCounts, FnvBuild>,
     /// deployment -> error class -> count.
-    upstream_errors: HashMap<String, HashMap<&'static str, u64>>,
-    keys: HashMap<String, KeyCounts>,
+    upstream_errors: HashMap<String, HashMap<&'static str, u64, FnvBuild>, FnvBuild>,
+    /// Key ids come from the store, not the client.
+    keys: HashMap<String, KeyCounts, FnvBuild>,
 }
 
 /// The gateway's metrics. One per `Gateway`.
@@ -259,7 +261,7 @@ impl Metrics {
 }
 
 /// The value at `key`, created empty the first time (the only allocation).
-fn entry<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+fn entry<'m, V: Default>(map: &'m mut HashMap<String, V, FnvBuild>, key: &str) -> &'m mut V {
     if !map.contains_key(key) {
         map.insert(key.to_owned(), V::default());
     }

@@ -135,14 +135,14 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, RedisResult, Script, ServerErrorKind, Value};
-use switchboard_core::mix::splitmix64;
+use switchboard_core::mix::{FnvBuild, splitmix64};
 use switchboard_policy::limits::{
     Ask, Grant, LimitFuture, Limiter, Nanos, Period, Refusal, Remaining, Rules, Scope,
     budget_reset_in, budget_window, budget_window_start, minute_of,
@@ -659,7 +659,9 @@ impl Inner {
     /// budget window, is named once however many operations touch it.
     fn batch_command(&self, ops: &[&Op]) -> Cmd {
         let mut slots: Vec<Slot<'_>> = Vec::new();
-        let mut slot_of: HashMap<SlotKey<'_>, usize, BuildHasherDefault<Fnv>> = HashMap::default();
+        // FNV: a batch names a few scopes, and SipHash's per-key cost was
+        // most of what building a batch cost; the keys are the batch's own.
+        let mut slot_of: HashMap<SlotKey<'_>, usize, FnvBuild> = HashMap::default();
         // Each operation's scopes as slot numbers (1-based), in order.
         let mut op_slots: Vec<usize> = Vec::with_capacity(ops.len());
         // KEYS so far: the epoch marker.
@@ -1590,31 +1592,6 @@ fn push_hex128(out: &mut String, value: u128) {
     }
 }
 
-/// FNV-1a, for the map of a batch's scopes: a batch names a few, and
-/// SipHash's per-key cost was most of what building a batch cost. Its
-/// keys are the batch's own (a flood of colliding end-user ids would slow
-/// one batch of at most `MAX_BATCH` operations, no more).
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// A prefix may not carry braces: Redis Cluster hashes the first `{...}`
 /// of a key, which must be the limiter's tag.
 fn escape_prefix(prefix: &str) -> String {
@@ -1645,10 +1622,6 @@ mod tests {
         }
         assert_eq!(escape_id("key_1.a-b"), "key_1.a-b");
         assert_eq!(escape_id("a b{}:%é"), "a%20b%7B%7D%3A%25%C3%A9");
-        let mut hasher = Fnv::default();
-        hasher.write(b"a");
-        // FNV-1a's published value for "a".
-        assert_eq!(hasher.finish(), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]
