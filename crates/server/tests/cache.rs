@@ -316,6 +316,65 @@ async fn answers_are_never_served_across_keys_unless_the_scope_allows() {
     }
 }
 
+/// With `scope = "team"`, keys of one team share answers; a key of
+/// another team, a key without a team and the master key do not.
+#[tokio::test]
+async fn a_team_scope_shares_answers_within_a_team_only() {
+    let mock = MockUpstream::start().await;
+    let gateway = gateway_with(&mock, "scope = \"team\"").await;
+    let admin = |path: &'static str, body: Value| {
+        let gateway = &gateway;
+        async move {
+            let response = gateway
+                .http
+                .post(gateway.url(path))
+                .bearer_auth(MASTER_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let team = |name: &'static str| admin("/admin/teams", json!({"name": name}));
+    let (search, billing) = (team("search").await, team("billing").await);
+    let key = |team: Option<&Value>| {
+        let mut body = json!({"name": "app"});
+        if let Some(team) = team {
+            body["team_id"] = team["id"].clone();
+        }
+        let created = admin("/admin/keys", body);
+        async move { created.await["key"].as_str().unwrap().to_owned() }
+    };
+    let (first, second) = (key(Some(&search)).await, key(Some(&search)).await);
+    let (other_team, no_team) = (key(Some(&billing)).await, key(None).await);
+    let body =
+        r#"{"model":"chat","temperature":0,"messages":[{"role":"user","content":"team scope"}]}"#;
+    let ask = |secret: String| {
+        let gateway = &gateway;
+        async move {
+            let response = gateway
+                .http
+                .post(gateway.url("/v1/chat/completions"))
+                .bearer_auth(secret)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            cache_header(&response)
+        }
+    };
+    assert_eq!(ask(first).await.as_deref(), Some("miss"));
+    assert_eq!(ask(second.clone()).await.as_deref(), Some("hit"));
+    assert_eq!(ask(other_team).await.as_deref(), Some("miss"));
+    assert_eq!(ask(no_team).await.as_deref(), Some("miss"));
+    assert_eq!(ask(MASTER_KEY.to_owned()).await.as_deref(), Some("miss"));
+    assert_eq!(ask(second).await.as_deref(), Some("hit"));
+}
+
 #[tokio::test]
 async fn embeddings_are_cached() {
     let mock = MockUpstream::start().await;

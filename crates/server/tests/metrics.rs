@@ -355,3 +355,46 @@ async fn metrics_can_be_switched_off() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+/// While a request waits on its upstream, it counts as in flight, for the
+/// gateway and for the deployment serving it; both go back to zero when
+/// it ends.
+#[tokio::test]
+async fn requests_in_flight_are_counted_per_gateway_and_deployment() {
+    let mock = MockUpstream::start().await;
+    let gateway = std::sync::Arc::new(
+        TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await,
+    );
+    mock.push(Script::Delay(std::time::Duration::from_millis(800)));
+    let waiting = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move { gateway.send("/v1/chat/completions", CHAT).await.status() })
+    };
+    let deployment = "switchboard_deployment_in_flight{model=\"chat\",deployment=\"mock-openai\"}";
+    let scrape = || async {
+        let text = gateway
+            .get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        samples(&text)
+    };
+    let mut seen = false;
+    for _ in 0..50 {
+        let now = scrape().await;
+        if value(&now, deployment) == 1.0 {
+            assert_eq!(value(&now, "switchboard_requests_in_flight"), 1.0);
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(seen, "the waiting request was never counted in flight");
+    assert_eq!(waiting.await.unwrap(), 200);
+    let after = scrape().await;
+    assert_eq!(value(&after, deployment), 0.0);
+    assert_eq!(value(&after, "switchboard_requests_in_flight"), 0.0);
+}

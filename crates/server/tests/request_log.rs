@@ -692,6 +692,57 @@ provider = "simulated"
         audited["request_body"],
         r#"{"model":"m","messages":[{"role":"user","content":"[REDACTED:email]"}]}"#
     );
+    // A team that asks for bodies has them kept for each of its keys.
+    let team: Value = gateway
+        .post(
+            "/admin/teams",
+            r#"{"name":"audited-team","log_bodies":true}"#,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(team["log_bodies"], true, "{team}");
+    let created: Value = gateway
+        .post(
+            "/admin/keys",
+            &format!(
+                r#"{{"name":"member","team_id":"{}"}}"#,
+                team["id"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["log_bodies"], false, "{created}");
+    let member = created["key"].as_str().unwrap().to_owned();
+    let mut status = 0;
+    for _ in 0..40 {
+        status = gateway
+            .http
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(&member)
+            .header("content-type", "application/json")
+            .header("x-request-id", "team-audited-1")
+            .body(plain)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+    let by_team = entry("team-audited-1").await;
+    assert_eq!(by_team["request_body"], audited["request_body"]);
     // Not per end user.
     let refused = gateway
         .post(
