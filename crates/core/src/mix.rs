@@ -14,10 +14,10 @@ pub fn splitmix64(seed: u64) -> u64 {
     value ^ (value >> 31)
 }
 
-/// FNV-1a: for maps whose keys are few, short and not chosen by a client
-/// (configured names, a batch's own scopes), where SipHash's per-key cost
-/// dominated the lookups on the request path. Keys a client could choose
-/// to collide must not go in such a map.
+/// FNV-1a: for small maps of short keys (configured names, a batch's own
+/// scopes), where SipHash's per-key cost dominated the lookups on the
+/// request path. A map whose keys a client could choose to collide may use
+/// it only if its size is bounded (a Redis batch: at most 128 operations).
 #[derive(Clone, Copy)]
 pub struct Fnv(u64);
 

@@ -365,7 +365,7 @@ async fn requests_in_flight_are_counted_per_gateway_and_deployment() {
     let gateway = std::sync::Arc::new(
         TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await,
     );
-    mock.push(Script::Delay(std::time::Duration::from_millis(800)));
+    mock.push(Script::Delay(std::time::Duration::from_secs(3)));
     let waiting = {
         let gateway = gateway.clone();
         tokio::spawn(async move { gateway.send("/v1/chat/completions", CHAT).await.status() })
@@ -382,15 +382,18 @@ async fn requests_in_flight_are_counted_per_gateway_and_deployment() {
             .unwrap();
         samples(&text)
     };
+    // Watched for most of the upstream's delay: however slowly the request
+    // gets there, it is in flight for a while.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(2_500);
     let mut seen = false;
-    for _ in 0..50 {
+    while !seen && tokio::time::Instant::now() < deadline {
         let now = scrape().await;
         if value(&now, deployment) == 1.0 {
             assert_eq!(value(&now, "switchboard_requests_in_flight"), 1.0);
             seen = true;
-            break;
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(seen, "the waiting request was never counted in flight");
     assert_eq!(waiting.await.unwrap(), 200);

@@ -54,6 +54,10 @@ struct Sizes {
     map: bool,
 }
 
+/// The most a spill file holds (about; by whole segments): past it,
+/// records the queue refuses are dropped, and counted.
+const SPILL_BYTES: u64 = 1024 * 1024 * 1024;
+
 const SIZES: Sizes = Sizes {
     segment: 32 * 1024 * 1024,
     window: 1024 * 1024,
@@ -172,6 +176,16 @@ impl Open {
         self.mode = Mode::Plain;
         let _ = self.file.set_len(used);
     }
+}
+
+/// Creates `directory` for this process alone: it must not exist yet (a
+/// directory or link someone else placed there is refused), and only its
+/// owner may enter it.
+fn private_directory(directory: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(directory)
 }
 
 #[cfg(unix)]
@@ -331,14 +345,15 @@ impl Journal {
     /// until the writer has written them (nothing is written ahead, and
     /// nothing replays it after a crash). Removed at a clean end.
     pub fn spill() -> Journal {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.subsec_nanos());
+        use std::hash::{BuildHasher, Hasher};
+        // A name no one can guess ahead (the temporary directory may be
+        // shared), made with the standard library's random hash keys.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
         let directory = std::env::temp_dir().join(format!(
-            "switchboard-spill-{}-{nanos:09}-{}",
+            "switchboard-spill-{}-{:016x}",
             std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            hasher.finish()
         ));
         Journal {
             directory,
@@ -554,6 +569,12 @@ impl Journal {
             }
             Some(record) => {
                 let line = Self::line(&record);
+                // Bounded: the temporary directory may be in memory.
+                let held = state.closed.len() as u64 * self.sizes.segment + state.bytes;
+                if held + line.len() as u64 > SPILL_BYTES {
+                    self.release(&mut state);
+                    return false;
+                }
                 match self.write(&mut state, number, &line) {
                     Some((segment, offset)) => {
                         state.overflow.push_back(Overflow {
@@ -579,7 +600,7 @@ impl Journal {
         let len = line.len() as u64;
         if state.unopened {
             state.unopened = false;
-            let created = std::fs::create_dir_all(&self.directory).and_then(|()| {
+            let created = private_directory(&self.directory).and_then(|()| {
                 Open::create(
                     &segment_path(&self.directory, state.segment),
                     self.sizes.segment,
@@ -698,7 +719,7 @@ impl Journal {
                 match File::open(segment_path(&self.directory, entry.segment)) {
                     Ok(file) => open = Some((entry.segment, file)),
                     Err(error) => {
-                        tracing::error!(%error, "a spilled request record cannot be read back from the journal; the next start replays it");
+                        tracing::error!(%error, "a spilled request record cannot be read back from the journal");
                         break;
                     }
                 }
@@ -714,7 +735,7 @@ impl Journal {
                 Ok(Ok(record)) => records.push((entry.number, record)),
                 _ => {
                     tracing::error!(
-                        "a spilled request record cannot be read back from the journal; the next start replays it"
+                        "a spilled request record cannot be read back from the journal"
                     );
                     break;
                 }
@@ -761,28 +782,38 @@ impl Journal {
 
     /// Removes the journal after a clean shutdown that committed every
     /// record; anything uncommitted stays for the next start.
-    pub fn close(&self) {
+    /// Returns how many spilled records a spill file loses (it is removed
+    /// whatever it holds: nothing would read it again).
+    pub fn close(&self) -> usize {
         let mut state = self.lock();
+        if !self.write_ahead {
+            let lost = state.overflow.len();
+            state.overflow.clear();
+            // Records that come later are counted as dropped.
+            state.unopened = false;
+            if let Some(open) = state.open.take() {
+                open.finish(0);
+                let _ = std::fs::remove_dir_all(&self.directory);
+            }
+            return lost;
+        }
         // Queued records are written in order, spilled ones from the
         // journal: all are in when the queue's last is and nothing waits.
         // Otherwise (or when broken) the segments stay for the next start,
         // the current one still open to any record that comes late.
         let done = state.overflow.is_empty() && state.committed >= state.last_queued;
         if !done {
-            return;
+            return 0;
         }
         let Some(open) = state.open.take() else {
-            return;
+            return 0;
         };
         open.finish(state.bytes);
         for segment in &state.closed {
             let _ = std::fs::remove_file(segment_path(&self.directory, segment.number));
         }
         let _ = std::fs::remove_file(segment_path(&self.directory, state.segment));
-        if !self.write_ahead {
-            // A spill file's directory is this process's alone.
-            let _ = std::fs::remove_dir_all(&self.directory);
-        }
+        0
     }
 }
 

@@ -325,7 +325,14 @@ impl Writer {
     async fn close(&self) {
         if let Some(journal) = &self.journal {
             self.drain_overflow(journal).await;
-            journal.close();
+            let lost = journal.close();
+            if lost > 0 {
+                self.stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                tracing::error!(
+                    records = lost,
+                    "request records in the spill file not written at shutdown: the database kept failing"
+                );
+            }
         }
     }
 }
@@ -512,6 +519,23 @@ mod tests {
             .finish(Duration::from_secs(10), Duration::from_secs(10))
             .await;
         assert!(!directory.exists(), "a clean end removes the spill file");
+
+        // A directory already at its place is refused, not used: what the
+        // queue cannot take is then counted as dropped.
+        let spill = Arc::new(Journal::spill());
+        std::fs::create_dir(&spill.directory).unwrap();
+        let (recorder, writer) = RecordWriter::start_with(store.clone(), 16, Some(spill.clone()));
+        for index in 0..100 {
+            recorder.record(record(20_000 + index));
+        }
+        let stats = recorder.stats().clone();
+        assert!(stats.dropped.load(Ordering::Relaxed) > 0);
+        assert_eq!(std::fs::read_dir(&spill.directory).unwrap().count(), 0);
+        drop(recorder);
+        writer
+            .finish(Duration::from_secs(10), Duration::from_secs(10))
+            .await;
+        std::fs::remove_dir(&spill.directory).unwrap();
     }
 
     /// Records with large bodies fill the queue's memory bound long before
@@ -669,6 +693,29 @@ mod tests {
         assert_eq!(store.rows.lock().unwrap().len(), 50);
         assert_eq!(recorder.stats().write_failures.load(Ordering::Relaxed), 3);
         assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// A spill file is removed at shutdown whatever it holds; the records
+    /// in it a failing database never took are counted as dropped, and a
+    /// record that comes after the close is dropped, not spilled.
+    #[tokio::test(start_paused = true)]
+    async fn a_spill_file_left_unwritten_at_shutdown_is_counted_and_removed() {
+        let store = Fake::new(u32::MAX, None);
+        let spill = Arc::new(Journal::spill());
+        let (recorder, writer) = RecordWriter::start_with(store.clone(), 16, Some(spill.clone()));
+        for index in 0..100 {
+            recorder.record(record(index));
+        }
+        let stats = recorder.stats().clone();
+        let spilled = stats.spilled.load(Ordering::Relaxed);
+        assert!(spilled >= 80, "{spilled}");
+        assert!(spill.directory.exists());
+        writer.finish(Duration::ZERO, Duration::from_secs(60)).await;
+        assert!(!spill.directory.exists());
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 100);
+        recorder.record(record(100));
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 101);
+        assert!(!spill.directory.exists());
     }
 
     #[tokio::test(start_paused = true)]

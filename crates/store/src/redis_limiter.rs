@@ -660,7 +660,9 @@ impl Inner {
     fn batch_command(&self, ops: &[&Op]) -> Cmd {
         let mut slots: Vec<Slot<'_>> = Vec::new();
         // FNV: a batch names a few scopes, and SipHash's per-key cost was
-        // most of what building a batch cost; the keys are the batch's own.
+        // most of what building a batch cost. End-user ids are the
+        // client's, but colliding ones could slow one batch of at most
+        // `MAX_BATCH` operations, no more.
         let mut slot_of: HashMap<SlotKey<'_>, usize, FnvBuild> = HashMap::default();
         // Each operation's scopes as slot numbers (1-based), in order.
         let mut op_slots: Vec<usize> = Vec::with_capacity(ops.len());
