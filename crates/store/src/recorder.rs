@@ -84,8 +84,15 @@ impl Recorder {
                 let line = Journal::line(&record);
                 journal.append(&line, |number| self.enqueue(number, record).is_none())
             }
-            // Without a journal, a spill file keeps what the queue refuses.
-            Some(journal) => journal.spill_append(|number| self.enqueue(number, record)),
+            // Without a journal, a spill file keeps what the queue refuses,
+            // while a writer is there to read it back.
+            Some(journal) if !self.queue.is_closed() => {
+                journal.spill_append(|number| self.enqueue(number, record))
+            }
+            Some(_) => {
+                let _ = self.enqueue(0, record);
+                false
+            }
             None => {
                 let _ = self.enqueue(0, record);
                 true
