@@ -147,6 +147,9 @@ pub struct StorageConfig {
     /// Capacity of the in-memory queue between the request path and the
     /// record writer.
     pub record_queue: usize,
+    /// The most memory the queued records may hold, bodies included, in
+    /// bytes; past it records spill as when the queue is full.
+    pub record_queue_bytes: usize,
     /// Redis, for the rate-limit, concurrency and budget counters that
     /// several instances share (a secret: its URL may hold a password).
     /// Without it, each instance counts in memory.

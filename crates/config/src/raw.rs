@@ -81,6 +81,7 @@ pub(crate) struct RawServer {
 pub(crate) struct RawStorage {
     pub url: Option<String>,
     pub record_queue: Option<u64>,
+    pub record_queue_mib: Option<u64>,
     pub redis_url: Option<String>,
     pub redis_fail_open: Option<bool>,
     pub redis_fail_open_budgets: Option<bool>,

@@ -630,6 +630,13 @@ fn cache_settings_are_checked_and_default_off() {
     assert_eq!(load(models).unwrap().storage.retention_days, None);
     let found = problems(&format!("[storage]\nretention_days = 0\n{models}"));
     assert_eq!(found[0].path, "storage.retention_days");
+    assert_eq!(load(models).unwrap().storage.record_queue_bytes, 256 << 20);
+    let config = load(&format!("[storage]\nrecord_queue_mib = 64\n{models}")).unwrap();
+    assert_eq!(config.storage.record_queue_bytes, 64 << 20);
+    for mib in ["0", "65537"] {
+        let found = problems(&format!("[storage]\nrecord_queue_mib = {mib}\n{models}"));
+        assert_eq!(found[0].path, "storage.record_queue_mib", "{found:?}");
+    }
     let found = problems(&format!("[cache]\nsize = 3\n{models}"));
     assert!(found[0].message.contains("size"), "{found:?}");
 }

@@ -261,6 +261,18 @@ pub(crate) fn validate(
             65_536
         }
     };
+    let record_queue_bytes = match raw.storage.record_queue_mib {
+        None => 256 << 20,
+        Some(mib) if (1..=65_536).contains(&mib) => (mib as usize) << 20,
+        Some(mib) => {
+            checker.problem(
+                "storage.record_queue_mib",
+                format!("{mib} MiB is outside the accepted range"),
+                "give the memory queued records may hold in MiB, from 1 to 65536 (the default is 256)",
+            );
+            256 << 20
+        }
+    };
 
     let cache = cache_config(&mut checker, &raw.cache, raw.storage.redis_url.is_some());
     let telemetry = telemetry_config(&mut checker, &raw.telemetry);
@@ -383,6 +395,7 @@ pub(crate) fn validate(
             storage: StorageConfig {
                 url: storage_url,
                 record_queue,
+                record_queue_bytes,
                 redis_url,
                 redis_fail_open: raw.storage.redis_fail_open.unwrap_or(false),
                 redis_fail_open_budgets: raw.storage.redis_fail_open_budgets.unwrap_or(false),

@@ -191,8 +191,12 @@ pub async fn start(
         // a private file rather than being dropped.
         None => Some(Arc::new(Journal::spill())),
     };
-    let (recorder, writer) =
-        RecordWriter::start_with(store.clone(), config.storage.record_queue, journal);
+    let (recorder, writer) = RecordWriter::start_bounded(
+        store.clone(),
+        config.storage.record_queue,
+        config.storage.record_queue_bytes,
+        journal,
+    );
     let cut = CancellationToken::new();
     let limiter: Arc<dyn switchboard_policy::limits::Limiter> = match &config.storage.redis_url {
         Some(url) => Arc::new(

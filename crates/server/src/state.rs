@@ -149,6 +149,9 @@ impl Gateway {
         if config.storage.record_queue != running.storage.record_queue {
             needs_restart.push("storage.record_queue");
         }
+        if config.storage.record_queue_bytes != running.storage.record_queue_bytes {
+            needs_restart.push("storage.record_queue_mib");
+        }
         let summary = ReloadSummary {
             models: catalog.routes.len(),
             deployments: catalog
