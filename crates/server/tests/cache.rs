@@ -355,11 +355,7 @@ async fn a_team_scope_shares_answers_within_a_team_only() {
         let gateway = &gateway;
         async move {
             let response = gateway
-                .http
-                .post(gateway.url("/v1/chat/completions"))
-                .bearer_auth(secret)
-                .header("content-type", "application/json")
-                .body(body)
+                .post_as(&secret, "/v1/chat/completions", body)
                 .send()
                 .await
                 .unwrap();

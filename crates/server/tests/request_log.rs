@@ -657,90 +657,40 @@ provider = "simulated"
     assert_eq!(plain_entry["response_body"], Value::Null);
 
     // A key that asks for bodies has them kept on any model.
-    let created: Value = gateway
-        .post("/admin/keys", r#"{"name":"audited","log_bodies":true}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = admin_create(
+        &gateway,
+        "/admin/keys",
+        r#"{"name":"audited","log_bodies":true}"#,
+    )
+    .await;
     assert_eq!(created["log_bodies"], true, "{created}");
     let secret = created["key"].as_str().unwrap().to_owned();
-    let mut status = 0;
-    for _ in 0..40 {
-        status = gateway
-            .http
-            .post(gateway.url("/v1/chat/completions"))
-            .bearer_auth(&secret)
-            .header("content-type", "application/json")
-            .header("x-request-id", "audited-1")
-            .body(plain)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 200);
+    chat_once_the_key_works(&gateway, &secret, "audited-1", plain).await;
     let audited = entry("audited-1").await;
     assert_eq!(
         audited["request_body"],
         r#"{"model":"m","messages":[{"role":"user","content":"[REDACTED:email]"}]}"#
     );
     // A team that asks for bodies has them kept for each of its keys.
-    let team: Value = gateway
-        .post(
-            "/admin/teams",
-            r#"{"name":"audited-team","log_bodies":true}"#,
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let team = admin_create(
+        &gateway,
+        "/admin/teams",
+        r#"{"name":"audited-team","log_bodies":true}"#,
+    )
+    .await;
     assert_eq!(team["log_bodies"], true, "{team}");
-    let created: Value = gateway
-        .post(
-            "/admin/keys",
-            &format!(
-                r#"{{"name":"member","team_id":"{}"}}"#,
-                team["id"].as_str().unwrap()
-            ),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(created["log_bodies"], false, "{created}");
-    let member = created["key"].as_str().unwrap().to_owned();
-    let mut status = 0;
-    for _ in 0..40 {
-        status = gateway
-            .http
-            .post(gateway.url("/v1/chat/completions"))
-            .bearer_auth(&member)
-            .header("content-type", "application/json")
-            .header("x-request-id", "team-audited-1")
-            .body(plain)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 200);
+    let member = admin_create(
+        &gateway,
+        "/admin/keys",
+        &format!(
+            r#"{{"name":"member","team_id":"{}"}}"#,
+            team["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(member["log_bodies"], false, "{member}");
+    let member = member["key"].as_str().unwrap().to_owned();
+    chat_once_the_key_works(&gateway, &member, "team-audited-1", plain).await;
     let by_team = entry("team-audited-1").await;
     assert_eq!(by_team["request_body"], audited["request_body"]);
     // Not per end user.
@@ -755,6 +705,39 @@ provider = "simulated"
     assert_eq!(refused.status(), 400);
     let (status, _) = get(&gateway, "/admin/logs/no-such-request").await;
     assert_eq!(status, 404);
+}
+
+/// What an admin POST created.
+async fn admin_create(gateway: &TestGateway, path: &str, body: &str) -> Value {
+    gateway
+        .post(path, body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Sends `body` to chat completions with `secret` as request `id`, again
+/// until the new key is known (the key cache refreshes), and expects a 200.
+async fn chat_once_the_key_works(gateway: &TestGateway, secret: &str, id: &str, body: &str) {
+    let mut status = 0;
+    for _ in 0..40 {
+        status = gateway
+            .post_as(secret, "/v1/chat/completions", body)
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
 }
 
 /// `chat` on one deployment, `east`, at `upstream`, falling back to

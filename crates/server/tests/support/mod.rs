@@ -100,9 +100,14 @@ impl TestGateway {
 
     /// A POST with the master key and a JSON content type.
     pub fn post(&self, path: &str, body: &str) -> reqwest::RequestBuilder {
+        self.post_as(MASTER_KEY, path, body)
+    }
+
+    /// A POST with `secret` (a virtual key, say) and a JSON content type.
+    pub fn post_as(&self, secret: &str, path: &str, body: &str) -> reqwest::RequestBuilder {
         self.http
             .post(self.url(path))
-            .bearer_auth(MASTER_KEY)
+            .bearer_auth(secret)
             .header("content-type", "application/json")
             .body(body.to_owned())
     }
