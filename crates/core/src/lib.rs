@@ -9,6 +9,7 @@ pub mod hex;
 pub mod keys;
 pub mod mix;
 pub mod record;
+pub mod request_id;
 pub mod response;
 pub mod time;
 pub mod usage;

@@ -26,6 +26,12 @@
 //! records of the segments a previous process left behind that the
 //! database does not hold yet, then deletes them.
 //!
+//! The queue of records waiting for the record writer lives here too, under
+//! the same lock: an append puts its record on the queue while it holds
+//! the journal anyway, so handing a record over costs the request path no
+//! synchronisation of its own, and the writer takes the whole queue at
+//! once (one swap) each time it wakes.
+//!
 //! A record the queue could not take (it was full) is noted with its place
 //! in the journal (segment, offset, length): the record writer reads it
 //! back and writes it as soon as it has written what was queued before it,
@@ -41,6 +47,7 @@ use std::sync::Mutex;
 
 use memmap2::{MmapMut, MmapOptions};
 use switchboard_core::{AttemptDetail, RequestRecord};
+use tokio::sync::Notify;
 
 use crate::{Store, StoreError};
 
@@ -270,6 +277,32 @@ struct Overflow {
     len: usize,
 }
 
+/// What became of an appended record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// On the queue, for the record writer.
+    Queued,
+    /// The queue could not take it (the reason): it is in the journal or
+    /// the spill file, from where the writer reads it back.
+    Spilled(&'static str),
+    /// Neither queued nor kept anywhere (the reason): lost.
+    Lost(&'static str),
+}
+
+/// About what a record holds in memory: its fixed part, and the texts that
+/// can be large (bodies, metadata).
+pub(crate) fn footprint(record: &RequestRecord) -> usize {
+    let bodies = record.bodies.as_ref().map_or(0, |bodies| {
+        bodies.request.len() + bodies.response.as_ref().map_or(0, String::len)
+    });
+    std::mem::size_of::<RequestRecord>()
+        + record.request_id.len()
+        + record.model.len()
+        + record.metadata.as_ref().map_or(0, String::len)
+        + record.attempt_details.len() * 64
+        + bodies
+}
+
 #[derive(Debug)]
 struct State {
     /// The segment appended to; `None` once the journal is broken.
@@ -289,6 +322,66 @@ struct State {
     committed: u64,
     /// A spill file not created yet: it is, at the first record it takes.
     unopened: bool,
+    /// Records waiting for the record writer, oldest first, and their
+    /// numbers.
+    queue: Vec<RequestRecord>,
+    numbers: Vec<u64>,
+    /// What the queued records hold in memory (`footprint`), and what the
+    /// records the writer took and has not finished with hold.
+    queued_bytes: usize,
+    writing_bytes: usize,
+    /// The queue's bounds: records queued, and bytes queued or being
+    /// written.
+    capacity: usize,
+    byte_limit: usize,
+    /// Whether the writer takes records (not once it has stopped).
+    accepting: bool,
+}
+
+impl State {
+    fn new(open: Option<Open>, segment: u64, unopened: bool) -> State {
+        State {
+            open,
+            segment,
+            bytes: 0,
+            next: 1,
+            closed: Vec::new(),
+            overflow: VecDeque::new(),
+            last_queued: 0,
+            committed: 0,
+            unopened,
+            queue: Vec::new(),
+            numbers: Vec::new(),
+            queued_bytes: 0,
+            writing_bytes: 0,
+            capacity: 65_536,
+            byte_limit: crate::recorder::QUEUE_BYTES,
+            accepting: true,
+        }
+    }
+
+    /// Why the queue cannot take a record of `size` bytes (`footprint`)
+    /// now, if it cannot.
+    fn refusal(&self, size: usize) -> Option<&'static str> {
+        let held = self.queued_bytes + self.writing_bytes;
+        if !self.accepting {
+            Some("the record writer has stopped")
+        } else if self.queue.len() >= self.capacity {
+            Some("the record queue is full")
+        } else if held > 0 && held + size > self.byte_limit {
+            // One record always fits, however large.
+            Some("the record queue holds as much memory as it may")
+        } else {
+            None
+        }
+    }
+
+    fn push(&mut self, number: u64, record: RequestRecord, size: usize) {
+        self.queued_bytes += size;
+        self.queue.push(record);
+        self.numbers.push(number);
+        self.last_queued = number;
+    }
 }
 
 #[derive(Debug)]
@@ -298,7 +391,12 @@ pub struct Journal {
     /// A write-ahead journal holds every record; a spill file (`spill`)
     /// only those the queue could not take.
     write_ahead: bool,
+    /// Whether records the queue refuses go to a file (a spill file); a
+    /// queue-only journal (`queue_only`) has none.
+    spills: bool,
     state: Mutex<State>,
+    /// Wakes the record writer when the queue gets a record.
+    queued: Notify,
     /// Held for the process's life: one instance per journal (a spill
     /// file's directory is private to its process and needs none).
     _lock: Option<File>,
@@ -362,17 +460,23 @@ impl Journal {
                 ..SIZES
             },
             write_ahead: false,
-            state: Mutex::new(State {
-                open: None,
-                segment: 1,
-                bytes: 0,
-                next: 1,
-                closed: Vec::new(),
-                overflow: VecDeque::new(),
-                last_queued: 0,
-                committed: 0,
-                unopened: true,
-            }),
+            spills: true,
+            state: Mutex::new(State::new(None, 1, true)),
+            queued: Notify::new(),
+            _lock: None,
+        }
+    }
+
+    /// The queue alone, with no file: records it cannot take are lost
+    /// (counted). For stores that need no journal, and tests.
+    pub fn queue_only() -> Journal {
+        Journal {
+            directory: PathBuf::new(),
+            sizes: SIZES,
+            write_ahead: false,
+            spills: false,
+            state: Mutex::new(State::new(None, 1, false)),
+            queued: Notify::new(),
             _lock: None,
         }
     }
@@ -436,17 +540,9 @@ impl Journal {
                 directory: directory.to_owned(),
                 sizes,
                 write_ahead: true,
-                state: Mutex::new(State {
-                    open: Some(open),
-                    segment,
-                    bytes: 0,
-                    next: 1,
-                    closed: Vec::new(),
-                    overflow: VecDeque::new(),
-                    last_queued: 0,
-                    committed: 0,
-                    unopened: false,
-                }),
+                spills: true,
+                state: Mutex::new(State::new(Some(open), segment, false)),
+                queued: Notify::new(),
                 _lock: Some(lock),
             },
             recovered,
@@ -527,70 +623,147 @@ impl Journal {
         out
     }
 
-    /// Appends a record's `line`, then runs `queue` with its number while
-    /// still holding the journal, so that records reach the queue in the
-    /// order of their numbers. `queue` says whether the record was queued.
-    /// Returns false when the record could neither be queued nor kept (the
-    /// journal cannot be written): it is lost.
-    pub fn append(&self, line: &[u8], queue: impl FnOnce(u64) -> bool) -> bool {
+    /// Appends `record`, whose line is `line`, and puts it on the queue,
+    /// in the order of their numbers. A record the queue cannot take stays
+    /// in the journal, noted for the writer to read back; it is lost only
+    /// if the journal cannot be written either.
+    pub fn append(&self, line: &[u8], record: RequestRecord) -> Appended {
         let mut state = self.lock();
         let number = state.next;
         state.next += 1;
         let place = self.write(&mut state, number, line);
-        let mut kept = true;
-        if queue(number) {
-            state.last_queued = number;
-        } else if let Some((segment, offset)) = place {
-            state.overflow.push_back(Overflow {
-                number,
-                segment,
-                offset,
-                len: line.len(),
-            });
-        } else {
-            kept = false;
-        }
+        let size = footprint(&record);
+        let appended = match state.refusal(size) {
+            None => {
+                state.push(number, record, size);
+                Appended::Queued
+            }
+            Some(reason) => match place {
+                Some((segment, offset)) => {
+                    state.overflow.push_back(Overflow {
+                        number,
+                        segment,
+                        offset,
+                        len: line.len(),
+                    });
+                    Appended::Spilled(reason)
+                }
+                None => Appended::Lost(reason),
+            },
+        };
+        let first = state.queue.len() == 1 && appended == Appended::Queued;
         self.release(&mut state);
-        kept
+        drop(state);
+        if first {
+            self.queued.notify_one();
+        }
+        appended
     }
 
-    /// A spill file's append: runs `queue` with the record's number while
-    /// holding the journal (so records reach the queue in the order of
-    /// their numbers), and writes the record only if the queue gives it
-    /// back. Returns false when it could neither be queued nor written.
-    pub fn spill_append(&self, queue: impl FnOnce(u64) -> Option<RequestRecord>) -> bool {
+    /// Puts `record` on the queue; if the queue cannot take it, writes it
+    /// to the spill file (when this is one and the writer still runs).
+    pub fn spill_append(&self, record: RequestRecord) -> Appended {
         let mut state = self.lock();
         let number = state.next;
         state.next += 1;
-        let kept = match queue(number) {
+        let size = footprint(&record);
+        let appended = match state.refusal(size) {
             None => {
-                state.last_queued = number;
-                true
+                state.push(number, record, size);
+                Appended::Queued
             }
-            Some(record) => {
+            // Nothing would read it back.
+            Some(reason) if !self.spills || !state.accepting => Appended::Lost(reason),
+            Some(reason) => {
                 let line = Self::line(&record);
                 // Bounded: the temporary directory may be in memory.
                 let held = state.closed.len() as u64 * self.sizes.segment + state.bytes;
                 if held + line.len() as u64 > SPILL_BYTES {
-                    self.release(&mut state);
-                    return false;
-                }
-                match self.write(&mut state, number, &line) {
-                    Some((segment, offset)) => {
-                        state.overflow.push_back(Overflow {
-                            number,
-                            segment,
-                            offset,
-                            len: line.len(),
-                        });
-                        true
+                    Appended::Lost("the spill file is full")
+                } else {
+                    match self.write(&mut state, number, &line) {
+                        Some((segment, offset)) => {
+                            state.overflow.push_back(Overflow {
+                                number,
+                                segment,
+                                offset,
+                                len: line.len(),
+                            });
+                            Appended::Spilled(reason)
+                        }
+                        None => Appended::Lost(reason),
                     }
-                    None => false,
                 }
             }
         };
+        let first = state.queue.len() == 1 && appended == Appended::Queued;
         self.release(&mut state);
-        kept
+        drop(state);
+        if first {
+            self.queued.notify_one();
+        }
+        appended
+    }
+
+    /// Sets the queue's bounds: records, and bytes (see `footprint`).
+    pub fn bound_queue(&self, capacity: usize, byte_limit: usize) {
+        let mut state = self.lock();
+        state.capacity = capacity.max(1);
+        state.byte_limit = byte_limit;
+    }
+
+    /// Moves every queued record, and their numbers, into `records` and
+    /// `numbers` (which must be empty): a swap, so the lock is held for
+    /// no longer than that. Their bytes count as being written until
+    /// `written` is told.
+    pub(crate) fn take_queued(&self, records: &mut Vec<RequestRecord>, numbers: &mut Vec<u64>) {
+        let mut state = self.lock();
+        std::mem::swap(&mut state.queue, records);
+        std::mem::swap(&mut state.numbers, numbers);
+        state.writing_bytes += state.queued_bytes;
+        state.queued_bytes = 0;
+    }
+
+    /// The writer is done with records holding `bytes` (`footprint`).
+    pub(crate) fn written(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.writing_bytes = state.writing_bytes.saturating_sub(bytes);
+    }
+
+    /// Records on the queue.
+    pub(crate) fn queued_len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Waits until a record is queued (or was, since the last wait).
+    pub(crate) async fn queued(&self) {
+        self.queued.notified().await;
+    }
+
+    /// The writer has stopped: the queue takes nothing more (a write-ahead
+    /// journal keeps what comes later for the next start).
+    pub(crate) fn stop_queue(&self) {
+        self.lock().accepting = false;
+    }
+
+    /// Makes the queue take records again, or refuse them, as if the
+    /// writer had stopped.
+    #[cfg(test)]
+    fn accept(&self, accepting: bool) {
+        self.lock().accepting = accepting;
+    }
+
+    /// Records waiting for the writer: queued, or in the journal.
+    pub fn backlog(&self) -> usize {
+        let state = self.lock();
+        state.queue.len() + state.overflow.len()
+    }
+
+    /// The memory the records waiting for the writer hold, as the queue's
+    /// bound counts it.
+    pub fn held_bytes(&self) -> usize {
+        let state = self.lock();
+        state.queued_bytes + state.writing_bytes
     }
 
     /// Writes record `number`'s line at the end of the current segment
@@ -670,11 +843,6 @@ impl Journal {
     fn break_off(&self, state: &mut State, error: &std::io::Error) {
         state.open = None;
         tracing::error!(%error, directory = %self.directory.display(), "the request journal cannot be written; records now depend on the database alone");
-    }
-
-    /// Records waiting in the journal for the writer.
-    pub fn overflow_len(&self) -> usize {
-        self.lock().overflow.len()
     }
 
     /// Every record up to `number` is in the database.
@@ -992,7 +1160,13 @@ mod tests {
             for (index, line) in lines.iter().enumerate() {
                 // Every third record (the large 150 among them) is refused by
                 // the queue: it spills.
-                assert!(journal.append(line, |_| index % 3 != 0));
+                journal.accept(index % 3 != 0);
+                let appended = journal.append(line, records[index].clone());
+                assert_eq!(
+                    appended == Appended::Queued,
+                    index % 3 != 0,
+                    "{index}: {appended:?}"
+                );
             }
             let spilled = journal.read_overflow(usize::MAX, usize::MAX);
             let expected: Vec<(u64, &RequestRecord)> = records

@@ -23,7 +23,7 @@
 //! sent content); a group without any has none.
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
-use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage, request_id};
 
 /// A record's attempt details as the `attempt_details` column keeps them:
 /// a JSON array, or NULL when there are none.
@@ -158,15 +158,20 @@ pub(crate) struct Dialect {
     /// The function giving the (1-based) position of a substring, 0 when
     /// absent: exact and case-sensitive on both backends.
     pub find: &'static str,
+    /// The condition of the partial index on `request_id`, written as the
+    /// index has it so that the planner uses the index.
+    pub untimed: &'static str,
 }
 
 pub(crate) const SQLITE: Dialect = Dialect {
     byte_order: "",
     find: "instr",
+    untimed: "timed_id = 0",
 };
 pub(crate) const POSTGRES: Dialect = Dialect {
     byte_order: " COLLATE \"C\"",
     find: "strpos",
+    untimed: "NOT timed_id",
 };
 
 /// The record's columns, in the order every reader decodes them, and the
@@ -198,13 +203,25 @@ where
         ("team_id", &filter.team_id),
         ("model", &filter.model),
         ("deployment", &filter.deployment),
-        ("request_id", &filter.request_id),
         ("end_user", &filter.end_user),
     ] {
         if let Some(value) = value {
             sql.push(format!(" AND {column} = "))
                 .push_bind(value.clone());
         }
+    }
+    if let Some(id) = &filter.request_id {
+        // A record whose id the gateway made is found by its start time,
+        // which the id carries; any other is in the index on the id
+        // (see the migration `timed_request_ids`).
+        sql.push(" AND request_id = ").push_bind(id.clone());
+        match request_id::millis(id) {
+            Some(millis) => sql
+                .push(format!(" AND ({} OR started_at_ms = ", dialect.untimed))
+                .push_bind(millis)
+                .push(")"),
+            None => sql.push(format!(" AND {}", dialect.untimed)),
+        };
     }
     if let Some(status) = filter.status {
         sql.push(" AND status = ").push_bind(i64::from(status));

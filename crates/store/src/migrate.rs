@@ -77,6 +77,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "partial_key_indexes",
         sql: include_str!("../migrations/sqlite/0010_partial_key_indexes.sql"),
     },
+    Migration {
+        version: 11,
+        name: "timed_request_ids",
+        sql: include_str!("../migrations/sqlite/0011_timed_request_ids.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -129,6 +134,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 10,
         name: "partial_key_indexes",
         sql: include_str!("../migrations/postgres/0010_partial_key_indexes.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "timed_request_ids",
+        sql: include_str!("../migrations/postgres/0011_timed_request_ids.sql"),
     },
 ];
 

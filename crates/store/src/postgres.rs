@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
-use switchboard_core::{Bodies, RequestRecord};
+use switchboard_core::{Bodies, RequestRecord, request_id};
 
 use crate::log::{self, LogPage, LogQuery, UsageQuery, UsageRow};
 use crate::{Store, StoreError, StoreFuture, migrate};
@@ -61,18 +61,19 @@ const INSERT_CHUNK: usize = 1024;
 const INSERT_RECORDS: &str = "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, \
      status, outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
      reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
-     cache_hit, metadata, attempt_details) \
+     cache_hit, metadata, attempt_details, timed_id) \
      SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
      latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, attempt_details \
+     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, attempt_details, \
+     timed_id \
      FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[], $7::BIGINT[], \
      $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], \
      $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::BIGINT[], \
-     $22::BIGINT[], $23::BOOLEAN[], $24::TEXT[], $25::TEXT[]) \
+     $22::BIGINT[], $23::BOOLEAN[], $24::TEXT[], $25::TEXT[], $26::BOOLEAN[]) \
      WITH ORDINALITY AS batch (request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, \
      attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, \
-     attempt_details, position) \
+     attempt_details, timed_id, position) \
      ORDER BY position";
 
 const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
@@ -186,6 +187,8 @@ struct Columns<'a> {
     cache_write_tokens: Vec<Option<i64>>,
     /// Written as JSON here, so owned.
     attempt_details: Vec<Option<String>>,
+    /// Whether the id carries the start time (see the migration).
+    timed_id: Vec<bool>,
 }
 
 impl<'a> Columns<'a> {
@@ -229,6 +232,10 @@ impl<'a> Columns<'a> {
             columns
                 .attempt_details
                 .push(log::attempt_details_json(&record.attempt_details));
+            columns.timed_id.push(request_id::is_timed(
+                &record.request_id,
+                record.started_at_ms,
+            ));
         }
         columns
     }
@@ -328,6 +335,7 @@ impl Store for PgStore {
                     .bind(&columns.cache_hit)
                     .bind(&columns.metadata)
                     .bind(&columns.attempt_details)
+                    .bind(&columns.timed_id)
                     .execute(&mut *transaction)
                     .await?;
             }
@@ -460,9 +468,15 @@ impl Store for PgStore {
                 .iter()
                 .map(|record| record.request_id.as_str())
                 .collect();
+            let starts: Vec<i64> = records.iter().map(|record| record.started_at_ms).collect();
+            // By start time and id, through `requests_log_order`: the index
+            // on the id alone holds only some records.
             let rows = sqlx::query::<Postgres>(
-                "SELECT request_id, started_at_ms FROM requests WHERE request_id = ANY($1::TEXT[])",
+                "SELECT r.request_id, r.started_at_ms \
+                 FROM UNNEST($1::BIGINT[], $2::TEXT[]) AS held (started_at_ms, request_id) \
+                 JOIN requests r ON r.started_at_ms = held.started_at_ms AND r.request_id = held.request_id",
             )
+            .bind(&starts)
             .bind(&ids)
             .fetch_all(&self.pool)
             .await?;

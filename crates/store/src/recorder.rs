@@ -2,20 +2,22 @@
 //! writer task that drains it in batches.
 //!
 //! Handlers call `Recorder::record`, which never waits: it appends the
-//! record to the journal (when there is one) and puts it on the queue. If
-//! the queue is full, the record stays in the journal and the writer reads
-//! it back once it has written what was queued before it (`spilled`); only
-//! without a journal is such a record lost, counted as dropped and logged
-//! as an error (the counter is exposed, and tests assert it stays at zero).
-//! The queue is bounded twice: by a count of records, and by the memory its
-//! records hold (`QUEUE_BYTES`, counting their bodies when the log keeps
-//! them), so that a database outage under large bodies cannot grow the
-//! process without bound; past either, a record spills as above.
+//! record to the journal (when there is one) and puts it on the queue,
+//! which the journal holds under its own lock (see `journal`). If the
+//! queue is full, the record stays in the journal and the writer reads it
+//! back once it has written what was queued before it (`spilled`); without
+//! a journal it goes to a spill file instead; only when neither can take
+//! it is a record lost, counted as dropped and logged as an error (the
+//! counter is exposed, and tests assert it stays at zero). The queue is
+//! bounded twice: by a count of records, and by the memory its records
+//! hold (`QUEUE_BYTES`, counting their bodies when the log keeps them), so
+//! that a database outage under large bodies cannot grow the process
+//! without bound; past either, a record spills as above.
 //! The writer retries a failed batch with backoff instead of discarding it,
 //! and on shutdown drains the whole queue before it returns.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use switchboard_core::RequestRecord;
@@ -23,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Store;
-use crate::journal::Journal;
+use crate::journal::{Appended, Journal, footprint};
 
 /// Largest number of records written in one transaction.
 const BATCH: usize = 2048;
@@ -39,20 +41,6 @@ const LINGER: Duration = Duration::from_millis(100);
 /// in the batch being written), as `footprint` counts it.
 pub const QUEUE_BYTES: usize = 256 << 20;
 
-/// About what a record holds in memory: its fixed part, and the texts that
-/// can be large (bodies, metadata).
-fn footprint(record: &RequestRecord) -> usize {
-    let bodies = record.bodies.as_ref().map_or(0, |bodies| {
-        bodies.request.len() + bodies.response.as_ref().map_or(0, String::len)
-    });
-    std::mem::size_of::<RequestRecord>()
-        + record.request_id.len()
-        + record.model.len()
-        + record.metadata.as_ref().map_or(0, String::len)
-        + record.attempt_details.len() * 64
-        + bodies
-}
-
 #[derive(Debug, Default)]
 pub struct RecorderStats {
     pub written: AtomicU64,
@@ -66,12 +54,12 @@ pub struct RecorderStats {
 /// The handle the request path holds. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    queue: mpsc::Sender<(u64, RequestRecord)>,
+    /// The journal, which holds the queue.
+    journal: Arc<Journal>,
     stats: Arc<RecorderStats>,
-    journal: Option<Arc<Journal>>,
-    /// What the queued records hold, and the most they may.
-    held: Arc<AtomicUsize>,
-    byte_limit: usize,
+    /// Never sent on: the writer learns from its closing that the last
+    /// handle is gone, so no record can come any more.
+    _alive: mpsc::Sender<()>,
 }
 
 impl Recorder {
@@ -79,74 +67,34 @@ impl Recorder {
     /// (when there is one), so that it survives the process even before
     /// the database has it.
     pub fn record(&self, record: RequestRecord) {
-        let kept = match &self.journal {
-            Some(journal) if journal.is_write_ahead() => {
-                let line = Journal::line(&record);
-                journal.append(&line, |number| self.enqueue(number, record).is_none())
-            }
-            // Without a journal, a spill file keeps what the queue refuses,
-            // while a writer is there to read it back.
-            Some(journal) if !self.queue.is_closed() => {
-                journal.spill_append(|number| self.enqueue(number, record))
-            }
-            Some(_) => {
-                let _ = self.enqueue(0, record);
-                false
-            }
-            None => {
-                let _ = self.enqueue(0, record);
-                true
-            }
-        };
-        if !kept {
-            // Counted as spilled by `enqueue`, but nothing holds it.
-            self.stats.spilled.fetch_sub(1, Ordering::Relaxed);
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                "request record dropped: the queue cannot take it, and the journal cannot be written or was closed at shutdown"
-            );
-        }
-    }
-
-    /// Queues a record; gives it back when the queue cannot take it.
-    fn enqueue(&self, number: u64, record: RequestRecord) -> Option<RequestRecord> {
-        let size = footprint(&record);
-        let before = self.held.fetch_add(size, Ordering::Relaxed);
-        // One record always fits, however large.
-        let (record, reason) = if before > 0 && before + size > self.byte_limit {
-            (record, "the record queue holds as much memory as it may")
+        let appended = if self.journal.is_write_ahead() {
+            let line = Journal::line(&record);
+            self.journal.append(&line, record)
         } else {
-            match self.queue.try_send((number, record)) {
-                Ok(()) => return None,
-                Err(mpsc::error::TrySendError::Full((_, record))) => {
-                    (record, "the record queue is full")
-                }
-                Err(mpsc::error::TrySendError::Closed((_, record))) => {
-                    (record, "the record writer has stopped")
-                }
-            }
+            self.journal.spill_append(record)
         };
-        self.held.fetch_sub(size, Ordering::Relaxed);
-        if self.journal.is_some() {
-            self.stats.spilled.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                reason,
-                "request record spilled to the journal: written once the queue drains"
-            );
-        } else {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(reason, "request record dropped");
+        match appended {
+            Appended::Queued => {}
+            Appended::Spilled(reason) => {
+                self.stats.spilled.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    reason,
+                    "request record spilled to the journal: written once the queue drains"
+                );
+            }
+            Appended::Lost(reason) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    reason,
+                    "request record dropped: the queue cannot take it, and no journal or spill file can keep it"
+                );
+            }
         }
-        Some(record)
     }
 
     /// Records queued and not yet taken by the writer.
     pub fn backlog(&self) -> usize {
-        let spilled = self
-            .journal
-            .as_ref()
-            .map_or(0, |journal| journal.overflow_len());
-        self.queue.max_capacity() - self.queue.capacity() + spilled
+        self.journal.backlog()
     }
 
     pub fn stats(&self) -> &Arc<RecorderStats> {
@@ -156,7 +104,7 @@ impl Recorder {
     /// The memory the records waiting for the writer hold, as the queue's
     /// bound counts it.
     pub fn held_bytes(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        self.journal.held_bytes()
     }
 }
 
@@ -182,32 +130,32 @@ impl RecordWriter {
         Self::start_bounded(store, capacity, QUEUE_BYTES, journal)
     }
 
-    /// As `start_with`, with the queue's memory bound given.
+    /// As `start_with`, with the queue's memory bound given. Without a
+    /// journal, the queue stands alone: what it cannot take is lost.
     pub fn start_bounded(
         store: Arc<dyn Store>,
         capacity: usize,
         byte_limit: usize,
         journal: Option<Arc<Journal>>,
     ) -> (Recorder, RecordWriter) {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
-        let held = Arc::new(AtomicUsize::new(0));
+        let journal = journal.unwrap_or_else(|| Arc::new(Journal::queue_only()));
+        journal.bound_queue(capacity, byte_limit);
+        let (alive, closed) = mpsc::channel(1);
         let stats = Arc::new(RecorderStats::default());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(write_loop(
+        let writer = Writer {
             store,
-            receiver,
-            stats.clone(),
-            stop.clone(),
-            journal.clone(),
-            (held.clone(), byte_limit),
-        ));
+            stats: stats.clone(),
+            stop: stop.clone(),
+            journal: journal.clone(),
+            byte_limit,
+        };
+        let task = tokio::spawn(write_loop(writer, closed));
         (
             Recorder {
-                queue: sender,
-                stats,
                 journal,
-                held,
-                byte_limit,
+                stats,
+                _alive: alive,
             },
             RecordWriter { stop, task },
         )
@@ -232,134 +180,128 @@ impl RecordWriter {
     }
 }
 
-async fn write_loop(
-    store: Arc<dyn Store>,
-    mut receiver: mpsc::Receiver<(u64, RequestRecord)>,
-    stats: Arc<RecorderStats>,
-    stop: CancellationToken,
-    journal: Option<Arc<Journal>>,
-    (held, byte_limit): (Arc<AtomicUsize>, usize),
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let writer = Writer {
-        store,
-        stats,
-        stop: stop.clone(),
-        journal,
-        held,
-        byte_limit,
-    };
+/// Waits for records, lets a batch gather for `LINGER`, and writes what is
+/// queued; ends once every `Recorder` is gone (`closed`) or on `stop`,
+/// after writing what is left.
+async fn write_loop(writer: Writer, mut closed: mpsc::Receiver<()>) {
+    let mut batch = Batch::default();
     loop {
-        let received = tokio::select! {
-            received = receiver.recv_many(&mut batch, BATCH) => received,
-            () = stop.cancelled() => {
+        if writer.journal.queued_len() == 0 {
+            let open = tokio::select! {
+                () = writer.journal.queued() => true,
+                _ = closed.recv() => false,
+                () = writer.stop.cancelled() => false,
+            };
+            if !open {
                 // Refuse new records, then drain what is queued.
-                receiver.close();
-                while receiver.recv_many(&mut batch, BATCH).await > 0 {
-                    writer.write(&mut batch).await;
-                }
+                writer.journal.stop_queue();
+                writer.drain(&mut batch).await;
                 writer.close().await;
                 return;
             }
-        };
-        if received == 0 {
-            writer.close().await;
-            return;
+            continue;
         }
         // Under load, wait a moment for more records: one transaction per
         // thousand or so records costs far less than one per handful. A
         // lone record waits only this long.
-        if batch.len() < BATCH {
+        if writer.journal.queued_len() < BATCH {
             tokio::select! {
                 () = tokio::time::sleep(LINGER) => {}
-                () = stop.cancelled() => {}
-            }
-            while batch.len() < BATCH {
-                match receiver.try_recv() {
-                    Ok(record) => batch.push(record),
-                    Err(_) => break,
-                }
+                () = writer.stop.cancelled() => {}
             }
         }
-        writer.write(&mut batch).await;
+        writer.write_queued(&mut batch).await;
     }
+}
+
+/// The records the writer took from the queue, with their numbers; kept
+/// between batches so that their memory is reused.
+#[derive(Default)]
+struct Batch {
+    records: Vec<RequestRecord>,
+    numbers: Vec<u64>,
 }
 
 struct Writer {
     store: Arc<dyn Store>,
     stats: Arc<RecorderStats>,
     stop: CancellationToken,
-    journal: Option<Arc<Journal>>,
-    /// What the queued records hold; released once a batch is done with.
-    held: Arc<AtomicUsize>,
+    journal: Arc<Journal>,
+    /// The queue's memory bound, which bounds what is read back from the
+    /// journal at a time too.
     byte_limit: usize,
 }
 
 impl Writer {
-    /// Writes a batch of numbered records and tells the journal.
-    async fn write(&self, batch: &mut Vec<(u64, RequestRecord)>) {
-        let last = batch.last().map_or(0, |(number, _)| *number);
-        let mut records: Vec<RequestRecord> = batch.drain(..).map(|(_, record)| record).collect();
-        let size: usize = records.iter().map(footprint).sum();
-        let written = write_batch(self.store.as_ref(), &mut records, &self.stats, &self.stop).await;
-        drop(records);
-        self.held.fetch_sub(size, Ordering::Relaxed);
-        if written && let Some(journal) = &self.journal {
-            journal.committed(last);
-            self.drain_overflow(journal).await;
+    /// Takes what is queued and writes it, `BATCH` records per
+    /// transaction, telling the journal after each.
+    async fn write_queued(&self, batch: &mut Batch) {
+        self.journal
+            .take_queued(&mut batch.records, &mut batch.numbers);
+        let mut start = 0;
+        while start < batch.records.len() {
+            let end = (start + BATCH).min(batch.records.len());
+            let chunk = &batch.records[start..end];
+            let size: usize = chunk.iter().map(footprint).sum();
+            let written = write_batch(self.store.as_ref(), chunk, &self.stats, &self.stop).await;
+            self.journal.written(size);
+            if written {
+                self.journal.committed(batch.numbers[end - 1]);
+                self.drain_overflow().await;
+            }
+            start = end;
+        }
+        batch.records.clear();
+        batch.numbers.clear();
+    }
+
+    /// Writes everything queued, until the queue stays empty.
+    async fn drain(&self, batch: &mut Batch) {
+        while self.journal.queued_len() > 0 {
+            self.write_queued(batch).await;
         }
     }
 
     /// Writes the records the queue could not take, from the journal,
     /// once what was queued before them is written.
-    async fn drain_overflow(&self, journal: &Journal) {
-        while journal.has_overflow() {
+    async fn drain_overflow(&self) {
+        while self.journal.has_overflow() {
             // Bounded in memory as the queue is.
-            let spilled = journal.read_overflow(BATCH, self.byte_limit / 4);
+            let spilled = self.journal.read_overflow(BATCH, self.byte_limit / 4);
             let Some(last) = spilled.last().map(|(number, _)| *number) else {
                 return;
             };
-            let mut records: Vec<RequestRecord> =
+            let records: Vec<RequestRecord> =
                 spilled.into_iter().map(|(_, record)| record).collect();
-            if !write_batch(self.store.as_ref(), &mut records, &self.stats, &self.stop).await {
+            if !write_batch(self.store.as_ref(), &records, &self.stats, &self.stop).await {
                 return;
             }
-            journal.overflow_written(last);
+            self.journal.overflow_written(last);
         }
     }
 
     /// Writes what spilled, then lets the journal go.
     async fn close(&self) {
-        if let Some(journal) = &self.journal {
-            self.drain_overflow(journal).await;
-            let lost = journal.close();
-            if lost > 0 {
-                self.stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
-                tracing::error!(
-                    records = lost,
-                    "request records in the spill file not written at shutdown: the database kept failing"
-                );
-            }
+        self.drain_overflow().await;
+        let lost = self.journal.close();
+        if lost > 0 {
+            self.stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+            tracing::error!(
+                records = lost,
+                "request records in the spill file not written at shutdown: the database kept failing"
+            );
         }
     }
 }
 
-/// Writes one batch, retrying with backoff until it succeeds. Once the
-/// gateway is stopping, gives up after a few attempts and reports how many
-/// records were lost (they stay in the journal, when there is one).
-/// Returns whether the batch was written.
 /// Writes each record on its own (a few tries each); a record the database
 /// still refuses while it answers is counted as dropped and logged with
 /// its request id.
-async fn write_one_by_one(
-    store: &dyn Store,
-    batch: &mut Vec<RequestRecord>,
-    stats: &RecorderStats,
-) {
-    for record in batch.drain(..) {
+async fn write_one_by_one(store: &dyn Store, batch: &[RequestRecord], stats: &RecorderStats) {
+    for record in batch {
         let mut written = false;
         for _ in 0..3 {
-            match store.insert_records(std::slice::from_ref(&record)).await {
+            match store.insert_records(std::slice::from_ref(record)).await {
                 Ok(()) => {
                     written = true;
                     break;
@@ -379,9 +321,13 @@ async fn write_one_by_one(
     }
 }
 
+/// Writes one batch, retrying with backoff until it succeeds. Once the
+/// gateway is stopping, gives up after a few attempts and reports how many
+/// records were lost (they stay in the journal, when there is one).
+/// Returns whether the batch was written.
 async fn write_batch(
     store: &dyn Store,
-    batch: &mut Vec<RequestRecord>,
+    batch: &[RequestRecord],
     stats: &RecorderStats,
     stop: &CancellationToken,
 ) -> bool {
@@ -394,7 +340,6 @@ async fn write_batch(
                 stats
                     .written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                batch.clear();
                 return true;
             }
             Err(error) => {
@@ -404,7 +349,6 @@ async fn write_batch(
                         .dropped
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     tracing::error!(%error, records = batch.len(), "request records not written at shutdown: the database kept failing");
-                    batch.clear();
                     return false;
                 }
                 tracing::warn!(%error, records = batch.len(), attempt = attempts, "writing request records failed; retrying");

@@ -260,15 +260,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let mut held = Vec::new();
             for chunk in records.chunks(500) {
-                let mut query = sqlx::QueryBuilder::<Sqlite>::new(
-                    "SELECT request_id, started_at_ms FROM requests WHERE request_id IN (",
-                );
-                let mut ids = query.separated(", ");
-                for record in chunk {
-                    ids.push_bind(&record.request_id);
-                }
-                query.push(")");
-                for row in query.build().fetch_all(&self.pool).await? {
+                for row in held_sql(chunk).build().fetch_all(&self.pool).await? {
                     held.push((row.try_get("request_id")?, row.try_get("started_at_ms")?));
                 }
             }
@@ -286,8 +278,30 @@ impl Store for SqliteStore {
     }
 }
 
+/// Which of `records` the log holds, by start time and id: through
+/// `requests_log_order`, as the index on the id alone holds only some
+/// records.
+fn held_sql(records: &[RequestRecord]) -> sqlx::QueryBuilder<Sqlite> {
+    let mut query =
+        sqlx::QueryBuilder::<Sqlite>::new("SELECT r.request_id, r.started_at_ms FROM (VALUES ");
+    let mut pairs = query.separated(", ");
+    for record in records {
+        pairs
+            .push("(")
+            .push_bind_unseparated(record.started_at_ms)
+            .push_unseparated(", ")
+            .push_bind_unseparated(&record.request_id)
+            .push_unseparated(")");
+    }
+    query.push(
+        ") AS held JOIN requests r \
+         ON r.started_at_ms = held.column1 AND r.request_id = held.column2",
+    );
+    query
+}
+
 /// Columns of `requests` written per record, in `Encoded`'s order.
-pub(crate) const RECORD_COLUMNS: usize = 25;
+pub(crate) const RECORD_COLUMNS: usize = 26;
 /// Columns of `request_bodies` written per record with bodies.
 pub(crate) const BODY_COLUMNS: usize = 4;
 
@@ -303,7 +317,7 @@ pub(crate) fn insert_statement(rows: usize) -> &'static str {
             "INSERT OR FAIL INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, status, \
              outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
              reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
-             cache_hit, metadata, attempt_details) VALUES ",
+             cache_hit, metadata, attempt_details, timed_id) VALUES ",
             RECORD_COLUMNS,
         )
     });
@@ -430,6 +444,66 @@ mod tests {
                 "{column} = ? should use {index}: {plan:?}"
             );
         }
+    }
+
+    /// The steps of `query`'s plan.
+    async fn plan_of(store: &SqliteStore, mut query: sqlx::QueryBuilder<Sqlite>) -> Vec<String> {
+        let sql = format!("EXPLAIN QUERY PLAN {}", query.sql().as_str());
+        use sqlx::Execute;
+        let arguments = query.build().take_arguments().unwrap().unwrap_or_default();
+        sqlx::query_with::<Sqlite, _>(sqlx::AssertSqlSafe(sql), arguments)
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect()
+    }
+
+    /// Looking a record up by its request id, or checking which records of
+    /// a replay the log holds, never reads the whole table: an id the
+    /// gateway made is sought through `requests_log_order`, any other
+    /// through the partial index on the id.
+    #[tokio::test]
+    async fn request_id_lookups_use_an_index() {
+        let store = SqliteStore::open_memory().await.unwrap();
+        let ours = switchboard_core::request_id::format(1_795_921_250_367, 1, 2);
+        for (id, indexes) in [
+            (
+                ours.as_str(),
+                &["requests_request_id", "requests_log_order"][..],
+            ),
+            ("client-7", &["requests_request_id"][..]),
+        ] {
+            let query = LogQuery {
+                filter: crate::log::LogFilter {
+                    request_id: Some(id.to_owned()),
+                    ..Default::default()
+                },
+                after: None,
+                limit: 10,
+            };
+            let plan = plan_of(&store, log::page_sql::<Sqlite>(&query, &log::SQLITE)).await;
+            for index in indexes {
+                assert!(
+                    plan.iter().any(|step| step.contains(index)),
+                    "{id}: {index} unused: {plan:?}"
+                );
+            }
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN")),
+                "{id}: {plan:?}"
+            );
+        }
+        let records: Vec<RequestRecord> =
+            (0..3).map(|index| record(&format!("r{index}"))).collect();
+        let plan = plan_of(&store, held_sql(&records)).await;
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("SEARCH r USING COVERING INDEX requests_log_order")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|step| step == "SCAN r"), "{plan:?}");
     }
 
     #[tokio::test]

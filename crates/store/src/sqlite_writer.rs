@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, ffi};
-use switchboard_core::RequestRecord;
+use switchboard_core::{RequestRecord, request_id};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
@@ -116,6 +116,10 @@ impl Encoded {
             Value::Int(i64::from(record.cache_hit)),
             self.optional_text(record.metadata.as_deref()),
             self.optional_text(attempt_details.as_deref()),
+            Value::Int(i64::from(request_id::is_timed(
+                &record.request_id,
+                record.started_at_ms,
+            ))),
         ]
     }
 
@@ -329,7 +333,8 @@ impl<'c> Raw<'c> {
 
     /// Binds `values` (texts from `batch`) in order, runs the statement
     /// once, then resets it and clears every binding, so that nothing
-    /// points into `batch` after this returns.
+    /// points into `batch` after this returns (and every parameter is NULL
+    /// for the next run, which binds only the others).
     fn execute<'v>(
         &mut self,
         values: impl Iterator<Item = &'v Value>,
@@ -345,7 +350,9 @@ impl<'c> Raw<'c> {
             // cleared below before the call returns, on every path.
             code = unsafe {
                 match value {
-                    Value::Null => ffi::sqlite3_bind_null(statement, position),
+                    // Every parameter is NULL after the clearing below (and
+                    // in a statement just prepared): nothing to bind.
+                    Value::Null => ffi::SQLITE_OK,
                     Value::Int(number) => ffi::sqlite3_bind_int64(statement, position, *number),
                     Value::Text { .. } => {
                         let text = batch.str(value);

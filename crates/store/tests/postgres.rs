@@ -166,7 +166,7 @@ async fn migrations_apply_then_apply_again_as_a_no_op() {
     };
     let store = PgStore::connect(&schema.url).await.unwrap();
     let versions = applied_versions(&schema).await;
-    assert_eq!(versions, (1..=10).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=11).collect::<Vec<i64>>());
     assert_eq!(
         tables(&schema).await,
         vec![
@@ -209,7 +209,7 @@ async fn concurrent_migrators_all_succeed() {
     }
     assert_eq!(
         applied_versions(&schema).await,
-        (1..=10).collect::<Vec<i64>>()
+        (1..=11).collect::<Vec<i64>>()
     );
     for store in stores.into_iter().flatten() {
         store.ping().await.unwrap();
@@ -244,6 +244,16 @@ async fn postgres_request_log_pages() {
     };
     let store = PgStore::connect(&schema.url).await.unwrap();
     contract::request_log_pages(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_request_ids_of_every_kind() {
+    let Some(schema) = TestSchema::create("postgres_request_ids_of_every_kind").await else {
+        return;
+    };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    contract::request_ids_of_every_kind(&store).await;
     store.close().await;
 }
 

@@ -24,6 +24,12 @@ async fn sqlite_request_log_pages() {
 }
 
 #[tokio::test]
+async fn sqlite_request_ids_of_every_kind() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::request_ids_of_every_kind(&store).await;
+}
+
+#[tokio::test]
 async fn sqlite_usage_aggregates() {
     let store = SqliteStore::open_memory().await.unwrap();
     contract::usage_aggregates(&store).await;

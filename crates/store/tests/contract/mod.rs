@@ -9,7 +9,7 @@
 
 use switchboard_core::keys::{KeyRecord, Limits, Period, SpendGroup, SpendRow, TeamRecord};
 use switchboard_core::mix::splitmix64;
-use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage};
+use switchboard_core::{AttemptDetail, Endpoint, Outcome, RequestRecord, Usage, request_id};
 use switchboard_store::log::nearest_rank;
 use switchboard_store::{
     KeyStore, KeyStoreConflict, LogFilter, LogQuery, SpendQuery, Store, UsageBucket, UsageGroup,
@@ -642,6 +642,81 @@ async fn all_pages<S: Store>(
         }
         assert!(pages < 1000, "paging does not end");
     }
+}
+
+/// A record is found by its request id whether the gateway made the id
+/// (the record is then found by the start time the id carries) or a client
+/// sent it, and also when a client sends again an id the gateway made for
+/// an earlier request; a replay after a crash writes only the records the
+/// database does not hold, matched by id and start time alike.
+pub async fn request_ids_of_every_kind<S: Store>(store: &S) {
+    let start = 1_795_921_250_367;
+    let ours = request_id::format(start as u64, 0xbeef, 42);
+    let record =
+        |id: &str, at: i64| log_record(id, at, "m", None, None, None, 200, Outcome::Success);
+    let written = vec![
+        // Made by the gateway for this very start.
+        record(&ours, start),
+        // A client's own id.
+        record("client-7", start + 5),
+        // The gateway's id sent again by a client, for a later request.
+        record(&ours, start + 9_000),
+        // Ids of the gateway's shape that do not carry this start.
+        record(&request_id::format(start as u64 - 1, 1, 2), start),
+        record("req_01A2253F883FBEEF0123456789ABCDEF", start),
+    ];
+    store.insert_records(&written).await.unwrap();
+    let find = |id: &str| {
+        let query = LogQuery {
+            filter: LogFilter {
+                request_id: Some(id.to_owned()),
+                ..LogFilter::default()
+            },
+            limit: 10,
+            after: None,
+        };
+        async move {
+            store
+                .log_page(&query)
+                .await
+                .unwrap()
+                .records
+                .into_iter()
+                .map(|record| (record.request_id, record.started_at_ms))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        find(&ours).await,
+        vec![(ours.clone(), start + 9_000), (ours.clone(), start)]
+    );
+    assert_eq!(
+        find("client-7").await,
+        vec![("client-7".to_owned(), start + 5)]
+    );
+    for other in &written[3..] {
+        assert_eq!(
+            find(&other.request_id).await,
+            vec![(other.request_id.clone(), start)]
+        );
+    }
+    assert!(
+        find(&request_id::format(start as u64, 0xbeef, 43))
+            .await
+            .is_empty()
+    );
+    assert!(find("client-8").await.is_empty());
+
+    // Replayed with one record the database lacks: only that one is written.
+    let mut replayed = written.clone();
+    replayed.push(record(
+        &request_id::format(start as u64 + 1, 1, 3),
+        start + 1,
+    ));
+    replayed.push(record(&ours, start + 1));
+    assert_eq!(store.insert_missing_records(&replayed).await.unwrap(), 2);
+    assert_eq!(store.insert_missing_records(&replayed).await.unwrap(), 0);
+    assert_eq!(find(&ours).await.len(), 3);
 }
 
 /// The request log read a page at a time: newest first, ties broken by
