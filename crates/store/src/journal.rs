@@ -18,11 +18,11 @@
 //! signal). The map is a window of the segment, moved along as it fills,
 //! so the process holds at most one window of it in memory. A segment is
 //! cut to its used length when the next one begins; one left behind by a
-//! killed process ends in zeros, which replay skips (a JSON line never
-//! holds a NUL byte). Records are numbered in the order they are appended
-//! and queued; the record writer reports the
-//! highest number it has committed, and segments whose records are all
-//! committed are deleted. On start, `replay` inserts into the database the
+//! killed process ends in zeros, which replay skips, as it skips a record
+//! cut short (each is a checksummed frame, see `frame`). Records are
+//! numbered in the order they are appended and queued; the record writer
+//! reports the highest number it has committed, and segments whose records
+//! are all committed are deleted. On start, `replay` inserts into the database the
 //! records of the segments a previous process left behind that the
 //! database does not hold yet, then deletes them.
 //!
@@ -49,6 +49,7 @@ use memmap2::{MmapMut, MmapOptions};
 use switchboard_core::{AttemptDetail, RequestRecord};
 use tokio::sync::Notify;
 
+use crate::frame;
 use crate::{Store, StoreError};
 
 /// A segment's size (a record larger than this gets a segment of its own,
@@ -403,7 +404,7 @@ pub struct Journal {
 }
 
 fn segment_path(directory: &Path, number: u64) -> PathBuf {
-    directory.join(format!("records-{number:012}.jsonl"))
+    directory.join(format!("records-{number:012}.bin"))
 }
 
 fn io_error(directory: &Path, error: std::io::Error) -> StoreError {
@@ -413,20 +414,25 @@ fn io_error(directory: &Path, error: std::io::Error) -> StoreError {
     }
 }
 
-/// Segment numbers found in the directory, oldest first.
-fn segments(directory: &Path) -> Result<Vec<u64>, StoreError> {
-    let mut numbers: Vec<u64> = std::fs::read_dir(directory)
+/// Segments found in the directory, oldest first, with their paths: this
+/// version's, and the JSON-line segments (`.jsonl`) of earlier versions.
+fn segments(directory: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(directory)
         .map_err(|error| io_error(directory, error))?
         .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix("records-")?
-                .strip_suffix(".jsonl")?
+            let entry = entry.ok()?;
+            let name = entry.file_name().into_string().ok()?;
+            let stem = name.strip_prefix("records-")?;
+            let number = stem
+                .strip_suffix(".bin")
+                .or_else(|| stem.strip_suffix(".jsonl"))?
                 .parse()
-                .ok()
+                .ok()?;
+            Some((number, entry.path()))
         })
         .collect();
-    numbers.sort_unstable();
-    Ok(numbers)
+    found.sort_unstable();
+    Ok(found)
 }
 
 impl Journal {
@@ -506,25 +512,19 @@ impl Journal {
         }
         let left = segments(directory)?;
         let mut recovered = 0;
-        for number in &left {
-            let path = segment_path(directory, *number);
-            let bytes = std::fs::read(&path).map_err(|error| io_error(directory, error))?;
+        for (_, path) in &left {
+            let bytes = std::fs::read(path).map_err(|error| io_error(directory, error))?;
             // A segment left by a killed process ends in the zeros of its
             // reserved space (after a crash of the machine, zeros may even
-            // stand between lines: a JSON line never holds a NUL byte); a
-            // line cut short was being written when the process died: its
-            // response never completed.
-            let records: Vec<RequestRecord> = bytes
-                .split(|byte| *byte == b'\n' || *byte == 0)
-                .filter(|line| !line.is_empty())
-                .filter_map(|line| serde_json::from_slice(line).ok())
-                .collect();
+            // stand between records); a record cut short was being written
+            // when the process died: its response never completed.
+            let records = frame::records(&bytes);
             for chunk in records.chunks(512) {
                 recovered += store.insert_missing_records(chunk).await?;
             }
         }
-        for number in &left {
-            let _ = std::fs::remove_file(segment_path(directory, *number));
+        for (_, path) in &left {
+            let _ = std::fs::remove_file(path);
         }
         if recovered > 0 {
             tracing::warn!(
@@ -532,7 +532,7 @@ impl Journal {
                 "request records recovered from the journal of a previous run"
             );
         }
-        let segment = left.last().map_or(1, |last| last + 1);
+        let segment = left.last().map_or(1, |(last, _)| last + 1);
         let open = Open::create(&segment_path(directory, segment), sizes.segment, sizes.map)
             .map_err(|error| io_error(directory, error))?;
         Ok((
@@ -549,81 +549,12 @@ impl Journal {
         ))
     }
 
-    /// A record as a journal line: the record's JSON (exactly what serde
-    /// writes for it, which replay reads back), then a newline. Written by
-    /// hand because it is made once per request: field names go out as
-    /// constants and string values are copied whole when nothing in them
-    /// needs escaping, where serde escapes every name and value byte by
-    /// byte (most of the journal's cost in a callgrind profile).
-    pub fn line(record: &RequestRecord) -> Vec<u8> {
-        let mut out = Vec::with_capacity(640);
-        out.extend_from_slice(b"{\"request_id\":");
-        json_string(&mut out, &record.request_id);
-        out.extend_from_slice(b",\"started_at_ms\":");
-        json_int(&mut out, record.started_at_ms);
-        out.extend_from_slice(b",\"endpoint\":\"");
-        out.extend_from_slice(record.endpoint.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"model\":");
-        json_string(&mut out, &record.model);
-        out.extend_from_slice(b",\"deployment\":");
-        json_option(&mut out, record.deployment.as_deref());
-        out.extend_from_slice(b",\"served_model\":");
-        json_option(&mut out, record.served_model.as_deref());
-        out.extend_from_slice(b",\"attempts\":");
-        json_int(&mut out, record.attempts);
-        if !record.attempt_details.is_empty() {
-            out.extend_from_slice(b",\"attempt_details\":");
-            attempt_details_json(&mut out, &record.attempt_details);
-        }
-        out.extend_from_slice(if record.stream {
-            b",\"stream\":true,\"status\":"
-        } else {
-            b",\"stream\":false,\"status\":"
-        });
-        json_int(&mut out, record.status);
-        out.extend_from_slice(b",\"outcome\":\"");
-        out.extend_from_slice(record.outcome.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"error_code\":");
-        json_option(&mut out, record.error_code.as_deref());
-        out.extend_from_slice(b",\"latency_ms\":");
-        json_int(&mut out, record.latency_ms);
-        out.extend_from_slice(b",\"ttft_ms\":");
-        json_optional_int(&mut out, record.ttft_ms);
-        let usage = &record.usage;
-        out.extend_from_slice(b",\"usage\":{\"input_tokens\":");
-        json_optional_int(&mut out, usage.input_tokens);
-        out.extend_from_slice(b",\"output_tokens\":");
-        json_optional_int(&mut out, usage.output_tokens);
-        out.extend_from_slice(b",\"cached_input_tokens\":");
-        json_optional_int(&mut out, usage.cached_input_tokens);
-        out.extend_from_slice(b",\"reasoning_tokens\":");
-        json_optional_int(&mut out, usage.reasoning_tokens);
-        out.extend_from_slice(b",\"cache_write_tokens\":");
-        json_optional_int(&mut out, usage.cache_write_tokens);
-        out.push(b'}');
-        out.extend_from_slice(b",\"key_id\":");
-        json_option(&mut out, record.key_id.as_deref());
-        out.extend_from_slice(b",\"team_id\":");
-        json_option(&mut out, record.team_id.as_deref());
-        out.extend_from_slice(b",\"end_user\":");
-        json_option(&mut out, record.end_user.as_deref());
-        out.extend_from_slice(b",\"cost_nanos\":");
-        json_optional_int(&mut out, record.cost_nanos);
-        out.extend_from_slice(if record.cache_hit {
-            b",\"cache_hit\":true,\"metadata\":"
-        } else {
-            b",\"cache_hit\":false,\"metadata\":"
-        });
-        json_option(&mut out, record.metadata.as_deref());
-        if let Some(bodies) = &record.bodies {
-            out.extend_from_slice(b",\"bodies\":");
-            json_value(&mut out, bodies);
-        }
-        out.extend_from_slice(b"}\n");
-        out
+    /// A record as the journal keeps it: one frame (`frame::encode`).
+    pub fn entry(record: &RequestRecord) -> Vec<u8> {
+        frame::encode(record)
     }
 
-    /// Appends `record`, whose line is `line`, and puts it on the queue,
+    /// Appends `record`, whose entry is `line`, and puts it on the queue,
     /// in the order of their numbers. A record the queue cannot take stays
     /// in the journal, noted for the writer to read back; it is lost only
     /// if the journal cannot be written either.
@@ -675,7 +606,7 @@ impl Journal {
             // Nothing would read it back.
             Some(reason) if !self.spills || !state.accepting => Appended::Lost(reason),
             Some(reason) => {
-                let line = Self::line(&record);
+                let line = Self::entry(&record);
                 // Bounded: the temporary directory may be in memory.
                 let held = state.closed.len() as u64 * self.sizes.segment + state.bytes;
                 if held + line.len() as u64 > SPILL_BYTES {
@@ -899,8 +830,8 @@ impl Journal {
             let read = file
                 .seek(SeekFrom::Start(entry.offset))
                 .and_then(|_| file.read_exact(&mut line));
-            match read.map(|()| serde_json::from_slice::<RequestRecord>(&line)) {
-                Ok(Ok(record)) => records.push((entry.number, record)),
+            match read.map(|()| frame::decode(&line)) {
+                Ok(Some(record)) => records.push((entry.number, record)),
                 _ => {
                     tracing::error!(
                         "a spilled request record cannot be read back from the journal"
@@ -985,9 +916,9 @@ impl Journal {
     }
 }
 
-/// A record's attempt details as JSON, exactly as serde writes them: for
-/// the journal's line and the request log's column, written by hand as
-/// the line is (serde's writing was a tenth of the request log's cost).
+/// A record's attempt details as JSON, exactly as serde writes them, for
+/// the request log's column: written by hand (serde's writing was a tenth
+/// of the request log's cost).
 pub(crate) fn attempt_details_json(out: &mut Vec<u8>, details: &[AttemptDetail]) {
     out.push(b'[');
     for (index, detail) in details.iter().enumerate() {
@@ -1026,27 +957,13 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-fn json_option(out: &mut Vec<u8>, text: Option<&str>) {
-    match text {
-        Some(text) => json_string(out, text),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
 /// An integer, as serde writes it.
 fn json_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-fn json_optional_int(out: &mut Vec<u8>, value: Option<impl itoa::Integer>) {
-    match value {
-        Some(value) => json_int(out, value),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-/// Any other value as serde writes it (bodies, strings that need
-/// escaping); writing to a vector cannot fail for these types.
+/// Any other value as serde writes it (strings that need escaping);
+/// writing to a vector cannot fail for these types.
 fn json_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     let _ = serde_json::to_writer(out, value);
 }
@@ -1115,8 +1032,8 @@ mod tests {
                 tests_support::unique()
             ));
             let sizes = Sizes {
-                segment: 16 * 1024,
-                window: 1000,
+                segment: 2 * 1024,
+                window: 300,
                 map,
             };
             let store = crate::SqliteStore::open_memory().await.unwrap();
@@ -1135,7 +1052,7 @@ mod tests {
             body(&mut records[0], 40_000);
             body(&mut records[150], 30_000);
             // Record 100 fills what is left of its segment exactly.
-            let mut lines: Vec<Vec<u8>> = records.iter().map(Journal::line).collect();
+            let mut lines: Vec<Vec<u8>> = records.iter().map(Journal::entry).collect();
             let used: u64 = lines[1..100].iter().map(|line| line.len() as u64).sum();
             let in_segment = {
                 // The bytes of the segment record 100 lands in, before it.
@@ -1149,13 +1066,19 @@ mod tests {
                 bytes
             };
             assert!(used > in_segment);
-            body(&mut records[100], 0);
-            let short = Journal::line(&records[100]).len() as u64;
-            body(
-                &mut records[100],
-                (sizes.segment - in_segment - short) as usize,
-            );
-            lines[100] = Journal::line(&records[100]);
+            // The body's length is a varint: a longer body may take one
+            // byte more to say how long it is.
+            let target = (sizes.segment - in_segment) as usize;
+            let mut len = target - Journal::entry(&records[100]).len();
+            loop {
+                body(&mut records[100], len);
+                let size = Journal::entry(&records[100]).len();
+                if size <= target {
+                    break;
+                }
+                len -= size - target;
+            }
+            lines[100] = Journal::entry(&records[100]);
             assert_eq!(in_segment + lines[100].len() as u64, sizes.segment);
             for (index, line) in lines.iter().enumerate() {
                 // Every third record (the large 150 among them) is refused by
@@ -1180,13 +1103,21 @@ mod tests {
                 assert_eq!(number, expected_number);
                 assert_eq!(back, *record);
             }
-            let files = segments(&directory).unwrap();
+            let files: Vec<u64> = segments(&directory)
+                .unwrap()
+                .into_iter()
+                .map(|(number, _)| number)
+                .collect();
             assert!(files.len() > 3, "{files:?}");
-            // Closed segments were cut to their length.
+            // Closed segments were cut to their length: their records'
+            // entries, one after the other, and nothing else.
             for number in &files[..files.len() - 1] {
                 let text = std::fs::read(segment_path(&directory, *number)).unwrap();
-                assert_eq!(text.last(), Some(&b'\n'));
-                assert!(!text.contains(&0));
+                let entries: Vec<u8> = frame::records(&text)
+                    .iter()
+                    .flat_map(Journal::entry)
+                    .collect();
+                assert_eq!(text, entries);
             }
             // Record 101 filled its segment to the byte, and the next
             // record began a new one.
@@ -1204,12 +1135,8 @@ mod tests {
             let kept = segments(&directory).unwrap();
             assert!(kept.len() < files.len(), "{kept:?}");
             let mut left = 0;
-            for number in &kept {
-                let text = std::fs::read(segment_path(&directory, *number)).unwrap();
-                left += text
-                    .split(|byte| *byte == b'\n' || *byte == 0)
-                    .filter(|line| !line.is_empty())
-                    .count();
+            for (_, path) in &kept {
+                left += frame::records(&std::fs::read(path).unwrap()).len();
             }
             assert!(left >= 140, "{left} records left, 140 not committed");
             let first_left = 200 - left;
@@ -1247,24 +1174,41 @@ mod tests {
     /// earlier build (no zeros), a line cut short by the process's death,
     /// and zeros between lines.
     #[tokio::test]
-    async fn replay_reads_whole_lines_around_zeros_and_a_cut_line() {
+    async fn replay_reads_whole_records_around_zeros_and_a_cut_one() {
         let directory = std::env::temp_dir().join(format!(
             "switchboard-replay-{}-{}",
             std::process::id(),
             tests_support::unique()
         ));
         std::fs::create_dir_all(&directory).unwrap();
-        let line = |index| Journal::line(&tests_support::record(index));
-        std::fs::write(segment_path(&directory, 1), [line(0), line(1)].concat()).unwrap();
-        let mut mapped = line(2);
+        let entry = |index| Journal::entry(&tests_support::record(index));
+        // A segment of an earlier version: JSON lines.
+        let json = |index| {
+            let mut line = serde_json::to_vec(&tests_support::record(index)).unwrap();
+            line.push(b'\n');
+            line
+        };
+        std::fs::write(
+            directory.join("records-000000000001.jsonl"),
+            [json(0), json(1)].concat(),
+        )
+        .unwrap();
+        std::fs::write(segment_path(&directory, 2), [entry(2), entry(3)].concat()).unwrap();
+        // Zeros between records (a crash of the machine), a record torn
+        // (one byte changed), and one cut short before the reserved zeros.
+        let mut mapped = entry(4);
         mapped.extend_from_slice(&[0; 4096]);
-        mapped.extend_from_slice(&line(3));
-        mapped.extend_from_slice(&line(4)[..20]);
+        mapped.extend_from_slice(&entry(5));
+        let mut torn = entry(6);
+        torn[12] ^= 0x20;
+        mapped.extend_from_slice(&torn);
+        mapped.extend_from_slice(&entry(7));
+        mapped.extend_from_slice(&entry(8)[..20]);
         mapped.extend_from_slice(&[0; 100]);
-        std::fs::write(segment_path(&directory, 2), mapped).unwrap();
+        std::fs::write(segment_path(&directory, 3), mapped).unwrap();
         let store = crate::SqliteStore::open_memory().await.unwrap();
         let (journal, recovered) = Journal::open(&directory, &store).await.unwrap();
-        assert_eq!(recovered, 4);
+        assert_eq!(recovered, 7);
         let mut ids: Vec<String> = store
             .recent_records(10)
             .await
@@ -1273,7 +1217,15 @@ mod tests {
             .map(|row| row.request_id)
             .collect();
         ids.sort();
-        assert_eq!(ids, ["r0", "r1", "r2", "r3"]);
+        assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4", "r5", "r7"]);
+        // Every segment was replayed and removed; the new one is this
+        // version's.
+        let left: Vec<PathBuf> = segments(&directory)
+            .unwrap()
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
+        assert_eq!(left, [segment_path(&directory, 4)]);
         journal.close();
         drop(journal);
         let _ = std::fs::remove_dir_all(&directory);
@@ -1307,11 +1259,11 @@ mod tests {
         }
     }
 
-    /// The hand-written line is byte for byte what serde writes for the
-    /// record (which replay reads), with every field set or unset, and
-    /// strings that need escaping.
+    /// An entry reads back as exactly its record, with every field set or
+    /// unset, extreme numbers and any text; an entry cut anywhere, or with
+    /// any byte changed, reads back as nothing.
     #[test]
-    fn lines_are_exactly_serdes_json() {
+    fn entries_read_back_exactly_and_damaged_ones_not_at_all() {
         let plain = RequestRecord {
             request_id: "req_01a2253f883f226ea7fc70aac97ba2be".to_owned(),
             started_at_ms: 1_795_921_250_367,
@@ -1375,21 +1327,48 @@ mod tests {
                 response: None,
             }),
         };
-        for record in [plain, full] {
-            let mut expected = serde_json::to_vec(&record).unwrap();
-            expected.push(b'\n');
-            let line = Journal::line(&record);
-            assert_eq!(
-                String::from_utf8_lossy(&line),
-                String::from_utf8_lossy(&expected)
-            );
-            let back: RequestRecord = serde_json::from_slice(&line).unwrap();
-            assert_eq!(back, record);
+        let mut wide = full.clone();
+        wide.started_at_ms = i64::MIN;
+        wide.attempts = u32::MAX;
+        wide.status = u16::MAX;
+        wide.ttft_ms = Some(u64::MAX);
+        wide.usage.input_tokens = Some(0);
+        wide.cost_nanos = Some(u64::MAX);
+        wide.attempt_details = (0..16)
+            .map(|index| switchboard_core::AttemptDetail {
+                deployment: format!("d{index}").into(),
+                model: "m".into(),
+                outcome: "ok".into(),
+                status: (index % 2 == 0).then_some(200),
+                duration_ms: index,
+            })
+            .collect();
+        wide.bodies = Some(switchboard_core::Bodies {
+            request: "q".repeat(70_000),
+            response: Some("é".repeat(300)),
+        });
+        wide.endpoint = Endpoint::Embeddings;
+        wide.outcome = Outcome::Shutdown;
+        for record in [plain, full, wide] {
+            let entry = Journal::entry(&record);
+            assert_eq!(frame::decode(&entry).as_ref(), Some(&record));
+            assert_eq!(frame::records(&entry), std::slice::from_ref(&record));
+            // Smaller than the JSON of earlier versions.
+            assert!(entry.len() < serde_json::to_vec(&record).unwrap().len());
+            for cut in [1, 5, entry.len() / 2, entry.len() - 1] {
+                assert_eq!(frame::decode(&entry[..cut]), None, "cut at {cut}");
+                assert!(frame::records(&entry[..cut]).is_empty());
+            }
+            for at in (0..entry.len()).step_by(7) {
+                let mut damaged = entry.clone();
+                damaged[at] ^= 0x01;
+                assert_eq!(frame::decode(&damaged), None, "byte {at} changed");
+            }
         }
     }
 
-    /// Lines written before `Usage` had a cache-write count still read
-    /// back, with the count unknown.
+    /// JSON lines of journals written by earlier versions read back, even
+    /// those written before `Usage` had a cache-write count (unknown).
     #[test]
     fn lines_without_a_cache_write_count_still_parse() {
         let record = RequestRecord {
@@ -1422,15 +1401,18 @@ mod tests {
             metadata: None,
             bodies: None,
         };
-        let line = Journal::line(&record);
-        let back: RequestRecord = serde_json::from_slice(&line).unwrap();
-        assert_eq!(back, record);
+        let mut line = serde_json::to_vec(&record).unwrap();
+        line.push(b'\n');
+        assert_eq!(frame::records(&line), std::slice::from_ref(&record));
 
         let mut old: serde_json::Value = serde_json::from_slice(&line).unwrap();
         let usage = old["usage"].as_object_mut().unwrap();
         assert!(usage.remove("cache_write_tokens").is_some());
-        let back: RequestRecord = serde_json::from_value(old).unwrap();
-        assert_eq!(back.usage.cache_write_tokens, None);
-        assert_eq!(back.usage.input_tokens, Some(10));
+        let mut line = serde_json::to_vec(&old).unwrap();
+        line.push(b'\n');
+        let back = frame::records(&line);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].usage.cache_write_tokens, None);
+        assert_eq!(back[0].usage.input_tokens, Some(10));
     }
 }

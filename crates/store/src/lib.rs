@@ -8,6 +8,7 @@
 //!
 //! Invariant: only this crate names sqlx (or, later, redis).
 
+mod frame;
 pub mod journal;
 pub mod keys;
 pub mod log;

@@ -68,7 +68,7 @@ impl Recorder {
     /// the database has it.
     pub fn record(&self, record: RequestRecord) {
         let appended = if self.journal.is_write_ahead() {
-            let line = Journal::line(&record);
+            let line = Journal::entry(&record);
             self.journal.append(&line, record)
         } else {
             self.journal.spill_append(record)
@@ -414,7 +414,7 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(&directory)
             .unwrap()
             .filter_map(Result::ok)
-            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".jsonl"))
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".bin"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
         drop(journal);
@@ -442,14 +442,8 @@ mod tests {
         let lines: usize = std::fs::read_dir(&directory)
             .unwrap()
             .filter_map(Result::ok)
-            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".jsonl"))
-            .map(|entry| {
-                std::fs::read(entry.path())
-                    .unwrap()
-                    .split(|byte| *byte == b'\n')
-                    .filter(|line| !line.is_empty())
-                    .count()
-            })
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".bin"))
+            .map(|entry| crate::frame::records(&std::fs::read(entry.path()).unwrap()).len())
             .sum();
         assert_eq!(
             lines as u64, spilled,
