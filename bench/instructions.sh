@@ -9,9 +9,11 @@
 #
 # Cases: off         [logging] requests = false, /metrics closed
 #        log         the request log on (SQLite and its journal), /metrics closed
+#        key         as log, through a virtual key with every limit checked
+#                    (requests and tokens per minute, concurrency, a daily budget),
+#                    the counters in memory
 #        master-redis  as log, with the limits in Redis (127.0.0.1:6379); the master key
-#        key-redis   the same, through a virtual key with every limit checked
-#                    (requests and tokens per minute, concurrency, a daily budget)
+#        key-redis   as key, with the counters in Redis
 # Counts every thread of the gateway (the record writer's included) from
 # after a warm-up until the requests are answered; the kernel's share
 # (system calls) is not counted. Needs valgrind and what bench/run.sh
@@ -42,7 +44,7 @@ start_mock "" ""
 for case in $CASES; do
   case "$case" in
     off) extra=$'[logging]\nrequests = false\n[metrics]\nenabled = false' ;;
-    log) extra=$'[metrics]\nenabled = false' ;;
+    log|key) extra=$'[metrics]\nenabled = false' ;;
     master-redis|key-redis)
       extra="redis_url = \"redis://127.0.0.1:6379\"
 redis_prefix = \"sb-instructions-$$:\"
@@ -65,7 +67,7 @@ TOML
   gateway_pid=$!
   wait_http "http://127.0.0.1:$PORT/health" 120 || { echo "the gateway did not start: $dir/gateway.log" >&2; exit 1; }
   key=sk-bench-1234
-  if [ "$case" = key-redis ]; then
+  if [ "$case" = key ] || [ "$case" = key-redis ]; then
     # Limits high enough never to refuse: every request pays for the checks.
     key="$(curl -s -H "Authorization: Bearer sk-bench-1234" "http://127.0.0.1:$PORT/admin/keys" \
       -d '{"name":"bench","rpm":100000000,"tpm":1000000000,"max_concurrent":100000,"budget_usd":1000000,"budget_period":"daily"}' \

@@ -323,8 +323,26 @@ struct Counters {
     requests: u64,
     tokens: u64,
     concurrent: u64,
-    /// Budget window name → (spent, reserved).
-    budget: HashMap<String, (Nanos, Nanos)>,
+    /// Budget window → (spent, reserved).
+    budget: HashMap<Window, (Nanos, Nanos)>,
+}
+
+/// A budget window as the memory limiter keys it: its period and when it
+/// began (`budget_window` names the same window for Redis, but making the
+/// name costs a formatted string per scope per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Window {
+    period: Period,
+    start_ms: u64,
+}
+
+impl Window {
+    fn of(period: Period, now_ms: u64) -> Window {
+        Window {
+            period,
+            start_ms: budget_window_start(period, now_ms),
+        }
+    }
 }
 
 /// The limiter of a single instance: counters in memory, one lock for the
@@ -394,7 +412,7 @@ impl MemoryLimiter {
                 });
             }
             if let Some(budget) = rules.budget {
-                let window = budget_window(budget.period, ask.now_ms);
+                let window = Window::of(budget.period, ask.now_ms);
                 // Past windows are over: only reservations still in flight
                 // there (to be settled) are worth keeping.
                 if counters.budget.len() > 1 {
@@ -425,7 +443,7 @@ impl MemoryLimiter {
             counters.tokens = counters.tokens.saturating_add(ask.tokens);
             counters.concurrent += 1;
             if let Some(budget) = rules.budget {
-                let window = budget_window(budget.period, ask.now_ms);
+                let window = Window::of(budget.period, ask.now_ms);
                 let entry = counters.budget.entry(window).or_default();
                 entry.1 = entry.1.saturating_add(ask.cost);
             }
@@ -467,7 +485,7 @@ impl MemoryLimiter {
                     .saturating_add(tokens);
             }
             if let Some(budget) = rules.budget {
-                let window = budget_window(budget.period, grant.now_ms);
+                let window = Window::of(budget.period, grant.now_ms);
                 let entry = counters.budget.entry(window).or_default();
                 entry.1 = entry.1.saturating_sub(grant.cost);
                 entry.0 = entry.0.saturating_add(cost);
@@ -500,7 +518,7 @@ impl MemoryLimiter {
             .entry(scope)
             .or_default()
             .budget
-            .entry(budget_window(period, now_ms))
+            .entry(Window::of(period, now_ms))
             .or_default();
         change(&mut entry.0);
     }
@@ -542,7 +560,7 @@ impl Limiter for MemoryLimiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let used = scopes
             .get(scope)
-            .and_then(|counters| counters.budget.get(&budget_window(period, now_ms)))
+            .and_then(|counters| counters.budget.get(&Window::of(period, now_ms)))
             .map_or(0, |(spent, reserved)| spent + reserved);
         Box::pin(std::future::ready(used))
     }

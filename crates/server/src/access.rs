@@ -21,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use switchboard_core::Usage;
 use switchboard_core::keys::Limits;
 use switchboard_policy::capacity::Capacity;
@@ -316,29 +316,37 @@ impl Admission {
     }
 
     /// `x-ratelimit-*` headers for the key's own limits.
-    pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let Some(remaining) = self.held().remaining else {
             return Vec::new();
         };
         let mut headers = Vec::new();
         if let Some((limit, left)) = remaining.requests {
-            headers.push(("x-ratelimit-limit-requests", HeaderValue::from(limit)));
-            headers.push(("x-ratelimit-remaining-requests", HeaderValue::from(left)));
+            headers.push((LIMIT_REQUESTS, HeaderValue::from(limit)));
+            headers.push((REMAINING_REQUESTS, HeaderValue::from(left)));
         }
         if let Some((limit, left)) = remaining.tokens {
-            headers.push(("x-ratelimit-limit-tokens", HeaderValue::from(limit)));
-            headers.push(("x-ratelimit-remaining-tokens", HeaderValue::from(left)));
+            headers.push((LIMIT_TOKENS, HeaderValue::from(limit)));
+            headers.push((REMAINING_TOKENS, HeaderValue::from(left)));
         }
         if !headers.is_empty()
             && let Ok(reset) =
                 HeaderValue::from_str(&format!("{}s", remaining.reset.as_secs().max(1)))
         {
-            headers.push(("x-ratelimit-reset-requests", reset.clone()));
-            headers.push(("x-ratelimit-reset-tokens", reset));
+            headers.push((RESET_REQUESTS, reset.clone()));
+            headers.push((RESET_TOKENS, reset));
         }
         headers
     }
 }
+
+/// The rate-limit headers of a keyed answer, in OpenAI's names.
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
 /// What one attempt holds of its deployment's shared capacity. Dropped, it
 /// is settled as unused (the attempt failed, lost a hedge race, or was cut

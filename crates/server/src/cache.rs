@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use ring::digest;
 use serde_json::Value;
@@ -37,11 +37,12 @@ use switchboard_store::response_cache::{CacheKey, ResponseCache};
 use crate::access::Caller;
 use crate::error::ApiError;
 
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 /// Response header saying what the cache did: `hit`, or `miss` (looked up,
 /// and the answer stored when it completes).
-pub(crate) const CACHE_HEADER: &str = "x-switchboard-cache";
+pub(crate) const CACHE_HEADER: HeaderName = HeaderName::from_static("x-switchboard-cache");
 /// Request header setting the entry's time to live, in seconds.
-pub(crate) const CACHE_TTL_HEADER: &str = "x-switchboard-cache-ttl";
+pub(crate) const CACHE_TTL_HEADER: HeaderName = HeaderName::from_static("x-switchboard-cache-ttl");
 /// The longest entry a stream may fill; a longer stream is not cached.
 const MAX_ENTRY: usize = 4 << 20;
 /// The longest TTL a request may ask for: a week.
@@ -92,7 +93,10 @@ impl Cache {
                 .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
                 .map(|seconds| Duration::from_secs_f64(seconds.min(MAX_TTL.as_secs_f64())))
                 .ok_or_else(|| {
-                    ApiError::bad_header(CACHE_TTL_HEADER, "a number of seconds, 0 or more")
+                    ApiError::bad_header(
+                        CACHE_TTL_HEADER.as_str(),
+                        "a number of seconds, 0 or more",
+                    )
                 })?,
         };
         if no_store {
@@ -125,9 +129,9 @@ impl Cache {
         canonical.push('\n');
         // Headers that change the answer: Anthropic's beta features, and
         // the tags that choose the deployments.
-        for name in ["anthropic-beta", crate::handlers::TAGS_HEADER] {
-            for value in headers.get_all(name) {
-                canonical.push_str(name);
+        for name in [ANTHROPIC_BETA, crate::handlers::TAGS_HEADER] {
+            for value in headers.get_all(&name) {
+                canonical.push_str(name.as_str());
                 canonical.push(':');
                 canonical.push_str(&String::from_utf8_lossy(value.as_bytes()));
                 canonical.push('\n');
@@ -439,18 +443,22 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let short = plan(&[(CACHE_TTL_HEADER, "2.5")]).unwrap().unwrap();
+        let short = plan(&[(CACHE_TTL_HEADER.as_str(), "2.5")])
+            .unwrap()
+            .unwrap();
         assert_eq!(short.ttl, Some(Duration::from_millis(2500)));
-        let unstored = plan(&[(CACHE_TTL_HEADER, "0")]).unwrap().unwrap();
+        let unstored = plan(&[(CACHE_TTL_HEADER.as_str(), "0")]).unwrap().unwrap();
         assert!(unstored.lookup && unstored.ttl.is_none());
         // Beyond a week is a week, however large (no overflow).
-        let long = plan(&[(CACHE_TTL_HEADER, "1e300")]).unwrap().unwrap();
+        let long = plan(&[(CACHE_TTL_HEADER.as_str(), "1e300")])
+            .unwrap()
+            .unwrap();
         assert_eq!(long.ttl, Some(MAX_TTL));
         for bad in ["-1", "soon", "NaN", "inf"] {
-            let error = plan(&[(CACHE_TTL_HEADER, bad)]).err().unwrap();
+            let error = plan(&[(CACHE_TTL_HEADER.as_str(), bad)]).err().unwrap();
             assert_eq!(error.status, 400);
             assert!(
-                error.message.contains(CACHE_TTL_HEADER),
+                error.message.contains(CACHE_TTL_HEADER.as_str()),
                 "{}",
                 error.message
             );

@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
@@ -29,7 +29,8 @@ use crate::state::{Catalog, Gateway};
 use crate::stream::sse_response;
 use crate::trace::{BodyCapture, Trace};
 
-pub(crate) const DEPLOYMENT_HEADER: &str = "x-switchboard-deployment";
+pub(crate) const DEPLOYMENT_HEADER: HeaderName =
+    HeaderName::from_static("x-switchboard-deployment");
 
 pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
@@ -459,9 +460,9 @@ fn refused(body: &[u8], dialect: Dialect) -> bool {
 
 /// Header giving a whole answer's cost in USD, when its price is known.
 /// (A stream's cost is known only at its end: it is in the record.)
-pub(crate) const COST_HEADER: &str = "x-switchboard-cost";
+pub(crate) const COST_HEADER: HeaderName = HeaderName::from_static("x-switchboard-cost");
 
-fn cost_header(trace: &Trace) -> Option<(&'static str, HeaderValue)> {
+fn cost_header(trace: &Trace) -> Option<(HeaderName, HeaderValue)> {
     let nanos = trace.pricing.as_ref()?(&trace.usage);
     HeaderValue::from_str(&nine_decimals(nanos))
         .ok()
@@ -483,7 +484,8 @@ fn nine_decimals(nanos: u64) -> String {
 
 /// Header naming the parameters a deployment could not honour and left
 /// out, under its `unsupported_params = "drop"` policy.
-pub(crate) const DROPPED_PARAMS_HEADER: &str = "x-switchboard-dropped-params";
+pub(crate) const DROPPED_PARAMS_HEADER: HeaderName =
+    HeaderName::from_static("x-switchboard-dropped-params");
 
 fn dropped_header(dropped: &[String]) -> Option<HeaderValue> {
     if dropped.is_empty() {
@@ -691,7 +693,7 @@ async fn begin(
 
 /// Header carrying metadata for the request's record: a JSON object of
 /// strings (at most 16 members, names up to 64 bytes, values up to 256).
-pub(crate) const METADATA_HEADER: &str = "x-switchboard-metadata";
+pub(crate) const METADATA_HEADER: HeaderName = HeaderName::from_static("x-switchboard-metadata");
 
 /// The request's metadata as canonical JSON (members sorted), or a 400
 /// saying what is wrong with the header.
@@ -701,7 +703,7 @@ fn request_metadata(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     const EXPECTED: &str =
         "a JSON object of at most 16 string values (names up to 64 bytes, values up to 256)";
-    let bad = || ApiError::bad_header(METADATA_HEADER, EXPECTED);
+    let bad = || ApiError::bad_header(METADATA_HEADER.as_str(), EXPECTED);
     let text = value.to_str().map_err(|_| bad())?;
     let members: std::collections::BTreeMap<String, String> =
         serde_json::from_str(text).map_err(|_| bad())?;
@@ -720,12 +722,15 @@ fn request_metadata(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Header that sets the request's whole time budget, in seconds,
 /// overriding the model's `routing.timeout_secs`.
-pub(crate) const TIMEOUT_HEADER: &str = "x-switchboard-timeout";
+pub(crate) const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-switchboard-timeout");
 /// Headers overriding the first-token, stream-idle and connect limits, in
 /// seconds.
-pub(crate) const FIRST_TOKEN_TIMEOUT_HEADER: &str = "x-switchboard-first-token-timeout";
-pub(crate) const STREAM_IDLE_TIMEOUT_HEADER: &str = "x-switchboard-stream-idle-timeout";
-pub(crate) const CONNECT_TIMEOUT_HEADER: &str = "x-switchboard-connect-timeout";
+pub(crate) const FIRST_TOKEN_TIMEOUT_HEADER: HeaderName =
+    HeaderName::from_static("x-switchboard-first-token-timeout");
+pub(crate) const STREAM_IDLE_TIMEOUT_HEADER: HeaderName =
+    HeaderName::from_static("x-switchboard-stream-idle-timeout");
+pub(crate) const CONNECT_TIMEOUT_HEADER: HeaderName =
+    HeaderName::from_static("x-switchboard-connect-timeout");
 
 /// Per-request timeout overrides read from headers.
 struct TimeoutOverrides {
@@ -745,8 +750,8 @@ impl TimeoutOverrides {
 }
 
 /// A header holding a number of seconds, if present.
-fn seconds_header(headers: &HeaderMap, name: &'static str) -> Result<Option<Duration>, ApiError> {
-    let Some(value) = headers.get(name) else {
+fn seconds_header(headers: &HeaderMap, name: HeaderName) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = headers.get(&name) else {
         return Ok(None);
     };
     value
@@ -755,10 +760,12 @@ fn seconds_header(headers: &HeaderMap, name: &'static str) -> Result<Option<Dura
         .and_then(|text| text.trim().parse::<f64>().ok())
         .filter(|seconds| seconds.is_finite() && *seconds > 0.0 && *seconds <= 86_400.0)
         .map(|seconds| Some(Duration::from_secs_f64(seconds)))
-        .ok_or_else(|| ApiError::bad_header(name, "a number of seconds between 0 and 86400"))
+        .ok_or_else(|| {
+            ApiError::bad_header(name.as_str(), "a number of seconds between 0 and 86400")
+        })
 }
-pub(crate) const ATTEMPTS_HEADER: &str = "x-switchboard-attempts";
-pub(crate) const SERVED_MODEL_HEADER: &str = "x-switchboard-model";
+pub(crate) const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-switchboard-attempts");
+pub(crate) const SERVED_MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchboard-model");
 
 /// How a request will be routed: its model's chain of routes (borrowed
 /// from the catalog the request holds), its deadline and required tags.
@@ -794,7 +801,7 @@ fn plan<'a>(catalog: &'a Catalog, model: &str, headers: &HeaderMap) -> Result<Pl
 }
 
 /// Header naming tags (comma-separated) that the serving deployment must carry.
-pub(crate) const TAGS_HEADER: &str = "x-switchboard-tags";
+pub(crate) const TAGS_HEADER: HeaderName = HeaderName::from_static("x-switchboard-tags");
 
 fn requested_tags(headers: &HeaderMap) -> Vec<String> {
     headers
@@ -829,7 +836,7 @@ fn note_route<T>(trace: &mut Trace, answered: &mut Answered<T>, shared: bool) {
 }
 
 /// Headers that explain the route taken.
-fn route_headers<T>(answered: &Answered<T>, requested: &str) -> Vec<(&'static str, HeaderValue)> {
+fn route_headers<T>(answered: &Answered<T>, requested: &str) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = Vec::with_capacity(3);
     if let Ok(value) = HeaderValue::from_str(answered.deployment.name()) {
         headers.push((DEPLOYMENT_HEADER, value));
@@ -843,7 +850,7 @@ fn route_headers<T>(answered: &Answered<T>, requested: &str) -> Vec<(&'static st
     headers
 }
 
-fn with_headers(mut response: Response, headers: Vec<(&'static str, HeaderValue)>) -> Response {
+fn with_headers(mut response: Response, headers: Vec<(HeaderName, HeaderValue)>) -> Response {
     for (name, value) in headers {
         response.headers_mut().insert(name, value);
     }
