@@ -39,7 +39,7 @@ pub fn millis(id: &str) -> Option<i64> {
 /// Whether a record of `id` that started at `started_at_ms` is found by
 /// its start time: the id is one the gateway made for that very start.
 pub fn is_timed(id: &str, started_at_ms: i64) -> bool {
-    millis(id) == Some(started_at_ms & 0xffff_ffff_ffff)
+    millis(id) == Some(started_at_ms)
 }
 
 /// The low `digits` hex digits of `value`, lowercase, zero-padded.
@@ -85,6 +85,12 @@ mod tests {
         assert_eq!(millis(&id), Some(1_795_921_250_367));
         assert!(is_timed(&id, 1_795_921_250_367));
         assert!(!is_timed(&id, 1_795_921_250_368));
+        // Only the low 48 bits fit in the id: a start beyond them (or
+        // before 1970) is never taken for the one the id carries.
+        assert!(!is_timed(&id, 1_795_921_250_367 + (1 << 48)));
+        let zero = format(0, 1, 2);
+        assert!(is_timed(&zero, 0));
+        assert!(!is_timed(&zero, -(1 << 48)));
         // Only the gateway's own shape: a client's id carries no time.
         for other in [
             "req_01a2253f883fbeef0123456789abcde",

@@ -12,9 +12,9 @@
 //! absent value as a 0 where its presence would be 1, the endpoint and the
 //! outcome as one byte each.
 //!
-//! Journals of earlier versions hold one JSON object per line; `records`
-//! reads those too, so a journal left behind by an older gateway is still
-//! replayed.
+//! Journals of earlier versions hold one JSON object per line (`.jsonl`
+//! segments); `json_lines` reads those, so a journal left behind by an
+//! older gateway is still replayed.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -90,59 +90,67 @@ pub(crate) fn encode(record: &RequestRecord) -> Vec<u8> {
 /// bytes are not exactly one sound frame.
 pub(crate) fn decode(frame: &[u8]) -> Option<RequestRecord> {
     match next(frame)? {
-        (Some(record), used) if used == frame.len() => Some(record),
+        (record, used) if used == frame.len() => Some(record),
         _ => None,
     }
 }
 
-/// Every record in `bytes` (a journal segment), in order: frames, and the
-/// JSON lines of journals written before frames. Zeros between and after
-/// records (a segment's reserved space) and anything unsound (a frame cut
-/// short, a torn one, a line that does not parse) are skipped.
-pub(crate) fn records(bytes: &[u8]) -> Vec<RequestRecord> {
+/// Every record in `bytes` (a journal segment of frames), in order, and
+/// how many bytes after the last sound one were left unread. Zeros
+/// between and after frames (a segment's reserved space) are skipped.
+/// Reading stops at the first frame that is not sound: only the last frame
+/// of a segment can be cut short (the process died while copying it), and
+/// looking for frames inside its bytes could take a request body's
+/// contents for a record.
+pub(crate) fn records(bytes: &[u8]) -> (Vec<RequestRecord>, usize) {
     let mut found = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        match next(&bytes[at..]) {
+        let rest = &bytes[at..];
+        let zeros = rest.iter().take_while(|byte| **byte == 0).count();
+        if zeros > 0 {
+            at += zeros;
+            continue;
+        }
+        match next(rest) {
             Some((record, used)) => {
-                found.extend(record);
+                found.push(record);
                 at += used;
             }
-            // Not a sound record here: look again from the next byte.
-            None => at += 1,
+            None => return (found, bytes.len() - at),
         }
     }
-    found
+    (found, 0)
 }
 
-/// The record at the start of `bytes` and the bytes it takes; `(None, n)`
-/// for `n` bytes that hold nothing (zeros); `None` when no sound record
-/// starts here.
-fn next(bytes: &[u8]) -> Option<(Option<RequestRecord>, usize)> {
-    match *bytes.first()? {
-        0 => Some((None, bytes.iter().take_while(|byte| **byte == 0).count())),
-        b'{' => {
-            let end = bytes.iter().position(|byte| *byte == b'\n')?;
-            let record = serde_json::from_slice(&bytes[..end]).ok()?;
-            Some((Some(record), end + 1))
-        }
-        TAG => {
-            let len = u32::from_le_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
-            let end = 5usize.checked_add(len)?;
-            let payload = bytes.get(5..end)?;
-            let sum = u32::from_le_bytes(bytes.get(end..end + 4)?.try_into().ok()?);
-            if checksum(payload) != sum {
-                return None;
-            }
-            let mut reader = Reader(payload);
-            let record = reader.record()?;
-            reader
-                .0
-                .is_empty()
-                .then_some((Some(record), len + OVERHEAD))
-        }
-        _ => None,
+/// The records of a segment written by an earlier version: one JSON
+/// object per line. Zeros end a line as a newline does (the reserved space
+/// of a segment, or a machine's crash); a line that does not parse (cut
+/// short) is skipped.
+pub(crate) fn json_lines(bytes: &[u8]) -> Vec<RequestRecord> {
+    bytes
+        .split(|byte| *byte == b'\n' || *byte == 0)
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect()
+}
+
+/// The record of the frame at the start of `bytes` and the bytes it takes;
+/// `None` when no sound frame starts here.
+fn next(bytes: &[u8]) -> Option<(RequestRecord, usize)> {
+    if *bytes.first()? != TAG {
+        return None;
     }
+    let len = u32::from_le_bytes(bytes.get(1..5)?.try_into().ok()?) as usize;
+    let end = 5usize.checked_add(len)?;
+    let payload = bytes.get(5..end)?;
+    let sum = u32::from_le_bytes(bytes.get(end..end.checked_add(4)?)?.try_into().ok()?);
+    if checksum(payload) != sum {
+        return None;
+    }
+    let mut reader = Reader(payload);
+    let record = reader.record()?;
+    reader.0.is_empty().then_some((record, len + OVERHEAD))
 }
 
 /// A checksum that catches a frame cut short or torn: not a defence

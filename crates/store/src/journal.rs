@@ -518,7 +518,22 @@ impl Journal {
             // reserved space (after a crash of the machine, zeros may even
             // stand between records); a record cut short was being written
             // when the process died: its response never completed.
-            let records = frame::records(&bytes);
+            let records = if path
+                .extension()
+                .is_some_and(|extension| extension == "jsonl")
+            {
+                frame::json_lines(&bytes)
+            } else {
+                let (records, unread) = frame::records(&bytes);
+                if unread > 0 {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        unread,
+                        "the end of a request journal segment is not a whole record (the process died while writing it); the rest of the segment is skipped"
+                    );
+                }
+                records
+            };
             for chunk in records.chunks(512) {
                 recovered += store.insert_missing_records(chunk).await?;
             }
@@ -1114,6 +1129,7 @@ mod tests {
             for number in &files[..files.len() - 1] {
                 let text = std::fs::read(segment_path(&directory, *number)).unwrap();
                 let entries: Vec<u8> = frame::records(&text)
+                    .0
                     .iter()
                     .flat_map(Journal::entry)
                     .collect();
@@ -1136,7 +1152,7 @@ mod tests {
             assert!(kept.len() < files.len(), "{kept:?}");
             let mut left = 0;
             for (_, path) in &kept {
-                left += frame::records(&std::fs::read(path).unwrap()).len();
+                left += frame::records(&std::fs::read(path).unwrap()).0.len();
             }
             assert!(left >= 140, "{left} records left, 140 not committed");
             let first_left = 200 - left;
@@ -1194,21 +1210,33 @@ mod tests {
         )
         .unwrap();
         std::fs::write(segment_path(&directory, 2), [entry(2), entry(3)].concat()).unwrap();
-        // Zeros between records (a crash of the machine), a record torn
-        // (one byte changed), and one cut short before the reserved zeros.
+        // Zeros between records (a crash of the machine), and one cut
+        // short before the reserved zeros.
         let mut mapped = entry(4);
         mapped.extend_from_slice(&[0; 4096]);
         mapped.extend_from_slice(&entry(5));
-        let mut torn = entry(6);
-        torn[12] ^= 0x20;
-        mapped.extend_from_slice(&torn);
-        mapped.extend_from_slice(&entry(7));
         mapped.extend_from_slice(&entry(8)[..20]);
         mapped.extend_from_slice(&[0; 100]);
         std::fs::write(segment_path(&directory, 3), mapped).unwrap();
+        // A record torn (one byte changed): reading stops there.
+        let mut torn = entry(6);
+        torn[12] ^= 0x20;
+        std::fs::write(segment_path(&directory, 4), [torn, entry(7)].concat()).unwrap();
+        // A record cut short whose body holds what looks like a record (a
+        // frame, and a JSON line): neither is taken for one.
+        let mut carrier = tests_support::record(9);
+        let inner = String::from_utf8(json(10)).unwrap();
+        carrier.bodies = Some(switchboard_core::Bodies {
+            request: format!("\n{inner}"),
+            response: None,
+        });
+        let carried = Journal::entry(&carrier);
+        let mut cut = carried[..carried.len() - 3].to_vec();
+        cut.extend_from_slice(&[0; 64]);
+        std::fs::write(segment_path(&directory, 5), cut).unwrap();
         let store = crate::SqliteStore::open_memory().await.unwrap();
         let (journal, recovered) = Journal::open(&directory, &store).await.unwrap();
-        assert_eq!(recovered, 7);
+        assert_eq!(recovered, 6);
         let mut ids: Vec<String> = store
             .recent_records(10)
             .await
@@ -1217,7 +1245,7 @@ mod tests {
             .map(|row| row.request_id)
             .collect();
         ids.sort();
-        assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4", "r5", "r7"]);
+        assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4", "r5"]);
         // Every segment was replayed and removed; the new one is this
         // version's.
         let left: Vec<PathBuf> = segments(&directory)
@@ -1225,7 +1253,7 @@ mod tests {
             .into_iter()
             .map(|(_, path)| path)
             .collect();
-        assert_eq!(left, [segment_path(&directory, 4)]);
+        assert_eq!(left, [segment_path(&directory, 6)]);
         journal.close();
         drop(journal);
         let _ = std::fs::remove_dir_all(&directory);
@@ -1352,12 +1380,12 @@ mod tests {
         for record in [plain, full, wide] {
             let entry = Journal::entry(&record);
             assert_eq!(frame::decode(&entry).as_ref(), Some(&record));
-            assert_eq!(frame::records(&entry), std::slice::from_ref(&record));
+            assert_eq!(frame::records(&entry), (vec![record.clone()], 0));
             // Smaller than the JSON of earlier versions.
             assert!(entry.len() < serde_json::to_vec(&record).unwrap().len());
             for cut in [1, 5, entry.len() / 2, entry.len() - 1] {
                 assert_eq!(frame::decode(&entry[..cut]), None, "cut at {cut}");
-                assert!(frame::records(&entry[..cut]).is_empty());
+                assert_eq!(frame::records(&entry[..cut]), (Vec::new(), cut));
             }
             for at in (0..entry.len()).step_by(7) {
                 let mut damaged = entry.clone();
@@ -1403,14 +1431,14 @@ mod tests {
         };
         let mut line = serde_json::to_vec(&record).unwrap();
         line.push(b'\n');
-        assert_eq!(frame::records(&line), std::slice::from_ref(&record));
+        assert_eq!(frame::json_lines(&line), std::slice::from_ref(&record));
 
         let mut old: serde_json::Value = serde_json::from_slice(&line).unwrap();
         let usage = old["usage"].as_object_mut().unwrap();
         assert!(usage.remove("cache_write_tokens").is_some());
         let mut line = serde_json::to_vec(&old).unwrap();
         line.push(b'\n');
-        let back = frame::records(&line);
+        let back = frame::json_lines(&line);
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].usage.cache_write_tokens, None);
         assert_eq!(back[0].usage.input_tokens, Some(10));

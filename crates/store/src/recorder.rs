@@ -17,7 +17,7 @@
 //! and on shutdown drains the whole queue before it returns.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use switchboard_core::RequestRecord;
@@ -149,6 +149,7 @@ impl RecordWriter {
             stop: stop.clone(),
             journal: journal.clone(),
             byte_limit,
+            gave_up: AtomicBool::new(false),
         };
         let task = tokio::spawn(write_loop(writer, closed));
         (
@@ -230,6 +231,10 @@ struct Writer {
     /// The queue's memory bound, which bounds what is read back from the
     /// journal at a time too.
     byte_limit: usize,
+    /// A batch was given up on (the gateway stopping while the database
+    /// failed): from then on the journal is told nothing more is
+    /// committed, so that it keeps those records for the next start.
+    gave_up: AtomicBool,
 }
 
 impl Writer {
@@ -245,7 +250,9 @@ impl Writer {
             let size: usize = chunk.iter().map(footprint).sum();
             let written = write_batch(self.store.as_ref(), chunk, &self.stats, &self.stop).await;
             self.journal.written(size);
-            if written {
+            if !written {
+                self.gave_up.store(true, Ordering::Relaxed);
+            } else if !self.gave_up.load(Ordering::Relaxed) {
                 self.journal.committed(batch.numbers[end - 1]);
                 self.drain_overflow().await;
             }
@@ -265,7 +272,7 @@ impl Writer {
     /// Writes the records the queue could not take, from the journal,
     /// once what was queued before them is written.
     async fn drain_overflow(&self) {
-        while self.journal.has_overflow() {
+        while !self.gave_up.load(Ordering::Relaxed) && self.journal.has_overflow() {
             // Bounded in memory as the queue is.
             let spilled = self.journal.read_overflow(BATCH, self.byte_limit / 4);
             let Some(last) = spilled.last().map(|(number, _)| *number) else {
@@ -274,6 +281,7 @@ impl Writer {
             let records: Vec<RequestRecord> =
                 spilled.into_iter().map(|(_, record)| record).collect();
             if !write_batch(self.store.as_ref(), &records, &self.stats, &self.stop).await {
+                self.gave_up.store(true, Ordering::Relaxed);
                 return;
             }
             self.journal.overflow_written(last);
@@ -295,10 +303,22 @@ impl Writer {
 }
 
 /// Writes each record on its own (a few tries each); a record the database
-/// still refuses while it answers is counted as dropped and logged with
-/// its request id.
-async fn write_one_by_one(store: &dyn Store, batch: &[RequestRecord], stats: &RecorderStats) {
+/// still refuses while it takes others is counted as dropped and logged
+/// with its request id. Returns false, counting nothing as dropped, when
+/// it took none of several: then the database is failing, not a record.
+async fn write_one_by_one(
+    store: &dyn Store,
+    batch: &[RequestRecord],
+    stats: &RecorderStats,
+) -> bool {
+    let mut refused = Vec::new();
+    let mut taken = 0;
     for record in batch {
+        // Three refused and none taken: the database is failing, not these
+        // records (and each refusal costs three tries).
+        if taken == 0 && refused.len() >= 3 {
+            return false;
+        }
         let mut written = false;
         for _ in 0..3 {
             match store.insert_records(std::slice::from_ref(record)).await {
@@ -313,12 +333,37 @@ async fn write_one_by_one(store: &dyn Store, batch: &[RequestRecord], stats: &Re
             }
         }
         if written {
+            taken += 1;
             stats.written.fetch_add(1, Ordering::Relaxed);
         } else {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(request_id = %record.request_id, "the database refuses this request record; it is dropped");
+            refused.push(record);
         }
     }
+    if taken == 0 && batch.len() > 1 {
+        return false;
+    }
+    if taken > 0 {
+        // The database took later records: those it refused before may
+        // have met it while it was coming back. One more try each.
+        let mut still = Vec::new();
+        for record in refused {
+            if store
+                .insert_records(std::slice::from_ref(record))
+                .await
+                .is_ok()
+            {
+                stats.written.fetch_add(1, Ordering::Relaxed);
+            } else {
+                still.push(record);
+            }
+        }
+        refused = still;
+    }
+    for record in refused {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(request_id = %record.request_id, "the database refuses this request record; it is dropped");
+    }
+    true
 }
 
 /// Writes one batch, retrying with backoff until it succeeds. Once the
@@ -355,8 +400,10 @@ async fn write_batch(
                 // A database that answers but keeps refusing the batch may
                 // be refusing one record of it: write them one by one, so
                 // that one bad record cannot hold up every other.
-                if attempts >= 3 && store.ping().await.is_ok() {
-                    write_one_by_one(store, batch, stats).await;
+                if attempts >= 3
+                    && store.ping().await.is_ok()
+                    && write_one_by_one(store, batch, stats).await
+                {
                     return true;
                 }
                 tokio::time::sleep(delay).await;
@@ -443,7 +490,11 @@ mod tests {
             .unwrap()
             .filter_map(Result::ok)
             .filter(|entry| entry.file_name().to_string_lossy().ends_with(".bin"))
-            .map(|entry| crate::frame::records(&std::fs::read(entry.path()).unwrap()).len())
+            .map(|entry| {
+                crate::frame::records(&std::fs::read(entry.path()).unwrap())
+                    .0
+                    .len()
+            })
             .sum();
         assert_eq!(
             lines as u64, spilled,
@@ -574,6 +625,9 @@ mod tests {
         failures_left: Mutex<u32>,
         refused: Option<&'static str>,
         rows: Mutex<Vec<RequestRecord>>,
+        /// Whether `ping` fails too (a database that is down, not one
+        /// refusing a record).
+        down: bool,
     }
 
     impl Fake {
@@ -582,6 +636,7 @@ mod tests {
                 failures_left: Mutex::new(failures_left),
                 refused,
                 rows: Mutex::new(Vec::new()),
+                down: false,
             })
         }
     }
@@ -622,8 +677,69 @@ mod tests {
             Box::pin(async { Ok(0) })
         }
         fn ping(&self) -> StoreFuture<'_, ()> {
-            Box::pin(async { Ok(()) })
+            let down = self.down;
+            Box::pin(async move {
+                if down {
+                    Err(StoreError::Query("connection refused".into()))
+                } else {
+                    Ok(())
+                }
+            })
         }
+    }
+
+    /// At shutdown, a batch the failing database never took is given up
+    /// on; a later batch it does take must not let the journal delete the
+    /// records of the first: the next start replays every one.
+    #[tokio::test]
+    async fn a_batch_given_up_at_shutdown_stays_in_the_journal() {
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-gave-up-{}-{}",
+            std::process::id(),
+            crate::journal::tests_support::unique()
+        ));
+        let replay_store = SqliteStore::open_memory().await.unwrap();
+        let (journal, _) = Journal::open(&directory, &replay_store).await.unwrap();
+        let journal = Arc::new(journal);
+        let store = Arc::new(Fake {
+            failures_left: Mutex::new(5),
+            refused: None,
+            rows: Mutex::new(Vec::new()),
+            down: true,
+        });
+        let (recorder, writer) =
+            RecordWriter::start_with(store.clone(), 10_000, Some(journal.clone()));
+        for index in 0..3_000 {
+            recorder.record(record(index));
+        }
+        writer
+            .finish(Duration::ZERO, Duration::from_secs(600))
+            .await;
+        // The first 2,048 were given up on, the other 952 written.
+        assert_eq!(store.rows.lock().unwrap().len(), 3_000 - BATCH);
+        drop(recorder);
+        drop(journal);
+        let (journal, recovered) = Journal::open(&directory, &replay_store).await.unwrap();
+        assert_eq!(recovered, 3_000, "every record is still in the journal");
+        journal.close();
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    /// A database that answers but takes none of a batch, record by record
+    /// either, is failing (a full disk): nothing is counted as dropped, and
+    /// the batch is written once it takes records again.
+    #[tokio::test(start_paused = true)]
+    async fn a_database_refusing_every_record_is_retried_not_dropped() {
+        let store = Fake::new(40, None);
+        let (recorder, writer) = RecordWriter::start(store.clone(), 100);
+        for index in 0..50 {
+            recorder.record(record(index));
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        writer.finish(Duration::ZERO, Duration::from_secs(10)).await;
+        assert_eq!(store.rows.lock().unwrap().len(), 50);
+        assert_eq!(recorder.stats().dropped.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]
