@@ -188,10 +188,12 @@ fn response_cache(config: &Config) -> Result<Option<Arc<Cache>>, UpstreamError> 
             let url = config.storage.redis_url.as_ref().ok_or_else(|| {
                 UpstreamError::Misconfigured("the Redis cache needs storage.redis_url".to_owned())
             })?;
+            // Under the gateway's own prefix: separate gateways sharing a
+            // Redis never answer from each other's cache.
             Arc::new(
-                RedisCache::connect(url.expose(), "switchboard:").map_err(|error| {
-                    UpstreamError::Misconfigured(format!("the cache's Redis URL: {error}"))
-                })?,
+                RedisCache::connect(url.expose(), &config.storage.redis_prefix).map_err(
+                    |error| UpstreamError::Misconfigured(format!("the cache's Redis URL: {error}")),
+                )?,
             )
         }
     };

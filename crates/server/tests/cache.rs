@@ -2,7 +2,8 @@
 //! answered without going upstream, byte for byte, at no cost; a changed
 //! parameter, `Cache-Control`, the temperature rule and the key scope all
 //! decide correctly; a cached stream replays as a well-formed stream; two
-//! instances share answers through Redis.
+//! instances share answers through Redis (and separate gateways, with
+//! prefixes of their own, do not).
 
 mod support;
 
@@ -461,4 +462,18 @@ async fn two_instances_share_answers_through_redis() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(hit.expect("the second instance hits"), answer);
+    // Another gateway on the same Redis, with a prefix of its own: it does
+    // not answer from this one's cache.
+    let other = format!(
+        "redis_url = \"{url}\"\nredis_prefix = \"other-{nonce}:\"\n[cache]\nenabled = true\n{cache}\n{}",
+        models(&mock)
+    );
+    let other = TestGateway::start(config_with(&other, "")).await;
+    let response = other
+        .post("/v1/chat/completions", &body)
+        .header("x-switchboard-cache-ttl", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_header(&response).as_deref(), Some("miss"));
 }
