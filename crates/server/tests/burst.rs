@@ -2,7 +2,8 @@
 //! through a gateway whose record queue holds 64. What the queue cannot
 //! take spills to the journal (or, without one, to a spill file) and is
 //! written from there while the gateway runs: every request has its
-//! record, none is dropped.
+//! record, none is dropped. On SQLite, with and without a journal, and on
+//! PostgreSQL.
 
 mod support;
 
@@ -26,29 +27,73 @@ fn counter(metrics: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_ten_thousand_requests_loses_no_record() {
-    burst("").await;
+    let directory = burst_directory();
+    let database = directory.join("burst.db");
+    let url = format!("sqlite://{}", database.display());
+    burst(&url, "").await;
+    let store = switchboard_store::SqliteStore::open_file(&database)
+        .await
+        .unwrap();
+    assert_every_record_once(&store).await;
+    let _ = std::fs::remove_dir_all(&directory);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_journal_a_burst_spills_and_loses_no_record() {
-    burst("journal_dir = \"\"\n").await;
+    let directory = burst_directory();
+    let database = directory.join("burst.db");
+    let url = format!("sqlite://{}", database.display());
+    burst(&url, "journal_dir = \"\"\n").await;
+    let store = switchboard_store::SqliteStore::open_file(&database)
+        .await
+        .unwrap();
+    assert_every_record_once(&store).await;
+    let _ = std::fs::remove_dir_all(&directory);
 }
 
-/// The burst, with `storage` settings added.
-async fn burst(storage: &str) {
+/// The same on PostgreSQL (no journal by default: what the queue cannot
+/// take spills to a file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_burst_loses_no_record() {
+    let (schema, url) = match postgres_schema("burst").await {
+        Ok(found) => found,
+        Err(why) => {
+            switchboard_testkit::skip_or_fail("on_postgresql_a_burst_loses_no_record", &why);
+            return;
+        }
+    };
+    burst(&url, "").await;
+    let store = switchboard_store::PgStore::connect(&url).await.unwrap();
+    assert_every_record_once(&store).await;
+    store.close().await;
+    drop_postgres_schema(&schema).await;
+}
+
+fn burst_directory() -> std::path::PathBuf {
     let directory = std::env::temp_dir().join(format!(
-        "switchboard-burst-{}-{}",
+        "switchboard-burst-{}-{:016x}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
+        rand_u64()
     ));
     std::fs::create_dir_all(&directory).unwrap();
-    let database = directory.join("burst.db");
+    directory
+}
+
+/// Every request's record, once, in the database.
+async fn assert_every_record_once(store: &dyn Store) {
+    let records = store.recent_records(REQUESTS as u32 + 10).await.unwrap();
+    let ids: std::collections::HashSet<&str> = records
+        .iter()
+        .map(|record| record.request_id.as_str())
+        .collect();
+    assert_eq!(records.len(), REQUESTS);
+    assert_eq!(ids.len(), REQUESTS);
+}
+
+/// The burst against the database at `url`, with `storage` settings added.
+async fn burst(url: &str, storage: &str) {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"sqlite://{}\"\nrecord_queue = 64\n{storage}[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\nsimulation = {{ reply = \"ok\" }}\n",
-        database.display()
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER_KEY}\"\n[storage]\nurl = \"{url}\"\nrecord_queue = 64\n{storage}[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\nsimulation = {{ reply = \"ok\" }}\n"
     );
     let config = switchboard_config::Config::from_toml("burst.toml", &text).unwrap();
     let gateway = Arc::new(TestGateway::start(config).await);
@@ -109,16 +154,4 @@ async fn burst(storage: &str) {
     assert_eq!(counter(&metrics, "switchboard_record_queue_bytes"), 0);
     let gateway = Arc::into_inner(gateway).expect("the workers are done");
     gateway.stop_and_records().await;
-    // Every request's record, once, in the database.
-    let store = switchboard_store::SqliteStore::open_file(&database)
-        .await
-        .unwrap();
-    let records = store.recent_records(REQUESTS as u32 + 10).await.unwrap();
-    let ids: std::collections::HashSet<&str> = records
-        .iter()
-        .map(|record| record.request_id.as_str())
-        .collect();
-    assert_eq!(records.len(), REQUESTS);
-    assert_eq!(ids.len(), REQUESTS);
-    let _ = std::fs::remove_dir_all(&directory);
 }
