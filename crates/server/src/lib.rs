@@ -188,8 +188,12 @@ pub async fn start(
             Some(Arc::new(journal))
         }
         // Without a journal, records the queue cannot take still spill to
-        // a private file rather than being dropped.
-        None => Some(Arc::new(Journal::spill())),
+        // a private file rather than being dropped (what killed instances
+        // left there is cleared, and counted in the log).
+        None => {
+            Journal::clear_abandoned_spills(&std::env::temp_dir());
+            Some(Arc::new(Journal::spill()))
+        }
     };
     let (recorder, writer) = RecordWriter::start_bounded(
         store.clone(),

@@ -487,6 +487,69 @@ impl Journal {
         }
     }
 
+    /// Removes the spill directories that instances of this user left in
+    /// `temporary` when they were killed (their process is gone), and
+    /// returns how many records those held. Nothing says which database
+    /// such records were meant for, so they cannot be written: they are
+    /// lost, and this says so rather than leaving the files to pile up.
+    /// Only on Linux, where a process's liveness is known from `/proc`.
+    pub fn clear_abandoned_spills(temporary: &Path) -> usize {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let user = unsafe { libc::geteuid() };
+            let Ok(entries) = std::fs::read_dir(temporary) else {
+                return 0;
+            };
+            let mut lost = 0;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|name| name.strip_prefix("switchboard-spill-"))
+                    .and_then(|rest| rest.split_once('-'))
+                    .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                // A real directory of this user, whose process has ended
+                // (a process still running keeps its own).
+                let Ok(metadata) = std::fs::symlink_metadata(entry.path()) else {
+                    continue;
+                };
+                if !metadata.is_dir()
+                    || metadata.uid() != user
+                    || pid == std::process::id()
+                    || Path::new("/proc").join(pid.to_string()).exists()
+                {
+                    continue;
+                }
+                let Ok(files) = segments(&entry.path()) else {
+                    continue;
+                };
+                for (_, path) in files {
+                    if let Ok(bytes) = std::fs::read(&path) {
+                        lost += frame::records(&bytes).0.len();
+                    }
+                }
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            if lost > 0 {
+                tracing::error!(
+                    records = lost,
+                    "request records spilled by an instance that was killed before writing them are lost (an instance without storage.journal_dir keeps them only while it runs)"
+                );
+            }
+            lost
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = temporary;
+            0
+        }
+    }
+
     /// Whether every record is written ahead (else only spilled ones).
     pub fn is_write_ahead(&self) -> bool {
         self.write_ahead
@@ -1257,6 +1320,41 @@ mod tests {
         journal.close();
         drop(journal);
         let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    /// The spill directories of killed instances are removed and their
+    /// records counted; those of running processes (this one included)
+    /// and anything else are left alone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn abandoned_spill_files_are_cleared_and_counted() {
+        let temporary = std::env::temp_dir().join(format!(
+            "switchboard-abandoned-{}-{}",
+            std::process::id(),
+            tests_support::unique()
+        ));
+        std::fs::create_dir_all(&temporary).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let dead = child.id();
+        let make = |name: String, records: usize| {
+            let directory = temporary.join(name);
+            std::fs::create_dir(&directory).unwrap();
+            let entries: Vec<u8> = (0..records)
+                .flat_map(|index| Journal::entry(&tests_support::record(index)))
+                .collect();
+            std::fs::write(segment_path(&directory, 1), entries).unwrap();
+            directory
+        };
+        let abandoned = make(format!("switchboard-spill-{dead}-00ab"), 3);
+        let ours = make(format!("switchboard-spill-{}-00cd", std::process::id()), 2);
+        let running = make("switchboard-spill-1-00ef".to_owned(), 2);
+        let other = make("something-else".to_owned(), 2);
+        assert_eq!(Journal::clear_abandoned_spills(&temporary), 3);
+        assert!(!abandoned.exists());
+        assert!(ours.exists() && running.exists() && other.exists());
+        assert_eq!(Journal::clear_abandoned_spills(&temporary), 0);
+        std::fs::remove_dir_all(&temporary).unwrap();
     }
 
     /// Attempt details written by hand are byte for byte serde's.
