@@ -27,23 +27,24 @@ fn counter(metrics: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_ten_thousand_requests_loses_no_record() {
-    let directory = burst_directory();
-    let database = directory.join("burst.db");
-    let url = format!("sqlite://{}", database.display());
-    burst(&url, "").await;
-    let store = switchboard_store::SqliteStore::open_file(&database)
-        .await
-        .unwrap();
-    assert_every_record_once(&store).await;
-    let _ = std::fs::remove_dir_all(&directory);
+    sqlite_burst("").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_journal_a_burst_spills_and_loses_no_record() {
-    let directory = burst_directory();
+    sqlite_burst("journal_dir = \"\"\n").await;
+}
+
+/// The burst on a SQLite file of its own, with `storage` settings added.
+async fn sqlite_burst(storage: &str) {
+    let directory = std::env::temp_dir().join(format!(
+        "switchboard-burst-{}-{:016x}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&directory).unwrap();
     let database = directory.join("burst.db");
-    let url = format!("sqlite://{}", database.display());
-    burst(&url, "journal_dir = \"\"\n").await;
+    burst(&format!("sqlite://{}", database.display()), storage).await;
     let store = switchboard_store::SqliteStore::open_file(&database)
         .await
         .unwrap();
@@ -67,16 +68,6 @@ async fn on_postgresql_a_burst_loses_no_record() {
     assert_every_record_once(&store).await;
     store.close().await;
     drop_postgres_schema(&schema).await;
-}
-
-fn burst_directory() -> std::path::PathBuf {
-    let directory = std::env::temp_dir().join(format!(
-        "switchboard-burst-{}-{:016x}",
-        std::process::id(),
-        rand_u64()
-    ));
-    std::fs::create_dir_all(&directory).unwrap();
-    directory
 }
 
 /// Every request's record, once, in the database.
@@ -127,15 +118,7 @@ async fn burst(url: &str, storage: &str) {
     // Written while running: the counters reach every request.
     let mut metrics = String::new();
     for _ in 0..200 {
-        metrics = gateway
-            .http
-            .get(gateway.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = gateway.metrics_text().await;
         // The memory a batch held is released just after it is counted.
         if counter(&metrics, "switchboard_records_written_total") >= REQUESTS as u64
             && counter(&metrics, "switchboard_record_queue_bytes") == 0

@@ -62,15 +62,7 @@ async fn a_repeated_request_is_answered_from_the_cache_at_no_cost() {
     assert_eq!(cache_header(&third).as_deref(), Some("miss"));
     assert_eq!(mock.received().len(), 2);
 
-    let metrics = gateway
-        .http
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics_text().await;
     assert!(
         metrics.contains("switchboard_cache_hits_total{model=\"chat\"} 1\n"),
         "{metrics}"

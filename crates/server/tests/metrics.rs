@@ -371,17 +371,7 @@ async fn requests_in_flight_are_counted_per_gateway_and_deployment() {
         tokio::spawn(async move { gateway.send("/v1/chat/completions", CHAT).await.status() })
     };
     let deployment = "switchboard_deployment_in_flight{model=\"chat\",deployment=\"mock-openai\"}";
-    let scrape = || async {
-        let text = gateway
-            .get("/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        samples(&text)
-    };
+    let scrape = || async { samples(&gateway.metrics_text().await) };
     // Watched for most of the upstream's delay: however slowly the request
     // gets there, it is in flight for a while.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(2_500);

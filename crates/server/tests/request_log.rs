@@ -923,14 +923,7 @@ price = { input_per_mtok = 1000.0, output_per_mtok = 2000.0 }
         assert!(served > 0);
         let unknown = r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#;
         assert_eq!(send(unknown).await.unwrap().status(), 404);
-        let metrics = gateway
-            .get("/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = gateway.metrics_text().await;
         assert!(
             metrics.contains(
                 "switchboard_requests_total{endpoint=\"chat_completions\",model=\"priced\""

@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use memmap2::{MmapMut, MmapOptions};
-use switchboard_core::{AttemptDetail, RequestRecord};
+use switchboard_core::RequestRecord;
 use tokio::sync::Notify;
 
 use crate::frame;
@@ -377,6 +377,28 @@ impl State {
         }
     }
 
+    /// A record the queue refused (for `reason`): noted for the writer to
+    /// read back from where it was written (`place`), or lost when it
+    /// could not be written.
+    fn note_overflow(
+        &mut self,
+        number: u64,
+        place: Option<(u64, u64)>,
+        len: usize,
+        reason: &'static str,
+    ) -> Appended {
+        let Some((segment, offset)) = place else {
+            return Appended::Lost(reason);
+        };
+        self.overflow.push_back(Overflow {
+            number,
+            segment,
+            offset,
+            len,
+        });
+        Appended::Spilled(reason)
+    }
+
     fn push(&mut self, number: u64, record: RequestRecord, size: usize) {
         self.queued_bytes += size;
         self.queue.push(record);
@@ -647,26 +669,9 @@ impl Journal {
                 state.push(number, record, size);
                 Appended::Queued
             }
-            Some(reason) => match place {
-                Some((segment, offset)) => {
-                    state.overflow.push_back(Overflow {
-                        number,
-                        segment,
-                        offset,
-                        len: line.len(),
-                    });
-                    Appended::Spilled(reason)
-                }
-                None => Appended::Lost(reason),
-            },
+            Some(reason) => state.note_overflow(number, place, line.len(), reason),
         };
-        let first = state.queue.len() == 1 && appended == Appended::Queued;
-        self.release(&mut state);
-        drop(state);
-        if first {
-            self.queued.notify_one();
-        }
-        appended
+        self.finish_append(state, appended)
     }
 
     /// Puts `record` on the queue; if the queue cannot take it, writes it
@@ -690,21 +695,21 @@ impl Journal {
                 if held + line.len() as u64 > SPILL_BYTES {
                     Appended::Lost("the spill file is full")
                 } else {
-                    match self.write(&mut state, number, &line) {
-                        Some((segment, offset)) => {
-                            state.overflow.push_back(Overflow {
-                                number,
-                                segment,
-                                offset,
-                                len: line.len(),
-                            });
-                            Appended::Spilled(reason)
-                        }
-                        None => Appended::Lost(reason),
-                    }
+                    let place = self.write(&mut state, number, &line);
+                    state.note_overflow(number, place, line.len(), reason)
                 }
             }
         };
+        self.finish_append(state, appended)
+    }
+
+    /// Lets segments go, then the lock, then wakes the writer if the
+    /// record was the first on the queue.
+    fn finish_append(
+        &self,
+        mut state: std::sync::MutexGuard<'_, State>,
+        appended: Appended,
+    ) -> Appended {
         let first = state.queue.len() == 1 && appended == Appended::Queued;
         self.release(&mut state);
         drop(state);
@@ -992,58 +997,6 @@ impl Journal {
         let _ = std::fs::remove_file(segment_path(&self.directory, state.segment));
         0
     }
-}
-
-/// A record's attempt details as JSON, exactly as serde writes them, for
-/// the request log's column: written by hand (serde's writing was a tenth
-/// of the request log's cost).
-pub(crate) fn attempt_details_json(out: &mut Vec<u8>, details: &[AttemptDetail]) {
-    out.push(b'[');
-    for (index, detail) in details.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"deployment\":");
-        json_string(out, &detail.deployment);
-        out.extend_from_slice(b",\"model\":");
-        json_string(out, &detail.model);
-        out.extend_from_slice(b",\"outcome\":");
-        json_string(out, &detail.outcome);
-        if let Some(status) = detail.status {
-            out.extend_from_slice(b",\"status\":");
-            json_int(out, status);
-        }
-        out.extend_from_slice(b",\"duration_ms\":");
-        json_int(out, detail.duration_ms);
-        out.push(b'}');
-    }
-    out.push(b']');
-}
-
-/// A string as JSON: copied between quotes when no byte needs escaping
-/// (no quote, backslash or control character), else written by serde.
-fn json_string(out: &mut Vec<u8>, text: &str) {
-    if text
-        .bytes()
-        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\')
-    {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-    } else {
-        json_value(out, text);
-    }
-}
-
-/// An integer, as serde writes it.
-fn json_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-}
-
-/// Any other value as serde writes it (strings that need escaping);
-/// writing to a vector cannot fail for these types.
-fn json_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-    let _ = serde_json::to_writer(out, value);
 }
 
 #[cfg(test)]
@@ -1355,34 +1308,6 @@ mod tests {
         assert!(ours.exists() && running.exists() && other.exists());
         assert_eq!(Journal::clear_abandoned_spills(&temporary), 0);
         std::fs::remove_dir_all(&temporary).unwrap();
-    }
-
-    /// Attempt details written by hand are byte for byte serde's.
-    #[test]
-    fn attempt_details_are_exactly_serdes_json() {
-        let detail = |deployment: &str, model: &str, outcome: &str, status| AttemptDetail {
-            deployment: deployment.into(),
-            model: model.into(),
-            outcome: outcome.to_owned().into(),
-            status,
-            duration_ms: 1_234,
-        };
-        for details in [
-            vec![],
-            vec![detail("mock", "bench-model", "ok", None)],
-            vec![
-                detail("a \"quoted\" \\ one", "m\u{1}é🚀", "timeout", Some(504)),
-                detail("b", "m", "rate_limited", Some(429)),
-                detail("c\nline", "m", "ok", None),
-            ],
-        ] {
-            let mut ours = Vec::new();
-            attempt_details_json(&mut ours, &details);
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                serde_json::to_string(&details).unwrap()
-            );
-        }
     }
 
     /// An entry reads back as exactly its record, with every field set or

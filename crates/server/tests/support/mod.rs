@@ -124,6 +124,18 @@ impl TestGateway {
         self.http.get(self.url(path)).bearer_auth(MASTER_KEY)
     }
 
+    /// The text of `GET /metrics`.
+    #[allow(dead_code)]
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics")
+            .send()
+            .await
+            .expect("the gateway answers")
+            .text()
+            .await
+            .expect("a metrics text")
+    }
+
     /// Shuts the gateway down (flushing its records) and returns every
     /// record, oldest first.
     pub async fn stop_and_records(mut self) -> Vec<RequestRecord> {
