@@ -20,6 +20,21 @@ pub fn lower(bytes: &[u8]) -> String {
     String::from_utf8(out).expect("hex digits are ASCII")
 }
 
+/// The bytes that `text` writes as exactly `2 * N` hex digits (either
+/// case), or `None` when it does not.
+pub fn decode<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let digits = text.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let value = |digit: u8| char::from(digit).to_digit(16);
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = u8::try_from(value(pair[0])? << 4 | value(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +46,16 @@ mod tests {
         let mut out = [0u8; 4];
         write_lower(&[0xde, 0xad], &mut out);
         assert_eq!(&out, b"dead");
+    }
+
+    #[test]
+    fn hex_reads_back_what_it_wrote() {
+        let bytes = [0x00, 0x7f, 0x80, 0xff];
+        assert_eq!(decode::<4>(&lower(&bytes)), Some(bytes));
+        assert_eq!(decode::<2>("DEad"), Some([0xde, 0xad]));
+        assert_eq!(decode::<2>("dea"), None, "too short");
+        assert_eq!(decode::<2>("deadbe"), None, "too long");
+        assert_eq!(decode::<2>("de+d"), None, "not a digit");
+        assert_eq!(decode::<1>("é"), None, "not ASCII");
     }
 }

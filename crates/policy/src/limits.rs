@@ -375,7 +375,14 @@ impl MemoryLimiter {
         }
         // Check everything first...
         for (scope, rules) in &ask.scopes {
-            let counters = scopes.entry(scope.clone()).or_default();
+            // Looked up before inserting: `entry` would take (clone) the
+            // scope's name on every request, not just its first.
+            if !scopes.contains_key(scope) {
+                scopes.insert(scope.clone(), Counters::default());
+            }
+            let Some(counters) = scopes.get_mut(scope) else {
+                continue;
+            };
             if counters.minute != minute {
                 counters.minute = minute;
                 counters.requests = 0;
@@ -438,7 +445,9 @@ impl MemoryLimiter {
             ..Remaining::default()
         };
         for (index, (scope, rules)) in ask.scopes.iter().enumerate() {
-            let counters = scopes.entry(scope.clone()).or_default();
+            let Some(counters) = scopes.get_mut(scope) else {
+                continue; // every scope was added above, under the same lock
+            };
             counters.requests += 1;
             counters.tokens = counters.tokens.saturating_add(ask.tokens);
             counters.concurrent += 1;

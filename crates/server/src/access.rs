@@ -330,14 +330,22 @@ impl Admission {
             headers.push((REMAINING_TOKENS, HeaderValue::from(left)));
         }
         if !headers.is_empty()
-            && let Ok(reset) =
-                HeaderValue::from_str(&format!("{}s", remaining.reset.as_secs().max(1)))
+            && let Ok(reset) = HeaderValue::from_bytes(&seconds(remaining.reset))
         {
             headers.push((RESET_REQUESTS, reset.clone()));
             headers.push((RESET_TOKENS, reset));
         }
         headers
     }
+}
+
+/// A reset time as OpenAI writes it (`"12s"`), whole seconds, at least 1.
+fn seconds(reset: Duration) -> Vec<u8> {
+    let mut digits = itoa::Buffer::new();
+    let mut out = Vec::with_capacity(8);
+    out.extend_from_slice(digits.format(reset.as_secs().max(1)).as_bytes());
+    out.push(b's');
+    out
 }
 
 /// The rate-limit headers of a keyed answer, in OpenAI's names.

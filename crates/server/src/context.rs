@@ -153,7 +153,7 @@ pub(crate) async fn authenticate(
             Principal::Master
         }
         (master, Some(key)) => match gateway.keys.current().find(key) {
-            Some(entry) if entry.is_active(unix_millis()) => Principal::Key(entry.clone()),
+            Some(entry) if entry.is_active(unix_millis()) => Principal::Key(entry),
             Some(_) => return ApiError::inactive_key().render(dialect),
             None if master.is_none() => Principal::Open,
             None => return ApiError::invalid_key().render(dialect),

@@ -851,8 +851,11 @@ fn route_headers<T>(answered: &Answered<T>, requested: &str) -> Vec<(HeaderName,
 }
 
 fn with_headers(mut response: Response, headers: Vec<(HeaderName, HeaderValue)>) -> Response {
+    let map = response.headers_mut();
+    // Room for them all at once, rather than the map growing as they come.
+    map.reserve(headers.len());
     for (name, value) in headers {
-        response.headers_mut().insert(name, value);
+        map.insert(name, value);
     }
     response
 }

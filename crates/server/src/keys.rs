@@ -7,6 +7,7 @@
 //! that time; the instance that made a change reloads at once.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -45,8 +46,74 @@ impl KeyEntry {
 /// Every key by the hash of its secret.
 #[derive(Debug, Default)]
 pub(crate) struct KeyIndex {
-    pub by_hash: HashMap<String, Arc<KeyEntry>>,
+    pub by_hash: HashMap<SecretDigest, Arc<KeyEntry>, BuildHasherDefault<DigestHasher>>,
+    /// Secrets this index has already found, by `SecretTag`: a presented
+    /// secret is hashed with SHA-256 (what the store keeps) only the first
+    /// time, after which a keyed SipHash (a tenth of the work) finds it.
+    /// Only secrets that matched a key are added, so it holds at most one
+    /// entry per key; it goes with the index when a change replaces it.
+    seen: RwLock<HashMap<SecretTag, Arc<KeyEntry>, BuildHasherDefault<DigestHasher>>>,
+    /// The index's own random SipHash keys (two 64-bit hashes make a tag).
+    tag_keys: [u64; 4],
     pub version: i64,
+}
+
+/// A presented secret under the index's random SipHash keys: 128 bits of
+/// a keyed pseudo-random function, so a guess matches a known secret's
+/// tag with a chance of 2^-128, as it would match its SHA-256 digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SecretTag(u64, u64);
+
+impl Hash for SecretTag {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+/// The SHA-256 digest of a secret, as the index holds it: bytes, not the
+/// hex the store keeps, so that a lookup neither formats nor allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    fn of(secret: &str) -> SecretDigest {
+        let digest = digest::digest(&digest::SHA256, secret.as_bytes());
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        SecretDigest(bytes)
+    }
+}
+
+/// A digest is already uniformly distributed, and only keys the store
+/// holds are inserted (a presented secret is only looked up), so its first
+/// eight bytes serve as its hash: nothing to gain from hashing it again.
+impl Hash for SecretDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// The hasher of `SecretDigest`s: it keeps the one `u64` it is given.
+#[derive(Debug, Default)]
+pub(crate) struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached (a digest writes one u64); mixes anything else in.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
 }
 
 impl KeyIndex {
@@ -57,25 +124,68 @@ impl KeyIndex {
             .collect();
         let by_hash = keys
             .into_iter()
-            .map(|record| {
+            .filter_map(|record| {
+                let Some(digest) = switchboard_core::hex::decode::<32>(&record.hash) else {
+                    tracing::warn!(key = %record.id, "a key's stored hash is not a SHA-256 digest; the key cannot be used");
+                    return None;
+                };
                 let team = record
                     .team_id
                     .as_ref()
                     .and_then(|team| teams.get(team))
                     .cloned();
-                (record.hash.clone(), Arc::new(KeyEntry { record, team }))
+                Some((SecretDigest(digest), Arc::new(KeyEntry { record, team })))
             })
             .collect();
-        KeyIndex { by_hash, version }
+        let random = random_bytes::<32>();
+        let mut tag_keys = [0u64; 4];
+        for (key, bytes) in tag_keys.iter_mut().zip(random.chunks_exact(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            *key = u64::from_le_bytes(word);
+        }
+        KeyIndex {
+            by_hash,
+            seen: RwLock::default(),
+            tag_keys,
+            version,
+        }
     }
 
     /// The key whose secret is `secret`, if any.
-    pub fn find(&self, secret: &str) -> Option<&Arc<KeyEntry>> {
+    pub fn find(&self, secret: &str) -> Option<Arc<KeyEntry>> {
         if self.by_hash.is_empty() {
             return None;
         }
-        self.by_hash.get(&hash_secret(secret))
+        let tag = self.tag(secret);
+        if let Some(entry) = read(&self.seen).get(&tag) {
+            return Some(entry.clone());
+        }
+        let entry = self.by_hash.get(&SecretDigest::of(secret))?.clone();
+        write(&self.seen).insert(tag, entry.clone());
+        Some(entry)
     }
+
+    fn tag(&self, secret: &str) -> SecretTag {
+        #[allow(deprecated)] // SipHash-2-4 itself; only the name is deprecated
+        let hash = |k0, k1| {
+            let mut hasher = std::hash::SipHasher::new_with_keys(k0, k1);
+            hasher.write(secret.as_bytes());
+            hasher.finish()
+        };
+        let [a, b, c, d] = self.tag_keys;
+        SecretTag(hash(a, b), hash(c, d))
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The shared, swappable index.
@@ -86,10 +196,7 @@ pub(crate) struct KeyCache {
 
 impl KeyCache {
     pub fn current(&self) -> Arc<KeyIndex> {
-        self.index
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        read(&self.index).clone()
     }
 
     /// Reloads from the store when its version moved (or always, with
@@ -106,10 +213,7 @@ impl KeyCache {
         let keys = store.keys().await?;
         let teams = store.teams().await?;
         let index = Arc::new(KeyIndex::build(keys, teams, version));
-        *self
-            .index
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+        *write(&self.index) = index;
         Ok(())
     }
 }
@@ -235,7 +339,7 @@ pub(crate) fn spawn_refresh(
 
 /// Hex SHA-256 of a secret: what the store keeps instead of the secret.
 pub(crate) fn hash_secret(secret: &str) -> String {
-    switchboard_core::hex::lower(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
+    switchboard_core::hex::lower(&SecretDigest::of(secret).0)
 }
 
 /// Random bytes from the operating system's CSPRNG.
@@ -333,6 +437,54 @@ mod tests {
         assert!(entry.is_active(999));
         assert!(!entry.is_active(1_000), "the team has expired");
         assert!(entry.record.is_active(1_000), "the key itself has not");
+    }
+
+    #[test]
+    fn keys_are_found_by_their_secret_only() {
+        let record = |id: &str, hash: String| KeyRecord {
+            id: id.to_owned(),
+            name: None,
+            team_id: None,
+            hash,
+            prefix: "sb-".to_owned(),
+            limits: switchboard_core::keys::Limits::default(),
+            user_limits: None,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            metadata: "{}".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let index = KeyIndex::build(
+            vec![
+                record("key_a", hash_secret("sb-a")),
+                record("key_b", hash_secret("sb-b")),
+                record("key_bad", "not a digest".to_owned()),
+            ],
+            Vec::new(),
+            1,
+        );
+        assert_eq!(index.by_hash.len(), 2, "the malformed hash is left out");
+        assert_eq!(index.find("sb-a").unwrap().record.id, "key_a");
+        assert_eq!(index.find("sb-b").unwrap().record.id, "key_b");
+        assert!(index.find("sb-c").is_none());
+        assert!(index.find("").is_none());
+        assert!(index.find("not a digest").is_none());
+        // Found again through the tags of the secrets already found, and
+        // only those: secrets that matched nothing are not remembered.
+        assert_eq!(read(&index.seen).len(), 2);
+        for _ in 0..3 {
+            assert_eq!(index.find("sb-a").unwrap().record.id, "key_a");
+            assert!(index.find("sb-c").is_none());
+        }
+        assert_eq!(read(&index.seen).len(), 2);
+        assert_ne!(index.tag("sb-a"), index.tag("sb-b"));
+        let other = KeyIndex::build(Vec::new(), Vec::new(), 2);
+        assert_ne!(
+            index.tag("sb-a"),
+            other.tag("sb-a"),
+            "each index draws its own keys"
+        );
     }
 
     #[test]

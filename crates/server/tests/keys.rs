@@ -253,6 +253,15 @@ async fn rate_limits_and_concurrency_are_enforced_with_headers() {
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-ratelimit-limit-requests"], "2");
     assert_eq!(first.headers()["x-ratelimit-remaining-requests"], "1");
+    // The minute's reset, in OpenAI's form: whole seconds, 1 to 60, then "s".
+    for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
+        let reset = first.headers()[name].to_str().unwrap();
+        let seconds: u64 = reset
+            .strip_suffix('s')
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {reset:?} is not whole seconds"));
+        assert!((1..=60).contains(&seconds), "{name}: {reset}");
+    }
     assert_eq!(chat_with(&gateway, &secret, "other").await.status(), 200);
     let third = chat_with(&gateway, &secret, "other").await;
     assert_eq!(third.status(), 429);
