@@ -17,6 +17,7 @@ mod postgres;
 mod postgres_keys;
 mod recorder;
 pub mod redis_limiter;
+mod resp;
 pub mod response_cache;
 mod sqlite;
 mod sqlite_keys;

@@ -10,7 +10,10 @@
 //! task that sends whatever operations are waiting as one call of the Lua
 //! script `redis_limiter.lua` (EVALSHA; the script is loaded once per
 //! Redis process, on the first NOSCRIPT), waits for its answer, and then
-//! sends what arrived meanwhile: one call at a time. Reserves are sent at
+//! sends what arrived meanwhile: one call at a time, on a TCP connection of
+//! the batcher's own (`resp::Line`: the command's bytes written as they
+//! are, the flat array of integers it answers read without the client's
+//! general parser or its multiplexing task). Reserves are sent at
 //! once, so a reserve waits at most for the call ahead of it, and alone
 //! (one request at a time) not at all. Settles, renewals and cancels,
 //! which no request waits for, linger for up to `BACKGROUND_LINGER` (2 ms)
@@ -140,6 +143,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use crate::resp::{self, Line, LineError, Target};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, RedisResult, Script, ServerErrorKind, Value};
 use switchboard_core::mix::{FnvBuild, splitmix64};
@@ -152,7 +156,8 @@ use tokio::sync::{mpsc, oneshot};
 /// The hash tag in every key: one Redis Cluster slot for all counters.
 pub const HASH_TAG: &str = "{sb}";
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis_limiter.lua")));
+const SCRIPT_SOURCE: &str = include_str!("redis_limiter.lua");
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
 
 /// Redis integers are signed 64-bit.
 const REDIS_MAX: u64 = i64::MAX as u64;
@@ -241,6 +246,9 @@ pub struct RedisLimiter {
 /// What a `RedisLimiter` shares with its settles being retried.
 struct Inner {
     connection: ConnectionManager,
+    /// Where the batcher's own connection goes (`resp::Line`); `None` for
+    /// addresses it does not serve, whose batches take `connection`.
+    line: Option<Target>,
     prefix: String,
     fail_open: bool,
     fail_open_budgets: bool,
@@ -306,6 +314,8 @@ enum Failure {
     Paused,
     TimedOut(Duration),
     Redis(RedisError),
+    /// On the batcher's own connection.
+    Line(LineError),
     Reply(String),
     /// The counters were lost and could not be restored.
     Lost(String),
@@ -320,6 +330,7 @@ impl Failure {
             Failure::Redis(error) => {
                 error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
             }
+            Failure::Line(error) => matches!(error, LineError::Connect(_) | LineError::Io(_)),
             Failure::Reply(_) | Failure::Lost(_) | Failure::Stopped => false,
         }
     }
@@ -333,6 +344,9 @@ impl Failure {
                 !error.is_connection_refusal()
                     && (error.is_io_error() || error.is_connection_dropped() || error.is_timeout())
             }
+            // Sent, perhaps whole, before the connection failed or the
+            // reply was garbled.
+            Failure::Line(error) => matches!(error, LineError::Io(_) | LineError::Protocol(_)),
             Failure::Paused | Failure::Reply(_) | Failure::Lost(_) => false,
             // Its batch may have been sent before the task ended.
             Failure::Stopped => true,
@@ -346,6 +360,7 @@ impl fmt::Display for Failure {
             Failure::Paused => formatter.write_str("skipped after a recent connection failure"),
             Failure::TimedOut(timeout) => write!(formatter, "no answer within {timeout:?}"),
             Failure::Redis(error) => write!(formatter, "{error}"),
+            Failure::Line(error) => write!(formatter, "{error}"),
             Failure::Reply(reply) => write!(formatter, "unexpected reply {reply}"),
             Failure::Lost(why) => write!(
                 formatter,
@@ -509,22 +524,25 @@ impl RedisLimiter {
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(0);
+        let line = Target::of(client.get_connection_info());
         let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|error| RedisLimiterError::Url(error.to_string()))?;
+        let mut inner = Inner::new(
+            connection,
+            escape_prefix(&config.prefix),
+            config.fail_open,
+            config.fail_open_budgets,
+            config.timeout,
+            config
+                .lease
+                .as_secs()
+                .div_ceil(60)
+                .clamp(1, MAX_LEASE_MINUTES),
+            config.outage_pause,
+        );
+        inner.line = line;
         let limiter = RedisLimiter {
-            inner: Arc::new(Inner::new(
-                connection,
-                escape_prefix(&config.prefix),
-                config.fail_open,
-                config.fail_open_budgets,
-                config.timeout,
-                config
-                    .lease
-                    .as_secs()
-                    .div_ceil(60)
-                    .clamp(1, MAX_LEASE_MINUTES),
-                config.outage_pause,
-            )),
+            inner: Arc::new(inner),
         };
         if let Err(error) = limiter.ping().await {
             tracing::warn!(
@@ -540,16 +558,18 @@ impl RedisLimiter {
     /// escaped), such as a random one per test.
     pub fn with_prefix(self, prefix: &str) -> RedisLimiter {
         let inner = &self.inner;
+        let mut copy = Inner::new(
+            inner.connection.clone(),
+            escape_prefix(prefix),
+            inner.fail_open,
+            inner.fail_open_budgets,
+            inner.timeout,
+            inner.lease_minutes,
+            inner.outage_pause,
+        );
+        copy.line = inner.line.clone();
         RedisLimiter {
-            inner: Arc::new(Inner::new(
-                inner.connection.clone(),
-                escape_prefix(prefix),
-                inner.fail_open,
-                inner.fail_open_budgets,
-                inner.timeout,
-                inner.lease_minutes,
-                inner.outage_pause,
-            )),
+            inner: Arc::new(copy),
         }
     }
 
@@ -617,6 +637,7 @@ impl Inner {
     ) -> Inner {
         Inner {
             connection,
+            line: None,
             prefix,
             fail_open,
             fail_open_budgets,
@@ -848,7 +869,7 @@ impl Inner {
 
     /// Sends one batch and hands each operation its answer: the script's
     /// answers come in the order of the operations.
-    async fn send_batch(self: &Arc<Self>, batch: &mut Vec<Pending>) {
+    async fn send_batch(self: &Arc<Self>, batch: &mut Vec<Pending>, line: Option<&mut Line>) {
         // A reserve whose caller has left is not sent at all.
         batch.retain(|pending| {
             !(pending
@@ -867,16 +888,23 @@ impl Inner {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.batched
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let answers = match self.call(&Request::Script(command)).await {
-            Ok(value) => match redis::from_redis_value::<Vec<i64>>(value) {
-                Ok(answers) if answers.len() == 3 * batch.len() => Ok(answers),
-                Ok(answers) => Err(Failure::Reply(format!(
-                    "{} numbers for {} operations",
-                    answers.len(),
-                    batch.len()
-                ))),
-                Err(error) => Err(Failure::Reply(error.to_string())),
-            },
+        let answers = match line {
+            Some(line) => self.call_line(line, &command).await,
+            None => self
+                .call(&Request::Script(command))
+                .await
+                .and_then(|value| {
+                    redis::from_redis_value::<Vec<i64>>(value)
+                        .map_err(|error| Failure::Reply(error.to_string()))
+                }),
+        };
+        let answers = match answers {
+            Ok(answers) if answers.len() == 3 * batch.len() => Ok(answers),
+            Ok(answers) => Err(Failure::Reply(format!(
+                "{} numbers for {} operations",
+                answers.len(),
+                batch.len()
+            ))),
             Err(failure) => Err(failure),
         };
         let mut next = answers.as_deref().unwrap_or_default().chunks_exact(3);
@@ -921,6 +949,40 @@ impl Inner {
             };
             self.retry_later(Arc::new(cancel), "a reserve whose caller left is cancelled");
         }
+    }
+
+    /// A batch's script call on the batcher's own connection, as `call`
+    /// makes it on the client's: retried once when a connection kept from
+    /// an earlier call turns out closed, the script loaded on NOSCRIPT, all
+    /// within the timeout.
+    async fn call_line(&self, line: &mut Line, command: &Cmd) -> Result<Vec<i64>, Failure> {
+        if self.is_paused() {
+            return Err(Failure::Paused);
+        }
+        let packed = command.get_packed_command();
+        let attempt = async {
+            let reused = line.is_open();
+            let mut reply = line.call(&packed).await;
+            if reused && matches!(reply, Err(LineError::Io(_))) {
+                reply = line.call(&packed).await;
+            }
+            if matches!(&reply, Err(error) if error.is_no_script()) {
+                let mut load = Vec::with_capacity(SCRIPT_SOURCE.len() + 64);
+                resp::encode(&mut load, &[b"SCRIPT", b"LOAD", SCRIPT_SOURCE.as_bytes()]);
+                line.call(&load).await?;
+                reply = line.call(&packed).await;
+            }
+            resp::integers(reply?)
+        };
+        let failure = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(answers)) => return Ok(answers),
+            Ok(Err(error)) => Failure::Line(error),
+            Err(_) => Failure::TimedOut(self.timeout),
+        };
+        if failure.is_connection_level() {
+            *lock(&self.paused_until) = Some(Instant::now() + self.outage_pause);
+        }
+        Err(failure)
     }
 
     /// One request to Redis, retried once after a dropped connection, all
@@ -1511,6 +1573,10 @@ async fn run_batches(
     let mut lingering: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // When the oldest lingering operation must go.
     let mut due: Option<tokio::time::Instant> = None;
+    let mut line = inner
+        .upgrade()
+        .and_then(|inner| inner.line.clone())
+        .map(Line::new);
     loop {
         let room = MAX_BATCH - lingering.len();
         let due_now = tokio::select! {
@@ -1551,7 +1617,7 @@ async fn run_batches(
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        inner.send_batch(&mut batch).await;
+        inner.send_batch(&mut batch, line.as_mut()).await;
     }
 }
 

@@ -2068,3 +2068,47 @@ async fn a_reserve_whose_caller_left_is_cancelled() {
     }
     clean_up(&url, &prefix).await;
 }
+
+#[tokio::test]
+async fn batches_go_to_the_database_the_url_names_and_load_a_flushed_script() {
+    let test = "batches_go_to_the_database_the_url_names_and_load_a_flushed_script";
+    let Some(url) = redis_url(test).await else {
+        return;
+    };
+    // Database 5 of the same server, unless the URL names one already.
+    let info = redis::Client::open(url.as_str()).unwrap();
+    let names_database = info.get_connection_info().redis_settings().db() != 0
+        || url.contains('?')
+        || url.trim_start_matches("redis://").contains('/');
+    let other = if names_database {
+        url.clone()
+    } else {
+        format!("{url}/5")
+    };
+    let prefix = unique_prefix("database");
+    // A Redis that lost its scripts (restarted, or SCRIPT FLUSH) gets the
+    // script again on the batcher's next call.
+    let _: String = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw_connection(&url).await)
+        .await
+        .unwrap();
+    let limiter = limiter(&other, &prefix, false).await;
+    let scopes = two_at_once();
+    let grant = limiter
+        .reserve(ask(&scopes, 10, 1_000, minute_start_now()))
+        .await
+        .expect("reserved after the script was loaded again");
+    limiter.settle(grant, 5, 300).await;
+    assert!(
+        !keys_under(&other, &prefix).await.is_empty(),
+        "the counters are in the URL's database"
+    );
+    if !names_database {
+        assert!(
+            keys_under(&url, &prefix).await.is_empty(),
+            "nothing is counted in database 0"
+        );
+    }
+    clean_up(&other, &prefix).await;
+}
