@@ -380,9 +380,9 @@ impl MemoryLimiter {
             if !scopes.contains_key(scope) {
                 scopes.insert(scope.clone(), Counters::default());
             }
-            let Some(counters) = scopes.get_mut(scope) else {
-                continue;
-            };
+            let counters = scopes
+                .get_mut(scope)
+                .expect("the scope was added just above");
             if counters.minute != minute {
                 counters.minute = minute;
                 counters.requests = 0;
@@ -445,9 +445,9 @@ impl MemoryLimiter {
             ..Remaining::default()
         };
         for (index, (scope, rules)) in ask.scopes.iter().enumerate() {
-            let Some(counters) = scopes.get_mut(scope) else {
-                continue; // every scope was added above, under the same lock
-            };
+            let counters = scopes
+                .get_mut(scope)
+                .expect("every scope was added above, under the same lock");
             counters.requests += 1;
             counters.tokens = counters.tokens.saturating_add(ask.tokens);
             counters.concurrent += 1;

@@ -44,7 +44,7 @@ impl KeyEntry {
 }
 
 /// Every key by the hash of its secret.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct KeyIndex {
     pub by_hash: HashMap<SecretDigest, Arc<KeyEntry>, BuildHasherDefault<DigestHasher>>,
     /// Secrets this index has already found, by `SecretTag`: a presented
@@ -56,6 +56,17 @@ pub(crate) struct KeyIndex {
     /// The index's own random SipHash keys (two 64-bit hashes make a tag).
     tag_keys: [u64; 4],
     pub version: i64,
+}
+
+/// Neither the tags' keys nor the tags of secrets found.
+impl std::fmt::Debug for KeyIndex {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("KeyIndex")
+            .field("keys", &self.by_hash.len())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A presented secret under the index's random SipHash keys: 128 bits of
@@ -137,13 +148,7 @@ impl KeyIndex {
                 Some((SecretDigest(digest), Arc::new(KeyEntry { record, team })))
             })
             .collect();
-        let random = random_bytes::<32>();
-        let mut tag_keys = [0u64; 4];
-        for (key, bytes) in tag_keys.iter_mut().zip(random.chunks_exact(8)) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(bytes);
-            *key = u64::from_le_bytes(word);
-        }
+        let tag_keys = tag_keys();
         KeyIndex {
             by_hash,
             seen: RwLock::default(),
@@ -340,6 +345,28 @@ pub(crate) fn spawn_refresh(
 /// Hex SHA-256 of a secret: what the store keeps instead of the secret.
 pub(crate) fn hash_secret(secret: &str) -> String {
     switchboard_core::hex::lower(&SecretDigest::of(secret).0)
+}
+
+/// Four random 64-bit SipHash keys for an index's tags. From the
+/// operating system's generator; should it ever fail, from the standard
+/// library's randomly seeded hashers rather than a panic in the task that
+/// refreshes the keys.
+fn tag_keys() -> [u64; 4] {
+    let mut bytes = [0u8; 32];
+    let mut keys = [0u64; 4];
+    if SystemRandom::new().fill(&mut bytes).is_ok() {
+        for (key, word) in keys.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(word);
+            *key = u64::from_le_bytes(eight);
+        }
+    } else {
+        use std::hash::BuildHasher;
+        for (index, key) in keys.iter_mut().enumerate() {
+            *key = std::collections::hash_map::RandomState::new().hash_one(index);
+        }
+    }
+    keys
 }
 
 /// Random bytes from the operating system's CSPRNG.

@@ -354,6 +354,12 @@ impl Failure {
     }
 }
 
+impl From<LineError> for Failure {
+    fn from(error: LineError) -> Failure {
+        Failure::Line(error)
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -951,32 +957,25 @@ impl Inner {
         }
     }
 
-    /// A batch's script call on the batcher's own connection, as `call`
-    /// makes it on the client's: retried once when a connection kept from
-    /// an earlier call turns out closed, the script loaded on NOSCRIPT, all
-    /// within the timeout.
+    /// A batch's script call on the batcher's own connection
+    /// (`Line::call_script`: retried once when a connection kept from an
+    /// earlier call turns out closed, the script loaded on NOSCRIPT), all
+    /// within the timeout, pausing after a connection failure as `call`
+    /// does.
     async fn call_line(&self, line: &mut Line, command: &Cmd) -> Result<Vec<i64>, Failure> {
         if self.is_paused() {
             return Err(Failure::Paused);
         }
         let packed = command.get_packed_command();
+        // A whole answer that is not the script's (no list of integers)
+        // is a reply to report, not a connection to retry.
         let attempt = async {
-            let reused = line.is_open();
-            let mut reply = line.call(&packed).await;
-            if reused && matches!(reply, Err(LineError::Io(_))) {
-                reply = line.call(&packed).await;
-            }
-            if matches!(&reply, Err(error) if error.is_no_script()) {
-                let mut load = Vec::with_capacity(SCRIPT_SOURCE.len() + 64);
-                resp::encode(&mut load, &[b"SCRIPT", b"LOAD", SCRIPT_SOURCE.as_bytes()]);
-                line.call(&load).await?;
-                reply = line.call(&packed).await;
-            }
-            resp::integers(reply?)
+            let reply = line.call_script(&packed, SCRIPT_SOURCE).await?;
+            resp::integers(reply).map_err(|error| Failure::Reply(error.to_string()))
         };
         let failure = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(answers)) => return Ok(answers),
-            Ok(Err(error)) => Failure::Line(error),
+            Ok(Err(failure)) => failure,
             Err(_) => Failure::TimedOut(self.timeout),
         };
         if failure.is_connection_level() {

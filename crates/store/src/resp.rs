@@ -71,58 +71,40 @@ pub(crate) enum Reply {
 pub(crate) struct Target {
     host: String,
     port: u16,
-    /// `AUTH` (and `SELECT`) sent on each new connection, already encoded.
-    greeting: Vec<u8>,
-    /// How many replies the greeting gets.
-    greeting_replies: usize,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
 }
 
-/// Without the greeting, which holds the password.
+/// Without the credentials.
 impl fmt::Debug for Target {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("Target")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("db", &self.db)
             .finish_non_exhaustive()
     }
 }
 
 impl Target {
     /// The target of a connection's settings; `None` for an address the
-    /// line does not serve (a Unix socket).
+    /// line does not serve (a Unix socket, or TLS: `rediss://`).
     pub(crate) fn of(info: &ConnectionInfo) -> Option<Target> {
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return None;
         };
         let settings = info.redis_settings();
-        let mut greeting = Vec::new();
-        let mut greeting_replies = 0;
-        if let Some(password) = settings.password() {
-            match settings.username() {
-                Some(user) => encode(
-                    &mut greeting,
-                    &[b"AUTH", user.as_bytes(), password.as_bytes()],
-                ),
-                None => encode(&mut greeting, &[b"AUTH", password.as_bytes()]),
-            }
-            greeting_replies += 1;
-        }
-        if settings.db() != 0 {
-            encode(
-                &mut greeting,
-                &[b"SELECT", settings.db().to_string().as_bytes()],
-            );
-            greeting_replies += 1;
-        }
         Some(Target {
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_owned(),
             port: *port,
-            greeting,
-            greeting_replies,
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
         })
     }
 }
@@ -167,6 +149,46 @@ impl Line {
         reply
     }
 
+    /// A script call (`EVALSHA …`), as the client's connection makes it:
+    /// sent once more when a connection kept from an earlier call turns
+    /// out closed, and after loading the script (`SCRIPT LOAD` of
+    /// `source`) when Redis does not have it. A failure that follows an
+    /// attempt which may have reached Redis is reported as `Io`, so that
+    /// the caller treats the call as perhaps applied.
+    pub(crate) async fn call_script(
+        &mut self,
+        command: &[u8],
+        source: &str,
+    ) -> Result<Reply, LineError> {
+        let may_have_reached = |reply: &Result<Reply, LineError>| {
+            matches!(reply, Err(LineError::Io(_) | LineError::Protocol(_)))
+        };
+        let reused = self.is_open();
+        let mut reply = self.call(command).await;
+        let mut reached = may_have_reached(&reply);
+        if reused && matches!(reply, Err(LineError::Io(_))) {
+            reply = self.call(command).await;
+            reached |= may_have_reached(&reply);
+        }
+        if matches!(&reply, Err(error) if error.is_no_script()) {
+            let mut load = Vec::with_capacity(source.len() + 64);
+            encode(&mut load, &[b"SCRIPT", b"LOAD", source.as_bytes()]);
+            reply = match self.call(&load).await {
+                Ok(_) => self.call(command).await,
+                Err(error) => Err(error),
+            };
+            reached |= may_have_reached(&reply);
+        }
+        match reply {
+            Err(error @ (LineError::Connect(_) | LineError::Server(_))) if reached => {
+                Err(LineError::Io(format!(
+                    "{error}, after an attempt that may have reached Redis"
+                )))
+            }
+            other => other,
+        }
+    }
+
     async fn connect(&mut self) -> Result<TcpStream, LineError> {
         self.buffer.clear();
         let connect = |error: std::io::Error| LineError::Connect(error.to_string());
@@ -174,21 +196,54 @@ impl Line {
             .await
             .map_err(connect)?;
         stream.set_nodelay(true).map_err(connect)?;
-        if self.target.greeting_replies > 0 {
-            stream
-                .write_all(&self.target.greeting)
-                .await
-                .map_err(connect)?;
-            for _ in 0..self.target.greeting_replies {
-                // A refused password or database: nothing of a call was sent.
-                read_reply(&mut stream, &mut self.buffer)
-                    .await
-                    .map_err(|error| LineError::Connect(error.to_string()))?
-                    .map_err(|error| LineError::Connect(error.to_string()))?;
+        // A refused password or database fails the connection: nothing of
+        // a call was sent.
+        let target = &self.target;
+        let buffer = &mut self.buffer;
+        if let Some(password) = &target.password {
+            let password = password.as_bytes();
+            let mut answer = match &target.username {
+                Some(user) => {
+                    greet(&mut stream, buffer, &[b"AUTH", user.as_bytes(), password]).await?
+                }
+                None => greet(&mut stream, buffer, &[b"AUTH", password]).await?,
+            };
+            // Redis before 6 knows no users: the password alone, as the
+            // client's own connection retries it.
+            if target.username.is_some()
+                && matches!(&answer, Err(LineError::Server(message)) if message.contains("wrong number of arguments"))
+            {
+                answer = greet(&mut stream, buffer, &[b"AUTH", password]).await?;
             }
+            answer.map_err(|error| LineError::Connect(error.to_string()))?;
+        }
+        if target.db != 0 {
+            let mut digits = itoa::Buffer::new();
+            let db = digits.format(target.db).as_bytes();
+            greet(&mut stream, buffer, &[b"SELECT", db])
+                .await?
+                .map_err(|error| LineError::Connect(error.to_string()))?;
         }
         Ok(stream)
     }
+}
+
+/// One command of a new connection's greeting, and its reply. A failure
+/// of the connection itself is a failure to connect.
+async fn greet(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    command: &[&[u8]],
+) -> Result<Result<Reply, LineError>, LineError> {
+    let mut bytes = Vec::new();
+    encode(&mut bytes, command);
+    stream
+        .write_all(&bytes)
+        .await
+        .map_err(|error| LineError::Connect(error.to_string()))?;
+    read_reply(stream, buffer)
+        .await
+        .map_err(|error| LineError::Connect(error.to_string()))
 }
 
 /// Writes a command as a RESP array of bulk strings.
@@ -221,6 +276,12 @@ async fn read_reply(
             }
             Ok(None) => {}
             Err(error) => return Err(LineError::Protocol(error)),
+        }
+        // A reply that never ends (not Redis) stops here, not at the timeout.
+        if buffer.len() > MAX_REPLY_LENGTH + 4096 {
+            return Err(LineError::Protocol(
+                "a reply longer than any expected".to_owned(),
+            ));
         }
         buffer.reserve(4096);
         let read = stream
@@ -419,6 +480,256 @@ mod tests {
         assert!(integers(Reply::Array(Some(vec![Reply::Bulk(None)]))).is_err());
     }
 
+    /// A stand-in Redis on loopback: it reads each command (an array of
+    /// bulk strings), notes it with its connection's number, and writes
+    /// whatever `answer` returns for it; `None` closes the connection.
+    struct FakeRedis {
+        target: Target,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, String)>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for FakeRedis {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    type Answer = dyn Fn(usize, &str) -> Option<Vec<u8>> + Send + Sync;
+
+    async fn fake_redis(url_auth: &str, answer: std::sync::Arc<Answer>) -> FakeRedis {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = 0;
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                connections += 1;
+                let (number, log, answer) = (connections, log.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    loop {
+                        let Ok(Some((Ok(Reply::Array(Some(items))), used))) = parse(&buffer) else {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                            }
+                            continue;
+                        };
+                        buffer.drain(..used);
+                        let words: Vec<String> = items
+                            .into_iter()
+                            .map(|item| match item {
+                                Reply::Bulk(Some(bytes)) => {
+                                    String::from_utf8_lossy(&bytes).into_owned()
+                                }
+                                other => format!("{other:?}"),
+                            })
+                            .collect();
+                        let command = words.join(" ");
+                        log.lock().unwrap().push((number, command.clone()));
+                        match answer(number, &command) {
+                            Some(bytes) => {
+                                if stream.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => return,
+                        }
+                    }
+                });
+            }
+        });
+        let url = format!("redis://{url_auth}127.0.0.1:{port}/3");
+        let target = Target::of(redis::Client::open(url).unwrap().get_connection_info()).unwrap();
+        FakeRedis { target, seen, task }
+    }
+
+    fn seen(fake: &FakeRedis) -> Vec<(usize, String)> {
+        fake.seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_redis_without_users_gets_the_password_alone() {
+        let fake = fake_redis(
+            "user:pw@",
+            std::sync::Arc::new(|_, command: &str| {
+                Some(match command {
+                    "AUTH user pw" => {
+                        b"-ERR wrong number of arguments for 'auth' command\r\n".to_vec()
+                    }
+                    "AUTH pw" | "SELECT 3" => b"+OK\r\n".to_vec(),
+                    _ => b"*1\r\n:7\r\n".to_vec(),
+                })
+            }),
+        )
+        .await;
+        let mut line = Line::new(fake.target.clone());
+        let mut command = Vec::new();
+        encode(&mut command, &[b"EVALSHA", b"x"]);
+        assert_eq!(
+            integers(line.call(&command).await.unwrap()).unwrap(),
+            vec![7]
+        );
+        let commands: Vec<String> = seen(&fake)
+            .into_iter()
+            .map(|(_, command)| command)
+            .collect();
+        assert_eq!(
+            commands,
+            ["AUTH user pw", "AUTH pw", "SELECT 3", "EVALSHA x"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_password_fails_the_connection_before_any_call() {
+        let fake = fake_redis(
+            ":hunter2-secret@",
+            std::sync::Arc::new(|_, command: &str| {
+                Some(if command.starts_with("AUTH") {
+                    b"-WRONGPASS invalid username-password pair\r\n".to_vec()
+                } else {
+                    b"*0\r\n".to_vec()
+                })
+            }),
+        )
+        .await;
+        let mut line = Line::new(fake.target.clone());
+        let mut command = Vec::new();
+        encode(&mut command, &[b"EVALSHA", b"x"]);
+        let error = line.call_script(&command, "return 1").await.unwrap_err();
+        assert!(matches!(error, LineError::Connect(_)), "{error:?}");
+        assert!(
+            !error.to_string().contains("hunter2"),
+            "no password in {error}"
+        );
+        assert!(
+            seen(&fake)
+                .iter()
+                .all(|(_, command)| command.starts_with("AUTH"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_script_is_loaded_and_the_call_sent_again() {
+        let loaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = loaded.clone();
+        let fake = fake_redis(
+            "",
+            std::sync::Arc::new(move |_, command: &str| {
+                use std::sync::atomic::Ordering;
+                Some(if command == "SELECT 3" {
+                    b"+OK\r\n".to_vec()
+                } else if command.starts_with("SCRIPT LOAD") {
+                    flag.store(true, Ordering::SeqCst);
+                    b"$3\r\nsha\r\n".to_vec()
+                } else if flag.load(Ordering::SeqCst) {
+                    b"*3\r\n:0\r\n:1\r\n:2\r\n".to_vec()
+                } else {
+                    b"-NOSCRIPT No matching script.\r\n".to_vec()
+                })
+            }),
+        )
+        .await;
+        let mut line = Line::new(fake.target.clone());
+        let mut command = Vec::new();
+        encode(&mut command, &[b"EVALSHA", b"sha"]);
+        let reply = line
+            .call_script(&command, "return {0, 1, 2}")
+            .await
+            .unwrap();
+        assert_eq!(integers(reply).unwrap(), vec![0, 1, 2]);
+        assert!(loaded.load(std::sync::atomic::Ordering::SeqCst));
+        let commands: Vec<String> = seen(&fake)
+            .into_iter()
+            .map(|(_, command)| command)
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "SELECT 3",
+                "EVALSHA sha",
+                "SCRIPT LOAD return {0, 1, 2}",
+                "EVALSHA sha"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_replaced_and_a_lost_answer_may_have_applied() {
+        // The first connection answers one call and then closes at the
+        // second; the second connection is refused its database: the call
+        // reached Redis once, so it may have been applied.
+        let fake = fake_redis(
+            "",
+            std::sync::Arc::new(|connection, command: &str| match (connection, command) {
+                (1, "SELECT 3") => Some(b"+OK\r\n".to_vec()),
+                (1, "EVALSHA one") => Some(b"*1\r\n:1\r\n".to_vec()),
+                (1, _) => None,
+                (_, "SELECT 3") => {
+                    Some(b"-LOADING Redis is loading the dataset in memory\r\n".to_vec())
+                }
+                _ => Some(b"*1\r\n:2\r\n".to_vec()),
+            }),
+        )
+        .await;
+        let mut line = Line::new(fake.target.clone());
+        let mut one = Vec::new();
+        encode(&mut one, &[b"EVALSHA", b"one"]);
+        assert_eq!(
+            integers(line.call_script(&one, "").await.unwrap()).unwrap(),
+            vec![1]
+        );
+        assert!(line.is_open(), "kept after a whole answer");
+        let mut two = Vec::new();
+        encode(&mut two, &[b"EVALSHA", b"two"]);
+        let error = line.call_script(&two, "").await.unwrap_err();
+        assert!(matches!(error, LineError::Io(_)), "{error:?}");
+        assert!(!line.is_open());
+        let connections: Vec<usize> = seen(&fake).into_iter().map(|(number, _)| number).collect();
+        assert_eq!(
+            connections,
+            [1, 1, 1, 2],
+            "retried once, on a new connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_garbled_answer_drops_the_connection_and_the_next_call_reconnects() {
+        let fake = fake_redis(
+            "",
+            std::sync::Arc::new(|connection, command: &str| {
+                Some(match (connection, command) {
+                    (_, "SELECT 3") => b"+OK\r\n".to_vec(),
+                    (1, _) => b"*1\r\n:1\r\n:extra\r\n".to_vec(),
+                    (2, _) => b"!garbled\r\n".to_vec(),
+                    _ => b"*1\r\n:3\r\n".to_vec(),
+                })
+            }),
+        )
+        .await;
+        let mut line = Line::new(fake.target.clone());
+        let mut command = Vec::new();
+        encode(&mut command, &[b"EVALSHA", b"x"]);
+        // Bytes after a whole answer: the answer stands, the connection goes.
+        assert_eq!(
+            integers(line.call(&command).await.unwrap()).unwrap(),
+            vec![1]
+        );
+        assert!(!line.is_open());
+        let error = line.call(&command).await.unwrap_err();
+        assert!(matches!(error, LineError::Protocol(_)), "{error:?}");
+        assert!(!line.is_open());
+        assert_eq!(
+            integers(line.call(&command).await.unwrap()).unwrap(),
+            vec![3]
+        );
+        assert!(line.is_open());
+    }
+
     #[test]
     fn commands_are_arrays_of_bulk_strings() {
         let mut out = Vec::new();
@@ -436,13 +747,12 @@ mod tests {
         };
         let target = Target::of(&info("redis://user:secret@127.0.0.1:6380/3")).unwrap();
         assert_eq!((target.host.as_str(), target.port), ("127.0.0.1", 6380));
-        assert_eq!(target.greeting_replies, 2);
-        assert_eq!(
-            target.greeting,
-            b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$6\r\nsecret\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"
-        );
-        let plain = Target::of(&info("redis://127.0.0.1:6379")).unwrap();
-        assert_eq!(plain.greeting_replies, 0);
+        assert_eq!(target.username.as_deref(), Some("user"));
+        assert_eq!(target.password.as_deref(), Some("secret"));
+        assert_eq!(target.db, 3);
+        let plain = Target::of(&info("redis://[::1]:6379")).unwrap();
+        assert_eq!((plain.host.as_str(), plain.port), ("::1", 6379));
+        assert!(plain.password.is_none() && plain.db == 0);
         assert!(Target::of(&info("redis+unix:///tmp/redis.sock")).is_none());
         assert!(!format!("{target:?}").contains("secret"), "{target:?}");
     }
