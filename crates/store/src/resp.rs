@@ -27,6 +27,12 @@ use tokio::net::TcpStream;
 /// that a corrupt length cannot make it allocate without bound.
 const MAX_REPLY_LENGTH: usize = 1 << 24;
 
+/// Idle time before the kernel probes the connection, and the time
+/// between probes.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What went wrong with a call on the line.
 #[derive(Debug, Clone)]
 pub(crate) enum LineError {
@@ -196,6 +202,15 @@ impl Line {
             .await
             .map_err(connect)?;
         stream.set_nodelay(true).map_err(connect)?;
+        // A connection a middlebox dropped while it was idle is found out
+        // by the kernel's probes, so the next call fails at once and is
+        // sent again on a new one, instead of waiting out its timeout.
+        let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+        #[cfg(any(target_os = "linux", target_os = "macos"))]
+        let keepalive = keepalive.with_interval(KEEPALIVE_INTERVAL);
+        socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&keepalive)
+            .map_err(connect)?;
         // A refused password or database fails the connection: nothing of
         // a call was sent.
         let target = &self.target;
@@ -582,6 +597,10 @@ mod tests {
             commands,
             ["AUTH user pw", "AUTH pw", "SELECT 3", "EVALSHA x"]
         );
+        let socket = socket2::SockRef::from(line.stream.as_ref().expect("kept"));
+        assert!(socket.keepalive().unwrap(), "probed while idle");
+        #[cfg(target_os = "linux")]
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
     }
 
     #[tokio::test]
