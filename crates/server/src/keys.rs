@@ -433,6 +433,24 @@ mod tests {
         assert!(new_id("key").starts_with("key_") && new_id("key").len() == 20);
     }
 
+    /// A key with no team, no limits and no expiry, stored under `hash`.
+    fn key_record(id: &str, hash: String) -> KeyRecord {
+        KeyRecord {
+            id: id.to_owned(),
+            name: None,
+            team_id: None,
+            hash,
+            prefix: "sb-".to_owned(),
+            limits: switchboard_core::keys::Limits::default(),
+            user_limits: None,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            metadata: "{}".to_owned(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
     #[test]
     fn a_team_expiry_ends_its_keys_without_a_reload() {
         use switchboard_core::keys::Limits;
@@ -446,18 +464,8 @@ mod tests {
             updated_at_ms: 0,
         };
         let record = KeyRecord {
-            id: "key_1".to_owned(),
-            name: None,
             team_id: Some("team_1".to_owned()),
-            hash: hash_secret("sb-x"),
-            prefix: "sb-x".to_owned(),
-            limits: Limits::default(),
-            user_limits: None,
-            expires_at_ms: None,
-            revoked_at_ms: None,
-            metadata: "{}".to_owned(),
-            created_at_ms: 0,
-            updated_at_ms: 0,
+            ..key_record("key_1", hash_secret("sb-x"))
         };
         let index = KeyIndex::build(vec![record], vec![team], 1);
         let entry = index.find("sb-x").unwrap();
@@ -468,25 +476,11 @@ mod tests {
 
     #[test]
     fn keys_are_found_by_their_secret_only() {
-        let record = |id: &str, hash: String| KeyRecord {
-            id: id.to_owned(),
-            name: None,
-            team_id: None,
-            hash,
-            prefix: "sb-".to_owned(),
-            limits: switchboard_core::keys::Limits::default(),
-            user_limits: None,
-            expires_at_ms: None,
-            revoked_at_ms: None,
-            metadata: "{}".to_owned(),
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        };
         let index = KeyIndex::build(
             vec![
-                record("key_a", hash_secret("sb-a")),
-                record("key_b", hash_secret("sb-b")),
-                record("key_bad", "not a digest".to_owned()),
+                key_record("key_a", hash_secret("sb-a")),
+                key_record("key_b", hash_secret("sb-b")),
+                key_record("key_bad", "not a digest".to_owned()),
             ],
             Vec::new(),
             1,

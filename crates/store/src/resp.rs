@@ -177,8 +177,7 @@ impl Line {
             reached |= may_have_reached(&reply);
         }
         if matches!(&reply, Err(error) if error.is_no_script()) {
-            let mut load = Vec::with_capacity(source.len() + 64);
-            encode(&mut load, &[b"SCRIPT", b"LOAD", source.as_bytes()]);
+            let load = command_of(&[b"SCRIPT", b"LOAD", source.as_bytes()]);
             reply = match self.call(&load).await {
                 Ok(_) => self.call(command).await,
                 Err(error) => Err(error),
@@ -250,10 +249,8 @@ async fn greet(
     buffer: &mut Vec<u8>,
     command: &[&[u8]],
 ) -> Result<Result<Reply, LineError>, LineError> {
-    let mut bytes = Vec::new();
-    encode(&mut bytes, command);
     stream
-        .write_all(&bytes)
+        .write_all(&command_of(command))
         .await
         .map_err(|error| LineError::Connect(error.to_string()))?;
     read_reply(stream, buffer)
@@ -261,8 +258,10 @@ async fn greet(
         .map_err(|error| LineError::Connect(error.to_string()))
 }
 
-/// Writes a command as a RESP array of bulk strings.
-pub(crate) fn encode(out: &mut Vec<u8>, arguments: &[&[u8]]) {
+/// A command as a RESP array of bulk strings.
+pub(crate) fn command_of(arguments: &[&[u8]]) -> Vec<u8> {
+    let length: usize = arguments.iter().map(|argument| argument.len() + 16).sum();
+    let mut out = Vec::with_capacity(length + 16);
     let mut digits = itoa::Buffer::new();
     out.push(b'*');
     out.extend_from_slice(digits.format(arguments.len()).as_bytes());
@@ -274,6 +273,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, arguments: &[&[u8]]) {
         out.extend_from_slice(argument);
         out.extend_from_slice(b"\r\n");
     }
+    out
 }
 
 /// Reads one whole reply from `stream`, keeping what follows it in
@@ -567,6 +567,11 @@ mod tests {
         fake.seen.lock().unwrap().clone()
     }
 
+    /// The commands the stand-in received, whatever the connection.
+    fn commands(fake: &FakeRedis) -> Vec<String> {
+        seen(fake).into_iter().map(|(_, command)| command).collect()
+    }
+
     #[tokio::test]
     async fn a_redis_without_users_gets_the_password_alone() {
         let fake = fake_redis(
@@ -583,16 +588,12 @@ mod tests {
         )
         .await;
         let mut line = Line::new(fake.target.clone());
-        let mut command = Vec::new();
-        encode(&mut command, &[b"EVALSHA", b"x"]);
+        let command = command_of(&[b"EVALSHA", b"x"]);
         assert_eq!(
             integers(line.call(&command).await.unwrap()).unwrap(),
             vec![7]
         );
-        let commands: Vec<String> = seen(&fake)
-            .into_iter()
-            .map(|(_, command)| command)
-            .collect();
+        let commands = commands(&fake);
         assert_eq!(
             commands,
             ["AUTH user pw", "AUTH pw", "SELECT 3", "EVALSHA x"]
@@ -617,8 +618,7 @@ mod tests {
         )
         .await;
         let mut line = Line::new(fake.target.clone());
-        let mut command = Vec::new();
-        encode(&mut command, &[b"EVALSHA", b"x"]);
+        let command = command_of(&[b"EVALSHA", b"x"]);
         let error = line.call_script(&command, "return 1").await.unwrap_err();
         assert!(matches!(error, LineError::Connect(_)), "{error:?}");
         assert!(
@@ -626,9 +626,9 @@ mod tests {
             "no password in {error}"
         );
         assert!(
-            seen(&fake)
+            commands(&fake)
                 .iter()
-                .all(|(_, command)| command.starts_with("AUTH"))
+                .all(|command| command.starts_with("AUTH"))
         );
     }
 
@@ -654,18 +654,14 @@ mod tests {
         )
         .await;
         let mut line = Line::new(fake.target.clone());
-        let mut command = Vec::new();
-        encode(&mut command, &[b"EVALSHA", b"sha"]);
+        let command = command_of(&[b"EVALSHA", b"sha"]);
         let reply = line
             .call_script(&command, "return {0, 1, 2}")
             .await
             .unwrap();
         assert_eq!(integers(reply).unwrap(), vec![0, 1, 2]);
         assert!(loaded.load(std::sync::atomic::Ordering::SeqCst));
-        let commands: Vec<String> = seen(&fake)
-            .into_iter()
-            .map(|(_, command)| command)
-            .collect();
+        let commands = commands(&fake);
         assert_eq!(
             commands,
             [
@@ -696,15 +692,13 @@ mod tests {
         )
         .await;
         let mut line = Line::new(fake.target.clone());
-        let mut one = Vec::new();
-        encode(&mut one, &[b"EVALSHA", b"one"]);
+        let one = command_of(&[b"EVALSHA", b"one"]);
         assert_eq!(
             integers(line.call_script(&one, "").await.unwrap()).unwrap(),
             vec![1]
         );
         assert!(line.is_open(), "kept after a whole answer");
-        let mut two = Vec::new();
-        encode(&mut two, &[b"EVALSHA", b"two"]);
+        let two = command_of(&[b"EVALSHA", b"two"]);
         let error = line.call_script(&two, "").await.unwrap_err();
         assert!(matches!(error, LineError::Io(_)), "{error:?}");
         assert!(!line.is_open());
@@ -731,8 +725,7 @@ mod tests {
         )
         .await;
         let mut line = Line::new(fake.target.clone());
-        let mut command = Vec::new();
-        encode(&mut command, &[b"EVALSHA", b"x"]);
+        let command = command_of(&[b"EVALSHA", b"x"]);
         // Bytes after a whole answer: the answer stands, the connection goes.
         assert_eq!(
             integers(line.call(&command).await.unwrap()).unwrap(),
@@ -751,8 +744,7 @@ mod tests {
 
     #[test]
     fn commands_are_arrays_of_bulk_strings() {
-        let mut out = Vec::new();
-        encode(&mut out, &[b"AUTH", b"user", b"p\r\nw"]);
+        let out = command_of(&[b"AUTH", b"user", b"p\r\nw"]);
         assert_eq!(out, b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$4\r\np\r\nw\r\n");
     }
 
