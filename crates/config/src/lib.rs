@@ -164,6 +164,11 @@ pub struct StorageConfig {
     /// a Redis share their counters if they share a prefix, so only
     /// instances of one gateway (one database) may.
     pub redis_prefix: String,
+    /// Whether busy scopes far from their limits take leases (slices of
+    /// their limits reserved in Redis many requests at a time) instead of
+    /// one round trip to Redis per request (default `true`). Off, every
+    /// request is counted in Redis by itself.
+    pub redis_leases: bool,
     /// Where this instance's write-ahead journal of request records lives
     /// (`None`: no journal). Defaults to `<database>.journal` for a SQLite
     /// file; PostgreSQL instances name one each.

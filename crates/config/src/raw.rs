@@ -86,6 +86,7 @@ pub(crate) struct RawStorage {
     pub redis_fail_open: Option<bool>,
     pub redis_fail_open_budgets: Option<bool>,
     pub redis_prefix: Option<String>,
+    pub redis_leases: Option<bool>,
     pub journal_dir: Option<String>,
     pub retention_days: Option<u64>,
 }

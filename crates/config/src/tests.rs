@@ -628,6 +628,9 @@ fn cache_settings_are_checked_and_default_off() {
     let config = load(&format!("[storage]\nretention_days = 30\n{models}")).unwrap();
     assert_eq!(config.storage.retention_days, Some(30));
     assert_eq!(load(models).unwrap().storage.retention_days, None);
+    assert!(load(models).unwrap().storage.redis_leases);
+    let config = load(&format!("[storage]\nredis_leases = false\n{models}")).unwrap();
+    assert!(!config.storage.redis_leases);
     let found = problems(&format!("[storage]\nretention_days = 0\n{models}"));
     assert_eq!(found[0].path, "storage.retention_days");
     assert_eq!(load(models).unwrap().storage.record_queue_bytes, 256 << 20);

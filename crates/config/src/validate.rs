@@ -400,6 +400,7 @@ pub(crate) fn validate(
                 redis_fail_open: raw.storage.redis_fail_open.unwrap_or(false),
                 redis_fail_open_budgets: raw.storage.redis_fail_open_budgets.unwrap_or(false),
                 redis_prefix,
+                redis_leases: raw.storage.redis_leases.unwrap_or(true),
                 journal_dir,
                 retention_days,
             },

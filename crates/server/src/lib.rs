@@ -210,6 +210,7 @@ pub async fn start(
                     fail_open: config.storage.redis_fail_open,
                     fail_open_budgets: config.storage.redis_fail_open_budgets,
                     prefix: config.storage.redis_prefix.clone(),
+                    leases: config.storage.redis_leases,
                     ..Default::default()
                 },
             )

@@ -57,10 +57,21 @@
 --     token_change: actual minus reserved tokens (signed); held: the cost
 --     reserved; cost: the actual cost; part '0', '1' or '2'. Answers 0,
 --     or 1 when that part was settled already.
---   'n' minute held n slot...                      (renew)
+--   'l' tokens cost minute check_epoch requests concurrent share n slot...
+--     (a lease: a reserve of many requests at once, see redis_lease.rs)
+--     As 'r', counting `requests` requests and `concurrent` requests in
+--     flight, and granted only if every counter stays within its limit
+--     divided by `share` (a lease never takes the last part of a limit).
+--     A minute with nothing counted yet has no exception for tokens here.
+--   'd' token_change held cost part request_change released n slot...
+--     (a lease's settle) As 's', also adding request_change (signed) to
+--     the requests of the minute, and releasing `released` requests in
+--     flight instead of one.
+--   'n' minute held part count n slot...           (renew)
 --     Moves a reservation still counting from the minute it counts in to
---     this one (its request and its held cost), so it counts for another
---     lease. Answers 1, or 0 when it is settled or not counting.
+--     this one (its `count` requests in flight and its held cost), so it
+--     counts for another lease. Answers 1, or 0 when that part is settled
+--     or it is not counting.
 -- Returns three integers per operation, in order (unused ones 0): one
 -- flat array, cheaper to build and send than one per operation.
 --
@@ -277,8 +288,12 @@ do
     local kind, width = ARGV[i], nil
     if kind == 'r' or kind == 's' then
       width = 6
+    elseif kind == 'l' then
+      width = 9
+    elseif kind == 'd' then
+      width = 8
     elseif kind == 'n' then
-      width = 4
+      width = 6
     end
     local n = width and tonumber(ARGV[i + width - 1])
     if not n then
@@ -352,7 +367,7 @@ local function settled(parts, part)
 end
 
 -- Each operation answers three integers (see the top of this file).
-local function reserve(record, tokens, cost, minute, check_epoch, first, n)
+local function reserve(record, tokens, cost, minute, check_epoch, first, n, wanted, flying, share)
   -- Counters that were lost (a flush, a restart without persistence) must
   -- be seeded again from the request log before budgets are checked.
   if check_epoch == '1' then
@@ -375,31 +390,32 @@ local function reserve(record, tokens, cost, minute, check_epoch, first, n)
   local refused, at, why, first_requests, first_tokens = nil, 0, 0, -1, -1
   for j = 1, n do
     local slot = slots[tonumber(ARGV[first + j])]
-    if slot.max_concurrent and live_sum(hash(slot.inflight), oldest) >= slot.max_concurrent then
+    if slot.max_concurrent
+      and live_sum(hash(slot.inflight), oldest) + flying > slot.max_concurrent / share then
       refused, at, why = 1, j, 1
       break
     end
     if slot.rpm or slot.tpm then
       local counts = hash(slot.minute).values
       local requests, used = counts.r or 0, counts.t or 0
-      if slot.rpm and requests >= slot.rpm then
+      if slot.rpm and requests + wanted > slot.rpm / share then
         refused, at, why = 1, j, 2
         break
       end
       -- A minute with nothing counted yet takes any one request, so a
       -- worst case larger than the whole limit is not refused forever.
-      if slot.tpm and used > 0 and used + tokens > slot.tpm then
+      if slot.tpm and (used > 0 or share > 1) and used + tokens > slot.tpm / share then
         refused, at, why = 1, j, 3
         break
       end
       if j == 1 then
-        first_requests, first_tokens = requests + 1, used + tokens
+        first_requests, first_tokens = requests + wanted, used + tokens
       end
     end
     if slot.limit then
       load_strings()
       local used = strings[slot.spent].value + live_sum(hash(slot.held), oldest)
-      if used + cost > slot.limit then
+      if used + cost > slot.limit / share then
         refused, at, why = 2, j, used
         break
       end
@@ -432,11 +448,11 @@ local function reserve(record, tokens, cost, minute, check_epoch, first, n)
   for j = 1, n do
     local slot = slots[tonumber(ARGV[first + j])]
     if slot.max_concurrent then
-      add(hash(slot.inflight), minute, 1, record_ttl)
+      add(hash(slot.inflight), minute, flying, record_ttl)
     end
     if slot.rpm or slot.tpm then
       local counts = hash(slot.minute)
-      add(counts, 'r', 1, nil)
+      add(counts, 'r', wanted, nil)
       add(counts, 't', tokens, nil)
       if counts.fresh then
         counts.ttl = minute_ttl
@@ -449,7 +465,7 @@ local function reserve(record, tokens, cost, minute, check_epoch, first, n)
   return 0, first_requests, first_tokens
 end
 
-local function settle(record, token_change, held, cost, part, first, n)
+local function settle(record, token_change, held, cost, part, first, n, request_change, released)
   local value = records[record]
   if value == nil and part == '0' then
     -- A whole grant: mark it settled and learn what it was in one command.
@@ -479,14 +495,14 @@ local function settle(record, token_change, held, cost, part, first, n)
   local reserved_here = minute ~= ''
   for j = 1, n do
     local slot = slots[tonumber(ARGV[first + j])]
-    if reserved_here and slot.max_concurrent then
-      release(hash(slot.inflight), minute, -1)
+    if reserved_here and slot.max_concurrent and released ~= 0 then
+      release(hash(slot.inflight), minute, -released)
     end
     -- The minute's counter is gone once the minute is long past (and is
     -- not made again here); an old minute that still exists is read by no
     -- later reservation but one from an instance whose clock lags, which
     -- this keeps right.
-    if reserved_here and (slot.rpm or slot.tpm) and token_change ~= 0 then
+    if reserved_here and (slot.rpm or slot.tpm) and (token_change ~= 0 or request_change ~= 0) then
       local counts = hash(slot.minute)
       if counts.values.r or counts.values.t then
         local tokens = (counts.values.t or 0) + token_change
@@ -495,6 +511,14 @@ local function settle(record, token_change, held, cost, part, first, n)
         end
         counts.values.t = tokens
         counts.changed.t = true
+        if request_change ~= 0 then
+          local requests = (counts.values.r or 0) + request_change
+          if requests < 0 then
+            requests = 0
+          end
+          counts.values.r = requests
+          counts.changed.r = true
+        end
       end
     end
     if slot.limit then
@@ -513,17 +537,17 @@ local function settle(record, token_change, held, cost, part, first, n)
   return 0, 0, 0
 end
 
-local function renew(record, to, held, first, n)
+local function renew(record, to, held, part, count, first, n)
   local from, requests, counted, parts = parse(record_of(record))
-  if not parts or from == '' or settled(parts, '1') then
+  if not parts or from == '' or settled(parts, part) then
     return 0, 0, 0
   end
   for j = 1, n do
     local slot = slots[tonumber(ARGV[first + j])]
     if slot.max_concurrent and from ~= to then
       local inflight = hash(slot.inflight)
-      release(inflight, from, -1)
-      add(inflight, to, 1, record_ttl)
+      release(inflight, from, -count)
+      add(inflight, to, count, record_ttl)
     end
     if slot.limit and held ~= 0 and from ~= to then
       local holds = hash(slot.held)
@@ -544,17 +568,30 @@ while i <= #ARGV do
   if kind == 'r' then
     local n = tonumber(ARGV[i + 5])
     code, a, b = reserve(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
-      ARGV[i + 3], ARGV[i + 4], i + 5, n)
+      ARGV[i + 3], ARGV[i + 4], i + 5, n, 1, 1, 1)
     i = i + 6 + n
+  elseif kind == 'l' then
+    local n = tonumber(ARGV[i + 8])
+    code, a, b = reserve(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+      ARGV[i + 3], ARGV[i + 4], i + 8, n, tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]),
+      tonumber(ARGV[i + 7]))
+    i = i + 9 + n
   elseif kind == 's' then
     local n = tonumber(ARGV[i + 5])
     code, a, b = settle(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
-      tonumber(ARGV[i + 3]), ARGV[i + 4], i + 5, n)
+      tonumber(ARGV[i + 3]), ARGV[i + 4], i + 5, n, 0, 1)
     i = i + 6 + n
+  elseif kind == 'd' then
+    local n = tonumber(ARGV[i + 7])
+    code, a, b = settle(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
+      tonumber(ARGV[i + 3]), ARGV[i + 4], i + 7, n, tonumber(ARGV[i + 5]),
+      tonumber(ARGV[i + 6]))
+    i = i + 8 + n
   else
-    local n = tonumber(ARGV[i + 3])
-    code, a, b = renew(KEYS[record], ARGV[i + 1], tonumber(ARGV[i + 2]), i + 3, n)
-    i = i + 4 + n
+    local n = tonumber(ARGV[i + 5])
+    code, a, b = renew(KEYS[record], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3],
+      tonumber(ARGV[i + 4]), i + 5, n)
+    i = i + 6 + n
   end
   local at = #answers
   answers[at + 1], answers[at + 2], answers[at + 3] = code, a, b

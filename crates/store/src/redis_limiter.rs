@@ -37,6 +37,12 @@
 //! so instances of the previous release count in the same counters while
 //! a deployment is rolled (each reads only its own grants' records).
 //!
+//! **Leases.** A scope busy on this instance and far from its limits
+//! takes slices of them, each one reserve of many requests (`Counts`),
+//! and serves its requests from them without a round trip each
+//! (`redis_lease.rs`, on by default: `RedisLimiterConfig::leases`).
+//! Requests not served from a lease take the path described here.
+//!
 //! **Keys.** `<prefix>{sb}:<kind>:<escaped id>:<counter>`, where the id keeps
 //! `[A-Za-z0-9_.-]` and percent-encodes every other byte (so `{`, `}`,
 //! `:` and spaces never reach a key name raw, and two ids never share a
@@ -153,6 +159,9 @@ use switchboard_policy::limits::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+#[path = "redis_lease.rs"]
+mod lease;
+
 /// The hash tag in every key: one Redis Cluster slot for all counters.
 pub const HASH_TAG: &str = "{sb}";
 
@@ -212,6 +221,11 @@ pub struct RedisLimiterConfig {
     pub lease: Duration,
     /// After a connection failure, how long calls skip Redis.
     pub outage_pause: Duration,
+    /// Whether busy scopes far from their limits count requests against
+    /// leases, slices of their limits reserved many requests at a time
+    /// (see `redis_lease.rs`), instead of one reserve and one settle in
+    /// Redis per request.
+    pub leases: bool,
 }
 
 impl Default for RedisLimiterConfig {
@@ -223,6 +237,7 @@ impl Default for RedisLimiterConfig {
             timeout: Duration::from_secs(2),
             lease: Duration::from_secs(15 * 60),
             outage_pause: Duration::from_secs(1),
+            leases: true,
         }
     }
 }
@@ -277,6 +292,8 @@ struct Inner {
     /// they carried.
     batches: AtomicU64,
     batched: AtomicU64,
+    /// Leases of busy scopes, when they are on.
+    leases: Option<lease::Leases>,
 }
 
 /// Where a `RedisLimiter` finds budgets' spend again when its counters
@@ -429,6 +446,8 @@ enum OpKind {
         tokens: u64,
         cost: Nanos,
         check_epoch: bool,
+        /// `Counts::ONE` for a request; more for a lease.
+        counts: Counts,
     },
     Settle {
         /// Actual minus reserved tokens.
@@ -436,12 +455,37 @@ enum OpKind {
         /// The cost reserved, released now.
         held: Nanos,
         cost: Nanos,
+        /// Requests given back (a lease's unused ones, as a negative
+        /// number; 0 for a request).
+        request_change: i64,
+        /// Requests in flight that end (1 for a request).
+        released: u64,
     },
     Renew {
         /// The minute the reservation is to count in from now on.
         to_minute: u64,
         held: Nanos,
+        /// Requests in flight it holds (1 for a request).
+        in_flight: u64,
     },
+}
+
+/// How much a reserve counts, and how close to its limits it may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    pub requests: u64,
+    pub in_flight: u64,
+    /// Granted only if every counter stays within its limit divided by
+    /// this (1: up to the limit).
+    pub share: u64,
+}
+
+impl Counts {
+    const ONE: Counts = Counts {
+        requests: 1,
+        in_flight: 1,
+        share: 1,
+    };
 }
 
 /// What the script answers an operation: three integers (see
@@ -547,6 +591,9 @@ impl RedisLimiter {
             config.outage_pause,
         );
         inner.line = line;
+        if config.leases {
+            inner.leases = Some(lease::Leases::default());
+        }
         let limiter = RedisLimiter {
             inner: Arc::new(inner),
         };
@@ -574,6 +621,9 @@ impl RedisLimiter {
             inner.outage_pause,
         );
         copy.line = inner.line.clone();
+        if inner.leases.is_some() {
+            copy.leases = Some(lease::Leases::default());
+        }
         RedisLimiter {
             inner: Arc::new(copy),
         }
@@ -620,6 +670,17 @@ impl RedisLimiter {
         self.inner.retrying.load(Ordering::Relaxed)
     }
 
+    /// Leases Redis granted this limiter, and requests served from them
+    /// without a round trip of their own.
+    pub fn leases(&self) -> (u64, u64) {
+        self.inner.leases.as_ref().map_or((0, 0), |leases| {
+            (
+                leases.granted.load(Ordering::Relaxed),
+                leases.served.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// The script calls the batcher has made, and the reserves, settles
     /// and renewals they carried.
     pub fn batches(&self) -> (u64, u64) {
@@ -661,6 +722,7 @@ impl Inner {
             lanes: OnceLock::new(),
             batches: AtomicU64::new(0),
             batched: AtomicU64::new(0),
+            leases: None,
         }
     }
 
@@ -789,33 +851,60 @@ impl Inner {
         }
         let mut op_slots = op_slots.into_iter();
         for op in ops {
+            let part = match op.part {
+                0 => "0",
+                1 => "1",
+                _ => "2",
+            };
             match op.kind {
                 OpKind::Reserve {
                     tokens,
                     cost,
                     check_epoch,
-                } => command
-                    .arg("r")
-                    .arg(tokens.min(REDIS_MAX))
-                    .arg(cost.min(REDIS_MAX))
-                    .arg(op.minute)
-                    .arg(if check_epoch { "1" } else { "0" }),
+                    counts,
+                } => {
+                    command
+                        .arg(if counts == Counts::ONE { "r" } else { "l" })
+                        .arg(tokens.min(REDIS_MAX))
+                        .arg(cost.min(REDIS_MAX))
+                        .arg(op.minute)
+                        .arg(if check_epoch { "1" } else { "0" });
+                    if counts != Counts::ONE {
+                        command
+                            .arg(counts.requests.min(REDIS_MAX))
+                            .arg(counts.in_flight.min(REDIS_MAX))
+                            .arg(counts.share.max(1));
+                    }
+                }
                 OpKind::Settle {
                     token_change,
                     held,
                     cost,
-                } => command
-                    .arg("s")
-                    .arg(token_change)
-                    .arg(held.min(REDIS_MAX))
-                    .arg(cost.min(REDIS_MAX))
-                    .arg(match op.part {
-                        0 => "0",
-                        1 => "1",
-                        _ => "2",
-                    }),
-                OpKind::Renew { to_minute, held } => {
-                    command.arg("n").arg(to_minute).arg(held.min(REDIS_MAX))
+                    request_change,
+                    released,
+                } => {
+                    let plain = request_change == 0 && released == 1;
+                    command
+                        .arg(if plain { "s" } else { "d" })
+                        .arg(token_change)
+                        .arg(held.min(REDIS_MAX))
+                        .arg(cost.min(REDIS_MAX))
+                        .arg(part);
+                    if !plain {
+                        command.arg(request_change).arg(released.min(REDIS_MAX));
+                    }
+                }
+                OpKind::Renew {
+                    to_minute,
+                    held,
+                    in_flight,
+                } => {
+                    command
+                        .arg("n")
+                        .arg(to_minute)
+                        .arg(held.min(REDIS_MAX))
+                        .arg(part)
+                        .arg(in_flight.min(REDIS_MAX));
                 }
             };
             command.arg(op.scopes.len());
@@ -936,23 +1025,11 @@ impl Inner {
     /// Redis counted for it is released, as for a reserve whose answer was
     /// lost.
     fn orphaned(self: &Arc<Self>, op: &Op, result: &Result<Answer, Failure>) {
-        let OpKind::Reserve { tokens, cost, .. } = op.kind else {
-            return;
-        };
         let counted = match result {
             Ok([code, ..]) => *code == 0,
             Err(failure) => failure.may_have_applied(),
         };
-        if counted {
-            let cancel = Op {
-                kind: OpKind::Settle {
-                    token_change: -(tokens.min(REDIS_MAX) as i64),
-                    held: cost,
-                    cost: 0,
-                },
-                scopes: op.scopes.clone(),
-                ..*op
-            };
+        if counted && let Some(cancel) = cancel_op(op) {
             self.retry_later(Arc::new(cancel), "a reserve whose caller left is cancelled");
         }
     }
@@ -1061,6 +1138,7 @@ impl Inner {
                 tokens,
                 cost,
                 check_epoch,
+                counts: Counts::ONE,
             },
             id,
             part: 0,
@@ -1292,6 +1370,9 @@ impl Inner {
         if grant.scopes.is_empty() {
             return;
         }
+        let Err(grant) = self.settle_into_leases(grant, tokens, cost) else {
+            return;
+        };
         let op = Arc::new(settle_op(grant, tokens, cost));
         let result = self.submit(op.clone()).await;
         self.after_settle(op, result);
@@ -1309,13 +1390,28 @@ impl Inner {
         if grant.scopes.is_empty() {
             return Ok(());
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Err(grant);
+        let grant = match self.settle_into_leases(grant, tokens, cost) {
+            Ok(()) => return Ok(()),
+            Err(grant) => grant,
         };
-        let op = Arc::new(settle_op(grant, tokens, cost));
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(grant);
+        }
+        self.send_detached(settle_op(grant, tokens, cost));
+        Ok(())
+    }
+
+    /// Queues a settle (or a renewal) nobody waits for; the batcher handles
+    /// its answer, retrying it if it fails.
+    fn send_detached(self: &Arc<Self>, op: Op) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("a settle could not be sent: no runtime");
+            return;
+        };
+        let op = Arc::new(op);
         let Some(queue) = self.queue(&op) else {
             self.retry_later(op, "a settle is retried");
-            return Ok(());
+            return;
         };
         if let Err(refused) = queue.try_send(Pending { op, answer: None }) {
             // The queue is full (or the batcher gone): wait for room on a
@@ -1330,7 +1426,6 @@ impl Inner {
                 inner.after_settle(op, result);
             });
         }
-        Ok(())
     }
 
     /// What follows a settle's answer, awaited or not: a refusal
@@ -1423,6 +1518,12 @@ impl Inner {
 
 impl Limiter for RedisLimiter {
     fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
+        if !ask.scopes.is_empty() {
+            let check_epoch = self.inner.reseed.get().is_some();
+            if let Some(grant) = self.inner.serve_from_leases(&ask, check_epoch) {
+                return Box::pin(std::future::ready(Ok(grant)));
+            }
+        }
         Box::pin(self.inner.reserve_shared(ask, fresh_grant_id()))
     }
 
@@ -1475,10 +1576,20 @@ impl Limiter for RedisLimiter {
         if grant.scopes.is_empty() {
             return Box::pin(std::future::ready(true));
         }
+        if let Some(renewals) = self.inner.lease_renewals(grant, now_ms) {
+            return Box::pin(async move {
+                let mut reached = true;
+                for op in renewals {
+                    reached &= self.inner.renew_shared(Arc::new(op)).await;
+                }
+                reached
+            });
+        }
         let op = Op {
             kind: OpKind::Renew {
                 to_minute: minute_of(now_ms),
                 held: grant.cost,
+                in_flight: 1,
             },
             id: grant.id,
             part: grant.part,
@@ -1537,6 +1648,37 @@ fn limit_arg(command: &mut Cmd, limit: Option<u64>) {
     };
 }
 
+/// The settle that undoes a reserve (by its id: nothing if it was never
+/// applied). A request's is counted as a request all the same, as a
+/// request refused upstream would be; a lease's gives its requests back.
+fn cancel_op(op: &Op) -> Option<Op> {
+    let OpKind::Reserve {
+        tokens,
+        cost,
+        counts,
+        ..
+    } = op.kind
+    else {
+        return None;
+    };
+    let request_change = if counts == Counts::ONE {
+        0
+    } else {
+        -(counts.requests.min(REDIS_MAX) as i64)
+    };
+    Some(Op {
+        kind: OpKind::Settle {
+            token_change: -(tokens.min(REDIS_MAX) as i64),
+            held: cost,
+            cost: 0,
+            request_change,
+            released: counts.in_flight,
+        },
+        scopes: op.scopes.clone(),
+        ..*op
+    })
+}
+
 /// The settle of a grant at its actual tokens and cost. The script knows
 /// from the grant's record whether, and in which minute, its reservation
 /// counts.
@@ -1547,6 +1689,8 @@ fn settle_op(grant: Grant, tokens: u64, cost: Nanos) -> Op {
             token_change,
             held: grant.cost,
             cost,
+            request_change: 0,
+            released: 1,
         },
         id: grant.id,
         part: grant.part,

@@ -2108,3 +2108,211 @@ async fn batches_go_to_the_database_the_url_names() {
     }
     clean_up(&other, &prefix).await;
 }
+
+/// A scope's counters in Redis: requests and tokens of the minute,
+/// requests in flight, cost held and spent in the daily window. The id
+/// must need no escaping.
+async fn counters_of(url: &str, prefix: &str, scope: &Scope, now_ms: u64) -> [u64; 5] {
+    let mut connection = raw_connection(url).await;
+    let base = format!("{prefix}{HASH_TAG}:{}:{}", scope.kind.as_str(), scope.id);
+    let window = switchboard_policy::limits::budget_window(Period::Daily, now_ms);
+    let minute: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(format!("{base}:m:{}", now_ms / 60_000))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut sum = async |key: String| -> u64 {
+        let values: Vec<u64> = redis::cmd("HVALS")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        values.iter().sum()
+    };
+    let in_flight = sum(format!("{base}:inflight")).await;
+    let held = sum(format!("{base}:held:{window}")).await;
+    let spent: Option<u64> = redis::cmd("GET")
+        .arg(format!("{base}:spent:{window}"))
+        .query_async(&mut raw_connection(url).await)
+        .await
+        .unwrap();
+    [
+        minute.get("r").copied().unwrap_or(0),
+        minute.get("t").copied().unwrap_or(0),
+        in_flight,
+        held,
+        spent.unwrap_or(0),
+    ]
+}
+
+fn large_rules() -> Rules {
+    Rules {
+        requests_per_minute: Some(1_000_000),
+        tokens_per_minute: Some(1_000_000_000),
+        max_concurrent: Some(10_000),
+        budget: budget(1_000_000_000_000, Period::Daily),
+    }
+}
+
+/// A key and team busy for longer than a lease's span are served from
+/// leases (far fewer operations reach Redis than requests), and once the
+/// traffic stops and the leases are given back, Redis's counters hold
+/// exactly what the requests used: every request, its actual tokens and
+/// cost, nothing in flight or held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_scope_is_served_from_leases_and_its_counters_end_exact() {
+    let Some(url) =
+        redis_url("a_busy_scope_is_served_from_leases_and_its_counters_end_exact").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("leases");
+    let limiter = Arc::new(limiter(&url, &prefix, false).await);
+    let now_ms = minute_start_now();
+    let scopes = vec![
+        (scope(ScopeKind::Key, "busy"), large_rules()),
+        (scope(ScopeKind::Team, "busy-team"), large_rules()),
+    ];
+    const WORST_TOKENS: u64 = 100;
+    const WORST_COST: Nanos = 50_000;
+    let totals = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    let mut workers = Vec::new();
+    for worker in 0..8u64 {
+        let (limiter, scopes, totals) = (limiter.clone(), scopes.clone(), totals.clone());
+        workers.push(tokio::spawn(async move {
+            let mut index = worker << 32;
+            while Instant::now() < deadline {
+                index += 1;
+                let grant = limiter
+                    .reserve(ask(&scopes, WORST_TOKENS, WORST_COST, now_ms))
+                    .await
+                    .expect("far from every limit");
+                tokio::time::sleep(Duration::from_micros(500)).await;
+                let tokens = splitmix64(index) % (WORST_TOKENS + 1);
+                let cost = splitmix64(!index) % (WORST_COST + 1);
+                limiter.settle(grant, tokens, cost).await;
+                let mut totals = totals.lock().unwrap();
+                totals.0 += 1;
+                totals.1 += tokens;
+                totals.2 += cost;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let (requests, tokens, cost) = *totals.lock().unwrap();
+    let (leases, served) = limiter.leases();
+    assert!(
+        leases > 0 && served * 10 > requests * 9,
+        "{served} of {requests} requests served from {leases} leases"
+    );
+    let (calls, operations) = limiter.batches();
+    assert!(
+        operations * 4 < requests,
+        "{requests} requests sent {operations} operations to Redis (in {calls} calls): \
+         leases served too few"
+    );
+    for (scope, _) in &scopes {
+        eventually(
+            "the leases are given back and the counters exact",
+            || async {
+                counters_of(&url, &prefix, scope, now_ms).await == [requests, tokens, 0, 0, cost]
+            },
+        )
+        .await;
+    }
+    clean_up(&url, &prefix).await;
+}
+
+/// Two instances taking leases on one key never pass its limits together:
+/// the minute's requests end exactly at the limit once the slices left
+/// unused have come back, neither more nor fewer, and the counters then
+/// hold exactly the spend, with nothing in flight or held. (Concurrency
+/// is leased too, but a lease is granted only while a scope's requests in
+/// flight stay under half its limit, so clients pressing on it are counted
+/// one by one: `per_minute_and_concurrency_limits_hold_across_instances`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_never_let_instances_pass_a_limit_and_come_back_unused() {
+    let Some(url) = redis_url("leases_never_let_instances_pass_a_limit_and_come_back_unused").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("lease-race");
+    let instances = [
+        Arc::new(limiter(&url, &prefix, false).await),
+        Arc::new(limiter(&url, &prefix, false).await),
+    ];
+    const RPM: u64 = 12_000;
+    const CONCURRENT: u64 = 1_000;
+    let key = scope(ScopeKind::Key, "raced");
+    let rules = Rules {
+        requests_per_minute: Some(RPM),
+        max_concurrent: Some(CONCURRENT),
+        budget: budget(1_000_000_000, Period::Daily),
+        ..Rules::default()
+    };
+    let now_ms = minute_start_now();
+    let granted = Arc::new(AtomicUsize::new(0));
+    let spent = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let last_grant = Arc::new(Mutex::new(Instant::now()));
+    let mut workers = Vec::new();
+    for worker in 0..40usize {
+        let limiter = instances[worker % 2].clone();
+        let scopes = vec![(key.clone(), rules)];
+        let (granted, spent, last_grant) = (granted.clone(), spent.clone(), last_grant.clone());
+        workers.push(tokio::spawn(async move {
+            let mut index = (worker as u64) << 32;
+            // Until the limit has refused everyone for a second: by then
+            // every unused slice has come back.
+            while last_grant.lock().unwrap().elapsed() < Duration::from_secs(1)
+                && started.elapsed() < Duration::from_secs(20)
+            {
+                index += 1;
+                match limiter.reserve(ask(&scopes, 10, 20_000, now_ms)).await {
+                    Ok(grant) => {
+                        *last_grant.lock().unwrap() = Instant::now();
+                        granted.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        let cost = (splitmix64(index) % 20_001) as usize;
+                        limiter.settle(grant, 5, cost as Nanos).await;
+                        spent.fetch_add(cost, Ordering::SeqCst);
+                    }
+                    Err(Refusal::Limited {
+                        limit: "requests_per_minute",
+                        ..
+                    }) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(other) => panic!("unexpected refusal {other:?}"),
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(
+        granted.load(Ordering::SeqCst) as u64,
+        RPM,
+        "exactly the minute's requests were granted"
+    );
+    for instance in &instances {
+        let (leases, served) = instance.leases();
+        assert!(
+            leases > 0 && served > 0,
+            "an instance took {leases} leases and served {served} requests from them (in {:?})",
+            started.elapsed()
+        );
+    }
+    let spent = spent.load(Ordering::SeqCst) as u64;
+    eventually("the counters hold exactly what was used", || async {
+        let [requests, _, in_flight, held, counted] =
+            counters_of(&url, &prefix, &key, now_ms).await;
+        [requests, in_flight, held, counted] == [RPM, 0, 0, spent]
+    })
+    .await;
+    clean_up(&url, &prefix).await;
+}
