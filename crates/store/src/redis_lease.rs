@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 use switchboard_policy::limits::{Ask, Grant, Nanos, Remaining, Rules, Scope, minute_of};
 
 use super::{Counts, Inner, Op, OpKind, REDIS_MAX, cancel_op, fresh_grant_id, lock};
+use switchboard_core::mix::FnvBuild;
 
 /// How long a lease serves requests before it is retired.
 pub(crate) const SPAN: Duration = Duration::from_millis(250);
@@ -118,6 +119,8 @@ struct Lease {
     tokens: u64,
     held: Nanos,
     spent: Nanos,
+    /// The most requests it had in flight at once.
+    peak: u64,
     /// The scope's requests and tokens of the minute before the lease (for
     /// headers).
     before: (u64, u64),
@@ -142,6 +145,7 @@ impl Lease {
     fn take(&mut self, ask: &Ask) {
         self.taken += 1;
         self.in_flight += 1;
+        self.peak = self.peak.max(self.in_flight);
         self.tokens = self.tokens.saturating_add(ask.tokens);
         self.held = self.held.saturating_add(ask.cost);
     }
@@ -256,10 +260,10 @@ struct ScopeState {
     window: Instant,
     seen: Demand,
     last: Demand,
-    /// Requests in flight from leases, for sizing their room.
-    in_flight: u64,
-    /// The last lease's room for requests in flight, and whether requests
-    /// found it full (the next one is then twice as large).
+    /// The most requests the last lease replaced had in flight at once,
+    /// its room for them, and whether requests found it full (the next one
+    /// then has twice the room).
+    peak: u64,
     last_in_flight: u64,
     dry: bool,
     last_used: Instant,
@@ -270,7 +274,6 @@ struct Demand {
     requests: u64,
     tokens: u64,
     cost: Nanos,
-    peak_in_flight: u64,
 }
 
 impl ScopeState {
@@ -283,11 +286,19 @@ impl ScopeState {
             window: now,
             seen: Demand::default(),
             last: Demand::default(),
-            in_flight: 0,
+            peak: 0,
             last_in_flight: 0,
             dry: false,
             last_used: now,
         }
+    }
+
+    /// Its lease is replaced: what it learnt about requests in flight.
+    fn replaced(&mut self, lease: &Lease) {
+        self.peak = lease.peak;
+        self.last_in_flight = lease.granted.in_flight;
+        self.dry =
+            lease.rules.max_concurrent.is_some() && lease.in_flight >= lease.granted.in_flight;
     }
 
     fn note(&mut self, ask: &Ask, now: Instant) {
@@ -298,10 +309,7 @@ impl ScopeState {
             } else {
                 self.seen
             };
-            self.seen = Demand {
-                peak_in_flight: self.in_flight,
-                ..Demand::default()
-            };
+            self.seen = Demand::default();
             self.window = now;
         }
         self.seen.requests += 1;
@@ -328,7 +336,7 @@ impl ScopeState {
             Some(limit) => requests.min(limit / SLICE),
             None => requests,
         };
-        let mut peak = self.seen.peak_in_flight.max(self.last.peak_in_flight);
+        let mut peak = self.peak;
         if self.dry {
             peak = peak.max(self.last_in_flight);
         }
@@ -413,52 +421,63 @@ impl Actions {
 
 #[derive(Default)]
 struct Table {
+    /// By scope: end users' ids are the client's, so these keep SipHash.
     scopes: HashMap<Scope, ScopeState>,
-    leases: HashMap<u128, Lease>,
+    leases: ById<Lease>,
     /// Grants served from leases: for each of the grant's scopes, the lease
     /// it took from (`None`: an unlimited scope, or a part settled).
-    grants: HashMap<u128, Vec<Option<u128>>>,
+    grants: ById<Vec<Option<u128>>>,
     ticking: bool,
 }
 
-impl Table {
-    fn retire(&mut self, id: u128, actions: &mut Actions) {
-        let Some(lease) = self.leases.get_mut(&id) else {
-            return;
-        };
-        if lease.retired.is_some() {
-            return;
-        }
-        actions.settles.push(lease.retire(id));
-        if lease.in_flight == 0 {
-            self.leases.remove(&id);
-        }
-    }
+/// Leases and grants by id: ids are drawn at random, so FNV suffices.
+type ById<T> = HashMap<u128, T, FnvBuild>;
 
-    /// Whether the scope's lease can serve the request, or must be
-    /// replaced.
-    fn fit(&self, state: &ScopeState, rules: &Rules, ask: &Ask, minute: u64, now: Instant) -> Fit {
-        let Some(lease) = state.current.and_then(|id| self.leases.get(&id)) else {
-            return Fit::Replace;
-        };
-        if lease.minute > minute {
-            // A request timed just before the minute a newer lease is for.
-            return Fit::Pass;
-        }
-        if state.rules != *rules
-            || lease.retired.is_some()
-            || lease.minute < minute
-            || now.saturating_duration_since(lease.born) >= SPAN
-            || !lease.has_room(ask)
-        {
-            return Fit::Replace;
-        }
-        // Past three quarters of its span or of its requests, the next
-        // lease is asked for, so that it is there when this one ends.
-        let age = now.saturating_duration_since(lease.born);
-        let renew = age >= SPAN * 3 / 4 || lease.taken * 4 >= lease.granted.requests * 3;
-        Fit::Serve { renew }
+/// Stops a lease serving requests, and queues the settle that gives back
+/// what it did not use.
+fn retire(leases: &mut ById<Lease>, id: u128, actions: &mut Actions) {
+    let Some(lease) = leases.get_mut(&id) else {
+        return;
+    };
+    if lease.retired.is_some() {
+        return;
     }
+    actions.settles.push(lease.retire(id));
+    if lease.in_flight == 0 {
+        leases.remove(&id);
+    }
+}
+
+/// Whether the scope's lease can serve the request, or must be
+/// replaced.
+fn fit(
+    leases: &ById<Lease>,
+    state: &ScopeState,
+    rules: &Rules,
+    ask: &Ask,
+    minute: u64,
+    now: Instant,
+) -> Fit {
+    let Some(lease) = state.current.and_then(|id| leases.get(&id)) else {
+        return Fit::Replace;
+    };
+    if lease.minute > minute {
+        // A request timed just before the minute a newer lease is for.
+        return Fit::Pass;
+    }
+    if state.rules != *rules
+        || lease.retired.is_some()
+        || lease.minute < minute
+        || now.saturating_duration_since(lease.born) >= SPAN
+        || !lease.has_room(ask)
+    {
+        return Fit::Replace;
+    }
+    // Past three quarters of its span or of its requests, the next
+    // lease is asked for, so that it is there when this one ends.
+    let age = now.saturating_duration_since(lease.born);
+    let renew = age >= SPAN * 3 / 4 || lease.taken * 4 >= lease.granted.requests * 3;
+    Fit::Serve { renew }
 }
 
 /// This instance's leases (see the module documentation).
@@ -478,25 +497,29 @@ impl Leases {
         let now = Instant::now();
         let minute = minute_of(ask.now_ms);
         let mut table = lock(&self.table);
-        let table = &mut *table;
+        let Table {
+            scopes,
+            leases,
+            grants,
+            ..
+        } = &mut *table;
         let mut shares: Vec<Option<u128>> = Vec::with_capacity(ask.scopes.len());
         let mut served = true;
+        // One lookup per scope: its state, noted, checked and (if it needs
+        // one) given a new lease to ask for.
         for (scope, rules) in &ask.scopes {
             if rules.is_unlimited() {
                 shares.push(None);
                 continue;
             }
-            let state = match table.scopes.get_mut(scope) {
+            let state = match scopes.get_mut(scope) {
                 Some(state) => state,
-                None => table
-                    .scopes
+                None => scopes
                     .entry(scope.clone())
                     .or_insert_with(|| ScopeState::new(*rules, now)),
             };
             state.note(ask, now);
-            let fit = table.fit(&table.scopes[scope], rules, ask, minute, now);
-            let state = table.scopes.get_mut(scope).expect("noted above");
-            let want = match fit {
+            let want = match fit(leases, state, rules, ask, minute, now) {
                 Fit::Serve { renew } => {
                     shares.push(state.current);
                     renew
@@ -508,17 +531,14 @@ impl Leases {
                 Fit::Replace => {
                     served = false;
                     if let Some(current) = state.current.take() {
-                        if let Some(lease) = table.leases.get(&current) {
-                            state.last_in_flight = lease.granted.in_flight;
-                            state.dry = lease.rules.max_concurrent.is_some()
-                                && lease.in_flight >= lease.granted.in_flight;
+                        if let Some(lease) = leases.get(&current) {
+                            state.replaced(lease);
                         }
-                        table.retire(current, actions);
+                        retire(leases, current, actions);
                     }
                     true
                 }
             };
-            let state = table.scopes.get_mut(scope).expect("noted above");
             state.rules = *rules;
             if want && let Some((amounts, budgeted)) = state.wanted(ask, now) {
                 state.acquiring = true;
@@ -535,27 +555,23 @@ impl Leases {
         if !served || shares.iter().all(Option::is_none) {
             return None;
         }
-        for ((scope, _), share) in ask.scopes.iter().zip(&shares) {
-            if let Some(id) = share {
-                table.leases.get_mut(id).expect("usable").take(ask);
-                let state = table.scopes.get_mut(scope).expect("noted above");
-                state.in_flight += 1;
-                state.seen.peak_in_flight = state.seen.peak_in_flight.max(state.in_flight);
+        for id in shares.iter().flatten() {
+            if let Some(lease) = leases.get_mut(id) {
+                lease.take(ask);
             }
         }
         let reset =
             Duration::from_millis((minute + 1) * 60_000 - ask.now_ms.min((minute + 1) * 60_000));
-        let remaining = match (ask.scopes.first(), shares.first()) {
-            (Some((_, rules)), Some(Some(id))) if !rules.is_unlimited() => {
-                table.leases[id].remaining(reset)
-            }
-            _ => Remaining {
-                reset,
-                ..Remaining::default()
-            },
-        };
+        let remaining = match shares.first() {
+            Some(Some(id)) => leases.get(id).map(|lease| lease.remaining(reset)),
+            _ => None,
+        }
+        .unwrap_or(Remaining {
+            reset,
+            ..Remaining::default()
+        });
         let id = fresh_grant_id();
-        table.grants.insert(id, shares);
+        grants.insert(id, shares);
         self.served.fetch_add(1, Ordering::Relaxed);
         Some(Grant {
             id,
@@ -579,8 +595,8 @@ impl Leases {
         actions: &mut Actions,
     ) -> Result<(), Grant> {
         let mut table = lock(&self.table);
-        let table = &mut *table;
-        let Some(shares) = table.grants.get_mut(&grant.id) else {
+        let Table { leases, grants, .. } = &mut *table;
+        let Some(shares) = grants.get_mut(&grant.id) else {
             return Err(grant);
         };
         // A part's scopes are the first (part 1) or the last (part 2) of
@@ -591,24 +607,11 @@ impl Leases {
         } else {
             0..count
         };
-        let mut finished = Vec::with_capacity(count);
-        for (index, share) in shares[range].iter_mut().enumerate() {
-            if let Some(id) = share.take() {
-                finished.push((index, id));
-            }
-        }
-        if shares.iter().all(Option::is_none) {
-            table.grants.remove(&grant.id);
-        }
-        for (index, id) in finished {
-            if let Some(state) = grant
-                .scopes
-                .get(index)
-                .and_then(|(scope, _)| table.scopes.get_mut(scope))
-            {
-                state.in_flight = state.in_flight.saturating_sub(1);
-            }
-            let Some(lease) = table.leases.get_mut(&id) else {
+        for share in &mut shares[range] {
+            let Some(id) = share.take() else {
+                continue;
+            };
+            let Some(lease) = leases.get_mut(&id) else {
                 continue;
             };
             lease.finish(&grant, tokens, cost);
@@ -616,8 +619,11 @@ impl Leases {
                 && lease.in_flight == 0
             {
                 actions.settles.push(lease.drained(id, retired));
-                table.leases.remove(&id);
+                leases.remove(&id);
             }
+        }
+        if shares.iter().all(Option::is_none) {
+            grants.remove(&grant.id);
         }
         Ok(())
     }
@@ -640,44 +646,53 @@ impl Leases {
     fn tick(&self, actions: &mut Actions) {
         let now = Instant::now();
         let mut table = lock(&self.table);
-        let table = &mut *table;
-        let stale: Vec<u128> = table
-            .leases
+        let Table { scopes, leases, .. } = &mut *table;
+        scopes.retain(|_, state| {
+            if let Some(id) = state.current {
+                let stale = leases.get(&id).is_none_or(|lease| {
+                    lease.retired.is_some() || now.saturating_duration_since(lease.born) >= SPAN
+                });
+                if stale {
+                    if let Some(lease) = leases.get(&id) {
+                        state.replaced(lease);
+                    }
+                    retire(leases, id, actions);
+                    state.current = None;
+                }
+            }
+            state.current.is_some()
+                || state.acquiring
+                || now.saturating_duration_since(state.last_used) < FORGET_AFTER
+        });
+        // A lease whose scope is gone (it cannot be current then).
+        let orphans: Vec<u128> = leases
             .iter()
             .filter(|(_, lease)| {
                 lease.retired.is_none() && now.saturating_duration_since(lease.born) >= SPAN
             })
             .map(|(id, _)| *id)
             .collect();
-        for id in stale {
-            table.retire(id, actions);
+        for id in orphans {
+            retire(leases, id, actions);
         }
-        let leases = &table.leases;
-        table.scopes.retain(|_, state| {
-            if state
-                .current
-                .is_some_and(|id| leases.get(&id).is_none_or(|lease| lease.retired.is_some()))
-            {
-                state.current = None;
-            }
-            state.current.is_some()
-                || state.acquiring
-                || state.in_flight > 0
-                || now.saturating_duration_since(state.last_used) < FORGET_AFTER
-        });
     }
 
     /// Installs a lease Redis granted, retiring the one it replaces.
     fn install(&self, wanted: &Wanted, id: u128, answer: [i64; 3], actions: &mut Actions) -> bool {
         self.granted.fetch_add(1, Ordering::Relaxed);
         let mut table = lock(&self.table);
-        let table = &mut *table;
+        let Table {
+            scopes,
+            leases,
+            ticking,
+            ..
+        } = &mut *table;
         let amounts = wanted.amounts;
         let before = (
             (answer[1].max(0) as u64).saturating_sub(amounts.requests),
             (answer[2].max(0) as u64).saturating_sub(amounts.tokens),
         );
-        table.leases.insert(
+        leases.insert(
             id,
             Lease {
                 scope: wanted.scope.clone(),
@@ -691,25 +706,25 @@ impl Leases {
                 tokens: 0,
                 held: 0,
                 spent: 0,
+                peak: 0,
                 before,
                 retired: None,
             },
         );
-        let replaced = match table.scopes.get_mut(&wanted.scope) {
+        match scopes.get_mut(&wanted.scope) {
             Some(state) => {
                 state.acquiring = false;
-                state.current.replace(id)
+                if let Some(old) = state.current.replace(id) {
+                    if let Some(lease) = leases.get(&old) {
+                        state.replaced(lease);
+                    }
+                    retire(leases, old, actions);
+                }
             }
-            None => {
-                // Forgotten meanwhile: the lease goes back at once.
-                table.retire(id, actions);
-                None
-            }
-        };
-        if let Some(old) = replaced {
-            table.retire(old, actions);
+            // Forgotten meanwhile: the lease goes back at once.
+            None => retire(leases, id, actions),
         }
-        !std::mem::replace(&mut table.ticking, true)
+        !std::mem::replace(ticking, true)
     }
 
     /// A lease was not granted: none is asked for again for a span.
