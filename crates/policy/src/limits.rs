@@ -204,12 +204,24 @@ pub trait Limiter: Send + Sync + 'static {
     fn lease(&self) -> Option<Duration> {
         None
     }
+    /// Whether the limiter keeps this grant's reservation from lapsing by
+    /// itself, so that the caller need not `renew` it.
+    fn renews_itself(&self, grant: &Grant) -> bool {
+        let _ = grant;
+        false
+    }
     /// Makes a reservation still in progress count for another lease from
     /// `now_ms`; one already settled stays settled. Answers whether the
     /// counters could be reached (false: try again sooner).
     fn renew(&self, grant: &Grant, now_ms: u64) -> LimitFuture<'_, bool> {
         let _ = (grant, now_ms);
         Box::pin(std::future::ready(true))
+    }
+    /// The instance is stopping, its requests ended: gives back whatever
+    /// the limiter holds for requests to come (the Redis limiter's
+    /// leases), within its own time bound.
+    fn shutdown(&self) -> LimitFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
     }
     /// Tells the limiter that the scope has spent at least `spent` in the
     /// budget window of `now_ms` (from the request log), for a budget set

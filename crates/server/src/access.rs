@@ -81,8 +81,12 @@ impl Renewal {
         Some(Renewal(task))
     }
 
-    /// The renewal of `grant`, when `limiter`'s reservations lapse.
+    /// The renewal of `grant`, when `limiter`'s reservations lapse and it
+    /// does not renew them itself.
     fn of(limiter: &Arc<dyn Limiter>, grant: &Grant) -> Option<Renewal> {
+        if limiter.renews_itself(grant) {
+            return None;
+        }
         limiter
             .lease()
             .and_then(|lease| Renewal::start(limiter.clone(), grant.clone(), lease))

@@ -280,6 +280,9 @@ pub async fn start(
             served = serve => served.map_err(ServeError::Io),
             () = deadline => Ok(()),
         };
+        // Requests have ended: the limiter gives back what it holds for
+        // requests to come (the Redis limiter's leases).
+        serving_gateway.limiter.shutdown().await;
         // Connections are gone; their handlers have queued their records.
         drop(serving_gateway);
         // Connections still open after the deadline record themselves as

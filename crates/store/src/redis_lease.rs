@@ -41,7 +41,15 @@
 //! (part 2), or at once (a whole settle) if none is. A ticker retires idle
 //! leases, so nothing unused stays taken for longer than about `SPAN`.
 //! Each lease is sized from the previous span's demand (twice the requests
-//! seen, within the caps above).
+//! seen, within the caps above); the next one is asked for at three
+//! quarters of the span, and only while the current one serves. A lease
+//! that served nothing (another scope of its requests never had one) is
+//! followed by none for 2 s. A lease taken under limits that have since
+//! changed serves nothing and goes back. The ticker also renews leases
+//! whose requests are still in flight after half the limiter's lease (15
+//! minutes by default), so requests served from leases need no renewal
+//! of their own (`Limiter::renews_itself`); a grant served from leases is
+//! marked by the top bit of its id.
 //!
 //! **What it costs.** A request may be refused while another instance
 //! holds part of a limit it has not used: by at most that instance's
@@ -49,10 +57,12 @@
 //! only once the counters have passed half the limit in that time. Headers
 //! (`x-ratelimit-remaining-*`) of a request served from a lease count the
 //! lease's own requests and the counters as they were when it was taken.
-//! If the instance dies, its leases lapse like any reservation (after the
-//! limiter's lease, 15 minutes by default), and the spend of requests
-//! finished since its last settle (at most `SPAN`'s) is missing from
-//! Redis's counters, not from the request log. A split grant's parts
+//! At a graceful shutdown, once requests have ended, every lease is given
+//! back before the process exits (`Limiter::shutdown`, within the
+//! limiter's timeout). If the instance dies, its leases lapse like any
+//! reservation (after the limiter's lease, 15 minutes by default), and the
+//! spend of requests finished since their lease's last settle (at most
+//! `SPAN`'s) is missing from Redis's counters, not from the request log. A split grant's parts
 //! settle into their leases separately, as with single reserves.
 //!
 //! Leases are on by default (`RedisLimiterConfig::leases`); off, every
@@ -68,6 +78,15 @@ use switchboard_policy::limits::{Ask, Grant, Nanos, Remaining, Rules, Scope, min
 use super::{Counts, Inner, Op, OpKind, REDIS_MAX, cancel_op, fresh_grant_id, lock};
 use switchboard_core::mix::FnvBuild;
 
+/// The bit of a grant's id that marks it served from leases (no other
+/// grant id has it: `fresh_grant_id`).
+pub(crate) const SERVED_FROM_LEASE: u128 = 1 << 127;
+
+/// Whether a grant was served from leases (and is then renewed with them).
+pub(crate) fn served_from_lease(grant: &Grant) -> bool {
+    grant.id & SERVED_FROM_LEASE != 0
+}
+
 /// How long a lease serves requests before it is retired.
 pub(crate) const SPAN: Duration = Duration::from_millis(250);
 /// Requests a scope must see within a span to take a lease.
@@ -79,8 +98,12 @@ const MIN_REQUESTS: u64 = 8;
 /// Redis grants a lease only while every counter stays within its limit
 /// divided by this.
 const SHARE: u64 = 2;
-/// A scope state unused this long is forgotten.
+/// A scope state unused this long is forgotten...
 const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// ...by the ticker, every this many ticks.
+const FORGET_EVERY: u64 = 32;
+/// After a lease that served nothing, how long none is asked for.
+const UNUSED_QUIET: Duration = Duration::from_secs(2);
 
 /// What a lease holds, or a request takes from it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -121,6 +144,10 @@ struct Lease {
     spent: Nanos,
     /// The most requests it had in flight at once.
     peak: u64,
+    /// The minute its reservation counts in, in Redis (moved by renewals),
+    /// and whether a renewal is on its way.
+    counts_in: u64,
+    renewing: bool,
     /// The scope's requests and tokens of the minute before the lease (for
     /// headers).
     before: (u64, u64),
@@ -213,18 +240,20 @@ impl Lease {
     }
 
     /// The renewal of what it holds in Redis now.
+    /// Redis holds the whole lease until its part 1 is applied, and then
+    /// what part 1 left, which is known once it is retired: the script
+    /// moves whichever its record says.
     fn renewal(&self, id: u128, now_ms: u64) -> Op {
-        let (in_flight, held) = match self.retired {
-            Some(retired) => (retired.in_flight, retired.held),
-            None => (self.granted.in_flight, self.granted.cost),
-        };
         self.op(
             id,
             2,
             OpKind::Renew {
                 to_minute: minute_of(now_ms),
-                held,
-                in_flight,
+                held: self.granted.cost,
+                in_flight: self.granted.in_flight,
+                after_part_one: self
+                    .retired
+                    .map(|retired| (retired.held, retired.in_flight.min(self.granted.in_flight))),
             },
         )
     }
@@ -294,7 +323,12 @@ impl ScopeState {
     }
 
     /// Its lease is replaced: what it learnt about requests in flight.
-    fn replaced(&mut self, lease: &Lease) {
+    fn replaced(&mut self, lease: &Lease, now: Instant) {
+        if lease.taken == 0 {
+            // It served nothing (another scope of the requests never had
+            // a lease): none is asked for a while.
+            self.quiet_until = Some(now + UNUSED_QUIET);
+        }
         self.peak = lease.peak;
         self.last_in_flight = lease.granted.in_flight;
         self.dry =
@@ -411,11 +445,16 @@ enum Fit {
 pub(crate) struct Actions {
     settles: Vec<Op>,
     wanted: Vec<Wanted>,
+    renewals: Vec<Op>,
+    start_ticker: bool,
 }
 
 impl Actions {
     fn is_empty(&self) -> bool {
-        self.settles.is_empty() && self.wanted.is_empty()
+        self.settles.is_empty()
+            && self.wanted.is_empty()
+            && self.renewals.is_empty()
+            && !self.start_ticker
     }
 }
 
@@ -428,6 +467,9 @@ struct Table {
     /// it took from (`None`: an unlimited scope, or a part settled).
     grants: ById<Vec<Option<u128>>>,
     ticking: bool,
+    ticks: u64,
+    /// Shut down: no request is served from leases, none is asked for.
+    closed: bool,
 }
 
 /// Leases and grants by id: ids are drawn at random, so FNV suffices.
@@ -465,7 +507,7 @@ fn fit(
         // A request timed just before the minute a newer lease is for.
         return Fit::Pass;
     }
-    if state.rules != *rules
+    if lease.rules != *rules
         || lease.retired.is_some()
         || lease.minute < minute
         || now.saturating_duration_since(lease.born) >= SPAN
@@ -501,10 +543,17 @@ impl Leases {
             scopes,
             leases,
             grants,
+            ticking,
+            closed,
             ..
         } = &mut *table;
+        if *closed {
+            return None;
+        }
         let mut shares: Vec<Option<u128>> = Vec::with_capacity(ask.scopes.len());
         let mut served = true;
+        // Scopes whose lease serves, but should be followed by another.
+        let mut followed: Vec<(&Scope, &Rules)> = Vec::new();
         // One lookup per scope: its state, noted, checked and (if it needs
         // one) given a new lease to ask for.
         for (scope, rules) in &ask.scopes {
@@ -514,15 +563,22 @@ impl Leases {
             }
             let state = match scopes.get_mut(scope) {
                 Some(state) => state,
-                None => scopes
-                    .entry(scope.clone())
-                    .or_insert_with(|| ScopeState::new(*rules, now)),
+                None => {
+                    // The ticker forgets scopes, so it runs once there are.
+                    actions.start_ticker |= !std::mem::replace(ticking, true);
+                    scopes
+                        .entry(scope.clone())
+                        .or_insert_with(|| ScopeState::new(*rules, now))
+                }
             };
             state.note(ask, now);
             let want = match fit(leases, state, rules, ask, minute, now) {
                 Fit::Serve { renew } => {
                     shares.push(state.current);
-                    renew
+                    if renew {
+                        followed.push((scope, rules));
+                    }
+                    false
                 }
                 Fit::Pass => {
                     served = false;
@@ -532,7 +588,7 @@ impl Leases {
                     served = false;
                     if let Some(current) = state.current.take() {
                         if let Some(lease) = leases.get(&current) {
-                            state.replaced(lease);
+                            state.replaced(lease, now);
                         }
                         retire(leases, current, actions);
                     }
@@ -555,6 +611,22 @@ impl Leases {
         if !served || shares.iter().all(Option::is_none) {
             return None;
         }
+        // Only a lease that serves is followed by another.
+        for (scope, rules) in followed {
+            if let Some(state) = scopes.get_mut(scope)
+                && let Some((amounts, budgeted)) = state.wanted(ask, now)
+            {
+                state.acquiring = true;
+                actions.wanted.push(Wanted {
+                    scope: scope.clone(),
+                    rules: *rules,
+                    amounts,
+                    minute,
+                    now_ms: ask.now_ms,
+                    check_epoch: check_epoch && budgeted,
+                });
+            }
+        }
         for id in shares.iter().flatten() {
             if let Some(lease) = leases.get_mut(id) {
                 lease.take(ask);
@@ -570,7 +642,7 @@ impl Leases {
             reset,
             ..Remaining::default()
         });
-        let id = fresh_grant_id();
+        let id = fresh_grant_id() | SERVED_FROM_LEASE;
         grants.insert(id, shares);
         self.served.fetch_add(1, Ordering::Relaxed);
         Some(Grant {
@@ -628,63 +700,86 @@ impl Leases {
         Ok(())
     }
 
-    /// The renewals of the leases a grant served from them took from;
-    /// `None` if it was not served from leases.
-    fn renewals(&self, grant: &Grant, now_ms: u64) -> Option<Vec<Op>> {
-        let table = lock(&self.table);
-        let shares = table.grants.get(&grant.id)?;
-        Some(
-            shares
-                .iter()
-                .flatten()
-                .filter_map(|id| table.leases.get(id).map(|lease| lease.renewal(*id, now_ms)))
-                .collect(),
-        )
-    }
-
-    /// Retires leases past their span, and forgets scopes long unused.
-    fn tick(&self, actions: &mut Actions) {
+    /// Retires leases past their span, renews those whose requests have
+    /// been in flight for half the limiter's lease, and forgets scopes
+    /// long unused.
+    fn tick(&self, actions: &mut Actions, now_ms: u64, lease_minutes: u64) {
         let now = Instant::now();
         let mut table = lock(&self.table);
-        let Table { scopes, leases, .. } = &mut *table;
-        scopes.retain(|_, state| {
-            if let Some(id) = state.current {
-                let stale = leases.get(&id).is_none_or(|lease| {
-                    lease.retired.is_some() || now.saturating_duration_since(lease.born) >= SPAN
-                });
-                if stale {
-                    if let Some(lease) = leases.get(&id) {
-                        state.replaced(lease);
-                    }
-                    retire(leases, id, actions);
-                    state.current = None;
-                }
-            }
-            state.current.is_some()
-                || state.acquiring
-                || now.saturating_duration_since(state.last_used) < FORGET_AFTER
-        });
-        // A lease whose scope is gone (it cannot be current then).
-        let orphans: Vec<u128> = leases
+        let Table {
+            scopes,
+            leases,
+            ticks,
+            ..
+        } = &mut *table;
+        let stale: Vec<u128> = leases
             .iter()
             .filter(|(_, lease)| {
                 lease.retired.is_none() && now.saturating_duration_since(lease.born) >= SPAN
             })
             .map(|(id, _)| *id)
             .collect();
-        for id in orphans {
+        for id in stale {
+            if let Some(lease) = leases.get(&id)
+                && let Some(state) = scopes.get_mut(&lease.scope)
+                && state.current == Some(id)
+            {
+                state.replaced(lease, now);
+                state.current = None;
+            }
+            retire(leases, id, actions);
+        }
+        // A reservation lapses a lease after the minute it counts in; it is
+        // moved to the current minute once half of that has passed.
+        let minute = minute_of(now_ms);
+        for (id, lease) in leases.iter_mut() {
+            if !lease.renewing && minute >= lease.counts_in + (lease_minutes / 2).max(1) {
+                lease.renewing = true;
+                actions.renewals.push(lease.renewal(*id, now_ms));
+            }
+        }
+        *ticks += 1;
+        if *ticks % FORGET_EVERY == 0 {
+            scopes.retain(|_, state| {
+                state.current.is_some()
+                    || state.acquiring
+                    || now.saturating_duration_since(state.last_used) < FORGET_AFTER
+            });
+        }
+    }
+
+    /// Retires every lease, and serves no more requests from leases.
+    fn close(&self, actions: &mut Actions) {
+        let mut table = lock(&self.table);
+        let Table {
+            scopes,
+            leases,
+            closed,
+            ..
+        } = &mut *table;
+        *closed = true;
+        for state in scopes.values_mut() {
+            state.current = None;
+        }
+        let open: Vec<u128> = leases
+            .iter()
+            .filter(|(_, lease)| lease.retired.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in open {
             retire(leases, id, actions);
         }
     }
 
     /// Installs a lease Redis granted, retiring the one it replaces.
-    fn install(&self, wanted: &Wanted, id: u128, answer: [i64; 3], actions: &mut Actions) -> bool {
+    fn install(&self, wanted: &Wanted, id: u128, answer: [i64; 3], actions: &mut Actions) {
         self.granted.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let mut table = lock(&self.table);
         let Table {
             scopes,
             leases,
-            ticking,
+            closed,
             ..
         } = &mut *table;
         let amounts = wanted.amounts;
@@ -707,16 +802,24 @@ impl Leases {
                 held: 0,
                 spent: 0,
                 peak: 0,
+                counts_in: wanted.minute,
+                renewing: false,
                 before,
                 retired: None,
             },
         );
         match scopes.get_mut(&wanted.scope) {
+            // Its limits changed meanwhile, or the limiter shut down: the
+            // lease goes back at once.
+            Some(state) if state.rules != wanted.rules || *closed => {
+                state.acquiring = false;
+                retire(leases, id, actions);
+            }
             Some(state) => {
                 state.acquiring = false;
                 if let Some(old) = state.current.replace(id) {
                     if let Some(lease) = leases.get(&old) {
-                        state.replaced(lease);
+                        state.replaced(lease, now);
                     }
                     retire(leases, old, actions);
                 }
@@ -724,7 +827,17 @@ impl Leases {
             // Forgotten meanwhile: the lease goes back at once.
             None => retire(leases, id, actions),
         }
-        !std::mem::replace(ticking, true)
+    }
+
+    /// A lease's renewal came back: moved to `to`, or not (tried again).
+    fn renewed(&self, id: u128, to: Option<u64>) {
+        let mut table = lock(&self.table);
+        if let Some(lease) = table.leases.get_mut(&id) {
+            lease.renewing = false;
+            if let Some(to) = to {
+                lease.counts_in = lease.counts_in.max(to);
+            }
+        }
     }
 
     /// A lease was not granted: none is asked for again for a span.
@@ -770,15 +883,38 @@ impl Inner {
         result
     }
 
-    /// Renews the leases a grant served from them holds (`None`: it was
-    /// not).
-    pub(crate) fn lease_renewals(&self, grant: &Grant, now_ms: u64) -> Option<Vec<Op>> {
-        self.leases.as_ref()?.renewals(grant, now_ms)
+    /// Retires every lease and waits (within the timeout) for Redis to
+    /// take back what they did not use; no request is served from leases
+    /// after.
+    pub(crate) async fn close_leases(self: &Arc<Self>) {
+        let Some(leases) = self.leases.as_ref() else {
+            return;
+        };
+        let mut actions = Actions::default();
+        leases.close(&mut actions);
+        let settles = actions.settles.into_iter().map(|op| {
+            let op = Arc::new(op);
+            async move {
+                let result = self.submit(op.clone()).await;
+                if let Err(failure) = result {
+                    self.warn_unavailable(&failure, "a lease was not given back at shutdown");
+                }
+            }
+        });
+        let all = futures_util::future::join_all(settles);
+        if tokio::time::timeout(self.timeout, all).await.is_err() {
+            tracing::warn!("leases not given back within the timeout: they lapse with the lease");
+        }
     }
 
     fn act(self: &Arc<Self>, actions: Actions) {
         if actions.is_empty() {
             return;
+        }
+        if actions.start_ticker
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(tick(Arc::downgrade(self)));
         }
         for op in actions.settles {
             self.send_detached(op);
@@ -786,6 +922,35 @@ impl Inner {
         for wanted in actions.wanted {
             self.acquire(wanted);
         }
+        for renewal in actions.renewals {
+            self.renew_lease(renewal);
+        }
+    }
+
+    /// Renews a lease, on a task; notes the minute it counts in from then
+    /// on if Redis moved it (otherwise the next tick tries again).
+    fn renew_lease(self: &Arc<Self>, op: Op) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = self.clone();
+        runtime.spawn(async move {
+            let (id, to) = match op.kind {
+                OpKind::Renew { to_minute, .. } => (op.id, to_minute),
+                _ => return,
+            };
+            let moved = match inner.submit(Arc::new(op)).await {
+                Ok([1, ..]) => true,
+                Ok(_) => false,
+                Err(failure) => {
+                    inner.warn_unavailable(&failure, "a lease in use was not renewed");
+                    false
+                }
+            };
+            if let Some(leases) = inner.leases.as_ref() {
+                leases.renewed(id, moved.then_some(to));
+            }
+        });
     }
 
     /// Asks Redis for a lease, on a task; installs it if granted.
@@ -823,11 +988,8 @@ impl Inner {
             match result {
                 Ok(answer @ [0, ..]) => {
                     let mut actions = Actions::default();
-                    let start_ticker = leases.install(&wanted, op.id, answer, &mut actions);
+                    leases.install(&wanted, op.id, answer, &mut actions);
                     inner.act(actions);
-                    if start_ticker {
-                        tokio::spawn(tick(Arc::downgrade(&inner)));
-                    }
                 }
                 Ok(_) => leases.refused(&wanted.scope),
                 Err(failure) => {
@@ -860,7 +1022,462 @@ async fn tick(inner: Weak<Inner>) {
             return;
         };
         let mut actions = Actions::default();
-        leases.tick(&mut actions);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        leases.tick(&mut actions, now_ms, inner.lease_minutes);
         inner.act(actions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_policy::limits::{Budget, Period, ScopeKind};
+
+    fn large() -> Rules {
+        Rules {
+            requests_per_minute: Some(1_000_000),
+            tokens_per_minute: Some(100_000_000),
+            max_concurrent: Some(10_000),
+            budget: Some(Budget {
+                limit: 1_000_000_000_000,
+                period: Period::Daily,
+            }),
+        }
+    }
+
+    fn scope(id: &str) -> Scope {
+        Scope {
+            kind: ScopeKind::Key,
+            id: id.to_owned(),
+        }
+    }
+
+    fn ask(scopes: &[(Scope, Rules)], tokens: u64, cost: Nanos) -> Ask {
+        Ask {
+            scopes: scopes.to_vec(),
+            tokens,
+            cost,
+            now_ms: 1_800_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_wanted_only_by_a_scope_busy_for_a_whole_span_with_large_limits() {
+        let t0 = Instant::now();
+        let one = ask(&[(scope("k"), large())], 100, 1_000);
+        let mut state = ScopeState::new(large(), t0);
+        for _ in 0..10 {
+            state.note(&one, t0);
+        }
+        assert_eq!(
+            state.wanted(&one, t0),
+            None,
+            "a burst is counted one by one"
+        );
+        state.note(&one, t0 + SPAN);
+        let (amounts, budgeted) = state.wanted(&one, t0 + SPAN).expect("busy for a span");
+        assert!(budgeted);
+        assert_eq!(amounts.requests, 20, "twice the last span's requests");
+        assert_eq!(amounts.in_flight, MIN_REQUESTS);
+        assert_eq!(amounts.tokens, 20 * 100);
+        assert_eq!(amounts.cost, 20 * 1_000);
+
+        let mut quiet = state_like(&state);
+        quiet.quiet_until = Some(t0 + 2 * SPAN);
+        assert_eq!(quiet.wanted(&one, t0 + SPAN), None, "after a refusal");
+        let mut asking = state_like(&state);
+        asking.acquiring = true;
+        assert_eq!(
+            asking.wanted(&one, t0 + SPAN),
+            None,
+            "one request at a time"
+        );
+
+        // Limits too small for a slice of eight requests: none.
+        for small in [
+            Rules {
+                requests_per_minute: Some(63),
+                ..large()
+            },
+            Rules {
+                max_concurrent: Some(63),
+                ..large()
+            },
+            Rules {
+                tokens_per_minute: Some(100 * 8 * 8 - 1),
+                ..large()
+            },
+            Rules {
+                budget: Some(Budget {
+                    limit: 1_000 * 8 * 8 - 1,
+                    period: Period::Daily,
+                }),
+                ..large()
+            },
+        ] {
+            let mut state = state_like(&state);
+            state.rules = small;
+            assert_eq!(state.wanted(&one, t0 + SPAN), None, "{small:?}");
+        }
+        // A slice is at most an eighth of a limit.
+        let mut capped = state_like(&state);
+        capped.rules.requests_per_minute = Some(80);
+        assert_eq!(capped.wanted(&one, t0 + SPAN).unwrap().0.requests, 10);
+        // Room for requests in flight doubles when the last lease ran dry.
+        let mut dry = state_like(&state);
+        dry.peak = 8;
+        dry.last_in_flight = 8;
+        dry.dry = true;
+        assert_eq!(dry.wanted(&one, t0 + SPAN).unwrap().0.in_flight, 16);
+    }
+
+    fn state_like(state: &ScopeState) -> ScopeState {
+        ScopeState {
+            rules: state.rules,
+            current: None,
+            acquiring: false,
+            quiet_until: None,
+            window: state.window,
+            seen: state.seen,
+            last: state.last,
+            peak: state.peak,
+            last_in_flight: state.last_in_flight,
+            dry: state.dry,
+            last_used: state.last_used,
+        }
+    }
+
+    fn settle_of(op: &Op) -> (u8, i64, Nanos, Nanos, i64, u64) {
+        match op.kind {
+            OpKind::Settle {
+                token_change,
+                held,
+                cost,
+                request_change,
+                released,
+            } => (op.part, token_change, held, cost, request_change, released),
+            other => panic!("not a settle: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lease_settled_in_two_parts_gives_back_exactly_what_was_not_used() {
+        let key = scope("k");
+        let one = ask(&[(key.clone(), large())], 100, 1_000);
+        let mut lease = Lease {
+            scope: key,
+            rules: large(),
+            minute: 30_000_000,
+            now_ms: one.now_ms,
+            born: Instant::now(),
+            granted: Amounts {
+                requests: 10,
+                in_flight: 3,
+                tokens: 1_000,
+                cost: 10_000,
+            },
+            taken: 0,
+            in_flight: 0,
+            tokens: 0,
+            held: 0,
+            spent: 0,
+            peak: 0,
+            counts_in: 30_000_000,
+            renewing: false,
+            before: (0, 0),
+            retired: None,
+        };
+        let grant = Grant {
+            id: 1,
+            part: 0,
+            scopes: one.scopes.clone(),
+            tokens: one.tokens,
+            cost: one.cost,
+            minute: lease.minute,
+            now_ms: one.now_ms,
+            remaining: Remaining::default(),
+        };
+        for _ in 0..3 {
+            assert!(lease.has_room(&one));
+            lease.take(&one);
+        }
+        assert!(!lease.has_room(&one), "three in flight fill its room");
+        lease.finish(&grant, 40, 300);
+        assert_eq!(lease.peak, 3);
+
+        let first = lease.retire(7);
+        assert_eq!(first.id, 7);
+        // Unused: 7 requests, 1 in flight, 1000 - 240 tokens, 10000 - 2000
+        // held; spent: the finished request's 300.
+        assert_eq!(settle_of(&first), (1, 240 - 1_000, 8_000, 300, -7, 1));
+        lease.finish(&grant, 10, 100);
+        lease.finish(&grant, 0, 0);
+        let retired = lease.retired.unwrap();
+        let second = lease.drained(7, retired);
+        assert_eq!(settle_of(&second), (2, 50 - 240, 2_000, 100, 0, 2));
+
+        // A lease retired with nothing in flight settles whole, at once.
+        let mut idle = Lease {
+            retired: None,
+            taken: 0,
+            in_flight: 0,
+            tokens: 0,
+            held: 0,
+            spent: 0,
+            ..lease
+        };
+        assert_eq!(settle_of(&idle.retire(8)), (0, -1_000, 10_000, 0, -10, 3));
+    }
+
+    #[test]
+    fn requests_are_served_from_leases_only_while_every_scope_has_room() {
+        let leases = Leases::default();
+        let (key, team) = (scope("k"), scope("t"));
+        let scopes = vec![(key.clone(), large()), (team.clone(), large())];
+        let one = ask(&scopes, 100, 1_000);
+        let mut actions = Actions::default();
+        assert!(leases.try_serve(&one, false, &mut actions).is_none());
+        let install = |scope: &Scope, requests: u64, id: u128| {
+            let wanted = Wanted {
+                scope: scope.clone(),
+                rules: large(),
+                amounts: Amounts {
+                    requests,
+                    in_flight: 8,
+                    tokens: 100 * requests,
+                    cost: 1_000 * requests,
+                },
+                minute: minute_of(one.now_ms),
+                now_ms: one.now_ms,
+                check_epoch: false,
+            };
+            let mut actions = Actions::default();
+            leases.install(&wanted, id, [0, 500, 50_000], &mut actions);
+            assert!(actions.is_empty());
+        };
+        install(&key, 8, 1);
+        assert!(
+            leases.try_serve(&one, false, &mut actions).is_none(),
+            "the team has no lease yet"
+        );
+        install(&team, 2, 2);
+        let first = leases
+            .try_serve(&one, false, &mut actions)
+            .expect("both have room");
+        // The key's headers: its requests and tokens before the lease plus
+        // this request.
+        assert_eq!(
+            first.remaining.requests,
+            Some((1_000_000, 1_000_000 - (500 - 8) - 1))
+        );
+        let second = leases
+            .try_serve(&one, false, &mut actions)
+            .expect("room for two");
+        let mut actions = Actions::default();
+        assert!(
+            leases.try_serve(&one, false, &mut actions).is_none(),
+            "the team's lease is used up"
+        );
+        assert_eq!(
+            actions.settles.len(),
+            1,
+            "the team's lease is retired (its two requests still in flight)"
+        );
+        assert_eq!(settle_of(&actions.settles[0]).0, 1);
+
+        // A split grant's parts settle into their own scopes' leases; the
+        // team's lease drains when its last request ends.
+        let mut head = second;
+        let tail = head.split_off(1);
+        let mut actions = Actions::default();
+        assert!(leases.settle(tail, 50, 500, &mut actions).is_ok());
+        assert!(
+            actions.settles.is_empty(),
+            "one team request still in flight"
+        );
+        assert!(leases.settle(first, 50, 500, &mut actions).is_ok());
+        assert_eq!(actions.settles.len(), 1);
+        assert_eq!(
+            settle_of(&actions.settles[0]),
+            (2, 100 - 200, 2_000, 1_000, 0, 2)
+        );
+        assert!(leases.settle(head, 50, 500, &mut actions).is_ok());
+        let table = lock(&leases.table);
+        assert!(table.grants.is_empty(), "every grant settled");
+        assert_eq!(table.leases[&1].in_flight, 0);
+        assert_eq!(table.leases[&1].spent, 1_000);
+        drop(table);
+
+        // A grant not served from leases is given back.
+        let foreign = Grant {
+            id: 99,
+            ..head_like(&one)
+        };
+        assert!(
+            leases
+                .settle(foreign, 0, 0, &mut Actions::default())
+                .is_err()
+        );
+    }
+
+    fn wanted_for(scope: &Scope, rules: Rules, now_ms: u64) -> Wanted {
+        Wanted {
+            scope: scope.clone(),
+            rules,
+            amounts: Amounts {
+                requests: 100,
+                in_flight: 8,
+                tokens: 10_000,
+                cost: 100_000,
+            },
+            minute: minute_of(now_ms),
+            now_ms,
+            check_epoch: false,
+        }
+    }
+
+    #[test]
+    fn a_lease_serves_only_the_limits_it_was_taken_for_and_none_after_shutdown() {
+        let leases = Leases::default();
+        let key = scope("k");
+        let one = ask(&[(key.clone(), large())], 100, 1_000);
+        let mut actions = Actions::default();
+        assert!(leases.try_serve(&one, false, &mut actions).is_none());
+        assert!(actions.start_ticker, "the first scope starts the ticker");
+        leases.install(
+            &wanted_for(&key, large(), one.now_ms),
+            1,
+            [0, 100, 10_000],
+            &mut actions,
+        );
+        assert!(leases.try_serve(&one, false, &mut actions).is_some());
+
+        // The key's limits change: its lease is retired, not used.
+        let tighter = Rules {
+            requests_per_minute: Some(500_000),
+            ..large()
+        };
+        let changed = ask(&[(key.clone(), tighter)], 100, 1_000);
+        let mut actions = Actions::default();
+        assert!(leases.try_serve(&changed, false, &mut actions).is_none());
+        assert_eq!(actions.settles.len(), 1);
+        // A lease asked for under the old limits and granted after the
+        // change goes back at once.
+        let mut actions = Actions::default();
+        leases.install(
+            &wanted_for(&key, large(), one.now_ms),
+            2,
+            [0, 100, 10_000],
+            &mut actions,
+        );
+        assert_eq!(settle_of(&actions.settles[0]).0, 0);
+        assert!(
+            leases
+                .try_serve(&changed, false, &mut Actions::default())
+                .is_none()
+        );
+
+        // Under the new limits it serves; at shutdown every lease is given
+        // back and none serves again.
+        leases.install(
+            &wanted_for(&key, tighter, one.now_ms),
+            3,
+            [0, 100, 10_000],
+            &mut actions,
+        );
+        assert!(
+            leases
+                .try_serve(&changed, false, &mut Actions::default())
+                .is_some()
+        );
+        let mut actions = Actions::default();
+        leases.close(&mut actions);
+        assert_eq!(actions.settles.len(), 1);
+        assert_eq!(
+            settle_of(&actions.settles[0]).0,
+            1,
+            "one request still in flight"
+        );
+        assert!(
+            leases
+                .try_serve(&changed, false, &mut Actions::default())
+                .is_none()
+        );
+        let mut actions = Actions::default();
+        leases.install(
+            &wanted_for(&key, tighter, one.now_ms),
+            4,
+            [0, 100, 10_000],
+            &mut actions,
+        );
+        assert_eq!(
+            actions.settles.len(),
+            1,
+            "a lease granted after shutdown goes back"
+        );
+    }
+
+    #[test]
+    fn leases_in_use_are_renewed_by_the_ticker_with_what_redis_holds() {
+        let leases = Leases::default();
+        let key = scope("k");
+        let one = ask(&[(key.clone(), large())], 100, 1_000);
+        let mut actions = Actions::default();
+        leases.try_serve(&one, false, &mut actions);
+        leases.install(
+            &wanted_for(&key, large(), one.now_ms),
+            1,
+            [0, 100, 10_000],
+            &mut actions,
+        );
+        let grant = leases.try_serve(&one, false, &mut actions).expect("served");
+        assert!(served_from_lease(&grant));
+        let minute = minute_of(one.now_ms);
+        let renewals_at = |minutes: u64| {
+            let mut actions = Actions::default();
+            leases.tick(&mut actions, (minute + minutes) * 60_000, 15);
+            actions.renewals
+        };
+        // Retired by the first tick once its span is over; no renewal
+        // before half the lease.
+        std::thread::sleep(SPAN);
+        assert!(renewals_at(0).is_empty());
+        assert!(lock(&leases.table).leases[&1].retired.is_some());
+        assert!(renewals_at(6).is_empty());
+        let renewals = renewals_at(7);
+        assert_eq!(renewals.len(), 1);
+        match renewals[0].kind {
+            OpKind::Renew {
+                to_minute,
+                held,
+                in_flight,
+                after_part_one,
+            } => {
+                assert_eq!((to_minute, held, in_flight), (minute + 7, 100_000, 8));
+                // Retired with one request in flight, worst case held.
+                assert_eq!(after_part_one, Some((1_000, 1)));
+            }
+            other => panic!("not a renewal: {other:?}"),
+        }
+        assert_eq!(renewals[0].part, 2);
+        assert!(renewals_at(8).is_empty(), "one renewal at a time");
+        leases.renewed(1, Some(minute + 7));
+        assert!(renewals_at(13).is_empty());
+        assert_eq!(renewals_at(14).len(), 1, "renewed again half a lease later");
+    }
+
+    fn head_like(ask: &Ask) -> Grant {
+        Grant {
+            id: 0,
+            part: 0,
+            scopes: ask.scopes.clone(),
+            tokens: ask.tokens,
+            cost: ask.cost,
+            minute: minute_of(ask.now_ms),
+            now_ms: ask.now_ms,
+            remaining: Remaining::default(),
+        }
     }
 }

@@ -67,11 +67,15 @@
 --     (a lease's settle) As 's', also adding request_change (signed) to
 --     the requests of the minute, and releasing `released` requests in
 --     flight instead of one.
---   'n' minute held part count n slot...           (renew)
+--   'n' minute held part count held_after count_after n slot...  (renew)
 --     Moves a reservation still counting from the minute it counts in to
---     this one (its `count` requests in flight and its held cost), so it
---     counts for another lease. Answers 1, or 0 when that part is settled
---     or it is not counting.
+--     this one (its `count` requests in flight and its `held` cost), so it
+--     counts for another lease. Answers 1, or 0 when it is settled or not
+--     counting. A request's renewal (part '0') stops once part 1 is
+--     settled, as a grant split after its renewal began is. A lease's
+--     (part '2') stops once its part 2 is settled, and after its part 1
+--     moves what part 1 left, held_after and count_after (count_after -1:
+--     not known when it was sent; nothing is moved then, answering 0).
 -- Returns three integers per operation, in order (unused ones 0): one
 -- flat array, cheaper to build and send than one per operation.
 --
@@ -293,7 +297,7 @@ do
     elseif kind == 'd' then
       width = 8
     elseif kind == 'n' then
-      width = 6
+      width = 8
     end
     local n = width and tonumber(ARGV[i + width - 1])
     if not n then
@@ -537,10 +541,22 @@ local function settle(record, token_change, held, cost, part, first, n, request_
   return 0, 0, 0
 end
 
-local function renew(record, to, held, part, count, first, n)
+local function renew(record, to, held, part, count, held_after, count_after, first, n)
   local from, requests, counted, parts = parse(record_of(record))
-  if not parts or from == '' or settled(parts, part) then
+  if not parts or from == '' then
     return 0, 0, 0
+  end
+  if part == '0' or part == '1' then
+    if settled(parts, '1') then
+      return 0, 0, 0
+    end
+  elseif settled(parts, part) then
+    return 0, 0, 0
+  elseif string.find(parts, '1', 1, true) then
+    if count_after < 0 then
+      return 0, 0, 0
+    end
+    held, count = held_after, count_after
   end
   for j = 1, n do
     local slot = slots[tonumber(ARGV[first + j])]
@@ -588,10 +604,10 @@ while i <= #ARGV do
       tonumber(ARGV[i + 6]))
     i = i + 8 + n
   else
-    local n = tonumber(ARGV[i + 5])
+    local n = tonumber(ARGV[i + 7])
     code, a, b = renew(KEYS[record], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3],
-      tonumber(ARGV[i + 4]), i + 5, n)
-    i = i + 6 + n
+      tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), i + 7, n)
+    i = i + 8 + n
   end
   local at = #answers
   answers[at + 1], answers[at + 2], answers[at + 3] = code, a, b

@@ -467,6 +467,9 @@ enum OpKind {
         held: Nanos,
         /// Requests in flight it holds (1 for a request).
         in_flight: u64,
+        /// What a lease holds once its part 1 is settled (`None`: not known
+        /// yet, and then a renewal after part 1 moves nothing).
+        after_part_one: Option<(Nanos, u64)>,
     },
 }
 
@@ -898,6 +901,7 @@ impl Inner {
                     to_minute,
                     held,
                     in_flight,
+                    after_part_one,
                 } => {
                     command
                         .arg("n")
@@ -905,6 +909,12 @@ impl Inner {
                         .arg(held.min(REDIS_MAX))
                         .arg(part)
                         .arg(in_flight.min(REDIS_MAX));
+                    match after_part_one {
+                        Some((held, in_flight)) => command
+                            .arg(held.min(REDIS_MAX))
+                            .arg(in_flight.min(REDIS_MAX)),
+                        None => command.arg(0).arg(-1),
+                    };
                 }
             };
             command.arg(op.scopes.len());
@@ -1572,24 +1582,28 @@ impl Limiter for RedisLimiter {
         Some(Duration::from_secs(self.inner.lease_minutes * 60))
     }
 
+    fn renews_itself(&self, grant: &Grant) -> bool {
+        lease::served_from_lease(grant)
+    }
+
+    fn shutdown(&self) -> LimitFuture<'_, ()> {
+        Box::pin(self.inner.close_leases())
+    }
+
     fn renew(&self, grant: &Grant, now_ms: u64) -> LimitFuture<'_, bool> {
         if grant.scopes.is_empty() {
             return Box::pin(std::future::ready(true));
         }
-        if let Some(renewals) = self.inner.lease_renewals(grant, now_ms) {
-            return Box::pin(async move {
-                let mut reached = true;
-                for op in renewals {
-                    reached &= self.inner.renew_shared(Arc::new(op)).await;
-                }
-                reached
-            });
+        // Leases are renewed by their table's ticker.
+        if lease::served_from_lease(grant) {
+            return Box::pin(std::future::ready(true));
         }
         let op = Op {
             kind: OpKind::Renew {
                 to_minute: minute_of(now_ms),
                 held: grant.cost,
                 in_flight: 1,
+                after_part_one: Some((grant.cost, 1)),
             },
             id: grant.id,
             part: grant.part,
@@ -1632,7 +1646,8 @@ fn fresh_grant_id() -> u128 {
     let (random, scramble) = *PROCESS;
     // SplitMix64 is a bijection, so distinct counts stay distinct.
     let sequence = splitmix64(COUNTER.fetch_add(1, Ordering::Relaxed) ^ scramble);
-    (u128::from(random) << 64) | u128::from(sequence)
+    // The top bit is clear: set, it marks a grant served from leases.
+    ((u128::from(random) << 64) | u128::from(sequence)) & !lease::SERVED_FROM_LEASE
 }
 
 /// How long a budget window's spend is kept from `now_ms` (0: for ever).
