@@ -3,9 +3,11 @@
 # the master key (no limits), with a virtual key whose rate limits,
 # concurrency limit and budget are all checked and reserved (counters in
 # memory, records in SQLite), and with the same key on PostgreSQL + Redis
-# (counters in Redis, records in PostgreSQL), each against the master key on
-# the same storage. Cases alternate, each round running every case once, at
-# concurrency 64 and 1.
+# (counters in Redis, records in PostgreSQL; busy scopes served from leases,
+# the default), each against the master key on the same storage. Cases
+# alternate, each round running every case once, at concurrency 64 and 1.
+# `key-exact-pg-redis` (named in CASES only) is key-pg-redis with
+# `storage.redis_leases = false`: every request counted in Redis by itself.
 #
 #   bench/keys.sh [ROUNDS]      # default 2; ~2 minutes; loopback only
 #   BINARY=/path/to/switchboard CASES="master-pg-redis key-pg-redis" bench/keys.sh 1
@@ -38,7 +40,7 @@ if [ "${WANTED#*pg-redis}" = "$WANTED" ]; then
   :
 elif command -v psql >/dev/null 2>&1 && psql -h 127.0.0.1 -U postgres test -qc "CREATE SCHEMA $SCHEMA" 2>/dev/null \
    && (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
-  CASES="$CASES$(for c in master-pg-redis key-pg-redis; do case " $WANTED " in *" $c "*) printf '%s ' "$c";; esac; done)"
+  CASES="$CASES$(for c in master-pg-redis key-pg-redis key-exact-pg-redis; do case " $WANTED " in *" $c "*) printf '%s ' "$c";; esac; done)"
 else
   echo "PostgreSQL or Redis unavailable: the key-pg-redis case is left out"
 fi
@@ -57,7 +59,8 @@ config() { # case -> config file
   case "$case" in
     *-pg-redis) storage="url = \"postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D$SCHEMA\"
 redis_url = \"redis://127.0.0.1:6379\"
-journal_dir = \"$RUN/keys-journal\"" ;;
+journal_dir = \"$RUN/keys-journal\"
+redis_leases = $([ "$case" = key-exact-pg-redis ] && echo false || echo true)" ;;
     *) storage="url = \"sqlite://$RUN/keys-$case.db\"" ;;
   esac
   cat >"$RUN/keys-$case.toml" <<TOML
