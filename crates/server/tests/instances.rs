@@ -651,3 +651,151 @@ async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
     // Everything else it wrote expires by itself.
     redis_delete(&[format!("{prefix}{{sb}}:epoch")]).await;
 }
+
+/// One Redis command over a connection of its own (the server's tests do
+/// not link a Redis client): its reply as integers, texts or a list.
+#[derive(Debug)]
+enum Reply {
+    Int(i64),
+    Text(Option<String>),
+    List(Vec<Reply>),
+}
+
+async fn redis_command(args: &[&str]) -> Reply {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let address = redis_url().trim_start_matches("redis://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    async fn read(reader: &mut BufReader<tokio::net::TcpStream>) -> Reply {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            ":" => Reply::Int(rest.parse().unwrap()),
+            "+" => Reply::Text(Some(rest.to_owned())),
+            "$" if rest == "-1" => Reply::Text(None),
+            "$" => {
+                let mut bytes = vec![0; rest.parse::<usize>().unwrap() + 2];
+                reader.read_exact(&mut bytes).await.unwrap();
+                bytes.truncate(bytes.len() - 2);
+                Reply::Text(Some(String::from_utf8(bytes).unwrap()))
+            }
+            "*" => {
+                let mut items = Vec::new();
+                for _ in 0..rest.parse::<usize>().unwrap() {
+                    items.push(Box::pin(read(reader)).await);
+                }
+                Reply::List(items)
+            }
+            _ => panic!("Redis answered {line}"),
+        }
+    }
+    read(&mut reader).await
+}
+
+fn texts(reply: Reply) -> Vec<String> {
+    match reply {
+        Reply::List(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Reply::Text(text) => text,
+                _ => None,
+            })
+            .collect(),
+        other => panic!("not a list: {other:?}"),
+    }
+}
+
+/// Sums the integers a command on each key answers (`HVALS`, `GET`,
+/// `HGET … r`), over every key matching `pattern`.
+async fn sum_over(pattern: &str, command: &[&str]) -> u64 {
+    let mut sum = 0;
+    for key in texts(redis_command(&["KEYS", pattern]).await) {
+        let mut args = vec![command[0], key.as_str()];
+        args.extend_from_slice(&command[1..]);
+        sum += match redis_command(&args).await {
+            Reply::Text(text) => text.map_or(0, |text| text.parse::<u64>().unwrap()),
+            Reply::List(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Reply::Text(Some(text)) => text.parse::<u64>().unwrap(),
+                    other => panic!("not a number: {other:?}"),
+                })
+                .sum(),
+            Reply::Int(value) => value as u64,
+        };
+    }
+    sum
+}
+
+/// Two instances serving one busy key take leases (few grant records for
+/// many requests), and once both have stopped, giving their leases back,
+/// Redis's counters for the key hold exactly the requests served and the
+/// spend the request log holds, with nothing in flight or held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_instances_serve_from_leases_and_give_them_back_when_they_stop() {
+    let (schema, database) = match shared_services().await {
+        Ok(schema) => schema,
+        Err(why) => return skip_or_fail(why),
+    };
+    let prefix = format!("sbtest:instances-leases:{:012x}:", rand_u64() >> 16);
+    let first = TestGateway::start(config_prefixed(&database, &prefix)).await;
+    let second = TestGateway::start(config_prefixed(&database, &prefix)).await;
+    let (key_id, key) = create_key(
+        &first,
+        json!({"rpm": 1000000, "tpm": 100000000, "max_concurrent": 10000,
+               "budget_usd": 1000, "budget_period": "daily"}),
+    )
+    .await;
+    known_by(&second, &key).await;
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    let clients: Vec<_> = (0..6)
+        .map(|index| {
+            let gateway = if index % 2 == 0 { &first } else { &second };
+            let key = key.clone();
+            async move {
+                let mut served = 0u64;
+                while Instant::now() < deadline {
+                    assert_eq!(chat(gateway, &key).await, 200);
+                    served += 1;
+                }
+                served
+            }
+        })
+        .collect();
+    let served: u64 = futures_util::future::join_all(clients).await.iter().sum();
+    first.stop_and_records().await;
+    let records = second.stop_and_records().await;
+    let spent: u64 = records
+        .iter()
+        .filter(|record| record.key_id.as_deref() == Some(key_id.as_str()))
+        .filter_map(|record| record.cost_nanos)
+        .sum();
+    assert!(spent > 0);
+
+    let base = format!("{prefix}{{sb}}:key:{key_id}");
+    let grants = texts(redis_command(&["KEYS", &format!("{prefix}{{sb}}:grant:*")]).await).len();
+    assert!(
+        (grants as u64) * 4 < served,
+        "{grants} grant records for {served} requests: leases served too few"
+    );
+    assert_eq!(
+        sum_over(&format!("{base}:m:*"), &["HGET", "r"]).await,
+        served
+    );
+    assert_eq!(sum_over(&format!("{base}:spent:*"), &["GET"]).await, spent);
+    assert_eq!(sum_over(&format!("{base}:held:*"), &["HVALS"]).await, 0);
+    assert_eq!(sum_over(&format!("{base}:inflight"), &["HVALS"]).await, 0);
+    let keys = texts(redis_command(&["KEYS", &format!("{prefix}*")]).await);
+    let mut delete = vec!["DEL"];
+    delete.extend(keys.iter().map(String::as_str));
+    if !keys.is_empty() {
+        redis_command(&delete).await;
+    }
+    drop_postgres_schema(&schema).await;
+}
