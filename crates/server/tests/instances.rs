@@ -84,6 +84,21 @@ async fn chat(gateway: &TestGateway, key: &str) -> u16 {
         .as_u16()
 }
 
+/// A chat request's status and JSON body.
+async fn chat_answer(gateway: &TestGateway, key: &str) -> (u16, Value) {
+    let response = gateway
+        .http
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(json!({"model": "priced", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 async fn create_key(gateway: &TestGateway, body: Value) -> (String, String) {
     let created: Value = gateway
         .post("/admin/keys", &body.to_string())
@@ -144,24 +159,40 @@ async fn two_instances_share_keys_budgets_and_limits() {
     let first = TestGateway::start(config(&database)).await;
     let second = TestGateway::start(config(&database)).await;
 
-    // A budget of $1 hit through both instances at once.
+    // A budget of $1 hit by 200 concurrent requests through both
+    // instances.
     let (budget_id, budget_key) =
         create_key(&first, json!({"budget_usd": 1.0, "budget_period": "daily"})).await;
     known_by(&second, &budget_key).await;
-    let requests: Vec<_> = (0..120)
+    let requests: Vec<_> = (0..200)
         .map(|index| {
             let gateway = if index % 2 == 0 { &first } else { &second };
-            chat(gateway, &budget_key)
+            chat_answer(gateway, &budget_key)
         })
         .collect();
-    let statuses = futures_util::future::join_all(requests).await;
-    let served = statuses.iter().filter(|status| **status == 200).count();
-    assert!(served > 0 && statuses.contains(&429), "{statuses:?}");
+    let answers = futures_util::future::join_all(requests).await;
+    let served = answers.iter().filter(|(status, _)| *status == 200).count();
     assert!(
-        statuses
-            .iter()
-            .all(|status| *status == 200 || *status == 429)
+        served > 0 && answers.iter().any(|(status, _)| *status == 429),
+        "{answers:?}"
     );
+    // Every refusal says, in OpenAI's shape, that the key's budget is
+    // exhausted.
+    for (status, body) in &answers {
+        match status {
+            200 => {}
+            429 => {
+                assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+                assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(
+                    message.contains("budget") && message.contains(&budget_id),
+                    "{message}"
+                );
+            }
+            other => panic!("answered {other}: {body}"),
+        }
+    }
 
     // A rate limit of 5 a minute, counted once across both.
     let (_, limited) = create_key(&first, json!({"rpm": 5})).await;

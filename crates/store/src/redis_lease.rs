@@ -59,17 +59,21 @@
 //! lease's own requests and the counters as they were when it was taken.
 //! At a graceful shutdown, once requests have ended, every lease is given
 //! back before the process exits (`Limiter::shutdown`, within the
-//! limiter's timeout). If the instance dies, its leases lapse like any
-//! reservation (after the limiter's lease, 15 minutes by default), and the
-//! spend of requests finished since their lease's last settle (at most
-//! `SPAN`'s) is missing from Redis's counters, not from the request log. A split grant's parts
+//! limiter's timeout; leases still being asked for are waited for and
+//! given back too). If the instance dies, its leases lapse like any
+//! reservation (after the limiter's lease, 15 minutes by default), but a
+//! lease's held cost is kept apart (an `L<minute>` field of the held hash)
+//! and, when it lapses, counts as spent: Redis cannot know how much of it
+//! the lease's requests spent, so it assumes all of it. A budget then reads
+//! as more spent than it is (by at most what the lease held, an eighth of
+//! it), never less, and cannot be overspent for the killed instance. A split grant's parts
 //! settle into their leases separately, as with single reserves.
 //!
 //! Leases are on by default (`RedisLimiterConfig::leases`); off, every
 //! request is counted in Redis by itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -219,6 +223,7 @@ impl Lease {
                 cost: retired.spent,
                 request_change: signed(self.taken) - signed(self.granted.requests),
                 released: self.granted.in_flight - retired.in_flight.min(self.granted.in_flight),
+                lease: true,
             },
         )
     }
@@ -235,12 +240,12 @@ impl Lease {
                 cost: self.spent.saturating_sub(retired.spent),
                 request_change: 0,
                 released: retired.in_flight.min(self.granted.in_flight),
+                lease: true,
             },
         )
     }
 
-    /// The renewal of what it holds in Redis now.
-    /// Redis holds the whole lease until its part 1 is applied, and then
+    /// The renewal of what it holds in Redis now. Redis holds the whole lease until its part 1 is applied, and then
     /// what part 1 left, which is known once it is retired: the script
     /// moves whichever its record says.
     fn renewal(&self, id: u128, now_ms: u64) -> Op {
@@ -254,6 +259,7 @@ impl Lease {
                 after_part_one: self
                     .retired
                     .map(|retired| (retired.held, retired.in_flight.min(self.granted.in_flight))),
+                lease: true,
             },
         )
     }
@@ -529,6 +535,8 @@ pub(crate) struct Leases {
     /// Leases Redis granted, and requests served from them.
     pub granted: AtomicU64,
     pub served: AtomicU64,
+    /// Leases asked for and not yet answered.
+    asking: AtomicUsize,
 }
 
 impl Leases {
@@ -772,7 +780,9 @@ impl Leases {
     }
 
     /// Installs a lease Redis granted, retiring the one it replaces.
-    fn install(&self, wanted: &Wanted, id: u128, answer: [i64; 3], actions: &mut Actions) {
+    /// Answers whether the limiter has shut down (the lease then goes back
+    /// at once).
+    fn install(&self, wanted: &Wanted, id: u128, answer: [i64; 3], actions: &mut Actions) -> bool {
         self.granted.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut table = lock(&self.table);
@@ -827,6 +837,7 @@ impl Leases {
             // Forgotten meanwhile: the lease goes back at once.
             None => retire(leases, id, actions),
         }
+        *closed
     }
 
     /// A lease's renewal came back: moved to `to`, or not (tried again).
@@ -892,18 +903,28 @@ impl Inner {
         };
         let mut actions = Actions::default();
         leases.close(&mut actions);
-        let settles = actions.settles.into_iter().map(|op| {
-            let op = Arc::new(op);
-            async move {
-                let result = self.submit(op.clone()).await;
-                if let Err(failure) = result {
-                    self.warn_unavailable(&failure, "a lease was not given back at shutdown");
-                }
+        let settles = futures_util::future::join_all(
+            actions.settles.into_iter().map(|op| self.give_back(op)),
+        );
+        // Leases granted after this are given back by their own task,
+        // which ends once Redis has answered.
+        let asked = async {
+            while leases.asking.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-        });
-        let all = futures_util::future::join_all(settles);
-        if tokio::time::timeout(self.timeout, all).await.is_err() {
+        };
+        if tokio::time::timeout(self.timeout, async { tokio::join!(settles, asked) })
+            .await
+            .is_err()
+        {
             tracing::warn!("leases not given back within the timeout: they lapse with the lease");
+        }
+    }
+
+    /// Settles a lease and waits for Redis's answer.
+    async fn give_back(self: &Arc<Self>, op: Op) {
+        if let Err(failure) = self.submit(Arc::new(op)).await {
+            self.warn_unavailable(&failure, "a lease was not given back at shutdown");
         }
     }
 
@@ -961,11 +982,24 @@ impl Inner {
             }
             return;
         };
+        if let Some(leases) = &self.leases {
+            leases.asking.fetch_add(1, Ordering::AcqRel);
+        }
         let inner = self.clone();
         runtime.spawn(async move {
             let Some(leases) = inner.leases.as_ref() else {
                 return;
             };
+            inner.ask_for_lease(leases, wanted).await;
+            leases.asking.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// One lease asked for: installed if granted, given back at once if
+    /// the limiter shut down meanwhile.
+    async fn ask_for_lease(self: &Arc<Self>, leases: &Leases, wanted: Wanted) {
+        let inner = self;
+        {
             let amounts = wanted.amounts;
             let op = Arc::new(Op {
                 kind: OpKind::Reserve {
@@ -988,7 +1022,13 @@ impl Inner {
             match result {
                 Ok(answer @ [0, ..]) => {
                     let mut actions = Actions::default();
-                    leases.install(&wanted, op.id, answer, &mut actions);
+                    if leases.install(&wanted, op.id, answer, &mut actions) {
+                        // Shut down meanwhile: given back before the
+                        // shutdown's wait ends.
+                        for op in std::mem::take(&mut actions.settles) {
+                            inner.give_back(op).await;
+                        }
+                    }
                     inner.act(actions);
                 }
                 Ok(_) => leases.refused(&wanted.scope),
@@ -1004,7 +1044,7 @@ impl Inner {
                     }
                 }
             }
-        });
+        }
     }
 }
 
@@ -1157,8 +1197,9 @@ mod tests {
                 cost,
                 request_change,
                 released,
+                lease: true,
             } => (op.part, token_change, held, cost, request_change, released),
-            other => panic!("not a settle: {other:?}"),
+            other => panic!("not a lease's settle: {other:?}"),
         }
     }
 
@@ -1454,12 +1495,13 @@ mod tests {
                 held,
                 in_flight,
                 after_part_one,
+                lease: true,
             } => {
                 assert_eq!((to_minute, held, in_flight), (minute + 7, 100_000, 8));
                 // Retired with one request in flight, worst case held.
                 assert_eq!(after_part_one, Some((1_000, 1)));
             }
-            other => panic!("not a renewal: {other:?}"),
+            other => panic!("not a lease's renewal: {other:?}"),
         }
         assert_eq!(renewals[0].part, 2);
         assert!(renewals_at(8).is_empty(), "one renewal at a time");

@@ -13,6 +13,8 @@
 --   minute:    hash  r -> requests, t -> tokens, of one minute
 --   spent:     string  nano-dollars spent in the budget window
 --   held:      hash  minute of reservation -> nano-dollars reserved then
+--              ('L<minute>' for a lease's: when it lapses it counts as
+--              spent, since requests it served may have spent it)
 -- A reservation counts in the minute it was made (or last renewed) for
 -- the lease; older fields of the in-flight and held hashes are dropped
 -- when next read (a crashed instance's reservations lapse). Times to live
@@ -63,11 +65,12 @@
 --     flight, and granted only if every counter stays within its limit
 --     divided by `share` (a lease never takes the last part of a limit).
 --     A minute with nothing counted yet has no exception for tokens here.
+--     Its held cost is an 'L' field of the held hash.
 --   'd' token_change held cost part request_change released n slot...
 --     (a lease's settle) As 's', also adding request_change (signed) to
 --     the requests of the minute, and releasing `released` requests in
---     flight instead of one.
---   'n' minute held part count held_after count_after n slot...  (renew)
+--     flight instead of one; its held cost is released from the 'L' field.
+--   'n' minute held part count held_after count_after lease n slot...  (renew)
 --     Moves a reservation still counting from the minute it counts in to
 --     this one (its `count` requests in flight and its `held` cost), so it
 --     counts for another lease. Answers 1, or 0 when it is settled or not
@@ -76,6 +79,7 @@
 --     (part '2') stops once its part 2 is settled, and after its part 1
 --     moves what part 1 left, held_after and count_after (count_after -1:
 --     not known when it was sent; nothing is moved then, answering 0).
+--     lease: '1' for a lease's renewal (its hold is an 'L' field).
 -- Returns three integers per operation, in order (unused ones 0): one
 -- flat array, cheaper to build and send than one per operation.
 --
@@ -88,8 +92,9 @@
 -- also tells what it reserved). The batch is checked whole before any of
 -- it runs, so a malformed one changes nothing.
 --
--- 'used' KEYS: spent, held of one scope; ARGV[2..3]: current minute, lease
---   in minutes. Returns spent plus live held.
+-- 'used' KEYS: spent, held of one scope; ARGV[2..4]: current minute, lease
+--   in minutes, the spent counter's TTL (s, '0' for none). Returns spent
+--   plus live held (lapsed lease holds moved to spent).
 -- 'floor' KEYS: spent of one scope; ARGV[2..3]: spent (nanos), TTL in
 --   seconds ('0' for none). Raises spent to at least ARGV[2]. Returns 0.
 -- 'seed' KEYS: the epoch marker, then spent keys; ARGV[2]: the marker's
@@ -175,21 +180,6 @@ local function release(counter, field, amount)
   counter.changed[field] = true
 end
 
--- Sum of a bucket hash's live fields; buckets older than `oldest` are
--- reservations whose settle never came (a crashed instance), dropped here.
-local function live_sum(counter, oldest)
-  local sum = 0
-  for field, value in pairs(counter.values) do
-    if tonumber(field) < oldest then
-      counter.values[field] = nil
-      counter.changed[field] = true
-    else
-      sum = sum + value
-    end
-  end
-  return sum
-end
-
 -- A string counter (spent); read from Redis only when its value is needed.
 local function counter_of(key)
   local counter = strings[key]
@@ -205,6 +195,37 @@ local function increase(counter, amount)
   if counter.value ~= nil then
     counter.value = counter.value + amount
   end
+end
+
+-- Sum of a bucket hash's live fields; buckets older than `oldest` are
+-- reservations whose settle never came (a crashed instance), dropped here.
+-- A lease's hold ('L<minute>') that lapses is added to `spent` (a string
+-- counter) instead: the requests it served may have spent all of it.
+local function live_sum(counter, oldest, spent)
+  local sum = 0
+  for field, value in pairs(counter.values) do
+    local of_lease = string.byte(field, 1) == 76
+    local minute = tonumber(of_lease and string.sub(field, 2) or field)
+    if minute < oldest then
+      counter.values[field] = nil
+      counter.changed[field] = true
+      if of_lease and spent then
+        increase(spent, value)
+      end
+    else
+      sum = sum + value
+    end
+  end
+  return sum
+end
+
+-- The held hash's field for a reservation of `minute`: a lease's is
+-- marked, so that it counts as spent if it lapses.
+local function held_field(minute, of_lease)
+  if of_lease then
+    return 'L' .. minute
+  end
+  return minute
 end
 
 local function flush()
@@ -242,7 +263,13 @@ end
 
 if operation == 'used' then
   local oldest = tonumber(ARGV[2]) - tonumber(ARGV[3]) + 1
-  local used = tonumber(redis.call('GET', KEYS[1]) or '0') + live_sum(hash(KEYS[2]), oldest)
+  local spent = counter_of(KEYS[1])
+  spent.value = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if ARGV[4] ~= '0' then
+    spent.ttl = ARGV[4]
+  end
+  local held = live_sum(hash(KEYS[2]), oldest, spent)
+  local used = spent.value + held
   flush()
   return used
 end
@@ -297,7 +324,7 @@ do
     elseif kind == 'd' then
       width = 8
     elseif kind == 'n' then
-      width = 8
+      width = 9
     end
     local n = width and tonumber(ARGV[i + width - 1])
     if not n then
@@ -372,6 +399,7 @@ end
 
 -- Each operation answers three integers (see the top of this file).
 local function reserve(record, tokens, cost, minute, check_epoch, first, n, wanted, flying, share)
+  local of_lease = share > 1
   -- Counters that were lost (a flush, a restart without persistence) must
   -- be seeded again from the request log before budgets are checked.
   if check_epoch == '1' then
@@ -418,7 +446,12 @@ local function reserve(record, tokens, cost, minute, check_epoch, first, n, want
     end
     if slot.limit then
       load_strings()
-      local used = strings[slot.spent].value + live_sum(hash(slot.held), oldest)
+      local spent = counter_of(slot.spent)
+      local held = live_sum(hash(slot.held), oldest, spent)
+      if slot.budget_ttl ~= '0' then
+        spent.ttl = slot.budget_ttl
+      end
+      local used = spent.value + held
       if used + cost > slot.limit / share then
         refused, at, why = 2, j, used
         break
@@ -463,13 +496,14 @@ local function reserve(record, tokens, cost, minute, check_epoch, first, n, want
       end
     end
     if slot.limit and cost ~= 0 then
-      add(hash(slot.held), minute, cost, record_ttl)
+      add(hash(slot.held), held_field(minute, of_lease), cost, record_ttl)
     end
   end
   return 0, first_requests, first_tokens
 end
 
-local function settle(record, token_change, held, cost, part, first, n, request_change, released)
+local function settle(record, token_change, held, cost, part, first, n, request_change, released,
+                      of_lease)
   local value = records[record]
   if value == nil and part == '0' then
     -- A whole grant: mark it settled and learn what it was in one command.
@@ -527,7 +561,7 @@ local function settle(record, token_change, held, cost, part, first, n, request_
     end
     if slot.limit then
       if reserved_here and held ~= 0 then
-        release(hash(slot.held), minute, -held)
+        release(hash(slot.held), held_field(minute, of_lease), -held)
       end
       if cost ~= 0 then
         local spent = counter_of(slot.spent)
@@ -541,7 +575,7 @@ local function settle(record, token_change, held, cost, part, first, n, request_
   return 0, 0, 0
 end
 
-local function renew(record, to, held, part, count, held_after, count_after, first, n)
+local function renew(record, to, held, part, count, held_after, count_after, of_lease, first, n)
   local from, requests, counted, parts = parse(record_of(record))
   if not parts or from == '' then
     return 0, 0, 0
@@ -567,8 +601,8 @@ local function renew(record, to, held, part, count, held_after, count_after, fir
     end
     if slot.limit and held ~= 0 and from ~= to then
       local holds = hash(slot.held)
-      release(holds, from, -held)
-      add(holds, to, held, record_ttl)
+      release(holds, held_field(from, of_lease), -held)
+      add(holds, held_field(to, of_lease), held, record_ttl)
     end
   end
   records[record] = to .. ':' .. requests .. ':' .. counted .. ':' .. parts
@@ -595,19 +629,20 @@ while i <= #ARGV do
   elseif kind == 's' then
     local n = tonumber(ARGV[i + 5])
     code, a, b = settle(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
-      tonumber(ARGV[i + 3]), ARGV[i + 4], i + 5, n, 0, 1)
+      tonumber(ARGV[i + 3]), ARGV[i + 4], i + 5, n, 0, 1, false)
     i = i + 6 + n
   elseif kind == 'd' then
     local n = tonumber(ARGV[i + 7])
     code, a, b = settle(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
       tonumber(ARGV[i + 3]), ARGV[i + 4], i + 7, n, tonumber(ARGV[i + 5]),
-      tonumber(ARGV[i + 6]))
+      tonumber(ARGV[i + 6]), true)
     i = i + 8 + n
   else
-    local n = tonumber(ARGV[i + 7])
+    local n = tonumber(ARGV[i + 8])
     code, a, b = renew(KEYS[record], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3],
-      tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), i + 7, n)
-    i = i + 8 + n
+      tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]), ARGV[i + 7] == '1',
+      i + 8, n)
+    i = i + 9 + n
   end
   local at = #answers
   answers[at + 1], answers[at + 2], answers[at + 3] = code, a, b

@@ -460,6 +460,8 @@ enum OpKind {
         request_change: i64,
         /// Requests in flight that end (1 for a request).
         released: u64,
+        /// A lease's settle (its hold is marked as a lease's).
+        lease: bool,
     },
     Renew {
         /// The minute the reservation is to count in from now on.
@@ -470,6 +472,7 @@ enum OpKind {
         /// What a lease holds once its part 1 is settled (`None`: not known
         /// yet, and then a renewal after part 1 moves nothing).
         after_part_one: Option<(Nanos, u64)>,
+        lease: bool,
     },
 }
 
@@ -885,8 +888,9 @@ impl Inner {
                     cost,
                     request_change,
                     released,
+                    lease,
                 } => {
-                    let plain = request_change == 0 && released == 1;
+                    let plain = !lease;
                     command
                         .arg(if plain { "s" } else { "d" })
                         .arg(token_change)
@@ -902,6 +906,7 @@ impl Inner {
                     held,
                     in_flight,
                     after_part_one,
+                    lease,
                 } => {
                     command
                         .arg("n")
@@ -915,6 +920,7 @@ impl Inner {
                             .arg(in_flight.min(REDIS_MAX)),
                         None => command.arg(0).arg(-1),
                     };
+                    command.arg(if lease { "1" } else { "0" });
                 }
             };
             command.arg(op.scopes.len());
@@ -1510,7 +1516,8 @@ impl Inner {
             .arg(format!("{base}:held:{window}"))
             .arg("used")
             .arg(minute)
-            .arg(self.lease_minutes);
+            .arg(self.lease_minutes)
+            .arg(budget_ttl_secs(period, now_ms));
         let reply = match self.call(&Request::Script(command)).await {
             Ok(value) => redis::from_redis_value::<i64>(value)
                 .map_err(|error| Failure::Reply(error.to_string())),
@@ -1604,6 +1611,7 @@ impl Limiter for RedisLimiter {
                 held: grant.cost,
                 in_flight: 1,
                 after_part_one: Some((grant.cost, 1)),
+                lease: false,
             },
             id: grant.id,
             part: grant.part,
@@ -1688,6 +1696,7 @@ fn cancel_op(op: &Op) -> Option<Op> {
             cost: 0,
             request_change,
             released: counts.in_flight,
+            lease: counts != Counts::ONE,
         },
         scopes: op.scopes.clone(),
         ..*op
@@ -1706,6 +1715,7 @@ fn settle_op(grant: Grant, tokens: u64, cost: Nanos) -> Op {
             cost,
             request_change: 0,
             released: 1,
+            lease: false,
         },
         id: grant.id,
         part: grant.part,

@@ -2327,3 +2327,193 @@ async fn leases_never_let_instances_pass_a_limit_and_come_back_unused() {
     .await;
     clean_up(&url, &prefix).await;
 }
+
+/// Drives `limiter` with `workers` clients reserving on `scopes` until
+/// `until` says stop, each settling at a random actual cost of at most
+/// `worst`; answers the requests granted and their actual spend.
+async fn sustained(
+    limiter: Arc<RedisLimiter>,
+    scopes: Vec<(Scope, Rules)>,
+    worst: Nanos,
+    now_ms: u64,
+    until: impl Fn() -> bool + Send + Sync + 'static,
+) -> (u64, Nanos) {
+    let until = Arc::new(until);
+    let mut workers = Vec::new();
+    for worker in 0..8u64 {
+        let (limiter, scopes, until) = (limiter.clone(), scopes.clone(), until.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut granted, mut spent, mut index) = (0, 0, worker << 32);
+            while !until() {
+                index += 1;
+                match limiter.reserve(ask(&scopes, 10, worst, now_ms)).await {
+                    Ok(grant) => {
+                        tokio::time::sleep(Duration::from_micros(500)).await;
+                        let cost = splitmix64(index) % (worst + 1);
+                        limiter.settle(grant, 5, cost).await;
+                        granted += 1;
+                        spent += cost;
+                    }
+                    Err(Refusal::Budget { .. }) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(other) => panic!("unexpected refusal {other:?}"),
+                }
+            }
+            (granted, spent)
+        }));
+    }
+    let mut totals = (0, 0);
+    for worker in workers {
+        let (granted, spent) = worker.await.unwrap();
+        totals.0 += granted;
+        totals.1 += spent;
+    }
+    totals
+}
+
+/// An instance killed while serving a budget from leases (it never gives
+/// them back, nor settles what its requests spent) leaves the budget's
+/// counters no lower than its actual spend once its leases lapse: a lapsed
+/// lease's hold counts as spent, so no budget can be overspent for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_leases_count_as_spent_when_they_lapse() {
+    let Some(url) = redis_url("a_killed_instances_leases_count_as_spent_when_they_lapse").await
+    else {
+        return;
+    };
+    let prefix = unique_prefix("lease-lapse");
+    let config = RedisLimiterConfig {
+        lease: Duration::from_secs(60),
+        ..RedisLimiterConfig::default()
+    };
+    let killed = Arc::new(
+        RedisLimiter::connect_with(&url, config.clone())
+            .await
+            .unwrap()
+            .with_prefix(&prefix),
+    );
+    let key = scope(ScopeKind::Key, "lapsing");
+    let rules = Rules {
+        budget: budget(1_000_000_000_000, Period::Daily),
+        ..Rules::default()
+    };
+    let now_ms = minute_start_now();
+    let deadline = Instant::now() + Duration::from_millis(800);
+    let (_, spent) = sustained(
+        killed.clone(),
+        vec![(key.clone(), rules)],
+        100_000,
+        now_ms,
+        move || Instant::now() >= deadline,
+    )
+    .await;
+    assert!(killed.leases().1 > 0, "requests were served from leases");
+    // Killed: dropped without giving its leases back.
+    drop(killed);
+    let survivor = RedisLimiter::connect_with(&url, config)
+        .await
+        .unwrap()
+        .with_prefix(&prefix);
+    // Once the leases have lapsed (a minute later, with a one-minute
+    // lease), what they held counts as spent.
+    let used = survivor
+        .budget_used(&key, Period::Daily, now_ms + 60_000)
+        .await;
+    assert!(
+        used >= spent,
+        "the counters hold {used} nano-dollars for {spent} spent: a budget could be overspent"
+    );
+    let [_, _, _, held, counted] = counters_of(&url, &prefix, &key, now_ms).await;
+    assert_eq!(
+        (held, counted),
+        (0, used),
+        "the lapsed holds moved to spent"
+    );
+    clean_up(&url, &prefix).await;
+}
+
+/// Two instances serving one budget from leases, until it refuses them
+/// for a second: at every moment the actual spend of finished requests
+/// plus the worst case of those in flight stays within the budget, and
+/// Redis's spent counter then holds exactly the actual spend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_hold_a_budget_across_instances() {
+    let Some(url) = redis_url("leases_hold_a_budget_across_instances").await else {
+        return;
+    };
+    let prefix = unique_prefix("lease-budget");
+    let instances = [
+        Arc::new(limiter(&url, &prefix, false).await),
+        Arc::new(limiter(&url, &prefix, false).await),
+    ];
+    const LIMIT: Nanos = 4_000_000_000;
+    const WORST: Nanos = 1_000_000;
+    let key = scope(ScopeKind::Key, "budgeted");
+    let rules = Rules {
+        budget: budget(LIMIT, Period::Daily),
+        ..Rules::default()
+    };
+    let now_ms = minute_start_now();
+    // Finished requests' actual spend plus in-flight worst cases, as the
+    // clients see them; the most it reached.
+    let committed = Arc::new(Mutex::new((0u64, 0u64)));
+    let last_grant = Arc::new(Mutex::new(Instant::now()));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..20usize {
+        let limiter = instances[worker % 2].clone();
+        let scopes = vec![(key.clone(), rules)];
+        let (committed, last_grant) = (committed.clone(), last_grant.clone());
+        workers.push(tokio::spawn(async move {
+            let mut index = (worker as u64) << 32;
+            while last_grant.lock().unwrap().elapsed() < Duration::from_secs(1)
+                && started.elapsed() < Duration::from_secs(20)
+            {
+                index += 1;
+                match limiter.reserve(ask(&scopes, 10, WORST, now_ms)).await {
+                    Ok(grant) => {
+                        *last_grant.lock().unwrap() = Instant::now();
+                        {
+                            let mut committed = committed.lock().unwrap();
+                            committed.0 += WORST;
+                            committed.1 = committed.1.max(committed.0);
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        let cost = splitmix64(index) % (WORST + 1);
+                        committed.lock().unwrap().0 -= WORST - cost;
+                        limiter.settle(grant, 5, cost).await;
+                    }
+                    Err(Refusal::Budget { .. }) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(other) => panic!("unexpected refusal {other:?}"),
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let (spent, most) = *committed.lock().unwrap();
+    assert!(
+        most <= LIMIT,
+        "{most} nano-dollars committed at once, over {LIMIT}"
+    );
+    assert!(
+        spent + WORST > LIMIT / 2,
+        "the budget was far from used up: {spent} of {LIMIT}"
+    );
+    for instance in &instances {
+        assert!(
+            instance.leases().1 > 0,
+            "an instance served no request from leases"
+        );
+    }
+    eventually("the counters hold exactly the spend", || async {
+        let [_, _, in_flight, held, counted] = counters_of(&url, &prefix, &key, now_ms).await;
+        [in_flight, held, counted] == [0, 0, spent]
+    })
+    .await;
+    clean_up(&url, &prefix).await;
+}
