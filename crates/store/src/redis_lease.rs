@@ -62,7 +62,7 @@
 //! limiter's timeout; leases still being asked for are waited for and
 //! given back too). If the instance dies, its leases lapse like any
 //! reservation (after the limiter's lease, 15 minutes by default), but a
-//! lease's held cost is kept apart (an `L<minute>` field of the held hash)
+//! lease's held cost is kept apart (under 10^12 plus its minute in the held hash)
 //! and, when it lapses, counts as spent: Redis cannot know how much of it
 //! the lease's requests spent, so it assumes all of it. A budget then reads
 //! as more spent than it is (by at most what the lease held, an eighth of
@@ -535,7 +535,8 @@ pub(crate) struct Leases {
     /// Leases Redis granted, and requests served from them.
     pub granted: AtomicU64,
     pub served: AtomicU64,
-    /// Leases asked for and not yet answered.
+    /// Leases asked for and not yet answered (counted under the table's
+    /// lock when decided, so a shutdown that closed the table sees them).
     asking: AtomicUsize,
 }
 
@@ -606,6 +607,7 @@ impl Leases {
             state.rules = *rules;
             if want && let Some((amounts, budgeted)) = state.wanted(ask, now) {
                 state.acquiring = true;
+                self.asking.fetch_add(1, Ordering::AcqRel);
                 actions.wanted.push(Wanted {
                     scope: scope.clone(),
                     rules: *rules,
@@ -625,6 +627,7 @@ impl Leases {
                 && let Some((amounts, budgeted)) = state.wanted(ask, now)
             {
                 state.acquiring = true;
+                self.asking.fetch_add(1, Ordering::AcqRel);
                 actions.wanted.push(Wanted {
                     scope: scope.clone(),
                     rules: *rules,
@@ -979,12 +982,10 @@ impl Inner {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             if let Some(leases) = &self.leases {
                 leases.refused(&wanted.scope);
+                leases.asking.fetch_sub(1, Ordering::AcqRel);
             }
             return;
         };
-        if let Some(leases) = &self.leases {
-            leases.asking.fetch_add(1, Ordering::AcqRel);
-        }
         let inner = self.clone();
         runtime.spawn(async move {
             let Some(leases) = inner.leases.as_ref() else {

@@ -13,15 +13,18 @@
 --   minute:    hash  r -> requests, t -> tokens, of one minute
 --   spent:     string  nano-dollars spent in the budget window
 --   held:      hash  minute of reservation -> nano-dollars reserved then
---              ('L<minute>' for a lease's: when it lapses it counts as
---              spent, since requests it served may have spent it)
+--              (10^12 + minute for a lease's: when it lapses it counts
+--              as spent, since requests it served may have spent it);
+--              its time to live is the budget window's
 -- A reservation counts in the minute it was made (or last renewed) for
 -- the lease; older fields of the in-flight and held hashes are dropped
 -- when next read (a crashed instance's reservations lapse). Times to live
 -- are set when a key is made (a minute's counter: 2 minutes; a window's
 -- spend: until the window ends plus a day) or, for the in-flight and held
--- hashes, when they gain a field (the lease plus two minutes, which
--- outlasts every reservation counted in that field), not on every request.
+-- hashes, when they gain a field (in flight: the lease plus two minutes,
+-- which outlasts every reservation counted in that field; held: as long
+-- as the window's spend, which a lapsed lease's hold goes to), not on
+-- every request.
 --
 -- A grant's record, a string at its own key, makes every operation on it
 -- idempotent: '<minute>:<requests>:<tokens>:<settled>', where minute is
@@ -197,15 +200,24 @@ local function increase(counter, amount)
   end
 end
 
+-- A lease's hold is kept in the held hash under its minute plus this, a
+-- number still (earlier versions of this script read every field as a
+-- minute, and see these as holds that never lapse).
+local LEASE_FIELD = 1000000000000
+
 -- Sum of a bucket hash's live fields; buckets older than `oldest` are
 -- reservations whose settle never came (a crashed instance), dropped here.
--- A lease's hold ('L<minute>') that lapses is added to `spent` (a string
+-- A lease's hold that lapses (a minute later than a request's, so that a
+-- renewal at the minute's turn comes first) is added to `spent` (a string
 -- counter) instead: the requests it served may have spent all of it.
 local function live_sum(counter, oldest, spent)
   local sum = 0
   for field, value in pairs(counter.values) do
-    local of_lease = string.byte(field, 1) == 76
-    local minute = tonumber(of_lease and string.sub(field, 2) or field)
+    local minute = tonumber(field)
+    local of_lease = minute >= LEASE_FIELD
+    if of_lease then
+      minute = minute - LEASE_FIELD + 1
+    end
     if minute < oldest then
       counter.values[field] = nil
       counter.changed[field] = true
@@ -223,9 +235,18 @@ end
 -- marked, so that it counts as spent if it lapses.
 local function held_field(minute, of_lease)
   if of_lease then
-    return 'L' .. minute
+    return string.format('%d', LEASE_FIELD + tonumber(minute))
   end
   return minute
+end
+
+-- The held hash lives as long as its budget window's spend (leases' holds
+-- must outlast their lapse, to be counted as spent then).
+local function held_ttl(slot)
+  if slot.budget_ttl ~= '0' then
+    return slot.budget_ttl
+  end
+  return nil
 end
 
 local function flush()
@@ -398,8 +419,8 @@ local function settled(parts, part)
 end
 
 -- Each operation answers three integers (see the top of this file).
-local function reserve(record, tokens, cost, minute, check_epoch, first, n, wanted, flying, share)
-  local of_lease = share > 1
+local function reserve(record, tokens, cost, minute, check_epoch, first, n, wanted, flying, share,
+                       of_lease)
   -- Counters that were lost (a flush, a restart without persistence) must
   -- be seeded again from the request log before budgets are checked.
   if check_epoch == '1' then
@@ -496,7 +517,7 @@ local function reserve(record, tokens, cost, minute, check_epoch, first, n, want
       end
     end
     if slot.limit and cost ~= 0 then
-      add(hash(slot.held), held_field(minute, of_lease), cost, record_ttl)
+      add(hash(slot.held), held_field(minute, of_lease), cost, held_ttl(slot))
     end
   end
   return 0, first_requests, first_tokens
@@ -560,12 +581,20 @@ local function settle(record, token_change, held, cost, part, first, n, request_
       end
     end
     if slot.limit then
+      -- A lease's hold that lapsed was counted as spent: only the actual
+      -- cost beyond it (or, below it, minus the difference) is added.
+      local moved = 0
       if reserved_here and held ~= 0 then
-        release(hash(slot.held), held_field(minute, of_lease), -held)
+        local holds = hash(slot.held)
+        local field = held_field(minute, of_lease)
+        if of_lease then
+          moved = math.max(held - (holds.values[field] or 0), 0)
+        end
+        release(holds, field, -held)
       end
-      if cost ~= 0 then
+      if cost ~= moved then
         local spent = counter_of(slot.spent)
-        increase(spent, cost)
+        increase(spent, cost - moved)
         if slot.budget_ttl ~= '0' then
           spent.ttl = slot.budget_ttl
         end
@@ -601,8 +630,16 @@ local function renew(record, to, held, part, count, held_after, count_after, of_
     end
     if slot.limit and held ~= 0 and from ~= to then
       local holds = hash(slot.held)
-      release(holds, held_field(from, of_lease), -held)
-      add(holds, held_field(to, of_lease), held, record_ttl)
+      local field = held_field(from, of_lease)
+      -- A lease's hold that lapsed already counts as spent.
+      local moving = held
+      if of_lease then
+        moving = math.min(held, holds.values[field] or 0)
+      end
+      release(holds, field, -moving)
+      if moving > 0 then
+        add(holds, held_field(to, of_lease), moving, held_ttl(slot))
+      end
     end
   end
   records[record] = to .. ':' .. requests .. ':' .. counted .. ':' .. parts
@@ -618,13 +655,13 @@ while i <= #ARGV do
   if kind == 'r' then
     local n = tonumber(ARGV[i + 5])
     code, a, b = reserve(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
-      ARGV[i + 3], ARGV[i + 4], i + 5, n, 1, 1, 1)
+      ARGV[i + 3], ARGV[i + 4], i + 5, n, 1, 1, 1, false)
     i = i + 6 + n
   elseif kind == 'l' then
     local n = tonumber(ARGV[i + 8])
     code, a, b = reserve(KEYS[record], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
       ARGV[i + 3], ARGV[i + 4], i + 8, n, tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]),
-      tonumber(ARGV[i + 7]))
+      tonumber(ARGV[i + 7]), true)
     i = i + 9 + n
   elseif kind == 's' then
     local n = tonumber(ARGV[i + 5])

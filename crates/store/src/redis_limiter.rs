@@ -668,7 +668,10 @@ impl RedisLimiter {
     /// did and counts nothing again; after the grant is settled, a repeat
     /// is refused as `Unavailable`. `reserve` itself draws a fresh id.
     pub async fn reserve_as(&self, ask: Ask, id: u128) -> Result<Grant, Refusal> {
-        self.inner.reserve_shared(ask, id).await
+        // The top bit marks grants served from leases.
+        self.inner
+            .reserve_shared(ask, id & !lease::SERVED_FROM_LEASE)
+            .await
     }
 
     /// Settles and cancels that failed and are being retried.

@@ -1636,11 +1636,13 @@ async fn keys_share_one_hash_tag_and_never_hold_raw_ids() {
         for id in odd_ids {
             assert!(!rest.contains(id), "{key:?} holds the raw id {id:?}");
         }
+        // Budgets' spend and holds live as long as their window (a
+        // lapsed lease's hold becomes spend); the rest, minutes.
         let expected_ttl = if rest.contains(":m:") {
             1..=120
-        } else if rest.contains(":spent:total") {
+        } else if rest.contains(":spent:total") || rest.contains(":held:total") {
             -1..=-1
-        } else if rest.contains(":spent:") {
+        } else if rest.contains(":spent:") || rest.contains(":held:") {
             1..=2 * 86_400
         } else {
             1..=17 * 60
@@ -2415,11 +2417,17 @@ async fn a_killed_instances_leases_count_as_spent_when_they_lapse() {
         .await
         .unwrap()
         .with_prefix(&prefix);
-    // Once the leases have lapsed (a minute later, with a one-minute
-    // lease), what they held counts as spent.
-    let used = survivor
+    // Until they lapse, the leases' holds count as held...
+    let held = survivor
         .budget_used(&key, Period::Daily, now_ms + 60_000)
         .await;
+    assert!(held >= spent, "{held} nano-dollars used for {spent} spent");
+    // ...and once they have (a lease's hold two minutes later, with a
+    // one-minute lease), as spent.
+    let used = survivor
+        .budget_used(&key, Period::Daily, now_ms + 120_000)
+        .await;
+    assert_eq!(used, held, "the leases' holds moved to spent whole");
     assert!(
         used >= spent,
         "the counters hold {used} nano-dollars for {spent} spent: a budget could be overspent"
