@@ -2,7 +2,8 @@
 //! killed with SIGKILL right after its requests completed, and no record
 //! (no spend) of those requests is lost: the restarted process writes what
 //! its journal holds and the database lacks, while the other instance
-//! serves on.
+//! serves on; and a virtual key's budget holds across them through such a
+//! kill.
 //!
 //! Needs PostgreSQL (127.0.0.1:5432, database `test`, or
 //! `SWITCHBOARD_TEST_POSTGRES_URL`) and Redis (127.0.0.1:6379, or
@@ -123,6 +124,140 @@ async fn a_process_killed_with_sigkill_loses_no_completed_request() {
         "every completed request is recorded once"
     );
     assert!(records.iter().all(|record| record.cost_nanos.is_some()));
+    store.close().await;
+    if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_url()).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut connection)
+            .await;
+    }
+}
+
+/// A virtual key's budget, spent through two processes busy enough to
+/// serve it from leases (the server's and the store's tests show that they
+/// do), one of them killed with SIGKILL just after its requests: the
+/// survivor refuses once the budget is used up (what the killed one held
+/// still counts), and the request log's spend for the key, every served
+/// request recorded once, stays within the budget. (Its Redis keys, under
+/// a prefix of its own, expire by themselves.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_holds_across_processes_through_a_kill() {
+    let skip = |why: String| {
+        switchboard_testkit::skip_or_fail(
+            "a_budget_holds_across_processes_through_a_kill",
+            &format!("several processes need PostgreSQL and Redis: {why}"),
+        )
+    };
+    let address = redis_url().trim_start_matches("redis://").to_owned();
+    if tokio::net::TcpStream::connect(&address).await.is_err() {
+        return skip(format!("Redis at {address} does not answer"));
+    }
+    let (schema, database) = match fresh_schema().await {
+        Ok(schema) => schema,
+        Err(why) => return skip(why),
+    };
+    const MASTER: &str = "sk-instances-master-0123456789";
+    // A prefix of this run's own, so that no other run's counters mix in.
+    let prefix = format!("sbtest:{schema}:");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmaster_key = \"{MASTER}\"\n[storage]\nurl = \"{database}\"\nredis_url = \"{}\"\nredis_prefix = \"{prefix}\"\njournal_dir = \"journal\"\n[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\nprice = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}\n",
+        redis_url()
+    );
+    let dirs = [scratch_dir("budget-a"), scratch_dir("budget-b")];
+    for dir in &dirs {
+        std::fs::write(dir.join("switchboard.toml"), &config).unwrap();
+    }
+    let mut first = Gateway::start(&dirs[0], &[], &[]);
+    let second = Gateway::start(&dirs[1], &[], &[]);
+    let client = reqwest::Client::new();
+    // $0.005: a few hundred requests of this size.
+    const BUDGET: u64 = 5_000_000;
+    let created: serde_json::Value = client
+        .post(first.url("/admin/keys"))
+        .bearer_auth(MASTER)
+        .json(&serde_json::json!({"budget_usd": 0.005, "budget_period": "daily"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (key_id, key) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    );
+    let chat = |gateway: &Gateway| {
+        client
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // The second instance learns the key within its refresh (250 ms).
+    let started = std::time::Instant::now();
+    while chat(&second).await.unwrap().status() == 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the key never reached the second instance"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Busy through both for a second: leases are taken on each.
+    let mut served = 1;
+    let busy = std::time::Instant::now();
+    while busy.elapsed() < Duration::from_secs(1) {
+        for gateway in [&first, &second] {
+            let response = chat(gateway).await.unwrap();
+            match response.status().as_u16() {
+                200 => served += 1,
+                429 => {}
+                other => panic!("answered {other}"),
+            }
+            response.bytes().await.unwrap();
+        }
+    }
+    // Killed while it holds leases (its last requests ended just now).
+    let mut killed = first.child.take().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    // The survivor spends the rest, and then refuses.
+    let mut refused = 0;
+    for _ in 0..2_000 {
+        let response = chat(&second).await.unwrap();
+        match response.status().as_u16() {
+            200 => served += 1,
+            429 => {
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+                refused += 1;
+                if refused == 20 {
+                    break;
+                }
+                continue;
+            }
+            other => panic!("answered {other}"),
+        }
+        response.bytes().await.unwrap();
+    }
+    assert_eq!(refused, 20, "the budget was never used up");
+
+    let mut restarted = Gateway::start(&dirs[0], &[], &[]);
+    let mut second = second;
+    let statuses = tokio::task::spawn_blocking(move || (restarted.terminate(), second.terminate()))
+        .await
+        .unwrap();
+    assert!(statuses.0.success() && statuses.1.success());
+    let store = PgStore::connect(&database).await.unwrap();
+    let records = store.recent_records(100_000).await.unwrap();
+    let ours: Vec<_> = records
+        .iter()
+        .filter(|record| record.key_id.as_deref() == Some(key_id.as_str()) && record.status == 200)
+        .collect();
+    assert_eq!(ours.len(), served, "every served request is recorded once");
+    let spent: u64 = ours.iter().filter_map(|record| record.cost_nanos).sum();
+    assert!(
+        spent <= BUDGET && spent > BUDGET / 2,
+        "{spent} nano-dollars spent of a {BUDGET} budget"
+    );
     store.close().await;
     if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_url()).await {
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
