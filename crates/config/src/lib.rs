@@ -355,6 +355,9 @@ pub struct Price {
     /// Input tokens written to the provider's prompt cache (Anthropic's
     /// cache creation); `None` bills them at `input_per_mtok`.
     pub cache_write_per_mtok: Option<f64>,
+    /// Output tokens spent on hidden reasoning, for a model that prices
+    /// them apart; `None` bills them at `output_per_mtok`.
+    pub reasoning_per_mtok: Option<f64>,
 }
 
 /// Which failures move a request on to the fallback models.

@@ -130,6 +130,7 @@ impl PriceTable {
                 ("output", Some(entry.output)),
                 ("cached_input", entry.cached_input),
                 ("cache_write", entry.cache_write),
+                ("reasoning", entry.reasoning),
             ];
             for (key, value) in figures {
                 if let Some(message) = value.and_then(price_problem) {
@@ -173,6 +174,7 @@ impl PriceTable {
                     output_per_mtok: entry.output,
                     cached_input_per_mtok: entry.cached_input,
                     cache_write_per_mtok: entry.cache_write,
+                    reasoning_per_mtok: entry.reasoning,
                 },
                 aliases: entry.aliases,
             });
@@ -374,6 +376,7 @@ struct RawPriceEntry {
     output: f64,
     cached_input: Option<f64>,
     cache_write: Option<f64>,
+    reasoning: Option<f64>,
     #[serde(default)]
     aliases: Vec<String>,
 }
@@ -401,7 +404,7 @@ fn parse(source: &str, text: &str) -> Result<RawPriceTable, ConfigError> {
             source,
             if path == "." { "" } else { &path },
             one_line(error.inner().to_string()),
-            "each entry takes input, output, and optionally cached_input, cache_write and aliases",
+            "each entry takes input, output, and optionally cached_input, cache_write, reasoning and aliases",
         )
     })
 }

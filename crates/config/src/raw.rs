@@ -175,6 +175,7 @@ pub(crate) struct RawPrice {
     pub output_per_mtok: f64,
     pub cached_input_per_mtok: Option<f64>,
     pub cache_write_per_mtok: Option<f64>,
+    pub reasoning_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -889,6 +889,7 @@ fn validate_price(
         ("output_per_mtok", Some(raw.output_per_mtok)),
         ("cached_input_per_mtok", raw.cached_input_per_mtok),
         ("cache_write_per_mtok", raw.cache_write_per_mtok),
+        ("reasoning_per_mtok", raw.reasoning_per_mtok),
     ];
     let mut valid = true;
     for (key, value) in figures {
@@ -908,6 +909,7 @@ fn validate_price(
         output_per_mtok: raw.output_per_mtok,
         cached_input_per_mtok: raw.cached_input_per_mtok,
         cache_write_per_mtok: raw.cache_write_per_mtok,
+        reasoning_per_mtok: raw.reasoning_per_mtok,
     })
 }
 

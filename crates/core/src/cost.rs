@@ -80,6 +80,10 @@ pub struct Rates {
     /// Input tokens written to the provider's prompt cache (Anthropic's
     /// cache creation); `None` bills them as `input`.
     pub cache_write: Option<TokenPrice>,
+    /// Output tokens spent on hidden reasoning, where a model prices them
+    /// apart (a part of `output` all the same); `None` bills them as
+    /// `output`.
+    pub reasoning: Option<TokenPrice>,
 }
 
 impl Rates {
@@ -90,18 +94,18 @@ impl Rates {
         output: f64,
         cached_input: Option<f64>,
         cache_write: Option<f64>,
+        reasoning: Option<f64>,
     ) -> Option<Rates> {
+        let optional = |price: Option<f64>| match price {
+            Some(price) => TokenPrice::from_usd_per_mtok(price).map(Some),
+            None => Some(None),
+        };
         Some(Rates {
             input: TokenPrice::from_usd_per_mtok(input)?,
             output: TokenPrice::from_usd_per_mtok(output)?,
-            cached_input: match cached_input {
-                Some(price) => Some(TokenPrice::from_usd_per_mtok(price)?),
-                None => None,
-            },
-            cache_write: match cache_write {
-                Some(price) => Some(TokenPrice::from_usd_per_mtok(price)?),
-                None => None,
-            },
+            cached_input: optional(cached_input)?,
+            cache_write: optional(cache_write)?,
+            reasoning: optional(reasoning)?,
         })
     }
 
@@ -112,6 +116,10 @@ impl Rates {
     fn cache_write_or_input(&self) -> TokenPrice {
         self.cache_write.unwrap_or(self.input)
     }
+
+    fn reasoning_or_output(&self) -> TokenPrice {
+        self.reasoning.unwrap_or(self.output)
+    }
 }
 
 /// The cost of a finished request, in nano-dollars, rounded up.
@@ -120,8 +128,8 @@ impl Rates {
 /// from the prompt cache) and `cache_write_tokens` (written to it; callers
 /// pass `usage.cache_write_tokens`) are parts of it, billed at their own
 /// rates, and the rest is billed at `input`. `output_tokens` already
-/// includes `reasoning_tokens`, so reasoning is billed as output and never
-/// twice. A count the upstream did not report counts as zero. When the
+/// includes `reasoning_tokens`, which are billed at `reasoning` (or as
+/// output) and the rest at `output`: never twice. A count the upstream did not report counts as zero. When the
 /// reported parts exceed the reported input (a broken upstream), the parts
 /// are billed as reported and no uncached input remains: the cost follows
 /// what the provider says it served, and never goes negative.
@@ -130,12 +138,15 @@ pub fn request_cost(usage: &Usage, cache_write_tokens: Option<u64>, rates: &Rate
     let cached = usage.cached_input_tokens.unwrap_or(0);
     let written = cache_write_tokens.unwrap_or(0);
     let uncached = input.saturating_sub(cached).saturating_sub(written);
+    let output = usage.output_tokens.unwrap_or(0);
+    let reasoning = usage.reasoning_tokens.unwrap_or(0).min(output);
     let picos = rates
         .input
         .picos_for(uncached)
         .saturating_add(rates.cached_input_or_input().picos_for(cached))
         .saturating_add(rates.cache_write_or_input().picos_for(written))
-        .saturating_add(rates.output.picos_for(usage.output_tokens.unwrap_or(0)));
+        .saturating_add(rates.output.picos_for(output.saturating_sub(reasoning)))
+        .saturating_add(rates.reasoning_or_output().picos_for(reasoning));
     round_up_to_nanos(picos)
 }
 
@@ -143,12 +154,15 @@ pub fn request_cost(usage: &Usage, cache_write_tokens: Option<u64>, rates: &Rate
 /// at most `prompt_token_bound` input tokens and `max_output_tokens` output
 /// tokens. Input is priced at the uncached input price, or at the cache
 /// write price when that is higher (as Anthropic's is), so that the bound
-/// holds whatever part of the prompt the provider caches.
+/// holds whatever part of the prompt the provider caches; output at the
+/// output or reasoning price, whichever is higher, so that it holds
+/// however much of it is reasoning.
 pub fn worst_case_cost(prompt_token_bound: u64, max_output_tokens: u64, rates: &Rates) -> Nanos {
     let input_price = rates.input.max(rates.cache_write_or_input());
+    let output_price = rates.output.max(rates.reasoning_or_output());
     let picos = input_price
         .picos_for(prompt_token_bound)
-        .saturating_add(rates.output.picos_for(max_output_tokens));
+        .saturating_add(output_price.picos_for(max_output_tokens));
     round_up_to_nanos(picos)
 }
 
@@ -181,6 +195,7 @@ mod tests {
             output: usd(10.0),
             cached_input: Some(usd(1.25)),
             cache_write: None,
+            reasoning: None,
         }
     }
 
@@ -191,6 +206,7 @@ mod tests {
             output: usd(15.0),
             cached_input: Some(usd(0.3)),
             cache_write: Some(usd(3.75)),
+            reasoning: None,
         }
     }
 
@@ -216,13 +232,20 @@ mod tests {
         ] {
             assert_eq!(TokenPrice::from_usd_per_mtok(price), None, "{price}");
         }
-        assert_eq!(Rates::from_usd_per_mtok(1.0, 2.0, Some(-1.0), None), None);
         assert_eq!(
-            Rates::from_usd_per_mtok(1.0, 2.0, None, Some(f64::NAN)),
+            Rates::from_usd_per_mtok(1.0, 2.0, Some(-1.0), None, None),
             None
         );
         assert_eq!(
-            Rates::from_usd_per_mtok(2.5, 10.0, Some(1.25), None),
+            Rates::from_usd_per_mtok(1.0, 2.0, None, Some(f64::NAN), None),
+            None
+        );
+        assert_eq!(
+            Rates::from_usd_per_mtok(1.0, 2.0, None, None, Some(-3.0)),
+            None
+        );
+        assert_eq!(
+            Rates::from_usd_per_mtok(2.5, 10.0, Some(1.25), None, None),
             Some(gpt_4o())
         );
     }
@@ -342,6 +365,7 @@ mod tests {
             output: usd(0.0041),
             cached_input: Some(usd(0.0007)),
             cache_write: None,
+            reasoning: None,
         };
         assert_eq!(request_cost(&usage(Some(1), None, None), None, &cheap), 3);
         assert_eq!(request_cost(&usage(Some(5), None, None), None, &cheap), 14);
@@ -363,6 +387,7 @@ mod tests {
             output: most,
             cached_input: Some(most),
             cache_write: Some(most),
+            reasoning: Some(most),
         };
         let used = usage(Some(u64::MAX), Some(u64::MAX / 3), Some(u64::MAX));
         assert_eq!(request_cost(&used, Some(u64::MAX / 3), &rates), Nanos::MAX);
@@ -382,6 +407,24 @@ mod tests {
             &gpt_4o(),
         );
         assert!(actual <= worst_case_cost(100_000, 4_096, &gpt_4o()));
+    }
+
+    #[test]
+    fn reasoning_priced_apart_is_billed_at_its_own_rate_once() {
+        // Output $0.60, reasoning $3.50 per million (a model that prices
+        // thinking apart): 1,000 output tokens of which 800 reasoning.
+        let rates = Rates::from_usd_per_mtok(0.15, 0.60, None, None, Some(3.50)).unwrap();
+        let mut used = usage(Some(0), None, Some(1_000));
+        used.reasoning_tokens = Some(800);
+        assert_eq!(request_cost(&used, None, &rates), 200 * 600 + 800 * 3_500);
+        // Reasoning over the output reported is capped at it.
+        used.reasoning_tokens = Some(5_000);
+        assert_eq!(request_cost(&used, None, &rates), 1_000 * 3_500);
+        // The worst case assumes every output token may be reasoning.
+        assert_eq!(worst_case_cost(0, 1_000, &rates), 1_000 * 3_500);
+        // Without a reasoning price, reasoning is output.
+        used.reasoning_tokens = Some(800);
+        assert_eq!(request_cost(&used, None, &gpt_4o()), 1_000 * 10_000);
     }
 
     #[test]

@@ -248,6 +248,7 @@ impl Catalog {
                         price.output_per_mtok,
                         price.cached_input_per_mtok,
                         price.cache_write_per_mtok,
+                        price.reasoning_per_mtok,
                     )
                 })
                 .collect();

@@ -55,6 +55,7 @@ fn the_shipped_table_parses_and_every_entry_is_priced() {
             Some(price.output_per_mtok),
             price.cached_input_per_mtok,
             price.cache_write_per_mtok,
+            price.reasoning_per_mtok,
         ]
         .into_iter()
         .flatten()
@@ -124,6 +125,7 @@ fn well_known_prices_are_as_published() {
             output_per_mtok: 10.0,
             cached_input_per_mtok: Some(1.25),
             cache_write_per_mtok: None,
+            reasoning_per_mtok: None,
         }
     );
     assert_eq!(
@@ -133,6 +135,7 @@ fn well_known_prices_are_as_published() {
             output_per_mtok: 15.0,
             cached_input_per_mtok: Some(0.3),
             cache_write_per_mtok: Some(3.75),
+            reasoning_per_mtok: None,
         }
     );
     assert_eq!(price("text-embedding-3-small").input_per_mtok, 0.02);
@@ -290,6 +293,7 @@ fn a_deployments_own_price_wins_over_the_table() {
                 output_per_mtok: 8.0,
                 cached_input_per_mtok: Some(0.5),
                 cache_write_per_mtok: None,
+                reasoning_per_mtok: None,
             },
             source: PriceSource::Config,
         })
@@ -457,14 +461,26 @@ fn config_prices_take_cache_prices_too() {
             output_per_mtok: 15.0,
             cached_input_per_mtok: Some(0.3),
             cache_write_per_mtok: Some(3.75),
+            reasoning_per_mtok: None,
         })
+    );
+    // And a reasoning price, for a model that bills thinking apart.
+    let thinking = deployment(
+        r#"provider = "gemini"
+        model = "gemini-2.5-flash"
+        api_key = "test-key"
+        price = { input_per_mtok = 0.15, output_per_mtok = 0.6, reasoning_per_mtok = 3.5 }"#,
+    );
+    assert_eq!(
+        thinking.price.map(|price| price.reasoning_per_mtok),
+        Some(Some(3.5))
     );
 }
 
 #[test]
 fn config_prices_that_are_negative_or_not_finite_are_refused_by_path() {
     let found = config_problems(
-        "{ input_per_mtok = -2.5, output_per_mtok = nan, cached_input_per_mtok = inf, cache_write_per_mtok = -inf }",
+        "{ input_per_mtok = -2.5, output_per_mtok = nan, cached_input_per_mtok = inf, cache_write_per_mtok = -inf, reasoning_per_mtok = -1 }",
     );
     assert_eq!(
         paths(&found),
@@ -473,6 +489,7 @@ fn config_prices_that_are_negative_or_not_finite_are_refused_by_path() {
             "models[0].deployments[0].price.output_per_mtok",
             "models[0].deployments[0].price.cached_input_per_mtok",
             "models[0].deployments[0].price.cache_write_per_mtok",
+            "models[0].deployments[0].price.reasoning_per_mtok",
         ]
     );
     assert!(
