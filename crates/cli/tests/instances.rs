@@ -55,21 +55,43 @@ async fn fresh_schema() -> Result<(String, String), String> {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_killed_with_sigkill_loses_no_completed_request() {
+/// Redis answering and a fresh PostgreSQL schema (its name and URL), or
+/// `None` after saying why the test does not run (it fails under CI).
+async fn shared_services(test: &str) -> Option<(String, String)> {
     let skip = |why: String| {
         switchboard_testkit::skip_or_fail(
-            "a_process_killed_with_sigkill_loses_no_completed_request",
+            test,
             &format!("several processes need PostgreSQL and Redis: {why}"),
         )
     };
     let address = redis_url().trim_start_matches("redis://").to_owned();
     if tokio::net::TcpStream::connect(&address).await.is_err() {
-        return skip(format!("Redis at {address} does not answer"));
+        skip(format!("Redis at {address} does not answer"));
+        return None;
     }
-    let (schema, database) = match fresh_schema().await {
-        Ok(schema) => schema,
-        Err(why) => return skip(why),
+    match fresh_schema().await {
+        Ok(schema) => Some(schema),
+        Err(why) => {
+            skip(why);
+            None
+        }
+    }
+}
+
+async fn drop_schema(schema: &str) {
+    if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_url()).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut connection)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_with_sigkill_loses_no_completed_request() {
+    let Some((schema, database)) =
+        shared_services("a_process_killed_with_sigkill_loses_no_completed_request").await
+    else {
+        return;
     };
     let config = |journal: &str| {
         format!(
@@ -125,11 +147,7 @@ async fn a_process_killed_with_sigkill_loses_no_completed_request() {
     );
     assert!(records.iter().all(|record| record.cost_nanos.is_some()));
     store.close().await;
-    if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_url()).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&mut connection)
-            .await;
-    }
+    drop_schema(&schema).await;
 }
 
 /// A virtual key's budget, spent through two processes busy enough to
@@ -141,19 +159,10 @@ async fn a_process_killed_with_sigkill_loses_no_completed_request() {
 /// a prefix of its own, expire by themselves.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_holds_across_processes_through_a_kill() {
-    let skip = |why: String| {
-        switchboard_testkit::skip_or_fail(
-            "a_budget_holds_across_processes_through_a_kill",
-            &format!("several processes need PostgreSQL and Redis: {why}"),
-        )
-    };
-    let address = redis_url().trim_start_matches("redis://").to_owned();
-    if tokio::net::TcpStream::connect(&address).await.is_err() {
-        return skip(format!("Redis at {address} does not answer"));
-    }
-    let (schema, database) = match fresh_schema().await {
-        Ok(schema) => schema,
-        Err(why) => return skip(why),
+    let Some((schema, database)) =
+        shared_services("a_budget_holds_across_processes_through_a_kill").await
+    else {
+        return;
     };
     const MASTER: &str = "sk-instances-master-0123456789";
     // A prefix of this run's own, so that no other run's counters mix in.
@@ -259,9 +268,5 @@ async fn a_budget_holds_across_processes_through_a_kill() {
         "{spent} nano-dollars spent of a {BUDGET} budget"
     );
     store.close().await;
-    if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_url()).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&mut connection)
-            .await;
-    }
+    drop_schema(&schema).await;
 }

@@ -71,17 +71,7 @@ price = {{ input_per_mtok = 1000.0, output_per_mtok = 2000.0 }}
 }
 
 async fn chat(gateway: &TestGateway, key: &str) -> u16 {
-    gateway
-        .http
-        .post(gateway.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(json!({"model": "priced", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    chat_answer(gateway, key).await.0
 }
 
 /// A chat request's status and JSON body.

@@ -605,17 +605,8 @@ impl Leases {
                 }
             };
             state.rules = *rules;
-            if want && let Some((amounts, budgeted)) = state.wanted(ask, now) {
-                state.acquiring = true;
-                self.asking.fetch_add(1, Ordering::AcqRel);
-                actions.wanted.push(Wanted {
-                    scope: scope.clone(),
-                    rules: *rules,
-                    amounts,
-                    minute,
-                    now_ms: ask.now_ms,
-                    check_epoch: check_epoch && budgeted,
-                });
+            if want {
+                self.ask_for(state, scope, rules, ask, check_epoch, now, actions);
             }
         }
         if !served || shares.iter().all(Option::is_none) {
@@ -623,19 +614,8 @@ impl Leases {
         }
         // Only a lease that serves is followed by another.
         for (scope, rules) in followed {
-            if let Some(state) = scopes.get_mut(scope)
-                && let Some((amounts, budgeted)) = state.wanted(ask, now)
-            {
-                state.acquiring = true;
-                self.asking.fetch_add(1, Ordering::AcqRel);
-                actions.wanted.push(Wanted {
-                    scope: scope.clone(),
-                    rules: *rules,
-                    amounts,
-                    minute,
-                    now_ms: ask.now_ms,
-                    check_epoch: check_epoch && budgeted,
-                });
+            if let Some(state) = scopes.get_mut(scope) {
+                self.ask_for(state, scope, rules, ask, check_epoch, now, actions);
             }
         }
         for id in shares.iter().flatten() {
@@ -666,6 +646,34 @@ impl Leases {
             now_ms: ask.now_ms,
             remaining,
         })
+    }
+
+    /// Decides to ask for a lease for the scope, if it wants one; counted
+    /// as asked for at once, under the table's lock.
+    #[allow(clippy::too_many_arguments)]
+    fn ask_for(
+        &self,
+        state: &mut ScopeState,
+        scope: &Scope,
+        rules: &Rules,
+        ask: &Ask,
+        check_epoch: bool,
+        now: Instant,
+        actions: &mut Actions,
+    ) {
+        let Some((amounts, budgeted)) = state.wanted(ask, now) else {
+            return;
+        };
+        state.acquiring = true;
+        self.asking.fetch_add(1, Ordering::AcqRel);
+        actions.wanted.push(Wanted {
+            scope: scope.clone(),
+            rules: *rules,
+            amounts,
+            minute: minute_of(ask.now_ms),
+            now_ms: ask.now_ms,
+            check_epoch: check_epoch && budgeted,
+        });
     }
 
     /// Settles a grant served from leases into them; gives it back if it
