@@ -478,6 +478,20 @@ struct Table {
     closed: bool,
 }
 
+/// The grant of a request served from leases.
+fn served_grant(id: u128, ask: Ask, remaining: Remaining) -> Grant {
+    Grant {
+        id,
+        part: 0,
+        minute: minute_of(ask.now_ms),
+        scopes: ask.scopes,
+        tokens: ask.tokens,
+        cost: ask.cost,
+        now_ms: ask.now_ms,
+        remaining,
+    }
+}
+
 /// Leases and grants by id: ids are drawn at random, so FNV suffices.
 type ById<T> = HashMap<u128, T, FnvBuild>;
 
@@ -544,7 +558,29 @@ impl Leases {
     /// Serves `ask` from leases, if every limited scope has one with room;
     /// otherwise `None`, and the leases to ask for. Either way, the
     /// actions to take once the lock is let go.
+    #[cfg(test)]
     fn try_serve(&self, ask: &Ask, check_epoch: bool, actions: &mut Actions) -> Option<Grant> {
+        let (id, remaining) = self.take(ask, check_epoch, actions)?;
+        Some(served_grant(id, ask.clone(), remaining))
+    }
+
+    /// `try_serve` for the request path: the request's scopes move into
+    /// its grant, or come back with the ask.
+    fn serve(&self, ask: Ask, check_epoch: bool, actions: &mut Actions) -> Result<Grant, Ask> {
+        match self.take(&ask, check_epoch, actions) {
+            Some((id, remaining)) => Ok(served_grant(id, ask, remaining)),
+            None => Err(ask),
+        }
+    }
+
+    /// Takes a request from leases if every limited scope has one with
+    /// room: the grant's id and the first scope's room left.
+    fn take(
+        &self,
+        ask: &Ask,
+        check_epoch: bool,
+        actions: &mut Actions,
+    ) -> Option<(u128, Remaining)> {
         let now = Instant::now();
         let minute = minute_of(ask.now_ms);
         let mut table = lock(&self.table);
@@ -636,16 +672,7 @@ impl Leases {
         let id = fresh_grant_id() | SERVED_FROM_LEASE;
         grants.insert(id, shares);
         self.served.fetch_add(1, Ordering::Relaxed);
-        Some(Grant {
-            id,
-            part: 0,
-            scopes: ask.scopes.clone(),
-            tokens: ask.tokens,
-            cost: ask.cost,
-            minute,
-            now_ms: ask.now_ms,
-            remaining,
-        })
+        Some((id, remaining))
     }
 
     /// Decides to ask for a lease for the scope, if it wants one; counted
@@ -878,12 +905,14 @@ impl Inner {
     /// requests for new ones).
     pub(crate) fn serve_from_leases(
         self: &Arc<Self>,
-        ask: &Ask,
+        ask: Ask,
         check_epoch: bool,
-    ) -> Option<Grant> {
-        let leases = self.leases.as_ref()?;
+    ) -> Result<Grant, Ask> {
+        let Some(leases) = self.leases.as_ref() else {
+            return Err(ask);
+        };
         let mut actions = Actions::default();
-        let grant = leases.try_serve(ask, check_epoch, &mut actions);
+        let grant = leases.serve(ask, check_epoch, &mut actions);
         self.act(actions);
         grant
     }

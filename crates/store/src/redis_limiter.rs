@@ -1538,12 +1538,15 @@ impl Inner {
 
 impl Limiter for RedisLimiter {
     fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
-        if !ask.scopes.is_empty() {
+        let ask = if ask.scopes.is_empty() {
+            ask
+        } else {
             let check_epoch = self.inner.reseed.get().is_some();
-            if let Some(grant) = self.inner.serve_from_leases(&ask, check_epoch) {
-                return Box::pin(std::future::ready(Ok(grant)));
+            match self.inner.serve_from_leases(ask, check_epoch) {
+                Ok(grant) => return Box::pin(std::future::ready(Ok(grant))),
+                Err(ask) => ask,
             }
-        }
+        };
         Box::pin(self.inner.reserve_shared(ask, fresh_grant_id()))
     }
 
