@@ -552,124 +552,128 @@ where
             // time budget is noted too.
             let mut hedge_running: Option<(usize, Instant)> = None;
             let attempt_started = Instant::now();
-            let attempt = async {
-                let started = attempt_started;
-                let ticket = InFlightTicket::new(route, index, hold);
-                // Boxed: an upstream call's future is large, and moving it (into
-                // the timeout, the select) would copy all of it each time.
-                let primary = Box::pin(call(route.group.member(index).target.clone()));
-                let Some(delay) = hedge_delay else {
-                    return (primary.await, index, started, ticket);
-                };
-                tokio::pin!(primary);
-                if let Ok(result) = tokio::time::timeout(delay, &mut primary).await {
-                    return (result, index, started, ticket);
-                }
-                // Slower than the group's recent p95: race a second deployment.
-                let hedge_pick = Pick {
-                    tried: &tried,
-                    excluded: &excluded,
-                    tags,
-                    random: jitter(),
-                    affinity: None,
-                    shared_capacity: admission.shared(),
-                };
-                let Some(hedge_index) = route
-                    .group
-                    .pick(Instant::now(), hedge_pick)
-                    .filter(|&other| other != index)
-                else {
-                    return (primary.await, index, started, ticket);
-                };
-                let hedge_member = route.group.member(hedge_index);
-                let hedge_hold = match admission
-                    .enter(hedge_member.target.name(), &hedge_member.capacity)
-                    .await
-                {
-                    Entry::Go(hold) => hold,
-                    Entry::Full | Entry::Refused(_) => {
-                        hedge_member.health.release_probe(Instant::now());
+            // Pinned where it is made, so that the budget's timeout holds a
+            // reference to it rather than a second copy.
+            let result = {
+                let attempt = std::pin::pin!(async {
+                    let started = attempt_started;
+                    let ticket = InFlightTicket::new(route, index, hold);
+                    // Boxed: an upstream call's future is large, and moving it (into
+                    // the timeout, the select) would copy all of it each time.
+                    let primary = Box::pin(call(route.group.member(index).target.clone()));
+                    let Some(delay) = hedge_delay else {
                         return (primary.await, index, started, ticket);
+                    };
+                    tokio::pin!(primary);
+                    if let Ok(result) = tokio::time::timeout(delay, &mut primary).await {
+                        return (result, index, started, ticket);
                     }
-                };
-                attempts += 1;
-                group_attempts += 1;
-                note_progress(
-                    progress,
-                    route.group.member(hedge_index).target.name(),
-                    attempts,
-                );
-                let hedge_started = Instant::now();
-                hedge_running = Some((hedge_index, hedge_started));
-                let hedge_ticket = InFlightTicket::new(route, hedge_index, hedge_hold);
-                let hedge = Box::pin(call(route.group.member(hedge_index).target.clone()));
-                tokio::pin!(hedge);
-                // The first success wins and the other request is dropped,
-                // which cancels it; a failure waits for the other.
-                tokio::select! {
-                    result = &mut primary => match result {
-                        Ok(value) => {
-                            // The hedge is dropped, which cancels it.
-                            hedge_running = None;
-                            note_attempt(progress, route, hedge_index, hedge_started, None);
-                            (Ok(value), index, started, ticket)
+                    // Slower than the group's recent p95: race a second deployment.
+                    let hedge_pick = Pick {
+                        tried: &tried,
+                        excluded: &excluded,
+                        tags,
+                        random: jitter(),
+                        affinity: None,
+                        shared_capacity: admission.shared(),
+                    };
+                    let Some(hedge_index) = route
+                        .group
+                        .pick(Instant::now(), hedge_pick)
+                        .filter(|&other| other != index)
+                    else {
+                        return (primary.await, index, started, ticket);
+                    };
+                    let hedge_member = route.group.member(hedge_index);
+                    let hedge_hold = match admission
+                        .enter(hedge_member.target.name(), &hedge_member.capacity)
+                        .await
+                    {
+                        Entry::Go(hold) => hold,
+                        Entry::Full | Entry::Refused(_) => {
+                            hedge_member.health.release_probe(Instant::now());
+                            return (primary.await, index, started, ticket);
                         }
-                        Err(error) => {
-                            note_failure(route, index, &error);
-                            note_error(progress, route.group.member(index).target.name(), &error);
-                            note_attempt(progress, route, index, started, Some(Err(&error)));
-                            let result = hedge.await;
-                            hedge_running = None;
-                            (result, hedge_index, hedge_started, hedge_ticket)
-                        }
-                    },
-                    result = &mut hedge => {
-                        hedge_running = None;
-                        match result {
+                    };
+                    attempts += 1;
+                    group_attempts += 1;
+                    note_progress(
+                        progress,
+                        route.group.member(hedge_index).target.name(),
+                        attempts,
+                    );
+                    let hedge_started = Instant::now();
+                    hedge_running = Some((hedge_index, hedge_started));
+                    let hedge_ticket = InFlightTicket::new(route, hedge_index, hedge_hold);
+                    let hedge = Box::pin(call(route.group.member(hedge_index).target.clone()));
+                    tokio::pin!(hedge);
+                    // The first success wins and the other request is dropped,
+                    // which cancels it; a failure waits for the other.
+                    tokio::select! {
+                        result = &mut primary => match result {
                             Ok(value) => {
-                                note_attempt(progress, route, index, started, None);
-                                (Ok(value), hedge_index, hedge_started, hedge_ticket)
+                                // The hedge is dropped, which cancels it.
+                                hedge_running = None;
+                                note_attempt(progress, route, hedge_index, hedge_started, None);
+                                (Ok(value), index, started, ticket)
                             }
                             Err(error) => {
-                                note_failure(route, hedge_index, &error);
-                                note_error(progress, route.group.member(hedge_index).target.name(), &error);
-                                note_attempt(progress, route, hedge_index, hedge_started, Some(Err(&error)));
-                                (primary.await, index, started, ticket)
+                                note_failure(route, index, &error);
+                                note_error(progress, route.group.member(index).target.name(), &error);
+                                note_attempt(progress, route, index, started, Some(Err(&error)));
+                                let result = hedge.await;
+                                hedge_running = None;
+                                (result, hedge_index, hedge_started, hedge_ticket)
+                            }
+                        },
+                        result = &mut hedge => {
+                            hedge_running = None;
+                            match result {
+                                Ok(value) => {
+                                    note_attempt(progress, route, index, started, None);
+                                    (Ok(value), hedge_index, hedge_started, hedge_ticket)
+                                }
+                                Err(error) => {
+                                    note_failure(route, hedge_index, &error);
+                                    note_error(progress, route.group.member(hedge_index).target.name(), &error);
+                                    note_attempt(progress, route, hedge_index, hedge_started, Some(Err(&error)));
+                                    (primary.await, index, started, ticket)
+                                }
                             }
                         }
                     }
-                }
-            };
-            let result = match deadline {
-                Some(deadline) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(remaining, attempt).await {
-                        Ok((outcome, member, started, ticket)) => AttemptResult {
+                });
+                match deadline {
+                    Some(deadline) => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        match tokio::time::timeout(remaining, attempt).await {
+                            Ok((outcome, member, started, ticket)) => AttemptResult {
+                                outcome,
+                                member,
+                                started,
+                                ticket,
+                                out_of_budget: false,
+                            },
+                            Err(_) => AttemptResult {
+                                outcome: Err(UpstreamError::Timeout {
+                                    phase: TimeoutPhase::Request,
+                                }),
+                                member: index,
+                                started: attempt_started,
+                                ticket: InFlightTicket::new(route, index, Hold::none()),
+                                out_of_budget: true,
+                            },
+                        }
+                    }
+                    None => {
+                        let (outcome, member, started, ticket) = attempt.await;
+                        AttemptResult {
                             outcome,
                             member,
                             started,
                             ticket,
                             out_of_budget: false,
-                        },
-                        Err(_) => AttemptResult {
-                            outcome: Err(UpstreamError::Timeout {
-                                phase: TimeoutPhase::Request,
-                            }),
-                            member: index,
-                            started: attempt_started,
-                            ticket: InFlightTicket::new(route, index, Hold::none()),
-                            out_of_budget: true,
-                        },
-                    }
-                }
-                None => {
-                    let (outcome, member, started, ticket) = attempt.await;
-                    AttemptResult {
-                        outcome,
-                        member,
-                        started,
-                        ticket,
-                        out_of_budget: false,
+                        }
                     }
                 }
             };

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 use switchboard_config::TelemetryConfig;
@@ -262,45 +263,57 @@ impl Telemetry {
 
     /// Runs one upstream attempt under its own span: its requests carry a
     /// `traceparent` naming it, and its outcome is noted in `progress`.
-    pub async fn attempt<T>(
+    ///
+    /// A plain function returning a combinator, not an `async fn`: an
+    /// `async fn` would hold the attempt's future twice (as its argument and
+    /// as the future it awaits), and that future is the largest part of a
+    /// request's.
+    pub fn attempt<'p, T, F>(
         self: &Arc<Self>,
         ids: &SpanIds,
-        progress: &Mutex<Progress>,
+        progress: &'p Mutex<Progress>,
         deployment: &Deployment,
-        future: impl Future<Output = Result<T, UpstreamError>>,
-    ) -> Result<T, UpstreamError> {
-        if !ids.sampled {
+        future: F,
+    ) -> impl Future<Output = Result<T, UpstreamError>> + use<'p, T, F>
+    where
+        F: Future<Output = Result<T, UpstreamError>>,
+    {
+        let (header, mut guard) = if ids.sampled {
+            let span = self.new_span_id();
+            let guard = AttemptGuard {
+                progress,
+                record: Some(AttemptSpan {
+                    span,
+                    deployment: deployment.name().clone(),
+                    provider: provider_name(deployment),
+                    upstream_model: deployment.upstream_model().to_owned(),
+                    start_ns: unix_nanos(),
+                    end_ns: 0,
+                    error: Some(AttemptGuard::CANCELLED),
+                    status: None,
+                }),
+            };
+            (Some(ids.header(span)), Some(guard))
+        } else {
             // Not traced here; the caller's context still travels on.
-            let header = ids.parent.map(|parent| ids.header(parent));
-            return with_traceparent(header, ids.tracestate.clone(), future).await;
-        }
-        let span = self.new_span_id();
-        let mut guard = AttemptGuard {
-            progress,
-            record: Some(AttemptSpan {
-                span,
-                deployment: deployment.name().clone(),
-                provider: provider_name(deployment),
-                upstream_model: deployment.upstream_model().to_owned(),
-                start_ns: unix_nanos(),
-                end_ns: 0,
-                error: Some(AttemptGuard::CANCELLED),
-                status: None,
-            }),
+            (ids.parent.map(|parent| ids.header(parent)), None)
         };
-        let result = with_traceparent(Some(ids.header(span)), ids.tracestate.clone(), future).await;
-        if let Some(record) = &mut guard.record {
-            match &result {
-                Ok(_) => record.error = None,
-                Err(error) => {
-                    record.error = Some(crate::metrics::error_class(error));
-                    if let UpstreamError::Status { status, .. } = error {
-                        record.status = Some(*status);
+        // The guard moves into the closure: dropped unfinished (a lost
+        // hedge, a cut attempt), it still notes the span.
+        with_traceparent(header, ids.tracestate.clone(), future).map(move |result| {
+            if let Some(record) = guard.as_mut().and_then(|guard| guard.record.as_mut()) {
+                match &result {
+                    Ok(_) => record.error = None,
+                    Err(error) => {
+                        record.error = Some(crate::metrics::error_class(error));
+                        if let UpstreamError::Status { status, .. } = error {
+                            record.status = Some(*status);
+                        }
                     }
                 }
             }
-        }
-        result
+            result
+        })
     }
 }
 
@@ -824,6 +837,27 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn an_attempt_holds_its_upstream_call_once() {
+        // The upstream call's future is the largest part of a request's.
+        type Work = std::future::Ready<Result<[u8; 4096], UpstreamError>>;
+        fn size<'a, F, Fut>(_: F) -> usize
+        where
+            F: FnOnce(
+                &'a Arc<Telemetry>,
+                &'a SpanIds,
+                &'a Mutex<Progress>,
+                &'a Deployment,
+                Work,
+            ) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let work = std::mem::size_of::<Work>();
+        let attempt = size(Telemetry::attempt::<[u8; 4096], Work>);
+        assert!(attempt < work + 512, "{attempt} bytes for a call of {work}");
+    }
 
     #[test]
     fn traceparent_is_parsed_strictly() {
