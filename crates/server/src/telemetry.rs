@@ -91,7 +91,7 @@ pub(crate) struct AttemptSpan {
     deployment: Arc<str>,
     provider: &'static str,
     upstream_model: String,
-    start_ns: u64,
+    pub(crate) start_ns: u64,
     end_ns: u64,
     /// The failure's class, or `cancelled` for a hedge that lost.
     error: Option<&'static str>,

@@ -234,6 +234,13 @@ impl Trace {
         // model copied) to the exporter, which encodes them off the path.
         if let Some((telemetry, ids)) = self.span.as_ref().filter(|(_, ids)| ids.sampled) {
             let end_ns = crate::telemetry::unix_nanos();
+            // The start is read off a monotonic clock, the attempts' off the
+            // wall clock: the span still begins no later than its first
+            // attempt when the two disagree by a few microseconds.
+            let start_ns = attempt_spans
+                .iter()
+                .map(|attempt| attempt.start_ns)
+                .fold(end_ns.saturating_sub(latency.as_nanos() as u64), u64::min);
             telemetry.export(
                 ids,
                 RequestFacts {
@@ -259,7 +266,7 @@ impl Trace {
                     max_tokens: self.max_tokens,
                     cache_hit: self.cache == Some(true),
                     stream: self.stream,
-                    start_ns: end_ns.saturating_sub(latency.as_nanos() as u64),
+                    start_ns,
                     end_ns,
                 },
                 attempt_spans,
