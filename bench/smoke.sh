@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The regression guard CI runs: throughput at concurrency 64 through
+# Switchboard (as bench/switchboard.toml: master key checked, every request
+# recorded to SQLite, metrics on) and through an nginx hop to the same mock,
+# alternating, ROUNDS rounds of DURATION seconds each. Layout `pinned`: the
+# mock and the load generator (wrk) on core 0, the proxy alone on core 1.
+# Fails when the median of the rounds' ratios falls below MIN_RATIO.
+#
+#   bench/smoke.sh [BINARY]              (default: builds target/release/switchboard)
+#   MIN_RATIO=0.5 ROUNDS=9 DURATION=10 bench/smoke.sh   # the defaults: 0.25, 5, 4
+#
+# Needs nginx, wrk and the mock (harness/install.sh tools, harness/install.sh
+# mock; .ci/run installs them). Loopback only; stops by itself.
+set -euo pipefail
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$BENCH/.." && pwd)"
+export ANCHORS="$BENCH"
+OUT="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-smoke.XXXXXX")"
+export RUN="$OUT/run" LOGS="$OUT/logs" RESULTS="$OUT/results"
+trap 'rm -rf "$OUT"' EXIT
+source "$BENCH/harness/common.sh"
+ROUNDS="${ROUNDS:-5}"
+DURATION="${DURATION:-4}"
+MIN_RATIO="${MIN_RATIO:-0.25}"
+if [ $# -ge 1 ]; then
+  BINARY="$(realpath "$1")"
+else
+  (cd "$ROOT" && cargo build --release -p switchboard-cli)
+  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+fi
+command -v nginx >/dev/null && command -v wrk >/dev/null ||
+  { echo "nginx and wrk are needed: run bench/harness/install.sh tools" >&2; exit 2; }
+[ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run bench/harness/install.sh mock" >&2; exit 2; }
+CPUS="$(nproc)"
+LOAD_CPU=0
+PROXY_CPU=1
+[ "$CPUS" -ge 2 ] || PROXY_CPU=0
+mkdir -p "$RUN/nginx-tmp"
+export SWITCHBOARD_BENCH_DB="$OUT/smoke.db"
+export SWITCHBOARD_LOG=warn
+NGINX_PORT=18080
+
+proxy_pid=""
+cleanup() {
+  [ -n "$proxy_pid" ] && stop_tree "$proxy_pid"
+  stop_mock
+  rm -rf "$OUT"
+}
+trap cleanup EXIT
+
+cat >"$OUT/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["authorization"] = "Bearer sk-bench-1234"
+wrk.body = '{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
+done = function(summary, latency, requests)
+  io.write(string.format("SMOKE %d %d %d %d %d\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, summary.duration, latency:percentile(99)))
+end
+LUA
+
+# Requests per second through the proxy at $1, or nothing when any failed.
+load() {
+  local line
+  line="$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$1" | grep '^SMOKE')"
+  read -r _ requests errors bad micros _ <<<"$line"
+  if [ "$errors" -ne 0 ] || [ "$bad" -ne 0 ] || [ "$requests" -eq 0 ]; then
+    echo "failed requests through $1: $line" >&2
+    return 1
+  fi
+  echo $(( requests * 1000000 / micros ))
+}
+
+start_nginx() {
+  sed -e "s|@WORKERS@|1|; s|@PORT@|$NGINX_PORT|; s|@UPSTREAM@|127.0.0.1:$MOCK_PORT|; s|@RUN@|$RUN|g; s|@LOGS@|$LOGS|g" \
+    "$HARNESS_DIR/configs/nginx.conf.tmpl" >"$RUN/nginx.conf"
+  taskset -c "$PROXY_CPU" nginx -c "$RUN/nginx.conf" -e "$LOGS/nginx-error.log" >"$LOGS/nginx.out" 2>&1 &
+  proxy_pid=$!
+  wait_http "http://127.0.0.1:$NGINX_PORT/health" 20 || { echo "nginx did not start" >&2; exit 1; }
+}
+start_switchboard() {
+  taskset -c "$PROXY_CPU" "$BINARY" serve --config "$BENCH/switchboard.toml" >"$LOGS/switchboard.log" 2>&1 &
+  proxy_pid=$!
+  wait_http "http://127.0.0.1:9000/health" 20 || { echo "switchboard did not start" >&2; cat "$LOGS/switchboard.log" >&2; exit 1; }
+}
+stop_proxy() { stop_tree "$proxy_pid"; proxy_pid=""; }
+
+start_mock "$LOAD_CPU" 1
+ratios=()
+for round in $(seq "$ROUNDS"); do
+  order="nginx switchboard"
+  [ $((round % 2)) -eq 0 ] && order="switchboard nginx"
+  for peer in $order; do
+    if [ "$peer" = nginx ]; then
+      start_nginx
+      nginx_rps="$(load "http://127.0.0.1:$NGINX_PORT/v1/chat/completions")"
+    else
+      start_switchboard
+      switchboard_rps="$(load "http://127.0.0.1:9000/v1/chat/completions")"
+    fi
+    stop_proxy
+  done
+  ratio="$(awk -v s="$switchboard_rps" -v n="$nginx_rps" 'BEGIN { printf "%.3f", s / n }')"
+  ratios+=("$ratio")
+  echo "round $round: nginx $nginx_rps req/s, switchboard $switchboard_rps req/s, ratio $ratio"
+done
+median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+echo "median ratio of Switchboard's throughput to the nginx hop's: $median (fails below $MIN_RATIO)"
+awk -v m="$median" -v min="$MIN_RATIO" 'BEGIN { exit !(m >= min) }' ||
+  { echo "throughput regression: Switchboard fell below $MIN_RATIO of the nginx hop" >&2; exit 1; }
