@@ -38,8 +38,6 @@ static INSTALL_CRYPTO: Once = Once::new();
 
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The size of every read from an HTTP/1 upstream connection.
-const READ_BUFFER: usize = 4096;
 
 /// The body of every upstream request: bytes already in memory, sent
 /// without a copy, with a known length.
@@ -217,10 +215,6 @@ fn build_client(tls: Arc<ClientConfig>, connect_timeout: Duration) -> HttpClient
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_adaptive_window(true)
-        // Reads of 4 KiB rather than hyper's adaptive 8 KiB and up: an
-        // answer's head and a stream's events fit, and each open stream
-        // holds one such buffer for as long as it lasts.
-        .http1_read_buf_exact_size(READ_BUFFER)
         .build(Connector {
             inner: https,
             timeout: connect_timeout,

@@ -320,6 +320,33 @@ async fn redirects_are_not_followed() {
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test]
+async fn an_answer_with_a_large_head_is_read() {
+    // Proxies and CDNs in front of a model add long headers (cookies,
+    // security policies, tracing): 16 KiB of them must not fail the call.
+    let (address, _) = serve(None, |_| {
+        let mut response = Response::new(full(r#"{"ok":true}"#));
+        for index in 0..16 {
+            let value = HeaderValue::from_str(&"v".repeat(1000)).unwrap();
+            response.headers_mut().append(
+                http::HeaderName::from_bytes(format!("x-long-{index}").as_bytes()).unwrap(),
+                value,
+            );
+        }
+        response
+    })
+    .await;
+    let http = http(&trusting_clients(), Duration::from_secs(5));
+    let body = http
+        .whole(
+            post(&format!("http://{address}/v1")),
+            &CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&body[..], br#"{"ok":true}"#);
+}
+
 /// A body that never ends, 16 KiB at a time.
 fn endless(_: Request<Incoming>) -> Response<Body> {
     let chunks = futures_util::stream::repeat_with(|| {

@@ -13,7 +13,7 @@ tokio::task_local! {
 
 /// Runs `future` with `traceparent` (and the caller's `tracestate`, passed
 /// on unchanged) added to every upstream request it sends (none when
-/// `traceparent` is `None`).
+/// `traceparent` is `None`, even inside another such scope).
 ///
 /// A plain function, not an `async fn`: an `async fn` would hold `future`
 /// twice, as its argument and inside the scope, and an attempt's future is

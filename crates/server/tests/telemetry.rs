@@ -276,6 +276,38 @@ async fn an_attempt_the_time_budget_cuts_is_spanned_as_a_timeout() {
     assert_eq!(records[0].attempt_details[0].outcome, "timeout");
 }
 
+/// An attempt still waiting when the shutdown's grace ends is spanned as
+/// cancelled under the request's span, which ends as shut down.
+#[tokio::test]
+async fn an_attempt_the_shutdown_cuts_is_spanned() {
+    let collector = Collector::start().await;
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    a.push(Script::Hang);
+    let gateway = TestGateway::start(config_with(
+        &config(&collector, &a, &b, "").replace("max_attempts = 2", "max_attempts = 1"),
+        "shutdown_grace_secs = 0.2",
+    ))
+    .await;
+    let request = tokio::spawn(gateway.post("/v1/chat/completions", CHAT).send());
+    a.wait_for(Duration::from_secs(5), |a| a.received().len() == 1)
+        .await;
+    assert_eq!(a.received().len(), 1, "the attempt is under way");
+    gateway.shutdown.cancel();
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), 503);
+    let spans = collector.wait_for(2).await;
+    let attempt = spans
+        .iter()
+        .find(|span| span["kind"] == 3)
+        .expect("a client span for the cut attempt");
+    assert_eq!(attempt["name"], "chat model-a");
+    assert_eq!(text(attempt, "error.type"), "cancelled");
+    let server = spans.iter().find(|span| span["kind"] == 2).unwrap();
+    assert_eq!(attempt["parentSpanId"], server["spanId"]);
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records[0].outcome, switchboard_core::Outcome::Shutdown);
+}
+
 #[tokio::test]
 async fn streams_errors_and_new_traces_are_spanned() {
     let collector = Collector::start().await;
