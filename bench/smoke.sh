@@ -18,7 +18,9 @@ export ANCHORS="$BENCH"
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-smoke.XXXXXX")"
 export RUN="$OUT/run" LOGS="$OUT/logs" RESULTS="$OUT/results"
 trap 'rm -rf "$OUT"' EXIT
-source "$BENCH/harness/common.sh"
+NGINX_PORT=18080
+# common.sh's helpers and peers.sh's nginx, as bench/run.sh starts it
+source "$BENCH/harness/peers.sh"
 ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-4}"
 MIN_RATIO="${MIN_RATIO:-0.2}"
@@ -35,14 +37,13 @@ CPUS="$(nproc)"
 LOAD_CPU=0
 PROXY_CPU=1
 [ "$CPUS" -ge 2 ] || PROXY_CPU=0
-mkdir -p "$RUN/nginx-tmp"
 export SWITCHBOARD_BENCH_DB="$OUT/smoke.db"
 export SWITCHBOARD_LOG=warn
-NGINX_PORT=18080
 
 proxy_pid=""
 cleanup() {
   [ -n "$proxy_pid" ] && stop_tree "$proxy_pid"
+  peer_stop nginx
   stop_mock
   rm -rf "$OUT"
 }
@@ -72,13 +73,6 @@ load() {
   echo $(( requests * 1000000 / micros ))
 }
 
-start_nginx() {
-  sed -e "s|@WORKERS@|1|; s|@PORT@|$NGINX_PORT|; s|@UPSTREAM@|127.0.0.1:$MOCK_PORT|; s|@RUN@|$RUN|g; s|@LOGS@|$LOGS|g" \
-    "$HARNESS_DIR/configs/nginx.conf.tmpl" >"$RUN/nginx.conf"
-  taskset -c "$PROXY_CPU" nginx -c "$RUN/nginx.conf" -e "$LOGS/nginx-error.log" >"$LOGS/nginx.out" 2>&1 &
-  proxy_pid=$!
-  wait_http "http://127.0.0.1:$NGINX_PORT/health" 20 || { echo "nginx did not start" >&2; exit 1; }
-}
 start_switchboard() {
   taskset -c "$PROXY_CPU" "$BINARY" serve --config "$BENCH/switchboard.toml" >"$LOGS/switchboard.log" 2>&1 &
   proxy_pid=$!
@@ -93,13 +87,14 @@ for round in $(seq "$ROUNDS"); do
   [ $((round % 2)) -eq 0 ] && order="switchboard nginx"
   for peer in $order; do
     if [ "$peer" = nginx ]; then
-      start_nginx
+      peer_start nginx "$PROXY_CPU" 1
       nginx_rps="$(load "http://127.0.0.1:$NGINX_PORT/v1/chat/completions")"
+      peer_stop nginx
     else
       start_switchboard
       switchboard_rps="$(load "http://127.0.0.1:9000/v1/chat/completions")"
+      stop_proxy
     fi
-    stop_proxy
   done
   ratio="$(awk -v s="$switchboard_rps" -v n="$nginx_rps" 'BEGIN { printf "%.3f", s / n }')"
   ratios+=("$ratio")

@@ -125,6 +125,14 @@ fn version(request: Request<Incoming>) -> Response<Body> {
     Response::new(full(format!("{:?}", request.version())))
 }
 
+/// A whole answer to a POST to `url`, through a client trusting the test
+/// certificate.
+async fn whole(url: String) -> Result<Bytes, UpstreamError> {
+    http(&trusting_clients(), Duration::from_secs(5))
+        .whole(post(&url), &CallOptions::default())
+        .await
+}
+
 fn post(uri: &str) -> Request<crate::client::RequestBody> {
     upstream_request(
         Method::POST,
@@ -217,12 +225,7 @@ async fn a_refused_connection_is_a_connect_error() {
         .local_addr()
         .unwrap()
         .port();
-    let http = http(&trusting_clients(), Duration::from_secs(5));
-    let error = http
-        .whole(
-            post(&format!("http://127.0.0.1:{port}/v1")),
-            &CallOptions::default(),
-        )
+    let error = whole(format!("http://127.0.0.1:{port}/v1"))
         .await
         .unwrap_err();
     match error {
@@ -302,14 +305,7 @@ async fn redirects_are_not_followed() {
         response
     })
     .await;
-    let http = http(&trusting_clients(), Duration::from_secs(5));
-    let error = http
-        .whole(
-            post(&format!("http://{address}/v1")),
-            &CallOptions::default(),
-        )
-        .await
-        .unwrap_err();
+    let error = whole(format!("http://{address}/v1")).await.unwrap_err();
     match error {
         UpstreamError::Status { status, body, .. } => {
             assert_eq!(status, 302);
@@ -336,14 +332,7 @@ async fn an_answer_with_a_large_head_is_read() {
         response
     })
     .await;
-    let http = http(&trusting_clients(), Duration::from_secs(5));
-    let body = http
-        .whole(
-            post(&format!("http://{address}/v1")),
-            &CallOptions::default(),
-        )
-        .await
-        .unwrap();
+    let body = whole(format!("http://{address}/v1")).await.unwrap();
     assert_eq!(&body[..], br#"{"ok":true}"#);
 }
 
@@ -382,13 +371,9 @@ async fn error_bodies_are_capped() {
         response
     })
     .await;
-    let http = http(&trusting_clients(), Duration::from_secs(5));
     let error = tokio::time::timeout(
         Duration::from_secs(5),
-        http.whole(
-            post(&format!("http://{address}/v1")),
-            &CallOptions::default(),
-        ),
+        whole(format!("http://{address}/v1")),
     )
     .await
     .expect("the error body is read only up to its cap")
@@ -469,26 +454,16 @@ async fn the_trace_context_rides_on_every_request() {
         )))
     })
     .await;
-    let http = http(&trusting_clients(), Duration::from_secs(5));
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let body = crate::trace_context::with_traceparent(
         Some(HeaderValue::from_static(traceparent)),
         Some(HeaderValue::from_static("vendor=1")),
-        http.whole(
-            post(&format!("http://{address}/v1")),
-            &CallOptions::default(),
-        ),
+        whole(format!("http://{address}/v1")),
     )
     .await
     .unwrap();
     assert_eq!(body, format!("{traceparent} vendor=1"));
-    let body = http
-        .whole(
-            post(&format!("http://{address}/v1")),
-            &CallOptions::default(),
-        )
-        .await
-        .unwrap();
+    let body = whole(format!("http://{address}/v1")).await.unwrap();
     assert_eq!(body, "- -");
 }
 

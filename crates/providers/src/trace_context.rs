@@ -59,28 +59,26 @@ mod tests {
         );
     }
 
+    /// The trace headers a request sent here would carry.
+    fn trace_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        add_traceparent(&mut headers);
+        headers
+    }
+
     #[tokio::test]
     async fn the_context_reaches_requests_only_inside_its_scope() {
         let header =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let state = HeaderValue::from_static("vendor=1");
         let inside = with_traceparent(Some(header.clone()), Some(state.clone()), async {
-            let mut headers = HeaderMap::new();
-            add_traceparent(&mut headers);
-            headers
+            trace_headers()
         })
         .await;
         assert_eq!(inside.get("traceparent"), Some(&header));
         assert_eq!(inside.get("tracestate"), Some(&state));
-        let untraced = with_traceparent(None, Some(state), async {
-            let mut headers = HeaderMap::new();
-            add_traceparent(&mut headers);
-            headers
-        })
-        .await;
+        let untraced = with_traceparent(None, Some(state), async { trace_headers() }).await;
         assert!(untraced.is_empty());
-        let mut outside = HeaderMap::new();
-        add_traceparent(&mut outside);
-        assert!(outside.is_empty());
+        assert!(trace_headers().is_empty());
     }
 }
