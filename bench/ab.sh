@@ -8,6 +8,7 @@
 #
 #   flock /tmp/bench.lock bench/ab.sh BINARY_A BINARY_B [ROUNDS]   # default 3
 #   DURATION=2 bench/ab.sh A B 1                                   # a quick check
+#   PINNED=1 bench/ab.sh A B 6        # the gateway alone on core 1; mock and oha on core 0
 #
 # Needs oha and the mock (harness/install.sh tools, harness/install.sh mock;
 # OHA= and MOCK_BIN= may point at builds elsewhere). Loopback only.
@@ -21,6 +22,9 @@ A="$(realpath "$1")"
 B="$(realpath "$2")"
 ROUNDS="${3:-3}"
 DURATION="${DURATION:-10}"
+# PINNED=1: layout `pinned` of run.sh (the gateway alone on core 1, the mock
+# and the load generator on core 0); unset: nothing pinned.
+if [ "${PINNED:-}" = 1 ]; then LOAD_CPUS=0 GATEWAY_CPUS=1; else LOAD_CPUS="" GATEWAY_CPUS=""; fi
 [ -x "$A" ] && [ -x "$B" ] || { echo "both binaries must exist and be executable" >&2; exit 2; }
 [ -x "$OHA" ] || { echo "oha not found ($OHA): run harness/install.sh tools" >&2; exit 2; }
 [ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run harness/install.sh mock" >&2; exit 2; }
@@ -30,7 +34,7 @@ export SWITCHBOARD_LOG=warn
 BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
 MASTER=sk-bench-1234
 GATEWAY=http://127.0.0.1:9000
-printf 'A %s\nB %s\n' "$A" "$B" >"$OUT/binaries.txt"
+printf 'A %s\nB %s\nPINNED=%s\n' "$A" "$B" "${PINNED:-}" >"$OUT/binaries.txt"
 
 gateway_pid=""
 cleanup() {
@@ -38,7 +42,7 @@ cleanup() {
   stop_mock
 }
 trap cleanup EXIT
-start_mock "" ""
+start_mock "$LOAD_CPUS" ""
 
 cat >"$RUN/ab.toml" <<TOML
 [server]
@@ -54,14 +58,14 @@ $(mock_model_toml unpriced)
 TOML
 
 load() { # name, url, concurrency, round
-  "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
+  $(pin_prefix "$LOAD_CPUS") "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
     -H "Authorization: Bearer $MASTER" -t 30s -z "${DURATION}s" -c "$3" \
     "$2" >"$OUT/$1-r$4-c$3.json" 2>/dev/null || true
 }
 
 run_side() { # side, binary, round
   rm -rf "$RUN/ab.db"*
-  nohup "$2" serve --config "$RUN/ab.toml" >"$LOGS/ab-$1.log" 2>&1 &
+  nohup $(pin_prefix "$GATEWAY_CPUS") "$2" serve --config "$RUN/ab.toml" >"$LOGS/ab-$1.log" 2>&1 &
   gateway_pid=$!
   wait_http "$GATEWAY/health" 30 || { echo "gateway $1 did not start: $LOGS/ab-$1.log" >&2; exit 1; }
   for concurrency in 64 1; do load "$1" "$GATEWAY/v1/chat/completions" "$concurrency" "$3"; done

@@ -194,10 +194,18 @@ fn serve(
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = worker_threads(&config);
+    // One thread needs no work stealing: tokio's current-thread scheduler
+    // serves it with less bookkeeping per task wake-up (`bench/ab.sh`:
+    // about 7% more throughput on one core).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             write_err(&format!("error: cannot start the async runtime: {error}\n"));
@@ -212,6 +220,14 @@ fn serve(
             ExitCode::FAILURE
         }
     }
+}
+
+/// `server.worker_threads`, or one per CPU the process may use (its CPU
+/// affinity and cgroup quota, as the standard library reads them).
+fn worker_threads(config: &Config) -> usize {
+    config.server.worker_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    })
 }
 
 async fn run(
@@ -241,6 +257,8 @@ async fn run(
         config = %config.source,
         storage = %config.storage.url,
         models = config.models.len(),
+        worker_threads = worker_threads(&config),
+        runtime = if worker_threads(&config) == 1 { "current-thread" } else { "multi-thread" },
         "switchboard listening on http://{}",
         running.address
     );

@@ -145,7 +145,18 @@ async fn the_embedded_default_answers_without_any_key_and_records_to_sqlite() {
             .unwrap()
             .starts_with("Simulated reply to: hello")
     );
-    assert!(gateway.log_text().contains("<embedded default>"));
+    let log = without_colors(&gateway.log_text());
+    assert!(log.contains("<embedded default>"));
+    // One worker thread per CPU the process may use; one CPU, one thread,
+    // on tokio's current-thread scheduler.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let runtime = if cpus == 1 {
+        "current-thread"
+    } else {
+        "multi-thread"
+    };
+    assert!(log.contains(&format!("worker_threads={cpus}")), "{log}");
+    assert!(log.contains(runtime), "{log}");
 
     let status = tokio::task::spawn_blocking(move || {
         let status = gateway.terminate();
@@ -162,8 +173,23 @@ async fn the_embedded_default_answers_without_any_key_and_records_to_sqlite() {
     assert_eq!(records[0].model, "simulated-chat");
 }
 
+/// The text log without its ANSI colour sequences (`ESC [ … m`).
+fn without_colors(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// SIGTERM while requests are in flight: the stream finishes, the process
-/// exits cleanly, and every request is in the database.
+/// exits cleanly, and every request is in the database. On one worker
+/// thread, so on tokio's current-thread scheduler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_streams_and_flushes_every_record() {
     let directory = scratch_dir("sigterm");
@@ -172,6 +198,7 @@ async fn sigterm_drains_in_flight_streams_and_flushes_every_record() {
 [server]
 listen = "127.0.0.1:0"
 shutdown_grace_secs = 20
+worker_threads = 1
 [storage]
 url = "sqlite://{}"
 [[models]]
@@ -221,6 +248,7 @@ simulation = {{ reply_tokens = 20, tokens_per_second = 20 }}
 
     // Structured logs carry the request id.
     let log = gateway.log_text();
+    assert!(log.contains(r#""runtime":"current-thread""#), "{log}");
     assert!(log.contains(r#""request_id":"burst-7""#), "{log}");
 
     let store = SqliteStore::open_file(&directory.join("data/requests.db"))

@@ -684,3 +684,18 @@ fn logging_settings_are_checked() {
     let found = problems(&format!("[logging]\nrequests = \"no\"\n{plain}"));
     assert!(found[0].path.contains("logging"), "{found:?}");
 }
+
+#[test]
+fn worker_threads_are_counted_or_left_to_the_cpus() {
+    let models = "[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\n";
+    let config = load(models).unwrap();
+    assert_eq!(config.server.worker_threads, None);
+    let config = load(&format!("[server]\nworker_threads = 3\n{models}")).unwrap();
+    assert_eq!(config.server.worker_threads, Some(3));
+    for threads in ["0", "1025"] {
+        let found = problems(&format!("[server]\nworker_threads = {threads}\n{models}"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "server.worker_threads");
+        assert!(found[0].fix.contains("between 1 and 1024"), "{found:?}");
+    }
+}

@@ -18,6 +18,7 @@ use crate::{
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+const MAX_WORKER_THREADS: u64 = 1024;
 const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 const DEFAULT_REDIS_PREFIX: &str = "switchboard:";
 
@@ -195,6 +196,20 @@ pub(crate) fn validate(
         raw.server.shutdown_grace_secs,
         Duration::from_secs(30),
     );
+    let worker_threads = match raw.server.worker_threads {
+        None => None,
+        Some(threads) if (1..=MAX_WORKER_THREADS).contains(&threads) => Some(threads as usize),
+        Some(threads) => {
+            checker.problem(
+                "server.worker_threads",
+                format!("{threads} threads is outside the accepted range"),
+                format!(
+                    "give a number between 1 and {MAX_WORKER_THREADS}, or leave it out for one thread per CPU"
+                ),
+            );
+            None
+        }
+    };
 
     let storage_text = raw
         .storage
@@ -391,6 +406,7 @@ pub(crate) fn validate(
                 master_key,
                 max_body_bytes: max_body_bytes as usize,
                 shutdown_grace,
+                worker_threads,
             },
             storage: StorageConfig {
                 url: storage_url,

@@ -1,12 +1,15 @@
 //! The middleware every request passes through, in this order (outermost
 //! first), as `router` assembles it:
 //!
-//! 1. `request_context`: accepts the client's `x-request-id` when it is
-//!    sane or makes one, stores it with the start time in the request's
-//!    extensions, and echoes it on every response, errors included.
-//! 2. `authenticate` (on model and admin routes): finds who the key
-//!    belongs to (the master key, a virtual key from the in-memory key
-//!    index, or anyone when no master key is set) and stores the
+//! 1. the request's context (`RequestContext::open` and `around`, applied
+//!    by `front::Front` to every request): accepts the client's
+//!    `x-request-id` when it is sane or makes one, keeps it with the start
+//!    time, and echoes it on every response, errors included.
+//! 2. authentication (`principal_of`; on model and admin routes): finds
+//!    who the key belongs to (the master key, a virtual key from the
+//!    in-memory key index, or anyone when no master key is set). The front
+//!    calls it directly for the chat routes; `authenticate` is the same as
+//!    middleware for the routes the router serves, and stores the
 //!    `Principal` in the request's extensions.
 //! 3. `admin_only` (on `/admin` routes): the master key only.
 //! 4. the handler.
@@ -16,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use switchboard_core::mix::splitmix64;
@@ -42,37 +45,51 @@ pub(crate) struct RequestContext {
     pub span: Arc<std::sync::OnceLock<crate::telemetry::SpanIds>>,
 }
 
-pub(crate) async fn request_context(mut request: Request, next: Next) -> Response {
-    // One reading of the clock: a new id carries the start time exactly.
-    let started_at_ms = unix_millis();
-    let request_id: Arc<str> = match request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
+impl RequestContext {
+    /// Opens the context of a request that has just arrived: its id (the
+    /// client's `x-request-id` when it is sane, a new one otherwise) and its
+    /// start time.
+    pub(crate) fn open(headers: &HeaderMap) -> Self {
+        // One reading of the clock: a new id carries the start time exactly.
+        let started_at_ms = unix_millis();
+        let request_id: Arc<str> = match headers
+            .get(REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+        {
+            Some(given) if is_acceptable_id(given) => Arc::from(given),
+            _ => Arc::from(new_request_id(started_at_ms).as_str()),
+        };
+        RequestContext {
+            request_id,
+            started: now(),
+            started_at_ms,
+            span: Arc::default(),
+        }
+    }
+
+    /// Runs the rest of the request inside the context's log span (every log
+    /// line written meanwhile carries the id) and names the request on its
+    /// response: `x-request-id` always, `traceresponse` when it was traced.
+    pub(crate) async fn around<F>(
+        request_id: Arc<str>,
+        span_slot: Arc<std::sync::OnceLock<crate::telemetry::SpanIds>>,
+        inner: F,
+    ) -> Response
+    where
+        F: std::future::Future<Output = Response>,
     {
-        Some(given) if is_acceptable_id(given) => Arc::from(given),
-        _ => Arc::from(new_request_id(started_at_ms).as_str()),
-    };
-    let context = RequestContext {
-        request_id: request_id.clone(),
-        started: now(),
-        started_at_ms,
-        span: Arc::default(),
-    };
-    let span_slot = context.span.clone();
-    request.extensions_mut().insert(context);
-    // Every log line written while the handler runs carries the id.
-    let span = tracing::info_span!("request", request_id = %request_id);
-    let mut response = next.run(request).instrument(span).await;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
-    if let Some(ids) = span_slot.get() {
+        let span = tracing::info_span!("request", request_id = %request_id);
+        let mut response = inner.instrument(span).await;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        if let Some(ids) = span_slot.get() {
+            response
+                .headers_mut()
+                .insert("traceresponse", ids.response_header());
+        }
         response
-            .headers_mut()
-            .insert("traceresponse", ids.response_header());
     }
-    response
 }
 
 /// Client ids are echoed in headers and logs: keep them short and plain.
@@ -122,15 +139,15 @@ pub(crate) enum Principal {
     Key(Arc<KeyEntry>),
 }
 
-pub(crate) async fn authenticate(
-    State(gateway): State<Arc<Gateway>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let catalog = gateway.catalog();
+/// Finds who a request comes from, or the error that refuses it (in the
+/// dialect of the path it was sent to).
+pub(crate) fn principal_of(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Principal, Response> {
     // OpenAI's SDKs send `Authorization: Bearer`, Anthropic's `x-api-key`.
-    let presented = request
-        .headers()
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| {
@@ -139,30 +156,43 @@ pub(crate) async fn authenticate(
                 .or_else(|| value.strip_prefix("bearer "))
         })
         .or_else(|| {
-            request
-                .headers()
+            headers
                 .get("x-api-key")
                 .and_then(|value| value.to_str().ok())
         })
         .map(str::trim);
-    let dialect = dialect_of(request.uri().path());
-    let principal = match (&catalog.master_key, presented) {
+    let catalog = gateway.catalog();
+    let refuse = |error: ApiError| Err(error.render(dialect_of(path)));
+    match (&catalog.master_key, presented) {
         (Some(master), Some(key))
             if constant_time_eq(key.as_bytes(), master.expose().as_bytes()) =>
         {
-            Principal::Master
+            Ok(Principal::Master)
         }
         (master, Some(key)) => match gateway.keys.current().find(key) {
-            Some(entry) if entry.is_active(unix_millis()) => Principal::Key(entry),
-            Some(_) => return ApiError::inactive_key().render(dialect),
-            None if master.is_none() => Principal::Open,
-            None => return ApiError::invalid_key().render(dialect),
+            Some(entry) if entry.is_active(unix_millis()) => Ok(Principal::Key(entry)),
+            Some(_) => refuse(ApiError::inactive_key()),
+            None if master.is_none() => Ok(Principal::Open),
+            None => refuse(ApiError::invalid_key()),
         },
-        (None, None) => Principal::Open,
-        (Some(_), None) => return ApiError::missing_key().render(dialect),
-    };
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+        (None, None) => Ok(Principal::Open),
+        (Some(_), None) => refuse(ApiError::missing_key()),
+    }
+}
+
+/// `principal_of` as middleware, for the routes the router serves.
+pub(crate) async fn authenticate(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match principal_of(&gateway, request.headers(), request.uri().path()) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(refusal) => refusal,
+    }
 }
 
 /// Lets only the master key through (after `authenticate`).

@@ -23,7 +23,7 @@ use switchboard_store::watch::on_request_path;
 use crate::access::{self, Admission, Demand, Hold};
 use crate::body::read_json_body;
 use crate::cache::{CACHE_HEADER, CacheFill, CachePlan};
-use crate::context::{Principal, RequestContext};
+use crate::context::{Principal, RequestContext, principal_of};
 use crate::dispatch::{Answered, ConversationPrefix, Route, Unanswered, dispatch, hold_opening};
 use crate::error::ApiError;
 use crate::state::{Catalog, Gateway};
@@ -69,6 +69,31 @@ pub(crate) async fn messages(
         body,
         Dialect::Anthropic,
     )))
+    .await
+}
+
+/// A chat request as the front hands it over, before authentication: the
+/// same work as the two handlers above, without the router's extractors
+/// (which clone the header map) and middleware.
+pub(crate) async fn chat_request(
+    gateway: Arc<Gateway>,
+    context: RequestContext,
+    request: axum::extract::Request,
+    dialect: Dialect,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let principal = match principal_of(&gateway, &parts.headers, parts.uri.path()) {
+        Ok(principal) => principal,
+        Err(refusal) => return refusal,
+    };
+    on_request_path(chat(
+        gateway,
+        context,
+        principal,
+        parts.headers,
+        body,
+        dialect,
+    ))
     .await
 }
 

@@ -13,6 +13,7 @@ mod cache;
 mod context;
 mod dispatch;
 mod error;
+mod front;
 mod handlers;
 mod keys;
 mod metrics;
@@ -45,10 +46,11 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 pub use state::{Gateway, ReloadSummary};
 
-/// Builds the router. The middleware order is written once, in
-/// `context.rs`; `route_layer` applies authentication to the model routes
-/// only, and `layer` puts the request context outside everything.
-pub fn router(gateway: Arc<Gateway>) -> Router {
+/// Builds the router, which serves every request but chat (see `front`).
+/// The middleware order is written once, in `context.rs`; `route_layer`
+/// applies authentication to the model routes only, and the front opens
+/// the request's context outside everything.
+fn router(gateway: Arc<Gateway>) -> Router {
     let admin_routes = Router::new()
         .route(
             "/admin/teams",
@@ -107,7 +109,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .merge(admin_routes)
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
-        .layer(middleware::from_fn(context::request_context))
         .with_state(gateway)
 }
 
@@ -248,7 +249,7 @@ pub async fn start(
     let address = listener.local_addr()?;
     probe::spawn(gateway.clone(), shutdown.clone());
     let grace = config.server.shutdown_grace;
-    let app = router(gateway.clone());
+    let app = front::Front::new(gateway.clone());
     let serving_gateway = gateway.clone();
 
     let task = tokio::spawn(async move {
@@ -261,12 +262,15 @@ pub async fn start(
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
         });
-        let serve =
-            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
-                drain_signal.cancelled().await;
-                draining_gateway.draining.store(true, Ordering::Relaxed);
-                tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-            });
+        let serve = axum::serve(
+            listener,
+            axum::ServiceExt::<Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(async move {
+            drain_signal.cancelled().await;
+            draining_gateway.draining.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+        });
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;

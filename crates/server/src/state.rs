@@ -146,6 +146,9 @@ impl Gateway {
         if config.server.shutdown_grace != running.server.shutdown_grace {
             needs_restart.push("server.shutdown_grace_secs");
         }
+        if config.server.worker_threads != running.server.worker_threads {
+            needs_restart.push("server.worker_threads");
+        }
         if config.storage.record_queue != running.storage.record_queue {
             needs_restart.push("storage.record_queue");
         }

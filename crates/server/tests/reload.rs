@@ -107,6 +107,7 @@ async fn a_reload_swaps_models_and_keys_without_cutting_requests_in_flight() {
     // Settings that need a restart are reported, not applied.
     let mut moved = next.clone();
     moved.server.listen = "127.0.0.1:1".parse().unwrap();
+    moved.server.worker_threads = Some(running_config.server.worker_threads.map_or(1, |n| n + 1));
     let summary = gateway
         .running
         .as_ref()
@@ -114,7 +115,10 @@ async fn a_reload_swaps_models_and_keys_without_cutting_requests_in_flight() {
         .gateway
         .reload(&moved, &running_config)
         .unwrap();
-    assert_eq!(summary.needs_restart, vec!["server.listen"]);
+    assert_eq!(
+        summary.needs_restart,
+        vec!["server.listen", "server.worker_threads"]
+    );
 }
 
 #[tokio::test]
