@@ -33,48 +33,31 @@ use crate::trace::{BodyCapture, Trace};
 pub(crate) const DEPLOYMENT_HEADER: HeaderName =
     HeaderName::from_static("x-switchboard-deployment");
 
+/// `POST /v1/chat/completions`, as the router would serve it: the front
+/// (`front.rs`) sends these requests to `chat_request` before the router,
+/// so these two routes answer only what the front does not match.
 pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
     // Boxed once here: the whole request's future is large, and the
     // router would otherwise move (copy) it as it wraps it.
-    Box::pin(on_request_path(chat(
-        gateway,
-        context,
-        principal,
-        headers,
-        body,
-        Dialect::OpenAi,
-    )))
-    .await
+    Box::pin(chat_request(gateway, context, request, Dialect::OpenAi)).await
 }
 
 /// `POST /v1/messages`: Anthropic's Messages API, served by any model.
 pub(crate) async fn messages(
     State(gateway): State<Arc<Gateway>>,
     Extension(context): Extension<RequestContext>,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
-    Box::pin(on_request_path(chat(
-        gateway,
-        context,
-        principal,
-        headers,
-        body,
-        Dialect::Anthropic,
-    )))
-    .await
+    Box::pin(chat_request(gateway, context, request, Dialect::Anthropic)).await
 }
 
-/// A chat request as the front hands it over, before authentication: the
-/// same work as the two handlers above, without the router's extractors
-/// (which clone the header map) and middleware.
+/// A chat request in either dialect, before authentication (which it
+/// does itself, so that the front can call it without the router's
+/// middleware and extractors, which clone the header map).
 pub(crate) async fn chat_request(
     gateway: Arc<Gateway>,
     context: RequestContext,
@@ -1082,6 +1065,21 @@ mod tests {
         // and attempt futures twice over; about 5 KiB since.
         let size = future_size(chat);
         assert!(size < 6 * 1024, "the chat request's future is {size} bytes");
+    }
+
+    #[test]
+    fn the_fronts_chat_future_holds_the_request_once() {
+        fn future_size4<A, B, C, D, F, Fut>(_: F) -> usize
+        where
+            F: FnOnce(A, B, C, D) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        // What the front boxes per chat request: authentication and the
+        // chat future, not a second copy of it.
+        let size = future_size4(chat_request);
+        assert!(size < 6 * 1024, "the front's chat future is {size} bytes");
+        assert!(size < future_size(chat) + 1024, "{size} bytes");
     }
 
     #[test]

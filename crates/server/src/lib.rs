@@ -82,17 +82,20 @@ fn router(gateway: Arc<Gateway>) -> Router {
             gateway.clone(),
             context::authenticate,
         ));
-    let model_routes = Router::new()
+    // The chat routes authenticate in their handler (`chat_request`, which
+    // the front calls directly), so they sit outside `authenticate`.
+    let chat_routes = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/messages", post(handlers::messages))
+        .route("/chat/completions", post(handlers::chat_completions))
+        .route("/messages", post(handlers::messages));
+    let model_routes = Router::new()
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{*model}", get(handlers::retrieve_model))
         .route("/health/deployments", get(handlers::deployment_health))
         // The same API without the version prefix, for clients configured
         // with a bare base URL.
-        .route("/chat/completions", post(handlers::chat_completions))
-        .route("/messages", post(handlers::messages))
         .route("/embeddings", post(handlers::embeddings))
         .route("/models", get(handlers::list_models))
         .route("/models/{*model}", get(handlers::retrieve_model))
@@ -105,6 +108,7 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready))
         .route("/metrics", get(handlers::metrics))
+        .merge(chat_routes)
         .merge(model_routes)
         .merge(admin_routes)
         .fallback(unknown_path)
