@@ -236,6 +236,8 @@ async fn run(
     listen: Option<SocketAddr>,
     watch: bool,
 ) -> anyhow::Result<()> {
+    // What was built, not what was asked for: the log line below names it.
+    let runtime = tokio::runtime::Handle::current();
     let shutdown = shutdown_token();
     let address = listen.unwrap_or(config.server.listen);
     let running = switchboard_server::start(&config, address, shutdown.clone()).await?;
@@ -257,8 +259,12 @@ async fn run(
         config = %config.source,
         storage = %config.storage.url,
         models = config.models.len(),
-        worker_threads = worker_threads(&config),
-        runtime = if worker_threads(&config) == 1 { "current-thread" } else { "multi-thread" },
+        worker_threads = runtime.metrics().num_workers(),
+        runtime = match runtime.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread",
+            tokio::runtime::RuntimeFlavor::MultiThread => "multi-thread",
+            _ => "other",
+        },
         "switchboard listening on http://{}",
         running.address
     );

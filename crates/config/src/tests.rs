@@ -690,8 +690,10 @@ fn worker_threads_are_counted_or_left_to_the_cpus() {
     let models = "[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\n";
     let config = load(models).unwrap();
     assert_eq!(config.server.worker_threads, None);
-    let config = load(&format!("[server]\nworker_threads = 3\n{models}")).unwrap();
-    assert_eq!(config.server.worker_threads, Some(3));
+    for threads in [1, 3, 1024] {
+        let config = load(&format!("[server]\nworker_threads = {threads}\n{models}")).unwrap();
+        assert_eq!(config.server.worker_threads, Some(threads));
+    }
     for threads in ["0", "1025"] {
         let found = problems(&format!("[server]\nworker_threads = {threads}\n{models}"));
         assert_eq!(found.len(), 1, "{found:?}");

@@ -22,6 +22,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use switchboard_core::mix::splitmix64;
 use switchboard_core::request_id;
 use tracing::Instrument;
@@ -70,25 +71,30 @@ impl RequestContext {
     /// Runs the rest of the request inside the context's log span (every log
     /// line written meanwhile carries the id) and names the request on its
     /// response: `x-request-id` always, `traceresponse` when it was traced.
-    pub(crate) async fn around<F>(
+    ///
+    /// A plain function returning a combinator, not an `async fn`: an async
+    /// function keeps its argument beside the future it moves it into, so
+    /// it would hold the whole request's future twice.
+    pub(crate) fn around<F>(
         request_id: Arc<str>,
         span_slot: Arc<std::sync::OnceLock<crate::telemetry::SpanIds>>,
         inner: F,
-    ) -> Response
+    ) -> impl std::future::Future<Output = Response> + use<F>
     where
         F: std::future::Future<Output = Response>,
     {
         let span = tracing::info_span!("request", request_id = %request_id);
-        let mut response = inner.instrument(span).await;
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID, value);
-        }
-        if let Some(ids) = span_slot.get() {
+        inner.instrument(span).map(move |mut response| {
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            if let Some(ids) = span_slot.get() {
+                response
+                    .headers_mut()
+                    .insert("traceresponse", ids.response_header());
+            }
             response
-                .headers_mut()
-                .insert("traceresponse", ids.response_header());
-        }
-        response
+        })
     }
 }
 

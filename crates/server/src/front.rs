@@ -21,6 +21,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::Method;
 use axum::response::Response;
+use futures_util::FutureExt;
 use switchboard_providers::Dialect;
 use tower::Service;
 
@@ -67,36 +68,60 @@ impl Service<Request> for Front {
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         let context = RequestContext::open(request.headers());
-        let id = context.request_id.clone();
-        let span = context.span.clone();
         match chat_dialect(request.method(), request.uri().path()) {
-            Some(dialect) => {
-                let gateway = self.gateway.clone();
-                Box::pin(async move {
-                    let chat = handlers::chat_request(gateway, context, request, dialect);
-                    Ok(RequestContext::around(id, span, chat).await)
-                })
-            }
+            Some(dialect) => Box::pin(chat(self.gateway.clone(), context, request, dialect)),
             None => {
+                let id = context.request_id.clone();
+                let span = context.span.clone();
                 request.extensions_mut().insert(context);
-                let routed = self.router.call(request);
-                Box::pin(async move {
-                    let routed = async move {
-                        match routed.await {
-                            Ok(response) => response,
-                            Err(never) => match never {},
-                        }
-                    };
-                    Ok(RequestContext::around(id, span, routed).await)
-                })
+                let routed = self.router.call(request).map(|routed| match routed {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                });
+                Box::pin(RequestContext::around(id, span, routed).map(Ok))
             }
         }
     }
 }
 
+/// What the front boxes for a chat request: the handler's future inside the
+/// request's context, held once (no async block or `async fn` around it,
+/// which would keep a second copy).
+fn chat(
+    gateway: Arc<Gateway>,
+    context: RequestContext,
+    request: Request,
+    dialect: Dialect,
+) -> impl Future<Output = Result<Response, Infallible>> + use<> {
+    let id = context.request_id.clone();
+    let span = context.span.clone();
+    let chat = handlers::chat_request(gateway, context, request, dialect);
+    RequestContext::around(id, span, chat).map(Ok)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn future_size<A, B, C, D, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn the_box_per_chat_request_holds_the_handlers_future_once() {
+        // The context's span, ids and header step add a few hundred bytes;
+        // an `async` wrapper anywhere on the way would add the whole chat
+        // future (about 5 KiB) again.
+        let boxed = future_size(chat);
+        let handler = future_size(handlers::chat_request);
+        assert!(
+            boxed < handler + 512,
+            "the front boxes {boxed} bytes for a handler future of {handler}"
+        );
+    }
 
     #[test]
     fn only_posts_to_the_chat_paths_take_the_short_way() {
