@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# CPU time per request, user and system, of nginx and of Switchboard (as
+# bench/switchboard.toml: master key, every request recorded to SQLite,
+# metrics), each alone on core 1 while oha (concurrency 64) and the mock
+# share core 0, alternating, ROUNDS rounds. Read from /proc/PID/task/*/stat
+# (every thread of the proxy: Switchboard's request-log writer included)
+# over the middle DURATION-6 seconds of each run. Also prints how busy the
+# proxy's core was: a proxy whose core is not full is held back by the
+# load generator and the mock, not by its own work.
+#
+#   bench/cpu-per-request.sh [BINARY]        (default: builds target/release/switchboard)
+#   ROUNDS=3 DURATION=14 bench/cpu-per-request.sh     # the defaults: 2, 12
+#
+# Needs nginx, oha and the mock (harness/install.sh tools, harness/install.sh
+# mock). Loopback only; stops by itself. Results: bench/results/cpu-*/summary.md.
+set -euo pipefail
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$BENCH/.." && pwd)"
+export ANCHORS="$BENCH"
+NGINX_PORT=18080
+source "$BENCH/harness/peers.sh"
+ROUNDS="${ROUNDS:-2}"
+DURATION="${DURATION:-12}"
+[ "$DURATION" -ge 8 ] || { echo "DURATION must be at least 8 seconds" >&2; exit 2; }
+if [ $# -ge 1 ]; then
+  BINARY="$(realpath "$1")"
+else
+  (cd "$ROOT" && cargo build --release -p switchboard-cli)
+  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+fi
+[ -x "$OHA" ] || { echo "oha not found ($OHA): run harness/install.sh tools" >&2; exit 2; }
+command -v nginx >/dev/null || { echo "nginx not found: run harness/install.sh tools" >&2; exit 2; }
+[ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run harness/install.sh mock" >&2; exit 2; }
+[ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (load on core 0, proxy on core 1)" >&2; exit 2; }
+OUT="$RESULTS/cpu-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT" "$RUN" "$LOGS"
+export SWITCHBOARD_BENCH_DB="$RUN/cpu.db" SWITCHBOARD_LOG=warn
+BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
+TICKS="$(getconf CLK_TCK)"
+WINDOW=$((DURATION - 6))
+
+proxy_pid=""
+cleanup() {
+  [ -n "$proxy_pid" ] && stop_tree "$proxy_pid"
+  peer_stop nginx
+  stop_mock
+}
+trap cleanup EXIT
+
+# user and system ticks of every thread of the given processes
+ticks() {
+  local user=0 system=0 task fields
+  for pid in "$@"; do
+    for task in /proc/"$pid"/task/*/stat; do
+      read -r -a fields <"$task" || continue
+      user=$((user + fields[13])); system=$((system + fields[14]))
+    done
+  done
+  echo "$user $system"
+}
+
+# name, round, url, pids: one run at c64; the CPU window is seconds 3 to DURATION-3
+measure() {
+  local name="$1" round="$2" url="$3"; shift 3
+  taskset -c 0 "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
+    -H "Authorization: Bearer sk-bench-1234" -t 30s -z "${DURATION}s" -c 64 "$url" \
+    >"$OUT/$name-r$round.json" 2>/dev/null &
+  local load=$!
+  sleep 3
+  read -r u0 s0 <<<"$(ticks "$@")"
+  sleep "$WINDOW"
+  read -r u1 s1 <<<"$(ticks "$@")"
+  wait "$load" || true
+  echo "$name $round $((u1 - u0)) $((s1 - s0))" >>"$OUT/ticks.txt"
+}
+
+start_mock 0 1
+for round in $(seq "$ROUNDS"); do
+  log "round $round"
+  order="nginx switchboard"
+  [ $((round % 2)) -eq 0 ] && order="switchboard nginx"
+  for peer in $order; do
+    if [ "$peer" = nginx ]; then
+      peer_start nginx 1 1
+      measure nginx "$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" \
+        "$(cat "$RUN/nginx.root.pid")" $(pgrep -P "$(cat "$RUN/nginx.root.pid")" || true)
+      peer_stop nginx
+    else
+      rm -rf "$RUN"/cpu.db*
+      taskset -c 1 "$BINARY" serve --config "$BENCH/switchboard.toml" >"$LOGS/cpu-switchboard.log" 2>&1 &
+      proxy_pid=$!
+      wait_http "http://127.0.0.1:9000/health" 20 || { echo "switchboard did not start" >&2; exit 1; }
+      measure switchboard "$round" "http://127.0.0.1:9000/v1/chat/completions" "$proxy_pid"
+      stop_tree "$proxy_pid"; proxy_pid=""
+    fi
+  done
+done
+
+python3 - "$OUT" "$TICKS" "$WINDOW" <<'PY'
+import json, os, sys
+out, ticks, window = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = ["| round | proxy | req/s | core busy | user µs/request | system µs/request | total µs/request |",
+        "|---|---|---|---|---|---|---|"]
+for line in open(os.path.join(out, "ticks.txt")):
+    name, rnd, user, system = line.split()
+    run = json.load(open(os.path.join(out, f"{name}-r{rnd}.json")))
+    rps = run["summary"]["requestsPerSec"]
+    codes = run.get("statusCodeDistribution", {})
+    if set(codes) != {"200"}:
+        sys.exit(f"{name} round {rnd}: not every request answered 200: {codes}")
+    requests = rps * window
+    user_s, system_s = int(user) / ticks, int(system) / ticks
+    rows.append(f"| {rnd} | {name} | {rps:.0f} | {100 * (user_s + system_s) / window:.0f}% | "
+                f"{1e6 * user_s / requests:.1f} | {1e6 * system_s / requests:.1f} | "
+                f"{1e6 * (user_s + system_s) / requests:.1f} |")
+text = "\n".join(rows)
+open(os.path.join(out, "summary.md"), "w").write(text + "\n")
+print(text)
+PY
+echo "results: $OUT"

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# p50/p99/p99.9 at a fixed rate (oha -q RATE --latency-correction, 256
+# connections), layout `pinned` (the proxy alone on core 1; oha and the mock
+# on core 0), ROUNDS rounds of: the mock directly, then nginx and Switchboard
+# (as bench/switchboard.toml, or CONFIG=), each measured twice right after it
+# starts: `cold` (its first load) and `warm` (a second oha process, so new
+# client connections, on the same proxy).
+#
+#   bench/fixed-rate.sh [BINARY]              (default: builds target/release/switchboard)
+#   RATE=2000 ROUNDS=2 DURATION=8 bench/fixed-rate.sh    # the defaults
+#   SPIN=1 bench/fixed-rate.sh B      # a nice-19 busy loop keeps core 1 awake meanwhile
+#
+# Needs nginx, oha and the mock (harness/install.sh tools, harness/install.sh
+# mock). Loopback only; stops by itself. Results: bench/results/rate-*/summary.md.
+set -euo pipefail
+BENCH="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$BENCH/.." && pwd)"
+export ANCHORS="$BENCH"
+NGINX_PORT=18080
+source "$BENCH/harness/peers.sh"
+RATE="${RATE:-2000}"
+ROUNDS="${ROUNDS:-2}"
+DURATION="${DURATION:-8}"
+CONFIG="$(realpath "${CONFIG:-$BENCH/switchboard.toml}")"
+if [ $# -ge 1 ]; then
+  BINARY="$(realpath "$1")"
+else
+  (cd "$ROOT" && cargo build --release -p switchboard-cli)
+  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+fi
+[ -x "$OHA" ] || { echo "oha not found ($OHA): run harness/install.sh tools" >&2; exit 2; }
+command -v nginx >/dev/null || { echo "nginx not found: run harness/install.sh tools" >&2; exit 2; }
+[ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run harness/install.sh mock" >&2; exit 2; }
+[ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (load on core 0, proxy on core 1)" >&2; exit 2; }
+OUT="$RESULTS/rate-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT" "$RUN" "$LOGS"
+export SWITCHBOARD_BENCH_DB="$RUN/rate.db" SWITCHBOARD_LOG=warn
+BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
+printf 'binary %s\nconfig %s\nrate %s\nspin %s\n' "$BINARY" "$CONFIG" "$RATE" "${SPIN:-}" >"$OUT/setup.txt"
+
+proxy_pid="" spinner=""
+cleanup() {
+  [ -n "$proxy_pid" ] && stop_tree "$proxy_pid"
+  [ -n "$spinner" ] && kill "$spinner" 2>/dev/null
+  peer_stop nginx
+  stop_mock
+}
+trap cleanup EXIT
+
+load() { # name, url
+  taskset -c 0 "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
+    -H "Authorization: Bearer sk-bench-1234" -t 30s -z "${DURATION}s" -c 256 -q "$RATE" \
+    --latency-correction "$2" >"$OUT/$1.json" 2>/dev/null || true
+}
+
+start_mock 0 1
+if [ "${SPIN:-}" = 1 ]; then
+  taskset -c 1 nice -n 19 sh -c 'while :; do :; done' &
+  spinner=$!
+fi
+for round in $(seq "$ROUNDS"); do
+  log "round $round"
+  load "direct-r$round" "$MOCK_URL/chat/completions"
+  peer_start nginx 1 1
+  for phase in cold warm; do load "nginx-$phase-r$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions"; done
+  peer_stop nginx
+  rm -rf "$RUN"/rate.db*
+  taskset -c 1 "$BINARY" serve --config "$CONFIG" >"$LOGS/rate-switchboard.log" 2>&1 &
+  proxy_pid=$!
+  wait_http "http://127.0.0.1:9000/health" 20 || { echo "switchboard did not start" >&2; exit 1; }
+  for phase in cold warm; do load "switchboard-$phase-r$round" "http://127.0.0.1:9000/v1/chat/completions"; done
+  stop_tree "$proxy_pid"; proxy_pid=""
+done
+
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, os, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+rows = ["| round | contender | p50 ms | p99 ms | p99.9 ms | req/s | not 200 |", "|---|---|---|---|---|---|---|"]
+for r in range(1, rounds + 1):
+    for name in ("direct", "nginx-cold", "nginx-warm", "switchboard-cold", "switchboard-warm"):
+        try:
+            d = json.load(open(os.path.join(out, f"{name}-r{r}.json")))
+        except (OSError, ValueError):
+            rows.append(f"| {r} | {name} | – | – | – | – | no result |")
+            continue
+        p = d.get("latencyPercentiles", {})
+        codes = d.get("statusCodeDistribution", {})
+        # oha cuts the requests still in flight when the time is up: not failures
+        errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
+        bad = sum(v for k, v in codes.items() if k != "200") + sum(errors.values())
+        ms = lambda q: f"{(p.get(q) or 0) * 1000:.2f}"
+        rows.append(f"| {r} | {name} | {ms('p50')} | {ms('p99')} | {ms('p99.9')} | "
+                    f"{d['summary']['requestsPerSec']:.0f} | {bad} |")
+text = "\n".join(rows)
+open(os.path.join(out, "summary.md"), "w").write(text + "\n")
+print(text)
+PY
+echo "results: $OUT"
