@@ -194,7 +194,7 @@ fn serve(
             return ExitCode::from(2);
         }
     };
-    let threads = worker_threads(&config);
+    let threads = config.server.threads();
     // One thread needs no work stealing: tokio's current-thread scheduler
     // serves it with less bookkeeping per task wake-up (`bench/ab.sh`:
     // about 7% more throughput on one core).
@@ -220,14 +220,6 @@ fn serve(
             ExitCode::FAILURE
         }
     }
-}
-
-/// `server.worker_threads`, or one per CPU the process may use (its CPU
-/// affinity and cgroup quota, as the standard library reads them).
-fn worker_threads(config: &Config) -> usize {
-    config.server.worker_threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    })
 }
 
 async fn run(

@@ -144,6 +144,17 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
 }
 
+impl ServerConfig {
+    /// The threads to serve with: `worker_threads`, or one per CPU the
+    /// process may use (its CPU affinity and cgroup quota, as the standard
+    /// library reads them).
+    pub fn threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub url: StorageUrl,

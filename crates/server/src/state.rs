@@ -146,7 +146,8 @@ impl Gateway {
         if config.server.shutdown_grace != running.server.shutdown_grace {
             needs_restart.push("server.shutdown_grace_secs");
         }
-        if config.server.worker_threads != running.server.worker_threads {
+        // Compared as counts: naming the number of CPUs changes nothing.
+        if config.server.threads() != running.server.threads() {
             needs_restart.push("server.worker_threads");
         }
         if config.storage.record_queue != running.storage.record_queue {

@@ -107,7 +107,22 @@ async fn a_reload_swaps_models_and_keys_without_cutting_requests_in_flight() {
     // Settings that need a restart are reported, not applied.
     let mut moved = next.clone();
     moved.server.listen = "127.0.0.1:1".parse().unwrap();
-    moved.server.worker_threads = Some(running_config.server.worker_threads.map_or(1, |n| n + 1));
+    // Naming the thread count the gateway already runs with is no change.
+    let mut same_threads = next.clone();
+    same_threads.server.worker_threads = Some(running_config.server.threads());
+    let summary = gateway
+        .running
+        .as_ref()
+        .unwrap()
+        .gateway
+        .reload(&same_threads, &running_config)
+        .unwrap();
+    assert!(
+        summary.needs_restart.is_empty(),
+        "{:?}",
+        summary.needs_restart
+    );
+    moved.server.worker_threads = Some(running_config.server.threads() + 1);
     let summary = gateway
         .running
         .as_ref()
