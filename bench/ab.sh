@@ -17,14 +17,19 @@ set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 export ANCHORS="$BENCH"
 source "$BENCH/harness/common.sh"
-[ $# -ge 2 ] || { sed -n 2,13p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,15p "$0" >&2; exit 2; }
 A="$(realpath "$1")"
 B="$(realpath "$2")"
 ROUNDS="${3:-3}"
 DURATION="${DURATION:-10}"
 # PINNED=1: layout `pinned` of run.sh (the gateway alone on core 1, the mock
 # and the load generator on core 0); unset: nothing pinned.
-if [ "${PINNED:-}" = 1 ]; then LOAD_CPUS=0 GATEWAY_CPUS=1; else LOAD_CPUS="" GATEWAY_CPUS=""; fi
+if [ "${PINNED:-}" = 1 ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "PINNED=1 needs 2 cores" >&2; exit 2; }
+  LOAD_CPUS=0 GATEWAY_CPUS=1
+else
+  LOAD_CPUS="" GATEWAY_CPUS=""
+fi
 [ -x "$A" ] && [ -x "$B" ] || { echo "both binaries must exist and be executable" >&2; exit 2; }
 [ -x "$OHA" ] || { echo "oha not found ($OHA): run harness/install.sh tools" >&2; exit 2; }
 [ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run harness/install.sh mock" >&2; exit 2; }

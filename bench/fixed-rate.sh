@@ -6,12 +6,13 @@
 # starts: `cold` (its first load) and `warm` (a second oha process, so new
 # client connections, on the same proxy).
 #
-#   bench/fixed-rate.sh [BINARY]              (default: builds target/release/switchboard)
+#   flock /tmp/bench.lock bench/fixed-rate.sh [BINARY]   (default: builds target/release/switchboard)
 #   RATE=2000 ROUNDS=2 DURATION=8 bench/fixed-rate.sh    # the defaults
 #   SPIN=1 bench/fixed-rate.sh B      # a nice-19 busy loop keeps core 1 awake meanwhile
 #
 # Needs nginx, oha and the mock (harness/install.sh tools, harness/install.sh
 # mock). Loopback only; stops by itself. Results: bench/results/rate-*/summary.md.
+# The bench scripts share bench/run and their ports: run one at a time (flock).
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
@@ -40,8 +41,8 @@ printf 'binary %s\nconfig %s\nrate %s\nspin %s\n' "$BINARY" "$CONFIG" "$RATE" "$
 
 proxy_pid="" spinner=""
 cleanup() {
-  [ -n "$proxy_pid" ] && stop_tree "$proxy_pid"
-  [ -n "$spinner" ] && kill "$spinner" 2>/dev/null
+  if [ -n "$proxy_pid" ]; then stop_tree "$proxy_pid"; fi
+  if [ -n "$spinner" ]; then kill "$spinner" 2>/dev/null || true; fi
   peer_stop nginx
   stop_mock
 }
@@ -67,7 +68,8 @@ for round in $(seq "$ROUNDS"); do
   rm -rf "$RUN"/rate.db*
   taskset -c 1 "$BINARY" serve --config "$CONFIG" >"$LOGS/rate-switchboard.log" 2>&1 &
   proxy_pid=$!
-  wait_http "http://127.0.0.1:9000/health" 20 || { echo "switchboard did not start" >&2; exit 1; }
+  wait_http "http://127.0.0.1:9000/health" 20 && kill -0 "$proxy_pid" 2>/dev/null ||
+    { echo "switchboard did not start (or another process holds port 9000)" >&2; exit 1; }
   for phase in cold warm; do load "switchboard-$phase-r$round" "http://127.0.0.1:9000/v1/chat/completions"; done
   stop_tree "$proxy_pid"; proxy_pid=""
 done
@@ -88,7 +90,7 @@ for r in range(1, rounds + 1):
         # oha cuts the requests still in flight when the time is up: not failures
         errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
         bad = sum(v for k, v in codes.items() if k != "200") + sum(errors.values())
-        ms = lambda q: f"{(p.get(q) or 0) * 1000:.2f}"
+        ms = lambda q: "–" if p.get(q) is None else f"{p[q] * 1000:.2f}"
         rows.append(f"| {r} | {name} | {ms('p50')} | {ms('p99')} | {ms('p99.9')} | "
                     f"{d['summary']['requestsPerSec']:.0f} | {bad} |")
 text = "\n".join(rows)

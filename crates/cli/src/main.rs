@@ -195,6 +195,11 @@ fn serve(
         }
     };
     let threads = config.server.threads();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        tracing::warn!(
+            "TOKIO_WORKER_THREADS is not read: set server.worker_threads in the configuration"
+        );
+    }
     // One thread needs no work stealing: tokio's current-thread scheduler
     // serves it with less bookkeeping per task wake-up (`bench/ab.sh`:
     // about 7% more throughput on one core).

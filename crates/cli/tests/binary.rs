@@ -217,7 +217,8 @@ simulation = {{ reply_tokens = 20, tokens_per_second = 20 }}
     let mut gateway = Gateway::start(
         &directory,
         &["--config", "gateway.toml", "--log-format", "json"],
-        &[],
+        // tokio's own variable does not override the configuration.
+        &[("TOKIO_WORKER_THREADS", "3")],
     );
     let client = reqwest::Client::new();
     for index in 0..50 {
@@ -249,6 +250,8 @@ simulation = {{ reply_tokens = 20, tokens_per_second = 20 }}
     // Structured logs carry the request id.
     let log = gateway.log_text();
     assert!(log.contains(r#""runtime":"current-thread""#), "{log}");
+    assert!(log.contains(r#""worker_threads":1"#), "{log}");
+    assert!(log.contains("TOKIO_WORKER_THREADS is not read"), "{log}");
     assert!(log.contains(r#""request_id":"burst-7""#), "{log}");
 
     let store = SqliteStore::open_file(&directory.join("data/requests.db"))

@@ -1,5 +1,5 @@
-//! The middleware every request passes through, in this order (outermost
-//! first), as `router` assembles it:
+//! What every request goes through, in this order (outermost first), as
+//! `front::Front` and `router` assemble it:
 //!
 //! 1. the request's context (`RequestContext::open` and `around`, applied
 //!    by `front::Front` to every request): accepts the client's
