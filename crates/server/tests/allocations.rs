@@ -110,9 +110,11 @@ async fn allocations_per_proxied_request_stay_low() {
         per_request > 10.0,
         "the count must see the gateway's work: {per_request}"
     );
+    // 63 since chat requests go around the router (92 before, 131 before
+    // the gateway's own upstream client): the bound catches a step back.
     assert!(
-        per_request < 300.0,
-        "the gateway allocates {per_request:.0} times per request (bound 300)"
+        per_request < 85.0,
+        "the gateway allocates {per_request:.0} times per request (bound 85)"
     );
     let records = gateway.stop_and_records().await;
     assert!(records.len() as u64 >= REQUESTS);
