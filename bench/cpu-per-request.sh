@@ -18,23 +18,14 @@
 # mock). Loopback only; stops by itself. Results: bench/results/cpu-*/summary.md.
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
 NGINX_PORT=18080
 source "$BENCH/harness/peers.sh"
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-12}"
 [ "$DURATION" -ge 8 ] || { echo "DURATION must be at least 8 seconds" >&2; exit 2; }
-if [ $# -ge 1 ]; then
-  BINARY="$(realpath "$1")"
-else
-  (cd "$ROOT" && cargo build --release -p switchboard-cli)
-  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
-fi
-[ -x "$OHA" ] || { echo "oha not found ($OHA): run harness/install.sh tools" >&2; exit 2; }
-command -v nginx >/dev/null || { echo "nginx not found: run harness/install.sh tools" >&2; exit 2; }
-[ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run harness/install.sh mock" >&2; exit 2; }
-[ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (load on core 0, proxy on core 1)" >&2; exit 2; }
+BINARY="$(switchboard_binary "${1:-}")"
+require_pinned_peers
 OUT="$RESULTS/cpu-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN" "$LOGS"
 export SWITCHBOARD_BENCH_DB="$RUN/cpu.db" SWITCHBOARD_LOG=warn
@@ -97,10 +88,7 @@ for round in $(seq "$ROUNDS"); do
       peer_stop nginx
     else
       rm -rf "$RUN"/cpu.db*
-      taskset -c 1 "$BINARY" serve --config "$BENCH/switchboard.toml" >"$LOGS/cpu-switchboard.log" 2>&1 &
-      proxy_pid=$!
-      wait_http "http://127.0.0.1:9000/health" 20 && kill -0 "$proxy_pid" 2>/dev/null ||
-        { echo "switchboard did not start (or another process holds port 9000)" >&2; exit 1; }
+      start_pinned_switchboard "$BENCH/switchboard.toml" "$LOGS/cpu-switchboard.log"
       measure switchboard "$round" "http://127.0.0.1:9000/v1/chat/completions" "$proxy_pid"
       stop_tree "$proxy_pid"; proxy_pid=""
     fi

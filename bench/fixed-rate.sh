@@ -15,7 +15,6 @@
 # The bench scripts share bench/run and their ports: run one at a time (flock).
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
 NGINX_PORT=18080
 source "$BENCH/harness/peers.sh"
@@ -23,16 +22,8 @@ RATE="${RATE:-2000}"
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-8}"
 CONFIG="$(realpath "${CONFIG:-$BENCH/switchboard.toml}")"
-if [ $# -ge 1 ]; then
-  BINARY="$(realpath "$1")"
-else
-  (cd "$ROOT" && cargo build --release -p switchboard-cli)
-  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
-fi
-[ -x "$OHA" ] || { echo "oha not found ($OHA): run harness/install.sh tools" >&2; exit 2; }
-command -v nginx >/dev/null || { echo "nginx not found: run harness/install.sh tools" >&2; exit 2; }
-[ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run harness/install.sh mock" >&2; exit 2; }
-[ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (load on core 0, proxy on core 1)" >&2; exit 2; }
+BINARY="$(switchboard_binary "${1:-}")"
+require_pinned_peers
 OUT="$RESULTS/rate-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN" "$LOGS"
 export SWITCHBOARD_BENCH_DB="$RUN/rate.db" SWITCHBOARD_LOG=warn
@@ -66,10 +57,7 @@ for round in $(seq "$ROUNDS"); do
   for phase in cold warm; do load "nginx-$phase-r$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions"; done
   peer_stop nginx
   rm -rf "$RUN"/rate.db*
-  taskset -c 1 "$BINARY" serve --config "$CONFIG" >"$LOGS/rate-switchboard.log" 2>&1 &
-  proxy_pid=$!
-  wait_http "http://127.0.0.1:9000/health" 20 && kill -0 "$proxy_pid" 2>/dev/null ||
-    { echo "switchboard did not start (or another process holds port 9000)" >&2; exit 1; }
+  start_pinned_switchboard "$CONFIG" "$LOGS/rate-switchboard.log"
   for phase in cold warm; do load "switchboard-$phase-r$round" "http://127.0.0.1:9000/v1/chat/completions"; done
   stop_tree "$proxy_pid"; proxy_pid=""
 done

@@ -13,7 +13,6 @@
 # mock; .ci/run installs them). Loopback only; stops by itself.
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-smoke.XXXXXX")"
 export RUN="$OUT/run" LOGS="$OUT/logs" RESULTS="$OUT/results"
@@ -24,12 +23,7 @@ source "$BENCH/harness/peers.sh"
 ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-4}"
 MIN_RATIO="${MIN_RATIO:-0.2}"
-if [ $# -ge 1 ]; then
-  BINARY="$(realpath "$1")"
-else
-  (cd "$ROOT" && cargo build --release -p switchboard-cli)
-  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
-fi
+BINARY="$(switchboard_binary "${1:-}")"
 command -v nginx >/dev/null && command -v wrk >/dev/null ||
   { echo "nginx and wrk are needed: run bench/harness/install.sh tools" >&2; exit 2; }
 [ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run bench/harness/install.sh mock" >&2; exit 2; }

@@ -102,13 +102,7 @@ fn chat(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn future_size<A, B, C, D, F, Fut>(_: F) -> usize
-    where
-        F: FnOnce(A, B, C, D) -> Fut,
-    {
-        std::mem::size_of::<Fut>()
-    }
+    use crate::handlers::tests::future_size4 as future_size;
 
     #[test]
     fn the_box_per_chat_request_holds_the_handlers_future_once() {

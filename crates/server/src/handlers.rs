@@ -1048,10 +1048,19 @@ fn unavailable(reason: &str) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// The size of the future an async function returns, without calling it.
+    /// The size of the future a four-argument async function returns,
+    /// without calling it.
+    pub(crate) fn future_size4<A, B, C, D, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// The same for six arguments.
     fn future_size<A, B, C, D, E, G, F, Fut>(_: F) -> usize
     where
         F: FnOnce(A, B, C, D, E, G) -> Fut,
@@ -1070,12 +1079,6 @@ mod tests {
 
     #[test]
     fn the_chat_request_future_holds_the_chat_future_once() {
-        fn future_size4<A, B, C, D, F, Fut>(_: F) -> usize
-        where
-            F: FnOnce(A, B, C, D) -> Fut,
-        {
-            std::mem::size_of::<Fut>()
-        }
         // Authentication, then the chat future: not a second copy of it.
         let size = future_size4(chat_request);
         assert!(size < future_size(chat) + 1024, "{size} bytes");
