@@ -1,5 +1,6 @@
-//! The pooled HTTP client that every HTTP deployment sends through: hyper
-//! with hyper-util's connection pool, our own connector, and nothing else.
+//! The pooled HTTP client that every HTTP deployment sends through: hyper's
+//! connection-level client, a pool of our own, our own connector, and
+//! nothing else.
 //!
 //! One pool per distinct connect timeout, so deployments on the same host
 //! share keep-alive connections. TLS is rustls with the ring provider and
@@ -9,28 +10,40 @@
 //! balancers in front of most APIs close them under our feet. Redirects are
 //! never followed: a 3xx is an answer like any other failed status.
 //!
-//! This replaces reqwest on the request path. reqwest's layers (URL
-//! re-parsing, the redirect policy, its request builder and error boxing)
-//! cost about a sixth of the gateway's CPU under load, and the gateway uses
-//! none of what they add: its URLs are parsed once, when a deployment is
-//! built, into `http::Uri`s.
+//! This replaces reqwest on the request path, and then hyper-util's pooled
+//! `legacy::Client`. reqwest's layers (URL re-parsing, the redirect policy,
+//! its request builder and error boxing) cost about a sixth of the
+//! gateway's CPU under load; hyper-util's client boxed its future, formatted
+//! the `Host` header, raced a lazily built connect future against the
+//! checkout, and spawned a task per HTTP/1.1 request to return its
+//! connection to the pool, about 8% of a proxied request's instructions.
+//! Here an HTTP/1.1 connection goes back to the pool from the answer's body
+//! itself, the moment its last byte has been read ([`UpstreamBody`]), and a
+//! request takes the most recently returned connection (the warmest, and the
+//! one least likely to have been closed by the upstream).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Uri;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
 use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
+use switchboard_core::mix::FnvBuild;
+use tower_service::Service;
 
 use crate::UpstreamError;
 
@@ -43,8 +56,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// without a copy, with a known length.
 pub(crate) type RequestBody = Full<Bytes>;
 
-/// A pooled client with one connect timeout.
-pub(crate) type HttpClient = Client<Connector, RequestBody>;
+/// Most idle HTTP/1.1 connections kept per origin.
+const MAX_IDLE_PER_ORIGIN: usize = 1024;
+
+/// Most times a request is sent again because a kept connection turned out
+/// to be closed before the request was written on it.
+const MAX_STALE_RETRIES: usize = 3;
 
 /// Shared by clone: every clone sees the same pools.
 #[derive(Clone, Default)]
@@ -196,6 +213,21 @@ fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<ClientConfig, r
 }
 
 fn build_client(tls: Arc<ClientConfig>, connect_timeout: Duration) -> HttpClient {
+    build_client_idle(tls, connect_timeout, IDLE_TIMEOUT)
+}
+
+/// A client whose idle connections close after `idle_timeout` (tests).
+#[cfg(test)]
+pub(crate) fn plain_client(idle_timeout: Duration) -> HttpClient {
+    let tls = tls_config(&[]).expect("the platform's verifier");
+    build_client_idle(Arc::new(tls), Duration::from_secs(5), idle_timeout)
+}
+
+fn build_client_idle(
+    tls: Arc<ClientConfig>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> HttpClient {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
@@ -209,16 +241,13 @@ fn build_client(tls: Arc<ClientConfig>, connect_timeout: Duration) -> HttpClient
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(tcp);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(IDLE_TIMEOUT)
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_adaptive_window(true)
-        .build(Connector {
+    HttpClient::new(
+        Connector {
             inner: https,
             timeout: connect_timeout,
-        })
+        },
+        idle_timeout,
+    )
 }
 
 /// TCP, then TLS for `https://`, within one connect timeout.
@@ -230,7 +259,7 @@ pub(crate) struct Connector {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl tower_service::Service<Uri> for Connector {
+impl Service<Uri> for Connector {
     type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
@@ -263,9 +292,529 @@ impl std::fmt::Display for ConnectTimedOut {
 
 impl std::error::Error for ConnectTimedOut {}
 
+/// Why a request got no answer: its connection could not be made (the
+/// connector's error: TCP, DNS, TLS, the connect timeout), or the request
+/// failed on a connection that was made.
+#[derive(Debug)]
+pub(crate) enum ClientError {
+    Connect(BoxError),
+    Send(hyper::Error),
+}
+
+/// A pooled client with one connect timeout. Shared by clone.
+#[derive(Clone)]
+pub(crate) struct HttpClient {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    connector: Connector,
+    idle_timeout: Duration,
+    origins: Mutex<HashMap<Origin, Kept, FnvBuild>>,
+    /// Whether a task is closing this pool's idle connections as they
+    /// expire (started with the first connection kept, ended with the
+    /// runtime it runs on or with the pool).
+    reaping: AtomicBool,
+}
+
+/// Where connections go: a scheme and an authority (hashed and compared
+/// without regard to case, as `http` does).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl Origin {
+    fn of(uri: &Uri) -> Option<Origin> {
+        Some(Origin {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+        })
+    }
+
+    /// The `Host` header an HTTP/1.1 request to this origin carries: the
+    /// host, and the port unless it is the scheme's default (as hyper-util
+    /// and the SigV4 signer write it).
+    fn host(&self) -> Option<HeaderValue> {
+        let default = match self.scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        };
+        match self.authority.port_u16() {
+            Some(port) if Some(port) != default => {
+                HeaderValue::from_str(&format!("{}:{port}", self.authority.host())).ok()
+            }
+            _ => HeaderValue::from_str(self.authority.host()).ok(),
+        }
+    }
+}
+
+/// What the pool keeps for one origin.
+struct Kept {
+    host: Option<HeaderValue>,
+    /// Idle HTTP/1.1 connections, the most recently returned last.
+    idle: Vec<(http1::SendRequest<RequestBody>, Instant)>,
+    /// The HTTP/2 connection requests share, and when it was last used.
+    shared: Option<(http2::SendRequest<RequestBody>, Instant)>,
+}
+
+/// A connection a request may be sent on.
+enum Sender {
+    One(http1::SendRequest<RequestBody>),
+    Shared(http2::SendRequest<RequestBody>),
+}
+
+impl HttpClient {
+    /// How many connections the pool keeps (idle HTTP/1.1 ones and shared
+    /// HTTP/2 ones), after dropping those closed or expired.
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.pool.prune(Instant::now())
+    }
+
+    fn new(connector: Connector, idle_timeout: Duration) -> HttpClient {
+        HttpClient {
+            pool: Arc::new(Pool {
+                connector,
+                idle_timeout,
+                origins: Mutex::default(),
+                reaping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Sends `request` (its URI absolute) on a kept connection to its
+    /// origin, or on a new one, and waits for the answer's head. A request
+    /// that a kept connection closed before it was written is sent again on
+    /// another; nothing else is retried here.
+    pub(crate) async fn request(
+        &self,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        let Some(origin) = Origin::of(request.uri()) else {
+            return Err(ClientError::Connect(Box::new(NoOrigin)));
+        };
+        let mut stale = 0;
+        loop {
+            let (sender, host, reused) = match self.pool.checkout(&origin) {
+                Some((sender, host)) => (sender, host, true),
+                None => {
+                    // Boxed: the TLS and HTTP/2 handshakes' state would
+                    // otherwise make every request's future (moved into a box
+                    // per attempt) several kilobytes larger.
+                    let (sender, host) = Box::pin(self.connect(&origin)).await?;
+                    (sender, host, false)
+                }
+            };
+            let sent = match sender {
+                Sender::One(mut sender) => {
+                    if !sender.is_ready() && sender.ready().await.is_err() {
+                        // Closed while it waited in the pool; nothing sent.
+                        continue;
+                    }
+                    if let Some(host) = host {
+                        request.headers_mut().entry(header::HOST).or_insert(host);
+                    }
+                    origin_form(request.uri_mut());
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            let back = Return {
+                                pool: self.pool.clone(),
+                                origin,
+                                sender,
+                            };
+                            return Ok(response.map(|body| UpstreamBody {
+                                inner: body,
+                                back: Some(back),
+                            }));
+                        }
+                        Err(error) => error,
+                    }
+                }
+                Sender::Shared(mut sender) => {
+                    if request.uri().scheme().is_none() {
+                        absolute_form(request.uri_mut(), &origin);
+                    }
+                    if sender.ready().await.is_err() {
+                        self.pool.forget_shared(&origin, &sender);
+                        continue;
+                    }
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            return Ok(response.map(|body| UpstreamBody {
+                                inner: body,
+                                back: None,
+                            }));
+                        }
+                        Err(error) => error,
+                    }
+                }
+            };
+            let mut error = sent;
+            match error.take_message() {
+                Some(unsent) if reused && stale < MAX_STALE_RETRIES => {
+                    stale += 1;
+                    request = unsent;
+                }
+                _ => return Err(ClientError::Send(error.into_error())),
+            }
+        }
+    }
+
+    /// A new connection to `origin`: HTTP/2 when TLS negotiated it, HTTP/1.1
+    /// otherwise. An HTTP/2 connection is kept at once, for other requests
+    /// to share.
+    async fn connect(&self, origin: &Origin) -> Result<(Sender, Option<HeaderValue>), ClientError> {
+        let destination = Uri::builder()
+            .scheme(origin.scheme.clone())
+            .authority(origin.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|error| ClientError::Connect(Box::new(error)))?;
+        let mut connector = self.pool.connector.clone();
+        let io = connector
+            .call(destination)
+            .await
+            .map_err(ClientError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let timeout = self.pool.connector.timeout;
+            let handshake = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .handshake(io);
+            let (sender, connection) = match tokio::time::timeout(timeout, handshake).await {
+                Ok(made) => made.map_err(|error| ClientError::Connect(Box::new(error)))?,
+                Err(_) => return Err(ClientError::Connect(Box::new(ConnectTimedOut))),
+            };
+            tokio::spawn(connection);
+            self.pool.keep_shared(origin, sender.clone());
+            Ok((Sender::Shared(sender), None))
+        } else {
+            let (sender, connection) = http1::handshake(io)
+                .await
+                .map_err(|error| ClientError::Connect(Box::new(error)))?;
+            tokio::spawn(connection);
+            Ok((Sender::One(sender), self.pool.host(origin)))
+        }
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Kept, FnvBuild>> {
+        self.origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn kept<'m>(origins: &'m mut HashMap<Origin, Kept, FnvBuild>, origin: &Origin) -> &'m mut Kept {
+        if !origins.contains_key(origin) {
+            origins.insert(
+                origin.clone(),
+                Kept {
+                    host: origin.host(),
+                    idle: Vec::new(),
+                    shared: None,
+                },
+            );
+        }
+        origins.get_mut(origin).expect("inserted above")
+    }
+
+    fn host(&self, origin: &Origin) -> Option<HeaderValue> {
+        Self::kept(&mut self.lock(), origin).host.clone()
+    }
+
+    /// A kept connection to `origin` still open and not idle too long: the
+    /// shared HTTP/2 one, or the most recently returned HTTP/1.1 one.
+    fn checkout(&self, origin: &Origin) -> Option<(Sender, Option<HeaderValue>)> {
+        let mut origins = self.lock();
+        let kept = origins.get_mut(origin)?;
+        let now = Instant::now();
+        if let Some((sender, used)) = &mut kept.shared {
+            if !sender.is_closed() && now.duration_since(*used) < self.idle_timeout {
+                *used = now;
+                return Some((Sender::Shared(sender.clone()), None));
+            }
+            kept.shared = None;
+        }
+        while let Some((sender, since)) = kept.idle.pop() {
+            if !sender.is_closed() && now.duration_since(since) < self.idle_timeout {
+                return Some((Sender::One(sender), kept.host.clone()));
+            }
+        }
+        None
+    }
+
+    /// Keeps an HTTP/1.1 connection whose answer has been read to its end.
+    fn put(self: &Arc<Self>, origin: Origin, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        {
+            let mut origins = self.lock();
+            let kept = Self::kept(&mut origins, &origin);
+            if kept.idle.len() >= MAX_IDLE_PER_ORIGIN {
+                return;
+            }
+            kept.idle.push((sender, Instant::now()));
+        }
+        self.reap();
+    }
+
+    fn keep_shared(self: &Arc<Self>, origin: &Origin, sender: http2::SendRequest<RequestBody>) {
+        {
+            let mut origins = self.lock();
+            let kept = Self::kept(&mut origins, origin);
+            // Requests that connected at the same time each made one; the
+            // first stays shared, the others serve their own request alone.
+            if kept
+                .shared
+                .as_ref()
+                .is_some_and(|(shared, _)| !shared.is_closed())
+            {
+                return;
+            }
+            kept.shared = Some((sender, Instant::now()));
+        }
+        self.reap();
+    }
+
+    fn forget_shared(&self, origin: &Origin, closed: &http2::SendRequest<RequestBody>) {
+        if let Some(kept) = self.lock().get_mut(origin)
+            && kept
+                .shared
+                .as_ref()
+                .is_some_and(|(shared, _)| shared.is_closed() || closed.is_closed())
+        {
+            kept.shared = None;
+        }
+    }
+
+    /// Drops the connections idle past the timeout (which closes them) and
+    /// those already closed; how many stay.
+    fn prune(&self, now: Instant) -> usize {
+        let mut origins = self.lock();
+        let mut kept_total = 0;
+        origins.retain(|_, kept| {
+            kept.idle.retain(|(sender, since)| {
+                !sender.is_closed() && now.duration_since(*since) < self.idle_timeout
+            });
+            if kept.shared.as_ref().is_some_and(|(sender, used)| {
+                sender.is_closed() || now.duration_since(*used) >= self.idle_timeout
+            }) {
+                kept.shared = None;
+            }
+            kept_total += kept.idle.len() + usize::from(kept.shared.is_some());
+            true
+        });
+        kept_total
+    }
+
+    /// Starts the task that prunes this pool, unless one runs.
+    fn reap(self: &Arc<Self>) {
+        if self.reaping.load(Ordering::Relaxed) || self.reaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.reaping.store(false, Ordering::Release);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 4).max(Duration::from_millis(10));
+        runtime.spawn(reap(pool, every));
+    }
+}
+
+/// Prunes the pool every `every` while it exists; clears `reaping` when it
+/// ends, whether the pool went or the runtime dropped the task.
+async fn reap(pool: Weak<Pool>, every: Duration) {
+    struct Done(Weak<Pool>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if let Some(pool) = self.0.upgrade() {
+                pool.reaping.store(false, Ordering::Release);
+            }
+        }
+    }
+    let _done = Done(pool.clone());
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.prune(Instant::now());
+    }
+}
+
+/// An HTTP/1.1 request's target as its path and query alone.
+fn origin_form(uri: &mut Uri) {
+    let path = match uri.path_and_query() {
+        Some(path) if path.as_str() != "/" => path.clone(),
+        _ => http::uri::PathAndQuery::from_static("/"),
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path);
+    if let Ok(origin_form) = Uri::from_parts(parts) {
+        *uri = origin_form;
+    }
+}
+
+/// The absolute URI an HTTP/2 request needs, from a path sent once over
+/// HTTP/1.1 and retried.
+fn absolute_form(uri: &mut Uri, origin: &Origin) {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = Some(origin.scheme.clone());
+    parts.authority = Some(origin.authority.clone());
+    if let Ok(absolute) = Uri::from_parts(parts) {
+        *uri = absolute;
+    }
+}
+
+/// The URI has no scheme or host (deployments' URLs are checked when they
+/// are built, so only a bug reaches this).
+#[derive(Debug)]
+struct NoOrigin;
+
+impl std::fmt::Display for NoOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request's URL has no scheme or host")
+    }
+}
+
+impl std::error::Error for NoOrigin {}
+
+/// Where an HTTP/1.1 connection goes back once its answer is read.
+struct Return {
+    pool: Arc<Pool>,
+    origin: Origin,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+/// An upstream answer's body. Over HTTP/1.1 it holds its connection, which
+/// returns to the pool as soon as the body has been read to its end (or is
+/// dropped after it); a body dropped before its end, or broken, takes its
+/// connection with it, and hyper closes it.
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    back: Option<Return>,
+}
+
+impl UpstreamBody {
+    fn give_back(&mut self) {
+        if let Some(Return {
+            pool,
+            origin,
+            sender,
+        }) = self.back.take()
+        {
+            pool.put(origin, sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.give_back(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
+            Poll::Ready(Some(Err(_))) => this.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
+        let host = |url: &str| {
+            Origin::of(&url.parse::<Uri>().unwrap())
+                .unwrap()
+                .host()
+                .unwrap()
+        };
+        assert_eq!(
+            host("http://127.0.0.1:18000/v1/chat/completions"),
+            "127.0.0.1:18000"
+        );
+        assert_eq!(host("http://[::1]:8080/v1"), "[::1]:8080");
+        assert_eq!(host("http://gpu-box.local:11434"), "gpu-box.local:11434");
+        assert_eq!(host("http://localhost/v1"), "localhost");
+        assert_eq!(host("http://localhost:80/v1"), "localhost");
+        assert_eq!(host("https://api.openai.com/v1"), "api.openai.com");
+        assert_eq!(host("https://example.com:443/v1"), "example.com");
+        assert_eq!(host("https://example.com:8443/v1"), "example.com:8443");
+        assert!(Origin::of(&"/v1/chat".parse::<Uri>().unwrap()).is_none());
+    }
+
+    #[test]
+    fn http1_requests_carry_the_path_and_query_alone_and_http2_ones_the_whole_url() {
+        let origin = Origin::of(&"https://api.example.com:8443".parse::<Uri>().unwrap()).unwrap();
+        for (url, path) in [
+            (
+                "https://api.example.com:8443/v1/chat?api-version=1",
+                "/v1/chat?api-version=1",
+            ),
+            ("https://api.example.com:8443", "/"),
+            ("https://api.example.com:8443/", "/"),
+        ] {
+            let mut uri = url.parse::<Uri>().unwrap();
+            origin_form(&mut uri);
+            assert_eq!(uri, path, "{url}");
+            assert!(uri.scheme().is_none() && uri.authority().is_none());
+            absolute_form(&mut uri, &origin);
+            assert_eq!(
+                uri.to_string(),
+                format!("https://api.example.com:8443{path}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_requests_future_stays_small() {
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let client = plain_client(IDLE_TIMEOUT);
+        let request = Request::new(Full::new(Bytes::new()));
+        let bytes = size(&client.request(request));
+        // Under 1 KiB (968 bytes when written): the request, its origin, a
+        // connection's sender and the send in flight. The connect path's
+        // handshakes, boxed, are not in it (7,320 bytes when they were).
+        assert!(bytes < 1280, "a request's future takes {bytes} bytes");
+    }
 
     #[test]
     fn per_request_connect_timeouts_fall_on_few_steps() {

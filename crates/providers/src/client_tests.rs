@@ -478,3 +478,139 @@ fn a_user_in_the_url_becomes_basic_authentication_and_leaves_the_uri() {
     assert_eq!(value, "Basic dXNlcjpwQHNz");
     assert!(crate::transport::basic_auth(&url::Url::parse("https://host/v1").unwrap()).is_none());
 }
+
+/// An HTTP/1.1 server that counts the connections it accepted and those
+/// that have ended; `keep_alive` false closes each after one answer.
+async fn counting_server(keep_alive: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (opened, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (accepted, ended) = (opened.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
+                    .serve_connection(
+                        TokioIo::new(socket),
+                        hyper::service::service_fn(|request| async move {
+                            Ok::<_, Infallible>(version(request))
+                        }),
+                    )
+                    .await;
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (address, opened, closed)
+}
+
+/// Sends a POST through `client` and reads the answer whole.
+async fn read_through(client: &crate::client::HttpClient, address: SocketAddr) -> Bytes {
+    let response = client
+        .request(post(&format!("http://{address}/v1")))
+        .await
+        .unwrap();
+    read_capped(response.into_body(), 1 << 20).await.unwrap()
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closes_is_not_used_again() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let (address, opened, closed) = counting_server(false).await;
+    for round in 1..=3 {
+        assert_eq!(read_through(&client, address).await, "HTTP/1.1");
+        eventually("the server closes", || {
+            closed.load(Ordering::SeqCst) == round
+        })
+        .await;
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 3);
+    eventually("the pool lets the closed connection go", || {
+        client.kept() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_takes_its_connection_along() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let (address, opened, closed) = counting_server(true).await;
+    let unread = client
+        .request(post(&format!("http://{address}/v1")))
+        .await
+        .unwrap();
+    drop(unread);
+    eventually("the unread answer's connection closes", || {
+        closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(client.kept(), 0);
+    assert_eq!(read_through(&client, address).await, "HTTP/1.1");
+    assert_eq!(read_through(&client, address).await, "HTTP/1.1");
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    assert_eq!(client.kept(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_leave_their_connections_for_the_next_ones() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let (address, opened, _) = counting_server(true).await;
+    let together =
+        futures_util::future::join_all((0..8).map(|_| read_through(&client, address))).await;
+    assert!(together.iter().all(|answer| answer == "HTTP/1.1"));
+    let made = opened.load(Ordering::SeqCst);
+    assert!((1..=8).contains(&made), "{made}");
+    assert_eq!(client.kept(), made);
+    for _ in 0..20 {
+        read_through(&client, address).await;
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), made);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let client = crate::client::plain_client(Duration::from_millis(100));
+    let (address, opened, closed) = counting_server(true).await;
+    read_through(&client, address).await;
+    assert_eq!(client.kept(), 1);
+    // Nothing else is sent: the pool's own timer closes it.
+    eventually("the idle connection closes", || {
+        closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(client.kept(), 0);
+    read_through(&client, address).await;
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn http2_requests_share_one_connection() {
+    let clients = trusting_clients();
+    let client = clients.get(Duration::from_secs(5)).unwrap();
+    let (secure, seen) = serve(Some(tls_acceptor()), version).await;
+    let url = format!("https://localhost:{}/v1", secure.port());
+    let first = client.request(post(&url)).await.unwrap();
+    assert_eq!(
+        read_capped(first.into_body(), 1024).await.unwrap(),
+        "HTTP/2.0"
+    );
+    let answers = futures_util::future::join_all((0..8).map(|_| async {
+        let response = client.request(post(&url)).await.unwrap();
+        read_capped(response.into_body(), 1024).await.unwrap()
+    }))
+    .await;
+    assert!(answers.iter().all(|answer| answer == "HTTP/2.0"));
+    assert_eq!(seen.load(Ordering::SeqCst), 9);
+    assert_eq!(client.kept(), 1);
+}

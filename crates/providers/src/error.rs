@@ -58,23 +58,25 @@ impl UpstreamError {
     /// Classifies a failure to send a request or receive its head: the
     /// connect timeout, a connection that could not be made (refused, DNS,
     /// TLS), or one that failed once made.
-    pub(crate) fn from_client(error: &hyper_util::client::legacy::Error) -> UpstreamError {
-        let timed_out = causes(error).any(|cause| {
-            cause.is::<crate::client::ConnectTimedOut>()
-                || cause
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        });
-        if error.is_connect() {
-            if timed_out {
-                UpstreamError::Timeout {
-                    phase: TimeoutPhase::Connect,
+    pub(crate) fn from_client(error: &crate::client::ClientError) -> UpstreamError {
+        match error {
+            crate::client::ClientError::Connect(cause) => {
+                let cause: &(dyn std::error::Error + 'static) = cause.as_ref();
+                let timed_out = causes(cause).any(|cause| {
+                    cause.is::<crate::client::ConnectTimedOut>()
+                        || cause
+                            .downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                });
+                if timed_out {
+                    UpstreamError::Timeout {
+                        phase: TimeoutPhase::Connect,
+                    }
+                } else {
+                    UpstreamError::Connect(connect_cause(cause))
                 }
-            } else {
-                UpstreamError::Connect(connect_cause(error))
             }
-        } else {
-            UpstreamError::Transport(root_cause(error))
+            crate::client::ClientError::Send(cause) => UpstreamError::Transport(root_cause(cause)),
         }
     }
 

@@ -12,11 +12,11 @@ use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use switchboard_config::{DeploymentConfig, Timeouts};
 use switchboard_dialects::openai::UpstreamErrorBody;
 
-use crate::client::{HttpClient, RequestBody, connect_step};
+use crate::client::{HttpClient, RequestBody, UpstreamBody, connect_step};
 use crate::{CallOptions, TimeoutPhase, UpstreamClients, UpstreamError};
 
 /// Largest error body read from an upstream; the rest is not needed to
@@ -132,28 +132,7 @@ pub(crate) fn upstream_request(
     *request.method_mut() = method;
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = headers.clone();
-    if let Some(host) = plain_host(uri) {
-        request.headers_mut().entry(header::HOST).or_insert(host);
-    }
     request
-}
-
-/// The `Host` header of a plain `http://` URL with a port other than 80
-/// (a local server, say), exactly as hyper-util's client would add it, but
-/// without the `format!` it makes for every such request (2% of a proxied
-/// request's instructions). Other URLs are left to the client, which adds
-/// the host alone for a default port, and nothing over HTTP/2.
-fn plain_host(uri: &Uri) -> Option<HeaderValue> {
-    if uri.scheme_str() != Some("http") {
-        return None;
-    }
-    let host = uri.host()?;
-    let port = uri.port_u16().filter(|port| *port != 80)?;
-    let mut text = String::with_capacity(host.len() + 6);
-    text.push_str(host);
-    text.push(':');
-    text.push_str(itoa::Buffer::new().format(port));
-    HeaderValue::from_str(&text).ok()
 }
 
 /// An upstream's answer before it is read as its dialect.
@@ -196,16 +175,14 @@ impl Http {
         &self,
         mut request: Request<RequestBody>,
         options: &CallOptions,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         crate::trace_context::add_traceparent(request.headers_mut());
-        let sending = match options
+        let own = options
             .connect
-            .and_then(|connect| self.clients.get(connect_step(connect)).ok())
-        {
-            Some(client) => client.request(request),
-            None => self.client.request(request),
-        };
-        sending
+            .and_then(|connect| self.clients.get(connect_step(connect)).ok());
+        own.as_ref()
+            .unwrap_or(&self.client)
+            .request(request)
             .await
             .map_err(|error| UpstreamError::from_client(&error))
     }
@@ -332,7 +309,7 @@ impl Http {
         &self,
         status: StatusCode,
         headers: HeaderMap,
-        body: Incoming,
+        body: UpstreamBody,
     ) -> UpstreamError {
         let status = status.as_u16();
         let retry_after = headers
@@ -354,7 +331,7 @@ impl Http {
 /// A streamed answer's body as its data chunks, in the order they arrive.
 /// Dropping it drops the response, which cancels the upstream request.
 struct BodyStream {
-    body: Incoming,
+    body: UpstreamBody,
 }
 
 impl Stream for BodyStream {
@@ -378,11 +355,19 @@ impl Stream for BodyStream {
 /// Reads a body, stopping once `cap` bytes have arrived (the caller tells
 /// a body cut at the cap from a whole one by its length). A body that
 /// arrives in one piece is returned as that piece, without a copy.
-pub(crate) async fn read_capped(mut body: Incoming, cap: usize) -> Result<Bytes, UpstreamError> {
+pub(crate) async fn read_capped(
+    mut body: UpstreamBody,
+    cap: usize,
+) -> Result<Bytes, UpstreamError> {
     let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
     let mut first: Option<Bytes> = None;
     let mut gathered: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
+    // Stops as soon as the body says it is over, without polling it once
+    // more for its end (its connection has gone back to the pool by then).
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
         let frame = frame.map_err(|error| UpstreamError::from_body(&error))?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -413,7 +398,7 @@ pub(crate) async fn read_capped(mut body: Incoming, cap: usize) -> Result<Bytes,
 /// Reads at most `MAX_ERROR_BODY` bytes of an error or non-stream body,
 /// within `timeout`.
 async fn read_limited(
-    body: Incoming,
+    body: UpstreamBody,
     timeout: std::time::Duration,
 ) -> Result<Bytes, UpstreamError> {
     tokio::time::timeout(timeout, read_capped(body, MAX_ERROR_BODY))
@@ -528,33 +513,6 @@ fn least_headroom(headers: &HeaderMap) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A plain URL with a port other than 80 gets the `Host` hyper-util
-    /// would have made; every other URL is left to hyper-util.
-    #[test]
-    fn the_host_header_of_a_plain_url_with_its_own_port() {
-        let host = |url: &str| plain_host(&url.parse::<Uri>().unwrap());
-        assert_eq!(
-            host("http://127.0.0.1:18000/v1/chat/completions").unwrap(),
-            "127.0.0.1:18000"
-        );
-        assert_eq!(host("http://[::1]:8080/v1").unwrap(), "[::1]:8080");
-        assert_eq!(
-            host("http://gpu-box.local:11434").unwrap(),
-            "gpu-box.local:11434"
-        );
-        assert!(host("http://localhost/v1").is_none());
-        assert!(host("http://localhost:80/v1").is_none());
-        assert!(host("https://api.openai.com/v1").is_none());
-        assert!(host("https://example.com:8443/v1").is_none());
-        let request = upstream_request(
-            Method::POST,
-            &"http://127.0.0.1:9/x".parse().unwrap(),
-            &HeaderMap::new(),
-            Bytes::new(),
-        );
-        assert_eq!(request.headers()[header::HOST], "127.0.0.1:9");
-    }
 
     #[test]
     fn reset_durations_are_read_in_openais_format() {
