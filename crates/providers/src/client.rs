@@ -310,7 +310,7 @@ pub(crate) struct HttpClient {
 struct Pool {
     connector: Connector,
     idle_timeout: Duration,
-    origins: Mutex<HashMap<Origin, Kept, FnvBuild>>,
+    origins: Mutex<HashMap<Origin, Arc<Kept>, FnvBuild>>,
     /// Whether a task is closing this pool's idle connections as they
     /// expire (started with the first connection kept, ended with the
     /// runtime it runs on or with the pool).
@@ -351,9 +351,16 @@ impl Origin {
     }
 }
 
-/// What the pool keeps for one origin.
+/// What the pool keeps for one origin. A request looks it up once (the
+/// one hash of its origin per request) and its answer's body returns the
+/// connection straight to it.
 struct Kept {
     host: Option<HeaderValue>,
+    conns: Mutex<Conns>,
+}
+
+#[derive(Default)]
+struct Conns {
     /// Idle HTTP/1.1 connections, the most recently returned last.
     idle: Vec<(http1::SendRequest<RequestBody>, Instant)>,
     /// The HTTP/2 connection requests share, and when it was last used.
@@ -396,16 +403,19 @@ impl HttpClient {
         let Some(origin) = Origin::of(request.uri()) else {
             return Err(ClientError::Connect(Box::new(NoOrigin)));
         };
+        let kept = self.pool.origin(origin);
         let mut stale = 0;
+        // The absolute URI an HTTP/1.1 attempt replaced with its path.
+        let mut replaced: Option<Uri> = None;
         loop {
-            let (sender, host, reused) = match self.pool.checkout(&origin) {
-                Some((sender, host)) => (sender, host, true),
+            let (sender, reused) = match kept.checkout(self.pool.idle_timeout) {
+                Some(sender) => (sender, true),
                 None => {
                     // Boxed: the TLS and HTTP/2 handshakes' state would
                     // otherwise make every request's future (moved into a box
                     // per attempt) several kilobytes larger.
-                    let (sender, host) = Box::pin(self.connect(&origin)).await?;
-                    (sender, host, false)
+                    let sender = Box::pin(self.connect(request.uri(), &kept)).await?;
+                    (sender, false)
                 }
             };
             let sent = match sender {
@@ -414,15 +424,18 @@ impl HttpClient {
                         // Closed while it waited in the pool; nothing sent.
                         continue;
                     }
-                    if let Some(host) = host {
-                        request.headers_mut().entry(header::HOST).or_insert(host);
+                    if let Some(host) = &kept.host {
+                        request
+                            .headers_mut()
+                            .entry(header::HOST)
+                            .or_insert_with(|| host.clone());
                     }
-                    origin_form(request.uri_mut());
+                    let absolute = origin_form(request.uri_mut());
                     match sender.try_send_request(request).await {
                         Ok(response) => {
                             let back = Return {
                                 pool: self.pool.clone(),
-                                origin,
+                                kept,
                                 sender,
                             };
                             return Ok(response.map(|body| UpstreamBody {
@@ -430,15 +443,15 @@ impl HttpClient {
                                 back: Some(back),
                             }));
                         }
-                        Err(error) => error,
+                        Err(error) => {
+                            replaced = absolute;
+                            error
+                        }
                     }
                 }
                 Sender::Shared(mut sender) => {
-                    if request.uri().scheme().is_none() {
-                        absolute_form(request.uri_mut(), &origin);
-                    }
                     if sender.ready().await.is_err() {
-                        self.pool.forget_shared(&origin, &sender);
+                        kept.forget_shared(&sender);
                         continue;
                     }
                     match sender.try_send_request(request).await {
@@ -454,8 +467,11 @@ impl HttpClient {
             };
             let mut error = sent;
             match error.take_message() {
-                Some(unsent) if reused && stale < MAX_STALE_RETRIES => {
+                Some(mut unsent) if reused && stale < MAX_STALE_RETRIES => {
                     stale += 1;
+                    if let Some(absolute) = replaced.take() {
+                        *unsent.uri_mut() = absolute;
+                    }
                     request = unsent;
                 }
                 _ => return Err(ClientError::Send(error.into_error())),
@@ -463,19 +479,13 @@ impl HttpClient {
         }
     }
 
-    /// A new connection to `origin`: HTTP/2 when TLS negotiated it, HTTP/1.1
-    /// otherwise. An HTTP/2 connection is kept at once, for other requests
-    /// to share.
-    async fn connect(&self, origin: &Origin) -> Result<(Sender, Option<HeaderValue>), ClientError> {
-        let destination = Uri::builder()
-            .scheme(origin.scheme.clone())
-            .authority(origin.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|error| ClientError::Connect(Box::new(error)))?;
+    /// A new connection to the origin of `uri`: HTTP/2 when TLS negotiated
+    /// it, HTTP/1.1 otherwise. An HTTP/2 connection is kept at once, for
+    /// other requests to share.
+    async fn connect(&self, uri: &Uri, kept: &Arc<Kept>) -> Result<Sender, ClientError> {
         let mut connector = self.pool.connector.clone();
         let io = connector
-            .call(destination)
+            .call(uri.clone())
             .await
             .map_err(ClientError::Connect)?;
         if io.connected().is_negotiated_h2() {
@@ -489,127 +499,130 @@ impl HttpClient {
                 Err(_) => return Err(ClientError::Connect(Box::new(ConnectTimedOut))),
             };
             tokio::spawn(connection);
-            self.pool.keep_shared(origin, sender.clone());
-            Ok((Sender::Shared(sender), None))
+            kept.keep_shared(sender.clone());
+            self.pool.reap();
+            Ok(Sender::Shared(sender))
         } else {
             let (sender, connection) = http1::handshake(io)
                 .await
                 .map_err(|error| ClientError::Connect(Box::new(error)))?;
             tokio::spawn(connection);
-            Ok((Sender::One(sender), self.pool.host(origin)))
+            Ok(Sender::One(sender))
         }
     }
 }
 
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Kept, FnvBuild>> {
-        self.origins
+impl Kept {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn kept<'m>(origins: &'m mut HashMap<Origin, Kept, FnvBuild>, origin: &Origin) -> &'m mut Kept {
-        if !origins.contains_key(origin) {
-            origins.insert(
-                origin.clone(),
-                Kept {
-                    host: origin.host(),
-                    idle: Vec::new(),
-                    shared: None,
-                },
-            );
-        }
-        origins.get_mut(origin).expect("inserted above")
-    }
-
-    fn host(&self, origin: &Origin) -> Option<HeaderValue> {
-        Self::kept(&mut self.lock(), origin).host.clone()
-    }
-
-    /// A kept connection to `origin` still open and not idle too long: the
-    /// shared HTTP/2 one, or the most recently returned HTTP/1.1 one.
-    fn checkout(&self, origin: &Origin) -> Option<(Sender, Option<HeaderValue>)> {
-        let mut origins = self.lock();
-        let kept = origins.get_mut(origin)?;
+    /// A kept connection still open and not idle too long: the shared
+    /// HTTP/2 one, or the most recently returned HTTP/1.1 one.
+    fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
+        let mut conns = self.lock();
         let now = Instant::now();
-        if let Some((sender, used)) = &mut kept.shared {
-            if !sender.is_closed() && now.duration_since(*used) < self.idle_timeout {
+        if let Some((sender, used)) = &mut conns.shared {
+            if !sender.is_closed() && now.duration_since(*used) < idle_timeout {
                 *used = now;
-                return Some((Sender::Shared(sender.clone()), None));
+                return Some(Sender::Shared(sender.clone()));
             }
-            kept.shared = None;
+            conns.shared = None;
         }
-        while let Some((sender, since)) = kept.idle.pop() {
-            if !sender.is_closed() && now.duration_since(since) < self.idle_timeout {
-                return Some((Sender::One(sender), kept.host.clone()));
+        while let Some((sender, since)) = conns.idle.pop() {
+            if !sender.is_closed() && now.duration_since(since) < idle_timeout {
+                return Some(Sender::One(sender));
             }
         }
         None
     }
 
     /// Keeps an HTTP/1.1 connection whose answer has been read to its end.
-    fn put(self: &Arc<Self>, origin: Origin, sender: http1::SendRequest<RequestBody>) {
+    fn put(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
-        {
-            let mut origins = self.lock();
-            let kept = Self::kept(&mut origins, &origin);
-            if kept.idle.len() >= MAX_IDLE_PER_ORIGIN {
-                return;
-            }
-            kept.idle.push((sender, Instant::now()));
+        let mut conns = self.lock();
+        if conns.idle.len() < MAX_IDLE_PER_ORIGIN {
+            conns.idle.push((sender, Instant::now()));
         }
-        self.reap();
     }
 
-    fn keep_shared(self: &Arc<Self>, origin: &Origin, sender: http2::SendRequest<RequestBody>) {
+    fn keep_shared(&self, sender: http2::SendRequest<RequestBody>) {
+        let mut conns = self.lock();
+        // Requests that connected at the same time each made one; the first
+        // stays shared, the others serve their own request alone.
+        if conns
+            .shared
+            .as_ref()
+            .is_some_and(|(shared, _)| !shared.is_closed())
         {
-            let mut origins = self.lock();
-            let kept = Self::kept(&mut origins, origin);
-            // Requests that connected at the same time each made one; the
-            // first stays shared, the others serve their own request alone.
-            if kept
-                .shared
-                .as_ref()
-                .is_some_and(|(shared, _)| !shared.is_closed())
-            {
-                return;
-            }
-            kept.shared = Some((sender, Instant::now()));
+            return;
         }
-        self.reap();
+        conns.shared = Some((sender, Instant::now()));
     }
 
-    fn forget_shared(&self, origin: &Origin, closed: &http2::SendRequest<RequestBody>) {
-        if let Some(kept) = self.lock().get_mut(origin)
-            && kept
-                .shared
-                .as_ref()
-                .is_some_and(|(shared, _)| shared.is_closed() || closed.is_closed())
+    fn forget_shared(&self, closed: &http2::SendRequest<RequestBody>) {
+        let mut conns = self.lock();
+        if conns
+            .shared
+            .as_ref()
+            .is_some_and(|(shared, _)| shared.is_closed() || closed.is_closed())
         {
-            kept.shared = None;
+            conns.shared = None;
         }
+    }
+
+    /// Drops the connections idle past `idle_timeout` (which closes them)
+    /// and those already closed; how many stay.
+    fn prune(&self, now: Instant, idle_timeout: Duration) -> usize {
+        let mut conns = self.lock();
+        conns.idle.retain(|(sender, since)| {
+            !sender.is_closed() && now.duration_since(*since) < idle_timeout
+        });
+        if conns.shared.as_ref().is_some_and(|(sender, used)| {
+            sender.is_closed() || now.duration_since(*used) >= idle_timeout
+        }) {
+            conns.shared = None;
+        }
+        conns.idle.len() + usize::from(conns.shared.is_some())
+    }
+}
+
+impl Pool {
+    /// What is kept for `origin`, made on its first request.
+    fn origin(&self, origin: Origin) -> Arc<Kept> {
+        let mut origins = self
+            .origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(kept) = origins.get(&origin) {
+            return kept.clone();
+        }
+        let kept = Arc::new(Kept {
+            host: origin.host(),
+            conns: Mutex::default(),
+        });
+        origins.insert(origin, kept.clone());
+        kept
     }
 
     /// Drops the connections idle past the timeout (which closes them) and
     /// those already closed; how many stay.
     fn prune(&self, now: Instant) -> usize {
-        let mut origins = self.lock();
-        let mut kept_total = 0;
-        origins.retain(|_, kept| {
-            kept.idle.retain(|(sender, since)| {
-                !sender.is_closed() && now.duration_since(*since) < self.idle_timeout
-            });
-            if kept.shared.as_ref().is_some_and(|(sender, used)| {
-                sender.is_closed() || now.duration_since(*used) >= self.idle_timeout
-            }) {
-                kept.shared = None;
-            }
-            kept_total += kept.idle.len() + usize::from(kept.shared.is_some());
-            true
-        });
-        kept_total
+        let origins: Vec<Arc<Kept>> = self
+            .origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        origins
+            .iter()
+            .map(|kept| kept.prune(now, self.idle_timeout))
+            .sum()
     }
 
     /// Starts the task that prunes this pool, unless one runs.
@@ -651,28 +664,18 @@ async fn reap(pool: Weak<Pool>, every: Duration) {
     }
 }
 
-/// An HTTP/1.1 request's target as its path and query alone.
-fn origin_form(uri: &mut Uri) {
+/// An HTTP/1.1 request's target as its path and query alone; the absolute
+/// URI it replaced, put back on a request that is sent again (perhaps over
+/// HTTP/2, which needs it).
+fn origin_form(uri: &mut Uri) -> Option<Uri> {
     let path = match uri.path_and_query() {
         Some(path) if path.as_str() != "/" => path.clone(),
         _ => http::uri::PathAndQuery::from_static("/"),
     };
     let mut parts = http::uri::Parts::default();
     parts.path_and_query = Some(path);
-    if let Ok(origin_form) = Uri::from_parts(parts) {
-        *uri = origin_form;
-    }
-}
-
-/// The absolute URI an HTTP/2 request needs, from a path sent once over
-/// HTTP/1.1 and retried.
-fn absolute_form(uri: &mut Uri, origin: &Origin) {
-    let mut parts = std::mem::take(uri).into_parts();
-    parts.scheme = Some(origin.scheme.clone());
-    parts.authority = Some(origin.authority.clone());
-    if let Ok(absolute) = Uri::from_parts(parts) {
-        *uri = absolute;
-    }
+    let origin_form = Uri::from_parts(parts).ok()?;
+    Some(std::mem::replace(uri, origin_form))
 }
 
 /// The URI has no scheme or host (deployments' URLs are checked when they
@@ -691,7 +694,7 @@ impl std::error::Error for NoOrigin {}
 /// Where an HTTP/1.1 connection goes back once its answer is read.
 struct Return {
     pool: Arc<Pool>,
-    origin: Origin,
+    kept: Arc<Kept>,
     sender: http1::SendRequest<RequestBody>,
 }
 
@@ -706,13 +709,9 @@ pub(crate) struct UpstreamBody {
 
 impl UpstreamBody {
     fn give_back(&mut self) {
-        if let Some(Return {
-            pool,
-            origin,
-            sender,
-        }) = self.back.take()
-        {
-            pool.put(origin, sender);
+        if let Some(Return { pool, kept, sender }) = self.back.take() {
+            kept.put(sender);
+            pool.reap();
         }
     }
 }
@@ -780,8 +779,7 @@ mod tests {
     }
 
     #[test]
-    fn http1_requests_carry_the_path_and_query_alone_and_http2_ones_the_whole_url() {
-        let origin = Origin::of(&"https://api.example.com:8443".parse::<Uri>().unwrap()).unwrap();
+    fn http1_requests_carry_the_path_and_query_alone() {
         for (url, path) in [
             (
                 "https://api.example.com:8443/v1/chat?api-version=1",
@@ -791,14 +789,10 @@ mod tests {
             ("https://api.example.com:8443/", "/"),
         ] {
             let mut uri = url.parse::<Uri>().unwrap();
-            origin_form(&mut uri);
+            let replaced = origin_form(&mut uri).unwrap();
             assert_eq!(uri, path, "{url}");
             assert!(uri.scheme().is_none() && uri.authority().is_none());
-            absolute_form(&mut uri, &origin);
-            assert_eq!(
-                uri.to_string(),
-                format!("https://api.example.com:8443{path}")
-            );
+            assert_eq!(replaced, url.parse::<Uri>().unwrap());
         }
     }
 
