@@ -63,6 +63,12 @@ const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// to be closed before the request was written on it.
 const MAX_STALE_RETRIES: usize = 3;
 
+/// Longest wait for a kept HTTP/1.1 connection to take the next request.
+/// One whose answer is read is ready at its next turn; one that never gets
+/// there (the upstream answered early and stopped reading the request's
+/// body) is dropped after this, and the request goes elsewhere.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
 /// Shared by clone: every clone sees the same pools.
 #[derive(Clone, Default)]
 pub struct UpstreamClients {
@@ -223,6 +229,20 @@ pub(crate) fn plain_client(idle_timeout: Duration) -> HttpClient {
     build_client_idle(Arc::new(tls), Duration::from_secs(5), idle_timeout)
 }
 
+/// A client trusting the tests' own certificate authority, whose idle
+/// connections close after `idle_timeout`.
+#[cfg(test)]
+pub(crate) fn trusting_client(idle_timeout: Duration) -> HttpClient {
+    UpstreamClients::new();
+    use rustls::pki_types::pem::PemObject;
+    let roots = [
+        CertificateDer::from_pem_slice(include_bytes!("../testdata/tls/ca.pem"))
+            .expect("the test CA"),
+    ];
+    let tls = tls_config(&roots).expect("the platform's verifier");
+    build_client_idle(Arc::new(tls), Duration::from_secs(5), idle_timeout)
+}
+
 fn build_client_idle(
     tls: Arc<ClientConfig>,
     connect_timeout: Duration,
@@ -357,6 +377,11 @@ impl Origin {
 struct Kept {
     host: Option<HeaderValue>,
     conns: Mutex<Conns>,
+    /// The origin negotiated HTTP/2 before: its requests share one
+    /// connection, so only one of them connects at a time (the others wait
+    /// for it rather than each opening a connection of its own).
+    speaks_h2: AtomicBool,
+    connecting: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -410,19 +435,27 @@ impl HttpClient {
         loop {
             let (sender, reused) = match kept.checkout(self.pool.idle_timeout) {
                 Some(sender) => (sender, true),
-                None => {
-                    // Boxed: the TLS and HTTP/2 handshakes' state would
-                    // otherwise make every request's future (moved into a box
-                    // per attempt) several kilobytes larger.
-                    let sender = Box::pin(self.connect(request.uri(), &kept)).await?;
-                    (sender, false)
-                }
+                // Boxed: the TLS and HTTP/2 handshakes' state would otherwise
+                // make every request's future (moved into a box per attempt)
+                // several kilobytes larger.
+                None => Box::pin(self.connect_or_share(request.uri(), &kept)).await?,
             };
+            // A connection that cannot take the request: a kept one is
+            // dropped and the next tried; a new one fails the request (its
+            // upstream closed it at once), rather than being made again.
             let sent = match sender {
                 Sender::One(mut sender) => {
-                    if !sender.is_ready() && sender.ready().await.is_err() {
-                        // Closed while it waited in the pool; nothing sent.
-                        continue;
+                    if !sender.is_ready() {
+                        match tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(error)) if !reused => return Err(ClientError::Send(error)),
+                            Err(_) if !reused => {
+                                return Err(ClientError::Connect(Box::new(ConnectTimedOut)));
+                            }
+                            // Closed, or stuck, while it waited in the pool;
+                            // nothing was sent on it.
+                            _ => continue,
+                        }
                     }
                     if let Some(host) = &kept.host {
                         request
@@ -450,8 +483,11 @@ impl HttpClient {
                     }
                 }
                 Sender::Shared(mut sender) => {
-                    if sender.ready().await.is_err() {
-                        kept.forget_shared(&sender);
+                    if let Err(error) = sender.ready().await {
+                        kept.forget_closed_shared();
+                        if !reused {
+                            return Err(ClientError::Send(error));
+                        }
                         continue;
                     }
                     match sender.try_send_request(request).await {
@@ -479,6 +515,24 @@ impl HttpClient {
         }
     }
 
+    /// A new connection, or, for an origin that speaks HTTP/2, the shared
+    /// one another request made while this one waited its turn to connect
+    /// (then reported as reused).
+    async fn connect_or_share(
+        &self,
+        uri: &Uri,
+        kept: &Arc<Kept>,
+    ) -> Result<(Sender, bool), ClientError> {
+        if !kept.speaks_h2.load(Ordering::Relaxed) {
+            return Ok((self.connect(uri, kept).await?, false));
+        }
+        let _turn = kept.connecting.lock().await;
+        if let Some(shared) = kept.checkout(self.pool.idle_timeout) {
+            return Ok((shared, true));
+        }
+        Ok((self.connect(uri, kept).await?, false))
+    }
+
     /// A new connection to the origin of `uri`: HTTP/2 when TLS negotiated
     /// it, HTTP/1.1 otherwise. An HTTP/2 connection is kept at once, for
     /// other requests to share.
@@ -499,6 +553,7 @@ impl HttpClient {
                 Err(_) => return Err(ClientError::Connect(Box::new(ConnectTimedOut))),
             };
             tokio::spawn(connection);
+            kept.speaks_h2.store(true, Ordering::Relaxed);
             kept.keep_shared(sender.clone());
             self.pool.reap();
             Ok(Sender::Shared(sender))
@@ -564,12 +619,14 @@ impl Kept {
         conns.shared = Some((sender, Instant::now()));
     }
 
-    fn forget_shared(&self, closed: &http2::SendRequest<RequestBody>) {
+    /// Lets the shared HTTP/2 connection go if it has closed (a request's
+    /// own extra connection closing leaves a healthy shared one alone).
+    fn forget_closed_shared(&self) {
         let mut conns = self.lock();
         if conns
             .shared
             .as_ref()
-            .is_some_and(|(shared, _)| shared.is_closed() || closed.is_closed())
+            .is_some_and(|(shared, _)| shared.is_closed())
         {
             conns.shared = None;
         }
@@ -604,6 +661,8 @@ impl Pool {
         let kept = Arc::new(Kept {
             host: origin.host(),
             conns: Mutex::default(),
+            speaks_h2: AtomicBool::new(false),
+            connecting: tokio::sync::Mutex::new(()),
         });
         origins.insert(origin, kept.clone());
         kept
@@ -634,30 +693,34 @@ impl Pool {
             self.reaping.store(false, Ordering::Release);
             return;
         };
-        let pool = Arc::downgrade(self);
         let every = (self.idle_timeout / 4).max(Duration::from_millis(10));
-        runtime.spawn(reap(pool, every));
+        // Made before the task: a task dropped before its first poll (its
+        // runtime shutting down) still clears the flag.
+        let done = Reaping(Arc::downgrade(self));
+        runtime.spawn(reap(done, every));
     }
 }
 
-/// Prunes the pool every `every` while it exists; clears `reaping` when it
-/// ends, whether the pool went or the runtime dropped the task.
-async fn reap(pool: Weak<Pool>, every: Duration) {
-    struct Done(Weak<Pool>);
-    impl Drop for Done {
-        fn drop(&mut self) {
-            if let Some(pool) = self.0.upgrade() {
-                pool.reaping.store(false, Ordering::Release);
-            }
+/// Clears the pool's `reaping` flag when its task ends.
+struct Reaping(Weak<Pool>);
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.reaping.store(false, Ordering::Release);
         }
     }
-    let _done = Done(pool.clone());
+}
+
+/// Prunes the pool every `every` while it exists; `done` clears its flag
+/// when the task ends, whether the pool went or the runtime dropped it.
+async fn reap(done: Reaping, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let Some(pool) = pool.upgrade() else {
+        let Some(pool) = done.0.upgrade() else {
             return;
         };
         pool.prune(Instant::now());

@@ -80,15 +80,30 @@ async fn serve<F>(
 where
     F: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
 {
+    let (address, seen, _) = serve_counting(tls, handle).await;
+    (address, seen)
+}
+
+/// `serve`, also counting the connections it accepted.
+async fn serve_counting<F>(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handle: F,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((socket, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let handle = handle.clone();
             let counter = counter.clone();
             let tls = tls.clone();
@@ -117,7 +132,7 @@ where
             });
         }
     });
-    (address, seen)
+    (address, seen, connections)
 }
 
 /// Answers with the HTTP version the request arrived in.
@@ -598,7 +613,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 async fn http2_requests_share_one_connection() {
     let clients = trusting_clients();
     let client = clients.get(Duration::from_secs(5)).unwrap();
-    let (secure, seen) = serve(Some(tls_acceptor()), version).await;
+    let (secure, seen, connections) = serve_counting(Some(tls_acceptor()), version).await;
     let url = format!("https://localhost:{}/v1", secure.port());
     let first = client.request(post(&url)).await.unwrap();
     assert_eq!(
@@ -612,5 +627,137 @@ async fn http2_requests_share_one_connection() {
     .await;
     assert!(answers.iter().all(|answer| answer == "HTTP/2.0"));
     assert_eq!(seen.load(Ordering::SeqCst), 9);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
     assert_eq!(client.kept(), 1);
+}
+
+#[tokio::test]
+async fn requests_to_an_http2_origin_wait_for_one_connection_rather_than_each_making_one() {
+    let client = crate::client::trusting_client(Duration::from_millis(100));
+    let (secure, seen, connections) = serve_counting(Some(tls_acceptor()), version).await;
+    let url = format!("https://localhost:{}/v1", secure.port());
+    let first = client.request(post(&url)).await.unwrap();
+    assert_eq!(
+        read_capped(first.into_body(), 1024).await.unwrap(),
+        "HTTP/2.0"
+    );
+    // The shared connection expires unused; then a burst arrives.
+    eventually("the idle connection is let go", || client.kept() == 0).await;
+    let answers = futures_util::future::join_all((0..8).map(|_| async {
+        let response = client.request(post(&url)).await.unwrap();
+        read_capped(response.into_body(), 1024).await.unwrap()
+    }))
+    .await;
+    assert!(answers.iter().all(|answer| answer == "HTTP/2.0"));
+    assert_eq!(seen.load(Ordering::SeqCst), 9);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn http1_requests_carry_the_host_and_their_path_alone() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let (address, _) = serve(None, |request| {
+        let host = request.headers()[header::HOST].to_str().unwrap().to_owned();
+        Response::new(full(format!("{host} {}", request.uri())))
+    })
+    .await;
+    let response = client
+        .request(post(&format!("http://{address}/v1/chat/completions?x=1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_capped(response.into_body(), 1024).await.unwrap(),
+        format!("{address} /v1/chat/completions?x=1")
+    );
+}
+
+/// A raw HTTP/1.1 server: on each connection, answers `answered` requests
+/// (200, kept alive), then reads one more and closes without a word.
+/// Counts connections and requests read.
+async fn answering_then_hanging_up(
+    answered: usize,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (opened, read) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (accepted, requests) = (opened.clone(), read.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                for turn in 0..=answered {
+                    // Each request is `post`'s: a head and a 2-byte body.
+                    loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n")
+                            && buffer.len() >= end + 4 + 2
+                        {
+                            buffer.drain(..end + 4 + 2);
+                            break;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    if turn == answered {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if socket.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, opened, read)
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_received_is_never_sent_again() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let (address, opened, read) = answering_then_hanging_up(1).await;
+    assert_eq!(read_through(&client, address).await, "ok");
+    // The kept connection takes the second POST; the upstream reads it and
+    // hangs up. It may have acted on it: the client must not send it again.
+    let error = client
+        .request(post(&format!("http://{address}/v1")))
+        .await
+        .err()
+        .expect("the request fails");
+    assert!(
+        matches!(error, crate::client::ClientError::Send(_)),
+        "{error:?}"
+    );
+    assert_eq!(read.load(Ordering::SeqCst), 2);
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+}
+
+/// Whether the connection sees the close before or after the request is
+/// written depends on the order the runtime runs things in; either way the
+/// request fails at once and no other connection is made for it.
+#[tokio::test]
+async fn a_new_connection_the_upstream_closes_at_once_fails_the_request_without_another() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let accepted = opened.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let started = Instant::now();
+    let failed = client.request(post(&format!("http://{address}/v1"))).await;
+    assert!(failed.is_err());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
 }
