@@ -7,7 +7,7 @@
 # Fails when the median of the rounds' ratios falls below MIN_RATIO.
 #
 #   bench/smoke.sh [BINARY]              (default: builds target/release/switchboard)
-#   MIN_RATIO=0.5 ROUNDS=9 DURATION=10 bench/smoke.sh   # the defaults: 0.2, 5, 4
+#   MIN_RATIO=0.5 ROUNDS=9 DURATION=10 bench/smoke.sh   # the defaults: 0.35, 5, 4
 #
 # Needs nginx, wrk and the mock (harness/install.sh tools, harness/install.sh
 # mock; .ci/run installs them). Loopback only; stops by itself.
@@ -22,7 +22,7 @@ NGINX_PORT=18080
 source "$BENCH/harness/peers.sh"
 ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-4}"
-MIN_RATIO="${MIN_RATIO:-0.2}"
+MIN_RATIO="${MIN_RATIO:-0.35}"
 BINARY="$(switchboard_binary "${1:-}")"
 command -v nginx >/dev/null && command -v wrk >/dev/null ||
   { echo "nginx and wrk are needed: run bench/harness/install.sh tools" >&2; exit 2; }
