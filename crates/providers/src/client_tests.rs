@@ -522,13 +522,20 @@ async fn counting_server(keep_alive: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc
     (address, opened, closed)
 }
 
-/// Sends a POST through `client` and reads the answer whole.
-async fn read_through(client: &crate::client::HttpClient, address: SocketAddr) -> Bytes {
-    let response = client
-        .request(post(&format!("http://{address}/v1")))
-        .await
-        .unwrap();
+/// Sends a POST to `url` through `client` and reads the answer whole.
+async fn read_url(client: &crate::client::HttpClient, url: &str) -> Bytes {
+    let response = client.request(post(url)).await.unwrap();
     read_capped(response.into_body(), 1 << 20).await.unwrap()
+}
+
+/// `read_url` for the plain HTTP server at `address`.
+async fn read_through(client: &crate::client::HttpClient, address: SocketAddr) -> Bytes {
+    read_url(client, &format!("http://{address}/v1")).await
+}
+
+/// Eight POSTs to `url` at once, and their answers.
+async fn eight_at_once(client: &crate::client::HttpClient, url: &str) -> Vec<Bytes> {
+    futures_util::future::join_all((0..8).map(|_| read_url(client, url))).await
 }
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -615,16 +622,8 @@ async fn http2_requests_share_one_connection() {
     let client = clients.get(Duration::from_secs(5)).unwrap();
     let (secure, seen, connections) = serve_counting(Some(tls_acceptor()), version).await;
     let url = format!("https://localhost:{}/v1", secure.port());
-    let first = client.request(post(&url)).await.unwrap();
-    assert_eq!(
-        read_capped(first.into_body(), 1024).await.unwrap(),
-        "HTTP/2.0"
-    );
-    let answers = futures_util::future::join_all((0..8).map(|_| async {
-        let response = client.request(post(&url)).await.unwrap();
-        read_capped(response.into_body(), 1024).await.unwrap()
-    }))
-    .await;
+    assert_eq!(read_url(&client, &url).await, "HTTP/2.0");
+    let answers = eight_at_once(&client, &url).await;
     assert!(answers.iter().all(|answer| answer == "HTTP/2.0"));
     assert_eq!(seen.load(Ordering::SeqCst), 9);
     assert_eq!(connections.load(Ordering::SeqCst), 1);
@@ -636,18 +635,10 @@ async fn requests_to_an_http2_origin_wait_for_one_connection_rather_than_each_ma
     let client = crate::client::trusting_client(Duration::from_millis(100));
     let (secure, seen, connections) = serve_counting(Some(tls_acceptor()), version).await;
     let url = format!("https://localhost:{}/v1", secure.port());
-    let first = client.request(post(&url)).await.unwrap();
-    assert_eq!(
-        read_capped(first.into_body(), 1024).await.unwrap(),
-        "HTTP/2.0"
-    );
+    assert_eq!(read_url(&client, &url).await, "HTTP/2.0");
     // The shared connection expires unused; then a burst arrives.
     eventually("the idle connection is let go", || client.kept() == 0).await;
-    let answers = futures_util::future::join_all((0..8).map(|_| async {
-        let response = client.request(post(&url)).await.unwrap();
-        read_capped(response.into_body(), 1024).await.unwrap()
-    }))
-    .await;
+    let answers = eight_at_once(&client, &url).await;
     assert!(answers.iter().all(|answer| answer == "HTTP/2.0"));
     assert_eq!(seen.load(Ordering::SeqCst), 9);
     assert_eq!(connections.load(Ordering::SeqCst), 2);

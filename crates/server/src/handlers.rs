@@ -97,11 +97,14 @@ async fn chat(
         Dialect::Anthropic => Endpoint::Messages,
     };
     let options = switchboard_options(&headers);
-    let (mut trace, catalog, bytes) =
-        match begin(&gateway, context, endpoint, &headers, body, dialect).await {
-            Ok(begun) => begun,
-            Err(response) => return response,
-        };
+    let (mut trace, catalog, bytes) = match begin(
+        &gateway, context, endpoint, &headers, options, body, dialect,
+    )
+    .await
+    {
+        Ok(begun) => begun,
+        Err(response) => return response,
+    };
     let openai_request;
     let anthropic_request;
     let request = match dialect {
@@ -552,11 +555,13 @@ async fn embed(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let options = switchboard_options(&headers);
     let (mut trace, catalog, bytes) = match begin(
         &gateway,
         context,
         Endpoint::Embeddings,
         &headers,
+        options,
         body,
         Dialect::OpenAi,
     )
@@ -581,7 +586,7 @@ async fn embed(
         chain,
         deadline,
         tags,
-    } = match plan(&catalog, &request.model, switchboard_options(&headers)) {
+    } = match plan(&catalog, &request.model, options) {
         Ok(plan) => plan,
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
@@ -603,7 +608,7 @@ async fn embed(
         Ok(admission) => admission,
         Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
     };
-    let options = match TimeoutOverrides::read(switchboard_options(&headers)) {
+    let call_options = match TimeoutOverrides::read(options) {
         Ok(overrides) => CallOptions {
             stream_idle: None,
             connect: overrides.connect,
@@ -637,7 +642,7 @@ async fn embed(
         &admission,
         |deployment| {
             let request = &request;
-            let options = &options;
+            let options = &call_options;
             let (span, progress) = (span.clone(), &*progress);
             async move {
                 match &span {
@@ -683,13 +688,15 @@ async fn embed(
     }
 }
 
-/// What every model endpoint does first: start the request's trace, take
+/// What every model endpoint does first: start the request's trace (with
+/// the metadata `options`, the request's `switchboard_options`, carry), take
 /// the current catalog, and read the JSON body within its limit.
 async fn begin(
     gateway: &Gateway,
     context: RequestContext,
     endpoint: Endpoint,
     headers: &HeaderMap,
+    options: &HeaderMap,
     body: Body,
     dialect: Dialect,
 ) -> Result<(Trace, Arc<Catalog>, Bytes), Response> {
@@ -707,7 +714,7 @@ async fn begin(
         gateway.cut.clone(),
     );
     trace.span = span;
-    match request_metadata(switchboard_options(headers)) {
+    match request_metadata(options) {
         Ok(metadata) => trace.metadata = metadata,
         Err(error) => return Err(reject(&mut trace, error, dialect)),
     }
