@@ -143,23 +143,15 @@ async fn chat(
         .first_token
         .or(chain[0].routing.first_token_timeout);
     let end_user = end_user_of(&request);
-    trace.temperature = request
-        .fields()
-        .get::<f64>("temperature", "a number")
-        .ok()
-        .flatten();
-    trace.max_tokens = max_output_of(&request);
+    trace.temperature = temperature_of(&request);
+    let max_output_tokens = max_output_of(&request);
+    trace.max_tokens = max_output_tokens;
     let demand = Demand {
         model,
         end_user,
         prompt_tokens: bytes.len() as u64,
-        max_output_tokens: max_output_of(&request),
-        choices: request
-            .fields()
-            .get::<u64>("n", "a positive integer")
-            .ok()
-            .flatten()
-            .unwrap_or(1),
+        max_output_tokens,
+        choices: choices_of(&request),
         worst_case_cost: &|prompt, output| worst_case_cost(chain, prompt, output),
     };
     let admission = match admit(&gateway, &principal, &mut trace, demand).await {
@@ -465,6 +457,26 @@ fn max_output_of(request: &ClientRequest<'_>) -> Option<u64> {
     match request {
         ClientRequest::OpenAi(request) => request.max_tokens.map(u64::from),
         ClientRequest::Anthropic(request) => request.max_tokens.map(u64::from),
+    }
+}
+
+/// The sampling temperature asked for, as parsed (OpenAI) or read.
+fn temperature_of(request: &ClientRequest<'_>) -> Option<f64> {
+    match request {
+        ClientRequest::OpenAi(request) => request.temperature,
+        ClientRequest::Anthropic(request) => request
+            .fields
+            .get::<f64>("temperature", "a number")
+            .ok()
+            .flatten(),
+    }
+}
+
+/// How many answers the request asks for (OpenAI's `n`; Anthropic has one).
+fn choices_of(request: &ClientRequest<'_>) -> u64 {
+    match request {
+        ClientRequest::OpenAi(request) => request.choices.map_or(1, u64::from),
+        ClientRequest::Anthropic(_) => 1,
     }
 }
 

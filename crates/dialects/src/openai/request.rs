@@ -79,18 +79,10 @@ impl<'a> RequestFields<'a> {
         name: &str,
         expected: &str,
     ) -> Result<Option<T>, RequestError> {
-        let Some(raw) = self.raw(name) else {
-            return Ok(None);
-        };
-        if raw.get() == "null" {
-            return Ok(None);
+        match self.raw(name) {
+            Some(raw) => read_field(name, raw, expected),
+            None => Ok(None),
         }
-        serde_json::from_str(raw.get()).map(Some).map_err(|_| {
-            RequestError::new(
-                format!("`{name}` must be {expected}, got {}", describe(raw)),
-                Some(name),
-            )
-        })
     }
 
     /// Writes the object back, replacing the values of the named fields
@@ -229,6 +221,23 @@ pub enum Role {
     Other,
 }
 
+/// Reads one field's raw value as `T`, treating JSON `null` as absent.
+fn read_field<T: DeserializeOwned>(
+    name: &str,
+    raw: &RawValue,
+    expected: &str,
+) -> Result<Option<T>, RequestError> {
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    serde_json::from_str(raw.get()).map(Some).map_err(|_| {
+        RequestError::new(
+            format!("`{name}` must be {expected}, got {}", describe(raw)),
+            Some(name),
+        )
+    })
+}
+
 /// What the gateway checks of each message: its role, and that its
 /// content (if any) is a string or an array of typed parts.
 #[derive(Deserialize)]
@@ -260,18 +269,11 @@ pub struct ChatRequest<'a> {
     pub client_wants_usage: bool,
     /// `max_completion_tokens`, or the older `max_tokens`.
     pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    /// `n`, the number of choices asked for.
+    pub choices: Option<u32>,
     pub message_count: usize,
 }
-
-/// Numeric and boolean fields whose type the gateway checks, so a wrong
-/// type is refused with the parameter's name rather than passed upstream.
-const CHAT_NUMBER_FIELDS: &[&str] = &[
-    "temperature",
-    "top_p",
-    "presence_penalty",
-    "frequency_penalty",
-];
-const CHAT_COUNT_FIELDS: &[&str] = &["n", "max_tokens", "max_completion_tokens", "top_logprobs"];
 
 impl<'a> ChatRequest<'a> {
     pub fn parse(body: &'a [u8]) -> Result<ChatRequest<'a>, RequestError> {
@@ -284,31 +286,54 @@ impl<'a> ChatRequest<'a> {
             ));
         };
         let message_count = check_messages(messages)?;
-        let stream = fields.get::<bool>("stream", "a boolean")?.unwrap_or(false);
-        let stream_options = fields.get::<StreamOptions>(
-            "stream_options",
-            "an object such as {\"include_usage\": true}",
-        )?;
+        // One pass over the fields the client sent. The numeric and boolean
+        // ones the gateway relies on are checked by name, so a wrong type is
+        // refused with the parameter's name rather than passed upstream.
+        let mut stream = false;
+        let mut stream_options: Option<StreamOptions> = None;
+        let mut max_completion_tokens = None;
+        let mut max_tokens = None;
+        let mut temperature = None;
+        let mut choices = None;
+        for (name, raw) in &fields.fields {
+            let name = name.as_ref();
+            match name {
+                "stream" => {
+                    stream = read_field::<bool>(name, raw, "a boolean")?.unwrap_or(false);
+                }
+                "stream_options" => {
+                    stream_options =
+                        read_field(name, raw, "an object such as {\"include_usage\": true}")?;
+                }
+                "temperature" => temperature = read_field::<f64>(name, raw, "a number")?,
+                "top_p" | "presence_penalty" | "frequency_penalty" => {
+                    read_field::<f64>(name, raw, "a number")?;
+                }
+                "n" => choices = read_field::<u32>(name, raw, "a non-negative integer")?,
+                "top_logprobs" => {
+                    read_field::<u32>(name, raw, "a non-negative integer")?;
+                }
+                "max_tokens" => max_tokens = read_field(name, raw, "a non-negative integer")?,
+                "max_completion_tokens" => {
+                    max_completion_tokens = read_field(name, raw, "a non-negative integer")?;
+                }
+                "seed" => {
+                    read_field::<i64>(name, raw, "an integer")?;
+                }
+                "user" => {
+                    read_field::<String>(name, raw, "a string")?;
+                }
+                "stop" => check_stop(raw)?,
+                _ => {}
+            }
+        }
         if stream_options.is_some() && !stream {
             return Err(RequestError::new(
                 "`stream_options` is only allowed when `stream` is true",
                 Some("stream_options"),
             ));
         }
-        for name in CHAT_NUMBER_FIELDS {
-            fields.get::<f64>(name, "a number")?;
-        }
-        for name in CHAT_COUNT_FIELDS {
-            fields.get::<u32>(name, "a non-negative integer")?;
-        }
-        fields.get::<i64>("seed", "an integer")?;
-        fields.get::<String>("user", "a string")?;
-        check_stop(&fields)?;
-        let max_tokens =
-            match fields.get::<u32>("max_completion_tokens", "a non-negative integer")? {
-                Some(tokens) => Some(tokens),
-                None => fields.get::<u32>("max_tokens", "a non-negative integer")?,
-            };
+        let max_tokens = max_completion_tokens.or(max_tokens);
         Ok(ChatRequest {
             client_wants_usage: stream_options.and_then(|options| options.include_usage)
                 == Some(true),
@@ -316,6 +341,8 @@ impl<'a> ChatRequest<'a> {
             model,
             stream,
             max_tokens,
+            temperature,
+            choices,
             message_count,
         })
     }
@@ -492,21 +519,32 @@ fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
         ));
     }
     for (index, message) in messages.iter().enumerate() {
-        let Some(content) = message.content else {
-            continue;
+        // Named only when something is wrong with it.
+        let param = || format!("messages[{index}].content");
+        let content = match message.content {
+            Some(content) if content.get() != "null" => content,
+            _ if message.role == Role::Tool => {
+                let param = param();
+                return Err(RequestError::new(
+                    format!("`{param}` is required for tool messages"),
+                    Some(&param),
+                ));
+            }
+            _ => continue,
         };
         let text = content.get();
-        let param = format!("messages[{index}].content");
         match text.as_bytes().first() {
             Some(b'"' | b'n') => {}
             Some(b'[') => {
                 let parts: Vec<PartCheck<'_>> = serde_json::from_str(text).map_err(|_| {
+                    let param = param();
                     RequestError::new(
                         format!("`{param}` must be a string or an array of parts, each an object with a `type`"),
                         Some(&param),
                     )
                 })?;
                 if parts.iter().any(|part| part.kind.is_empty()) {
+                    let param = param();
                     return Err(RequestError::new(
                         format!("every part of `{param}` needs a `type`"),
                         Some(&param),
@@ -514,6 +552,7 @@ fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
                 }
             }
             _ => {
+                let param = param();
                 return Err(RequestError::new(
                     format!(
                         "`{param}` must be a string or an array of parts, got {}",
@@ -522,12 +561,6 @@ fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
                     Some(&param),
                 ));
             }
-        }
-        if message.role == Role::Tool && message.content.is_none() {
-            return Err(RequestError::new(
-                format!("`{param}` is required for tool messages"),
-                Some(&param),
-            ));
         }
     }
     Ok(messages.len())
@@ -581,14 +614,14 @@ fn without_position(message: &str) -> &str {
     }
 }
 
-fn check_stop(fields: &RequestFields<'_>) -> Result<(), RequestError> {
+fn check_stop(raw: &RawValue) -> Result<(), RequestError> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Stop {
         One(#[allow(dead_code)] String),
         Many(#[allow(dead_code)] Vec<String>),
     }
-    fields.get::<Stop>("stop", "a string or an array of strings")?;
+    read_field::<Stop>("stop", raw, "a string or an array of strings")?;
     Ok(())
 }
 

@@ -123,12 +123,60 @@ fn wrong_types_name_the_parameter() {
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#,
             "stream_options",
         ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":7}"#,
+            "stream_options",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"tool","tool_call_id":"c"}]}"#,
+            "messages[1].content",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":null}]}"#,
+            "messages[0].content",
+        ),
     ];
     for (body, param) in cases {
         let error = refused(body);
         assert_eq!(error.param.as_deref(), Some(param), "{body} -> {error:?}");
         assert!(!error.message.contains(" at line "), "{error:?}");
     }
+    // Every field whose type the gateway checks, each with a wrong one.
+    let wrong = [
+        ("top_p", r#""x""#),
+        ("presence_penalty", "[]"),
+        ("frequency_penalty", "{}"),
+        ("n", "-2"),
+        ("top_logprobs", "1.5"),
+        ("max_completion_tokens", r#""8""#),
+        ("seed", "1.5"),
+        ("user", "5"),
+    ];
+    for (field, value) in wrong {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"{field}":{value}}}"#
+        );
+        let error = refused(&body);
+        assert_eq!(error.param.as_deref(), Some(field), "{body} -> {error:?}");
+    }
+}
+
+#[test]
+fn the_fields_the_gateway_uses_are_read_in_the_same_pass() {
+    let request = chat(
+        r#"{"model":"m","temperature":0.7,"n":2,"max_tokens":9,"max_completion_tokens":12,"seed":-4,"user":"u","stop":["a"],"messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(request.temperature, Some(0.7));
+    assert_eq!(request.choices, Some(2));
+    assert_eq!(request.max_tokens, Some(12), "max_completion_tokens wins");
+    let older = chat(
+        r#"{"model":"m","max_tokens":9,"temperature":null,"messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(older.max_tokens, Some(9));
+    assert_eq!(older.temperature, None);
+    assert_eq!(older.choices, None);
 }
 
 #[test]
