@@ -10,6 +10,10 @@
 #   RATE=2000 ROUNDS=2 DURATION=8 bench/fixed-rate.sh    # the defaults
 #   SPIN=1 bench/fixed-rate.sh B      # a nice-19 busy loop keeps core 1 awake meanwhile
 #
+# Before each round, the freeze probe (bench/freezes.sh) spins 3 s on both
+# cores: how much of the time each core stopped running it, and for how
+# long at most, is what a proxy's tail at this rate cannot go below.
+#
 # Needs nginx, oha and the mock (harness/install.sh tools, harness/install.sh
 # mock). Loopback only; stops by itself. Results: bench/results/rate-*/summary.md.
 # The bench scripts share bench/run and their ports: run one at a time (flock).
@@ -52,6 +56,13 @@ if [ "${SPIN:-}" = 1 ]; then
 fi
 for round in $(seq "$ROUNDS"); do
   log "round $round"
+  probe="$(freezes_probe)"
+  probes=""
+  for core in 0 1; do
+    taskset -c "$core" "$probe" 3 0.2 >"$OUT/freezes-r$round-core$core.txt" &
+    probes="$probes $!"
+  done
+  wait $probes
   load "direct-r$round" "$MOCK_URL/chat/completions"
   peer_start nginx 1 1
   for phase in cold warm; do load "nginx-$phase-r$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions"; done
@@ -81,6 +92,16 @@ for r in range(1, rounds + 1):
         ms = lambda q: "–" if p.get(q) is None else f"{p[q] * 1000:.2f}"
         rows.append(f"| {r} | {name} | {ms('p50')} | {ms('p99')} | {ms('p99.9')} | "
                     f"{d['summary']['requestsPerSec']:.0f} | {bad} |")
+rows.append("")
+rows.append("Freezes (bench/freezes.sh's probe, 3 s on each core before the round; gaps over 0.2 ms):")
+rows.append("")
+for r in range(1, rounds + 1):
+    for core in (0, 1):
+        try:
+            line = open(os.path.join(out, f"freezes-r{r}-core{core}.txt")).read().strip()
+        except OSError:
+            line = "no result"
+        rows.append(f"- round {r}, core {core}: {line}")
 text = "\n".join(rows)
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
 print(text)
