@@ -114,7 +114,7 @@ pub fn request_to_canonical(request: &ChatRequest<'_>) -> Result<canon::ChatRequ
     out.response_format = value("response_format")?
         .map(|format| read_response_format(&format))
         .transpose()?;
-    out.temperature = request.fields.get("temperature", "a number")?;
+    out.temperature = request.temperature;
     out.top_p = request.fields.get("top_p", "a number")?;
     out.seed = request.fields.get("seed", "an integer")?;
     out.frequency_penalty = request.fields.get("frequency_penalty", "a number")?;

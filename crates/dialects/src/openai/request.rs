@@ -521,20 +521,21 @@ fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
     for (index, message) in messages.iter().enumerate() {
         // Named only when something is wrong with it.
         let param = || format!("messages[{index}].content");
+        // serde reads a JSON `null` as `None`: absent and null alike.
         let content = match message.content {
-            Some(content) if content.get() != "null" => content,
-            _ if message.role == Role::Tool => {
+            Some(content) => content,
+            None if message.role == Role::Tool => {
                 let param = param();
                 return Err(RequestError::new(
                     format!("`{param}` is required for tool messages"),
                     Some(&param),
                 ));
             }
-            _ => continue,
+            None => continue,
         };
         let text = content.get();
         match text.as_bytes().first() {
-            Some(b'"' | b'n') => {}
+            Some(b'"') => {}
             Some(b'[') => {
                 let parts: Vec<PartCheck<'_>> = serde_json::from_str(text).map_err(|_| {
                     let param = param();
