@@ -56,13 +56,7 @@ if [ "${SPIN:-}" = 1 ]; then
 fi
 for round in $(seq "$ROUNDS"); do
   log "round $round"
-  probe="$(freezes_probe)"
-  probes=""
-  for core in 0 1; do
-    taskset -c "$core" "$probe" 3 0.2 >"$OUT/freezes-r$round-core$core.txt" &
-    probes="$probes $!"
-  done
-  wait $probes
+  "$BENCH/freezes.sh" 3 0.2 >"$OUT/freezes-r$round.txt"
   load "direct-r$round" "$MOCK_URL/chat/completions"
   peer_start nginx 1 1
   for phase in cold warm; do load "nginx-$phase-r$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions"; done
@@ -96,12 +90,11 @@ rows.append("")
 rows.append("Freezes (bench/freezes.sh's probe, 3 s on each core before the round; gaps over 0.2 ms):")
 rows.append("")
 for r in range(1, rounds + 1):
-    for core in (0, 1):
-        try:
-            line = open(os.path.join(out, f"freezes-r{r}-core{core}.txt")).read().strip()
-        except OSError:
-            line = "no result"
-        rows.append(f"- round {r}, core {core}: {line}")
+    try:
+        lines = open(os.path.join(out, f"freezes-r{r}.txt")).read().split("\n")
+    except OSError:
+        lines = ["no result"]
+    rows.extend(f"- round {r}, {line}" for line in lines if line.strip())
 text = "\n".join(rows)
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
 print(text)

@@ -16,16 +16,12 @@
 # Results: bench/results/streams-*/summary.md. Run it alone (flock /tmp/bench.lock).
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
 source "$BENCH/harness/peers.sh"
 STREAMS="${1:-256}"
 PEERS="${PEERS:-direct nginx litellm portkey switchboard}"
 DURATION="${DURATION:-8s}"
-if [ -z "${BINARY:-}" ]; then
-  (cd "$ROOT" && cargo build --release -p switchboard-cli)
-  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
-fi
+BINARY="$(switchboard_binary "${BINARY:-}")"
 OUT="$RESULTS/streams-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN" "$LOGS"
 export SWITCHBOARD_BENCH_DB="$RUN/streams.db" SWITCHBOARD_LOG=warn

@@ -18,8 +18,9 @@
 //! signal). A mapped segment takes its first write fault when it is
 //! created (on ext4 the first write through a map of a new file waits for
 //! the filesystem for milliseconds), so the first segment's is paid at
-//! start, not by the first request. The map is a window of the segment, moved along as it fills,
-//! so the process holds at most one window of it in memory. A segment is
+//! start, not by the first request. The map is a window of the segment,
+//! moved along as it fills, so the process holds at most one window of it
+//! in memory. A segment is
 //! cut to its used length when the next one begins; one left behind by a
 //! killed process ends in zeros, which replay skips, as it skips a record
 //! cut short (each is a checksummed frame, see `frame`). Records are
@@ -131,16 +132,10 @@ impl Open {
         let Mode::Mapped(mapped) = &mut self.mode else {
             return;
         };
-        let Ok(len) = usize::try_from(window.min(self.capacity)) else {
-            return;
-        };
-        if len == 0 {
+        if self.capacity == 0 {
             return;
         }
-        // SAFETY: as in `put`: a file only this process writes, never
-        // shortened while mapped, its blocks reserved on a filesystem
-        // where a write through the map cannot fail.
-        if let Ok(mut map) = unsafe { MmapOptions::new().offset(0).len(len).map_mut(&self.file) } {
+        if let Ok(mut map) = map_window(&self.file, self.capacity, 0, window) {
             map[0] = 0;
             *mapped = Some((0, map));
         }
@@ -188,15 +183,7 @@ impl Open {
             if !inside {
                 // Unmapped before the next is mapped: one window at a time.
                 *mapped = None;
-                let len = window.min(self.capacity - at);
-                let len = usize::try_from(len).map_err(std::io::Error::other)?;
-                // SAFETY: the map is of a file only this process writes
-                // (the journal's lock keeps other instances out) and never
-                // shortens while it is mapped (`finish` unmaps first); its
-                // blocks are reserved on a filesystem where that means a
-                // write through the map cannot fail (`mappable`).
-                let map = unsafe { MmapOptions::new().offset(at).len(len).map_mut(&self.file)? };
-                *mapped = Some((at, map));
+                *mapped = Some((at, map_window(&self.file, self.capacity, at, window)?));
             }
             let Some((start, map)) = mapped.as_mut() else {
                 unreachable!("a window was just mapped");
@@ -215,6 +202,18 @@ impl Open {
         self.mode = Mode::Plain;
         let _ = self.file.set_len(used);
     }
+}
+
+/// Maps the window of `file` (of `capacity` reserved bytes) that starts at
+/// `at`: `window` bytes, or what is left of the capacity.
+fn map_window(file: &File, capacity: u64, at: u64, window: u64) -> std::io::Result<MmapMut> {
+    let len = usize::try_from(window.min(capacity - at)).map_err(std::io::Error::other)?;
+    // SAFETY: the map is of a file only this process writes (the journal's
+    // lock keeps other instances out) and never shortens while it is
+    // mapped (`finish` unmaps first); its blocks are reserved on a
+    // filesystem where that means a write through the map cannot fail
+    // (`mappable`).
+    unsafe { MmapOptions::new().offset(at).len(len).map_mut(file) }
 }
 
 /// Creates `directory` for this process alone: it must not exist yet (a
