@@ -19,8 +19,18 @@
 //! created (on ext4 the first write through a map of a new file waits for
 //! the filesystem for milliseconds), so the first segment's is paid at
 //! start, not by the first request. The map is a window of the segment,
-//! moved along as it fills, so the process holds at most one window of it
-//! in memory. A segment is
+//! moved along as it fills, so the process holds about one window of it
+//! in memory.
+//!
+//! Nothing of that waits on the request path: the journal's keeper thread
+//! (`keeper`) makes the next segment once the current one is half full,
+//! maps the next window once the current one is half used and takes its
+//! pages' write faults (each first write to a page faults, a few µs, and on
+//! ext4 may wait for the filesystem's own journal for a millisecond), and
+//! unmaps, cuts and removes what the journal is done with. An append that
+//! finds the next segment or window not ready makes its own, as before.
+//!
+//! A segment is
 //! cut to its used length when the next one begins; one left behind by a
 //! killed process ends in zeros, which replay skips, as it skips a record
 //! cut short (each is a checksummed frame, see `frame`). Records are
@@ -47,7 +57,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use memmap2::{MmapMut, MmapOptions};
 use switchboard_core::RequestRecord;
@@ -55,6 +65,9 @@ use tokio::sync::Notify;
 
 use crate::frame;
 use crate::{Store, StoreError};
+
+mod keeper;
+use keeper::Keeper;
 
 /// A segment's size (a record larger than this gets a segment of its own,
 /// as large as it needs), and the window of it mapped at a time.
@@ -79,11 +92,14 @@ const SIZES: Sizes = Sizes {
 /// The segment being appended to, and how it is written.
 #[derive(Debug)]
 struct Open {
-    file: File,
+    /// Shared with the keeper, which maps windows of it ahead.
+    file: Arc<File>,
     /// The bytes it may hold before the next segment begins (reserved, when
     /// mapped).
     capacity: u64,
     mode: Mode,
+    /// Whether the window after the one mapped has been asked for.
+    window_asked: bool,
 }
 
 #[derive(Debug)]
@@ -110,9 +126,10 @@ impl Open {
             .truncate(true)
             .open(path)?;
         let mut open = Open {
-            file,
+            file: Arc::new(file),
             capacity,
             mode: Mode::Plain,
+            window_asked: false,
         };
         if map && mappable(&open.file) {
             open.reserve(capacity);
@@ -137,6 +154,7 @@ impl Open {
         }
         if let Ok(mut map) = map_window(&self.file, self.capacity, 0, window) {
             map[0] = 0;
+            populate(&map);
             *mapped = Some((0, map));
         }
     }
@@ -171,8 +189,17 @@ impl Open {
     }
 
     /// Writes `bytes` into the file at `at` (within `capacity`): through
-    /// windows of `window` bytes of the map, or with one write.
-    fn put(&mut self, mut at: u64, mut bytes: &[u8], window: u64) -> std::io::Result<()> {
+    /// windows of `window` bytes of the map, or with one write. The window
+    /// after the current one is asked of the keeper once the current one is
+    /// half used, and taken from it if ready (else mapped here); a window
+    /// moved past goes to the keeper to unmap.
+    fn put(
+        &mut self,
+        mut at: u64,
+        mut bytes: &[u8],
+        window: u64,
+        keeper: &Keeper,
+    ) -> std::io::Result<()> {
         let Mode::Mapped(mapped) = &mut self.mode else {
             return write_at(&self.file, bytes, at);
         };
@@ -181,9 +208,16 @@ impl Open {
                 .as_ref()
                 .is_some_and(|(start, map)| at >= *start && at < *start + map.len() as u64);
             if !inside {
-                // Unmapped before the next is mapped: one window at a time.
-                *mapped = None;
-                *mapped = Some((at, map_window(&self.file, self.capacity, at, window)?));
+                if let Some((_, old)) = mapped.take() {
+                    keeper.unmap(old);
+                }
+                let ahead = self.window_asked.then(|| keeper.take_window(at)).flatten();
+                self.window_asked = false;
+                let map = match ahead {
+                    Some(map) => map,
+                    None => map_window(&self.file, self.capacity, at, window)?,
+                };
+                *mapped = Some((at, map));
             }
             let Some((start, map)) = mapped.as_mut() else {
                 unreachable!("a window was just mapped");
@@ -193,6 +227,11 @@ impl Open {
             map[from..from + count].copy_from_slice(&bytes[..count]);
             bytes = &bytes[count..];
             at += count as u64;
+            let end = *start + map.len() as u64;
+            if !self.window_asked && (at - *start) * 2 >= map.len() as u64 && end < self.capacity {
+                self.window_asked = true;
+                keeper.want_window(&self.file, self.capacity, end, window);
+            }
         }
         Ok(())
     }
@@ -202,6 +241,18 @@ impl Open {
         self.mode = Mode::Plain;
         let _ = self.file.set_len(used);
     }
+}
+
+/// Takes the write faults of every page of `map` now (`MADV_POPULATE_WRITE`,
+/// Linux 5.14 and later), without writing to them: each first write to a
+/// page of a segment otherwise faults (a few µs, and on ext4 it may wait
+/// for the filesystem's journal). Where the kernel cannot, the pages fault
+/// when written, as before.
+fn populate(map: &MmapMut) {
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::PopulateWrite);
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
 }
 
 /// Maps the window of `file` (of `capacity` reserved bytes) that starts at
@@ -339,6 +390,12 @@ struct State {
     /// The segment appended to; `None` once the journal is broken.
     open: Option<Open>,
     segment: u64,
+    /// The number the next segment made gets (never reused, see `keeper`).
+    next_segment: u64,
+    /// Whether the next segment has been asked for ahead.
+    asked: bool,
+    /// Segments the request path had to make itself (tests read it).
+    made_here: u64,
     /// The bytes used in the current segment.
     bytes: u64,
     /// The next record's number (numbers start at 1).
@@ -374,6 +431,9 @@ impl State {
         State {
             open,
             segment,
+            next_segment: segment + 1,
+            asked: false,
+            made_here: 0,
             bytes: 0,
             next: 1,
             closed: Vec::new(),
@@ -450,6 +510,9 @@ pub struct Journal {
     state: Mutex<State>,
     /// Wakes the record writer when the queue gets a record.
     queued: Notify,
+    /// Makes segments ahead and does the other filesystem chores, off the
+    /// request path.
+    keeper: Keeper,
     /// Held for the process's life: one instance per journal (a spill
     /// file's directory is private to its process and needs none).
     _lock: Option<File>,
@@ -511,12 +574,14 @@ impl Journal {
             std::process::id(),
             hasher.finish()
         ));
+        let sizes = Sizes {
+            map: false,
+            ..SIZES
+        };
         Journal {
+            keeper: Keeper::new(directory.clone(), sizes),
             directory,
-            sizes: Sizes {
-                map: false,
-                ..SIZES
-            },
+            sizes,
             write_ahead: false,
             spills: true,
             state: Mutex::new(State::new(None, 1, true)),
@@ -535,6 +600,7 @@ impl Journal {
             spills: false,
             state: Mutex::new(State::new(None, 1, false)),
             queued: Notify::new(),
+            keeper: Keeper::new(PathBuf::new(), SIZES),
             _lock: None,
         }
     }
@@ -670,6 +736,8 @@ impl Journal {
             sizes.window,
         )
         .map_err(|error| io_error(directory, error))?;
+        let keeper = Keeper::new(directory.to_owned(), sizes);
+        keeper.start();
         Ok((
             Journal {
                 directory: directory.to_owned(),
@@ -678,6 +746,7 @@ impl Journal {
                 spills: true,
                 state: Mutex::new(State::new(Some(open), segment, false)),
                 queued: Notify::new(),
+                keeper,
                 _lock: Some(lock),
             },
             recovered,
@@ -845,9 +914,17 @@ impl Journal {
         let (segment, offset) = (state.segment, state.bytes);
         let window = self.sizes.window;
         let open = state.open.as_mut()?;
-        match open.put(offset, line, window) {
+        match open.put(offset, line, window, &self.keeper) {
             Ok(()) => {
+                let capacity = open.capacity;
                 state.bytes += len;
+                // Half full: the next segment is made ahead, off the
+                // request path, under a number of its own.
+                if !state.asked && state.bytes.saturating_mul(2) >= capacity {
+                    state.asked = true;
+                    self.keeper.want(state.next_segment);
+                    state.next_segment += 1;
+                }
                 Some((segment, offset))
             }
             Err(error) => {
@@ -858,8 +935,9 @@ impl Journal {
     }
 
     /// Closes the current segment, whose last record is `number - 1`, and
-    /// opens the next with room for at least `len` bytes (a segment with
-    /// nothing in it yet is not closed: it grows instead).
+    /// opens the next with room for at least `len` bytes: the one made
+    /// ahead, if it is ready, or else one made here (a segment with nothing
+    /// in it yet is not closed: it grows instead).
     fn begin_segment(&self, state: &mut State, number: u64, len: u64) {
         let Some(open) = state.open.take() else {
             return;
@@ -870,19 +948,38 @@ impl Journal {
             open.grow(capacity);
             Ok(open)
         } else {
-            open.finish(state.bytes);
+            // A window asked ahead of this segment is not wanted any more
+            // (and is unmapped before the segment is cut).
+            self.keeper.cancel_window();
+            self.keeper.finish(open, state.bytes);
             state.closed.push(Segment {
                 number: state.segment,
                 last: number - 1,
             });
-            state.segment += 1;
             state.bytes = 0;
-            Open::create(
-                &segment_path(&self.directory, state.segment),
-                capacity,
-                self.sizes.map,
-                self.sizes.window,
-            )
+            state.asked = false;
+            match self.keeper.take() {
+                Some((made, mut open)) => {
+                    state.segment = made;
+                    if open.capacity < capacity {
+                        open.grow(capacity);
+                    }
+                    Ok(open)
+                }
+                None => {
+                    // Not ready (or never asked for): made here, under a
+                    // number of its own (one asked for is given up).
+                    state.made_here += 1;
+                    state.segment = state.next_segment;
+                    state.next_segment += 1;
+                    Open::create(
+                        &segment_path(&self.directory, state.segment),
+                        capacity,
+                        self.sizes.map,
+                        self.sizes.window,
+                    )
+                }
+            }
         };
         match next {
             Ok(open) => state.open = Some(open),
@@ -989,11 +1086,11 @@ impl Journal {
             .overflow
             .front()
             .map_or(u64::MAX, |entry| entry.number);
-        let directory = &self.directory;
+        let keeper = &self.keeper;
         state.closed.retain(|segment| {
             let done = segment.last <= committed && segment.last < pinned;
             if done {
-                let _ = std::fs::remove_file(segment_path(directory, segment.number));
+                keeper.remove(segment.number);
             }
             !done
         });
@@ -1005,6 +1102,9 @@ impl Journal {
     /// whatever it holds: nothing would read it again).
     pub fn close(&self) -> usize {
         let mut state = self.lock();
+        // Its chores done (segments cut to length, committed ones
+        // removed), and one made ahead removed.
+        self.keeper.stop();
         if !self.write_ahead {
             let lost = state.overflow.len();
             state.overflow.clear();
@@ -1171,15 +1271,24 @@ mod tests {
                 assert_eq!(number, expected_number);
                 assert_eq!(back, *record);
             }
+            // The keeper has cut the closed segments to their length.
+            journal.keeper.settle();
             let files: Vec<u64> = segments(&directory)
                 .unwrap()
                 .into_iter()
                 .map(|(number, _)| number)
                 .collect();
             assert!(files.len() > 3, "{files:?}");
+            let closed: Vec<u64> = journal
+                .lock()
+                .closed
+                .iter()
+                .map(|segment| segment.number)
+                .collect();
+            assert!(closed.len() > 2, "{closed:?}");
             // Closed segments were cut to their length: their records'
             // entries, one after the other, and nothing else.
-            for number in &files[..files.len() - 1] {
+            for number in &closed {
                 let text = std::fs::read(segment_path(&directory, *number)).unwrap();
                 let entries: Vec<u8> = frame::records(&text)
                     .0
@@ -1201,6 +1310,7 @@ mod tests {
             // up to there: the segments holding only those go.
             journal.committed(60);
             journal.overflow_written(60);
+            journal.keeper.settle();
             let kept = segments(&directory).unwrap();
             assert!(kept.len() < files.len(), "{kept:?}");
             let mut left = 0;
@@ -1237,6 +1347,129 @@ mod tests {
             drop(journal);
             let _ = std::fs::remove_dir_all(&directory);
         }
+    }
+
+    /// With the keeper keeping up, every segment after the first is made
+    /// ahead (none by an append), the windows after a segment's first
+    /// mapped ahead, and every closed one cut to its length, off the
+    /// request path. A segment not ready at the switch is given up,
+    /// whether the keeper had not begun it or had made it already: the
+    /// append makes one under the next number, and the one given up is
+    /// never used and never left behind. Replay after a crash reads every
+    /// record once across the gaps in numbering.
+    #[tokio::test]
+    async fn segments_are_made_ahead_and_one_not_ready_is_given_up() {
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-ahead-{}-{}",
+            std::process::id(),
+            tests_support::unique()
+        ));
+        let sizes = Sizes {
+            segment: 1024,
+            window: 256,
+            map: true,
+        };
+        let store = crate::SqliteStore::open_memory().await.unwrap();
+        let (journal, _) = Journal::open_sized(&directory, &store, sizes)
+            .await
+            .unwrap();
+        let records: Vec<RequestRecord> = (0..400).map(tests_support::record).collect();
+        let mut next = 0;
+        let mut append = |journal: &Journal| {
+            let record = &records[next];
+            assert_eq!(
+                journal.append(&Journal::entry(record), record.clone()),
+                Appended::Queued
+            );
+            next += 1;
+        };
+        let segment = |journal: &Journal| journal.lock().segment;
+        // Three switches, the keeper done with its chores after each append.
+        while journal.lock().closed.len() < 3 {
+            append(&journal);
+            journal.keeper.settle();
+        }
+        let closed: Vec<u64> = journal.lock().closed.iter().map(|s| s.number).collect();
+        assert_eq!(closed, [1, 2, 3]);
+        assert_eq!(segment(&journal), 4);
+        assert_eq!(journal.lock().made_here, 0);
+        let (made, windows) = journal.keeper.made_count();
+        assert!(made >= 3, "{made}");
+        // Each segment of four windows: the three after the first are
+        // mapped ahead.
+        assert!(windows >= 9, "{windows}");
+        for number in &closed {
+            let text = std::fs::read(segment_path(&directory, *number)).unwrap();
+            let (found, unread) = frame::records(&text);
+            assert_eq!(unread, 0);
+            let entries: Vec<u8> = found.iter().flat_map(Journal::entry).collect();
+            assert_eq!(text, entries, "segment {number} is cut to its records");
+        }
+
+        // The keeper held back before it begins segment 5: the append that
+        // fills segment 4 makes segment 6 itself.
+        journal.keeper.pause(true);
+        while segment(&journal) == 4 {
+            append(&journal);
+        }
+        assert_eq!(segment(&journal), 6);
+        assert_eq!(journal.lock().made_here, 1);
+        journal.keeper.pause(false);
+        journal.keeper.settle();
+        assert!(!segment_path(&directory, 5).exists());
+
+        // The keeper made segment 7 and is held back from handing it over:
+        // the append that fills segment 6 gives it up and makes segment 8,
+        // and the keeper then removes 7.
+        journal.keeper.hold_made(true);
+        while journal.keeper.holding().is_none() {
+            append(&journal);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(journal.keeper.holding(), Some(7));
+        assert!(segment_path(&directory, 7).exists());
+        while segment(&journal) == 6 {
+            append(&journal);
+        }
+        assert_eq!(segment(&journal), 8);
+        assert_eq!(journal.lock().made_here, 2);
+        journal.keeper.hold_made(false);
+        journal.keeper.settle();
+        assert!(!segment_path(&directory, 7).exists());
+
+        // And then ahead again.
+        while segment(&journal) == 8 {
+            append(&journal);
+            journal.keeper.settle();
+        }
+        assert_eq!(segment(&journal), 9);
+        assert_eq!(journal.lock().made_here, 2);
+        let appended = next;
+        drop(journal);
+
+        let files: Vec<u64> = segments(&directory)
+            .unwrap()
+            .into_iter()
+            .map(|(number, _)| number)
+            .collect();
+        assert_eq!(files[..7], [1, 2, 3, 4, 6, 8, 9]);
+        let store = crate::SqliteStore::open_memory().await.unwrap();
+        let (journal, recovered) = Journal::open_sized(&directory, &store, sizes)
+            .await
+            .unwrap();
+        assert_eq!(recovered, appended);
+        let mut rows = store.recent_records(1_000).await.unwrap();
+        rows.sort_by_key(|row| row.started_at_ms);
+        let ids: Vec<&str> = rows.iter().map(|row| row.request_id.as_str()).collect();
+        let expected: Vec<&str> = records[..appended]
+            .iter()
+            .map(|record| record.request_id.as_str())
+            .collect();
+        assert_eq!(ids, expected);
+        journal.close();
+        assert!(segments(&directory).unwrap().is_empty());
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&directory);
     }
 
     /// Replay reads every whole line, whatever surrounds it: a segment of an
