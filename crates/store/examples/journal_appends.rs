@@ -10,7 +10,8 @@
 //!
 //! Defaults: 700,000 records at 25,000 per second (28 s; records of about
 //! 200 bytes, so a 32 MiB segment fills every 6 s or so), in
-//! `bench/run/journal-appends`, removed at the end.
+//! `bench/run/journal-appends`, which must not exist: the run creates it
+//! and removes it at the end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +59,15 @@ fn main() {
         args.next()
             .unwrap_or_else(|| "bench/run/journal-appends".to_owned()),
     );
-    let _ = std::fs::remove_dir_all(&directory);
+    // Its own directory: one that exists (a real journal, say) is refused,
+    // as the run removes what it made at the end.
+    if directory.exists() {
+        eprintln!(
+            "{} exists: name a directory that does not, which the run creates and removes",
+            directory.display()
+        );
+        std::process::exit(2);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

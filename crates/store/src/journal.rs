@@ -19,21 +19,22 @@
 //! created (on ext4 the first write through a map of a new file waits for
 //! the filesystem for milliseconds), so the first segment's is paid at
 //! start, not by the first request. The map is a window of the segment,
-//! moved along as it fills, so the process holds about one window of it
-//! in memory.
+//! moved along as it fills, so the process holds one or two windows of it
+//! in memory (the next is mapped ahead).
 //!
-//! Nothing of that waits on the request path: the journal's keeper thread
-//! (`keeper`) makes the next segment once the current one is half full,
-//! maps the next window once the current one is half used and takes its
-//! pages' write faults (each first write to a page faults, a few µs, and on
-//! ext4 may wait for the filesystem's own journal for a millisecond), and
-//! unmaps, cuts and removes what the journal is done with. An append that
-//! finds the next segment or window not ready makes its own, as before.
+//! None of that waits on the request path while the keeper keeps up: the
+//! journal's keeper thread (`keeper`) makes the next segment once the
+//! current one is half full, maps the next window once the current one is
+//! half used and takes its pages' write faults (each first write to a page
+//! faults, a few µs, and on ext4 may wait for the filesystem's own journal
+//! for a millisecond), and unmaps, cuts and removes what the journal is
+//! done with. An append that finds the next segment or window not ready
+//! makes its own, as before, and leaves its pages to fault as written.
 //!
-//! A segment is
-//! cut to its used length when the next one begins; one left behind by a
-//! killed process ends in zeros, which replay skips, as it skips a record
-//! cut short (each is a checksummed frame, see `frame`). Records are
+//! A segment is cut to its used length (by the keeper) once the next one
+//! begins; one left behind by a killed process ends in zeros, which replay
+//! skips, as it skips a record cut short (each is a checksummed frame, see
+//! `frame`); a segment made ahead and never used holds only zeros. Records are
 //! numbered in the order they are appended and queued; the record writer
 //! reports the highest number it has committed, and segments whose records
 //! are all committed are deleted. On start, `replay` inserts into the database the
@@ -116,9 +117,16 @@ enum Mode {
 
 impl Open {
     /// Creates segment `path`, mapped with `capacity` bytes reserved where
-    /// that is safe (its first window of `window` bytes mapped at once),
-    /// else written plainly.
-    fn create(path: &Path, capacity: u64, map: bool, window: u64) -> std::io::Result<Open> {
+    /// that is safe (its first window of `window` bytes mapped at once, and,
+    /// made `ahead` of need, its pages' write faults taken), else written
+    /// plainly.
+    fn create(
+        path: &Path,
+        capacity: u64,
+        map: bool,
+        window: u64,
+        ahead: bool,
+    ) -> std::io::Result<Open> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -133,7 +141,7 @@ impl Open {
         };
         if map && mappable(&open.file) {
             open.reserve(capacity);
-            open.first_fault(window);
+            open.first_fault(window, ahead);
         }
         Ok(open)
     }
@@ -142,10 +150,12 @@ impl Open {
     /// writing the zero already there. On ext4 the first write through any
     /// map of a new file waits for the filesystem (2–14 ms measured here;
     /// each later page about 3 µs): the journal opens its first segment
-    /// when the gateway starts, so that wait is no longer the first
-    /// request's. A map that fails here is tried again, and its error
-    /// reported, by the first `put`.
-    fn first_fault(&mut self, window: u64) {
+    /// when the gateway starts, and the keeper the later ones ahead, so
+    /// that wait is no request's. Made `ahead` so, the window's other
+    /// pages' faults are taken too (about a millisecond for 1 MiB), which a
+    /// segment made by an append leaves to the appends. A map that fails
+    /// here is tried again, and its error reported, by the first `put`.
+    fn first_fault(&mut self, window: u64, ahead: bool) {
         let Mode::Mapped(mapped) = &mut self.mode else {
             return;
         };
@@ -154,7 +164,9 @@ impl Open {
         }
         if let Ok(mut map) = map_window(&self.file, self.capacity, 0, window) {
             map[0] = 0;
-            populate(&map);
+            if ahead {
+                populate(&map);
+            }
             *mapped = Some((0, map));
         }
     }
@@ -227,6 +239,10 @@ impl Open {
             map[from..from + count].copy_from_slice(&bytes[..count]);
             bytes = &bytes[count..];
             at += count as u64;
+        }
+        // Asked once the record is in: a record that crosses into the next
+        // window maps that one itself.
+        if let Some((start, map)) = mapped.as_ref() {
             let end = *start + map.len() as u64;
             if !self.window_asked && (at - *start) * 2 >= map.len() as u64 && end < self.capacity {
                 self.window_asked = true;
@@ -261,9 +277,13 @@ fn map_window(file: &File, capacity: u64, at: u64, window: u64) -> std::io::Resu
     let len = usize::try_from(window.min(capacity - at)).map_err(std::io::Error::other)?;
     // SAFETY: the map is of a file only this process writes (the journal's
     // lock keeps other instances out) and never shortens while it is
-    // mapped (`finish` unmaps first); its blocks are reserved on a
-    // filesystem where that means a write through the map cannot fail
-    // (`mappable`).
+    // mapped: `Open::finish` drops its own window before cutting the file;
+    // a window the keeper mapped ahead is given back (`cancel_window`)
+    // before the segment's `finish` is posted, one still being mapped is
+    // turned into an unmap by its ticket, and the keeper unmaps before it
+    // cuts, in each round; `close` cuts only after the keeper has stopped.
+    // Its blocks are reserved on a filesystem where that means a write
+    // through the map cannot fail (`mappable`).
     unsafe { MmapOptions::new().offset(at).len(len).map_mut(file) }
 }
 
@@ -734,6 +754,7 @@ impl Journal {
             sizes.segment,
             sizes.map,
             sizes.window,
+            true,
         )
         .map_err(|error| io_error(directory, error))?;
         let keeper = Keeper::new(directory.to_owned(), sizes);
@@ -897,6 +918,7 @@ impl Journal {
                     self.sizes.segment,
                     self.sizes.map,
                     self.sizes.window,
+                    false,
                 )
             });
             match created {
@@ -977,6 +999,7 @@ impl Journal {
                         capacity,
                         self.sizes.map,
                         self.sizes.window,
+                        false,
                     )
                 }
             }
@@ -1349,44 +1372,100 @@ mod tests {
         }
     }
 
+    /// A fresh directory for a test's journal.
+    fn test_directory(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "switchboard-{name}-{}-{}",
+            std::process::id(),
+            tests_support::unique()
+        ))
+    }
+
+    /// Small segments and windows, mapped where the filesystem allows.
+    const SMALL: Sizes = Sizes {
+        segment: 1024,
+        window: 256,
+        map: true,
+    };
+
+    /// Appends record `next` (counting it), which the queue takes.
+    fn append_next(journal: &Journal, records: &[RequestRecord], next: &mut usize) {
+        let record = &records[*next];
+        assert_eq!(
+            journal.append(&Journal::entry(record), record.clone()),
+            Appended::Queued
+        );
+        *next += 1;
+    }
+
+    /// Waits (at most 20 s) for `done`.
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 20 s for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// What a process killed now would leave: the segment files as they
+    /// are, copied to a directory of their own, replayed into a fresh
+    /// database. Every record appended is found once, both in the files
+    /// (no frame twice) and in the database.
+    async fn replay_a_copy(directory: &Path, appended: &[RequestRecord]) {
+        let copy = test_directory("journal-copy");
+        std::fs::create_dir_all(&copy).unwrap();
+        let mut frames = 0;
+        for (number, path) in segments(directory).unwrap() {
+            let bytes = std::fs::read(&path).unwrap();
+            frames += frame::records(&bytes).0.len();
+            std::fs::write(segment_path(&copy, number), bytes).unwrap();
+        }
+        assert_eq!(frames, appended.len());
+        let store = crate::SqliteStore::open_memory().await.unwrap();
+        let (journal, recovered) = Journal::open_sized(&copy, &store, SMALL).await.unwrap();
+        assert_eq!(recovered, appended.len());
+        let mut rows = store.recent_records(10_000).await.unwrap();
+        rows.sort_by_key(|row| row.started_at_ms);
+        let ids: Vec<&str> = rows.iter().map(|row| row.request_id.as_str()).collect();
+        let expected: Vec<&str> = appended
+            .iter()
+            .map(|record| record.request_id.as_str())
+            .collect();
+        assert_eq!(ids, expected);
+        journal.close();
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&copy);
+    }
+
     /// With the keeper keeping up, every segment after the first is made
     /// ahead (none by an append), the windows after a segment's first
     /// mapped ahead, and every closed one cut to its length, off the
     /// request path. A segment not ready at the switch is given up,
     /// whether the keeper had not begun it or had made it already: the
     /// append makes one under the next number, and the one given up is
-    /// never used and never left behind. Replay after a crash reads every
-    /// record once across the gaps in numbering.
+    /// never used and never left behind. What a crash would leave, with a
+    /// segment made ahead and unused, or one closed and not yet cut, and
+    /// gaps in numbering, replays every record once.
     #[tokio::test]
     async fn segments_are_made_ahead_and_one_not_ready_is_given_up() {
-        let directory = std::env::temp_dir().join(format!(
-            "switchboard-ahead-{}-{}",
-            std::process::id(),
-            tests_support::unique()
-        ));
-        let sizes = Sizes {
-            segment: 1024,
-            window: 256,
-            map: true,
-        };
+        let directory = test_directory("ahead");
         let store = crate::SqliteStore::open_memory().await.unwrap();
-        let (journal, _) = Journal::open_sized(&directory, &store, sizes)
+        let (journal, _) = Journal::open_sized(&directory, &store, SMALL)
             .await
             .unwrap();
-        let records: Vec<RequestRecord> = (0..400).map(tests_support::record).collect();
+        let mapped = matches!(
+            journal.lock().open.as_ref().map(|open| &open.mode),
+            Some(Mode::Mapped(_))
+        );
+        let records: Vec<RequestRecord> = (0..600).map(tests_support::record).collect();
         let mut next = 0;
-        let mut append = |journal: &Journal| {
-            let record = &records[next];
-            assert_eq!(
-                journal.append(&Journal::entry(record), record.clone()),
-                Appended::Queued
-            );
-            next += 1;
-        };
         let segment = |journal: &Journal| journal.lock().segment;
         // Three switches, the keeper done with its chores after each append.
         while journal.lock().closed.len() < 3 {
-            append(&journal);
+            append_next(&journal, &records, &mut next);
             journal.keeper.settle();
         }
         let closed: Vec<u64> = journal.lock().closed.iter().map(|s| s.number).collect();
@@ -1394,10 +1473,12 @@ mod tests {
         assert_eq!(segment(&journal), 4);
         assert_eq!(journal.lock().made_here, 0);
         let (made, windows) = journal.keeper.made_count();
-        assert!(made >= 3, "{made}");
-        // Each segment of four windows: the three after the first are
-        // mapped ahead.
-        assert!(windows >= 9, "{windows}");
+        assert_eq!(made, 3);
+        if mapped {
+            // Each segment of four windows: the three after the first are
+            // mapped ahead.
+            assert_eq!(windows, 9);
+        }
         for number in &closed {
             let text = std::fs::read(segment_path(&directory, *number)).unwrap();
             let (found, unread) = frame::records(&text);
@@ -1407,44 +1488,64 @@ mod tests {
         }
 
         // The keeper held back before it begins segment 5: the append that
-        // fills segment 4 makes segment 6 itself.
+        // fills segment 4 makes segment 6 itself, and 5 is never made.
         journal.keeper.pause(true);
         while segment(&journal) == 4 {
-            append(&journal);
+            append_next(&journal, &records, &mut next);
         }
         assert_eq!(segment(&journal), 6);
         assert_eq!(journal.lock().made_here, 1);
         journal.keeper.pause(false);
         journal.keeper.settle();
+        assert_eq!(journal.keeper.made_count().0, 3);
         assert!(!segment_path(&directory, 5).exists());
 
         // The keeper made segment 7 and is held back from handing it over:
         // the append that fills segment 6 gives it up and makes segment 8,
         // and the keeper then removes 7.
         journal.keeper.hold_made(true);
-        while journal.keeper.holding().is_none() {
-            append(&journal);
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        while !journal.lock().asked {
+            append_next(&journal, &records, &mut next);
         }
+        wait_for("segment 7 to be made", || {
+            journal.keeper.holding().is_some()
+        });
         assert_eq!(journal.keeper.holding(), Some(7));
         assert!(segment_path(&directory, 7).exists());
         while segment(&journal) == 6 {
-            append(&journal);
+            append_next(&journal, &records, &mut next);
         }
         assert_eq!(segment(&journal), 8);
         assert_eq!(journal.lock().made_here, 2);
         journal.keeper.hold_made(false);
         journal.keeper.settle();
+        assert_eq!(journal.keeper.made_count().0, 3);
         assert!(!segment_path(&directory, 7).exists());
 
-        // And then ahead again.
-        while segment(&journal) == 8 {
-            append(&journal);
+        // Ahead again, up to segment 10 made and unused.
+        while segment(&journal) == 8 || !journal.lock().asked {
+            append_next(&journal, &records, &mut next);
             journal.keeper.settle();
         }
         assert_eq!(segment(&journal), 9);
         assert_eq!(journal.lock().made_here, 2);
-        let appended = next;
+        assert!(segment_path(&directory, 10).exists());
+        replay_a_copy(&directory, &records[..next]).await;
+
+        // Segment 9 closed and not cut yet (the keeper held back).
+        journal.keeper.pause(true);
+        while segment(&journal) == 9 {
+            append_next(&journal, &records, &mut next);
+        }
+        assert_eq!(segment(&journal), 10);
+        if mapped {
+            let len = std::fs::metadata(segment_path(&directory, 9))
+                .unwrap()
+                .len();
+            assert_eq!(len, SMALL.segment, "not cut yet");
+        }
+        replay_a_copy(&directory, &records[..next]).await;
+        journal.keeper.pause(false);
         drop(journal);
 
         let files: Vec<u64> = segments(&directory)
@@ -1452,22 +1553,80 @@ mod tests {
             .into_iter()
             .map(|(number, _)| number)
             .collect();
-        assert_eq!(files[..7], [1, 2, 3, 4, 6, 8, 9]);
+        assert_eq!(files, [1, 2, 3, 4, 6, 8, 9, 10]);
         let store = crate::SqliteStore::open_memory().await.unwrap();
-        let (journal, recovered) = Journal::open_sized(&directory, &store, sizes)
+        let (journal, recovered) = Journal::open_sized(&directory, &store, SMALL)
             .await
             .unwrap();
-        assert_eq!(recovered, appended);
-        let mut rows = store.recent_records(1_000).await.unwrap();
-        rows.sort_by_key(|row| row.started_at_ms);
-        let ids: Vec<&str> = rows.iter().map(|row| row.request_id.as_str()).collect();
-        let expected: Vec<&str> = records[..appended]
-            .iter()
-            .map(|record| record.request_id.as_str())
-            .collect();
-        assert_eq!(ids, expected);
+        assert_eq!(recovered, next);
         journal.close();
         assert!(segments(&directory).unwrap().is_empty());
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    /// A clean close leaves no segment behind, whether one is made ahead
+    /// and ready or made and held back from being handed over. A close
+    /// before every record is committed keeps the journal, and records
+    /// that come after it, across windows and segments (the keeper gone,
+    /// its chores done where they arise), are kept too and replayed.
+    #[tokio::test]
+    async fn a_clean_close_leaves_nothing_and_late_records_are_kept() {
+        let records: Vec<RequestRecord> = (0..200).map(tests_support::record).collect();
+        for hold in [false, true] {
+            let directory = test_directory("close");
+            let store = crate::SqliteStore::open_memory().await.unwrap();
+            let (journal, _) = Journal::open_sized(&directory, &store, SMALL)
+                .await
+                .unwrap();
+            journal.keeper.hold_made(hold);
+            let mut next = 0;
+            while !journal.lock().asked {
+                append_next(&journal, &records, &mut next);
+            }
+            if hold {
+                wait_for("segment 2 to be made", || {
+                    journal.keeper.holding() == Some(2)
+                });
+            } else {
+                journal.keeper.settle();
+                assert_eq!(journal.keeper.chores_made(), Some(2));
+            }
+            assert!(segment_path(&directory, 2).exists());
+            journal.committed(next as u64);
+            journal.close();
+            assert!(segments(&directory).unwrap().is_empty(), "hold: {hold}");
+            drop(journal);
+            let _ = std::fs::remove_dir_all(&directory);
+        }
+
+        let directory = test_directory("late");
+        let store = crate::SqliteStore::open_memory().await.unwrap();
+        let (journal, _) = Journal::open_sized(&directory, &store, SMALL)
+            .await
+            .unwrap();
+        let mut next = 0;
+        for _ in 0..10 {
+            append_next(&journal, &records, &mut next);
+        }
+        // Not all committed: the journal stays.
+        journal.committed(5);
+        journal.close();
+        assert!(!segments(&directory).unwrap().is_empty());
+        // Late records, across windows and two segments.
+        while journal.lock().closed.len() < 2 {
+            append_next(&journal, &records, &mut next);
+        }
+        for _ in 0..10 {
+            append_next(&journal, &records, &mut next);
+        }
+        drop(journal);
+        let store = crate::SqliteStore::open_memory().await.unwrap();
+        let (journal, recovered) = Journal::open_sized(&directory, &store, SMALL)
+            .await
+            .unwrap();
+        assert_eq!(recovered, next);
+        journal.close();
         drop(journal);
         let _ = std::fs::remove_dir_all(&directory);
     }

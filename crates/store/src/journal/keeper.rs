@@ -48,8 +48,8 @@ struct Chores {
     unmap: Vec<MmapMut>,
     /// Segments to remove.
     remove: Vec<u64>,
-    /// Segments made here, and windows taken from here, ever (tests read
-    /// them).
+    /// Segments made here and handed over, and windows taken from here,
+    /// ever (tests read them).
     made_count: u64,
     windows_taken: u64,
     /// Held back from working (tests).
@@ -174,7 +174,12 @@ impl Keeper {
 
     /// Asks for the window of `file` (of `capacity` reserved bytes) that
     /// starts at `at` to be mapped, its pages' write faults taken.
+    /// Without the thread, nothing is asked: the appends fault the pages
+    /// one by one rather than one append all at once.
     pub(super) fn want_window(&self, file: &Arc<File>, capacity: u64, at: u64, window: u64) {
+        if self.inline.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let file = file.clone();
         self.post(|chores| {
             if let Some((_, stale)) = chores.window_made.take() {
@@ -203,6 +208,8 @@ impl Keeper {
             }
             Some((_, stale)) => {
                 chores.unmap.push(stale);
+                drop(chores);
+                self.shared.wake.notify_one();
                 None
             }
             None => None,
@@ -216,6 +223,8 @@ impl Keeper {
         chores.window_ticket += 1;
         if let Some((_, stale)) = chores.window_made.take() {
             chores.unmap.push(stale);
+            drop(chores);
+            self.shared.wake.notify_one();
         }
     }
 
@@ -268,6 +277,12 @@ impl Keeper {
         run_all(&self.shared, chores);
     }
 
+    /// The number of the segment made ahead and ready, if one is.
+    #[cfg(test)]
+    pub(super) fn chores_made(&self) -> Option<u64> {
+        self.chores().made.as_ref().map(|(number, _)| *number)
+    }
+
     /// Segments made ahead so far, and windows taken mapped ahead.
     #[cfg(test)]
     pub(super) fn made_count(&self) -> (u64, u64) {
@@ -300,7 +315,12 @@ impl Keeper {
     /// Waits until the thread has nothing to do (tests).
     #[cfg(test)]
     pub(super) fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the keeper did not finish its chores in 20 s"
+            );
             {
                 let chores = self.chores();
                 if (chores.idle() || chores.paused) && !chores.busy {
@@ -374,8 +394,9 @@ fn run_once<'a>(shared: &'a Shared, mut chores: MutexGuard<'a, Chores>) -> Mutex
         let _ = std::fs::remove_file(segment_path(&shared.directory, number));
     }
     // Mapped and its faults taken before the window is offered; the journal
-    // may have moved on meanwhile (then it is unmapped), but never cuts the
-    // file before this is done: cutting it is a chore of this thread's.
+    // may have moved on meanwhile (then it is unmapped), but the file is
+    // not cut before this is done: cutting it is a chore of this thread's
+    // (or of `stop`'s caller, once this thread has ended).
     let window = window.and_then(|(ticket, ask)| {
         let map = map_window(&ask.file, ask.capacity, ask.at, ask.window).ok()?;
         populate(&map);
@@ -386,7 +407,7 @@ fn run_once<'a>(shared: &'a Shared, mut chores: MutexGuard<'a, Chores>) -> Mutex
         let path = segment_path(&shared.directory, number);
         (
             number,
-            Open::create(&path, sizes.segment, sizes.map, sizes.window),
+            Open::create(&path, sizes.segment, sizes.map, sizes.window, true),
         )
     });
     let mut chores = shared.chores.lock().unwrap_or_else(PoisonError::into_inner);
@@ -415,14 +436,15 @@ fn run_once<'a>(shared: &'a Shared, mut chores: MutexGuard<'a, Chores>) -> Mutex
                 chores.made_count += 1;
             }
             Ok(open) => {
-                // Given up while it was made: the journal made its own.
-                drop(open);
-                let _ = std::fs::remove_file(segment_path(&shared.directory, number));
+                // Given up while it was made (the journal made its own):
+                // unmapped and removed by the next round, outside the lock.
+                chores.finish.push((open, 0));
+                chores.remove.push(number);
             }
             Err(error) => {
                 // The journal will try itself at the switch, and report.
                 tracing::warn!(%error, "the request journal's next segment cannot be made ahead");
-                let _ = std::fs::remove_file(segment_path(&shared.directory, number));
+                chores.remove.push(number);
                 if chores.wanted == Some(number) {
                     chores.wanted = None;
                 }
