@@ -13,4 +13,5 @@ pub mod bedrock;
 pub mod canon;
 pub mod gemini;
 pub mod openai;
+mod scan;
 pub mod sse;

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use switchboard_core::{ResponseInfo, Usage};
 
 use super::UpstreamErrorBody;
+use crate::scan::{Refused, Scan, once};
 
 /// An upstream answer that is not the OpenAI object it should be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,9 +73,17 @@ struct FinishCheck<'a> {
 
 /// The text of a JSON string, or `None` for any other value.
 pub fn json_text(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+    text_of(raw.get())
+}
+
+/// The text of a JSON value known to be well formed, if it is a string.
+fn text_of(text: &str) -> Option<Cow<'_, str>> {
     if !text.starts_with('"') {
         return None;
+    }
+    // Without escapes, the text between the quotes is the string.
+    if !text.contains('\\') {
+        return text.get(1..text.len() - 1).map(Cow::Borrowed);
     }
     match serde_json::from_str::<&str>(text) {
         Ok(plain) => Some(Cow::Borrowed(plain)),
@@ -102,10 +111,128 @@ fn body_text<'b>(body: &'b [u8], what: &str) -> Result<&'b str, InvalidResponse>
 }
 
 /// Checks a `chat.completion` body and reads its usage, id, model and
-/// finish reasons.
+/// finish reasons: in one pass of `scan`, or, for a body it does not read
+/// (malformed, or unusual), with serde_json, whose verdict stands.
 pub fn check_completion(body: &[u8]) -> Result<(Usage, ResponseInfo), InvalidResponse> {
     let what = "a chat completion";
-    let check: CompletionCheck = serde_json::from_str(body_text(body, what)?).map_err(|error| {
+    let text = body_text(body, what)?;
+    if let Ok(read) = scan_completion(text) {
+        return Ok(read);
+    }
+    check_completion_with_serde(text)
+}
+
+/// `check_completion` in one pass of `scan`: the same fields, read as the
+/// serde types below read them (a known field given twice refused, token
+/// counts `null` or integers that fit a `u64`, `choices` required).
+fn scan_completion(text: &str) -> Result<(Usage, ResponseInfo), Refused> {
+    let mut scan = Scan::new(text);
+    let mut info = ResponseInfo::default();
+    let mut usage = Usage::default();
+    let (mut id, mut model, mut choices, mut usage_seen) = (false, false, false, false);
+    scan.object(|scan, key| match key {
+        "id" | "model" => {
+            once(if key == "id" { &mut id } else { &mut model })?;
+            if scan.null()? {
+                return Ok(());
+            }
+            if let Some(value) = text_of(scan.raw()?) {
+                if key == "id" {
+                    info.note_id(&value);
+                } else {
+                    info.note_model(&value);
+                }
+            }
+            Ok(())
+        }
+        "choices" => {
+            once(&mut choices)?;
+            scan.array(|scan| {
+                let mut finish = false;
+                scan.object(|scan, key| {
+                    if key != "finish_reason" {
+                        return scan.skip();
+                    }
+                    once(&mut finish)?;
+                    if !scan.null()?
+                        && let Some(reason) = text_of(scan.raw()?)
+                    {
+                        info.push_finish_reason(&reason);
+                    }
+                    Ok(())
+                })
+            })
+        }
+        "usage" => {
+            once(&mut usage_seen)?;
+            if scan.null()? {
+                return Ok(());
+            }
+            usage = scan_usage(scan)?;
+            Ok(())
+        }
+        _ => scan.skip(),
+    })?;
+    if !choices {
+        return Err(Refused);
+    }
+    scan.end()?;
+    Ok((usage, info))
+}
+
+/// OpenAI's `usage` object, as `WireUsage` reads it.
+fn scan_usage(scan: &mut Scan<'_>) -> Result<Usage, Refused> {
+    let mut usage = Usage::default();
+    let mut seen = [false; 4];
+    scan.object(|scan, key| match key {
+        "prompt_tokens" => {
+            once(&mut seen[0])?;
+            usage.input_tokens = scan.optional_u64()?;
+            Ok(())
+        }
+        "completion_tokens" => {
+            once(&mut seen[1])?;
+            usage.output_tokens = scan.optional_u64()?;
+            Ok(())
+        }
+        "prompt_tokens_details" => {
+            once(&mut seen[2])?;
+            usage.cached_input_tokens = scan_detail(scan, "cached_tokens")?;
+            Ok(())
+        }
+        "completion_tokens_details" => {
+            once(&mut seen[3])?;
+            usage.reasoning_tokens = scan_detail(scan, "reasoning_tokens")?;
+            Ok(())
+        }
+        _ => scan.skip(),
+    })?;
+    Ok(usage)
+}
+
+/// A details object of `usage` (or `null`), and its one count read.
+fn scan_detail(scan: &mut Scan<'_>, field: &str) -> Result<Option<u64>, Refused> {
+    if scan.null()? {
+        return Ok(None);
+    }
+    let mut count = None;
+    let mut seen = false;
+    scan.object(|scan, key| {
+        if key != field {
+            return scan.skip();
+        }
+        once(&mut seen)?;
+        count = scan.optional_u64()?;
+        Ok(())
+    })?;
+    Ok(count)
+}
+
+/// `check_completion` with serde_json: the judge of what `scan_completion`
+/// does not read, and the source of its error messages.
+fn check_completion_with_serde(text: &str) -> Result<(Usage, ResponseInfo), InvalidResponse> {
+    let what = "a chat completion";
+    let check: CompletionCheck = serde_json::from_str(text).map_err(|error| {
         InvalidResponse(format!("the upstream's answer is not {what}: {error}"))
     })?;
     let mut info = ResponseInfo::default();
@@ -411,5 +538,247 @@ mod check_tests {
         }
         let error = check_embeddings(b"{\"data\":[\"\xff\"]}").unwrap_err();
         assert!(error.0.contains("not an embeddings list"), "{}", error.0);
+    }
+}
+
+/// The one-pass reading of completions against serde_json's: whatever
+/// `scan_completion` accepts, serde_json accepts and reads alike, on
+/// realistic answers, generated ones and mutated ones; and the answers
+/// upstreams send take the one pass.
+#[cfg(test)]
+mod scan_tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const ANSWERS: [&str; 4] = [
+        r#"{"id":"chatcmpl-mock0000000000000000","object":"chat.completion","created":1796011634,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! I am a mock assistant.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":27,"completion_tokens":28,"total_tokens":55,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_mock0001"}"#,
+        r#"{
+  "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+  "object": "chat.completion",
+  "created": 1741570283,
+  "model": "gpt-4o-2024-08-06",
+  "choices": [
+    {
+      "index": 0,
+      "message": {
+        "role": "assistant",
+        "content": null,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris \\u00e9\"}"}}],
+        "refusal": null,
+        "annotations": []
+      },
+      "logprobs": {"content": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105], "top_logprobs": []}], "refusal": null},
+      "finish_reason": "tool_calls"
+    },
+    {"index": 1, "message": {"role": "assistant", "content": "Ça va \ud83d\ude00"}, "finish_reason": "length"}
+  ],
+  "usage": {"prompt_tokens": 1117, "completion_tokens": 46, "total_tokens": 1163,
+    "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 12, "audio_tokens": 0}},
+  "service_tier": "default"
+}"#,
+        r#"{"id":null,"model":7,"choices":[],"usage":null}"#,
+        r#"{"choices":[{"finish_reason":null},{}],"usage":{"prompt_tokens":null,"prompt_tokens_details":null,"completion_tokens_details":{}}}"#,
+    ];
+
+    fn serde(text: &str) -> Option<(Usage, ResponseInfo)> {
+        check_completion_with_serde(text).ok()
+    }
+
+    /// What the one pass read, if it read the text, agrees with serde_json.
+    fn agrees(text: &str) -> Result<bool, TestCaseError> {
+        match scan_completion(text) {
+            Ok(read) => {
+                prop_assert_eq!(Some(read), serde(text), "{}", text);
+                Ok(true)
+            }
+            Err(Refused) => Ok(false),
+        }
+    }
+
+    #[test]
+    fn answers_take_the_one_pass_and_read_as_serde_reads_them() {
+        for answer in ANSWERS {
+            assert!(agrees(answer).unwrap(), "{answer}");
+        }
+        let (usage, info) = scan_completion(ANSWERS[1]).unwrap();
+        assert_eq!(usage.input_tokens, Some(1117));
+        assert_eq!(usage.cached_input_tokens, Some(1024));
+        assert_eq!(usage.reasoning_tokens, Some(12));
+        assert_eq!(info.finish_reasons, ["tool_calls", "length"]);
+        assert_eq!(info.model.as_deref(), Some("gpt-4o-2024-08-06"));
+        // Refused by both: the one pass hands each over, and serde_json's
+        // error stands.
+        for bad in [
+            r#"{"id":"a","id":"b","choices":[]}"#,
+            r#"{"choices":[{"finish_reason":"stop","finish_reason":"x"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1.5}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":-1}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":18446744073709551616}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens_details":{"cached_tokens":"1"}}}"#,
+            r#"{"choices":null}"#,
+            r#"{"choices":[1]}"#,
+            r#"{"id":"x"}"#,
+            r#"{"choices":[]} x"#,
+            r#"{"choices":[],"other":[1,]}"#,
+            r#"{"model":"a","choices":[],"model":"b"}"#,
+            r#"{"choices":[],"choices":[]}"#,
+            r#"{"choices":[],"usage":null,"usage":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#,
+            r#"{"choices":[],"usage":{"completion_tokens":1,"completion_tokens":null}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens_details":null,"prompt_tokens_details":{}}}"#,
+            r#"{"choices":[],"usage":{"completion_tokens_details":{},"completion_tokens_details":{}}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":1}}}"#,
+            r#"{"choices":[],"usage":{"completion_tokens_details":{"reasoning_tokens":0,"reasoning_tokens":0}}}"#,
+        ] {
+            assert_eq!(scan_completion(bad), Err(Refused), "{bad}");
+            assert!(check_completion(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // Read by serde_json, handed over by the one pass: a key with an
+        // escape, a struct written as an array.
+        for unusual in [
+            r#"{"\u0069d":"x","choices":[]}"#,
+            r#"{"choices":[["stop"]]}"#,
+        ] {
+            assert_eq!(scan_completion(unusual), Err(Refused), "{unusual}");
+            assert!(check_completion(unusual.as_bytes()).is_ok(), "{unusual}");
+        }
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(|n| json!(n)),
+            (0u64..100).prop_map(|n| json!(n)),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1e6f64..1e6).prop_map(|n| json!(n)),
+            "[a-z\\\\\"é\u{1}\u{1F600} ]{0,8}".prop_map(Value::String),
+        ]
+    }
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        scalar().prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(("[a-z_]{1,6}", inner), 0..4)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Where the serde types read a struct: an object (of the keys they
+    /// know, and others), `null`, or a scalar; never an array, which serde
+    /// reads as a struct's fields in order and the one pass hands over.
+    fn object_of(keys: Vec<(&'static str, BoxedStrategy<Value>)>) -> BoxedStrategy<Value> {
+        let members: Vec<BoxedStrategy<Option<(String, Value)>>> = keys
+            .into_iter()
+            .map(|(key, value)| {
+                prop::option::of(value.prop_map(move |value| (key.to_owned(), value))).boxed()
+            })
+            .collect();
+        prop_oneof![
+            8 => (members, prop::collection::vec(("[a-z_]{1,8}", any_value()), 0..3)).prop_map(
+                |(known, other)| {
+                    let mut object = serde_json::Map::new();
+                    for (key, value) in other {
+                        object.insert(key, value);
+                    }
+                    for (key, value) in known.into_iter().flatten() {
+                        object.insert(key, value);
+                    }
+                    Value::Object(object)
+                }
+            ),
+            1 => scalar(),
+        ]
+        .boxed()
+    }
+
+    fn count() -> BoxedStrategy<Value> {
+        scalar().boxed()
+    }
+
+    fn completion() -> impl Strategy<Value = Value> {
+        let details = |key| object_of(vec![(key, count())]);
+        let usage = object_of(vec![
+            ("prompt_tokens", count()),
+            ("completion_tokens", count()),
+            ("prompt_tokens_details", details("cached_tokens")),
+            ("completion_tokens_details", details("reasoning_tokens")),
+        ]);
+        let choice = object_of(vec![
+            ("finish_reason", scalar().boxed()),
+            ("message", any_value().boxed()),
+        ]);
+        object_of(vec![
+            ("id", scalar().boxed()),
+            ("model", any_value().boxed()),
+            (
+                "choices",
+                prop_oneof![
+                    4 => prop::collection::vec(choice, 0..3).prop_map(Value::Array),
+                    1 => scalar(),
+                ]
+                .boxed(),
+            ),
+            ("usage", usage),
+        ])
+    }
+
+    /// Bytes JSON is made of, for edits that keep it near the grammar.
+    const ALPHABET: &[u8] = b"{}[]\",:\\ -.+0123456789eEnultrfasu\t\n\x01";
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Generated answers, all valid JSON: the one pass reads exactly
+        /// those serde_json reads, and reads them alike.
+        #[test]
+        fn generated_answers_read_alike(answer in completion(), pretty in any::<bool>()) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&answer).unwrap()
+            } else {
+                serde_json::to_string(&answer).unwrap()
+            };
+            let read = agrees(&text)?;
+            prop_assert_eq!(read, serde(&text).is_some(), "{}", text);
+        }
+
+        /// Answers with bytes changed, inserted or removed, or ranges
+        /// copied: whatever the one pass reads, serde_json reads alike.
+        #[test]
+        fn mutated_answers_read_alike_or_are_handed_over(
+            seed in 0..ANSWERS.len(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), 0..4u8, prop::sample::select(ALPHABET)), 1..4),
+        ) {
+            let mut bytes = ANSWERS[seed].as_bytes().to_vec();
+            for (at, to, kind, byte) in edits {
+                let at = at.index(bytes.len() + 1);
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    // A range copied elsewhere: members given twice.
+                    2 => {
+                        let end = (at + 1 + to.index(64)).min(bytes.len());
+                        let copied = bytes[at.min(end)..end].to_vec();
+                        let to = to.index(bytes.len() + 1);
+                        bytes.splice(to..to, copied);
+                    }
+                    _ if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                agrees(text)?;
+                // The whole check: serde_json's verdict wherever the one
+                // pass did not read.
+                prop_assert_eq!(check_completion(text.as_bytes()).ok(), serde(text));
+            }
+        }
     }
 }

@@ -1,0 +1,482 @@
+//! A strict, allocation-free reader of JSON text, for the checks on the
+//! request path that read a few fields of an upstream's answer and must
+//! know the rest is well formed: one pass over the bytes, each value
+//! checked against JSON's grammar (RFC 8259) and skipped, or read where the
+//! caller asks.
+//!
+//! It is a fast path, never the judge: whatever it cannot read it refuses
+//! with `Refused`, without a reason, and the caller reads the text again
+//! with serde_json, whose verdict and error message stand. Its readers
+//! refuse more than serde_json would (a key with escapes, a struct written
+//! as an array, nesting past `MAX_DEPTH`), never less: what it accepts,
+//! serde_json accepts and reads alike (`openai::response`'s tests compare
+//! the two on generated and mutated answers).
+
+/// Nesting this scanner follows before it hands the text to serde_json.
+const MAX_DEPTH: usize = 128;
+
+/// The text is not one this scanner reads (malformed, or merely unusual).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refused;
+
+type Scanned<T> = Result<T, Refused>;
+
+/// A cursor over JSON text.
+pub(crate) struct Scan<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    pub(crate) fn new(text: &'a str) -> Scan<'a> {
+        Scan { text, at: 0 }
+    }
+
+    fn byte(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        while matches!(self.byte(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.at += 1;
+        }
+        self.byte()
+    }
+
+    fn eat(&mut self, expected: u8) -> Scanned<()> {
+        if self.peek() == Some(expected) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(Refused)
+        }
+    }
+
+    /// Only whitespace is left.
+    pub(crate) fn end(mut self) -> Scanned<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(Refused),
+        }
+    }
+
+    /// A string: its text between the quotes, escapes left as they are,
+    /// and whether it holds any. Ordinary bytes are passed over eight at a
+    /// time (`special`).
+    fn string(&mut self) -> Scanned<(&'a str, bool)> {
+        self.eat(b'"')?;
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let mut at = self.at;
+        let mut escaped = false;
+        loop {
+            while let Some(chunk) = bytes.get(at..at + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().map_err(|_| Refused)?);
+                let found = special(word);
+                if found != 0 {
+                    at += (found.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                at += 8;
+            }
+            match *bytes.get(at).ok_or(Refused)? {
+                b'"' => {
+                    let raw = &self.text[start..at];
+                    self.at = at + 1;
+                    return Ok((raw, escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    match *bytes.get(at + 1).ok_or(Refused)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at += 2,
+                        b'u' => {
+                            let hex = bytes.get(at + 2..at + 6).ok_or(Refused)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return Err(Refused);
+                            }
+                            at += 6;
+                        }
+                        _ => return Err(Refused),
+                    }
+                }
+                0..=0x1f => return Err(Refused),
+                // An ordinary byte in the last seven.
+                _ => at += 1,
+            }
+        }
+    }
+
+    /// A number; its value when it is a plain integer (no sign, fraction
+    /// or exponent) that fits a `u64`.
+    fn number(&mut self) -> Scanned<Option<u64>> {
+        let bytes = self.text.as_bytes();
+        let mut plain = true;
+        if self.byte() == Some(b'-') {
+            plain = false;
+            self.at += 1;
+        }
+        let mut value: Option<u64> = Some(0);
+        match self.byte() {
+            Some(b'0') => {
+                self.at += 1;
+                if self.byte().is_some_and(|byte| byte.is_ascii_digit()) {
+                    return Err(Refused);
+                }
+            }
+            Some(b'1'..=b'9') => {
+                while let Some(digit @ b'0'..=b'9') = bytes.get(self.at).copied() {
+                    value = value
+                        .and_then(|value| value.checked_mul(10))
+                        .and_then(|value| value.checked_add(u64::from(digit - b'0')));
+                    self.at += 1;
+                }
+            }
+            _ => return Err(Refused),
+        }
+        if self.byte() == Some(b'.') {
+            plain = false;
+            self.at += 1;
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.byte() {
+            plain = false;
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.byte() {
+                self.at += 1;
+            }
+            self.digits()?;
+        }
+        Ok(if plain { value } else { None })
+    }
+
+    /// One digit or more.
+    fn digits(&mut self) -> Scanned<()> {
+        let start = self.at;
+        while self.byte().is_some_and(|byte| byte.is_ascii_digit()) {
+            self.at += 1;
+        }
+        if self.at == start {
+            Err(Refused)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn literal(&mut self, word: &str) -> Scanned<()> {
+        if self.text[self.at..].starts_with(word) {
+            self.at += word.len();
+            Ok(())
+        } else {
+            Err(Refused)
+        }
+    }
+
+    /// `null`, consumed, or false with the cursor left where it was.
+    pub(crate) fn null(&mut self) -> Scanned<bool> {
+        if self.peek() == Some(b'n') {
+            self.literal("null")?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// A value of any kind, checked and skipped: nested arrays and objects
+    /// are followed with a stack of bits, not recursion.
+    pub(crate) fn skip(&mut self) -> Scanned<()> {
+        // Bit n: whether the container at depth n + 1 is an object.
+        let mut objects: u128 = 0;
+        let mut depth = 0;
+        loop {
+            // A value.
+            match self.peek().ok_or(Refused)? {
+                open @ (b'{' | b'[') => {
+                    self.at += 1;
+                    let close = if open == b'{' { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.at += 1;
+                    } else {
+                        if depth == MAX_DEPTH {
+                            return Err(Refused);
+                        }
+                        if open == b'{' {
+                            objects |= 1 << depth;
+                            self.key()?;
+                        } else {
+                            objects &= !(1 << depth);
+                        }
+                        depth += 1;
+                        continue;
+                    }
+                }
+                b'"' => {
+                    self.string()?;
+                }
+                b't' => self.literal("true")?,
+                b'f' => self.literal("false")?,
+                b'n' => self.literal("null")?,
+                b'-' | b'0'..=b'9' => {
+                    self.number()?;
+                }
+                _ => return Err(Refused),
+            }
+            // After a value: the next in its container, or the container's
+            // end.
+            loop {
+                if depth == 0 {
+                    return Ok(());
+                }
+                let object = objects & (1 << (depth - 1)) != 0;
+                match self.peek() {
+                    Some(b',') => {
+                        self.at += 1;
+                        if object {
+                            self.key()?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if object => {
+                        self.at += 1;
+                        depth -= 1;
+                    }
+                    Some(b']') if !object => {
+                        self.at += 1;
+                        depth -= 1;
+                    }
+                    _ => return Err(Refused),
+                }
+            }
+        }
+    }
+
+    /// A member's key and its colon.
+    fn key(&mut self) -> Scanned<&'a str> {
+        let (key, escaped) = self.string()?;
+        // Rare: serde_json decodes such a key before matching it.
+        if escaped {
+            return Err(Refused);
+        }
+        self.eat(b':')?;
+        Ok(key)
+    }
+
+    /// A value, checked and skipped, and its text.
+    pub(crate) fn raw(&mut self) -> Scanned<&'a str> {
+        self.peek();
+        let start = self.at;
+        self.skip()?;
+        Ok(&self.text[start..self.at])
+    }
+
+    /// `null`, or a plain integer that fits a `u64` (what serde reads into
+    /// an `Option<u64>`).
+    pub(crate) fn optional_u64(&mut self) -> Scanned<Option<u64>> {
+        if self.null()? {
+            return Ok(None);
+        }
+        match self.peek() {
+            Some(b'0'..=b'9') => self.number()?.map(Some).ok_or(Refused),
+            _ => Err(Refused),
+        }
+    }
+
+    /// An object: `member` is called with each key, the cursor at its
+    /// value, which it must read or skip.
+    pub(crate) fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Scan<'a>, &'a str) -> Scanned<()>,
+    ) -> Scanned<()> {
+        self.eat(b'{')?;
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            let key = self.key()?;
+            member(self, key)?;
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => return Err(Refused),
+            }
+        }
+    }
+
+    /// An array: `element` is called with the cursor at each element,
+    /// which it must read or skip.
+    pub(crate) fn array(
+        &mut self,
+        mut element: impl FnMut(&mut Scan<'a>) -> Scanned<()>,
+    ) -> Scanned<()> {
+        self.eat(b'[')?;
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            element(self)?;
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b']') => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => return Err(Refused),
+            }
+        }
+    }
+}
+
+/// The bytes of `word` (eight, the first lowest) that end or interrupt a
+/// string's plain run (a quote, a backslash, a control character), as
+/// their high bits; the lowest set bit is the first such byte (bits above
+/// it may be set falsely, by a borrow). Bytes of 0x80 and up, UTF-8's
+/// multi-byte sequences, are never flagged.
+fn special(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |value: u64| value.wrapping_sub(ONES) & !value & HIGHS;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    zero_in(word ^ (ONES * u64::from(b'"')))
+        | zero_in(word ^ (ONES * u64::from(b'\\')))
+        | below_space
+}
+
+/// Marks a struct's field as read, refusing it the second time (serde's
+/// derived readers refuse a known field given twice).
+pub(crate) fn once(seen: &mut bool) -> Scanned<()> {
+    if std::mem::replace(seen, true) {
+        Err(Refused)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skips(text: &str) -> bool {
+        let mut scan = Scan::new(text);
+        scan.skip().is_ok() && scan.end().is_ok()
+    }
+
+    /// Every value serde_json reads, this reads, and nothing it refuses;
+    /// nesting past the limit is handed over.
+    #[test]
+    fn values_are_read_as_json_defines_them() {
+        let good = [
+            "0",
+            "-0",
+            "12",
+            "-1.5e+3",
+            "1E9",
+            "0.25",
+            "true",
+            "false",
+            "null",
+            r#""""#,
+            r#""a\"\\\/\b\f\n\r\t\u00e9\uD83D\uDE00 é""#,
+            "[]",
+            "{}",
+            r#" [1, {"a": [true, null, {}], "b": "x"}, [], [[]]] "#,
+            r#"{"a":{"b":{"c":[1,2,{"d":null}]}}}"#,
+        ];
+        for text in good {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text).is_ok(),
+                "{text}"
+            );
+            assert!(skips(text), "{text}");
+        }
+        let bad = [
+            "",
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "1e",
+            "+1",
+            "tru",
+            "nul",
+            "[1,]",
+            "[,1]",
+            "{\"a\"}",
+            "{\"a\":1,}",
+            "{a:1}",
+            "[1 2]",
+            "\"\\x\"",
+            "\"\\u12G4\"",
+            "\"a\u{1}b\"",
+            "\"open",
+            "[}",
+            "{]",
+            "[1]]",
+            "1 2",
+        ];
+        for text in bad {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text).is_err(),
+                "{text}"
+            );
+            assert!(!skips(text), "{text}");
+        }
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(skips(&nested(MAX_DEPTH)));
+        assert!(!skips(&nested(MAX_DEPTH + 1)));
+    }
+
+    /// A string's end, escapes and refusals are found wherever they fall
+    /// among the eight bytes read at a time.
+    #[test]
+    fn strings_are_read_whatever_their_length_and_content() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let around = |inner: &str| "a".repeat(at) + inner + &"z".repeat(len - at);
+                for inner in [
+                    "", "\\\"", "\\\\", "\\u00e9", "\\/", "é", "😀", "\u{7f}", " ",
+                ] {
+                    let body = around(inner);
+                    let text = format!("\"{body}\"");
+                    let mut scan = Scan::new(&text);
+                    assert_eq!(
+                        scan.string(),
+                        Ok((body.as_str(), inner.starts_with('\\'))),
+                        "{text}"
+                    );
+                    assert_eq!(scan.end(), Ok(()));
+                }
+                for inner in ["\u{0}", "\u{1f}", "\n", "\\x", "\\u12", "\\"] {
+                    let text = format!("\"{}\"", around(inner));
+                    assert_eq!(Scan::new(&text).string(), Err(Refused), "{text:?}");
+                    assert!(serde_json::from_str::<String>(&text).is_err(), "{text:?}");
+                }
+                let open = format!("\"{}", around(""));
+                assert_eq!(Scan::new(&open).string(), Err(Refused));
+            }
+        }
+    }
+
+    #[test]
+    fn integers_are_read_where_they_fit() {
+        let read = |text: &str| Scan::new(text).optional_u64();
+        assert_eq!(read("null"), Ok(None));
+        assert_eq!(read("0"), Ok(Some(0)));
+        assert_eq!(read("18446744073709551615"), Ok(Some(u64::MAX)));
+        for text in [
+            "18446744073709551616",
+            "-1",
+            "-0",
+            "1.0",
+            "1e2",
+            "\"1\"",
+            "true",
+        ] {
+            assert_eq!(read(text), Err(Refused), "{text}");
+        }
+    }
+}
