@@ -417,6 +417,18 @@ mod tests {
             "{]",
             "[1]]",
             "1 2",
+            "-01",
+            "1e+",
+            "\"\\u\"",
+            "{\"a\" 1}",
+            "{\"a\":}",
+            "[1,,2]",
+            // Whitespace is space, tab, line feed and carriage return only.
+            "\x0c1",
+            "[1,\x0b2]",
+            "[1,\u{a0}2]",
+            "\u{feff}{}",
+            "{}\x0c",
         ];
         for text in bad {
             assert!(
@@ -428,6 +440,30 @@ mod tests {
         let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
         assert!(skips(&nested(MAX_DEPTH)));
         assert!(!skips(&nested(MAX_DEPTH + 1)));
+        // Objects and arrays alternating to the limit: each level's kind is
+        // remembered, and a close of the wrong kind anywhere is refused.
+        let (opens, closes): (Vec<&str>, Vec<&str>) = (0..MAX_DEPTH)
+            .map(|level| {
+                if level % 2 == 0 {
+                    ("{\"a\":", "}")
+                } else {
+                    ("[", "]")
+                }
+            })
+            .unzip();
+        let closes: String = closes.iter().rev().copied().collect();
+        let mixed = format!("{}1{}", opens.concat(), closes);
+        assert!(skips(&mixed));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&mixed).is_err(),
+            "past serde_json's own limit"
+        );
+        for wrong in [1, 40, 63, 64, 65, 100, MAX_DEPTH - 1] {
+            let mut bytes = mixed.clone().into_bytes();
+            let at = bytes.len() - 1 - wrong;
+            bytes[at] = if bytes[at] == b'}' { b']' } else { b'}' };
+            assert!(!skips(std::str::from_utf8(&bytes).unwrap()), "{wrong}");
+        }
     }
 
     /// A string's end, escapes and refusals are found wherever they fall
@@ -457,6 +493,25 @@ mod tests {
                 }
                 let open = format!("\"{}", around(""));
                 assert_eq!(Scan::new(&open).string(), Err(Refused));
+            }
+        }
+    }
+
+    /// `special` flags first exactly the first quote, backslash or control
+    /// byte of any eight, whatever surrounds it.
+    #[test]
+    fn special_bytes_are_found_first_wherever_they_are() {
+        let is_special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
+        for filler in [b'a', b' ', 0x7f, 0x80, 0xa2, 0xc0, 0xdc, 0xff] {
+            for at in 0..8 {
+                for byte in 0..=255u8 {
+                    let mut word = [filler; 8];
+                    word[at] = byte;
+                    let expected = word.iter().position(|byte| is_special(*byte));
+                    let found = special(u64::from_le_bytes(word));
+                    let first = (found != 0).then(|| (found.trailing_zeros() / 8) as usize);
+                    assert_eq!(first, expected, "{word:?}");
+                }
             }
         }
     }
