@@ -578,7 +578,12 @@ async fn records_past_their_retention_are_deleted_at_start() {
     }
     assert_eq!(left, ["today", "recent"]);
     gateway.stop_and_records().await;
-    let _ = std::fs::remove_file(&path);
+    // The database and its write-ahead log files.
+    for suffix in ["", "-shm", "-wal"] {
+        let mut name = path.clone().into_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
 }
 
 /// Bodies are kept, redacted, for a model that asks (and for a key that
