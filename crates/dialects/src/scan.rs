@@ -287,41 +287,39 @@ impl<'a> Scan<'a> {
         &mut self,
         mut member: impl FnMut(&mut Scan<'a>, &'a str) -> Scanned<()>,
     ) -> Scanned<()> {
-        self.eat(b'{')?;
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            return Ok(());
-        }
-        loop {
-            let key = self.key()?;
-            member(self, key)?;
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(());
-                }
-                _ => return Err(Refused),
-            }
-        }
+        self.sequence(b'{', b'}', |scan| {
+            let key = scan.key()?;
+            member(scan, key)
+        })
     }
 
     /// An array: `element` is called with the cursor at each element,
     /// which it must read or skip.
     pub(crate) fn array(
         &mut self,
-        mut element: impl FnMut(&mut Scan<'a>) -> Scanned<()>,
+        element: impl FnMut(&mut Scan<'a>) -> Scanned<()>,
     ) -> Scanned<()> {
-        self.eat(b'[')?;
-        if self.peek() == Some(b']') {
+        self.sequence(b'[', b']', element)
+    }
+
+    /// `open`, then items separated by commas (each read by `item`), or
+    /// none, then `close`.
+    fn sequence(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Scan<'a>) -> Scanned<()>,
+    ) -> Scanned<()> {
+        self.eat(open)?;
+        if self.peek() == Some(close) {
             self.at += 1;
             return Ok(());
         }
         loop {
-            element(self)?;
+            item(self)?;
             match self.peek() {
                 Some(b',') => self.at += 1,
-                Some(b']') => {
+                Some(byte) if byte == close => {
                     self.at += 1;
                     return Ok(());
                 }

@@ -131,17 +131,18 @@ fn scan_completion(text: &str) -> Result<(Usage, ResponseInfo), Refused> {
     let mut usage = Usage::default();
     let (mut id, mut model, mut choices, mut usage_seen) = (false, false, false, false);
     scan.object(|scan, key| match key {
-        "id" | "model" => {
-            once(if key == "id" { &mut id } else { &mut model })?;
-            if scan.null()? {
-                return Ok(());
-            }
+        // A value of any kind, read only if it is a string (`null` is not).
+        "id" => {
+            once(&mut id)?;
             if let Some(value) = text_of(scan.raw()?) {
-                if key == "id" {
-                    info.note_id(&value);
-                } else {
-                    info.note_model(&value);
-                }
+                info.note_id(&value);
+            }
+            Ok(())
+        }
+        "model" => {
+            once(&mut model)?;
+            if let Some(value) = text_of(scan.raw()?) {
+                info.note_model(&value);
             }
             Ok(())
         }
@@ -154,9 +155,7 @@ fn scan_completion(text: &str) -> Result<(Usage, ResponseInfo), Refused> {
                         return scan.skip();
                     }
                     once(&mut finish)?;
-                    if !scan.null()?
-                        && let Some(reason) = text_of(scan.raw()?)
-                    {
+                    if let Some(reason) = text_of(scan.raw()?) {
                         info.push_finish_reason(&reason);
                     }
                     Ok(())

@@ -70,6 +70,15 @@ impl Chores {
             && self.window_wanted.is_none()
     }
 
+    /// Nothing is asked ahead any more (a window being mapped for an
+    /// earlier ask will not be wanted); the window mapped ahead, if one
+    /// is, is taken out, with where it starts.
+    fn end_window_ask(&mut self) -> Option<(u64, MmapMut)> {
+        self.window_wanted = None;
+        self.window_ticket += 1;
+        self.window_made.take()
+    }
+
     fn wants_making(&self) -> bool {
         self.wanted.is_some() && self.made.is_none() && self.making.is_none() && !self.stop
     }
@@ -199,9 +208,7 @@ impl Keeper {
     /// not it is, nothing is asked from here on.
     pub(super) fn take_window(&self, at: u64) -> Option<MmapMut> {
         let mut chores = self.chores();
-        chores.window_wanted = None;
-        chores.window_ticket += 1;
-        match chores.window_made.take() {
+        match chores.end_window_ask() {
             Some((start, map)) if start == at => {
                 chores.windows_taken += 1;
                 Some(map)
@@ -219,9 +226,7 @@ impl Keeper {
     /// The segment is done with: a window asked of it is not wanted.
     pub(super) fn cancel_window(&self) {
         let mut chores = self.chores();
-        chores.window_wanted = None;
-        chores.window_ticket += 1;
-        if let Some((_, stale)) = chores.window_made.take() {
+        if let Some((_, stale)) = chores.end_window_ask() {
             chores.unmap.push(stale);
             drop(chores);
             self.shared.wake.notify_one();
@@ -260,8 +265,7 @@ impl Keeper {
             chores.paused = false;
             chores.hold_made = false;
             chores.wanted = None;
-            chores.window_wanted = None;
-            if let Some((_, stale)) = chores.window_made.take() {
+            if let Some((_, stale)) = chores.end_window_ask() {
                 chores.unmap.push(stale);
             }
         }
