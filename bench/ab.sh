@@ -4,11 +4,13 @@
 # first in even rounds), at concurrency 64 (throughput, p99) and 1 (added
 # latency over the direct run of the same round), against the bench mock
 # upstream, with the `off` configuration of observability.sh (no request
-# log, no metrics, no tracing), so that what differs is the request path.
+# log, no metrics, no tracing), so that what differs is the request path;
+# FULL=1 turns the request log (SQLite) and metrics on, as run.sh has them.
 #
 #   flock /tmp/bench.lock bench/ab.sh BINARY_A BINARY_B [ROUNDS]   # default 3
 #   DURATION=2 bench/ab.sh A B 1                                   # a quick check
 #   PINNED=1 bench/ab.sh A B 6        # the gateway alone on core 1; mock and oha on core 0
+#   FULL=1 PINNED=1 bench/ab.sh A B 6 # the same with every request recorded, metrics on
 #
 # Needs oha and the mock (harness/install.sh tools, harness/install.sh mock;
 # OHA= and MOCK_BIN= may point at builds elsewhere). Loopback only.
@@ -17,7 +19,7 @@ set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 export ANCHORS="$BENCH"
 source "$BENCH/harness/common.sh"
-[ $# -ge 2 ] || { sed -n 2,15p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,17p "$0" >&2; exit 2; }
 A="$(realpath "$1")"
 B="$(realpath "$2")"
 ROUNDS="${3:-3}"
@@ -39,7 +41,7 @@ export SWITCHBOARD_LOG=warn
 BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
 MASTER=sk-bench-1234
 GATEWAY=http://127.0.0.1:9000
-printf 'A %s\nB %s\nPINNED=%s\n' "$A" "$B" "${PINNED:-}" >"$OUT/binaries.txt"
+printf 'A %s\nB %s\nPINNED=%s\nFULL=%s\n' "$A" "$B" "${PINNED:-}" "${FULL:-}" >"$OUT/binaries.txt"
 
 gateway_pid=""
 cleanup() {
@@ -55,10 +57,7 @@ listen = "127.0.0.1:9000"
 master_key = "$MASTER"
 [storage]
 url = "sqlite://$RUN/ab.db"
-[logging]
-requests = false
-[metrics]
-enabled = false
+$(if [ "${FULL:-}" != 1 ]; then printf '[logging]\nrequests = false\n[metrics]\nenabled = false\n'; fi)
 $(mock_model_toml unpriced)
 TOML
 
@@ -75,6 +74,11 @@ run_side() { # side, binary, round
   wait_http "$GATEWAY/health" 30 || { echo "gateway $1 did not start: $LOGS/ab-$1.log" >&2; exit 1; }
   for concurrency in 64 1; do load "$1" "$GATEWAY/v1/chat/completions" "$concurrency" "$3"; done
   stop_tree "$gateway_pid"; gateway_pid=""
+  # what the request log holds once the gateway has stopped (it drains)
+  if [ "${FULL:-}" = 1 ]; then
+    python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM requests").fetchone()[0])' \
+      "$RUN/ab.db" >"$OUT/$1-r$3-records.txt"
+  fi
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -122,6 +126,18 @@ for side in ("a", "b"):
                 f"{med([x[2] for x in s]):.3f} | {min([x[3] for x in s], default=float('nan')):.2%} |")
 rows += ["", f"B/A, median of the rounds' ratios: c64 req/s **{med(ratios_rps):.3f}**, "
              f"c1 added p50 latency **{med(ratios_added):.3f}**."]
+recorded = []
+for r in range(1, rounds + 1):
+    for side in ("a", "b"):
+        try:
+            kept = int(open(os.path.join(out, f"{side}-r{r}-records.txt")).read())
+        except (OSError, ValueError):
+            continue
+        answered = sum(json.load(open(os.path.join(out, f"{side}-r{r}-c{c}.json")))
+                       .get("statusCodeDistribution", {}).get("200", 0) for c in (64, 1))
+        recorded.append(f"{side.upper()} round {r}: {kept} of {answered}")
+if recorded:
+    rows += ["", "Requests recorded, of those answered 200: " + "; ".join(recorded) + "."]
 text = "\n".join(rows)
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
 print(text)

@@ -31,20 +31,140 @@ pub(crate) async fn read_json_body(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(error) => {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-            let mut too_large = false;
-            while let Some(current) = cause {
-                too_large |= current.is::<http_body_util::LengthLimitError>();
-                cause = current.source();
-            }
-            if too_large {
-                Err(ApiError::body_too_large(limit))
-            } else {
-                Err(ApiError::unreadable_body(&error.to_string()))
+    collect(body, limit).await
+}
+
+/// A body that came in one piece at most this long is copied out of it.
+const COPIED_UP_TO: usize = 16 * 1024;
+
+/// The body's bytes, at most `limit` of them.
+///
+/// A body that came in one piece (most requests: head and body in one read)
+/// is a slice of the connection's read buffer. hyper reads the connection
+/// again while the answer is pending, to notice a client that goes away, and
+/// a read buffer still referenced cannot be read into again: it would
+/// allocate a new one, 8 KiB, and its bookkeeping, per request. A small
+/// piece is therefore copied and let go at once, here, before hyper's next
+/// read. A body in pieces is gathered into one allocation.
+async fn collect(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Vec<u8> = Vec::new();
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = frame.map_err(|error| ApiError::unreadable_body(&error.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let have = first.as_ref().map_or(gathered.len(), Bytes::len);
+        if data.len() > limit - have {
+            return Err(ApiError::body_too_large(limit));
+        }
+        match first.take() {
+            None if gathered.is_empty() => first = Some(data),
+            None => gathered.extend_from_slice(&data),
+            Some(first) => {
+                gathered.reserve(first.len() + data.len());
+                gathered.extend_from_slice(&first);
+                gathered.extend_from_slice(&data);
             }
         }
+    }
+    Ok(match first {
+        Some(piece) if piece.len() <= COPIED_UP_TO => Bytes::copy_from_slice(&piece),
+        Some(piece) => piece,
+        None => Bytes::from(gathered),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use http_body_util::StreamBody;
+
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers
+    }
+
+    /// A body sent as the given pieces, or failing after them.
+    fn pieces(parts: &[&'static [u8]], fail: bool) -> Body {
+        let mut frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = parts
+            .iter()
+            .map(|part| Ok(http_body::Frame::data(Bytes::from_static(part))))
+            .collect();
+        if fail {
+            frames.push(Err(std::io::Error::other("connection reset")));
+        }
+        Body::new(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    #[tokio::test]
+    async fn a_small_body_in_one_piece_is_copied_out_of_its_buffer() {
+        let buffer = Bytes::from_static(b"{\"model\":\"m\"}GET / HTTP/1.1");
+        let piece = buffer.slice(..13);
+        let read = collect(Body::from(piece), 1024).await.unwrap();
+        assert_eq!(&read[..], b"{\"model\":\"m\"}");
+        let within = buffer.as_ptr_range();
+        assert!(
+            !within.contains(&read.as_ptr()),
+            "the body still points into the read buffer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_body_in_one_piece_is_kept_where_it_is() {
+        let piece = Bytes::from(vec![b' '; COPIED_UP_TO + 1]);
+        let read = collect(Body::from(piece.clone()), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(read.as_ptr(), piece.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn pieces_are_gathered_in_order() {
+        let read = collect(pieces(&[b"{\"a\":", b"", b"1", b"}"], false), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&read[..], b"{\"a\":1}");
+    }
+
+    #[tokio::test]
+    async fn the_limit_holds_across_pieces() {
+        // exactly the limit is read; one byte more is refused
+        let read = collect(pieces(&[b"12345", b"678"], false), 8)
+            .await
+            .unwrap();
+        assert_eq!(&read[..], b"12345678");
+        let error = collect(pieces(&[b"12345", b"6789"], false), 8)
+            .await
+            .unwrap_err();
+        assert_eq!(error, ApiError::body_too_large(8));
+        let error = collect(pieces(&[b"123456789"], false), 8)
+            .await
+            .unwrap_err();
+        assert_eq!(error, ApiError::body_too_large(8));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_is_unreadable() {
+        let error = read_json_body(&json_headers(), pieces(&[b"{\"a\""], true), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            ApiError::unreadable_body(&std::io::Error::other("connection reset").to_string())
+        );
     }
 }
