@@ -10,13 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shutdown::shutdown_token;
 use switchboard_config::{Config, ConfigError};
 
-/// mimalloc, built without transparent huge pages (the workspace's
-/// `no_thp`): with them its arenas were backed in 2 MiB pages, and resident
-/// memory, idle and per open stream, was about twice what is in use.
+/// mimalloc; see `allocator.rs`.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
 
 mod admin;
+mod allocator;
 mod reload;
 mod shutdown;
 
