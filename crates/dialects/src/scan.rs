@@ -64,6 +64,7 @@ impl<'a> Scan<'a> {
     /// A string: its text between the quotes, escapes left as they are,
     /// and whether it holds any. Ordinary bytes are passed over eight at a
     /// time (`special`).
+    #[inline(always)]
     fn string(&mut self) -> Scanned<(&'a str, bool)> {
         self.eat(b'"')?;
         let bytes = self.text.as_bytes();
