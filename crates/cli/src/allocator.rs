@@ -6,8 +6,10 @@
 //! Called through its C interface rather than the `mimalloc` crate, which
 //! asks for every block through `mi_malloc_aligned`: that entry point takes
 //! its fast path only for blocks up to 1 KiB, and sends larger ones (read
-//! buffers, boxed futures, header tables) through a generic path that costs
-//! about twice as much. Every block mimalloc hands out is aligned to at
+//! buffers, boxed futures, header tables) through extra checks first, where
+//! one whose size is not a power of two is over-allocated by its alignment
+//! less one and aligned within, possibly in a larger size class; about
+//! twice what `mi_malloc` spends on it. Every block mimalloc hands out is aligned to at
 //! least a machine word (its size classes are whole words), so a layout
 //! asking for no more is served by the plain entry points; a larger
 //! alignment goes to the aligned ones.
