@@ -47,6 +47,11 @@ pub(crate) async fn read_json_body(
 async fn collect(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body::Body as _;
     use http_body_util::BodyExt as _;
+    // What the body announced (its Content-Length), for one allocation
+    // when it comes in pieces.
+    let announced = usize::try_from(body.size_hint().lower())
+        .unwrap_or(usize::MAX)
+        .min(limit);
     let mut first: Option<Bytes> = None;
     let mut gathered: Vec<u8> = Vec::new();
     while !body.is_end_stream() {
@@ -68,7 +73,7 @@ async fn collect(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
             None if gathered.is_empty() => first = Some(data),
             None => gathered.extend_from_slice(&data),
             Some(first) => {
-                gathered.reserve(first.len() + data.len());
+                gathered.reserve(announced.max(first.len() + data.len()));
                 gathered.extend_from_slice(&first);
                 gathered.extend_from_slice(&data);
             }
@@ -114,6 +119,29 @@ mod tests {
         let read = collect(Body::from(piece.clone()), 13).await.unwrap();
         assert_eq!(&read[..], b"{\"model\":\"m\"}");
         assert_eq!(read.as_ptr(), piece.as_ptr(), "no copy is made");
+    }
+
+    #[tokio::test]
+    async fn a_single_piece_of_exactly_the_limit_is_read() {
+        let read = collect(Body::from(Bytes::from_static(b"12345678")), 8)
+            .await
+            .unwrap();
+        assert_eq!(&read[..], b"12345678");
+    }
+
+    /// Trailers carry no body bytes: they are passed over.
+    #[tokio::test]
+    async fn trailers_are_passed_over() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        let frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"{\"a\":"))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"1}"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let body = Body::new(StreamBody::new(futures_util::stream::iter(frames)));
+        let read = collect(body, 1024).await.unwrap();
+        assert_eq!(&read[..], b"{\"a\":1}");
     }
 
     #[tokio::test]
