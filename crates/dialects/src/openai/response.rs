@@ -122,6 +122,16 @@ pub fn check_completion(body: &[u8]) -> Result<(Usage, ResponseInfo), InvalidRes
     check_completion_with_serde(text)
 }
 
+/// A field that may appear once, of any kind: passed to `note` when it is
+/// a string (`null` is not).
+fn text_once(scan: &mut Scan<'_>, seen: &mut bool, note: impl FnOnce(&str)) -> Result<(), Refused> {
+    once(seen)?;
+    if let Some(value) = text_of(scan.raw()?) {
+        note(&value);
+    }
+    Ok(())
+}
+
 /// `check_completion` in one pass of `scan`: the same fields, read as the
 /// serde types below read them (a known field given twice refused, token
 /// counts `null` or integers that fit a `u64`, `choices` required).
@@ -131,21 +141,8 @@ fn scan_completion(text: &str) -> Result<(Usage, ResponseInfo), Refused> {
     let mut usage = Usage::default();
     let (mut id, mut model, mut choices, mut usage_seen) = (false, false, false, false);
     scan.object(|scan, key| match key {
-        // A value of any kind, read only if it is a string (`null` is not).
-        "id" => {
-            once(&mut id)?;
-            if let Some(value) = text_of(scan.raw()?) {
-                info.note_id(&value);
-            }
-            Ok(())
-        }
-        "model" => {
-            once(&mut model)?;
-            if let Some(value) = text_of(scan.raw()?) {
-                info.note_model(&value);
-            }
-            Ok(())
-        }
+        "id" => text_once(scan, &mut id, |value| info.note_id(value)),
+        "model" => text_once(scan, &mut model, |value| info.note_model(value)),
         "choices" => {
             once(&mut choices)?;
             scan.array(|scan| {
@@ -154,11 +151,7 @@ fn scan_completion(text: &str) -> Result<(Usage, ResponseInfo), Refused> {
                     if key != "finish_reason" {
                         return scan.skip();
                     }
-                    once(&mut finish)?;
-                    if let Some(reason) = text_of(scan.raw()?) {
-                        info.push_finish_reason(&reason);
-                    }
-                    Ok(())
+                    text_once(scan, &mut finish, |reason| info.push_finish_reason(reason))
                 })
             })
         }
