@@ -2,12 +2,17 @@
 # The regression guard CI runs: throughput at concurrency 64 through
 # Switchboard (as bench/switchboard.toml: master key checked, every request
 # recorded to SQLite, metrics on) and through an nginx hop to the same mock,
-# alternating, ROUNDS rounds of DURATION seconds each. Layout `pinned`: the
-# mock and the load generator (wrk) on core 0, the proxy alone on core 1.
-# Fails when the median of the rounds' ratios falls below MIN_RATIO.
+# alternating, ROUNDS rounds of DURATION seconds each, each proxy started
+# afresh (Switchboard on an empty database) and warmed for WARMUP seconds
+# before it is measured. Layout `pinned`: the mock and the load generator
+# (wrk) on core 0, the proxy alone on core 1.
+# Fails when the median of the rounds' ratios falls below MIN_RATIO in
+# ATTEMPTS passes in a row: one pass below it, on a machine whose single
+# rounds swing by a third, is measured again before it counts.
 #
 #   bench/smoke.sh [BINARY]              (default: builds target/release/switchboard)
-#   MIN_RATIO=0.5 ROUNDS=9 DURATION=10 bench/smoke.sh   # the defaults: 0.35, 5, 4
+#   MIN_RATIO=0.6 ROUNDS=9 DURATION=10 bench/smoke.sh
+#   # the defaults: MIN_RATIO=0.5 ROUNDS=5 DURATION=4 WARMUP=1 ATTEMPTS=2
 #
 # Needs nginx, wrk and the mock (harness/install.sh tools, harness/install.sh
 # mock; .ci/run installs them). Loopback only; stops by itself.
@@ -22,7 +27,9 @@ NGINX_PORT=18080
 source "$BENCH/harness/peers.sh"
 ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-4}"
-MIN_RATIO="${MIN_RATIO:-0.35}"
+WARMUP="${WARMUP:-1}"
+MIN_RATIO="${MIN_RATIO:-0.5}"
+ATTEMPTS="${ATTEMPTS:-2}"
 BINARY="$(switchboard_binary "${1:-}")"
 command -v nginx >/dev/null && command -v wrk >/dev/null ||
   { echo "nginx and wrk are needed: run bench/harness/install.sh tools" >&2; exit 2; }
@@ -55,9 +62,19 @@ done = function(summary, latency, requests)
 end
 LUA
 
-# Requests per second through the proxy at $1, or nothing when any failed.
+# Requests per second through the proxy at $1, measured for DURATION
+# seconds after WARMUP seconds of the same load (connections made, caches
+# and pools filled), or nothing when any request failed.
 load() {
   local line
+  if [ "$WARMUP" -gt 0 ]; then
+    line="$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${WARMUP}s" -s "$OUT/post.lua" "$1" | grep '^SMOKE')"
+    read -r _ requests errors bad _ <<<"$line"
+    if [ "$errors" -ne 0 ] || [ "$bad" -ne 0 ] || [ "$requests" -eq 0 ]; then
+      echo "failed requests through $1 while warming up: $line" >&2
+      return 1
+    fi
+  fi
   line="$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$1" | grep '^SMOKE')"
   read -r _ requests errors bad micros _ <<<"$line"
   if [ "$errors" -ne 0 ] || [ "$bad" -ne 0 ] || [ "$requests" -eq 0 ]; then
@@ -68,6 +85,7 @@ load() {
 }
 
 start_switchboard() {
+  rm -f "$SWITCHBOARD_BENCH_DB" "$SWITCHBOARD_BENCH_DB"-*
   taskset -c "$PROXY_CPU" "$BINARY" serve --config "$BENCH/switchboard.toml" >"$LOGS/switchboard.log" 2>&1 &
   proxy_pid=$!
   wait_http "http://127.0.0.1:9000/health" 20 || { echo "switchboard did not start" >&2; cat "$LOGS/switchboard.log" >&2; exit 1; }
@@ -75,26 +93,36 @@ start_switchboard() {
 stop_proxy() { stop_tree "$proxy_pid"; proxy_pid=""; }
 
 start_mock "$LOAD_CPU" 1
-ratios=()
-for round in $(seq "$ROUNDS"); do
-  order="nginx switchboard"
-  [ $((round % 2)) -eq 0 ] && order="switchboard nginx"
-  for peer in $order; do
-    if [ "$peer" = nginx ]; then
-      peer_start nginx "$PROXY_CPU" 1
-      nginx_rps="$(load "http://127.0.0.1:$NGINX_PORT/v1/chat/completions")"
-      peer_stop nginx
-    else
-      start_switchboard
-      switchboard_rps="$(load "http://127.0.0.1:9000/v1/chat/completions")"
-      stop_proxy
-    fi
+# One pass: ROUNDS alternating rounds; sets `median` to their ratios' median.
+# (Not run in a subshell, so that the exit trap can stop what it started.)
+pass() {
+  local ratios=() round order peer nginx_rps switchboard_rps ratio
+  for round in $(seq "$ROUNDS"); do
+    order="nginx switchboard"
+    [ $((round % 2)) -eq 0 ] && order="switchboard nginx"
+    for peer in $order; do
+      if [ "$peer" = nginx ]; then
+        peer_start nginx "$PROXY_CPU" 1
+        nginx_rps="$(load "http://127.0.0.1:$NGINX_PORT/v1/chat/completions")"
+        peer_stop nginx
+      else
+        start_switchboard
+        switchboard_rps="$(load "http://127.0.0.1:9000/v1/chat/completions")"
+        stop_proxy
+      fi
+    done
+    ratio="$(awk -v s="$switchboard_rps" -v n="$nginx_rps" 'BEGIN { printf "%.3f", s / n }')"
+    ratios+=("$ratio")
+    echo "round $round: nginx $nginx_rps req/s, switchboard $switchboard_rps req/s, ratio $ratio"
   done
-  ratio="$(awk -v s="$switchboard_rps" -v n="$nginx_rps" 'BEGIN { printf "%.3f", s / n }')"
-  ratios+=("$ratio")
-  echo "round $round: nginx $nginx_rps req/s, switchboard $switchboard_rps req/s, ratio $ratio"
+  median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+}
+
+for attempt in $(seq "$ATTEMPTS"); do
+  pass
+  echo "pass $attempt: median ratio of Switchboard's throughput to the nginx hop's: $median (fails below $MIN_RATIO)"
+  awk -v m="$median" -v min="$MIN_RATIO" 'BEGIN { exit !(m >= min) }' && exit 0
+  [ "$attempt" -lt "$ATTEMPTS" ] && echo "below $MIN_RATIO: measuring again before it counts"
 done
-median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
-echo "median ratio of Switchboard's throughput to the nginx hop's: $median (fails below $MIN_RATIO)"
-awk -v m="$median" -v min="$MIN_RATIO" 'BEGIN { exit !(m >= min) }' ||
-  { echo "throughput regression: Switchboard fell below $MIN_RATIO of the nginx hop" >&2; exit 1; }
+echo "throughput regression: Switchboard fell below $MIN_RATIO of the nginx hop in $ATTEMPTS passes in a row" >&2
+exit 1
