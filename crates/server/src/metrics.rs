@@ -9,13 +9,17 @@
 //! never by traffic.
 //!
 //! Counting takes one uncontended-in-practice mutex per request, and
-//! allocates only the first time a label combination is seen.
+//! allocates only the first time a label combination is seen. With
+//! `metrics.enabled = false` nothing is counted but the requests in flight
+//! (one atomic addition each way, so a reload that turns metrics back on
+//! reports that gauge right); a reload that turns them on again counts
+//! from then on, adding to what was counted before.
 //! Deployment state (circuit, requests in flight) is read at scrape time
 //! from the routes themselves.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -126,16 +130,24 @@ struct Registry {
 pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     in_flight: AtomicI64,
+    /// `metrics.enabled`: whether requests are counted (set again on reload).
+    counting: AtomicBool,
     key_labels: bool,
 }
 
 impl Metrics {
-    pub fn new(key_labels: bool) -> Metrics {
+    pub fn new(counting: bool, key_labels: bool) -> Metrics {
         Metrics {
             registry: Mutex::new(Registry::default()),
             in_flight: AtomicI64::new(0),
+            counting: AtomicBool::new(counting),
             key_labels,
         }
+    }
+
+    /// Turns counting on or off (`metrics.enabled`, on start and reload).
+    pub fn set_counting(&self, counting: bool) {
+        self.counting.store(counting, Ordering::Relaxed);
     }
 
     /// A model request began.
@@ -146,6 +158,9 @@ impl Metrics {
     /// A model request ended (once per `started`).
     pub fn observe(&self, observation: &Observation<'_>) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.counting.load(Ordering::Relaxed) {
+            return;
+        }
         let mut registry = self.lock();
         let registry = &mut *registry;
         let series = entry(
@@ -675,7 +690,7 @@ mod tests {
 
     #[test]
     fn histograms_are_cumulative_and_counters_add_up() {
-        let metrics = Metrics::new(true);
+        let metrics = Metrics::new(true, true);
         let usage = Usage {
             input_tokens: Some(10),
             output_tokens: Some(5),
@@ -737,11 +752,39 @@ mod tests {
 
     #[test]
     fn key_labels_are_off_unless_asked_for() {
-        let metrics = Metrics::new(false);
+        let metrics = Metrics::new(true, false);
         let usage = Usage::default();
         metrics.started();
         metrics.observe(&observation(&usage, &[]));
         assert!(metrics.lock().keys.is_empty());
+    }
+
+    /// `metrics.enabled = false` counts nothing but the requests in flight;
+    /// turned on again (a reload), it counts from then on.
+    #[test]
+    fn disabled_metrics_count_only_requests_in_flight() {
+        let metrics = Metrics::new(false, true);
+        let usage = Usage {
+            input_tokens: Some(10),
+            ..Usage::default()
+        };
+        metrics.started();
+        metrics.started();
+        assert_eq!(metrics.in_flight.load(Ordering::Relaxed), 2);
+        metrics.observe(&observation(&usage, &[]));
+        {
+            let registry = metrics.lock();
+            assert!(registry.series.is_empty());
+            assert!(registry.keys.is_empty());
+        }
+        assert_eq!(metrics.in_flight.load(Ordering::Relaxed), 1);
+        metrics.set_counting(true);
+        metrics.observe(&observation(&usage, &[]));
+        assert_eq!(metrics.in_flight.load(Ordering::Relaxed), 0);
+        let text = registry_text(&metrics);
+        assert!(text.contains(
+            "switchboard_requests_total{endpoint=\"chat_completions\",model=\"gpt\",deployment=\"primary\",status=\"200\",outcome=\"success\",stream=\"false\"} 1"
+        ), "{text}");
     }
 
     #[test]

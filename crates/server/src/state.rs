@@ -112,7 +112,10 @@ impl Gateway {
             limiter,
             draining: AtomicBool::new(false),
             cut,
-            metrics: Arc::new(Metrics::new(config.metrics.key_labels)),
+            metrics: Arc::new(Metrics::new(
+                config.metrics.enabled,
+                config.metrics.key_labels,
+            )),
             cache,
             telemetry: Telemetry::start(&config.telemetry),
         })
@@ -165,6 +168,7 @@ impl Gateway {
                 .sum(),
             needs_restart,
         };
+        self.metrics.set_counting(config.metrics.enabled);
         *self
             .catalog
             .write()

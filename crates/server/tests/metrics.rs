@@ -343,10 +343,13 @@ async fn key_labels_count_per_virtual_key_when_enabled() {
     assert!(!samples.keys().any(|series| series.contains(secret)));
 }
 
+/// Switched off, `/metrics` is not served and requests are not counted; a
+/// reload that switches them on serves them and counts from then on.
 #[tokio::test]
 async fn metrics_can_be_switched_off() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
-    let gateway = TestGateway::start(config_with(&config(&a, &b, "enabled = false"), "")).await;
+    let running = config_with(&config(&a, &b, "enabled = false"), "");
+    let gateway = TestGateway::start(running.clone()).await;
     let response = gateway
         .http
         .get(gateway.url("/metrics"))
@@ -354,6 +357,35 @@ async fn metrics_can_be_switched_off() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+    for _ in 0..3 {
+        assert_eq!(
+            gateway.send("/v1/chat/completions", CHAT).await.status(),
+            200
+        );
+    }
+
+    gateway
+        .running
+        .as_ref()
+        .unwrap()
+        .gateway
+        .reload(
+            &config_with(&config(&a, &b, "enabled = true"), ""),
+            &running,
+        )
+        .unwrap();
+    assert_eq!(
+        gateway.send("/v1/chat/completions", CHAT).await.status(),
+        200
+    );
+    let samples = samples(&gateway.metrics_text().await);
+    let requests: f64 = samples
+        .iter()
+        .filter(|(series, _)| series.starts_with("switchboard_requests_total{"))
+        .map(|(_, value)| value)
+        .sum();
+    assert_eq!(requests, 1.0, "{samples:?}");
+    assert_eq!(samples["switchboard_requests_in_flight"], 0.0);
 }
 
 /// While a request waits on its upstream, it counts as in flight, for the
