@@ -7,8 +7,8 @@
 #   bench/instructions.sh [REQUESTS] [CASES]   # default 1000 "off log"
 #   BINARY=/path/to/switchboard bench/instructions.sh
 #
-# Cases: off         [logging] requests = false, /metrics closed
-#        log         the request log on (SQLite and its journal), /metrics closed
+# Cases: off         [logging] requests = false, metrics off (/metrics closed, nothing counted)
+#        log         the request log on (SQLite and its journal), metrics off
 #        key         as log, through a virtual key with every limit checked
 #                    (requests and tokens per minute, concurrency, a daily budget),
 #                    the counters in memory

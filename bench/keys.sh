@@ -8,9 +8,15 @@
 # alternate, each round running every case once, at concurrency 64 and 1.
 # `key-exact-pg-redis` (named in CASES only) is key-pg-redis with
 # `storage.redis_leases = false`: every request counted in Redis by itself.
+# `nginx` (in the default cases) is an nginx hop to the same mock, one
+# worker, measured in the same rounds: every case is also compared with it.
+# PINNED=1 puts the mock (one thread) and the load generator on core 0 and
+# the proxy alone on core 1 (Switchboard then serves on one thread), the
+# layout of issue #7's targets; by default nothing is pinned.
 #
-#   bench/keys.sh [ROUNDS]      # default 2; ~2 minutes; loopback only
+#   bench/keys.sh [ROUNDS]      # default 2; ~3 minutes; loopback only
 #   BINARY=/path/to/switchboard CASES="master-pg-redis key-pg-redis" bench/keys.sh 1
+#   PINNED=1 bench/keys.sh 3    # everything on, against nginx, in issue #7's layout
 #
 # Needs what bench/run.sh installs (oha, the mock): run that once first.
 # The PostgreSQL case needs psql and a server at 127.0.0.1:5432 (database
@@ -19,7 +25,8 @@ set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
-source "$BENCH/harness/common.sh"
+NGINX_PORT=18080
+source "$BENCH/harness/peers.sh"
 ROUNDS="${1:-2}"
 DURATION="${DURATION:-10}"
 
@@ -33,8 +40,8 @@ export SWITCHBOARD_LOG=warn
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
 MASTER=sk-bench-1234
 
-WANTED="${CASES:-master key-sqlite master-pg-redis key-pg-redis}"
-CASES="$(for c in master key-sqlite; do case " $WANTED " in *" $c "*) printf '%s ' "$c";; esac; done)"
+WANTED="${CASES:-nginx master key-sqlite master-pg-redis key-pg-redis}"
+CASES="$(for c in nginx master key-sqlite; do case " $WANTED " in *" $c "*) printf '%s ' "$c";; esac; done)"
 SCHEMA="sb_bench_$$"
 if [ "${WANTED#*pg-redis}" = "$WANTED" ]; then
   :
@@ -45,14 +52,22 @@ else
   echo "PostgreSQL or Redis unavailable: the key-pg-redis case is left out"
 fi
 
+GW_CPU="" LOAD_CPU=""
+if [ -n "${PINNED:-}" ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "PINNED needs 2 cores" >&2; exit 2; }
+  GW_CPU=1 LOAD_CPU=0
+fi
+echo "layout: $([ -n "$GW_CPU" ] && echo "pinned (proxy on core 1, mock and load on core 0)" || echo shared)" >"$OUT/layout.txt"
+
 gateway_pid=""
 cleanup() {
   [ -n "$gateway_pid" ] && stop_tree "$gateway_pid"
+  peer_stop nginx 2>/dev/null || true
   stop_mock
   psql -h 127.0.0.1 -U postgres test -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" 2>/dev/null || true
 }
 trap cleanup EXIT
-start_mock "" ""
+if [ -n "$GW_CPU" ]; then start_mock "$LOAD_CPU" 1; else start_mock "" ""; fi
 
 config() { # case -> config file
   local case="$1" storage
@@ -74,10 +89,25 @@ TOML
   echo "$RUN/keys-$case.toml"
 }
 
+load() { # case, round, url, key
+  local concurrency
+  for concurrency in 64 1; do
+    $(pin_prefix "$LOAD_CPU") "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
+      -H "Authorization: Bearer $4" -t 30s -z "${DURATION}s" -c "$concurrency" \
+      "$3" >"$OUT/$1-r$2-c$concurrency.json" 2>/dev/null || true
+  done
+}
+
 run_case() { # case, round
   local case="$1" round="$2" key="$MASTER"
+  if [ "$case" = nginx ]; then
+    peer_start nginx "$GW_CPU" 1
+    load nginx "$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$MASTER"
+    peer_stop nginx
+    return
+  fi
   rm -rf "$RUN/keys-$case.db"* "$RUN/keys-journal"
-  nohup "$BINARY" serve --config "$(config "$case")" >"$LOGS/keys-$case.log" 2>&1 &
+  nohup $(pin_prefix "$GW_CPU") "$BINARY" serve --config "$(config "$case")" >"$LOGS/keys-$case.log" 2>&1 &
   gateway_pid=$!
   wait_http "http://127.0.0.1:9000/health" 30
   if [ "${case#master}" = "$case" ]; then
@@ -87,11 +117,7 @@ run_case() { # case, round
       -d '{"name":"bench","rpm":100000000,"tpm":1000000000,"max_concurrent":100000,"budget_usd":1000000,"budget_period":"daily"}' \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
   fi
-  for concurrency in 64 1; do
-    "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
-      -H "Authorization: Bearer $key" -t 30s -z "${DURATION}s" -c "$concurrency" \
-      http://127.0.0.1:9000/v1/chat/completions >"$OUT/$case-r$round-c$concurrency.json" 2>/dev/null || true
-  done
+  load "$case" "$round" http://127.0.0.1:9000/v1/chat/completions "$key"
   stop_tree "$gateway_pid"; gateway_pid=""
 }
 
@@ -111,18 +137,26 @@ def runs(case, c):
         result.append((d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p50"] * 1000,
                        d["latencyPercentiles"]["p99"] * 1000, codes.get("200", 0) / total))
     return result
-rows = ["| case | c64 req/s | vs its master-key baseline | c64 p99 ms | c1 p50 ms | c1 p50 added over the baseline | 200s |",
-        "|---|---|---|---|---|---|---|"]
+rows = ["| case | c64 req/s | vs its master-key baseline | vs nginx (by round) | c64 p99 ms | c1 p50 ms | c1 p50 added over the baseline | 200s |",
+        "|---|---|---|---|---|---|---|---|"]
+nginx64 = [r[0] for r in runs("nginx", 64)] if "nginx" in cases else None
 for case in cases:
-    baseline = "master-pg-redis" if case.endswith("pg-redis") else "master"
-    base64 = statistics.median(r[0] for r in runs(baseline, 64))
-    base1 = statistics.median(r[1] for r in runs(baseline, 1))
+    baseline = case if case == "nginx" else "master-pg-redis" if case.endswith("pg-redis") else "master"
+    base = baseline in cases
     c64, c1 = runs(case, 64), runs(case, 1)
     rps = statistics.median(r[0] for r in c64)
     p99 = statistics.median(r[2] for r in c64)
     p50 = statistics.median(r[1] for r in c1)
     ok = min(r[3] for r in c64 + c1)
-    rows.append(f"| {case} | {rps:.0f} | {rps / base64:.2f} | {p99:.2f} | {p50:.3f} | {p50 - base1:+.3f} ms | {ok:.2%} |")
+    vs_base = vs_added = "–"
+    if base and case != baseline:
+        vs_base = f"{rps / statistics.median(r[0] for r in runs(baseline, 64)):.2f}"
+        vs_added = f"{p50 - statistics.median(r[1] for r in runs(baseline, 1)):+.3f} ms"
+    vs_nginx = "–"
+    if nginx64 and case != "nginx":
+        by_round = [r[0] / n for r, n in zip(c64, nginx64)]
+        vs_nginx = f"{statistics.median(by_round):.2f} ({', '.join(f'{x:.2f}' for x in by_round)})"
+    rows.append(f"| {case} | {rps:.0f} | {vs_base} | {vs_nginx} | {p99:.2f} | {p50:.3f} | {vs_added} | {ok:.2%} |")
 text = "\n".join(rows)
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
 print(text)

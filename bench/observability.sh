@@ -11,8 +11,8 @@
 #
 # The cases (records in SQLite, one fresh database file per run):
 #   off      [logging] requests = false, [metrics] enabled = false, no
-#            [telemetry]. `metrics.enabled = false` closes GET /metrics; the
-#            counters are still added to as requests end.
+#            [telemetry]. `metrics.enabled = false` closes GET /metrics and
+#            counts nothing but the requests in flight.
 #   log      the request log on (the default): every request recorded.
 #   all      the request log, GET /metrics (scraped once a second, as
 #            Prometheus would, only slower) and OTLP traces for every request,
@@ -156,7 +156,7 @@ for case in cases:
     p50 = median(r[1] for r in c1)
     ok = min((r[3] for r in c64 + c1), default=float("nan"))
     rows.append(f"| {case} | {rps:.0f} | {rps / base64:.2f} | {p99:.2f} | {p50:.3f} | {p50 - base1:+.3f} ms | {ok:.2%} |")
-rows += ["", "off: no request log, /metrics closed (counters still kept), no tracing. log: the request log in SQLite.",
+rows += ["", "off: no request log, no metrics (/metrics closed, nothing counted), no tracing. log: the request log in SQLite.",
          "all: request log, /metrics scraped every second, OTLP traces of every request. cache: request log, every request a cache hit."]
 text = "\n".join(rows)
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
