@@ -12,13 +12,14 @@
 # worker, measured in the same rounds: every case is also compared with it.
 # PINNED=1 puts the mock (one thread) and the load generator on core 0 and
 # the proxy alone on core 1 (Switchboard then serves on one thread), the
-# layout of issue #7's targets; by default nothing is pinned.
+# layout of issue #7's targets (PostgreSQL and Redis stay unpinned); by
+# default nothing is pinned and nginx runs a worker per core.
 #
 #   bench/keys.sh [ROUNDS]      # default 2; ~3 minutes; loopback only
 #   BINARY=/path/to/switchboard CASES="master-pg-redis key-pg-redis" bench/keys.sh 1
 #   PINNED=1 bench/keys.sh 3    # everything on, against nginx, in issue #7's layout
 #
-# Needs what bench/run.sh installs (oha, the mock): run that once first.
+# Needs what bench/run.sh installs (oha, nginx, the mock): run that once first.
 # The PostgreSQL case needs psql and a server at 127.0.0.1:5432 (database
 # `test`), and Redis at 127.0.0.1:6379; it is left out without them.
 set -euo pipefail
@@ -42,6 +43,9 @@ MASTER=sk-bench-1234
 
 WANTED="${CASES:-nginx master key-sqlite master-pg-redis key-pg-redis}"
 CASES="$(for c in nginx master key-sqlite; do case " $WANTED " in *" $c "*) printf '%s ' "$c";; esac; done)"
+case " $CASES " in *" nginx "*)
+  command -v nginx >/dev/null || { echo "nginx not found: run bench/harness/install.sh tools, or leave the nginx case out (CASES=…)" >&2; exit 2; } ;;
+esac
 SCHEMA="sb_bench_$$"
 if [ "${WANTED#*pg-redis}" = "$WANTED" ]; then
   :
@@ -101,7 +105,9 @@ load() { # case, round, url, key
 run_case() { # case, round
   local case="$1" round="$2" key="$MASTER"
   if [ "$case" = nginx ]; then
-    peer_start nginx "$GW_CPU" 1
+    # One worker on the proxy's core when pinned; one per core otherwise,
+    # as Switchboard then serves on every core.
+    peer_start nginx "$GW_CPU" "$([ -n "$GW_CPU" ] && echo 1)"
     load nginx "$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$MASTER"
     peer_stop nginx
     return

@@ -28,6 +28,7 @@ source "$BENCH/harness/peers.sh"
 ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-4}"
 WARMUP="${WARMUP:-1}"
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || { echo "WARMUP must be whole seconds" >&2; exit 2; }
 MIN_RATIO="${MIN_RATIO:-0.5}"
 ATTEMPTS="${ATTEMPTS:-2}"
 BINARY="$(switchboard_binary "${1:-}")"
@@ -62,33 +63,45 @@ done = function(summary, latency, requests)
 end
 LUA
 
-# Requests per second through the proxy at $1, measured for DURATION
-# seconds after WARMUP seconds of the same load (connections made, caches
-# and pools filled), or nothing when any request failed.
-load() {
-  local line
-  if [ "$WARMUP" -gt 0 ]; then
-    line="$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${WARMUP}s" -s "$OUT/post.lua" "$1" | grep '^SMOKE')"
-    read -r _ requests errors bad _ <<<"$line"
-    if [ "$errors" -ne 0 ] || [ "$bad" -ne 0 ] || [ "$requests" -eq 0 ]; then
-      echo "failed requests through $1 while warming up: $line" >&2
-      return 1
-    fi
+# One wrk run of $2 seconds through the proxy at $1 ($3: more wrk flags):
+# its SMOKE line ("SMOKE requests errors non-2xx micros p99"), or a
+# message and failure when wrk gave none or any request failed.
+run_wrk() {
+  local line requests errors bad
+  line="$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"$2s" $3 -s "$OUT/post.lua" "$1" | grep '^SMOKE')" || true
+  read -r _ requests errors bad _ <<<"$line"
+  if ! [[ "$requests" =~ ^[0-9]+$ && "$errors" =~ ^[0-9]+$ && "$bad" =~ ^[0-9]+$ ]]; then
+    echo "wrk gave no result through $1" >&2
+    return 1
   fi
-  line="$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${DURATION}s" --latency -s "$OUT/post.lua" "$1" | grep '^SMOKE')"
-  read -r _ requests errors bad micros _ <<<"$line"
   if [ "$errors" -ne 0 ] || [ "$bad" -ne 0 ] || [ "$requests" -eq 0 ]; then
     echo "failed requests through $1: $line" >&2
     return 1
   fi
+  echo "$line"
+}
+
+# Requests per second through the proxy at $1, measured for DURATION
+# seconds after WARMUP whole seconds of the same load (connections made,
+# caches and pools filled), or nothing when any request failed.
+load() {
+  local line requests micros
+  if [ "$WARMUP" -gt 0 ]; then
+    run_wrk "$1" "$WARMUP" "" >/dev/null || return 1
+  fi
+  line="$(run_wrk "$1" "$DURATION" --latency)" || return 1
+  read -r _ requests _ _ micros _ <<<"$line"
   echo $(( requests * 1000000 / micros ))
 }
 
 start_switchboard() {
-  rm -f "$SWITCHBOARD_BENCH_DB" "$SWITCHBOARD_BENCH_DB"-*
+  # An empty database, and no journal left to replay into it.
+  rm -rf "$SWITCHBOARD_BENCH_DB" "$SWITCHBOARD_BENCH_DB"-* "$SWITCHBOARD_BENCH_DB.journal"
   taskset -c "$PROXY_CPU" "$BINARY" serve --config "$BENCH/switchboard.toml" >"$LOGS/switchboard.log" 2>&1 &
   proxy_pid=$!
-  wait_http "http://127.0.0.1:9000/health" 20 || { echo "switchboard did not start" >&2; cat "$LOGS/switchboard.log" >&2; exit 1; }
+  # The one started must be the one answering (not another on port 9000).
+  wait_http "http://127.0.0.1:9000/health" 20 && kill -0 "$proxy_pid" 2>/dev/null ||
+    { echo "switchboard did not start (or another process holds port 9000)" >&2; cat "$LOGS/switchboard.log" >&2; exit 1; }
 }
 stop_proxy() { stop_tree "$proxy_pid"; proxy_pid=""; }
 
