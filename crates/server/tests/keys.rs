@@ -247,12 +247,26 @@ async fn a_budget_holds_under_200_concurrent_requests() {
 #[tokio::test]
 async fn rate_limits_and_concurrency_are_enforced_with_headers() {
     let gateway = gateway().await;
-    let (_, limited) = admin(&gateway, "POST", "/admin/keys", Some(json!({"rpm": 2}))).await;
+    let (_, limited) = admin(
+        &gateway,
+        "POST",
+        "/admin/keys",
+        Some(json!({"rpm": 2, "tpm": 1_000_000})),
+    )
+    .await;
     let secret = limited["key"].as_str().unwrap().to_owned();
     let first = chat_with(&gateway, &secret, "other").await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-ratelimit-limit-requests"], "2");
     assert_eq!(first.headers()["x-ratelimit-remaining-requests"], "1");
+    assert_eq!(first.headers()["x-ratelimit-limit-tokens"], "1000000");
+    // What is left once this request's worst case is reserved.
+    let left: u64 = first.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..1_000_000).contains(&left), "{left}");
     // The minute's reset, in OpenAI's form: whole seconds, 1 to 60, then "s".
     for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
         let reset = first.headers()[name].to_str().unwrap();
