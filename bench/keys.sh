@@ -127,8 +127,12 @@ run_case() { # case, round
   stop_tree "$gateway_pid"; gateway_pid=""
 }
 
+# Cases alternate: their order is reversed on even rounds, so no case is
+# always measured first (or right after the same neighbour).
 for round in $(seq 1 "$ROUNDS"); do
-  for case in $CASES; do run_case "$case" "$round"; done
+  order="$CASES"
+  [ $((round % 2)) -eq 0 ] && order="$(printf '%s\n' $CASES | tac | tr '\n' ' ')"
+  for case in $order; do run_case "$case" "$round"; done
 done
 
 python3 - "$OUT" "$ROUNDS" $CASES <<'PY'

@@ -6,6 +6,7 @@
 #   bench/run.sh [ROUNDS]                       (default 2)
 #   PEERS="direct nginx litellm portkey custom" bench/run.sh 1   # add the other gateways
 #   CONFIGS=shared bench/run.sh 1                                # one CPU layout only
+#   BINARY=/path/to/switchboard bench/run.sh 1                   # a given build (default: builds target/release)
 #
 # Results: bench/results/session-*/summary.md. Every server binds 127.0.0.1
 # and every load run stops by itself after 10-15 s.
@@ -13,6 +14,7 @@ set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
+source "$BENCH/harness/common.sh"
 ROUNDS="${1:-2}"
 PEERS="${PEERS:-direct nginx custom}"
 
@@ -21,8 +23,7 @@ PEERS="${PEERS:-direct nginx custom}"
 case "$PEERS" in *litellm*) "$BENCH/harness/install.sh" litellm ;; esac
 case "$PEERS" in *portkey*) "$BENCH/harness/install.sh" portkey ;; esac
 
-(cd "$ROOT" && cargo build --release -p switchboard-cli)
-BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+BINARY="$(switchboard_binary "${BINARY:-}")"
 mkdir -p "$BENCH/run"
 export SWITCHBOARD_BENCH_DB="$BENCH/run/switchboard-bench.db"
 rm -f "$SWITCHBOARD_BENCH_DB" "$SWITCHBOARD_BENCH_DB-wal" "$SWITCHBOARD_BENCH_DB-shm"
