@@ -57,6 +57,11 @@ fn http(clients: &UpstreamClients, connect: Duration) -> Http {
 }
 
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    tls_acceptor_offering(&[b"h2", b"http/1.1"])
+}
+
+/// A TLS acceptor whose ALPN offers `protocols` alone.
+fn tls_acceptor_offering(protocols: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     let certificates = vec![CertificateDer::from_pem_slice(CERTIFICATE).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(KEY).unwrap();
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -67,7 +72,7 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     .with_no_client_auth()
     .with_single_cert(certificates, key)
     .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = protocols.iter().map(|protocol| protocol.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
@@ -179,6 +184,38 @@ async fn https_negotiates_http2_and_http_stays_on_http1() {
         .await
         .unwrap();
     assert_eq!(over_tcp, "HTTP/1.1");
+}
+
+#[tokio::test]
+async fn https_without_http2_speaks_http1_over_tls_and_keeps_the_connection() {
+    let client = crate::client::trusting_client(Duration::from_secs(30));
+    // A streamed (chunked) answer in pieces, then a whole one, on one
+    // TLS connection.
+    let (secure, seen, connections) =
+        serve_counting(Some(tls_acceptor_offering(&[b"http/1.1"])), |request| {
+            if request.uri().path() == "/stream" {
+                let events = futures_util::stream::iter(["data: 1\n\n", "data: 2\n\n"])
+                    .map(|event| Ok::<_, Infallible>(Frame::data(Bytes::from(event))));
+                return Response::new(BodyExt::boxed(http_body_util::StreamBody::new(events)));
+            }
+            version(request)
+        })
+        .await;
+    let base = format!("https://localhost:{}", secure.port());
+    let streamed = client
+        .request(post(&format!("{base}/stream")))
+        .await
+        .unwrap();
+    assert_eq!(streamed.headers()["transfer-encoding"], "chunked");
+    assert_eq!(
+        read_capped(streamed.into_body(), 1024).await.unwrap(),
+        "data: 1\n\ndata: 2\n\n"
+    );
+    assert_eq!(read_url(&client, &format!("{base}/v1")).await, "HTTP/1.1");
+    assert_eq!(read_url(&client, &format!("{base}/v1")).await, "HTTP/1.1");
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(client.kept(), 1);
 }
 
 #[tokio::test]
@@ -751,4 +788,106 @@ async fn a_new_connection_the_upstream_closes_at_once_fails_the_request_without_
     assert!(started.elapsed() < Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(opened.load(Ordering::SeqCst), 1);
+}
+
+/// A raw HTTP/1.1 server (over TLS when `tls` is given) that on each
+/// connection reads a request's head and gives `answer`; then, when
+/// `close` is set, closes the connection at once (as an upstream whose
+/// keep-alive timeout is short does), or else holds it open without
+/// reading more. Counts connections.
+async fn answering_raw(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    answer: &'static [u8],
+    close: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn answer_on<S: AsyncRead + AsyncWrite + Unpin>(
+        mut socket: S,
+        answer: &[u8],
+        close: bool,
+    ) {
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|window| window == b"\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(count) => seen.extend_from_slice(&chunk[..count]),
+            }
+        }
+        if socket.write_all(answer).await.is_err() || socket.flush().await.is_err() {
+            return;
+        }
+        if !close {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let accepted = opened.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(socket).await {
+                            answer_on(stream, answer, close).await;
+                        }
+                    }
+                    None => answer_on(socket, answer, close).await,
+                }
+            });
+        }
+    });
+    (address, opened)
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_upstream_closed_while_idle_is_not_sent_on() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let (address, opened) = answering_raw(
+        None,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        true,
+    )
+    .await;
+    for round in 1..=3 {
+        assert_eq!(read_through(&client, address).await, "ok");
+        // The answer allowed keeping the connection, and it was kept; the
+        // upstream's close arrives while it is idle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(opened.load(Ordering::SeqCst), round);
+    }
+}
+
+#[tokio::test]
+async fn an_answer_over_tls_before_the_request_is_taken_is_read() {
+    let client = crate::client::trusting_client(Duration::from_secs(30));
+    let (address, _) = answering_raw(
+        Some(tls_acceptor_offering(&[b"http/1.1"])),
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo long",
+        false,
+    )
+    .await;
+    // Far more than the socket's and TLS's buffers hold, never read.
+    let request = upstream_request(
+        Method::POST,
+        &format!("https://localhost:{}/v1", address.port())
+            .parse::<Uri>()
+            .unwrap(),
+        &HeaderMap::new(),
+        Bytes::from(vec![b'x'; 16 * 1024 * 1024]),
+    );
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .expect("the answer arrives while the request is being written")
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        read_capped(response.into_body(), 1024).await.unwrap(),
+        "too long"
+    );
+    assert_eq!(client.kept(), 0);
 }

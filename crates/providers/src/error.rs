@@ -76,13 +76,15 @@ impl UpstreamError {
                     UpstreamError::Connect(connect_cause(cause))
                 }
             }
-            crate::client::ClientError::Send(cause) => UpstreamError::Transport(root_cause(cause)),
+            crate::client::ClientError::Send(cause) => {
+                UpstreamError::Transport(root_cause(cause.as_ref()))
+            }
         }
     }
 
     /// Classifies a failure while reading a body that had begun.
-    pub(crate) fn from_body(error: &hyper::Error) -> UpstreamError {
-        UpstreamError::Transport(root_cause(error))
+    pub(crate) fn from_body(error: &crate::client::BodyError) -> UpstreamError {
+        UpstreamError::Transport(root_cause(error.as_ref()))
     }
 }
 

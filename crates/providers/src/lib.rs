@@ -15,6 +15,7 @@ mod client;
 mod client_tests;
 mod error;
 mod gemini;
+mod h1;
 mod openai;
 mod relay;
 mod simulated;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Body;
 use switchboard_config::{DeploymentConfig, Timeouts};
 use switchboard_dialects::openai::UpstreamErrorBody;
@@ -128,7 +128,7 @@ pub(crate) fn upstream_request(
     headers: &HeaderMap,
     body: impl Into<Bytes>,
 ) -> Request<RequestBody> {
-    let mut request = Request::new(Full::new(body.into()));
+    let mut request = Request::new(RequestBody::new(body.into()));
     *request.method_mut() = method;
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = headers.clone();

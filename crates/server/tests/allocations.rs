@@ -110,12 +110,14 @@ async fn allocations_per_proxied_request_stay_low() {
         per_request > 10.0,
         "the count must see the gateway's work: {per_request}"
     );
-    // 53 since the request body is read without axum's `to_bytes`; 57 since the upstream pool is the gateway's own (63 before, 92
-    // before chat requests went around the router, 131 before the gateway's
-    // own upstream client): the bound catches a step back.
+    // 49 since HTTP/1.1 to the upstream is the gateway's own; 53 since the
+    // request body is read without axum's `to_bytes`; 57 since the upstream
+    // pool is the gateway's own (63 before, 92 before chat requests went
+    // around the router, 131 before the gateway's own upstream client): the
+    // bound catches a step back.
     assert!(
-        per_request < 70.0,
-        "the gateway allocates {per_request:.0} times per request (bound 70)"
+        per_request < 60.0,
+        "the gateway allocates {per_request:.0} times per request (bound 60)"
     );
     let records = gateway.stop_and_records().await;
     assert!(records.len() as u64 >= REQUESTS);

@@ -1,0 +1,842 @@
+//! HTTP/1.1 on one upstream connection, spoken by the request that holds
+//! it: the request's head and body go out in one vectored write, the
+//! answer's head is parsed in place, and its body is read by whoever polls
+//! it, straight from the connection's own buffer.
+//!
+//! hyper's client connection, which this replaces for HTTP/1.1, ran a task
+//! per connection fed through a channel, copied each request into an 8 KiB
+//! write buffer and read into a fresh 8 KiB buffer per answer: about a
+//! seventh of a proxied request's instructions and some 27 KiB per open
+//! stream. Here a connection is a socket and one read buffer; between
+//! requests it sits in the pool, where [`Conn::is_open`] tells whether the
+//! upstream has closed it meanwhile.
+//!
+//! What is read follows RFC 9112: interim (1xx) answers are skipped; a body
+//! is framed by `Transfer-Encoding: chunked`, then `Content-Length`, then
+//! the connection's end; `204`, `304` and answers to `HEAD` have none; a
+//! connection is kept only when the answer allows it (`Connection: close`,
+//! HTTP/1.0 without `keep-alive`, a body framed by its end, a request not
+//! wholly written) and its body was read to the end.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest answer head read (status line and headers); hyper's default
+/// allows about as much.
+const MAX_HEAD: usize = 256 * 1024;
+
+/// Most headers an answer may carry.
+const MAX_HEADERS: usize = 256;
+
+/// Headers parsed without a heap allocation; an answer with more is
+/// parsed again with room for `MAX_HEADERS`.
+const FEW_HEADERS: usize = 64;
+
+/// The first read's size; doubled each time a read fills it, up to
+/// `MOST_READ`, so a large answer is read in few calls while a stream of
+/// small events keeps a small buffer.
+const FIRST_READ: usize = 4 * 1024;
+const MOST_READ: usize = 64 * 1024;
+
+/// Longest line in a chunked body's framing (a chunk's size line or a
+/// trailer), and most bytes of trailers.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// Why an exchange failed. None of the messages holds a header's value or
+/// the URL.
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// The socket's (or TLS's) own error.
+    Io(io::Error),
+    /// The upstream closed the connection before the answer's head came.
+    ClosedBeforeAnswer,
+    /// The upstream closed the connection before the answer's body was
+    /// complete.
+    ClosedInBody,
+    /// The answer broke HTTP/1.1.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(error) => write!(f, "{error}"),
+            Error::ClosedBeforeAnswer => {
+                f.write_str("the upstream closed the connection before answering")
+            }
+            Error::ClosedInBody => {
+                f.write_str("the upstream closed the connection before the answer was complete")
+            }
+            Error::Invalid(what) => write!(f, "the upstream's HTTP/1.1 answer is invalid: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(error: io::Error) -> Error {
+        Error::Io(error)
+    }
+}
+
+/// A failed send, and whether the request is sure not to have reached the
+/// upstream (nothing of it was written), so that it may go out again on
+/// another connection.
+#[derive(Debug)]
+pub(crate) struct SendError {
+    pub error: Error,
+    pub unsent: bool,
+}
+
+/// One HTTP/1.1 connection: the socket and what has been read from it and
+/// not yet taken. The socket is boxed (a TLS stream is kilobytes), so that
+/// moving the connection between the pool, a request and its answer's body
+/// moves a pointer.
+pub(crate) struct Conn<T> {
+    io: Box<T>,
+    buffer: BytesMut,
+    read_size: usize,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
+    pub(crate) fn new(io: T) -> Conn<T> {
+        Conn {
+            io: Box::new(io),
+            buffer: BytesMut::new(),
+            read_size: FIRST_READ,
+        }
+    }
+
+    /// Whether an idle connection may take a request: nothing has arrived
+    /// on it since its last answer, not even its end. Reads without
+    /// waiting (a read that would wait is the answer "open"); the read is
+    /// only made when the socket has signalled something since.
+    pub(crate) fn is_open(&mut self) -> bool {
+        if !self.buffer.is_empty() {
+            return false;
+        }
+        // Outside the task's cooperative budget, which, once spent, would
+        // make every read wait and every closed connection look open.
+        let probe = std::future::poll_fn(|cx| {
+            let mut byte = [0u8; 1];
+            let mut byte = ReadBuf::new(&mut byte);
+            Poll::Ready(
+                Pin::new(&mut *self.io)
+                    .poll_read(cx, &mut byte)
+                    .is_pending(),
+            )
+        });
+        let mut probe = std::pin::pin!(tokio::task::unconstrained(probe));
+        let mut context = Context::from_waker(Waker::noop());
+        matches!(probe.as_mut().poll(&mut context), Poll::Ready(true))
+    }
+
+    /// Writes a request whose head is `head` (from [`write_head`]) and
+    /// whose body is `body`, then reads the answer's head. The answer's
+    /// body is read from what is returned, which holds the connection.
+    pub(crate) async fn send(
+        mut self,
+        head: &[u8],
+        body: &[u8],
+        method: &Method,
+    ) -> Result<Response<Body<T>>, SendError> {
+        let mut written = 0;
+        let wholly = std::future::poll_fn(|cx| self.poll_write(cx, head, body, &mut written))
+            .await
+            .map_err(|error| SendError {
+                error,
+                unsent: written == 0,
+            })?;
+        let answer = std::future::poll_fn(|cx| self.poll_head(cx))
+            .await
+            .map_err(|error| SendError {
+                error,
+                unsent: false,
+            })?;
+        let (status, version, headers) = answer;
+        let (framing, mut keep) = framing(status, version, &headers, method)?;
+        keep &= wholly;
+        let mut response = Response::new(Body {
+            conn: Some(self),
+            framing,
+            keep,
+            broken: None,
+        });
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        response.body_mut().settle();
+        Ok(response)
+    }
+
+    /// Writes the request; `Ok(false)` when the upstream answered before
+    /// taking all of it (refusing it, say) and the rest was not written.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        head: &[u8],
+        body: &[u8],
+        written: &mut usize,
+    ) -> Poll<Result<bool, Error>> {
+        let total = head.len() + body.len();
+        while *written < total {
+            let slices = if *written < head.len() {
+                [IoSlice::new(&head[*written..]), IoSlice::new(body)]
+            } else {
+                [
+                    IoSlice::new(&body[*written - head.len()..]),
+                    IoSlice::new(&[]),
+                ]
+            };
+            match Pin::new(&mut *self.io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Error::Io(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(count)) => *written += count,
+                // Over TLS, an error may come after part of the request's
+                // records left; the rest never did, so the upstream cannot
+                // have read a whole request.
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {
+                    if ready!(self.poll_answer_meanwhile(cx))? {
+                        return Poll::Ready(Ok(false));
+                    }
+                }
+            }
+        }
+        // TLS takes the request in before the socket has (its records wait
+        // in the flush), so the same watch goes on while flushing.
+        loop {
+            match Pin::new(&mut *self.io).poll_flush(cx) {
+                Poll::Ready(flushed) => {
+                    return Poll::Ready(flushed.map(|()| true).map_err(Into::into));
+                }
+                Poll::Pending => {
+                    if ready!(self.poll_answer_meanwhile(cx))? {
+                        return Poll::Ready(Ok(false));
+                    }
+                }
+            }
+        }
+    }
+
+    /// While the request cannot be written further: the upstream may have
+    /// answered before reading all of it (refusing it) and stopped reading.
+    /// Reads what has arrived; `true` once the answer's final head has (or
+    /// what arrived cannot be one: reading the head tells what is wrong).
+    fn poll_answer_meanwhile(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        loop {
+            let count = ready!(self.poll_fill(cx))?;
+            if final_head_arrived(&self.buffer) {
+                return Poll::Ready(Ok(true));
+            }
+            if count == 0 {
+                return Poll::Ready(Err(Error::ClosedBeforeAnswer));
+            }
+        }
+    }
+
+    /// Reads until the answer's final head has arrived (interim 1xx heads
+    /// are skipped) and parses it.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(StatusCode, Version, HeaderMap), Error>> {
+        loop {
+            if !self.buffer.is_empty() {
+                if let Some(head) = parse_head(&mut self.buffer)? {
+                    let status = head.0;
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Poll::Ready(Err(Error::Invalid("an unasked-for protocol switch")));
+                    }
+                    if status.is_informational() {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(head));
+                }
+                if self.buffer.len() > MAX_HEAD {
+                    return Poll::Ready(Err(Error::Invalid("the head is larger than 256 KiB")));
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(Error::ClosedBeforeAnswer));
+            }
+        }
+    }
+
+    /// Reads what the socket has into the buffer; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buffer.capacity() - self.buffer.len() < self.read_size / 4 {
+            self.buffer.reserve(self.read_size);
+        }
+        let room = self.buffer.capacity() - self.buffer.len();
+        let count = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *self.io),
+            cx,
+            &mut self.buffer
+        ))?;
+        if count == room && self.read_size < MOST_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(count))
+    }
+}
+
+/// Whether `buffer` holds a final answer's whole head, after any interim
+/// (1xx) ones, or something that cannot be a head at all.
+fn final_head_arrived(mut buffer: &[u8]) -> bool {
+    if buffer.len() > MAX_HEAD {
+        return true;
+    }
+    loop {
+        let mut found = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        let mut response = httparse::Response::new(&mut found);
+        match response.parse(buffer) {
+            Ok(httparse::Status::Complete(length))
+                if response
+                    .code
+                    .is_some_and(|code| (100..200).contains(&code) && code != 101) =>
+            {
+                buffer = &buffer[length..];
+            }
+            Ok(httparse::Status::Partial) => return false,
+            _ => return true,
+        }
+    }
+}
+
+/// Where a header's name and value lie in the head.
+#[derive(Clone, Copy, Default)]
+struct Place {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// The status, version and the number of headers of a parsed head, and
+/// its length.
+struct Parsed {
+    status: u16,
+    version: u8,
+    headers: usize,
+    length: usize,
+}
+
+/// Parses the head at the start of `buffer` and takes it off; `None`
+/// while it is incomplete. Header values are slices of the head, not
+/// copies.
+fn parse_head(buffer: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap)>, Error> {
+    let mut places = [Place::default(); FEW_HEADERS];
+    let parsed = {
+        let mut found = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        locate(buffer, &mut found, &mut places)
+    };
+    match parsed {
+        Ok(Some(parsed)) => build(buffer, &parsed, &places).map(Some),
+        Ok(None) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut places = vec![Place::default(); MAX_HEADERS];
+            let parsed = {
+                let mut found = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+                locate(buffer, &mut found, &mut places)
+            };
+            match parsed {
+                Ok(Some(parsed)) => build(buffer, &parsed, &places).map(Some),
+                Ok(None) => Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    Err(Error::Invalid("more than 256 headers"))
+                }
+                Err(_) => Err(Error::Invalid("a malformed head")),
+            }
+        }
+        Err(_) => Err(Error::Invalid("a malformed head")),
+    }
+}
+
+/// Parses a head with room for `found.len()` headers and notes where each
+/// header lies.
+fn locate<'b>(
+    buffer: &'b [u8],
+    found: &mut [httparse::Header<'b>],
+    places: &mut [Place],
+) -> Result<Option<Parsed>, httparse::Error> {
+    let mut response = httparse::Response::new(found);
+    let length = match response.parse(buffer)? {
+        httparse::Status::Complete(length) => length,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let base = buffer.as_ptr() as usize;
+    let at = |slice: &[u8]| {
+        let start = slice.as_ptr() as usize - base;
+        (start, start + slice.len())
+    };
+    for (header, place) in response.headers.iter().zip(places.iter_mut()) {
+        place.name = at(header.name.as_bytes());
+        place.value = at(header.value);
+    }
+    Ok(Some(Parsed {
+        // A complete parse always has both.
+        status: response.code.unwrap_or_default(),
+        version: response.version.unwrap_or_default(),
+        headers: response.headers.len(),
+        length,
+    }))
+}
+
+/// Takes the parsed head off `buffer` as its status, version and headers.
+fn build(
+    buffer: &mut BytesMut,
+    parsed: &Parsed,
+    places: &[Place],
+) -> Result<(StatusCode, Version, HeaderMap), Error> {
+    let status =
+        StatusCode::from_u16(parsed.status).map_err(|_| Error::Invalid("a status out of range"))?;
+    let version = if parsed.version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let head = buffer.split_to(parsed.length).freeze();
+    let mut headers = HeaderMap::with_capacity(parsed.headers);
+    for place in &places[..parsed.headers] {
+        let name = HeaderName::from_bytes(&head[place.name.0..place.name.1])
+            .map_err(|_| Error::Invalid("a header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(place.value.0..place.value.1))
+            .map_err(|_| Error::Invalid("a header value"))?;
+        headers.append(name, value);
+    }
+    Ok((status, version, headers))
+}
+
+/// How the answer's body is framed, and whether the connection may carry
+/// another request after it.
+fn framing(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<(Framing, bool), SendError> {
+    let invalid = |what| SendError {
+        error: Error::Invalid(what),
+        unsent: false,
+    };
+    let mut keep = if version == Version::HTTP_11 {
+        !has_token(headers, &header::CONNECTION, "close")
+    } else {
+        has_token(headers, &header::CONNECTION, "keep-alive")
+    };
+    if status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || method == Method::HEAD
+    {
+        return Ok((Framing::Length(0), keep));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Only chunked is understood (a compressed transfer coding would
+        // reach the caller still compressed). A length beside it is
+        // ignored, and the connection not trusted with another request;
+        // nor is an HTTP/1.0 one.
+        let only_chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|value| {
+                value
+                    .to_str()
+                    .ok()
+                    .into_iter()
+                    .flat_map(|value| value.split(','))
+            })
+            .map(str::trim)
+            .filter(|coding| !coding.is_empty())
+            .all(|coding| coding.eq_ignore_ascii_case("chunked"));
+        if !only_chunked {
+            return Err(invalid("a transfer coding other than chunked"));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) || version != Version::HTTP_11 {
+            keep = false;
+        }
+        return Ok((Framing::Chunked(Chunked::Size), keep));
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let value = value.to_str().map_err(|_| invalid("its Content-Length"))?;
+        for part in value.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(invalid("its Content-Length"));
+            }
+            let parsed: u64 = part.parse().map_err(|_| invalid("its Content-Length"))?;
+            if length.is_some_and(|length| length != parsed) {
+                return Err(invalid("differing Content-Lengths"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(length) => (Framing::Length(length), keep),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// Whether a comma-separated header holds `token` (without regard to case).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// How a body ends.
+#[derive(Debug, PartialEq)]
+enum Framing {
+    /// After this many more bytes (zero: it has ended).
+    Length(u64),
+    Chunked(Chunked),
+    /// When the upstream closes the connection.
+    UntilClose,
+    /// Broken: nothing more is read.
+    Failed,
+}
+
+/// Where a chunked body's reading stands.
+#[derive(Debug, PartialEq)]
+enum Chunked {
+    /// Before a chunk's size line.
+    Size,
+    /// Inside a chunk, this many bytes before its end.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailers, then an empty line; how many
+    /// bytes of trailers so far.
+    Trailers(usize),
+    Done,
+}
+
+/// What one step over the buffer gave.
+enum Step {
+    Data(Bytes),
+    /// More must be read first.
+    More,
+    Done,
+}
+
+impl Framing {
+    fn is_done(&self) -> bool {
+        matches!(self, Framing::Length(0) | Framing::Chunked(Chunked::Done))
+    }
+
+    /// Takes what the buffer holds of the body: data, or the framing
+    /// around it.
+    fn step(&mut self, buffer: &mut BytesMut) -> Result<Step, Error> {
+        match self {
+            Framing::Length(0) | Framing::Failed => Ok(Step::Done),
+            Framing::Length(left) => {
+                if buffer.is_empty() {
+                    return Ok(Step::More);
+                }
+                let take = buffer
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                Ok(Step::Data(buffer.split_to(take).freeze()))
+            }
+            Framing::UntilClose => {
+                if buffer.is_empty() {
+                    return Ok(Step::More);
+                }
+                Ok(Step::Data(buffer.split().freeze()))
+            }
+            Framing::Chunked(chunked) => loop {
+                match chunked {
+                    Chunked::Done => return Ok(Step::Done),
+                    Chunked::Data(left) => {
+                        if buffer.is_empty() {
+                            return Ok(Step::More);
+                        }
+                        let take = buffer
+                            .len()
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        *left -= take as u64;
+                        if *left == 0 {
+                            *chunked = Chunked::DataEnd;
+                        }
+                        return Ok(Step::Data(buffer.split_to(take).freeze()));
+                    }
+                    _ => {
+                        if !chunked.advance(buffer)? {
+                            return Ok(Step::More);
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// Goes through the framing the buffer already holds after a chunk's
+    /// data (its CRLF, the last chunk, the trailers), so that a body whose
+    /// end has arrived reads as ended with its last data.
+    fn settle(&mut self, buffer: &mut BytesMut) -> Result<(), Error> {
+        if let Framing::Chunked(chunked) = self {
+            while !matches!(chunked, Chunked::Data(_) | Chunked::Done) {
+                if !chunked.advance(buffer)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Chunked {
+    /// Takes the framing line or CRLF that comes next off the buffer;
+    /// `false` while it is incomplete. Only for the states between data.
+    fn advance(&mut self, buffer: &mut BytesMut) -> Result<bool, Error> {
+        match self {
+            Chunked::DataEnd => {
+                if buffer.len() < 2 {
+                    return Ok(false);
+                }
+                if &buffer[..2] != b"\r\n" {
+                    return Err(Error::Invalid("a chunk not followed by CRLF"));
+                }
+                let _ = buffer.split_to(2);
+                *self = Chunked::Size;
+            }
+            Chunked::Size => {
+                let Some(line) = take_line(buffer, MAX_CHUNK_LINE)? else {
+                    return Ok(false);
+                };
+                let size = chunk_size(&line)?;
+                *self = if size == 0 {
+                    Chunked::Trailers(0)
+                } else {
+                    Chunked::Data(size)
+                };
+            }
+            Chunked::Trailers(seen) => {
+                let Some(line) = take_line(buffer, MAX_CHUNK_LINE)? else {
+                    return Ok(false);
+                };
+                if line.is_empty() {
+                    *self = Chunked::Done;
+                } else {
+                    *seen += line.len();
+                    if *seen > MAX_TRAILERS {
+                        return Err(Error::Invalid("trailers larger than 64 KiB"));
+                    }
+                }
+            }
+            Chunked::Data(_) | Chunked::Done => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Takes one line (without its CRLF, or a bare LF) off the buffer; `None`
+/// while it is incomplete.
+fn take_line(buffer: &mut BytesMut, most: usize) -> Result<Option<BytesMut>, Error> {
+    match buffer.iter().position(|&byte| byte == b'\n') {
+        Some(end) if end > most => Err(Error::Invalid("a chunk line too long")),
+        Some(end) => {
+            let mut line = buffer.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buffer.len() > most => Err(Error::Invalid("a chunk line too long")),
+        None => Ok(None),
+    }
+}
+
+/// A chunk's size from its line: hex digits, then perhaps extensions
+/// (`;name=value`), which are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let digits = line
+        .iter()
+        .take_while(|byte| byte.is_ascii_hexdigit())
+        .count();
+    if digits == 0 {
+        return Err(Error::Invalid("a chunk size"));
+    }
+    let rest = &line[digits..];
+    let rest_fits = rest
+        .iter()
+        .position(|&byte| byte != b' ' && byte != b'\t')
+        .is_none_or(|at| rest[at] == b';');
+    if digits > 16 || !rest_fits {
+        return Err(Error::Invalid("a chunk size"));
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| Error::Invalid("a chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| Error::Invalid("a chunk size"))
+}
+
+/// An answer's body, holding its connection until it has been read.
+pub(crate) struct Body<T> {
+    conn: Option<Conn<T>>,
+    framing: Framing,
+    /// Whether the connection may take another request once the body has
+    /// been read.
+    keep: bool,
+    /// An error found reading ahead, given at the next read.
+    broken: Option<Error>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Body<T> {
+    /// The next piece of data; `None` at the end.
+    pub(crate) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        if let Some(error) = self.broken.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.framing.step(&mut conn.buffer) {
+                Ok(Step::Data(data)) => {
+                    self.settle();
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(Step::Done) => return Poll::Ready(None),
+                Ok(Step::More) => {}
+                Err(error) => return Poll::Ready(Some(Err(self.fail(error)))),
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if self.framing == Framing::UntilClose => {
+                    self.framing = Framing::Length(0);
+                    self.keep = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(self.fail(Error::ClosedInBody)))),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Some(Err(self.fail(error.into())))),
+            }
+        }
+    }
+
+    /// Reads ahead through the framing already buffered; broken framing
+    /// fails the body, and its next read gives the error.
+    fn settle(&mut self) {
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(error) = self.framing.settle(&mut conn.buffer)
+        {
+            self.broken = Some(self.fail(error));
+        }
+    }
+
+    /// Drops the connection of a body that broke.
+    fn fail(&mut self, error: Error) -> Error {
+        self.framing = Framing::Failed;
+        self.conn = None;
+        self.keep = false;
+        error
+    }
+
+    /// Whether the body has been read to its end (or broke, and its error
+    /// has been given).
+    pub(crate) fn is_end(&self) -> bool {
+        self.broken.is_none() && (self.framing.is_done() || self.framing == Framing::Failed)
+    }
+
+    /// The body's exact length when its framing tells it.
+    pub(crate) fn exact_length(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(left) => Some(left),
+            _ => None,
+        }
+    }
+
+    /// The connection, once the body has been read to its end and the
+    /// connection may take another request.
+    pub(crate) fn take_reusable(&mut self) -> Option<Conn<T>> {
+        if !(self.keep && self.framing.is_done()) {
+            return None;
+        }
+        let mut conn = self.conn.take().filter(|conn| conn.buffer.is_empty())?;
+        if conn.read_size > FIRST_READ {
+            // A large answer grew the buffer: an idle connection keeps none
+            // of it.
+            conn.buffer = BytesMut::new();
+            conn.read_size = FIRST_READ;
+        }
+        Some(conn)
+    }
+}
+
+/// An HTTP/1.1 request's head: the request line with the target's path
+/// and query alone, `Host` (`host` unless the request names its own), the
+/// request's headers, and the body's length. Framing headers the request
+/// carries are left out; the length written is the body's.
+pub(crate) fn write_head<B>(
+    request: &Request<B>,
+    host: Option<&HeaderValue>,
+    length: usize,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(request.method().as_str().as_bytes());
+    head.push(b' ');
+    let uri = request.uri();
+    head.extend_from_slice(uri.path().as_bytes());
+    if let Some(query) = uri.query() {
+        head.push(b'?');
+        head.extend_from_slice(query.as_bytes());
+    }
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let headers = request.headers();
+    if let Some(host) = host
+        && !headers.contains_key(header::HOST)
+    {
+        line(&mut head, b"host", host.as_bytes());
+    }
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        line(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let bodiless = matches!(*request.method(), Method::GET | Method::HEAD);
+    if length > 0 || !bodiless {
+        let mut digits = itoa::Buffer::new();
+        line(
+            &mut head,
+            b"content-length",
+            digits.format(length).as_bytes(),
+        );
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+fn line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+#[path = "h1_tests.rs"]
+mod tests;
