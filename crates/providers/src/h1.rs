@@ -169,8 +169,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 error,
                 unsent: false,
             })?;
-        let (status, version, headers) = answer;
-        let (framing, mut keep) = framing(status, version, &headers, method)?;
+        let (framing, mut keep) = framing(&answer, method)?;
+        let Head {
+            status,
+            version,
+            headers,
+            ..
+        } = answer;
         keep &= wholly;
         let mut response = Response::new(Body {
             conn: Some(self),
@@ -254,14 +259,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
     /// Reads until the answer's final head has arrived (interim 1xx heads
     /// are skipped) and parses it.
-    fn poll_head(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(StatusCode, Version, HeaderMap), Error>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Error>> {
         loop {
             if !self.buffer.is_empty() {
                 if let Some(head) = parse_head(&mut self.buffer)? {
-                    let status = head.0;
+                    let status = head.status;
                     if status == StatusCode::SWITCHING_PROTOCOLS {
                         return Poll::Ready(Err(Error::Invalid("an unasked-for protocol switch")));
                     }
@@ -340,7 +342,7 @@ struct Parsed {
 /// Parses the head at the start of `buffer` and takes it off; `None`
 /// while it is incomplete. Header values are slices of the head, not
 /// copies.
-fn parse_head(buffer: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap)>, Error> {
+fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, Error> {
     let mut places = [Place::default(); FEW_HEADERS];
     let parsed = {
         let mut found = [httparse::EMPTY_HEADER; FEW_HEADERS];
@@ -398,12 +400,22 @@ fn locate<'b>(
     }))
 }
 
-/// Takes the parsed head off `buffer` as its status, version and headers.
-fn build(
-    buffer: &mut BytesMut,
-    parsed: &Parsed,
-    places: &[Place],
-) -> Result<(StatusCode, Version, HeaderMap), Error> {
+/// An answer's head, and what its headers say of its framing, noted as
+/// they were read (so that the common answer, framed by one
+/// `Content-Length`, needs no lookup in the map).
+pub(crate) struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    /// The first `Content-Length`, and how many there were.
+    length: Option<HeaderValue>,
+    lengths: usize,
+    transfer_encoding: bool,
+    connection: bool,
+}
+
+/// Takes the parsed head off `buffer`.
+fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Head, Error> {
     let status =
         StatusCode::from_u16(parsed.status).map_err(|_| Error::Invalid("a status out of range"))?;
     let version = if parsed.version == 0 {
@@ -411,34 +423,47 @@ fn build(
     } else {
         Version::HTTP_11
     };
-    let head = buffer.split_to(parsed.length).freeze();
-    let mut headers = HeaderMap::with_capacity(parsed.headers);
+    let bytes = buffer.split_to(parsed.length).freeze();
+    let mut head = Head {
+        status,
+        version,
+        headers: HeaderMap::with_capacity(parsed.headers),
+        length: None,
+        lengths: 0,
+        transfer_encoding: false,
+        connection: false,
+    };
     for place in &places[..parsed.headers] {
-        let name = HeaderName::from_bytes(&head[place.name.0..place.name.1])
+        let name = HeaderName::from_bytes(&bytes[place.name.0..place.name.1])
             .map_err(|_| Error::Invalid("a header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(place.value.0..place.value.1))
+        let value = HeaderValue::from_maybe_shared(bytes.slice(place.value.0..place.value.1))
             .map_err(|_| Error::Invalid("a header value"))?;
-        headers.append(name, value);
+        if name == header::CONTENT_LENGTH {
+            head.lengths += 1;
+            head.length.get_or_insert_with(|| value.clone());
+        } else if name == header::TRANSFER_ENCODING {
+            head.transfer_encoding = true;
+        } else if name == header::CONNECTION {
+            head.connection = true;
+        }
+        head.headers.append(name, value);
     }
-    Ok((status, version, headers))
+    Ok(head)
 }
 
 /// How the answer's body is framed, and whether the connection may carry
 /// another request after it.
-fn framing(
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-    method: &Method,
-) -> Result<(Framing, bool), SendError> {
+fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), SendError> {
     let invalid = |what| SendError {
         error: Error::Invalid(what),
         unsent: false,
     };
-    let mut keep = if version == Version::HTTP_11 {
-        !has_token(headers, &header::CONNECTION, "close")
-    } else {
-        has_token(headers, &header::CONNECTION, "keep-alive")
+    let (status, version, headers) = (head.status, head.version, &head.headers);
+    let mut keep = match (version == Version::HTTP_11, head.connection) {
+        (true, false) => true,
+        (false, false) => false,
+        (true, true) => !has_token(headers, &header::CONNECTION, "close"),
+        (false, true) => has_token(headers, &header::CONNECTION, "keep-alive"),
     };
     if status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -446,7 +471,7 @@ fn framing(
     {
         return Ok((Framing::Length(0), keep));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if head.transfer_encoding {
         // Only chunked is understood (a compressed transfer coding would
         // reach the caller still compressed). A length beside it is
         // ignored, and the connection not trusted with another request;
@@ -467,13 +492,18 @@ fn framing(
         if !only_chunked {
             return Err(invalid("a transfer coding other than chunked"));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) || version != Version::HTTP_11 {
+        if head.lengths > 0 || version != Version::HTTP_11 {
             keep = false;
         }
         return Ok((Framing::Chunked(Chunked::Size), keep));
     }
     let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    // The one noted, then, only when there were several, the others.
+    let others = (head.lengths > 1)
+        .then(|| headers.get_all(header::CONTENT_LENGTH).iter().skip(1))
+        .into_iter()
+        .flatten();
+    for value in head.length.iter().chain(others) {
         let value = value.to_str().map_err(|_| invalid("its Content-Length"))?;
         for part in value.split(',') {
             let part = part.trim();
