@@ -52,29 +52,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_LIFETIME: Duration = Duration::from_secs(1800);
 
-/// Rows per `INSERT`: bounds one message's size; the `Recorder` writes at
-/// most 512 at a time, so a batch is one statement.
-const INSERT_CHUNK: usize = 1024;
-
-/// The request log's columns, in the order `record_from_row` and the
-/// insert use them.
-const INSERT_RECORDS: &str = "INSERT INTO requests (request_id, started_at_ms, endpoint, model, deployment, stream, \
+/// The request log's columns, in the order `copy_row` writes them. A
+/// batch goes in as one `COPY` in PostgreSQL's text format: the server's
+/// bulk-load path, which costs it less per row than an `INSERT` of the same
+/// rows (an `INSERT … SELECT FROM UNNEST(…)` of one array per column, sorted
+/// back into the batch's order, before); rows keep the batch's order.
+const COPY_RECORDS: &str = "COPY requests (request_id, started_at_ms, endpoint, model, deployment, stream, \
      status, outcome, error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, \
      reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
-     cache_hit, metadata, attempt_details, timed_id) \
-     SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, error_code, \
-     latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
-     served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, attempt_details, \
-     timed_id \
-     FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BOOLEAN[], $7::BIGINT[], \
-     $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], \
-     $15::BIGINT[], $16::BIGINT[], $17::TEXT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::BIGINT[], \
-     $22::BIGINT[], $23::BOOLEAN[], $24::TEXT[], $25::TEXT[], $26::BOOLEAN[]) \
-     WITH ORDINALITY AS batch (request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
-     error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, \
-     attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, \
-     attempt_details, timed_id, position) \
-     ORDER BY position";
+     cache_hit, metadata, attempt_details, timed_id) FROM STDIN";
+
+/// Rows per body `INSERT`: bounds one message's size; the `Recorder`
+/// writes at most 512 at a time, so a batch is one statement.
+const INSERT_CHUNK: usize = 1024;
 
 const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
@@ -158,86 +148,94 @@ fn opt_i64(value: Option<u64>) -> Option<i64> {
     value.map(to_i64)
 }
 
-/// One array per column, as `UNNEST` takes them.
-#[derive(Default)]
-struct Columns<'a> {
-    request_id: Vec<&'a str>,
-    started_at_ms: Vec<i64>,
-    endpoint: Vec<&'static str>,
-    model: Vec<&'a str>,
-    deployment: Vec<Option<&'a str>>,
-    stream: Vec<bool>,
-    status: Vec<i64>,
-    outcome: Vec<&'static str>,
-    error_code: Vec<Option<&'a str>>,
-    latency_ms: Vec<i64>,
-    ttft_ms: Vec<Option<i64>>,
-    input_tokens: Vec<Option<i64>>,
-    output_tokens: Vec<Option<i64>>,
-    cached_input_tokens: Vec<Option<i64>>,
-    reasoning_tokens: Vec<Option<i64>>,
-    attempts: Vec<i64>,
-    served_model: Vec<Option<&'a str>>,
-    key_id: Vec<Option<&'a str>>,
-    team_id: Vec<Option<&'a str>>,
-    end_user: Vec<Option<&'a str>>,
-    cost_nanos: Vec<Option<i64>>,
-    cache_hit: Vec<bool>,
-    metadata: Vec<Option<&'a str>>,
-    cache_write_tokens: Vec<Option<i64>>,
-    /// Written as JSON here, so owned.
-    attempt_details: Vec<Option<String>>,
-    /// Whether the id carries the start time (see the migration).
-    timed_id: Vec<bool>,
+/// Appends `record` as one line of `COPY`'s text format: its columns
+/// in `COPY_RECORDS`' order, separated by tabs, `\N` for none.
+fn copy_row(out: &mut Vec<u8>, record: &RequestRecord) {
+    let mut row = CopyRow { out, first: true };
+    row.text(Some(&record.request_id));
+    row.number(Some(record.started_at_ms));
+    row.text(Some(record.endpoint.as_str()));
+    row.text(Some(&record.model));
+    row.text(record.deployment.as_deref());
+    row.flag(record.stream);
+    row.number(Some(i64::from(record.status)));
+    row.text(Some(record.outcome.as_str()));
+    row.text(record.error_code.as_deref());
+    row.number(Some(to_i64(record.latency_ms)));
+    row.number(opt_i64(record.ttft_ms));
+    row.number(opt_i64(record.usage.input_tokens));
+    row.number(opt_i64(record.usage.output_tokens));
+    row.number(opt_i64(record.usage.cached_input_tokens));
+    row.number(opt_i64(record.usage.reasoning_tokens));
+    row.number(Some(i64::from(record.attempts)));
+    row.text(record.served_model.as_deref());
+    row.text(record.key_id.as_deref());
+    row.text(record.team_id.as_deref());
+    row.text(record.end_user.as_deref());
+    row.number(opt_i64(record.cost_nanos));
+    row.number(opt_i64(record.usage.cache_write_tokens));
+    row.flag(record.cache_hit);
+    row.text(record.metadata.as_deref());
+    row.text(log::attempt_details_json(&record.attempt_details).as_deref());
+    row.flag(request_id::is_timed(
+        &record.request_id,
+        record.started_at_ms,
+    ));
+    row.out.push(b'\n');
 }
 
-impl<'a> Columns<'a> {
-    fn of(records: &'a [RequestRecord]) -> Columns<'a> {
-        let mut columns = Columns::default();
-        for record in records {
-            columns.request_id.push(&record.request_id);
-            columns.started_at_ms.push(record.started_at_ms);
-            columns.endpoint.push(record.endpoint.as_str());
-            columns.model.push(&record.model);
-            columns.deployment.push(record.deployment.as_deref());
-            columns.stream.push(record.stream);
-            columns.status.push(i64::from(record.status));
-            columns.outcome.push(record.outcome.as_str());
-            columns.error_code.push(record.error_code.as_deref());
-            columns.latency_ms.push(to_i64(record.latency_ms));
-            columns.ttft_ms.push(opt_i64(record.ttft_ms));
-            columns
-                .input_tokens
-                .push(opt_i64(record.usage.input_tokens));
-            columns
-                .output_tokens
-                .push(opt_i64(record.usage.output_tokens));
-            columns
-                .cached_input_tokens
-                .push(opt_i64(record.usage.cached_input_tokens));
-            columns
-                .reasoning_tokens
-                .push(opt_i64(record.usage.reasoning_tokens));
-            columns.attempts.push(i64::from(record.attempts));
-            columns.served_model.push(record.served_model.as_deref());
-            columns.key_id.push(record.key_id.as_deref());
-            columns.team_id.push(record.team_id.as_deref());
-            columns.end_user.push(record.end_user.as_deref());
-            columns.cost_nanos.push(opt_i64(record.cost_nanos));
-            columns.cache_hit.push(record.cache_hit);
-            columns.metadata.push(record.metadata.as_deref());
-            columns
-                .cache_write_tokens
-                .push(opt_i64(record.usage.cache_write_tokens));
-            columns
-                .attempt_details
-                .push(log::attempt_details_json(&record.attempt_details));
-            columns.timed_id.push(request_id::is_timed(
-                &record.request_id,
-                record.started_at_ms,
-            ));
+/// One line of `COPY`'s text format being written.
+struct CopyRow<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl CopyRow<'_> {
+    fn next(&mut self) {
+        if !self.first {
+            self.out.push(b'\t');
         }
-        columns
+        self.first = false;
+    }
+
+    /// A text column: a backslash, newline, carriage return or tab in it is
+    /// written as its backslash escape (NUL never reaches here).
+    fn text(&mut self, value: Option<&str>) {
+        self.next();
+        let Some(value) = value else {
+            self.out.extend_from_slice(b"\\N");
+            return;
+        };
+        let mut rest = value.as_bytes();
+        while let Some(at) = rest
+            .iter()
+            .position(|byte| matches!(byte, b'\\' | b'\n' | b'\r' | b'\t'))
+        {
+            self.out.extend_from_slice(&rest[..at]);
+            self.out.extend_from_slice(match rest[at] {
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                _ => b"\\t",
+            });
+            rest = &rest[at + 1..];
+        }
+        self.out.extend_from_slice(rest);
+    }
+
+    fn number(&mut self, value: Option<i64>) {
+        self.next();
+        match value {
+            Some(value) => self
+                .out
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes()),
+            None => self.out.extend_from_slice(b"\\N"),
+        }
+    }
+
+    fn flag(&mut self, value: bool) {
+        self.next();
+        self.out.push(if value { b't' } else { b'f' });
     }
 }
 
@@ -307,38 +305,13 @@ impl Store for PgStore {
                 records
             };
             let mut transaction = self.pool.begin().await?;
-            for chunk in records.chunks(INSERT_CHUNK) {
-                let columns = Columns::of(chunk);
-                sqlx::query::<Postgres>(INSERT_RECORDS)
-                    .bind(&columns.request_id)
-                    .bind(&columns.started_at_ms)
-                    .bind(&columns.endpoint)
-                    .bind(&columns.model)
-                    .bind(&columns.deployment)
-                    .bind(&columns.stream)
-                    .bind(&columns.status)
-                    .bind(&columns.outcome)
-                    .bind(&columns.error_code)
-                    .bind(&columns.latency_ms)
-                    .bind(&columns.ttft_ms)
-                    .bind(&columns.input_tokens)
-                    .bind(&columns.output_tokens)
-                    .bind(&columns.cached_input_tokens)
-                    .bind(&columns.reasoning_tokens)
-                    .bind(&columns.attempts)
-                    .bind(&columns.served_model)
-                    .bind(&columns.key_id)
-                    .bind(&columns.team_id)
-                    .bind(&columns.end_user)
-                    .bind(&columns.cost_nanos)
-                    .bind(&columns.cache_write_tokens)
-                    .bind(&columns.cache_hit)
-                    .bind(&columns.metadata)
-                    .bind(&columns.attempt_details)
-                    .bind(&columns.timed_id)
-                    .execute(&mut *transaction)
-                    .await?;
+            let mut rows = Vec::with_capacity(records.len() * 320);
+            for record in records {
+                copy_row(&mut rows, record);
             }
+            let mut copy = transaction.copy_in_raw(COPY_RECORDS).await?;
+            copy.send(rows).await?;
+            copy.finish().await?;
             let with_bodies: Vec<&RequestRecord> = records
                 .iter()
                 .filter(|record| record.bodies.is_some())

@@ -228,6 +228,16 @@ async fn postgres_records_round_trip() {
 }
 
 #[tokio::test]
+async fn postgres_texts_with_escapes_round_trip() {
+    let Some(schema) = TestSchema::create("postgres_texts_with_escapes_round_trip").await else {
+        return;
+    };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    contract::texts_with_escapes_round_trip(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
 async fn postgres_key_store_contract() {
     let Some(schema) = TestSchema::create("postgres_key_store_contract").await else {
         return;

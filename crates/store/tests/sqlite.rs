@@ -12,6 +12,12 @@ async fn sqlite_records_round_trip() {
 }
 
 #[tokio::test]
+async fn sqlite_texts_with_escapes_round_trip() {
+    let store = SqliteStore::open_memory().await.unwrap();
+    contract::texts_with_escapes_round_trip(&store).await;
+}
+
+#[tokio::test]
 async fn sqlite_key_store_contract() {
     let store = SqliteStore::open_memory().await.unwrap();
     contract::key_store(&store).await;
