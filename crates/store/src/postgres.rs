@@ -13,9 +13,10 @@
 //! Prepared statements and PgBouncer: statements are prepared once per
 //! connection and cached by sqlx (named, protocol-level prepared
 //! statements). Every query here has a fixed text, batch inserts included
-//! (they pass one array per column to `UNNEST`, so a batch of any size is
-//! the same statement), so the cache holds a few dozen statements and never
-//! grows with the batch size. The admin API's reads of the request log
+//! (the bodies' insert passes one array per column to `UNNEST`, so a batch
+//! of any size is the same statement; the records' `COPY` runs as a simple
+//! query and is not prepared), so the cache holds a few dozen statements
+//! and never grows with the batch size. The admin API's reads of the request log
 //! (`log.rs`), whose text varies with their filters, run as unnamed
 //! statements and are not cached. This works directly against PostgreSQL and
 //! behind PgBouncer 1.21 or later in transaction mode with
@@ -62,8 +63,8 @@ const COPY_RECORDS: &str = "COPY requests (request_id, started_at_ms, endpoint, 
      reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
      cache_hit, metadata, attempt_details, timed_id) FROM STDIN";
 
-/// Rows per body `INSERT`: bounds one message's size; the `Recorder`
-/// writes at most 512 at a time, so a batch is one statement.
+/// Rows per body `INSERT`: bounds one message's size (a batch of the
+/// record writer's, up to 2,048 records, takes at most two statements).
 const INSERT_CHUNK: usize = 1024;
 
 const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
@@ -467,5 +468,28 @@ impl Store for PgStore {
                 .await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `COPY`'s text format, byte for byte, without a server: tabs between
+    /// columns, `\N` for none, and the four characters it escapes.
+    #[test]
+    fn a_record_is_one_line_of_copys_text_format() {
+        let mut record = crate::journal::tests_support::record(7);
+        record.request_id = "a\tb\nc\rd\\e\\N".to_owned();
+        record.model = String::new();
+        record.end_user = Some("ü✓".to_owned());
+        record.ttft_ms = Some(3);
+        let mut out = Vec::new();
+        copy_row(&mut out, &record);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\tb\\nc\\rd\\\\e\\\\N\t7\tchat_completions\t\t\\N\tf\t200\tsuccess\t\\N\t1\t3\t\
+             \\N\t\\N\t\\N\t\\N\t1\t\\N\t\\N\t\\N\tü✓\t\\N\t\\N\tf\t\\N\t\\N\tf\n"
+        );
     }
 }
