@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -411,12 +411,19 @@ impl Origin {
 struct Kept {
     host: Option<HeaderValue>,
     conns: Mutex<Conns>,
-    /// The origin negotiated HTTP/2 before: its requests share one
-    /// connection, so only one of them connects at a time (the others wait
-    /// for it rather than each opening a connection of its own).
-    speaks_h2: AtomicBool,
+    /// What the origin speaks (`UNKNOWN`, `HTTP1`, `HTTP2`): learnt from
+    /// the first connection made to it, or known at once for `http://`. An
+    /// HTTP/2 origin's requests share one connection, so only one of them
+    /// connects at a time (the others wait for it rather than each opening
+    /// a connection of its own); while it is unknown, the first request
+    /// connects alone and the others wait to learn from it.
+    protocol: AtomicU8,
     connecting: tokio::sync::Mutex<()>,
 }
+
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
 
 #[derive(Default)]
 struct Conns {
@@ -539,14 +546,33 @@ impl HttpClient {
         uri: &Uri,
         kept: &Arc<Kept>,
     ) -> Result<(Sender, bool), ClientError> {
-        if !kept.speaks_h2.load(Ordering::Relaxed) {
-            return Ok((self.connect(uri, kept).await?, false));
+        match kept.protocol.load(Ordering::Relaxed) {
+            HTTP1 => Ok((self.connect(uri, kept).await?, false)),
+            HTTP2 => {
+                let _turn = kept.connecting.lock().await;
+                if let Some(shared) = kept.checkout(self.pool.idle_timeout) {
+                    return Ok((shared, true));
+                }
+                Ok((self.connect(uri, kept).await?, false))
+            }
+            _ => {
+                // The first request to an origin not yet known connects
+                // alone; a burst behind it waits to learn whether it
+                // speaks HTTP/2 (then shares the connection made), and
+                // otherwise connects at once, all together, even when the
+                // first connection failed.
+                if let Ok(_turn) = kept.connecting.try_lock() {
+                    return Ok((self.connect(uri, kept).await?, false));
+                }
+                drop(kept.connecting.lock().await);
+                if kept.protocol.load(Ordering::Relaxed) == HTTP2
+                    && let Some(shared) = kept.checkout(self.pool.idle_timeout)
+                {
+                    return Ok((shared, true));
+                }
+                Ok((self.connect(uri, kept).await?, false))
+            }
         }
-        let _turn = kept.connecting.lock().await;
-        if let Some(shared) = kept.checkout(self.pool.idle_timeout) {
-            return Ok((shared, true));
-        }
-        Ok((self.connect(uri, kept).await?, false))
     }
 
     /// A new connection to the origin of `uri`: HTTP/2 when TLS negotiated
@@ -573,11 +599,20 @@ impl HttpClient {
                 Err(_) => return Err(ClientError::Connect(Box::new(ConnectTimedOut))),
             };
             tokio::spawn(connection);
-            kept.speaks_h2.store(true, Ordering::Relaxed);
+            kept.protocol.store(HTTP2, Ordering::Relaxed);
             kept.keep_shared(sender.clone());
             self.pool.reap();
             Ok(Sender::Shared(sender))
         } else {
+            // Only one of HTTP/1.1 and HTTP/2 is ever learnt for an
+            // origin: HTTP/2 once negotiated stays (its shared connection
+            // is what its requests look for first).
+            let _ = kept.protocol.compare_exchange(
+                UNKNOWN,
+                HTTP1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             Ok(Sender::One(h1::Conn::new(TokioIo::new(io))))
         }
     }
@@ -675,10 +710,16 @@ impl Pool {
         if let Some(kept) = origins.get(&origin) {
             return kept.clone();
         }
+        // Plain HTTP has no ALPN to offer HTTP/2 through: HTTP/1.1.
+        let protocol = if origin.scheme == Scheme::HTTP {
+            HTTP1
+        } else {
+            UNKNOWN
+        };
         let kept = Arc::new(Kept {
             host: origin.host(),
             conns: Mutex::default(),
-            speaks_h2: AtomicBool::new(false),
+            protocol: AtomicU8::new(protocol),
             connecting: tokio::sync::Mutex::new(()),
         });
         origins.insert(origin, kept.clone());

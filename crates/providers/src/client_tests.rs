@@ -682,6 +682,50 @@ async fn requests_to_an_http2_origin_wait_for_one_connection_rather_than_each_ma
 }
 
 #[tokio::test]
+async fn a_first_burst_to_an_http2_origin_makes_one_connection() {
+    let client = crate::client::trusting_client(Duration::from_secs(30));
+    let (secure, seen, connections) = serve_counting(Some(tls_acceptor()), version).await;
+    let url = format!("https://localhost:{}/v1", secure.port());
+    // Nothing was sent to it before: the client learns it speaks HTTP/2
+    // from the first connection, which the others wait for and share.
+    let answers = eight_at_once(&client, &url).await;
+    assert!(answers.iter().all(|answer| answer == "HTTP/2.0"));
+    assert_eq!(seen.load(Ordering::SeqCst), 8);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_first_burst_to_an_https_origin_without_http2_connects_side_by_side() {
+    let client = crate::client::trusting_client(Duration::from_secs(30));
+    let (secure, seen, connections) =
+        serve_counting(Some(tls_acceptor_offering(&[b"http/1.1"])), version).await;
+    let url = format!("https://localhost:{}/v1", secure.port());
+    let answers = eight_at_once(&client, &url).await;
+    assert!(answers.iter().all(|answer| answer == "HTTP/1.1"));
+    assert_eq!(seen.load(Ordering::SeqCst), 8);
+    let made = connections.load(Ordering::SeqCst);
+    assert!((2..=8).contains(&made), "{made}");
+    assert_eq!(client.kept(), made);
+}
+
+#[tokio::test]
+async fn a_first_burst_to_an_origin_that_refuses_fails_every_request_at_once() {
+    let client = crate::client::trusting_client(Duration::from_secs(30));
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("https://localhost:{port}/v1");
+    let started = Instant::now();
+    let failed = futures_util::future::join_all((0..8).map(|_| client.request(post(&url)))).await;
+    assert!(
+        failed
+            .iter()
+            .all(|result| matches!(result, Err(crate::client::ClientError::Connect(_))))
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn http1_requests_carry_the_host_and_their_path_alone() {
     let client = crate::client::plain_client(Duration::from_secs(30));
     let (address, _) = serve(None, |request| {
