@@ -503,9 +503,20 @@ impl HttpClient {
                                 },
                             }));
                         }
-                        // Nothing of it was written: the kept connection
-                        // had been closed under it.
-                        Err(failed) if failed.unsent && reused && stale < MAX_STALE_RETRIES => {
+                        // The kept connection had been closed under it:
+                        // nothing of the request was written, or the
+                        // request is one that may be sent twice (a GET, a
+                        // HEAD) and the connection ended before any answer.
+                        Err(failed)
+                            if reused
+                                && stale < MAX_STALE_RETRIES
+                                && (failed.unsent
+                                    || (request.method().is_idempotent()
+                                        && matches!(
+                                            failed.error,
+                                            h1::Error::ClosedBeforeAnswer
+                                        ))) =>
+                        {
                             stale += 1;
                         }
                         Err(failed) => return Err(ClientError::Send(Box::new(failed.error))),

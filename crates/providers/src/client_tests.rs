@@ -761,13 +761,18 @@ async fn answering_then_hanging_up(
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 for turn in 0..=answered {
-                    // Each request is `post`'s: a head and a 2-byte body.
+                    // A head, and the body its `content-length` names.
                     loop {
-                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n")
-                            && buffer.len() >= end + 4 + 2
-                        {
-                            buffer.drain(..end + 4 + 2);
-                            break;
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|line| line.strip_prefix("content-length: "))
+                                .map_or(0, |length| length.trim().parse::<usize>().unwrap());
+                            if buffer.len() >= end + 4 + length {
+                                buffer.drain(..end + 4 + length);
+                                break;
+                            }
                         }
                         let mut chunk = [0u8; 4096];
                         match socket.read(&mut chunk).await {
@@ -808,6 +813,28 @@ async fn a_request_the_upstream_received_is_never_sent_again() {
     );
     assert_eq!(read.load(Ordering::SeqCst), 2);
     assert_eq!(opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_get_whose_kept_connection_ends_unanswered_is_sent_again_on_a_new_one() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let (address, opened, read) = answering_then_hanging_up(1).await;
+    assert_eq!(read_through(&client, address).await, "ok");
+    // The kept connection takes the GET; the upstream reads it and hangs
+    // up without a word. A GET may be sent twice: it goes out again on a
+    // new connection, which answers.
+    let get = upstream_request(
+        Method::GET,
+        &format!("http://{address}/v1/models")
+            .parse::<Uri>()
+            .unwrap(),
+        &HeaderMap::new(),
+        Bytes::new(),
+    );
+    let response = client.request(get).await.unwrap();
+    assert_eq!(read_capped(response.into_body(), 64).await.unwrap(), "ok");
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    assert_eq!(read.load(Ordering::SeqCst), 3);
 }
 
 /// Whether the connection sees the close before or after the request is
