@@ -217,8 +217,10 @@ async fn two_instances_share_keys_budgets_and_limits() {
 
     // Every completed request's spend is in the shared database, and
     // together they stay within the budget.
-    let records_first = first.stop_and_records().await;
+    // The second instance stops (writing what it still holds) before the
+    // first reads the shared database.
     second.stop_and_records().await;
+    let records_first = first.stop_and_records().await;
     let spent: u64 = records_first
         .iter()
         .filter(|record| record.key_id.as_deref() == Some(budget_id.as_str()))
@@ -399,8 +401,10 @@ rpm = 2
     );
 
     lone.stop_and_records().await;
-    let records = first.stop_and_records().await;
+    // The second instance stops (writing what it still holds) before the
+    // first reads the shared database.
     second.stop_and_records().await;
+    let records = first.stop_and_records().await;
     let upstream_calls = records
         .iter()
         .filter(|record| record.deployment.as_deref() == Some(&format!("capped-{run}")))
