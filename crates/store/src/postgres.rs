@@ -12,11 +12,10 @@
 //!
 //! Prepared statements and PgBouncer: statements are prepared once per
 //! connection and cached by sqlx (named, protocol-level prepared
-//! statements). Every query here has a fixed text, batch inserts included
-//! (the bodies' insert passes one array per column to `UNNEST`, so a batch
-//! of any size is the same statement; the records' `COPY` runs as a simple
-//! query and is not prepared), so the cache holds a few dozen statements
-//! and never grows with the batch size. The admin API's reads of the request log
+//! statements). Every query here has a fixed text, and batches of records
+//! and bodies go in by `COPY`, which runs as a simple query and is not
+//! prepared, so the cache holds a few dozen statements and never grows
+//! with the batch size. The admin API's reads of the request log
 //! (`log.rs`), whose text varies with their filters, run as unnamed
 //! statements and are not cached. This works directly against PostgreSQL and
 //! behind PgBouncer 1.21 or later in transaction mode with
@@ -63,9 +62,10 @@ const COPY_RECORDS: &str = "COPY requests (request_id, started_at_ms, endpoint, 
      reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, \
      cache_hit, metadata, attempt_details, timed_id) FROM STDIN";
 
-/// Rows per body `INSERT`: bounds one message's size (a batch of the
-/// record writer's, up to 2,048 records, takes at most two statements).
-const INSERT_CHUNK: usize = 1024;
+/// The bodies kept for some records, written the same way in the same
+/// transaction.
+const COPY_BODIES: &str =
+    "COPY request_bodies (request_id, started_at_ms, request, response) FROM STDIN";
 
 const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
@@ -313,36 +313,24 @@ impl Store for PgStore {
             let mut copy = transaction.copy_in_raw(COPY_RECORDS).await?;
             copy.send(rows).await?;
             copy.finish().await?;
-            let with_bodies: Vec<&RequestRecord> = records
-                .iter()
-                .filter(|record| record.bodies.is_some())
-                .collect();
-            for chunk in with_bodies.chunks(INSERT_CHUNK) {
-                let ids: Vec<&str> = chunk
-                    .iter()
-                    .map(|record| record.request_id.as_str())
-                    .collect();
-                let starts: Vec<i64> = chunk.iter().map(|record| record.started_at_ms).collect();
-                let requests: Vec<&str> = chunk
-                    .iter()
-                    .filter_map(|record| record.bodies.as_ref())
-                    .map(|bodies| bodies.request.as_str())
-                    .collect();
-                let responses: Vec<Option<&str>> = chunk
-                    .iter()
-                    .filter_map(|record| record.bodies.as_ref())
-                    .map(|bodies| bodies.response.as_deref())
-                    .collect();
-                sqlx::query::<Postgres>(
-                    "INSERT INTO request_bodies (request_id, started_at_ms, request, response) \
-                     SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[])",
-                )
-                .bind(&ids)
-                .bind(&starts)
-                .bind(&requests)
-                .bind(&responses)
-                .execute(&mut *transaction)
-                .await?;
+            let mut bodies = Vec::new();
+            for record in records {
+                if let Some(held) = &record.bodies {
+                    let mut row = CopyRow {
+                        out: &mut bodies,
+                        first: true,
+                    };
+                    row.text(Some(&record.request_id));
+                    row.number(Some(record.started_at_ms));
+                    row.text(Some(&held.request));
+                    row.text(held.response.as_deref());
+                    row.out.push(b'\n');
+                }
+            }
+            if !bodies.is_empty() {
+                let mut copy = transaction.copy_in_raw(COPY_BODIES).await?;
+                copy.send(bodies).await?;
+                copy.finish().await?;
             }
             transaction.commit().await?;
             Ok(())

@@ -1466,7 +1466,10 @@ pub async fn prune_records<S: Store>(store: &S) {
 pub async fn bodies_round_trip<S: Store>(store: &S) {
     let mut with = varied_record(1);
     with.bodies = Some(switchboard_core::Bodies {
-        request: r#"{"messages":[{"role":"user","content":"ü [REDACTED:email]"}]}"#.to_owned(),
+        // A tab, and what reads as escapes in a bulk format: `\N`, `\\`, `\n`.
+        request:
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"ü [REDACTED:email]\t\\N \\\\ \\n\"}]}"
+                .to_owned(),
         response: Some("data: {\"x\":1}\n\ndata: [DONE]\n\n".to_owned()),
     });
     let mut unanswered = varied_record(2);
