@@ -583,11 +583,7 @@ impl Framing {
                 if buffer.is_empty() {
                     return Ok(Step::More);
                 }
-                let take = buffer
-                    .len()
-                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= take as u64;
-                Ok(Step::Data(buffer.split_to(take).freeze()))
+                Ok(Step::Data(take_up_to(buffer, left)))
             }
             Framing::UntilClose => {
                 if buffer.is_empty() {
@@ -602,14 +598,11 @@ impl Framing {
                         if buffer.is_empty() {
                             return Ok(Step::More);
                         }
-                        let take = buffer
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= take as u64;
+                        let data = take_up_to(buffer, left);
                         if *left == 0 {
                             *chunked = Chunked::DataEnd;
                         }
-                        return Ok(Step::Data(buffer.split_to(take).freeze()));
+                        return Ok(Step::Data(data));
                     }
                     _ => {
                         if !chunked.advance(buffer)? {
@@ -679,6 +672,16 @@ impl Chunked {
         }
         Ok(true)
     }
+}
+
+/// Takes what the buffer holds of the `left` bytes still to come, and
+/// counts them off.
+fn take_up_to(buffer: &mut BytesMut, left: &mut u64) -> Bytes {
+    let take = buffer
+        .len()
+        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+    *left -= take as u64;
+    buffer.split_to(take).freeze()
 }
 
 /// Takes one line (without its CRLF, or a bare LF) off the buffer; `None`

@@ -67,6 +67,16 @@ async fn read_all(body: &mut Body<DuplexStream>) -> Result<Vec<u8>, Error> {
     Ok(all)
 }
 
+/// The answer's body ends with the connection before it is complete: an
+/// error, and the connection is not kept.
+async fn assert_cut_short(mut answer: Answer) {
+    assert!(matches!(
+        read_all(answer.body_mut()).await,
+        Err(Error::ClosedInBody)
+    ));
+    assert!(answer.body_mut().take_reusable().is_none());
+}
+
 /// Splits `text` into pieces of `size` bytes.
 fn pieces(text: &[u8], size: usize) -> Vec<&[u8]> {
     text.chunks(size).collect()
@@ -331,12 +341,7 @@ async fn a_connection_that_closes_early_is_an_error_of_its_own() {
         true,
     )
     .await;
-    let mut answer = answer.unwrap();
-    assert!(matches!(
-        read_all(answer.body_mut()).await,
-        Err(Error::ClosedInBody)
-    ));
-    assert!(answer.body_mut().take_reusable().is_none());
+    assert_cut_short(answer.unwrap()).await;
 }
 
 #[tokio::test]
@@ -444,12 +449,7 @@ async fn long_chunk_lines_and_a_close_inside_a_chunk_fail_the_body() {
         true,
     )
     .await;
-    let mut answer = answer.unwrap();
-    assert!(matches!(
-        read_all(answer.body_mut()).await,
-        Err(Error::ClosedInBody)
-    ));
-    assert!(answer.body_mut().take_reusable().is_none());
+    assert_cut_short(answer.unwrap()).await;
 }
 
 #[tokio::test]
