@@ -48,6 +48,35 @@ fn days_in_month(year: i64, month: i64) -> i64 {
     }
 }
 
+/// An HTTP date (RFC 9110's IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`)
+/// for whole seconds since the epoch: what a `Date` header holds.
+pub fn format_http_date(seconds: i64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
+    // 1970-01-01 was a Thursday.
+    out[..3].copy_from_slice(DAYS[days.rem_euclid(7) as usize]);
+    let two = |out: &mut [u8], value: i64| {
+        out[0] = b'0' + (value / 10) as u8;
+        out[1] = b'0' + (value % 10) as u8;
+    };
+    two(&mut out[5..7], day);
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    let year = year.clamp(0, 9999);
+    two(&mut out[12..14], year / 100);
+    two(&mut out[14..16], year % 100);
+    two(&mut out[17..19], second_of_day / 3600);
+    two(&mut out[20..22], second_of_day / 60 % 60);
+    two(&mut out[23..25], second_of_day % 60);
+    out
+}
+
 /// `2023-11-14T22:13:20.000Z`: RFC 3339 in UTC, with milliseconds.
 pub fn format_rfc3339_ms(ms: i64) -> String {
     let days = ms.div_euclid(MS_PER_DAY);
@@ -137,6 +166,16 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        let text = |seconds| String::from_utf8(format_http_date(seconds).to_vec()).unwrap();
+        // RFC 9110's own example.
+        assert_eq!(text(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(text(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(text(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(text(1_795_996_799), "Sun, 29 Nov 2026 23:59:59 GMT");
+    }
 
     #[test]
     fn known_instants_format_and_parse_back() {

@@ -28,6 +28,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::framing::{Chunked, Framing, Invalid, Step, content_length, has_token, only_chunked};
+
 /// Largest answer head read (status line and headers); hyper's default
 /// allows about as much.
 const MAX_HEAD: usize = 256 * 1024;
@@ -44,11 +46,6 @@ const FEW_HEADERS: usize = 64;
 /// small events keeps a small buffer.
 const FIRST_READ: usize = 4 * 1024;
 const MOST_READ: usize = 64 * 1024;
-
-/// Longest line in a chunked body's framing (a chunk's size line or a
-/// trailer), and most bytes of trailers.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 64 * 1024;
 
 /// Why an exchange failed. None of the messages holds a header's value or
 /// the URL.
@@ -86,6 +83,12 @@ impl std::error::Error for Error {
             Error::Io(error) => Some(error),
             _ => None,
         }
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(invalid: Invalid) -> Error {
+        Error::Invalid(invalid.0)
     }
 }
 
@@ -476,19 +479,7 @@ fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), SendError> {
         // reach the caller still compressed). A length beside it is
         // ignored, and the connection not trusted with another request;
         // nor is an HTTP/1.0 one.
-        let only_chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|value| {
-                value
-                    .to_str()
-                    .ok()
-                    .into_iter()
-                    .flat_map(|value| value.split(','))
-            })
-            .map(str::trim)
-            .filter(|coding| !coding.is_empty())
-            .all(|coding| coding.eq_ignore_ascii_case("chunked"));
+        let only_chunked = only_chunked(headers);
         if !only_chunked {
             return Err(invalid("a transfer coding other than chunked"));
         }
@@ -497,231 +488,20 @@ fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), SendError> {
         }
         return Ok((Framing::Chunked(Chunked::Size), keep));
     }
-    let mut length: Option<u64> = None;
     // The one noted, then, only when there were several, the others.
     let others = (head.lengths > 1)
         .then(|| headers.get_all(header::CONTENT_LENGTH).iter().skip(1))
         .into_iter()
         .flatten();
-    for value in head.length.iter().chain(others) {
-        let value = value.to_str().map_err(|_| invalid("its Content-Length"))?;
-        for part in value.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|byte| byte.is_ascii_digit()) {
-                return Err(invalid("its Content-Length"));
-            }
-            let parsed: u64 = part.parse().map_err(|_| invalid("its Content-Length"))?;
-            if length.is_some_and(|length| length != parsed) {
-                return Err(invalid("differing Content-Lengths"));
-            }
-            length = Some(parsed);
-        }
-    }
+    let length =
+        content_length(head.length.iter().chain(others)).map_err(|Invalid(what)| SendError {
+            error: Error::Invalid(what),
+            unsent: false,
+        })?;
     Ok(match length {
         Some(length) => (Framing::Length(length), keep),
         None => (Framing::UntilClose, false),
     })
-}
-
-/// Whether a comma-separated header holds `token` (without regard to case).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value.to_str().is_ok_and(|value| {
-            value
-                .split(',')
-                .any(|part| part.trim().eq_ignore_ascii_case(token))
-        })
-    })
-}
-
-/// How a body ends.
-#[derive(Debug, PartialEq)]
-enum Framing {
-    /// After this many more bytes (zero: it has ended).
-    Length(u64),
-    Chunked(Chunked),
-    /// When the upstream closes the connection.
-    UntilClose,
-    /// Broken: nothing more is read.
-    Failed,
-}
-
-/// Where a chunked body's reading stands.
-#[derive(Debug, PartialEq)]
-enum Chunked {
-    /// Before a chunk's size line.
-    Size,
-    /// Inside a chunk, this many bytes before its end.
-    Data(u64),
-    /// After a chunk's data, before its CRLF.
-    DataEnd,
-    /// After the last chunk: trailers, then an empty line; how many
-    /// bytes of trailers so far.
-    Trailers(usize),
-    Done,
-}
-
-/// What one step over the buffer gave.
-enum Step {
-    Data(Bytes),
-    /// More must be read first.
-    More,
-    Done,
-}
-
-impl Framing {
-    fn is_done(&self) -> bool {
-        matches!(self, Framing::Length(0) | Framing::Chunked(Chunked::Done))
-    }
-
-    /// Takes what the buffer holds of the body: data, or the framing
-    /// around it.
-    fn step(&mut self, buffer: &mut BytesMut) -> Result<Step, Error> {
-        match self {
-            Framing::Length(0) | Framing::Failed => Ok(Step::Done),
-            Framing::Length(left) => {
-                if buffer.is_empty() {
-                    return Ok(Step::More);
-                }
-                Ok(Step::Data(take_up_to(buffer, left)))
-            }
-            Framing::UntilClose => {
-                if buffer.is_empty() {
-                    return Ok(Step::More);
-                }
-                Ok(Step::Data(buffer.split().freeze()))
-            }
-            Framing::Chunked(chunked) => loop {
-                match chunked {
-                    Chunked::Done => return Ok(Step::Done),
-                    Chunked::Data(left) => {
-                        if buffer.is_empty() {
-                            return Ok(Step::More);
-                        }
-                        let data = take_up_to(buffer, left);
-                        if *left == 0 {
-                            *chunked = Chunked::DataEnd;
-                        }
-                        return Ok(Step::Data(data));
-                    }
-                    _ => {
-                        if !chunked.advance(buffer)? {
-                            return Ok(Step::More);
-                        }
-                    }
-                }
-            },
-        }
-    }
-
-    /// Goes through the framing the buffer already holds after a chunk's
-    /// data (its CRLF, the last chunk, the trailers), so that a body whose
-    /// end has arrived reads as ended with its last data.
-    fn settle(&mut self, buffer: &mut BytesMut) -> Result<(), Error> {
-        if let Framing::Chunked(chunked) = self {
-            while !matches!(chunked, Chunked::Data(_) | Chunked::Done) {
-                if !chunked.advance(buffer)? {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Chunked {
-    /// Takes the framing line or CRLF that comes next off the buffer;
-    /// `false` while it is incomplete. Only for the states between data.
-    fn advance(&mut self, buffer: &mut BytesMut) -> Result<bool, Error> {
-        match self {
-            Chunked::DataEnd => {
-                if buffer.len() < 2 {
-                    return Ok(false);
-                }
-                if &buffer[..2] != b"\r\n" {
-                    return Err(Error::Invalid("a chunk not followed by CRLF"));
-                }
-                let _ = buffer.split_to(2);
-                *self = Chunked::Size;
-            }
-            Chunked::Size => {
-                let Some(line) = take_line(buffer, MAX_CHUNK_LINE)? else {
-                    return Ok(false);
-                };
-                let size = chunk_size(&line)?;
-                *self = if size == 0 {
-                    Chunked::Trailers(0)
-                } else {
-                    Chunked::Data(size)
-                };
-            }
-            Chunked::Trailers(seen) => {
-                let Some(line) = take_line(buffer, MAX_CHUNK_LINE)? else {
-                    return Ok(false);
-                };
-                if line.is_empty() {
-                    *self = Chunked::Done;
-                } else {
-                    *seen += line.len();
-                    if *seen > MAX_TRAILERS {
-                        return Err(Error::Invalid("trailers larger than 64 KiB"));
-                    }
-                }
-            }
-            Chunked::Data(_) | Chunked::Done => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-/// Takes what the buffer holds of the `left` bytes still to come, and
-/// counts them off.
-fn take_up_to(buffer: &mut BytesMut, left: &mut u64) -> Bytes {
-    let take = buffer
-        .len()
-        .min(usize::try_from(*left).unwrap_or(usize::MAX));
-    *left -= take as u64;
-    buffer.split_to(take).freeze()
-}
-
-/// Takes one line (without its CRLF, or a bare LF) off the buffer; `None`
-/// while it is incomplete.
-fn take_line(buffer: &mut BytesMut, most: usize) -> Result<Option<BytesMut>, Error> {
-    match buffer.iter().position(|&byte| byte == b'\n') {
-        Some(end) if end > most => Err(Error::Invalid("a chunk line too long")),
-        Some(end) => {
-            let mut line = buffer.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buffer.len() > most => Err(Error::Invalid("a chunk line too long")),
-        None => Ok(None),
-    }
-}
-
-/// A chunk's size from its line: hex digits, then perhaps extensions
-/// (`;name=value`), which are ignored.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let digits = line
-        .iter()
-        .take_while(|byte| byte.is_ascii_hexdigit())
-        .count();
-    if digits == 0 {
-        return Err(Error::Invalid("a chunk size"));
-    }
-    let rest = &line[digits..];
-    let rest_fits = rest
-        .iter()
-        .position(|&byte| byte != b' ' && byte != b'\t')
-        .is_none_or(|at| rest[at] == b';');
-    if digits > 16 || !rest_fits {
-        return Err(Error::Invalid("a chunk size"));
-    }
-    let text = std::str::from_utf8(&line[..digits]).map_err(|_| Error::Invalid("a chunk size"))?;
-    u64::from_str_radix(text, 16).map_err(|_| Error::Invalid("a chunk size"))
 }
 
 /// An answer's body, holding its connection until it has been read.
@@ -752,7 +532,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Body<T> {
                 }
                 Ok(Step::Done) => return Poll::Ready(None),
                 Ok(Step::More) => {}
-                Err(error) => return Poll::Ready(Some(Err(self.fail(error)))),
+                Err(error) => return Poll::Ready(Some(Err(self.fail(error.into())))),
             }
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) if self.framing == Framing::UntilClose => {
@@ -773,7 +553,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Body<T> {
         if let Some(conn) = self.conn.as_mut()
             && let Err(error) = self.framing.settle(&mut conn.buffer)
         {
-            self.broken = Some(self.fail(error));
+            self.broken = Some(self.fail(error.into()));
         }
     }
 

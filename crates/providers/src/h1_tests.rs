@@ -392,21 +392,6 @@ async fn a_failed_write_says_whether_any_of_the_request_left() {
 }
 
 #[test]
-fn chunk_sizes_are_hex_with_extensions_ignored() {
-    assert_eq!(chunk_size(b"1a").unwrap(), 26);
-    assert_eq!(chunk_size(b"FF;a=b;c").unwrap(), 255);
-    assert_eq!(chunk_size(b"0 \t; last").unwrap(), 0);
-    assert_eq!(chunk_size(b"ffffffffffffffff").unwrap(), u64::MAX);
-    for bad in [&b""[..], b";x", b"1g", b"1 2", b"-1", b"10000000000000000"] {
-        assert!(
-            chunk_size(bad).is_err(),
-            "{:?}",
-            String::from_utf8_lossy(bad)
-        );
-    }
-}
-
-#[test]
 fn header_values_are_slices_of_the_head_not_copies() {
     let mut buffer = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: one\r\n\r\nrest"[..]);
     let start = buffer.as_ptr() as usize;

@@ -14,6 +14,7 @@ mod client;
 #[cfg(test)]
 mod client_tests;
 mod error;
+pub mod framing;
 mod gemini;
 mod h1;
 mod openai;

@@ -150,6 +150,37 @@ impl ApiError {
         )
     }
 
+    /// A request the connection could not read as HTTP/1.1.
+    pub fn malformed_http(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "malformed_request",
+            format!("The request is not valid HTTP/1.1: {what}."),
+        )
+    }
+
+    pub fn head_too_large(bytes: usize, headers: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            "headers_too_large",
+            format!(
+                "The request's headers are too large: at most {headers} headers and {} KiB in all.",
+                bytes / 1024
+            ),
+        )
+    }
+
+    pub fn http_version_not_supported() -> ApiError {
+        ApiError::new(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "invalid_request_error",
+            "http_version_not_supported",
+            "This gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2.",
+        )
+    }
+
     pub fn not_found_path(path: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,

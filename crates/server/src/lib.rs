@@ -14,8 +14,10 @@ mod context;
 mod dispatch;
 mod error;
 mod front;
+mod h1;
 mod handlers;
 mod keys;
+mod listen;
 mod metrics;
 mod probe;
 mod redact;
@@ -36,7 +38,6 @@ use axum::extract::Request;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use switchboard_config::{Config, StorageUrl};
 use switchboard_store::journal::Journal;
 use switchboard_store::{Database, PgStore, RecordWriter, SqliteStore};
@@ -259,22 +260,14 @@ pub async fn start(
     let task = tokio::spawn(async move {
         let drain_signal = shutdown.clone();
         let draining_gateway = serving_gateway.clone();
-        // Nagle's algorithm meeting delayed ACKs adds ~40 ms to small
-        // responses on kept-alive connections: disable it on every socket.
-        let listener = listener.tap_io(|socket| {
-            if let Err(error) = socket.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(
-            listener,
-            axum::ServiceExt::<Request>::into_make_service(app),
-        )
-        .with_graceful_shutdown(async move {
-            drain_signal.cancelled().await;
-            draining_gateway.draining.store(true, Ordering::Relaxed);
-            tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-        });
+        let serve = async {
+            let announce = async move {
+                drain_signal.cancelled().await;
+                draining_gateway.draining.store(true, Ordering::Relaxed);
+                tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+            };
+            tokio::join!(listen::serve(listener, app, shutdown.clone()), announce);
+        };
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
@@ -285,7 +278,7 @@ pub async fn start(
             tokio::time::sleep(Duration::from_secs(5)).await;
         };
         let served = tokio::select! {
-            served = serve => served.map_err(ServeError::Io),
+            () = serve => Ok(()),
             () = deadline => Ok(()),
         };
         // Requests have ended: the limiter gives back what it holds for

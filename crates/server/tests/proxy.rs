@@ -405,3 +405,75 @@ simulation = { reply_tokens = 6 }
     let finish: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(finish["choices"][0]["finish_reason"], "length");
 }
+
+/// The gateway's own HTTP/1.1 server reads a body that arrives in pieces
+/// after its head (a large one, or one sent in chunked coding) and passes
+/// it on whole.
+#[tokio::test]
+async fn bodies_in_pieces_and_in_chunked_coding_reach_the_upstream_whole() {
+    let mock = MockUpstream::start().await;
+    let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
+    let long = "x".repeat(3 * 1024 * 1024);
+    let body = format!(r#"{{"model":"chat","messages":[{{"role":"user","content":"{long}"}}]}}"#);
+
+    let response = gateway.send("/v1/chat/completions", &body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.last().json()["messages"][0]["content"], long);
+
+    // A body of unknown length goes out in chunked coding.
+    let pieces: Vec<Result<String, std::io::Error>> = body
+        .as_bytes()
+        .chunks(100_000)
+        .map(|piece| Ok(String::from_utf8(piece.to_vec()).unwrap()))
+        .collect();
+    let response = gateway
+        .post("/v1/chat/completions", "")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.last().json()["messages"][0]["content"], long);
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records.len(), 2);
+}
+
+/// A client that speaks HTTP/2 from its first byte (prior knowledge) is
+/// served over HTTP/2, streams included.
+#[tokio::test]
+async fn clients_speaking_http2_from_the_start_are_served() {
+    let mock = MockUpstream::start().await;
+    let gateway = TestGateway::start(config_with(&openai_models(&mock.base_url(), ""), "")).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = client
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(MASTER_KEY)
+        .header("content-type", "application/json")
+        .body(CHAT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+
+    let stream = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let text = client
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(MASTER_KEY)
+        .header("content-type", "application/json")
+        .body(stream)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}

@@ -1,0 +1,340 @@
+//! HTTP/1.1 message framing (RFC 9112, section 6 and 7), shared by the
+//! upstream client's connection and the gateway's own server: where a body
+//! ends (a length, chunked coding, or the connection's end), read off a
+//! connection's buffer one step at a time, and the comma-separated tokens
+//! of headers such as `Connection`.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Framing that breaks HTTP/1.1, with what broke it (never a header's
+/// value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid(pub &'static str);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Longest line in a chunked body's framing (a chunk's size line or a
+/// trailer), and most bytes of trailers.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// Whether a comma-separated header holds `token` (without regard to case).
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// Whether every transfer coding the `Transfer-Encoding` headers name is
+/// `chunked` (the only one understood: a compressed coding would reach
+/// the reader still compressed).
+pub fn only_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| {
+            value
+                .to_str()
+                .ok()
+                .into_iter()
+                .flat_map(|value| value.split(','))
+        })
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty())
+        .all(|coding| coding.eq_ignore_ascii_case("chunked"))
+}
+
+/// The length the `Content-Length` values say, `None` without any: digits
+/// only, and every value (and every item of a comma-separated one) the
+/// same.
+pub fn content_length<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<Option<u64>, Invalid> {
+    const BAD: Invalid = Invalid("its Content-Length");
+    let mut length: Option<u64> = None;
+    let mut note = |parsed: u64| {
+        if length.is_some_and(|length| length != parsed) {
+            return Err(Invalid("differing Content-Lengths"));
+        }
+        length = Some(parsed);
+        Ok(())
+    };
+    for value in values {
+        // Nearly always one plain number, read without the list's parsing.
+        if let Some(parsed) = digits(value.as_bytes()) {
+            note(parsed)?;
+            continue;
+        }
+        let value = value.to_str().map_err(|_| BAD)?;
+        for part in value.split(',') {
+            note(digits(part.trim().as_bytes()).ok_or(BAD)?)?;
+        }
+    }
+    Ok(length)
+}
+
+/// A decimal number of ASCII digits alone, one that fits in a `u64`.
+fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 {
+        return None;
+    }
+    text.iter().try_fold(0u64, |number, &byte| {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        number.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// How a body ends.
+#[derive(Debug, PartialEq)]
+pub enum Framing {
+    /// After this many more bytes (zero: it has ended).
+    Length(u64),
+    Chunked(Chunked),
+    /// When the upstream closes the connection.
+    UntilClose,
+    /// Broken: nothing more is read.
+    Failed,
+}
+
+/// Where a chunked body's reading stands.
+#[derive(Debug, PartialEq)]
+pub enum Chunked {
+    /// Before a chunk's size line.
+    Size,
+    /// Inside a chunk, this many bytes before its end.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailers, then an empty line; how many
+    /// bytes of trailers so far.
+    Trailers(usize),
+    Done,
+}
+
+/// What one step over the buffer gave.
+pub enum Step {
+    Data(Bytes),
+    /// More must be read first.
+    More,
+    Done,
+}
+
+impl Framing {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Framing::Length(0) | Framing::Chunked(Chunked::Done))
+    }
+
+    /// Takes what the buffer holds of the body: data, or the framing
+    /// around it.
+    pub fn step(&mut self, buffer: &mut BytesMut) -> Result<Step, Invalid> {
+        match self {
+            Framing::Length(0) | Framing::Failed => Ok(Step::Done),
+            Framing::Length(left) => {
+                if buffer.is_empty() {
+                    return Ok(Step::More);
+                }
+                Ok(Step::Data(take_up_to(buffer, left)))
+            }
+            Framing::UntilClose => {
+                if buffer.is_empty() {
+                    return Ok(Step::More);
+                }
+                Ok(Step::Data(buffer.split().freeze()))
+            }
+            Framing::Chunked(chunked) => loop {
+                match chunked {
+                    Chunked::Done => return Ok(Step::Done),
+                    Chunked::Data(left) => {
+                        if buffer.is_empty() {
+                            return Ok(Step::More);
+                        }
+                        let data = take_up_to(buffer, left);
+                        if *left == 0 {
+                            *chunked = Chunked::DataEnd;
+                        }
+                        return Ok(Step::Data(data));
+                    }
+                    _ => {
+                        if !chunked.advance(buffer)? {
+                            return Ok(Step::More);
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// Goes through the framing the buffer already holds after a chunk's
+    /// data (its CRLF, the last chunk, the trailers), so that a body whose
+    /// end has arrived reads as ended with its last data.
+    pub fn settle(&mut self, buffer: &mut BytesMut) -> Result<(), Invalid> {
+        if let Framing::Chunked(chunked) = self {
+            while !matches!(chunked, Chunked::Data(_) | Chunked::Done) {
+                if !chunked.advance(buffer)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Chunked {
+    /// Takes the framing line or CRLF that comes next off the buffer;
+    /// `false` while it is incomplete. Only for the states between data.
+    fn advance(&mut self, buffer: &mut BytesMut) -> Result<bool, Invalid> {
+        match self {
+            Chunked::DataEnd => {
+                if buffer.len() < 2 {
+                    return Ok(false);
+                }
+                if &buffer[..2] != b"\r\n" {
+                    return Err(Invalid("a chunk not followed by CRLF"));
+                }
+                let _ = buffer.split_to(2);
+                *self = Chunked::Size;
+            }
+            Chunked::Size => {
+                let Some(line) = take_line(buffer, MAX_CHUNK_LINE)? else {
+                    return Ok(false);
+                };
+                let size = chunk_size(&line)?;
+                *self = if size == 0 {
+                    Chunked::Trailers(0)
+                } else {
+                    Chunked::Data(size)
+                };
+            }
+            Chunked::Trailers(seen) => {
+                let Some(line) = take_line(buffer, MAX_CHUNK_LINE)? else {
+                    return Ok(false);
+                };
+                if line.is_empty() {
+                    *self = Chunked::Done;
+                } else {
+                    *seen += line.len();
+                    if *seen > MAX_TRAILERS {
+                        return Err(Invalid("trailers larger than 64 KiB"));
+                    }
+                }
+            }
+            Chunked::Data(_) | Chunked::Done => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Takes what the buffer holds of the `left` bytes still to come, and
+/// counts them off.
+fn take_up_to(buffer: &mut BytesMut, left: &mut u64) -> Bytes {
+    let take = buffer
+        .len()
+        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+    *left -= take as u64;
+    buffer.split_to(take).freeze()
+}
+
+/// Takes one line (without its CRLF, or a bare LF) off the buffer; `None`
+/// while it is incomplete.
+fn take_line(buffer: &mut BytesMut, most: usize) -> Result<Option<BytesMut>, Invalid> {
+    match buffer.iter().position(|&byte| byte == b'\n') {
+        Some(end) if end > most => Err(Invalid("a chunk line too long")),
+        Some(end) => {
+            let mut line = buffer.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buffer.len() > most => Err(Invalid("a chunk line too long")),
+        None => Ok(None),
+    }
+}
+
+/// A chunk's size from its line: hex digits, then perhaps extensions
+/// (`;name=value`), which are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, Invalid> {
+    let digits = line
+        .iter()
+        .take_while(|byte| byte.is_ascii_hexdigit())
+        .count();
+    if digits == 0 {
+        return Err(Invalid("a chunk size"));
+    }
+    let rest = &line[digits..];
+    let rest_fits = rest
+        .iter()
+        .position(|&byte| byte != b' ' && byte != b'\t')
+        .is_none_or(|at| rest[at] == b';');
+    if digits > 16 || !rest_fits {
+        return Err(Invalid("a chunk size"));
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| Invalid("a chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| Invalid("a chunk size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_lengths_are_digits_and_agree() {
+        let read = |values: &[&'static str]| {
+            content_length(
+                values
+                    .iter()
+                    .map(|value| HeaderValue::from_static(value))
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )
+        };
+        assert_eq!(read(&[]), Ok(None));
+        assert_eq!(read(&["0"]), Ok(Some(0)));
+        assert_eq!(read(&["1234"]), Ok(Some(1234)));
+        assert_eq!(read(&["18446744073709551615"]), Ok(Some(u64::MAX)));
+        assert_eq!(read(&["12", "12"]), Ok(Some(12)));
+        assert_eq!(read(&["12, 12"]), Ok(Some(12)));
+        assert_eq!(read(&[" 7 "]), Ok(Some(7)));
+        for bad in [
+            &["18446744073709551616"][..],
+            &["-1"],
+            &["+1"],
+            &["1e3"],
+            &[""],
+            &["1,"],
+            &["0x10"],
+        ] {
+            assert_eq!(read(bad), Err(Invalid("its Content-Length")), "{bad:?}");
+        }
+        assert_eq!(read(&["1", "2"]), Err(Invalid("differing Content-Lengths")));
+        assert_eq!(read(&["3, 4"]), Err(Invalid("differing Content-Lengths")));
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_extensions_ignored() {
+        assert_eq!(chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(chunk_size(b"FF;a=b;c").unwrap(), 255);
+        assert_eq!(chunk_size(b"0 \t; last").unwrap(), 0);
+        assert_eq!(chunk_size(b"ffffffffffffffff").unwrap(), u64::MAX);
+        for bad in [&b""[..], b";x", b"1g", b"1 2", b"-1", b"10000000000000000"] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The listener: accepts connections and serves each with the front, over
+//! the gateway's own HTTP/1.1 (`h1.rs`), or over hyper's HTTP/2 for a
+//! client that opens with HTTP/2's preface (prior knowledge, as `h2c`
+//! clients do). A stop closes the listener, closes idle connections, lets
+//! busy ones finish their answer, and returns once every connection has
+//! closed.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+use crate::front::Front;
+use crate::h1;
+
+/// Serves connections until `stop` is cancelled, then waits for those
+/// still open to close.
+pub(crate) async fn serve(listener: TcpListener, front: Front, stop: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // The connection failed before it was taken: the next one may not.
+            Err(error) if is_connection_error(&error) => continue,
+            Err(error) => {
+                // Out of file descriptors, say: wait for some to close
+                // rather than spin.
+                tracing::error!(%error, "could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Nagle's algorithm meeting delayed ACKs adds ~40 ms to small
+        // responses on kept-alive connections: disable it on every socket.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        connections.spawn(connection(stream, front.clone(), stop.clone()));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+async fn connection(stream: TcpStream, front: Front, stop: CancellationToken) {
+    let mut service = front.clone();
+    let served = h1::serve(
+        stream,
+        |request| {
+            service.call(request).map(|answered| match answered {
+                Ok(response) => response,
+                Err(never) => match never {},
+            })
+        },
+        &stop,
+    )
+    .await;
+    if let h1::Ended::Http2(stream, read) = served {
+        http2(Rewind { read, io: stream }, front, stop).await;
+    }
+}
+
+/// Serves an HTTP/2 connection with hyper's server until it closes; a stop
+/// sends it `GOAWAY` and lets the streams open finish.
+async fn http2(io: Rewind<TcpStream>, front: Front, stop: CancellationToken) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+        let mut front = front.clone();
+        front.call(request.map(Body::new))
+    });
+    let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => {
+            if let Err(error) = served {
+                tracing::debug!(%error, "HTTP/2 connection ended");
+            }
+            return;
+        }
+        () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "HTTP/2 connection ended");
+    }
+}
+
+/// A socket whose first bytes were already read: they are read again
+/// first.
+struct Rewind<T> {
+    read: Bytes,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let count = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..count]);
+            self.read.advance(count);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
