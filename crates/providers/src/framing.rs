@@ -34,23 +34,27 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     })
 }
 
-/// Whether every transfer coding the `Transfer-Encoding` headers name is
-/// `chunked` (the only one understood: a compressed coding would reach
-/// the reader still compressed).
+/// Whether the `Transfer-Encoding` headers name one or more transfer
+/// codings, every one of them `chunked` (the only one understood: a
+/// compressed coding would reach the reader still compressed). Values that
+/// are empty or not text name none.
 pub fn only_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| {
-            value
-                .to_str()
-                .ok()
-                .into_iter()
-                .flat_map(|value| value.split(','))
-        })
-        .map(str::trim)
-        .filter(|coding| !coding.is_empty())
-        .all(|coding| coding.eq_ignore_ascii_case("chunked"))
+    let mut named = false;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for coding in value.split(',').map(str::trim) {
+            if coding.is_empty() {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return false;
+            }
+            named = true;
+        }
+    }
+    named
 }
 
 /// The length the `Content-Length` values say, `None` without any: digits
@@ -139,6 +143,14 @@ impl Framing {
     /// Takes what the buffer holds of the body: data, or the framing
     /// around it.
     pub fn step(&mut self, buffer: &mut BytesMut) -> Result<Step, Invalid> {
+        let stepped = self.step_on(buffer);
+        if stepped.is_err() {
+            *self = Framing::Failed;
+        }
+        stepped
+    }
+
+    fn step_on(&mut self, buffer: &mut BytesMut) -> Result<Step, Invalid> {
         match self {
             Framing::Length(0) | Framing::Failed => Ok(Step::Done),
             Framing::Length(left) => {
@@ -182,8 +194,13 @@ impl Framing {
     pub fn settle(&mut self, buffer: &mut BytesMut) -> Result<(), Invalid> {
         if let Framing::Chunked(chunked) = self {
             while !matches!(chunked, Chunked::Data(_) | Chunked::Done) {
-                if !chunked.advance(buffer)? {
-                    break;
+                match chunked.advance(buffer) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(invalid) => {
+                        *self = Framing::Failed;
+                        return Err(invalid);
+                    }
                 }
             }
         }
@@ -246,17 +263,19 @@ fn take_up_to(buffer: &mut BytesMut, left: &mut u64) -> Bytes {
     buffer.split_to(take).freeze()
 }
 
-/// Takes one line (without its CRLF, or a bare LF) off the buffer; `None`
-/// while it is incomplete.
+/// Takes one line, without its CRLF, off the buffer; `None` while it is
+/// incomplete. A line ended by a bare LF, or holding a CR elsewhere, is
+/// refused: peers that read such lines differently would disagree on where
+/// a chunk ends.
 fn take_line(buffer: &mut BytesMut, most: usize) -> Result<Option<BytesMut>, Invalid> {
     match buffer.iter().position(|&byte| byte == b'\n') {
         Some(end) if end > most => Err(Invalid("a chunk line too long")),
         Some(end) => {
-            let mut line = buffer.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
+            if end == 0 || buffer[end - 1] != b'\r' || buffer[..end - 1].contains(&b'\r') {
+                return Err(Invalid("a chunk line not ended by CRLF"));
             }
+            let mut line = buffer.split_to(end + 1);
+            line.truncate(end - 1);
             Ok(Some(line))
         }
         None if buffer.len() > most => Err(Invalid("a chunk line too long")),

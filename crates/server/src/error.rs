@@ -166,7 +166,7 @@ impl ApiError {
             "invalid_request_error",
             "headers_too_large",
             format!(
-                "The request's headers are too large: at most {headers} headers and {} KiB in all.",
+                "The request's head is too large: at most {headers} headers and {} KiB in all.",
                 bytes / 1024
             ),
         )

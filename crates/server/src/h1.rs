@@ -25,6 +25,7 @@ use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -43,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ApiError;
 
 /// Largest request head (request line and headers).
-const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 256 * 1024;
 
 /// Headers parsed without a heap allocation; a request with more is parsed
 /// again with room for `MAX_HEADERS`.
@@ -57,8 +58,17 @@ const READ_SIZE: usize = 4 * 1024;
 /// requests) before reading pauses until it is answered.
 const MOST_AHEAD: usize = 64 * 1024;
 
-/// The start of HTTP/2's connection preface.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// HTTP/2's connection preface.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a request's head may take to arrive once its first bytes have.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long, and for how many bytes, a connection closed with its request
+/// unread goes on reading (and dropping) what the client still sends, so
+/// that the answer is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -83,11 +93,12 @@ where
         io,
         buffer: BytesMut::new(),
         out: Vec::new(),
+        deadline: None,
     };
     let mut stopped = pin!(stop.cancelled());
     let mut first = true;
     loop {
-        let head = match poll_fn(|cx| conn.poll_head(cx, stopped.as_mut())).await {
+        let head = match poll_fn(|cx| conn.poll_head(cx, stopped.as_mut(), first)).await {
             Ok(Some(head)) => head,
             Ok(None) => return Ended::Closed,
             Err(Refusal::Http2) if first => {
@@ -101,7 +112,13 @@ where
                     method: Method::GET,
                     version: Version::HTTP_11,
                 };
-                let _ = conn.respond(response, &asked, false, &mut feed).await;
+                if conn
+                    .respond(response, &asked, false, &mut feed)
+                    .await
+                    .is_ok()
+                {
+                    conn.linger().await;
+                }
                 return Ended::Closed;
             }
         };
@@ -138,6 +155,12 @@ where
         keep &= !stop.is_cancelled() && matches!(feed, Feed::Done);
         match conn.respond(response, &asked, keep, &mut feed).await {
             Ok(true) if matches!(feed, Feed::Done) && !stop.is_cancelled() => {}
+            // The client may still be sending the body no one read.
+            Ok(_) if !matches!(feed, Feed::Done) => {
+                drop(feed);
+                conn.linger().await;
+                return Ended::Closed;
+            }
             _ => return Ended::Closed,
         }
     }
@@ -190,7 +213,10 @@ enum Feed {
     /// Still arriving, handed to the service's body through `slot`.
     Streaming {
         framing: Framing,
-        slot: Arc<Slot>,
+        slot: Feeding,
+        /// Broken framing found after the piece in the slot: the reader's
+        /// next read gives it.
+        broken: Option<Invalid>,
         /// Bytes of `100 Continue` still to write, once the body is asked
         /// for; `None` when none is owed.
         owed_continue: Option<usize>,
@@ -205,20 +231,29 @@ struct Conn<T> {
     buffer: BytesMut,
     /// An answer's head, written here before it is sent.
     out: Vec<u8>,
+    /// When a head that has begun to arrive must have arrived whole.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     /// Reads until a request's whole head has arrived and parses it;
-    /// `None` when the connection ends (or the gateway stops) between
-    /// requests.
+    /// `None` when the connection ends (or the gateway stops, or the head
+    /// takes too long) before one has.
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         mut stopped: Pin<&mut impl Future<Output = ()>>,
+        first: bool,
     ) -> Poll<Result<Option<RequestHead>, Refusal>> {
         loop {
-            if !self.buffer.is_empty() {
+            // The start of HTTP/2's preface, which the head parser would
+            // refuse as soon as it saw the version: wait for all of it.
+            let preface_so_far = first
+                && self.buffer.len() < HTTP2_PREFACE.len()
+                && HTTP2_PREFACE.starts_with(&self.buffer);
+            if !self.buffer.is_empty() && !preface_so_far {
                 if let Some(head) = parse_head(&mut self.buffer)? {
+                    self.deadline = None;
                     return Poll::Ready(Ok(Some(head)));
                 }
                 if self.buffer.len() > MAX_HEAD {
@@ -229,14 +264,48 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(None)),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => {
-                    // Between requests, a stop closes the connection.
-                    if self.buffer.is_empty() && stopped.as_mut().poll(cx).is_ready() {
+                    // A stop closes the connection between requests, and
+                    // one whose next request has not wholly arrived.
+                    if stopped.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Ok(None));
+                    }
+                    if !self.buffer.is_empty() {
+                        let deadline = self
+                            .deadline
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Ok(None));
+                        }
                     }
                     return Poll::Pending;
                 }
             }
         }
+    }
+
+    /// Closes the connection's sending side, then reads and drops what the
+    /// client still sends (the body of a request answered without it), for
+    /// a while, so that the client reads the answer before the connection
+    /// ends (closing with unread bytes would reset it, and the answer could
+    /// be lost).
+    async fn linger(&mut self) {
+        if poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let drain = async {
+            let mut read = 0;
+            while read < LINGER_BYTES {
+                self.buffer.clear();
+                match poll_fn(|cx| self.poll_fill(cx)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(count) => read += count,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// Reads what the socket has into the buffer; `Ok(0)` at its end.
@@ -267,15 +336,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             }
             _ => framing,
         };
-        let _ = body.settle(&mut self.buffer);
         let slot = Arc::new(Slot::new(match body {
             Framing::Length(length) => Some(length),
             _ => None,
         }));
         *request.body_mut() = Body::new(Reader(slot.clone()));
+        if let Err(invalid) = body.settle(&mut self.buffer) {
+            slot.put(Err(BodyError::Invalid(invalid)), true);
+            return (request, Feed::Abandoned);
+        }
         let feed = Feed::Streaming {
             framing: body,
-            slot,
+            slot: Feeding(slot),
+            broken: None,
             owed_continue: expects_continue.then_some(0),
         };
         (request, feed)
@@ -288,10 +361,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         if let Feed::Streaming {
             framing,
             slot,
+            broken,
             owed_continue,
         } = feed
         {
-            match self.poll_feed(cx, framing, slot, owed_continue) {
+            match self.poll_feed(cx, framing, &slot.0, broken, owed_continue) {
                 Poll::Ready(Ok(())) => *feed = Feed::Done,
                 Poll::Ready(Err(FeedEnd::Abandoned)) => *feed = Feed::Abandoned,
                 Poll::Ready(Err(FeedEnd::Gone)) => return Poll::Ready(Gone),
@@ -317,6 +391,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         cx: &mut Context<'_>,
         framing: &mut Framing,
         slot: &Slot,
+        broken: &mut Option<Invalid>,
         owed_continue: &mut Option<usize>,
     ) -> Poll<Result<(), FeedEnd>> {
         loop {
@@ -345,9 +420,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 }
                 *owed_continue = None;
             }
+            if let Some(invalid) = broken.take() {
+                slot.put(Err(BodyError::Invalid(invalid)), true);
+                return Poll::Ready(Err(FeedEnd::Abandoned));
+            }
             match framing.step(&mut self.buffer) {
                 Ok(Step::Data(data)) => {
-                    let ended = framing.settle(&mut self.buffer).is_ok() && framing.is_done();
+                    // The framing after the data, when it has arrived: a
+                    // body whose end is here ends with its last piece.
+                    *broken = framing.settle(&mut self.buffer).err();
+                    let ended = framing.is_done();
                     slot.put(Ok(data), ended);
                     if ended {
                         return Poll::Ready(Ok(()));
@@ -386,6 +468,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         keep: bool,
         feed: &mut Feed,
     ) -> Result<bool, Gone> {
+        // An interim answer is never sent after the final one begins: one
+        // half written is finished first, one not begun is forgone (and the
+        // body, unread, closes the connection after this answer).
+        if let Feed::Streaming { owed_continue, .. } = feed
+            && let Some(written) = owed_continue.take()
+            && written > 0
+        {
+            write_all(&mut self.io, &mut [IoSlice::new(&CONTINUE[written..])])
+                .await
+                .map_err(|_| Gone)?;
+        }
         let (parts, body) = response.into_parts();
         let mut body = pin!(body);
         let status = parts.status;
@@ -413,7 +506,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             status,
             &parts.headers,
             &framing,
-            bodiless.then_some(exact),
+            (asked.method == Method::HEAD).then_some(exact),
             keep,
             asked.version,
         );
@@ -530,10 +623,14 @@ fn write_head(
     status: StatusCode,
     headers: &HeaderMap,
     framing: &Out,
-    bodiless: Option<Option<u64>>,
+    head: Option<Option<u64>>,
     mut keep: bool,
     version: Version,
 ) -> bool {
+    // Answers that never have a body have no length either.
+    let lengthless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -542,9 +639,8 @@ fn write_head(
     let mut dated = false;
     let mut told_length = false;
     for (name, value) in headers {
-        if *name == header::CONTENT_LENGTH && bodiless.is_some() {
-            // A bodiless answer (to `HEAD`) keeps the length the service
-            // gave it.
+        if *name == header::CONTENT_LENGTH && head.is_some() && !lengthless {
+            // An answer to `HEAD` keeps the length the service gave it.
             told_length = true;
         } else if *name == header::CONNECTION {
             keep &= !value
@@ -563,11 +659,8 @@ fn write_head(
         line(out, b"date", &date::now());
     }
     let mut digits = itoa::Buffer::new();
-    match (framing, bodiless) {
-        // No length for answers that never have a body.
-        _ if status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED => {}
+    match (framing, head) {
+        _ if lengthless => {}
         // A `HEAD` answer tells the length its body would have had, when
         // it is known.
         (_, Some(would_be)) => {
@@ -731,7 +824,11 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Req
         (Version::HTTP_11, false) => true,
         (Version::HTTP_11, true) => !has_token(&headers, &header::CONNECTION, "close"),
         (_, false) => false,
-        (_, true) => has_token(&headers, &header::CONNECTION, "keep-alive"),
+        // `close` wins over `keep-alive`.
+        (_, true) => {
+            has_token(&headers, &header::CONNECTION, "keep-alive")
+                && !has_token(&headers, &header::CONNECTION, "close")
+        }
     };
     let framing = if coded {
         if version != Version::HTTP_11 {
@@ -742,9 +839,11 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Req
         if !only_chunked(&headers) {
             return Err(Refusal::Malformed("a transfer coding other than chunked"));
         }
-        // A length beside it is ignored, and the connection not trusted
-        // with another request.
+        // A length beside it is ignored (and removed, so that no reader
+        // of the headers trusts it), and the connection not trusted with
+        // another request.
         if lengths > 0 {
+            headers.remove(header::CONTENT_LENGTH);
             keep = false;
         }
         Framing::Chunked(Chunked::Size)
@@ -811,6 +910,9 @@ struct SlotState {
     /// The reader has asked for a piece.
     wanted: bool,
     reader_gone: bool,
+    /// The connection ended before the body did: the reader's next read,
+    /// after any piece left, fails.
+    aborted: bool,
     /// Bytes still to come, when the body's length is known.
     left: Option<u64>,
     reader: Option<Waker>,
@@ -847,6 +949,23 @@ impl Slot {
     }
 }
 
+/// The connection's side of a streamed request body: dropped before the
+/// body's end (the connection closed or failed), it fails the reader's next
+/// read rather than leave it waiting.
+struct Feeding(Arc<Slot>);
+
+impl Drop for Feeding {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        if !state.ended {
+            state.aborted = true;
+            if let Some(reader) = state.reader.take() {
+                reader.wake();
+            }
+        }
+    }
+}
+
 /// The service's side of a streamed request body.
 struct Reader(Arc<Slot>);
 
@@ -870,6 +989,10 @@ impl http_body::Body for Reader {
         }
         if state.ended {
             return Poll::Ready(None);
+        }
+        if state.aborted {
+            state.ended = true;
+            return Poll::Ready(Some(Err(BodyError::Closed)));
         }
         state.wanted = true;
         state.reader = Some(cx.waker().clone());

@@ -35,7 +35,12 @@ where
 /// Echoes the request: its method, target and body, and one header.
 async fn echo(request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            return (StatusCode::BAD_REQUEST, format!("body error: {error}")).into_response();
+        }
+    };
     let seen = parts
         .headers
         .get("x-seen")
@@ -402,10 +407,27 @@ async fn malformed_and_oversized_heads_are_refused_with_an_error_object() {
             "400 Bad Request",
             "malformed_request",
         ),
+        (
+            "POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n".to_owned(),
+            "400 Bad Request",
+            "malformed_request",
+        ),
+        (
+            "POST / HTTP/1.1\r\nTransfer-Encoding: ,\r\n\r\n".to_owned(),
+            "400 Bad Request",
+            "malformed_request",
+        ),
+        (
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_owned(),
+            "400 Bad Request",
+            "malformed_request",
+        ),
     ] {
         let (mut far, _stop, served) = start(echo);
         eprintln!("{:?}", &request[..request.len().min(60)]);
         far.write_all(request.as_bytes()).await.unwrap();
+        // Done sending: the connection need not linger for more.
+        far.shutdown().await.unwrap();
         let text = read_to_close(&mut far).await;
         assert!(
             text.starts_with(&format!("HTTP/1.1 {status}\r\n")),
@@ -451,6 +473,19 @@ async fn http_1_0_clients_are_answered_in_their_terms() {
         .unwrap();
     let text = read_answers(&mut far, 1).await;
     assert!(text.contains("\r\nconnection: keep-alive\r\n"), "{text}");
+    far.write_all(b"GET /again HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_answers(&mut far, 1).await.ends_with("GET /again - "));
+
+    // `close` wins over `keep-alive`.
+    let (mut far, _stop, served) = start(echo);
+    far.write_all(b"GET /old HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut far).await;
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    served.await.unwrap();
 
     // A stream, which HTTP/1.0 cannot chunk, ends with the connection.
     let (mut far, _stop, served) = start(|_request: Request| async {
@@ -562,9 +597,10 @@ async fn header_values_and_the_body_are_slices_of_the_read_buffer() {
 async fn an_answer_that_says_close_closes_the_connection() {
     let (mut far, _stop, served) = start(|_request: Request| async {
         let mut response = Response::new(Body::from("bye"));
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade, Close"));
+        response.headers_mut().insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, Close"),
+        );
         response
     });
     far.write_all(b"GET / HTTP/1.1\r\n\r\nGET /never HTTP/1.1\r\n\r\n")
@@ -575,4 +611,188 @@ async fn an_answer_that_says_close_closes_the_connection() {
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     assert!(!text.contains("Upgrade"), "{text}");
     served.await.unwrap();
+}
+
+#[tokio::test]
+async fn broken_chunked_framing_fails_the_body_and_closes_the_connection() {
+    for (framing, what) in [
+        // A chunk size that is not one, before any data and after some.
+        (&b"zz\r\n5\r\nhello\r\n0\r\n\r\n"[..], "a chunk size"),
+        (b"5\r\nhello\r\nzz\r\n0\r\n\r\n", "a chunk size"),
+        // Lines ended by a bare LF, or with a CR inside.
+        (b"3;x\nabc\r\n0\r\n\r\n", "CRLF"),
+        (b"3\r\nabc\r\n0\n\n", "CRLF"),
+        (b"3;a\rb\r\nabc\r\n0\r\n\r\n", "CRLF"),
+        (b"3\r\nabcX\r\n0\r\n\r\n", "CRLF"),
+    ] {
+        let (mut far, _stop, served) = start(echo);
+        far.write_all(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        far.write_all(framing).await.unwrap();
+        // (Not shut: a client that stops sending is taken as gone once
+        // its body is read, and the connection lingers a second instead.)
+        let text = read_to_close(&mut far).await;
+        let shown = String::from_utf8_lossy(framing);
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{shown:?}: {text}"
+        );
+        assert!(
+            text.contains("body error: its chunked framing is invalid"),
+            "{shown:?}: {text}"
+        );
+        assert!(text.contains(what), "{shown:?}: {text}");
+        assert!(
+            text.contains("\r\nconnection: close\r\n"),
+            "{shown:?}: {text}"
+        );
+        served.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn no_interim_answer_follows_the_final_one() {
+    // The answer's body is the request's: it asks for it only once the
+    // head has gone, which is too late for `100 Continue`.
+    let (mut far, _stop, _served) =
+        start(|request: Request| async move { Response::new(request.into_body()) });
+    far.write_all(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Like curl, the client sends its body when no interim answer comes.
+    far.write_all(b"hello").await.unwrap();
+    let text = read_answers(&mut far, 1).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+}
+
+#[tokio::test]
+async fn a_body_still_read_elsewhere_fails_when_its_connection_ends() {
+    let (sender, outcome) = tokio::sync::oneshot::channel();
+    let sender = std::sync::Mutex::new(Some(sender));
+    let (mut far, _stop, served) = start(move |request: Request| {
+        let sender = sender.lock().unwrap().take().unwrap();
+        tokio::spawn(async move {
+            let _ = sender.send(request.into_body().collect().await.map(|_| ()));
+        });
+        async { Response::new(Body::from("answered early")) }
+    });
+    far.write_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    let text = read_answers(&mut far, 1).await;
+    assert!(text.ends_with("answered early"), "{text}");
+    let read = tokio::time::timeout(Duration::from_secs(5), outcome)
+        .await
+        .expect("the reader is not left waiting")
+        .unwrap();
+    assert!(read.is_err());
+    drop(far);
+    served.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_is_cut_short_not_ended() {
+    let (mut far, _stop, served) = start(|_request: Request| async {
+        let pieces = futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"partial"))),
+            Err(std::io::Error::other("upstream reset")),
+        ]);
+        Response::new(Body::new(StreamBody::new(pieces)))
+    });
+    far.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let text = read_to_close(&mut far).await;
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.ends_with("7\r\npartial\r\n"), "{text}");
+    served.await.unwrap();
+}
+
+#[tokio::test]
+async fn bodiless_statuses_carry_no_length() {
+    let (mut far, _stop, _served) = start(|_request: Request| async {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        response
+    });
+    far.write_all(b"DELETE /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_answers(&mut far, 2).await;
+    assert_eq!(
+        text.matches("HTTP/1.1 204 No Content\r\n").count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_closes_a_connection_whose_head_is_still_arriving() {
+    let (mut far, stop, served) = start(echo);
+    far.write_all(b"GET / HTTP/1.1\r\nHost:").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stop.cancel();
+    assert_eq!(read_to_close(&mut far).await, "");
+    served.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_takes_too_long_closes_the_connection() {
+    let (mut far, _stop, served) = start(echo);
+    far.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let mut text = Vec::new();
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(120), far.read_to_end(&mut text))
+        .await
+        .expect("the connection closes")
+        .unwrap();
+    assert!(text.is_empty());
+    assert!(started.elapsed() >= HEAD_TIMEOUT, "{:?}", started.elapsed());
+    served.await.unwrap();
+}
+
+#[tokio::test]
+async fn http2s_preface_in_pieces_is_still_handed_back() {
+    let (mut far, _stop, served) = start(echo);
+    far.write_all(b"PRI * HTTP/2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    far.write_all(b".0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let read = served.await.unwrap().expect("handed back");
+    assert_eq!(&read[..], HTTP2_PREFACE);
+}
+
+#[tokio::test]
+async fn a_request_with_many_headers_is_read_whole() {
+    let (mut far, _stop, _served) = start(echo);
+    let many: String = (0..MAX_HEADERS - 1)
+        .map(|at| format!("x-h{at}: v\r\n"))
+        .collect();
+    far.write_all(format!("GET /many HTTP/1.1\r\n{many}x-seen: last\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let text = read_answers(&mut far, 1).await;
+    assert!(text.ends_with("GET /many last "), "{text}");
+}
+
+#[tokio::test]
+async fn a_length_beside_chunked_coding_is_not_shown_to_the_service() {
+    let (mut far, _stop, _served) = start(|request: Request| async move {
+        let length = request.headers().get(header::CONTENT_LENGTH).cloned();
+        Response::new(Body::from(format!("{length:?}")))
+    });
+    far.write_all(
+        b"POST / HTTP/1.1\r\nContent-Length: 99999\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_answers(&mut far, 1).await.ends_with("None"));
 }
