@@ -385,70 +385,14 @@ impl MemoryLimiter {
                 counters.concurrent > 0 || counters.minute == minute || !counters.budget.is_empty()
             });
         }
-        // Check everything first...
+        // Check everything first (one lookup for a scope seen before)...
         for (scope, rules) in &ask.scopes {
-            // Looked up before inserting: `entry` would take (clone) the
-            // scope's name on every request, not just its first.
-            if !scopes.contains_key(scope) {
-                scopes.insert(scope.clone(), Counters::default());
-            }
-            let counters = scopes
-                .get_mut(scope)
-                .expect("the scope was added just above");
-            if counters.minute != minute {
-                counters.minute = minute;
-                counters.requests = 0;
-                counters.tokens = 0;
-            }
-            if let Some(limit) = rules.max_concurrent
-                && counters.concurrent >= limit
-            {
-                return Err(Refusal::Limited {
-                    scope: scope.clone(),
-                    limit: "max_concurrent",
-                    retry_after: Duration::from_secs(1),
-                });
-            }
-            if let Some(limit) = rules.requests_per_minute
-                && counters.requests >= limit
-            {
-                return Err(Refusal::Limited {
-                    scope: scope.clone(),
-                    limit: "requests_per_minute",
-                    retry_after: reset,
-                });
-            }
-            // A minute with nothing counted yet takes any one request, so a
-            // worst case larger than the whole limit is not refused forever.
-            if let Some(limit) = rules.tokens_per_minute
-                && counters.tokens > 0
-                && counters.tokens.saturating_add(ask.tokens) > limit
-            {
-                return Err(Refusal::Limited {
-                    scope: scope.clone(),
-                    limit: "tokens_per_minute",
-                    retry_after: reset,
-                });
-            }
-            if let Some(budget) = rules.budget {
-                let window = Window::of(budget.period, ask.now_ms);
-                // Past windows are over: only reservations still in flight
-                // there (to be settled) are worth keeping.
-                if counters.budget.len() > 1 {
-                    counters
-                        .budget
-                        .retain(|name, (_, reserved)| *name == window || *reserved > 0);
-                }
-                let (spent, reserved) = counters.budget.get(&window).copied().unwrap_or_default();
-                let used = spent.saturating_add(reserved);
-                if used.saturating_add(ask.cost) > budget.limit {
-                    return Err(Refusal::Budget {
-                        scope: scope.clone(),
-                        limit: budget.limit,
-                        used,
-                        period: budget.period,
-                    });
-                }
+            if let Some(counters) = scopes.get_mut(scope) {
+                check(counters, scope, rules, &ask, minute, reset)?;
+            } else {
+                let mut counters = Counters::default();
+                check(&mut counters, scope, rules, &ask, minute, reset)?;
+                scopes.insert(scope.clone(), counters);
             }
         }
         // ...then reserve everywhere.
@@ -543,6 +487,75 @@ impl MemoryLimiter {
             .or_default();
         change(&mut entry.0);
     }
+}
+
+/// Whether a scope's limits leave room for `ask`, on its counters (a new
+/// minute resets the minute's counts; past budget windows with nothing in
+/// flight are dropped).
+fn check(
+    counters: &mut Counters,
+    scope: &Scope,
+    rules: &Rules,
+    ask: &Ask,
+    minute: u64,
+    reset: Duration,
+) -> Result<(), Refusal> {
+    if counters.minute != minute {
+        counters.minute = minute;
+        counters.requests = 0;
+        counters.tokens = 0;
+    }
+    if let Some(limit) = rules.max_concurrent
+        && counters.concurrent >= limit
+    {
+        return Err(Refusal::Limited {
+            scope: scope.clone(),
+            limit: "max_concurrent",
+            retry_after: Duration::from_secs(1),
+        });
+    }
+    if let Some(limit) = rules.requests_per_minute
+        && counters.requests >= limit
+    {
+        return Err(Refusal::Limited {
+            scope: scope.clone(),
+            limit: "requests_per_minute",
+            retry_after: reset,
+        });
+    }
+    // A minute with nothing counted yet takes any one request, so a
+    // worst case larger than the whole limit is not refused forever.
+    if let Some(limit) = rules.tokens_per_minute
+        && counters.tokens > 0
+        && counters.tokens.saturating_add(ask.tokens) > limit
+    {
+        return Err(Refusal::Limited {
+            scope: scope.clone(),
+            limit: "tokens_per_minute",
+            retry_after: reset,
+        });
+    }
+    if let Some(budget) = rules.budget {
+        let window = Window::of(budget.period, ask.now_ms);
+        // Past windows are over: only reservations still in flight
+        // there (to be settled) are worth keeping.
+        if counters.budget.len() > 1 {
+            counters
+                .budget
+                .retain(|name, (_, reserved)| *name == window || *reserved > 0);
+        }
+        let (spent, reserved) = counters.budget.get(&window).copied().unwrap_or_default();
+        let used = spent.saturating_add(reserved);
+        if used.saturating_add(ask.cost) > budget.limit {
+            return Err(Refusal::Budget {
+                scope: scope.clone(),
+                limit: budget.limit,
+                used,
+                period: budget.period,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Limiter for MemoryLimiter {

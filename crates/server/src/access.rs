@@ -319,37 +319,80 @@ impl Admission {
         }
     }
 
-    /// `x-ratelimit-*` headers for the key's own limits.
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+    /// Adds the `x-ratelimit-*` headers for the key's own limits. Their
+    /// values are slices of one piece of text, written at once: one
+    /// allocation for all of them, not one each.
+    pub fn add_headers(&self, headers: &mut Vec<(HeaderName, HeaderValue)>) {
         let Some(remaining) = self.held().remaining else {
-            return Vec::new();
+            return;
         };
-        let mut headers = Vec::new();
+        if remaining.requests.is_none() && remaining.tokens.is_none() {
+            return;
+        }
+        let mut text = RateText::default();
+        let mut named = [const { (LIMIT_REQUESTS, 0, 0) }; 5];
+        let mut count = 0;
+        let mut note = |name: HeaderName, value: &[u8], text: &mut RateText| {
+            let start = text.len;
+            text.bytes[start..start + value.len()].copy_from_slice(value);
+            text.len += value.len();
+            named[count] = (name, start, text.len);
+            count += 1;
+        };
+        let mut digits = itoa::Buffer::new();
         if let Some((limit, left)) = remaining.requests {
-            headers.push((LIMIT_REQUESTS, HeaderValue::from(limit)));
-            headers.push((REMAINING_REQUESTS, HeaderValue::from(left)));
+            note(LIMIT_REQUESTS, digits.format(limit).as_bytes(), &mut text);
+            note(
+                REMAINING_REQUESTS,
+                digits.format(left).as_bytes(),
+                &mut text,
+            );
         }
         if let Some((limit, left)) = remaining.tokens {
-            headers.push((LIMIT_TOKENS, HeaderValue::from(limit)));
-            headers.push((REMAINING_TOKENS, HeaderValue::from(left)));
+            note(LIMIT_TOKENS, digits.format(limit).as_bytes(), &mut text);
+            note(REMAINING_TOKENS, digits.format(left).as_bytes(), &mut text);
         }
-        if !headers.is_empty()
-            && let Ok(reset) = HeaderValue::from_bytes(&seconds(remaining.reset))
-        {
-            headers.push((RESET_REQUESTS, reset.clone()));
-            headers.push((RESET_TOKENS, reset));
+        // A reset time as OpenAI writes it (`"12s"`), whole seconds, at
+        // least 1.
+        let mut reset = [0u8; 21];
+        let seconds = digits.format(remaining.reset.as_secs().max(1)).as_bytes();
+        reset[..seconds.len()].copy_from_slice(seconds);
+        reset[seconds.len()] = b's';
+        note(RESET_REQUESTS, &reset[..=seconds.len()], &mut text);
+        let text = bytes::Bytes::from_owner(text);
+        for (name, start, end) in named.into_iter().take(count) {
+            if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
+                if name == RESET_REQUESTS {
+                    headers.push((name, value.clone()));
+                    headers.push((RESET_TOKENS, value));
+                } else {
+                    headers.push((name, value));
+                }
+            }
         }
-        headers
     }
 }
 
-/// A reset time as OpenAI writes it (`"12s"`), whole seconds, at least 1.
-fn seconds(reset: Duration) -> Vec<u8> {
-    let mut digits = itoa::Buffer::new();
-    let mut out = Vec::with_capacity(8);
-    out.extend_from_slice(digits.format(reset.as_secs().max(1)).as_bytes());
-    out.push(b's');
-    out
+/// The values of the rate-limit headers, side by side: at most four
+/// numbers of 20 digits and a reset time.
+struct RateText {
+    bytes: [u8; 128],
+    len: usize,
+}
+
+impl Default for RateText {
+    fn default() -> RateText {
+        RateText {
+            bytes: [0; 128],
+            len: 0,
+        }
+    }
+}
+
+impl AsRef<[u8]> for RateText {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// The rate-limit headers of a keyed answer, in OpenAI's names.

@@ -266,7 +266,7 @@ async fn chat(
     };
     note_route(&mut trace, &mut answered, admission.shared());
     let mut headers = route_headers(&answered, model);
-    headers.extend(admission.headers());
+    admission.add_headers(&mut headers);
     if let Some(value) = dropped_header(answered.value.dropped()) {
         headers.push((DROPPED_PARAMS_HEADER, value));
     }
@@ -399,7 +399,9 @@ async fn cached_answer(
     }
     response_headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
     response_headers.insert(COST_HEADER, HeaderValue::from_static("0.000000000"));
-    for (name, value) in admission.headers() {
+    let mut limits = Vec::new();
+    admission.add_headers(&mut limits);
+    for (name, value) in limits {
         response_headers.insert(name, value);
     }
     Ok(Some(response))
@@ -681,7 +683,7 @@ async fn embed(
         Ok(mut answered) => {
             note_route(&mut trace, &mut answered, admission.shared());
             let mut headers = route_headers(&answered, &request.model);
-            headers.extend(admission.headers());
+            admission.add_headers(&mut headers);
             let (body, usage) = answered.value;
             if let Some(bodies) = &mut trace.bodies {
                 bodies.push_response(&body);
