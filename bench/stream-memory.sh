@@ -10,6 +10,7 @@
 #   bench/stream-memory.sh [COUNT]       (default 256; after bench/run.sh has built the mock)
 #   BINARY=path/to/switchboard bench/stream-memory.sh 256   # a given build
 #
+# The figures are printed and saved in bench/results/stream-memory-*/summary.txt.
 # Loopback only; stops by itself after about 15 s.
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
@@ -22,6 +23,9 @@ if [ -z "${BINARY:-}" ]; then
   BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
 fi
 mkdir -p "$BENCH/run"
+OUT="$BENCH/results/stream-memory-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+echo "binary: $BINARY" >"$OUT/summary.txt"
 export SWITCHBOARD_BENCH_DB="$BENCH/run/stream-memory.db"
 rm -rf "$SWITCHBOARD_BENCH_DB" "$SWITCHBOARD_BENCH_DB"-* "$SWITCHBOARD_BENCH_DB.journal"
 
@@ -52,7 +56,10 @@ for layout in spread:2300 together:0; do
     sleep 0.1
   done
   wait "$load"
-  echo "${layout%%:*}: streams: $COUNT  idle RSS: ${idle} KiB  peak RSS: ${peak} KiB  per open stream: $(( (peak - idle) / COUNT )) KiB"
-  echo "load generator: $(tail -1 "$BENCH/run/stream-memory-sse.json")"
+  {
+    echo "${layout%%:*}: streams: $COUNT  idle RSS: ${idle} KiB  peak RSS: ${peak} KiB  per open stream: $(( (peak - idle) / COUNT )) KiB"
+    echo "load generator: $(tail -1 "$BENCH/run/stream-memory-sse.json")"
+  } | tee -a "$OUT/summary.txt"
   sleep 3
 done
+echo "results: $OUT"
