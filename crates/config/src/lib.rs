@@ -139,6 +139,9 @@ pub struct ServerConfig {
     /// How long in-flight requests and streams may run after a shutdown
     /// signal before they are cut.
     pub shutdown_grace: Duration,
+    /// How long a client's connection may sit idle between requests
+    /// before the gateway closes it.
+    pub idle_timeout: Duration,
     /// Threads that serve requests; `None`: one per CPU the process may
     /// use. With one, the runtime is tokio's current-thread scheduler.
     pub worker_threads: Option<usize>,

@@ -74,6 +74,7 @@ pub(crate) struct RawServer {
     pub allow_unauthenticated: Option<bool>,
     pub max_body_bytes: Option<u64>,
     pub shutdown_grace_secs: Option<f64>,
+    pub idle_timeout_secs: Option<f64>,
     pub worker_threads: Option<u64>,
 }
 

@@ -701,3 +701,22 @@ fn worker_threads_are_counted_or_left_to_the_cpus() {
         assert!(found[0].fix.contains("between 1 and 1024"), "{found:?}");
     }
 }
+
+#[test]
+fn the_idle_timeout_defaults_to_ten_minutes_and_must_be_a_usable_duration() {
+    let config = Config::embedded_default();
+    assert_eq!(config.server.idle_timeout, Duration::from_secs(600));
+    let with = |seconds: &str| {
+        format!(
+            "[server]\nidle_timeout_secs = {seconds}\n[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\n"
+        )
+    };
+    let config = load(&with("75")).unwrap();
+    assert_eq!(config.server.idle_timeout, Duration::from_secs(75));
+    for bad in ["0", "-1", "100000"] {
+        let found = problems(&with(bad));
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
+        assert_eq!(found[0].path, "server.idle_timeout_secs");
+        assert!(found[0].fix.contains("at most 86400"), "{:?}", found[0]);
+    }
+}

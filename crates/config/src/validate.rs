@@ -196,6 +196,11 @@ pub(crate) fn validate(
         raw.server.shutdown_grace_secs,
         Duration::from_secs(30),
     );
+    let idle_timeout = checker.duration(
+        "server.idle_timeout_secs",
+        raw.server.idle_timeout_secs,
+        Duration::from_secs(600),
+    );
     let worker_threads = match raw.server.worker_threads {
         None => None,
         Some(threads) if (1..=MAX_WORKER_THREADS).contains(&threads) => Some(threads as usize),
@@ -406,6 +411,7 @@ pub(crate) fn validate(
                 master_key,
                 max_body_bytes: max_body_bytes as usize,
                 shutdown_grace,
+                idle_timeout,
                 worker_threads,
             },
             storage: StorageConfig {

@@ -39,6 +39,7 @@ use switchboard_providers::framing::{
     Chunked, Framing, Invalid, Step, content_length, has_token, only_chunked,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -81,9 +82,15 @@ pub(crate) enum Ended<T> {
 }
 
 /// Serves HTTP/1.1 requests on `io` with `service` until the connection
-/// closes or `stop` is cancelled (an idle connection then closes at once,
-/// a busy one after its answer).
-pub(crate) async fn serve<T, S, F>(io: T, mut service: S, stop: &CancellationToken) -> Ended<T>
+/// closes, sits idle between requests for `idle_timeout`, or `stop` is
+/// cancelled (an idle connection then closes at once, a busy one after its
+/// answer).
+pub(crate) async fn serve<T, S, F>(
+    io: T,
+    mut service: S,
+    idle_timeout: Duration,
+    stop: &CancellationToken,
+) -> Ended<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     S: FnMut(Request) -> F,
@@ -94,6 +101,11 @@ where
         buffer: BytesMut::new(),
         out: Vec::new(),
         deadline: None,
+        idle: Idle {
+            timeout: idle_timeout,
+            since: Instant::now(),
+            timer: None,
+        },
     };
     let mut stopped = pin!(stop.cancelled());
     let mut first = true;
@@ -154,7 +166,9 @@ where
         // A body not read to its end leaves the connection unusable.
         keep &= !stop.is_cancelled() && matches!(feed, Feed::Done);
         match conn.respond(response, &asked, keep, &mut feed).await {
-            Ok(true) if matches!(feed, Feed::Done) && !stop.is_cancelled() => {}
+            Ok(true) if matches!(feed, Feed::Done) && !stop.is_cancelled() => {
+                conn.idle.since = Instant::now();
+            }
             // The client may still be sending the body no one read.
             Ok(_) if !matches!(feed, Feed::Done) => {
                 drop(feed);
@@ -233,6 +247,34 @@ struct Conn<T> {
     out: Vec<u8>,
     /// When a head that has begun to arrive must have arrived whole.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: Idle,
+}
+
+/// How long the connection may sit idle between requests, and since when
+/// it has. Its timer is set once and, when it fires early (a request came
+/// meanwhile), set again for the time now due: no timer is touched per
+/// request.
+struct Idle {
+    timeout: Duration,
+    since: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Idle {
+    /// Ready once the connection has been idle for the whole timeout.
+    fn poll_over(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let due = self.since + self.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(due);
+        }
+    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
@@ -269,7 +311,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     if stopped.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Ok(None));
                     }
-                    if !self.buffer.is_empty() {
+                    if self.buffer.is_empty() {
+                        if self.idle.poll_over(cx).is_ready() {
+                            return Poll::Ready(Ok(None));
+                        }
+                    } else {
                         let deadline = self
                             .deadline
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));

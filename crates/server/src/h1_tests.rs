@@ -20,11 +20,24 @@ where
     S: FnMut(Request) -> F + Send + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
+    start_idling(service, Duration::from_secs(600))
+}
+
+/// As `start`, closing the connection after `idle_timeout` between
+/// requests.
+fn start_idling<S, F>(
+    service: S,
+    idle_timeout: Duration,
+) -> (DuplexStream, CancellationToken, JoinHandle<Option<Bytes>>)
+where
+    S: FnMut(Request) -> F + Send + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
     let (near, far) = tokio::io::duplex(256 * 1024);
     let stop = CancellationToken::new();
     let stopping = stop.clone();
     let served = tokio::spawn(async move {
-        match serve(near, service, &stopping).await {
+        match serve(near, service, idle_timeout, &stopping).await {
             Ended::Closed => None,
             Ended::Http2(_, read) => Some(read),
         }
@@ -795,4 +808,32 @@ async fn a_length_beside_chunked_coding_is_not_shown_to_the_service() {
     .await
     .unwrap();
     assert!(read_answers(&mut far, 1).await.ends_with("None"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_idle_for_the_timeout_is_closed_and_one_in_use_is_not() {
+    let (mut far, _stop, served) = start_idling(echo, Duration::from_secs(10));
+    // Requests 8 s apart keep it open past its first 10 s.
+    for path in ["/a", "/b", "/c"] {
+        far.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let text = read_answers(&mut far, 1).await;
+        assert!(text.ends_with(&format!("GET {path} - ")), "{text}");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    }
+    // Then idle: closed 10 s after its last answer.
+    let idle_from = tokio::time::Instant::now() - Duration::from_secs(8);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), far.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    assert!(rest.is_empty());
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_secs(10) && idle < Duration::from_secs(11),
+        "{idle:?}"
+    );
+    served.await.unwrap();
 }

@@ -254,6 +254,7 @@ pub async fn start(
     let address = listener.local_addr()?;
     probe::spawn(gateway.clone(), shutdown.clone());
     let grace = config.server.shutdown_grace;
+    let idle_timeout = config.server.idle_timeout;
     let app = front::Front::new(gateway.clone());
     let serving_gateway = gateway.clone();
 
@@ -266,7 +267,10 @@ pub async fn start(
                 draining_gateway.draining.store(true, Ordering::Relaxed);
                 tracing::info!("shutting down: no new connections; waiting for in-flight requests");
             };
-            tokio::join!(listen::serve(listener, app, shutdown.clone()), announce);
+            tokio::join!(
+                listen::serve(listener, app, idle_timeout, shutdown.clone()),
+                announce
+            );
         };
         let deadline = async {
             shutdown.cancelled().await;

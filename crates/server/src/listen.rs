@@ -23,8 +23,14 @@ use crate::front::Front;
 use crate::h1;
 
 /// Serves connections until `stop` is cancelled, then waits for those
-/// still open to close.
-pub(crate) async fn serve(listener: TcpListener, front: Front, stop: CancellationToken) {
+/// still open to close. A connection idle for `idle_timeout` between
+/// requests is closed.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    front: Front,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) {
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -48,7 +54,12 @@ pub(crate) async fn serve(listener: TcpListener, front: Front, stop: Cancellatio
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        connections.spawn(connection(stream, front.clone(), stop.clone()));
+        connections.spawn(connection(
+            stream,
+            front.clone(),
+            idle_timeout,
+            stop.clone(),
+        ));
     }
     drop(listener);
     connections.close();
@@ -64,7 +75,12 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-async fn connection(stream: TcpStream, front: Front, stop: CancellationToken) {
+async fn connection(
+    stream: TcpStream,
+    front: Front,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) {
     let mut service = front.clone();
     let served = h1::serve(
         stream,
@@ -74,6 +90,7 @@ async fn connection(stream: TcpStream, front: Front, stop: CancellationToken) {
                 Err(never) => match never {},
             })
         },
+        idle_timeout,
         &stop,
     )
     .await;

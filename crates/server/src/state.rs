@@ -149,6 +149,9 @@ impl Gateway {
         if config.server.shutdown_grace != running.server.shutdown_grace {
             needs_restart.push("server.shutdown_grace_secs");
         }
+        if config.server.idle_timeout != running.server.idle_timeout {
+            needs_restart.push("server.idle_timeout_secs");
+        }
         // Compared as counts: naming the number of CPUs changes nothing.
         if config.server.threads() != running.server.threads() {
             needs_restart.push("server.worker_threads");
