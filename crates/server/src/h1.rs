@@ -264,9 +264,13 @@ impl Idle {
     /// Ready once the connection has been idle for the whole timeout.
     fn poll_over(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let due = self.since + self.timeout;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        let timer = match &mut self.timer {
+            // Polled before, by this connection's task, which it wakes when
+            // it fires: until then there is nothing to look at.
+            Some(timer) if !timer.is_elapsed() => return Poll::Pending,
+            Some(timer) => timer,
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(due))),
+        };
         loop {
             ready!(timer.as_mut().poll(cx));
             if Instant::now() >= due {
