@@ -719,4 +719,8 @@ fn the_idle_timeout_defaults_to_ten_minutes_and_must_be_a_usable_duration() {
         assert_eq!(found[0].path, "server.idle_timeout_secs");
         assert!(found[0].fix.contains("at most 86400"), "{:?}", found[0]);
     }
+    let found = problems(&with("0.5"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "server.idle_timeout_secs");
+    assert!(found[0].fix.contains("at least 1 second"), "{:?}", found[0]);
 }

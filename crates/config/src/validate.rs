@@ -196,11 +196,22 @@ pub(crate) fn validate(
         raw.server.shutdown_grace_secs,
         Duration::from_secs(30),
     );
-    let idle_timeout = checker.duration(
+    let mut idle_timeout = checker.duration(
         "server.idle_timeout_secs",
         raw.server.idle_timeout_secs,
         Duration::from_secs(600),
     );
+    if idle_timeout < Duration::from_secs(1) {
+        checker.problem(
+            "server.idle_timeout_secs",
+            format!(
+                "{} s would close connections between requests",
+                idle_timeout.as_secs_f64()
+            ),
+            "give at least 1 second (600 by default)",
+        );
+        idle_timeout = Duration::from_secs(600);
+    }
     let worker_threads = match raw.server.worker_threads {
         None => None,
         Some(threads) if (1..=MAX_WORKER_THREADS).contains(&threads) => Some(threads as usize),

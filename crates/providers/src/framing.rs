@@ -342,6 +342,46 @@ mod tests {
         assert_eq!(read(&["3, 4"]), Err(Invalid("differing Content-Lengths")));
     }
 
+    /// Reads a whole chunked body from `text`: its data, or the error.
+    fn read_chunked(text: &[u8]) -> Result<Vec<u8>, Invalid> {
+        let mut framing = Framing::Chunked(Chunked::Size);
+        let mut buffer = BytesMut::from(text);
+        let mut data = Vec::new();
+        loop {
+            match framing.step(&mut buffer)? {
+                Step::Data(piece) => data.extend_from_slice(&piece),
+                Step::Done => return Ok(data),
+                Step::More => return Err(Invalid("incomplete")),
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_lines_end_in_crlf_and_a_bad_one_fails_the_body() {
+        assert_eq!(
+            read_chunked(b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-t: 1\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        for bad in [
+            &b"3;x\nabc\r\n0\r\n\r\n"[..],
+            b"3\r\nabc\r\n0\n\n",
+            b"3;a\rb\r\nabc\r\n0\r\n\r\n",
+            b"zz\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\nzz\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                read_chunked(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A failed body stays failed: nothing after the error is read as data.
+        let mut framing = Framing::Chunked(Chunked::Size);
+        let mut buffer = BytesMut::from(&b"zz\r\n3\r\nabc\r\n0\r\n\r\n"[..]);
+        assert!(framing.step(&mut buffer).is_err());
+        assert_eq!(framing, Framing::Failed);
+    }
+
     #[test]
     fn chunk_sizes_are_hex_with_extensions_ignored() {
         assert_eq!(chunk_size(b"1a").unwrap(), 26);

@@ -466,7 +466,11 @@ fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), SendError> {
         (true, false) => true,
         (false, false) => false,
         (true, true) => !has_token(headers, &header::CONNECTION, "close"),
-        (false, true) => has_token(headers, &header::CONNECTION, "keep-alive"),
+        // `close` wins over `keep-alive`.
+        (false, true) => {
+            has_token(headers, &header::CONNECTION, "keep-alive")
+                && !has_token(headers, &header::CONNECTION, "close")
+        }
     };
     if status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -481,7 +485,9 @@ fn framing(head: &Head, method: &Method) -> Result<(Framing, bool), SendError> {
         // nor is an HTTP/1.0 one.
         let only_chunked = only_chunked(headers);
         if !only_chunked {
-            return Err(invalid("a transfer coding other than chunked"));
+            return Err(invalid(
+                "a transfer coding other than chunked, or none named",
+            ));
         }
         if head.lengths > 0 || version != Version::HTTP_11 {
             keep = false;

@@ -289,7 +289,11 @@ async fn malformed_answers_are_errors_that_name_what_is_wrong() {
         ),
         (
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
-            "a transfer coding other than chunked",
+            "a transfer coding other than chunked, or none named",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: ,\r\n\r\n",
+            "a transfer coding other than chunked, or none named",
         ),
     ] {
         let (answer, _) = exchange(b"{}", &[answer], false).await;

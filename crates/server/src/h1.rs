@@ -264,13 +264,12 @@ impl Idle {
     /// Ready once the connection has been idle for the whole timeout.
     fn poll_over(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let due = self.since + self.timeout;
-        let timer = match &mut self.timer {
-            // Polled before, by this connection's task, which it wakes when
-            // it fires: until then there is nothing to look at.
-            Some(timer) if !timer.is_elapsed() => return Poll::Pending,
-            Some(timer) => timer,
-            None => self.timer.insert(Box::pin(tokio::time::sleep_until(due))),
-        };
+        // Polled every time: a timer that has not fired may still not be
+        // watching (tokio's cooperative budget, once spent, makes a poll
+        // return before it registers the task).
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         loop {
             ready!(timer.as_mut().poll(cx));
             if Instant::now() >= due {
@@ -887,7 +886,9 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Req
             ));
         }
         if !only_chunked(&headers) {
-            return Err(Refusal::Malformed("a transfer coding other than chunked"));
+            return Err(Refusal::Malformed(
+                "a transfer coding other than chunked, or none named",
+            ));
         }
         // A length beside it is ignored (and removed, so that no reader
         // of the headers trusts it), and the connection not trusted with
