@@ -837,3 +837,22 @@ async fn a_connection_idle_for_the_timeout_is_closed_and_one_in_use_is_not() {
     );
     served.await.unwrap();
 }
+
+/// A long pipelined burst spends the connection task's cooperative budget
+/// before it goes idle; the idle timer must still be watching then.
+#[tokio::test(start_paused = true)]
+async fn a_connection_idle_after_a_long_burst_is_still_closed() {
+    let (mut far, _stop, served) = start_idling(echo, Duration::from_secs(10));
+    for burst in [127, 128, 300] {
+        let requests = "GET /h HTTP/1.1\r\n\r\n".repeat(burst);
+        far.write_all(requests.as_bytes()).await.unwrap();
+        let text = read_answers(&mut far, burst).await;
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), burst);
+    }
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), far.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    served.await.unwrap();
+}
