@@ -101,6 +101,7 @@ where
         buffer: BytesMut::new(),
         out: Vec::new(),
         deadline: None,
+        scanned: 0,
         idle: Idle {
             timeout: idle_timeout,
             since: Instant::now(),
@@ -247,6 +248,8 @@ struct Conn<T> {
     out: Vec<u8>,
     /// When a head that has begun to arrive must have arrived whole.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// How much of a head still arriving is known not to hold its end.
+    scanned: usize,
     idle: Idle,
 }
 
@@ -297,10 +300,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 && self.buffer.len() < HTTP2_PREFACE.len()
                 && HTTP2_PREFACE.starts_with(&self.buffer);
             if !self.buffer.is_empty() && !preface_so_far {
-                if let Some(head) = parse_head(&mut self.buffer)? {
+                // A head arriving in pieces is parsed again only once the
+                // empty line that ends it may have come: a client sending
+                // it a byte at a time does not make the whole of it be
+                // parsed at every byte.
+                if (self.scanned == 0 || head_may_end(&self.buffer, self.scanned))
+                    && let Some(head) = parse_head(&mut self.buffer)?
+                {
                     self.deadline = None;
+                    self.scanned = 0;
                     return Poll::Ready(Ok(Some(head)));
                 }
+                self.scanned = self.buffer.len();
                 if self.buffer.len() > MAX_HEAD {
                     return Poll::Ready(Err(Refusal::TooLarge));
                 }
@@ -754,6 +765,21 @@ async fn write_all<T: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut parts, count);
     }
     poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+}
+
+/// Whether the bytes after the first `scanned` (and the few before, where
+/// an ending may have begun) hold an empty line: the end of a head, with
+/// lines ended by CRLF or by a bare LF, as the parser takes them.
+fn head_may_end(buffer: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    buffer[from..]
+        .iter()
+        .enumerate()
+        .filter(|(_, byte)| **byte == b'\n')
+        .any(|(at, _)| {
+            let rest = &buffer[from + at + 1..];
+            rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+        })
 }
 
 /// Where a header's name and value lie in the head.

@@ -856,3 +856,17 @@ async fn a_connection_idle_after_a_long_burst_is_still_closed() {
         .unwrap();
     served.await.unwrap();
 }
+
+#[test]
+fn a_heads_end_is_looked_for_only_in_what_is_new() {
+    assert!(!head_may_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+    assert!(head_may_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0));
+    assert!(head_may_end(b"GET / HTTP/1.1\n\n", 0));
+    // The ending began before what is new.
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    for scanned in head.len() - 4..head.len() {
+        assert!(head_may_end(head, scanned), "{scanned}");
+    }
+    // An empty line wholly in what was looked at is not looked at again.
+    assert!(!head_may_end(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n", 8));
+}
