@@ -506,3 +506,30 @@ async fn a_connection_reset_after_content_ends_the_stream_with_an_error_event() 
     assert_eq!(records[0].outcome, Outcome::UpstreamError);
     assert_eq!(records[0].status, 502);
 }
+
+/// A body far over the limit is refused by its declared length before it
+/// is read: the client, still sending it, gets the 413 (not a hang or a
+/// broken connection), and nothing reaches the upstream.
+#[tokio::test]
+async fn a_large_body_over_the_limit_is_refused_while_it_is_still_being_sent() {
+    let mock = MockUpstream::start().await;
+    let gateway = TestGateway::start(config_with(
+        &openai_models(&mock.base_url(), ""),
+        "max_body_bytes = 2048",
+    ))
+    .await;
+    let huge = format!(
+        r#"{{"model":"chat","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(8 * 1024 * 1024)
+    );
+    for _ in 0..3 {
+        let response = gateway
+            .post("/v1/chat/completions", &huge)
+            .send()
+            .await
+            .expect("an answer, not a broken connection");
+        let error = error_of(response, 413).await;
+        assert_eq!(error["code"], "request_too_large");
+    }
+    assert!(mock.received().is_empty());
+}
