@@ -34,6 +34,29 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     })
 }
 
+/// Where a header's name and value lie in a head, as offsets into the
+/// buffer it was parsed from: the header map is built from slices of that
+/// buffer once it is taken off as `Bytes`.
+#[derive(Clone, Copy, Default)]
+pub struct Place {
+    pub name: (usize, usize),
+    pub value: (usize, usize),
+}
+
+/// Where `part` lies in `buffer`, which holds it.
+pub fn span(buffer: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - buffer.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+/// Notes where each parsed header lies in `buffer`.
+pub fn note_places(buffer: &[u8], headers: &[httparse::Header<'_>], places: &mut [Place]) {
+    for (header, place) in headers.iter().zip(places.iter_mut()) {
+        place.name = span(buffer, header.name.as_bytes());
+        place.value = span(buffer, header.value);
+    }
+}
+
 /// Whether the `Transfer-Encoding` headers name one or more transfer
 /// codings, every one of them `chunked` (the only one understood: a
 /// compressed coding would reach the reader still compressed). Values that

@@ -28,7 +28,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::framing::{Chunked, Framing, Invalid, Step, content_length, has_token, only_chunked};
+use crate::framing::{
+    Chunked, Framing, Invalid, Place, Step, content_length, has_token, note_places, only_chunked,
+};
 
 /// Largest answer head read (status line and headers); hyper's default
 /// allows about as much.
@@ -326,13 +328,6 @@ fn final_head_arrived(mut buffer: &[u8]) -> bool {
     }
 }
 
-/// Where a header's name and value lie in the head.
-#[derive(Clone, Copy, Default)]
-struct Place {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 /// The status, version and the number of headers of a parsed head, and
 /// its length.
 struct Parsed {
@@ -385,15 +380,7 @@ fn locate<'b>(
         httparse::Status::Complete(length) => length,
         httparse::Status::Partial => return Ok(None),
     };
-    let base = buffer.as_ptr() as usize;
-    let at = |slice: &[u8]| {
-        let start = slice.as_ptr() as usize - base;
-        (start, start + slice.len())
-    };
-    for (header, place) in response.headers.iter().zip(places.iter_mut()) {
-        place.name = at(header.name.as_bytes());
-        place.value = at(header.value);
-    }
+    note_places(buffer, response.headers, places);
     Ok(Some(Parsed {
         // A complete parse always has both.
         status: response.code.unwrap_or_default(),

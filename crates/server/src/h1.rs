@@ -36,7 +36,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use switchboard_providers::framing::{
-    Chunked, Framing, Invalid, Step, content_length, has_token, only_chunked,
+    Chunked, Framing, Invalid, Place, Step, content_length, has_token, note_places, only_chunked,
+    span,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -782,13 +783,6 @@ fn head_may_end(buffer: &[u8], scanned: usize) -> bool {
         })
 }
 
-/// Where a header's name and value lie in the head.
-#[derive(Clone, Copy, Default)]
-struct Place {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 /// What the parse found, as offsets into the buffer.
 struct Parsed {
     method: (usize, usize),
@@ -841,19 +835,11 @@ fn locate<'b>(
         Err(httparse::Error::Version) => return Err(Refusal::Version),
         Err(_) => return Err(Refusal::Malformed("its request line or headers")),
     };
-    let base = buffer.as_ptr() as usize;
-    let at = |slice: &[u8]| {
-        let start = slice.as_ptr() as usize - base;
-        (start, start + slice.len())
-    };
-    for (header, place) in request.headers.iter().zip(places.iter_mut()) {
-        place.name = at(header.name.as_bytes());
-        place.value = at(header.value);
-    }
+    note_places(buffer, request.headers, places);
     // A complete parse always has the method, target and version.
     Ok(Some(Parsed {
-        method: at(request.method.unwrap_or_default().as_bytes()),
-        target: at(request.path.unwrap_or_default().as_bytes()),
+        method: span(buffer, request.method.unwrap_or_default().as_bytes()),
+        target: span(buffer, request.path.unwrap_or_default().as_bytes()),
         version: request.version.unwrap_or_default(),
         headers: request.headers.len(),
         length,
