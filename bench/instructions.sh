@@ -14,6 +14,8 @@
 #                    the counters in memory
 #        master-redis  as log, with the limits in Redis (127.0.0.1:6379); the master key
 #        key-redis   as key, with the counters in Redis
+#        log-pg      as log, the request log in PostgreSQL (127.0.0.1:5432, database
+#                    `test`, a schema of its own dropped afterwards); no journal
 # Counts every thread of the gateway (the record writer's included) from
 # after a warm-up until the requests are answered; the kernel's share
 # (system calls) is not counted. Needs valgrind and what bench/run.sh
@@ -37,7 +39,12 @@ mkdir -p "$OUT"
 PORT=9100
 BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
 gateway_pid=""
-cleanup() { [ -n "$gateway_pid" ] && kill "$gateway_pid" 2>/dev/null || true; stop_mock; }
+SCHEMA="sb_instructions_$$"
+cleanup() {
+  [ -n "$gateway_pid" ] && kill "$gateway_pid" 2>/dev/null || true
+  stop_mock
+  case " $CASES " in *" log-pg "*) psql -h 127.0.0.1 -U postgres test -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true ;; esac
+}
 trap cleanup EXIT
 start_mock "" ""
 
@@ -50,15 +57,24 @@ for case in $CASES; do
 redis_prefix = \"sb-instructions-$$:\"
 [metrics]
 enabled = false" ;;
+    log-pg)
+      psql -h 127.0.0.1 -U postgres test -qc "CREATE SCHEMA $SCHEMA" >/dev/null ||
+        { echo "log-pg needs PostgreSQL at 127.0.0.1:5432 (database test) and psql" >&2; exit 2; }
+      extra=$'[metrics]\nenabled = false' ;;
     *) echo "unknown case $case" >&2; exit 2 ;;
   esac
+  if [ "$case" = log-pg ]; then
+    storage_url="postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D$SCHEMA"
+  else
+    storage_url="sqlite://$OUT/$case/records.db"
+  fi
   dir="$OUT/$case"; mkdir -p "$dir"
   cat >"$dir/config.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PORT"
 master_key = "sk-bench-1234"
 [storage]
-url = "sqlite://$dir/records.db"
+url = "$storage_url"
 $extra
 $(mock_model_toml)
 TOML

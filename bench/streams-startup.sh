@@ -3,8 +3,12 @@
 # start-up time (launch to the first answer from its health URL), streamed
 # time to first byte and to last byte with STREAMS concurrent streams
 # (default 256; the mock waits 2 ms between its 23 events), resident
-# memory idle, at its peak under those streams and per open stream
-# ((peak - idle) / STREAMS), and what each takes on disk.
+# memory idle, at its peak under those streams and per open stream, and
+# what each takes on disk. Memory per open stream is given two ways:
+# (peak - idle) / STREAMS, and what the second half of the streams adds,
+# (peak - peak with STREAMS/2) / (STREAMS/2), the load with half of them run
+# first: the second leaves out what any load costs once (caches filled,
+# pools and queues grown), which the first spreads over the streams.
 #
 #   bench/streams-startup.sh [STREAMS]                 (default 256)
 #   PEERS="nginx switchboard" bench/streams-startup.sh   # a subset
@@ -12,13 +16,14 @@
 #
 # Nothing pinned (layout `shared`); LiteLLM with one worker per core.
 # Needs what bench/run.sh installs (PEERS="... litellm portkey ..."). Loopback
-# only; stops by itself (about 20 s per peer, LiteLLM's start longer).
+# only; stops by itself (about 30 s per peer, LiteLLM's start longer).
 # Results: bench/results/streams-*/summary.md. Run it alone (flock /tmp/bench.lock).
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
 export ANCHORS="$BENCH"
 source "$BENCH/harness/peers.sh"
 STREAMS="${1:-256}"
+HALF=$((STREAMS / 2))
 PEERS="${PEERS:-direct nginx litellm portkey switchboard}"
 DURATION="${DURATION:-8s}"
 BINARY="$(switchboard_binary "${BINARY:-}")"
@@ -103,17 +108,24 @@ for peer in $PEERS; do
   "$SSE_BENCH" --url "$url/chat/completions" --model "$model" -c 4 -z 2s "${hdr[@]}" >/dev/null 2>&1 || true
   sleep 1
   idle=$(rss_kb "$pid")
-  "$SSE_BENCH" --url "$url/chat/completions" --model "$model" -c "$STREAMS" -z "$DURATION" "${hdr[@]}" \
-    --json-out "$OUT/$peer.json" >/dev/null 2>"$OUT/$peer.err" &
-  load=$!
+  # half the streams first, then all of them: the peaks' difference is what
+  # the second half of the streams adds, without the fixed costs that any
+  # load brings (caches filled, pools grown, the request log's batches)
   peak=$idle
-  while kill -0 "$load" 2>/dev/null; do
-    now=$(rss_kb "$pid"); [ "$now" -gt "$peak" ] && peak=$now
-    sleep 0.1
+  for n in "$HALF" "$STREAMS"; do
+    "$SSE_BENCH" --url "$url/chat/completions" --model "$model" -c "$n" -z "$DURATION" "${hdr[@]}" \
+      --json-out "$OUT/$peer-c$n.json" >/dev/null 2>"$OUT/$peer.err" &
+    load=$!
+    while kill -0 "$load" 2>/dev/null; do
+      now=$(rss_kb "$pid"); [ "$now" -gt "$peak" ] && peak=$now
+      sleep 0.1
+    done
+    wait "$load" || true
+    [ "$n" = "$HALF" ] && peak_half=$peak
   done
-  wait "$load" || true
-  printf '{"startup_ms": %s, "idle_kb": %s, "peak_kb": %s, "disk_kb": %s}\n' \
-    "$startup" "$idle" "$peak" "$(footprint "$peer")" >"$OUT/$peer.meta.json"
+  mv "$OUT/$peer-c$STREAMS.json" "$OUT/$peer.json"
+  printf '{"startup_ms": %s, "idle_kb": %s, "peak_half_kb": %s, "peak_kb": %s, "disk_kb": %s}\n' \
+    "$startup" "$idle" "$peak_half" "$peak" "$(footprint "$peer")" >"$OUT/$peer.meta.json"
   if [ "$peer" = switchboard ]; then stop_tree "$sb_pid"; sb_pid=""; else peer_stop "$peer"; fi
   stop_mock
 done
@@ -121,19 +133,21 @@ done
 python3 - "$OUT" "$STREAMS" $PEERS <<'PY'
 import json, os, sys
 out, streams, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-rows = [f"| peer | start-up ms | streams/s | TTFB p50 / p99 ms | total p50 / p99 ms | failed | idle / peak RSS MiB | per open stream KiB | on disk MiB |",
-        "|---|---|---|---|---|---|---|---|---|"]
+rows = [f"| peer | start-up ms | streams/s | TTFB p50 / p99 ms | total p50 / p99 ms | failed | idle / peak RSS MiB | per open stream KiB (over idle) | per open stream KiB (second half) | on disk MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
 for peer in peers:
     try:
         d = json.load(open(os.path.join(out, f"{peer}.json")))
         m = json.load(open(os.path.join(out, f"{peer}.meta.json")))
     except (OSError, ValueError):
-        rows.append(f"| {peer} | no result | | | | | | | |")
+        rows.append(f"| {peer} | no result | | | | | | | | |")
         continue
     per = (m["peak_kb"] - m["idle_kb"]) / streams
+    half = streams // 2
+    marginal = (m["peak_kb"] - m["peak_half_kb"]) / (streams - half)
     rows.append(f"| {peer} | {m['startup_ms']} | {d['rps']:.0f} | {d['ttfb_ms']['p50']:.2f} / {d['ttfb_ms']['p99']:.2f} | "
                 f"{d['total_ms']['p50']:.2f} / {d['total_ms']['p99']:.2f} | {d['errors']} of {d['ok'] + d['errors']} | "
-                f"{m['idle_kb'] / 1024:.1f} / {m['peak_kb'] / 1024:.1f} | {per:.0f} | {m['disk_kb'] / 1024:.1f} |")
+                f"{m['idle_kb'] / 1024:.1f} / {m['peak_kb'] / 1024:.1f} | {per:.0f} | {marginal:.0f} | {m['disk_kb'] / 1024:.1f} |")
 text = f"{streams} concurrent streams\n\n" + "\n".join(rows)
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
 print(text)

@@ -13,6 +13,7 @@ pub mod journal;
 pub mod keys;
 pub mod log;
 mod migrate;
+mod pieces;
 mod postgres;
 mod postgres_keys;
 mod recorder;

@@ -307,9 +307,7 @@ impl Store for PgStore {
             };
             let mut transaction = self.pool.begin().await?;
             let mut rows = Vec::with_capacity(records.len() * 320);
-            for record in records {
-                copy_row(&mut rows, record);
-            }
+            crate::pieces::each(records, |record| copy_row(&mut rows, record)).await;
             let mut copy = transaction.copy_in_raw(COPY_RECORDS).await?;
             copy.send(rows).await?;
             copy.finish().await?;

@@ -153,7 +153,7 @@ fn arguments<const COLUMNS: usize>(
 impl Store for SqliteStore {
     fn insert_records<'a>(&'a self, records: &'a [RequestRecord]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let batch = Encoded::of(records);
+            let batch = Encoded::of(records).await;
             match &self.writer {
                 Some(writer) => match writer.insert(batch).await {
                     // The writer's thread is gone (it cannot be, short of a
@@ -376,7 +376,7 @@ pub(crate) fn power_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchboard_core::{Bodies, Endpoint, Outcome, Usage};
 
