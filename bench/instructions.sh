@@ -15,7 +15,8 @@
 #        master-redis  as log, with the limits in Redis (127.0.0.1:6379); the master key
 #        key-redis   as key, with the counters in Redis
 #        log-pg      as log, the request log in PostgreSQL (127.0.0.1:5432, database
-#                    `test`, a schema of its own dropped afterwards); no journal
+#                    `test`, a schema of its own dropped afterwards), with a journal
+#                    as SQLite has
 # Counts every thread of the gateway (the record writer's included) from
 # after a warm-up until the requests are answered; the kernel's share
 # (system calls) is not counted. Needs valgrind and what bench/run.sh
@@ -75,6 +76,7 @@ listen = "127.0.0.1:$PORT"
 master_key = "sk-bench-1234"
 [storage]
 url = "$storage_url"
+journal_dir = "$OUT/$case/journal"
 $extra
 $(mock_model_toml)
 TOML

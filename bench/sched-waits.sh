@@ -50,13 +50,13 @@ for round in $(seq "$ROUNDS"); do
     taskset -c 0 "$OHA" --no-tui -m POST -T application/json -d "$BODY" \
       -H "Authorization: Bearer sk-bench-1234" -z 3s -c 256 -q "$RATE" --latency-correction \
       http://127.0.0.1:9000/v1/chat/completions >/dev/null 2>&1 || true
-    perf sched record -a -o "$OUT/$name.data" >/dev/null 2>&1 &
+    taskset -c 0 perf sched record -a -o "$OUT/$name.data" >/dev/null 2>"$OUT/$name.perf.err" &
     perf_pid=$!
     sleep 0.5
     taskset -c 0 "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
       -H "Authorization: Bearer sk-bench-1234" -t 30s -z "${DURATION}s" -c 256 -q "$RATE" \
       --latency-correction http://127.0.0.1:9000/v1/chat/completions >"$OUT/$name.json" 2>/dev/null || true
-    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; perf_pid=""
+    kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; perf_pid=""
     perf sched timehist -i "$OUT/$name.data" -C 1 >"$OUT/$name.timehist" 2>/dev/null || true
     rm -f "$OUT/$name.data"
     echo "$proxy_pid" >"$OUT/$name.pid"
@@ -79,6 +79,8 @@ for r in range(1, rounds + 1):
             d = json.load(open(os.path.join(out, name + ".json")))
         except (OSError, ValueError):
             rows.append(f"| {setup[b-1]} | {r} | – | – | no result | | | |"); continue
+        if not any(len(l.split()) >= 6 and l.split()[1].startswith("[") for l in lines):
+            rows.append(f"| {setup[b-1]} | {r} | – | – | no result (perf recorded nothing: see {name}.perf.err) | | | |"); continue
         prev = None
         waits, total, longest = 0, 0.0, 0.0
         by = collections.defaultdict(lambda: [0, 0.0])
@@ -91,7 +93,8 @@ for r in range(1, rounds + 1):
                 delay = float(f[-2])
             except ValueError:
                 continue
-            # the serving thread: the process's main thread, `[pid/pid]`
+            # the serving thread: the process's main thread, which timehist
+            # names `comm[pid]` (other threads are `comm[tid/pid]`)
             if task.endswith(f"[{pid}/{pid}]") or task.endswith(f"[{pid}]"):
                 if delay > 0.2:
                     waits += 1; total += delay; longest = max(longest, delay)

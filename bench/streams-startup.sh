@@ -114,7 +114,7 @@ for peer in $PEERS; do
   peak=$idle
   for n in "$HALF" "$STREAMS"; do
     "$SSE_BENCH" --url "$url/chat/completions" --model "$model" -c "$n" -z "$DURATION" "${hdr[@]}" \
-      --json-out "$OUT/$peer-c$n.json" >/dev/null 2>"$OUT/$peer.err" &
+      --json-out "$OUT/$peer-c$n.json" >/dev/null 2>"$OUT/$peer-c$n.err" &
     load=$!
     while kill -0 "$load" 2>/dev/null; do
       now=$(rss_kb "$pid"); [ "$now" -gt "$peak" ] && peak=$now
@@ -123,7 +123,7 @@ for peer in $PEERS; do
     wait "$load" || true
     [ "$n" = "$HALF" ] && peak_half=$peak
   done
-  mv "$OUT/$peer-c$STREAMS.json" "$OUT/$peer.json"
+  mv "$OUT/$peer-c$STREAMS.json" "$OUT/$peer.json" 2>/dev/null || true
   printf '{"startup_ms": %s, "idle_kb": %s, "peak_half_kb": %s, "peak_kb": %s, "disk_kb": %s}\n' \
     "$startup" "$idle" "$peak_half" "$peak" "$(footprint "$peer")" >"$OUT/$peer.meta.json"
   if [ "$peer" = switchboard ]; then stop_tree "$sb_pid"; sb_pid=""; else peer_stop "$peer"; fi

@@ -305,14 +305,13 @@ impl Store for PgStore {
             } else {
                 records
             };
-            let mut transaction = self.pool.begin().await?;
+            // Encoded before the transaction begins, so that no connection
+            // sits idle in a transaction while the runtime serves requests
+            // between the pieces.
             let mut rows = Vec::with_capacity(records.len() * 320);
-            crate::pieces::each(records, |record| copy_row(&mut rows, record)).await;
-            let mut copy = transaction.copy_in_raw(COPY_RECORDS).await?;
-            copy.send(rows).await?;
-            copy.finish().await?;
             let mut bodies = Vec::new();
-            for record in records {
+            crate::pieces::each(records, |record| {
+                copy_row(&mut rows, record);
                 if let Some(held) = &record.bodies {
                     let mut row = CopyRow {
                         out: &mut bodies,
@@ -324,7 +323,12 @@ impl Store for PgStore {
                     row.text(held.response.as_deref());
                     row.out.push(b'\n');
                 }
-            }
+            })
+            .await;
+            let mut transaction = self.pool.begin().await?;
+            let mut copy = transaction.copy_in_raw(COPY_RECORDS).await?;
+            copy.send(rows).await?;
+            copy.finish().await?;
             if !bodies.is_empty() {
                 let mut copy = transaction.copy_in_raw(COPY_BODIES).await?;
                 copy.send(bodies).await?;

@@ -34,7 +34,6 @@ use switchboard_core::{RequestRecord, request_id};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
-use crate::pieces::Pacer;
 use crate::sqlite::{
     BODY_COLUMNS, CHUNK_SIZES, RECORD_COLUMNS, bodies_statement, insert_statement, power_chunks,
 };
@@ -148,11 +147,6 @@ fn number(value: Option<u64>) -> Value {
         Value::Int(value.min(i64::MAX as u64) as i64)
     })
 }
-
-/// The most rows inserted between two of the pacer's steps: a few tenths
-/// of a millisecond of SQLite's work (16 rows a step cost about a tenth of
-/// the gateway's throughput with the writer on its one core).
-const PACED_ROWS: usize = 64;
 
 struct Job {
     batch: Encoded,
@@ -432,8 +426,7 @@ fn too_big() -> rusqlite::Error {
 /// when the connection was left inside a transaction and must be reopened.
 fn run(connection: &Connection, mut prepared: Prepared<'_>, jobs: &mpsc::Receiver<Job>) -> bool {
     while let Ok(Job { batch, done }) = jobs.recv() {
-        let result = write(connection, &mut prepared, &batch, &mut Pacer::new())
-            .map_err(|error| error.to_string());
+        let result = write(connection, &mut prepared, &batch).map_err(|error| error.to_string());
         let _ = done.send(result);
         if !connection.is_autocommit() {
             return false;
@@ -446,11 +439,10 @@ fn write(
     connection: &Connection,
     prepared: &mut Prepared<'_>,
     batch: &Encoded,
-    pacer: &mut Pacer,
 ) -> rusqlite::Result<()> {
     connection.execute_batch("BEGIN IMMEDIATE")?;
-    let written = insert_rows(&mut prepared.records, batch, &batch.rows, pacer)
-        .and_then(|()| insert_rows(&mut prepared.bodies, batch, &batch.bodies, pacer))
+    let written = insert_rows(&mut prepared.records, batch, &batch.rows)
+        .and_then(|()| insert_rows(&mut prepared.bodies, batch, &batch.bodies))
         .and_then(|()| connection.execute_batch("COMMIT"));
     if written.is_err() {
         // Nothing of a failed batch stays; the caller sends it again.
@@ -463,65 +455,20 @@ fn insert_rows<const COLUMNS: usize>(
     statements: &mut [Raw<'_>],
     batch: &Encoded,
     rows: &[[Value; COLUMNS]],
-    pacer: &mut Pacer,
 ) -> rusqlite::Result<()> {
-    // At most `PACED_ROWS` rows per statement, so that the pacer can pause
-    // between them (see `crate::pieces`).
-    for piece in rows.chunks(PACED_ROWS) {
-        for chunk in power_chunks(piece) {
-            let Some(statement) = CHUNK_SIZES
-                .iter()
-                .position(|&size| size == chunk.len())
-                .and_then(|at| statements.get_mut(at))
-            else {
-                return Err(rusqlite::Error::InvalidParameterCount(chunk.len(), 0));
-            };
-            statement.execute(chunk.iter().flatten(), batch)?;
-        }
-        pacer.step();
+    for chunk in power_chunks(rows) {
+        let Some(statement) = CHUNK_SIZES
+            .iter()
+            .position(|&size| size == chunk.len())
+            .and_then(|at| statements.get_mut(at))
+        else {
+            return Err(rusqlite::Error::InvalidParameterCount(chunk.len(), 0));
+        };
+        statement.execute(chunk.iter().flatten(), batch)?;
     }
     Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sqlite::SqliteStore;
-
-    /// A large batch is inserted in statements of at most `PACED_ROWS`
-    /// rows, with the pacer stepped between them: it pauses, and every
-    /// row is written once.
-    #[tokio::test]
-    async fn a_large_batch_is_written_with_pauses() {
-        let dir = std::env::temp_dir().join(format!("switchboard-paced-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log.db");
-        let store = SqliteStore::open_file(&path).await.unwrap();
-        let records: Vec<RequestRecord> = (0..3000)
-            .map(|n| crate::sqlite::tests::record(&format!("req-{n}")))
-            .collect();
-        let batch = Encoded::of(&records).await;
-        let connection = connect(&path).unwrap();
-        let mut prepared = Prepared::new(&connection).unwrap();
-        let mut pacer = Pacer::new();
-        write(&connection, &mut prepared, &batch, &mut pacer).unwrap();
-        // 3,000 rows take milliseconds: far more than one `RUN`.
-        assert!(pacer.pauses >= 2, "paused {} times", pacer.pauses);
-        let count: i64 = connection
-            .query_row(
-                "SELECT count(DISTINCT request_id) FROM requests",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(count, 3000);
-        drop(prepared);
-        drop(connection);
-        store.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }
