@@ -3,10 +3,14 @@
 //! client that opens with HTTP/2's preface (prior knowledge, as `h2c`
 //! clients do). A stop closes the listener, closes idle connections, lets
 //! busy ones finish their answer, and returns once every connection has
-//! closed.
+//! closed. A connection idle for `server.idle_timeout_secs` is closed: an
+//! HTTP/1.1 one between requests (`h1.rs`), an HTTP/2 one once it has had
+//! no open stream for that long (`GOAWAY`, then closed).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -95,31 +99,132 @@ async fn connection(
     )
     .await;
     if let h1::Ended::Http2(stream, read) = served {
-        http2(Rewind { read, io: stream }, front, stop).await;
+        http2(Rewind { read, io: stream }, front, idle_timeout, stop).await;
     }
 }
 
-/// Serves an HTTP/2 connection with hyper's server until it closes; a stop
-/// sends it `GOAWAY` and lets the streams open finish.
-async fn http2(io: Rewind<TcpStream>, front: Front, stop: CancellationToken) {
-    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-        let mut front = front.clone();
-        front.call(request.map(Body::new))
+/// Serves an HTTP/2 connection with hyper's server until it closes. A stop,
+/// or `idle_timeout` without an open stream, sends it `GOAWAY` and lets the
+/// streams open finish.
+async fn http2(
+    io: Rewind<TcpStream>,
+    front: Front,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let streams = Arc::new(Streams::new());
+    let service = hyper::service::service_fn({
+        let streams = streams.clone();
+        move |request: hyper::Request<_>| {
+            let open = Open::new(&streams);
+            let mut front = front.clone();
+            front.call(request.map(Body::new)).map(move |answered| {
+                answered.map(|response| response.map(|body| Tracked { body, _open: open }))
+            })
+        }
     });
     let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        served = connection.as_mut() => {
-            if let Err(error) = served {
-                tracing::debug!(%error, "HTTP/2 connection ended");
+    let mut idle = std::pin::pin!(tokio::time::sleep(idle_timeout));
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(error) = served {
+                    tracing::debug!(%error, "HTTP/2 connection ended");
+                }
+                return;
             }
-            return;
+            () = stop.cancelled() => break,
+            () = idle.as_mut() => match streams.idle_until(idle_timeout) {
+                Some(deadline) => idle.as_mut().reset(deadline),
+                None => break,
+            },
         }
-        () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
     }
+    connection.as_mut().graceful_shutdown();
     if let Err(error) = connection.await {
         tracing::debug!(%error, "HTTP/2 connection ended");
+    }
+}
+
+/// An HTTP/2 connection's streams, for its idle timeout: how many are open
+/// (from the request until the answer's body has ended or was dropped),
+/// and when the last one closed.
+struct Streams {
+    open: AtomicUsize,
+    /// When the last stream closed, in milliseconds since `since`.
+    closed_at: AtomicU64,
+    since: tokio::time::Instant,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        Streams {
+            open: AtomicUsize::new(0),
+            closed_at: AtomicU64::new(0),
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// `None` once the connection has had no open stream for
+    /// `idle_timeout`; otherwise when to look again.
+    fn idle_until(&self, idle_timeout: Duration) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        if self.open.load(Ordering::Acquire) > 0 {
+            return Some(now + idle_timeout);
+        }
+        let closed = self.since + Duration::from_millis(self.closed_at.load(Ordering::Acquire));
+        let deadline = closed + idle_timeout;
+        (deadline > now).then_some(deadline)
+    }
+}
+
+/// One open stream of a `Streams`.
+struct Open(Arc<Streams>);
+
+impl Open {
+    fn new(streams: &Arc<Streams>) -> Open {
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        Open(streams.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        let millis = u64::try_from(streams.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Written before the count falls, so that a count of none is never
+        // read with an older time.
+        streams.closed_at.fetch_max(millis, Ordering::AcqRel);
+        streams.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that holds its stream open until it ends or is
+/// dropped.
+struct Tracked {
+    body: Body,
+    _open: Open,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

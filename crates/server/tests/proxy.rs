@@ -440,6 +440,92 @@ async fn bodies_in_pieces_and_in_chunked_coding_reach_the_upstream_whole() {
     assert_eq!(records.len(), 2);
 }
 
+/// An HTTP/2 connection (prior knowledge) is closed once it has had no
+/// open stream for `server.idle_timeout_secs`, and not before: a request
+/// made meanwhile starts the wait again, and a stream open for longer than
+/// the timeout runs to its end.
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let mock = MockUpstream::start().await;
+    let gateway = TestGateway::start(config_with(
+        &openai_models(&mock.base_url(), ""),
+        "idle_timeout_secs = 1",
+    ))
+    .await;
+    let address = gateway.url("").trim_start_matches("http://").to_owned();
+    let address = address.split('/').next().unwrap().to_owned();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut last = tokio::time::Instant::now();
+    for pause in [
+        Duration::ZERO,
+        Duration::from_millis(600),
+        Duration::from_millis(600),
+    ] {
+        tokio::time::sleep(pause).await;
+        let request = axum::http::Request::post(gateway.url("/v1/chat/completions"))
+            .header("authorization", format!("Bearer {MASTER_KEY}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(CHAT))
+            .unwrap();
+        sender
+            .ready()
+            .await
+            .expect("the connection closed while in use");
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+            .await
+            .unwrap();
+        assert!(!body.is_empty());
+        last = tokio::time::Instant::now();
+    }
+    // A stream open for longer than the timeout is not cut.
+    let events = openai_stream("chat", &["a", "b", "c"], false);
+    mock.push(Script::Stream {
+        pieces: events
+            .iter()
+            .map(|event| (Duration::from_millis(400), event.clone()))
+            .collect(),
+        close: true,
+    });
+    let stream = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = axum::http::Request::post(gateway.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {MASTER_KEY}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(stream))
+        .unwrap();
+    sender
+        .ready()
+        .await
+        .expect("the connection closed while in use");
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(last.elapsed() >= Duration::from_millis(1500));
+    last = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("an idle HTTP/2 connection was left open")
+        .unwrap()
+        .unwrap();
+    let idle = last.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900),
+        "closed after {idle:?} idle"
+    );
+}
+
 /// A client that speaks HTTP/2 from its first byte (prior knowledge) is
 /// served over HTTP/2, streams included.
 #[tokio::test]
