@@ -63,6 +63,20 @@ fn unique_prefix(test: &str) -> String {
 
 /// Milliseconds since the epoch, one second into the current minute, so a
 /// test's offsets of a few seconds stay in one minute.
+/// Waits, if need be, for the next minute to begin, so that a test that
+/// takes a few seconds runs within one minute: a lease's hold lapses by
+/// the minute it was taken in, which a test crossing a minute would split.
+async fn early_in_a_minute() {
+    let into = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        % 60_000;
+    if into > 45_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into + 1_200)).await;
+    }
+}
+
 fn minute_start_now() -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -2400,6 +2414,7 @@ async fn a_killed_instances_leases_count_as_spent_when_they_lapse() {
         budget: budget(1_000_000_000_000, Period::Daily),
         ..Rules::default()
     };
+    early_in_a_minute().await;
     let now_ms = minute_start_now();
     let deadline = Instant::now() + Duration::from_millis(800);
     let (_, spent) = sustained(
@@ -2411,8 +2426,19 @@ async fn a_killed_instances_leases_count_as_spent_when_they_lapse() {
     )
     .await;
     assert!(killed.leases().1 > 0, "requests were served from leases");
-    // Killed: dropped without giving its leases back.
+    // Killed: dropped without giving its leases back. A dropped limiter's
+    // tasks still finish the calls they had made (a dead process would
+    // make none): wait until Redis has seen the last of them.
     drop(killed);
+    let mut last = counters_of(&url, &prefix, &key, now_ms).await;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = counters_of(&url, &prefix, &key, now_ms).await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let survivor = RedisLimiter::connect_with(&url, config)
         .await
         .unwrap()
