@@ -18,6 +18,7 @@
 #   bench/keys.sh [ROUNDS]      # default 2; ~3 minutes; loopback only
 #   BINARY=/path/to/switchboard CASES="master-pg-redis key-pg-redis" bench/keys.sh 1
 #   PINNED=1 bench/keys.sh 3    # everything on, against nginx, in issue #7's layout
+#   WARMUP=3 PINNED=1 bench/keys.sh 3   # each case warmed at c16 for 3 s first, as run.sh does
 #
 # Needs what bench/run.sh installs (oha, nginx, the mock): run that once first.
 # The PostgreSQL case needs psql and a server at 127.0.0.1:5432 (database
@@ -30,6 +31,7 @@ NGINX_PORT=18080
 source "$BENCH/harness/peers.sh"
 ROUNDS="${1:-2}"
 DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-0}"
 
 if [ -z "${BINARY:-}" ]; then
   (cd "$ROOT" && cargo build --release -p switchboard-cli)
@@ -95,6 +97,10 @@ TOML
 
 load() { # case, round, url, key
   local concurrency
+  if [ "$WARMUP" != 0 ]; then
+    $(pin_prefix "$LOAD_CPU") "$OHA" --no-tui -m POST -T application/json -d "$BODY" \
+      -H "Authorization: Bearer $4" -z "${WARMUP}s" -c 16 "$3" >/dev/null 2>&1 || true
+  fi
   for concurrency in 64 1; do
     $(pin_prefix "$LOAD_CPU") "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
       -H "Authorization: Bearer $4" -t 30s -z "${DURATION}s" -c "$concurrency" \
