@@ -469,20 +469,7 @@ async fn idle_http2_connections_are_closed() {
         Duration::from_millis(600),
     ] {
         tokio::time::sleep(pause).await;
-        let request = axum::http::Request::post(gateway.url("/v1/chat/completions"))
-            .header("authorization", format!("Bearer {MASTER_KEY}"))
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(CHAT))
-            .unwrap();
-        sender
-            .ready()
-            .await
-            .expect("the connection closed while in use");
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
-            .await
-            .unwrap();
+        let body = chat_over_http2(&mut sender, &gateway, CHAT).await;
         assert!(!body.is_empty());
         last = tokio::time::Instant::now();
     }
@@ -496,20 +483,7 @@ async fn idle_http2_connections_are_closed() {
         close: true,
     });
     let stream = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let request = axum::http::Request::post(gateway.url("/v1/chat/completions"))
-        .header("authorization", format!("Bearer {MASTER_KEY}"))
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(stream))
-        .unwrap();
-    sender
-        .ready()
-        .await
-        .expect("the connection closed while in use");
-    let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
-        .await
-        .unwrap();
+    let body = chat_over_http2(&mut sender, &gateway, stream).await;
     let text = String::from_utf8(body.to_vec()).unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(last.elapsed() >= Duration::from_millis(1500));
@@ -524,6 +498,29 @@ async fn idle_http2_connections_are_closed() {
         idle >= Duration::from_millis(900),
         "closed after {idle:?} idle"
     );
+}
+
+/// A chat request with `body` on an HTTP/2 connection of hyper's client,
+/// answered 200; the answer's body.
+async fn chat_over_http2(
+    sender: &mut hyper::client::conn::http2::SendRequest<axum::body::Body>,
+    gateway: &TestGateway,
+    body: &'static str,
+) -> bytes::Bytes {
+    let request = axum::http::Request::post(gateway.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {MASTER_KEY}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    sender
+        .ready()
+        .await
+        .expect("the connection closed while in use");
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+        .await
+        .unwrap()
 }
 
 /// A client that speaks HTTP/2 from its first byte (prior knowledge) is
