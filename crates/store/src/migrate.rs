@@ -82,6 +82,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "timed_request_ids",
         sql: include_str!("../migrations/sqlite/0011_timed_request_ids.sql"),
     },
+    Migration {
+        version: 12,
+        name: "requests_without_primary_key",
+        sql: include_str!("../migrations/sqlite/0012_requests_without_primary_key.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -139,6 +144,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 11,
         name: "timed_request_ids",
         sql: include_str!("../migrations/postgres/0011_timed_request_ids.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "requests_without_primary_key",
+        sql: include_str!("../migrations/postgres/0012_requests_without_primary_key.sql"),
     },
 ];
 

@@ -67,6 +67,9 @@ const COPY_RECORDS: &str = "COPY requests (request_id, started_at_ms, endpoint, 
 const COPY_BODIES: &str =
     "COPY request_bodies (request_id, started_at_ms, request, response) FROM STDIN";
 
+/// Newest first by `id`. No index holds `id` alone (migration 12), so this
+/// reads the whole table: only tests call it; the admin API pages through
+/// `requests_log_order` (`log::page_sql`).
 const RECENT_RECORDS: &str = "SELECT request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, \
      error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens, attempts, \
      served_model, key_id, team_id, end_user, cost_nanos, cache_write_tokens, cache_hit, metadata, attempt_details \
@@ -393,8 +396,8 @@ impl Store for PgStore {
     fn prune_records(&self, before_ms: i64, limit: u32) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let done = sqlx::query::<Postgres>(
-                "DELETE FROM requests WHERE id IN \
-                 (SELECT id FROM requests WHERE started_at_ms < $1 ORDER BY started_at_ms LIMIT $2)",
+                "DELETE FROM requests WHERE ctid IN \
+                 (SELECT ctid FROM requests WHERE started_at_ms < $1 ORDER BY started_at_ms LIMIT $2)",
             )
             .bind(before_ms)
             .bind(i64::from(limit))

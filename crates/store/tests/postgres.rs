@@ -147,6 +147,18 @@ async fn applied_versions(schema: &TestSchema) -> Vec<i64> {
         .unwrap()
 }
 
+/// The indexes on `requests`: each is an insert every record may pay for.
+async fn request_indexes(schema: &TestSchema) -> Vec<String> {
+    let mut connection = schema.connection().await;
+    sqlx::query_scalar(
+        "SELECT indexname::TEXT FROM pg_indexes WHERE schemaname = $1 AND tablename = 'requests' ORDER BY 1",
+    )
+    .bind(&schema.name)
+    .fetch_all(&mut connection)
+    .await
+    .unwrap()
+}
+
 async fn tables(schema: &TestSchema) -> Vec<String> {
     let mut connection = schema.connection().await;
     sqlx::query_scalar(
@@ -166,7 +178,7 @@ async fn migrations_apply_then_apply_again_as_a_no_op() {
     };
     let store = PgStore::connect(&schema.url).await.unwrap();
     let versions = applied_versions(&schema).await;
-    assert_eq!(versions, (1..=11).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=12).collect::<Vec<i64>>());
     assert_eq!(
         tables(&schema).await,
         vec![
@@ -176,6 +188,17 @@ async fn migrations_apply_then_apply_again_as_a_no_op() {
             "requests",
             "schema_migrations",
             "teams"
+        ]
+    );
+    // No primary key on `id` (migration 12): a record without a key or a
+    // client's own id goes into one index, the log's order.
+    assert_eq!(
+        request_indexes(&schema).await,
+        vec![
+            "requests_key",
+            "requests_log_order",
+            "requests_request_id",
+            "requests_team"
         ]
     );
     store
@@ -209,7 +232,7 @@ async fn concurrent_migrators_all_succeed() {
     }
     assert_eq!(
         applied_versions(&schema).await,
-        (1..=11).collect::<Vec<i64>>()
+        (1..=12).collect::<Vec<i64>>()
     );
     for store in stores.into_iter().flatten() {
         store.ping().await.unwrap();
