@@ -21,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::HeaderName;
 use switchboard_core::Usage;
 use switchboard_core::keys::Limits;
 use switchboard_policy::capacity::Capacity;
@@ -31,6 +31,7 @@ use switchboard_policy::limits::{
 
 use crate::context::Principal;
 use crate::error::ApiError;
+use crate::head_lines::HeadLines;
 use crate::keys::KeyEntry;
 use crate::trace::unix_millis;
 
@@ -319,79 +320,32 @@ impl Admission {
         }
     }
 
-    /// Adds the `x-ratelimit-*` headers for the key's own limits. Their
-    /// values are slices of one piece of text, written at once: one
-    /// allocation for all of them, not one each.
-    pub fn add_headers(&self, headers: &mut Vec<(HeaderName, HeaderValue)>) {
+    /// Adds the `x-ratelimit-*` headers for the key's own limits.
+    pub fn add_headers(&self, headers: &mut HeadLines) {
         let Some(remaining) = self.held().remaining else {
             return;
         };
         if remaining.requests.is_none() && remaining.tokens.is_none() {
             return;
         }
-        let mut text = RateText::default();
-        let mut named = [const { (LIMIT_REQUESTS, 0, 0) }; 5];
-        let mut count = 0;
-        let mut note = |name: HeaderName, value: &[u8], text: &mut RateText| {
-            let start = text.len;
-            text.bytes[start..start + value.len()].copy_from_slice(value);
-            text.len += value.len();
-            named[count] = (name, start, text.len);
-            count += 1;
-        };
-        let mut digits = itoa::Buffer::new();
         if let Some((limit, left)) = remaining.requests {
-            note(LIMIT_REQUESTS, digits.format(limit).as_bytes(), &mut text);
-            note(
-                REMAINING_REQUESTS,
-                digits.format(left).as_bytes(),
-                &mut text,
-            );
+            headers.push_number(&LIMIT_REQUESTS, limit);
+            headers.push_number(&REMAINING_REQUESTS, left);
         }
         if let Some((limit, left)) = remaining.tokens {
-            note(LIMIT_TOKENS, digits.format(limit).as_bytes(), &mut text);
-            note(REMAINING_TOKENS, digits.format(left).as_bytes(), &mut text);
+            headers.push_number(&LIMIT_TOKENS, limit);
+            headers.push_number(&REMAINING_TOKENS, left);
         }
         // A reset time as OpenAI writes it (`"12s"`), whole seconds, at
         // least 1.
-        let mut reset = [0u8; 21];
+        let mut digits = itoa::Buffer::new();
         let seconds = digits.format(remaining.reset.as_secs().max(1)).as_bytes();
+        let mut reset = [0u8; 21];
         reset[..seconds.len()].copy_from_slice(seconds);
         reset[seconds.len()] = b's';
-        note(RESET_REQUESTS, &reset[..=seconds.len()], &mut text);
-        let text = bytes::Bytes::from_owner(text);
-        for (name, start, end) in named.into_iter().take(count) {
-            if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
-                if name == RESET_REQUESTS {
-                    headers.push((name, value.clone()));
-                    headers.push((RESET_TOKENS, value));
-                } else {
-                    headers.push((name, value));
-                }
-            }
-        }
-    }
-}
-
-/// The values of the rate-limit headers, side by side: at most four
-/// numbers of 20 digits and a reset time.
-struct RateText {
-    bytes: [u8; 128],
-    len: usize,
-}
-
-impl Default for RateText {
-    fn default() -> RateText {
-        RateText {
-            bytes: [0; 128],
-            len: 0,
-        }
-    }
-}
-
-impl AsRef<[u8]> for RateText {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        let reset = &reset[..=seconds.len()];
+        headers.push(&RESET_REQUESTS, reset);
+        headers.push(&RESET_TOKENS, reset);
     }
 }
 

@@ -30,6 +30,7 @@ use tracing::Instrument;
 use switchboard_providers::Dialect;
 
 use crate::error::ApiError;
+use crate::head_lines::HeadLines;
 use crate::keys::KeyEntry;
 use crate::state::Gateway;
 use crate::trace::{now, unix_millis};
@@ -85,8 +86,16 @@ impl RequestContext {
     {
         let span = tracing::info_span!("request", request_id = %request_id);
         inner.instrument(span).map(move |mut response| {
-            if let Ok(value) = HeaderValue::from_str(&request_id) {
-                response.headers_mut().insert(REQUEST_ID, value);
+            // With the lines a model's answer carries, when it has them.
+            match response.extensions_mut().get_mut::<HeadLines>() {
+                Some(lines) => {
+                    lines.push(&REQUEST_ID, request_id.as_bytes());
+                }
+                None => {
+                    if let Ok(value) = HeaderValue::from_str(&request_id) {
+                        response.headers_mut().insert(REQUEST_ID, value);
+                    }
+                }
             }
             if let Some(ids) = span_slot.get() {
                 response

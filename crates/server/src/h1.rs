@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::head_lines::HeadLines;
 
 /// Largest request head (request line and headers).
 const MAX_HEAD: usize = 256 * 1024;
@@ -564,8 +565,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         self.out.clear();
         let keep = write_head(
             &mut self.out,
-            status,
-            &parts.headers,
+            &parts,
             &framing,
             (asked.method == Method::HEAD).then_some(exact),
             keep,
@@ -675,19 +675,24 @@ enum Out {
 }
 
 /// Writes the answer's head: the status line, the service's headers (less
-/// the framing ones, which are the connection's to write), `Date`, the
+/// the framing ones, which are the connection's to write), the lines the
+/// gateway added (`HeadLines`, written as they are), `Date`, the
 /// body's framing and, where the client would not assume it, whether the
 /// connection stays open; which it does if `keep` and the service did not
 /// say `Connection: close`.
 fn write_head(
     out: &mut Vec<u8>,
-    status: StatusCode,
-    headers: &HeaderMap,
+    parts: &axum::http::response::Parts,
     framing: &Out,
     head: Option<Option<u64>>,
     mut keep: bool,
     version: Version,
 ) -> bool {
+    let (status, headers) = (parts.status, &parts.headers);
+    let lines = parts
+        .extensions
+        .get::<HeadLines>()
+        .map_or(&[][..], HeadLines::as_bytes);
     // Answers that never have a body have no length either.
     let lengthless = status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -716,6 +721,7 @@ fn write_head(
         }
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    out.extend_from_slice(lines);
     if !dated {
         line(out, b"date", &date::now());
     }

@@ -870,3 +870,47 @@ fn a_heads_end_is_looked_for_only_in_what_is_new() {
     // An empty line wholly in what was looked at is not looked at again.
     assert!(!head_may_end(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n", 8));
 }
+
+#[tokio::test]
+async fn the_gateways_header_lines_are_written_into_the_head_once() {
+    let (mut far, _stop, _served) = start(|_request: Request| async {
+        let mut response = Response::new(Body::from("hello"));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let mut lines = HeadLines::new();
+        lines.push(
+            &axum::http::HeaderName::from_static("x-switchboard-deployment"),
+            b"east",
+        );
+        lines.push_number(
+            &axum::http::HeaderName::from_static("x-switchboard-attempts"),
+            2,
+        );
+        lines.attach(&mut response);
+        response
+    });
+    far.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let text = read_answers(&mut far, 1).await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert_eq!(body, "hello");
+    let mut lines = head.split("\r\n");
+    assert_eq!(lines.next(), Some("HTTP/1.1 200 OK"));
+    let names: Vec<&str> = lines.map(|line| line.split_once(": ").unwrap().0).collect();
+    assert_eq!(
+        names,
+        [
+            "content-type",
+            "x-switchboard-deployment",
+            "x-switchboard-attempts",
+            "date",
+            "content-length"
+        ],
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nx-switchboard-deployment: east\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nx-switchboard-attempts: 2\r\n"), "{head}");
+}

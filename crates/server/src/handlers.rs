@@ -26,6 +26,7 @@ use crate::cache::{CACHE_HEADER, CacheFill, CachePlan};
 use crate::context::{Principal, RequestContext, principal_of};
 use crate::dispatch::{Answered, ConversationPrefix, Route, Unanswered, dispatch, hold_opening};
 use crate::error::ApiError;
+use crate::head_lines::HeadLines;
 use crate::state::{Catalog, Gateway};
 use crate::stream::sse_response;
 use crate::trace::{BodyCapture, Trace};
@@ -267,9 +268,7 @@ async fn chat(
     note_route(&mut trace, &mut answered, admission.shared());
     let mut headers = route_headers(&answered, model);
     admission.add_headers(&mut headers);
-    if let Some(value) = dropped_header(answered.value.dropped()) {
-        headers.push((DROPPED_PARAMS_HEADER, value));
-    }
+    dropped_header(&mut headers, answered.value.dropped());
     let Answered {
         value,
         deployment,
@@ -277,7 +276,7 @@ async fn chat(
         ..
     } = answered;
     if let Some(plan) = &cache_plan {
-        headers.push((CACHE_HEADER, HeaderValue::from_static("miss")));
+        headers.push(&CACHE_HEADER, b"miss");
         trace.cache = Some(false);
         if let (Some(cache), Reply::Stream { .. }) = (&gateway.cache, &value) {
             trace.cache_fill = CacheFill::new(cache, plan);
@@ -292,12 +291,12 @@ async fn chat(
             }
             trace.usage = usage;
             trace.response = info;
-            headers.extend(cost_header(&trace));
+            cost_header(&mut headers, &trace);
             trace.finish(200, Outcome::Success, None);
             if let (Some(cache), Some(plan)) = (&gateway.cache, &cache_plan) {
                 cache.store(plan, body.clone());
             }
-            with_headers(json_response(body, None), headers)
+            with_headers(json_response(body), headers)
         }
         Reply::Stream { events, .. } => {
             // A stream stays in flight on its deployment until it ends.
@@ -399,11 +398,9 @@ async fn cached_answer(
     }
     response_headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
     response_headers.insert(COST_HEADER, HeaderValue::from_static("0.000000000"));
-    let mut limits = Vec::new();
+    let mut limits = HeadLines::new();
     admission.add_headers(&mut limits);
-    for (name, value) in limits {
-        response_headers.insert(name, value);
-    }
+    limits.attach(&mut response);
     Ok(Some(response))
 }
 
@@ -505,24 +502,45 @@ fn refused(body: &[u8], dialect: Dialect) -> bool {
 /// (A stream's cost is known only at its end: it is in the record.)
 pub(crate) const COST_HEADER: HeaderName = HeaderName::from_static("x-switchboard-cost");
 
-fn cost_header(trace: &Trace) -> Option<(HeaderName, HeaderValue)> {
-    let nanos = trace.pricing.as_ref()?(&trace.usage);
-    HeaderValue::from_str(&nine_decimals(nanos))
-        .ok()
-        .map(|value| (COST_HEADER, value))
+fn cost_header(headers: &mut HeadLines, trace: &Trace) {
+    if let Some(pricing) = &trace.pricing {
+        headers.push(
+            &COST_HEADER,
+            nine_decimals(pricing(&trace.usage)).as_bytes(),
+        );
+    }
 }
 
 /// Nano-dollars as dollars with nine decimals (`0.000021000`), written
 /// without `format!`, which was 1% of a proxied request's instructions.
-fn nine_decimals(nanos: u64) -> String {
+fn nine_decimals(nanos: u64) -> NineDecimals {
     let mut buffer = itoa::Buffer::new();
-    let mut text = String::with_capacity(24);
-    text.push_str(buffer.format(nanos / 1_000_000_000));
-    text.push('.');
-    let fraction = buffer.format(nanos % 1_000_000_000);
-    text.extend(std::iter::repeat_n('0', 9 - fraction.len()));
-    text.push_str(fraction);
+    let mut text = NineDecimals {
+        bytes: [b'0'; 32],
+        len: 0,
+    };
+    let whole = buffer.format(nanos / 1_000_000_000).as_bytes();
+    let point = whole.len();
+    text.bytes[..point].copy_from_slice(whole);
+    text.bytes[point] = b'.';
+    let fraction = buffer.format(nanos % 1_000_000_000).as_bytes();
+    // The fraction's leading zeros are the buffer's own.
+    let end = point + 1 + 9;
+    text.bytes[end - fraction.len()..end].copy_from_slice(fraction);
+    text.len = end;
     text
+}
+
+/// A cost's text: at most 20 digits, a point and nine decimals.
+struct NineDecimals {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl NineDecimals {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Header naming the parameters a deployment could not honour and left
@@ -530,9 +548,9 @@ fn nine_decimals(nanos: u64) -> String {
 pub(crate) const DROPPED_PARAMS_HEADER: HeaderName =
     HeaderName::from_static("x-switchboard-dropped-params");
 
-fn dropped_header(dropped: &[String]) -> Option<HeaderValue> {
+fn dropped_header(headers: &mut HeadLines, dropped: &[String]) {
     if dropped.is_empty() {
-        return None;
+        return;
     }
     let text: String = dropped
         .join(", ")
@@ -546,7 +564,7 @@ fn dropped_header(dropped: &[String]) -> Option<HeaderValue> {
         })
         .take(2000)
         .collect();
-    HeaderValue::from_str(&text).ok()
+    headers.push(&DROPPED_PARAMS_HEADER, text.as_bytes());
 }
 
 pub(crate) async fn embeddings(
@@ -689,14 +707,14 @@ async fn embed(
                 bodies.push_response(&body);
             }
             trace.usage = usage;
-            headers.extend(cost_header(&trace));
+            cost_header(&mut headers, &trace);
             if let (Some(cache), Some(plan)) = (&gateway.cache, &cache_plan) {
-                headers.push((CACHE_HEADER, HeaderValue::from_static("miss")));
+                headers.push(&CACHE_HEADER, b"miss");
                 trace.cache = Some(false);
                 cache.store(plan, body.clone());
             }
             trace.finish(200, Outcome::Success, None);
-            with_headers(json_response(body, None), headers)
+            with_headers(json_response(body), headers)
         }
         Err(unanswered) => reject_unanswered(&mut trace, unanswered, Dialect::OpenAi),
     }
@@ -900,27 +918,18 @@ fn note_route<T>(trace: &mut Trace, answered: &mut Answered<T>, shared: bool) {
 }
 
 /// Headers that explain the route taken.
-fn route_headers<T>(answered: &Answered<T>, requested: &str) -> Vec<(HeaderName, HeaderValue)> {
-    let mut headers = Vec::with_capacity(3);
-    if let Ok(value) = HeaderValue::from_str(answered.deployment.name()) {
-        headers.push((DEPLOYMENT_HEADER, value));
-    }
-    headers.push((ATTEMPTS_HEADER, HeaderValue::from(answered.attempts)));
-    if *answered.model != *requested
-        && let Ok(value) = HeaderValue::from_str(&answered.model)
-    {
-        headers.push((SERVED_MODEL_HEADER, value));
+fn route_headers<T>(answered: &Answered<T>, requested: &str) -> HeadLines {
+    let mut headers = HeadLines::new();
+    headers.push(&DEPLOYMENT_HEADER, answered.deployment.name().as_bytes());
+    headers.push_number(&ATTEMPTS_HEADER, u64::from(answered.attempts));
+    if *answered.model != *requested {
+        headers.push(&SERVED_MODEL_HEADER, answered.model.as_bytes());
     }
     headers
 }
 
-fn with_headers(mut response: Response, headers: Vec<(HeaderName, HeaderValue)>) -> Response {
-    let map = response.headers_mut();
-    // Room for them all at once, rather than the map growing as they come.
-    map.reserve(headers.len());
-    for (name, value) in headers {
-        map.insert(name, value);
-    }
+fn with_headers(mut response: Response, headers: HeadLines) -> Response {
+    headers.attach(&mut response);
     response
 }
 
@@ -933,12 +942,9 @@ fn reject_unanswered(trace: &mut Trace, unanswered: Unanswered, dialect: Dialect
         .deployment
         .as_ref()
         .map(|deployment| deployment.name().clone());
-    let attempts = unanswered.attempts;
-    let response = reject(trace, unanswered.error, dialect);
-    with_headers(
-        response,
-        vec![(ATTEMPTS_HEADER, HeaderValue::from(attempts))],
-    )
+    let mut headers = HeadLines::new();
+    headers.push_number(&ATTEMPTS_HEADER, u64::from(unanswered.attempts));
+    with_headers(reject(trace, unanswered.error, dialect), headers)
 }
 
 /// Records the failure and renders it in the client's dialect.
@@ -947,16 +953,12 @@ fn reject(trace: &mut Trace, error: ApiError, dialect: Dialect) -> Response {
     error.render(dialect)
 }
 
-fn json_response(body: Bytes, deployment: Option<&Arc<str>>) -> Response {
+fn json_response(body: Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(value) = deployment.and_then(|name| HeaderValue::from_str(name).ok()) {
-        headers.insert(DEPLOYMENT_HEADER, value);
-    }
     response
 }
 
@@ -982,7 +984,7 @@ pub(crate) async fn metrics(State(gateway): State<Arc<Gateway>>, uri: axum::http
 }
 
 pub(crate) async fn list_models(State(gateway): State<Arc<Gateway>>) -> Response {
-    json_response(gateway.catalog().model_list.clone(), None)
+    json_response(gateway.catalog().model_list.clone())
 }
 
 pub(crate) async fn retrieve_model(
@@ -997,7 +999,7 @@ pub(crate) async fn retrieve_model(
         .into_response();
     };
     match gateway.catalog().model_objects.get(&model) {
-        Some(object) => json_response(object.clone(), None),
+        Some(object) => json_response(object.clone()),
         None => ApiError::model_not_found(&model).into_response(),
     }
 }
@@ -1050,14 +1052,13 @@ pub(crate) async fn deployment_health(
             })
         })
         .collect();
-    json_response(
-        Bytes::from(serde_json::json!({"models": models}).to_string()),
-        None,
-    )
+    json_response(Bytes::from(
+        serde_json::json!({"models": models}).to_string(),
+    ))
 }
 
 pub(crate) async fn live() -> Response {
-    json_response(Bytes::from_static(b"{\"status\":\"ok\"}"), None)
+    json_response(Bytes::from_static(b"{\"status\":\"ok\"}"))
 }
 
 /// Ready when the store answers and the gateway is not draining.
@@ -1067,7 +1068,7 @@ pub(crate) async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
     }
     let ping = tokio::time::timeout(std::time::Duration::from_secs(2), gateway.store.ping()).await;
     match ping {
-        Ok(Ok(())) => json_response(Bytes::from_static(b"{\"status\":\"ready\"}"), None),
+        Ok(Ok(())) => json_response(Bytes::from_static(b"{\"status\":\"ready\"}")),
         Ok(Err(error)) => {
             tracing::warn!(%error, "readiness: the store does not answer");
             unavailable("store unavailable")
@@ -1150,7 +1151,7 @@ pub(crate) mod tests {
             u64::MAX,
         ] {
             let expected = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
-            assert_eq!(nine_decimals(nanos), expected);
+            assert_eq!(nine_decimals(nanos).as_bytes(), expected.as_bytes());
         }
     }
 }

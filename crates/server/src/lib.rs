@@ -16,6 +16,7 @@ mod error;
 mod front;
 mod h1;
 mod handlers;
+mod head_lines;
 mod keys;
 mod listen;
 mod metrics;

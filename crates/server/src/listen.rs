@@ -25,6 +25,7 @@ use tower::Service;
 
 use crate::front::Front;
 use crate::h1;
+use crate::head_lines::HeadLines;
 
 /// Serves connections until `stop` is cancelled, then waits for those
 /// still open to close. A connection idle for `idle_timeout` between
@@ -119,7 +120,11 @@ async fn http2(
             let open = Open::new(&streams);
             let mut front = front.clone();
             front.call(request.map(Body::new)).map(move |answered| {
-                answered.map(|response| response.map(|body| Tracked { body, _open: open }))
+                answered.map(|mut response| {
+                    // hyper writes only the header map.
+                    HeadLines::into_headers(&mut response);
+                    response.map(|body| Tracked { body, _open: open })
+                })
             })
         }
     });

@@ -20,7 +20,6 @@ use switchboard_providers::{Dialect, RelayEvent, RelayStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::handlers::DEPLOYMENT_HEADER;
 use crate::trace::Trace;
 
 struct Relay {
@@ -142,8 +141,6 @@ pub(crate) fn sse_response(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(value) = HeaderValue::from_str(deployment) {
-        headers.insert(DEPLOYMENT_HEADER, value);
-    }
+    // The deployment's name is among the headers the handler adds.
     response
 }

@@ -543,6 +543,20 @@ async fn clients_speaking_http2_from_the_start_are_served() {
         .unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
+    // The headers the gateway adds reach an HTTP/2 client as they reach
+    // an HTTP/1.1 one.
+    for (name, value) in [
+        ("x-switchboard-deployment", Some("mock-openai")),
+        ("x-switchboard-attempts", Some("1")),
+        ("content-type", Some("application/json")),
+        ("x-request-id", None),
+    ] {
+        let got = response.headers().get_all(name).iter().collect::<Vec<_>>();
+        assert_eq!(got.len(), 1, "{name}: {:?}", response.headers());
+        if let Some(value) = value {
+            assert_eq!(got[0], value, "{name}");
+        }
+    }
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["object"], "chat.completion");
 

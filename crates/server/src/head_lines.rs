@@ -1,0 +1,170 @@
+//! The headers the gateway adds to a model's answer (which deployment
+//! served it, the attempts, the cost, the key's rate limits...), kept as
+//! the lines of an HTTP/1.1 head: `name: value\r\n` each, written into one
+//! buffer as they are made.
+//!
+//! They ride on the response as an extension. The gateway's own HTTP/1.1
+//! server writes the buffer into the answer's head as it is; HTTP/2, and
+//! any other reader of the response, gets them as ordinary headers
+//! (`HeadLines::into_headers`). Going through `http`'s header map instead,
+//! each header was a value checked and copied, a name hashed, an insert,
+//! and a lookup again as the head was written: about 500 instructions a
+//! header, and a keyed request has nine or ten.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::Response;
+
+/// Header lines, each `name: value\r\n`: names are the gateway's own (lower
+/// case, never one the answer's header map holds), values checked as
+/// `HeaderValue` checks them.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub(crate) struct HeadLines(Vec<u8>);
+
+impl HeadLines {
+    pub(crate) fn new() -> HeadLines {
+        HeadLines(Vec::with_capacity(256))
+    }
+
+    /// Adds `name: value`, unless `value` holds a byte no header value may
+    /// (a control character other than tab): then nothing, and `false`.
+    pub(crate) fn push(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if !value
+            .iter()
+            .all(|&byte| (byte >= 0x20 && byte != 0x7f) || byte == b'\t')
+        {
+            return false;
+        }
+        self.0.extend_from_slice(name.as_str().as_bytes());
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+        true
+    }
+
+    pub(crate) fn push_number(&mut self, name: &HeaderName, value: u64) {
+        self.push(name, itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// The lines, as they go into an HTTP/1.1 head.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Each line's name and value.
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.0
+            .split(|&byte| byte == b'\n')
+            .filter_map(|line| line.strip_suffix(b"\r"))
+            .filter_map(|line| {
+                let at = line.iter().position(|&byte| byte == b':')?;
+                Some((&line[..at], &line[at + 2..]))
+            })
+    }
+
+    /// Puts the lines on `response`, after any it already carries.
+    pub(crate) fn attach(self, response: &mut Response) {
+        if self.0.is_empty() {
+            return;
+        }
+        match response.extensions_mut().get_mut::<HeadLines>() {
+            Some(lines) => lines.0.extend_from_slice(&self.0),
+            None => {
+                response.extensions_mut().insert(self);
+            }
+        }
+    }
+
+    /// Moves the lines `response` carries into its header map: for a
+    /// writer that knows only the map (HTTP/2).
+    pub(crate) fn into_headers<B>(response: &mut axum::http::Response<B>) {
+        if let Some(lines) = response.extensions_mut().remove::<HeadLines>() {
+            lines.move_into(response.headers_mut());
+        }
+    }
+
+    fn move_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.pairs() {
+            // Both were checked as they were pushed.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
+/// The value of header `name` on `response`, in its header map or in its
+/// lines: for tests and other readers of a response in process.
+#[cfg(test)]
+pub(crate) fn header_of<'r>(response: &'r Response, name: &str) -> Option<&'r [u8]> {
+    if let Some(value) = response.headers().get(name) {
+        return Some(value.as_bytes());
+    }
+    response
+        .extensions()
+        .get::<HeadLines>()?
+        .pairs()
+        .find(|(line_name, _)| *line_name == name.as_bytes())
+        .map(|(_, value)| value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    const DEPLOYMENT: HeaderName = HeaderName::from_static("x-switchboard-deployment");
+    const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchboard-attempts");
+
+    #[test]
+    fn lines_are_written_as_an_http1_head_holds_them() {
+        let mut lines = HeadLines::new();
+        assert!(lines.push(&DEPLOYMENT, b"east: primary\t1"));
+        lines.push_number(&ATTEMPTS, 12);
+        assert_eq!(
+            lines.as_bytes(),
+            b"x-switchboard-deployment: east: primary\t1\r\nx-switchboard-attempts: 12\r\n"
+        );
+        assert_eq!(
+            lines.pairs().collect::<Vec<_>>(),
+            vec![
+                (&b"x-switchboard-deployment"[..], &b"east: primary\t1"[..]),
+                (&b"x-switchboard-attempts"[..], &b"12"[..])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_value_no_header_may_hold_is_left_out() {
+        let mut lines = HeadLines::new();
+        for bad in [&b"a\r\nx-evil: 1"[..], b"a\nb", b"nul\0", b"del\x7f"] {
+            assert!(!lines.push(&DEPLOYMENT, bad), "{bad:?}");
+            assert!(HeaderValue::from_bytes(bad).is_err(), "{bad:?}");
+        }
+        assert!(lines.as_bytes().is_empty());
+        // Bytes past ASCII are allowed, as `HeaderValue` allows them.
+        assert!(lines.push(&DEPLOYMENT, "ü".as_bytes()));
+        assert!(HeaderValue::from_bytes("ü".as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn attached_lines_add_up_and_move_into_the_header_map() {
+        let mut response = Response::new(Body::empty());
+        let mut first = HeadLines::new();
+        first.push(&DEPLOYMENT, b"east");
+        first.attach(&mut response);
+        let mut second = HeadLines::new();
+        second.push_number(&ATTEMPTS, 2);
+        second.attach(&mut response);
+        assert_eq!(
+            header_of(&response, "x-switchboard-attempts"),
+            Some(&b"2"[..])
+        );
+        HeadLines::into_headers(&mut response);
+        assert!(response.extensions().get::<HeadLines>().is_none());
+        assert_eq!(response.headers()["x-switchboard-deployment"], "east");
+        assert_eq!(response.headers()["x-switchboard-attempts"], "2");
+        assert_eq!(response.headers().len(), 2);
+    }
+}
