@@ -49,6 +49,29 @@ pub fn span(buffer: &[u8], part: &[u8]) -> (usize, usize) {
     (start, start + part.len())
 }
 
+/// A header's name as read off the wire. The names nearly every request
+/// and answer carry, written in lower case or in the usual capitals, are
+/// matched as they are; any other goes through `HeaderName::from_bytes`,
+/// which lowers its case into a buffer and then looks it up among every
+/// standard name (about 200 instructions a header).
+pub fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    Ok(match name {
+        b"host" | b"Host" => header::HOST,
+        b"content-type" | b"Content-Type" => header::CONTENT_TYPE,
+        b"content-length" | b"Content-Length" => header::CONTENT_LENGTH,
+        b"authorization" | b"Authorization" => header::AUTHORIZATION,
+        b"user-agent" | b"User-Agent" => header::USER_AGENT,
+        b"accept" | b"Accept" => header::ACCEPT,
+        b"accept-encoding" | b"Accept-Encoding" => header::ACCEPT_ENCODING,
+        b"connection" | b"Connection" => header::CONNECTION,
+        b"date" | b"Date" => header::DATE,
+        b"server" | b"Server" => header::SERVER,
+        b"transfer-encoding" | b"Transfer-Encoding" => header::TRANSFER_ENCODING,
+        b"cache-control" | b"Cache-Control" => header::CACHE_CONTROL,
+        _ => return HeaderName::from_bytes(name),
+    })
+}
+
 /// Notes where each parsed header lies in `buffer`.
 pub fn note_places(buffer: &[u8], headers: &[httparse::Header<'_>], places: &mut [Place]) {
     for (header, place) in headers.iter().zip(places.iter_mut()) {
@@ -331,6 +354,49 @@ fn chunk_size(line: &[u8]) -> Result<u64, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_read_as_from_bytes_reads_them() {
+        for name in [
+            "host",
+            "Host",
+            "content-type",
+            "Content-Type",
+            "CONTENT-TYPE",
+            "content-length",
+            "Content-Length",
+            "authorization",
+            "Authorization",
+            "user-agent",
+            "User-Agent",
+            "accept",
+            "Accept",
+            "accept-encoding",
+            "Accept-Encoding",
+            "connection",
+            "Connection",
+            "date",
+            "Date",
+            "server",
+            "Server",
+            "transfer-encoding",
+            "Transfer-Encoding",
+            "cache-control",
+            "Cache-Control",
+            "x-request-id",
+            "X-Custom-Thing",
+            "hostname",
+            "hos",
+        ] {
+            let expected = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            let read = header_name(name.as_bytes()).unwrap();
+            assert_eq!(read, expected, "{name}");
+            assert_eq!(read.as_str(), name.to_ascii_lowercase(), "{name}");
+        }
+        for bad in ["", "a b", "na:me", "h\u{e9}llo"] {
+            assert!(header_name(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn content_lengths_are_digits_and_agree() {

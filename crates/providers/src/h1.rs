@@ -24,12 +24,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::framing::{
-    Chunked, Framing, Invalid, Place, Step, content_length, has_token, note_places, only_chunked,
+    self, Chunked, Framing, Invalid, Place, Step, content_length, has_token, note_places,
+    only_chunked,
 };
 
 /// Largest answer head read (status line and headers); hyper's default
@@ -424,7 +425,7 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Hea
         connection: false,
     };
     for place in &places[..parsed.headers] {
-        let name = HeaderName::from_bytes(&bytes[place.name.0..place.name.1])
+        let name = framing::header_name(&bytes[place.name.0..place.name.1])
             .map_err(|_| Error::Invalid("a header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(place.value.0..place.value.1))
             .map_err(|_| Error::Invalid("a header value"))?;

@@ -29,15 +29,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use switchboard_providers::framing::{
-    Chunked, Framing, Invalid, Place, Step, content_length, has_token, note_places, only_chunked,
-    span,
+    Chunked, Framing, Invalid, Place, Step, content_length, has_token, header_name, note_places,
+    only_chunked, span,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -872,7 +872,7 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Req
     let mut headers = HeaderMap::with_capacity(parsed.headers);
     let (mut lengths, mut coded, mut connection, mut expect) = (0, false, false, false);
     for place in &places[..parsed.headers] {
-        let name = HeaderName::from_bytes(&bytes[place.name.0..place.name.1])
+        let name = header_name(&bytes[place.name.0..place.name.1])
             .map_err(|_| Refusal::Malformed("a header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(place.value.0..place.value.1))
             .map_err(|_| Refusal::Malformed("a header value"))?;
