@@ -88,7 +88,9 @@ impl HeadLines {
             if let (Ok(name), Ok(value)) =
                 (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
             {
-                headers.insert(name, value);
+                // Appended, not inserted: a name given twice shows as two
+                // headers, as it would over HTTP/1.1.
+                headers.append(name, value);
             }
         }
     }
