@@ -96,21 +96,6 @@ impl HeadLines {
     }
 }
 
-/// The value of header `name` on `response`, in its header map or in its
-/// lines: for tests and other readers of a response in process.
-#[cfg(test)]
-pub(crate) fn header_of<'r>(response: &'r Response, name: &str) -> Option<&'r [u8]> {
-    if let Some(value) = response.headers().get(name) {
-        return Some(value.as_bytes());
-    }
-    response
-        .extensions()
-        .get::<HeadLines>()?
-        .pairs()
-        .find(|(line_name, _)| *line_name == name.as_bytes())
-        .map(|(_, value)| value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,9 +144,12 @@ mod tests {
         let mut second = HeadLines::new();
         second.push_number(&ATTEMPTS, 2);
         second.attach(&mut response);
+        let lines = response.extensions().get::<HeadLines>().unwrap();
         assert_eq!(
-            header_of(&response, "x-switchboard-attempts"),
-            Some(&b"2"[..])
+            lines
+                .pairs()
+                .find(|(name, _)| *name == b"x-switchboard-attempts"),
+            Some((&b"x-switchboard-attempts"[..], &b"2"[..]))
         );
         HeadLines::into_headers(&mut response);
         assert!(response.extensions().get::<HeadLines>().is_none());

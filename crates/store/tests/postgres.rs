@@ -147,27 +147,31 @@ async fn applied_versions(schema: &TestSchema) -> Vec<i64> {
         .unwrap()
 }
 
-/// The indexes on `requests`: each is an insert every record may pay for.
-async fn request_indexes(schema: &TestSchema) -> Vec<String> {
+/// The names `sql` lists for the schema (its `$1`), in order.
+async fn names_in(schema: &TestSchema, sql: &'static str) -> Vec<String> {
     let mut connection = schema.connection().await;
-    sqlx::query_scalar(
-        "SELECT indexname::TEXT FROM pg_indexes WHERE schemaname = $1 AND tablename = 'requests' ORDER BY 1",
-    )
-    .bind(&schema.name)
-    .fetch_all(&mut connection)
-    .await
-    .unwrap()
+    sqlx::query_scalar(sql)
+        .bind(&schema.name)
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
 }
 
 async fn tables(schema: &TestSchema) -> Vec<String> {
-    let mut connection = schema.connection().await;
-    sqlx::query_scalar(
+    names_in(
+        schema,
         "SELECT table_name::TEXT FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
     )
-    .bind(&schema.name)
-    .fetch_all(&mut connection)
     .await
-    .unwrap()
+}
+
+/// The indexes on `requests`: each is an insert every record may pay for.
+async fn request_indexes(schema: &TestSchema) -> Vec<String> {
+    names_in(
+        schema,
+        "SELECT indexname::TEXT FROM pg_indexes WHERE schemaname = $1 AND tablename = 'requests' ORDER BY 1",
+    )
+    .await
 }
 
 #[tokio::test]
