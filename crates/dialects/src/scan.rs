@@ -62,30 +62,31 @@ impl<'a> Scan<'a> {
     }
 
     /// A string: its text between the quotes, escapes left as they are,
-    /// and whether it holds any. Ordinary bytes are passed over eight at a
-    /// time (`special`).
+    /// and whether it holds any.
     #[inline(always)]
     fn string(&mut self) -> Scanned<(&'a str, bool)> {
         self.eat(b'"')?;
-        let bytes = self.text.as_bytes();
         let start = self.at;
+        let escaped = self.string_rest()?;
+        // Both ends are quotes, so on character boundaries.
+        let raw = self.text.get(start..self.at - 1).ok_or(Refused)?;
+        Ok((raw, escaped))
+    }
+
+    /// The rest of a string whose opening quote is read, up to and with its
+    /// closing one; whether it holds escapes. Ordinary bytes are passed
+    /// over many at a time (`plain_run`).
+    #[inline(always)]
+    fn string_rest(&mut self) -> Scanned<bool> {
+        let bytes = self.text.as_bytes();
         let mut at = self.at;
         let mut escaped = false;
         loop {
-            while let Some(chunk) = bytes.get(at..at + 8) {
-                let word = u64::from_le_bytes(chunk.try_into().map_err(|_| Refused)?);
-                let found = special(word);
-                if found != 0 {
-                    at += (found.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                at += 8;
-            }
+            at = plain_run(bytes, at);
             match *bytes.get(at).ok_or(Refused)? {
                 b'"' => {
-                    let raw = &self.text[start..at];
                     self.at = at + 1;
-                    return Ok((raw, escaped));
+                    return Ok(escaped);
                 }
                 b'\\' => {
                     escaped = true;
@@ -101,9 +102,8 @@ impl<'a> Scan<'a> {
                         _ => return Err(Refused),
                     }
                 }
-                0..=0x1f => return Err(Refused),
-                // An ordinary byte in the last seven.
-                _ => at += 1,
+                // A control character.
+                _ => return Err(Refused),
             }
         }
     }
@@ -165,7 +165,8 @@ impl<'a> Scan<'a> {
     }
 
     fn literal(&mut self, word: &str) -> Scanned<()> {
-        if self.text[self.at..].starts_with(word) {
+        let rest = self.text.as_bytes().get(self.at..).unwrap_or_default();
+        if rest.starts_with(word.as_bytes()) {
             self.at += word.len();
             Ok(())
         } else {
@@ -183,9 +184,36 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A value of any kind, checked and skipped: nested arrays and objects
-    /// are followed with a stack of bits, not recursion.
+    /// A value of any kind, checked and skipped: a scalar at once, an
+    /// array or object by `skip_nested`.
     pub(crate) fn skip(&mut self) -> Scanned<()> {
+        match self.peek().ok_or(Refused)? {
+            b'{' | b'[' => self.skip_nested(),
+            _ => self.scalar(),
+        }
+    }
+
+    /// A string, number, `true`, `false` or `null`, checked and skipped,
+    /// the cursor at its first byte.
+    #[inline(always)]
+    fn scalar(&mut self) -> Scanned<()> {
+        match self.byte().ok_or(Refused)? {
+            b'"' => {
+                self.at += 1;
+                self.string_rest().map(drop)
+            }
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'n' => self.literal("null"),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            _ => Err(Refused),
+        }
+    }
+
+    /// An array or object, checked and skipped: nested ones are followed
+    /// with a stack of bits, not recursion.
+    #[inline(never)]
+    fn skip_nested(&mut self) -> Scanned<()> {
         // Bit n: whether the container at depth n + 1 is an object.
         let mut objects: u128 = 0;
         let mut depth = 0;
@@ -211,16 +239,7 @@ impl<'a> Scan<'a> {
                         continue;
                     }
                 }
-                b'"' => {
-                    self.string()?;
-                }
-                b't' => self.literal("true")?,
-                b'f' => self.literal("false")?,
-                b'n' => self.literal("null")?,
-                b'-' | b'0'..=b'9' => {
-                    self.number()?;
-                }
-                _ => return Err(Refused),
+                _ => self.scalar()?,
             }
             // After a value: the next in its container, or the container's
             // end.
@@ -252,6 +271,7 @@ impl<'a> Scan<'a> {
     }
 
     /// A member's key and its colon.
+    #[inline(always)]
     fn key(&mut self) -> Scanned<&'a str> {
         let (key, escaped) = self.string()?;
         // Rare: serde_json decodes such a key before matching it.
@@ -262,12 +282,14 @@ impl<'a> Scan<'a> {
         Ok(key)
     }
 
-    /// A value, checked and skipped, and its text.
-    pub(crate) fn raw(&mut self) -> Scanned<&'a str> {
-        self.peek();
-        let start = self.at;
-        self.skip()?;
-        Ok(&self.text[start..self.at])
+    /// A string's text between its quotes and whether it holds escapes,
+    /// or, for a value of another kind, `None`, the value skipped.
+    pub(crate) fn string_or_skip(&mut self) -> Scanned<Option<(&'a str, bool)>> {
+        if self.peek() == Some(b'"') {
+            self.string().map(Some)
+        } else {
+            self.skip().map(|()| None)
+        }
     }
 
     /// `null`, or a plain integer that fits a `u64` (what serde reads into
@@ -328,6 +350,78 @@ impl<'a> Scan<'a> {
             }
         }
     }
+}
+
+/// Where the plain run of string bytes from `at` ends: the first quote,
+/// backslash or control character at or after `at`, or the text's end.
+/// Most strings (keys, ids, short values) end within the first sixteen
+/// bytes, looked at here; a longer run goes on in `plain_run_rest`.
+#[inline(always)]
+fn plain_run(bytes: &[u8], at: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(block) = bytes.get(at..at + 16) {
+        let found = specials16(block);
+        if found != 0 {
+            return at + found.trailing_zeros() as usize;
+        }
+        return plain_run_rest(bytes, at + 16);
+    }
+    plain_run_rest(bytes, at)
+}
+
+/// The bytes of a block of sixteen that end or interrupt a string's plain
+/// run, as the bits of a mask (the first byte lowest).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn specials16(block: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    assert!(block.len() >= 16);
+    // SAFETY: SSE2 is part of x86_64; the load reads sixteen bytes of
+    // `block`, which holds them (checked above), unaligned as `loadu`
+    // allows.
+    let mask = unsafe {
+        let block = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+        let quote = _mm_cmpeq_epi8(block, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(block, _mm_set1_epi8(b'\\' as i8));
+        // Below 0x20 exactly where the unsigned minimum with 0x1f is the
+        // byte itself.
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(block, _mm_set1_epi8(0x1f)), block);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control))
+    };
+    mask as u32
+}
+
+/// `plain_run` past its first block: sixteen bytes at a time where SSE2 is
+/// there (every x86_64 processor), then eight (`special`), then one.
+#[inline(never)]
+fn plain_run_rest(bytes: &[u8], mut at: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    while let Some(block) = bytes.get(at..at + 16) {
+        let found = specials16(block);
+        if found != 0 {
+            return at + found.trailing_zeros() as usize;
+        }
+        at += 16;
+    }
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let found = special(u64::from_le_bytes(word));
+        if found != 0 {
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while let Some(&byte) = bytes.get(at) {
+        if byte == b'"' || byte == b'\\' || byte < 0x20 {
+            return at;
+        }
+        at += 1;
+    }
+    at
 }
 
 /// The bytes of `word` (eight, the first lowest) that end or interrupt a
@@ -466,10 +560,11 @@ mod tests {
     }
 
     /// A string's end, escapes and refusals are found wherever they fall
-    /// among the eight bytes read at a time.
+    /// among the sixteen or eight bytes read at a time, and in the bytes
+    /// read one by one at the end.
     #[test]
     fn strings_are_read_whatever_their_length_and_content() {
-        for len in 0..40 {
+        for len in 0..72 {
             for at in 0..=len {
                 let around = |inner: &str| "a".repeat(at) + inner + &"z".repeat(len - at);
                 for inner in [
@@ -510,6 +605,28 @@ mod tests {
                     let found = special(u64::from_le_bytes(word));
                     let first = (found != 0).then(|| (found.trailing_zeros() / 8) as usize);
                     assert_eq!(first, expected, "{word:?}");
+                }
+            }
+        }
+    }
+
+    /// `specials16` flags exactly the quotes, backslashes and control bytes
+    /// of any sixteen, whatever surrounds them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn special_bytes_are_found_in_blocks_of_sixteen() {
+        let is_special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
+        for filler in [b'a', b' ', 0x7f, 0x80, 0xa2, 0xc0, 0xdc, 0xff] {
+            for at in 0..16 {
+                for byte in 0..=255u8 {
+                    let mut block = [filler; 16];
+                    block[at] = byte;
+                    let expected = block
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, byte)| is_special(**byte))
+                        .fold(0u32, |mask, (at, _)| mask | 1 << at);
+                    assert_eq!(specials16(&block), expected, "{block:?}");
                 }
             }
         }

@@ -126,8 +126,15 @@ pub fn check_completion(body: &[u8]) -> Result<(Usage, ResponseInfo), InvalidRes
 /// a string (`null` is not).
 fn text_once(scan: &mut Scan<'_>, seen: &mut bool, note: impl FnOnce(&str)) -> Result<(), Refused> {
     once(seen)?;
-    if let Some(value) = text_of(scan.raw()?) {
-        note(&value);
+    match scan.string_or_skip()? {
+        Some((text, false)) => note(text),
+        // Escaped: decoded as serde_json decodes it.
+        Some((text, true)) => {
+            if let Ok(decoded) = serde_json::from_str::<String>(&format!("\"{text}\"")) {
+                note(&decoded);
+            }
+        }
+        None => {}
     }
     Ok(())
 }
