@@ -1,16 +1,18 @@
 //! A strict, allocation-free reader of JSON text, for the checks on the
-//! request path that read a few fields of an upstream's answer and must
-//! know the rest is well formed: one pass over the bytes, each value
-//! checked against JSON's grammar (RFC 8259) and skipped, or read where the
-//! caller asks.
+//! request path that read a few fields of a client's request (its
+//! top-level fields, its messages' roles) or of an upstream's answer (its
+//! usage, id, model, finish reasons) and must know the rest is well formed:
+//! one pass over the bytes, each value checked against JSON's grammar
+//! (RFC 8259) and skipped, or read where the caller asks.
 //!
 //! It is a fast path, never the judge: whatever it cannot read it refuses
 //! with `Refused`, without a reason, and the caller reads the text again
 //! with serde_json, whose verdict and error message stand. Its readers
-//! refuse more than serde_json would (a key with escapes, a struct written
-//! as an array, nesting past `MAX_DEPTH`), never less: what it accepts,
-//! serde_json accepts and reads alike (`openai::response`'s tests compare
-//! the two on generated and mutated answers).
+//! refuse more than serde_json would (a key read with escapes, a struct
+//! written as an array, nesting past `MAX_DEPTH`), never less: what it
+//! accepts, serde_json accepts and reads alike (the tests of
+//! `openai::request` and `openai::response` compare the two on generated
+//! and mutated bodies).
 
 /// Nesting this scanner follows before it hands the text to serde_json.
 const MAX_DEPTH: usize = 128;
@@ -231,7 +233,7 @@ impl<'a> Scan<'a> {
                         }
                         if open == b'{' {
                             objects |= 1 << depth;
-                            self.key()?;
+                            self.skipped_key()?;
                         } else {
                             objects &= !(1 << depth);
                         }
@@ -252,7 +254,7 @@ impl<'a> Scan<'a> {
                     Some(b',') => {
                         self.at += 1;
                         if object {
-                            self.key()?;
+                            self.skipped_key()?;
                         }
                         break;
                     }
@@ -268,6 +270,15 @@ impl<'a> Scan<'a> {
                 }
             }
         }
+    }
+
+    /// A member's key and its colon, in a value skipped: escapes and all,
+    /// as serde_json passes over it.
+    #[inline(always)]
+    fn skipped_key(&mut self) -> Scanned<()> {
+        self.eat(b'"')?;
+        self.string_rest()?;
+        self.eat(b':')
     }
 
     /// A member's key and its colon.
@@ -290,6 +301,15 @@ impl<'a> Scan<'a> {
         } else {
             self.skip().map(|()| None)
         }
+    }
+
+    /// A value, checked and skipped, and its text (from its first byte,
+    /// after any whitespace, to its last).
+    pub(crate) fn raw(&mut self) -> Scanned<&'a str> {
+        self.peek();
+        let start = self.at;
+        self.skip()?;
+        self.text.get(start..self.at).ok_or(Refused)
     }
 
     /// `null`, or a plain integer that fits a `u64` (what serde reads into

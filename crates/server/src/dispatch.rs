@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use switchboard_config::{FallbackTriggers, Routing};
 use switchboard_core::mix::splitmix64;
 use switchboard_core::record::{AttemptDetail, push_attempt_detail};
-use switchboard_dialects::openai::UpstreamErrorBody;
+use switchboard_dialects::openai::{RawJson, UpstreamErrorBody};
 use switchboard_policy::backoff::{fits, retry_delay};
 use switchboard_policy::{Failure, ModelGroup, Pick};
 use switchboard_providers::{Deployment, RelayEvent, RelayStream, TimeoutPhase, UpstreamError};
@@ -176,7 +176,7 @@ pub(crate) struct ConversationPrefix {
 }
 
 impl ConversationPrefix {
-    pub fn of(messages: Option<&serde_json::value::RawValue>) -> Option<ConversationPrefix> {
+    pub fn of(messages: Option<RawJson<'_>>) -> Option<ConversationPrefix> {
         let messages: Vec<&serde_json::value::RawValue> =
             serde_json::from_str(messages?.get()).ok()?;
         let (_, prefix) = messages.split_last()?;

@@ -9,7 +9,7 @@ pub mod response;
 
 pub use error::{ErrorBody, UpstreamErrorBody};
 pub use request::{
-    ChatRequest, EmbeddingInput, EmbeddingsRequest, RequestError, RequestFields, Role,
+    ChatRequest, EmbeddingInput, EmbeddingsRequest, RawJson, RequestError, RequestFields, Role,
 };
 pub use response::{ChunkInfo, InvalidResponse, check_completion, check_embeddings, inspect_chunk};
 

@@ -5,7 +5,9 @@
 //! the request goes to an OpenAI-compatible upstream, `encode` writes the
 //! same fields back with only the model (and, for streams, the usage
 //! option) replaced: fields the gateway does not model pass through
-//! byte-for-byte, and nothing is decoded twice.
+//! byte-for-byte, and nothing is decoded twice. The fields and the messages'
+//! roles are read in one pass of `scan`, or, where it hands the text over,
+//! by serde_json, whose verdict and error message stand.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -13,6 +15,8 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+
+use crate::scan::{Refused, Scan, once};
 
 /// A request the gateway refuses, in terms the client can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +35,27 @@ impl RequestError {
     }
 }
 
+/// A JSON value's text as the client sent it, checked well formed: what
+/// serde_json's `RawValue` holds, borrowed from the request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a str);
+
+impl<'a> RawJson<'a> {
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'a> From<&'a RawValue> for RawJson<'a> {
+    fn from(raw: &'a RawValue) -> RawJson<'a> {
+        RawJson(raw.get())
+    }
+}
+
 /// The top-level fields of a JSON object, in order, each as raw JSON.
 #[derive(Debug)]
 pub struct RequestFields<'a> {
-    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    fields: Vec<(Cow<'a, str>, RawJson<'a>)>,
 }
 
 impl<'a> RequestFields<'a> {
@@ -55,6 +76,9 @@ impl<'a> RequestFields<'a> {
                 None,
             ));
         }
+        if let Ok(fields) = scan_fields(text) {
+            return Ok(RequestFields { fields });
+        }
         let fields: Fields<'a> = serde_json::from_str(text).map_err(|error| {
             RequestError::new(format!("the request body is not valid JSON: {error}"), None)
         })?;
@@ -66,7 +90,7 @@ impl<'a> RequestFields<'a> {
         self.fields.iter().map(|(key, _)| key.as_ref())
     }
 
-    pub fn raw(&self, name: &str) -> Option<&'a RawValue> {
+    pub fn raw(&self, name: &str) -> Option<RawJson<'a>> {
         self.fields
             .iter()
             .find(|(key, _)| key == name)
@@ -139,7 +163,7 @@ fn write_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &[u8]) {
 
 /// What kind of JSON value a raw value is, for error messages that must not
 /// echo large or sensitive contents back.
-fn describe(raw: &RawValue) -> &'static str {
+fn describe(raw: RawJson<'_>) -> &'static str {
     match raw.get().as_bytes().first() {
         Some(b'"') => "a string",
         Some(b'{') => "an object",
@@ -150,7 +174,7 @@ fn describe(raw: &RawValue) -> &'static str {
     }
 }
 
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct Fields<'a>(Vec<(Cow<'a, str>, RawJson<'a>)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -168,7 +192,7 @@ impl<'de: 'a, 'a> Visitor<'de> for FieldsVisitor<'a> {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
-        let mut fields: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(16);
+        let mut fields: Vec<(Cow<'a, str>, RawJson<'a>)> = Vec::with_capacity(16);
         while let Some(key) = map.next_key::<Key<'de>>()? {
             if fields.iter().any(|(existing, _)| *existing == key.0) {
                 return Err(de::Error::custom(format_args!(
@@ -177,7 +201,7 @@ impl<'de: 'a, 'a> Visitor<'de> for FieldsVisitor<'a> {
                 )));
             }
             let value: &'de RawValue = map.next_value()?;
-            fields.push((key.0, value));
+            fields.push((key.0, value.into()));
         }
         Ok(Fields(fields))
     }
@@ -221,10 +245,26 @@ pub enum Role {
     Other,
 }
 
+impl Role {
+    /// The role a (decoded) name stands for, as serde reads it: lowercase
+    /// names exactly, anything else `Other`.
+    fn named(name: &str) -> Role {
+        match name {
+            "system" => Role::System,
+            "developer" => Role::Developer,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            "function" => Role::Function,
+            _ => Role::Other,
+        }
+    }
+}
+
 /// Reads one field's raw value as `T`, treating JSON `null` as absent.
 fn read_field<T: DeserializeOwned>(
     name: &str,
-    raw: &RawValue,
+    raw: RawJson<'_>,
     expected: &str,
 ) -> Result<Option<T>, RequestError> {
     if raw.get() == "null" {
@@ -296,7 +336,7 @@ impl<'a> ChatRequest<'a> {
         let mut temperature = None;
         let mut choices = None;
         for (name, raw) in &fields.fields {
-            let name = name.as_ref();
+            let (name, raw) = (name.as_ref(), *raw);
             match name {
                 "stream" => {
                     stream = read_field::<bool>(name, raw, "a boolean")?.unwrap_or(false);
@@ -498,7 +538,59 @@ fn required_model(fields: &RequestFields<'_>) -> Result<String, RequestError> {
     }
 }
 
-fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
+/// The top-level fields of a JSON object in one pass of `scan`, or
+/// `Refused` for text it does not read (malformed, or a key with escapes),
+/// which serde_json reads again and judges.
+fn scan_fields(text: &str) -> Result<Vec<(Cow<'_, str>, RawJson<'_>)>, Refused> {
+    let mut scan = Scan::new(text);
+    let mut fields: Vec<(Cow<'_, str>, RawJson<'_>)> = Vec::with_capacity(16);
+    scan.object(|scan, key| {
+        // serde_json's reading refuses a key given twice (`Fields`).
+        if fields.iter().any(|(existing, _)| existing == key) {
+            return Err(Refused);
+        }
+        fields.push((Cow::Borrowed(key), RawJson(scan.raw()?)));
+        Ok(())
+    })?;
+    scan.end()?;
+    Ok(fields)
+}
+
+/// Each message's role and content (`None` when absent or `null`) in one
+/// pass of `scan`, read as `MessageCheck` reads them, or `Refused` for
+/// text it does not read (a role with escapes, a field given twice, a
+/// message written as an array...), which serde_json reads again and
+/// judges.
+fn scan_messages(text: &str) -> Result<Vec<(Role, Option<RawJson<'_>>)>, Refused> {
+    let mut scan = Scan::new(text);
+    let mut messages = Vec::new();
+    scan.array(|scan| {
+        let (mut role, mut content, mut content_seen) = (None, None, false);
+        scan.object(|scan, key| match key {
+            "role" => match scan.string_or_skip()? {
+                Some((name, false)) if role.is_none() => {
+                    role = Some(Role::named(name));
+                    Ok(())
+                }
+                _ => Err(Refused),
+            },
+            "content" => {
+                once(&mut content_seen)?;
+                if !scan.null()? {
+                    content = Some(RawJson(scan.raw()?));
+                }
+                Ok(())
+            }
+            _ => scan.skip(),
+        })?;
+        messages.push((role.ok_or(Refused)?, content));
+        Ok(())
+    })?;
+    scan.end()?;
+    Ok(messages)
+}
+
+fn check_messages(raw: RawJson<'_>) -> Result<usize, RequestError> {
     if !raw.get().starts_with('[') {
         return Err(RequestError::new(
             format!(
@@ -510,21 +602,27 @@ fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
     }
     // Read plainly; only a list that fails is read again, tracking the path
     // to say where (tracking every value cost 2% of a proxied request).
-    let messages: Vec<MessageCheck<'_>> =
-        serde_json::from_str(raw.get()).map_err(|_| messages_error(raw))?;
+    let messages = match scan_messages(raw.get()) {
+        Ok(messages) => messages,
+        Err(Refused) => serde_json::from_str::<Vec<MessageCheck<'_>>>(raw.get())
+            .map_err(|_| messages_error(raw))?
+            .into_iter()
+            .map(|message| (message.role, message.content.map(RawJson::from)))
+            .collect(),
+    };
     if messages.is_empty() {
         return Err(RequestError::new(
             "`messages` must contain at least one message",
             Some("messages"),
         ));
     }
-    for (index, message) in messages.iter().enumerate() {
+    for (index, &(role, content)) in messages.iter().enumerate() {
         // Named only when something is wrong with it.
         let param = || format!("messages[{index}].content");
         // serde reads a JSON `null` as `None`: absent and null alike.
-        let content = match message.content {
+        let content = match content {
             Some(content) => content,
-            None if message.role == Role::Tool => {
+            None if role == Role::Tool => {
                 let param = param();
                 return Err(RequestError::new(
                     format!("`{param}` is required for tool messages"),
@@ -568,7 +666,7 @@ fn check_messages(raw: &RawValue) -> Result<usize, RequestError> {
 }
 
 /// Why `messages` is not a list of messages, and where in it.
-fn messages_error(raw: &RawValue) -> RequestError {
+fn messages_error(raw: RawJson<'_>) -> RequestError {
     let deserializer = &mut serde_json::Deserializer::from_str(raw.get());
     let error = match serde_path_to_error::deserialize::<_, Vec<MessageCheck<'_>>>(deserializer) {
         Err(error) => error,
@@ -615,7 +713,7 @@ fn without_position(message: &str) -> &str {
     }
 }
 
-fn check_stop(raw: &RawValue) -> Result<(), RequestError> {
+fn check_stop(raw: RawJson<'_>) -> Result<(), RequestError> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Stop {
@@ -634,5 +732,288 @@ fn truncate(text: &str, limit: usize) -> &str {
     match text.char_indices().nth(limit) {
         Some((index, _)) => &text[..index],
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The fields as serde_json reads them (`Fields`), apart from the code
+    /// under test.
+    fn serde_fields(text: &str) -> Option<Vec<(String, String)>> {
+        let fields: Fields<'_> = serde_json::from_str(text).ok()?;
+        Some(owned_fields(fields.0))
+    }
+
+    fn owned_fields(fields: Vec<(Cow<'_, str>, RawJson<'_>)>) -> Vec<(String, String)> {
+        fields
+            .into_iter()
+            .map(|(key, value)| (key.into_owned(), value.get().to_owned()))
+            .collect()
+    }
+
+    /// The messages as serde reads them (`MessageCheck`).
+    fn serde_messages(text: &str) -> Option<Vec<(Role, Option<String>)>> {
+        let messages: Vec<MessageCheck<'_>> = serde_json::from_str(text).ok()?;
+        Some(
+            messages
+                .into_iter()
+                .map(|message| {
+                    (
+                        message.role,
+                        message.content.map(|raw| raw.get().to_owned()),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn owned_messages(messages: Vec<(Role, Option<RawJson<'_>>)>) -> Vec<(Role, Option<String>)> {
+        messages
+            .into_iter()
+            .map(|(role, content)| (role, content.map(|raw| raw.get().to_owned())))
+            .collect()
+    }
+
+    /// What the one pass read, if it read the text, serde_json reads alike;
+    /// whether it read it.
+    fn agrees(text: &str) -> Result<bool, TestCaseError> {
+        let mut read = false;
+        if let Ok(fields) = scan_fields(text) {
+            prop_assert_eq!(Some(owned_fields(fields)), serde_fields(text), "{}", text);
+            read = true;
+        }
+        if let Ok(messages) = scan_messages(text) {
+            prop_assert_eq!(
+                Some(owned_messages(messages)),
+                serde_messages(text),
+                "{}",
+                text
+            );
+            read = true;
+        }
+        Ok(read)
+    }
+
+    const BODIES: &[&str] = &[
+        r#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}"#,
+        r#" { "model" : "m" , "stream" : true , "stream_options" : { "include_usage" : true } ,
+            "messages" : [ { "role" : "system" , "content" : "Be brief. \"Quoted\" \u00e9" } ,
+            { "role" : "user" , "name" : "ann" , "content" : [ { "type" : "text" , "text" : "hi" } ] } ] } "#,
+        r#"{"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"42"},{"role":"ipython","content":"x"}],"model":"m","stop":["a","b"],"n":2}"#,
+    ];
+
+    #[test]
+    fn requests_take_the_one_pass_and_read_as_serde_reads_them() {
+        for body in BODIES {
+            let fields = scan_fields(body).expect(body);
+            assert_eq!(Some(owned_fields(fields)), serde_fields(body), "{body}");
+            let messages = RequestFields::parse(body.as_bytes())
+                .unwrap()
+                .raw("messages")
+                .unwrap()
+                .get();
+            let scanned = scan_messages(messages).expect(messages);
+            assert_eq!(
+                Some(owned_messages(scanned)),
+                serde_messages(messages),
+                "{messages}"
+            );
+        }
+        let messages = r#"[{"role":"developer","content":"a"},{"role":"function","content":{"x":1}},{"content":"c","role":"User"}]"#;
+        assert_eq!(
+            owned_messages(scan_messages(messages).unwrap()),
+            [
+                (Role::Developer, Some("\"a\"".to_owned())),
+                (Role::Function, Some("{\"x\":1}".to_owned())),
+                (Role::Other, Some("\"c\"".to_owned())),
+            ]
+        );
+        // Handed over to serde_json, whose verdict stands: a key with an
+        // escape (read alike), a key given twice (refused).
+        let escaped = r#"{"mod\u0065l":"m","messages":[]}"#;
+        assert_eq!(scan_fields(escaped), Err(Refused));
+        assert_eq!(
+            RequestFields::parse(escaped.as_bytes())
+                .unwrap()
+                .raw("model")
+                .unwrap()
+                .get(),
+            "\"m\""
+        );
+        let twice = r#"{"model":"a","model":"b"}"#;
+        assert_eq!(scan_fields(twice), Err(Refused));
+        let error = RequestFields::parse(twice.as_bytes()).unwrap_err();
+        assert!(
+            error.message.contains("duplicate field `model`"),
+            "{}",
+            error.message
+        );
+        for messages in [
+            r#"[{"role":"us\u0065r","content":"a"}]"#,
+            r#"[{"role":"user","role":"user","content":"a"}]"#,
+            r#"[{"role":"user","content":"a","content":null}]"#,
+            r#"[{"content":"a"}]"#,
+            r#"[{"role":null,"content":"a"}]"#,
+            r#"[["user","a"]]"#,
+            r#"[{"role":"user","content":"a"},]"#,
+        ] {
+            assert_eq!(scan_messages(messages), Err(Refused), "{messages}");
+        }
+        // serde reads an escaped role and a message written as an array;
+        // the rest it refuses, with the path to the fault.
+        assert!(check_messages(RawJson(r#"[{"role":"us\u0065r","content":"a"}]"#)).is_ok());
+        assert!(check_messages(RawJson(r#"[["user","a"]]"#)).is_ok());
+        let error = check_messages(RawJson(
+            r#"[{"role":"user","content":"a"},{"content":"b"}]"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            error.param.as_deref(),
+            Some("messages[1]"),
+            "{}",
+            error.message
+        );
+    }
+
+    fn role() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "system",
+                "developer",
+                "user",
+                "assistant",
+                "tool",
+                "function",
+                "User",
+                "ipython",
+                "",
+            ])
+            .prop_map(|name| json!(name)),
+            "[a-z\"\\\\é]{0,6}".prop_map(Value::String),
+            Just(Value::Null),
+            Just(json!(1)),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let scalar = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1e6f64..1e6).prop_map(|n| json!(n)),
+            "[a-z\\\\\"é\u{1}\u{1F600} ]{0,20}".prop_map(Value::String),
+        ];
+        scalar.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(("[a-z_\"]{1,6}", inner), 0..4)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn message() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(role()),
+            prop::option::of(value()),
+            prop::collection::vec(("[a-z_]{1,8}", value()), 0..3),
+        )
+            .prop_map(|(role, content, other)| {
+                let mut object: serde_json::Map<String, Value> = other.into_iter().collect();
+                if let Some(role) = role {
+                    object.insert("role".to_owned(), role);
+                }
+                if let Some(content) = content {
+                    object.insert("content".to_owned(), content);
+                }
+                Value::Object(object)
+            })
+    }
+
+    fn body() -> impl Strategy<Value = Value> {
+        (
+            prop::collection::vec(message(), 0..4),
+            prop::collection::vec(("[a-z_\\\\]{1,10}", value()), 0..5),
+        )
+            .prop_map(|(messages, other)| {
+                let mut object: serde_json::Map<String, Value> = other.into_iter().collect();
+                object.insert("messages".to_owned(), Value::Array(messages));
+                Value::Object(object)
+            })
+    }
+
+    /// Bytes JSON is made of, for edits that keep it near the grammar.
+    const ALPHABET: &[u8] = b"{}[]\",:\\ -.+0123456789eEnultrfasu\t\n\r\x0b\x0c\x01";
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Generated bodies, all valid JSON: the one pass reads the fields
+        /// of every one whose keys have no escapes, and the messages of
+        /// every list of objects with a plain string role, and reads them
+        /// as serde_json does.
+        #[test]
+        fn generated_requests_read_alike(body in body(), pretty in any::<bool>()) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&body).unwrap()
+            } else {
+                serde_json::to_string(&body).unwrap()
+            };
+            agrees(&text)?;
+            let keys_plain = body.as_object().unwrap().keys().all(|key| !key.contains(['"', '\\']));
+            prop_assert_eq!(scan_fields(&text).is_ok(), keys_plain, "{}", text);
+            let messages = serde_json::to_string(&body["messages"]).unwrap();
+            agrees(&messages)?;
+            let roles_plain = body["messages"].as_array().unwrap().iter().all(|message| {
+                message.as_object().is_some_and(|message| {
+                    message.keys().all(|key| !key.contains(['"', '\\']))
+                        && message.get("role").and_then(Value::as_str).is_some_and(|role| !role.contains(['"', '\\']))
+                })
+            });
+            prop_assert_eq!(scan_messages(&messages).is_ok(), roles_plain, "{}", messages);
+        }
+
+        /// Bodies with bytes changed, inserted or removed, or ranges
+        /// copied (fields and messages given twice): whatever the one pass
+        /// reads, serde_json reads alike.
+        #[test]
+        fn mutated_requests_read_alike_or_are_handed_over(
+            seed in 0..BODIES.len(),
+            messages_only in any::<bool>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), 0..4u8, prop::sample::select(ALPHABET)), 1..4),
+        ) {
+            let body = BODIES[seed];
+            let text = if messages_only {
+                RequestFields::parse(body.as_bytes()).unwrap().raw("messages").unwrap().get()
+            } else {
+                body
+            };
+            let mut bytes = text.as_bytes().to_vec();
+            for (at, to, kind, byte) in edits {
+                let at = at.index(bytes.len() + 1);
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    2 => {
+                        let end = (at + 1 + to.index(64)).min(bytes.len());
+                        let copied = bytes[at.min(end)..end].to_vec();
+                        let to = to.index(bytes.len() + 1);
+                        bytes.splice(to..to, copied);
+                    }
+                    _ if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                agrees(text)?;
+            }
+        }
     }
 }
