@@ -1,9 +1,9 @@
 //! A strict, allocation-free reader of JSON text, for the checks on the
 //! request path that read a few fields of a client's request (its
-//! top-level fields, its messages' roles) or of an upstream's answer (its
-//! usage, id, model, finish reasons) and must know the rest is well formed:
-//! one pass over the bytes, each value checked against JSON's grammar
-//! (RFC 8259) and skipped, or read where the caller asks.
+//! top-level fields, each message's role and content) or of an upstream's
+//! answer (its usage, id, model, finish reasons) and must know the rest is
+//! well formed: one pass over the bytes, each value checked against JSON's
+//! grammar (RFC 8259) and skipped, or read where the caller asks.
 //!
 //! It is a fast path, never the judge: whatever it cannot read it refuses
 //! with `Refused`, without a reason, and the caller reads the text again
@@ -379,7 +379,7 @@ impl<'a> Scan<'a> {
 #[inline(always)]
 fn plain_run(bytes: &[u8], at: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if let Some(block) = bytes.get(at..at + 16) {
+    if let Some(block) = bytes.get(at..).and_then(<[u8]>::first_chunk) {
         let found = specials16(block);
         if found != 0 {
             return at + found.trailing_zeros() as usize;
@@ -393,43 +393,44 @@ fn plain_run(bytes: &[u8], at: usize) -> usize {
 /// run, as the bits of a mask (the first byte lowest).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn specials16(block: &[u8]) -> u32 {
+fn specials16(block: &[u8; 16]) -> u32 {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8,
     };
-    assert!(block.len() >= 16);
-    // SAFETY: SSE2 is part of x86_64; the load reads sixteen bytes of
-    // `block`, which holds them (checked above), unaligned as `loadu`
+    // SAFETY: these intrinsics need SSE2, which every x86_64 processor has;
+    // the load reads the sixteen bytes of `block`, unaligned as `loadu`
     // allows.
-    let mask = unsafe {
+    unsafe {
         let block = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
         let quote = _mm_cmpeq_epi8(block, _mm_set1_epi8(b'"' as i8));
         let backslash = _mm_cmpeq_epi8(block, _mm_set1_epi8(b'\\' as i8));
         // Below 0x20 exactly where the unsigned minimum with 0x1f is the
         // byte itself.
         let control = _mm_cmpeq_epi8(_mm_min_epu8(block, _mm_set1_epi8(0x1f)), block);
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control))
-    };
-    mask as u32
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    }
 }
 
 /// `plain_run` past its first block: sixteen bytes at a time where SSE2 is
-/// there (every x86_64 processor), then eight (`special`), then one.
+/// there (every x86_64 processor), then as `plain_run_words`.
 #[inline(never)]
 fn plain_run_rest(bytes: &[u8], mut at: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    while let Some(block) = bytes.get(at..at + 16) {
+    while let Some(block) = bytes.get(at..).and_then(<[u8]>::first_chunk) {
         let found = specials16(block);
         if found != 0 {
             return at + found.trailing_zeros() as usize;
         }
         at += 16;
     }
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let found = special(u64::from_le_bytes(word));
+    plain_run_words(bytes, at)
+}
+
+/// `plain_run` eight bytes at a time (`special`), then one at a time.
+fn plain_run_words(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(chunk) = bytes.get(at..).and_then(<[u8]>::first_chunk) {
+        let found = special(u64::from_le_bytes(*chunk));
         if found != 0 {
             return at + (found.trailing_zeros() / 8) as usize;
         }
@@ -498,6 +499,8 @@ mod tests {
             "{}",
             r#" [1, {"a": [true, null, {}], "b": "x"}, [], [[]]] "#,
             r#"{"a":{"b":{"c":[1,2,{"d":null}]}}}"#,
+            // A key with escapes, in a value skipped.
+            r#"{"a\"b\u0063":[{"\\":1}]}"#,
         ];
         for text in good {
             assert!(
@@ -607,6 +610,31 @@ mod tests {
                 }
                 let open = format!("\"{}", around(""));
                 assert_eq!(Scan::new(&open).string(), Err(Refused));
+            }
+        }
+    }
+
+    /// Each speed of `plain_run` (sixteen bytes, eight, one) stops at the
+    /// first quote, backslash or control byte, wherever it falls, or at the
+    /// text's end.
+    #[test]
+    fn plain_runs_end_at_the_first_special_byte() {
+        let is_special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
+        for len in 0..48 {
+            for from in 0..=len.min(9) {
+                for at in from..=len {
+                    for byte in [b'"', b'\\', 0, 0x1f, b'a', 0x7f, 0xc3] {
+                        let mut bytes = vec![b'x'; len];
+                        if at < len {
+                            bytes[at] = byte;
+                        }
+                        let expected = (from..len)
+                            .find(|&index| is_special(bytes[index]))
+                            .unwrap_or(len);
+                        assert_eq!(plain_run_words(&bytes, from), expected, "{len} {from} {at}");
+                        assert_eq!(plain_run(&bytes, from), expected, "{len} {from} {at}");
+                    }
+                }
             }
         }
     }

@@ -5,11 +5,12 @@
 //! the request goes to an OpenAI-compatible upstream, `encode` writes the
 //! same fields back with only the model (and, for streams, the usage
 //! option) replaced: fields the gateway does not model pass through
-//! byte-for-byte, and nothing is decoded twice. The fields and the messages'
-//! roles are read in one pass of `scan`, or, where it hands the text over,
-//! by serde_json, whose verdict and error message stand.
+//! byte-for-byte, and nothing is decoded twice. The fields, and each
+//! message's role and content, are read by `scan`, or, where it hands the
+//! text over, by serde_json, whose verdict and error message stand.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
@@ -193,8 +194,9 @@ impl<'de: 'a, 'a> Visitor<'de> for FieldsVisitor<'a> {
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
         let mut fields: Vec<(Cow<'a, str>, RawJson<'a>)> = Vec::with_capacity(16);
+        let mut names = HashSet::new();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            if fields.iter().any(|(existing, _)| *existing == key.0) {
+            if given_before(&fields, &mut names, &key.0) {
                 return Err(de::Error::custom(format_args!(
                     "duplicate field `{}`",
                     key.0
@@ -538,18 +540,44 @@ fn required_model(fields: &RequestFields<'_>) -> Result<String, RequestError> {
     }
 }
 
-/// The top-level fields of a JSON object in one pass of `scan`, or
+/// Fields compared one by one before a name is looked up in a set.
+const FEW_FIELDS: usize = 16;
+
+/// Whether `key` names one of `fields` already: looked for among them
+/// while they are few, then in `names`, a set of them all made when they
+/// reach `FEW_FIELDS` (a body of many thousands of fields must not cost
+/// the square of their number). `names` must be empty at first, and kept
+/// between the calls for one object, each field pushed after its call.
+// The set keeps the key as it is, borrowed or owned: a `&str` could not.
+#[allow(clippy::ptr_arg)]
+fn given_before<'a>(
+    fields: &[(Cow<'a, str>, RawJson<'a>)],
+    names: &mut HashSet<Cow<'a, str>>,
+    key: &Cow<'a, str>,
+) -> bool {
+    if fields.len() < FEW_FIELDS {
+        return fields.iter().any(|(name, _)| name == key);
+    }
+    if names.is_empty() {
+        names.extend(fields.iter().map(|(name, _)| name.clone()));
+    }
+    !names.insert(key.clone())
+}
+
+/// The top-level fields of a JSON object, read by `scan`, or
 /// `Refused` for text it does not read (malformed, or a key with escapes),
 /// which serde_json reads again and judges.
 fn scan_fields(text: &str) -> Result<Vec<(Cow<'_, str>, RawJson<'_>)>, Refused> {
     let mut scan = Scan::new(text);
     let mut fields: Vec<(Cow<'_, str>, RawJson<'_>)> = Vec::with_capacity(16);
+    let mut names = HashSet::new();
     scan.object(|scan, key| {
+        let key = Cow::Borrowed(key);
         // serde_json's reading refuses a key given twice (`Fields`).
-        if fields.iter().any(|(existing, _)| existing == key) {
+        if given_before(&fields, &mut names, &key) {
             return Err(Refused);
         }
-        fields.push((Cow::Borrowed(key), RawJson(scan.raw()?)));
+        fields.push((key, RawJson(scan.raw()?)));
         Ok(())
     })?;
     scan.end()?;
@@ -779,7 +807,7 @@ mod scan_tests {
             .collect()
     }
 
-    /// What the one pass read, if it read the text, serde_json reads alike;
+    /// What the scanner read, if it read the text, serde_json reads alike;
     /// whether it read it.
     fn agrees(text: &str) -> Result<bool, TestCaseError> {
         let mut read = false;
@@ -868,6 +896,15 @@ mod scan_tests {
         // the rest it refuses, with the path to the fault.
         assert!(check_messages(RawJson(r#"[{"role":"us\u0065r","content":"a"}]"#)).is_ok());
         assert!(check_messages(RawJson(r#"[["user","a"]]"#)).is_ok());
+        for refused in [
+            r#"[{"role":"user","role":"user","content":"a"}]"#,
+            r#"[{"role":"user","content":"a","content":null}]"#,
+            r#"[{"content":"a"}]"#,
+            r#"[{"role":null,"content":"a"}]"#,
+            r#"[{"role":"user","content":"a"},]"#,
+        ] {
+            assert!(check_messages(RawJson(refused)).is_err(), "{refused}");
+        }
         let error = check_messages(RawJson(
             r#"[{"role":"user","content":"a"},{"content":"b"}]"#,
         ))
@@ -878,6 +915,51 @@ mod scan_tests {
             "{}",
             error.message
         );
+    }
+
+    /// A name given twice is refused however many fields come before it,
+    /// by the scanner (which hands the body over) and by serde_json (which
+    /// names it), past the fields compared one by one as well as among
+    /// them; as many distinct names are all kept.
+    #[test]
+    fn a_field_given_twice_is_refused_among_many() {
+        for count in [3, FEW_FIELDS - 1, FEW_FIELDS, FEW_FIELDS + 1, 40, 1_000] {
+            let names: Vec<String> = (0..count).map(|n| format!("f{n}")).collect();
+            let members = |names: &[String]| {
+                names
+                    .iter()
+                    .map(|name| format!("\"{name}\":1"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let distinct = format!("{{{}}}", members(&names));
+            assert_eq!(scan_fields(&distinct).map(|fields| fields.len()), Ok(count));
+            // The same through serde_json: an escaped key (`\u0066` is
+            // `f`) hands it over.
+            let escaped = distinct.replacen(r#""f0""#, r#""\u00660""#, 1);
+            assert_eq!(scan_fields(&escaped), Err(Refused));
+            assert_eq!(
+                RequestFields::parse(escaped.as_bytes())
+                    .unwrap()
+                    .names()
+                    .count(),
+                count
+            );
+            for (first, again) in [(0, count - 1), (count - 1, count - 1), (count / 2, 0)] {
+                let mut twice = names.clone();
+                twice.insert(again + 1, names[first].clone());
+                let text = format!("{{{}}}", members(&twice));
+                assert_eq!(scan_fields(&text), Err(Refused), "{count} {first}");
+                let error = RequestFields::parse(text.as_bytes()).unwrap_err();
+                assert!(
+                    error
+                        .message
+                        .contains(&format!("duplicate field `{}`", names[first])),
+                    "{count} {first}: {}",
+                    error.message
+                );
+            }
+        }
     }
 
     fn role() -> impl Strategy<Value = Value> {
@@ -953,7 +1035,7 @@ mod scan_tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
 
-        /// Generated bodies, all valid JSON: the one pass reads the fields
+        /// Generated bodies, all valid JSON: the scanner reads the fields
         /// of every one whose keys have no escapes, and the messages of
         /// every list of objects with a plain string role, and reads them
         /// as serde_json does.
@@ -979,7 +1061,7 @@ mod scan_tests {
         }
 
         /// Bodies with bytes changed, inserted or removed, or ranges
-        /// copied (fields and messages given twice): whatever the one pass
+        /// copied (fields and messages given twice): whatever the scanner
         /// reads, serde_json reads alike.
         #[test]
         fn mutated_requests_read_alike_or_are_handed_over(
