@@ -470,9 +470,66 @@ pub(crate) fn once(seen: &mut bool) -> Scanned<()> {
     }
 }
 
+/// Edits of JSON text for the tests that hold the scanner to serde_json's
+/// reading: bytes changed, inserted or removed, or a range copied
+/// elsewhere (members given twice).
+#[cfg(test)]
+pub(crate) mod edits {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// Bytes JSON is made of, for edits that keep it near the grammar.
+    const ALPHABET: &[u8] = b"{}[]\",:\\ -.+0123456789eEnultrfasu\t\n\r\x0b\x0c\x01";
+
+    /// One to three edits: where, where to (for a copy), which kind, which
+    /// byte.
+    pub(crate) type Edits = Vec<(Index, Index, u8, u8)>;
+
+    pub(crate) fn edits() -> impl Strategy<Value = Edits> {
+        prop::collection::vec(
+            (
+                any::<Index>(),
+                any::<Index>(),
+                0..4u8,
+                prop::sample::select(ALPHABET),
+            ),
+            1..4,
+        )
+    }
+
+    /// `text` with `edits` applied in order.
+    pub(crate) fn apply(text: &str, edits: Edits) -> Vec<u8> {
+        let mut bytes = text.as_bytes().to_vec();
+        for (at, to, kind, byte) in edits {
+            let at = at.index(bytes.len() + 1);
+            match kind {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                // A range copied elsewhere: members given twice.
+                2 => {
+                    let end = (at + 1 + to.index(64)).min(bytes.len());
+                    let copied = bytes[at.min(end)..end].to_vec();
+                    let to = to.index(bytes.len() + 1);
+                    bytes.splice(to..to, copied);
+                }
+                _ if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => {}
+            }
+        }
+        bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What ends or interrupts a string's plain run, byte by byte.
+    fn is_special(byte: u8) -> bool {
+        byte == b'"' || byte == b'\\' || byte < 0x20
+    }
 
     fn skips(text: &str) -> bool {
         let mut scan = Scan::new(text);
@@ -619,7 +676,6 @@ mod tests {
     /// text's end.
     #[test]
     fn plain_runs_end_at_the_first_special_byte() {
-        let is_special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
         for len in 0..48 {
             for from in 0..=len.min(9) {
                 for at in from..=len {
@@ -643,7 +699,6 @@ mod tests {
     /// byte of any eight, whatever surrounds it.
     #[test]
     fn special_bytes_are_found_first_wherever_they_are() {
-        let is_special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
         for filler in [b'a', b' ', 0x7f, 0x80, 0xa2, 0xc0, 0xdc, 0xff] {
             for at in 0..8 {
                 for byte in 0..=255u8 {
@@ -663,7 +718,6 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn special_bytes_are_found_in_blocks_of_sixteen() {
-        let is_special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
         for filler in [b'a', b' ', 0x7f, 0x80, 0xa2, 0xc0, 0xdc, 0xff] {
             for at in 0..16 {
                 for byte in 0..=255u8 {
