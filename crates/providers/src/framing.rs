@@ -80,6 +80,17 @@ pub fn note_places(buffer: &[u8], headers: &[httparse::Header<'_>], places: &mut
     }
 }
 
+/// The header value at `place` in `head`, the buffer httparse parsed,
+/// without checking its bytes again (about 170 instructions a request).
+pub fn header_value(head: &Bytes, place: &Place) -> HeaderValue {
+    // SAFETY: the value is a slice httparse accepted as a header value,
+    // whose bytes it takes (tab, 0x20 to 0x7E, 0x80 to 0xFF) are exactly
+    // those `HeaderValue` takes (`an_accepted_value_is_a_header_value`,
+    // and debug builds check every value again). Neither the request's
+    // parser nor the answer's accepts obsolete line folding.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(place.value.0..place.value.1)) }
+}
+
 /// Whether the `Transfer-Encoding` headers name one or more transfer
 /// codings, every one of them `chunked` (the only one understood: a
 /// compressed coding would reach the reader still compressed). Values that
@@ -354,6 +365,47 @@ fn chunk_size(line: &[u8]) -> Result<u64, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_accepted_value_is_a_header_value() {
+        let mut accepted = 0;
+        for byte in 0..=u8::MAX {
+            let request = [
+                b"GET / HTTP/1.1\r\nx-value: a".as_slice(),
+                &[byte],
+                b"b\r\n\r\n",
+            ]
+            .concat();
+            let response = [
+                b"HTTP/1.1 200 OK\r\nx-value: a".as_slice(),
+                &[byte],
+                b"b\r\n\r\n",
+            ]
+            .concat();
+            let mut found = [httparse::EMPTY_HEADER; 1];
+            let request_value = match httparse::Request::new(&mut found).parse(&request) {
+                Ok(httparse::Status::Complete(_)) => Some(found[0].value.to_vec()),
+                _ => None,
+            };
+            let mut found = [httparse::EMPTY_HEADER; 1];
+            let response_value = match httparse::Response::new(&mut found).parse(&response) {
+                Ok(httparse::Status::Complete(_)) => Some(found[0].value.to_vec()),
+                _ => None,
+            };
+            for value in [request_value, response_value].into_iter().flatten() {
+                assert!(HeaderValue::from_bytes(&value).is_ok(), "byte {byte:#04x}");
+                accepted += 1;
+            }
+        }
+        // Tab, 0x20 to 0x7E and 0x80 to 0xFF, in requests and answers.
+        assert_eq!(accepted, 2 * (1 + 95 + 128));
+        let head = Bytes::from_static(b"x-value: text");
+        let place = Place {
+            name: (0, 7),
+            value: (9, 13),
+        };
+        assert_eq!(header_value(&head, &place), "text");
+    }
 
     #[test]
     fn header_names_read_as_from_bytes_reads_them() {

@@ -427,8 +427,7 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Hea
     for place in &places[..parsed.headers] {
         let name = framing::header_name(&bytes[place.name.0..place.name.1])
             .map_err(|_| Error::Invalid("a header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(place.value.0..place.value.1))
-            .map_err(|_| Error::Invalid("a header value"))?;
+        let value = framing::header_value(&bytes, place);
         if name == header::CONTENT_LENGTH {
             head.lengths += 1;
             head.length.get_or_insert_with(|| value.clone());

@@ -2,11 +2,23 @@
 //! error for each way it can be wrong. Parsing the JSON itself is the
 //! dialect's job.
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
+use http_body::Frame;
 
 use crate::error::ApiError;
+
+/// How long a request body may go without any of it arriving: a client
+/// that stopped sending, or vanished without closing its connection, would
+/// otherwise hold its request and connection for good. The request is then
+/// refused with 408 (and recorded as such).
+pub(crate) const BODY_IDLE: Duration = Duration::from_secs(30);
 
 pub(crate) async fn read_json_body(
     headers: &HeaderMap,
@@ -46,7 +58,6 @@ pub(crate) async fn read_json_body(
 /// slices of the same buffer and live as long as the request.
 async fn collect(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body::Body as _;
-    use http_body_util::BodyExt as _;
     // What the body announced (its Content-Length), for one allocation
     // when it comes in pieces.
     let announced = usize::try_from(body.size_hint().lower())
@@ -55,7 +66,7 @@ async fn collect(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut first: Option<Bytes> = None;
     let mut gathered: Vec<u8> = Vec::new();
     while !body.is_end_stream() {
-        let Some(frame) = body.frame().await else {
+        let Some(frame) = next_frame(&mut body).await? else {
             break;
         };
         let frame = frame.map_err(|error| ApiError::unreadable_body(&error.to_string()))?;
@@ -85,6 +96,27 @@ async fn collect(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
+/// The body's next frame, or a 408 once `BODY_IDLE` has passed without
+/// one. The timer is set only when a frame is not there at once, as it is
+/// for most requests (their body came with their head).
+async fn next_frame(
+    body: &mut Body,
+) -> Result<Option<Result<Frame<Bytes>, axum::Error>>, ApiError> {
+    use http_body::Body as _;
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+            return Poll::Ready(Ok(frame));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(BODY_IDLE)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(ApiError::body_stalled(BODY_IDLE))),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +142,52 @@ mod tests {
             frames.push(Err(std::io::Error::other("connection reset")));
         }
         Body::new(StreamBody::new(futures_util::stream::iter(frames)))
+    }
+
+    /// A body whose pieces arrive `gap` apart, then (with `stall`) never
+    /// another byte nor its end.
+    fn slow(parts: &[&'static [u8]], gap: Duration, stall: bool) -> Body {
+        let parts = parts.to_vec();
+        let stream = async_stream(parts, gap, stall);
+        Body::new(StreamBody::new(stream))
+    }
+
+    fn async_stream(
+        parts: Vec<&'static [u8]>,
+        gap: Duration,
+        stall: bool,
+    ) -> impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::io::Error>> {
+        use futures_util::StreamExt as _;
+        let pieces = futures_util::stream::iter(parts).then(move |part| async move {
+            tokio::time::sleep(gap).await;
+            Ok(http_body::Frame::data(Bytes::from_static(part)))
+        });
+        let rest = futures_util::stream::pending().take(usize::from(stall));
+        pieces.chain(rest)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_is_refused_after_the_idle_time() {
+        let started = tokio::time::Instant::now();
+        let body = slow(&[b"{\"model\":", b"\"m\""], Duration::from_secs(1), true);
+        let error = tokio::time::timeout(10 * BODY_IDLE, collect(body, 64))
+            .await
+            .expect("refused, not left waiting")
+            .unwrap_err();
+        assert_eq!(error.status, axum::http::StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(error.code, "request_timeout");
+        // Its two pieces, then the whole idle time without a byte.
+        assert_eq!(started.elapsed(), Duration::from_secs(2) + BODY_IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_body_that_keeps_arriving_is_read() {
+        // Pieces just under the idle time apart: the timer is per piece.
+        let gap = BODY_IDLE - Duration::from_secs(1);
+        let read = collect(slow(&[b"{\"a\":", b"1", b"}"], gap, false), 64)
+            .await
+            .unwrap();
+        assert_eq!(&read[..], b"{\"a\":1}");
     }
 
     #[tokio::test]

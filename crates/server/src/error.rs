@@ -141,6 +141,19 @@ impl ApiError {
         )
     }
 
+    /// A request body of which nothing arrived for `idle`.
+    pub fn body_stalled(idle: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "The request body stopped arriving: none of it came for {} seconds.",
+                idle.as_secs()
+            ),
+        )
+    }
+
     pub fn unreadable_body(reason: &str) -> ApiError {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -29,15 +29,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::header::{self, HeaderMap};
 use axum::http::{Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use switchboard_providers::framing::{
-    Chunked, Framing, Invalid, Place, Step, content_length, has_token, header_name, note_places,
-    only_chunked, span,
+    Chunked, Framing, Invalid, Place, Step, content_length, has_token, header_name, header_value,
+    note_places, only_chunked, span,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -874,8 +874,7 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Req
     for place in &places[..parsed.headers] {
         let name = header_name(&bytes[place.name.0..place.name.1])
             .map_err(|_| Refusal::Malformed("a header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(place.value.0..place.value.1))
-            .map_err(|_| Refusal::Malformed("a header value"))?;
+        let value = header_value(&bytes, place);
         if name == header::CONTENT_LENGTH {
             lengths += 1;
         } else if name == header::TRANSFER_ENCODING {

@@ -914,3 +914,34 @@ async fn the_gateways_header_lines_are_written_into_the_head_once() {
     );
     assert!(head.contains("\r\nx-switchboard-attempts: 2\r\n"), "{head}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stops_arriving_is_answered_408_and_the_connection_closed() {
+    let (mut far, _stop, served) = start(|request: Request| async move {
+        let (parts, body) = request.into_parts();
+        match crate::body::read_json_body(&parts.headers, body, 1024).await {
+            Ok(bytes) => Response::new(Body::from(bytes)),
+            Err(error) => error.into_response(),
+        }
+    });
+    far.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), far.read_to_end(&mut text))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    assert!(
+        started.elapsed() >= crate::body::BODY_IDLE,
+        "{:?}",
+        started.elapsed()
+    );
+    served.await.unwrap();
+}

@@ -250,6 +250,7 @@ fn error_kinds_follow_anthropics_status_table() {
         (402, "billing_error"),
         (403, "permission_error"),
         (404, "not_found_error"),
+        (408, "timeout_error"),
         (413, "request_too_large"),
         (422, "invalid_request_error"),
         (429, "rate_limit_error"),

@@ -99,7 +99,7 @@ impl<'a> RequestFields<'a> {
     }
 
     /// Reads one field as `T`, treating JSON `null` as absent.
-    pub fn get<T: DeserializeOwned>(
+    pub fn get<T: FieldValue>(
         &self,
         name: &str,
         expected: &str,
@@ -156,8 +156,15 @@ fn write_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &[u8]) {
     }
     *first = false;
     // Keys are re-escaped rather than copied, which also normalises any
-    // escape sequences the client used in them.
-    serde_json::to_writer(&mut *out, key).expect("writing a string to a Vec cannot fail");
+    // escape sequences the client used in them. A key with nothing to
+    // escape is written as it is, as serde_json would write it.
+    if needs_no_escape(key) {
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, key).expect("writing a string to a Vec cannot fail");
+    }
     out.push(b':');
     out.extend_from_slice(value);
 }
@@ -264,7 +271,7 @@ impl Role {
 }
 
 /// Reads one field's raw value as `T`, treating JSON `null` as absent.
-fn read_field<T: DeserializeOwned>(
+fn read_field<T: FieldValue>(
     name: &str,
     raw: RawJson<'_>,
     expected: &str,
@@ -272,12 +279,115 @@ fn read_field<T: DeserializeOwned>(
     if raw.get() == "null" {
         return Ok(None);
     }
+    if let Some(value) = T::quick(raw.get()) {
+        return Ok(Some(value));
+    }
     serde_json::from_str(raw.get()).map(Some).map_err(|_| {
         RequestError::new(
             format!("`{name}` must be {expected}, got {}", describe(raw)),
             Some(name),
         )
     })
+}
+
+/// The type of a field the gateway reads. `quick` reads the plainest
+/// texts of the type without serde_json (a string without escapes, `true`
+/// or `false`, a number of few digits and no exponent or sign), giving
+/// exactly what serde_json would; for any other text it gives `None`, and
+/// serde_json reads it and gives its verdict.
+pub trait FieldValue: DeserializeOwned {
+    fn quick(_text: &str) -> Option<Self> {
+        None
+    }
+}
+
+impl FieldValue for bool {
+    fn quick(text: &str) -> Option<bool> {
+        match text {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }
+    }
+}
+
+impl FieldValue for String {
+    fn quick(text: &str) -> Option<String> {
+        let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+        needs_no_escape(inner).then(|| inner.to_owned())
+    }
+}
+
+impl FieldValue for u32 {
+    fn quick(text: &str) -> Option<u32> {
+        u32::try_from(plain_digits(text)?).ok()
+    }
+}
+
+impl FieldValue for i64 {
+    fn quick(text: &str) -> Option<i64> {
+        i64::try_from(plain_digits(text)?).ok()
+    }
+}
+
+impl FieldValue for f64 {
+    fn quick(text: &str) -> Option<f64> {
+        // Powers of ten a double holds exactly.
+        const POWERS: [f64; 16] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+        ];
+        let (whole, fraction) = match text.split_once('.') {
+            Some((whole, fraction)) => (whole, Some(fraction)),
+            None => (text, None),
+        };
+        let whole = plain_digits(whole)?;
+        let Some(fraction) = fraction else {
+            // serde_json reads an integer as one and converts it so.
+            return Some(whole as f64);
+        };
+        if fraction.is_empty()
+            || text.len() > 16
+            || !fraction.bytes().all(|byte| byte.is_ascii_digit())
+        {
+            return None;
+        }
+        // At most 15 digits in all: the significand is below 2^53 and the
+        // divisor a power of ten held exactly, so the one division rounds
+        // once, to the double nearest the decimal, as serde_json's reading
+        // (float_roundtrip) does.
+        let significand = fraction
+            .bytes()
+            .fold(whole, |value, digit| value * 10 + u64::from(digit - b'0'));
+        Some(significand as f64 / POWERS[fraction.len()])
+    }
+}
+
+impl FieldValue for Vec<String> {}
+impl FieldValue for serde_json::Value {}
+impl FieldValue for EmbeddingInput {}
+impl FieldValue for StreamOptions {}
+
+/// The value of a JSON number written as at most 18 digits, without sign,
+/// fraction, exponent or leading zero.
+fn plain_digits(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let plain = !bytes.is_empty()
+        && bytes.len() <= 18
+        && bytes.iter().all(u8::is_ascii_digit)
+        && (bytes[0] != b'0' || bytes.len() == 1);
+    plain.then(|| {
+        bytes
+            .iter()
+            .fold(0, |value, digit| value * 10 + u64::from(digit - b'0'))
+    })
+}
+
+/// Whether serde_json writes `text` as a JSON string without any escape:
+/// it escapes the quote, the backslash and the control characters below
+/// U+0020, and nothing else.
+fn needs_no_escape(text: &str) -> bool {
+    text.bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\')
 }
 
 /// What the gateway checks of each message: its role, and that its
@@ -748,6 +858,7 @@ fn check_stop(raw: RawJson<'_>) -> Result<(), RequestError> {
         One(#[allow(dead_code)] String),
         Many(#[allow(dead_code)] Vec<String>),
     }
+    impl FieldValue for Stop {}
     read_field::<Stop>("stop", raw, "a string or an array of strings")?;
     Ok(())
 }
@@ -1078,5 +1189,151 @@ mod scan_tests {
                 agrees(text)?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod quick_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What `quick` reads it reads as serde_json does (to the bit, for a
+    /// double), and it reads only what serde_json reads; `Some` when it
+    /// read the text.
+    fn agrees<T: FieldValue + PartialEq + fmt::Debug>(
+        text: &str,
+        same: impl Fn(&T, &T) -> bool,
+    ) -> Result<bool, TestCaseError> {
+        let Some(quick) = T::quick(text) else {
+            return Ok(false);
+        };
+        match serde_json::from_str::<T>(text) {
+            Ok(serde) => prop_assert!(same(&quick, &serde), "{text}: {quick:?} against {serde:?}"),
+            Err(error) => {
+                prop_assert!(false, "{text}: read {quick:?}, serde_json refused: {error}")
+            }
+        }
+        Ok(true)
+    }
+
+    fn all_agree(text: &str) -> Result<u32, TestCaseError> {
+        let read = [
+            agrees::<f64>(text, |a, b| a.to_bits() == b.to_bits())?,
+            agrees::<u32>(text, PartialEq::eq)?,
+            agrees::<i64>(text, PartialEq::eq)?,
+            agrees::<bool>(text, PartialEq::eq)?,
+            agrees::<String>(text, PartialEq::eq)?,
+        ];
+        Ok(read.into_iter().map(u32::from).sum())
+    }
+
+    #[test]
+    fn plain_values_are_read_quickly_and_others_handed_over() {
+        assert_eq!(f64::quick("0"), Some(0.0));
+        assert_eq!(f64::quick("0.7"), Some(0.7));
+        assert_eq!(f64::quick("12.5"), Some(12.5));
+        assert_eq!(f64::quick("123456789012345678"), Some(123456789012345678.0));
+        assert_eq!(u32::quick("16"), Some(16));
+        assert_eq!(u32::quick("4294967295"), Some(u32::MAX));
+        assert_eq!(String::quick(r#""gpt-4o""#), Some("gpt-4o".to_owned()));
+        assert_eq!(bool::quick("false"), Some(false));
+        // Handed to serde_json: a sign, an exponent, too many digits, a
+        // leading zero, an escape, an overflow, another type.
+        for text in [
+            "-1",
+            "1e3",
+            "0.1234567890123456",
+            "01",
+            "1.",
+            ".5",
+            "4294967296",
+            "16.0",
+        ] {
+            assert_eq!(u32::quick(text), None, "{text}");
+        }
+        for text in ["-0.5", "1e-3", "0.1234567890123456", "1.", "\"1\"", "true"] {
+            assert_eq!(f64::quick(text), None, "{text}");
+        }
+        for text in [r#""a\"b""#, r#""\u0041""#, "\"a", "a\"", "\"", "7"] {
+            assert_eq!(String::quick(text), None, "{text}");
+        }
+        assert_eq!(bool::quick("True"), None);
+    }
+
+    #[test]
+    fn a_field_read_quickly_keeps_serde_jsons_verdict_on_the_rest() {
+        let fields = RequestFields::parse(br#"{"model":"m","n":-1,"temperature":"hot"}"#).unwrap();
+        let error = fields
+            .get::<u32>("n", "a non-negative integer")
+            .unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("n"));
+        assert!(fields.get::<f64>("temperature", "a number").is_err());
+        assert_eq!(
+            fields
+                .get::<String>("model", "a string")
+                .unwrap()
+                .as_deref(),
+            Some("m")
+        );
+    }
+
+    #[test]
+    fn keys_without_escapes_are_written_as_serde_json_writes_them() {
+        for key in [
+            "model",
+            "",
+            "ключ",
+            "a b",
+            "tab\there",
+            "quote\"d",
+            "back\\slash",
+            "\u{7f}",
+            "\u{1f}",
+        ] {
+            let (mut ours, mut first) = (Vec::new(), true);
+            write_member(&mut ours, &mut first, key, b"1");
+            let mut expected = serde_json::to_vec(key).unwrap();
+            expected.extend_from_slice(b":1");
+            assert_eq!(ours, expected, "{key:?}");
+        }
+    }
+
+    fn numbers() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "-?(0|[1-9][0-9]{0,19})(\\.[0-9]{1,18})?([eE][+-]?[0-9]{1,3})?",
+            any::<f64>().prop_map(|value| value.to_string()),
+            any::<u64>().prop_map(|value| value.to_string()),
+            (0u32..1_000_000, 0u32..100).prop_map(|(whole, cents)| format!("{whole}.{cents:02}")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn quick_numbers_agree_with_serde_json(text in numbers()) {
+            all_agree(&text)?;
+        }
+
+        #[test]
+        fn quick_strings_agree_with_serde_json(inner in "[ -~\u{80}-\u{10ffff}\\\\\"]{0,12}") {
+            for text in [format!("\"{inner}\""), inner.clone(), serde_json::to_string(&inner).unwrap()] {
+                all_agree(&text)?;
+            }
+        }
+    }
+
+    #[test]
+    fn every_short_decimal_agrees_with_serde_json() {
+        // Each decimal of up to three digits on either side of the point.
+        let mut read = 0;
+        for whole in (0..1000).chain([9_999, 123_456, 999_999_999]) {
+            for fraction in [
+                "", ".0", ".1", ".5", ".7", ".05", ".33", ".999", ".001", ".123",
+            ] {
+                read += all_agree(&format!("{whole}{fraction}")).unwrap();
+            }
+        }
+        // Every one was read quickly as a double, the integers as integers too.
+        assert!(read >= 1003 * 10, "{read}");
     }
 }
