@@ -695,13 +695,16 @@ fn scan_fields(text: &str) -> Result<Vec<(Cow<'_, str>, RawJson<'_>)>, Refused> 
 }
 
 /// Each message's role and content (`None` when absent or `null`) in one
-/// pass of `scan`, read as `MessageCheck` reads them, or `Refused` for
-/// text it does not read (a role with escapes, a field given twice, a
-/// message written as an array...), which serde_json reads again and
-/// judges.
-fn scan_messages(text: &str) -> Result<Vec<(Role, Option<RawJson<'_>>)>, Refused> {
+/// pass of `scan`, handed to `each` in order as `MessageCheck` reads them,
+/// and their number; or `Refused` for text it does not read (a role with
+/// escapes, a field given twice, a message written as an array...), which
+/// serde_json reads again and judges.
+fn scan_each_message<'t>(
+    text: &'t str,
+    mut each: impl FnMut(usize, Role, Option<RawJson<'t>>),
+) -> Result<usize, Refused> {
     let mut scan = Scan::new(text);
-    let mut messages = Vec::new();
+    let mut count = 0;
     scan.array(|scan| {
         let (mut role, mut content, mut content_seen) = (None, None, false);
         scan.object(|scan, key| match key {
@@ -721,10 +724,19 @@ fn scan_messages(text: &str) -> Result<Vec<(Role, Option<RawJson<'_>>)>, Refused
             }
             _ => scan.skip(),
         })?;
-        messages.push((role.ok_or(Refused)?, content));
+        each(count, role.ok_or(Refused)?, content);
+        count += 1;
         Ok(())
     })?;
     scan.end()?;
+    Ok(count)
+}
+
+/// The messages `scan_each_message` reads, gathered.
+#[cfg(test)]
+fn scan_messages(text: &str) -> Result<Vec<(Role, Option<RawJson<'_>>)>, Refused> {
+    let mut messages = Vec::new();
+    scan_each_message(text, |_, role, content| messages.push((role, content)))?;
     Ok(messages)
 }
 
@@ -738,69 +750,93 @@ fn check_messages(raw: RawJson<'_>) -> Result<usize, RequestError> {
             Some("messages"),
         ));
     }
-    // Read plainly; only a list that fails is read again, tracking the path
-    // to say where (tracking every value cost 2% of a proxied request).
-    let messages = match scan_messages(raw.get()) {
-        Ok(messages) => messages,
-        Err(Refused) => serde_json::from_str::<Vec<MessageCheck<'_>>>(raw.get())
-            .map_err(|_| messages_error(raw))?
-            .into_iter()
-            .map(|message| (message.role, message.content.map(RawJson::from)))
-            .collect(),
+    // Read plainly, each message checked as it is read (the first fault
+    // kept, and given only if the whole list was read); only a list that
+    // the scan hands over is read again, tracking the path to say where
+    // (tracking every value cost 2% of a proxied request).
+    let mut fault = None;
+    let count = match scan_each_message(raw.get(), |index, role, content| {
+        if fault.is_none() {
+            fault = check_message(index, role, content).err();
+        }
+    }) {
+        Ok(count) => count,
+        Err(Refused) => {
+            let messages = serde_json::from_str::<Vec<MessageCheck<'_>>>(raw.get())
+                .map_err(|_| messages_error(raw))?;
+            fault = None;
+            for (index, message) in messages.iter().enumerate() {
+                if let Err(error) =
+                    check_message(index, message.role, message.content.map(RawJson::from))
+                {
+                    fault = Some(error);
+                    break;
+                }
+            }
+            messages.len()
+        }
     };
-    if messages.is_empty() {
+    if count == 0 {
         return Err(RequestError::new(
             "`messages` must contain at least one message",
             Some("messages"),
         ));
     }
-    for (index, &(role, content)) in messages.iter().enumerate() {
-        // Named only when something is wrong with it.
-        let param = || format!("messages[{index}].content");
-        // serde reads a JSON `null` as `None`: absent and null alike.
-        let content = match content {
-            Some(content) => content,
-            None if role == Role::Tool => {
+    fault.map_or(Ok(count), Err)
+}
+
+/// One message's content, checked for its role: required for a tool
+/// message; a string or an array of parts, each with a `type`.
+fn check_message(
+    index: usize,
+    role: Role,
+    content: Option<RawJson<'_>>,
+) -> Result<(), RequestError> {
+    // Named only when something is wrong with it.
+    let param = || format!("messages[{index}].content");
+    // serde reads a JSON `null` as `None`: absent and null alike.
+    let content = match content {
+        Some(content) => content,
+        None if role == Role::Tool => {
+            let param = param();
+            return Err(RequestError::new(
+                format!("`{param}` is required for tool messages"),
+                Some(&param),
+            ));
+        }
+        None => return Ok(()),
+    };
+    let text = content.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {}
+        Some(b'[') => {
+            let parts: Vec<PartCheck<'_>> = serde_json::from_str(text).map_err(|_| {
                 let param = param();
-                return Err(RequestError::new(
-                    format!("`{param}` is required for tool messages"),
+                RequestError::new(
+                    format!("`{param}` must be a string or an array of parts, each an object with a `type`"),
                     Some(&param),
-                ));
-            }
-            None => continue,
-        };
-        let text = content.get();
-        match text.as_bytes().first() {
-            Some(b'"') => {}
-            Some(b'[') => {
-                let parts: Vec<PartCheck<'_>> = serde_json::from_str(text).map_err(|_| {
-                    let param = param();
-                    RequestError::new(
-                        format!("`{param}` must be a string or an array of parts, each an object with a `type`"),
-                        Some(&param),
-                    )
-                })?;
-                if parts.iter().any(|part| part.kind.is_empty()) {
-                    let param = param();
-                    return Err(RequestError::new(
-                        format!("every part of `{param}` needs a `type`"),
-                        Some(&param),
-                    ));
-                }
-            }
-            _ => {
+                )
+            })?;
+            if parts.iter().any(|part| part.kind.is_empty()) {
                 let param = param();
                 return Err(RequestError::new(
-                    format!(
-                        "`{param}` must be a string or an array of parts, got {}",
-                        describe(content)
-                    ),
+                    format!("every part of `{param}` needs a `type`"),
                     Some(&param),
                 ));
             }
         }
+        _ => {
+            let param = param();
+            return Err(RequestError::new(
+                format!(
+                    "`{param}` must be a string or an array of parts, got {}",
+                    describe(content)
+                ),
+                Some(&param),
+            ));
+        }
     }
-    Ok(messages.len())
+    Ok(())
 }
 
 /// Why `messages` is not a list of messages, and where in it.

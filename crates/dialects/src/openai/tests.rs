@@ -135,6 +135,16 @@ fn wrong_types_name_the_parameter() {
             r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":null}]}"#,
             "messages[0].content",
         ),
+        // A message that is not one is named before an earlier message's
+        // content, and the first faulty content before a later one.
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":5},{"content":"y"}]}"#,
+            "messages[1]",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"user","content":5},{"role":"tool","content":null}]}"#,
+            "messages[1].content",
+        ),
     ];
     for (body, param) in cases {
         let error = refused(body);
