@@ -862,8 +862,12 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Req
     let bytes = buffer.split_to(parsed.length).freeze();
     let method = Method::from_bytes(&bytes[parsed.method.0..parsed.method.1])
         .map_err(|_| Refusal::Malformed("its method"))?;
-    let uri = Uri::from_maybe_shared(bytes.slice(parsed.target.0..parsed.target.1))
-        .map_err(|_| Refusal::Malformed("its request target"))?;
+    let target = &bytes[parsed.target.0..parsed.target.1];
+    let uri = match common_target(target) {
+        Some(uri) => uri,
+        None => Uri::from_maybe_shared(bytes.slice(parsed.target.0..parsed.target.1))
+            .map_err(|_| Refusal::Malformed("its request target"))?,
+    };
     let version = if parsed.version == 0 {
         Version::HTTP_10
     } else {
@@ -938,6 +942,20 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Req
         keep,
         expects_continue,
     })
+}
+
+/// The target of nearly every request, parsed once: a copy of a parsed
+/// `Uri` of static text costs no parse and no reference count (a parse
+/// costs about 400 instructions a request).
+fn common_target(target: &[u8]) -> Option<Uri> {
+    static PARSED: std::sync::LazyLock<[(&[u8], Uri); 3]> = std::sync::LazyLock::new(|| {
+        ["/v1/chat/completions", "/v1/messages", "/v1/embeddings"]
+            .map(|path| (path.as_bytes(), Uri::from_static(path)))
+    });
+    PARSED
+        .iter()
+        .find(|(path, _)| *path == target)
+        .map(|(_, uri)| uri.clone())
 }
 
 /// Why feeding a body stopped short of its end.

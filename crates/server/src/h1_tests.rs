@@ -945,3 +945,21 @@ async fn a_body_that_stops_arriving_is_answered_408_and_the_connection_closed() 
     );
     served.await.unwrap();
 }
+
+#[test]
+fn a_common_target_is_the_uri_a_parse_gives() {
+    for path in ["/v1/chat/completions", "/v1/messages", "/v1/embeddings"] {
+        let uri = common_target(path.as_bytes()).expect(path);
+        assert_eq!(uri, Uri::from_maybe_shared(Bytes::from(path)).unwrap());
+        assert_eq!((uri.path(), uri.query()), (path, None));
+    }
+    for other in [
+        "/v1/chat/completions?x=1",
+        "/v1/messages/",
+        "/",
+        "*",
+        "/v1/models",
+    ] {
+        assert!(common_target(other.as_bytes()).is_none(), "{other}");
+    }
+}
