@@ -368,37 +368,50 @@ mod tests {
 
     #[test]
     fn an_accepted_value_is_a_header_value() {
+        // The byte at several places in a long value, so that httparse's
+        // block paths (eight, sixteen or thirty-two bytes at a time) meet
+        // it as well as its byte-at-a-time one.
         let mut accepted = 0;
         for byte in 0..=u8::MAX {
-            let request = [
-                b"GET / HTTP/1.1\r\nx-value: a".as_slice(),
-                &[byte],
-                b"b\r\n\r\n",
-            ]
-            .concat();
-            let response = [
-                b"HTTP/1.1 200 OK\r\nx-value: a".as_slice(),
-                &[byte],
-                b"b\r\n\r\n",
-            ]
-            .concat();
-            let mut found = [httparse::EMPTY_HEADER; 1];
-            let request_value = match httparse::Request::new(&mut found).parse(&request) {
-                Ok(httparse::Status::Complete(_)) => Some(found[0].value.to_vec()),
-                _ => None,
-            };
-            let mut found = [httparse::EMPTY_HEADER; 1];
-            let response_value = match httparse::Response::new(&mut found).parse(&response) {
-                Ok(httparse::Status::Complete(_)) => Some(found[0].value.to_vec()),
-                _ => None,
-            };
-            for value in [request_value, response_value].into_iter().flatten() {
-                assert!(HeaderValue::from_bytes(&value).is_ok(), "byte {byte:#04x}");
-                accepted += 1;
+            for at in [0, 7, 15, 31, 40, 63] {
+                let mut value = vec![b'v'; 64];
+                value[at] = byte;
+                let request = [
+                    b"GET / HTTP/1.1\r\nx-value: ".as_slice(),
+                    &value,
+                    b"\r\n\r\n",
+                ]
+                .concat();
+                let response = [
+                    b"HTTP/1.1 200 OK\r\nx-value: ".as_slice(),
+                    &value,
+                    b"\r\n\r\n",
+                ]
+                .concat();
+                let mut found = [httparse::EMPTY_HEADER; 1];
+                let request_value = match httparse::Request::new(&mut found).parse(&request) {
+                    Ok(httparse::Status::Complete(_)) => Some(found[0].value.to_vec()),
+                    _ => None,
+                };
+                let mut found = [httparse::EMPTY_HEADER; 1];
+                let response_value = match httparse::Response::new(&mut found).parse(&response) {
+                    Ok(httparse::Status::Complete(_)) => Some(found[0].value.to_vec()),
+                    _ => None,
+                };
+                for value in [request_value, response_value].into_iter().flatten() {
+                    assert!(
+                        HeaderValue::from_bytes(&value).is_ok(),
+                        "byte {byte:#04x} at {at}"
+                    );
+                    accepted += 1;
+                }
             }
         }
-        // Tab, 0x20 to 0x7E and 0x80 to 0xFF, in requests and answers.
-        assert_eq!(accepted, 2 * (1 + 95 + 128));
+        // Tab, 0x20 to 0x7E and 0x80 to 0xFF, at every place, in requests
+        // and answers (a space or tab at the value's start is taken as
+        // the whitespace before it, and the value is still sound); and a
+        // line feed as the last byte, taken as the line's end.
+        assert_eq!(accepted, 2 * 6 * (1 + 95 + 128) + 2);
         let head = Bytes::from_static(b"x-value: text");
         let place = Place {
             name: (0, 7),

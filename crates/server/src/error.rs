@@ -148,7 +148,7 @@ impl ApiError {
             "invalid_request_error",
             "request_timeout",
             format!(
-                "The request body stopped arriving: none of it came for {} seconds.",
+                "The request body stopped arriving: no more of it came for {} seconds.",
                 idle.as_secs()
             ),
         )

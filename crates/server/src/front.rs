@@ -97,10 +97,11 @@ fn chat(
 ) -> impl Future<Output = Result<Response, Infallible>> + use<> {
     let id = context.request_id.clone();
     let span = context.span.clone();
-    // The box is allocated before the future is made, so that the future
-    // can be made in it: `Box::pin(future)` made it on the stack and copied
-    // all of it (its full size, about 5 KiB, though only its arguments are
-    // set at first) into the box.
+    // The box is allocated before the future is made, which lets the
+    // optimiser make the future in it (release builds do; debug builds
+    // still copy): `Box::pin(future)` made it on the stack and copied all
+    // of it (its full size, about 5 KiB, though only its arguments are set
+    // at first) into the box.
     let chat = Box::into_pin(Box::write(
         Box::new_uninit(),
         handlers::chat_request(gateway, context, request, dialect),

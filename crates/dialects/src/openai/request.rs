@@ -1291,7 +1291,16 @@ mod quick_tests {
         for text in ["-0.5", "1e-3", "0.1234567890123456", "1.", "\"1\"", "true"] {
             assert_eq!(f64::quick(text), None, "{text}");
         }
-        for text in [r#""a\"b""#, r#""\u0041""#, "\"a", "a\"", "\"", "7"] {
+        for text in [
+            r#""a\"b""#,
+            r#""\u0041""#,
+            "\"a",
+            "a\"",
+            "\"",
+            "7",
+            "\"a\tb\"",
+            "\"a\u{1}\"",
+        ] {
             assert_eq!(String::quick(text), None, "{text}");
         }
         assert_eq!(bool::quick("True"), None);
@@ -1351,7 +1360,7 @@ mod quick_tests {
         }
 
         #[test]
-        fn quick_strings_agree_with_serde_json(inner in "[ -~\u{80}-\u{10ffff}\\\\\"]{0,12}") {
+        fn quick_strings_agree_with_serde_json(inner in "[\\x00-\\x1f -~\u{80}-\u{10ffff}\\\\\"]{0,12}") {
             for text in [format!("\"{inner}\""), inner.clone(), serde_json::to_string(&inner).unwrap()] {
                 all_agree(&text)?;
             }
