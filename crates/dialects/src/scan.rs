@@ -372,6 +372,13 @@ impl<'a> Scan<'a> {
     }
 }
 
+/// Whether `text` holds no quote, backslash or control character: the
+/// string is its own JSON text between quotes (serde_json escapes those
+/// bytes and no others).
+pub(crate) fn is_plain(text: &str) -> bool {
+    plain_run(text.as_bytes(), 0) == text.len()
+}
+
 /// Where the plain run of string bytes from `at` ends: the first quote,
 /// backslash or control character at or after `at`, or the text's end.
 /// Most strings (keys, ids, short values) end within the first sixteen
@@ -495,6 +502,15 @@ pub(crate) mod edits {
             ),
             1..4,
         )
+    }
+
+    /// `value` as JSON text, pretty or compact.
+    pub(crate) fn json_text(value: &impl serde::Serialize, pretty: bool) -> String {
+        if pretty {
+            serde_json::to_string_pretty(value).unwrap()
+        } else {
+            serde_json::to_string(value).unwrap()
+        }
     }
 
     /// `text` with `edits` applied in order.

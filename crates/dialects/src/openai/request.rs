@@ -17,7 +17,7 @@ use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::scan::{Refused, Scan, once};
+use crate::scan::{Refused, Scan, is_plain, once};
 
 /// A request the gateway refuses, in terms the client can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +158,7 @@ fn write_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &[u8]) {
     // Keys are re-escaped rather than copied, which also normalises any
     // escape sequences the client used in them. A key with nothing to
     // escape is written as it is, as serde_json would write it.
-    if needs_no_escape(key) {
+    if is_plain(key) {
         out.push(b'"');
         out.extend_from_slice(key.as_bytes());
         out.push(b'"');
@@ -314,7 +314,7 @@ impl FieldValue for bool {
 impl FieldValue for String {
     fn quick(text: &str) -> Option<String> {
         let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-        needs_no_escape(inner).then(|| inner.to_owned())
+        is_plain(inner).then(|| inner.to_owned())
     }
 }
 
@@ -380,14 +380,6 @@ fn plain_digits(text: &str) -> Option<u64> {
             .iter()
             .fold(0, |value, digit| value * 10 + u64::from(digit - b'0'))
     })
-}
-
-/// Whether serde_json writes `text` as a JSON string without any escape:
-/// it escapes the quote, the backslash and the control characters below
-/// U+0020, and nothing else.
-fn needs_no_escape(text: &str) -> bool {
-    text.bytes()
-        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\')
 }
 
 /// What the gateway checks of each message: its role, and that its
@@ -916,7 +908,7 @@ mod scan_tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::scan::edits::{apply, edits};
+    use crate::scan::edits::{apply, edits, json_text};
 
     /// The fields as serde_json reads them (`Fields`), apart from the code
     /// under test.
@@ -1186,11 +1178,7 @@ mod scan_tests {
         /// as serde_json does.
         #[test]
         fn generated_requests_read_alike(body in body(), pretty in any::<bool>()) {
-            let text = if pretty {
-                serde_json::to_string_pretty(&body).unwrap()
-            } else {
-                serde_json::to_string(&body).unwrap()
-            };
+            let text = json_text(&body, pretty);
             agrees(&text)?;
             let keys_plain = body.as_object().unwrap().keys().all(|key| !key.contains(['"', '\\']));
             prop_assert_eq!(scan_fields(&text).is_ok(), keys_plain, "{}", text);

@@ -550,7 +550,7 @@ mod scan_tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::scan::edits::{apply, edits};
+    use crate::scan::edits::{apply, edits, json_text};
 
     const ANSWERS: [&str; 4] = [
         r#"{"id":"chatcmpl-mock0000000000000000","object":"chat.completion","created":1796011634,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! I am a mock assistant.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":27,"completion_tokens":28,"total_tokens":55,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_mock0001"}"#,
@@ -762,11 +762,7 @@ mod scan_tests {
         /// those serde_json reads, and reads them alike.
         #[test]
         fn generated_answers_read_alike(answer in completion(), pretty in any::<bool>()) {
-            let text = if pretty {
-                serde_json::to_string_pretty(&answer).unwrap()
-            } else {
-                serde_json::to_string(&answer).unwrap()
-            };
+            let text = json_text(&answer, pretty);
             let read = agrees(&text)?;
             prop_assert_eq!(read, serde(&text).is_some(), "{}", text);
         }
