@@ -18,6 +18,7 @@
 #   bench/keys.sh [ROUNDS]      # default 2; ~3 minutes; loopback only
 #   BINARY=/path/to/switchboard CASES="master-pg-redis key-pg-redis" bench/keys.sh 1
 #   PINNED=1 bench/keys.sh 3    # everything on, against nginx, in issue #7's layout
+#   PGO=1 PINNED=1 bench/keys.sh 3   # the same with a profile-guided build (bench/pgo.sh)
 #   WARMUP=3 PINNED=1 bench/keys.sh 3   # each case warmed at c16 for 3 s first, as run.sh does
 #
 # Needs what bench/run.sh installs (oha, nginx, the mock): run that once first.
@@ -27,7 +28,6 @@
 # the server's after-work does not run during the next cases.
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
 NGINX_PORT=18080
 source "$BENCH/harness/peers.sh"
@@ -35,10 +35,7 @@ ROUNDS="${1:-2}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-0}"
 
-if [ -z "${BINARY:-}" ]; then
-  (cd "$ROOT" && cargo build --release -p switchboard-cli)
-  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
-fi
+BINARY="$(switchboard_binary "${BINARY:-}")"
 OUT="$RESULTS/keys-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN"
 export SWITCHBOARD_LOG=warn

@@ -7,6 +7,7 @@
 #   PEERS="direct nginx litellm portkey custom" bench/run.sh 1   # add the other gateways
 #   CONFIGS=shared bench/run.sh 1                                # one CPU layout only
 #   BINARY=/path/to/switchboard bench/run.sh 1                   # a given build (default: builds target/release)
+#   PGO=1 bench/run.sh 1                                         # a profile-guided build (bench/pgo.sh)
 #
 # Results: bench/results/session-*/summary.md. Every server binds 127.0.0.1
 # and every load run stops by itself after 10-15 s.
@@ -22,6 +23,7 @@ PEERS="${PEERS:-direct nginx custom}"
 "$BENCH/harness/install.sh" mock
 case "$PEERS" in *litellm*) "$BENCH/harness/install.sh" litellm ;; esac
 case "$PEERS" in *portkey*) "$BENCH/harness/install.sh" portkey ;; esac
+if [ "${PGO:-}" = 1 ] && [ -z "${BINARY:-}" ]; then "$BENCH/harness/install.sh" pgo; fi
 
 BINARY="$(switchboard_binary "${BINARY:-}")"
 mkdir -p "$BENCH/run"
