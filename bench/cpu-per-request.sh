@@ -24,10 +24,11 @@ source "$BENCH/harness/peers.sh"
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-12}"
 [ "$DURATION" -ge 8 ] || { echo "DURATION must be at least 8 seconds" >&2; exit 2; }
-BINARY="$(switchboard_binary "${1:-}")"
 require_pinned_peers
+BINARY="$(switchboard_binary "${1:-}")"
 OUT="$RESULTS/cpu-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN" "$LOGS"
+printf 'binary %s\nrounds %s\nduration %s\n' "$BINARY" "$ROUNDS" "$DURATION" >"$OUT/setup.txt"
 export SWITCHBOARD_BENCH_DB="$RUN/cpu.db" SWITCHBOARD_LOG=warn
 BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
 TICKS="$(getconf CLK_TCK)"

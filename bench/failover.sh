@@ -9,13 +9,11 @@
 # Needs what bench/run.sh installs (oha, the mock): run that once first.
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
 source "$BENCH/harness/common.sh"
 DURATION="${DURATION:-10}"
 
-(cd "$ROOT" && cargo build --release -p switchboard-cli)
-BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
+BINARY="$(switchboard_binary "${BINARY:-}")"
 OUT="$RESULTS/failover-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN"
 export SWITCHBOARD_LOG=warn SWITCHBOARD_BENCH_DB="$RUN/failover.db"

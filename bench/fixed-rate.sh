@@ -26,8 +26,8 @@ RATE="${RATE:-2000}"
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-8}"
 CONFIG="$(realpath "${CONFIG:-$BENCH/switchboard.toml}")"
-BINARY="$(switchboard_binary "${1:-}")"
 require_pinned_peers
+BINARY="$(switchboard_binary "${1:-}")"
 OUT="$RESULTS/rate-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN" "$LOGS"
 export SWITCHBOARD_BENCH_DB="$RUN/rate.db" SWITCHBOARD_LOG=warn

@@ -23,7 +23,6 @@
 # installs (oha, the mock). Loopback only; stops by itself.
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
 source "$BENCH/harness/common.sh"
 REQUESTS="${1:-1000}"
@@ -31,10 +30,7 @@ CASES="${2:-off log}"
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
 [ -x "$OHA" ] || { echo "oha not found ($OHA): run harness/install.sh tools first" >&2; exit 2; }
 [ -x "$MOCK_BIN" ] || { echo "the mock is not built: run harness/install.sh mock first" >&2; exit 2; }
-if [ -z "${BINARY:-}" ]; then
-  (cd "$ROOT" && cargo build --release -p switchboard-cli)
-  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
-fi
+BINARY="$(switchboard_binary "${BINARY:-}")"
 OUT="$RESULTS/instructions-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 PORT=9100

@@ -25,7 +25,6 @@
 # Results: bench/results/observability-*/summary.md, with oha's JSON.
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
 export ANCHORS="$BENCH"
 source "$BENCH/harness/common.sh"
 ROUNDS="${1:-2}"
@@ -34,10 +33,7 @@ CASES="${CASES:-off log all cache}"
 
 [ -x "$OHA" ] || { echo "oha not found ($OHA): run bench/run.sh or harness/install.sh tools first" >&2; exit 2; }
 [ -x "$MOCK_BIN" ] || { echo "the mock is not built ($MOCK_BIN): run harness/install.sh mock first" >&2; exit 2; }
-if [ -z "${BINARY:-}" ]; then
-  (cd "$ROOT" && cargo build --release -p switchboard-cli)
-  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
-fi
+BINARY="$(switchboard_binary "${BINARY:-}")"
 OUT="$RESULTS/observability-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN"
 export SWITCHBOARD_LOG=warn

@@ -14,14 +14,12 @@
 # Loopback only; stops by itself after about 15 s.
 set -euo pipefail
 BENCH="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BENCH/.." && pwd)"
+export ANCHORS="$BENCH"
+source "$BENCH/harness/common.sh"
 COUNT="${1:-256}"
 MOCK="$BENCH/mock/target/release/mock-openai"
 SSE="$BENCH/mock/target/release/sse-bench"
-if [ -z "${BINARY:-}" ]; then
-  (cd "$ROOT" && cargo build --release -p switchboard-cli)
-  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard"
-fi
+BINARY="$(switchboard_binary "${BINARY:-}")"
 mkdir -p "$BENCH/run"
 OUT="$BENCH/results/stream-memory-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
