@@ -61,7 +61,7 @@ enabled = false" ;;
     *) echo "unknown case $case" >&2; exit 2 ;;
   esac
   if [ "$case" = log-pg ]; then
-    storage_url="postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D$SCHEMA"
+    storage_url="$(pg_schema_url "$SCHEMA")"
   else
     storage_url="sqlite://$OUT/$case/records.db"
   fi
@@ -83,9 +83,7 @@ TOML
   key=sk-bench-1234
   if [ "$case" = key ] || [ "$case" = key-redis ]; then
     # Limits high enough never to refuse: every request pays for the checks.
-    key="$(curl -s -H "Authorization: Bearer sk-bench-1234" "http://127.0.0.1:$PORT/admin/keys" \
-      -d '{"name":"bench","rpm":100000000,"tpm":1000000000,"max_concurrent":100000,"budget_usd":1000000,"budget_period":"daily"}' \
-      | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+    key="$(bench_virtual_key "http://127.0.0.1:$PORT" "sk-bench-1234")"
   fi
   load() { "$OHA" --no-tui -m POST -T application/json -d "$BODY" -H "Authorization: Bearer $key" \
     -n "$1" -c 8 "http://127.0.0.1:$PORT/v1/chat/completions"; }

@@ -50,8 +50,7 @@ esac
 SCHEMA="sb_bench_$$"
 if [ "${WANTED#*pg-redis}" = "$WANTED" ]; then
   :
-elif command -v psql >/dev/null 2>&1 && psql -h 127.0.0.1 -U postgres test -qc "CREATE SCHEMA $SCHEMA" 2>/dev/null \
-   && (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+elif pg_schema_and_redis "$SCHEMA"; then
   CASES="$CASES$(for c in master-pg-redis key-pg-redis key-exact-pg-redis; do case " $WANTED " in *" $c "*) printf '%s ' "$c";; esac; done)"
 else
   echo "PostgreSQL or Redis unavailable: the key-pg-redis case is left out"
@@ -77,7 +76,7 @@ if [ -n "$GW_CPU" ]; then start_mock "$LOAD_CPU" 1; else start_mock "" ""; fi
 config() { # case -> config file
   local case="$1" storage
   case "$case" in
-    *-pg-redis) storage="url = \"postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D$SCHEMA\"
+    *-pg-redis) storage="url = \"$(pg_schema_url "$SCHEMA")\"
 redis_url = \"redis://127.0.0.1:6379\"
 journal_dir = \"$RUN/keys-journal\"
 redis_leases = $([ "$case" = key-exact-pg-redis ] && echo false || echo true)" ;;
@@ -124,9 +123,7 @@ run_case() { # case, round
   if [ "${case#master}" = "$case" ]; then
     # Limits high enough never to refuse, so every request pays for the
     # checks and reservations and none is turned away.
-    key="$(curl -s -H "Authorization: Bearer $MASTER" http://127.0.0.1:9000/admin/keys \
-      -d '{"name":"bench","rpm":100000000,"tpm":1000000000,"max_concurrent":100000,"budget_usd":1000000,"budget_period":"daily"}' \
-      | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+    key="$(bench_virtual_key "http://127.0.0.1:9000" "$MASTER")"
   fi
   load "$case" "$round" http://127.0.0.1:9000/v1/chat/completions "$key"
   stop_tree "$gateway_pid"; gateway_pid=""

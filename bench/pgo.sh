@@ -130,9 +130,7 @@ TOML
     cat "$WORK/gateway.log" >&2
     exit 1
   fi
-  key="$(curl -s -H "Authorization: Bearer $MASTER" "http://127.0.0.1:$PORT/admin/keys" \
-    -d '{"name":"pgo","rpm":100000000,"tpm":1000000000,"max_concurrent":100000,"budget_usd":1000000,"budget_period":"daily"}' \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+  key="$(bench_virtual_key "http://127.0.0.1:$PORT" "$MASTER")"
 }
 
 # Stops it cleanly (SIGTERM: the profile is written as the process exits).
@@ -199,12 +197,11 @@ journal_dir = \"$WORK/journal\""
 train_one_thread
 stop_gateway
 
-if command -v psql >/dev/null 2>&1 && psql -h 127.0.0.1 -U postgres test -qc "CREATE SCHEMA $SCHEMA" >/dev/null 2>&1 \
-   && (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+if pg_schema_and_redis "$SCHEMA"; then
   schema_made=1
   log "training pass 3: one thread, PostgreSQL and Redis"
   rm -rf "$WORK/journal"
-  start_gateway "worker_threads = 1" "url = \"postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D$SCHEMA\"
+  start_gateway "worker_threads = 1" "url = \"$(pg_schema_url "$SCHEMA")\"
 redis_url = \"redis://127.0.0.1:6379\"
 redis_prefix = \"$PREFIX\"
 journal_dir = \"$WORK/journal\""
