@@ -336,13 +336,53 @@ struct Counters {
     tokens: u64,
     concurrent: u64,
     /// Budget window → (spent, reserved).
-    budget: HashMap<Window, (Nanos, Nanos)>,
+    budget: Windows,
 }
 
-/// A budget window as the memory limiter keys it: its period and when it
+/// A scope's budget windows: the current one, and past ones only while
+/// reservations made in them are still to be settled, so almost always
+/// one. Found by a comparison rather than a hash (three lookups a request
+/// and scope; a hash of the window cost more than the search).
+#[derive(Debug, Default)]
+struct Windows(Vec<(Window, (Nanos, Nanos))>);
+
+impl Windows {
+    fn get(&self, window: &Window) -> Option<&(Nanos, Nanos)> {
+        self.0
+            .iter()
+            .find(|(held, _)| held == window)
+            .map(|(_, counts)| counts)
+    }
+
+    /// The counts of `window`, added as (0, 0) if it is not there.
+    fn entry(&mut self, window: Window) -> &mut (Nanos, Nanos) {
+        let index = match self.0.iter().position(|(held, _)| *held == window) {
+            Some(index) => index,
+            None => {
+                self.0.push((window, (0, 0)));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[index].1
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Window, &(Nanos, Nanos)) -> bool) {
+        self.0.retain(|(window, counts)| keep(window, counts));
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A budget window as the memory limiter names it: its period and when it
 /// began (`budget_window` names the same window for Redis, but making the
 /// name costs a formatted string per scope per request).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Window {
     period: Period,
     start_ms: u64,
@@ -409,7 +449,7 @@ impl MemoryLimiter {
             counters.concurrent += 1;
             if let Some(budget) = rules.budget {
                 let window = Window::of(budget.period, ask.now_ms);
-                let entry = counters.budget.entry(window).or_default();
+                let entry = counters.budget.entry(window);
                 entry.1 = entry.1.saturating_add(ask.cost);
             }
             if index == 0 {
@@ -451,7 +491,7 @@ impl MemoryLimiter {
             }
             if let Some(budget) = rules.budget {
                 let window = Window::of(budget.period, grant.now_ms);
-                let entry = counters.budget.entry(window).or_default();
+                let entry = counters.budget.entry(window);
                 entry.1 = entry.1.saturating_sub(grant.cost);
                 entry.0 = entry.0.saturating_add(cost);
             }
@@ -483,8 +523,7 @@ impl MemoryLimiter {
             .entry(scope)
             .or_default()
             .budget
-            .entry(Window::of(period, now_ms))
-            .or_default();
+            .entry(Window::of(period, now_ms));
         change(&mut entry.0);
     }
 }
