@@ -21,8 +21,10 @@ use axum::response::Response;
 pub(crate) struct HeadLines(Vec<u8>);
 
 impl HeadLines {
+    /// Room for a keyed answer's lines (route, cost and the six rate-limit
+    /// headers come to about 370 bytes) without growing the buffer.
     pub(crate) fn new() -> HeadLines {
-        HeadLines(Vec::with_capacity(256))
+        HeadLines(Vec::with_capacity(512))
     }
 
     /// Adds `name: value`, unless `value` holds a byte no header value may

@@ -3,9 +3,13 @@
 //! through the gateway, and the difference per request is what the gateway
 //! allocates for it: the server side, the upstream call, the cost, the
 //! metrics and the request record (queued, journaled and written to
-//! SQLite). The figure is printed (`--nocapture`) and recorded in
-//! BENCHMARKS.md; the test fails if it grows past a bound well above it,
-//! so that a change that allocates per request far more is noticed.
+//! SQLite). The same again through a virtual key with every limit it can
+//! carry (requests and tokens per minute, concurrency, a daily budget), as
+//! `bench/keys.sh` measures it: the key's lookup, the reservation and its
+//! settling, the cost and the rate-limit headers on top. The figures are
+//! printed (`--nocapture`) and recorded in BENCHMARKS.md; the test fails if
+//! either grows past a bound well above it, so that a change that
+//! allocates per request far more is noticed.
 //!
 //! One test in its own binary: the count is process-wide.
 
@@ -87,7 +91,10 @@ async fn allocations_per_proxied_request_stay_low() {
     let database = storage.join("gateway.db");
     let config = config_stored_at(
         &format!("sqlite://{}", database.display()),
-        &openai_models(&mock.base_url(), ""),
+        &openai_models(
+            &mock.base_url(),
+            "price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }",
+        ),
         "",
     );
     let gateway = TestGateway::start(config).await;
@@ -110,16 +117,46 @@ async fn allocations_per_proxied_request_stay_low() {
         per_request > 10.0,
         "the count must see the gateway's work: {per_request}"
     );
-    // 49 since HTTP/1.1 to the upstream is the gateway's own; 53 since the
-    // request body is read without axum's `to_bytes`; 57 since the upstream
-    // pool is the gateway's own (63 before, 92 before chat requests went
-    // around the router, 131 before the gateway's own upstream client): the
-    // bound catches a step back.
+    // 49 with the deployment priced as here, 45 unpriced. Unpriced, it
+    // was 49 when HTTP/1.1 to the upstream became the gateway's own, 53
+    // before the request body was read without axum's `to_bytes`, 57
+    // before the upstream pool was the gateway's own (63 before, 92 before
+    // chat requests went around the router, 131 before the gateway's own
+    // upstream client): the bound catches a step back.
     assert!(
         per_request < 60.0,
         "the gateway allocates {per_request:.0} times per request (bound 60)"
     );
+
+    let created: serde_json::Value = gateway
+        .post(
+            "/admin/keys",
+            r#"{"name":"counted","rpm":100000000,"tpm":1000000000,"max_concurrent":100000,"budget_usd":1000000,"budget_period":"daily"}"#,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["key"].as_str().expect("a virtual key").to_owned();
+    let keyed = allocations_for(&http, &gateway.url("/v1/chat/completions"), &secret).await;
+    let keyed_per_request = keyed.saturating_sub(direct) as f64 / REQUESTS as f64;
+    eprintln!(
+        "allocations per request through a virtual key with every limit: {:.0}, added by the gateway {keyed_per_request:.0}",
+        keyed as f64 / REQUESTS as f64,
+    );
+    assert!(
+        keyed_per_request > per_request,
+        "the key's limits must show in the count: {keyed_per_request} against {per_request}"
+    );
+    // 59 when first counted (49 through the master key, with the same
+    // priced deployment): the bound catches a step back.
+    assert!(
+        keyed_per_request < 70.0,
+        "the gateway allocates {keyed_per_request:.0} times per keyed request (bound 70)"
+    );
     let records = gateway.stop_and_records().await;
-    assert!(records.len() as u64 >= REQUESTS);
+    assert!(records.len() as u64 >= 2 * REQUESTS);
     let _ = std::fs::remove_dir_all(storage);
 }
