@@ -150,6 +150,22 @@ async fn allocations_per_proxied_request_stay_low() {
         keyed_per_request > per_request,
         "the key's limits must show in the count: {keyed_per_request} against {per_request}"
     );
+    // The limits were checked: the answer reports what is left of them.
+    let answer = http
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .header("content-type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    for name in [
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens",
+    ] {
+        assert!(answer.headers().contains_key(name), "{name} missing");
+    }
     // 59 when first counted (49 through the master key, with the same
     // priced deployment): the bound catches a step back.
     assert!(
