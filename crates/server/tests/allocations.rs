@@ -128,18 +128,12 @@ async fn allocations_per_proxied_request_stay_low() {
         "the gateway allocates {per_request:.0} times per request (bound 60)"
     );
 
-    let created: serde_json::Value = gateway
-        .post(
-            "/admin/keys",
-            r#"{"name":"counted","rpm":100000000,"tpm":1000000000,"max_concurrent":100000,"budget_usd":1000000,"budget_period":"daily"}"#,
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = created["key"].as_str().expect("a virtual key").to_owned();
+    let (_, secret) = gateway
+        .create_key(serde_json::json!({
+            "name": "counted", "rpm": 100_000_000, "tpm": 1_000_000_000,
+            "max_concurrent": 100_000, "budget_usd": 1_000_000, "budget_period": "daily",
+        }))
+        .await;
     let keyed = allocations_for(&http, &gateway.url("/v1/chat/completions"), &secret).await;
     let keyed_per_request = keyed.saturating_sub(direct) as f64 / REQUESTS as f64;
     eprintln!(
@@ -151,11 +145,8 @@ async fn allocations_per_proxied_request_stay_low() {
         "the key's limits must show in the count: {keyed_per_request} against {per_request}"
     );
     // The limits were checked: the answer reports what is left of them.
-    let answer = http
-        .post(gateway.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .header("content-type", "application/json")
-        .body(BODY)
+    let answer = gateway
+        .post_as(&secret, "/v1/chat/completions", BODY)
         .send()
         .await
         .unwrap();

@@ -277,18 +277,7 @@ async fn answers_are_never_served_across_keys_unless_the_scope_allows() {
     let mock = MockUpstream::start().await;
     for (scope, shared) in [("key", false), ("global", true)] {
         let gateway = gateway_with(&mock, &format!("scope = \"{scope}\"")).await;
-        let created: Value = gateway
-            .http
-            .post(gateway.url("/admin/keys"))
-            .bearer_auth(MASTER_KEY)
-            .json(&json!({"name": "app"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let secret = created["key"].as_str().unwrap().to_owned();
+        let (_, secret) = gateway.create_key(json!({"name": "app"})).await;
         let body = format!(
             r#"{{"model":"chat","temperature":0,"messages":[{{"role":"user","content":"scope {scope}"}}]}}"#
         );

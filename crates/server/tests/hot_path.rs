@@ -8,7 +8,7 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 use switchboard_store::watch::{calls_on_request_path, on_request_path};
 
@@ -27,23 +27,13 @@ simulation = { embedding_dimensions = 8 }
 #[tokio::test]
 async fn requests_make_no_store_call() {
     let gateway = TestGateway::start(config_with(&models(), "")).await;
-    let created: Value = gateway
-        .post(
-            "/admin/keys",
-            &json!({
-                "rpm": 100_000, "tpm": 100_000_000, "max_concurrent": 100,
-                "budget_usd": 100.0, "budget_period": "daily",
-                "user_limits": {"rpm": 100_000, "budget_usd": 10.0, "budget_period": "daily"},
-            })
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = created["key"].as_str().expect("a key").to_owned();
+    let (_, secret) = gateway
+        .create_key(json!({
+            "rpm": 100_000, "tpm": 100_000_000, "max_concurrent": 100,
+            "budget_usd": 100.0, "budget_period": "daily",
+            "user_limits": {"rpm": 100_000, "budget_usd": 10.0, "budget_period": "daily"},
+        }))
+        .await;
     let before = calls_on_request_path();
 
     let chat = json!({"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "user": "ana"});

@@ -89,21 +89,6 @@ async fn chat_answer(gateway: &TestGateway, key: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn create_key(gateway: &TestGateway, body: Value) -> (String, String) {
-    let created: Value = gateway
-        .post("/admin/keys", &body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        created["id"].as_str().unwrap().to_owned(),
-        created["key"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// Waits until `gateway` knows the key (it reloads its keys every 250 ms).
 async fn known_by(gateway: &TestGateway, key: &str) -> Duration {
     let started = Instant::now();
@@ -151,8 +136,9 @@ async fn two_instances_share_keys_budgets_and_limits() {
 
     // A budget of $1 hit by 200 concurrent requests through both
     // instances.
-    let (budget_id, budget_key) =
-        create_key(&first, json!({"budget_usd": 1.0, "budget_period": "daily"})).await;
+    let (budget_id, budget_key) = first
+        .create_key(json!({"budget_usd": 1.0, "budget_period": "daily"}))
+        .await;
     known_by(&second, &budget_key).await;
     let requests: Vec<_> = (0..200)
         .map(|index| {
@@ -185,7 +171,7 @@ async fn two_instances_share_keys_budgets_and_limits() {
     }
 
     // A rate limit of 5 a minute, counted once across both.
-    let (_, limited) = create_key(&first, json!({"rpm": 5})).await;
+    let (_, limited) = first.create_key(json!({"rpm": 5})).await;
     known_by(&second, &limited).await;
     let mut allowed = 0;
     for index in 0..10 {
@@ -197,7 +183,7 @@ async fn two_instances_share_keys_budgets_and_limits() {
     assert_eq!(allowed, 5, "5 requests a minute across both instances");
 
     // Revoked through one, refused by the other within a second.
-    let (revoked_id, revoked_key) = create_key(&first, json!({})).await;
+    let (revoked_id, revoked_key) = first.create_key(json!({})).await;
     known_by(&second, &revoked_key).await;
     assert_eq!(chat(&second, &revoked_key).await, 200);
     let response = first
@@ -468,7 +454,7 @@ priority = 1
     );
     let first = TestGateway::start(config_with_models(&database, &models)).await;
     let second = TestGateway::start(config_with_models(&database, &models)).await;
-    let (_, key) = create_key(&first, json!({"rpm": 10})).await;
+    let (_, key) = first.create_key(json!({"rpm": 10})).await;
     known_by(&second, &key).await;
     early_in_a_minute().await;
 
@@ -535,7 +521,9 @@ retry_max_backoff_ms = 5
         b.base_url()
     );
     let gateway = TestGateway::start(config_with_models(&database, &models)).await;
-    let (_, key) = create_key(&gateway, json!({"rpm": 100, "tpm": 1000000})).await;
+    let (_, key) = gateway
+        .create_key(json!({"rpm": 100, "tpm": 1000000}))
+        .await;
     early_in_a_minute().await;
     let (http, url) = (gateway.http.clone(), gateway.url("/v1/chat/completions"));
     let ask = move || {
@@ -621,8 +609,8 @@ async fn budgets_lost_from_redis_are_restored_from_the_request_log() {
     let prefix = format!("sbtest:{schema}:");
     let gateway = TestGateway::start(config_prefixed(&database, &prefix)).await;
     let budget = json!({"budget_usd": 0.2, "budget_period": "daily"});
-    let (spent_id, spent_key) = create_key(&gateway, budget.clone()).await;
-    let (_, fresh_key) = create_key(&gateway, budget).await;
+    let (spent_id, spent_key) = gateway.create_key(budget.clone()).await;
+    let (_, fresh_key) = gateway.create_key(budget).await;
     // Spent until refused even once every settle has landed (a refusal
     // can also come from the previous request's hold, settled just after
     // its response).
@@ -771,12 +759,12 @@ async fn busy_instances_serve_from_leases_and_give_them_back_when_they_stop() {
     let prefix = format!("sbtest:instances-leases:{:012x}:", rand_u64() >> 16);
     let first = TestGateway::start(config_prefixed(&database, &prefix)).await;
     let second = TestGateway::start(config_prefixed(&database, &prefix)).await;
-    let (key_id, key) = create_key(
-        &first,
-        json!({"rpm": 1000000, "tpm": 100000000, "max_concurrent": 10000,
+    let (key_id, key) = first
+        .create_key(
+            json!({"rpm": 1000000, "tpm": 100000000, "max_concurrent": 10000,
                "budget_usd": 1000, "budget_period": "daily"}),
-    )
-    .await;
+        )
+        .await;
     known_by(&second, &key).await;
     let deadline = Instant::now() + Duration::from_millis(1_500);
     let clients: Vec<_> = (0..6)

@@ -300,19 +300,8 @@ async fn requests_errors_fallbacks_and_streams_are_counted() {
 async fn key_labels_count_per_virtual_key_when_enabled() {
     let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
     let gateway = TestGateway::start(config_with(&config(&a, &b, "key_labels = true"), "")).await;
-    let created: serde_json::Value = gateway
-        .http
-        .post(gateway.url("/admin/keys"))
-        .bearer_auth(MASTER_KEY)
-        .json(&json!({"name": "app"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = created["key"].as_str().expect("secret shown once");
-    let id = created["id"].as_str().unwrap();
+    let (id, secret) = gateway.create_key(json!({"name": "app"})).await;
+    let (id, secret) = (id.as_str(), secret.as_str());
     // The key cache picks the new key up within its refresh.
     let mut status = 0;
     for _ in 0..40 {

@@ -112,6 +112,24 @@ impl TestGateway {
             .body(body.to_owned())
     }
 
+    /// Makes a virtual key through the admin API (`body` as `POST
+    /// /admin/keys` takes it) and returns its id and its secret.
+    pub async fn create_key(&self, body: serde_json::Value) -> (String, String) {
+        let created: serde_json::Value = self
+            .send("/admin/keys", &body.to_string())
+            .await
+            .json()
+            .await
+            .expect("the key as JSON");
+        (
+            created["id"].as_str().expect("the key's id").to_owned(),
+            created["key"]
+                .as_str()
+                .expect("the key's secret")
+                .to_owned(),
+        )
+    }
+
     /// Sends `post(path, body)` and returns the response.
     pub async fn send(&self, path: &str, body: &str) -> reqwest::Response {
         self.post(path, body)
