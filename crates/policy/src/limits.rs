@@ -174,6 +174,12 @@ pub type LimitFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Limiter: Send + Sync + 'static {
     /// Checks every scope and reserves in all of them, or in none.
     fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>>;
+    /// Reserves without a future, when the limiter answers at once (the
+    /// memory limiter: no boxed future on every keyed request); otherwise
+    /// gives the ask back, for `reserve`.
+    fn reserve_at_once(&self, ask: Ask) -> Result<Result<Grant, Refusal>, Ask> {
+        Err(ask)
+    }
     /// Ends a reservation: the request's actual tokens and cost replace the
     /// worst case, and it stops counting as concurrent. A request that
     /// never reached the upstream settles with zeros.
@@ -425,40 +431,43 @@ impl MemoryLimiter {
                 counters.concurrent > 0 || counters.minute == minute || !counters.budget.is_empty()
             });
         }
-        // Check everything first (one lookup for a scope seen before)...
-        for (scope, rules) in &ask.scopes {
-            if let Some(counters) = scopes.get_mut(scope) {
-                check(counters, scope, rules, &ask, minute, reset)?;
-            } else {
-                let mut counters = Counters::default();
-                check(&mut counters, scope, rules, &ask, minute, reset)?;
-                scopes.insert(scope.clone(), counters);
-            }
-        }
-        // ...then reserve everywhere.
+        // Check and reserve scope by scope, one lookup each; a refusal
+        // takes back what the scopes before it reserved, under the same
+        // lock, so that a request reserves in all of them or in none.
         let mut remaining = Remaining {
             reset,
             ..Remaining::default()
         };
         for (index, (scope, rules)) in ask.scopes.iter().enumerate() {
-            let counters = scopes
-                .get_mut(scope)
-                .expect("every scope was added above, under the same lock");
-            counters.requests += 1;
-            counters.tokens = counters.tokens.saturating_add(ask.tokens);
-            counters.concurrent += 1;
-            if let Some(budget) = rules.budget {
-                let window = Window::of(budget.period, ask.now_ms);
-                let entry = counters.budget.entry(window);
-                entry.1 = entry.1.saturating_add(ask.cost);
-            }
-            if index == 0 {
-                remaining.requests = rules
-                    .requests_per_minute
-                    .map(|limit| (limit, limit.saturating_sub(counters.requests)));
-                remaining.tokens = rules
-                    .tokens_per_minute
-                    .map(|limit| (limit, limit.saturating_sub(counters.tokens)));
+            let taken = match scopes.get_mut(scope) {
+                Some(counters) => take(counters, scope, rules, &ask, minute, reset),
+                None => {
+                    let mut counters = Counters::default();
+                    let taken = take(&mut counters, scope, rules, &ask, minute, reset);
+                    if taken.is_ok() {
+                        scopes.insert(scope.clone(), counters);
+                    }
+                    taken
+                }
+            };
+            match taken {
+                Ok(counts) if index == 0 => {
+                    remaining.requests = rules
+                        .requests_per_minute
+                        .map(|limit| (limit, limit.saturating_sub(counts.requests)));
+                    remaining.tokens = rules
+                        .tokens_per_minute
+                        .map(|limit| (limit, limit.saturating_sub(counts.tokens)));
+                }
+                Ok(_) => {}
+                Err(refusal) => {
+                    for (scope, rules) in &ask.scopes[..index] {
+                        if let Some(counters) = scopes.get_mut(scope) {
+                            give_back(counters, rules, &ask);
+                        }
+                    }
+                    return Err(refusal);
+                }
             }
         }
         Ok(Grant {
@@ -528,17 +537,24 @@ impl MemoryLimiter {
     }
 }
 
-/// Whether a scope's limits leave room for `ask`, on its counters (a new
-/// minute resets the minute's counts; past budget windows with nothing in
-/// flight are dropped).
-fn check(
+/// The minute's counts of a scope after a reservation.
+struct Counts {
+    requests: u64,
+    tokens: u64,
+}
+
+/// Reserves `ask` in one scope if its limits leave room, on its counters
+/// (a new minute resets the minute's counts; past budget windows with
+/// nothing in flight are dropped). Refused, the counters hold nothing of
+/// the request.
+fn take(
     counters: &mut Counters,
     scope: &Scope,
     rules: &Rules,
     ask: &Ask,
     minute: u64,
     reset: Duration,
-) -> Result<(), Refusal> {
+) -> Result<Counts, Refusal> {
     if counters.minute != minute {
         counters.minute = minute;
         counters.requests = 0;
@@ -593,14 +609,41 @@ fn check(
                 period: budget.period,
             });
         }
+        // Within the limit, so never saturated.
+        counters.budget.entry(window).1 = reserved + ask.cost;
     }
-    Ok(())
+    counters.requests += 1;
+    counters.tokens = counters.tokens.saturating_add(ask.tokens);
+    counters.concurrent += 1;
+    Ok(Counts {
+        requests: counters.requests,
+        tokens: counters.tokens,
+    })
+}
+
+/// Takes back what `take` reserved in a scope, when a later scope refused
+/// the request (under the same lock, in the same minute and window).
+/// Exact: where tokens per minute are limited, `take` added only what fit
+/// below the limit or into an empty minute, so nothing was saturated; where
+/// they are not, the count decides nothing.
+fn give_back(counters: &mut Counters, rules: &Rules, ask: &Ask) {
+    counters.requests = counters.requests.saturating_sub(1);
+    counters.tokens = counters.tokens.saturating_sub(ask.tokens);
+    counters.concurrent = counters.concurrent.saturating_sub(1);
+    if let Some(budget) = rules.budget {
+        let entry = counters.budget.entry(Window::of(budget.period, ask.now_ms));
+        entry.1 = entry.1.saturating_sub(ask.cost);
+    }
 }
 
 impl Limiter for MemoryLimiter {
     fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
         let result = self.reserve_now(ask);
         Box::pin(std::future::ready(result))
+    }
+
+    fn reserve_at_once(&self, ask: Ask) -> Result<Result<Grant, Refusal>, Ask> {
+        Ok(self.reserve_now(ask))
     }
 
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
@@ -743,12 +786,30 @@ mod tests {
         );
     }
 
+    /// A scope's requests, tokens, concurrency and budget reserved.
+    fn counts(limiter: &MemoryLimiter, scope: &Scope) -> (u64, u64, u64, Nanos) {
+        let scopes = limiter.scopes.lock().unwrap();
+        let counters = &scopes[scope];
+        let reserved = counters.budget.0.iter().map(|(_, (_, held))| held).sum();
+        (
+            counters.requests,
+            counters.tokens,
+            counters.concurrent,
+            reserved,
+        )
+    }
+
     #[test]
     fn a_refusal_in_one_scope_reserves_in_none() {
         let limiter = MemoryLimiter::new();
         let open = Rules {
             requests_per_minute: Some(100),
-            ..Rules::default()
+            tokens_per_minute: Some(1_000),
+            max_concurrent: Some(10),
+            budget: Some(Budget {
+                limit: 1_000,
+                period: Period::Total,
+            }),
         };
         let team = Scope {
             kind: ScopeKind::Team,
@@ -762,17 +823,31 @@ mod tests {
             .reserve_now(ask(vec![(key("a"), open), (team.clone(), tight)], 1, 0))
             .unwrap();
         assert_eq!(first.remaining.requests, Some((100, 99)));
-        let refused = limiter.reserve_now(ask(vec![(key("b"), open), (team.clone(), tight)], 1, 0));
-        assert!(matches!(
-            refused,
-            Err(Refusal::Limited {
-                limit: "max_concurrent",
-                ..
-            })
-        ));
-        let scopes = limiter.scopes.lock().unwrap();
-        assert_eq!(scopes.get(&key("b")).map_or(0, |c| c.requests), 0);
-        drop(scopes);
+        // Key `a` is reserved before the team refuses; key `b`, seen
+        // before, too: both are given back whole.
+        limiter
+            .reserve_now(ask(vec![(key("b"), open)], 7, 30))
+            .unwrap();
+        for asker in ["a", "b"] {
+            let before = counts(&limiter, &key(asker));
+            let refused =
+                limiter.reserve_now(ask(vec![(key(asker), open), (team.clone(), tight)], 5, 20));
+            assert!(matches!(
+                refused,
+                Err(Refusal::Limited {
+                    limit: "max_concurrent",
+                    ..
+                })
+            ));
+            assert_eq!(counts(&limiter, &key(asker)), before, "{asker}");
+        }
+        // A scope first seen in a refused request holds nothing of it.
+        assert!(
+            limiter
+                .reserve_now(ask(vec![(key("c"), open), (team.clone(), tight)], 5, 20))
+                .is_err()
+        );
+        assert_eq!(counts(&limiter, &key("c")), (0, 0, 0, 0));
         limiter.settle_now(&first, 1, 0);
         assert!(
             limiter

@@ -119,6 +119,14 @@ impl Reservation {
     }
 }
 
+/// Reserves `ask`, without a boxed future when the limiter answers at once.
+async fn reserve(limiter: &dyn Limiter, ask: Ask) -> Result<Grant, Refusal> {
+    match limiter.reserve_at_once(ask) {
+        Ok(reserved) => reserved,
+        Err(ask) => limiter.reserve(ask).await,
+    }
+}
+
 fn tokens_of(usage: &Usage) -> u64 {
     usage
         .input_tokens
@@ -209,9 +217,7 @@ impl Admission {
         if scopes.is_empty() {
             return Ok(());
         }
-        let grant = self
-            .limiter
-            .reserve(self.ask(scopes))
+        let grant = reserve(&*self.limiter, self.ask(scopes))
             .await
             .map_err(refused)?;
         let mut held = self.held();
@@ -254,7 +260,7 @@ impl Admission {
             };
         }
         scopes.extend(deployment);
-        match self.limiter.reserve(self.ask(scopes)).await {
+        match reserve(&*self.limiter, self.ask(scopes)).await {
             Ok(grant) if with_keys => {
                 let mut held = self.held();
                 held.pending.clear();
@@ -336,16 +342,10 @@ impl Admission {
             headers.push_number(&LIMIT_TOKENS, limit);
             headers.push_number(&REMAINING_TOKENS, left);
         }
-        // A reset time as OpenAI writes it (`"12s"`), whole seconds, at
-        // least 1.
-        let mut digits = itoa::Buffer::new();
-        let seconds = digits.format(remaining.reset.as_secs().max(1)).as_bytes();
-        let mut reset = [0u8; 21];
-        reset[..seconds.len()].copy_from_slice(seconds);
-        reset[seconds.len()] = b's';
-        let reset = &reset[..=seconds.len()];
-        headers.push(&RESET_REQUESTS, reset);
-        headers.push(&RESET_TOKENS, reset);
+        // Whole seconds until the window resets, at least 1.
+        let reset = remaining.reset.as_secs().max(1);
+        headers.push_seconds(&RESET_REQUESTS, reset);
+        headers.push_seconds(&RESET_TOKENS, reset);
     }
 }
 

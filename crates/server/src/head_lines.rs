@@ -36,15 +36,30 @@ impl HeadLines {
         {
             return false;
         }
-        self.0.extend_from_slice(name.as_str().as_bytes());
-        self.0.extend_from_slice(b": ");
-        self.0.extend_from_slice(value);
-        self.0.extend_from_slice(b"\r\n");
+        self.put(name, value, b"");
         true
     }
 
+    /// Adds `name: value` for a number (digits need no check).
     pub(crate) fn push_number(&mut self, name: &HeaderName, value: u64) {
-        self.push(name, itoa::Buffer::new().format(value).as_bytes());
+        self.put(name, itoa::Buffer::new().format(value).as_bytes(), b"");
+    }
+
+    /// Adds `name: <seconds>s`, a wait as OpenAI writes it (`12s`).
+    pub(crate) fn push_seconds(&mut self, name: &HeaderName, seconds: u64) {
+        self.put(name, itoa::Buffer::new().format(seconds).as_bytes(), b"s");
+    }
+
+    /// Writes a line whose value is known to be valid, in one reservation.
+    fn put(&mut self, name: &HeaderName, value: &[u8], unit: &[u8]) {
+        let name = name.as_str().as_bytes();
+        self.0
+            .reserve(name.len() + value.len() + unit.len() + b": \r\n".len());
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(unit);
+        self.0.extend_from_slice(b"\r\n");
     }
 
     /// The lines, as they go into an HTTP/1.1 head.
@@ -114,6 +129,13 @@ mod tests {
         assert_eq!(
             lines.as_bytes(),
             b"x-switchboard-deployment: east: primary\t1\r\nx-switchboard-attempts: 12\r\n"
+        );
+        let mut waits = HeadLines::new();
+        waits.push_seconds(&ATTEMPTS, 0);
+        waits.push_seconds(&ATTEMPTS, u64::MAX);
+        assert_eq!(
+            waits.as_bytes(),
+            b"x-switchboard-attempts: 0s\r\nx-switchboard-attempts: 18446744073709551615s\r\n"
         );
         assert_eq!(
             lines.pairs().collect::<Vec<_>>(),

@@ -1538,16 +1538,19 @@ impl Inner {
 
 impl Limiter for RedisLimiter {
     fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
-        let ask = if ask.scopes.is_empty() {
-            ask
-        } else {
-            let check_epoch = self.inner.reseed.get().is_some();
-            match self.inner.serve_from_leases(ask, check_epoch) {
-                Ok(grant) => return Box::pin(std::future::ready(Ok(grant))),
-                Err(ask) => ask,
-            }
-        };
-        Box::pin(self.inner.reserve_shared(ask, fresh_grant_id()))
+        match self.reserve_at_once(ask) {
+            Ok(reserved) => Box::pin(std::future::ready(reserved)),
+            Err(ask) => Box::pin(self.inner.reserve_shared(ask, fresh_grant_id())),
+        }
+    }
+
+    /// From the leases this instance holds, when they have room.
+    fn reserve_at_once(&self, ask: Ask) -> Result<Result<Grant, Refusal>, Ask> {
+        if ask.scopes.is_empty() {
+            return Err(ask);
+        }
+        let check_epoch = self.inner.reseed.get().is_some();
+        self.inner.serve_from_leases(ask, check_epoch).map(Ok)
     }
 
     fn floor_spent(
