@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// US dollars times 10⁹.
@@ -51,11 +51,12 @@ impl ScopeKind {
     }
 }
 
-/// One thing limits apply to, such as `(Key, "key_01H...")`.
+/// One thing limits apply to, such as `(Key, "key_01H...")`. The id is
+/// shared, so that a key's scope is made once, not on each request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
     pub kind: ScopeKind,
-    pub id: String,
+    pub id: Arc<str>,
 }
 
 pub use switchboard_core::keys::Period;
@@ -691,7 +692,7 @@ mod tests {
     fn key(id: &str) -> Scope {
         Scope {
             kind: ScopeKind::Key,
-            id: id.to_owned(),
+            id: id.into(),
         }
     }
 
@@ -813,7 +814,7 @@ mod tests {
         };
         let team = Scope {
             kind: ScopeKind::Team,
-            id: "t".to_owned(),
+            id: "t".into(),
         };
         let tight = Rules {
             max_concurrent: Some(1),
@@ -866,7 +867,7 @@ mod tests {
         };
         let deployment = Scope {
             kind: ScopeKind::Deployment,
-            id: "d".to_owned(),
+            id: "d".into(),
         };
         let capped = Rules {
             tokens_per_minute: Some(1000),

@@ -242,7 +242,7 @@ impl Admission {
                 (
                     Scope {
                         kind: ScopeKind::Deployment,
-                        id: name.to_owned(),
+                        id: name.into(),
                     },
                     Rules {
                         requests_per_minute,
@@ -429,7 +429,7 @@ pub(crate) struct Demand<'a> {
 pub(crate) fn user_scope(key_id: &str, end_user: &str) -> Scope {
     Scope {
         kind: ScopeKind::User,
-        id: format!("{key_id}/{end_user}"),
+        id: format!("{key_id}/{end_user}").into(),
     }
 }
 
@@ -494,7 +494,12 @@ pub(crate) fn admit(
 /// The scopes a key's request reserves (none when none has a limit), once
 /// the key, its team and its end user's limits allow the model.
 fn key_scopes(entry: &KeyEntry, demand: &Demand<'_>) -> Result<Vec<(Scope, Rules)>, ApiError> {
-    let KeyEntry { record, team } = entry;
+    let KeyEntry {
+        record,
+        team,
+        key_scope,
+        team_scope,
+    } = entry;
     if !record.limits.allows_model(demand.model)
         || team
             .as_ref()
@@ -511,15 +516,15 @@ fn key_scopes(entry: &KeyEntry, demand: &Demand<'_>) -> Result<Vec<(Scope, Rules
     let mut scopes = vec![(
         Scope {
             kind: ScopeKind::Key,
-            id: record.id.clone(),
+            id: key_scope.clone(),
         },
         rules_of(&record.limits),
     )];
-    if let Some(team) = team {
+    if let (Some(team), Some(team_scope)) = (team, team_scope) {
         scopes.push((
             Scope {
                 kind: ScopeKind::Team,
-                id: team.id.clone(),
+                id: team_scope.clone(),
             },
             rules_of(&team.limits),
         ));

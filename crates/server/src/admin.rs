@@ -372,7 +372,7 @@ async fn count_past_spend(gateway: &Gateway, kind: ScopeKind, id: &str, limits: 
         Ok(spent) => {
             let scope = Scope {
                 kind,
-                id: id.to_owned(),
+                id: id.into(),
             };
             gateway.limiter.floor_spent(scope, period, now, spent).await;
         }

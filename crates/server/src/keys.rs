@@ -31,6 +31,10 @@ pub(crate) const SECRET_PREFIX: &str = "sb-";
 pub(crate) struct KeyEntry {
     pub record: KeyRecord,
     pub team: Option<Arc<TeamRecord>>,
+    /// The ids of the key's and its team's limiter scopes, made once here
+    /// rather than copied on each request.
+    pub key_scope: Arc<str>,
+    pub team_scope: Option<Arc<str>>,
 }
 
 impl KeyEntry {
@@ -129,9 +133,12 @@ impl Hasher for DigestHasher {
 
 impl KeyIndex {
     fn build(keys: Vec<KeyRecord>, teams: Vec<TeamRecord>, version: i64) -> KeyIndex {
-        let teams: HashMap<String, Arc<TeamRecord>> = teams
+        let teams: HashMap<String, (Arc<TeamRecord>, Arc<str>)> = teams
             .into_iter()
-            .map(|team| (team.id.clone(), Arc::new(team)))
+            .map(|team| {
+                let scope = Arc::from(team.id.as_str());
+                (team.id.clone(), (Arc::new(team), scope))
+            })
             .collect();
         let by_hash = keys
             .into_iter()
@@ -140,12 +147,20 @@ impl KeyIndex {
                     tracing::warn!(key = %record.id, "a key's stored hash is not a SHA-256 digest; the key cannot be used");
                     return None;
                 };
-                let team = record
+                let (team, team_scope) = record
                     .team_id
                     .as_ref()
                     .and_then(|team| teams.get(team))
-                    .cloned();
-                Some((SecretDigest(digest), Arc::new(KeyEntry { record, team })))
+                    .cloned()
+                    .unzip();
+                let key_scope = Arc::from(record.id.as_str());
+                let entry = KeyEntry {
+                    record,
+                    team,
+                    key_scope,
+                    team_scope,
+                };
+                Some((SecretDigest(digest), Arc::new(entry)))
             })
             .collect();
         let tag_keys = tag_keys();
@@ -240,7 +255,7 @@ pub(crate) async fn budget_spend(
             let spent = store.spent_since(Some(&key.id), None, from).await?;
             let scope = Scope {
                 kind: ScopeKind::Key,
-                id: key.id.clone(),
+                id: key.id.as_str().into(),
             };
             spend.push(SpentIn {
                 scope,
@@ -271,7 +286,7 @@ pub(crate) async fn budget_spend(
             let spent = store.spent_since(None, Some(&team.id), from).await?;
             let scope = Scope {
                 kind: ScopeKind::Team,
-                id: team.id.clone(),
+                id: team.id.as_str().into(),
             };
             spend.push(SpentIn {
                 scope,

@@ -1128,7 +1128,7 @@ mod tests {
     fn scope(id: &str) -> Scope {
         Scope {
             kind: ScopeKind::Key,
-            id: id.to_owned(),
+            id: id.into(),
         }
     }
 

@@ -138,7 +138,7 @@ async fn clean_up(url: &str, prefix: &str) {
 fn scope(kind: ScopeKind, id: &str) -> Scope {
     Scope {
         kind,
-        id: id.to_owned(),
+        id: id.into(),
     }
 }
 
@@ -1930,14 +1930,14 @@ async fn concurrent_operations_share_calls_and_each_gets_its_own_answer() {
                     limit: "requests_per_minute",
                     ..
                 }),
-            ) => assert_eq!(scope.id, own),
+            ) => assert_eq!(&*scope.id, own),
             (
                 2,
                 Err(Refusal::Budget {
                     scope, limit, used, ..
                 }),
             ) => {
-                assert_eq!((scope.id, limit, used), (own, index, 0));
+                assert_eq!((&*scope.id, limit, used), (own.as_str(), index, 0));
             }
             (
                 3,
@@ -1946,7 +1946,7 @@ async fn concurrent_operations_share_calls_and_each_gets_its_own_answer() {
                     limit: "max_concurrent",
                     ..
                 }),
-            ) => assert_eq!(scope.id, own),
+            ) => assert_eq!(&*scope.id, own),
             (_, other) => panic!("request {index} answered {other:?}"),
         }
     }
