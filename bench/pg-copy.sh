@@ -13,6 +13,10 @@
 #   migrated      the schema the migrations make
 #   with-pkey     the same with the primary key on `id` of migrations 1–11
 #   no-index      no index at all on `requests`: the floor
+#   text-files    (named in CASES only) the schema as migrated, each batch
+#                 read by psql's `\copy` from a file in the text format
+#   binary-files  the same in COPY's binary format (big-endian integers,
+#                 one byte per boolean, texts as they are)
 # Rows are those of a master-key request (no key, no team, an id the gateway
 # made); KEYED=1 gives every row a key, which adds the key index's insert.
 # Needs PostgreSQL at 127.0.0.1:5432 (database `test`), psql and python3, on
@@ -30,29 +34,68 @@ PSQL=(psql -h 127.0.0.1 -U postgres -X -q test)
 export PGOPTIONS="-c client_min_messages=warning"
 "${PSQL[@]}" -c "SELECT 1" >/dev/null || { echo "needs PostgreSQL at 127.0.0.1:5432 (database test)" >&2; exit 2; }
 SCHEMAS=()
-cleanup() { for schema in "${SCHEMAS[@]}"; do "${PSQL[@]}" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; done; }
+cleanup() {
+  for schema in "${SCHEMAS[@]}"; do "${PSQL[@]}" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; done
+  rm -rf "$OUT/files"
+}
 trap cleanup EXIT
 
 # The batches, as psql reads them: a COPY's rows follow it, ended by `\.`.
-python3 - "$BATCHES" "$KEYED" >"$OUT/batches.sql" <<'PY'
-import random, sys
-batches, keyed = int(sys.argv[1]), sys.argv[2] == "1"
+# Also each batch in a file of its own, in COPY's text and binary formats,
+# and the scripts that load those files with psql's `\copy`.
+mkdir -p "$OUT/files"
+python3 - "$BATCHES" "$KEYED" "$OUT" <<'PY'
+import random, struct, sys
+batches, keyed, out_dir = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 columns = ("request_id, started_at_ms, endpoint, model, deployment, stream, status, outcome, "
            "error_code, latency_ms, ttft_ms, input_tokens, output_tokens, cached_input_tokens, "
            "reasoning_tokens, attempts, served_model, key_id, team_id, end_user, cost_nanos, "
            "cache_write_tokens, cache_hit, metadata, attempt_details, timed_id")
 random.seed(7)
 started = 1_764_500_000_000
-key = "key_0123456789abcdef" if keyed else "\\N"
-out = sys.stdout
-for _ in range(batches):
-    out.write(f"BEGIN;\nCOPY requests ({columns}) FROM STDIN;\n")
+key = "key_0123456789abcdef" if keyed else None
+
+def text(value):
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
+
+def binary(value):  # int32 length, then the type's binary form (-1: NULL)
+    if value is None:
+        return struct.pack(">i", -1)
+    if isinstance(value, bool):
+        data = b"\x01" if value else b"\x00"
+    elif isinstance(value, int):
+        data = struct.pack(">q", value)
+    else:
+        data = value.encode()
+    return struct.pack(">i", len(data)) + data
+
+inline = open(f"{out_dir}/batches.sql", "w")
+scripts = {fmt: open(f"{out_dir}/batches-{fmt}-files.sql", "w") for fmt in ("text", "binary")}
+for batch in range(batches):
+    rows = []
     for _ in range(1000):
         started += 1
         request_id = "req_%012x%020x" % (started, random.getrandbits(80))
-        out.write(f"{request_id}\t{started}\tchat_completions\tbench-model\tmock\tf\t200\tsuccess\t\\N\t3\t\\N"
-                  f"\t12\t16\t\\N\t\\N\t1\tbench-model\t{key}\t\\N\t\\N\t4200\t\\N\tf\t\\N\t\\N\tt\n")
-    out.write("\\.\nCOMMIT;\n")
+        rows.append([request_id, started, "chat_completions", "bench-model", "mock", False, 200,
+                     "success", None, 3, None, 12, 16, None, None, 1, "bench-model", key, None,
+                     None, 4200, None, False, None, None, True])
+    lines = "".join("\t".join(text(value) for value in row) + "\n" for row in rows)
+    inline.write(f"BEGIN;\nCOPY requests ({columns}) FROM STDIN;\n{lines}\\.\nCOMMIT;\n")
+    with open(f"{out_dir}/files/b{batch}.txt", "w") as file:
+        file.write(lines)
+    with open(f"{out_dir}/files/b{batch}.bin", "wb") as file:
+        file.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
+        for row in rows:
+            file.write(struct.pack(">h", len(row)) + b"".join(binary(value) for value in row))
+        file.write(struct.pack(">h", -1))
+    for fmt, script in scripts.items():
+        options = " WITH (FORMAT binary)" if fmt == "binary" else ""
+        ext = "bin" if fmt == "binary" else "txt"
+        script.write(f"BEGIN;\n\\copy requests ({columns}) FROM '{out_dir}/files/b{batch}.{ext}'{options}\nCOMMIT;\n")
 PY
 
 # CPU ticks of every PostgreSQL process but the one given.
@@ -71,6 +114,7 @@ variant_sql() {
     migrated) echo "" ;;
     with-pkey) echo "ALTER TABLE requests ADD PRIMARY KEY (id);" ;;
     no-index) echo "DROP INDEX requests_log_order, requests_request_id, requests_key, requests_team;" ;;
+    text-files|binary-files) echo "" ;;
     *) echo "unknown case $1" >&2; exit 2 ;;
   esac
 }
@@ -94,7 +138,10 @@ for round in $(seq 1 "$ROUNDS"); do
               echo 'SELECT pg_backend_pid() AS pid \gset'
               echo '\setenv SB_PID :pid'
               echo "\\! echo pid \$SB_PID; awk '{print \"start\", \$14 + \$15}' /proc/\$SB_PID/stat"
-              cat "$OUT/batches.sql"
+              case "$case" in
+                text-files|binary-files) cat "$OUT/batches-${case%-files}-files.sql" ;;
+                *) cat "$OUT/batches.sql" ;;
+              esac
               echo "\\! awk '{print \"end\", \$14 + \$15}' /proc/\$SB_PID/stat") |
       "${PSQL[@]}" -v ON_ERROR_STOP=1 | awk '/^pid/{p=$2} /^start/{s=$2} /^end/{e=$2} END{print p, e - s}')
     read -r pid own <<<"$ticks"
