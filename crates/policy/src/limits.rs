@@ -87,6 +87,8 @@ impl Rules {
 /// What a request asks to reserve.
 #[derive(Debug, Clone)]
 pub struct Ask {
+    /// Distinct scopes (each is checked against the counters as the
+    /// scopes before it in the list left them).
     pub scopes: Vec<(Scope, Rules)>,
     /// Worst-case tokens (prompt bound plus the most it may generate).
     pub tokens: u64,
@@ -171,15 +173,30 @@ pub enum Refusal {
 
 pub type LimitFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A reservation's answer, given at once or to be waited for.
+pub enum Reserving<'a> {
+    Now(Result<Grant, Refusal>),
+    Later(LimitFuture<'a, Result<Grant, Refusal>>),
+}
+
+impl Reserving<'_> {
+    pub async fn answer(self) -> Result<Grant, Refusal> {
+        match self {
+            Reserving::Now(answer) => answer,
+            Reserving::Later(future) => future.await,
+        }
+    }
+}
+
 /// Counters shared by the requests of one instance, or of many.
 pub trait Limiter: Send + Sync + 'static {
     /// Checks every scope and reserves in all of them, or in none.
     fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>>;
-    /// Reserves without a future, when the limiter answers at once (the
-    /// memory limiter: no boxed future on every keyed request); otherwise
-    /// gives the ask back, for `reserve`.
-    fn reserve_at_once(&self, ask: Ask) -> Result<Result<Grant, Refusal>, Ask> {
-        Err(ask)
+    /// `reserve`, answered without a boxed future when the limiter can
+    /// answer at once (the memory limiter always, the Redis limiter from a
+    /// lease), so that a keyed request does not allocate one.
+    fn start_reserve(&self, ask: Ask) -> Reserving<'_> {
+        Reserving::Later(self.reserve(ask))
     }
     /// Ends a reservation: the request's actual tokens and cost replace the
     /// worst case, and it stops counting as concurrent. A request that
@@ -342,6 +359,9 @@ struct Counters {
     requests: u64,
     tokens: u64,
     concurrent: u64,
+    /// `tokens` before the last reservation, for `give_back` (a sum that
+    /// saturated cannot be undone by a subtraction).
+    tokens_before: u64,
     /// Budget window → (spent, reserved).
     budget: Windows,
 }
@@ -614,6 +634,7 @@ fn take(
         counters.budget.entry(window).1 = reserved + ask.cost;
     }
     counters.requests += 1;
+    counters.tokens_before = counters.tokens;
     counters.tokens = counters.tokens.saturating_add(ask.tokens);
     counters.concurrent += 1;
     Ok(Counts {
@@ -622,14 +643,12 @@ fn take(
     })
 }
 
-/// Takes back what `take` reserved in a scope, when a later scope refused
-/// the request (under the same lock, in the same minute and window).
-/// Exact: where tokens per minute are limited, `take` added only what fit
-/// below the limit or into an empty minute, so nothing was saturated; where
-/// they are not, the count decides nothing.
+/// Takes back what `take` reserved in a scope, exactly, when a later scope
+/// refused the request (under the same lock, so in the same minute and
+/// window, and nothing else reserved in between).
 fn give_back(counters: &mut Counters, rules: &Rules, ask: &Ask) {
     counters.requests = counters.requests.saturating_sub(1);
-    counters.tokens = counters.tokens.saturating_sub(ask.tokens);
+    counters.tokens = counters.tokens_before;
     counters.concurrent = counters.concurrent.saturating_sub(1);
     if let Some(budget) = rules.budget {
         let entry = counters.budget.entry(Window::of(budget.period, ask.now_ms));
@@ -643,8 +662,8 @@ impl Limiter for MemoryLimiter {
         Box::pin(std::future::ready(result))
     }
 
-    fn reserve_at_once(&self, ask: Ask) -> Result<Result<Grant, Refusal>, Ask> {
-        Ok(self.reserve_now(ask))
+    fn start_reserve(&self, ask: Ask) -> Reserving<'_> {
+        Reserving::Now(self.reserve_now(ask))
     }
 
     fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
@@ -842,6 +861,21 @@ mod tests {
             ));
             assert_eq!(counts(&limiter, &key(asker)), before, "{asker}");
         }
+        // A count that saturated is given back whole too.
+        let untimed = Rules {
+            requests_per_minute: Some(100),
+            ..Rules::default()
+        };
+        limiter
+            .reserve_now(ask(vec![(key("d"), untimed)], 7, 0))
+            .unwrap();
+        let refused = limiter.reserve_now(ask(
+            vec![(key("d"), untimed), (team.clone(), tight)],
+            u64::MAX,
+            0,
+        ));
+        assert!(refused.is_err());
+        assert_eq!(counts(&limiter, &key("d")), (1, 7, 1, 0));
         // A scope first seen in a refused request holds nothing of it.
         assert!(
             limiter

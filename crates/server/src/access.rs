@@ -120,11 +120,8 @@ impl Reservation {
 }
 
 /// Reserves `ask`, without a boxed future when the limiter answers at once.
-async fn reserve(limiter: &dyn Limiter, ask: Ask) -> Result<Grant, Refusal> {
-    match limiter.reserve_at_once(ask) {
-        Ok(reserved) => reserved,
-        Err(ask) => limiter.reserve(ask).await,
-    }
+fn reserve(limiter: &dyn Limiter, ask: Ask) -> impl Future<Output = Result<Grant, Refusal>> + '_ {
+    limiter.start_reserve(ask).answer()
 }
 
 fn tokens_of(usage: &Usage) -> u64 {
@@ -427,9 +424,26 @@ pub(crate) struct Demand<'a> {
 /// The limiter's scope of an end user: within its key, so that the same
 /// user name sent with two keys has two sets of limits.
 pub(crate) fn user_scope(key_id: &str, end_user: &str) -> Scope {
+    // Joined on the stack when short, so that the id is one allocation.
+    let mut joined = [0u8; 128];
+    let length = key_id.len() + 1 + end_user.len();
+    let id: Arc<str> = match joined.get_mut(..length) {
+        Some(joined) => {
+            let (key, user) = joined.split_at_mut(key_id.len());
+            key.copy_from_slice(key_id.as_bytes());
+            user[0] = b'/';
+            user[1..].copy_from_slice(end_user.as_bytes());
+            // Two texts joined by an ASCII byte are text: never `Err`.
+            match std::str::from_utf8(joined) {
+                Ok(joined) => Arc::from(joined),
+                Err(_) => format!("{key_id}/{end_user}").into(),
+            }
+        }
+        None => format!("{key_id}/{end_user}").into(),
+    };
     Scope {
         kind: ScopeKind::User,
-        id: format!("{key_id}/{end_user}").into(),
+        id,
     }
 }
 
@@ -599,6 +613,18 @@ mod tests {
             self.renewals.lock().unwrap().push(grant.id);
             Box::pin(std::future::ready(true))
         }
+    }
+
+    #[test]
+    fn an_end_users_scope_is_named_within_its_key() {
+        for user in ["alice", "ü-名前", &"u".repeat(200), ""] {
+            let scope = user_scope("key_01", user);
+            assert_eq!(scope.kind, ScopeKind::User);
+            assert_eq!(&*scope.id, format!("key_01/{user}"), "{user}");
+        }
+        let long_key = "k".repeat(127);
+        assert_eq!(&*user_scope(&long_key, "").id, format!("{long_key}/"));
+        assert_eq!(&*user_scope(&long_key, "x").id, format!("{long_key}/x"));
     }
 
     #[tokio::test(start_paused = true)]

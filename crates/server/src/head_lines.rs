@@ -16,7 +16,7 @@ use axum::response::Response;
 
 /// Header lines, each `name: value\r\n`: names are the gateway's own (lower
 /// case, never one the answer's header map holds), values checked as
-/// `HeaderValue` checks them.
+/// `HeaderValue` checks them (numbers need no check).
 #[derive(Clone, Default, Debug, PartialEq, Eq)]
 pub(crate) struct HeadLines(Vec<u8>);
 

@@ -154,7 +154,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, RedisResult, Script, ServerErrorKind, Value};
 use switchboard_core::mix::{FnvBuild, splitmix64};
 use switchboard_policy::limits::{
-    Ask, Grant, LimitFuture, Limiter, Nanos, Period, Refusal, Remaining, Rules, Scope,
+    Ask, Grant, LimitFuture, Limiter, Nanos, Period, Refusal, Remaining, Reserving, Rules, Scope,
     budget_reset_in, budget_window, budget_window_start, minute_of,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -1538,19 +1538,25 @@ impl Inner {
 
 impl Limiter for RedisLimiter {
     fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
-        match self.reserve_at_once(ask) {
-            Ok(reserved) => Box::pin(std::future::ready(reserved)),
-            Err(ask) => Box::pin(self.inner.reserve_shared(ask, fresh_grant_id())),
+        match self.start_reserve(ask) {
+            Reserving::Now(answer) => Box::pin(std::future::ready(answer)),
+            Reserving::Later(future) => future,
         }
     }
 
-    /// From the leases this instance holds, when they have room.
-    fn reserve_at_once(&self, ask: Ask) -> Result<Result<Grant, Refusal>, Ask> {
-        if ask.scopes.is_empty() {
-            return Err(ask);
-        }
-        let check_epoch = self.inner.reseed.get().is_some();
-        self.inner.serve_from_leases(ask, check_epoch).map(Ok)
+    /// At once from the leases this instance holds, when they have room;
+    /// otherwise in Redis.
+    fn start_reserve(&self, ask: Ask) -> Reserving<'_> {
+        let ask = if ask.scopes.is_empty() {
+            ask
+        } else {
+            let check_epoch = self.inner.reseed.get().is_some();
+            match self.inner.serve_from_leases(ask, check_epoch) {
+                Ok(grant) => return Reserving::Now(Ok(grant)),
+                Err(ask) => ask,
+            }
+        };
+        Reserving::Later(Box::pin(self.inner.reserve_shared(ask, fresh_grant_id())))
     }
 
     fn floor_spent(
