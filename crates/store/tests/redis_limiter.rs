@@ -2253,6 +2253,47 @@ async fn a_busy_scope_is_served_from_leases_and_its_counters_end_exact() {
     clean_up(&url, &prefix).await;
 }
 
+/// A request counts once toward a lease's demand: `start_reserve` (what
+/// the gateway calls) tries the leases once. Two requests a quarter second,
+/// under the four a lease needs, never take one (counted twice they would);
+/// ten a quarter second do.
+#[tokio::test]
+async fn a_lease_is_taken_only_when_the_demand_asks_for_one() {
+    let Some(url) = redis_url("a_lease_is_taken_only_when_the_demand_asks_for_one").await else {
+        return;
+    };
+    early_in_a_minute().await;
+    let prefix = unique_prefix("lease-demand");
+    let now_ms = minute_start_now();
+    for (gap, leased) in [(125u64, false), (25, true)] {
+        let limiter = limiter(&url, &prefix, false).await;
+        let scopes = vec![(
+            scope(ScopeKind::Key, &format!("paced-{gap}")),
+            large_rules(),
+        )];
+        let started = Instant::now();
+        let mut sent = 0;
+        while started.elapsed() < Duration::from_millis(1_500) {
+            let grant = limiter
+                .start_reserve(ask(&scopes, 10, 100, now_ms))
+                .answer()
+                .await
+                .expect("far from every limit");
+            limiter.settle(grant, 1, 1).await;
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+        }
+        let (leases, served) = limiter.leases();
+        assert_eq!(
+            leases > 0,
+            leased,
+            "a request every {gap} ms ({sent} requests): {leases} leases, {served} served from them"
+        );
+        limiter.shutdown().await;
+    }
+    clean_up(&url, &prefix).await;
+}
+
 /// Two instances taking leases on one key never pass its limits together:
 /// the minute's requests end exactly at the limit once the slices left
 /// unused have come back, neither more nor fewer, and the counters then
