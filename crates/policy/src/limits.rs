@@ -190,13 +190,17 @@ impl Reserving<'_> {
 
 /// Counters shared by the requests of one instance, or of many.
 pub trait Limiter: Send + Sync + 'static {
-    /// Checks every scope and reserves in all of them, or in none.
-    fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>>;
-    /// `reserve`, answered without a boxed future when the limiter can
-    /// answer at once (the memory limiter always, the Redis limiter from a
-    /// lease), so that a keyed request does not allocate one.
-    fn start_reserve(&self, ask: Ask) -> Reserving<'_> {
-        Reserving::Later(self.reserve(ask))
+    /// Checks every scope and reserves in all of them, or in none: at once
+    /// when the limiter can answer at once (the memory limiter always, the
+    /// Redis limiter from a lease), so that a keyed request allocates no
+    /// future, otherwise by a future to wait for.
+    fn start_reserve(&self, ask: Ask) -> Reserving<'_>;
+    /// `start_reserve` as one future.
+    fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
+        match self.start_reserve(ask) {
+            Reserving::Now(answer) => Box::pin(std::future::ready(answer)),
+            Reserving::Later(future) => future,
+        }
     }
     /// Ends a reservation: the request's actual tokens and cost replace the
     /// worst case, and it stops counting as concurrent. A request that
@@ -657,11 +661,6 @@ fn give_back(counters: &mut Counters, rules: &Rules, ask: &Ask) {
 }
 
 impl Limiter for MemoryLimiter {
-    fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
-        let result = self.reserve_now(ask);
-        Box::pin(std::future::ready(result))
-    }
-
     fn start_reserve(&self, ask: Ask) -> Reserving<'_> {
         Reserving::Now(self.reserve_now(ask))
     }

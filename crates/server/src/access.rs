@@ -119,11 +119,6 @@ impl Reservation {
     }
 }
 
-/// Reserves `ask`, without a boxed future when the limiter answers at once.
-fn reserve(limiter: &dyn Limiter, ask: Ask) -> impl Future<Output = Result<Grant, Refusal>> + '_ {
-    limiter.start_reserve(ask).answer()
-}
-
 fn tokens_of(usage: &Usage) -> u64 {
     usage
         .input_tokens
@@ -214,7 +209,10 @@ impl Admission {
         if scopes.is_empty() {
             return Ok(());
         }
-        let grant = reserve(&*self.limiter, self.ask(scopes))
+        let grant = self
+            .limiter
+            .start_reserve(self.ask(scopes))
+            .answer()
             .await
             .map_err(refused)?;
         let mut held = self.held();
@@ -257,7 +255,7 @@ impl Admission {
             };
         }
         scopes.extend(deployment);
-        match reserve(&*self.limiter, self.ask(scopes)).await {
+        match self.limiter.start_reserve(self.ask(scopes)).answer().await {
             Ok(grant) if with_keys => {
                 let mut held = self.held();
                 held.pending.clear();
@@ -424,26 +422,25 @@ pub(crate) struct Demand<'a> {
 /// The limiter's scope of an end user: within its key, so that the same
 /// user name sent with two keys has two sets of limits.
 pub(crate) fn user_scope(key_id: &str, end_user: &str) -> Scope {
-    // Joined on the stack when short, so that the id is one allocation.
+    // Joined on the stack when short, so that the id is one allocation
+    // (a `String` made into an `Arc<str>` is two).
     let mut joined = [0u8; 128];
     let length = key_id.len() + 1 + end_user.len();
-    let id: Arc<str> = match joined.get_mut(..length) {
-        Some(joined) => {
-            let (key, user) = joined.split_at_mut(key_id.len());
-            key.copy_from_slice(key_id.as_bytes());
-            user[0] = b'/';
-            user[1..].copy_from_slice(end_user.as_bytes());
-            // Two texts joined by an ASCII byte are text: never `Err`.
-            match std::str::from_utf8(joined) {
-                Ok(joined) => Arc::from(joined),
-                Err(_) => format!("{key_id}/{end_user}").into(),
-            }
+    if let Some(joined) = joined.get_mut(..length) {
+        joined[..key_id.len()].copy_from_slice(key_id.as_bytes());
+        joined[key_id.len()] = b'/';
+        joined[key_id.len() + 1..].copy_from_slice(end_user.as_bytes());
+        // Two texts joined by an ASCII byte are text.
+        if let Ok(joined) = std::str::from_utf8(joined) {
+            return Scope {
+                kind: ScopeKind::User,
+                id: Arc::from(joined),
+            };
         }
-        None => format!("{key_id}/{end_user}").into(),
-    };
+    }
     Scope {
         kind: ScopeKind::User,
-        id,
+        id: format!("{key_id}/{end_user}").into(),
     }
 }
 
@@ -577,7 +574,7 @@ fn refused(refusal: Refusal) -> ApiError {
 mod tests {
     use std::sync::Mutex;
 
-    use switchboard_policy::limits::{LimitFuture, MemoryLimiter, Period, Remaining};
+    use switchboard_policy::limits::{LimitFuture, MemoryLimiter, Period, Remaining, Reserving};
 
     use super::*;
 
@@ -591,8 +588,8 @@ mod tests {
     }
 
     impl Limiter for Leased {
-        fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
-            self.memory.reserve(ask)
+        fn start_reserve(&self, ask: Ask) -> Reserving<'_> {
+            self.memory.start_reserve(ask)
         }
         fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
             self.settles.lock().unwrap().push(grant.id);

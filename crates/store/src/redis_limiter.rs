@@ -1537,13 +1537,6 @@ impl Inner {
 }
 
 impl Limiter for RedisLimiter {
-    fn reserve(&self, ask: Ask) -> LimitFuture<'_, Result<Grant, Refusal>> {
-        match self.start_reserve(ask) {
-            Reserving::Now(answer) => Box::pin(std::future::ready(answer)),
-            Reserving::Later(future) => future,
-        }
-    }
-
     /// At once from the leases this instance holds, when they have room;
     /// otherwise in Redis.
     fn start_reserve(&self, ask: Ask) -> Reserving<'_> {
