@@ -128,11 +128,23 @@ impl<'a> Scan<'a> {
                 }
             }
             Some(b'1'..=b'9') => {
-                while let Some(digit @ b'0'..=b'9') = bytes.get(self.at).copied() {
-                    value = value
-                        .and_then(|value| value.checked_mul(10))
-                        .and_then(|value| value.checked_add(u64::from(digit - b'0')));
-                    self.at += 1;
+                let start = self.at;
+                let mut at = start;
+                let mut sum: u64 = 0;
+                while let Some(digit @ b'0'..=b'9') = bytes.get(at).copied() {
+                    sum = sum.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
+                    at += 1;
+                }
+                self.at = at;
+                // Up to 19 digits always fit a u64 and the sum is exact;
+                // 20 may not fit (checked by `parse`), more never do.
+                if at - start > 19 {
+                    value = self
+                        .text
+                        .get(start..at)
+                        .and_then(|digits| digits.parse().ok());
+                } else {
+                    value = Some(sum);
                 }
             }
             _ => return Err(Refused),
@@ -756,8 +768,20 @@ mod tests {
         assert_eq!(read("null"), Ok(None));
         assert_eq!(read("0"), Ok(Some(0)));
         assert_eq!(read("18446744073709551615"), Ok(Some(u64::MAX)));
+        assert_eq!(
+            read("9999999999999999999"),
+            Ok(Some(9_999_999_999_999_999_999))
+        );
+        assert_eq!(
+            read("10000000000000000000"),
+            Ok(Some(10_000_000_000_000_000_000))
+        );
+        assert_eq!(read("1234567890123"), Ok(Some(1_234_567_890_123)));
         for text in [
             "18446744073709551616",
+            "99999999999999999999",
+            "100000000000000000000",
+            "000",
             "-1",
             "-0",
             "1.0",
