@@ -543,7 +543,7 @@ fn logged(
             output_tokens: Some(5),
             ..Usage::default()
         },
-        key_id: Some("key_cli".to_owned()),
+        key_id: Some("key_cli".into()),
         team_id: None,
         end_user: None,
         cost_nanos: Some(cost_nanos),

@@ -96,11 +96,12 @@ pub struct RequestRecord {
     pub ttft_ms: Option<u64>,
     pub usage: Usage,
     /// The virtual key (its id, never its secret), its team, and the end
-    /// user the request named, when there were.
+    /// user the request named, when there were. The ids are shared with
+    /// the key cache's entry rather than copied per request.
     #[serde(default)]
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
     #[serde(default)]
-    pub team_id: Option<String>,
+    pub team_id: Option<Arc<str>>,
     #[serde(default)]
     pub end_user: Option<String>,
     /// What the request cost, in nano-dollars, when a price was known.

@@ -41,8 +41,8 @@ pub(crate) const DEFAULT_OUTPUT_RESERVE: u64 = 16_384;
 /// Who made a request, for the record.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Caller {
-    pub key_id: Option<String>,
-    pub team_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
+    pub team_id: Option<Arc<str>>,
     pub end_user: Option<String>,
 }
 
@@ -448,8 +448,8 @@ pub(crate) fn user_scope(key_id: &str, end_user: &str) -> Scope {
 pub(crate) fn caller(principal: &Principal, end_user: Option<String>) -> Caller {
     match principal {
         Principal::Key(entry) => Caller {
-            key_id: Some(entry.record.id.clone()),
-            team_id: entry.team.as_ref().map(|team| team.id.clone()),
+            key_id: Some(entry.key_scope.clone()),
+            team_id: entry.team_scope.clone(),
             end_user,
         },
         Principal::Open | Principal::Master => Caller {

@@ -290,8 +290,8 @@ mod tests {
 
     fn caller(key: &str, team: Option<&str>) -> Caller {
         Caller {
-            key_id: Some(key.to_owned()),
-            team_id: team.map(str::to_owned),
+            key_id: Some(key.into()),
+            team_id: team.map(Into::into),
             end_user: None,
         }
     }

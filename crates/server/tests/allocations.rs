@@ -158,7 +158,9 @@ async fn allocations_per_proxied_request_stay_low() {
         assert!(answer.headers().contains_key(name), "{name} missing");
     }
     // 59 when first counted (49 through the master key, with the same
-    // priced deployment): the bound catches a step back.
+    // priced deployment), 57 once the limiter reserved without a boxed
+    // future, 56 since the record shares the key cache's id instead of
+    // copying it: the bound catches a step back.
     assert!(
         keyed_per_request < 70.0,
         "the gateway allocates {keyed_per_request:.0} times per keyed request (bound 70)"

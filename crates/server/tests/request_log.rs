@@ -51,7 +51,7 @@ fn record(request_id: &str, started_at_ms: i64, model: &str, status: u16) -> Req
             output_tokens: Some(5),
             ..Usage::default()
         },
-        key_id: Some("key_1".to_owned()),
+        key_id: Some("key_1".into()),
         team_id: None,
         end_user: None,
         cost_nanos: Some(1_500),

@@ -277,8 +277,8 @@ fn without_nul(record: &RequestRecord) -> RequestRecord {
         deployment: clean_opt(&record.deployment),
         served_model: clean_opt(&record.served_model),
         error_code: clean_opt(&record.error_code),
-        key_id: clean_opt(&record.key_id),
-        team_id: clean_opt(&record.team_id),
+        key_id: record.key_id.as_deref().map(|id| clean(id).into()),
+        team_id: record.team_id.as_deref().map(|id| clean(id).into()),
         end_user: clean_opt(&record.end_user),
         metadata: clean_opt(&record.metadata),
         bodies: record

@@ -413,7 +413,7 @@ pub(crate) mod tests {
                 reasoning_tokens: Some(0),
                 cache_write_tokens: Some(4),
             },
-            key_id: Some("key_1".to_owned()),
+            key_id: Some("key_1".into()),
             team_id: None,
             end_user: Some("user-7".to_owned()),
             cost_nanos: Some(1234),
@@ -552,7 +552,7 @@ pub(crate) mod tests {
                         request: format!(r#"{{"n":{index}}}"#),
                         response: (index % 4 == 2).then(|| "answer ✓".to_owned()),
                     });
-                    record.team_id = Some(String::new());
+                    record.team_id = Some("".into());
                 }
                 3 => {
                     record.attempt_details = vec![switchboard_core::record::AttemptDetail {

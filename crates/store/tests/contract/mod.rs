@@ -70,8 +70,8 @@ pub fn varied_record(index: usize) -> RequestRecord {
             reasoning_tokens: some_if(8, number + 1),
             cache_write_tokens: some_if(9, number * 3),
         },
-        key_id: text_if(9, format!("key_{:016x}", index % 4)),
-        team_id: text_if(3, "team_with 'quotes' \"and\" \\slashes".to_owned()),
+        key_id: text_if(9, format!("key_{:016x}", index % 4)).map(Into::into),
+        team_id: text_if(3, "team_with 'quotes' \"and\" \\slashes".to_owned()).map(Into::into),
         end_user: text_if(5, format!("user-{index}@example.com")),
         cost_nanos: some_if(1, number * 1_000_003),
         cache_hit: bit(8),
@@ -119,8 +119,8 @@ pub async fn texts_with_escapes_round_trip<S: Store>(store: &S) {
     full.deployment = Some(awkward("deployment"));
     full.served_model = Some(awkward("served"));
     full.error_code = Some(awkward("error"));
-    full.key_id = Some(awkward("key"));
-    full.team_id = Some(awkward("team"));
+    full.key_id = Some(awkward("key").into());
+    full.team_id = Some(awkward("team").into());
     full.end_user = Some(awkward("user"));
     full.metadata = Some(format!(
         r#"{{"note":{}}}"#,
@@ -205,7 +205,7 @@ fn key(id: &str, team_id: Option<&str>, created_at_ms: i64) -> KeyRecord {
     KeyRecord {
         id: id.to_owned(),
         name: Some(format!("name of {id}")),
-        team_id: team_id.map(str::to_owned),
+        team_id: team_id.map(Into::into),
         hash: format!("{id:0>64}"),
         prefix: format!("sb-{id}"),
         limits: Limits::default(),
@@ -248,8 +248,8 @@ fn spend_record(
             reasoning_tokens: None,
             cache_write_tokens: None,
         },
-        key_id: key_id.map(str::to_owned),
-        team_id: team_id.map(str::to_owned),
+        key_id: key_id.map(Into::into),
+        team_id: team_id.map(Into::into),
         end_user: None,
         cost_nanos,
         cache_hit: false,
@@ -618,8 +618,8 @@ fn log_record(
             output_tokens: Some(1),
             ..Usage::default()
         },
-        key_id: key_id.map(str::to_owned),
-        team_id: team_id.map(str::to_owned),
+        key_id: key_id.map(Into::into),
+        team_id: team_id.map(Into::into),
         end_user: None,
         cost_nanos: Some(1),
         cache_hit: false,
@@ -1318,8 +1318,8 @@ fn usage_reference(
         let name = match group {
             UsageGroup::Model => record.model.clone(),
             UsageGroup::Deployment => record.deployment.clone().unwrap_or_default(),
-            UsageGroup::Key => record.key_id.clone().unwrap_or_default(),
-            UsageGroup::Team => record.team_id.clone().unwrap_or_default(),
+            UsageGroup::Key => record.key_id.as_deref().unwrap_or_default().to_owned(),
+            UsageGroup::Team => record.team_id.as_deref().unwrap_or_default().to_owned(),
         };
         let start = bucket.map(|bucket| record.started_at_ms / bucket.millis() * bucket.millis());
         groups.entry((start, name)).or_default().push(record);
