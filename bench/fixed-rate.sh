@@ -6,14 +6,19 @@
 # starts: `cold` (its first load) and `warm` (a second oha process, so new
 # client connections, on the same proxy).
 #
-# Each load is DURATION seconds, and its figures are given twice: over the
-# whole load, and over what follows its first WARMUP seconds (`steady`),
-# read from oha's per-request output (the time each request started, and
-# its latency counted from when it was due). oha opens its 256 connections
-# at once and every request due meanwhile counts from when it was due, so
-# at high rates a whole load's p99 is set by its first tenth of a second.
-# A load `holds` the rate when at least 99.5% of the requests due over its
-# steady part were answered 200 within it.
+# Each load is DURATION seconds, and its latencies (of the answers that
+# were 200s) are given twice: over the whole load, and over the requests
+# sent after its first WARMUP seconds and before its last tenth of a
+# second (`steady`), read from oha's per-request output: when each request
+# was sent, and its latency counted from when it was due. oha opens its 256
+# connections at once and every request due meanwhile counts from when it
+# was due, so at high rates a whole load's p99 is set by its first tenth of
+# a second. A load `holds` the rate when the 200s to requests sent in its
+# steady part number at least 99.5% of the requests due in that time.
+# oha's rows hold only requests that were answered: `unanswered` is what
+# the load was due to send and got no answer for (a failed connection, a
+# reset, a timeout, or still in flight at the end), and oha's messages are
+# kept beside the summary (`<load>.err`) when it wrote any.
 #
 #   flock /tmp/bench.lock bench/fixed-rate.sh [BINARY]   (default: builds target/release/switchboard)
 #   RATE=2000 ROUNDS=2 DURATION=8 WARMUP=1 bench/fixed-rate.sh    # the defaults
@@ -61,8 +66,9 @@ trap cleanup EXIT
 load() { # name, url
   taskset -c 0 "$OHA" --no-tui --output-format csv -m POST -T application/json -d "$BODY" \
     -H "Authorization: Bearer sk-bench-1234" -t 30s -z "${DURATION}s" -c 256 -q "$RATE" \
-    --latency-correction "$2" >"$OUT/$1.csv" 2>/dev/null || true
-  python3 - "$OUT/$1.csv" "$RATE" "$DURATION" "$WARMUP" >"$OUT/$1.json" <<'PY' || true
+    --latency-correction "$2" >"$OUT/$1.csv" 2>"$OUT/$1.err" || true
+  [ -s "$OUT/$1.err" ] || rm -f "$OUT/$1.err"
+  python3 - "$OUT/$1.csv" "$RATE" "$DURATION" "$WARMUP" >"$OUT/$1.json" <<'PY' && rm -f "$OUT/$1.csv" || true
 import json, sys
 path, rate, duration, warmup = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 rows = []
@@ -80,12 +86,12 @@ def figures(part, seconds):
     due = rate * seconds
     return {"p50": pick(0.50), "p99": pick(0.99), "p99.9": pick(0.999),
             "answered_per_sec": len(ok) / seconds, "not_200": len(part) - len(ok),
+            "unanswered": max(0, round(due) - len(part)),
             "answered_share": len(ok) / due if due else None}
 # the last tenth of a second is left out of the count: oha cuts what is in flight at its deadline
 steady = [r for r in rows if warmup <= r[0] < duration - 0.1]
 json.dump({"whole": figures(rows, duration), "steady": figures(steady, duration - 0.1 - warmup)}, sys.stdout)
 PY
-  rm -f "$OUT/$1.csv"
 }
 
 start_mock 0 1
@@ -107,13 +113,14 @@ for round in $(seq "$ROUNDS"); do
 done
 
 python3 - "$OUT" "$ROUNDS" "$WARMUP" <<'PY'
-import json, os, sys
+import json, math, os, sys
 out, rounds, warmup = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rows = [f"Whole load, then `steady` (after its first {warmup} s); p99 above direct: the same round's direct p99, same part.",
-        "A load holds the rate when 99.5% of the requests due over its steady part were answered 200 within it.",
+rows = [f"Latencies of the 200s, over the whole load, then `steady` (requests sent after its first {warmup} s, before its last 0.1 s);",
+        "p99 above direct: the same round's direct p99, same part. A load holds the rate when the 200s to requests sent in its",
+        "steady part number 99.5% of the requests due in that time. Unanswered: due over the whole load, no answer (failed or cut at the end).",
         "",
-        "| round | contender | p50 ms | p99 ms | p99.9 ms | p99 above direct | steady p50 | steady p99 | steady p99.9 | steady p99 above direct | steady req/s | holds | not 200 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| round | contender | p50 ms | p99 ms | p99.9 ms | p99 above direct | steady p50 | steady p99 | steady p99.9 | steady p99 above direct | steady 200s/s | holds | not 200 | unanswered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 ms = lambda v: "–" if v is None else f"{v * 1000:.2f}"
 for r in range(1, rounds + 1):
     direct = None
@@ -121,7 +128,7 @@ for r in range(1, rounds + 1):
         try:
             d = json.load(open(os.path.join(out, f"{name}-r{r}.json")))
         except (OSError, ValueError):
-            rows.append(f"| {r} | {name} | " + "– | " * 10 + "no result |")
+            rows.append(f"| {r} | {name} | " + "– | " * 11 + "no result |")
             continue
         if name == "direct":
             direct = d
@@ -129,10 +136,11 @@ for r in range(1, rounds + 1):
         above = lambda part: "–" if direct is None or d[part]["p99"] is None or direct[part]["p99"] is None \
             else f"{(d[part]['p99'] - direct[part]['p99']) * 1000:+.2f}"
         share = s["answered_share"]
-        holds = "–" if share is None else ("yes" if share >= 0.995 else f"no ({share:.1%})")
+        # rounded down, so that a share under the line never reads as on it
+        holds = "–" if share is None else ("yes" if share >= 0.995 else f"no ({math.floor(share * 1000) / 10:.1f}%)")
         rows.append(f"| {r} | {name} | {ms(w['p50'])} | {ms(w['p99'])} | {ms(w['p99.9'])} | {above('whole')} | "
                     f"{ms(s['p50'])} | {ms(s['p99'])} | {ms(s['p99.9'])} | {above('steady')} | "
-                    f"{s['answered_per_sec']:.0f} | {holds} | {w['not_200']} |")
+                    f"{s['answered_per_sec']:.0f} | {holds} | {w['not_200']} | {w['unanswered']} |")
 rows.append("")
 rows.append("Freezes (bench/freezes.sh's probe, 3 s on each core before the round; gaps over 0.2 ms):")
 rows.append("")
