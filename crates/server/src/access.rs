@@ -448,8 +448,8 @@ pub(crate) fn user_scope(key_id: &str, end_user: &str) -> Scope {
 pub(crate) fn caller(principal: &Principal, end_user: Option<String>) -> Caller {
     match principal {
         Principal::Key(entry) => Caller {
-            key_id: Some(entry.key_scope.clone()),
-            team_id: entry.team_scope.clone(),
+            key_id: Some(entry.key_id.clone()),
+            team_id: entry.team_id.clone(),
             end_user,
         },
         Principal::Open | Principal::Master => Caller {
@@ -508,8 +508,8 @@ fn key_scopes(entry: &KeyEntry, demand: &Demand<'_>) -> Result<Vec<(Scope, Rules
     let KeyEntry {
         record,
         team,
-        key_scope,
-        team_scope,
+        key_id,
+        team_id,
     } = entry;
     if !record.limits.allows_model(demand.model)
         || team
@@ -527,15 +527,15 @@ fn key_scopes(entry: &KeyEntry, demand: &Demand<'_>) -> Result<Vec<(Scope, Rules
     let mut scopes = vec![(
         Scope {
             kind: ScopeKind::Key,
-            id: key_scope.clone(),
+            id: key_id.clone(),
         },
         rules_of(&record.limits),
     )];
-    if let (Some(team), Some(team_scope)) = (team, team_scope) {
+    if let (Some(team), Some(team_id)) = (team, team_id) {
         scopes.push((
             Scope {
                 kind: ScopeKind::Team,
-                id: team_scope.clone(),
+                id: team_id.clone(),
             },
             rules_of(&team.limits),
         ));

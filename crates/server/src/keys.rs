@@ -31,10 +31,10 @@ pub(crate) const SECRET_PREFIX: &str = "sb-";
 pub(crate) struct KeyEntry {
     pub record: KeyRecord,
     pub team: Option<Arc<TeamRecord>>,
-    /// The ids of the key's and its team's limiter scopes, made once here
-    /// rather than copied on each request.
-    pub key_scope: Arc<str>,
-    pub team_scope: Option<Arc<str>>,
+    /// The key's and its team's ids, made once here and shared by each
+    /// request's limiter scopes and record rather than copied per request.
+    pub key_id: Arc<str>,
+    pub team_id: Option<Arc<str>>,
 }
 
 impl KeyEntry {
@@ -136,8 +136,8 @@ impl KeyIndex {
         let teams: HashMap<String, (Arc<TeamRecord>, Arc<str>)> = teams
             .into_iter()
             .map(|team| {
-                let scope = Arc::from(team.id.as_str());
-                (team.id.clone(), (Arc::new(team), scope))
+                let id = Arc::from(team.id.as_str());
+                (team.id.clone(), (Arc::new(team), id))
             })
             .collect();
         let by_hash = keys
@@ -147,18 +147,18 @@ impl KeyIndex {
                     tracing::warn!(key = %record.id, "a key's stored hash is not a SHA-256 digest; the key cannot be used");
                     return None;
                 };
-                let (team, team_scope) = record
+                let (team, team_id) = record
                     .team_id
                     .as_ref()
                     .and_then(|team| teams.get(team))
                     .cloned()
                     .unzip();
-                let key_scope = Arc::from(record.id.as_str());
+                let key_id = Arc::from(record.id.as_str());
                 let entry = KeyEntry {
                     record,
                     team,
-                    key_scope,
-                    team_scope,
+                    key_id,
+                    team_id,
                 };
                 Some((SecretDigest(digest), Arc::new(entry)))
             })
