@@ -24,7 +24,7 @@ pub struct SqliteStore {
     /// The request log's own writer connection (a file database; an
     /// in-memory one is private to the pool's connection, and is written
     /// through it).
-    writer: Option<Arc<LogWriter>>,
+    pub(crate) writer: Option<Arc<LogWriter>>,
 }
 
 impl SqliteStore {
@@ -526,7 +526,7 @@ pub(crate) mod tests {
 
     /// Records of every shape: values at their limits, absent ones, text
     /// that needs care, attempt details, metadata and bodies.
-    fn assorted_records() -> Vec<RequestRecord> {
+    pub(crate) fn assorted_records() -> Vec<RequestRecord> {
         let mut records = Vec::new();
         for index in 0..300_u64 {
             let mut record = record(&format!("req_{index:04}"));
@@ -573,7 +573,7 @@ pub(crate) mod tests {
     }
 
     /// A store in a file of its own, and the directory to remove after.
-    async fn file_store(test: u32) -> (std::path::PathBuf, SqliteStore) {
+    pub(crate) async fn file_store(test: u32) -> (std::path::PathBuf, SqliteStore) {
         let directory =
             std::env::temp_dir().join(format!("switchboard-writer-{}-{test}", std::process::id()));
         let store = SqliteStore::open_file(&directory.join("log.db"))

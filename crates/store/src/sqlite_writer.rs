@@ -1,10 +1,22 @@
 //! The request log's writer: a connection of its own to the SQLite file,
-//! on a thread of its own, through which every batch of request records is
-//! inserted.
+//! through which every batch of request records is inserted, by one of two
+//! threads of its own.
 //!
-//! Records cross to the thread once, encoded: every column's value in
+//! A batch goes to the background thread, which runs only when nothing
+//! else wants its core (`SCHED_IDLE` on Linux): a request woken while a
+//! batch is being written takes the core at once, where it waited for the
+//! writer's scheduler slice to end (a millisecond or more, the gateway's
+//! p99 at fixed rates). When the cores are busy serving, the background
+//! thread falls behind: a batch not written within `HURRY_AFTER` is handed
+//! on after its current chunk, its transaction open, to the catch-up
+//! thread, which takes its turn like any other (the connection moves with
+//! it), and so are the batches of the next `CATCH_UP`. So the log keeps up
+//! under any load, and costs the requests nothing while a core has time
+//! to spare.
+//!
+//! Records cross to the threads once, encoded: every column's value in
 //! statement order, every text copied into one buffer (`Encoded`). The
-//! thread keeps the ten insert statements (five chunk sizes, for records
+//! connection keeps the ten insert statements (five chunk sizes, for records
 //! and for bodies) prepared for as long as it runs, binds each value
 //! straight from that buffer, and writes a batch in one `BEGIN IMMEDIATE`
 //! transaction. Against the pool's connections (sqlx) this spares, per
@@ -18,16 +30,17 @@
 //! What is left is SQLite's own work (see `BENCHMARKS.md`). Reads, retention and the keys stay on
 //! the pool; SQLite's locking (WAL, one writer at a time, a busy timeout
 //! on both sides) keeps them apart. A connection left inside a transaction
-//! by a failure is reopened; should the thread be gone, the store writes
+//! by a failure is reopened; should the threads be gone, the store writes
 //! through the pool.
 
 use std::ffi::{CStr, c_int};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ffi};
 use switchboard_core::{RequestRecord, request_id};
@@ -148,56 +161,195 @@ fn number(value: Option<u64>) -> Value {
     })
 }
 
+/// How long a batch may take on the background thread before the rest of
+/// it goes to the catch-up thread. At the rates a core serves with room to
+/// spare, a batch takes a few milliseconds there.
+const HURRY_AFTER: Duration = Duration::from_millis(50);
+
+/// How long batches go straight to the catch-up thread after one was
+/// hurried, before the background thread is given the next again.
+const CATCH_UP: Duration = Duration::from_secs(1);
+
 struct Job {
     batch: Encoded,
     done: oneshot::Sender<Result<(), String>>,
+    /// Set by the waiting side once the batch has taken `HURRY_AFTER`:
+    /// the background thread hands the rest of it on.
+    hurry: Arc<AtomicBool>,
+    /// Where the batch stands: `None` before its transaction begins, else
+    /// the number of its chunks inserted (records' chunks, then bodies').
+    chunks_done: Option<usize>,
 }
 
-/// The handle of the writer thread; see the module documentation.
+/// The connection and its prepared statements, held by whichever of the
+/// two threads is writing; `None` until opened, and after a failure that
+/// left it inside a transaction (opened again by the next batch).
+struct Shared {
+    path: PathBuf,
+    session: Mutex<Option<Session>>,
+    /// Batches the background thread handed on halfway.
+    handed_on: AtomicU64,
+    /// Batches committed by each thread, by `Lane`.
+    committed: [AtomicU64; 2],
+    /// Each thread's id, by `Lane`, once it has started (and, for the
+    /// background thread, asked for its policy).
+    #[cfg(target_os = "linux")]
+    tids: [std::sync::atomic::AtomicI32; 2],
+}
+
+/// Which thread writes: the background one, which runs only when nothing
+/// else wants the core and hands a hurried batch on, or the catch-up one,
+/// which takes its turn with the threads serving requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Background = 0,
+    CatchUp = 1,
+}
+
+impl Shared {
+    fn started(&self, lane: Lane) {
+        // SAFETY: gettid has no preconditions.
+        #[cfg(target_os = "linux")]
+        self.tids[lane as usize].store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        #[cfg(not(target_os = "linux"))]
+        let _ = lane;
+    }
+}
+
+/// The two threads' queues.
 #[derive(Debug)]
+struct Lanes {
+    background: mpsc::Sender<Job>,
+    catch_up: mpsc::Sender<Job>,
+}
+
+/// The handle of the writer threads; see the module documentation.
 pub(crate) struct LogWriter {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    lanes: Mutex<Option<Lanes>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Until when batches go straight to the catch-up thread.
+    catch_up_until: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("LogWriter")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LogWriter {
-    /// Opens the connection (the file must exist, migrated) and starts the
-    /// thread, once every statement is prepared. Blocks until then: call it
+    /// Opens the connection (the file must exist, migrated), prepares
+    /// every statement and starts both threads. Blocks until then: call it
     /// off the runtime's threads.
     pub(crate) fn open(path: &Path) -> Result<LogWriter, String> {
-        let path = path.to_owned();
-        let (jobs, waiting) = mpsc::channel::<Job>();
-        let (ready, started) = mpsc::sync_channel::<Result<(), String>>(1);
-        let thread = std::thread::Builder::new()
-            .name("sqlite-log-writer".to_owned())
-            .spawn(move || serve(&path, &waiting, Some(ready)))
-            .map_err(|error| error.to_string())?;
-        match started.recv() {
-            Ok(Ok(())) => Ok(LogWriter {
-                jobs: Mutex::new(Some(jobs)),
-                thread: Mutex::new(Some(thread)),
-            }),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err("the writer thread ended before it started".to_owned()),
-        }
+        let session = Session::open(path).map_err(|error| error.to_string())?;
+        let shared = Arc::new(Shared {
+            path: path.to_owned(),
+            session: Mutex::new(Some(session)),
+            handed_on: AtomicU64::new(0),
+            committed: [AtomicU64::new(0), AtomicU64::new(0)],
+            #[cfg(target_os = "linux")]
+            tids: Default::default(),
+        });
+        let (catch_up, catch_up_jobs) = mpsc::channel::<Job>();
+        let (background, background_jobs) = mpsc::channel::<Job>();
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(body)
+                .map_err(|error| error.to_string())
+        };
+        let catch_up_thread = {
+            let shared = shared.clone();
+            spawn(
+                "sqlite-log-catchup",
+                Box::new(move || {
+                    shared.started(Lane::CatchUp);
+                    while let Ok(job) = catch_up_jobs.recv() {
+                        // Never handed on from here.
+                        let _ = work(&shared, job, Lane::CatchUp);
+                    }
+                }),
+            )?
+        };
+        let background_thread = {
+            let shared = shared.clone();
+            let catch_up = catch_up.clone();
+            spawn(
+                "sqlite-log-writer",
+                Box::new(move || {
+                    yield_to_every_other_thread();
+                    shared.started(Lane::Background);
+                    while let Ok(job) = background_jobs.recv() {
+                        let Some(rest) = work(&shared, job, Lane::Background) else {
+                            continue;
+                        };
+                        shared.handed_on.fetch_add(1, Ordering::Relaxed);
+                        if let Err(refused) = catch_up.send(rest) {
+                            // The catch-up thread is gone (it cannot be,
+                            // short of a bug): the batch is finished here.
+                            let _ = work(&shared, refused.0, Lane::CatchUp);
+                        }
+                    }
+                }),
+            )?
+        };
+        Ok(LogWriter {
+            shared,
+            lanes: Mutex::new(Some(Lanes {
+                background,
+                catch_up,
+            })),
+            threads: Mutex::new(vec![background_thread, catch_up_thread]),
+            catch_up_until: Mutex::new(None),
+        })
     }
 
     /// Writes a batch in one transaction, and waits until it is committed
     /// (or has failed, and was rolled back). `Err(Stopped)` gives the batch
-    /// back when the thread is gone.
+    /// back when the threads are gone.
     pub(crate) async fn insert(&self, batch: Encoded) -> Result<Result<(), StoreError>, Stopped> {
-        let (done, answer) = oneshot::channel();
-        let refused = match lock(&self.jobs).as_ref() {
-            Some(jobs) => jobs
-                .send(Job { batch, done })
-                .err()
-                .map(|refused| refused.0.batch),
-            None => Some(batch),
+        self.insert_job(batch, false).await
+    }
+
+    async fn insert_job(
+        &self,
+        batch: Encoded,
+        hurried: bool,
+    ) -> Result<Result<(), StoreError>, Stopped> {
+        let (done, mut answer) = oneshot::channel();
+        let hurry = Arc::new(AtomicBool::new(hurried));
+        let job = Job {
+            batch,
+            done,
+            hurry: hurry.clone(),
+            chunks_done: None,
         };
-        if let Some(batch) = refused {
-            return Err(Stopped(batch));
+        let catching_up = lock(&self.catch_up_until).is_some_and(|until| Instant::now() < until);
+        let refused = match lock(&self.lanes).as_ref() {
+            Some(lanes) if catching_up => lanes.catch_up.send(job).err(),
+            Some(lanes) => lanes.background.send(job).err(),
+            None => return Err(Stopped(job.batch)),
+        };
+        if let Some(refused) = refused {
+            return Err(Stopped(refused.0.batch));
         }
-        Ok(match answer.await {
+        let answered = match tokio::time::timeout(HURRY_AFTER, &mut answer).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                // The background thread is not keeping up: the cores are
+                // busy serving. The rest of this batch, and the batches
+                // for a while, go to the thread that takes its turn.
+                hurry.store(true, Ordering::Relaxed);
+                *lock(&self.catch_up_until) = Some(Instant::now() + CATCH_UP);
+                answer.await
+            }
+        };
+        Ok(match answered {
             Ok(result) => result.map_err(StoreError::Query),
             // The thread ended during the write; the caller sends the
             // batch again, and then finds the thread gone.
@@ -207,65 +359,89 @@ impl LogWriter {
         })
     }
 
-    /// Stops the thread once it has written what it was given, and waits
-    /// for it (the connection is closed when it returns).
+    /// Stops the threads once they have written what they were given, and
+    /// waits for them (the connection is closed when the last returns).
     pub(crate) async fn close(&self) {
-        drop(lock(&self.jobs).take());
-        let thread = lock(&self.thread).take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        drop(lock(&self.lanes).take());
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        let _ = tokio::task::spawn_blocking(move || {
+            // The background thread first: it may still hand a batch on.
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// A batch the writer's threads could not take: they have ended.
+#[derive(Debug)]
+pub(crate) struct Stopped(pub(crate) Encoded);
+
+/// Asks the scheduler to run this thread only when nothing else wants its
+/// core (Linux's `SCHED_IDLE`): a request woken while a batch is being
+/// written then takes the core at once, instead of waiting for the
+/// writer's slice to end (a millisecond or more). Where the policy is not
+/// available, the thread keeps the default one.
+fn yield_to_every_other_thread() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param; pid 0 is this thread.
+        let code = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if code != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "the request log's background writer keeps the default scheduling"
+            );
         }
     }
 }
 
-/// A batch the writer's thread could not take: it has ended.
-#[derive(Debug)]
-pub(crate) struct Stopped(pub(crate) Encoded);
-
-/// The writer thread: serves jobs until every sender is gone. A connection
-/// left inside a transaction after a failure (its `ROLLBACK` failed too) is
-/// closed, which rolls it back, and opened again; while it cannot be, each
-/// job is answered with why, and the next job tries again.
-fn serve(
-    path: &Path,
-    jobs: &mpsc::Receiver<Job>,
-    mut ready: Option<mpsc::SyncSender<Result<(), String>>>,
-) {
-    loop {
-        let opened = connect(path).map_err(|error| error.to_string());
-        let prepared = match &opened {
-            Ok(connection) => Prepared::new(connection)
-                .map(|prepared| (connection, prepared))
-                .map_err(|error| error.to_string()),
-            Err(error) => Err(error.clone()),
-        };
-        if let Some(ready) = ready.take() {
-            let failed = prepared.as_ref().err().cloned();
-            let _ = ready.send(failed.clone().map_or(Ok(()), Err));
-            if failed.is_some() {
-                return;
-            }
-        }
-        match prepared {
-            Ok((connection, prepared)) => {
-                if run(connection, prepared, jobs) {
-                    return;
-                }
-                tracing::warn!(
-                    "the request log's writer connection is reopened after a failed rollback"
-                );
-            }
+/// Writes what is left of `job` on this thread, then answers it; or, in
+/// the background lane, stops after a chunk once the job is hurried and
+/// gives it back, its transaction still open, for the catch-up thread to
+/// finish. A failure rolls the batch back whole.
+fn work(shared: &Shared, mut job: Job, lane: Lane) -> Option<Job> {
+    let mut session = lock(&shared.session);
+    if session.is_none() {
+        match Session::open(&shared.path) {
+            Ok(opened) => *session = Some(opened),
             Err(error) => {
-                // Answer one job with why, then try again.
-                let Ok(Job { done, .. }) = jobs.recv() else {
-                    return;
-                };
-                let _ = done.send(Err(format!(
+                let _ = job.done.send(Err(format!(
                     "the request log's writer cannot open the database: {error}"
                 )));
+                return None;
             }
         }
     }
+    let open = session.as_mut()?;
+    let hurry = (lane == Lane::Background).then(|| job.hurry.clone());
+    match open.advance(&mut job, hurry.as_deref()) {
+        Ok(Progress::Committed) => {
+            shared.committed[lane as usize].fetch_add(1, Ordering::Relaxed);
+            let _ = job.done.send(Ok(()));
+            None
+        }
+        Ok(Progress::HandOn) => Some(job),
+        Err(error) => {
+            // Nothing of a failed batch stays; the caller sends it again.
+            let _ = open.connection.execute_batch("ROLLBACK");
+            if !open.connection.is_autocommit() {
+                tracing::warn!(
+                    "the request log's writer connection is reopened after a failed rollback"
+                );
+                *session = None;
+            }
+            let _ = job.done.send(Err(error.to_string()));
+            None
+        }
+    }
+}
+
+enum Progress {
+    Committed,
+    HandOn,
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -278,41 +454,99 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-/// The insert statements, one per chunk size, prepared once.
-struct Prepared<'c> {
-    records: Vec<Raw<'c>>,
-    bodies: Vec<Raw<'c>>,
+/// The connection with its insert statements, one per chunk size,
+/// prepared once. Used by one thread at a time (under `Shared::session`),
+/// which SQLite's threading mode allows.
+struct Session {
+    records: Vec<Raw>,
+    bodies: Vec<Raw>,
+    connection: Connection,
 }
 
-impl<'c> Prepared<'c> {
-    fn new(connection: &'c Connection) -> rusqlite::Result<Prepared<'c>> {
-        let prepare = |statement: fn(usize) -> &'static str| {
-            CHUNK_SIZES
-                .iter()
-                .map(|&rows| Raw::prepare(connection, statement(rows)))
-                .collect::<rusqlite::Result<Vec<_>>>()
+// SAFETY: the statements are the connection's, and the whole is only ever
+// used by the thread holding `Shared::session`'s lock: SQLite (built
+// thread-safe, as rusqlite's bundled build is) allows a connection and its
+// statements to move between threads when no two use them at once.
+unsafe impl Send for Session {}
+
+impl Session {
+    fn open(path: &Path) -> rusqlite::Result<Session> {
+        let connection = connect(path)?;
+        let mut session = Session {
+            records: Vec::new(),
+            bodies: Vec::new(),
+            connection,
         };
-        Ok(Prepared {
-            records: prepare(insert_statement)?,
-            bodies: prepare(bodies_statement)?,
-        })
+        for &rows in &CHUNK_SIZES {
+            let statement = Raw::prepare(&session.connection, insert_statement(rows))?;
+            session.records.push(statement);
+            let statement = Raw::prepare(&session.connection, bodies_statement(rows))?;
+            session.bodies.push(statement);
+        }
+        Ok(session)
+    }
+
+    /// Begins the job's transaction if it has not begun, inserts its
+    /// chunks from where it stands, and commits; with `hurry`, returns
+    /// after any chunk once it is set (the transaction open).
+    fn advance(&mut self, job: &mut Job, hurry: Option<&AtomicBool>) -> rusqlite::Result<Progress> {
+        let batch = &job.batch;
+        let done = match job.chunks_done {
+            Some(done) => done,
+            None => {
+                self.connection.execute_batch("BEGIN IMMEDIATE")?;
+                job.chunks_done = Some(0);
+                0
+            }
+        };
+        let records = power_chunks(&batch.rows).map(Chunk::Records);
+        let bodies = power_chunks(&batch.bodies).map(Chunk::Bodies);
+        for (index, chunk) in records.chain(bodies).enumerate().skip(done) {
+            match chunk {
+                Chunk::Records(rows) => {
+                    insert_rows(&mut self.records, &self.connection, batch, rows)?
+                }
+                Chunk::Bodies(rows) => {
+                    insert_rows(&mut self.bodies, &self.connection, batch, rows)?
+                }
+            }
+            job.chunks_done = Some(index + 1);
+            if hurry.is_some_and(|hurry| hurry.load(Ordering::Relaxed)) {
+                return Ok(Progress::HandOn);
+            }
+        }
+        self.connection.execute_batch("COMMIT")?;
+        Ok(Progress::Committed)
     }
 }
 
-/// A prepared statement of `connection`, held through SQLite's C interface
-/// so that texts can be bound without a copy (see the module
-/// documentation). Finalized when dropped, before its connection closes.
-struct Raw<'c> {
-    statement: NonNull<ffi::sqlite3_stmt>,
-    connection: &'c Connection,
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Statements before their connection, which closes after this.
+        for statement in self.records.drain(..).chain(self.bodies.drain(..)) {
+            statement.finalize();
+        }
+    }
 }
 
-impl<'c> Raw<'c> {
-    fn prepare(connection: &'c Connection, sql: &str) -> rusqlite::Result<Raw<'c>> {
+enum Chunk<'b> {
+    Records(&'b [[Value; RECORD_COLUMNS]]),
+    Bodies(&'b [[Value; BODY_COLUMNS]]),
+}
+
+/// A prepared statement, held through SQLite's C interface so that texts
+/// can be bound without a copy (see the module documentation). Finalized
+/// by its `Session` before the connection closes.
+struct Raw {
+    statement: NonNull<ffi::sqlite3_stmt>,
+}
+
+impl Raw {
+    fn prepare(connection: &Connection, sql: &str) -> rusqlite::Result<Raw> {
         let len = c_int::try_from(sql.len()).map_err(|_| too_big())?;
         let mut statement = std::ptr::null_mut();
-        // SAFETY: the handle is that of `connection`, open for 'c; the SQL
-        // is `len` valid bytes, and `statement` is written by SQLite.
+        // SAFETY: the handle is that of `connection`, open; the SQL is
+        // `len` valid bytes, and `statement` is written by SQLite.
         let code = unsafe {
             ffi::sqlite3_prepare_v3(
                 connection.handle(),
@@ -323,12 +557,8 @@ impl<'c> Raw<'c> {
                 std::ptr::null_mut(),
             )
         };
-        let raw = NonNull::new(statement).map(|statement| Raw {
-            statement,
-            connection,
-        });
-        match (code, raw) {
-            (ffi::SQLITE_OK, Some(raw)) => Ok(raw),
+        match (code, NonNull::new(statement)) {
+            (ffi::SQLITE_OK, Some(statement)) => Ok(Raw { statement }),
             // Empty SQL prepares to nothing; it is never given.
             (ffi::SQLITE_OK, None) => Err(rusqlite::Error::InvalidQuery),
             (code, _) => Err(failure(connection, code)),
@@ -341,6 +571,7 @@ impl<'c> Raw<'c> {
     /// for the next run, which binds only the others).
     fn execute<'v>(
         &mut self,
+        connection: &Connection,
         values: impl Iterator<Item = &'v Value>,
         batch: &Encoded,
     ) -> rusqlite::Result<()> {
@@ -348,10 +579,11 @@ impl<'c> Raw<'c> {
         let mut code = ffi::SQLITE_OK;
         for (index, value) in values.enumerate() {
             let position = c_int::try_from(index + 1).map_err(|_| too_big())?;
-            // SAFETY: `statement` is live (finalized only on drop). A text
-            // bound `SQLITE_STATIC` must outlive its binding: it is
-            // `batch`'s, borrowed for this call, and the bindings are
-            // cleared below before the call returns, on every path.
+            // SAFETY: `statement` is live (finalized only by its session,
+            // which holds it). A text bound `SQLITE_STATIC` must outlive
+            // its binding: it is `batch`'s, borrowed for this call, and
+            // the bindings are cleared below before the call returns, on
+            // every path.
             code = unsafe {
                 match value {
                     // Every parameter is NULL after the clearing below (and
@@ -387,7 +619,7 @@ impl<'c> Raw<'c> {
         // Read before the reset, which may replace the message.
         let result = match code {
             ffi::SQLITE_OK => Ok(()),
-            code => Err(failure(self.connection, code)),
+            code => Err(failure(connection, code)),
         };
         // SAFETY: as above; both only touch the statement itself.
         unsafe {
@@ -396,11 +628,10 @@ impl<'c> Raw<'c> {
         }
         result
     }
-}
 
-impl Drop for Raw<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the statement is live and finalized once, here.
+    fn finalize(self) {
+        // SAFETY: the statement is live and finalized once, here (`self`
+        // is consumed), before its connection closes.
         unsafe {
             ffi::sqlite3_finalize(self.statement.as_ptr());
         }
@@ -422,53 +653,155 @@ fn too_big() -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_TOOBIG), None)
 }
 
-/// Serves jobs on one connection. True when every sender is gone; false
-/// when the connection was left inside a transaction and must be reopened.
-fn run(connection: &Connection, mut prepared: Prepared<'_>, jobs: &mpsc::Receiver<Job>) -> bool {
-    while let Ok(Job { batch, done }) = jobs.recv() {
-        let result = write(connection, &mut prepared, &batch).map_err(|error| error.to_string());
-        let _ = done.send(result);
-        if !connection.is_autocommit() {
-            return false;
-        }
-    }
-    true
-}
-
-fn write(
-    connection: &Connection,
-    prepared: &mut Prepared<'_>,
-    batch: &Encoded,
-) -> rusqlite::Result<()> {
-    connection.execute_batch("BEGIN IMMEDIATE")?;
-    let written = insert_rows(&mut prepared.records, batch, &batch.rows)
-        .and_then(|()| insert_rows(&mut prepared.bodies, batch, &batch.bodies))
-        .and_then(|()| connection.execute_batch("COMMIT"));
-    if written.is_err() {
-        // Nothing of a failed batch stays; the caller sends it again.
-        let _ = connection.execute_batch("ROLLBACK");
-    }
-    written
-}
-
+/// Inserts one chunk of rows with the statement prepared for its size.
 fn insert_rows<const COLUMNS: usize>(
-    statements: &mut [Raw<'_>],
+    statements: &mut [Raw],
+    connection: &Connection,
     batch: &Encoded,
-    rows: &[[Value; COLUMNS]],
+    chunk: &[[Value; COLUMNS]],
 ) -> rusqlite::Result<()> {
-    for chunk in power_chunks(rows) {
-        let Some(statement) = CHUNK_SIZES
-            .iter()
-            .position(|&size| size == chunk.len())
-            .and_then(|at| statements.get_mut(at))
-        else {
-            return Err(rusqlite::Error::InvalidParameterCount(chunk.len(), 0));
-        };
-        statement.execute(chunk.iter().flatten(), batch)?;
-    }
-    Ok(())
+    let Some(statement) = CHUNK_SIZES
+        .iter()
+        .position(|&size| size == chunk.len())
+        .and_then(|at| statements.get_mut(at))
+    else {
+        return Err(rusqlite::Error::InvalidParameterCount(chunk.len(), 0));
+    };
+    statement.execute(connection, chunk.iter().flatten(), batch)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+    use crate::sqlite::tests::{assorted_records, file_store, record};
+
+    fn writer(store: &crate::sqlite::SqliteStore) -> &LogWriter {
+        store.writer.as_deref().unwrap()
+    }
+
+    /// The background thread asks for `SCHED_IDLE`, the catch-up thread
+    /// keeps the default policy.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_background_writer_runs_only_on_an_idle_core() {
+        let (directory, store) = file_store(line!()).await;
+        let shared = &writer(&store).shared;
+        let mut tids = [0; 2];
+        for _ in 0..1_000 {
+            tids = [Lane::Background, Lane::CatchUp]
+                .map(|lane| shared.tids[lane as usize].load(Ordering::Relaxed));
+            if !tids.contains(&0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // SAFETY: plain queries of this process's threads.
+        let policies = tids.map(|tid| unsafe { libc::sched_getscheduler(tid) });
+        assert_eq!(policies, [libc::SCHED_IDLE, libc::SCHED_OTHER], "{tids:?}");
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// A hurried batch is begun by the background thread, which hands it
+    /// on after its first chunk, its transaction open; the catch-up thread
+    /// finishes it, and it is kept whole, as the pool would keep it.
+    #[tokio::test]
+    async fn a_hurried_batch_is_finished_by_the_catch_up_thread() {
+        let (directory, store) = file_store(line!()).await;
+        let records = assorted_records();
+        let batch = Encoded::of(&records).await;
+        assert!(power_chunks(&batch.rows).count() > 1);
+        writer(&store)
+            .insert_job(batch, true)
+            .await
+            .unwrap()
+            .unwrap();
+        let shared = &writer(&store).shared;
+        assert_eq!(shared.handed_on.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            shared.committed[Lane::CatchUp as usize].load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            shared.committed[Lane::Background as usize].load(Ordering::Relaxed),
+            0
+        );
+        let memory = crate::sqlite::SqliteStore::open_memory().await.unwrap();
+        memory.insert_records(&records).await.unwrap();
+        assert_eq!(
+            store.recent_records(1_000).await.unwrap(),
+            memory.recent_records(1_000).await.unwrap()
+        );
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// A hurried batch that fails on the catch-up thread leaves nothing
+    /// behind, not even the chunk the background thread inserted.
+    #[tokio::test]
+    async fn a_batch_handed_on_is_rolled_back_whole() {
+        let (directory, store) = file_store(line!()).await;
+        sqlx::query::<sqlx::Sqlite>("ALTER TABLE request_bodies RENAME TO gone")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let records = assorted_records();
+        let batch = Encoded::of(&records).await;
+        assert!(!batch.bodies.is_empty());
+        let error = writer(&store)
+            .insert_job(batch, true)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(error.to_string().contains("request_bodies"), "{error}");
+        assert_eq!(writer(&store).shared.handed_on.load(Ordering::Relaxed), 1);
+        assert!(store.recent_records(10).await.unwrap().is_empty());
+        store.insert_records(&[record("after")]).await.unwrap();
+        assert_eq!(store.recent_records(10).await.unwrap().len(), 1);
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// While the background thread cannot get to a batch (held here by
+    /// the session's lock, as a busy core would hold it), the batch is
+    /// hurried after `HURRY_AFTER`, and the batches after it go straight
+    /// to the catch-up thread.
+    #[tokio::test]
+    async fn a_slow_batch_sends_the_next_ones_to_the_catch_up_thread() {
+        let (directory, store) = file_store(line!()).await;
+        let shared = writer(&store).shared.clone();
+        let (taken, held) = mpsc::channel();
+        let holder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let _held = lock(&shared.session);
+                taken.send(()).unwrap();
+                std::thread::sleep(HURRY_AFTER * 2);
+            })
+        };
+        held.recv().unwrap();
+        let batch = Encoded::of(&assorted_records()).await;
+        writer(&store).insert(batch).await.unwrap().unwrap();
+        holder.join().unwrap();
+        // The background thread took the batch once it could, then gave
+        // it on after a chunk.
+        assert_eq!(shared.handed_on.load(Ordering::Relaxed), 1);
+        store.insert_records(&[record("next")]).await.unwrap();
+        assert_eq!(
+            shared.committed[Lane::CatchUp as usize].load(Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            shared.committed[Lane::Background as usize].load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(store.recent_records(1_000).await.unwrap().len(), 301);
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
 }
