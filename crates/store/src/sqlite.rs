@@ -583,7 +583,7 @@ pub(crate) mod tests {
     }
 
     /// The request ids of the newest records, newest first.
-    async fn ids_of(store: &SqliteStore) -> Vec<String> {
+    pub(crate) async fn ids_of(store: &SqliteStore) -> Vec<String> {
         store
             .recent_records(10)
             .await

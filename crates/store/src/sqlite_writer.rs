@@ -7,12 +7,21 @@
 //! batch is being written takes the core at once, where it waited for the
 //! writer's scheduler slice to end (a millisecond or more, the gateway's
 //! p99 at fixed rates). When the cores are busy serving, the background
-//! thread falls behind: a batch not written within `HURRY_AFTER` is handed
-//! on after its current chunk, its transaction open, to the catch-up
-//! thread, which takes its turn like any other (the connection moves with
-//! it), and so are the batches of the next `CATCH_UP`. So the log keeps up
-//! under any load, and costs the requests nothing while a core has time
-//! to spare.
+//! thread falls behind, and the catch-up thread, of the default policy,
+//! takes over: a batch the background thread picks up late
+//! (`PICKED_UP_LATE`) or has not begun when it is hurried (`HURRY_AFTER`)
+//! is taken whole; one it has begun is handed on after its current chunk,
+//! its transaction open (the connection moves between the threads, one
+//! batch at a time); and the batches of the next `CATCH_UP` (doubled while
+//! the background thread keeps being hurried) go straight to the catch-up
+//! thread. The connection never checkpoints the WAL itself: the background
+//! thread does after a batch, on a connection of its own, so that a
+//! checkpoint it cannot finish on a busy core holds up no batch (the
+//! catch-up thread does once the WAL has grown four times as long). The
+//! log keeps up under any load, and costs the requests nothing while a core
+//! has time to spare; what a batch the background thread was stopped in
+//! the middle of costs is a delay (a fraction of a second) before it is
+//! written, and the records queued meanwhile.
 //!
 //! Records cross to the threads once, encoded: every column's value in
 //! statement order, every text copied into one buffer (`Encoded`). The
@@ -166,19 +175,54 @@ fn number(value: Option<u64>) -> Value {
 /// spare, a batch takes a few milliseconds there.
 const HURRY_AFTER: Duration = Duration::from_millis(50);
 
-/// How long batches go straight to the catch-up thread after one was
-/// hurried, before the background thread is given the next again.
-const CATCH_UP: Duration = Duration::from_secs(1);
+/// A batch the background thread picks up later than this after it was
+/// sent found its core busy: it goes to the catch-up thread unbegun.
+const PICKED_UP_LATE: Duration = Duration::from_millis(5);
 
+/// How long batches go straight to the catch-up thread after one was
+/// hurried, before the background thread is given the next again; doubled
+/// each time the background thread is hurried again before it has written
+/// a batch in time, up to `CATCH_UP_MOST`. A batch the background thread
+/// has begun cannot be taken from it until it runs again, which a core
+/// kept busy lets it do only now and then (a fraction of a second), so
+/// under such a load it is given batches ever more rarely.
+const CATCH_UP: Duration = Duration::from_secs(1);
+const CATCH_UP_MOST: Duration = Duration::from_secs(32);
+
+/// A batch on its way, shared by the side that waits for it and the two
+/// threads, so that the catch-up thread can take a batch the background
+/// thread has not begun.
 struct Job {
     batch: Encoded,
-    done: oneshot::Sender<Result<(), String>>,
+    done: Mutex<Option<oneshot::Sender<Result<(), String>>>>,
     /// Set by the waiting side once the batch has taken `HURRY_AFTER`:
     /// the background thread hands the rest of it on.
-    hurry: Arc<AtomicBool>,
+    hurry: AtomicBool,
+    /// Which thread has taken the batch: `UNTAKEN`, or a `Lane`. Taken
+    /// once; a batch handed on keeps the background's mark.
+    taken: std::sync::atomic::AtomicU8,
+    sent: Instant,
     /// Where the batch stands: `None` before its transaction begins, else
     /// the number of its chunks inserted (records' chunks, then bodies').
-    chunks_done: Option<usize>,
+    /// Used by the thread that holds the session.
+    chunks_done: Mutex<Option<usize>>,
+}
+
+const UNTAKEN: u8 = u8::MAX;
+
+impl Job {
+    /// Takes the batch for `lane`: false when the other thread has.
+    fn take(&self, lane: Lane) -> bool {
+        self.taken
+            .compare_exchange(UNTAKEN, lane as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn answer(&self, result: Result<(), String>) {
+        if let Some(done) = lock(&self.done).take() {
+            let _ = done.send(result);
+        }
+    }
 }
 
 /// The connection and its prepared statements, held by whichever of the
@@ -189,12 +233,26 @@ struct Shared {
     session: Mutex<Option<Session>>,
     /// Batches the background thread handed on halfway.
     handed_on: AtomicU64,
+    /// Batches the background thread picked up late, and gave to the
+    /// catch-up thread unbegun.
+    picked_up_late: AtomicU64,
+    /// Batches hurried before the background thread picked them up, which
+    /// the catch-up thread took unbegun.
+    taken_unbegun: AtomicU64,
     /// Batches committed by each thread, by `Lane`.
     committed: [AtomicU64; 2],
+    /// The WAL's frames after the session's last commit.
+    wal_frames: Arc<std::sync::atomic::AtomicI32>,
+    /// Checkpoints run by the writer threads.
+    checkpoints: AtomicU64,
     /// Each thread's id, by `Lane`, once it has started (and, for the
     /// background thread, asked for its policy).
     #[cfg(target_os = "linux")]
     tids: [std::sync::atomic::AtomicI32; 2],
+    /// Tests hold the background thread off its next batch with this, as a
+    /// busy core would.
+    #[cfg(test)]
+    stalled: AtomicBool,
 }
 
 /// Which thread writes: the background one, which runs only when nothing
@@ -204,6 +262,14 @@ struct Shared {
 enum Lane {
     Background = 0,
     CatchUp = 1,
+}
+
+/// Sends a batch to the catch-up thread; should it be gone (it cannot be,
+/// short of a bug), finishes the batch on this thread.
+fn hand_on(shared: &Shared, catch_up: &mpsc::Sender<Arc<Job>>, job: Arc<Job>) {
+    if let Err(refused) = catch_up.send(job) {
+        work(shared, &refused.0, Lane::CatchUp);
+    }
 }
 
 impl Shared {
@@ -219,8 +285,8 @@ impl Shared {
 /// The two threads' queues.
 #[derive(Debug)]
 struct Lanes {
-    background: mpsc::Sender<Job>,
-    catch_up: mpsc::Sender<Job>,
+    background: mpsc::Sender<Arc<Job>>,
+    catch_up: mpsc::Sender<Arc<Job>>,
 }
 
 /// The handle of the writer threads; see the module documentation.
@@ -228,8 +294,19 @@ pub(crate) struct LogWriter {
     shared: Arc<Shared>,
     lanes: Mutex<Option<Lanes>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Until when batches go straight to the catch-up thread.
-    catch_up_until: Mutex<Option<Instant>>,
+    catch_up: Mutex<CatchUp>,
+    /// Held for the whole of a batch's write: a batch handed on halfway
+    /// leaves its transaction open on the connection, which no other batch
+    /// may use until it is committed.
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+/// Until when batches go straight to the catch-up thread, and for how long
+/// they will the next time one is hurried.
+#[derive(Debug)]
+struct CatchUp {
+    until: Option<Instant>,
+    next: Duration,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -246,17 +323,24 @@ impl LogWriter {
     /// every statement and starts both threads. Blocks until then: call it
     /// off the runtime's threads.
     pub(crate) fn open(path: &Path) -> Result<LogWriter, String> {
-        let session = Session::open(path).map_err(|error| error.to_string())?;
+        let wal_frames = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let session = Session::open(path, &wal_frames).map_err(|error| error.to_string())?;
         let shared = Arc::new(Shared {
+            wal_frames,
+            checkpoints: AtomicU64::new(0),
             path: path.to_owned(),
             session: Mutex::new(Some(session)),
             handed_on: AtomicU64::new(0),
+            picked_up_late: AtomicU64::new(0),
+            taken_unbegun: AtomicU64::new(0),
             committed: [AtomicU64::new(0), AtomicU64::new(0)],
             #[cfg(target_os = "linux")]
             tids: Default::default(),
+            #[cfg(test)]
+            stalled: AtomicBool::new(false),
         });
-        let (catch_up, catch_up_jobs) = mpsc::channel::<Job>();
-        let (background, background_jobs) = mpsc::channel::<Job>();
+        let (catch_up, catch_up_jobs) = mpsc::channel::<Arc<Job>>();
+        let (background, background_jobs) = mpsc::channel::<Arc<Job>>();
         let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.to_owned())
@@ -269,9 +353,15 @@ impl LogWriter {
                 "sqlite-log-catchup",
                 Box::new(move || {
                     shared.started(Lane::CatchUp);
+                    let mut checkpointer = Checkpointer::default();
                     while let Ok(job) = catch_up_jobs.recv() {
-                        // Never handed on from here.
-                        let _ = work(&shared, job, Lane::CatchUp);
+                        // Sent here, taken from the background thread
+                        // unbegun, or handed on by it: this thread's own
+                        // now, and never handed on from here.
+                        job.take(Lane::CatchUp);
+                        work(&shared, &job, Lane::CatchUp);
+                        drop(job);
+                        checkpointer.run(&shared, CATCH_UP_CHECKPOINT_FRAMES);
                     }
                 }),
             )?
@@ -284,15 +374,30 @@ impl LogWriter {
                 Box::new(move || {
                     yield_to_every_other_thread();
                     shared.started(Lane::Background);
+                    let mut checkpointer = Checkpointer::default();
                     while let Ok(job) = background_jobs.recv() {
-                        let Some(rest) = work(&shared, job, Lane::Background) else {
+                        #[cfg(test)]
+                        while shared.stalled.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        if job.sent.elapsed() > PICKED_UP_LATE {
+                            // The core was busy until now: the catch-up
+                            // thread takes the batch, unless it has.
+                            if job.take(Lane::CatchUp) {
+                                shared.picked_up_late.fetch_add(1, Ordering::Relaxed);
+                                hand_on(&shared, &catch_up, job);
+                            }
                             continue;
-                        };
-                        shared.handed_on.fetch_add(1, Ordering::Relaxed);
-                        if let Err(refused) = catch_up.send(rest) {
-                            // The catch-up thread is gone (it cannot be,
-                            // short of a bug): the batch is finished here.
-                            let _ = work(&shared, refused.0, Lane::CatchUp);
+                        }
+                        if !job.take(Lane::Background) {
+                            continue;
+                        }
+                        if work(&shared, &job, Lane::Background) == Worked::HandOn {
+                            shared.handed_on.fetch_add(1, Ordering::Relaxed);
+                            hand_on(&shared, &catch_up, job);
+                        } else {
+                            drop(job);
+                            checkpointer.run(&shared, CHECKPOINT_FRAMES);
                         }
                     }
                 }),
@@ -305,7 +410,11 @@ impl LogWriter {
                 catch_up,
             })),
             threads: Mutex::new(vec![background_thread, catch_up_thread]),
-            catch_up_until: Mutex::new(None),
+            catch_up: Mutex::new(CatchUp {
+                until: None,
+                next: CATCH_UP,
+            }),
+            one_at_a_time: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -321,31 +430,60 @@ impl LogWriter {
         batch: Encoded,
         hurried: bool,
     ) -> Result<Result<(), StoreError>, Stopped> {
+        let _one = self.one_at_a_time.lock().await;
         let (done, mut answer) = oneshot::channel();
-        let hurry = Arc::new(AtomicBool::new(hurried));
-        let job = Job {
+        let catching_up = lock(&self.catch_up)
+            .until
+            .is_some_and(|until| Instant::now() < until);
+        let job = Arc::new(Job {
             batch,
-            done,
-            hurry: hurry.clone(),
-            chunks_done: None,
+            done: Mutex::new(Some(done)),
+            hurry: AtomicBool::new(hurried),
+            // Sent to the catch-up thread, the batch is its own at once:
+            // it is never sent twice.
+            taken: std::sync::atomic::AtomicU8::new(if catching_up {
+                Lane::CatchUp as u8
+            } else {
+                UNTAKEN
+            }),
+            sent: Instant::now(),
+            chunks_done: Mutex::new(None),
+        });
+        let sent = match lock(&self.lanes).as_ref() {
+            Some(lanes) if catching_up => lanes.catch_up.send(job.clone()).is_ok(),
+            Some(lanes) => lanes.background.send(job.clone()).is_ok(),
+            None => false,
         };
-        let catching_up = lock(&self.catch_up_until).is_some_and(|until| Instant::now() < until);
-        let refused = match lock(&self.lanes).as_ref() {
-            Some(lanes) if catching_up => lanes.catch_up.send(job).err(),
-            Some(lanes) => lanes.background.send(job).err(),
-            None => return Err(Stopped(job.batch)),
-        };
-        if let Some(refused) = refused {
-            return Err(Stopped(refused.0.batch));
+        if !sent {
+            return match Arc::try_unwrap(job) {
+                Ok(job) => Err(Stopped(job.batch)),
+                // Not reached: the refused send gave its reference back.
+                Err(_) => Ok(Err(StoreError::Query(
+                    "the request log's writer stopped".to_owned(),
+                ))),
+            };
         }
         let answered = match tokio::time::timeout(HURRY_AFTER, &mut answer).await {
-            Ok(answered) => answered,
+            Ok(answered) => {
+                if !catching_up {
+                    lock(&self.catch_up).next = CATCH_UP;
+                }
+                answered
+            }
             Err(_) => {
                 // The background thread is not keeping up: the cores are
-                // busy serving. The rest of this batch, and the batches
+                // busy serving. The rest of this batch (all of it, if the
+                // background thread has not begun it), and the batches
                 // for a while, go to the thread that takes its turn.
-                hurry.store(true, Ordering::Relaxed);
-                *lock(&self.catch_up_until) = Some(Instant::now() + CATCH_UP);
+                job.hurry.store(true, Ordering::Relaxed);
+                self.catch_up_for_a_while();
+                if job.take(Lane::CatchUp) {
+                    self.shared.taken_unbegun.fetch_add(1, Ordering::Relaxed);
+                    if let Some(lanes) = lock(&self.lanes).as_ref() {
+                        let _ = lanes.catch_up.send(job.clone());
+                    }
+                }
+                drop(job);
                 answer.await
             }
         };
@@ -357,6 +495,12 @@ impl LogWriter {
                 "the request log's writer stopped during a write".to_owned(),
             )),
         })
+    }
+
+    fn catch_up_for_a_while(&self) {
+        let mut catch_up = lock(&self.catch_up);
+        catch_up.until = Some(Instant::now() + catch_up.next);
+        catch_up.next = (catch_up.next * 2).min(CATCH_UP_MOST);
     }
 
     /// Stops the threads once they have written what they were given, and
@@ -399,31 +543,32 @@ fn yield_to_every_other_thread() {
 }
 
 /// Writes what is left of `job` on this thread, then answers it; or, in
-/// the background lane, stops after a chunk once the job is hurried and
-/// gives it back, its transaction still open, for the catch-up thread to
-/// finish. A failure rolls the batch back whole.
-fn work(shared: &Shared, mut job: Job, lane: Lane) -> Option<Job> {
+/// the background lane, stops after a chunk once the job is hurried, its
+/// transaction still open, for the catch-up thread to finish. A failure
+/// rolls the batch back whole.
+fn work(shared: &Shared, job: &Job, lane: Lane) -> Worked {
     let mut session = lock(&shared.session);
     if session.is_none() {
-        match Session::open(&shared.path) {
+        match Session::open(&shared.path, &shared.wal_frames) {
             Ok(opened) => *session = Some(opened),
             Err(error) => {
-                let _ = job.done.send(Err(format!(
+                job.answer(Err(format!(
                     "the request log's writer cannot open the database: {error}"
                 )));
-                return None;
+                return Worked::Finished;
             }
         }
     }
-    let open = session.as_mut()?;
-    let hurry = (lane == Lane::Background).then(|| job.hurry.clone());
-    match open.advance(&mut job, hurry.as_deref()) {
+    let Some(open) = session.as_mut() else {
+        return Worked::Finished;
+    };
+    match open.advance(job, lane == Lane::Background) {
         Ok(Progress::Committed) => {
             shared.committed[lane as usize].fetch_add(1, Ordering::Relaxed);
-            let _ = job.done.send(Ok(()));
-            None
+            job.answer(Ok(()));
+            Worked::Finished
         }
-        Ok(Progress::HandOn) => Some(job),
+        Ok(Progress::HandOn) => Worked::HandOn,
         Err(error) => {
             // Nothing of a failed batch stays; the caller sends it again.
             let _ = open.connection.execute_batch("ROLLBACK");
@@ -433,10 +578,18 @@ fn work(shared: &Shared, mut job: Job, lane: Lane) -> Option<Job> {
                 );
                 *session = None;
             }
-            let _ = job.done.send(Err(error.to_string()));
-            None
+            job.answer(Err(error.to_string()));
+            Worked::Finished
         }
     }
+}
+
+/// What became of a batch on a thread: answered (written or failed), or
+/// to be handed on.
+#[derive(Debug, PartialEq, Eq)]
+enum Worked {
+    Finished,
+    HandOn,
 }
 
 enum Progress {
@@ -461,6 +614,63 @@ struct Session {
     records: Vec<Raw>,
     bodies: Vec<Raw>,
     connection: Connection,
+    /// Frames in the WAL after the connection's last commit, which SQLite
+    /// tells `count_frames`; the connection never checkpoints itself.
+    /// Kept here so that it is dropped after the connection.
+    _wal_frames: Arc<std::sync::atomic::AtomicI32>,
+}
+
+/// The WAL's frames after which the background thread checkpoints (as
+/// SQLite's own automatic checkpoint would), and after which the catch-up
+/// thread does, the background thread having fallen behind.
+const CHECKPOINT_FRAMES: i32 = 1_000;
+const CATCH_UP_CHECKPOINT_FRAMES: i32 = 4_000;
+
+/// SQLite's WAL hook: notes the frames in the WAL after a commit.
+extern "C" fn count_frames(
+    frames: *mut std::ffi::c_void,
+    _db: *mut ffi::sqlite3,
+    _name: *const std::ffi::c_char,
+    count: c_int,
+) -> c_int {
+    // SAFETY: `frames` is the `AtomicI32` its session keeps alive for as
+    // long as the connection that calls this.
+    unsafe { (*frames.cast::<std::sync::atomic::AtomicI32>()).store(count, Ordering::Relaxed) };
+    ffi::SQLITE_OK
+}
+
+/// A connection of a writer thread's own that checkpoints the WAL, so
+/// that a checkpoint never holds the session (a checkpoint does not keep
+/// a writer from the WAL): the background thread's, stopped halfway by a
+/// busy core, holds up nothing but the next checkpoint.
+#[derive(Default)]
+struct Checkpointer(Option<Connection>);
+
+impl Checkpointer {
+    /// Checkpoints what it can without waiting, when the WAL holds at
+    /// least `frames` frames.
+    fn run(&mut self, shared: &Shared, frames: i32) {
+        if shared.wal_frames.load(Ordering::Relaxed) < frames {
+            return;
+        }
+        if self.0.is_none() {
+            self.0 = connect(&shared.path).ok();
+        }
+        let Some(connection) = &self.0 else {
+            return;
+        };
+        // PASSIVE: copies what no reader needs, and returns if another
+        // checkpoint is under way.
+        match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => {
+                shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the request log's checkpoint failed; it is tried again after the next batch");
+                self.0 = None;
+            }
+        }
+    }
 }
 
 // SAFETY: the statements are the connection's, and the whole is only ever
@@ -470,12 +680,26 @@ struct Session {
 unsafe impl Send for Session {}
 
 impl Session {
-    fn open(path: &Path) -> rusqlite::Result<Session> {
+    fn open(
+        path: &Path,
+        wal_frames: &Arc<std::sync::atomic::AtomicI32>,
+    ) -> rusqlite::Result<Session> {
         let connection = connect(path)?;
+        // SAFETY: the handle is open; the hook's argument is the session's
+        // `wal_frames`, which outlives the connection. Registering a WAL
+        // hook also turns the connection's automatic checkpoints off.
+        unsafe {
+            ffi::sqlite3_wal_hook(
+                connection.handle(),
+                Some(count_frames),
+                Arc::as_ptr(wal_frames).cast_mut().cast(),
+            );
+        }
         let mut session = Session {
             records: Vec::new(),
             bodies: Vec::new(),
             connection,
+            _wal_frames: wal_frames.clone(),
         };
         for &rows in &CHUNK_SIZES {
             let statement = Raw::prepare(&session.connection, insert_statement(rows))?;
@@ -487,15 +711,17 @@ impl Session {
     }
 
     /// Begins the job's transaction if it has not begun, inserts its
-    /// chunks from where it stands, and commits; with `hurry`, returns
-    /// after any chunk once it is set (the transaction open).
-    fn advance(&mut self, job: &mut Job, hurry: Option<&AtomicBool>) -> rusqlite::Result<Progress> {
+    /// chunks from where it stands, and commits; with `may_hand_on`,
+    /// returns after any chunk once the job is hurried (the transaction
+    /// open).
+    fn advance(&mut self, job: &Job, may_hand_on: bool) -> rusqlite::Result<Progress> {
         let batch = &job.batch;
-        let done = match job.chunks_done {
+        let mut chunks_done = lock(&job.chunks_done);
+        let done = match *chunks_done {
             Some(done) => done,
             None => {
                 self.connection.execute_batch("BEGIN IMMEDIATE")?;
-                job.chunks_done = Some(0);
+                *chunks_done = Some(0);
                 0
             }
         };
@@ -510,8 +736,8 @@ impl Session {
                     insert_rows(&mut self.bodies, &self.connection, batch, rows)?
                 }
             }
-            job.chunks_done = Some(index + 1);
-            if hurry.is_some_and(|hurry| hurry.load(Ordering::Relaxed)) {
+            *chunks_done = Some(index + 1);
+            if may_hand_on && job.hurry.load(Ordering::Relaxed) {
                 return Ok(Progress::HandOn);
             }
         }
@@ -678,7 +904,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::Store;
-    use crate::sqlite::tests::{assorted_records, file_store, record};
+    use crate::sqlite::tests::{assorted_records, file_store, ids_of, record};
 
     fn writer(store: &crate::sqlite::SqliteStore) -> &LogWriter {
         store.writer.as_deref().unwrap()
@@ -767,6 +993,139 @@ mod tests {
         std::fs::remove_dir_all(directory).unwrap();
     }
 
+    /// Holds the background thread off its next batch for `how_long`, as
+    /// a busy core would.
+    fn stall_background(shared: &Arc<Shared>, how_long: Duration) -> std::thread::JoinHandle<()> {
+        shared.stalled.store(true, Ordering::Relaxed);
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(how_long);
+            shared.stalled.store(false, Ordering::Relaxed);
+        })
+    }
+
+    /// A batch the background thread picks up late goes to the catch-up
+    /// thread unbegun.
+    #[tokio::test]
+    async fn a_batch_picked_up_late_goes_to_the_catch_up_thread() {
+        let (directory, store) = file_store(line!()).await;
+        let shared = writer(&store).shared.clone();
+        let stall = stall_background(&shared, PICKED_UP_LATE * 4);
+        let batch = Encoded::of(&[record("late")]).await;
+        writer(&store).insert(batch).await.unwrap().unwrap();
+        stall.join().unwrap();
+        assert_eq!(shared.picked_up_late.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.taken_unbegun.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            shared.committed[Lane::CatchUp as usize].load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(ids_of(&store).await, ["late"]);
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// A batch still waiting for the background thread when it is hurried
+    /// is taken by the catch-up thread unbegun, and the background thread
+    /// leaves it alone when it gets to it.
+    #[tokio::test]
+    async fn a_hurried_batch_not_yet_begun_is_taken_by_the_catch_up_thread() {
+        let (directory, store) = file_store(line!()).await;
+        let shared = writer(&store).shared.clone();
+        let stall = stall_background(&shared, HURRY_AFTER * 3);
+        let batch = Encoded::of(&[record("taken")]).await;
+        writer(&store).insert(batch).await.unwrap().unwrap();
+        assert_eq!(shared.taken_unbegun.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            shared.committed[Lane::CatchUp as usize].load(Ordering::Relaxed),
+            1
+        );
+        stall.join().unwrap();
+        // The background thread has the batch in its queue still: it must
+        // not write it again. The next batch goes to the catch-up thread
+        // too (its time to catch up), and is written once.
+        writer(&store)
+            .insert(Encoded::of(&[record("next")]).await)
+            .await
+            .unwrap()
+            .unwrap();
+        writer(&store).close().await;
+        assert_eq!(shared.picked_up_late.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            shared
+                .committed
+                .each_ref()
+                .map(|count| count.load(Ordering::Relaxed)),
+            [0, 2]
+        );
+        assert_eq!(ids_of(&store).await, ["next", "taken"]);
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// The session's connection never checkpoints the WAL itself: the
+    /// background thread does, on a connection of its own, once the WAL
+    /// holds `CHECKPOINT_FRAMES`, after which the WAL starts again.
+    #[tokio::test]
+    async fn the_background_thread_checkpoints_the_wal() {
+        let (directory, store) = file_store(line!()).await;
+        let shared = writer(&store).shared.clone();
+        let records = assorted_records();
+        let mut most = 0;
+        for _ in 0..200 {
+            let batch = Encoded::of(&records).await;
+            writer(&store).insert(batch).await.unwrap().unwrap();
+            most = most.max(shared.wal_frames.load(Ordering::Relaxed));
+            if shared.checkpoints.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+        }
+        assert!(most >= CHECKPOINT_FRAMES, "{most}");
+        assert_eq!(shared.checkpoints.load(Ordering::Relaxed), 1);
+        // Checkpointed, the WAL is written from its start again.
+        let batch = Encoded::of(&records).await;
+        writer(&store).insert(batch).await.unwrap().unwrap();
+        assert!(shared.wal_frames.load(Ordering::Relaxed) < most / 2);
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// Batches written at once by several callers are written one after
+    /// the other: one handed on halfway holds the connection's transaction
+    /// open, which another must not begin inside or roll back.
+    #[tokio::test]
+    async fn batches_from_several_callers_are_written_one_at_a_time() {
+        let (directory, store) = file_store(line!()).await;
+        let shared = writer(&store).shared.clone();
+        for round in 0..3 {
+            let (taken, held) = mpsc::channel();
+            let holder = {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    let _held = lock(&shared.session);
+                    taken.send(()).unwrap();
+                    std::thread::sleep(HURRY_AFTER * 2);
+                })
+            };
+            held.recv().unwrap();
+            // Each round's first batch is hurried while the background
+            // thread waits for the connection, and handed on.
+            lock(&writer(&store).catch_up).until = None;
+            let first = writer(&store).insert(Encoded::of(&assorted_records()).await);
+            let second = writer(&store).insert(Encoded::of(&[record("second")]).await);
+            let (first, second) = tokio::join!(first, second);
+            first.unwrap().unwrap();
+            second.unwrap().unwrap();
+            holder.join().unwrap();
+            assert_eq!(
+                store.recent_records(1_000).await.unwrap().len(),
+                301 * (round + 1)
+            );
+        }
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
     /// While the background thread cannot get to a batch (held here by
     /// the session's lock, as a busy core would hold it), the batch is
     /// hurried after `HURRY_AFTER`, and the batches after it go straight
@@ -801,6 +1160,17 @@ mod tests {
             0
         );
         assert_eq!(store.recent_records(1_000).await.unwrap().len(), 301);
+        // Hurried again before the background thread wrote a batch in
+        // time, the catch-up lasts twice as long; a batch written in time
+        // by the background thread brings it back to `CATCH_UP`.
+        assert_eq!(lock(&writer(&store).catch_up).next, CATCH_UP * 2);
+        lock(&writer(&store).catch_up).until = None;
+        store.insert_records(&[record("in time")]).await.unwrap();
+        assert_eq!(
+            shared.committed[Lane::Background as usize].load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(lock(&writer(&store).catch_up).next, CATCH_UP);
         store.close().await;
         std::fs::remove_dir_all(directory).unwrap();
     }
