@@ -206,9 +206,33 @@ struct Job {
     /// the number of its chunks inserted (records' chunks, then bodies').
     /// Used by the thread that holds the session.
     chunks_done: Mutex<Option<usize>>,
+    /// The batch's turn on the connection, given back when it is answered
+    /// (committed, or rolled back), not when its caller stops waiting: a
+    /// batch handed on halfway holds the connection's transaction open.
+    turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
 }
 
 const UNTAKEN: u8 = u8::MAX;
+
+/// How the two threads share the work: the defaults, or in tests, times
+/// and a policy that do not depend on how busy the machine is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    /// The background thread asks for `SCHED_IDLE`.
+    idle: bool,
+    hurry_after: Duration,
+    picked_up_late: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            idle: true,
+            hurry_after: HURRY_AFTER,
+            picked_up_late: PICKED_UP_LATE,
+        }
+    }
+}
 
 impl Job {
     /// Takes the batch for `lane`: false when the other thread has.
@@ -219,6 +243,7 @@ impl Job {
     }
 
     fn answer(&self, result: Result<(), String>) {
+        drop(lock(&self.turn).take());
         if let Some(done) = lock(&self.done).take() {
             let _ = done.send(result);
         }
@@ -230,6 +255,7 @@ impl Job {
 /// left it inside a transaction (opened again by the next batch).
 struct Shared {
     path: PathBuf,
+    tuning: Tuning,
     session: Mutex<Option<Session>>,
     /// Batches the background thread handed on halfway.
     handed_on: AtomicU64,
@@ -245,8 +271,7 @@ struct Shared {
     wal_frames: Arc<std::sync::atomic::AtomicI32>,
     /// Checkpoints run by the writer threads.
     checkpoints: AtomicU64,
-    /// Each thread's id, by `Lane`, once it has started (and, for the
-    /// background thread, asked for its policy).
+    /// Each thread's id, by `Lane`, once it has started.
     #[cfg(target_os = "linux")]
     tids: [std::sync::atomic::AtomicI32; 2],
     /// Tests hold the background thread off its next batch with this, as a
@@ -298,7 +323,7 @@ pub(crate) struct LogWriter {
     /// Held for the whole of a batch's write: a batch handed on halfway
     /// leaves its transaction open on the connection, which no other batch
     /// may use until it is committed.
-    one_at_a_time: tokio::sync::Mutex<()>,
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Until when batches go straight to the catch-up thread, and for how long
@@ -323,12 +348,17 @@ impl LogWriter {
     /// every statement and starts both threads. Blocks until then: call it
     /// off the runtime's threads.
     pub(crate) fn open(path: &Path) -> Result<LogWriter, String> {
+        Self::open_tuned(path, Tuning::default())
+    }
+
+    fn open_tuned(path: &Path, tuning: Tuning) -> Result<LogWriter, String> {
         let wal_frames = Arc::new(std::sync::atomic::AtomicI32::new(0));
         let session = Session::open(path, &wal_frames).map_err(|error| error.to_string())?;
         let shared = Arc::new(Shared {
             wal_frames,
             checkpoints: AtomicU64::new(0),
             path: path.to_owned(),
+            tuning,
             session: Mutex::new(Some(session)),
             handed_on: AtomicU64::new(0),
             picked_up_late: AtomicU64::new(0),
@@ -372,15 +402,17 @@ impl LogWriter {
             spawn(
                 "sqlite-log-writer",
                 Box::new(move || {
-                    yield_to_every_other_thread();
                     shared.started(Lane::Background);
+                    if shared.tuning.idle {
+                        yield_to_every_other_thread();
+                    }
                     let mut checkpointer = Checkpointer::default();
                     while let Ok(job) = background_jobs.recv() {
                         #[cfg(test)]
                         while shared.stalled.load(Ordering::Relaxed) {
                             std::thread::sleep(Duration::from_millis(1));
                         }
-                        if job.sent.elapsed() > PICKED_UP_LATE {
+                        if job.sent.elapsed() > shared.tuning.picked_up_late {
                             // The core was busy until now: the catch-up
                             // thread takes the batch, unless it has.
                             if job.take(Lane::CatchUp) {
@@ -414,7 +446,7 @@ impl LogWriter {
                 until: None,
                 next: CATCH_UP,
             }),
-            one_at_a_time: tokio::sync::Mutex::new(()),
+            one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -430,7 +462,7 @@ impl LogWriter {
         batch: Encoded,
         hurried: bool,
     ) -> Result<Result<(), StoreError>, Stopped> {
-        let _one = self.one_at_a_time.lock().await;
+        let turn = self.one_at_a_time.clone().lock_owned().await;
         let (done, mut answer) = oneshot::channel();
         let catching_up = lock(&self.catch_up)
             .until
@@ -448,6 +480,7 @@ impl LogWriter {
             }),
             sent: Instant::now(),
             chunks_done: Mutex::new(None),
+            turn: Mutex::new(Some(turn)),
         });
         let sent = match lock(&self.lanes).as_ref() {
             Some(lanes) if catching_up => lanes.catch_up.send(job.clone()).is_ok(),
@@ -463,10 +496,17 @@ impl LogWriter {
                 ))),
             };
         }
-        let answered = match tokio::time::timeout(HURRY_AFTER, &mut answer).await {
+        let hurry_after = self.shared.tuning.hurry_after;
+        let answered = match tokio::time::timeout(hurry_after, &mut answer).await {
             Ok(answered) => {
                 if !catching_up {
-                    lock(&self.catch_up).next = CATCH_UP;
+                    if job.taken.load(Ordering::Acquire) == Lane::Background as u8 {
+                        // Written in time by the background thread.
+                        lock(&self.catch_up).next = CATCH_UP;
+                    } else {
+                        // Picked up late: the core was busy.
+                        self.catch_up_for_a_while();
+                    }
                 }
                 answered
             }
@@ -474,9 +514,12 @@ impl LogWriter {
                 // The background thread is not keeping up: the cores are
                 // busy serving. The rest of this batch (all of it, if the
                 // background thread has not begun it), and the batches
-                // for a while, go to the thread that takes its turn.
+                // for a while, go to the thread that takes its turn. (A
+                // batch already sent there is just slow: nothing changes.)
                 job.hurry.store(true, Ordering::Relaxed);
-                self.catch_up_for_a_while();
+                if !catching_up {
+                    self.catch_up_for_a_while();
+                }
                 if job.take(Lane::CatchUp) {
                     self.shared.taken_unbegun.fetch_add(1, Ordering::Relaxed);
                     if let Some(lanes) = lock(&self.lanes).as_ref() {
@@ -503,16 +546,18 @@ impl LogWriter {
         catch_up.next = (catch_up.next * 2).min(CATCH_UP_MOST);
     }
 
-    /// Stops the threads once they have written what they were given, and
-    /// waits for them (the connection is closed when the last returns).
+    /// Stops the threads once they have written what they were given,
+    /// waits for them, and closes the connection.
     pub(crate) async fn close(&self) {
         drop(lock(&self.lanes).take());
         let threads = std::mem::take(&mut *lock(&self.threads));
+        let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             // The background thread first: it may still hand a batch on.
             for thread in threads {
                 let _ = thread.join();
             }
+            drop(lock(&shared.session).take());
         })
         .await;
     }
@@ -910,6 +955,24 @@ mod tests {
         store.writer.as_deref().unwrap()
     }
 
+    /// Lanes chosen by what the test does, not by how busy the machine
+    /// running it is: the background thread of the default policy, never
+    /// picking a batch up late, hurried after 200 ms.
+    const STEADY: Tuning = Tuning {
+        idle: false,
+        hurry_after: Duration::from_millis(200),
+        picked_up_late: Duration::from_secs(3_600),
+    };
+
+    /// A file store whose writer is tuned so.
+    async fn tuned_store(test: u32, tuning: Tuning) -> (PathBuf, crate::sqlite::SqliteStore) {
+        let (directory, mut store) = file_store(test).await;
+        writer(&store).close().await;
+        let tuned = LogWriter::open_tuned(&directory.join("log.db"), tuning).unwrap();
+        store.writer = Some(Arc::new(tuned));
+        (directory, store)
+    }
+
     /// The background thread asks for `SCHED_IDLE`, the catch-up thread
     /// keeps the default policy.
     #[cfg(target_os = "linux")]
@@ -917,17 +980,26 @@ mod tests {
     async fn the_background_writer_runs_only_on_an_idle_core() {
         let (directory, store) = file_store(line!()).await;
         let shared = &writer(&store).shared;
+        // The threads note their ids as they start, then the background
+        // thread asks for its policy: waited for, on a busy machine.
         let mut tids = [0; 2];
-        for _ in 0..1_000 {
+        let mut policies = [-1; 2];
+        for _ in 0..10_000 {
             tids = [Lane::Background, Lane::CatchUp]
                 .map(|lane| shared.tids[lane as usize].load(Ordering::Relaxed));
-            if !tids.contains(&0) {
+            // SAFETY: plain queries of this process's threads.
+            policies = tids.map(|tid| {
+                if tid == 0 {
+                    -1
+                } else {
+                    unsafe { libc::sched_getscheduler(tid) }
+                }
+            });
+            if policies == [libc::SCHED_IDLE, libc::SCHED_OTHER] {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        // SAFETY: plain queries of this process's threads.
-        let policies = tids.map(|tid| unsafe { libc::sched_getscheduler(tid) });
         assert_eq!(policies, [libc::SCHED_IDLE, libc::SCHED_OTHER], "{tids:?}");
         store.close().await;
         std::fs::remove_dir_all(directory).unwrap();
@@ -938,7 +1010,7 @@ mod tests {
     /// finishes it, and it is kept whole, as the pool would keep it.
     #[tokio::test]
     async fn a_hurried_batch_is_finished_by_the_catch_up_thread() {
-        let (directory, store) = file_store(line!()).await;
+        let (directory, store) = tuned_store(line!(), STEADY).await;
         let records = assorted_records();
         let batch = Encoded::of(&records).await;
         assert!(power_chunks(&batch.rows).count() > 1);
@@ -971,7 +1043,7 @@ mod tests {
     /// behind, not even the chunk the background thread inserted.
     #[tokio::test]
     async fn a_batch_handed_on_is_rolled_back_whole() {
-        let (directory, store) = file_store(line!()).await;
+        let (directory, store) = tuned_store(line!(), STEADY).await;
         sqlx::query::<sqlx::Sqlite>("ALTER TABLE request_bodies RENAME TO gone")
             .execute(store.pool())
             .await
@@ -1008,7 +1080,15 @@ mod tests {
     /// thread unbegun.
     #[tokio::test]
     async fn a_batch_picked_up_late_goes_to_the_catch_up_thread() {
-        let (directory, store) = file_store(line!()).await;
+        let (directory, store) = tuned_store(
+            line!(),
+            Tuning {
+                idle: false,
+                hurry_after: Duration::from_secs(3_600),
+                picked_up_late: PICKED_UP_LATE,
+            },
+        )
+        .await;
         let shared = writer(&store).shared.clone();
         let stall = stall_background(&shared, PICKED_UP_LATE * 4);
         let batch = Encoded::of(&[record("late")]).await;
@@ -1030,7 +1110,15 @@ mod tests {
     /// leaves it alone when it gets to it.
     #[tokio::test]
     async fn a_hurried_batch_not_yet_begun_is_taken_by_the_catch_up_thread() {
-        let (directory, store) = file_store(line!()).await;
+        let (directory, store) = tuned_store(
+            line!(),
+            Tuning {
+                idle: false,
+                hurry_after: HURRY_AFTER,
+                picked_up_late: Duration::from_secs(3_600),
+            },
+        )
+        .await;
         let shared = writer(&store).shared.clone();
         let stall = stall_background(&shared, HURRY_AFTER * 3);
         let batch = Encoded::of(&[record("taken")]).await;
@@ -1068,7 +1156,7 @@ mod tests {
     /// holds `CHECKPOINT_FRAMES`, after which the WAL starts again.
     #[tokio::test]
     async fn the_background_thread_checkpoints_the_wal() {
-        let (directory, store) = file_store(line!()).await;
+        let (directory, store) = tuned_store(line!(), STEADY).await;
         let shared = writer(&store).shared.clone();
         let records = assorted_records();
         let mut most = 0;
@@ -1095,7 +1183,7 @@ mod tests {
     /// open, which another must not begin inside or roll back.
     #[tokio::test]
     async fn batches_from_several_callers_are_written_one_at_a_time() {
-        let (directory, store) = file_store(line!()).await;
+        let (directory, store) = tuned_store(line!(), STEADY).await;
         let shared = writer(&store).shared.clone();
         for round in 0..3 {
             let (taken, held) = mpsc::channel();
@@ -1104,7 +1192,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let _held = lock(&shared.session);
                     taken.send(()).unwrap();
-                    std::thread::sleep(HURRY_AFTER * 2);
+                    std::thread::sleep(STEADY.hurry_after * 2);
                 })
             };
             held.recv().unwrap();
@@ -1126,13 +1214,12 @@ mod tests {
         std::fs::remove_dir_all(directory).unwrap();
     }
 
-    /// While the background thread cannot get to a batch (held here by
-    /// the session's lock, as a busy core would hold it), the batch is
-    /// hurried after `HURRY_AFTER`, and the batches after it go straight
-    /// to the catch-up thread.
+    /// A caller that stops waiting for its batch (its future dropped) does
+    /// not give the connection's turn back before the batch is written:
+    /// the next batch waits, and neither is broken.
     #[tokio::test]
-    async fn a_slow_batch_sends_the_next_ones_to_the_catch_up_thread() {
-        let (directory, store) = file_store(line!()).await;
+    async fn a_batch_whose_caller_stopped_waiting_keeps_its_turn() {
+        let (directory, store) = tuned_store(line!(), STEADY).await;
         let shared = writer(&store).shared.clone();
         let (taken, held) = mpsc::channel();
         let holder = {
@@ -1140,7 +1227,41 @@ mod tests {
             std::thread::spawn(move || {
                 let _held = lock(&shared.session);
                 taken.send(()).unwrap();
-                std::thread::sleep(HURRY_AFTER * 2);
+                std::thread::sleep(STEADY.hurry_after * 3);
+            })
+        };
+        held.recv().unwrap();
+        let batch = Encoded::of(&assorted_records()).await;
+        let abandoned =
+            tokio::time::timeout(STEADY.hurry_after * 2, writer(&store).insert(batch)).await;
+        assert!(abandoned.is_err(), "the batch was written too soon");
+        writer(&store)
+            .insert(Encoded::of(&[record("next")]).await)
+            .await
+            .unwrap()
+            .unwrap();
+        holder.join().unwrap();
+        assert_eq!(store.recent_records(1_000).await.unwrap().len(), 301);
+        assert_eq!(ids_of(&store).await[0], "next");
+        store.close().await;
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// While the background thread cannot get to a batch (held here by
+    /// the session's lock, as a busy core would hold it), the batch is
+    /// hurried after `HURRY_AFTER`, and the batches after it go straight
+    /// to the catch-up thread.
+    #[tokio::test]
+    async fn a_slow_batch_sends_the_next_ones_to_the_catch_up_thread() {
+        let (directory, store) = tuned_store(line!(), STEADY).await;
+        let shared = writer(&store).shared.clone();
+        let (taken, held) = mpsc::channel();
+        let holder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let _held = lock(&shared.session);
+                taken.send(()).unwrap();
+                std::thread::sleep(STEADY.hurry_after * 2);
             })
         };
         held.recv().unwrap();
