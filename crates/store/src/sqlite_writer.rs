@@ -1065,6 +1065,20 @@ mod tests {
         std::fs::remove_dir_all(directory).unwrap();
     }
 
+    /// Holds the session (the connection) for `how_long` from a thread of
+    /// its own, as a batch being written would; returns once it is held.
+    fn hold_session(shared: &Arc<Shared>, how_long: Duration) -> std::thread::JoinHandle<()> {
+        let (taken, held) = mpsc::channel();
+        let shared = shared.clone();
+        let holder = std::thread::spawn(move || {
+            let _held = lock(&shared.session);
+            taken.send(()).unwrap();
+            std::thread::sleep(how_long);
+        });
+        held.recv().unwrap();
+        holder
+    }
+
     /// Holds the background thread off its next batch for `how_long`, as
     /// a busy core would.
     fn stall_background(shared: &Arc<Shared>, how_long: Duration) -> std::thread::JoinHandle<()> {
@@ -1186,16 +1200,7 @@ mod tests {
         let (directory, store) = tuned_store(line!(), STEADY).await;
         let shared = writer(&store).shared.clone();
         for round in 0..3 {
-            let (taken, held) = mpsc::channel();
-            let holder = {
-                let shared = shared.clone();
-                std::thread::spawn(move || {
-                    let _held = lock(&shared.session);
-                    taken.send(()).unwrap();
-                    std::thread::sleep(STEADY.hurry_after * 2);
-                })
-            };
-            held.recv().unwrap();
+            let holder = hold_session(&shared, STEADY.hurry_after * 2);
             // Each round's first batch is hurried while the background
             // thread waits for the connection, and handed on.
             lock(&writer(&store).catch_up).until = None;
@@ -1221,16 +1226,7 @@ mod tests {
     async fn a_batch_whose_caller_stopped_waiting_keeps_its_turn() {
         let (directory, store) = tuned_store(line!(), STEADY).await;
         let shared = writer(&store).shared.clone();
-        let (taken, held) = mpsc::channel();
-        let holder = {
-            let shared = shared.clone();
-            std::thread::spawn(move || {
-                let _held = lock(&shared.session);
-                taken.send(()).unwrap();
-                std::thread::sleep(STEADY.hurry_after * 3);
-            })
-        };
-        held.recv().unwrap();
+        let holder = hold_session(&shared, STEADY.hurry_after * 3);
         let batch = Encoded::of(&assorted_records()).await;
         let abandoned =
             tokio::time::timeout(STEADY.hurry_after * 2, writer(&store).insert(batch)).await;
@@ -1255,16 +1251,7 @@ mod tests {
     async fn a_slow_batch_sends_the_next_ones_to_the_catch_up_thread() {
         let (directory, store) = tuned_store(line!(), STEADY).await;
         let shared = writer(&store).shared.clone();
-        let (taken, held) = mpsc::channel();
-        let holder = {
-            let shared = shared.clone();
-            std::thread::spawn(move || {
-                let _held = lock(&shared.session);
-                taken.send(()).unwrap();
-                std::thread::sleep(STEADY.hurry_after * 2);
-            })
-        };
-        held.recv().unwrap();
+        let holder = hold_session(&shared, STEADY.hurry_after * 2);
         let batch = Encoded::of(&assorted_records()).await;
         writer(&store).insert(batch).await.unwrap().unwrap();
         holder.join().unwrap();
