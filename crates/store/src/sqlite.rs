@@ -360,14 +360,19 @@ pub(crate) const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 /// counts only, each connection keeps five prepared statements and never
 /// parses one again, where one statement per batch size would be parsed
 /// anew for nearly every batch.
-pub(crate) fn power_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+pub(crate) fn power_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    power_chunks_up_to(rows, CHUNK_SIZES[0])
+}
+
+/// `power_chunks`, none longer than `largest` rows (one of `CHUNK_SIZES`).
+pub(crate) fn power_chunks_up_to<T>(mut rows: &[T], largest: usize) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {
             return None;
         }
         let size = CHUNK_SIZES
             .into_iter()
-            .find(|&size| size <= rows.len())
+            .find(|&size| size <= largest && size <= rows.len())
             .unwrap_or(1);
         let (chunk, rest) = rows.split_at(size);
         rows = rest;
@@ -388,6 +393,12 @@ pub(crate) mod tests {
         let joined: Vec<u32> = power_chunks(&rows).flatten().copied().collect();
         assert_eq!(joined, rows);
         assert_eq!(power_chunks::<u32>(&[]).count(), 0);
+        let sizes: Vec<usize> = power_chunks_up_to(&rows[..53], 16)
+            .map(<[u32]>::len)
+            .collect();
+        assert_eq!(sizes, [16, 16, 16, 4, 1]);
+        let joined: Vec<u32> = power_chunks_up_to(&rows, 16).flatten().copied().collect();
+        assert_eq!(joined, rows);
     }
 
     pub(crate) fn record(id: &str) -> RequestRecord {

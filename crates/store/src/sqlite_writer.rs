@@ -10,8 +10,9 @@
 //! thread falls behind, and the catch-up thread, of the default policy,
 //! takes over: a batch the background thread picks up late
 //! (`PICKED_UP_LATE`) or has not begun when it is hurried (`HURRY_AFTER`)
-//! is taken whole; one it has begun is handed on after its current chunk,
-//! its transaction open (the connection moves between the threads, one
+//! is taken whole; one it has begun is handed on after its current chunk
+//! (the background thread's are short, `BACKGROUND_CHUNK`), its
+//! transaction open (the connection moves between the threads, one
 //! batch at a time); and the batches of the next `CATCH_UP` (doubled while
 //! the background thread keeps being hurried) go straight to the catch-up
 //! thread. The connection never checkpoints the WAL itself: the background
@@ -57,7 +58,8 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 use crate::sqlite::{
-    BODY_COLUMNS, CHUNK_SIZES, RECORD_COLUMNS, bodies_statement, insert_statement, power_chunks,
+    BODY_COLUMNS, CHUNK_SIZES, RECORD_COLUMNS, bodies_statement, insert_statement,
+    power_chunks_up_to,
 };
 
 /// One column's value; a text is a range of its batch's buffer.
@@ -170,6 +172,15 @@ fn number(value: Option<u64>) -> Value {
     })
 }
 
+/// The most rows the background thread inserts in one statement. A core
+/// kept busy stops it wherever it is, and lets it run again only now and
+/// then; a batch hurried meanwhile waits for the statement it is in to end
+/// before the catch-up thread can take the rest, so the background thread
+/// keeps its statements short (about 16 × 3 µs of SQLite's work), at the
+/// cost of a little more per row, paid on an idle core. The catch-up
+/// thread inserts up to 256 rows at a time.
+const BACKGROUND_CHUNK: usize = 16;
+
 /// How long a batch may take on the background thread before the rest of
 /// it goes to the catch-up thread. At the rates a core serves with room to
 /// spare, a batch takes a few milliseconds there.
@@ -203,9 +214,9 @@ struct Job {
     taken: std::sync::atomic::AtomicU8,
     sent: Instant,
     /// Where the batch stands: `None` before its transaction begins, else
-    /// the number of its chunks inserted (records' chunks, then bodies').
-    /// Used by the thread that holds the session.
-    chunks_done: Mutex<Option<usize>>,
+    /// the rows of records and of bodies inserted (records first). Used by
+    /// the thread that holds the session.
+    written: Mutex<Option<[usize; 2]>>,
     /// The batch's turn on the connection, given back when it is answered
     /// (committed, or rolled back), not when its caller stops waiting: a
     /// batch handed on halfway holds the connection's transaction open.
@@ -267,6 +278,8 @@ struct Shared {
     taken_unbegun: AtomicU64,
     /// Batches committed by each thread, by `Lane`.
     committed: [AtomicU64; 2],
+    /// Rows (records and bodies) inserted by each thread, by `Lane`.
+    rows: [AtomicU64; 2],
     /// The WAL's frames after the session's last commit.
     wal_frames: Arc<std::sync::atomic::AtomicI32>,
     /// Checkpoints run by the writer threads.
@@ -364,6 +377,7 @@ impl LogWriter {
             picked_up_late: AtomicU64::new(0),
             taken_unbegun: AtomicU64::new(0),
             committed: [AtomicU64::new(0), AtomicU64::new(0)],
+            rows: [AtomicU64::new(0), AtomicU64::new(0)],
             #[cfg(target_os = "linux")]
             tids: Default::default(),
             #[cfg(test)]
@@ -479,7 +493,7 @@ impl LogWriter {
                 UNTAKEN
             }),
             sent: Instant::now(),
-            chunks_done: Mutex::new(None),
+            written: Mutex::new(None),
             turn: Mutex::new(Some(turn)),
         });
         let sent = match lock(&self.lanes).as_ref() {
@@ -607,7 +621,11 @@ fn work(shared: &Shared, job: &Job, lane: Lane) -> Worked {
     let Some(open) = session.as_mut() else {
         return Worked::Finished;
     };
-    match open.advance(job, lane == Lane::Background) {
+    let rows = |job: &Job| lock(&job.written).map_or(0, |[records, bodies]| records + bodies);
+    let before = rows(job);
+    let progress = open.advance(job, lane == Lane::Background);
+    shared.rows[lane as usize].fetch_add((rows(job) - before) as u64, Ordering::Relaxed);
+    match progress {
         Ok(Progress::Committed) => {
             shared.committed[lane as usize].fetch_add(1, Ordering::Relaxed);
             job.answer(Ok(()));
@@ -756,32 +774,42 @@ impl Session {
     }
 
     /// Begins the job's transaction if it has not begun, inserts its
-    /// chunks from where it stands, and commits; with `may_hand_on`,
-    /// returns after any chunk once the job is hurried (the transaction
+    /// chunks from where it stands, and commits; with `may_hand_on` (the
+    /// background lane), in chunks of at most `BACKGROUND_CHUNK` rows,
+    /// returning after any chunk once the job is hurried (the transaction
     /// open).
     fn advance(&mut self, job: &Job, may_hand_on: bool) -> rusqlite::Result<Progress> {
         let batch = &job.batch;
-        let mut chunks_done = lock(&job.chunks_done);
-        let done = match *chunks_done {
+        let largest = if may_hand_on {
+            BACKGROUND_CHUNK
+        } else {
+            CHUNK_SIZES[0]
+        };
+        let mut written = lock(&job.written);
+        let mut done = match *written {
             Some(done) => done,
             None => {
                 self.connection.execute_batch("BEGIN IMMEDIATE")?;
-                *chunks_done = Some(0);
-                0
+                *written = Some([0, 0]);
+                [0, 0]
             }
         };
-        let records = power_chunks(&batch.rows).map(Chunk::Records);
-        let bodies = power_chunks(&batch.bodies).map(Chunk::Bodies);
-        for (index, chunk) in records.chain(bodies).enumerate().skip(done) {
+        let records = power_chunks_up_to(batch.rows.get(done[0]..).unwrap_or_default(), largest)
+            .map(Chunk::Records);
+        let bodies = power_chunks_up_to(batch.bodies.get(done[1]..).unwrap_or_default(), largest)
+            .map(Chunk::Bodies);
+        for chunk in records.chain(bodies) {
             match chunk {
                 Chunk::Records(rows) => {
-                    insert_rows(&mut self.records, &self.connection, batch, rows)?
+                    insert_rows(&mut self.records, &self.connection, batch, rows)?;
+                    done[0] += rows.len();
                 }
                 Chunk::Bodies(rows) => {
-                    insert_rows(&mut self.bodies, &self.connection, batch, rows)?
+                    insert_rows(&mut self.bodies, &self.connection, batch, rows)?;
+                    done[1] += rows.len();
                 }
             }
-            *chunks_done = Some(index + 1);
+            *written = Some(done);
             if may_hand_on && job.hurry.load(Ordering::Relaxed) {
                 return Ok(Progress::HandOn);
             }
@@ -1006,14 +1034,16 @@ mod tests {
     }
 
     /// A hurried batch is begun by the background thread, which hands it
-    /// on after its first chunk, its transaction open; the catch-up thread
-    /// finishes it, and it is kept whole, as the pool would keep it.
+    /// on after its first chunk (a short one), its transaction open; the
+    /// catch-up thread finishes it, and it is kept whole, as the pool
+    /// would keep it.
     #[tokio::test]
     async fn a_hurried_batch_is_finished_by_the_catch_up_thread() {
         let (directory, store) = tuned_store(line!(), STEADY).await;
         let records = assorted_records();
         let batch = Encoded::of(&records).await;
-        assert!(power_chunks(&batch.rows).count() > 1);
+        let rows = (batch.rows.len() + batch.bodies.len()) as u64;
+        assert!(batch.rows.len() > CHUNK_SIZES[0]);
         writer(&store)
             .insert_job(batch, true)
             .await
@@ -1029,6 +1059,14 @@ mod tests {
             shared.committed[Lane::Background as usize].load(Ordering::Relaxed),
             0
         );
+        // The background thread's one chunk is short: 16 rows, where the
+        // catch-up thread's are up to 256.
+        let written = shared
+            .rows
+            .each_ref()
+            .map(|rows| rows.load(Ordering::Relaxed));
+        assert_eq!(written, [16, rows - 16]);
+        assert_eq!(BACKGROUND_CHUNK, 16);
         let memory = crate::sqlite::SqliteStore::open_memory().await.unwrap();
         memory.insert_records(&records).await.unwrap();
         assert_eq!(
