@@ -11,6 +11,7 @@ pub mod mix;
 pub mod record;
 pub mod request_id;
 pub mod response;
+pub mod siphash;
 pub mod time;
 pub mod usage;
 

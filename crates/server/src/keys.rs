@@ -57,8 +57,9 @@ pub(crate) struct KeyIndex {
     /// Only secrets that matched a key are added, so it holds at most one
     /// entry per key; it goes with the index when a change replaces it.
     seen: RwLock<HashMap<SecretTag, Arc<KeyEntry>, BuildHasherDefault<DigestHasher>>>,
-    /// The index's own random SipHash keys (two 64-bit hashes make a tag).
-    tag_keys: [u64; 4],
+    /// The index's own random 128-bit key for its tags (SipHash-2-4-128),
+    /// as two words.
+    tag_keys: [u64; 2],
     pub version: i64,
 }
 
@@ -73,8 +74,8 @@ impl std::fmt::Debug for KeyIndex {
     }
 }
 
-/// A presented secret under the index's random SipHash keys: 128 bits of
-/// a keyed pseudo-random function, so a guess matches a known secret's
+/// A presented secret under the index's random key: 128 bits of a keyed
+/// pseudo-random function (SipHash-2-4-128, one pass over the secret), so a guess matches a known secret's
 /// tag with a chance of 2^-128, as it would match its SHA-256 digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SecretTag(u64, u64);
@@ -187,14 +188,9 @@ impl KeyIndex {
     }
 
     fn tag(&self, secret: &str) -> SecretTag {
-        #[allow(deprecated)] // SipHash-2-4 itself; only the name is deprecated
-        let hash = |k0, k1| {
-            let mut hasher = std::hash::SipHasher::new_with_keys(k0, k1);
-            hasher.write(secret.as_bytes());
-            hasher.finish()
-        };
-        let [a, b, c, d] = self.tag_keys;
-        SecretTag(hash(a, b), hash(c, d))
+        let [k0, k1] = self.tag_keys;
+        let (first, second) = switchboard_core::siphash::siphash_2_4_128(k0, k1, secret.as_bytes());
+        SecretTag(first, second)
     }
 }
 
@@ -362,13 +358,13 @@ pub(crate) fn hash_secret(secret: &str) -> String {
     switchboard_core::hex::lower(&SecretDigest::of(secret).0)
 }
 
-/// Four random 64-bit SipHash keys for an index's tags. From the
+/// A random 128-bit key for an index's tags, as two words. From the
 /// operating system's generator; should it ever fail, from the standard
 /// library's randomly seeded hashers rather than a panic in the task that
 /// refreshes the keys.
-fn tag_keys() -> [u64; 4] {
-    let mut bytes = [0u8; 32];
-    let mut keys = [0u64; 4];
+fn tag_keys() -> [u64; 2] {
+    let mut bytes = [0u8; 16];
+    let mut keys = [0u64; 2];
     if SystemRandom::new().fill(&mut bytes).is_ok() {
         for (key, word) in keys.iter_mut().zip(bytes.chunks_exact(8)) {
             let mut eight = [0u8; 8];
