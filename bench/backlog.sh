@@ -6,10 +6,13 @@
 # SQLite file, pinned alone on core 1 (the mock and the load generator on
 # core 0), as `bench/switchboard.toml` configures it (master key, every
 # request recorded, metrics on), under DURATION seconds at concurrency 64.
-# During the load `switchboard_record_backlog` (records queued or spilled,
-# not yet committed) and the gateway's resident memory are read every
-# 100 ms; after it, the backlog is read until it is empty. Each round
-# checks that every request answered 200 was written.
+# During the load the gateway's `switchboard_record_backlog` (records
+# queued or spilled, not yet taken by the writer), its
+# `switchboard_record_queue_bytes` (the memory of the records not yet
+# committed, the batch being written included) and its resident memory are
+# read every 100 ms; after it, the queue's bytes are read until they are 0
+# (the last batch committed). Without BURSTS, each round then checks that
+# every request answered 200 was written (`switchboard_records_written_total`).
 #
 #   flock /tmp/bench.lock bench/backlog.sh BEFORE AFTER [ROUNDS]   # default 3 rounds, ~1 minute each
 #   DURATION=20 flock /tmp/bench.lock bench/backlog.sh BEFORE AFTER 2
@@ -39,8 +42,9 @@ OUT="$RESULTS/backlog-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN" "$LOGS"
 export SWITCHBOARD_LOG=warn SWITCHBOARD_BENCH_DB="$RUN/backlog.db"
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
-proxy_pid=""
+proxy_pid="" load="" bursts=""
 cleanup() {
+  for pid in $load $bursts; do kill "$pid" 2>/dev/null || true; done
   [ -n "$proxy_pid" ] && stop_tree "$proxy_pid"
   stop_mock
 }
@@ -49,13 +53,14 @@ start_mock 0 1
 
 # The value of metric $1 on the gateway (0 when absent).
 metric() {
-  curl -s http://127.0.0.1:9000/metrics | awk -v name="$1" '$1 == name {print int($2); found=1} END {if (!found) print 0}'
+  { curl -s http://127.0.0.1:9000/metrics || true; } |
+    awk -v name="$1" '$1 == name {print int($2); found=1} END {if (!found) print 0}'
 }
 
 echo "load: ${RATE:+$RATE requests a second, }64 connections, ${DURATION} s" >"$OUT/summary.md"
 echo >>"$OUT/summary.md"
-echo "| round | build | req/s | answered 200 | written | backlog max | RSS idle / max MiB | drained after the load, ms |" >>"$OUT/summary.md"
-echo "|---|---|---|---|---|---|---|---|" >>"$OUT/summary.md"
+echo "| round | build | req/s | answered 200 | written | backlog max | uncommitted max MiB | RSS idle / max MiB | last commit after the load, ms |" >>"$OUT/summary.md"
+echo "|---|---|---|---|---|---|---|---|---|" >>"$OUT/summary.md"
 for round in $(seq "$ROUNDS"); do
   order=(0 1)
   [ $((round % 2)) -eq 0 ] && order=(1 0)
@@ -82,32 +87,39 @@ for round in $(seq "$ROUNDS"); do
       bursts=$!
     fi
     while kill -0 "$load" 2>/dev/null; do
-      echo "$(metric switchboard_record_backlog) $(rss_kb "$proxy_pid")" >>"$samples"
+      echo "$(metric switchboard_record_backlog) $(metric switchboard_record_queue_bytes) $(rss_kb "$proxy_pid")" >>"$samples"
       sleep 0.1
     done
     wait "$load" || true
     [ -z "${BURSTS:-}" ] || wait "$bursts" || true
+    load="" bursts=""
     ended=$(date +%s%N)
     drained=""
     for _ in $(seq 600); do
-      if [ "$(metric switchboard_record_backlog)" = 0 ]; then
+      if [ "$(metric switchboard_record_queue_bytes)" = 0 ]; then
         drained=$((($(date +%s%N) - ended) / 1000000))
         break
       fi
       sleep 0.05
     done
     written=$(metric switchboard_records_written_total)
-    read -r rps answered < <(python3 - "$OUT/r$round-$name.json" <<'PY'
+    read -r rps answered < <(python3 - "$OUT/r$round-$name.json" <<'PY' || echo "0 0"
 import json, sys
-summary = json.load(open(sys.argv[1]))
-print(int(summary["summary"]["requestsPerSec"]), summary.get("statusCodeDistribution", {}).get("200", 0))
+try:
+    summary = json.load(open(sys.argv[1]))
+    print(int(summary["summary"]["requestsPerSec"]), summary.get("statusCodeDistribution", {}).get("200", 0))
+except (OSError, ValueError, KeyError):
+    print(0, 0)
 PY
 )
-    read -r backlog_max rss_max < <(awk '{if ($1 > b) b = $1; if ($2 > r) r = $2} END {print b + 0, r + 0}' "$samples")
+    read -r backlog_max queue_max rss_max < <(awk '{if ($1 > b) b = $1; if ($2 > q) q = $2; if ($3 > r) r = $3} END {print b + 0, q + 0, r + 0}' "$samples")
+    if [ -z "${BURSTS:-}" ] && [ "$written" -lt "$answered" ]; then
+      written="$written (MISSING $((answered - written)))"
+    fi
     stop_tree "$proxy_pid"; proxy_pid=""
     awk -v round="$round" -v name="$name" -v rps="$rps" -v answered="$answered" -v written="$written" \
-      -v backlog="$backlog_max" -v idle="$idle" -v peak="$rss_max" -v drained="${drained:-not in 30 s}" \
-      'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.1f / %.1f | %s |\n", round, name, rps, answered, written, backlog, idle / 1024, peak / 1024, drained}' |
+      -v backlog="$backlog_max" -v queue="$queue_max" -v idle="$idle" -v peak="$rss_max" -v drained="${drained:-not in 30 s}" \
+      'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.1f | %.1f / %.1f | %s |\n", round, name, rps, answered, written, backlog, queue / 1048576, idle / 1024, peak / 1024, drained}' |
       tee -a "$OUT/summary.md"
   done
 done

@@ -1066,7 +1066,6 @@ mod tests {
             .each_ref()
             .map(|rows| rows.load(Ordering::Relaxed));
         assert_eq!(written, [16, rows - 16]);
-        assert_eq!(BACKGROUND_CHUNK, 16);
         let memory = crate::sqlite::SqliteStore::open_memory().await.unwrap();
         memory.insert_records(&records).await.unwrap();
         assert_eq!(
@@ -1075,6 +1074,71 @@ mod tests {
         );
         store.close().await;
         std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    /// A batch handed on after any of the background thread's chunks, in
+    /// its records or in its bodies, is finished where it stands: every
+    /// record and every body kept once.
+    #[tokio::test]
+    async fn a_batch_is_resumed_after_any_chunk() {
+        let records = assorted_records();
+        let memory = crate::sqlite::SqliteStore::open_memory().await.unwrap();
+        memory.insert_records(&records).await.unwrap();
+        // 300 records in 21 chunks of the background thread's (18 of 16,
+        // then 4, 4, 4), then 60 bodies in 6 (16, 16, 16, 4, 4, 4).
+        for chunks in [1, 20, 21, 22, 24, 26, 27] {
+            let (directory, store) = file_store(line!() * 100 + chunks).await;
+            let job = Job {
+                batch: Encoded::of(&records).await,
+                done: Mutex::new(None),
+                hurry: AtomicBool::new(true),
+                taken: std::sync::atomic::AtomicU8::new(Lane::Background as u8),
+                sent: Instant::now(),
+                written: Mutex::new(None),
+                turn: Mutex::new(None),
+            };
+            let frames = Arc::new(std::sync::atomic::AtomicI32::new(0));
+            let mut session = Session::open(&directory.join("log.db"), &frames).unwrap();
+            for _ in 0..chunks {
+                assert!(matches!(
+                    session.advance(&job, true).unwrap(),
+                    Progress::HandOn
+                ));
+            }
+            let [records_done, bodies_done] = lock(&job.written).unwrap();
+            assert_eq!(
+                records_done + bodies_done,
+                [16; 18]
+                    .into_iter()
+                    .chain([4; 3])
+                    .chain([16, 16, 16, 4, 4, 4])
+                    .take(chunks as usize)
+                    .sum::<usize>()
+            );
+            assert!(matches!(
+                session.advance(&job, false).unwrap(),
+                Progress::Committed
+            ));
+            drop(session);
+            assert_eq!(
+                store.recent_records(1_000).await.unwrap(),
+                memory.recent_records(1_000).await.unwrap(),
+                "handed on after {chunks} chunks"
+            );
+            let bodies: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM request_bodies")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(bodies, 60, "handed on after {chunks} chunks");
+            for record in records.iter().filter(|record| record.bodies.is_some()) {
+                assert_eq!(
+                    store.record_bodies(&record.request_id).await.unwrap(),
+                    memory.record_bodies(&record.request_id).await.unwrap()
+                );
+            }
+            store.close().await;
+            std::fs::remove_dir_all(directory).unwrap();
+        }
     }
 
     /// A hurried batch that fails on the catch-up thread leaves nothing
