@@ -21,6 +21,8 @@
 # kept beside the summary (`<load>.err`) when it wrote any.
 #
 #   flock /tmp/bench.lock bench/fixed-rate.sh [BINARY]   (default: builds target/release/switchboard)
+#   flock /tmp/bench.lock bench/fixed-rate.sh BEFORE AFTER   # builds side by side: each measured cold and
+#       # warm in every round, after nginx, their order turned round each round (`switchboard-1`, `-2`, …)
 #   RATE=2000 ROUNDS=2 DURATION=8 WARMUP=1 bench/fixed-rate.sh    # the defaults
 #   SPIN=1 bench/fixed-rate.sh B      # a nice-19 busy loop keeps core 1 awake meanwhile
 #
@@ -44,13 +46,21 @@ WARMUP="${WARMUP:-1}"
   { echo "DURATION and WARMUP are whole seconds, WARMUP less than DURATION" >&2; exit 2; }
 CONFIG="$(realpath "${CONFIG:-$BENCH/switchboard.toml}")"
 require_pinned_peers
-BINARY="$(switchboard_binary "${1:-}")"
+BINARIES=()
+if [ $# -gt 1 ]; then
+  for build in "$@"; do BINARIES+=("$(realpath "$build")"); done
+else
+  BINARIES=("$(switchboard_binary "${1:-}")")
+fi
 OUT="$RESULTS/rate-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT" "$RUN" "$LOGS"
 export SWITCHBOARD_BENCH_DB="$RUN/rate.db" SWITCHBOARD_LOG=warn
 BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
-printf 'binary %s\nconfig %s\nrate %s\nduration %s\nwarmup %s\nspin %s\n' \
-  "$BINARY" "$CONFIG" "$RATE" "$DURATION" "$WARMUP" "${SPIN:-}" >"$OUT/setup.txt"
+# The name of build $1 (an index into BINARIES) in the results.
+contender() { if [ "${#BINARIES[@]}" -gt 1 ]; then echo "switchboard-$(($1 + 1))"; else echo switchboard; fi; }
+{ for index in "${!BINARIES[@]}"; do printf '%s %s\n' "$(contender "$index")" "${BINARIES[$index]}"; done
+  printf 'config %s\nrate %s\nduration %s\nwarmup %s\nspin %s\n' \
+    "$CONFIG" "$RATE" "$DURATION" "$WARMUP" "${SPIN:-}"; } >"$OUT/setup.txt"
 
 proxy_pid="" spinner=""
 cleanup() {
@@ -106,15 +116,21 @@ for round in $(seq "$ROUNDS"); do
   peer_start nginx 1 1
   for phase in cold warm; do load "nginx-$phase-r$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions"; done
   peer_stop nginx
-  rm -rf "$RUN"/rate.db*
-  start_pinned_switchboard "$CONFIG" "$LOGS/rate-switchboard.log"
-  for phase in cold warm; do load "switchboard-$phase-r$round" "http://127.0.0.1:9000/v1/chat/completions"; done
-  stop_tree "$proxy_pid"; proxy_pid=""
+  order=("${!BINARIES[@]}")
+  [ $((round % 2)) -eq 0 ] && order=($(printf '%s\n' "${order[@]}" | tac))
+  for index in "${order[@]}"; do
+    BINARY="${BINARIES[$index]}"
+    name="$(contender "$index")"
+    rm -rf "$RUN"/rate.db*
+    start_pinned_switchboard "$CONFIG" "$LOGS/rate-$name.log"
+    for phase in cold warm; do load "$name-$phase-r$round" "http://127.0.0.1:9000/v1/chat/completions"; done
+    stop_tree "$proxy_pid"; proxy_pid=""
+  done
 done
 
-python3 - "$OUT" "$ROUNDS" "$WARMUP" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$WARMUP" $(for index in "${!BINARIES[@]}"; do contender "$index"; done) <<'PY'
 import json, math, os, sys
-out, rounds, warmup = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, rounds, warmup, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 rows = [f"Latencies of the 200s, over the whole load, then `steady` (requests sent after its first {warmup} s, before its last 0.1 s);",
         "p99 above direct: the same round's direct p99, same part. A load holds the rate when the 200s to requests sent in its",
         "steady part number 99.5% of the requests due in that time. Unanswered: due over the whole load, no answer (failed or cut at the end).",
@@ -124,7 +140,7 @@ rows = [f"Latencies of the 200s, over the whole load, then `steady` (requests se
 ms = lambda v: "–" if v is None else f"{v * 1000:.2f}"
 for r in range(1, rounds + 1):
     direct = None
-    for name in ("direct", "nginx-cold", "nginx-warm", "switchboard-cold", "switchboard-warm"):
+    for name in ["direct", "nginx-cold", "nginx-warm"] + [f"{b}-{p}" for b in builds for p in ("cold", "warm")]:
         try:
             d = json.load(open(os.path.join(out, f"{name}-r{r}.json")))
         except (OSError, ValueError):
