@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn the_key_and_every_byte_count() {
-        let message = b"sk-0123456789abcdef0123456789abcdef0123456789";
+        let message = b"sb-0123456789abcdef0123456789abcdef0123456789";
         let tag = siphash_2_4_128(1, 2, message);
         assert_ne!(tag, siphash_2_4_128(1, 3, message));
         assert_ne!(tag, siphash_2_4_128(0, 2, message));
