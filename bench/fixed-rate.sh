@@ -71,12 +71,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The machine's TCP and packet-queue counters that explain a stall of a
+# retransmission timeout (200 ms at least): segments sent again, SYNs and
+# segments dropped (accept queue full, socket backlog full), packets dropped
+# by a core's input queue (loopback's too). Machine-wide: "name value" lines.
+net_counters() {
+  awk '/^Tcp: [0-9]/ { for (i = 2; i <= NF; i++) tcp[i] = $i }
+       /^Tcp: [A-Z]/ { for (i = 2; i <= NF; i++) tname[i] = $i }
+       /^TcpExt: [0-9]/ { for (i = 2; i <= NF; i++) ext[i] = $i }
+       /^TcpExt: [A-Z]/ { for (i = 2; i <= NF; i++) ename[i] = $i }
+       END {
+         for (i in tname) if (tname[i] == "RetransSegs") print "retransmitted", tcp[i]
+         for (i in ename) if (ename[i] ~ /^(ListenOverflows|ListenDrops|TCPBacklogDrop|TCPTimeouts)$/) print ename[i], ext[i]
+       }' /proc/net/snmp /proc/net/netstat
+  local dropped=0 hex
+  while read -r _ hex _; do dropped=$((dropped + 16#$hex)); done </proc/net/softnet_stat
+  echo "queue_dropped $dropped"
+}
+
 # One load of DURATION seconds at RATE through $2, summarised into $OUT/$1.json
-# (the per-request rows are read, then dropped: 13 MB a load at 20,000/s).
+# (the per-request rows are read, then dropped: 13 MB a load at 20,000/s),
+# with what net_counters moved by meanwhile in $OUT/$1.net.
 load() { # name, url
+  net_counters >"$OUT/$1.net-before"
   taskset -c 0 "$OHA" --no-tui --output-format csv -m POST -T application/json -d "$BODY" \
     -H "Authorization: Bearer sk-bench-1234" -t 30s -z "${DURATION}s" -c 256 -q "$RATE" \
     --latency-correction "$2" >"$OUT/$1.csv" 2>"$OUT/$1.err" || true
+  net_counters | awk 'NR == FNR { before[$1] = $2; next } { printf "%s %d\n", $1, $2 - before[$1] }' \
+    "$OUT/$1.net-before" - >"$OUT/$1.net" && rm -f "$OUT/$1.net-before"
   [ -s "$OUT/$1.err" ] || rm -f "$OUT/$1.err"
   python3 - "$OUT/$1.csv" "$RATE" "$DURATION" "$WARMUP" >"$OUT/$1.json" <<'PY' && rm -f "$OUT/$1.csv" || true
 import json, sys
@@ -135,8 +157,19 @@ rows = [f"Latencies of the 200s, over the whole load, then `steady` (requests se
         "p99 above direct: the same round's direct p99, same part. A load holds the rate when the 200s to requests sent in its",
         "steady part number 99.5% of the requests due in that time. Unanswered: due over the whole load, no answer (failed or cut at the end).",
         "",
-        "| round | contender | p50 ms | p99 ms | p99.9 ms | p99 above direct | steady p50 | steady p99 | steady p99.9 | steady p99 above direct | steady 200s/s | holds | not 200 | unanswered |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "Net: what the machine's TCP counters moved by during the load, where not 0 (`net_counters`: retransmitted segments,",
+        "the listen queue's overflows and drops, segments dropped for a full socket backlog, retransmission timeouts, and packets",
+        "dropped by a core's input queue); a stall of 200 ms or more in a load where they moved is a retransmission's.",
+        "",
+        "| round | contender | p50 ms | p99 ms | p99.9 ms | p99 above direct | steady p50 | steady p99 | steady p99.9 | steady p99 above direct | steady 200s/s | holds | not 200 | unanswered | net |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def net(name):
+    try:
+        pairs = [line.split() for line in open(os.path.join(out, f"{name}.net"))]
+    except OSError:
+        return "–"
+    moved = [f"{k} {v}" for k, v in pairs if v != "0"]
+    return ", ".join(moved) if moved else "0"
 ms = lambda v: "–" if v is None else f"{v * 1000:.2f}"
 for r in range(1, rounds + 1):
     direct = None
@@ -144,7 +177,7 @@ for r in range(1, rounds + 1):
         try:
             d = json.load(open(os.path.join(out, f"{name}-r{r}.json")))
         except (OSError, ValueError):
-            rows.append(f"| {r} | {name} | " + "– | " * 11 + "no result |")
+            rows.append(f"| {r} | {name} | " + "– | " * 11 + "no result | – |")
             continue
         if name == "direct":
             direct = d
@@ -156,7 +189,7 @@ for r in range(1, rounds + 1):
         holds = "–" if share is None else ("yes" if share >= 0.995 else f"no ({math.floor(share * 1000) / 10:.1f}%)")
         rows.append(f"| {r} | {name} | {ms(w['p50'])} | {ms(w['p99'])} | {ms(w['p99.9'])} | {above('whole')} | "
                     f"{ms(s['p50'])} | {ms(s['p99'])} | {ms(s['p99.9'])} | {above('steady')} | "
-                    f"{s['answered_per_sec']:.0f} | {holds} | {w['not_200']} | {w['unanswered']} |")
+                    f"{s['answered_per_sec']:.0f} | {holds} | {w['not_200']} | {w['unanswered']} | {net(f'{name}-r{r}')} |")
 rows.append("")
 rows.append("Freezes (bench/freezes.sh's probe, 3 s on each core before the round; gaps over 0.2 ms):")
 rows.append("")
