@@ -89,16 +89,35 @@ net_counters() {
   echo "queue_dropped $dropped"
 }
 
+# The CPU time (user + system, in clock ticks) each thread of process $1
+# has used, as "name ticks" lines, threads of one name summed.
+thread_ticks() {
+  local task
+  for task in /proc/"$1"/task/*; do
+    # the name may hold spaces; the counts follow its closing parenthesis
+    printf '%s %s\n' "$(tr ' ' _ <"$task/comm")" "$(sed 's/.*) //' "$task/stat" | awk '{ print $12 + $13 }')"
+  done 2>/dev/null | awk '{ ticks[$1] += $2 } END { for (name in ticks) print name, ticks[name] }'
+}
+
 # One load of DURATION seconds at RATE through $2, summarised into $OUT/$1.json
 # (the per-request rows are read, then dropped: 13 MB a load at 20,000/s),
-# with what net_counters moved by meanwhile in $OUT/$1.net.
-load() { # name, url
+# with what net_counters moved by meanwhile in $OUT/$1.net, and, given the
+# proxy's pid ($3), the CPU each of its threads used during the load in
+# $OUT/$1.threads ("name ms", read 1 s after the load, for the work it left).
+load() { # name, url[, pid]
   net_counters >"$OUT/$1.net-before"
+  [ -z "${3:-}" ] || thread_ticks "$3" >"$OUT/$1.threads-before"
   taskset -c 0 "$OHA" --no-tui --output-format csv -m POST -T application/json -d "$BODY" \
     -H "Authorization: Bearer sk-bench-1234" -t 30s -z "${DURATION}s" -c 256 -q "$RATE" \
     --latency-correction "$2" >"$OUT/$1.csv" 2>"$OUT/$1.err" || true
   net_counters | awk 'NR == FNR { before[$1] = $2; next } { printf "%s %d\n", $1, $2 - before[$1] }' \
     "$OUT/$1.net-before" - >"$OUT/$1.net" && rm -f "$OUT/$1.net-before"
+  if [ -n "${3:-}" ]; then
+    sleep 1
+    thread_ticks "$3" | awk -v hz="$(getconf CLK_TCK)" 'NR == FNR { before[$1] = $2; next }
+      $2 > before[$1] { printf "%s %d\n", $1, ($2 - before[$1]) * 1000 / hz }' "$OUT/$1.threads-before" - |
+      sort -k2,2nr >"$OUT/$1.threads" && rm -f "$OUT/$1.threads-before"
+  fi
   [ -s "$OUT/$1.err" ] || rm -f "$OUT/$1.err"
   python3 - "$OUT/$1.csv" "$RATE" "$DURATION" "$WARMUP" >"$OUT/$1.json" <<'PY' && rm -f "$OUT/$1.csv" || true
 import json, sys
@@ -145,7 +164,7 @@ for round in $(seq "$ROUNDS"); do
     name="$(contender "$index")"
     rm -rf "$RUN"/rate.db*
     start_pinned_switchboard "$CONFIG" "$LOGS/rate-$name.log"
-    for phase in cold warm; do load "$name-$phase-r$round" "http://127.0.0.1:9000/v1/chat/completions"; done
+    for phase in cold warm; do load "$name-$phase-r$round" "http://127.0.0.1:9000/v1/chat/completions" "$proxy_pid"; done
     stop_tree "$proxy_pid"; proxy_pid=""
   done
 done
@@ -199,6 +218,16 @@ for r in range(1, rounds + 1):
     except OSError:
         lines = ["no result"]
     rows.extend(f"- round {r}, {line}" for line in lines if line.strip())
+rows.append("")
+rows.append("CPU of Switchboard's threads during each load, ms (user + system, read 1 s after the load):")
+rows.append("")
+for r in range(1, rounds + 1):
+    for name in [f"{b}-{p}" for b in builds for p in ("cold", "warm")]:
+        try:
+            pairs = [line.split() for line in open(os.path.join(out, f"{name}-r{r}.threads"))]
+        except OSError:
+            continue
+        rows.append(f"- round {r}, {name}: " + ", ".join(f"{k} {v}" for k, v in pairs))
 text = "\n".join(rows)
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
 print(text)
