@@ -183,12 +183,19 @@ const BACKGROUND_CHUNK: usize = 16;
 
 /// How long a batch may take on the background thread before the rest of
 /// it goes to the catch-up thread. At the rates a core serves with room to
-/// spare, a batch takes a few milliseconds there.
-const HURRY_AFTER: Duration = Duration::from_millis(50);
+/// spare, a batch takes a few milliseconds there. Both limits are well
+/// above the moments a core with room to spare is busy without a break
+/// (a burst of requests, or the backlog a host's pause of a few
+/// milliseconds leaves): the catch-up thread takes its turns with the
+/// requests, so it should write only when the core stays busy. At 5 and
+/// 50 ms, a 20,000/s load on a core two thirds busy sent two thirds of the
+/// writing there, and the serving thread waited behind it a dozen times a
+/// load (`bench/sched-waits.sh`; BENCHMARKS.md).
+const HURRY_AFTER: Duration = Duration::from_millis(250);
 
 /// A batch the background thread picks up later than this after it was
 /// sent found its core busy: it goes to the catch-up thread unbegun.
-const PICKED_UP_LATE: Duration = Duration::from_millis(5);
+const PICKED_UP_LATE: Duration = Duration::from_millis(100);
 
 /// How long batches go straight to the catch-up thread after one was
 /// hurried, before the background thread is given the next again; doubled
