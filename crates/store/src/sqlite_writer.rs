@@ -207,6 +207,12 @@ const PICKED_UP_LATE: Duration = Duration::from_millis(100);
 const CATCH_UP: Duration = Duration::from_secs(1);
 const CATCH_UP_MOST: Duration = Duration::from_secs(32);
 
+// A batch hurried, and the next one sent within the window it opens, must
+// both fit in it (`a_hurried_batch_not_yet_begun_is_taken_by_the_catch_up_thread`
+// relies on it, and a window shorter than two hurries would send every
+// other batch back to a thread that cannot get to it).
+const _: () = assert!(2 * HURRY_AFTER.as_millis() < CATCH_UP.as_millis());
+
 /// A batch on its way, shared by the side that waits for it and the two
 /// threads, so that the catch-up thread can take a batch the background
 /// thread has not begun.
