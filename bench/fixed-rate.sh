@@ -26,6 +26,11 @@
 #   RATE=2000 ROUNDS=2 DURATION=8 WARMUP=1 bench/fixed-rate.sh    # the defaults
 #   SPIN=1 bench/fixed-rate.sh B      # a nice-19 busy loop keeps core 1 awake meanwhile
 #
+# Each load also notes which of the machine's TCP counters moved
+# (`<load>.net`, the summary's `net` column: retransmissions, listen-queue
+# drops), and for Switchboard's loads the CPU each of its threads used
+# (`<load>.threads`; the serving thread is named after the executable).
+#
 # Before each round, the freeze probe (bench/freezes.sh) spins 3 s on both
 # cores: how much of the time each core stopped running it, and for how
 # long at most, is what a proxy's tail at this rate cannot go below.
@@ -71,8 +76,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The machine's TCP and packet-queue counters that explain a stall of a
-# retransmission timeout (200 ms at least): segments sent again, SYNs and
+# The machine's TCP and packet-queue counters that can explain a stall of a
+# retransmission timeout (200 ms at least; 1 s for a SYN): segments sent again, SYNs and
 # segments dropped (accept queue full, socket backlog full), packets dropped
 # by a core's input queue (loopback's too). Machine-wide: "name value" lines.
 net_counters() {
@@ -83,9 +88,11 @@ net_counters() {
        END {
          for (i in tname) if (tname[i] == "RetransSegs") print "retransmitted", tcp[i]
          for (i in ename) if (ename[i] ~ /^(ListenOverflows|ListenDrops|TCPBacklogDrop|TCPTimeouts)$/) print ename[i], ext[i]
-       }' /proc/net/snmp /proc/net/netstat
+       }' /proc/net/snmp /proc/net/netstat 2>/dev/null || true
   local dropped=0 hex
-  while read -r _ hex _; do dropped=$((dropped + 16#$hex)); done </proc/net/softnet_stat
+  if [ -r /proc/net/softnet_stat ]; then
+    while read -r _ hex _; do dropped=$((dropped + 16#$hex)); done </proc/net/softnet_stat
+  fi
   echo "queue_dropped $dropped"
 }
 
@@ -178,7 +185,8 @@ rows = [f"Latencies of the 200s, over the whole load, then `steady` (requests se
         "",
         "Net: what the machine's TCP counters moved by during the load, where not 0 (`net_counters`: retransmitted segments,",
         "the listen queue's overflows and drops, segments dropped for a full socket backlog, retransmission timeouts, and packets",
-        "dropped by a core's input queue); a stall of 200 ms or more in a load where they moved is a retransmission's.",
+        "dropped by a core's input queue; machine-wide); a stall of 200 ms or more in a load where they moved may be a retransmission's,",
+        "in one where none moved it is not.",
         "",
         "| round | contender | p50 ms | p99 ms | p99.9 ms | p99 above direct | steady p50 | steady p99 | steady p99.9 | steady p99 above direct | steady 200s/s | holds | not 200 | unanswered | net |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
