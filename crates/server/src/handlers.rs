@@ -972,9 +972,12 @@ pub(crate) async fn metrics(State(gateway): State<Arc<Gateway>>, uri: axum::http
         .telemetry
         .as_ref()
         .map(|telemetry| telemetry.dropped.load(Ordering::Relaxed));
-    let text = gateway
-        .metrics
-        .render(&catalog, &gateway.recorder, spans_dropped);
+    let text = gateway.metrics.render(
+        &catalog,
+        &gateway.recorder,
+        gateway.store.writer_lanes(),
+        spans_dropped,
+    );
     let mut response = Response::new(Body::from(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

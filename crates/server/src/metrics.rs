@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use switchboard_core::mix::FnvBuild;
 use switchboard_core::{Endpoint, Outcome, Usage};
 use switchboard_providers::UpstreamError;
-use switchboard_store::Recorder;
+use switchboard_store::{Recorder, WriterLanes};
 
 use crate::state::Catalog;
 
@@ -236,6 +236,7 @@ impl Metrics {
         &self,
         catalog: &Catalog,
         recorder: &Recorder,
+        lanes: Option<WriterLanes>,
         spans_dropped: Option<u64>,
     ) -> String {
         let mut out = String::with_capacity(8192);
@@ -262,6 +263,9 @@ impl Metrics {
         );
         render_deployments(&mut out, catalog);
         render_recorder(&mut out, recorder);
+        if let Some(lanes) = lanes {
+            render_lanes(&mut out, &lanes);
+        }
         if let Some(dropped) = spans_dropped {
             family(
                 &mut out,
@@ -624,6 +628,33 @@ fn render_recorder(out: &mut String, recorder: &Recorder) {
     }
 }
 
+/// How a SQLite file's request-log writer threads shared the writing.
+fn render_lanes(out: &mut String, lanes: &WriterLanes) {
+    let name = "switchboard_record_writer_rows_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Rows (records and bodies) the SQLite request log's writer threads inserted: `idle` runs only when its core has nothing else to run; `catch_up` takes its turns with the requests, and writes when the core stays busy.",
+    );
+    let _ = writeln!(out, "{name}{{thread=\"idle\"}} {}", lanes.idle_rows);
+    let _ = writeln!(out, "{name}{{thread=\"catch_up\"}} {}", lanes.catch_up_rows);
+    let name = "switchboard_record_writer_handovers_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Batches of the request log the idle writer thread gave to the catch-up thread: picked up late, hurried after it had begun them, or hurried before.",
+    );
+    for (reason, count) in [
+        ("picked_up_late", lanes.picked_up_late),
+        ("hurried", lanes.handed_on),
+        ("hurried_unbegun", lanes.taken_unbegun),
+    ] {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
+    }
+}
+
 /// Nano-dollars as dollars, exactly (no float rounding of the integer part).
 fn dollars(nanos: u64) -> String {
     let fraction = nanos % 1_000_000_000;
@@ -653,6 +684,35 @@ pub(crate) fn error_class(error: &UpstreamError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writer_lanes_are_rendered_by_thread_and_reason() {
+        let mut out = String::new();
+        render_lanes(
+            &mut out,
+            &WriterLanes {
+                idle_rows: 1,
+                catch_up_rows: 2,
+                picked_up_late: 3,
+                handed_on: 4,
+                taken_unbegun: 5,
+            },
+        );
+        for line in [
+            "# TYPE switchboard_record_writer_rows_total counter",
+            "switchboard_record_writer_rows_total{thread=\"idle\"} 1",
+            "switchboard_record_writer_rows_total{thread=\"catch_up\"} 2",
+            "# TYPE switchboard_record_writer_handovers_total counter",
+            "switchboard_record_writer_handovers_total{reason=\"picked_up_late\"} 3",
+            "switchboard_record_writer_handovers_total{reason=\"hurried\"} 4",
+            "switchboard_record_writer_handovers_total{reason=\"hurried_unbegun\"} 5",
+        ] {
+            assert!(
+                out.lines().any(|rendered| rendered == line),
+                "{line} in {out}"
+            );
+        }
+    }
 
     fn observation<'a>(
         usage: &'a Usage,

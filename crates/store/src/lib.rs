@@ -116,4 +116,29 @@ pub trait Store: Send + Sync + 'static {
             Ok(missing.len())
         })
     }
+    /// How the request log's writer threads have shared the writing, for
+    /// a store that has them (a SQLite file); read at a metrics scrape,
+    /// never on the request path.
+    fn writer_lanes(&self) -> Option<WriterLanes> {
+        None
+    }
+}
+
+/// What each of a SQLite file's request-log writer threads has written,
+/// and how often a batch passed from the idle-core thread to the catch-up
+/// thread, and why (`store::sqlite_writer`): counts since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterLanes {
+    /// Rows (records and bodies) inserted by the idle-core thread.
+    pub idle_rows: u64,
+    /// Rows inserted by the catch-up thread.
+    pub catch_up_rows: u64,
+    /// Batches the idle-core thread picked up late, given on unbegun.
+    pub picked_up_late: u64,
+    /// Batches the idle-core thread had begun when they were hurried,
+    /// handed on after the chunk it was writing.
+    pub handed_on: u64,
+    /// Batches hurried before the idle-core thread picked them up, taken
+    /// unbegun.
+    pub taken_unbegun: u64,
 }

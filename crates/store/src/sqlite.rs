@@ -276,6 +276,10 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+
+    fn writer_lanes(&self) -> Option<crate::WriterLanes> {
+        self.writer.as_deref().map(LogWriter::lanes)
+    }
 }
 
 /// Which of `records` the log holds, by start time and id: through

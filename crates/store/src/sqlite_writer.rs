@@ -477,6 +477,19 @@ impl LogWriter {
         })
     }
 
+    /// What each thread has written, and the batches handed between them.
+    pub(crate) fn lanes(&self) -> crate::WriterLanes {
+        let shared = &self.shared;
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        crate::WriterLanes {
+            idle_rows: count(&shared.rows[Lane::Background as usize]),
+            catch_up_rows: count(&shared.rows[Lane::CatchUp as usize]),
+            picked_up_late: count(&shared.picked_up_late),
+            handed_on: count(&shared.handed_on),
+            taken_unbegun: count(&shared.taken_unbegun),
+        }
+    }
+
     /// Writes a batch in one transaction, and waits until it is committed
     /// (or has failed, and was rolled back). `Err(Stopped)` gives the batch
     /// back when the threads are gone.
@@ -1079,6 +1092,17 @@ mod tests {
             .each_ref()
             .map(|rows| rows.load(Ordering::Relaxed));
         assert_eq!(written, [16, rows - 16]);
+        // As the store reports it for the metrics.
+        assert_eq!(
+            store.writer_lanes(),
+            Some(crate::WriterLanes {
+                idle_rows: 16,
+                catch_up_rows: rows - 16,
+                picked_up_late: 0,
+                handed_on: 1,
+                taken_unbegun: 0,
+            })
+        );
         let memory = crate::sqlite::SqliteStore::open_memory().await.unwrap();
         memory.insert_records(&records).await.unwrap();
         assert_eq!(
@@ -1226,6 +1250,16 @@ mod tests {
         assert_eq!(shared.picked_up_late.load(Ordering::Relaxed), 1);
         assert_eq!(shared.taken_unbegun.load(Ordering::Relaxed), 0);
         assert_eq!(
+            store.writer_lanes(),
+            Some(crate::WriterLanes {
+                idle_rows: 0,
+                catch_up_rows: 1,
+                picked_up_late: 1,
+                handed_on: 0,
+                taken_unbegun: 0,
+            })
+        );
+        assert_eq!(
             shared.committed[Lane::CatchUp as usize].load(Ordering::Relaxed),
             1
         );
@@ -1253,6 +1287,10 @@ mod tests {
         let batch = Encoded::of(&[record("taken")]).await;
         writer(&store).insert(batch).await.unwrap().unwrap();
         assert_eq!(shared.taken_unbegun.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            store.writer_lanes().map(|lanes| lanes.taken_unbegun),
+            Some(1)
+        );
         assert_eq!(
             shared.committed[Lane::CatchUp as usize].load(Ordering::Relaxed),
             1

@@ -81,6 +81,10 @@ impl<D: Database + ?Sized> Store for Watched<D> {
         note("ping");
         self.0.ping()
     }
+    fn writer_lanes(&self) -> Option<crate::WriterLanes> {
+        note("writer_lanes");
+        self.0.writer_lanes()
+    }
     fn held_records<'a>(
         &'a self,
         records: &'a [RequestRecord],
