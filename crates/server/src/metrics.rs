@@ -635,7 +635,7 @@ fn render_lanes(out: &mut String, lanes: &WriterLanes) {
         out,
         name,
         "counter",
-        "Rows (records and bodies) the SQLite request log's writer threads inserted: `idle` runs only when its core has nothing else to run; `catch_up` takes its turns with the requests, and writes when the core stays busy.",
+        "Rows (records and bodies) the SQLite request log's writer threads inserted, those of a batch later rolled back and written again included: `idle` runs only when its core has nothing else to run (Linux); `catch_up` runs at ordinary priority, when the idle thread fell behind and for up to 32 s after.",
     );
     let _ = writeln!(out, "{name}{{thread=\"idle\"}} {}", lanes.idle_rows);
     let _ = writeln!(out, "{name}{{thread=\"catch_up\"}} {}", lanes.catch_up_rows);
