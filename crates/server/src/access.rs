@@ -21,7 +21,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderName;
 use switchboard_core::Usage;
 use switchboard_core::keys::Limits;
 use switchboard_policy::capacity::Capacity;
@@ -31,7 +30,7 @@ use switchboard_policy::limits::{
 
 use crate::context::Principal;
 use crate::error::ApiError;
-use crate::head_lines::HeadLines;
+use crate::head_lines::{HeadLines, LineStart};
 use crate::keys::KeyEntry;
 use crate::trace::unix_millis;
 
@@ -330,27 +329,27 @@ impl Admission {
             return;
         }
         if let Some((limit, left)) = remaining.requests {
-            headers.push_number(&LIMIT_REQUESTS, limit);
-            headers.push_number(&REMAINING_REQUESTS, left);
+            headers.push_counted(LIMIT_REQUESTS, limit, b"");
+            headers.push_counted(REMAINING_REQUESTS, left, b"");
         }
         if let Some((limit, left)) = remaining.tokens {
-            headers.push_number(&LIMIT_TOKENS, limit);
-            headers.push_number(&REMAINING_TOKENS, left);
+            headers.push_counted(LIMIT_TOKENS, limit, b"");
+            headers.push_counted(REMAINING_TOKENS, left, b"");
         }
         // Whole seconds until the window resets, at least 1.
         let reset = remaining.reset.as_secs().max(1);
-        headers.push_seconds(&RESET_REQUESTS, reset);
-        headers.push_seconds(&RESET_TOKENS, reset);
+        headers.push_counted(RESET_REQUESTS, reset, b"s");
+        headers.push_counted(RESET_TOKENS, reset, b"s");
     }
 }
 
 /// The rate-limit headers of a keyed answer, in OpenAI's names.
-const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
-const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
-const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
-const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const LIMIT_REQUESTS: LineStart = LineStart::new("x-ratelimit-limit-requests: ");
+const REMAINING_REQUESTS: LineStart = LineStart::new("x-ratelimit-remaining-requests: ");
+const LIMIT_TOKENS: LineStart = LineStart::new("x-ratelimit-limit-tokens: ");
+const REMAINING_TOKENS: LineStart = LineStart::new("x-ratelimit-remaining-tokens: ");
+const RESET_REQUESTS: LineStart = LineStart::new("x-ratelimit-reset-requests: ");
+const RESET_TOKENS: LineStart = LineStart::new("x-ratelimit-reset-tokens: ");
 
 /// What one attempt holds of its deployment's shared capacity. Dropped, it
 /// is settled as unused (the attempt failed, lost a hedge race, or was cut

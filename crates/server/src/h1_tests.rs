@@ -883,9 +883,10 @@ async fn the_gateways_header_lines_are_written_into_the_head_once() {
             &axum::http::HeaderName::from_static("x-switchboard-deployment"),
             b"east",
         );
-        lines.push_number(
-            &axum::http::HeaderName::from_static("x-switchboard-attempts"),
+        lines.push_counted(
+            crate::head_lines::LineStart::new("x-switchboard-attempts: "),
             2,
+            b"",
         );
         lines.attach(&mut response);
         response
