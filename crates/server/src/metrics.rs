@@ -648,7 +648,7 @@ fn render_lanes(out: &mut String, lanes: &WriterLanes) {
     );
     for (reason, count) in [
         ("picked_up_late", lanes.picked_up_late),
-        ("hurried", lanes.handed_on),
+        ("hurried_begun", lanes.handed_on),
         ("hurried_unbegun", lanes.taken_unbegun),
     ] {
         let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
@@ -704,7 +704,7 @@ mod tests {
             "switchboard_record_writer_rows_total{thread=\"catch_up\"} 2",
             "# TYPE switchboard_record_writer_handovers_total counter",
             "switchboard_record_writer_handovers_total{reason=\"picked_up_late\"} 3",
-            "switchboard_record_writer_handovers_total{reason=\"hurried\"} 4",
+            "switchboard_record_writer_handovers_total{reason=\"hurried_begun\"} 4",
             "switchboard_record_writer_handovers_total{reason=\"hurried_unbegun\"} 5",
         ] {
             assert!(

@@ -159,7 +159,7 @@ async fn burst(url: &str, storage: &str) {
     };
     if url.starts_with("sqlite://") {
         assert_eq!(rows("idle") + rows("catch_up"), REQUESTS as u64);
-        for reason in ["picked_up_late", "hurried", "hurried_unbegun"] {
+        for reason in ["picked_up_late", "hurried_begun", "hurried_unbegun"] {
             counter(
                 &metrics,
                 &format!("switchboard_record_writer_handovers_total{{reason=\"{reason}\"}}"),

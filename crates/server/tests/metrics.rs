@@ -412,3 +412,62 @@ async fn requests_in_flight_are_counted_per_gateway_and_deployment() {
     assert_eq!(value(&after, deployment), 0.0);
     assert_eq!(value(&after, "switchboard_requests_in_flight"), 0.0);
 }
+
+/// With the request log in a SQLite file, its two writer threads' counters
+/// are part of a well-formed exposition (each family declared once, before
+/// its samples), every reason and thread has its series, and the rows add
+/// up to the records written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_files_writer_threads_are_exposed() {
+    const REQUESTS: u64 = 5;
+    let directory = std::env::temp_dir().join(format!(
+        "switchboard-metrics-{}-{:016x}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&directory).unwrap();
+    let url = format!("sqlite://{}", directory.join("log.db").display());
+    let gateway = TestGateway::start(config_stored_at(
+        &url,
+        "[[models]]\nname = \"chat\"\n[[models.deployments]]\nprovider = \"simulated\"\n",
+        "",
+    ))
+    .await;
+    for _ in 0..REQUESTS {
+        let response = gateway
+            .post("/v1/chat/completions", CHAT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let rows = |samples: &BTreeMap<String, f64>| {
+        ["idle", "catch_up"]
+            .iter()
+            .map(|thread| {
+                samples[&format!("switchboard_record_writer_rows_total{{thread=\"{thread}\"}}")]
+            })
+            .sum::<f64>()
+    };
+    let mut samples = scrape(&gateway).await;
+    for _ in 0..200 {
+        if samples["switchboard_records_written_total"] >= REQUESTS as f64
+            && rows(&samples) >= REQUESTS as f64
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        samples = scrape(&gateway).await;
+    }
+    assert_eq!(
+        samples["switchboard_records_written_total"],
+        REQUESTS as f64
+    );
+    assert_eq!(rows(&samples), REQUESTS as f64);
+    for reason in ["picked_up_late", "hurried_begun", "hurried_unbegun"] {
+        let series = format!("switchboard_record_writer_handovers_total{{reason=\"{reason}\"}}");
+        assert!(samples.contains_key(&series), "{series} is missing");
+    }
+    gateway.stop_and_records().await;
+    let _ = std::fs::remove_dir_all(&directory);
+}
