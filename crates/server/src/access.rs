@@ -264,7 +264,10 @@ impl Admission {
                 held.joint = true;
                 Entry::Go(Hold(Some(Holding::Joint(self.clone()))))
             }
-            Ok(grant) => Entry::Go(Hold(Some(Holding::Own(self.limiter.clone(), grant)))),
+            Ok(grant) => Entry::Go(Hold(Some(Holding::Own(
+                self.limiter.clone(),
+                Box::new(grant),
+            )))),
             Err(Refusal::Limited {
                 scope,
                 limit,
@@ -360,7 +363,14 @@ pub(crate) struct Hold(Option<Holding>);
 enum Holding {
     /// The deployment's scope is the last of the key's reservation.
     Joint(Arc<Admission>),
-    Own(Arc<dyn Limiter>, Grant),
+    /// Boxed: a grant is over a hundred bytes, aligned to 16 (its id is a
+    /// `u128`), and a hold rides in every attempt's ticket and in the
+    /// trace, which it would make that much larger (more to copy, and the
+    /// trace's box allocated by mimalloc's slower aligned path) for every
+    /// request; a hold of its own is taken only where a shared limiter
+    /// counts a deployment's requests or tokens per minute apart from a
+    /// key's reservation (no key, or an attempt after the first).
+    Own(Arc<dyn Limiter>, Box<Grant>),
 }
 
 impl Hold {
@@ -374,7 +384,7 @@ impl Hold {
             // Settled with the key's reservation, which it is part of.
             Some(Holding::Joint(_)) | None => {}
             Some(Holding::Own(limiter, grant)) => {
-                spawn_settle(limiter, grant, tokens_of(usage), 0);
+                spawn_settle(limiter, *grant, tokens_of(usage), 0);
             }
         }
     }
@@ -384,7 +394,7 @@ impl Drop for Hold {
     fn drop(&mut self) {
         match self.0.take() {
             Some(Holding::Joint(admission)) => admission.release_joint(),
-            Some(Holding::Own(limiter, grant)) => spawn_settle(limiter, grant, 0, 0),
+            Some(Holding::Own(limiter, grant)) => spawn_settle(limiter, *grant, 0, 0),
             None => {}
         }
     }

@@ -726,11 +726,9 @@ async fn embed(
 
 /// What every model endpoint does first: start the request's trace (with
 /// the metadata `options`, the request's `switchboard_options`, carry) on
-/// `catalog`, the current one. The trace is returned bare, and the callers
-/// read the body themselves, so that the trace (about a kilobyte) is
-/// made where it stays instead of being moved through a `Result` and an
-/// awaited future's output (four copies, about 500 instructions a
-/// request); a metadata header it refuses is for the caller to reject.
+/// `catalog`, the current one. The callers read the body themselves, so
+/// that the trace is not moved through a `Result` and an awaited future's
+/// output; a metadata header it refuses is for the caller to reject.
 fn open_trace(
     gateway: &Gateway,
     context: RequestContext,
@@ -738,7 +736,7 @@ fn open_trace(
     headers: &HeaderMap,
     options: &HeaderMap,
     catalog: &Catalog,
-) -> (Trace, Result<(), ApiError>) {
+) -> (Box<Trace>, Result<(), ApiError>) {
     let span = gateway.telemetry.as_ref().map(|telemetry| {
         let ids = telemetry.begin(headers);
         let _ = context.span.set(ids.clone());

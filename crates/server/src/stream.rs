@@ -25,7 +25,7 @@ use crate::trace::Trace;
 struct Relay {
     events: RelayStream,
     dialect: Dialect,
-    trace: Trace,
+    trace: Box<Trace>,
     cut: CancellationToken,
     deployment: Arc<str>,
     /// The request's time budget, which a stream may not outlive.
@@ -115,7 +115,7 @@ impl Relay {
 pub(crate) fn sse_response(
     events: RelayStream,
     dialect: Dialect,
-    trace: Trace,
+    trace: Box<Trace>,
     cut: CancellationToken,
     deployment: &Arc<str>,
     deadline: Option<std::time::Instant>,
