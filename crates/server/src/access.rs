@@ -601,7 +601,7 @@ mod tests {
             self.memory.start_reserve(ask)
         }
         fn settle(&self, grant: Grant, tokens: u64, cost: Nanos) -> LimitFuture<'_, ()> {
-            self.settles.lock().unwrap().push(grant.id);
+            self.settles.lock().unwrap().push(grant.id.get());
             self.memory.settle(grant, tokens, cost)
         }
         fn budget_used(
@@ -616,7 +616,7 @@ mod tests {
             Some(Duration::from_secs(60))
         }
         fn renew(&self, grant: &Grant, _now_ms: u64) -> LimitFuture<'_, bool> {
-            self.renewals.lock().unwrap().push(grant.id);
+            self.renewals.lock().unwrap().push(grant.id.get());
             Box::pin(std::future::ready(true))
         }
     }
@@ -638,7 +638,7 @@ mod tests {
         let leased = Arc::new(Leased::default());
         let limiter: Arc<dyn Limiter> = leased.clone();
         let grant = Grant {
-            id: 42,
+            id: switchboard_policy::limits::GrantId::new(42),
             part: 0,
             scopes: Vec::new(),
             tokens: 0,

@@ -77,7 +77,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use switchboard_policy::limits::{Ask, Grant, Nanos, Remaining, Rules, Scope, minute_of};
+use switchboard_policy::limits::{Ask, Grant, GrantId, Nanos, Remaining, Rules, Scope, minute_of};
 
 use super::{Counts, Inner, Op, OpKind, REDIS_MAX, cancel_op, fresh_grant_id, lock};
 use switchboard_core::mix::FnvBuild;
@@ -88,7 +88,7 @@ pub(crate) const SERVED_FROM_LEASE: u128 = 1 << 127;
 
 /// Whether a grant was served from leases (and is then renewed with them).
 pub(crate) fn served_from_lease(grant: &Grant) -> bool {
-    grant.id & SERVED_FROM_LEASE != 0
+    grant.id.get() & SERVED_FROM_LEASE != 0
 }
 
 /// How long a lease serves requests before it is retired.
@@ -195,7 +195,7 @@ impl Lease {
     fn op(&self, id: u128, part: u8, kind: OpKind) -> Op {
         Op {
             kind,
-            id,
+            id: GrantId::new(id),
             part,
             scopes: vec![(self.scope.clone(), self.rules)],
             minute: self.minute,
@@ -481,7 +481,7 @@ struct Table {
 /// The grant of a request served from leases.
 fn served_grant(id: u128, ask: Ask, remaining: Remaining) -> Grant {
     Grant {
-        id,
+        id: GrantId::new(id),
         part: 0,
         minute: minute_of(ask.now_ms),
         scopes: ask.scopes,
@@ -714,7 +714,7 @@ impl Leases {
     ) -> Result<(), Grant> {
         let mut table = lock(&self.table);
         let Table { leases, grants, .. } = &mut *table;
-        let Some(shares) = grants.get_mut(&grant.id) else {
+        let Some(shares) = grants.get_mut(&grant.id.get()) else {
             return Err(grant);
         };
         // A part's scopes are the first (part 1) or the last (part 2) of
@@ -741,7 +741,7 @@ impl Leases {
             }
         }
         if shares.iter().all(Option::is_none) {
-            grants.remove(&grant.id);
+            grants.remove(&grant.id.get());
         }
         Ok(())
     }
@@ -1009,7 +1009,7 @@ impl Inner {
                 }
             };
             if let Some(leases) = inner.leases.as_ref() {
-                leases.renewed(id, moved.then_some(to));
+                leases.renewed(id.get(), moved.then_some(to));
             }
         });
     }
@@ -1050,7 +1050,7 @@ impl Inner {
                         share: SHARE,
                     },
                 },
-                id: fresh_grant_id(),
+                id: GrantId::new(fresh_grant_id()),
                 part: 0,
                 scopes: vec![(wanted.scope.clone(), wanted.rules)],
                 minute: wanted.minute,
@@ -1060,7 +1060,7 @@ impl Inner {
             match result {
                 Ok(answer @ [0, ..]) => {
                     let mut actions = Actions::default();
-                    if leases.install(&wanted, op.id, answer, &mut actions) {
+                    if leases.install(&wanted, op.id.get(), answer, &mut actions) {
                         // Shut down meanwhile: given back before the
                         // shutdown's wait ends.
                         for op in std::mem::take(&mut actions.settles) {
@@ -1269,7 +1269,7 @@ mod tests {
             retired: None,
         };
         let grant = Grant {
-            id: 1,
+            id: GrantId::new(1),
             part: 0,
             scopes: one.scopes.clone(),
             tokens: one.tokens,
@@ -1287,7 +1287,7 @@ mod tests {
         assert_eq!(lease.peak, 3);
 
         let first = lease.retire(7);
-        assert_eq!(first.id, 7);
+        assert_eq!(first.id.get(), 7);
         // Unused: 7 requests, 1 in flight, 1000 - 240 tokens, 10000 - 2000
         // held; spent: the finished request's 300.
         assert_eq!(settle_of(&first), (1, 240 - 1_000, 8_000, 300, -7, 1));
@@ -1391,7 +1391,7 @@ mod tests {
 
         // A grant not served from leases is given back.
         let foreign = Grant {
-            id: 99,
+            id: GrantId::new(99),
             ..head_like(&one)
         };
         assert!(
@@ -1550,7 +1550,7 @@ mod tests {
 
     fn head_like(ask: &Ask) -> Grant {
         Grant {
-            id: 0,
+            id: GrantId::new(0),
             part: 0,
             scopes: ask.scopes.clone(),
             tokens: ask.tokens,

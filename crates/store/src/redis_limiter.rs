@@ -154,8 +154,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisError, RedisResult, Script, ServerErrorKind, Value};
 use switchboard_core::mix::{FnvBuild, splitmix64};
 use switchboard_policy::limits::{
-    Ask, Grant, LimitFuture, Limiter, Nanos, Period, Refusal, Remaining, Reserving, Rules, Scope,
-    budget_reset_in, budget_window, budget_window_start, minute_of,
+    Ask, Grant, GrantId, LimitFuture, Limiter, Nanos, Period, Refusal, Remaining, Reserving, Rules,
+    Scope, budget_reset_in, budget_window, budget_window_start, minute_of,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -431,7 +431,7 @@ fn script_command() -> Cmd {
 struct Op {
     kind: OpKind,
     /// The grant's id and part (0: whole; 1, 2: the parts of a split one).
-    id: u128,
+    id: GrantId,
     part: u8,
     scopes: Vec<(Scope, Rules)>,
     /// The minute and time the scopes' counters are named for: the
@@ -827,7 +827,7 @@ impl Inner {
             name.push_str(&self.prefix);
             name.push_str(HASH_TAG);
             name.push_str(":grant:");
-            push_hex128(&mut name, op.id);
+            push_hex128(&mut name, op.id.get());
             command.arg(name.as_str());
         }
 
@@ -1159,7 +1159,7 @@ impl Inner {
                 check_epoch,
                 counts: Counts::ONE,
             },
-            id,
+            id: GrantId::new(id),
             part: 0,
             scopes,
             minute,
@@ -1633,7 +1633,7 @@ impl Limiter for RedisLimiter {
 
 fn grant_of(ask: Ask, id: u128, minute: u64, remaining: Remaining) -> Grant {
     Grant {
-        id,
+        id: GrantId::new(id),
         part: 0,
         scopes: ask.scopes,
         tokens: ask.tokens,

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchboard_core::mix::splitmix64;
 use switchboard_policy::limits::LimitFuture;
 use switchboard_policy::limits::{
-    Ask, Budget, Grant, Limiter, MemoryLimiter, Nanos, Period, Refusal, Rules, Scope, ScopeKind,
+    Ask, Budget, Grant, GrantId, Limiter, MemoryLimiter, Nanos, Period, Refusal, Rules, Scope,
+    ScopeKind,
 };
 use switchboard_store::RedisLimiter;
 use switchboard_store::redis_limiter::{HASH_TAG, RedisLimiterConfig, Reseed, SpentIn};
@@ -473,7 +474,13 @@ async fn run(limiter: &dyn Limiter, steps: &[Step]) -> Vec<String> {
                 let result = limiter.reserve(ask(&scopes, *tokens, *cost, *at)).await;
                 granted = result.as_ref().ok().cloned();
                 // Grant ids differ between limiters by design.
-                format!("{:?}", result.map(|grant| Grant { id: 0, ..grant }))
+                format!(
+                    "{:?}",
+                    result.map(|grant| Grant {
+                        id: GrantId::new(0),
+                        ..grant
+                    })
+                )
             }
             Step::Settle {
                 reserve_step,
