@@ -630,7 +630,9 @@ fn yield_to_every_other_thread() {
 /// Writes what is left of `job` on this thread, then answers it; or, in
 /// the background lane, stops after a chunk once the job is hurried, its
 /// transaction still open, for the catch-up thread to finish. A failure
-/// rolls the batch back whole.
+/// rolls the batch back whole. Never inlined: `bench/instructions.sh`
+/// finds the writing by this function's name.
+#[inline(never)]
 fn work(shared: &Shared, job: &Job, lane: Lane) -> Worked {
     let mut session = lock(&shared.session);
     if session.is_none() {
@@ -737,7 +739,8 @@ struct Checkpointer(Option<Connection>);
 
 impl Checkpointer {
     /// Checkpoints what it can without waiting, when the WAL holds at
-    /// least `frames` frames.
+    /// least `frames` frames. Never inlined, as `work` is not.
+    #[inline(never)]
     fn run(&mut self, shared: &Shared, frames: i32) {
         if shared.wal_frames.load(Ordering::Relaxed) < frames {
             return;
