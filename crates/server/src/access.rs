@@ -363,13 +363,12 @@ pub(crate) struct Hold(Option<Holding>);
 enum Holding {
     /// The deployment's scope is the last of the key's reservation.
     Joint(Arc<Admission>),
-    /// Boxed: a grant is over a hundred bytes, aligned to 16 (its id is a
-    /// `u128`), and a hold rides in every attempt's ticket and in the
-    /// trace, which it would make that much larger (more to copy, and the
-    /// trace's box allocated by mimalloc's slower aligned path) for every
-    /// request; a hold of its own is taken only where a shared limiter
-    /// counts a deployment's requests or tokens per minute apart from a
-    /// key's reservation (no key, or an attempt after the first).
+    /// Boxed: a grant is over a hundred bytes, and a hold rides in every
+    /// attempt's ticket and in the trace, which it would make that much
+    /// larger (more to copy) for every request; a hold of its own is taken
+    /// only where a shared limiter counts a deployment's requests or tokens
+    /// per minute apart from a key's reservation (no key, or an attempt
+    /// after the first).
     Own(Arc<dyn Limiter>, Box<Grant>),
 }
 
@@ -586,6 +585,17 @@ mod tests {
     use switchboard_policy::limits::{LimitFuture, MemoryLimiter, Period, Remaining, Reserving};
 
     use super::*;
+
+    /// A keyed request allocates its admission, and every attempt carries
+    /// a hold: word-aligned, the admission comes from mimalloc's plain
+    /// entry point, and a hold stays small.
+    #[test]
+    fn admissions_and_holds_are_word_aligned() {
+        let word = std::mem::size_of::<usize>();
+        assert!(std::mem::align_of::<Admission>() <= word);
+        assert!(std::mem::align_of::<Hold>() <= word);
+        assert!(std::mem::size_of::<Hold>() <= 4 * word);
+    }
 
     /// A limiter whose reservations lapse after a minute, noting renewals
     /// and settles.

@@ -99,7 +99,7 @@ pub(crate) struct Trace {
 
 impl Trace {
     /// A trace for a request just begun, in a box of its own: a trace is
-    /// about a kilobyte, and the handlers and the stream relay hold it
+    /// most of a kilobyte, and the handlers and the stream relay hold it
     /// across awaits and hand it on, which moved (copied) all of it each
     /// time; boxed, they move a pointer. The box is allocated first and the
     /// trace written into it, which lets the optimiser make it in place.
