@@ -98,15 +98,13 @@ async fn chat(
         Dialect::Anthropic => Endpoint::Messages,
     };
     let options = switchboard_options(&headers);
-    let catalog = gateway.catalog();
-    let (mut trace, metadata) =
-        open_trace(&gateway, context, endpoint, &headers, options, &catalog);
-    if let Err(error) = metadata {
-        return reject(&mut trace, error, dialect);
-    }
-    let bytes = match read_json_body(&headers, body, catalog.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(error) => return reject(&mut trace, error, dialect),
+    let (mut trace, catalog, bytes) = match begin(
+        &gateway, context, endpoint, &headers, options, body, dialect,
+    )
+    .await
+    {
+        Ok(begun) => begun,
+        Err(response) => return response,
     };
     let openai_request;
     let anthropic_request;
@@ -590,21 +588,19 @@ async fn embed(
     body: Body,
 ) -> Response {
     let options = switchboard_options(&headers);
-    let catalog = gateway.catalog();
-    let (mut trace, metadata) = open_trace(
+    let (mut trace, catalog, bytes) = match begin(
         &gateway,
         context,
         Endpoint::Embeddings,
         &headers,
         options,
-        &catalog,
-    );
-    if let Err(error) = metadata {
-        return reject(&mut trace, error, Dialect::OpenAi);
-    }
-    let bytes = match read_json_body(&headers, body, catalog.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(error) => return reject(&mut trace, error, Dialect::OpenAi),
+        body,
+        Dialect::OpenAi,
+    )
+    .await
+    {
+        Ok(begun) => begun,
+        Err(response) => return response,
     };
     let request = match EmbeddingsRequest::parse(&bytes) {
         Ok(request) => request,
@@ -725,23 +721,24 @@ async fn embed(
 }
 
 /// What every model endpoint does first: start the request's trace (with
-/// the metadata `options`, the request's `switchboard_options`, carry) on
-/// `catalog`, the current one. The callers read the body themselves, so
-/// that the trace is not moved through a `Result` and an awaited future's
-/// output; a metadata header it refuses is for the caller to reject.
-fn open_trace(
+/// the metadata `options`, the request's `switchboard_options`, carry), take
+/// the current catalog, and read the JSON body within its limit. The trace
+/// is boxed, so handing it back through the `Result` moves a pointer.
+async fn begin(
     gateway: &Gateway,
     context: RequestContext,
     endpoint: Endpoint,
     headers: &HeaderMap,
     options: &HeaderMap,
-    catalog: &Catalog,
-) -> (Box<Trace>, Result<(), ApiError>) {
+    body: Body,
+    dialect: Dialect,
+) -> Result<(Box<Trace>, Arc<Catalog>, Bytes), Response> {
     let span = gateway.telemetry.as_ref().map(|telemetry| {
         let ids = telemetry.begin(headers);
         let _ = context.span.set(ids.clone());
         (telemetry.clone(), ids)
     });
+    let catalog = gateway.catalog();
     let mut trace = Trace::new(
         context,
         endpoint,
@@ -750,8 +747,14 @@ fn open_trace(
         gateway.cut.clone(),
     );
     trace.span = span;
-    let metadata = request_metadata(options).map(|metadata| trace.metadata = metadata);
-    (trace, metadata)
+    match request_metadata(options) {
+        Ok(metadata) => trace.metadata = metadata,
+        Err(error) => return Err(reject(&mut trace, error, dialect)),
+    }
+    match read_json_body(headers, body, catalog.max_body_bytes).await {
+        Ok(bytes) => Ok((trace, catalog, bytes)),
+        Err(error) => Err(reject(&mut trace, error, dialect)),
+    }
 }
 
 /// The request's headers when one of them is an `x-switchboard-` option,
