@@ -14,6 +14,10 @@
 # the proxy alone on core 1 (Switchboard then serves on one thread), the
 # layout of issue #7's targets (PostgreSQL and Redis stay unpinned); by
 # default nothing is pinned and nginx runs a worker per core.
+# The summary also gives, for the c64 load, the CPU time per request (user
+# and system, µs) of the proxy, of PostgreSQL (all its processes) and of
+# Redis: where the database servers share the proxy's core, throughput is
+# about one over their sum.
 #
 #   bench/keys.sh [ROUNDS]      # default 2; ~3 minutes; loopback only
 #   BINARY=/path/to/switchboard CASES="master-pg-redis key-pg-redis" bench/keys.sh 1
@@ -93,16 +97,41 @@ TOML
   echo "$RUN/keys-$case.toml"
 }
 
-load() { # case, round, url, key
-  local concurrency
+# CPU time (clock ticks, user and system) of process $1 and its children,
+# those still running and those it has reaped; 0 when there is none.
+tree_ticks() {
+  local total=0 pid fields
+  [ -n "$1" ] || { echo 0; return; }
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    # The fields after the command's name: utime, stime, cutime and cstime
+    # are the 14th to 17th of the line, the 12th to 15th of these.
+    fields="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null)" || continue
+    read -r -a fields <<<"$fields"
+    total=$((total + fields[11] + fields[12] + fields[13] + fields[14]))
+  done
+  echo "$total"
+}
+# The proxy's, PostgreSQL's and Redis's CPU ticks so far (the database
+# servers are the machine's own: their oldest process and its children).
+cpu_now() { # proxy pid
+  echo "$(tree_ticks "$1") $(tree_ticks "$(pgrep -o -x postgres || true)") $(tree_ticks "$(pgrep -o -x redis-server || true)")"
+}
+
+load() { # case, round, url, key, proxy pid
+  local concurrency before after
   if [ "$WARMUP" != 0 ]; then
     $(pin_prefix "$LOAD_CPU") "$OHA" --no-tui -m POST -T application/json -d "$BODY" \
       -H "Authorization: Bearer $4" -z "${WARMUP}s" -c 16 "$3" >/dev/null 2>&1 || true
   fi
   for concurrency in 64 1; do
+    before="$(cpu_now "$5")"
     $(pin_prefix "$LOAD_CPU") "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
       -H "Authorization: Bearer $4" -t 30s -z "${DURATION}s" -c "$concurrency" \
       "$3" >"$OUT/$1-r$2-c$concurrency.json" 2>/dev/null || true
+    if [ "$concurrency" = 64 ]; then
+      after="$(cpu_now "$5")"
+      echo "$before $after" >"$OUT/$1-r$2-c64-cpu.txt"
+    fi
   done
 }
 
@@ -112,7 +141,7 @@ run_case() { # case, round
     # One worker on the proxy's core when pinned; one per core otherwise,
     # as Switchboard then serves on every core.
     peer_start nginx "$GW_CPU" "$([ -n "$GW_CPU" ] && echo 1)"
-    load nginx "$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$MASTER"
+    load nginx "$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" "$MASTER" "$(peer_pid nginx)"
     peer_stop nginx
     return
   fi
@@ -125,7 +154,7 @@ run_case() { # case, round
     # checks and reservations and none is turned away.
     key="$(bench_virtual_key "http://127.0.0.1:9000" "$MASTER")"
   fi
-  load "$case" "$round" http://127.0.0.1:9000/v1/chat/completions "$key"
+  load "$case" "$round" http://127.0.0.1:9000/v1/chat/completions "$key" "$gateway_pid"
   stop_tree "$gateway_pid"; gateway_pid=""
   if [ "${case%-pg-redis}" != "$case" ]; then
     # PostgreSQL's after-work on the rows just written (autovacuum,
@@ -143,9 +172,19 @@ for round in $(seq 1 "$ROUNDS"); do
   for case in $order; do run_case "$case" "$round"; done
 done
 
-python3 - "$OUT" "$ROUNDS" $CASES <<'PY'
+python3 - "$OUT" "$ROUNDS" "$(getconf CLK_TCK)" $CASES <<'PY'
 import json, os, statistics, sys
-out, rounds, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, rounds, tick, cases = sys.argv[1], int(sys.argv[2]), 1e6 / int(sys.argv[3]), sys.argv[4:]
+def cpu(case):
+    """Median CPU µs per request at c64: the proxy, PostgreSQL, Redis."""
+    per = []
+    for r in range(1, rounds + 1):
+        d = json.load(open(os.path.join(out, f"{case}-r{r}-c64.json")))
+        served = sum(d.get("statusCodeDistribution", {}).values())
+        ticks = [int(x) for x in open(os.path.join(out, f"{case}-r{r}-c64-cpu.txt")).read().split()]
+        if served and len(ticks) == 6:
+            per.append([(ticks[3 + i] - ticks[i]) * tick / served for i in range(3)])
+    return [statistics.median(p[i] for p in per) for i in range(3)] if per else None
 def runs(case, c):
     result = []
     for r in range(1, rounds + 1):
@@ -155,8 +194,8 @@ def runs(case, c):
         result.append((d["summary"]["requestsPerSec"], d["latencyPercentiles"]["p50"] * 1000,
                        d["latencyPercentiles"]["p99"] * 1000, codes.get("200", 0) / total))
     return result
-rows = ["| case | c64 req/s | vs its master-key baseline | vs nginx (by round) | c64 p99 ms | c1 p50 ms | c1 p50 added over the baseline | 200s |",
-        "|---|---|---|---|---|---|---|---|"]
+rows = ["| case | c64 req/s | vs its master-key baseline | vs nginx (by round) | c64 p99 ms | c1 p50 ms | c1 p50 added over the baseline | 200s | c64 CPU µs/request: proxy, PostgreSQL, Redis |",
+        "|---|---|---|---|---|---|---|---|---|"]
 nginx64 = [r[0] for r in runs("nginx", 64)] if "nginx" in cases else None
 for case in cases:
     baseline = case if case == "nginx" else "master-pg-redis" if case.endswith("pg-redis") else "master"
@@ -174,7 +213,9 @@ for case in cases:
     if nginx64 and case != "nginx":
         by_round = [r[0] / n for r, n in zip(c64, nginx64)]
         vs_nginx = f"{statistics.median(by_round):.2f} ({', '.join(f'{x:.2f}' for x in by_round)})"
-    rows.append(f"| {case} | {rps:.0f} | {vs_base} | {vs_nginx} | {p99:.2f} | {p50:.3f} | {vs_added} | {ok:.2%} |")
+    used = cpu(case)
+    used = "–" if used is None else ", ".join(f"{x:.1f}" for x in used)
+    rows.append(f"| {case} | {rps:.0f} | {vs_base} | {vs_nginx} | {p99:.2f} | {p50:.3f} | {vs_added} | {ok:.2%} | {used} |")
 text = "\n".join(rows)
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
 print(text)
