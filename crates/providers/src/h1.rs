@@ -20,6 +20,7 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -29,8 +30,8 @@ use http::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::framing::{
-    self, Chunked, Framing, Invalid, Place, Step, content_length, has_token, note_places,
-    only_chunked,
+    self, Chunked, Framing, Invalid, Place, Places, Step, content_length, has_token, only_chunked,
+    uninit_headers,
 };
 
 /// Largest answer head read (status line and headers); hyper's default
@@ -313,9 +314,13 @@ fn final_head_arrived(mut buffer: &[u8]) -> bool {
         return true;
     }
     loop {
-        let mut found = [httparse::EMPTY_HEADER; FEW_HEADERS];
-        let mut response = httparse::Response::new(&mut found);
-        match response.parse(buffer) {
+        let mut found = uninit_headers::<FEW_HEADERS>();
+        let mut response = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buffer,
+            &mut found,
+        ) {
             Ok(httparse::Status::Complete(length))
                 if response
                     .code
@@ -342,22 +347,22 @@ struct Parsed {
 /// while it is incomplete. Header values are slices of the head, not
 /// copies.
 fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, Error> {
-    let mut places = [Place::default(); FEW_HEADERS];
+    let mut places = Places::<FEW_HEADERS>::default();
     let parsed = {
-        let mut found = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        let mut found = uninit_headers::<FEW_HEADERS>();
         locate(buffer, &mut found, &mut places)
     };
     match parsed {
-        Ok(Some(parsed)) => build(buffer, &parsed, &places).map(Some),
+        Ok(Some(parsed)) => build(buffer, &parsed, places.noted()).map(Some),
         Ok(None) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            let mut places = vec![Place::default(); MAX_HEADERS];
+            let mut places = Box::new(Places::<MAX_HEADERS>::default());
             let parsed = {
-                let mut found = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
-                locate(buffer, &mut found, &mut places)
+                let mut found = Box::new(uninit_headers::<MAX_HEADERS>());
+                locate(buffer, &mut found[..], &mut places)
             };
             match parsed {
-                Ok(Some(parsed)) => build(buffer, &parsed, &places).map(Some),
+                Ok(Some(parsed)) => build(buffer, &parsed, places.noted()).map(Some),
                 Ok(None) => Ok(None),
                 Err(httparse::Error::TooManyHeaders) => {
                     Err(Error::Invalid("more than 256 headers"))
@@ -371,17 +376,21 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, Error> {
 
 /// Parses a head with room for `found.len()` headers and notes where each
 /// header lies.
-fn locate<'b>(
+fn locate<'b, const N: usize>(
     buffer: &'b [u8],
-    found: &mut [httparse::Header<'b>],
-    places: &mut [Place],
+    found: &mut [MaybeUninit<httparse::Header<'b>>],
+    places: &mut Places<N>,
 ) -> Result<Option<Parsed>, httparse::Error> {
-    let mut response = httparse::Response::new(found);
-    let length = match response.parse(buffer)? {
+    let mut response = httparse::Response::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buffer,
+        found,
+    )? {
         httparse::Status::Complete(length) => length,
         httparse::Status::Partial => return Ok(None),
     };
-    note_places(buffer, response.headers, places);
+    places.note(buffer, response.headers);
     Ok(Some(Parsed {
         // A complete parse always has both.
         status: response.code.unwrap_or_default(),

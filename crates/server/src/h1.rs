@@ -22,6 +22,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
@@ -36,8 +37,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use switchboard_providers::framing::{
-    Chunked, Framing, Invalid, Place, Step, content_length, has_token, header_name, header_value,
-    note_places, only_chunked, span,
+    Chunked, Framing, Invalid, Place, Places, Step, content_length, has_token, header_name,
+    header_value, only_chunked, span, uninit_headers,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -801,37 +802,37 @@ struct Parsed {
 /// Parses the request head at the start of `buffer` and takes it off;
 /// `None` while it is incomplete.
 fn parse_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
-    let mut places = [Place::default(); FEW_HEADERS];
+    let mut places = Places::<FEW_HEADERS>::default();
     let parsed = {
-        let mut found = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        let mut found = uninit_headers::<FEW_HEADERS>();
         locate(buffer, &mut found, &mut places)
     };
     match parsed {
         Err(Refusal::TooLarge) => {
-            let mut places = vec![Place::default(); MAX_HEADERS];
+            let mut places = Box::new(Places::<MAX_HEADERS>::default());
             let parsed = {
-                let mut found = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
-                locate(buffer, &mut found, &mut places)?
+                let mut found = Box::new(uninit_headers::<MAX_HEADERS>());
+                locate(buffer, &mut found[..], &mut places)?
             };
             parsed
-                .map(|parsed| build(buffer, &parsed, &places))
+                .map(|parsed| build(buffer, &parsed, places.noted()))
                 .transpose()
         }
         parsed => parsed?
-            .map(|parsed| build(buffer, &parsed, &places))
+            .map(|parsed| build(buffer, &parsed, places.noted()))
             .transpose(),
     }
 }
 
 /// Parses a head with room for `found.len()` headers and notes where each
 /// part lies.
-fn locate<'b>(
+fn locate<'b, const N: usize>(
     buffer: &'b [u8],
-    found: &mut [httparse::Header<'b>],
-    places: &mut [Place],
+    found: &mut [MaybeUninit<httparse::Header<'b>>],
+    places: &mut Places<N>,
 ) -> Result<Option<Parsed>, Refusal> {
-    let mut request = httparse::Request::new(found);
-    let length = match request.parse(buffer) {
+    let mut request = httparse::Request::new(&mut []);
+    let length = match request.parse_with_uninit_headers(buffer, found) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
@@ -841,7 +842,7 @@ fn locate<'b>(
         Err(httparse::Error::Version) => return Err(Refusal::Version),
         Err(_) => return Err(Refusal::Malformed("its request line or headers")),
     };
-    note_places(buffer, request.headers, places);
+    places.note(buffer, request.headers);
     // A complete parse always has the method, target and version.
     Ok(Some(Parsed {
         method: span(buffer, request.method.unwrap_or_default().as_bytes()),
