@@ -36,11 +36,13 @@ use switchboard_store::response_cache::{CacheKey, ResponseCache};
 
 use crate::access::Caller;
 use crate::error::ApiError;
+use crate::head_lines::LineStart;
 
 const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 /// Response header saying what the cache did: `hit`, or `miss` (looked up,
 /// and the answer stored when it completes).
 pub(crate) const CACHE_HEADER: HeaderName = HeaderName::from_static("x-switchboard-cache");
+pub(crate) const CACHE_LINE: LineStart = LineStart::new("x-switchboard-cache: ");
 /// Request header setting the entry's time to live, in seconds.
 pub(crate) const CACHE_TTL_HEADER: HeaderName = HeaderName::from_static("x-switchboard-cache-ttl");
 /// The longest entry a stream may fill; a longer stream is not cached.

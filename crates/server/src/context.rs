@@ -30,12 +30,13 @@ use tracing::Instrument;
 use switchboard_providers::Dialect;
 
 use crate::error::ApiError;
-use crate::head_lines::HeadLines;
+use crate::head_lines::{HeadLines, LineStart};
 use crate::keys::KeyEntry;
 use crate::state::Gateway;
 use crate::trace::{now, unix_millis};
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID_LINE: LineStart = LineStart::new("x-request-id: ");
 
 #[derive(Debug, Clone)]
 pub(crate) struct RequestContext {
@@ -89,7 +90,7 @@ impl RequestContext {
             // With the lines a model's answer carries, when it has them.
             match response.extensions_mut().get_mut::<HeadLines>() {
                 Some(lines) => {
-                    lines.push(&REQUEST_ID, request_id.as_bytes());
+                    lines.push(REQUEST_ID_LINE, request_id.as_bytes());
                 }
                 None => {
                     if let Ok(value) = HeaderValue::from_str(&request_id) {

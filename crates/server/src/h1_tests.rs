@@ -880,7 +880,7 @@ async fn the_gateways_header_lines_are_written_into_the_head_once() {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let mut lines = HeadLines::new();
         lines.push(
-            &axum::http::HeaderName::from_static("x-switchboard-deployment"),
+            crate::head_lines::LineStart::new("x-switchboard-deployment: "),
             b"east",
         );
         lines.push_counted(

@@ -22,7 +22,7 @@ use switchboard_store::watch::on_request_path;
 
 use crate::access::{self, Admission, Demand, Hold};
 use crate::body::read_json_body;
-use crate::cache::{CACHE_HEADER, CacheFill, CachePlan};
+use crate::cache::{CACHE_HEADER, CACHE_LINE, CacheFill, CachePlan};
 use crate::context::{Principal, RequestContext, principal_of};
 use crate::dispatch::{Answered, ConversationPrefix, Route, Unanswered, dispatch, hold_opening};
 use crate::error::ApiError;
@@ -31,8 +31,8 @@ use crate::state::{Catalog, Gateway};
 use crate::stream::sse_response;
 use crate::trace::{BodyCapture, Trace};
 
-pub(crate) const DEPLOYMENT_HEADER: HeaderName =
-    HeaderName::from_static("x-switchboard-deployment");
+/// The line naming the deployment that answered.
+const DEPLOYMENT_LINE: LineStart = LineStart::new("x-switchboard-deployment: ");
 
 /// `POST /v1/chat/completions` as a route of the router. The front
 /// (`front.rs`) serves every POST to the chat paths itself, so this route
@@ -276,7 +276,7 @@ async fn chat(
         ..
     } = answered;
     if let Some(plan) = &cache_plan {
-        headers.push(&CACHE_HEADER, b"miss");
+        headers.push(CACHE_LINE, b"miss");
         trace.cache = Some(false);
         if let (Some(cache), Reply::Stream { .. }) = (&gateway.cache, &value) {
             trace.cache_fill = CacheFill::new(cache, plan);
@@ -501,13 +501,11 @@ fn refused(body: &[u8], dialect: Dialect) -> bool {
 /// Header giving a whole answer's cost in USD, when its price is known.
 /// (A stream's cost is known only at its end: it is in the record.)
 pub(crate) const COST_HEADER: HeaderName = HeaderName::from_static("x-switchboard-cost");
+pub(crate) const COST_LINE: LineStart = LineStart::new("x-switchboard-cost: ");
 
 fn cost_header(headers: &mut HeadLines, trace: &Trace) {
     if let Some(pricing) = &trace.pricing {
-        headers.push(
-            &COST_HEADER,
-            nine_decimals(pricing(&trace.usage)).as_bytes(),
-        );
+        headers.push(COST_LINE, nine_decimals(pricing(&trace.usage)).as_bytes());
     }
 }
 
@@ -545,8 +543,7 @@ impl NineDecimals {
 
 /// Header naming the parameters a deployment could not honour and left
 /// out, under its `unsupported_params = "drop"` policy.
-pub(crate) const DROPPED_PARAMS_HEADER: HeaderName =
-    HeaderName::from_static("x-switchboard-dropped-params");
+const DROPPED_PARAMS_LINE: LineStart = LineStart::new("x-switchboard-dropped-params: ");
 
 fn dropped_header(headers: &mut HeadLines, dropped: &[String]) {
     if dropped.is_empty() {
@@ -564,7 +561,7 @@ fn dropped_header(headers: &mut HeadLines, dropped: &[String]) {
         })
         .take(2000)
         .collect();
-    headers.push(&DROPPED_PARAMS_HEADER, text.as_bytes());
+    headers.push(DROPPED_PARAMS_LINE, text.as_bytes());
 }
 
 pub(crate) async fn embeddings(
@@ -709,7 +706,7 @@ async fn embed(
             trace.usage = usage;
             cost_header(&mut headers, &trace);
             if let (Some(cache), Some(plan)) = (&gateway.cache, &cache_plan) {
-                headers.push(&CACHE_HEADER, b"miss");
+                headers.push(CACHE_LINE, b"miss");
                 trace.cache = Some(false);
                 cache.store(plan, body.clone());
             }
@@ -848,7 +845,8 @@ fn seconds_header(headers: &HeaderMap, name: HeaderName) -> Result<Option<Durati
         })
 }
 const ATTEMPTS_LINE: LineStart = LineStart::new("x-switchboard-attempts: ");
-pub(crate) const SERVED_MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchboard-model");
+/// The line naming the model that answered, when not the one asked for.
+const SERVED_MODEL_LINE: LineStart = LineStart::new("x-switchboard-model: ");
 
 /// How a request will be routed: its model's chain of routes (borrowed
 /// from the catalog the request holds), its deadline and required tags.
@@ -921,10 +919,10 @@ fn note_route<T>(trace: &mut Trace, answered: &mut Answered<T>, shared: bool) {
 /// Headers that explain the route taken.
 fn route_headers<T>(answered: &Answered<T>, requested: &str) -> HeadLines {
     let mut headers = HeadLines::new();
-    headers.push(&DEPLOYMENT_HEADER, answered.deployment.name().as_bytes());
+    headers.push(DEPLOYMENT_LINE, answered.deployment.name().as_bytes());
     headers.push_counted(ATTEMPTS_LINE, u64::from(answered.attempts), b"");
     if *answered.model != *requested {
-        headers.push(&SERVED_MODEL_HEADER, answered.model.as_bytes());
+        headers.push(SERVED_MODEL_LINE, answered.model.as_bytes());
     }
     headers
 }
