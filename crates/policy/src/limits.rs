@@ -53,10 +53,21 @@ impl ScopeKind {
 
 /// One thing limits apply to, such as `(Key, "key_01H...")`. The id is
 /// shared, so that a key's scope is made once, not on each request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Scope {
     pub kind: ScopeKind,
     pub id: Arc<str>,
+}
+
+/// The id's bytes, then the kind as one byte: two writes where the derived
+/// `Hash` made three (the kind as a whole word, the id, a terminator), for
+/// about 100 instructions fewer in each limiter's map. The single trailing
+/// byte keeps the input unambiguous: equal inputs are equal scopes.
+impl std::hash::Hash for Scope {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.id.as_bytes());
+        state.write_u8(self.kind as u8);
+    }
 }
 
 pub use switchboard_core::keys::Period;
@@ -728,6 +739,34 @@ impl Limiter for MemoryLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_hash_by_kind_and_id_alike_only_when_equal() {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = |kind, id: &str| {
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(Scope {
+                kind,
+                id: Arc::from(id),
+            })
+        };
+        assert_eq!(hash(ScopeKind::Key, "key_1"), hash(ScopeKind::Key, "key_1"));
+        let distinct = [
+            hash(ScopeKind::Key, "key_1"),
+            hash(ScopeKind::Team, "key_1"),
+            hash(ScopeKind::User, "key_1"),
+            hash(ScopeKind::Deployment, "key_1"),
+            hash(ScopeKind::Key, "key_2"),
+            hash(ScopeKind::Key, "key_"),
+            hash(ScopeKind::User, ""),
+            hash(ScopeKind::Key, ""),
+            // The kind's byte after an id, against an id ending in it.
+            hash(ScopeKind::User, "a\u{1}"),
+            hash(ScopeKind::Key, "a"),
+        ];
+        for (at, one) in distinct.iter().enumerate() {
+            assert!(!distinct[at + 1..].contains(one), "scope {at}");
+        }
+    }
 
     #[test]
     fn grant_ids_keep_all_128_bits_in_two_words() {
