@@ -364,7 +364,7 @@ pub(crate) struct HttpClient {
 struct Pool {
     connector: Connector,
     idle_timeout: Duration,
-    origins: Mutex<HashMap<Origin, Arc<Kept>, FnvBuild>>,
+    origins: Mutex<Origins>,
     /// Whether a task is closing this pool's idle connections as they
     /// expire (started with the first connection kept, ended with the
     /// runtime it runs on or with the pool).
@@ -379,14 +379,23 @@ struct Origin {
     authority: Authority,
 }
 
-impl Origin {
-    fn of(uri: &Uri) -> Option<Origin> {
-        Some(Origin {
-            scheme: uri.scheme()?.clone(),
-            authority: uri.authority()?.clone(),
-        })
-    }
+/// Most origins looked up by their spelling (`Origins::spelled`).
+const SPELLED_ORIGINS: usize = 16;
 
+/// What the pool keeps, by origin.
+#[derive(Default)]
+struct Origins {
+    /// Every origin's, by its scheme and authority without regard to case.
+    by_origin: HashMap<Origin, Arc<Kept>, FnvBuild>,
+    /// The first `SPELLED_ORIGINS` spellings of origins seen, found by
+    /// comparing bytes: a request's URI is a clone of its deployment's,
+    /// so it spells its origin as it was first seen. Hashing the authority
+    /// without regard to case, after cloning it into an `Origin`, cost
+    /// about 600 instructions a request; this finds it in a few dozen.
+    spelled: Vec<(Scheme, Authority, Arc<Kept>)>,
+}
+
+impl Origin {
     /// The `Host` header an HTTP/1.1 request to this origin carries: the
     /// host, and the port unless it is the scheme's default (as hyper-util
     /// and the SigV4 signer write it).
@@ -466,10 +475,9 @@ impl HttpClient {
         &self,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
-        let Some(origin) = Origin::of(request.uri()) else {
+        let Some(kept) = self.pool.origin(request.uri()) else {
             return Err(ClientError::Connect(Box::new(NoOrigin)));
         };
-        let kept = self.pool.origin(origin);
         let mut stale = 0;
         // The HTTP/1.1 head, written once whatever connection takes it.
         let mut head: Option<Vec<u8>> = None;
@@ -712,29 +720,49 @@ impl Kept {
 }
 
 impl Pool {
-    /// What is kept for `origin`, made on its first request.
-    fn origin(&self, origin: Origin) -> Arc<Kept> {
+    /// What is kept for the origin of `uri` (its scheme and authority),
+    /// made on its first request; `None` for a URI without an origin.
+    fn origin(&self, uri: &Uri) -> Option<Arc<Kept>> {
+        let (scheme, authority) = (uri.scheme()?, uri.authority()?);
         let mut origins = self
             .origins
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(kept) = origins.get(&origin) {
-            return kept.clone();
-        }
-        // Plain HTTP has no ALPN to offer HTTP/2 through: HTTP/1.1.
-        let protocol = if origin.scheme == Scheme::HTTP {
-            HTTP1
-        } else {
-            UNKNOWN
-        };
-        let kept = Arc::new(Kept {
-            host: origin.host(),
-            conns: Mutex::default(),
-            protocol: AtomicU8::new(protocol),
-            connecting: tokio::sync::Mutex::new(()),
+        let spelled = origins.spelled.iter().find(|(known_scheme, known, _)| {
+            known.as_str() == authority.as_str() && known_scheme == scheme
         });
-        origins.insert(origin, kept.clone());
-        kept
+        if let Some((_, _, kept)) = spelled {
+            return Some(kept.clone());
+        }
+        let origin = Origin {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+        };
+        let kept = match origins.by_origin.get(&origin) {
+            Some(kept) => kept.clone(),
+            None => {
+                // Plain HTTP has no ALPN to offer HTTP/2 through: HTTP/1.1.
+                let protocol = if origin.scheme == Scheme::HTTP {
+                    HTTP1
+                } else {
+                    UNKNOWN
+                };
+                let kept = Arc::new(Kept {
+                    host: origin.host(),
+                    conns: Mutex::default(),
+                    protocol: AtomicU8::new(protocol),
+                    connecting: tokio::sync::Mutex::new(()),
+                });
+                origins.by_origin.insert(origin, kept.clone());
+                kept
+            }
+        };
+        if origins.spelled.len() < SPELLED_ORIGINS {
+            origins
+                .spelled
+                .push((scheme.clone(), authority.clone(), kept.clone()));
+        }
+        Some(kept)
     }
 
     /// Drops the connections idle past the timeout (which closes them) and
@@ -744,6 +772,7 @@ impl Pool {
             .origins
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_origin
             .values()
             .cloned()
             .collect();
@@ -912,10 +941,14 @@ mod tests {
 
     #[test]
     fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
+        let client = plain_client(IDLE_TIMEOUT);
         let host = |url: &str| {
-            Origin::of(&url.parse::<Uri>().unwrap())
+            client
+                .pool
+                .origin(&url.parse::<Uri>().unwrap())
                 .unwrap()
-                .host()
+                .host
+                .clone()
                 .unwrap()
         };
         assert_eq!(
@@ -929,7 +962,48 @@ mod tests {
         assert_eq!(host("https://api.openai.com/v1"), "api.openai.com");
         assert_eq!(host("https://example.com:443/v1"), "example.com");
         assert_eq!(host("https://example.com:8443/v1"), "example.com:8443");
-        assert!(Origin::of(&"/v1/chat".parse::<Uri>().unwrap()).is_none());
+        assert!(
+            client
+                .pool
+                .origin(&"/v1/chat".parse::<Uri>().unwrap())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_origin_is_kept_once_whatever_its_spelling() {
+        let client = plain_client(IDLE_TIMEOUT);
+        let kept = |uri: &str| client.pool.origin(&uri.parse::<Uri>().unwrap()).unwrap();
+        let first = kept("http://Upstream.example:8080/v1/chat/completions");
+        // Found by its spelling, by another spelling, and by a clone.
+        assert!(Arc::ptr_eq(
+            &first,
+            &kept("http://Upstream.example:8080/v1/embeddings")
+        ));
+        assert!(Arc::ptr_eq(&first, &kept("http://upstream.EXAMPLE:8080/")));
+        assert!(Arc::ptr_eq(&first, &kept("HTTP://upstream.example:8080/")));
+        // Another port, another scheme: another origin.
+        assert!(!Arc::ptr_eq(&first, &kept("http://upstream.example:8081/")));
+        assert!(!Arc::ptr_eq(
+            &first,
+            &kept("https://upstream.example:8080/")
+        ));
+        assert_eq!(first.host.as_ref().unwrap(), "Upstream.example:8080");
+        // Past the spellings kept, origins are still found (by the map).
+        for port in 0..2 * SPELLED_ORIGINS {
+            let uri = format!("http://many.example:{}/", 9000 + port);
+            assert!(Arc::ptr_eq(&kept(&uri), &kept(&uri)));
+        }
+        let origins = client.pool.origins.lock().unwrap();
+        assert_eq!(origins.spelled.len(), SPELLED_ORIGINS);
+        assert_eq!(origins.by_origin.len(), 3 + 2 * SPELLED_ORIGINS);
+        drop(origins);
+        assert!(
+            client
+                .pool
+                .origin(&"/relative".parse::<Uri>().unwrap())
+                .is_none()
+        );
     }
 
     #[test]
@@ -944,7 +1018,8 @@ mod tests {
                 &"http://127.0.0.1/".parse::<Uri>().unwrap(),
                 &client
                     .pool
-                    .origin(Origin::of(&"http://127.0.0.1/".parse::<Uri>().unwrap()).unwrap()),
+                    .origin(&"http://127.0.0.1/".parse::<Uri>().unwrap())
+                    .unwrap(),
             ),
         );
         // A connect's future, boxed per new connection, is mostly the TLS
