@@ -62,7 +62,7 @@ pub struct RequestFields<'a> {
 impl<'a> RequestFields<'a> {
     /// Parses a body that must be one JSON object with unique keys.
     pub fn parse(body: &'a [u8]) -> Result<RequestFields<'a>, RequestError> {
-        let text = std::str::from_utf8(body).map_err(|error| {
+        let text = crate::utf8(body).map_err(|error| {
             RequestError::new(
                 format!(
                     "the request body is not valid UTF-8 (invalid byte at offset {})",

@@ -102,7 +102,7 @@ struct EmbeddingsCheck {
 /// serde_json checks each string it reads on its own (a sixth of the
 /// check's cost) and not the strings it skips.
 fn body_text<'b>(body: &'b [u8], what: &str) -> Result<&'b str, InvalidResponse> {
-    std::str::from_utf8(body).map_err(|error| {
+    crate::utf8(body).map_err(|error| {
         InvalidResponse(format!(
             "the upstream's answer is not {what}: it is not UTF-8 (invalid byte at offset {})",
             error.valid_up_to()
