@@ -53,10 +53,12 @@ impl<'a> From<&'a RawValue> for RawJson<'a> {
     }
 }
 
-/// The top-level fields of a JSON object, in order, each as raw JSON.
+/// The top-level fields of a JSON object, in order, each as raw JSON, and
+/// the object's text as it came.
 #[derive(Debug)]
 pub struct RequestFields<'a> {
     fields: Vec<(Cow<'a, str>, RawJson<'a>)>,
+    text: &'a str,
 }
 
 impl<'a> RequestFields<'a> {
@@ -78,12 +80,15 @@ impl<'a> RequestFields<'a> {
             ));
         }
         if let Ok(fields) = scan_fields(text) {
-            return Ok(RequestFields { fields });
+            return Ok(RequestFields { fields, text });
         }
         let fields: Fields<'a> = serde_json::from_str(text).map_err(|error| {
             RequestError::new(format!("the request body is not valid JSON: {error}"), None)
         })?;
-        Ok(RequestFields { fields: fields.0 })
+        Ok(RequestFields {
+            fields: fields.0,
+            text,
+        })
     }
 
     /// The field names, in the client's order.
@@ -493,13 +498,24 @@ impl<'a> ChatRequest<'a> {
 
     /// The body for an OpenAI-compatible upstream: the client's own fields
     /// with the upstream model id, and, for a stream whose usage the gateway
-    /// wants, `stream_options.include_usage` set.
+    /// wants, `stream_options.include_usage` set. When neither changes
+    /// anything (the client named the upstream's model, written as the
+    /// gateway would write it), the client's body as it came: written again
+    /// it was about 2,000 instructions a request. Its keys are known unique
+    /// (`RequestFields::parse`), so the upstream reads the fields the
+    /// gateway read.
     pub fn encode(&self, upstream_model: &str, request_stream_usage: bool) -> Vec<u8> {
         let model = json_string(upstream_model);
         if self.stream && request_stream_usage && !self.client_wants_usage {
             let options = self.stream_options_with_usage();
             self.fields
                 .encode(&[("model", &model), ("stream_options", &options)])
+        } else if self
+            .fields
+            .raw("model")
+            .is_some_and(|raw| raw.get().as_bytes() == model.as_slice())
+        {
+            self.fields.text.as_bytes().to_vec()
         } else {
             self.fields.encode(&[("model", &model)])
         }

@@ -32,6 +32,34 @@ fn encode_replaces_the_model_and_keeps_everything_else_byte_for_byte() {
 }
 
 #[test]
+fn a_request_that_needs_no_change_goes_as_it_came() {
+    // Spacing and key order the gateway would not write.
+    let body =
+        "{ \"messages\" : [{\"role\":\"user\",\"content\":\"x\"}],\n  \"model\": \"gpt-4o\" }";
+    let request = chat(body).unwrap();
+    assert_eq!(request.encode("gpt-4o", true), body.as_bytes());
+    // Another upstream model, or the same written with an escape: written
+    // again, with the model as the gateway writes it.
+    assert_eq!(
+        String::from_utf8(request.encode("gpt-4o-mini", true)).unwrap(),
+        r#"{"messages":[{"role":"user","content":"x"}],"model":"gpt-4o-mini"}"#
+    );
+    let escaped =
+        chat(r#"{"model":"gpt\u002d4o","messages":[{"role":"user","content":"x"}]}"#).unwrap();
+    assert_eq!(
+        String::from_utf8(escaped.encode("gpt-4o", true)).unwrap(),
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#
+    );
+    // A stream whose usage the gateway asks for is written again even
+    // under the same model; one whose client asked already is not.
+    let stream = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+    assert_ne!(chat(stream).unwrap().encode("m", true), stream.as_bytes());
+    assert_eq!(chat(stream).unwrap().encode("m", false), stream.as_bytes());
+    let asked = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#;
+    assert_eq!(chat(asked).unwrap().encode("m", true), asked.as_bytes());
+}
+
+#[test]
 fn streams_ask_for_usage_on_the_clients_behalf() {
     let request =
         chat(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
