@@ -75,10 +75,11 @@ impl<'a> MessagesRequest<'a> {
     }
 
     /// The body for an Anthropic upstream: the client's own fields with the
-    /// upstream model id.
+    /// upstream model id; the body as it came when the client named that
+    /// model (`RequestFields::with_model`).
     pub fn encode(&self, upstream_model: &str) -> Vec<u8> {
         let model = serde_json::to_vec(upstream_model).unwrap_or_default();
-        self.fields.encode(&[("model", &model)])
+        self.fields.with_model(&model)
     }
 }
 

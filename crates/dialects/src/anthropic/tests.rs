@@ -175,6 +175,8 @@ fn the_reference_request_is_accepted() {
         body_text(&request.encode("claude-sonnet-4-5-20250929")),
         r#"{"model":"claude-sonnet-4-5-20250929","max_tokens":1024,"messages":[{"role": "user", "content": "Hello, world"}]}"#
     );
+    // Named as the upstream names it: the body as it came.
+    assert_eq!(request.encode("claude-sonnet-4-5"), body.as_bytes());
     assert_eq!(API_VERSION, "2023-06-01");
 }
 
