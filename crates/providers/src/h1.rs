@@ -359,7 +359,7 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, Error> {
             let mut places = Box::new(Places::<MAX_HEADERS>::default());
             let parsed = {
                 let mut found = Box::new(uninit_headers::<MAX_HEADERS>());
-                locate(buffer, &mut found[..], &mut places)
+                locate(buffer, &mut found, &mut places)
             };
             match parsed {
                 Ok(Some(parsed)) => build(buffer, &parsed, places.noted()).map(Some),
@@ -378,7 +378,7 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, Error> {
 /// header lies.
 fn locate<'b, const N: usize>(
     buffer: &'b [u8],
-    found: &mut [MaybeUninit<httparse::Header<'b>>],
+    found: &mut [MaybeUninit<httparse::Header<'b>>; N],
     places: &mut Places<N>,
 ) -> Result<Option<Parsed>, httparse::Error> {
     let mut response = httparse::Response::new(&mut []);

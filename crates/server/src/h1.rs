@@ -812,7 +812,7 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
             let mut places = Box::new(Places::<MAX_HEADERS>::default());
             let parsed = {
                 let mut found = Box::new(uninit_headers::<MAX_HEADERS>());
-                locate(buffer, &mut found[..], &mut places)?
+                locate(buffer, &mut found, &mut places)?
             };
             parsed
                 .map(|parsed| build(buffer, &parsed, places.noted()))
@@ -828,7 +828,7 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<RequestHead>, Refusal> {
 /// part lies.
 fn locate<'b, const N: usize>(
     buffer: &'b [u8],
-    found: &mut [MaybeUninit<httparse::Header<'b>>],
+    found: &mut [MaybeUninit<httparse::Header<'b>>; N],
     places: &mut Places<N>,
 ) -> Result<Option<Parsed>, Refusal> {
     let mut request = httparse::Request::new(&mut []);

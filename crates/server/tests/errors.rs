@@ -65,6 +65,24 @@ async fn client_mistakes_get_precise_4xx_answers() {
     .await;
     assert_eq!(error["param"], "temperature");
 
+    // A second model under a name that differs only in case: never passed
+    // on to an upstream that might read it instead.
+    let error = error_of(
+        gateway
+            .send(
+                "/v1/chat/completions",
+                r#"{"model":"chat","messages":[{"role":"user","content":"x"}],"Model":"dear"}"#,
+            )
+            .await,
+        400,
+    )
+    .await;
+    assert_eq!(error["param"], "Model");
+    assert!(
+        error["message"].as_str().unwrap().contains("letter case"),
+        "{error}"
+    );
+
     let error = error_of(
         gateway
             .send(
@@ -169,9 +187,12 @@ async fn client_mistakes_get_precise_4xx_answers() {
 
     let records = gateway.stop_and_records().await;
     let statuses: Vec<u16> = records.iter().map(|record| record.status).collect();
-    assert_eq!(statuses, vec![400, 400, 400, 404, 400, 415, 413, 413, 200]);
+    assert_eq!(
+        statuses,
+        vec![400, 400, 400, 400, 404, 400, 415, 413, 413, 200]
+    );
     assert!(
-        records[..8]
+        records[..9]
             .iter()
             .all(|record| record.outcome == Outcome::ClientError)
     );

@@ -59,6 +59,10 @@ impl<'a> From<&'a RawValue> for RawJson<'a> {
 pub struct RequestFields<'a> {
     fields: Vec<(Cow<'a, str>, RawJson<'a>)>,
     text: &'a str,
+    /// Whether `text` may go upstream as it is (`with_model`): read by
+    /// `scan`, so no key is written with escapes, which a server that does
+    /// not decode them in keys would read otherwise than the gateway.
+    verbatim: bool,
 }
 
 impl<'a> RequestFields<'a> {
@@ -79,15 +83,29 @@ impl<'a> RequestFields<'a> {
                 None,
             ));
         }
-        if let Ok(fields) = scan_fields(text) {
-            return Ok(RequestFields { fields, text });
+        let (fields, verbatim) = match scan_fields(text) {
+            Ok(fields) => (fields, true),
+            Err(_) => {
+                let fields: Fields<'a> = serde_json::from_str(text).map_err(|error| {
+                    RequestError::new(format!("the request body is not valid JSON: {error}"), None)
+                })?;
+                (fields.0, false)
+            }
+        };
+        if let Some(key) = case_twin(&fields) {
+            return Err(RequestError::new(
+                format!(
+                    "the request body has the field `{key}` beside another whose name differs \
+                     from it only in letter case; servers that compare names without regard to \
+                     case would read the two as one: send each field once"
+                ),
+                Some(key),
+            ));
         }
-        let fields: Fields<'a> = serde_json::from_str(text).map_err(|error| {
-            RequestError::new(format!("the request body is not valid JSON: {error}"), None)
-        })?;
         Ok(RequestFields {
-            fields: fields.0,
+            fields,
             text,
+            verbatim,
         })
     }
 
@@ -116,13 +134,16 @@ impl<'a> RequestFields<'a> {
     }
 
     /// The object with `model` (JSON text) as its model: as it came when
-    /// its model is written so already (which saves writing it again, about
-    /// 2,000 instructions for a short chat request; its keys are known
-    /// unique, so the upstream reads the fields the gateway read), else
-    /// written again with that model.
+    /// its model is written so already and its keys without escapes (which
+    /// saves writing it again, about 1,000 instructions for a short chat
+    /// request; its keys are known unique, even without regard to case, so
+    /// the upstream reads the fields the gateway read), else written again
+    /// with that model.
     pub fn with_model(&self, model: &[u8]) -> Vec<u8> {
         match self.raw("model") {
-            Some(raw) if raw.get().as_bytes() == model => self.text.as_bytes().to_vec(),
+            Some(raw) if self.verbatim && raw.get().as_bytes() == model => {
+                self.text.as_bytes().to_vec()
+            }
             _ => self.encode(&[("model", model)]),
         }
     }
@@ -647,8 +668,7 @@ impl<'a> EmbeddingsRequest<'a> {
     }
 
     pub fn encode(&self, upstream_model: &str) -> Vec<u8> {
-        self.fields
-            .encode(&[("model", &json_string(upstream_model))])
+        self.fields.with_model(&json_string(upstream_model))
     }
 }
 
@@ -660,6 +680,37 @@ fn required_model(fields: &RequestFields<'_>) -> Result<String, RequestError> {
             Some("model"),
         )),
     }
+}
+
+/// The name of a field given beside another that differs from it only in
+/// letter case (`model` and `Model`), compared as Go's `encoding/json`
+/// compares them (ASCII case, and `ſ` as `s`, the Kelvin sign as `k`):
+/// a server written so would read one of the two where the gateway reads
+/// the other (a model smuggled past its routing, pricing and limits). Only
+/// a body with a name holding a capital or a non-ASCII character pays for
+/// more than a glance at each name.
+fn case_twin<'f>(fields: &'f [(Cow<'_, str>, RawJson<'_>)]) -> Option<&'f str> {
+    let plain = |key: &str| {
+        key.bytes()
+            .all(|byte| !byte.is_ascii_uppercase() && byte.is_ascii())
+    };
+    if fields.iter().all(|(key, _)| plain(key)) {
+        return None;
+    }
+    let fold = |key: &str| -> String {
+        key.chars()
+            .map(|character| match character {
+                '\u{17f}' => 's',
+                '\u{212a}' => 'k',
+                other => other.to_ascii_lowercase(),
+            })
+            .collect()
+    };
+    let mut seen = HashSet::with_capacity(fields.len());
+    fields
+        .iter()
+        .find(|(key, _)| !seen.insert(fold(key)))
+        .map(|(key, _)| key.as_ref())
 }
 
 /// Fields compared one by one before a name is looked up in a set.

@@ -60,6 +60,53 @@ fn a_request_that_needs_no_change_goes_as_it_came() {
 }
 
 #[test]
+fn fields_whose_names_differ_only_in_case_are_refused() {
+    for (body, named) in [
+        (
+            r#"{"model":"cheap","Model":"dear","messages":[{"role":"user","content":"x"}]}"#,
+            "Model",
+        ),
+        (
+            r#"{"MODEL":"dear","messages":[{"role":"user","content":"x"}],"model":"cheap"}"#,
+            "model",
+        ),
+        // As Go folds them: ſ is s, the Kelvin sign is k.
+        (
+            "{\"model\":\"m\",\"stream\":false,\"\u{17f}tream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+            "\u{17f}tream",
+        ),
+        (
+            "{\"model\":\"m\",\"max_tokens\":1,\"max_to\u{212a}ens\":99999,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+            "max_to\u{212a}ens",
+        ),
+        // Written with escapes, read by serde_json: the same check.
+        (
+            r#"{"model":"cheap","\u004dodel":"dear","messages":[{"role":"user","content":"x"}]}"#,
+            "Model",
+        ),
+    ] {
+        let error = refused(body);
+        assert_eq!(error.param.as_deref(), Some(named), "{body}");
+        assert!(error.message.contains("letter case"), "{}", error.message);
+    }
+    // A capital alone is the client's own field, passed on.
+    let request =
+        chat(r#"{"model":"m","X_Vendor":1,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+    assert_eq!(request.model, "m");
+}
+
+#[test]
+fn a_body_with_escaped_names_is_written_again_not_passed_on() {
+    let body = r#"{"mod\u0065l":"m","messages":[{"role":"user","content":"x"}]}"#;
+    let request = chat(body).unwrap();
+    assert_eq!(request.model, "m");
+    assert_eq!(
+        String::from_utf8(request.encode("m", true)).unwrap(),
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#
+    );
+}
+
+#[test]
 fn streams_ask_for_usage_on_the_clients_behalf() {
     let request =
         chat(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
@@ -236,6 +283,12 @@ fn embeddings_inputs_are_checked() {
     assert_eq!(
         String::from_utf8(request.encode("up")).unwrap(),
         r#"{"model":"up","input":["a","b"],"encoding_format":"base64"}"#
+    );
+    // Named as the upstream names it: as it came.
+    let body = br#"{"input": "a", "model": "e"}"#;
+    assert_eq!(
+        EmbeddingsRequest::parse(body).unwrap().encode("e"),
+        body.to_vec()
     );
     for (body, param) in [
         (r#"{"model":"e"}"#, "input"),
