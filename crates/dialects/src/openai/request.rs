@@ -92,15 +92,29 @@ impl<'a> RequestFields<'a> {
                 (fields.0, false)
             }
         };
-        if let Some(key) = case_twin(&fields) {
-            return Err(RequestError::new(
-                format!(
-                    "the request body has the field `{key}` beside another whose name differs \
-                     from it only in letter case; servers that compare names without regard to \
-                     case would read the two as one: send each field once"
-                ),
-                Some(key),
-            ));
+        match case_variant(&fields) {
+            None => {}
+            Some((key, None)) => {
+                return Err(RequestError::new(
+                    format!(
+                        "the request body has the field `{key}` beside another whose name \
+                         differs from it only in letter case; servers that compare names without \
+                         regard to case would read the two as one: send each field once"
+                    ),
+                    Some(key),
+                ));
+            }
+            Some((key, Some(read))) => {
+                return Err(RequestError::new(
+                    format!(
+                        "the request body has the field `{key}`, which differs from `{read}` \
+                         only in letter case; servers that compare names without regard to case \
+                         would read it as `{read}`, which the gateway reads for routing, limits \
+                         and budgets: write it `{read}`"
+                    ),
+                    Some(key),
+                ));
+            }
         }
         Ok(RequestFields {
             fields,
@@ -682,14 +696,32 @@ fn required_model(fields: &RequestFields<'_>) -> Result<String, RequestError> {
     }
 }
 
-/// The name of a field given beside another that differs from it only in
-/// letter case (`model` and `Model`), compared as Go's `encoding/json`
-/// compares them (ASCII case, and `ſ` as `s`, the Kelvin sign as `k`):
-/// a server written so would read one of the two where the gateway reads
-/// the other (a model smuggled past its routing, pricing and limits). Only
-/// a body with a name holding a capital or a non-ASCII character pays for
-/// more than a glance at each name.
-fn case_twin<'f>(fields: &'f [(Cow<'_, str>, RawJson<'_>)]) -> Option<&'f str> {
+/// Names of fields that steer what the gateway does with a request (its
+/// route, its reservation of tokens and cost, whether it streams, whose
+/// end user it is), in every dialect `RequestFields` reads.
+const STEERING_FIELDS: [&str; 8] = [
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "user",
+    "metadata",
+];
+
+/// A field whose name differs only in letter case from another field's
+/// (`model` and `Model`: the name, and `None`), or, alone, from a field
+/// the gateway steers by (`N` for `n`: the name, and the field's),
+/// compared as Go's `encoding/json` compares names (ASCII case, and `ſ`
+/// as `s`, the Kelvin sign as `k`). A server written so would read it
+/// where the gateway reads the other, or nothing: a model smuggled past
+/// routing, pricing and limits, or more choices or tokens than were
+/// reserved. Only a body with a name holding a capital or a non-ASCII
+/// character pays for more than a glance at each name.
+fn case_variant<'f>(
+    fields: &'f [(Cow<'_, str>, RawJson<'_>)],
+) -> Option<(&'f str, Option<&'static str>)> {
     if fields.iter().all(|(key, _)| plain_name(key.as_bytes())) {
         return None;
     }
@@ -703,10 +735,18 @@ fn case_twin<'f>(fields: &'f [(Cow<'_, str>, RawJson<'_>)]) -> Option<&'f str> {
             .collect()
     };
     let mut seen = HashSet::with_capacity(fields.len());
-    fields
-        .iter()
-        .find(|(key, _)| !seen.insert(fold(key)))
-        .map(|(key, _)| key.as_ref())
+    for (key, _) in fields {
+        let folded = fold(key);
+        if folded != key.as_ref()
+            && let Some(read) = STEERING_FIELDS.iter().find(|read| **read == folded)
+        {
+            return Some((key.as_ref(), Some(*read)));
+        }
+        if !seen.insert(folded) {
+            return Some((key.as_ref(), None));
+        }
+    }
+    None
 }
 
 /// Whether `name` has no capital and no byte past ASCII: eight bytes at a

@@ -68,7 +68,12 @@ fn fields_whose_names_differ_only_in_case_are_refused() {
         ),
         (
             r#"{"MODEL":"dear","messages":[{"role":"user","content":"x"}],"model":"cheap"}"#,
-            "model",
+            "MODEL",
+        ),
+        // Twins among the client's own fields.
+        (
+            r#"{"model":"m","x_vendor":1,"X_Vendor":2,"messages":[{"role":"user","content":"x"}]}"#,
+            "X_Vendor",
         ),
         // As Go folds them: ſ is s, the Kelvin sign is k.
         (
@@ -89,10 +94,37 @@ fn fields_whose_names_differ_only_in_case_are_refused() {
         assert_eq!(error.param.as_deref(), Some(named), "{body}");
         assert!(error.message.contains("letter case"), "{}", error.message);
     }
-    // A capital alone is the client's own field, passed on.
+    // A capital alone is the client's own field, passed on...
     let request =
         chat(r#"{"model":"m","X_Vendor":1,"messages":[{"role":"user","content":"x"}]}"#).unwrap();
     assert_eq!(request.model, "m");
+    // ...unless a server folding case would read it as a field the
+    // gateway steers by, which the gateway would not have read.
+    for (body, named, read) in [
+        (
+            r#"{"model":"m","N":10,"messages":[{"role":"user","content":"x"}]}"#,
+            "N",
+            "n",
+        ),
+        (
+            r#"{"model":"m","Stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+            "Stream",
+            "stream",
+        ),
+        (
+            r#"{"model":"m","MAX_TOKENS":99999,"messages":[{"role":"user","content":"x"}]}"#,
+            "MAX_TOKENS",
+            "max_tokens",
+        ),
+    ] {
+        let error = refused(body);
+        assert_eq!(error.param.as_deref(), Some(named), "{body}");
+        assert!(
+            error.message.contains(&format!("write it `{read}`")),
+            "{}",
+            error.message
+        );
+    }
 }
 
 #[test]
