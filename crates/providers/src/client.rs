@@ -209,7 +209,10 @@ impl UpstreamClients {
     /// posts, the admin commands of the CLI) and reads its answer whole,
     /// all within `timeout`. An answer longer than 64 MiB is cut there.
     /// Errors are classified as for deployments; their messages hold
-    /// neither the URL nor a header.
+    /// neither the URL nor a header. Of a successful answer over
+    /// HTTP/1.1, only the headers the gateway reads are kept (framing,
+    /// content type, rate limits: `h1::READ_OF_SUCCESS`); callers read its
+    /// status and body.
     pub async fn exchange(
         &self,
         request: http::Request<Bytes>,

@@ -414,6 +414,56 @@ pub(crate) struct Head {
     connection: bool,
 }
 
+/// The headers of a successful (2xx) answer that anything reads: its
+/// framing, its content type (a stream's is checked, and an error sent
+/// as a 200 is parsed), Bedrock's error type (read with that error), and
+/// the rate-limit pairs that tell an upstream's headroom
+/// (`transport::HEADROOM_HEADERS`, read on every answer). A successful
+/// answer's other headers are not kept in its `HeaderMap`: an OpenAI
+/// answer carries about twenty (request id, processing time, cookies,
+/// the CDN's), and building each (its name made a `HeaderName`, hashed
+/// and inserted) cost about 500 instructions; whatever comes to read one
+/// of a successful answer must be named here. Answers that are not
+/// successful keep every header (their `Retry-After`, reset times,
+/// error types). No two share a length, so a name is compared with one
+/// of them at most.
+pub(crate) const READ_OF_SUCCESS: [&str; 13] = [
+    "connection",
+    "content-type",
+    "content-length",
+    "x-amzn-errortype",
+    "transfer-encoding",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-remaining-requests",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-requests-remaining",
+];
+
+/// `READ_OF_SUCCESS` by length; fails to compile if two share one.
+const READ_BY_LENGTH: [&[u8]; 39] = {
+    let mut table: [&[u8]; 39] = [b""; 39];
+    let mut index = 0;
+    while index < READ_OF_SUCCESS.len() {
+        let name = READ_OF_SUCCESS[index].as_bytes();
+        assert!(table[name.len()].is_empty(), "two names of one length");
+        table[name.len()] = name;
+        index += 1;
+    }
+    table
+};
+
+/// Whether a successful answer's header `name` (as sent, in any case) is
+/// one of `READ_OF_SUCCESS`.
+fn read_of_success(name: &[u8]) -> bool {
+    READ_BY_LENGTH
+        .get(name.len())
+        .is_some_and(|kept| !kept.is_empty() && name.eq_ignore_ascii_case(kept))
+}
+
 /// Takes the parsed head off `buffer`.
 fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Head, Error> {
     let status =
@@ -433,9 +483,14 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Hea
         transfer_encoding: false,
         connection: false,
     };
+    // Of a successful answer, only the headers something reads are kept.
+    let every = !status.is_success();
     for place in &places[..parsed.headers] {
-        let name = framing::header_name(&bytes[place.name.0..place.name.1])
-            .map_err(|_| Error::Invalid("a header name"))?;
+        let name = &bytes[place.name.0..place.name.1];
+        if !(every || read_of_success(name)) {
+            continue;
+        }
+        let name = framing::header_name(name).map_err(|_| Error::Invalid("a header name"))?;
         let value = framing::header_value(&bytes, place);
         if name == header::CONTENT_LENGTH {
             head.lengths += 1;

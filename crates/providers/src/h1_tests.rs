@@ -127,7 +127,6 @@ async fn a_body_of_known_length_arriving_byte_by_byte_is_read_whole_and_its_conn
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(answer.version(), Version::HTTP_11);
     assert_eq!(answer.headers()["content-type"], "application/json");
-    assert_eq!(answer.headers()["x-request-id"], "r-1");
     assert_eq!(answer.body().exact_length(), Some(11));
     assert!(!answer.body().is_end());
     assert_eq!(read_all(answer.body_mut()).await.unwrap(), b"{\"ok\":true}");
@@ -236,7 +235,9 @@ async fn interim_answers_are_skipped_and_bodiless_statuses_have_no_body() {
 
 #[tokio::test]
 async fn many_headers_and_long_ones_are_read_within_the_limits() {
-    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    // An answer that failed keeps all its headers (a successful one only
+    // those read: below).
+    let mut head = String::from("HTTP/1.1 503 Service Unavailable\r\n");
     for index in 0..200 {
         head.push_str(&format!("x-header-{index}: {}\r\n", "v".repeat(500)));
     }
@@ -265,6 +266,65 @@ async fn many_headers_and_long_ones_are_read_within_the_limits() {
         answer.err().unwrap().error.to_string(),
         "the upstream's HTTP/1.1 answer is invalid: the head is larger than 256 KiB"
     );
+}
+
+#[tokio::test]
+async fn a_successful_answer_keeps_the_headers_read_of_it_and_a_failed_one_all() {
+    let read = [
+        ("Content-Type", "application/json"),
+        ("X-RateLimit-Limit-Requests", "10000"),
+        ("x-ratelimit-remaining-requests", "9999"),
+        ("x-ratelimit-limit-tokens", "2000000"),
+        ("X-RATELIMIT-REMAINING-TOKENS", "1999975"),
+        ("anthropic-ratelimit-requests-limit", "50"),
+        ("anthropic-ratelimit-requests-remaining", "49"),
+        ("anthropic-ratelimit-tokens-limit", "40000"),
+        ("anthropic-ratelimit-tokens-remaining", "39000"),
+        ("x-amzn-ErrorType", "ThrottlingException"),
+        ("Connection", "keep-alive"),
+        ("content-length", "2"),
+    ];
+    let unread = [
+        ("x-request-id", "req_0123"),
+        ("openai-processing-ms", "281"),
+        ("set-cookie", "__cf_bm=abc; path=/"),
+        ("x-ratelimit-reset-requests", "6ms"),
+        ("retry-after", "1"),
+        ("server", "cloudflare"),
+        ("content-typ", "text/plain"),
+        ("x-ratelimit-limit-tokenz", "1"),
+    ];
+    for status in [
+        "200 OK",
+        "206 Partial Content",
+        "429 Too Many Requests",
+        "302 Found",
+    ] {
+        let mut head = format!("HTTP/1.1 {status}\r\n");
+        for (name, value) in read.iter().chain(&unread) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n{}");
+        let (answer, _) = exchange(b"{}", &[head.as_bytes()], false).await;
+        let mut answer = answer.unwrap();
+        let headers = answer.headers();
+        for (name, value) in read {
+            assert_eq!(headers[name], value, "{status}: {name}");
+        }
+        let success = status.starts_with('2');
+        for (name, value) in unread {
+            if success {
+                assert!(headers.get(name).is_none(), "{status}: {name} kept");
+            } else {
+                assert_eq!(headers[name], value, "{status}: {name}");
+            }
+        }
+        assert_eq!(
+            headers.len(),
+            read.len() + if success { 0 } else { unread.len() }
+        );
+        assert_eq!(read_all(answer.body_mut()).await.unwrap(), b"{}");
+    }
 }
 
 #[tokio::test]
@@ -397,12 +457,12 @@ async fn a_failed_write_says_whether_any_of_the_request_left() {
 
 #[test]
 fn header_values_are_slices_of_the_head_not_copies() {
-    let mut buffer = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: one\r\n\r\nrest"[..]);
+    let mut buffer = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-type: one\r\n\r\nrest"[..]);
     let start = buffer.as_ptr() as usize;
     let headers = parse_head(&mut buffer).unwrap().unwrap().headers;
-    let value = headers["x-a"].as_bytes();
+    let value = headers["content-type"].as_bytes();
     assert_eq!(value, b"one");
-    assert_eq!(value.as_ptr() as usize, start + 22);
+    assert_eq!(value.as_ptr() as usize, start + 31);
     assert_eq!(&buffer[..], b"rest");
 }
 

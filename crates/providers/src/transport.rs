@@ -531,6 +531,22 @@ mod tests {
     }
 
     #[test]
+    fn the_headers_read_of_a_successful_answer_are_kept_of_it() {
+        // A successful answer keeps only `h1::READ_OF_SUCCESS`: every
+        // header read of one here must be there.
+        let read = HEADROOM_HEADERS
+            .iter()
+            .flat_map(|(remaining, limit)| [*remaining, *limit])
+            .chain([header::CONTENT_TYPE.as_str(), "x-amzn-errortype"]);
+        for name in read {
+            assert!(
+                crate::h1::READ_OF_SUCCESS.contains(&name),
+                "{name} is read of a successful answer"
+            );
+        }
+    }
+
+    #[test]
     fn headroom_is_the_least_share_left_among_the_rate_limit_headers() {
         let headers = |pairs: &[(&'static str, &'static str)]| {
             let mut headers = HeaderMap::new();
