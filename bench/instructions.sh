@@ -6,6 +6,7 @@
 #
 #   bench/instructions.sh [REQUESTS] [CASES]   # default 1000 "off log"
 #   BINARY=/path/to/switchboard bench/instructions.sh
+#   CLIENT=sdk MOCK_HEADERS=openai bench/instructions.sh 2000 off   # the headers OpenAI's SDK and API send
 #
 # Cases: off         [logging] requests = false, metrics off (/metrics closed, nothing counted)
 #        log         the request log on (SQLite and its journal), metrics off
@@ -35,6 +36,17 @@ BINARY="$(switchboard_binary "${BINARY:-}")"
 OUT="$RESULTS/instructions-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 PORT=9100
+# CLIENT=sdk: each request also carries the headers OpenAI's Python SDK
+# sends (its `X-Stainless-*` headers, user agent, accept); the default is
+# oha's few.
+CLIENT_HEADERS=()
+if [ "${CLIENT:-}" = sdk ]; then
+  CLIENT_HEADERS=(-H "Accept: application/json" -H "Accept-Encoding: gzip, deflate"
+    -H "User-Agent: OpenAI/Python 1.54.4" -H "X-Stainless-Lang: python"
+    -H "X-Stainless-Package-Version: 1.54.4" -H "X-Stainless-OS: Linux" -H "X-Stainless-Arch: x64"
+    -H "X-Stainless-Runtime: CPython" -H "X-Stainless-Runtime-Version: 3.11.7"
+    -H "X-Stainless-Async: false" -H "X-Stainless-Retry-Count: 0" -H "X-Stainless-Read-Timeout: 600")
+fi
 BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
 gateway_pid=""
 SCHEMA="sb_instructions_$$"
@@ -87,7 +99,7 @@ TOML
     key="$(bench_virtual_key "http://127.0.0.1:$PORT" "sk-bench-1234")"
   fi
   load() { "$OHA" --no-tui -m POST -T application/json -d "$BODY" -H "Authorization: Bearer $key" \
-    -n "$1" -c 8 "http://127.0.0.1:$PORT/v1/chat/completions"; }
+    "${CLIENT_HEADERS[@]}" -n "$1" -c 8 "http://127.0.0.1:$PORT/v1/chat/completions"; }
   load 300 >/dev/null                      # warm-up: pools, caches, first batches
   callgrind_control -z "$gateway_pid" >/dev/null
   load "$REQUESTS" >"$dir/oha.txt"

@@ -55,7 +55,9 @@ pub fn span(buffer: &[u8], part: &[u8]) -> (usize, usize) {
 /// and answer carry, written in lower case or in the usual capitals, are
 /// matched as they are; any other goes through `HeaderName::from_bytes`,
 /// which lowers its case into a buffer and then looks it up among every
-/// standard name (about 200 instructions a header).
+/// standard name (about 200 instructions a header), and for a name that
+/// is not one of them copies it into an allocation of its own (about 100
+/// more), except for the SDKs' own (`client_name`).
 pub fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     Ok(match name {
         b"host" | b"Host" => header::HOST,
@@ -70,8 +72,62 @@ pub fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeade
         b"server" | b"Server" => header::SERVER,
         b"transfer-encoding" | b"Transfer-Encoding" => header::TRANSFER_ENCODING,
         b"cache-control" | b"Cache-Control" => header::CACHE_CONTROL,
-        _ => return HeaderName::from_bytes(name),
+        _ => match client_name(name) {
+            Some(known) => known,
+            None => return HeaderName::from_bytes(name),
+        },
     })
+}
+
+/// Names outside the standard ones that the official SDKs send with every
+/// request (OpenAI's and Anthropic's, in Python and TypeScript: about ten
+/// `x-stainless-*` headers each), and those the gateway reads itself, in
+/// lower case or as the SDKs write them: made once, such a name costs a
+/// few comparisons rather than a lookup among the standard names and an
+/// allocation (about 250 instructions). Other spellings go the long way.
+fn client_name(name: &[u8]) -> Option<HeaderName> {
+    static NAMES: [HeaderName; 18] = [
+        HeaderName::from_static("x-stainless-os"),
+        HeaderName::from_static("x-stainless-arch"),
+        HeaderName::from_static("x-stainless-lang"),
+        HeaderName::from_static("x-stainless-async"),
+        HeaderName::from_static("x-stainless-runtime"),
+        HeaderName::from_static("x-stainless-timeout"),
+        HeaderName::from_static("x-stainless-retry-count"),
+        HeaderName::from_static("x-stainless-read-timeout"),
+        HeaderName::from_static("x-stainless-package-version"),
+        HeaderName::from_static("x-stainless-runtime-version"),
+        HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("anthropic-beta"),
+        HeaderName::from_static("anthropic-version"),
+        HeaderName::from_static("openai-project"),
+        HeaderName::from_static("openai-organization"),
+        HeaderName::from_static("traceparent"),
+        HeaderName::from_static("tracestate"),
+    ];
+    let index = match name {
+        b"x-stainless-os" | b"X-Stainless-OS" => 0,
+        b"x-stainless-arch" | b"X-Stainless-Arch" => 1,
+        b"x-stainless-lang" | b"X-Stainless-Lang" => 2,
+        b"x-stainless-async" | b"X-Stainless-Async" => 3,
+        b"x-stainless-runtime" | b"X-Stainless-Runtime" => 4,
+        b"x-stainless-timeout" | b"X-Stainless-Timeout" => 5,
+        b"x-stainless-retry-count" | b"X-Stainless-Retry-Count" => 6,
+        b"x-stainless-read-timeout" | b"X-Stainless-Read-Timeout" => 7,
+        b"x-stainless-package-version" | b"X-Stainless-Package-Version" => 8,
+        b"x-stainless-runtime-version" | b"X-Stainless-Runtime-Version" => 9,
+        b"x-api-key" | b"X-Api-Key" => 10,
+        b"x-request-id" | b"X-Request-Id" | b"X-Request-ID" => 11,
+        b"anthropic-beta" | b"Anthropic-Beta" => 12,
+        b"anthropic-version" | b"Anthropic-Version" => 13,
+        b"openai-project" | b"OpenAI-Project" => 14,
+        b"openai-organization" | b"OpenAI-Organization" => 15,
+        b"traceparent" | b"Traceparent" => 16,
+        b"tracestate" | b"Tracestate" => 17,
+        _ => return None,
+    };
+    Some(NAMES[index].clone())
 }
 
 /// Room for the places of up to `N` parsed headers, and those noted. The
@@ -523,6 +579,14 @@ mod tests {
             "cache-control",
             "Cache-Control",
             "x-request-id",
+            "X-Request-Id",
+            "X-Stainless-Package-Version",
+            "x-stainless-os",
+            "X-STAINLESS-ARCH",
+            "anthropic-version",
+            "Traceparent",
+            "x-stainless-o",
+            "x-stainless-oss",
             "X-Custom-Thing",
             "hostname",
             "hos",
@@ -532,6 +596,52 @@ mod tests {
             assert_eq!(read, expected, "{name}");
             assert_eq!(read.as_str(), name.to_ascii_lowercase(), "{name}");
         }
+        // Each of the SDKs' names, in both its spellings, is the name
+        // `from_bytes` reads.
+        for name in [
+            "x-stainless-os",
+            "X-Stainless-OS",
+            "x-stainless-arch",
+            "X-Stainless-Arch",
+            "x-stainless-lang",
+            "X-Stainless-Lang",
+            "x-stainless-async",
+            "X-Stainless-Async",
+            "x-stainless-runtime",
+            "X-Stainless-Runtime",
+            "x-stainless-timeout",
+            "X-Stainless-Timeout",
+            "x-stainless-retry-count",
+            "X-Stainless-Retry-Count",
+            "x-stainless-read-timeout",
+            "X-Stainless-Read-Timeout",
+            "x-stainless-package-version",
+            "X-Stainless-Package-Version",
+            "x-stainless-runtime-version",
+            "X-Stainless-Runtime-Version",
+            "x-api-key",
+            "X-Api-Key",
+            "x-request-id",
+            "X-Request-Id",
+            "X-Request-ID",
+            "anthropic-beta",
+            "Anthropic-Beta",
+            "anthropic-version",
+            "Anthropic-Version",
+            "openai-project",
+            "OpenAI-Project",
+            "openai-organization",
+            "OpenAI-Organization",
+            "traceparent",
+            "Traceparent",
+            "tracestate",
+            "Tracestate",
+        ] {
+            let known = client_name(name.as_bytes()).expect(name);
+            assert_eq!(known, HeaderName::from_bytes(name.as_bytes()).unwrap());
+            assert_eq!(known.as_str(), name.to_ascii_lowercase(), "{name}");
+        }
+        assert_eq!(client_name(b"X-STAINLESS-OS"), None);
         for bad in ["", "a b", "na:me", "h\u{e9}llo"] {
             assert!(header_name(bad.as_bytes()).is_err(), "{bad:?}");
         }
