@@ -81,12 +81,13 @@ pub fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeade
 
 /// Names outside the standard ones that the official SDKs send with every
 /// request (OpenAI's and Anthropic's, in Python and TypeScript: about ten
-/// `x-stainless-*` headers each), and those the gateway reads itself, in
-/// lower case or as the SDKs write them: made once, such a name costs a
-/// few comparisons rather than a lookup among the standard names and an
-/// allocation (about 250 instructions). Other spellings go the long way.
+/// `x-stainless-*` headers each), and those the gateway reads itself (of
+/// requests, and the rate limits of upstreams' answers), in lower case or
+/// as the SDKs write them: made once, such a name costs a few comparisons
+/// rather than a lookup among the standard names and an allocation (about
+/// 250 instructions). Other spellings go the long way.
 fn client_name(name: &[u8]) -> Option<HeaderName> {
-    static NAMES: [HeaderName; 18] = [
+    static NAMES: [HeaderName; 26] = [
         HeaderName::from_static("x-stainless-os"),
         HeaderName::from_static("x-stainless-arch"),
         HeaderName::from_static("x-stainless-lang"),
@@ -105,6 +106,14 @@ fn client_name(name: &[u8]) -> Option<HeaderName> {
         HeaderName::from_static("openai-organization"),
         HeaderName::from_static("traceparent"),
         HeaderName::from_static("tracestate"),
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+        HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
     ];
     let index = match name {
         b"x-stainless-os" | b"X-Stainless-OS" => 0,
@@ -125,6 +134,14 @@ fn client_name(name: &[u8]) -> Option<HeaderName> {
         b"openai-organization" | b"OpenAI-Organization" => 15,
         b"traceparent" | b"Traceparent" => 16,
         b"tracestate" | b"Tracestate" => 17,
+        b"x-ratelimit-limit-tokens" => 18,
+        b"x-ratelimit-limit-requests" => 19,
+        b"x-ratelimit-remaining-tokens" => 20,
+        b"x-ratelimit-remaining-requests" => 21,
+        b"anthropic-ratelimit-tokens-limit" => 22,
+        b"anthropic-ratelimit-requests-limit" => 23,
+        b"anthropic-ratelimit-tokens-remaining" => 24,
+        b"anthropic-ratelimit-requests-remaining" => 25,
         _ => return None,
     };
     Some(NAMES[index].clone())
@@ -636,6 +653,14 @@ mod tests {
             "Traceparent",
             "tracestate",
             "Tracestate",
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-remaining-requests",
+            "anthropic-ratelimit-tokens-limit",
+            "anthropic-ratelimit-requests-limit",
+            "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-requests-remaining",
         ] {
             let known = client_name(name.as_bytes()).expect(name);
             assert_eq!(known, HeaderName::from_bytes(name.as_bytes()).unwrap());
