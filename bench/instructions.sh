@@ -99,7 +99,7 @@ TOML
     key="$(bench_virtual_key "http://127.0.0.1:$PORT" "sk-bench-1234")"
   fi
   load() { "$OHA" --no-tui -m POST -T application/json -d "$BODY" -H "Authorization: Bearer $key" \
-    "${CLIENT_HEADERS[@]}" -n "$1" -c 8 "http://127.0.0.1:$PORT/v1/chat/completions"; }
+    ${CLIENT_HEADERS[@]+"${CLIENT_HEADERS[@]}"} -n "$1" -c 8 "http://127.0.0.1:$PORT/v1/chat/completions"; }
   load 300 >/dev/null                      # warm-up: pools, caches, first batches
   callgrind_control -z "$gateway_pid" >/dev/null
   load "$REQUESTS" >"$dir/oha.txt"

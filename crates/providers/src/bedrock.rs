@@ -34,9 +34,13 @@ pub(crate) struct BedrockBackend {
     policy: UnsupportedParams,
 }
 
+/// The header that names a Bedrock error's type (read with errors sent as
+/// a 200 too: kept of a successful answer, `h1::READ_OF_SUCCESS`).
+pub(crate) const ERROR_TYPE: &str = "x-amzn-errortype";
+
 fn parse_error(body: &[u8], headers: &HeaderMap) -> UpstreamErrorBody {
     let kind = headers
-        .get("x-amzn-errortype")
+        .get(ERROR_TYPE)
         .and_then(|value| value.to_str().ok());
     bedrock::parse_error(body, kind)
 }

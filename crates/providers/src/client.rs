@@ -198,6 +198,11 @@ impl UpstreamClients {
     }
 }
 
+/// Marks a request whose answer keeps every header, even a successful
+/// one (see `h1::READ_OF_SUCCESS`): `exchange`'s.
+#[derive(Clone, Copy)]
+struct EveryHeader;
+
 /// Longest wait for a connection in `exchange`.
 const EXCHANGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -209,10 +214,9 @@ impl UpstreamClients {
     /// posts, the admin commands of the CLI) and reads its answer whole,
     /// all within `timeout`. An answer longer than 64 MiB is cut there.
     /// Errors are classified as for deployments; their messages hold
-    /// neither the URL nor a header. Of a successful answer over
-    /// HTTP/1.1, only the headers the gateway reads are kept (framing,
-    /// content type, rate limits: `h1::READ_OF_SUCCESS`); callers read its
-    /// status and body.
+    /// neither the URL nor a header. The answer keeps every header (a
+    /// deployment's successful answer keeps only those read of it,
+    /// `h1::READ_OF_SUCCESS`).
     pub async fn exchange(
         &self,
         request: http::Request<Bytes>,
@@ -220,8 +224,10 @@ impl UpstreamClients {
     ) -> Result<http::Response<Bytes>, UpstreamError> {
         let client = self.get(EXCHANGE_CONNECT_TIMEOUT)?;
         let exchange = async {
+            let mut request = request.map(RequestBody::new);
+            request.extensions_mut().insert(EveryHeader);
             let response = client
-                .request(request.map(RequestBody::new))
+                .request(request)
                 .await
                 .map_err(|error| UpstreamError::from_client(&error))?;
             let (head, body) = response.into_parts();
@@ -481,6 +487,7 @@ impl HttpClient {
         let Some(kept) = self.pool.origin(request.uri()) else {
             return Err(ClientError::Connect(Box::new(NoOrigin)));
         };
+        let every = request.extensions().get::<EveryHeader>().is_some();
         let mut stale = 0;
         // The HTTP/1.1 head, written once whatever connection takes it.
         let mut head: Option<Vec<u8>> = None;
@@ -501,7 +508,7 @@ impl HttpClient {
                     let head = head.get_or_insert_with(|| {
                         h1::write_head(&request, kept.host.as_ref(), body.len())
                     });
-                    match conn.send(head, body, request.method()).await {
+                    match conn.send(head, body, request.method(), every).await {
                         Ok(response) => {
                             let back = Return {
                                 pool: self.pool.clone(),

@@ -369,6 +369,39 @@ async fn redirects_are_not_followed() {
 }
 
 #[tokio::test]
+async fn exchange_keeps_every_header_and_a_deployments_call_those_read() {
+    let (address, _) = serve(None, |_| {
+        let mut response = Response::new(full(r#"{"ok":true}"#));
+        let headers = response.headers_mut();
+        headers.insert("x-request-id", HeaderValue::from_static("req_1"));
+        headers.insert("x-ratelimit-limit-requests", HeaderValue::from_static("10"));
+        response
+    })
+    .await;
+    let clients = UpstreamClients::new();
+    let request = http::Request::post(format!("http://{address}/v1"))
+        .body(Bytes::from_static(b"{}"))
+        .unwrap();
+    let answer = clients
+        .exchange(request, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-request-id"], "req_1");
+    assert_eq!(answer.headers()["x-ratelimit-limit-requests"], "10");
+    assert_eq!(&answer.body()[..], br#"{"ok":true}"#);
+
+    let client = clients.get(Duration::from_secs(10)).unwrap();
+    let answer = client
+        .request(post(&format!("http://{address}/v1")))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.headers().get("x-request-id").is_none());
+    assert_eq!(answer.headers()["x-ratelimit-limit-requests"], "10");
+}
+
+#[tokio::test]
 async fn an_answer_with_a_large_head_is_read() {
     // Proxies and CDNs in front of a model add long headers (cookies,
     // security policies, tracing): 16 KiB of them must not fail the call.

@@ -57,7 +57,8 @@ pub fn span(buffer: &[u8], part: &[u8]) -> (usize, usize) {
 /// which lowers its case into a buffer and then looks it up among every
 /// standard name (about 200 instructions a header), and for a name that
 /// is not one of them copies it into an allocation of its own (about 100
-/// more), except for the SDKs' own (`client_name`).
+/// more); the SDKs' own names and a few others (`client_name`) are
+/// clones of names made once, and never take that way.
 pub fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     Ok(match name {
         b"host" | b"Host" => header::HOST,

@@ -155,13 +155,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 
     /// Writes a request whose head is `head` (from [`write_head`]) and
-    /// whose body is `body`, then reads the answer's head. The answer's
-    /// body is read from what is returned, which holds the connection.
+    /// whose body is `body`, then reads the answer's head: of a successful
+    /// answer, only the headers of `READ_OF_SUCCESS` unless `every`. The
+    /// answer's body is read from what is returned, which holds the
+    /// connection.
     pub(crate) async fn send(
         mut self,
         head: &[u8],
         body: &[u8],
         method: &Method,
+        every: bool,
     ) -> Result<Response<Body<T>>, SendError> {
         let mut written = 0;
         let wholly = std::future::poll_fn(|cx| self.poll_write(cx, head, body, &mut written))
@@ -170,7 +173,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 error,
                 unsent: written == 0,
             })?;
-        let answer = std::future::poll_fn(|cx| self.poll_head(cx))
+        let answer = std::future::poll_fn(|cx| self.poll_head(cx, every))
             .await
             .map_err(|error| SendError {
                 error,
@@ -266,10 +269,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
     /// Reads until the answer's final head has arrived (interim 1xx heads
     /// are skipped) and parses it.
-    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Error>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>, every: bool) -> Poll<Result<Head, Error>> {
         loop {
             if !self.buffer.is_empty() {
-                if let Some(head) = parse_head(&mut self.buffer)? {
+                if let Some(head) = parse_head(&mut self.buffer, every)? {
                     let status = head.status;
                     if status == StatusCode::SWITCHING_PROTOCOLS {
                         return Poll::Ready(Err(Error::Invalid("an unasked-for protocol switch")));
@@ -345,15 +348,16 @@ struct Parsed {
 
 /// Parses the head at the start of `buffer` and takes it off; `None`
 /// while it is incomplete. Header values are slices of the head, not
-/// copies.
-fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, Error> {
+/// copies. Of a successful answer, only the headers of
+/// `READ_OF_SUCCESS` are kept, unless `every`.
+fn parse_head(buffer: &mut BytesMut, every: bool) -> Result<Option<Head>, Error> {
     let mut places = Places::<FEW_HEADERS>::default();
     let parsed = {
         let mut found = uninit_headers::<FEW_HEADERS>();
         locate(buffer, &mut found, &mut places)
     };
     match parsed {
-        Ok(Some(parsed)) => build(buffer, &parsed, places.noted()).map(Some),
+        Ok(Some(parsed)) => build(buffer, &parsed, places.noted(), every).map(Some),
         Ok(None) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             let mut places = Box::new(Places::<MAX_HEADERS>::default());
@@ -362,7 +366,7 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, Error> {
                 locate(buffer, &mut found, &mut places)
             };
             match parsed {
-                Ok(Some(parsed)) => build(buffer, &parsed, places.noted()).map(Some),
+                Ok(Some(parsed)) => build(buffer, &parsed, places.noted(), every).map(Some),
                 Ok(None) => Ok(None),
                 Err(httparse::Error::TooManyHeaders) => {
                     Err(Error::Invalid("more than 256 headers"))
@@ -423,7 +427,8 @@ pub(crate) struct Head {
 /// answer carries about twenty (request id, processing time, cookies,
 /// the CDN's), and building each (its name made a `HeaderName`, hashed
 /// and inserted) cost about 500 instructions; whatever comes to read one
-/// of a successful answer must be named here. Answers that are not
+/// of a successful answer must be named here. (`UpstreamClients::exchange`
+/// keeps every header, and answers over HTTP/2, hyper's, keep theirs.) Answers that are not
 /// successful keep every header (their `Retry-After`, reset times,
 /// error types). No two share a length, so a name is compared with one
 /// of them at most.
@@ -465,7 +470,12 @@ fn read_of_success(name: &[u8]) -> bool {
 }
 
 /// Takes the parsed head off `buffer`.
-fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Head, Error> {
+fn build(
+    buffer: &mut BytesMut,
+    parsed: &Parsed,
+    places: &[Place],
+    every: bool,
+) -> Result<Head, Error> {
     let status =
         StatusCode::from_u16(parsed.status).map_err(|_| Error::Invalid("a status out of range"))?;
     let version = if parsed.version == 0 {
@@ -484,7 +494,7 @@ fn build(buffer: &mut BytesMut, parsed: &Parsed, places: &[Place]) -> Result<Hea
         connection: false,
     };
     // Of a successful answer, only the headers something reads are kept.
-    let every = !status.is_success();
+    let every = every || !status.is_success();
     for place in &places[..parsed.headers] {
         let name = &bytes[place.name.0..place.name.1];
         if !(every || read_of_success(name)) {

@@ -52,7 +52,9 @@ async fn exchange(
         Some(&HeaderValue::from_static("upstream.test")),
         body.len(),
     );
-    let answer = Conn::new(near).send(&head, body, &Method::POST).await;
+    let answer = Conn::new(near)
+        .send(&head, body, &Method::POST, false)
+        .await;
     // A peer that stays open is left to the test's runtime, which ends it.
     let seen = if close { peer.await.unwrap() } else { head };
     (answer, seen)
@@ -448,7 +450,7 @@ async fn a_failed_write_says_whether_any_of_the_request_left() {
     let (near, far) = tokio::io::duplex(1024);
     drop(far);
     let failed = Conn::new(near)
-        .send(b"POST / HTTP/1.1\r\n\r\n", b"", &Method::POST)
+        .send(b"POST / HTTP/1.1\r\n\r\n", b"", &Method::POST, false)
         .await
         .err()
         .unwrap();
@@ -459,7 +461,7 @@ async fn a_failed_write_says_whether_any_of_the_request_left() {
 fn header_values_are_slices_of_the_head_not_copies() {
     let mut buffer = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-type: one\r\n\r\nrest"[..]);
     let start = buffer.as_ptr() as usize;
-    let headers = parse_head(&mut buffer).unwrap().unwrap().headers;
+    let headers = parse_head(&mut buffer, false).unwrap().unwrap().headers;
     let value = headers["content-type"].as_bytes();
     assert_eq!(value, b"one");
     assert_eq!(value.as_ptr() as usize, start + 31);
@@ -553,7 +555,7 @@ async fn an_interim_answer_during_the_upload_lets_the_request_be_written_whole()
     let request = Request::post("http://upstream.test/v1").body(()).unwrap();
     let head = write_head(&request, None, body.len());
     let mut answer = Conn::new(near)
-        .send(&head, &body, &Method::POST)
+        .send(&head, &body, &Method::POST, false)
         .await
         .unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
@@ -629,7 +631,7 @@ async fn an_answer_that_comes_while_the_request_waits_to_be_flushed_is_read() {
     let head = write_head(&request, None, 4);
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        Conn::new(NeverFlushed(near)).send(&head, b"body", &Method::POST),
+        Conn::new(NeverFlushed(near)).send(&head, b"body", &Method::POST, false),
     )
     .await
     .expect("the answer is read while the flush waits")

@@ -537,7 +537,7 @@ mod tests {
         let read = HEADROOM_HEADERS
             .iter()
             .flat_map(|(remaining, limit)| [*remaining, *limit])
-            .chain([header::CONTENT_TYPE.as_str(), "x-amzn-errortype"]);
+            .chain([header::CONTENT_TYPE.as_str(), crate::bedrock::ERROR_TYPE]);
         for name in read {
             assert!(
                 crate::h1::READ_OF_SUCCESS.contains(&name),

@@ -675,7 +675,7 @@ fn not_converse(reason: impl std::fmt::Display) -> InvalidResponse {
 }
 
 /// Reads a Converse answer. Bedrock puts no id or model in the body: `id`
-/// is left empty for the caller to fill from `x-amzn-requestid`, and
+/// is left empty for the caller to fill (it makes one of its own), and
 /// `model` empty for the caller, who knows which it asked for.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, InvalidResponse> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(not_converse)?;
