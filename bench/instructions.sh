@@ -37,16 +37,7 @@ OUT="$RESULTS/instructions-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 PORT=9100
 # CLIENT=sdk: each request also carries the headers OpenAI's Python SDK
-# sends (its `X-Stainless-*` headers, user agent, accept); the default is
-# oha's few.
-CLIENT_HEADERS=()
-if [ "${CLIENT:-}" = sdk ]; then
-  CLIENT_HEADERS=(-H "Accept: application/json" -H "Accept-Encoding: gzip, deflate"
-    -H "User-Agent: OpenAI/Python 1.54.4" -H "X-Stainless-Lang: python"
-    -H "X-Stainless-Package-Version: 1.54.4" -H "X-Stainless-OS: Linux" -H "X-Stainless-Arch: x64"
-    -H "X-Stainless-Runtime: CPython" -H "X-Stainless-Runtime-Version: 3.11.7"
-    -H "X-Stainless-Async: false" -H "X-Stainless-Retry-Count: 0" -H "X-Stainless-Read-Timeout: 600")
-fi
+# sends (harness/common.sh sets CLIENT_HEADERS); the default is oha's few.
 BODY='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}'
 gateway_pid=""
 SCHEMA="sb_instructions_$$"

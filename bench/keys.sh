@@ -24,6 +24,8 @@
 #   PINNED=1 bench/keys.sh 3    # everything on, against nginx, in issue #7's layout
 #   PGO=1 PINNED=1 bench/keys.sh 3   # the same with a profile-guided build (bench/pgo.sh)
 #   WARMUP=3 PINNED=1 bench/keys.sh 3   # each case warmed at c16 for 3 s first, as run.sh does
+#   CLIENT=sdk MOCK_HEADERS=openai PINNED=1 bench/keys.sh 3   # requests with the headers OpenAI's
+#       Python SDK sends, answers with those OpenAI's API sends (harness/common.sh, the mock)
 #
 # Needs what bench/run.sh installs (oha, nginx, the mock): run that once first.
 # The PostgreSQL case needs psql and a server at 127.0.0.1:5432 (database
@@ -66,6 +68,7 @@ if [ -n "${PINNED:-}" ]; then
   GW_CPU=1 LOAD_CPU=0
 fi
 echo "layout: $([ -n "$GW_CPU" ] && echo "pinned (proxy on core 1, mock and load on core 0)" || echo shared)" >"$OUT/layout.txt"
+echo "headers: requests ${CLIENT:-as the load generator sends them}, answers ${MOCK_HEADERS:-as the mock sends them by default}" >>"$OUT/layout.txt"
 
 gateway_pid=""
 cleanup() {
@@ -121,12 +124,12 @@ load() { # case, round, url, key, proxy pid
   local concurrency before after
   if [ "$WARMUP" != 0 ]; then
     $(pin_prefix "$LOAD_CPU") "$OHA" --no-tui -m POST -T application/json -d "$BODY" \
-      -H "Authorization: Bearer $4" -z "${WARMUP}s" -c 16 "$3" >/dev/null 2>&1 || true
+      -H "Authorization: Bearer $4" ${CLIENT_HEADERS[@]+"${CLIENT_HEADERS[@]}"} -z "${WARMUP}s" -c 16 "$3" >/dev/null 2>&1 || true
   fi
   for concurrency in 64 1; do
     before="$(cpu_now "$5")"
     $(pin_prefix "$LOAD_CPU") "$OHA" --no-tui --output-format json -m POST -T application/json -d "$BODY" \
-      -H "Authorization: Bearer $4" -t 30s -z "${DURATION}s" -c "$concurrency" \
+      -H "Authorization: Bearer $4" ${CLIENT_HEADERS[@]+"${CLIENT_HEADERS[@]}"} -t 30s -z "${DURATION}s" -c "$concurrency" \
       "$3" >"$OUT/$1-r$2-c$concurrency.json" 2>/dev/null || true
     if [ "$concurrency" = 64 ]; then
       after="$(cpu_now "$5")"
@@ -217,6 +220,9 @@ for case in cases:
     used = "–" if used is None else ", ".join(f"{x:.1f}" for x in used)
     rows.append(f"| {case} | {rps:.0f} | {vs_base} | {vs_nginx} | {p99:.2f} | {p50:.3f} | {vs_added} | {ok:.2%} | {used} |")
 text = "\n".join(rows)
+layout = os.path.join(out, "layout.txt")
+if os.path.exists(layout):
+    text = open(layout).read().strip().replace("\n", "; ") + "\n\n" + text
 open(os.path.join(out, "summary.md"), "w").write(text + "\n")
 print(text)
 PY

@@ -133,19 +133,20 @@ done
 python3 - "$OUT" "$STREAMS" $PEERS <<'PY'
 import json, os, sys
 out, streams, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-rows = [f"| peer | start-up ms | streams/s | TTFB p50 / p99 ms | total p50 / p99 ms | failed | idle / peak RSS MiB | per open stream KiB (over idle) | per open stream KiB (second half) | on disk MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+rows = [f"| peer | start-up ms | streams/s | TTFB p50 / p99 ms | first token p50 / p99 ms | total p50 / p99 ms | failed | idle / peak RSS MiB | per open stream KiB (over idle) | per open stream KiB (second half) | on disk MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
 for peer in peers:
     try:
         d = json.load(open(os.path.join(out, f"{peer}.json")))
         m = json.load(open(os.path.join(out, f"{peer}.meta.json")))
     except (OSError, ValueError):
-        rows.append(f"| {peer} | no result | | | | | | | | |")
+        rows.append(f"| {peer} | no result | | | | | | | | | |")
         continue
     per = (m["peak_kb"] - m["idle_kb"]) / streams
     half = streams // 2
     marginal = (m["peak_kb"] - m["peak_half_kb"]) / (streams - half)
     rows.append(f"| {peer} | {m['startup_ms']} | {d['rps']:.0f} | {d['ttfb_ms']['p50']:.2f} / {d['ttfb_ms']['p99']:.2f} | "
+                f"{d.get('ttft_ms', {}).get('p50', float('nan')):.2f} / {d.get('ttft_ms', {}).get('p99', float('nan')):.2f} | "
                 f"{d['total_ms']['p50']:.2f} / {d['total_ms']['p99']:.2f} | {d['errors']} of {d['ok'] + d['errors']} | "
                 f"{m['idle_kb'] / 1024:.1f} / {m['peak_kb'] / 1024:.1f} | {per:.0f} | {marginal:.0f} | {m['disk_kb'] / 1024:.1f} |")
 text = f"{streams} concurrent streams\n\n" + "\n".join(rows)
