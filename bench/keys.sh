@@ -68,7 +68,7 @@ if [ -n "${PINNED:-}" ]; then
   GW_CPU=1 LOAD_CPU=0
 fi
 echo "layout: $([ -n "$GW_CPU" ] && echo "pinned (proxy on core 1, mock and load on core 0)" || echo shared)" >"$OUT/layout.txt"
-echo "headers: requests ${CLIENT:-as the load generator sends them}, answers ${MOCK_HEADERS:-as the mock sends them by default}" >>"$OUT/layout.txt"
+echo "headers: requests $([ "${CLIENT:-}" = sdk ] && echo "with OpenAI's Python SDK's" || echo "with oha's few"), answers $([ "${MOCK_HEADERS:-}" = openai ] && echo "with OpenAI's" || echo "with the mock's three")" >>"$OUT/layout.txt"
 
 gateway_pid=""
 cleanup() {
