@@ -24,6 +24,10 @@ NGINX_PORT=18080
 source "$BENCH/harness/peers.sh"
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-8}"
+VARIANTS="${VARIANTS:-default stealing one}"
+for variant in $VARIANTS; do
+  case "$variant" in default|stealing|one) ;; *) echo "unknown variant $variant (default, stealing, one)" >&2; exit 2 ;; esac
+done
 command -v perf >/dev/null || { echo "perf is needed: apt-get install linux-perf" >&2; exit 2; }
 perf stat -e task-clock true >/dev/null 2>&1 || { echo "perf stat cannot count here" >&2; exit 2; }
 command -v nginx >/dev/null || { echo "nginx is needed: bench/harness/install.sh tools" >&2; exit 2; }
@@ -50,7 +54,10 @@ mock_pid="$(cat "$RUN/mock.pid")"
 config() { # variant
   local toml="$RUN/cpu-shared-$1.toml"
   sed "s#http://127.0.0.1:18000#http://127.0.0.1:$MOCK_PORT#" "$BENCH/switchboard.toml" >"$toml"
-  if [ "$1" = one ]; then sed -i 's/^\[server\]$/[server]\nworker_threads = 1/' "$toml"; fi
+  case "$1" in
+    one) sed -i 's/^\[server\]$/[server]\nworker_threads = 1/' "$toml" ;;
+    stealing) sed -i 's/^\[server\]$/[server]\nscheduler = "work-stealing"/' "$toml" ;;
+  esac
   echo "$toml"
 }
 
@@ -75,7 +82,7 @@ for round in $(seq 1 "$ROUNDS"); do
   measure "nginx-r$round" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" sk-none \
     "$(echo "$root" $(pgrep -P "$root" || true) | tr ' ' ,)"
   peer_stop nginx
-  for variant in default one; do
+  for variant in $VARIANTS; do
     export SWITCHBOARD_BENCH_DB="$RUN/cpu-shared-$variant.db"
     rm -rf "$SWITCHBOARD_BENCH_DB" "$SWITCHBOARD_BENCH_DB"-*
     nohup "$BINARY" serve --config "$(config "$variant")" >"$LOGS/cpu-shared-$variant.log" 2>&1 &
@@ -114,7 +121,7 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
 lines = ["| proxy | req/s (÷ nginx) | CPU µs per request: proxy, mock, load generator (sum) | context switches per request: proxy, mock, load generator |",
          "|---|---|---|---|"]
 base = statistics.median(r[0] for r in rows.get("nginx", [(float("nan"),)]))
-for name in ("nginx", "switchboard-default", "switchboard-one"):
+for name in ["nginx"] + sorted(n for n in rows if n != "nginx"):
     runs = rows.get(name)
     if not runs:
         continue

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use shutdown::shutdown_token;
-use switchboard_config::{Config, ConfigError};
+use switchboard_config::{Config, ConfigError, Scheduler};
 
 /// mimalloc; see `allocator.rs`.
 #[global_allocator]
@@ -193,7 +193,7 @@ fn serve(
             return ExitCode::from(2);
         }
     };
-    let threads = config.server.threads();
+    let threads = config.server.runtime_threads();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
         tracing::warn!(
             "TOKIO_WORKER_THREADS is not read: set server.worker_threads in the configuration"
@@ -234,6 +234,11 @@ async fn run(
 ) -> anyhow::Result<()> {
     // What was built, not what was asked for: the log line below names it.
     let runtime = tokio::runtime::Handle::current();
+    let scheduler = match (config.server.scheduler, runtime.runtime_flavor()) {
+        (Scheduler::PerThread, _) => "per-thread",
+        (Scheduler::WorkStealing, tokio::runtime::RuntimeFlavor::MultiThread) => "work-stealing",
+        (Scheduler::WorkStealing, _) => "current-thread",
+    };
     let shutdown = shutdown_token();
     let address = listen.unwrap_or(config.server.listen);
     let running = switchboard_server::start(&config, address, shutdown.clone()).await?;
@@ -255,12 +260,8 @@ async fn run(
         config = %config.source,
         storage = %config.storage.url,
         models = config.models.len(),
-        worker_threads = runtime.metrics().num_workers(),
-        runtime = match runtime.runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread",
-            tokio::runtime::RuntimeFlavor::MultiThread => "multi-thread",
-            _ => "other",
-        },
+        serving_threads = config.server.threads(),
+        scheduler,
         "switchboard listening on http://{}",
         running.address
     );

@@ -147,16 +147,11 @@ async fn the_embedded_default_answers_without_any_key_and_records_to_sqlite() {
     );
     let log = without_colors(&gateway.log_text());
     assert!(log.contains("<embedded default>"));
-    // One worker thread per CPU the process may use; one CPU, one thread,
-    // on tokio's current-thread scheduler.
+    // One serving thread per CPU the process may use, each with a runtime
+    // of its own.
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let runtime = if cpus == 1 {
-        "current-thread"
-    } else {
-        "multi-thread"
-    };
-    assert!(log.contains(&format!("worker_threads={cpus}")), "{log}");
-    assert!(log.contains(runtime), "{log}");
+    assert!(log.contains(&format!("serving_threads={cpus}")), "{log}");
+    assert!(log.contains("scheduler=\"per-thread\""), "{log}");
 
     let status = tokio::task::spawn_blocking(move || {
         let status = gateway.terminate();
@@ -249,8 +244,8 @@ simulation = {{ reply_tokens = 20, tokens_per_second = 20 }}
 
     // Structured logs carry the request id.
     let log = gateway.log_text();
-    assert!(log.contains(r#""runtime":"current-thread""#), "{log}");
-    assert!(log.contains(r#""worker_threads":1"#), "{log}");
+    assert!(log.contains(r#""scheduler":"per-thread""#), "{log}");
+    assert!(log.contains(r#""serving_threads":1"#), "{log}");
     assert!(log.contains("TOKIO_WORKER_THREADS is not read"), "{log}");
     assert!(log.contains(r#""request_id":"burst-7""#), "{log}");
 

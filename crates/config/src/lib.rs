@@ -145,6 +145,21 @@ pub struct ServerConfig {
     /// Threads that serve requests; `None`: one per CPU the process may
     /// use. With one, the runtime is tokio's current-thread scheduler.
     pub worker_threads: Option<usize>,
+    /// How the serving threads share the work.
+    pub scheduler: Scheduler,
+}
+
+/// How the serving threads share the work (`server.scheduler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Each serving thread runs a current-thread runtime of its own and
+    /// serves the connections the acceptor hands it, the one with the
+    /// fewest open first; a connection stays on its thread, as does every
+    /// task it starts and the upstream connections it makes. Background
+    /// tasks run on the first thread, which also accepts.
+    PerThread,
+    /// One multi-thread runtime whose threads steal each other's tasks.
+    WorkStealing,
 }
 
 impl ServerConfig {
@@ -155,6 +170,26 @@ impl ServerConfig {
         self.worker_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         })
+    }
+
+    /// The threads of the runtime the gateway starts on: every serving
+    /// thread under work stealing; under `PerThread` one, the acceptor's
+    /// (the others start with their own runtimes, `serving_threads`).
+    pub fn runtime_threads(&self) -> usize {
+        match self.scheduler {
+            Scheduler::PerThread => 1,
+            Scheduler::WorkStealing => self.threads(),
+        }
+    }
+
+    /// The serving threads with runtimes of their own, the acceptor's
+    /// included: every thread under `PerThread`, one under work stealing
+    /// (whose runtime spreads the work itself).
+    pub fn serving_threads(&self) -> usize {
+        match self.scheduler {
+            Scheduler::PerThread => self.threads(),
+            Scheduler::WorkStealing => 1,
+        }
     }
 }
 

@@ -76,6 +76,7 @@ pub(crate) struct RawServer {
     pub shutdown_grace_secs: Option<f64>,
     pub idle_timeout_secs: Option<f64>,
     pub worker_threads: Option<u64>,
+    pub scheduler: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -703,6 +703,32 @@ fn worker_threads_are_counted_or_left_to_the_cpus() {
 }
 
 #[test]
+fn the_scheduler_is_per_thread_unless_work_stealing_is_asked_for() {
+    let models = "[[models]]\nname = \"m\"\n[[models.deployments]]\nprovider = \"simulated\"\n";
+    let config = load(&format!("[server]\nworker_threads = 3\n{models}")).unwrap();
+    assert_eq!(config.server.scheduler, Scheduler::PerThread);
+    // Per thread: the runtime the gateway starts on has one thread, and
+    // every serving thread runs a runtime of its own.
+    assert_eq!(config.server.runtime_threads(), 1);
+    assert_eq!(config.server.serving_threads(), 3);
+    let config = load(&format!(
+        "[server]\nworker_threads = 3\nscheduler = \"work-stealing\"\n{models}"
+    ))
+    .unwrap();
+    assert_eq!(config.server.scheduler, Scheduler::WorkStealing);
+    assert_eq!(config.server.runtime_threads(), 3);
+    assert_eq!(config.server.serving_threads(), 1);
+    let config = load(&format!("[server]\nscheduler = \"per-thread\"\n{models}")).unwrap();
+    assert_eq!(config.server.scheduler, Scheduler::PerThread);
+    assert_eq!(config.server.serving_threads(), config.server.threads());
+    let found = problems(&format!("[server]\nscheduler = \"stealing\"\n{models}"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "server.scheduler");
+    assert!(found[0].message.contains("`stealing`"), "{found:?}");
+    assert!(found[0].fix.contains("work-stealing"), "{found:?}");
+}
+
+#[test]
 fn the_idle_timeout_defaults_to_ten_minutes_and_must_be_a_usable_duration() {
     let config = Config::embedded_default();
     assert_eq!(config.server.idle_timeout, Duration::from_secs(600));

@@ -12,8 +12,8 @@ use crate::raw::{RawConfig, RawDeployment, RawRouting, RawSimulation, RawTrigger
 use crate::{CacheBackend, CacheConfig, CacheScope, LoggingConfig, TelemetryConfig};
 use crate::{
     Config, ConfigError, DeploymentConfig, FallbackTriggers, MetricsConfig, ModelConfig, Price,
-    ProbeKind, Problem, ProviderKind, Routing, RoutingStrategy, Secret, SecretSource, ServerConfig,
-    Simulation, StorageConfig, StorageUrl, Timeouts, UnsupportedParams,
+    ProbeKind, Problem, ProviderKind, Routing, RoutingStrategy, Scheduler, Secret, SecretSource,
+    ServerConfig, Simulation, StorageConfig, StorageUrl, Timeouts, UnsupportedParams,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -226,6 +226,18 @@ pub(crate) fn validate(
             None
         }
     };
+    let scheduler = match raw.server.scheduler.as_deref() {
+        None | Some("per-thread") => Scheduler::PerThread,
+        Some("work-stealing") => Scheduler::WorkStealing,
+        Some(other) => {
+            checker.problem(
+                "server.scheduler",
+                format!("unknown scheduler `{other}`"),
+                "use per-thread (each serving thread runs its own connections) or work-stealing (one runtime whose threads share every task)",
+            );
+            Scheduler::PerThread
+        }
+    };
 
     let storage_text = raw
         .storage
@@ -424,6 +436,7 @@ pub(crate) fn validate(
                 shutdown_grace,
                 idle_timeout,
                 worker_threads,
+                scheduler,
             },
             storage: StorageConfig {
                 url: storage_url,

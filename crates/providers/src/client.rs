@@ -52,6 +52,7 @@ use tower_service::Service;
 
 use crate::UpstreamError;
 use crate::h1;
+use crate::shard;
 
 static INSTALL_CRYPTO: Once = Once::new();
 
@@ -96,7 +97,7 @@ impl Body for RequestBody {
 /// An upstream connection's socket: TCP, with TLS for `https://`.
 type Io = TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>;
 
-/// Most idle HTTP/1.1 connections kept per origin.
+/// Most idle HTTP/1.1 connections kept per origin and shard.
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 
 /// Most times a request is sent again because a kept connection turned out
@@ -445,8 +446,9 @@ const HTTP2: u8 = 2;
 
 #[derive(Default)]
 struct Conns {
-    /// Idle HTTP/1.1 connections, the most recently returned last.
-    idle: Vec<(h1::Conn<Io>, Instant)>,
+    /// Idle HTTP/1.1 connections by the shard whose runtime watches them
+    /// (`crate::shard`), the most recently returned last.
+    idle: Vec<Vec<(h1::Conn<Io>, Instant)>>,
     /// The HTTP/2 connection requests share, and when it was last used.
     shared: Option<(http2::SendRequest<RequestBody>, Instant)>,
 }
@@ -670,7 +672,7 @@ impl Kept {
                     }
                     conns.shared = None;
                 }
-                conns.idle.pop()?
+                conns.idle.get_mut(shard::current())?.pop()?
             };
             if now.duration_since(since) < idle_timeout && conn.is_open() {
                 return Some(Sender::One(conn));
@@ -680,9 +682,14 @@ impl Kept {
 
     /// Keeps an HTTP/1.1 connection whose answer has been read to its end.
     fn put(&self, conn: h1::Conn<Io>) {
+        let home = conn.home();
         let mut conns = self.lock();
-        if conns.idle.len() < MAX_IDLE_PER_ORIGIN {
-            conns.idle.push((conn, Instant::now()));
+        if conns.idle.len() <= home {
+            conns.idle.resize_with(home + 1, Vec::new);
+        }
+        let idle = &mut conns.idle[home];
+        if idle.len() < MAX_IDLE_PER_ORIGIN {
+            idle.push((conn, Instant::now()));
         }
     }
 
@@ -717,15 +724,17 @@ impl Kept {
     /// and those already closed; how many stay.
     fn prune(&self, now: Instant, idle_timeout: Duration) -> usize {
         let mut conns = self.lock();
-        conns.idle.retain_mut(|(conn, since)| {
-            now.duration_since(*since) < idle_timeout && conn.is_open()
-        });
+        for idle in &mut conns.idle {
+            idle.retain_mut(|(conn, since)| {
+                now.duration_since(*since) < idle_timeout && conn.is_open()
+            });
+        }
         if conns.shared.as_ref().is_some_and(|(sender, used)| {
             sender.is_closed() || now.duration_since(*used) >= idle_timeout
         }) {
             conns.shared = None;
         }
-        conns.idle.len() + usize::from(conns.shared.is_some())
+        conns.idle.iter().map(Vec::len).sum::<usize>() + usize::from(conns.shared.is_some())
     }
 }
 

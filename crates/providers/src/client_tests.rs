@@ -248,6 +248,29 @@ async fn connections_are_kept_and_reused() {
     assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
+/// A kept connection is watched by the runtime of the serving thread that
+/// made it, so only a request on that thread takes it again.
+#[tokio::test]
+async fn a_kept_connection_goes_back_only_to_its_own_serving_thread() {
+    let client = crate::client::plain_client(Duration::from_secs(30));
+    let (address, opened, _) = counting_server(true).await;
+    assert_eq!(read_through(&client, address).await, "HTTP/1.1");
+    assert_eq!(read_through(&client, address).await, "HTTP/1.1");
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+    // Another thread's request makes a connection of its own, and keeps
+    // reusing it.
+    crate::shard::enter(1);
+    assert_eq!(read_through(&client, address).await, "HTTP/1.1");
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    assert_eq!(read_through(&client, address).await, "HTTP/1.1");
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    // The first thread's connection is still kept for it.
+    crate::shard::enter(0);
+    assert_eq!(read_through(&client, address).await, "HTTP/1.1");
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    assert_eq!(client.kept(), 2);
+}
+
 #[tokio::test]
 async fn an_unknown_certificate_fails_the_connection_as_tls() {
     UpstreamClients::new();

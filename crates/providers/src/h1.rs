@@ -119,6 +119,8 @@ pub(crate) struct Conn<T> {
     io: Box<T>,
     buffer: BytesMut,
     read_size: usize,
+    /// The shard whose runtime watches the socket (`crate::shard`).
+    home: usize,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
@@ -127,7 +129,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             io: Box::new(io),
             buffer: BytesMut::new(),
             read_size: FIRST_READ,
+            home: crate::shard::current(),
         }
+    }
+
+    /// The shard whose runtime watches the socket.
+    pub(crate) fn home(&self) -> usize {
+        self.home
     }
 
     /// Whether an idle connection may take a request: nothing has arrived

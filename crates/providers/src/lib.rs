@@ -19,6 +19,7 @@ mod gemini;
 mod h1;
 mod openai;
 mod relay;
+pub mod shard;
 mod simulated;
 pub mod trace_context;
 mod translate;

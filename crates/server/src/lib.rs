@@ -257,9 +257,21 @@ pub async fn start(
     let grace = config.server.shutdown_grace;
     let idle_timeout = config.server.idle_timeout;
     let app = front::Front::new(gateway.clone());
+    // Cancelled once the task below has ended (or been dropped): the
+    // serving threads' runtimes stop then.
+    let release = CancellationToken::new();
+    let shards = listen::Shards::start(
+        config.server.serving_threads(),
+        &app,
+        &gateway.metrics,
+        idle_timeout,
+        &shutdown,
+        &release,
+    )?;
     let serving_gateway = gateway.clone();
 
     let task = tokio::spawn(async move {
+        let _release = release.drop_guard();
         let drain_signal = shutdown.clone();
         let draining_gateway = serving_gateway.clone();
         let serve = async {
@@ -269,7 +281,7 @@ pub async fn start(
                 tracing::info!("shutting down: no new connections; waiting for in-flight requests");
             };
             tokio::join!(
-                listen::serve(listener, app, idle_timeout, shutdown.clone()),
+                listen::serve(listener, app, idle_timeout, shutdown.clone(), shards),
                 announce
             );
         };

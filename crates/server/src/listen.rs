@@ -26,17 +26,25 @@ use tower::Service;
 use crate::front::Front;
 use crate::h1;
 use crate::head_lines::HeadLines;
+use crate::metrics::Metrics;
 
 /// Serves connections until `stop` is cancelled, then waits for those
 /// still open to close. A connection idle for `idle_timeout` between
-/// requests is closed.
+/// requests is closed. Each accepted connection is served here or handed
+/// to one of `shards` (the serving threads with runtimes of their own),
+/// whichever has the fewest open.
 pub(crate) async fn serve(
     listener: TcpListener,
     front: Front,
     idle_timeout: Duration,
     stop: CancellationToken,
+    shards: Shards,
 ) {
-    let connections = TaskTracker::new();
+    let Shards {
+        others,
+        connections,
+        open,
+    } = shards;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -59,16 +67,141 @@ pub(crate) async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        connections.spawn(connection(
-            stream,
-            front.clone(),
-            idle_timeout,
-            stop.clone(),
-        ));
+        // Counted at once, on the thread with the fewest (this one on a
+        // tie), so that a burst of connections spreads.
+        let thread = open.least();
+        let counted = OnThread::count(&open, thread);
+        match thread.checked_sub(1).and_then(|other| others.get(other)) {
+            Some(shard) => shard.hand(stream, counted),
+            None => {
+                let serving = connection(stream, front.clone(), idle_timeout, stop.clone());
+                connections.spawn(async move {
+                    let _counted = counted;
+                    serving.await;
+                });
+            }
+        }
     }
     drop(listener);
+    // The other threads' loops end once their hand-off closes.
+    drop(others);
     connections.close();
     connections.wait().await;
+}
+
+/// The serving threads besides the acceptor's, the tracker of every
+/// connection open on any of them, and how many each has open.
+pub(crate) struct Shards {
+    others: Vec<Shard>,
+    connections: TaskTracker,
+    open: Arc<Metrics>,
+}
+
+/// A serving thread with a current-thread runtime of its own, which serves
+/// the connections the acceptor hands it until the acceptor stops.
+struct Shard {
+    handoff: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, OnThread)>,
+}
+
+impl Shard {
+    fn hand(&self, stream: TcpStream, counted: OnThread) {
+        let handed = match stream.into_std() {
+            Ok(stream) => self
+                .handoff
+                .send((stream, counted))
+                .map_err(|_| "the serving thread has ended".to_owned()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = handed {
+            tracing::error!(%error, "could not hand a connection to a serving thread");
+        }
+    }
+}
+
+impl Shards {
+    /// `threads` serving threads in all: the caller's and `threads - 1`
+    /// started here, each on a current-thread runtime of its own, whose
+    /// open connections `metrics` counts. A thread keeps its runtime
+    /// running, once its connections have closed, until `release` is
+    /// cancelled: a socket a task elsewhere uses (a pooled database
+    /// connection an admin request opened, an HTTP/2 upstream connection)
+    /// may be watched by its runtime, and must keep working until the last
+    /// records are written.
+    pub(crate) fn start(
+        threads: usize,
+        front: &Front,
+        metrics: &Arc<Metrics>,
+        idle_timeout: Duration,
+        stop: &CancellationToken,
+        release: &CancellationToken,
+    ) -> io::Result<Shards> {
+        let connections = TaskTracker::new();
+        let mut others = Vec::with_capacity(threads.saturating_sub(1));
+        for index in 1..threads {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (handoff, mut handed) =
+                tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, OnThread)>();
+            let front = front.clone();
+            let stop = stop.clone();
+            let connections = connections.clone();
+            let release = release.clone();
+            let serving = async move {
+                while let Some((stream, counted)) = handed.recv().await {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            let serving =
+                                connection(stream, front.clone(), idle_timeout, stop.clone());
+                            connections.spawn(async move {
+                                let _counted = counted;
+                                serving.await;
+                            });
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "could not serve a handed connection");
+                        }
+                    }
+                }
+                connections.wait().await;
+                release.cancelled().await;
+            };
+            std::thread::Builder::new()
+                .name(format!("sb-serve-{index}"))
+                .spawn(move || {
+                    switchboard_providers::shard::enter(index);
+                    runtime.block_on(serving);
+                })?;
+            others.push(Shard { handoff });
+        }
+        Ok(Shards {
+            others,
+            connections,
+            open: metrics.clone(),
+        })
+    }
+}
+
+/// One of a serving thread's open connections, counted until dropped.
+struct OnThread {
+    metrics: Arc<Metrics>,
+    thread: usize,
+}
+
+impl OnThread {
+    fn count(metrics: &Arc<Metrics>, thread: usize) -> OnThread {
+        metrics.connection_opened(thread);
+        OnThread {
+            metrics: metrics.clone(),
+            thread,
+        }
+    }
+}
+
+impl Drop for OnThread {
+    fn drop(&mut self) {
+        self.metrics.connection_closed(self.thread);
+    }
 }
 
 fn is_connection_error(error: &io::Error) -> bool {

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,8 @@ pub(crate) struct Metrics {
     /// `metrics.enabled`: whether requests are counted (set again on reload).
     counting: AtomicBool,
     key_labels: bool,
+    /// Client connections open on each serving thread (`listen.rs`).
+    connections: Box<[AtomicUsize]>,
 }
 
 impl Metrics {
@@ -142,6 +144,41 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             counting: AtomicBool::new(counting),
             key_labels,
+            connections: Box::new([AtomicUsize::new(0)]),
+        }
+    }
+
+    /// Counts connections on `threads` serving threads (one unless set).
+    pub fn with_serving_threads(mut self, threads: usize) -> Metrics {
+        self.connections = (0..threads.max(1)).map(|_| AtomicUsize::new(0)).collect();
+        self
+    }
+
+    /// The serving thread with the fewest open connections, the first of
+    /// those tied.
+    pub(crate) fn least(&self) -> usize {
+        let mut least = 0;
+        let mut fewest = usize::MAX;
+        for (thread, open) in self.connections.iter().enumerate() {
+            let open = open.load(Ordering::Relaxed);
+            if open < fewest {
+                (least, fewest) = (thread, open);
+            }
+        }
+        least
+    }
+
+    /// A connection opened on serving thread `thread`.
+    pub(crate) fn connection_opened(&self, thread: usize) {
+        if let Some(open) = self.connections.get(thread) {
+            open.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection closed on serving thread `thread` (once per opened).
+    pub(crate) fn connection_closed(&self, thread: usize) {
+        if let Some(open) = self.connections.get(thread) {
+            open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -261,6 +298,19 @@ impl Metrics {
             "switchboard_requests_in_flight {}",
             self.in_flight.load(Ordering::Relaxed).max(0)
         );
+        family(
+            &mut out,
+            "switchboard_connections_open",
+            "gauge",
+            "Client connections open, by serving thread.",
+        );
+        for (thread, open) in self.connections.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchboard_connections_open{{thread=\"{thread}\"}} {}",
+                open.load(Ordering::Relaxed)
+            );
+        }
         render_deployments(&mut out, catalog);
         render_recorder(&mut out, recorder);
         if let Some(lanes) = lanes {

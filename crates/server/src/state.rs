@@ -116,10 +116,10 @@ impl Gateway {
             limiter,
             draining: AtomicBool::new(false),
             cut,
-            metrics: Arc::new(Metrics::new(
-                config.metrics.enabled,
-                config.metrics.key_labels,
-            )),
+            metrics: Arc::new(
+                Metrics::new(config.metrics.enabled, config.metrics.key_labels)
+                    .with_serving_threads(config.server.serving_threads()),
+            ),
             cache,
             telemetry: Telemetry::start(&config.telemetry),
         })
@@ -159,6 +159,9 @@ impl Gateway {
         // Compared as counts: naming the number of CPUs changes nothing.
         if config.server.threads() != running.server.threads() {
             needs_restart.push("server.worker_threads");
+        }
+        if config.server.scheduler != running.server.scheduler {
+            needs_restart.push("server.scheduler");
         }
         if config.storage.record_queue != running.storage.record_queue {
             needs_restart.push("storage.record_queue");

@@ -471,3 +471,79 @@ async fn a_sqlite_files_writer_threads_are_exposed() {
     gateway.stop_and_records().await;
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// With three serving threads (`scheduler = "per-thread"`, the default),
+/// each new connection goes to the thread with the fewest open, every
+/// thread proxies and records what it serves, and the gauge counts each
+/// thread's connections until they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_the_serving_threads_and_each_serves_them() {
+    const CLIENTS: usize = 6;
+    let mock = MockUpstream::start().await;
+    let gateway = TestGateway::start(config_with(
+        &openai_models(&mock.base_url(), ""),
+        "worker_threads = 3",
+    ))
+    .await;
+    let open = |samples: &BTreeMap<String, f64>| {
+        (0..3)
+            .map(|thread| {
+                value(
+                    samples,
+                    &format!("switchboard_connections_open{{thread=\"{thread}\"}}"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // One connection per client, kept open: each client's request and its
+    // stream answered over the thread its connection went to.
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = reqwest::Client::new();
+        let answer = client
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(MASTER_KEY)
+            .header("content-type", "application/json")
+            .body(CHAT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.bytes().await.unwrap();
+        let stream = client
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(MASTER_KEY)
+            .header("content-type", "application/json")
+            .body(STREAM)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        let text = stream.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        clients.push(client);
+    }
+    // Two each, in turn; the scrape's own connection then goes to the
+    // first of those tied.
+    assert_eq!(open(&scrape(&gateway).await), [3.0, 2.0, 2.0]);
+    drop(clients);
+    let mut now = open(&scrape(&gateway).await);
+    for _ in 0..200 {
+        if now == [1.0, 0.0, 0.0] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        now = open(&scrape(&gateway).await);
+    }
+    assert_eq!(
+        now,
+        [1.0, 0.0, 0.0],
+        "closed connections are no longer counted"
+    );
+    let records = gateway.stop_and_records().await;
+    assert_eq!(records.len(), 2 * CLIENTS);
+    assert!(
+        records.iter().all(|record| record.status == 200),
+        "{records:#?}"
+    );
+}
