@@ -97,7 +97,7 @@ impl Body for RequestBody {
 /// An upstream connection's socket: TCP, with TLS for `https://`.
 type Io = TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>;
 
-/// Most idle HTTP/1.1 connections kept per origin and shard.
+/// Most idle HTTP/1.1 connections kept per origin and serving thread.
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 
 /// Most times a request is sent again because a kept connection turned out
@@ -444,11 +444,28 @@ const UNKNOWN: u8 = 0;
 const HTTP1: u8 = 1;
 const HTTP2: u8 = 2;
 
+/// What an origin keeps, apart by the serving thread whose runtime watches
+/// each connection's socket (`crate::shard`): a request only takes what its
+/// own thread made, so readiness never has to cross threads.
 #[derive(Default)]
 struct Conns {
-    /// Idle HTTP/1.1 connections by the shard whose runtime watches them
-    /// (`crate::shard`), the most recently returned last.
-    idle: Vec<Vec<(h1::Conn<Io>, Instant)>>,
+    by_thread: Vec<ThreadConns>,
+}
+
+impl Conns {
+    /// What serving thread `shard` keeps.
+    fn of(&mut self, shard: usize) -> &mut ThreadConns {
+        if self.by_thread.len() <= shard {
+            self.by_thread.resize_with(shard + 1, ThreadConns::default);
+        }
+        &mut self.by_thread[shard]
+    }
+}
+
+#[derive(Default)]
+struct ThreadConns {
+    /// Idle HTTP/1.1 connections, the most recently returned last.
+    idle: Vec<(h1::Conn<Io>, Instant)>,
     /// The HTTP/2 connection requests share, and when it was last used.
     shared: Option<(http2::SendRequest<RequestBody>, Instant)>,
 }
@@ -659,12 +676,15 @@ impl Kept {
     /// A kept connection still open and not idle too long: the shared
     /// HTTP/2 one, or the most recently returned HTTP/1.1 one (checked for
     /// an end that arrived while it was idle outside the lock; one found
-    /// closed is dropped, which closes it, and the next one tried).
+    /// closed is dropped, which closes it, and the next one tried), of
+    /// those the calling serving thread made.
     fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
         let now = Instant::now();
+        let here = shard::current();
         loop {
             let (mut conn, since) = {
                 let mut conns = self.lock();
+                let conns = conns.of(here);
                 if let Some((sender, used)) = &mut conns.shared {
                     if !sender.is_closed() && now.duration_since(*used) < idle_timeout {
                         *used = now;
@@ -672,7 +692,7 @@ impl Kept {
                     }
                     conns.shared = None;
                 }
-                conns.idle.get_mut(shard::current())?.pop()?
+                conns.idle.pop()?
             };
             if now.duration_since(since) < idle_timeout && conn.is_open() {
                 return Some(Sender::One(conn));
@@ -680,21 +700,22 @@ impl Kept {
         }
     }
 
-    /// Keeps an HTTP/1.1 connection whose answer has been read to its end.
+    /// Keeps an HTTP/1.1 connection whose answer has been read to its end,
+    /// for the serving thread that made it.
     fn put(&self, conn: h1::Conn<Io>) {
         let home = conn.home();
         let mut conns = self.lock();
-        if conns.idle.len() <= home {
-            conns.idle.resize_with(home + 1, Vec::new);
-        }
-        let idle = &mut conns.idle[home];
+        let idle = &mut conns.of(home).idle;
         if idle.len() < MAX_IDLE_PER_ORIGIN {
             idle.push((conn, Instant::now()));
         }
     }
 
+    /// Keeps an HTTP/2 connection just made (its task runs on the calling
+    /// thread's runtime) for the calling thread's requests to share.
     fn keep_shared(&self, sender: http2::SendRequest<RequestBody>) {
         let mut conns = self.lock();
+        let conns = conns.of(shard::current());
         // Requests that connected at the same time each made one; the first
         // stays shared, the others serve their own request alone.
         if conns
@@ -707,10 +728,12 @@ impl Kept {
         conns.shared = Some((sender, Instant::now()));
     }
 
-    /// Lets the shared HTTP/2 connection go if it has closed (a request's
-    /// own extra connection closing leaves a healthy shared one alone).
+    /// Lets the calling thread's shared HTTP/2 connection go if it has
+    /// closed (a request's own extra connection closing leaves a healthy
+    /// shared one alone).
     fn forget_closed_shared(&self) {
         let mut conns = self.lock();
+        let conns = conns.of(shard::current());
         if conns
             .shared
             .as_ref()
@@ -724,17 +747,19 @@ impl Kept {
     /// and those already closed; how many stay.
     fn prune(&self, now: Instant, idle_timeout: Duration) -> usize {
         let mut conns = self.lock();
-        for idle in &mut conns.idle {
-            idle.retain_mut(|(conn, since)| {
+        let mut kept = 0;
+        for conns in &mut conns.by_thread {
+            conns.idle.retain_mut(|(conn, since)| {
                 now.duration_since(*since) < idle_timeout && conn.is_open()
             });
+            if conns.shared.as_ref().is_some_and(|(sender, used)| {
+                sender.is_closed() || now.duration_since(*used) >= idle_timeout
+            }) {
+                conns.shared = None;
+            }
+            kept += conns.idle.len() + usize::from(conns.shared.is_some());
         }
-        if conns.shared.as_ref().is_some_and(|(sender, used)| {
-            sender.is_closed() || now.duration_since(*used) >= idle_timeout
-        }) {
-            conns.shared = None;
-        }
-        conns.idle.iter().map(Vec::len).sum::<usize>() + usize::from(conns.shared.is_some())
+        kept
     }
 }
 

@@ -271,6 +271,27 @@ async fn a_kept_connection_goes_back_only_to_its_own_serving_thread() {
     assert_eq!(client.kept(), 2);
 }
 
+/// The same for HTTP/2: each serving thread shares a connection of its own
+/// (whose task runs on its runtime) among its requests.
+#[tokio::test]
+async fn each_serving_thread_shares_an_http2_connection_of_its_own() {
+    let client = crate::client::trusting_client(Duration::from_secs(30));
+    let (secure, seen, connections) = serve_counting(Some(tls_acceptor()), version).await;
+    let url = format!("https://localhost:{}/v1", secure.port());
+    assert_eq!(read_url(&client, &url).await, "HTTP/2.0");
+    assert_eq!(read_url(&client, &url).await, "HTTP/2.0");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    crate::shard::enter(1);
+    assert_eq!(read_url(&client, &url).await, "HTTP/2.0");
+    assert_eq!(read_url(&client, &url).await, "HTTP/2.0");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    crate::shard::enter(0);
+    assert_eq!(read_url(&client, &url).await, "HTTP/2.0");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.load(Ordering::SeqCst), 5);
+    assert_eq!(client.kept(), 2);
+}
+
 #[tokio::test]
 async fn an_unknown_certificate_fails_the_connection_as_tls() {
     UpstreamClients::new();
