@@ -4,13 +4,17 @@
 # (perf's task-clock) and context switches per request of each of the
 # three, at concurrency 64, for nginx (a worker per core) and for
 # Switchboard as bench/switchboard.toml (master key, every request recorded
-# to SQLite, metrics), with its default serving threads (one per core) and
-# with one (`server.worker_threads = 1`), alternating, ROUNDS rounds. When
+# to SQLite, metrics), with VARIANTS of its serving threads: `default` (a
+# thread per core, each with a runtime of its own: `server.scheduler =
+# "per-thread"`), `stealing` (a thread per core sharing one work-stealing
+# runtime: `scheduler = "work-stealing"`) and `one` (`server.worker_threads
+# = 1`), alternating, ROUNDS rounds. When
 # the cores are full, throughput is about their number over the three
 # processes' CPU per request together.
 #
 #   flock /tmp/bench.lock bench/cpu-shared.sh [BINARY]   (default: builds target/release/switchboard)
 #   ROUNDS=3 DURATION=10 bench/cpu-shared.sh             # the defaults: 2, 8
+#   VARIANTS="default stealing" bench/cpu-shared.sh      # the default: "default stealing one"
 #
 # Each proxy is warmed at concurrency 16 for 3 s, then perf counts each
 # process (every thread it has by then) over the DURATION seconds of the

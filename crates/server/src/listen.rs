@@ -147,6 +147,9 @@ impl Shards {
             let stop = stop.clone();
             let connections = connections.clone();
             let release = release.clone();
+            // Counted as a connection until the hand-off closes, so that
+            // the acceptor's wait also covers a connection still queued.
+            let handing = connections.token();
             let serving = async move {
                 while let Some((stream, counted)) = handed.recv().await {
                     match TcpStream::from_std(stream) {
@@ -163,6 +166,7 @@ impl Shards {
                         }
                     }
                 }
+                drop(handing);
                 connections.wait().await;
                 release.cancelled().await;
             };
