@@ -156,7 +156,8 @@ pub enum Scheduler {
     /// serves the connections the acceptor hands it, the one with the
     /// fewest open first; a connection stays on its thread, as does every
     /// task it starts and the upstream connections it makes. Background
-    /// tasks run on the first thread, which also accepts.
+    /// tasks the gateway starts with run on the first thread, which also
+    /// accepts.
     PerThread,
     /// One multi-thread runtime whose threads steal each other's tasks.
     WorkStealing,

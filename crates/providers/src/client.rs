@@ -587,8 +587,8 @@ impl HttpClient {
     }
 
     /// A new connection, or, for an origin that speaks HTTP/2, the shared
-    /// one another request made while this one waited its turn to connect
-    /// (then reported as reused).
+    /// one another request on this serving thread made while this one
+    /// waited its turn to connect (then reported as reused).
     async fn connect_or_share(
         &self,
         uri: &Uri,
@@ -596,31 +596,38 @@ impl HttpClient {
     ) -> Result<(Sender, bool), ClientError> {
         match kept.protocol.load(Ordering::Relaxed) {
             HTTP1 => Ok((self.connect(uri, kept).await?, false)),
-            HTTP2 => {
-                let _turn = kept.connecting.lock().await;
-                if let Some(shared) = kept.checkout(self.pool.idle_timeout) {
-                    return Ok((shared, true));
-                }
-                Ok((self.connect(uri, kept).await?, false))
-            }
+            HTTP2 => self.share_or_connect(uri, kept).await,
             _ => {
                 // The first request to an origin not yet known connects
                 // alone; a burst behind it waits to learn whether it
-                // speaks HTTP/2 (then shares the connection made), and
+                // speaks HTTP/2 (then shares the connection made, or, on
+                // another serving thread, one of that thread's own), and
                 // otherwise connects at once, all together, even when the
                 // first connection failed.
                 if let Ok(_turn) = kept.connecting.try_lock() {
                     return Ok((self.connect(uri, kept).await?, false));
                 }
                 drop(kept.connecting.lock().await);
-                if kept.protocol.load(Ordering::Relaxed) == HTTP2
-                    && let Some(shared) = kept.checkout(self.pool.idle_timeout)
-                {
-                    return Ok((shared, true));
+                if kept.protocol.load(Ordering::Relaxed) == HTTP2 {
+                    return self.share_or_connect(uri, kept).await;
                 }
                 Ok((self.connect(uri, kept).await?, false))
             }
         }
+    }
+
+    /// For an origin known to speak HTTP/2: this serving thread's shared
+    /// connection, or, one request at a time, a new one.
+    async fn share_or_connect(
+        &self,
+        uri: &Uri,
+        kept: &Arc<Kept>,
+    ) -> Result<(Sender, bool), ClientError> {
+        let _turn = kept.connecting.lock().await;
+        if let Some(shared) = kept.checkout(self.pool.idle_timeout) {
+            return Ok((shared, true));
+        }
+        Ok((self.connect(uri, kept).await?, false))
     }
 
     /// A new connection to the origin of `uri`: HTTP/2 when TLS negotiated

@@ -257,21 +257,16 @@ pub async fn start(
     let grace = config.server.shutdown_grace;
     let idle_timeout = config.server.idle_timeout;
     let app = front::Front::new(gateway.clone());
-    // Cancelled once the task below has ended (or been dropped): the
-    // serving threads' runtimes stop then.
+    // Cancelled once the task below has ended or been dropped (or at once
+    // if the serving threads cannot all start): their runtimes stop then.
     let release = CancellationToken::new();
-    let shards = listen::Shards::start(
-        config.server.serving_threads(),
-        &app,
-        &gateway.metrics,
-        idle_timeout,
-        &shutdown,
-        &release,
-    )?;
+    let shards = listen::Shards::start(&app, &gateway.metrics, idle_timeout, &shutdown, &release)
+        .inspect_err(|_| release.cancel())?;
+    let release = release.drop_guard();
     let serving_gateway = gateway.clone();
 
     let task = tokio::spawn(async move {
-        let _release = release.drop_guard();
+        let _release = release;
         let drain_signal = shutdown.clone();
         let draining_gateway = serving_gateway.clone();
         let serve = async {

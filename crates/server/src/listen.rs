@@ -70,17 +70,30 @@ pub(crate) async fn serve(
         // Counted at once, on the thread with the fewest (this one on a
         // tie), so that a burst of connections spreads.
         let thread = open.least();
-        let counted = OnThread::count(&open, thread);
-        match thread.checked_sub(1).and_then(|other| others.get(other)) {
-            Some(shard) => shard.hand(stream, counted),
-            None => {
-                let serving = connection(stream, front.clone(), idle_timeout, stop.clone());
-                connections.spawn(async move {
-                    let _counted = counted;
-                    serving.await;
-                });
-            }
-        }
+        let stream = match thread.checked_sub(1).and_then(|other| others.get(other)) {
+            None => stream,
+            Some(shard) => match shard.hand(stream, OnThread::count(&open, thread)) {
+                Ok(()) | Err(None) => continue,
+                // The thread has ended (it cannot, but for a panic of its
+                // runtime): this one serves the connection.
+                Err(Some(stream)) => {
+                    tracing::error!(thread, "a serving thread has ended; serving here");
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::error!(%error, "could not serve a connection");
+                            continue;
+                        }
+                    }
+                }
+            },
+        };
+        let counted = OnThread::count(&open, 0);
+        let serving = connection(stream, front.clone(), idle_timeout, stop.clone());
+        connections.spawn(async move {
+            let _counted = counted;
+            serving.await;
+        });
     }
     drop(listener);
     // The other threads' loops end once their hand-off closes.
@@ -104,37 +117,39 @@ struct Shard {
 }
 
 impl Shard {
-    fn hand(&self, stream: TcpStream, counted: OnThread) {
-        let handed = match stream.into_std() {
-            Ok(stream) => self
-                .handoff
-                .send((stream, counted))
-                .map_err(|_| "the serving thread has ended".to_owned()),
-            Err(error) => Err(error.to_string()),
-        };
-        if let Err(error) = handed {
+    /// Hands `stream` over; gives it back (as a std socket, counted
+    /// nowhere) if the thread has ended.
+    fn hand(
+        &self,
+        stream: TcpStream,
+        counted: OnThread,
+    ) -> Result<(), Option<std::net::TcpStream>> {
+        let stream = stream.into_std().map_err(|error| {
             tracing::error!(%error, "could not hand a connection to a serving thread");
-        }
+            None
+        })?;
+        self.handoff
+            .send((stream, counted))
+            .map_err(|unsent| Some(unsent.0.0))
     }
 }
 
 impl Shards {
-    /// `threads` serving threads in all: the caller's and `threads - 1`
-    /// started here, each on a current-thread runtime of its own, whose
-    /// open connections `metrics` counts. A thread keeps its runtime
-    /// running, once its connections have closed, until `release` is
-    /// cancelled: a socket a task elsewhere uses (a pooled database
-    /// connection an admin request opened, an HTTP/2 upstream connection)
-    /// may be watched by its runtime, and must keep working until the last
-    /// records are written.
+    /// As many serving threads as `metrics` counts connections for: the
+    /// caller's and the others, started here, each on a current-thread
+    /// runtime of its own. A thread keeps its runtime running, its
+    /// connections included, until `release` is cancelled: a socket a task
+    /// elsewhere uses (a pooled database connection an admin request
+    /// opened, a Redis connection made again) may be watched by its
+    /// runtime, and must keep working until the last records are written.
     pub(crate) fn start(
-        threads: usize,
         front: &Front,
         metrics: &Arc<Metrics>,
         idle_timeout: Duration,
         stop: &CancellationToken,
         release: &CancellationToken,
     ) -> io::Result<Shards> {
+        let threads = metrics.serving_threads();
         let connections = TaskTracker::new();
         let mut others = Vec::with_capacity(threads.saturating_sub(1));
         for index in 1..threads {
@@ -167,7 +182,6 @@ impl Shards {
                     }
                 }
                 drop(handing);
-                connections.wait().await;
                 release.cancelled().await;
             };
             std::thread::Builder::new()

@@ -154,6 +154,11 @@ impl Metrics {
         self
     }
 
+    /// How many serving threads connections are counted for.
+    pub(crate) fn serving_threads(&self) -> usize {
+        self.connections.len()
+    }
+
     /// The serving thread with the fewest open connections, the first of
     /// those tied.
     pub(crate) fn least(&self) -> usize {
